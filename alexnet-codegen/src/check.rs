@@ -1,0 +1,338 @@
+//! Validation and shape inference: a [`NetworkDef`] becomes a [`Plan`], or a list of
+//! spanned errors.
+//!
+//! Errors accumulate, so several mistakes are reported together. A layer whose output
+//! shape cannot be known stops shape inference for the layers after it (their argument
+//! errors are still reported), so one mistake gives one error, not a cascade.
+
+use std::collections::HashMap;
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+
+use crate::ast::{LayerDef, NetworkDef, Value};
+use crate::ir::{Layer, Op, Plan, Shape};
+use crate::layers::{self, ArgType, Culprit, KEYWORDS, MAX_ELEMENTS};
+
+/// What checking a network produced: the plan when there was no error, and otherwise the
+/// errors with as much of the shape as could be inferred (for the stub emitted beside them).
+pub struct Checked {
+    pub plan: Option<Plan>,
+    pub errors: Option<syn::Error>,
+    /// The per-image output shape, when every layer's shape was inferred.
+    pub output: Option<Shape>,
+    pub input: Option<Shape>,
+}
+
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, tokens: impl ToTokens, msg: impl std::fmt::Display) {
+        let e = syn::Error::new_spanned(tokens, msg);
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+}
+
+/// A layer after its arguments were bound: the op (if its arguments were valid) and the
+/// tokens of each given argument, for carets.
+struct Bound<'a> {
+    def: &'a LayerDef,
+    name: String,
+    op: Option<Op>,
+    arg_tokens: HashMap<&'static str, TokenStream>,
+}
+
+impl Bound<'_> {
+    fn culprit_tokens(&self, c: Culprit) -> TokenStream {
+        match c {
+            Culprit::Arg(a) => self.arg_tokens.get(a).cloned().unwrap_or_else(|| self.def.tokens.clone()),
+            Culprit::Layer => self.def.tokens.clone(),
+        }
+    }
+}
+
+pub fn check(def: &NetworkDef) -> Checked {
+    let mut errors = Errors::default();
+    let net = def.name.to_string();
+
+    let input = input_shape(def, &mut errors);
+    let split = match &def.split {
+        None => 1,
+        Some(lit) => match lit.base10_parse::<u64>() {
+            Ok(2) => 2,
+            _ => {
+                errors.push(lit, format!("`{net}`: only `split 2`, the paper's two towers, is supported"));
+                1
+            }
+        },
+    };
+    if def.layers.is_empty() {
+        errors.push(
+            proc_macro2::Group::new(proc_macro2::Delimiter::Brace, TokenStream::new()).tap_span(def.brace.span.join()),
+            format!("network `{net}` has no layers: add at least one, e.g. `{{ fc(10) }}`"),
+        );
+    }
+
+    let names = layer_names(def);
+    let mut bound = Vec::with_capacity(def.layers.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, l) in def.layers.iter().enumerate() {
+        let name = names[i].clone();
+        if let Some(&first) = seen.get(&name) {
+            let what = if l.name.is_some() { "" } else { " (the default name of this layer; name it, e.g. `other: ...`)" };
+            let t = l.name.as_ref().map_or(l.tokens.clone(), |n| n.to_token_stream());
+            errors.push(t, format!("layer name `{name}` is already used by layer {}{what}", first + 1));
+        } else {
+            seen.insert(name.clone(), i);
+        }
+        bound.push(bind(l, name, &mut errors));
+    }
+
+    // Softmax must be last.
+    for (i, b) in bound.iter().enumerate() {
+        if matches!(b.op, Some(Op::Softmax)) && i + 1 < bound.len() {
+            errors.push(
+                &b.def.tokens,
+                format!("{}: softmax must be the last layer, but `{}` follows it", b.name, bound[i + 1].name),
+            );
+        }
+    }
+
+    // Shape inference, as far as shapes are known.
+    let mut layers = Vec::with_capacity(bound.len());
+    let mut shape = input;
+    let mut from = "the input".to_string();
+    let mut after_fc: Option<String> = None;
+    for b in &bound {
+        let (Some(mut op), Some(inp)) = (b.op, shape) else {
+            shape = None;
+            continue;
+        };
+        match layers::infer(&mut op, inp, &from, split, after_fc.as_deref()) {
+            Ok(out) => {
+                layers.push(Layer { name: b.name.clone().into(), op, input: inp, output: out });
+                shape = Some(out);
+            }
+            Err(e) => {
+                errors.push(b.culprit_tokens(e.culprit), format!("{}: {}", b.name, e.message));
+                shape = None;
+            }
+        }
+        if let Op::Fc { .. } = op {
+            after_fc.get_or_insert_with(|| b.name.clone());
+        }
+        from = format!("`{}`", b.name);
+    }
+
+    let output = shape.filter(|_| layers.len() == bound.len() && !bound.is_empty());
+    let plan = match (&errors.0, input, output) {
+        (None, Some(input), Some(_)) => {
+            Some(Plan { name: net.into(), input, split, layers: layers.into() })
+        }
+        _ => None,
+    };
+    Checked { plan, errors: errors.0, output, input }
+}
+
+trait TapSpan {
+    fn tap_span(self, span: proc_macro2::Span) -> Self;
+}
+
+impl TapSpan for proc_macro2::Group {
+    fn tap_span(mut self, span: proc_macro2::Span) -> Self {
+        self.set_span(span);
+        self
+    }
+}
+
+fn input_shape(def: &NetworkDef, errors: &mut Errors) -> Option<Shape> {
+    let what = ["channels", "height", "width"];
+    let mut dims = [0usize; 3];
+    let mut ok = true;
+    for (i, lit) in def.dims.iter().enumerate() {
+        match lit.base10_parse::<u64>() {
+            Ok(0) => {
+                errors.push(lit, format!("`{}`: input {} must be at least 1", def.name, what[i]));
+                ok = false;
+            }
+            Ok(v) if v as u128 <= MAX_ELEMENTS => dims[i] = v as usize,
+            _ => {
+                errors.push(lit, format!("`{}`: input {} `{lit}` overflows the 2^31 limit", def.name, what[i]));
+                ok = false;
+            }
+        }
+    }
+    if ok && (dims[0] as u128) * (dims[1] as u128) * (dims[2] as u128) > MAX_ELEMENTS {
+        errors.push(&def.dims_tokens, format!("`{}`: input {}x{}x{} overflows the 2^31 element limit per image", def.name, dims[0], dims[1], dims[2]));
+        ok = false;
+    }
+    ok.then(|| Shape::new(dims[0], dims[1], dims[2]))
+}
+
+/// Layer names: the user's, or defaults that count learned layers as the paper does
+/// (conv1..conv5, fc6..fc8). Other layers take the number of the last learned layer
+/// (`relu1`, `lrn1`, `pool1`), except dropout, which takes the number of the learned layer
+/// it feeds (`drop6` before `fc6`). A repeated default gets a suffix (`relu1_2`).
+pub fn layer_names(def: &NetworkDef) -> Vec<String> {
+    let learned = |l: &LayerDef| matches!(l.kind.to_string().as_str(), "conv" | "fc");
+    let mut count = 0;
+    let mut used: HashMap<String, usize> = HashMap::new();
+    let mut names = Vec::with_capacity(def.layers.len());
+    for (i, l) in def.layers.iter().enumerate() {
+        let kind = l.kind.to_string();
+        if learned(l) {
+            count += 1;
+        }
+        let base = match kind.as_str() {
+            "conv" | "fc" => format!("{kind}{count}"),
+            "maxpool" | "avgpool" => format!("pool{count}"),
+            "dropout" => {
+                let next = if def.layers[i..].iter().any(learned) { count + 1 } else { count };
+                format!("drop{next}")
+            }
+            "softmax" => "softmax".to_string(),
+            other => format!("{}{count}", other.to_ascii_lowercase()),
+        };
+        let name = match &l.name {
+            Some(n) => n.to_string(),
+            None => {
+                let k = used.entry(base.clone()).or_insert(0);
+                *k += 1;
+                if *k == 1 { base } else { format!("{base}_{k}") }
+            }
+        };
+        names.push(name);
+    }
+    names
+}
+
+/// Binds a layer's arguments to its signature and type-checks them.
+fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
+    let kw = l.kind.to_string();
+    let mut bound = Bound { def: l, name: name.clone(), op: None, arg_tokens: HashMap::new() };
+    let Some(sig) = layers::signature(&kw) else {
+        let hint = match layers::did_you_mean(&kw, KEYWORDS.iter().copied()) {
+            Some(s) => format!("; did you mean `{s}`?"),
+            None => format!(" (layers are: {})", KEYWORDS.join(", ")),
+        };
+        errors.push(&l.kind, format!("unknown layer `{kw}`{hint}"));
+        return bound;
+    };
+    if sig.is_empty() {
+        if let Some(p) = &l.paren {
+            let t = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, TokenStream::new()).tap_span(p.span.join());
+            errors.push(t, format!("{name}: `{kw}` takes no arguments"));
+            return bound;
+        }
+    }
+    let mut values: Vec<Option<f64>> = vec![None; sig.len()];
+    let mut ok = true;
+    let mut positional = sig.iter().enumerate().filter(|(_, a)| a.positional).map(|(i, _)| i);
+    let mut saw_named = false;
+    for arg in &l.args {
+        let slot = match &arg.name {
+            None => {
+                if saw_named {
+                    errors.push(&arg.tokens, format!("{name}: positional argument after a named one; write `{}`", layers::usage(&kw)));
+                    ok = false;
+                    continue;
+                }
+                match positional.next() {
+                    Some(i) => i,
+                    None => {
+                        let n = sig.iter().filter(|a| a.positional).count();
+                        errors.push(
+                            &arg.tokens,
+                            format!("{name}: too many arguments: `{kw}` takes {n} positional argument{}; write `{}`", if n == 1 { "" } else { "s" }, layers::usage(&kw)),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+            Some(id) => {
+                saw_named = true;
+                let n = id.to_string();
+                match sig.iter().position(|a| a.name == n) {
+                    Some(i) => i,
+                    None => {
+                        let hint = match layers::did_you_mean(&n, sig.iter().map(|a| a.name)) {
+                            Some(s) => format!("did you mean `{s}`? "),
+                            None => String::new(),
+                        };
+                        errors.push(id, format!("{name}: unknown argument `{n}` for `{kw}`; {hint}`{kw}` takes: {}", layers::usage(&kw)));
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+        };
+        let spec = sig[slot];
+        if bound.arg_tokens.contains_key(spec.name) {
+            errors.push(&arg.tokens, format!("{name}: argument `{}` given twice", spec.name));
+            ok = false;
+            continue;
+        }
+        bound.arg_tokens.insert(spec.name, arg.tokens.clone());
+        match typed(spec.name, spec.ty, arg.literal()) {
+            Ok(v) => values[slot] = Some(v),
+            Err(msg) => {
+                errors.push(&arg.value, format!("{name}: {msg}"));
+                ok = false;
+            }
+        }
+    }
+    for (i, spec) in sig.iter().enumerate() {
+        if values[i].is_none() && !bound.arg_tokens.contains_key(spec.name) {
+            match spec.default {
+                Some(d) => values[i] = Some(d),
+                None => {
+                    errors.push(&l.tokens, format!("{name}: missing argument `{}`; write `{}`", spec.name, layers::usage(&kw)));
+                    ok = false;
+                }
+            }
+        }
+    }
+    if ok {
+        let v: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        bound.op = Some(layers::build(&kw, &v));
+    }
+    bound
+}
+
+fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String> {
+    let v = v.map_err(|why| format!("argument `{arg}` must be a number: {why}"))?;
+    match (ty, v) {
+        (ArgType::Int { min }, Value::Int(i)) => {
+            if i < min {
+                Err(format!("argument `{arg}` must be at least {min}, found {i}"))
+            } else if i as u128 > MAX_ELEMENTS {
+                Err(format!("argument `{arg}` = {i} overflows the 2^31 limit"))
+            } else {
+                Ok(i as f64)
+            }
+        }
+        (ArgType::Int { min }, Value::Float(f)) => {
+            let kind = if min == 0 { "a non-negative integer" } else { "a positive integer" };
+            Err(format!("argument `{arg}` must be {kind}, found `{f}`"))
+        }
+        (ArgType::Real { min, max, max_inclusive }, v) => {
+            let f = match v {
+                Value::Int(i) => i as f64,
+                Value::Float(f) => f,
+            };
+            let above = if max_inclusive { f > max } else { f >= max };
+            if f < min || above || !f.is_finite() {
+                let close = if max_inclusive { "]" } else { ")" };
+                let range = if max == f64::MAX { format!("at least {min}") } else { format!("in [{min}, {max}{close}") };
+                Err(format!("argument `{arg}` = {f} must be {range}"))
+            } else {
+                Ok(f)
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The planned network: every layer with its operation and its per-image input and output
+//! shapes, as the macro inferred them.
+//!
+//! These types are the contract between the compile-time side (the macro builds a [`Plan`]
+//! and emits it as a `const`) and the run-time side (backends execute it). They are plain
+//! data, constructible in `const` context, so the generated code carries its plan without
+//! any run-time parsing.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// A per-image activation shape `[C, H, W]`. Fully connected outputs are `[N, 1, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub const fn new(c: usize, h: usize, w: usize) -> Self {
+        Shape { c, h, w }
+    }
+
+    /// Elements per image.
+    pub const fn len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True for `[N, 1, 1]`, the shape of a fully connected layer's output.
+    pub const fn is_vector(&self) -> bool {
+        self.h == 1 && self.w == 1
+    }
+
+    pub const fn to_array(self) -> [usize; 3] {
+        [self.c, self.h, self.w]
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_vector() {
+            write!(f, "{}", self.c)
+        } else {
+            write!(f, "{}x{}x{}", self.c, self.h, self.w)
+        }
+    }
+}
+
+/// One layer's operation, with every hyper-parameter resolved (defaults filled in).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// 2-D convolution with bias; weight `[out, in/groups, k, k]`.
+    Conv {
+        out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    },
+    Relu,
+    /// Max pooling, no padding, floor rounding; windows may overlap (`stride < k`).
+    MaxPool { k: usize, stride: usize },
+    /// Average pooling, no padding, floor rounding.
+    AvgPool { k: usize, stride: usize },
+    /// Local response normalisation across channels (PyTorch/ONNX/Caffe convention):
+    /// `y = x / (k + alpha / size * sum_{window} x^2)^beta`. The window never crosses a
+    /// boundary between the `channel_groups` equal channel groups (the towers of a
+    /// `split 2` network, as on the paper's two GPUs); 1 means one group.
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        k: f32,
+        channel_groups: usize,
+    },
+    /// Dropout with drop probability `p`: identity at inference.
+    Dropout { p: f32 },
+    /// Fully connected layer with bias over the flattened input; weight `[out, in]`.
+    Fc { out: usize },
+    /// Softmax over channels (at each spatial position).
+    Softmax,
+}
+
+impl Op {
+    /// The DSL keyword of this operation.
+    pub const fn keyword(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv",
+            Op::Relu => "relu",
+            Op::MaxPool { .. } => "maxpool",
+            Op::AvgPool { .. } => "avgpool",
+            Op::Lrn { .. } => "lrn",
+            Op::Dropout { .. } => "dropout",
+            Op::Fc { .. } => "fc",
+            Op::Softmax => "softmax",
+        }
+    }
+
+    /// Whether the layer has weights and biases.
+    pub const fn is_learned(&self) -> bool {
+        matches!(self, Op::Conv { .. } | Op::Fc { .. })
+    }
+}
+
+/// A layer of a planned network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub name: Cow<'static, str>,
+    pub op: Op,
+    /// Per-image input shape.
+    pub input: Shape,
+    /// Per-image output shape.
+    pub output: Shape,
+}
+
+/// A learned tensor of a layer, in PyTorch layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// `"<layer>.weight"` or `"<layer>.bias"`.
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Layer {
+    /// Number of learned parameters (weights and biases).
+    pub const fn param_count(&self) -> usize {
+        match self.op {
+            Op::Conv { out, k, groups, .. } => out * (self.input.c / groups) * k * k + out,
+            Op::Fc { out } => out * self.input.len() + out,
+            _ => 0,
+        }
+    }
+
+    /// Multiply-adds per image (convolutions and fully connected layers only).
+    pub const fn macs(&self) -> u64 {
+        match self.op {
+            Op::Conv { k, groups, .. } => {
+                (self.output.len() as u64) * ((self.input.c / groups) * k * k) as u64
+            }
+            Op::Fc { out } => (out as u64) * self.input.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// The learned tensors, `weight` then `bias`, in PyTorch layouts
+    /// (`[out, in/groups, kh, kw]` for conv, `[out, in]` for fc).
+    pub fn params(&self) -> Vec<ParamSpec> {
+        let (w, b) = match self.op {
+            Op::Conv { out, k, groups, .. } => (vec![out, self.input.c / groups, k, k], vec![out]),
+            Op::Fc { out } => (vec![out, self.input.len()], vec![out]),
+            _ => return Vec::new(),
+        };
+        vec![
+            ParamSpec { name: format!("{}.weight", self.name), shape: w },
+            ParamSpec { name: format!("{}.bias", self.name), shape: b },
+        ]
+    }
+}
+
+/// A network after shape inference: what the generated code carries and backends execute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub name: Cow<'static, str>,
+    /// Per-image input shape.
+    pub input: Shape,
+    /// Number of towers (`split 2` in the DSL), 1 for an unsplit network.
+    pub split: usize,
+    pub layers: Cow<'static, [Layer]>,
+}
+
+/// A unit of execution: one layer, or a convolution / fully connected layer with the ReLU
+/// that follows it fused into its epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage {
+    /// Index of the layer in [`Plan::layers`].
+    pub layer: usize,
+    /// The next layer is a ReLU applied in this stage's epilogue.
+    pub fused_relu: bool,
+}
+
+impl Plan {
+    /// Per-image output shape.
+    pub fn output(&self) -> Shape {
+        self.layers.last().map_or(self.input, |l| l.output)
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(Layer::param_count).sum()
+    }
+
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(Layer::macs).sum()
+    }
+
+    /// Every learned tensor, in layer order.
+    pub fn params(&self) -> Vec<ParamSpec> {
+        self.layers.iter().flat_map(Layer::params).collect()
+    }
+
+    pub fn layer(&self, name: &str) -> Option<&Layer> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+
+    /// The execution schedule: a ReLU directly after a conv or fc layer runs in that layer's
+    /// epilogue; every other layer is its own stage.
+    pub fn stages(&self) -> Vec<Stage> {
+        let mut stages = Vec::with_capacity(self.layers.len());
+        let mut i = 0;
+        while i < self.layers.len() {
+            let fused_relu = self.layers[i].op.is_learned()
+                && matches!(self.layers.get(i + 1).map(|l| l.op), Some(Op::Relu));
+            stages.push(Stage { layer: i, fused_relu });
+            i += 1 + usize::from(fused_relu);
+        }
+        stages
+    }
+
+    /// The name of the layer whose output a stage produces (the fused ReLU, when there is one).
+    pub fn stage_output_name(&self, stage: Stage) -> &str {
+        &self.layers[stage.layer + usize::from(stage.fused_relu)].name
+    }
+
+    /// A torchinfo-like table: layer, operation, output shape, parameters, multiply-adds.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let rule = "-".repeat(84);
+        let split = if self.split > 1 { format!(", split {}", self.split) } else { String::new() };
+        let _ = writeln!(s, "{} (input {}{})", self.name, self.input, split);
+        let _ = writeln!(s, "{rule}");
+        let _ = writeln!(s, "{:<10} {:<34} {:>12} {:>12} {:>12}", "layer", "op", "output", "params", "mult-adds");
+        let _ = writeln!(s, "{rule}");
+        for l in self.layers.iter() {
+            let _ = writeln!(
+                s,
+                "{:<10} {:<34} {:>12} {:>12} {:>12}",
+                l.name,
+                describe(&l.op),
+                l.output.to_string(),
+                group_digits(l.param_count() as u64),
+                group_digits(l.macs())
+            );
+        }
+        let _ = writeln!(s, "{rule}");
+        let _ = writeln!(s, "total parameters: {}", group_digits(self.param_count() as u64));
+        let _ = writeln!(s, "mult-adds per image: {}", group_digits(self.macs()));
+        let _ = writeln!(
+            s,
+            "parameter memory (f32): {:.1} MB",
+            self.param_count() as f64 * 4.0 / 1e6
+        );
+        s
+    }
+}
+
+/// The DSL spelling of an operation, with every argument (defaults included).
+pub fn describe(op: &Op) -> String {
+    match *op {
+        Op::Conv { out, k, stride, pad, groups } => {
+            let mut s = format!("conv({out}, {k}");
+            if stride != 1 {
+                s += &format!(", stride = {stride}");
+            }
+            if pad != 0 {
+                s += &format!(", pad = {pad}");
+            }
+            if groups != 1 {
+                s += &format!(", groups = {groups}");
+            }
+            s + ")"
+        }
+        Op::MaxPool { k, stride } => format!("maxpool({k}, stride = {stride})"),
+        Op::AvgPool { k, stride } => format!("avgpool({k}, stride = {stride})"),
+        Op::Lrn { size, alpha, beta, k, .. } => {
+            format!("lrn({size}, alpha = {alpha:e}, beta = {beta}, k = {k})")
+        }
+        Op::Dropout { p } => format!("dropout({p})"),
+        Op::Fc { out } => format!("fc({out})"),
+        Op::Relu | Op::Softmax => op.keyword().to_string(),
+    }
+}
+
+/// `60965224` -> `60,965,224`.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(0), "0");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(group_digits(1000), "1,000");
+        assert_eq!(group_digits(60965224), "60,965,224");
+    }
+
+    #[test]
+    fn relu_after_learned_layers_is_fused() {
+        let s = Shape::new(4, 8, 8);
+        let v = Shape::new(10, 1, 1);
+        let conv = Op::Conv { out: 4, k: 1, stride: 1, pad: 0, groups: 1 };
+        let layers = vec![
+            Layer { name: "conv1".into(), op: conv, input: s, output: s },
+            Layer { name: "relu1".into(), op: Op::Relu, input: s, output: s },
+            Layer { name: "relu1_2".into(), op: Op::Relu, input: s, output: s },
+            Layer { name: "fc2".into(), op: Op::Fc { out: 10 }, input: s, output: v },
+        ];
+        let plan = Plan { name: "T".into(), input: s, split: 1, layers: layers.into() };
+        let stages = plan.stages();
+        assert_eq!(
+            stages,
+            vec![
+                Stage { layer: 0, fused_relu: true },
+                Stage { layer: 2, fused_relu: false },
+                Stage { layer: 3, fused_relu: false },
+            ]
+        );
+        assert_eq!(plan.stage_output_name(stages[0]), "relu1");
+        assert_eq!(plan.param_count(), 4 * 4 + 4 + 10 * 256 + 10);
+    }
+}

@@ -1,0 +1,1 @@
+pub use alexnet_codegen::ir;

@@ -1,0 +1,1 @@
+//! Networks used by the example, tests and benches.

@@ -1,1 +1,20 @@
+//! Runs networks declared with `alexnet::network!`.
+//!
+//! - [`Backend`]: what a device must do; [`Cpu`] is the reference implementation.
+//! - [`Model`]: a planned network with its parameters on a backend.
+//! - [`Batch`]: a batch whose per-image shape is part of its type.
+//! - [`weights`]: the paper's initialisation and safetensors files.
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod model;
+pub mod tensor;
+pub mod weights;
+
 pub use alexnet_codegen::ir;
+pub use backend::Backend;
+pub use cpu::Cpu;
+pub use error::{Error, Result};
+pub use model::Model;
+pub use tensor::{Batch, Tensor};

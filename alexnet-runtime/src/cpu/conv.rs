@@ -1,0 +1,113 @@
+//! Convolution on the CPU: im2col, then one GEMM per group, with bias and the fused ReLU
+//! in the epilogue.
+
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, Mat};
+use crate::ir::Shape;
+
+/// Convolution hyper-parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvGeom {
+    pub input: Shape,
+    pub output: Shape,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+impl ConvGeom {
+    /// Rows of the im2col matrix of one group: `C/groups * k * k`.
+    fn col_rows(&self) -> usize {
+        self.input.c / self.groups * self.k * self.k
+    }
+
+    fn col_len(&self) -> usize {
+        self.col_rows() * self.output.h * self.output.w
+    }
+}
+
+/// `y = relu?(conv(x, w) + b)` for `batch` images. `threads` is the parallelism to use:
+/// over images when the batch is large enough, inside each GEMM otherwise.
+pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], batch: usize, g: ConvGeom, relu: bool, threads: usize) {
+    let (in_len, out_len) = (g.input.len(), g.output.len());
+    if batch >= threads || threads <= 1 {
+        y.par_chunks_mut(out_len)
+            .zip(x.par_chunks(in_len))
+            .with_min_len(1)
+            .for_each_init(
+                || vec![0.0f32; g.col_len()],
+                |col, (yi, xi)| image(xi, w, b, yi, &g, relu, col, 1),
+            );
+    } else {
+        let mut col = vec![0.0f32; g.col_len()];
+        for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+            image(xi, w, b, yi, &g, relu, &mut col, threads);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn image(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], g: &ConvGeom, relu: bool, col: &mut [f32], threads: usize) {
+    let cg = g.input.c / g.groups;
+    let og = g.output.c / g.groups;
+    let pq = g.output.h * g.output.w;
+    let kk = g.col_rows();
+    for grp in 0..g.groups {
+        let xg = &x[grp * cg * g.input.h * g.input.w..(grp + 1) * cg * g.input.h * g.input.w];
+        im2col(xg, cg, g, col, threads);
+        let yg = &mut y[grp * og * pq..(grp + 1) * og * pq];
+        for (o, row) in yg.chunks_mut(pq).enumerate() {
+            row.fill(b[grp * og + o]);
+        }
+        let wg = &w[grp * og * kk..(grp + 1) * og * kk];
+        sgemm(Mat::row_major(wg, og, kk, kk), Mat::row_major(col, kk, pq, pq), yg, pq, true, threads);
+        if relu {
+            yg.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+/// Unfolds `cg` channels of one image into `col[(c*k + ky)*k + kx][oy*Q + ox]`.
+fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
+    let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
+    let (p, q) = (g.output.h, g.output.w);
+    // Output columns whose input column ox*s + kx - pad lies inside [0, w).
+    let valid = move |kx: usize| -> (usize, usize) {
+        let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
+        let hi = if w + pad > kx { q.min((w - 1 + pad - kx) / s + 1) } else { 0 };
+        (lo.min(hi), hi)
+    };
+    let fill_row = |r: usize, row: &mut [f32]| {
+        let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        let (lo, hi) = valid(kx);
+        for oy in 0..p {
+            let out = &mut row[oy * q..(oy + 1) * q];
+            let iy = (oy * s + ky) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                out.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if s == 1 {
+                let start = lo + kx - pad;
+                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            } else {
+                for (ox, v) in out[lo..hi].iter_mut().enumerate() {
+                    *v = src[(ox + lo) * s + kx - pad];
+                }
+            }
+        }
+    };
+    let rows = cg * k * k;
+    let col = &mut col[..rows * p * q];
+    if threads > 1 {
+        col.par_chunks_mut(p * q).enumerate().for_each(|(r, row)| fill_row(r, row));
+    } else {
+        col.chunks_mut(p * q).enumerate().for_each(|(r, row)| fill_row(r, row));
+    }
+}

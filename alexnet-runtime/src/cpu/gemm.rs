@@ -1,0 +1,123 @@
+//! Safe wrapper around the `gemm` crate's strided f32 matrix multiply: the one place the
+//! CPU backend calls code that takes raw pointers.
+
+/// A strided view of a matrix stored in a slice: element `(i, j)` is
+/// `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows x cols` matrix with leading dimension `ld`.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        Mat { data, rows, cols, row_stride: ld, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major `cols x rows` matrix with leading dimension `ld`.
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        Mat { data, rows, cols, row_stride: 1, col_stride: ld }
+    }
+}
+
+/// Index one past the last element a strided `rows x cols` view touches.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// `c = a * b` (or `c += a * b` with `accumulate`), `c` row-major `a.rows x b.cols` with
+/// leading dimension `ldc`. `threads > 1` splits the product over rayon's pool.
+///
+/// # Panics
+/// If the shapes disagree or a view reaches past its slice: callers size their buffers
+/// from the plan, so that is a bug in the backend, not a user error.
+pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
+    assert!(extent(m, k, a.row_stride, a.col_stride) <= a.data.len(), "sgemm: lhs out of bounds");
+    assert!(extent(k, n, b.row_stride, b.col_stride) <= b.data.len(), "sgemm: rhs out of bounds");
+    assert!(extent(m, n, ldc, 1) <= c.len(), "sgemm: dst out of bounds");
+    assert!(ldc >= n || m <= 1, "sgemm: dst rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above prove that every element the three strided views address
+    // lies inside its slice (the views' extents fit), and `dst` is borrowed mutably while
+    // `lhs` and `rhs` are shared borrows, so the destination aliases neither input. The
+    // destination rows do not overlap (`ldc >= n`). Strides fit in `isize` because they
+    // index within slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: Mat, b: Mat) -> Vec<f32> {
+        let mut c = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut s = 0.0;
+                for p in 0..a.cols {
+                    s += a.data[i * a.row_stride + p * a.col_stride] * b.data[p * b.row_stride + j * b.col_stride];
+                }
+                c[i * b.cols + j] = s;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_product_with_strides() {
+        let a: Vec<f32> = (0..35).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..28).map(|i| (i as f32 * 0.71).cos()).collect();
+        let (am, bm) = (Mat::row_major(&a, 5, 7, 7), Mat::transposed(&b, 7, 4, 7));
+        for threads in [1, 2] {
+            let mut c = vec![9.0; 20];
+            sgemm(am, bm, &mut c, 4, false, threads);
+            let want = naive(am, bm);
+            for (x, y) in c.iter().zip(&want) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
+    }
+}

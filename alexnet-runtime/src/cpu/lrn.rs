@@ -1,0 +1,74 @@
+//! Local response normalisation across channels, with a sliding window sum of squares.
+
+use rayon::prelude::*;
+
+use crate::ir::Shape;
+
+#[derive(Clone, Copy, Debug)]
+pub struct LrnParams {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+    /// The window stays inside each of this many equal channel groups (towers).
+    pub channel_groups: usize,
+}
+
+/// `y[c] = x[c] / (k + alpha / size * sum_{|c' - c| <= size/2, same group} x[c']^2)^beta`.
+/// Each (image, channel group) is an independent task: in NCHW its channels are one
+/// contiguous block, so a split network's two towers normalise in parallel even at batch 1.
+pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
+    let (h, w) = (shape.h, shape.w);
+    let cg = shape.c / p.channel_groups;
+    let half = p.size / 2;
+    let a = p.alpha / p.size as f32;
+    let block = cg * h * w;
+    y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each_init(
+        || (vec![0.0f32; cg * w], vec![0.0f32; w]),
+        |(sq, sum), (yb, xb)| {
+            for row in 0..h {
+                let at = |ch: usize| ch * h * w + row * w;
+                for ch in 0..cg {
+                    for (s, v) in sq[ch * w..(ch + 1) * w].iter_mut().zip(&xb[at(ch)..at(ch) + w]) {
+                        *s = v * v;
+                    }
+                }
+                sum.fill(0.0);
+                for ch in 0..half.min(cg) {
+                    add(sum, &sq[ch * w..(ch + 1) * w], 1.0);
+                }
+                for ch in 0..cg {
+                    if ch + half < cg {
+                        add(sum, &sq[(ch + half) * w..(ch + half + 1) * w], 1.0);
+                    }
+                    if ch > half {
+                        add(sum, &sq[(ch - half - 1) * w..(ch - half) * w], -1.0);
+                    }
+                    scale(&mut yb[at(ch)..at(ch) + w], &xb[at(ch)..at(ch) + w], sum, a, p.k, p.beta);
+                }
+            }
+        },
+    );
+}
+
+fn add(acc: &mut [f32], v: &[f32], sign: f32) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a += sign * b;
+    }
+}
+
+fn scale(out: &mut [f32], x: &[f32], sum: &[f32], a: f32, k: f32, beta: f32) {
+    if beta == 0.75 {
+        // t^-0.75 = 1 / (sqrt(t) * sqrt(sqrt(t))): two vectorisable square roots instead of powf.
+        for ((o, &v), &s) in out.iter_mut().zip(x).zip(sum) {
+            // The running sum can drift a hair below zero from cancellation.
+            let t = k + a * s.max(0.0);
+            let r = t.sqrt();
+            *o = v / (r * r.sqrt());
+        }
+    } else {
+        for ((o, &v), &s) in out.iter_mut().zip(x).zip(sum) {
+            *o = v * (k + a * s.max(0.0)).powf(-beta);
+        }
+    }
+}

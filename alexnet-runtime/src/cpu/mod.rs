@@ -1,0 +1,93 @@
+//! The CPU backend: every layer in f32, convolution as im2col + GEMM (the `gemm` crate),
+//! parallel over the batch or inside the GEMM with rayon. Deterministic: the same inputs
+//! give the same bits on every run with the same thread count. It is the reference the
+//! GPU backend is checked against and the fallback where there is no GPU.
+
+mod conv;
+mod elementwise;
+mod fc;
+mod gemm;
+mod lrn;
+mod pool;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::ir::{Op, Plan, Stage};
+
+/// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
+#[derive(Clone, Debug, Default)]
+pub struct Cpu {
+    _private: (),
+}
+
+impl Cpu {
+    pub fn new() -> Self {
+        Cpu { _private: () }
+    }
+
+    pub fn threads(&self) -> usize {
+        rayon::current_num_threads()
+    }
+}
+
+fn check_len(what: &str, buf: &[f32], want: usize) -> Result<()> {
+    if buf.len() < want {
+        return Err(Error::Backend(format!("cpu: {what} buffer holds {} values, the stage needs {want}", buf.len())));
+    }
+    Ok(())
+}
+
+impl Backend for Cpu {
+    type Buffer = Vec<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn forward_stage(&self, plan: &Plan, stage: Stage, batch: usize, input: &Vec<f32>, params: &[&Vec<f32>], output: &mut Vec<f32>) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
+        check_len(&format!("{} input", layer.name), input, n_in)?;
+        check_len(&format!("{} output", layer.name), output, n_out)?;
+        let (x, y) = (&input[..n_in], &mut output[..n_out]);
+        let wb = || -> Result<(&[f32], &[f32])> {
+            match params {
+                [w, b] => Ok((w, b)),
+                _ => Err(Error::Backend(format!("cpu: {} needs a weight and a bias, got {} tensors", layer.name, params.len()))),
+            }
+        };
+        let threads = self.threads();
+        match layer.op {
+            Op::Conv { k, stride, pad, groups, .. } => {
+                let (w, b) = wb()?;
+                let g = conv::ConvGeom { input: layer.input, output: layer.output, k, stride, pad, groups };
+                conv::forward(x, w, b, y, batch, g, stage.fused_relu, threads);
+            }
+            Op::Fc { out } => {
+                let (w, b) = wb()?;
+                fc::forward(x, w, b, y, batch, layer.input.len(), out, stage.fused_relu, threads);
+            }
+            Op::Relu => elementwise::relu(x, y),
+            Op::MaxPool { k, stride } => pool::forward(x, y, layer.input, layer.output, k, stride, pool::PoolKind::Max),
+            Op::AvgPool { k, stride } => pool::forward(x, y, layer.input, layer.output, k, stride, pool::PoolKind::Avg),
+            Op::Lrn { size, alpha, beta, k, channel_groups } => {
+                lrn::forward(x, y, layer.input, lrn::LrnParams { size, alpha, beta, k, channel_groups })
+            }
+            Op::Dropout { .. } => y.copy_from_slice(x),
+            Op::Softmax => elementwise::softmax(x, y, layer.input),
+        }
+        Ok(())
+    }
+}

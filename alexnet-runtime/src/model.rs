@@ -1,0 +1,148 @@
+//! A planned network with its parameters on a backend.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::ir::{Op, ParamSpec, Plan};
+use crate::tensor::Tensor;
+use crate::weights::{self, NamedTensor};
+
+/// A network (its [`Plan`]) with its parameters in a backend's memory. The generated
+/// network types wrap one; it can also be used directly with a plan built at run time.
+pub struct Model<B: Backend> {
+    backend: B,
+    plan: Plan,
+    /// Per layer of the plan, its learned tensors (weight, bias; none for most layers).
+    params: Vec<Vec<(ParamSpec, B::Buffer)>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Model<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("network", &self.plan.name).field("backend", &self.backend.name()).finish()
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// The paper's initialisation from a seed; see [`weights::paper_init`].
+    pub fn init(backend: B, plan: Plan, seed: u64) -> Result<Self> {
+        let tensors = weights::paper_init(&plan, seed);
+        Self::from_tensors(backend, plan, tensors)
+    }
+
+    /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported.
+    pub fn load(backend: B, plan: Plan, path: &Path) -> Result<Self> {
+        let tensors = weights::read_safetensors(path)?;
+        let ordered = weights::match_plan(&plan, tensors, Some(path))?;
+        Self::upload(backend, plan, ordered)
+    }
+
+    /// A model from host tensors named as PyTorch names them (`conv1.weight`, ...).
+    pub fn from_tensors(backend: B, plan: Plan, tensors: Vec<NamedTensor>) -> Result<Self> {
+        let ordered = weights::match_plan(&plan, tensors, None)?;
+        Self::upload(backend, plan, ordered)
+    }
+
+    fn upload(backend: B, plan: Plan, ordered: Vec<NamedTensor>) -> Result<Self> {
+        let mut tensors = ordered.into_iter();
+        let mut params = Vec::with_capacity(plan.layers.len());
+        for layer in plan.layers.iter() {
+            let mut own = Vec::new();
+            for spec in layer.params() {
+                let t = tensors.next().ok_or_else(|| Error::Backend(format!("no data for `{}`", spec.name)))?;
+                own.push((spec, backend.upload(&t.data)?));
+            }
+            params.push(own);
+        }
+        Ok(Model { backend, plan, params })
+    }
+
+    /// Every parameter, downloaded to the host.
+    pub fn tensors(&self) -> Result<Vec<NamedTensor>> {
+        self.params
+            .iter()
+            .flatten()
+            .map(|(spec, buf)| {
+                Ok(NamedTensor { name: spec.name.clone(), shape: spec.shape.clone(), data: self.backend.download(buf)? })
+            })
+            .collect()
+    }
+
+    /// Saves the parameters to a safetensors file, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let meta = HashMap::from([("network".to_string(), self.plan.name.to_string()), ("format".to_string(), "pt".to_string())]);
+        weights::write_safetensors(path, &self.tensors()?, Some(meta))
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Fails unless this model was built from `plan`.
+    pub fn expect_plan(&self, plan: &Plan) -> Result<()> {
+        if &self.plan != plan {
+            return Err(Error::PlanMismatch { expected: plan.name.to_string(), found: self.plan.name.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Inference on a `[N, C, H, W]` batch (dropout is the identity); returns
+    /// `[N, C', H', W']` of the last layer.
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        self.run(input, None)
+    }
+
+    /// [`Model::forward`], calling `inspect(layer_name, values)` with every stage's output,
+    /// named after the last layer of the stage (a fused ReLU's name, for instance).
+    pub fn forward_inspect(&self, input: &Tensor, mut inspect: impl FnMut(&str, &[f32])) -> Result<Tensor> {
+        self.run(input, Some(&mut inspect))
+    }
+
+    fn run(&self, input: &Tensor, mut inspect: Option<&mut dyn FnMut(&str, &[f32])>) -> Result<Tensor> {
+        let plan = &self.plan;
+        let s = plan.input;
+        let batch = match *input.shape() {
+            [n, c, h, w] if (c, h, w) == (s.c, s.h, s.w) => n,
+            _ => {
+                let n = input.shape().first().copied().unwrap_or(0);
+                return Err(Error::Shape {
+                    what: format!("input of `{}`", plan.name),
+                    expected: vec![n, s.c, s.h, s.w],
+                    found: input.shape().to_vec(),
+                });
+            }
+        };
+        let stages: Vec<_> =
+            plan.stages().into_iter().filter(|st| !matches!(plan.layers[st.layer].op, Op::Dropout { .. })).collect();
+        let max = stages.iter().map(|st| plan.layers[st.layer].output.len()).max().unwrap_or(0) * batch;
+        // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
+        let input_buf = self.backend.upload(input.data())?;
+        let mut bufs = [self.backend.alloc(max)?, self.backend.alloc(max)?];
+        let mut out_shape = plan.input;
+        for (i, stage) in stages.iter().enumerate() {
+            let layer = &plan.layers[stage.layer];
+            let params: Vec<&B::Buffer> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
+            let [b0, b1] = &mut bufs;
+            let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
+            let src = if i == 0 { &input_buf } else { src };
+            self.backend.forward_stage(plan, *stage, batch, src, &params, dst)?;
+            out_shape = layer.output;
+            if let Some(f) = inspect.as_mut() {
+                let values = self.backend.download(dst)?;
+                f(plan.stage_output_name(*stage), &values[..batch * layer.output.len()]);
+            }
+        }
+        let last = match stages.len() {
+            0 => &input_buf,
+            n => &bufs[(n - 1) % 2],
+        };
+        let mut data = self.backend.download(last)?;
+        data.truncate(batch * out_shape.len());
+        Tensor::new(vec![batch, out_shape.c, out_shape.h, out_shape.w], data)
+    }
+}

@@ -239,16 +239,16 @@ impl Plan {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let rule = "-".repeat(84);
+        let rule = "-".repeat(92);
         let split = if self.split > 1 { format!(", split {}", self.split) } else { String::new() };
         let _ = writeln!(s, "{} (input {}{})", self.name, self.input, split);
         let _ = writeln!(s, "{rule}");
-        let _ = writeln!(s, "{:<10} {:<34} {:>12} {:>12} {:>12}", "layer", "op", "output", "params", "mult-adds");
+        let _ = writeln!(s, "{:<10} {:<42} {:>12} {:>12} {:>12}", "layer", "op", "output", "params", "mult-adds");
         let _ = writeln!(s, "{rule}");
         for l in self.layers.iter() {
             let _ = writeln!(
                 s,
-                "{:<10} {:<34} {:>12} {:>12} {:>12}",
+                "{:<10} {:<42} {:>12} {:>12} {:>12}",
                 l.name,
                 describe(&l.op),
                 l.output.to_string(),

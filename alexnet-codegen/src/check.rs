@@ -85,7 +85,7 @@ pub fn check(def: &NetworkDef) -> Checked {
         if let Some(&first) = seen.get(&name) {
             let what = if l.name.is_some() { "" } else { " (the default name of this layer; name it, e.g. `other: ...`)" };
             let t = l.name.as_ref().map_or(l.tokens.clone(), |n| n.to_token_stream());
-            errors.push(t, format!("layer name `{name}` is already used by layer {}{what}", first + 1));
+            errors.push(t, format!("layer name `{name}` is already used by layer {} (`{}`){what}", first + 1, def.layers[first].kind));
         } else {
             seen.insert(name.clone(), i);
         }
@@ -299,7 +299,11 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     }
     if ok {
         let v: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-        bound.op = Some(layers::build(&kw, &v));
+        let op = layers::build(&kw, &v);
+        match layers::check_args(&op) {
+            Some((arg, msg)) => errors.push(bound.culprit_tokens(Culprit::Arg(arg)), format!("{name}: {msg}")),
+            None => bound.op = Some(op),
+        }
     }
     bound
 }

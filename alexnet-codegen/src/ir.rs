@@ -199,12 +199,14 @@ impl Plan {
         self.layers.last().map_or(self.input, |l| l.output)
     }
 
+    /// Saturates rather than overflowing (a network that large is refused by the checker).
     pub fn param_count(&self) -> usize {
-        self.layers.iter().map(Layer::param_count).sum()
+        self.layers.iter().map(Layer::param_count).fold(0, usize::saturating_add)
     }
 
+    /// Saturates rather than overflowing.
     pub fn macs(&self) -> u64 {
-        self.layers.iter().map(Layer::macs).sum()
+        self.layers.iter().map(Layer::macs).fold(0, u64::saturating_add)
     }
 
     /// Every learned tensor, in layer order.

@@ -109,6 +109,18 @@ pub fn build(keyword: &str, v: &[f64]) -> Op {
     }
 }
 
+/// Rules on a layer's own argument values (no shapes involved), checked with the
+/// arguments so they are reported even when shape inference stopped earlier. Returns the
+/// offending argument and the message.
+pub fn check_args(op: &Op) -> Option<(&'static str, String)> {
+    match *op {
+        Op::Lrn { size, .. } if size % 2 == 0 => {
+            Some(("size", format!("size {size} must be odd, so that the window is centred on its channel")))
+        }
+        _ => None,
+    }
+}
+
 /// Which argument a shape error is about, so that the caret lands on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Culprit {
@@ -177,9 +189,6 @@ pub fn infer(op: &mut Op, input: Shape, from: &str, split: usize, after_fc: Opti
             Shape::new(input.c, (input.h - k) / stride + 1, (input.w - k) / stride + 1)
         }
         Op::Lrn { size, ref mut channel_groups, .. } => {
-            if size % 2 == 0 {
-                return Err(err(Culprit::Arg("size"), format!("size {size} must be odd, so that the window is centred on its channel")));
-            }
             let per_tower = input.c / split.max(1);
             if split > 1 && input.c % split != 0 {
                 return Err(err(Culprit::Layer, format!("{} channels cannot be split evenly between {split} towers ({ctx})", input.c)));

@@ -1,0 +1,5 @@
+alexnet::network! {
+    Net<3, 32, 32> {}
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+alexnet::network! {
+    Net {
+        conv(16, 3) relu fc(10)
+    }
+}
+
+fn main() {}

@@ -38,6 +38,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Times the forward pass on CPU: images/s at each batch size and per-stage times.
+    Bench {
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+        /// Batch sizes to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16])]
+        batch: Vec<usize>,
+        /// Timed runs per batch size (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Prints a network's layer table.
     Summary {
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
@@ -82,13 +93,22 @@ type AnyError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo { weights: None, seed: 0 }) {
+    let result = match cli.command.unwrap_or(Command::Demo {
+        weights: None,
+        seed: 0,
+    }) {
         Command::Demo { weights, seed } => demo(weights, seed),
         Command::Summary { net } => {
             print!("{}", net.plan().summary());
             Ok(())
         }
-        Command::Infer { weights, input, output, net } => infer(net, &weights, &input, &output),
+        Command::Infer {
+            weights,
+            input,
+            output,
+            net,
+        } => infer(net, &weights, &input, &output),
+        Command::Bench { net, batch, runs } => bench(net, &batch, runs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,7 +128,11 @@ fn generated_image() -> Batch<3, 227, 227> {
         for xx in 0..227 {
             let (fy, fx) = (y as f32 / 226.0, xx as f32 / 226.0);
             let disc = ((fx - 0.55).powi(2) + (fy - 0.45).powi(2)) < 0.06;
-            let (r, g, b) = if disc { (0.9, 0.1, 0.1) } else { (0.1, 0.3 + 0.5 * fy, 0.8 - 0.5 * fx) };
+            let (r, g, b) = if disc {
+                (0.9, 0.1, 0.1)
+            } else {
+                (0.1, 0.3 + 0.5 * fy, 0.8 - 0.5 * fx)
+            };
             let i = y * 227 + xx;
             img[i] = r - 0.5;
             img[n + i] = g - 0.5;
@@ -146,7 +170,11 @@ fn demo(weights: Option<PathBuf>, seed: u64) -> Result<(), AnyError> {
     for &c in &order[..5] {
         println!("  class {c:>4}  p = {:.6}", probs[c]);
     }
-    println!("forward pass, batch 1, CPU: {:.1} ms per image (first run {:.1} ms)", per_image.as_secs_f64() * 1e3, first.as_secs_f64() * 1e3);
+    println!(
+        "forward pass, batch 1, CPU: {:.1} ms per image (first run {:.1} ms)",
+        per_image.as_secs_f64() * 1e3,
+        first.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -161,7 +189,12 @@ impl NameLine for Cpu {
     }
 }
 
-fn infer(net: Net, weights: &std::path::Path, input: &std::path::Path, output: &std::path::Path) -> Result<(), AnyError> {
+fn infer(
+    net: Net,
+    weights: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> Result<(), AnyError> {
     let plan = net.plan();
     let model = Model::load(Cpu::new(), plan.clone(), weights)?;
     let tensors = read_safetensors(input)?;
@@ -179,11 +212,72 @@ fn infer(net: Net, weights: &std::path::Path, input: &std::path::Path, output: &
     })?;
     let n = y.shape()[0];
     let classes = plan.output().len();
-    let mut out = vec![NamedTensor { name: "logits".into(), shape: vec![n, classes], data: logits.unwrap_or_else(|| y.data().to_vec()) }];
+    let mut out = vec![NamedTensor {
+        name: "logits".into(),
+        shape: vec![n, classes],
+        data: logits.unwrap_or_else(|| y.data().to_vec()),
+    }];
     if softmax_last {
-        out.push(NamedTensor { name: "probabilities".into(), shape: vec![n, classes], data: y.into_data() });
+        out.push(NamedTensor {
+            name: "probabilities".into(),
+            shape: vec![n, classes],
+            data: y.into_data(),
+        });
     }
     write_safetensors(output, &out, None)?;
-    println!("wrote {} ({} images, {} classes)", output.display(), n, classes);
+    println!(
+        "wrote {} ({} images, {} classes)",
+        output.display(),
+        n,
+        classes
+    );
+    Ok(())
+}
+
+fn bench(net: Net, batches: &[usize], runs: usize) -> Result<(), AnyError> {
+    let plan = net.plan();
+    let cpu = Cpu::new();
+    println!("{} forward on {}", plan.name, cpu.name_line());
+    let model = Model::init(cpu, plan.clone(), 0)?;
+    let s = plan.input;
+    for &n in batches {
+        let x = Tensor::new(
+            vec![n, s.c, s.h, s.w],
+            (0..n * s.len())
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+                .collect(),
+        )?;
+        model.forward(&x)?;
+        let mut totals = Vec::with_capacity(runs);
+        let mut stages: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            let (_, times) = model.forward_timed(&x)?;
+            totals.push(t0.elapsed().as_secs_f64());
+            if stages.is_empty() {
+                stages = vec![Vec::new(); times.len()];
+            }
+            for (acc, (_, t)) in stages.iter_mut().zip(&times) {
+                acc.push(*t);
+            }
+        }
+        let (_, names) = model.forward_timed(&x)?;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let total = median(&mut totals);
+        println!(
+            "batch {n:>4}: {:8.2} ms per batch, {:8.1} images/s (median of {runs})",
+            total * 1e3,
+            n as f64 / total
+        );
+        let per_stage: Vec<String> = names
+            .iter()
+            .zip(stages.iter_mut())
+            .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
+            .collect();
+        println!("  stages (ms): {}", per_stage.join(", "));
+    }
     Ok(())
 }

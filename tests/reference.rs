@@ -21,7 +21,10 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let path = format!("{}/tests/fixtures/{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("fixture header");
     let meta = header.metadata().clone().expect("fixture metadata");
@@ -31,8 +34,16 @@ fn fixture(name: &str) -> Fixture {
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let data: Vec<f64> = match view.dtype() {
-            safetensors::Dtype::F64 => view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             other => panic!("{name}: dtype {other:?}"),
         };
         tensors.insert(name, (view.shape().to_vec(), data));
@@ -45,9 +56,18 @@ fn check(net: &str, plan: &Plan) {
     let fx = fixture(net);
     let seed = |k: &str| fx.meta[k].parse::<u64>().unwrap();
     let batch: usize = fx.meta["batch"].parse().unwrap();
-    let model = Model::from_tensors(Cpu::new(), plan.clone(), hash_weights(plan, seed("weight_seed"))).unwrap();
+    let model = Model::from_tensors(
+        Cpu::new(),
+        plan.clone(),
+        hash_weights(plan, seed("weight_seed")),
+    )
+    .unwrap();
     let s = plan.input;
-    let x = Tensor::new(vec![batch, s.c, s.h, s.w], hash_uniform(seed("input_seed"), 0, batch * s.len(), 1.0)).unwrap();
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        hash_uniform(seed("input_seed"), 0, batch * s.len(), 1.0),
+    )
+    .unwrap();
 
     let mut report = Vec::new();
     let mut worst: f64 = 0.0;
@@ -56,7 +76,10 @@ fn check(net: &str, plan: &Plan) {
             let err = if let Some((_, full)) = fx.tensors.get(name) {
                 rel_l2(values, full)
             } else {
-                let (_, sk) = fx.tensors.get(&format!("{name}.sketch")).unwrap_or_else(|| panic!("{net}: fixture lacks layer {name}"));
+                let (_, sk) = fx
+                    .tensors
+                    .get(&format!("{name}.sketch"))
+                    .unwrap_or_else(|| panic!("{net}: fixture lacks layer {name}"));
                 let (_, norm) = &fx.tensors[&format!("{name}.norm")];
                 let ours = (values.iter().map(|&v| v as f64 * v as f64).sum::<f64>()).sqrt();
                 rel_l2(&sketch(values), sk).max((ours - norm[0]).abs() / norm[0])
@@ -68,13 +91,24 @@ fn check(net: &str, plan: &Plan) {
     let (_, want) = &fx.tensors["output"];
     let end = rel_l2(y.data(), want);
     println!("{net}: {} | output {end:.2e}", report.join(", "));
-    assert!(report.len() >= 5, "{net}: only {} stages compared", report.len());
-    assert!(worst <= TOL, "{net}: a layer differs from ONNX Runtime: {}", report.join(", "));
+    assert!(
+        report.len() >= 5,
+        "{net}: only {} stages compared",
+        report.len()
+    );
+    assert!(
+        worst <= TOL,
+        "{net}: a layer differs from ONNX Runtime: {}",
+        report.join(", ")
+    );
     assert!(end <= TOL, "{net}: output relative L2 {end:.2e} > {TOL:e}");
     // The comparison is only meaningful if the output is not degenerate (e.g. uniform).
     let mean = want.iter().sum::<f64>() / want.len() as f64;
     let spread = (want.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / want.len() as f64).sqrt();
-    assert!(spread > 1e-3 * mean.abs().max(1e-3), "{net}: degenerate reference output");
+    assert!(
+        spread > 1e-3 * mean.abs().max(1e-3),
+        "{net}: degenerate reference output"
+    );
 }
 
 #[test]

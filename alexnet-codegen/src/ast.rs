@@ -70,15 +70,25 @@ impl ArgDef {
 
 fn literal(expr: &Expr) -> Result<Value, String> {
     match expr {
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => i
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => i
             .base10_parse::<u64>()
             .map(Value::Int)
             .map_err(|_| format!("`{}` is too large", i)),
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Float(f), .. }) => f
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Float(f),
+            ..
+        }) => f
             .base10_parse::<f64>()
             .map(Value::Float)
             .map_err(|_| format!("`{}` is not a number", f)),
-        Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr, .. }) => match literal(expr)? {
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr,
+            ..
+        }) => match literal(expr)? {
             Value::Int(i) => Ok(Value::Float(-(i as f64))),
             Value::Float(f) => Ok(Value::Float(-f)),
         },
@@ -107,41 +117,64 @@ impl Parse for NetworkDef {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let vis: Visibility = input.parse()?;
-        let name: Ident = input
-            .parse()
-            .map_err(|e| syn::Error::new(e.span(), "expected the network's name, e.g. `pub AlexNet<3, 227, 227> { ... }`"))?;
+        let name: Ident = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                "expected the network's name, e.g. `pub AlexNet<3, 227, 227> { ... }`",
+            )
+        })?;
         let lt: Token![<] = input.parse().map_err(|e| {
-            syn::Error::new(e.span(), format!("expected the input shape after `{name}`, e.g. `{name}<3, 227, 227>`"))
+            syn::Error::new(
+                e.span(),
+                format!("expected the input shape after `{name}`, e.g. `{name}<3, 227, 227>`"),
+            )
         })?;
         let mut dims_tokens = lt.to_token_stream();
         let mut dims = Vec::with_capacity(3);
         for i in 0..3 {
             if i > 0 {
                 let comma: Token![,] = input.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "the input shape is `<channels, height, width>`: expected `,`")
+                    syn::Error::new(
+                        e.span(),
+                        "the input shape is `<channels, height, width>`: expected `,`",
+                    )
                 })?;
                 comma.to_tokens(&mut dims_tokens);
             }
             let lit: LitInt = input.parse().map_err(|e| {
-                syn::Error::new(e.span(), "the input shape is `<channels, height, width>`: expected an integer")
+                syn::Error::new(
+                    e.span(),
+                    "the input shape is `<channels, height, width>`: expected an integer",
+                )
             })?;
             lit.to_tokens(&mut dims_tokens);
             dims.push(lit);
         }
         let gt: Token![>] = input.parse().map_err(|e| {
-            syn::Error::new(e.span(), "the input shape is `<channels, height, width>`: expected `>`")
+            syn::Error::new(
+                e.span(),
+                "the input shape is `<channels, height, width>`: expected `>`",
+            )
         })?;
         gt.to_tokens(&mut dims_tokens);
-        let dims: [LitInt; 3] = dims.try_into().unwrap_or_else(|_| unreachable!("three dims parsed"));
+        let dims: [LitInt; 3] = dims
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three dims parsed"));
 
         let mut split = None;
         if input.peek(Ident) && !input.peek(token::Brace) {
             let kw: Ident = input.parse()?;
             if kw != "split" {
-                return Err(syn::Error::new(kw.span(), format!("expected `split 2` or `{{`, found `{kw}`")));
+                return Err(syn::Error::new(
+                    kw.span(),
+                    format!("expected `split 2` or `{{`, found `{kw}`"),
+                ));
             }
             split = Some(input.parse::<LitInt>().map_err(|e| {
-                syn::Error::new(e.span(), "expected the number of towers after `split`, e.g. `split 2`")
+                syn::Error::new(
+                    e.span(),
+                    "expected the number of towers after `split`, e.g. `split 2`",
+                )
             })?);
         }
         if !input.peek(token::Brace) {
@@ -153,7 +186,16 @@ impl Parse for NetworkDef {
         while !content.is_empty() {
             layers.push(content.parse()?);
         }
-        Ok(NetworkDef { attrs, vis, name, dims, dims_tokens, split, brace, layers })
+        Ok(NetworkDef {
+            attrs,
+            vis,
+            name,
+            dims,
+            dims_tokens,
+            split,
+            brace,
+            layers,
+        })
     }
 }
 
@@ -164,14 +206,20 @@ impl Parse for LayerDef {
             return Err(input.error("layers are separated by whitespace, not by `,` or `;`"));
         }
         let first: Ident = input.parse().map_err(|e| {
-            syn::Error::new(e.span(), "expected a layer, such as `conv(96, 11, stride = 4)` or `relu`")
+            syn::Error::new(
+                e.span(),
+                "expected a layer, such as `conv(96, 11, stride = 4)` or `relu`",
+            )
         })?;
         first.to_tokens(&mut tokens);
         let (name, kind) = if input.peek(Token![:]) && !input.peek(Token![::]) {
             let colon: Token![:] = input.parse()?;
             colon.to_tokens(&mut tokens);
             let kind: Ident = input.parse().map_err(|e| {
-                syn::Error::new(e.span(), format!("expected the layer after `{first}:`, e.g. `{first}: conv(96, 11)`"))
+                syn::Error::new(
+                    e.span(),
+                    format!("expected the layer after `{first}:`, e.g. `{first}: conv(96, 11)`"),
+                )
             })?;
             kind.to_tokens(&mut tokens);
             (Some(first), kind)
@@ -183,7 +231,8 @@ impl Parse for LayerDef {
         if input.peek(token::Paren) {
             let content;
             let p = parenthesized!(content in input);
-            let list: Punctuated<Expr, Token![,]> = content.parse_terminated(Expr::parse, Token![,])?;
+            let list: Punctuated<Expr, Token![,]> =
+                content.parse_terminated(Expr::parse, Token![,])?;
             for expr in list {
                 args.push(ArgDef::from_expr(expr));
             }
@@ -197,7 +246,13 @@ impl Parse for LayerDef {
             });
             paren = Some(p);
         }
-        Ok(LayerDef { name, kind, paren, args, tokens })
+        Ok(LayerDef {
+            name,
+            kind,
+            paren,
+            args,
+            tokens,
+        })
     }
 }
 
@@ -207,11 +262,19 @@ impl ArgDef {
         if let Expr::Assign(assign) = &expr {
             if let Expr::Path(p) = &*assign.left {
                 if let Some(ident) = p.path.get_ident() {
-                    return ArgDef { name: Some(ident.clone()), value: (*assign.right).clone(), tokens };
+                    return ArgDef {
+                        name: Some(ident.clone()),
+                        value: (*assign.right).clone(),
+                        tokens,
+                    };
                 }
             }
         }
-        ArgDef { name: None, value: expr, tokens }
+        ArgDef {
+            name: None,
+            value: expr,
+            tokens,
+        }
     }
 }
 

@@ -49,7 +49,11 @@ struct Bound<'a> {
 impl Bound<'_> {
     fn culprit_tokens(&self, c: Culprit) -> TokenStream {
         match c {
-            Culprit::Arg(a) => self.arg_tokens.get(a).cloned().unwrap_or_else(|| self.def.tokens.clone()),
+            Culprit::Arg(a) => self
+                .arg_tokens
+                .get(a)
+                .cloned()
+                .unwrap_or_else(|| self.def.tokens.clone()),
             Culprit::Layer => self.def.tokens.clone(),
         }
     }
@@ -65,14 +69,18 @@ pub fn check(def: &NetworkDef) -> Checked {
         Some(lit) => match lit.base10_parse::<u64>() {
             Ok(2) => 2,
             _ => {
-                errors.push(lit, format!("`{net}`: only `split 2`, the paper's two towers, is supported"));
+                errors.push(
+                    lit,
+                    format!("`{net}`: only `split 2`, the paper's two towers, is supported"),
+                );
                 1
             }
         },
     };
     if def.layers.is_empty() {
         errors.push(
-            proc_macro2::Group::new(proc_macro2::Delimiter::Brace, TokenStream::new()).tap_span(def.brace.span.join()),
+            proc_macro2::Group::new(proc_macro2::Delimiter::Brace, TokenStream::new())
+                .tap_span(def.brace.span.join()),
             format!("network `{net}` has no layers: add at least one, e.g. `{{ fc(10) }}`"),
         );
     }
@@ -83,9 +91,23 @@ pub fn check(def: &NetworkDef) -> Checked {
     for (i, l) in def.layers.iter().enumerate() {
         let name = names[i].clone();
         if let Some(&first) = seen.get(&name) {
-            let what = if l.name.is_some() { "" } else { " (the default name of this layer; name it, e.g. `other: ...`)" };
-            let t = l.name.as_ref().map_or(l.tokens.clone(), |n| n.to_token_stream());
-            errors.push(t, format!("layer name `{name}` is already used by layer {} (`{}`){what}", first + 1, def.layers[first].kind));
+            let what = if l.name.is_some() {
+                ""
+            } else {
+                " (the default name of this layer; name it, e.g. `other: ...`)"
+            };
+            let t = l
+                .name
+                .as_ref()
+                .map_or(l.tokens.clone(), |n| n.to_token_stream());
+            errors.push(
+                t,
+                format!(
+                    "layer name `{name}` is already used by layer {} (`{}`){what}",
+                    first + 1,
+                    def.layers[first].kind
+                ),
+            );
         } else {
             seen.insert(name.clone(), i);
         }
@@ -97,7 +119,11 @@ pub fn check(def: &NetworkDef) -> Checked {
         if matches!(b.op, Some(Op::Softmax)) && i + 1 < bound.len() {
             errors.push(
                 &b.def.tokens,
-                format!("{}: softmax must be the last layer, but `{}` follows it", b.name, bound[i + 1].name),
+                format!(
+                    "{}: softmax must be the last layer, but `{}` follows it",
+                    b.name,
+                    bound[i + 1].name
+                ),
             );
         }
     }
@@ -114,11 +140,19 @@ pub fn check(def: &NetworkDef) -> Checked {
         };
         match layers::infer(&mut op, inp, &from, split, after_fc.as_deref()) {
             Ok(out) => {
-                layers.push(Layer { name: b.name.clone().into(), op, input: inp, output: out });
+                layers.push(Layer {
+                    name: b.name.clone().into(),
+                    op,
+                    input: inp,
+                    output: out,
+                });
                 shape = Some(out);
             }
             Err(e) => {
-                errors.push(b.culprit_tokens(e.culprit), format!("{}: {}", b.name, e.message));
+                errors.push(
+                    b.culprit_tokens(e.culprit),
+                    format!("{}: {}", b.name, e.message),
+                );
                 shape = None;
             }
         }
@@ -130,12 +164,20 @@ pub fn check(def: &NetworkDef) -> Checked {
 
     let output = shape.filter(|_| layers.len() == bound.len() && !bound.is_empty());
     let plan = match (&errors.0, input, output) {
-        (None, Some(input), Some(_)) => {
-            Some(Plan { name: net.into(), input, split, layers: layers.into() })
-        }
+        (None, Some(input), Some(_)) => Some(Plan {
+            name: net.into(),
+            input,
+            split,
+            layers: layers.into(),
+        }),
         _ => None,
     };
-    Checked { plan, errors: errors.0, output, input }
+    Checked {
+        plan,
+        errors: errors.0,
+        output,
+        input,
+    }
 }
 
 trait TapSpan {
@@ -156,18 +198,33 @@ fn input_shape(def: &NetworkDef, errors: &mut Errors) -> Option<Shape> {
     for (i, lit) in def.dims.iter().enumerate() {
         match lit.base10_parse::<u64>() {
             Ok(0) => {
-                errors.push(lit, format!("`{}`: input {} must be at least 1", def.name, what[i]));
+                errors.push(
+                    lit,
+                    format!("`{}`: input {} must be at least 1", def.name, what[i]),
+                );
                 ok = false;
             }
             Ok(v) if v as u128 <= MAX_ELEMENTS => dims[i] = v as usize,
             _ => {
-                errors.push(lit, format!("`{}`: input {} `{lit}` overflows the 2^31 limit", def.name, what[i]));
+                errors.push(
+                    lit,
+                    format!(
+                        "`{}`: input {} `{lit}` overflows the 2^31 limit",
+                        def.name, what[i]
+                    ),
+                );
                 ok = false;
             }
         }
     }
     if ok && (dims[0] as u128) * (dims[1] as u128) * (dims[2] as u128) > MAX_ELEMENTS {
-        errors.push(&def.dims_tokens, format!("`{}`: input {}x{}x{} overflows the 2^31 element limit per image", def.name, dims[0], dims[1], dims[2]));
+        errors.push(
+            &def.dims_tokens,
+            format!(
+                "`{}`: input {}x{}x{} overflows the 2^31 element limit per image",
+                def.name, dims[0], dims[1], dims[2]
+            ),
+        );
         ok = false;
     }
     ok.then(|| Shape::new(dims[0], dims[1], dims[2]))
@@ -191,7 +248,11 @@ pub fn layer_names(def: &NetworkDef) -> Vec<String> {
             "conv" | "fc" => format!("{kind}{count}"),
             "maxpool" | "avgpool" => format!("pool{count}"),
             "dropout" => {
-                let next = if def.layers[i..].iter().any(learned) { count + 1 } else { count };
+                let next = if def.layers[i..].iter().any(learned) {
+                    count + 1
+                } else {
+                    count
+                };
                 format!("drop{next}")
             }
             "softmax" => "softmax".to_string(),
@@ -202,7 +263,11 @@ pub fn layer_names(def: &NetworkDef) -> Vec<String> {
             None => {
                 let k = used.entry(base.clone()).or_insert(0);
                 *k += 1;
-                if *k == 1 { base } else { format!("{base}_{k}") }
+                if *k == 1 {
+                    base
+                } else {
+                    format!("{base}_{k}")
+                }
             }
         };
         names.push(name);
@@ -213,7 +278,12 @@ pub fn layer_names(def: &NetworkDef) -> Vec<String> {
 /// Binds a layer's arguments to its signature and type-checks them.
 fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     let kw = l.kind.to_string();
-    let mut bound = Bound { def: l, name: name.clone(), op: None, arg_tokens: HashMap::new() };
+    let mut bound = Bound {
+        def: l,
+        name: name.clone(),
+        op: None,
+        arg_tokens: HashMap::new(),
+    };
     let Some(sig) = layers::signature(&kw) else {
         let hint = match layers::did_you_mean(&kw, KEYWORDS.iter().copied()) {
             Some(s) => format!("; did you mean `{s}`?"),
@@ -224,20 +294,32 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     };
     if sig.is_empty() {
         if let Some(p) = &l.paren {
-            let t = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, TokenStream::new()).tap_span(p.span.join());
+            let t =
+                proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, TokenStream::new())
+                    .tap_span(p.span.join());
             errors.push(t, format!("{name}: `{kw}` takes no arguments"));
             return bound;
         }
     }
     let mut values: Vec<Option<f64>> = vec![None; sig.len()];
     let mut ok = true;
-    let mut positional = sig.iter().enumerate().filter(|(_, a)| a.positional).map(|(i, _)| i);
+    let mut positional = sig
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.positional)
+        .map(|(i, _)| i);
     let mut saw_named = false;
     for arg in &l.args {
         let slot = match &arg.name {
             None => {
                 if saw_named {
-                    errors.push(&arg.tokens, format!("{name}: positional argument after a named one; write `{}`", layers::usage(&kw)));
+                    errors.push(
+                        &arg.tokens,
+                        format!(
+                            "{name}: positional argument after a named one; write `{}`",
+                            layers::usage(&kw)
+                        ),
+                    );
                     ok = false;
                     continue;
                 }
@@ -264,7 +346,13 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                             Some(s) => format!("did you mean `{s}`? "),
                             None => String::new(),
                         };
-                        errors.push(id, format!("{name}: unknown argument `{n}` for `{kw}`; {hint}`{kw}` takes: {}", layers::usage(&kw)));
+                        errors.push(
+                            id,
+                            format!(
+                                "{name}: unknown argument `{n}` for `{kw}`; {hint}`{kw}` takes: {}",
+                                layers::usage(&kw)
+                            ),
+                        );
                         ok = false;
                         continue;
                     }
@@ -273,7 +361,10 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
         };
         let spec = sig[slot];
         if bound.arg_tokens.contains_key(spec.name) {
-            errors.push(&arg.tokens, format!("{name}: argument `{}` given twice", spec.name));
+            errors.push(
+                &arg.tokens,
+                format!("{name}: argument `{}` given twice", spec.name),
+            );
             ok = false;
             continue;
         }
@@ -291,7 +382,14 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
             match spec.default {
                 Some(d) => values[i] = Some(d),
                 None => {
-                    errors.push(&l.tokens, format!("{name}: missing argument `{}`; write `{}`", spec.name, layers::usage(&kw)));
+                    errors.push(
+                        &l.tokens,
+                        format!(
+                            "{name}: missing argument `{}`; write `{}`",
+                            spec.name,
+                            layers::usage(&kw)
+                        ),
+                    );
                     ok = false;
                 }
             }
@@ -301,7 +399,10 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
         let v: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
         let op = layers::build(&kw, &v);
         match layers::check_args(&op) {
-            Some((arg, msg)) => errors.push(bound.culprit_tokens(Culprit::Arg(arg)), format!("{name}: {msg}")),
+            Some((arg, msg)) => errors.push(
+                bound.culprit_tokens(Culprit::Arg(arg)),
+                format!("{name}: {msg}"),
+            ),
             None => bound.op = Some(op),
         }
     }
@@ -313,7 +414,9 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
     match (ty, v) {
         (ArgType::Int { min }, Value::Int(i)) => {
             if i < min {
-                Err(format!("argument `{arg}` must be at least {min}, found {i}"))
+                Err(format!(
+                    "argument `{arg}` must be at least {min}, found {i}"
+                ))
             } else if i as u128 > MAX_ELEMENTS {
                 Err(format!("argument `{arg}` = {i} overflows the 2^31 limit"))
             } else {
@@ -321,10 +424,21 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
             }
         }
         (ArgType::Int { min }, Value::Float(f)) => {
-            let kind = if min == 0 { "a non-negative integer" } else { "a positive integer" };
+            let kind = if min == 0 {
+                "a non-negative integer"
+            } else {
+                "a positive integer"
+            };
             Err(format!("argument `{arg}` must be {kind}, found `{f}`"))
         }
-        (ArgType::Real { min, max, max_inclusive }, v) => {
+        (
+            ArgType::Real {
+                min,
+                max,
+                max_inclusive,
+            },
+            v,
+        ) => {
             let f = match v {
                 Value::Int(i) => i as f64,
                 Value::Float(f) => f,
@@ -332,7 +446,11 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
             let above = if max_inclusive { f > max } else { f >= max };
             if f < min || above || !f.is_finite() {
                 let close = if max_inclusive { "]" } else { ")" };
-                let range = if max == f64::MAX { format!("at least {min}") } else { format!("in [{min}, {max}{close}") };
+                let range = if max == f64::MAX {
+                    format!("at least {min}")
+                } else {
+                    format!("in [{min}, {max}{close}")
+                };
                 Err(format!("argument `{arg}` = {f} must be {range}"))
             } else {
                 Ok(f)

@@ -22,7 +22,13 @@ fn op_tokens(op: &Op) -> TokenStream {
     let u = |v: usize| usize_lit(v);
     let f = |v: f32| Literal::f32_suffixed(v);
     match *op {
-        Op::Conv { out, k, stride, pad, groups } => {
+        Op::Conv {
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        } => {
             let (out, k, stride, pad, groups) = (u(out), u(k), u(stride), u(pad), u(groups));
             quote!(::alexnet::ir::Op::Conv { out: #out, k: #k, stride: #stride, pad: #pad, groups: #groups })
         }
@@ -35,7 +41,13 @@ fn op_tokens(op: &Op) -> TokenStream {
             let (k, stride) = (u(k), u(stride));
             quote!(::alexnet::ir::Op::AvgPool { k: #k, stride: #stride })
         }
-        Op::Lrn { size, alpha, beta, k, channel_groups } => {
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            k,
+            channel_groups,
+        } => {
             let (size, g) = (u(size), u(channel_groups));
             let (alpha, beta, k) = (f(alpha), f(beta), f(k));
             quote!(::alexnet::ir::Op::Lrn { size: #size, alpha: #alpha, beta: #beta, k: #k, channel_groups: #g })
@@ -85,7 +97,12 @@ pub fn plan_tokens(plan: &Plan) -> TokenStream {
 /// The items of one network. `plan` is `None` for the stub emitted beside errors: the same
 /// items with bodies that never run (compilation has already failed), so that code using
 /// the network reports no further errors.
-pub fn network(def: &NetworkDef, plan: Option<&Plan>, input: Option<Shape>, output: Option<Shape>) -> TokenStream {
+pub fn network(
+    def: &NetworkDef,
+    plan: Option<&Plan>,
+    input: Option<Shape>,
+    output: Option<Shape>,
+) -> TokenStream {
     let attrs = &def.attrs;
     let vis = &def.vis;
     let name = &def.name;
@@ -105,12 +122,24 @@ pub fn network(def: &NetworkDef, plan: Option<&Plan>, input: Option<Shape>, outp
     };
     let mut generics = Vec::new();
     if input.is_none() {
-        generics.extend([quote!(const IC: usize), quote!(const IH: usize), quote!(const IW: usize)]);
+        generics.extend([
+            quote!(const IC: usize),
+            quote!(const IH: usize),
+            quote!(const IW: usize),
+        ]);
     }
     if output.is_none() {
-        generics.extend([quote!(const OC: usize), quote!(const OH: usize), quote!(const OW: usize)]);
+        generics.extend([
+            quote!(const OC: usize),
+            quote!(const OH: usize),
+            quote!(const OW: usize),
+        ]);
     }
-    let fwd_generics = if generics.is_empty() { quote!() } else { quote!(<#(#generics),*>) };
+    let fwd_generics = if generics.is_empty() {
+        quote!()
+    } else {
+        quote!(<#(#generics),*>)
+    };
     let arr = |s: Option<Shape>| match s {
         Some(s) => {
             let d = dims(s);
@@ -133,13 +162,27 @@ pub fn network(def: &NetworkDef, plan: Option<&Plan>, input: Option<Shape>, outp
             )
         }
         None => {
-            let never = quote!(::core::unreachable!("network `{}` failed to compile", stringify!(#name)));
-            (usize_lit(0), Literal::u64_unsuffixed(0), never.clone(), never)
+            let never = quote!(::core::unreachable!(
+                "network `{}` failed to compile",
+                stringify!(#name)
+            ));
+            (
+                usize_lit(0),
+                Literal::u64_unsuffixed(0),
+                never.clone(),
+                never,
+            )
         }
     };
     let plan_fn = format_ident!("plan");
-    let doc_in = format!("Per-image input shape `[C, H, W]`: {}.", input.map_or("unknown".into(), |s| format!("{:?}", s.to_array())));
-    let doc_out = format!("Per-image output shape `[C, H, W]`: {}.", output.map_or("unknown".into(), |s| format!("{:?}", s.to_array())));
+    let doc_in = format!(
+        "Per-image input shape `[C, H, W]`: {}.",
+        input.map_or("unknown".into(), |s| format!("{:?}", s.to_array()))
+    );
+    let doc_out = format!(
+        "Per-image output shape `[C, H, W]`: {}.",
+        output.map_or("unknown".into(), |s| format!("{:?}", s.to_array()))
+    );
     quote! {
         #(#attrs)*
         #vis struct #name<B: #rt::Backend = #rt::Cpu> {

@@ -64,9 +64,15 @@ pub enum Op {
     },
     Relu,
     /// Max pooling, no padding, floor rounding; windows may overlap (`stride < k`).
-    MaxPool { k: usize, stride: usize },
+    MaxPool {
+        k: usize,
+        stride: usize,
+    },
     /// Average pooling, no padding, floor rounding.
-    AvgPool { k: usize, stride: usize },
+    AvgPool {
+        k: usize,
+        stride: usize,
+    },
     /// Local response normalisation across channels (PyTorch/ONNX/Caffe convention):
     /// `y = x / (k + alpha / size * sum_{window} x^2)^beta`. The window never crosses a
     /// boundary between the `channel_groups` equal channel groups (the towers of a
@@ -79,9 +85,13 @@ pub enum Op {
         channel_groups: usize,
     },
     /// Dropout with drop probability `p`: identity at inference.
-    Dropout { p: f32 },
+    Dropout {
+        p: f32,
+    },
     /// Fully connected layer with bias over the flattened input; weight `[out, in]`.
-    Fc { out: usize },
+    Fc {
+        out: usize,
+    },
     /// Softmax over channels (at each spatial position).
     Softmax,
 }
@@ -166,8 +176,14 @@ impl Layer {
             _ => return Vec::new(),
         };
         vec![
-            ParamSpec { name: format!("{}.weight", self.name), shape: w },
-            ParamSpec { name: format!("{}.bias", self.name), shape: b },
+            ParamSpec {
+                name: format!("{}.weight", self.name),
+                shape: w,
+            },
+            ParamSpec {
+                name: format!("{}.bias", self.name),
+                shape: b,
+            },
         ]
     }
 }
@@ -201,12 +217,18 @@ impl Plan {
 
     /// Saturates rather than overflowing (a network that large is refused by the checker).
     pub fn param_count(&self) -> usize {
-        self.layers.iter().map(Layer::param_count).fold(0, usize::saturating_add)
+        self.layers
+            .iter()
+            .map(Layer::param_count)
+            .fold(0, usize::saturating_add)
     }
 
     /// Saturates rather than overflowing.
     pub fn macs(&self) -> u64 {
-        self.layers.iter().map(Layer::macs).fold(0, u64::saturating_add)
+        self.layers
+            .iter()
+            .map(Layer::macs)
+            .fold(0, u64::saturating_add)
     }
 
     /// Every learned tensor, in layer order.
@@ -226,7 +248,10 @@ impl Plan {
         while i < self.layers.len() {
             let fused_relu = self.layers[i].op.is_learned()
                 && matches!(self.layers.get(i + 1).map(|l| l.op), Some(Op::Relu));
-            stages.push(Stage { layer: i, fused_relu });
+            stages.push(Stage {
+                layer: i,
+                fused_relu,
+            });
             i += 1 + usize::from(fused_relu);
         }
         stages
@@ -242,10 +267,18 @@ impl Plan {
         use std::fmt::Write;
         let mut s = String::new();
         let rule = "-".repeat(92);
-        let split = if self.split > 1 { format!(", split {}", self.split) } else { String::new() };
+        let split = if self.split > 1 {
+            format!(", split {}", self.split)
+        } else {
+            String::new()
+        };
         let _ = writeln!(s, "{} (input {}{})", self.name, self.input, split);
         let _ = writeln!(s, "{rule}");
-        let _ = writeln!(s, "{:<10} {:<42} {:>12} {:>12} {:>12}", "layer", "op", "output", "params", "mult-adds");
+        let _ = writeln!(
+            s,
+            "{:<10} {:<42} {:>12} {:>12} {:>12}",
+            "layer", "op", "output", "params", "mult-adds"
+        );
         let _ = writeln!(s, "{rule}");
         for l in self.layers.iter() {
             let _ = writeln!(
@@ -259,7 +292,11 @@ impl Plan {
             );
         }
         let _ = writeln!(s, "{rule}");
-        let _ = writeln!(s, "total parameters: {}", group_digits(self.param_count() as u64));
+        let _ = writeln!(
+            s,
+            "total parameters: {}",
+            group_digits(self.param_count() as u64)
+        );
         let _ = writeln!(s, "mult-adds per image: {}", group_digits(self.macs()));
         let _ = writeln!(
             s,
@@ -273,7 +310,13 @@ impl Plan {
 /// The DSL spelling of an operation, with every argument (defaults included).
 pub fn describe(op: &Op) -> String {
     match *op {
-        Op::Conv { out, k, stride, pad, groups } => {
+        Op::Conv {
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        } => {
             let mut s = format!("conv({out}, {k}");
             if stride != 1 {
                 s += &format!(", stride = {stride}");
@@ -288,7 +331,13 @@ pub fn describe(op: &Op) -> String {
         }
         Op::MaxPool { k, stride } => format!("maxpool({k}, stride = {stride})"),
         Op::AvgPool { k, stride } => format!("avgpool({k}, stride = {stride})"),
-        Op::Lrn { size, alpha, beta, k, .. } => {
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            k,
+            ..
+        } => {
             format!("lrn({size}, alpha = {alpha:e}, beta = {beta}, k = {k})")
         }
         Op::Dropout { p } => format!("dropout({p})"),
@@ -302,7 +351,7 @@ pub fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -326,21 +375,61 @@ mod tests {
     fn relu_after_learned_layers_is_fused() {
         let s = Shape::new(4, 8, 8);
         let v = Shape::new(10, 1, 1);
-        let conv = Op::Conv { out: 4, k: 1, stride: 1, pad: 0, groups: 1 };
+        let conv = Op::Conv {
+            out: 4,
+            k: 1,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        };
         let layers = vec![
-            Layer { name: "conv1".into(), op: conv, input: s, output: s },
-            Layer { name: "relu1".into(), op: Op::Relu, input: s, output: s },
-            Layer { name: "relu1_2".into(), op: Op::Relu, input: s, output: s },
-            Layer { name: "fc2".into(), op: Op::Fc { out: 10 }, input: s, output: v },
+            Layer {
+                name: "conv1".into(),
+                op: conv,
+                input: s,
+                output: s,
+            },
+            Layer {
+                name: "relu1".into(),
+                op: Op::Relu,
+                input: s,
+                output: s,
+            },
+            Layer {
+                name: "relu1_2".into(),
+                op: Op::Relu,
+                input: s,
+                output: s,
+            },
+            Layer {
+                name: "fc2".into(),
+                op: Op::Fc { out: 10 },
+                input: s,
+                output: v,
+            },
         ];
-        let plan = Plan { name: "T".into(), input: s, split: 1, layers: layers.into() };
+        let plan = Plan {
+            name: "T".into(),
+            input: s,
+            split: 1,
+            layers: layers.into(),
+        };
         let stages = plan.stages();
         assert_eq!(
             stages,
             vec![
-                Stage { layer: 0, fused_relu: true },
-                Stage { layer: 2, fused_relu: false },
-                Stage { layer: 3, fused_relu: false },
+                Stage {
+                    layer: 0,
+                    fused_relu: true
+                },
+                Stage {
+                    layer: 2,
+                    fused_relu: false
+                },
+                Stage {
+                    layer: 3,
+                    fused_relu: false
+                },
             ]
         );
         assert_eq!(plan.stage_output_name(stages[0]), "relu1");

@@ -4,7 +4,9 @@
 use crate::ir::{Op, Shape};
 
 /// The layer keywords of the DSL, in the order the README lists them.
-pub const KEYWORDS: &[&str] = &["conv", "relu", "maxpool", "avgpool", "lrn", "dropout", "fc", "softmax"];
+pub const KEYWORDS: &[&str] = &[
+    "conv", "relu", "maxpool", "avgpool", "lrn", "dropout", "fc", "softmax",
+];
 
 /// The type an argument must have.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -12,7 +14,11 @@ pub enum ArgType {
     /// An integer >= the bound.
     Int { min: u64 },
     /// A real number (integers allowed) in `[min, max)` or `[min, max]`.
-    Real { min: f64, max: f64, max_inclusive: bool },
+    Real {
+        min: f64,
+        max: f64,
+        max_inclusive: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -27,11 +33,25 @@ pub struct ArgSpec {
 }
 
 const fn int(name: &'static str, min: u64, default: Option<f64>, positional: bool) -> ArgSpec {
-    ArgSpec { name, ty: ArgType::Int { min }, default, positional }
+    ArgSpec {
+        name,
+        ty: ArgType::Int { min },
+        default,
+        positional,
+    }
 }
 
 const fn real(name: &'static str, min: f64, max: f64, default: f64) -> ArgSpec {
-    ArgSpec { name, ty: ArgType::Real { min, max, max_inclusive: true }, default: Some(default), positional: false }
+    ArgSpec {
+        name,
+        ty: ArgType::Real {
+            min,
+            max,
+            max_inclusive: true,
+        },
+        default: Some(default),
+        positional: false,
+    }
 }
 
 const CONV: &[ArgSpec] = &[
@@ -42,7 +62,10 @@ const CONV: &[ArgSpec] = &[
     int("groups", 1, Some(1.0), false),
 ];
 /// Pool stride defaults to the kernel size (non-overlapping), as in PyTorch.
-const POOL: &[ArgSpec] = &[int("k", 1, None, true), int("stride", 1, Some(f64::NAN), false)];
+const POOL: &[ArgSpec] = &[
+    int("k", 1, None, true),
+    int("stride", 1, Some(f64::NAN), false),
+];
 /// The paper's constants (section 3.3): n = 5, alpha = 1e-4, beta = 0.75, k = 2. With the
 /// PyTorch/ONNX/Caffe convention used here, alpha is divided by `size`.
 const LRN: &[ArgSpec] = &[
@@ -51,8 +74,16 @@ const LRN: &[ArgSpec] = &[
     real("beta", 0.0, f64::MAX, 0.75),
     real("k", 0.0, f64::MAX, 2.0),
 ];
-const DROPOUT: &[ArgSpec] =
-    &[ArgSpec { name: "p", ty: ArgType::Real { min: 0.0, max: 1.0, max_inclusive: false }, default: Some(0.5), positional: true }];
+const DROPOUT: &[ArgSpec] = &[ArgSpec {
+    name: "p",
+    ty: ArgType::Real {
+        min: 0.0,
+        max: 1.0,
+        max_inclusive: false,
+    },
+    default: Some(0.5),
+    positional: true,
+}];
 const FC: &[ArgSpec] = &[int("out", 1, None, true)];
 
 /// The arguments a layer keyword takes; `None` for an unknown keyword.
@@ -70,7 +101,9 @@ pub fn signature(keyword: &str) -> Option<&'static [ArgSpec]> {
 
 /// How a layer is written, for error messages: `conv(out, k, stride = 1, pad = 0, groups = 1)`.
 pub fn usage(keyword: &str) -> String {
-    let Some(sig) = signature(keyword) else { return keyword.to_string() };
+    let Some(sig) = signature(keyword) else {
+        return keyword.to_string();
+    };
     if sig.is_empty() {
         return keyword.to_string();
     }
@@ -91,7 +124,13 @@ pub fn usage(keyword: &str) -> String {
 pub fn build(keyword: &str, v: &[f64]) -> Op {
     let u = |i: usize| v[i] as usize;
     match keyword {
-        "conv" => Op::Conv { out: u(0), k: u(1), stride: u(2), pad: u(3), groups: u(4) },
+        "conv" => Op::Conv {
+            out: u(0),
+            k: u(1),
+            stride: u(2),
+            pad: u(3),
+            groups: u(4),
+        },
         "maxpool" | "avgpool" => {
             let stride = if v[1].is_nan() { u(0) } else { u(1) };
             if keyword == "maxpool" {
@@ -100,7 +139,13 @@ pub fn build(keyword: &str, v: &[f64]) -> Op {
                 Op::AvgPool { k: u(0), stride }
             }
         }
-        "lrn" => Op::Lrn { size: u(0), alpha: v[1] as f32, beta: v[2] as f32, k: v[3] as f32, channel_groups: 1 },
+        "lrn" => Op::Lrn {
+            size: u(0),
+            alpha: v[1] as f32,
+            beta: v[2] as f32,
+            k: v[3] as f32,
+            channel_groups: 1,
+        },
         "dropout" => Op::Dropout { p: v[0] as f32 },
         "fc" => Op::Fc { out: u(0) },
         "relu" => Op::Relu,
@@ -114,9 +159,10 @@ pub fn build(keyword: &str, v: &[f64]) -> Op {
 /// offending argument and the message.
 pub fn check_args(op: &Op) -> Option<(&'static str, String)> {
     match *op {
-        Op::Lrn { size, .. } if size % 2 == 0 => {
-            Some(("size", format!("size {size} must be odd, so that the window is centred on its channel")))
-        }
+        Op::Lrn { size, .. } if size % 2 == 0 => Some((
+            "size",
+            format!("size {size} must be odd, so that the window is centred on its channel"),
+        )),
         _ => None,
     }
 }
@@ -145,7 +191,13 @@ pub const MAX_ELEMENTS: u128 = i32::MAX as u128;
 
 /// The shape rule of each layer kind. `from` describes where the input comes from, for
 /// messages: `"input 256x6x6 from pool2"`. `split` is the number of towers.
-pub fn infer(op: &mut Op, input: Shape, from: &str, split: usize, after_fc: Option<&str>) -> Result<Shape, ShapeError> {
+pub fn infer(
+    op: &mut Op,
+    input: Shape,
+    from: &str,
+    split: usize,
+    after_fc: Option<&str>,
+) -> Result<Shape, ShapeError> {
     let ctx = format!("input {input} from {from}");
     let spatial = |what: &str| -> Result<(), ShapeError> {
         match after_fc {
@@ -157,18 +209,38 @@ pub fn infer(op: &mut Op, input: Shape, from: &str, split: usize, after_fc: Opti
         }
     };
     let out = match *op {
-        Op::Conv { out, k, stride, pad, groups } => {
+        Op::Conv {
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        } => {
             spatial("convolution")?;
             window(input, k, stride, pad, &ctx)?;
-            if input.c % groups != 0 {
-                return Err(err(Culprit::Arg("groups"), format!("groups {groups} does not divide the {} input channels ({ctx})", input.c)));
+            if !input.c.is_multiple_of(groups) {
+                return Err(err(
+                    Culprit::Arg("groups"),
+                    format!(
+                        "groups {groups} does not divide the {} input channels ({ctx})",
+                        input.c
+                    ),
+                ));
             }
             if out % groups != 0 {
-                return Err(err(Culprit::Arg("groups"), format!("groups {groups} does not divide the {out} output channels")));
+                return Err(err(
+                    Culprit::Arg("groups"),
+                    format!("groups {groups} does not divide the {out} output channels"),
+                ));
             }
             if split > 1 {
                 if out % split != 0 {
-                    return Err(err(Culprit::Arg("out"), format!("{out} output channels cannot be split evenly between {split} towers")));
+                    return Err(err(
+                        Culprit::Arg("out"),
+                        format!(
+                            "{out} output channels cannot be split evenly between {split} towers"
+                        ),
+                    ));
                 }
                 if groups != 1 && groups % split != 0 {
                     return Err(err(
@@ -179,54 +251,105 @@ pub fn infer(op: &mut Op, input: Shape, from: &str, split: usize, after_fc: Opti
             }
             let param = (out as u128) * (input.c / groups) as u128 * (k as u128) * (k as u128);
             if param > MAX_ELEMENTS {
-                return Err(err(Culprit::Layer, format!("weight of {param} elements overflows the 2^31 element limit")));
+                return Err(err(
+                    Culprit::Layer,
+                    format!("weight of {param} elements overflows the 2^31 element limit"),
+                ));
             }
-            Shape::new(out, (input.h + 2 * pad - k) / stride + 1, (input.w + 2 * pad - k) / stride + 1)
+            Shape::new(
+                out,
+                (input.h + 2 * pad - k) / stride + 1,
+                (input.w + 2 * pad - k) / stride + 1,
+            )
         }
         Op::MaxPool { k, stride } | Op::AvgPool { k, stride } => {
             spatial("pooling")?;
             window(input, k, stride, 0, &ctx)?;
-            Shape::new(input.c, (input.h - k) / stride + 1, (input.w - k) / stride + 1)
+            Shape::new(
+                input.c,
+                (input.h - k) / stride + 1,
+                (input.w - k) / stride + 1,
+            )
         }
-        Op::Lrn { size, ref mut channel_groups, .. } => {
+        Op::Lrn {
+            size,
+            ref mut channel_groups,
+            ..
+        } => {
             let per_tower = input.c / split.max(1);
-            if split > 1 && input.c % split != 0 {
-                return Err(err(Culprit::Layer, format!("{} channels cannot be split evenly between {split} towers ({ctx})", input.c)));
+            if split > 1 && !input.c.is_multiple_of(split) {
+                return Err(err(
+                    Culprit::Layer,
+                    format!(
+                        "{} channels cannot be split evenly between {split} towers ({ctx})",
+                        input.c
+                    ),
+                ));
             }
             if size > per_tower {
-                let whose = if split > 1 { format!("the {per_tower} channels of each tower") } else { format!("the {} channels", input.c) };
-                return Err(err(Culprit::Arg("size"), format!("size {size} exceeds {whose} ({ctx})")));
+                let whose = if split > 1 {
+                    format!("the {per_tower} channels of each tower")
+                } else {
+                    format!("the {} channels", input.c)
+                };
+                return Err(err(
+                    Culprit::Arg("size"),
+                    format!("size {size} exceeds {whose} ({ctx})"),
+                ));
             }
             *channel_groups = split.max(1);
             input
         }
         Op::Fc { out } => {
             if split > 1 && out % split != 0 {
-                return Err(err(Culprit::Arg("out"), format!("{out} outputs cannot be split evenly between {split} towers")));
+                return Err(err(
+                    Culprit::Arg("out"),
+                    format!("{out} outputs cannot be split evenly between {split} towers"),
+                ));
             }
             let param = (out as u128) * (input.len() as u128);
             if param > MAX_ELEMENTS {
-                return Err(err(Culprit::Layer, format!("weight of {out}x{} = {param} elements overflows the 2^31 element limit", input.len())));
+                return Err(err(
+                    Culprit::Layer,
+                    format!(
+                        "weight of {out}x{} = {param} elements overflows the 2^31 element limit",
+                        input.len()
+                    ),
+                ));
             }
             Shape::new(out, 1, 1)
         }
         Op::Relu | Op::Dropout { .. } | Op::Softmax => input,
     };
     if (out.c as u128) * (out.h as u128) * (out.w as u128) > MAX_ELEMENTS {
-        return Err(err(Culprit::Layer, format!("output {out} overflows the 2^31 element limit per image")));
+        return Err(err(
+            Culprit::Layer,
+            format!("output {out} overflows the 2^31 element limit per image"),
+        ));
     }
     Ok(out)
 }
 
 /// The checks shared by convolution and pooling windows.
 fn window(input: Shape, k: usize, stride: usize, pad: usize, ctx: &str) -> Result<(), ShapeError> {
-    let (ph, pw) = (input.h as u128 + 2 * pad as u128, input.w as u128 + 2 * pad as u128);
+    let (ph, pw) = (
+        input.h as u128 + 2 * pad as u128,
+        input.w as u128 + 2 * pad as u128,
+    );
     if k as u128 > ph || k as u128 > pw {
         let padded = if pad > 0 { "padded input" } else { "input" };
-        return Err(err(Culprit::Arg("k"), format!("kernel {k} exceeds {padded} {ph}x{pw} ({ctx})")));
+        return Err(err(
+            Culprit::Arg("k"),
+            format!("kernel {k} exceeds {padded} {ph}x{pw} ({ctx})"),
+        ));
     }
     if pad >= k {
-        return Err(err(Culprit::Arg("pad"), format!("pad {pad} must be smaller than the kernel {k}: a window would see only padding")));
+        return Err(err(
+            Culprit::Arg("pad"),
+            format!(
+                "pad {pad} must be smaller than the kernel {k}: a window would see only padding"
+            ),
+        ));
     }
     let _ = stride;
     Ok(())
@@ -239,7 +362,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -247,7 +372,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate within a small edit distance.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -263,22 +391,37 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("maxpol", KEYWORDS.iter().copied()), Some("maxpool"));
+        assert_eq!(
+            did_you_mean("maxpol", KEYWORDS.iter().copied()),
+            Some("maxpool")
+        );
         assert_eq!(did_you_mean("Conv", KEYWORDS.iter().copied()), Some("conv"));
         assert_eq!(did_you_mean("linear", KEYWORDS.iter().copied()), None);
-        assert_eq!(did_you_mean("strid", ["out", "k", "stride", "pad", "groups"]), Some("stride"));
+        assert_eq!(
+            did_you_mean("strid", ["out", "k", "stride", "pad", "groups"]),
+            Some("stride")
+        );
     }
 
     #[test]
     fn alexnet_conv1_shape() {
-        let mut op = Op::Conv { out: 96, k: 11, stride: 4, pad: 0, groups: 1 };
+        let mut op = Op::Conv {
+            out: 96,
+            k: 11,
+            stride: 4,
+            pad: 0,
+            groups: 1,
+        };
         let s = infer(&mut op, Shape::new(3, 227, 227), "input", 2, None).unwrap();
         assert_eq!(s, Shape::new(96, 55, 55));
     }
 
     #[test]
     fn usage_strings() {
-        assert_eq!(usage("conv"), "conv(out, k, stride = 1, pad = 0, groups = 1)");
+        assert_eq!(
+            usage("conv"),
+            "conv(out, k, stride = 1, pad = 0, groups = 1)"
+        );
         assert_eq!(usage("maxpool"), "maxpool(k, stride = k)");
         assert_eq!(usage("relu"), "relu");
     }

@@ -24,7 +24,12 @@ pub fn expand(input: TokenStream) -> TokenStream {
         if let Some(e) = &checked.errors {
             out.extend(e.to_compile_error());
         }
-        out.extend(emit::network(def, checked.plan.as_ref(), checked.input, checked.output));
+        out.extend(emit::network(
+            def,
+            checked.plan.as_ref(),
+            checked.input,
+            checked.output,
+        ));
     }
     out
 }
@@ -40,7 +45,11 @@ pub fn plan_from_str(src: &str) -> Result<ir::Plan, String> {
     let checked = check::check(def);
     match (checked.errors, checked.plan) {
         (None, Some(plan)) => Ok(plan),
-        (Some(e), _) => Err(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")),
+        (Some(e), _) => Err(e
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
         (None, None) => Err("the network has no plan".into()),
     }
 }
@@ -76,21 +85,34 @@ mod tests {
             "conv1 relu1 lrn1 pool1 conv2 relu2 lrn2 pool2 conv3 relu3 conv4 relu4 conv5 relu5 pool5 \
              drop6 fc6 relu6 drop7 fc7 relu7 fc8 softmax"
         );
-        assert!(matches!(plan.layer("lrn2").unwrap().op, ir::Op::Lrn { channel_groups: 2, .. }));
+        assert!(matches!(
+            plan.layer("lrn2").unwrap().op,
+            ir::Op::Lrn {
+                channel_groups: 2,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn several_errors_are_reported_together() {
-        let err = plan_from_str("N<3, 8, 8> { conv(4, 3, strid = 2) relu maxpol(2) fc(10) }").unwrap_err();
+        let err = plan_from_str("N<3, 8, 8> { conv(4, 3, strid = 2) relu maxpol(2) fc(10) }")
+            .unwrap_err();
         assert!(err.contains("unknown argument `strid`"), "{err}");
         assert!(err.contains("did you mean `stride`"), "{err}");
-        assert!(err.contains("unknown layer `maxpol`; did you mean `maxpool`?"), "{err}");
+        assert!(
+            err.contains("unknown layer `maxpol`; did you mean `maxpool`?"),
+            "{err}"
+        );
         assert_eq!(err.lines().count(), 2, "{err}");
     }
 
     #[test]
     fn shape_error_names_layer_and_source() {
         let err = plan_from_str("N<3, 8, 8> { conv(4, 3) maxpool(2) conv(8, 7) }").unwrap_err();
-        assert_eq!(err, "conv2: kernel 7 exceeds input 3x3 (input 4x3x3 from `pool1`)");
+        assert_eq!(
+            err,
+            "conv2: kernel 7 exceeds input 3x3 (input 4x3x3 from `pool1`)"
+        );
     }
 }

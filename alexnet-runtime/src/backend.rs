@@ -19,6 +19,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A buffer of `len` elements; its contents are unspecified until written.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
 
+    /// Waits until all work submitted so far has finished (for timing).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Runs one stage of `plan`'s forward pass on `batch` images: reads `input` (the
     /// stage's input, `batch * layer.input.len()` values), writes all of `output`
     /// (`batch * layer.output.len()` values). `params` holds the layer's weight and bias

@@ -7,15 +7,28 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum Error {
     /// A tensor or batch has the wrong shape.
-    Shape { what: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        what: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// A weights file does not match the network: one line per missing, extra, mis-shaped
     /// or mistyped tensor.
-    Weights { path: Option<PathBuf>, problems: Vec<String> },
+    Weights {
+        path: Option<PathBuf>,
+        problems: Vec<String>,
+    },
     /// A model built from one network was used as another.
     PlanMismatch { expected: String, found: String },
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A file is not valid safetensors.
-    Format { path: Option<PathBuf>, message: String },
+    Format {
+        path: Option<PathBuf>,
+        message: String,
+    },
     /// A backend could not run an operation.
     Backend(String),
 }
@@ -24,19 +37,37 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
 fn dims(d: &[usize]) -> String {
-    format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        d.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape { what, expected, found } => {
-                write!(f, "{what}: expected shape {}, found {}", dims(expected), dims(found))
+            Error::Shape {
+                what,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "{what}: expected shape {}, found {}",
+                    dims(expected),
+                    dims(found)
+                )
             }
             Error::Weights { path, problems } => {
                 match path {
@@ -53,7 +84,11 @@ impl fmt::Display for Error {
             }
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, message } => match path {
-                Some(p) => write!(f, "{}: not a valid safetensors file: {message}", p.display()),
+                Some(p) => write!(
+                    f,
+                    "{}: not a valid safetensors file: {message}",
+                    p.display()
+                ),
                 None => write!(f, "not a valid safetensors buffer: {message}"),
             },
             Error::Backend(m) => write!(f, "{m}"),

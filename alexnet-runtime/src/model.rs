@@ -9,6 +9,9 @@ use crate::ir::{Op, ParamSpec, Plan};
 use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor};
 
+/// A callback that sees each stage's output: `(layer name, values)`.
+type Inspect<'a> = &'a mut dyn FnMut(&str, &[f32]);
+
 /// A network (its [`Plan`]) with its parameters in a backend's memory. The generated
 /// network types wrap one; it can also be used directly with a plan built at run time.
 pub struct Model<B: Backend> {
@@ -20,7 +23,10 @@ pub struct Model<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Model<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("network", &self.plan.name).field("backend", &self.backend.name()).finish()
+        f.debug_struct("Model")
+            .field("network", &self.plan.name)
+            .field("backend", &self.backend.name())
+            .finish()
     }
 }
 
@@ -50,12 +56,18 @@ impl<B: Backend> Model<B> {
         for layer in plan.layers.iter() {
             let mut own = Vec::new();
             for spec in layer.params() {
-                let t = tensors.next().ok_or_else(|| Error::Backend(format!("no data for `{}`", spec.name)))?;
+                let t = tensors
+                    .next()
+                    .ok_or_else(|| Error::Backend(format!("no data for `{}`", spec.name)))?;
                 own.push((spec, backend.upload(&t.data)?));
             }
             params.push(own);
         }
-        Ok(Model { backend, plan, params })
+        Ok(Model {
+            backend,
+            plan,
+            params,
+        })
     }
 
     /// Every parameter, downloaded to the host.
@@ -64,14 +76,21 @@ impl<B: Backend> Model<B> {
             .iter()
             .flatten()
             .map(|(spec, buf)| {
-                Ok(NamedTensor { name: spec.name.clone(), shape: spec.shape.clone(), data: self.backend.download(buf)? })
+                Ok(NamedTensor {
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                    data: self.backend.download(buf)?,
+                })
             })
             .collect()
     }
 
     /// Saves the parameters to a safetensors file, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let meta = HashMap::from([("network".to_string(), self.plan.name.to_string()), ("format".to_string(), "pt".to_string())]);
+        let meta = HashMap::from([
+            ("network".to_string(), self.plan.name.to_string()),
+            ("format".to_string(), "pt".to_string()),
+        ]);
         weights::write_safetensors(path, &self.tensors()?, Some(meta))
     }
 
@@ -86,7 +105,10 @@ impl<B: Backend> Model<B> {
     /// Fails unless this model was built from `plan`.
     pub fn expect_plan(&self, plan: &Plan) -> Result<()> {
         if &self.plan != plan {
-            return Err(Error::PlanMismatch { expected: plan.name.to_string(), found: self.plan.name.to_string() });
+            return Err(Error::PlanMismatch {
+                expected: plan.name.to_string(),
+                found: self.plan.name.to_string(),
+            });
         }
         Ok(())
     }
@@ -99,11 +121,32 @@ impl<B: Backend> Model<B> {
 
     /// [`Model::forward`], calling `inspect(layer_name, values)` with every stage's output,
     /// named after the last layer of the stage (a fused ReLU's name, for instance).
-    pub fn forward_inspect(&self, input: &Tensor, mut inspect: impl FnMut(&str, &[f32])) -> Result<Tensor> {
+    pub fn forward_inspect(
+        &self,
+        input: &Tensor,
+        mut inspect: impl FnMut(&str, &[f32]),
+    ) -> Result<Tensor> {
         self.run(input, Some(&mut inspect))
     }
 
-    fn run(&self, input: &Tensor, mut inspect: Option<&mut dyn FnMut(&str, &[f32])>) -> Result<Tensor> {
+    /// [`Model::forward`], timing every stage (the backend is synchronised around each):
+    /// returns the output and `(stage name, seconds)` per stage.
+    pub fn forward_timed(&self, input: &Tensor) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let mut times = Vec::new();
+        let y = self.run_with(input, None, Some(&mut times))?;
+        Ok((y, times))
+    }
+
+    fn run(&self, input: &Tensor, inspect: Option<Inspect<'_>>) -> Result<Tensor> {
+        self.run_with(input, inspect, None)
+    }
+
+    fn run_with(
+        &self,
+        input: &Tensor,
+        mut inspect: Option<Inspect<'_>>,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> Result<Tensor> {
         let plan = &self.plan;
         let s = plan.input;
         let batch = match *input.shape() {
@@ -117,9 +160,17 @@ impl<B: Backend> Model<B> {
                 });
             }
         };
-        let stages: Vec<_> =
-            plan.stages().into_iter().filter(|st| !matches!(plan.layers[st.layer].op, Op::Dropout { .. })).collect();
-        let max = stages.iter().map(|st| plan.layers[st.layer].output.len()).max().unwrap_or(0) * batch;
+        let stages: Vec<_> = plan
+            .stages()
+            .into_iter()
+            .filter(|st| !matches!(plan.layers[st.layer].op, Op::Dropout { .. }))
+            .collect();
+        let max = stages
+            .iter()
+            .map(|st| plan.layers[st.layer].output.len())
+            .max()
+            .unwrap_or(0)
+            * batch;
         // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
         let input_buf = self.backend.upload(input.data())?;
         let mut bufs = [self.backend.alloc(max)?, self.backend.alloc(max)?];
@@ -130,11 +181,23 @@ impl<B: Backend> Model<B> {
             let [b0, b1] = &mut bufs;
             let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
             let src = if i == 0 { &input_buf } else { src };
-            self.backend.forward_stage(plan, *stage, batch, src, &params, dst)?;
+            let t0 = std::time::Instant::now();
+            self.backend
+                .forward_stage(plan, *stage, batch, src, &params, dst)?;
+            if let Some(t) = times.as_mut() {
+                self.backend.synchronize()?;
+                t.push((
+                    plan.stage_output_name(*stage).to_string(),
+                    t0.elapsed().as_secs_f64(),
+                ));
+            }
             out_shape = layer.output;
             if let Some(f) = inspect.as_mut() {
                 let values = self.backend.download(dst)?;
-                f(plan.stage_output_name(*stage), &values[..batch * layer.output.len()]);
+                f(
+                    plan.stage_output_name(*stage),
+                    &values[..batch * layer.output.len()],
+                );
             }
         }
         let last = match stages.len() {

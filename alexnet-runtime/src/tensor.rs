@@ -25,7 +25,10 @@ impl Tensor {
 
     pub fn zeros(shape: Vec<usize>) -> Self {
         let len = shape.iter().product();
-        Tensor { shape, data: vec![0.0; len] }
+        Tensor {
+            shape,
+            data: vec![0.0; len],
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -66,7 +69,9 @@ impl<const C: usize, const H: usize, const W: usize> Batch<C, H, W> {
     pub const IMAGE_LEN: usize = C * H * W;
 
     pub fn zeros(n: usize) -> Self {
-        Batch { tensor: Tensor::zeros(vec![n, C, H, W]) }
+        Batch {
+            tensor: Tensor::zeros(vec![n, C, H, W]),
+        }
     }
 
     /// `n` images from NCHW data of `n * C * H * W` elements.
@@ -84,10 +89,19 @@ impl<const C: usize, const H: usize, const W: usize> Batch<C, H, W> {
         };
         if !ok {
             let n = s.first().copied().unwrap_or(0);
-            return Err(Error::Shape { what: "batch".into(), expected: vec![n, C, H, W], found: s.to_vec() });
+            return Err(Error::Shape {
+                what: "batch".into(),
+                expected: vec![n, C, H, W],
+                found: s.to_vec(),
+            });
         }
         let n = s[0];
-        Ok(Batch { tensor: Tensor { shape: vec![n, C, H, W], data: tensor.data } })
+        Ok(Batch {
+            tensor: Tensor {
+                shape: vec![n, C, H, W],
+                data: tensor.data,
+            },
+        })
     }
 
     /// Number of images.
@@ -126,7 +140,10 @@ mod tests {
         assert!(Batch::<3, 4, 4>::from_vec(2, vec![0.0; 96]).is_ok());
         assert!(Batch::<3, 4, 4>::from_vec(2, vec![0.0; 95]).is_err());
         let e = Batch::<3, 4, 4>::from_tensor(Tensor::zeros(vec![2, 3, 4, 5])).unwrap_err();
-        assert_eq!(e.to_string(), "batch: expected shape [2, 3, 4, 4], found [2, 3, 4, 5]");
+        assert_eq!(
+            e.to_string(),
+            "batch: expected shape [2, 3, 4, 4], found [2, 3, 4, 5]"
+        );
         let v = Batch::<10, 1, 1>::from_tensor(Tensor::zeros(vec![2, 10])).unwrap();
         assert_eq!(v.as_tensor().shape(), &[2, 10, 1, 1]);
     }

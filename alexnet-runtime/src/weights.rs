@@ -31,7 +31,10 @@ pub struct NamedTensor {
 pub fn paper_init(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.01).unwrap_or_else(|_| unreachable!("0.01 is a valid std"));
-    let last_fc = plan.layers.iter().rposition(|l| matches!(l.op, Op::Fc { .. }));
+    let last_fc = plan
+        .layers
+        .iter()
+        .rposition(|l| matches!(l.op, Op::Fc { .. }));
     let mut conv_ordinal = 0;
     let mut out = Vec::new();
     for (i, layer) in plan.layers.iter().enumerate() {
@@ -44,23 +47,42 @@ pub fn paper_init(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
             _ => continue,
         };
         let specs = layer.params();
-        let [w, b] = specs.as_slice() else { unreachable!("learned layers have a weight and a bias") };
+        let [w, b] = specs.as_slice() else {
+            unreachable!("learned layers have a weight and a bias")
+        };
         let wdata = (0..w.len()).map(|_| normal.sample(&mut rng)).collect();
-        out.push(NamedTensor { name: w.name.clone(), shape: w.shape.clone(), data: wdata });
-        out.push(NamedTensor { name: b.name.clone(), shape: b.shape.clone(), data: vec![f32::from(u8::from(bias_one)); b.len()] });
+        out.push(NamedTensor {
+            name: w.name.clone(),
+            shape: w.shape.clone(),
+            data: wdata,
+        });
+        out.push(NamedTensor {
+            name: b.name.clone(),
+            shape: b.shape.clone(),
+            data: vec![f32::from(u8::from(bias_one)); b.len()],
+        });
     }
     out
 }
 
 /// Orders `tensors` as the plan's parameters, or lists every missing, extra and
 /// mis-shaped tensor.
-pub fn match_plan(plan: &Plan, tensors: Vec<NamedTensor>, path: Option<&Path>) -> Result<Vec<NamedTensor>> {
-    let mut by_name: HashMap<String, NamedTensor> = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+pub fn match_plan(
+    plan: &Plan,
+    tensors: Vec<NamedTensor>,
+    path: Option<&Path>,
+) -> Result<Vec<NamedTensor>> {
+    let mut by_name: HashMap<String, NamedTensor> =
+        tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
     let mut problems = Vec::new();
     let mut ordered = Vec::new();
     for spec in plan.params() {
         match by_name.remove(&spec.name) {
-            None => problems.push(format!("missing tensor `{}` of shape {}", spec.name, crate::error::fmt_shape(&spec.shape))),
+            None => problems.push(format!(
+                "missing tensor `{}` of shape {}",
+                spec.name,
+                crate::error::fmt_shape(&spec.shape)
+            )),
             Some(t) if t.shape != spec.shape => problems.push(format!(
                 "tensor `{}` has shape {}, the network needs {}",
                 spec.name,
@@ -73,12 +95,18 @@ pub fn match_plan(plan: &Plan, tensors: Vec<NamedTensor>, path: Option<&Path>) -
     let mut extra: Vec<_> = by_name.into_keys().collect();
     extra.sort();
     for name in extra {
-        problems.push(format!("unexpected tensor `{name}`: network `{}` has no such parameter", plan.name));
+        problems.push(format!(
+            "unexpected tensor `{name}`: network `{}` has no such parameter",
+            plan.name
+        ));
     }
     if problems.is_empty() {
         Ok(ordered)
     } else {
-        Err(Error::Weights { path: path.map(Path::to_path_buf), problems })
+        Err(Error::Weights {
+            path: path.map(Path::to_path_buf),
+            problems,
+        })
     }
 }
 
@@ -86,36 +114,65 @@ pub fn match_plan(plan: &Plan, tensors: Vec<NamedTensor>, path: Option<&Path>) -
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_safetensors(&bytes).map_err(|e| match e {
-        Error::Format { message, .. } => Error::Format { path: Some(path.to_path_buf()), message },
-        Error::Weights { problems, .. } => Error::Weights { path: Some(path.to_path_buf()), problems },
+        Error::Format { message, .. } => Error::Format {
+            path: Some(path.to_path_buf()),
+            message,
+        },
+        Error::Weights { problems, .. } => Error::Weights {
+            path: Some(path.to_path_buf()),
+            problems,
+        },
         other => other,
     })
 }
 
 /// Parses a safetensors buffer; see [`read_safetensors`].
 pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format { path: None, message: e.to_string() })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format {
+        path: None,
+        message: e.to_string(),
+    })?;
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (name, view) in st.tensors() {
         let d = view.data();
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => d
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
             Dtype::F64 => d
                 .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
                 .collect(),
             other => {
-                problems.push(format!("tensor `{name}` has dtype {other:?}; expected F32 (or F16, BF16, F64)"));
+                problems.push(format!(
+                    "tensor `{name}` has dtype {other:?}; expected F32 (or F16, BF16, F64)"
+                ));
                 continue;
             }
         };
-        out.push(NamedTensor { name, shape: view.shape().to_vec(), data });
+        out.push(NamedTensor {
+            name,
+            shape: view.shape().to_vec(),
+            data,
+        });
     }
     if !problems.is_empty() {
-        return Err(Error::Weights { path: None, problems });
+        return Err(Error::Weights {
+            path: None,
+            problems,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -124,18 +181,36 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
 /// Writes f32 tensors to a safetensors file atomically: a temporary file in the same
 /// folder, flushed and fsynced, then renamed over `path`, so a crash never leaves a
 /// half-written file behind.
-pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|t| (t.name.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
     for (name, data, shape) in &bytes {
-        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
-            .map_err(|e| Error::Format { path: Some(path.to_path_buf()), message: e.to_string() })?;
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).map_err(|e| {
+                Error::Format {
+                    path: Some(path.to_path_buf()),
+                    message: e.to_string(),
+                }
+            })?;
         views.push((name.clone(), view));
     }
-    let buf = safetensors::serialize(views, metadata).map_err(|e| Error::Format { path: Some(path.to_path_buf()), message: e.to_string() })?;
+    let buf = safetensors::serialize(views, metadata).map_err(|e| Error::Format {
+        path: Some(path.to_path_buf()),
+        message: e.to_string(),
+    })?;
     write_atomic(path, &buf)
 }
 
@@ -146,8 +221,14 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(contents)?;

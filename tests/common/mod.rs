@@ -30,8 +30,16 @@ pub fn hash_weights(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
         .into_iter()
         .enumerate()
         .map(|(i, spec)| {
-            let bound = if spec.shape.len() == 1 { 0.1 } else { (6.0 / spec.shape[1..].iter().product::<usize>() as f64).sqrt() };
-            NamedTensor { data: hash_uniform(seed, i as u64, spec.len(), bound), name: spec.name, shape: spec.shape }
+            let bound = if spec.shape.len() == 1 {
+                0.1
+            } else {
+                (6.0 / spec.shape[1..].iter().product::<usize>() as f64).sqrt()
+            };
+            NamedTensor {
+                data: hash_uniform(seed, i as u64, spec.len(), bound),
+                name: spec.name,
+                shape: spec.shape,
+            }
         })
         .collect()
 }

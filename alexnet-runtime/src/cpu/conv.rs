@@ -28,9 +28,19 @@ impl ConvGeom {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `y = relu?(conv(x, w) + b)` for `batch` images. `threads` is the parallelism to use:
 /// over images when the batch is large enough, inside each GEMM otherwise.
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], batch: usize, g: ConvGeom, relu: bool, threads: usize) {
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    g: ConvGeom,
+    relu: bool,
+    threads: usize,
+) {
     let (in_len, out_len) = (g.input.len(), g.output.len());
     if batch >= threads || threads <= 1 {
         y.par_chunks_mut(out_len)
@@ -49,7 +59,16 @@ pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], batch: usize, g: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn image(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], g: &ConvGeom, relu: bool, col: &mut [f32], threads: usize) {
+fn image(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    g: &ConvGeom,
+    relu: bool,
+    col: &mut [f32],
+    threads: usize,
+) {
     let cg = g.input.c / g.groups;
     let og = g.output.c / g.groups;
     let pq = g.output.h * g.output.w;
@@ -62,7 +81,14 @@ fn image(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], g: &ConvGeom, relu: boo
             row.fill(b[grp * og + o]);
         }
         let wg = &w[grp * og * kk..(grp + 1) * og * kk];
-        sgemm(Mat::row_major(wg, og, kk, kk), Mat::row_major(col, kk, pq, pq), yg, pq, true, threads);
+        sgemm(
+            Mat::row_major(wg, og, kk, kk),
+            Mat::row_major(col, kk, pq, pq),
+            yg,
+            pq,
+            true,
+            threads,
+        );
         if relu {
             yg.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -76,7 +102,11 @@ fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
     // Output columns whose input column ox*s + kx - pad lies inside [0, w).
     let valid = move |kx: usize| -> (usize, usize) {
         let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
-        let hi = if w + pad > kx { q.min((w - 1 + pad - kx) / s + 1) } else { 0 };
+        let hi = if w + pad > kx {
+            q.min((w - 1 + pad - kx) / s + 1)
+        } else {
+            0
+        };
         (lo.min(hi), hi)
     };
     let fill_row = |r: usize, row: &mut [f32]| {
@@ -106,8 +136,12 @@ fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
     let rows = cg * k * k;
     let col = &mut col[..rows * p * q];
     if threads > 1 {
-        col.par_chunks_mut(p * q).enumerate().for_each(|(r, row)| fill_row(r, row));
+        col.par_chunks_mut(p * q)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
     } else {
-        col.chunks_mut(p * q).enumerate().for_each(|(r, row)| fill_row(r, row));
+        col.chunks_mut(p * q)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
     }
 }

@@ -1,21 +1,88 @@
-//! Fully connected layer: `y = relu?(x W^T + b)`, one GEMM over the whole batch.
+//! Fully connected layer: `y = relu?(x W^T + b)`.
 
-use super::gemm::{sgemm, Mat};
+use rayon::prelude::*;
 
-pub fn forward(x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], batch: usize, inputs: usize, outputs: usize, relu: bool, threads: usize) {
-    for row in y.chunks_mut(outputs) {
-        row.copy_from_slice(b);
+use super::gemm::{sgemm_strided, Mat};
+
+/// Up to this batch size the layer is a few matrix-vector products, bound by reading W:
+/// each weight row is streamed once against every image.
+const GEMV_MAX_BATCH: usize = 4;
+
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+    threads: usize,
+) {
+    if batch <= GEMV_MAX_BATCH {
+        gemv(x, w, b, y, batch, inputs, outputs);
+    } else {
+        for row in y.chunks_mut(outputs) {
+            row.copy_from_slice(b);
+        }
+        // y^T = W x^T; y^T's element (o, n) is y[n * outputs + o].
+        sgemm_strided(
+            Mat::row_major(w, outputs, inputs, inputs),
+            Mat::transposed(x, inputs, batch, inputs),
+            y,
+            1,
+            outputs,
+            true,
+            threads,
+        );
     }
-    // W is [outputs, inputs] row-major, so W^T is its transposed view.
-    sgemm(
-        Mat::row_major(x, batch, inputs, inputs),
-        Mat::transposed(w, inputs, outputs, inputs),
-        y,
-        outputs,
-        true,
-        threads,
-    );
     if relu {
         y.iter_mut().for_each(|v| *v = v.max(0.0));
     }
+}
+
+fn gemv(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    const ROWS: usize = 64;
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(ROWS * inputs)
+        .enumerate()
+        .map(|(blk, wb)| {
+            let mut out = Vec::with_capacity(ROWS * batch);
+            for (r, row) in wb.chunks_exact(inputs).enumerate() {
+                for n in 0..batch {
+                    out.push(b[blk * ROWS + r] + dot(row, &x[n * inputs..(n + 1) * inputs]));
+                }
+            }
+            out
+        })
+        .collect();
+    for (blk, vals) in blocks.iter().enumerate() {
+        for (i, v) in vals.iter().enumerate() {
+            let (r, n) = (i / batch, i % batch);
+            y[n * outputs + blk * ROWS + r] = *v;
+        }
+    }
+}
+
+/// A dot product with 16 independent partial sums, so the compiler can vectorise it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ac, at) = a.as_chunks::<16>();
+    let (bc, bt) = b.as_chunks::<16>();
+    for (x, y) in ac.iter().zip(bc) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }

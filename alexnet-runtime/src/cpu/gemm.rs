@@ -15,12 +15,24 @@ pub struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// A row-major `rows x cols` matrix with leading dimension `ld`.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
-        Mat { data, rows, cols, row_stride: ld, col_stride: 1 }
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: ld,
+            col_stride: 1,
+        }
     }
 
     /// The transpose of a row-major `cols x rows` matrix with leading dimension `ld`.
     pub fn transposed(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
-        Mat { data, rows, cols, row_stride: 1, col_stride: ld }
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: ld,
+        }
     }
 }
 
@@ -35,33 +47,64 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 
 /// `c = a * b` (or `c += a * b` with `accumulate`), `c` row-major `a.rows x b.cols` with
 /// leading dimension `ldc`. `threads > 1` splits the product over rayon's pool.
+pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
+    sgemm_strided(a, b, c, ldc, 1, accumulate, threads)
+}
+
+/// [`sgemm`] with a strided destination: element `(i, j)` of `c` is `c[i * c_rs + j * c_cs]`.
 ///
 /// # Panics
 /// If the shapes disagree or a view reaches past its slice: callers size their buffers
 /// from the plan, so that is a bug in the backend, not a user error.
-pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
+pub fn sgemm_strided(
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    c_cs: usize,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "sgemm: inner dimensions differ");
-    assert!(extent(m, k, a.row_stride, a.col_stride) <= a.data.len(), "sgemm: lhs out of bounds");
-    assert!(extent(k, n, b.row_stride, b.col_stride) <= b.data.len(), "sgemm: rhs out of bounds");
-    assert!(extent(m, n, ldc, 1) <= c.len(), "sgemm: dst out of bounds");
-    assert!(ldc >= n || m <= 1, "sgemm: dst rows overlap");
+    assert!(
+        extent(m, k, a.row_stride, a.col_stride) <= a.data.len(),
+        "sgemm: lhs out of bounds"
+    );
+    assert!(
+        extent(k, n, b.row_stride, b.col_stride) <= b.data.len(),
+        "sgemm: rhs out of bounds"
+    );
+    assert!(
+        extent(m, n, c_rs, c_cs) <= c.len(),
+        "sgemm: dst out of bounds"
+    );
+    assert!(
+        dst_distinct(m, n, c_rs, c_cs),
+        "sgemm: dst elements overlap"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[i * ldc..i * ldc + n].fill(0.0);
+                for j in 0..n {
+                    c[i * c_rs + j * c_cs] = 0.0;
+                }
             }
         }
         return;
     }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above prove that every element the three strided views address
     // lies inside its slice (the views' extents fit), and `dst` is borrowed mutably while
     // `lhs` and `rhs` are shared borrows, so the destination aliases neither input. The
-    // destination rows do not overlap (`ldc >= n`). Strides fit in `isize` because they
+    // destination elements are distinct (`dst_distinct`). Strides fit in `isize` because they
     // index within slices.
     unsafe {
         gemm::gemm(
@@ -69,8 +112,8 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, thread
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            ldc as isize,
+            c_cs as isize,
+            c_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -88,6 +131,15 @@ pub fn sgemm(a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool, thread
     }
 }
 
+/// Whether a strided `m x n` view addresses each element once: one stride must step over
+/// the whole extent of the other dimension.
+fn dst_distinct(m: usize, n: usize, rs: usize, cs: usize) -> bool {
+    m <= 1 && (n <= 1 || cs > 0)
+        || n <= 1 && rs > 0
+        || rs >= extent(1, n, 0, cs) && cs > 0
+        || cs >= extent(m, 1, rs, 0) && rs > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,7 +150,8 @@ mod tests {
             for j in 0..b.cols {
                 let mut s = 0.0;
                 for p in 0..a.cols {
-                    s += a.data[i * a.row_stride + p * a.col_stride] * b.data[p * b.row_stride + j * b.col_stride];
+                    s += a.data[i * a.row_stride + p * a.col_stride]
+                        * b.data[p * b.row_stride + j * b.col_stride];
                 }
                 c[i * b.cols + j] = s;
             }

@@ -23,32 +23,44 @@ pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
     let half = p.size / 2;
     let a = p.alpha / p.size as f32;
     let block = cg * h * w;
-    y.par_chunks_mut(block).zip(x.par_chunks(block)).for_each_init(
-        || (vec![0.0f32; cg * w], vec![0.0f32; w]),
-        |(sq, sum), (yb, xb)| {
-            for row in 0..h {
-                let at = |ch: usize| ch * h * w + row * w;
-                for ch in 0..cg {
-                    for (s, v) in sq[ch * w..(ch + 1) * w].iter_mut().zip(&xb[at(ch)..at(ch) + w]) {
-                        *s = v * v;
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each_init(
+            || (vec![0.0f32; cg * w], vec![0.0f32; w]),
+            |(sq, sum), (yb, xb)| {
+                for row in 0..h {
+                    let at = |ch: usize| ch * h * w + row * w;
+                    for ch in 0..cg {
+                        for (s, v) in sq[ch * w..(ch + 1) * w]
+                            .iter_mut()
+                            .zip(&xb[at(ch)..at(ch) + w])
+                        {
+                            *s = v * v;
+                        }
+                    }
+                    sum.fill(0.0);
+                    for ch in 0..half.min(cg) {
+                        add(sum, &sq[ch * w..(ch + 1) * w], 1.0);
+                    }
+                    for ch in 0..cg {
+                        if ch + half < cg {
+                            add(sum, &sq[(ch + half) * w..(ch + half + 1) * w], 1.0);
+                        }
+                        if ch > half {
+                            add(sum, &sq[(ch - half - 1) * w..(ch - half) * w], -1.0);
+                        }
+                        scale(
+                            &mut yb[at(ch)..at(ch) + w],
+                            &xb[at(ch)..at(ch) + w],
+                            sum,
+                            a,
+                            p.k,
+                            p.beta,
+                        );
                     }
                 }
-                sum.fill(0.0);
-                for ch in 0..half.min(cg) {
-                    add(sum, &sq[ch * w..(ch + 1) * w], 1.0);
-                }
-                for ch in 0..cg {
-                    if ch + half < cg {
-                        add(sum, &sq[(ch + half) * w..(ch + half + 1) * w], 1.0);
-                    }
-                    if ch > half {
-                        add(sum, &sq[(ch - half - 1) * w..(ch - half) * w], -1.0);
-                    }
-                    scale(&mut yb[at(ch)..at(ch) + w], &xb[at(ch)..at(ch) + w], sum, a, p.k, p.beta);
-                }
-            }
-        },
-    );
+            },
+        );
 }
 
 fn add(acc: &mut [f32], v: &[f32], sign: f32) {

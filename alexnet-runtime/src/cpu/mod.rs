@@ -32,7 +32,10 @@ impl Cpu {
 
 fn check_len(what: &str, buf: &[f32], want: usize) -> Result<()> {
     if buf.len() < want {
-        return Err(Error::Backend(format!("cpu: {what} buffer holds {} values, the stage needs {want}", buf.len())));
+        return Err(Error::Backend(format!(
+            "cpu: {what} buffer holds {} values, the stage needs {want}",
+            buf.len()
+        )));
     }
     Ok(())
 }
@@ -56,7 +59,15 @@ impl Backend for Cpu {
         Ok(vec![0.0; len])
     }
 
-    fn forward_stage(&self, plan: &Plan, stage: Stage, batch: usize, input: &Vec<f32>, params: &[&Vec<f32>], output: &mut Vec<f32>) -> Result<()> {
+    fn forward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        input: &Vec<f32>,
+        params: &[&Vec<f32>],
+        output: &mut Vec<f32>,
+    ) -> Result<()> {
         let layer = &plan.layers[stage.layer];
         let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
         check_len(&format!("{} input", layer.name), input, n_in)?;
@@ -65,26 +76,84 @@ impl Backend for Cpu {
         let wb = || -> Result<(&[f32], &[f32])> {
             match params {
                 [w, b] => Ok((w, b)),
-                _ => Err(Error::Backend(format!("cpu: {} needs a weight and a bias, got {} tensors", layer.name, params.len()))),
+                _ => Err(Error::Backend(format!(
+                    "cpu: {} needs a weight and a bias, got {} tensors",
+                    layer.name,
+                    params.len()
+                ))),
             }
         };
         let threads = self.threads();
         match layer.op {
-            Op::Conv { k, stride, pad, groups, .. } => {
+            Op::Conv {
+                k,
+                stride,
+                pad,
+                groups,
+                ..
+            } => {
                 let (w, b) = wb()?;
-                let g = conv::ConvGeom { input: layer.input, output: layer.output, k, stride, pad, groups };
+                let g = conv::ConvGeom {
+                    input: layer.input,
+                    output: layer.output,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                };
                 conv::forward(x, w, b, y, batch, g, stage.fused_relu, threads);
             }
             Op::Fc { out } => {
                 let (w, b) = wb()?;
-                fc::forward(x, w, b, y, batch, layer.input.len(), out, stage.fused_relu, threads);
+                fc::forward(
+                    x,
+                    w,
+                    b,
+                    y,
+                    batch,
+                    layer.input.len(),
+                    out,
+                    stage.fused_relu,
+                    threads,
+                );
             }
             Op::Relu => elementwise::relu(x, y),
-            Op::MaxPool { k, stride } => pool::forward(x, y, layer.input, layer.output, k, stride, pool::PoolKind::Max),
-            Op::AvgPool { k, stride } => pool::forward(x, y, layer.input, layer.output, k, stride, pool::PoolKind::Avg),
-            Op::Lrn { size, alpha, beta, k, channel_groups } => {
-                lrn::forward(x, y, layer.input, lrn::LrnParams { size, alpha, beta, k, channel_groups })
-            }
+            Op::MaxPool { k, stride } => pool::forward(
+                x,
+                y,
+                layer.input,
+                layer.output,
+                k,
+                stride,
+                pool::PoolKind::Max,
+            ),
+            Op::AvgPool { k, stride } => pool::forward(
+                x,
+                y,
+                layer.input,
+                layer.output,
+                k,
+                stride,
+                pool::PoolKind::Avg,
+            ),
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                k,
+                channel_groups,
+            } => lrn::forward(
+                x,
+                y,
+                layer.input,
+                lrn::LrnParams {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    channel_groups,
+                },
+            ),
             Op::Dropout { .. } => y.copy_from_slice(x),
             Op::Softmax => elementwise::softmax(x, y, layer.input),
         }

@@ -10,34 +10,44 @@ pub enum PoolKind {
     Avg,
 }
 
-pub fn forward(x: &[f32], y: &mut [f32], input: Shape, output: Shape, k: usize, stride: usize, kind: PoolKind) {
+/// Each output row reduces its `k` input rows column-wise first (contiguous, vectorisable),
+/// then slides the window along that reduced row.
+pub fn forward(
+    x: &[f32],
+    y: &mut [f32],
+    input: Shape,
+    output: Shape,
+    k: usize,
+    stride: usize,
+    kind: PoolKind,
+) {
     let (h, w) = (input.h, input.w);
     let (p, q) = (output.h, output.w);
     let scale = 1.0 / (k * k) as f32;
-    y.par_chunks_mut(p * q).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
-        for oy in 0..p {
-            for ox in 0..q {
-                let (y0, x0) = (oy * stride, ox * stride);
-                let v = match kind {
-                    PoolKind::Max => {
-                        let mut m = f32::NEG_INFINITY;
-                        for ky in 0..k {
-                            for v in &plane[(y0 + ky) * w + x0..(y0 + ky) * w + x0 + k] {
-                                m = m.max(*v);
+    y.par_chunks_mut(p * q)
+        .zip(x.par_chunks(h * w))
+        .for_each_init(
+            || vec![0.0f32; w],
+            |cols, (out, plane)| {
+                for oy in 0..p {
+                    let rows = &plane[oy * stride * w..(oy * stride + k) * w];
+                    cols.copy_from_slice(&rows[..w]);
+                    for r in rows.chunks_exact(w).skip(1) {
+                        match kind {
+                            PoolKind::Max => {
+                                cols.iter_mut().zip(r).for_each(|(c, v)| *c = c.max(*v))
                             }
+                            PoolKind::Avg => cols.iter_mut().zip(r).for_each(|(c, v)| *c += v),
                         }
-                        m
                     }
-                    PoolKind::Avg => {
-                        let mut acc = 0.0;
-                        for ky in 0..k {
-                            acc += plane[(y0 + ky) * w + x0..(y0 + ky) * w + x0 + k].iter().sum::<f32>();
-                        }
-                        acc * scale
+                    for (ox, o) in out[oy * q..(oy + 1) * q].iter_mut().enumerate() {
+                        let win = &cols[ox * stride..ox * stride + k];
+                        *o = match kind {
+                            PoolKind::Max => win.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                            PoolKind::Avg => win.iter().sum::<f32>() * scale,
+                        };
                     }
-                };
-                out[oy * q + ox] = v;
-            }
-        }
-    });
+                }
+            },
+        );
 }

@@ -189,6 +189,12 @@ pub fn network(
             model: #rt::Model<B>,
         }
 
+        impl<B: #rt::Backend> ::core::fmt::Debug for #name<B> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Debug::fmt(&self.model, f)
+            }
+        }
+
         impl #name {
             #[doc = #doc_in]
             pub const INPUT_SHAPE: [usize; 3] = #in_arr;

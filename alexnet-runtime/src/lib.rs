@@ -18,3 +18,4 @@ pub use cpu::Cpu;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use tensor::{Batch, Tensor};
+pub use alexnet_codegen::plan_from_str;

@@ -1,0 +1,156 @@
+//! Every layer kind of the CPU backend against a direct, naive implementation of its
+//! definition, on fresh random inputs and weights, over shapes that exercise strides,
+//! padding, groups, towers, overlapping windows and both fc paths (matrix-vector for small
+//! batches, GEMM for larger ones).
+
+mod common;
+
+use alexnet::ir::{Op, Plan};
+use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::{Cpu, Model, Tensor};
+use common::rel_l2;
+use rand::{Rng, SeedableRng};
+
+/// Builds a plan from DSL text (the same front end as the macro, at run time).
+fn plan(src: &str) -> Plan {
+    alexnet::runtime::plan_from_str(src).unwrap_or_else(|e| panic!("{src}: {e}"))
+}
+
+fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Runs a one-layer plan on random data; returns (input, weights, output).
+fn run(plan: &Plan, batch: usize, seed: u64) -> (Vec<f32>, Vec<NamedTensor>, Vec<f32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let params: Vec<NamedTensor> =
+        plan.params().into_iter().map(|s| NamedTensor { data: random(&mut rng, s.len()), name: s.name, shape: s.shape }).collect();
+    let s = plan.input;
+    let x = random(&mut rng, batch * s.len());
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+    let y = model.forward(&Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap()).unwrap();
+    (x, params, y.into_data())
+}
+
+fn naive(plan: &Plan, batch: usize, x: &[f32], params: &[NamedTensor]) -> Vec<f32> {
+    let l = &plan.layers[0];
+    let (i, o) = (l.input, l.output);
+    let mut y = vec![f32::NAN; batch * o.len()];
+    let at = |n: usize, c: usize, h: usize, w: usize| x[((n * i.c + c) * i.h + h) * i.w + w] as f64;
+    for n in 0..batch {
+        for c in 0..o.c {
+            for p in 0..o.h {
+                for q in 0..o.w {
+                    let v: f64 = match l.op {
+                        Op::Conv { k, stride, pad, groups, .. } => {
+                            let (cg, og) = (i.c / groups, o.c / groups);
+                            let g = c / og;
+                            let mut acc = params[1].data[c] as f64;
+                            for ci in 0..cg {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let (iy, ix) = ((p * stride + ky) as isize - pad as isize, (q * stride + kx) as isize - pad as isize);
+                                        if iy >= 0 && ix >= 0 && (iy as usize) < i.h && (ix as usize) < i.w {
+                                            let wv = params[0].data[((c * cg + ci) * k + ky) * k + kx] as f64;
+                                            acc += wv * at(n, g * cg + ci, iy as usize, ix as usize);
+                                        }
+                                    }
+                                }
+                            }
+                            acc
+                        }
+                        Op::MaxPool { k, stride } => (0..k * k).map(|j| at(n, c, p * stride + j / k, q * stride + j % k)).fold(f64::MIN, f64::max),
+                        Op::AvgPool { k, stride } => (0..k * k).map(|j| at(n, c, p * stride + j / k, q * stride + j % k)).sum::<f64>() / (k * k) as f64,
+                        Op::Lrn { size, alpha, beta, k, channel_groups } => {
+                            let cg = i.c / channel_groups;
+                            let (lo, hi) = (c / cg * cg, c / cg * cg + cg);
+                            let half = size / 2;
+                            let s: f64 = (c.saturating_sub(half).max(lo)..(c + half + 1).min(hi)).map(|j| at(n, j, p, q).powi(2)).sum();
+                            at(n, c, p, q) / (k as f64 + alpha as f64 / size as f64 * s).powf(beta as f64)
+                        }
+                        Op::Fc { .. } => {
+                            let w = &params[0].data[c * i.len()..(c + 1) * i.len()];
+                            params[1].data[c] as f64 + w.iter().zip(&x[n * i.len()..(n + 1) * i.len()]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                        }
+                        Op::Relu => at(n, c, p, q).max(0.0),
+                        Op::Dropout { .. } => at(n, c, p, q),
+                        Op::Softmax => {
+                            let m = (0..i.c).map(|j| at(n, j, p, q)).fold(f64::MIN, f64::max);
+                            let z: f64 = (0..i.c).map(|j| (at(n, j, p, q) - m).exp()).sum();
+                            (at(n, c, p, q) - m).exp() / z
+                        }
+                    };
+                    y[((n * o.c + c) * o.h + p) * o.w + q] = v as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn check(src: &str, batches: &[usize]) {
+    let plan = plan(src);
+    for (seed, &batch) in batches.iter().enumerate() {
+        let (x, params, y) = run(&plan, batch, seed as u64 + 1);
+        let want = naive(&plan, batch, &x, &params);
+        assert!(y.iter().all(|v| v.is_finite()), "{src}: non-finite output");
+        let err = rel_l2(&y, &want);
+        assert!(err < 1e-5, "{src} batch {batch}: relative L2 {err:.2e}");
+    }
+}
+
+#[test]
+fn conv_strides_padding_groups() {
+    check("T<3, 19, 23> { conv(8, 11, stride = 4) }", &[1, 3]);
+    check("T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) }", &[1, 2, 5]);
+    check("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]);
+    check("T<2, 5, 5> { conv(3, 1) }", &[2]);
+    check("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]);
+}
+
+#[test]
+fn pooling_overlapping_and_not() {
+    check("T<3, 13, 13> { maxpool(3, stride = 2) }", &[1, 3]);
+    check("T<2, 8, 9> { maxpool(2) }", &[2]);
+    check("T<3, 11, 10> { avgpool(3, stride = 2) }", &[1, 2]);
+    check("T<2, 6, 6> { avgpool(2, stride = 1) }", &[3]);
+}
+
+#[test]
+fn lrn_plain_and_per_tower() {
+    check("T<7, 4, 5> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) }", &[1, 2]);
+    check("T<8, 3, 3> { lrn(3, alpha = 0.1, beta = 0.6, k = 1.0) }", &[2]);
+    check("T<12, 3, 4> split 2 { lrn(5, alpha = 0.3) }", &[1, 3]);
+}
+
+#[test]
+fn fc_both_paths() {
+    // Batches up to 4 use the matrix-vector path, larger ones the GEMM.
+    check("T<3, 4, 5> { fc(37) }", &[1, 2, 4, 5, 9]);
+    check("T<130, 1, 1> { fc(70) }", &[1, 6]);
+}
+
+#[test]
+fn elementwise() {
+    check("T<5, 3, 3> { relu }", &[2]);
+    check("T<5, 3, 3> { dropout(0.5) }", &[2]);
+    check("T<10, 1, 1> { softmax }", &[1, 3]);
+    check("T<4, 2, 3> { softmax }", &[2]);
+}
+
+#[test]
+fn fused_relu_matches_separate_relu() {
+    let fused = plan("T<4, 9, 9> { conv(6, 3, pad = 1) relu }");
+    let (x, params, y) = run(&fused, 3, 7);
+    let conv_only = plan("T<4, 9, 9> { conv(6, 3, pad = 1) }");
+    let want: Vec<f32> = naive(&conv_only, 3, &x, &params).into_iter().map(|v| v.max(0.0)).collect();
+    assert!(rel_l2(&y, &want) < 1e-5);
+}
+
+#[test]
+fn forward_is_deterministic() {
+    let p = plan("T<3, 32, 32> split 2 { conv(16, 5, pad = 2) relu lrn(3) maxpool(3, stride = 2) fc(10) softmax }");
+    let (_, _, a) = run(&p, 5, 3);
+    let (_, _, b) = run(&p, 5, 3);
+    assert_eq!(a, b);
+}

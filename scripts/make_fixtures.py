@@ -99,8 +99,10 @@ SMALL = dict(input=(3, 32, 32), split=2, layers=[
 NETS = {"alexnet": (ALEXNET, False), "torchvision": (TORCHVISION, False), "small": (SMALL, True)}
 
 
-def build(net, batch, wseed):
-    """The ONNX graph and its weights (as the Rust test will regenerate them)."""
+def build(net, batch, wseed, all_outputs=True):
+    """The ONNX graph and its weights (as the Rust test will regenerate them). With
+    all_outputs every layer is a graph output (for per-layer checks); without, only the last
+    (so that ONNX Runtime may fuse layers, for timing)."""
     c, h, w = net["input"]
     nodes, inits, outputs, shapes = [], [], [], []
     prev, shape, flat = "input", (c, h, w), False
@@ -166,7 +168,7 @@ def build(net, batch, wseed):
     graph = helper.make_graph(
         nodes, "net",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in zip(outputs, shapes)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, s) for o, s in zip(outputs, shapes)][0 if all_outputs else -1:],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

@@ -19,17 +19,26 @@ fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("alexnet_cpu_forward");
     group.sample_size(10);
     for batch in [1usize, 16] {
-        let x = Batch::<3, 227, 227>::from_vec(batch, (0..batch * 3 * 227 * 227).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect())
-            .expect("input");
+        let x = Batch::<3, 227, 227>::from_vec(
+            batch,
+            (0..batch * 3 * 227 * 227)
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+                .collect(),
+        )
+        .expect("input");
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(batch), &x, |b, x| b.iter(|| net.forward(x).expect("forward")));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &x, |b, x| {
+            b.iter(|| net.forward(x).expect("forward"))
+        });
     }
     group.finish();
 }
 
 fn macro_front_end(c: &mut Criterion) {
     let tokens: proc_macro2::TokenStream = ALEXNET_SRC.parse().expect("tokens");
-    c.bench_function("network_macro_expand_alexnet", |b| b.iter(|| alexnet_codegen::expand(tokens.clone())));
+    c.bench_function("network_macro_expand_alexnet", |b| {
+        b.iter(|| alexnet_codegen::expand(tokens.clone()))
+    });
 }
 
 criterion_group!(benches, forward, macro_front_end);

@@ -23,12 +23,21 @@ fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
 /// Runs a one-layer plan on random data; returns (input, weights, output).
 fn run(plan: &Plan, batch: usize, seed: u64) -> (Vec<f32>, Vec<NamedTensor>, Vec<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let params: Vec<NamedTensor> =
-        plan.params().into_iter().map(|s| NamedTensor { data: random(&mut rng, s.len()), name: s.name, shape: s.shape }).collect();
+    let params: Vec<NamedTensor> = plan
+        .params()
+        .into_iter()
+        .map(|s| NamedTensor {
+            data: random(&mut rng, s.len()),
+            name: s.name,
+            shape: s.shape,
+        })
+        .collect();
     let s = plan.input;
     let x = random(&mut rng, batch * s.len());
     let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
-    let y = model.forward(&Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap()).unwrap();
+    let y = model
+        .forward(&Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap())
+        .unwrap();
     (x, params, y.into_data())
 }
 
@@ -42,35 +51,71 @@ fn naive(plan: &Plan, batch: usize, x: &[f32], params: &[NamedTensor]) -> Vec<f3
             for p in 0..o.h {
                 for q in 0..o.w {
                     let v: f64 = match l.op {
-                        Op::Conv { k, stride, pad, groups, .. } => {
+                        Op::Conv {
+                            k,
+                            stride,
+                            pad,
+                            groups,
+                            ..
+                        } => {
                             let (cg, og) = (i.c / groups, o.c / groups);
                             let g = c / og;
                             let mut acc = params[1].data[c] as f64;
                             for ci in 0..cg {
                                 for ky in 0..k {
                                     for kx in 0..k {
-                                        let (iy, ix) = ((p * stride + ky) as isize - pad as isize, (q * stride + kx) as isize - pad as isize);
-                                        if iy >= 0 && ix >= 0 && (iy as usize) < i.h && (ix as usize) < i.w {
-                                            let wv = params[0].data[((c * cg + ci) * k + ky) * k + kx] as f64;
-                                            acc += wv * at(n, g * cg + ci, iy as usize, ix as usize);
+                                        let (iy, ix) = (
+                                            (p * stride + ky) as isize - pad as isize,
+                                            (q * stride + kx) as isize - pad as isize,
+                                        );
+                                        if iy >= 0
+                                            && ix >= 0
+                                            && (iy as usize) < i.h
+                                            && (ix as usize) < i.w
+                                        {
+                                            let wv = params[0].data
+                                                [((c * cg + ci) * k + ky) * k + kx]
+                                                as f64;
+                                            acc +=
+                                                wv * at(n, g * cg + ci, iy as usize, ix as usize);
                                         }
                                     }
                                 }
                             }
                             acc
                         }
-                        Op::MaxPool { k, stride } => (0..k * k).map(|j| at(n, c, p * stride + j / k, q * stride + j % k)).fold(f64::MIN, f64::max),
-                        Op::AvgPool { k, stride } => (0..k * k).map(|j| at(n, c, p * stride + j / k, q * stride + j % k)).sum::<f64>() / (k * k) as f64,
-                        Op::Lrn { size, alpha, beta, k, channel_groups } => {
+                        Op::MaxPool { k, stride } => (0..k * k)
+                            .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
+                            .fold(f64::MIN, f64::max),
+                        Op::AvgPool { k, stride } => {
+                            (0..k * k)
+                                .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
+                                .sum::<f64>()
+                                / (k * k) as f64
+                        }
+                        Op::Lrn {
+                            size,
+                            alpha,
+                            beta,
+                            k,
+                            channel_groups,
+                        } => {
                             let cg = i.c / channel_groups;
                             let (lo, hi) = (c / cg * cg, c / cg * cg + cg);
                             let half = size / 2;
-                            let s: f64 = (c.saturating_sub(half).max(lo)..(c + half + 1).min(hi)).map(|j| at(n, j, p, q).powi(2)).sum();
-                            at(n, c, p, q) / (k as f64 + alpha as f64 / size as f64 * s).powf(beta as f64)
+                            let s: f64 = (c.saturating_sub(half).max(lo)..(c + half + 1).min(hi))
+                                .map(|j| at(n, j, p, q).powi(2))
+                                .sum();
+                            at(n, c, p, q)
+                                / (k as f64 + alpha as f64 / size as f64 * s).powf(beta as f64)
                         }
                         Op::Fc { .. } => {
                             let w = &params[0].data[c * i.len()..(c + 1) * i.len()];
-                            params[1].data[c] as f64 + w.iter().zip(&x[n * i.len()..(n + 1) * i.len()]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                            params[1].data[c] as f64
+                                + w.iter()
+                                    .zip(&x[n * i.len()..(n + 1) * i.len()])
+                                    .map(|(a, b)| *a as f64 * *b as f64)
+                                    .sum::<f64>()
                         }
                         Op::Relu => at(n, c, p, q).max(0.0),
                         Op::Dropout { .. } => at(n, c, p, q),
@@ -102,7 +147,10 @@ fn check(src: &str, batches: &[usize]) {
 #[test]
 fn conv_strides_padding_groups() {
     check("T<3, 19, 23> { conv(8, 11, stride = 4) }", &[1, 3]);
-    check("T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) }", &[1, 2, 5]);
+    check(
+        "T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) }",
+        &[1, 2, 5],
+    );
     check("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]);
     check("T<2, 5, 5> { conv(3, 1) }", &[2]);
     check("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]);
@@ -118,8 +166,14 @@ fn pooling_overlapping_and_not() {
 
 #[test]
 fn lrn_plain_and_per_tower() {
-    check("T<7, 4, 5> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) }", &[1, 2]);
-    check("T<8, 3, 3> { lrn(3, alpha = 0.1, beta = 0.6, k = 1.0) }", &[2]);
+    check(
+        "T<7, 4, 5> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) }",
+        &[1, 2],
+    );
+    check(
+        "T<8, 3, 3> { lrn(3, alpha = 0.1, beta = 0.6, k = 1.0) }",
+        &[2],
+    );
     check("T<12, 3, 4> split 2 { lrn(5, alpha = 0.3) }", &[1, 3]);
 }
 
@@ -143,7 +197,10 @@ fn fused_relu_matches_separate_relu() {
     let fused = plan("T<4, 9, 9> { conv(6, 3, pad = 1) relu }");
     let (x, params, y) = run(&fused, 3, 7);
     let conv_only = plan("T<4, 9, 9> { conv(6, 3, pad = 1) }");
-    let want: Vec<f32> = naive(&conv_only, 3, &x, &params).into_iter().map(|v| v.max(0.0)).collect();
+    let want: Vec<f32> = naive(&conv_only, 3, &x, &params)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
     assert!(rel_l2(&y, &want) < 1e-5);
 }
 

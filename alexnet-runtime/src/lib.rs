@@ -13,9 +13,9 @@ pub mod tensor;
 pub mod weights;
 
 pub use alexnet_codegen::ir;
+pub use alexnet_codegen::plan_from_str;
 pub use backend::Backend;
 pub use cpu::Cpu;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use tensor::{Batch, Tensor};
-pub use alexnet_codegen::plan_from_str;

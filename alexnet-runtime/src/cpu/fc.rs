@@ -51,15 +51,29 @@ fn gemv(
     inputs: usize,
     outputs: usize,
 ) {
-    const ROWS: usize = 64;
+    const ROWS: usize = 32;
     let blocks: Vec<Vec<f32>> = w
         .par_chunks(ROWS * inputs)
         .enumerate()
         .map(|(blk, wb)| {
-            let mut out = Vec::with_capacity(ROWS * batch);
-            for (r, row) in wb.chunks_exact(inputs).enumerate() {
+            let mut out = vec![0.0; (wb.len() / inputs) * batch];
+            let mut rows = wb.chunks_exact(inputs).enumerate();
+            // Four weight rows at a time share each load of the input.
+            while let Some((r, w0)) = rows.next() {
+                let rest: Vec<(usize, &[f32])> = rows.by_ref().take(3).collect();
                 for n in 0..batch {
-                    out.push(b[blk * ROWS + r] + dot(row, &x[n * inputs..(n + 1) * inputs]));
+                    let xn = &x[n * inputs..(n + 1) * inputs];
+                    if let [(_, w1), (_, w2), (_, w3)] = rest.as_slice() {
+                        let d = dot4([w0, w1, w2, w3], xn);
+                        for (j, v) in d.iter().enumerate() {
+                            out[(r + j) * batch + n] = b[blk * ROWS + r + j] + v;
+                        }
+                    } else {
+                        out[r * batch + n] = b[blk * ROWS + r] + dot(w0, xn);
+                        for &(rj, wj) in &rest {
+                            out[rj * batch + n] = b[blk * ROWS + rj] + dot(wj, xn);
+                        }
+                    }
                 }
             }
             out
@@ -71,6 +85,26 @@ fn gemv(
             y[n * outputs + blk * ROWS + r] = *v;
         }
     }
+}
+
+/// Four dot products against the same vector, 8 partial sums each.
+fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let (xc, xt) = x.as_chunks::<8>();
+    let wc = w.map(|r| r.as_chunks::<8>());
+    for (i, xv) in xc.iter().enumerate() {
+        for (a, (rc, _)) in acc.iter_mut().zip(&wc) {
+            let wv = &rc[i];
+            for j in 0..8 {
+                a[j] += wv[j] * xv[j];
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for (k, (a, (_, rt))) in acc.iter().zip(&wc).enumerate() {
+        out[k] = a.iter().sum::<f32>() + rt.iter().zip(xt).map(|(p, q)| p * q).sum::<f32>();
+    }
+    out
 }
 
 /// A dot product with 16 independent partial sums, so the compiler can vectorise it.

@@ -23,19 +23,23 @@ pub fn forward(
     if batch <= GEMV_MAX_BATCH {
         gemv(x, w, b, y, batch, inputs, outputs);
     } else {
-        for row in y.chunks_mut(outputs) {
-            row.copy_from_slice(b);
-        }
-        // y^T = W x^T; y^T's element (o, n) is y[n * outputs + o].
+        // y^T = W x^T into a row-major [outputs, batch] buffer, so that the threads split
+        // W's rows between them and each weight is read once; then transpose and add bias.
+        let mut yt = vec![0.0f32; outputs * batch];
         sgemm_strided(
             Mat::row_major(w, outputs, inputs, inputs),
             Mat::transposed(x, inputs, batch, inputs),
-            y,
+            &mut yt,
+            batch,
             1,
-            outputs,
-            true,
+            false,
             threads,
         );
+        for (n, row) in y.chunks_mut(outputs).enumerate() {
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = yt[o * batch + n] + b[o];
+            }
+        }
     }
     if relu {
         y.iter_mut().for_each(|v| *v = v.max(0.0));

@@ -1,5 +1,8 @@
-//! Safe wrapper around the `gemm` crate's strided f32 matrix multiply: the one place the
-//! CPU backend calls code that takes raw pointers.
+//! The CPU backend's matrix multiply: OpenBLAS's sgemm when the machine has it (see
+//! `blas.rs`), otherwise a safe wrapper around the `gemm` crate's strided f32 product.
+//! With `blas.rs`, the only place the CPU backend calls code that takes raw pointers.
+
+use rayon::prelude::*;
 
 /// A strided view of a matrix stored in a slice: element `(i, j)` is
 /// `data[i * row_stride + j * col_stride]`.
@@ -13,6 +16,26 @@ pub struct Mat<'a> {
 }
 
 impl<'a> Mat<'a> {
+    /// The transposed view (no copy).
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Rows `start..start + rows`.
+    fn rows(self, start: usize, rows: usize) -> Self {
+        Mat {
+            data: &self.data[start * self.row_stride..],
+            rows,
+            ..self
+        }
+    }
+
     /// A row-major `rows x cols` matrix with leading dimension `ld`.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
         Mat {
@@ -95,6 +118,29 @@ pub fn sgemm_strided(
             }
         }
         return;
+    }
+    if let Some(blas) = super::blas::get() {
+        // CBLAS writes a row-major C; a column-major C is the transposed product.
+        let (a, b, ldc) = if c_cs == 1 {
+            (a, b, c_rs)
+        } else {
+            (b.t(), a.t(), c_cs)
+        };
+        if (c_cs == 1 || c_rs == 1) && blas.supports(&a, &b, ldc) {
+            let (m, n) = (a.rows, b.cols);
+            let c = &mut c[..extent(m, n, ldc, 1)];
+            if threads <= 1 || m < 2 {
+                blas.sgemm_row_major(a, b, c, ldc, accumulate);
+            } else {
+                // Each thread computes a block of C's rows (contiguous, so disjoint borrows).
+                let per = m.div_ceil(threads);
+                c.par_chunks_mut(per * ldc).enumerate().for_each(|(j, cj)| {
+                    let start = j * per;
+                    blas.sgemm_row_major(a.rows(start, per.min(m - start)), b, cj, ldc, accumulate);
+                });
+            }
+            return;
+        }
     }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)

@@ -3,6 +3,7 @@
 //! give the same bits on every run with the same thread count. It is the reference the
 //! GPU backend is checked against and the fallback where there is no GPU.
 
+mod blas;
 mod conv;
 mod elementwise;
 mod fc;
@@ -15,14 +16,28 @@ use crate::error::{Error, Result};
 use crate::ir::{Op, Plan, Stage};
 
 /// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Cpu {
     _private: (),
 }
 
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
 impl Cpu {
+    /// The CPU backend; loads OpenBLAS now if the machine has it (see [`Cpu::gemm`]).
     pub fn new() -> Self {
+        let _ = blas::get();
         Cpu { _private: () }
+    }
+
+    /// The matrix multiply in use: OpenBLAS's sgemm when `libopenblas.so.0` is installed
+    /// (and `ALEXNET_CPU_GEMM` is not `gemm`), the `gemm` crate otherwise.
+    pub fn gemm(&self) -> String {
+        blas::describe()
     }
 
     pub fn threads(&self) -> usize {
@@ -44,7 +59,7 @@ impl Backend for Cpu {
     type Buffer = Vec<f32>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads())
+        format!("cpu ({} threads, {})", self.threads(), self.gemm())
     }
 
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {

@@ -12,7 +12,7 @@ use quote::ToTokens;
 
 use crate::ast::{LayerDef, NetworkDef, Value};
 use crate::ir::{Layer, Op, Plan, Shape};
-use crate::layers::{self, ArgType, Culprit, KEYWORDS, MAX_ELEMENTS};
+use crate::layers::{self, ArgType, Culprit, Default, KEYWORDS, MAX_ELEMENTS};
 
 /// What checking a network produced: the plan when there was no error, and otherwise the
 /// errors with as much of the shape as could be inferred (for the stub emitted beside them).
@@ -79,8 +79,7 @@ pub fn check(def: &NetworkDef) -> Checked {
     };
     if def.layers.is_empty() {
         errors.push(
-            proc_macro2::Group::new(proc_macro2::Delimiter::Brace, TokenStream::new())
-                .tap_span(def.brace.span.join()),
+            delimiters(proc_macro2::Delimiter::Brace, def.brace.span),
             format!("network `{net}` has no layers: add at least one, e.g. `{{ fc(10) }}`"),
         );
     }
@@ -180,15 +179,15 @@ pub fn check(def: &NetworkDef) -> Checked {
     }
 }
 
-trait TapSpan {
-    fn tap_span(self, span: proc_macro2::Span) -> Self;
-}
-
-impl TapSpan for proc_macro2::Group {
-    fn tap_span(mut self, span: proc_macro2::Span) -> Self {
-        self.set_span(span);
-        self
-    }
+/// An empty delimited group carrying a delimiter's span, so that an error can point at a
+/// pair of brackets (`{}` of an empty network, `()` of `relu()`).
+fn delimiters(
+    delimiter: proc_macro2::Delimiter,
+    span: proc_macro2::extra::DelimSpan,
+) -> TokenStream {
+    let mut group = proc_macro2::Group::new(delimiter, TokenStream::new());
+    group.set_span(span.join());
+    group.into_token_stream()
 }
 
 fn input_shape(def: &NetworkDef, errors: &mut Errors) -> Option<Shape> {
@@ -294,9 +293,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     };
     if sig.is_empty() {
         if let Some(p) = &l.paren {
-            let t =
-                proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, TokenStream::new())
-                    .tap_span(p.span.join());
+            let t = delimiters(proc_macro2::Delimiter::Parenthesis, p.span);
             errors.push(t, format!("{name}: `{kw}` takes no arguments"));
             return bound;
         }
@@ -380,8 +377,10 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     for (i, spec) in sig.iter().enumerate() {
         if values[i].is_none() && !bound.arg_tokens.contains_key(spec.name) {
             match spec.default {
-                Some(d) => values[i] = Some(d),
-                None => {
+                Default::Value(d) => values[i] = Some(d),
+                // Filled in below, once the argument it copies is known.
+                Default::SameAs(_) => {}
+                Default::Required => {
                     errors.push(
                         &l.tokens,
                         format!(
@@ -395,8 +394,17 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
             }
         }
     }
-    if ok {
-        let v: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+    for (i, spec) in sig.iter().enumerate() {
+        if let (None, Default::SameAs(other)) = (values[i], spec.default) {
+            values[i] = sig
+                .iter()
+                .position(|a| a.name == other)
+                .and_then(|j| values[j]);
+        }
+    }
+    // Every value is known unless an argument was invalid (then `ok` is false).
+    let values: Option<Vec<f64>> = values.into_iter().collect();
+    if let (true, Some(v)) = (ok, values) {
         let op = layers::build(&kw, &v);
         match layers::check_args(&op) {
             Some((arg, msg)) => errors.push(

@@ -21,18 +21,26 @@ pub enum ArgType {
     },
 }
 
+/// What an argument that is not given takes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Default {
+    /// The argument must be given.
+    Required,
+    Value(f64),
+    /// The value of another argument (a pool's stride is its kernel size).
+    SameAs(&'static str),
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ArgSpec {
     pub name: &'static str,
     pub ty: ArgType,
-    /// `None`: required. A default may depend on other arguments (pool stride = k), see
-    /// [`build`]; those are marked optional here with a NaN placeholder.
-    pub default: Option<f64>,
+    pub default: Default,
     /// Positional arguments come first, in order; every argument may also be named.
     pub positional: bool,
 }
 
-const fn int(name: &'static str, min: u64, default: Option<f64>, positional: bool) -> ArgSpec {
+const fn int(name: &'static str, min: u64, default: Default, positional: bool) -> ArgSpec {
     ArgSpec {
         name,
         ty: ArgType::Int { min },
@@ -49,27 +57,27 @@ const fn real(name: &'static str, min: f64, max: f64, default: f64) -> ArgSpec {
             max,
             max_inclusive: true,
         },
-        default: Some(default),
+        default: Default::Value(default),
         positional: false,
     }
 }
 
 const CONV: &[ArgSpec] = &[
-    int("out", 1, None, true),
-    int("k", 1, None, true),
-    int("stride", 1, Some(1.0), false),
-    int("pad", 0, Some(0.0), false),
-    int("groups", 1, Some(1.0), false),
+    int("out", 1, Default::Required, true),
+    int("k", 1, Default::Required, true),
+    int("stride", 1, Default::Value(1.0), false),
+    int("pad", 0, Default::Value(0.0), false),
+    int("groups", 1, Default::Value(1.0), false),
 ];
 /// Pool stride defaults to the kernel size (non-overlapping), as in PyTorch.
 const POOL: &[ArgSpec] = &[
-    int("k", 1, None, true),
-    int("stride", 1, Some(f64::NAN), false),
+    int("k", 1, Default::Required, true),
+    int("stride", 1, Default::SameAs("k"), false),
 ];
 /// The paper's constants (section 3.3): n = 5, alpha = 1e-4, beta = 0.75, k = 2. With the
 /// PyTorch/ONNX/Caffe convention used here, alpha is divided by `size`.
 const LRN: &[ArgSpec] = &[
-    int("size", 1, None, true),
+    int("size", 1, Default::Required, true),
     real("alpha", 0.0, f64::MAX, 1e-4),
     real("beta", 0.0, f64::MAX, 0.75),
     real("k", 0.0, f64::MAX, 2.0),
@@ -81,10 +89,10 @@ const DROPOUT: &[ArgSpec] = &[ArgSpec {
         max: 1.0,
         max_inclusive: false,
     },
-    default: Some(0.5),
+    default: Default::Value(0.5),
     positional: true,
 }];
-const FC: &[ArgSpec] = &[int("out", 1, None, true)];
+const FC: &[ArgSpec] = &[int("out", 1, Default::Required, true)];
 
 /// The arguments a layer keyword takes; `None` for an unknown keyword.
 pub fn signature(keyword: &str) -> Option<&'static [ArgSpec]> {
@@ -110,17 +118,15 @@ pub fn usage(keyword: &str) -> String {
     let args: Vec<String> = sig
         .iter()
         .map(|a| match a.default {
-            None => a.name.to_string(),
-            Some(d) if a.positional && !d.is_nan() => format!("{} = {}", a.name, d),
-            Some(d) if d.is_nan() => format!("{} = {}", a.name, "k"),
-            Some(d) => format!("{} = {}", a.name, d),
+            Default::Required => a.name.to_string(),
+            Default::Value(d) => format!("{} = {d}", a.name),
+            Default::SameAs(other) => format!("{} = {other}", a.name),
         })
         .collect();
     format!("{keyword}({})", args.join(", "))
 }
 
-/// Builds the operation from the argument values, in signature order (defaults filled in,
-/// a NaN placeholder for a default that depends on another argument).
+/// Builds the operation from the argument values, in signature order, defaults filled in.
 pub fn build(keyword: &str, v: &[f64]) -> Op {
     let u = |i: usize| v[i] as usize;
     match keyword {
@@ -132,7 +138,7 @@ pub fn build(keyword: &str, v: &[f64]) -> Op {
             groups: u(4),
         },
         "maxpool" | "avgpool" => {
-            let stride = if v[1].is_nan() { u(0) } else { u(1) };
+            let stride = u(1);
             if keyword == "maxpool" {
                 Op::MaxPool { k: u(0), stride }
             } else {

@@ -6,7 +6,7 @@ use proc_macro::TokenStream;
 
 /// Declares one or more networks. See the `alexnet` crate and the README for the grammar.
 ///
-/// ```ignore
+/// ```text
 /// alexnet::network! {
 ///     /// A small net.
 ///     pub Small<3, 32, 32> {

@@ -78,6 +78,17 @@ fn layer_tokens(l: &Layer) -> TokenStream {
     }
 }
 
+/// The layer table as a constant expression.
+fn layer_infos(plan: &Plan) -> TokenStream {
+    let rows = plan.layers.iter().map(|l| {
+        let (name, op) = (l.name.as_ref(), l.op.keyword());
+        let (c, h, w) = (usize_lit(l.output.c), usize_lit(l.output.h), usize_lit(l.output.w));
+        let (params, macs) = (usize_lit(l.param_count()), Literal::u64_unsuffixed(l.macs()));
+        quote!(::alexnet::ir::LayerInfo { name: #name, op: #op, output: [#c, #h, #w], params: #params, macs: #macs })
+    });
+    quote!(&[#(#rows),*])
+}
+
 /// The `Plan` as a constant expression.
 pub fn plan_tokens(plan: &Plan) -> TokenStream {
     let name = plan.name.as_ref();
@@ -148,12 +159,13 @@ pub fn network(
         None => quote!([0, 0, 0]),
     };
     let (in_arr, out_arr) = (arr(input), arr(output));
-    let (param_count, macs, plan_body, forward_body) = match plan {
+    let (param_count, macs, layer_table, plan_body, forward_body) = match plan {
         Some(p) => {
             let pt = plan_tokens(p);
             (
                 usize_lit(p.param_count()),
                 Literal::u64_unsuffixed(p.macs()),
+                layer_infos(p),
                 quote! {
                     static PLAN: ::alexnet::ir::Plan = #pt;
                     &PLAN
@@ -169,6 +181,7 @@ pub fn network(
             (
                 usize_lit(0),
                 Literal::u64_unsuffixed(0),
+                quote!(&[]),
                 never.clone(),
                 never,
             )
@@ -204,6 +217,8 @@ pub fn network(
             pub const PARAM_COUNT: usize = #param_count;
             /// Multiply-adds of one image's forward pass.
             pub const MACS_PER_IMAGE: u64 = #macs;
+            /// The layer table: name, operation, output shape, parameters, multiply-adds.
+            pub const LAYERS: &'static [::alexnet::ir::LayerInfo] = #layer_table;
 
             /// The planned network: every layer with its shapes, as the macro inferred them.
             pub fn #plan_fn() -> &'static ::alexnet::ir::Plan {

@@ -128,6 +128,20 @@ pub struct Layer {
     pub output: Shape,
 }
 
+/// One row of a network's layer table as a compile-time constant (the generated
+/// `LAYERS`): usable in `const` contexts, e.g. `const _: () = assert!(Net::LAYERS[0].params < 1 << 20);`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerInfo {
+    pub name: &'static str,
+    /// The DSL keyword: `conv`, `relu`, ...
+    pub op: &'static str,
+    /// Per-image output shape `[C, H, W]`.
+    pub output: [usize; 3],
+    pub params: usize,
+    /// Multiply-adds per image.
+    pub macs: u64,
+}
+
 /// A learned tensor of a layer, in PyTorch layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {

@@ -17,3 +17,8 @@ fn main() {
     assert_eq!(AlexNet::INPUT_SHAPE, [3, 227, 227]);
     assert!(AlexNet::summary().contains("60,965,224"));
 }
+
+// The layer table is usable in constant contexts.
+const _: () = assert!(AlexNet::LAYERS.len() == 23);
+const _: () = assert!(AlexNet::LAYERS[0].output[0] == 96 && AlexNet::LAYERS[0].output[1] == 55);
+const _: () = assert!(AlexNet::LAYERS[16].params == 37_752_832);

@@ -1,0 +1,115 @@
+//! The example is the command line: run its binary (built by `cargo test`) as a user would.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use alexnet::nets::SmallNet;
+use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
+use alexnet::runtime::{Batch, Cpu};
+
+fn example() -> PathBuf {
+    // target/<profile>/deps/cli-<hash> -> target/<profile>/examples/alexnet
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir
+        .join("examples")
+        .join(format!("alexnet{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
+    bin
+}
+
+fn tmp() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("alexnet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn summary_prints_the_layer_table() {
+    let out = Command::new(example())
+        .args(["summary", "--net", "alexnet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["96x55x55", "256x6x6", "total parameters: 60,965,224", "fc8"] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn infer_writes_logits_and_probabilities() {
+    let dir = tmp();
+    let (w, x, y) = (
+        dir.join("w.safetensors"),
+        dir.join("x.safetensors"),
+        dir.join("y.safetensors"),
+    );
+    let net = SmallNet::new(Cpu::new(), 5).unwrap();
+    net.save(&w).unwrap();
+    let data: Vec<f32> = (0..3 * 3 * 32 * 32)
+        .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    write_safetensors(
+        &x,
+        &[NamedTensor {
+            name: "input".into(),
+            shape: vec![3, 3, 32, 32],
+            data: data.clone(),
+        }],
+        None,
+    )
+    .unwrap();
+    let out = Command::new(example())
+        .args(["infer", "--net", "small", "--weights"])
+        .arg(&w)
+        .arg("--input")
+        .arg(&x)
+        .arg("--output")
+        .arg(&y)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = read_safetensors(&y).unwrap();
+    let probs = written.iter().find(|t| t.name == "probabilities").unwrap();
+    let logits = written.iter().find(|t| t.name == "logits").unwrap();
+    assert_eq!(probs.shape, vec![3, 10]);
+    assert_eq!(logits.shape, vec![3, 10]);
+    let want = net
+        .forward(&Batch::<3, 32, 32>::from_vec(3, data).unwrap())
+        .unwrap();
+    assert_eq!(probs.data, want.as_tensor().data());
+    assert_ne!(logits.data, probs.data);
+}
+
+#[test]
+fn user_errors_are_one_line_not_a_panic() {
+    let out = Command::new(example())
+        .args([
+            "infer",
+            "--weights",
+            "/nonexistent/w.safetensors",
+            "--input",
+            "x",
+            "--output",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("error: /nonexistent/w.safetensors: "),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"));
+}

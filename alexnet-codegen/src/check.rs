@@ -452,7 +452,11 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
                 Value::Float(f) => f,
             };
             let above = if max_inclusive { f > max } else { f >= max };
-            if f < min || above || !f.is_finite() {
+            if !(f as f32).is_finite() {
+                Err(format!(
+                    "argument `{arg}` = {f} does not fit a 32-bit float"
+                ))
+            } else if f < min || above {
                 let close = if max_inclusive { "]" } else { ")" };
                 let range = if max == f64::MAX {
                     format!("at least {min}")

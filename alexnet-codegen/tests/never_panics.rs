@@ -147,6 +147,22 @@ proptest! {
 }
 
 #[test]
+fn huge_floats_are_errors() {
+    for src in [
+        "Net<3, 8, 8> { lrn(1, alpha = 1e300) fc(2) }",
+        "Net<3, 8, 8> { lrn(1, k = 1e39) }",
+        "Net<3, 8, 8> { dropout(1e300) }",
+    ] {
+        let err = alexnet_codegen::plan_from_str(src).unwrap_err();
+        assert!(
+            err.contains("does not fit a 32-bit float") || err.contains("must be in"),
+            "{src}: {err}"
+        );
+        let _ = expand(src.parse().unwrap());
+    }
+}
+
+#[test]
 fn alexnet_expands() {
     let out = expand(ALEXNET.parse().unwrap()).to_string();
     assert!(!out.contains("compile_error"), "{out}");

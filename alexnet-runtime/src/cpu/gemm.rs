@@ -59,13 +59,17 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// Index one past the last element a strided `rows x cols` view touches.
+/// Index one past the last element a strided `rows x cols` view touches; `usize::MAX`
+/// (out of bounds of any slice) if that overflows.
 fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * rs + (cols - 1) * cs + 1
+        return 0;
     }
+    (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)))
+        .and_then(|e| e.checked_add(1))
+        .unwrap_or(usize::MAX)
 }
 
 /// `c = a * b` (or `c += a * b` with `accumulate`), `c` row-major `a.rows x b.cols` with
@@ -105,6 +109,18 @@ pub fn sgemm_strided(
     assert!(
         dst_distinct(m, n, c_rs, c_cs),
         "sgemm: dst elements overlap"
+    );
+    let strides = [
+        a.row_stride,
+        a.col_stride,
+        b.row_stride,
+        b.col_stride,
+        c_rs,
+        c_cs,
+    ];
+    assert!(
+        strides.iter().all(|&st| isize::try_from(st).is_ok()),
+        "sgemm: stride overflows isize"
     );
     if m == 0 || n == 0 {
         return;
@@ -150,8 +166,8 @@ pub fn sgemm_strided(
     // SAFETY: the asserts above prove that every element the three strided views address
     // lies inside its slice (the views' extents fit), and `dst` is borrowed mutably while
     // `lhs` and `rhs` are shared borrows, so the destination aliases neither input. The
-    // destination elements are distinct (`dst_distinct`). Strides fit in `isize` because they
-    // index within slices.
+    // destination elements are distinct (`dst_distinct`). Strides fit in `isize`
+    // (asserted).
     unsafe {
         gemm::gemm(
             m,

@@ -89,6 +89,33 @@ fn layer_infos(plan: &Plan) -> TokenStream {
     quote!(&[#(#rows),*])
 }
 
+/// The kernels' launch table as a constant expression.
+fn kernel_launches(cuda: &crate::cuda::CudaPlan) -> TokenStream {
+    let rows = cuda.kernels.iter().map(|k| {
+        let name = k.name.as_ref();
+        let layer = usize_lit(k.layer);
+        let (block, xpb, gy, gz) = (
+            Literal::u32_unsuffixed(k.block),
+            Literal::u32_unsuffixed(k.x_per_block),
+            Literal::u32_unsuffixed(k.grid_y),
+            Literal::u32_unsuffixed(k.grid_z),
+        );
+        let xpi = Literal::u64_unsuffixed(k.x_per_image);
+        quote! {
+            ::alexnet::ir::KernelLaunch {
+                layer: #layer,
+                name: ::std::borrow::Cow::Borrowed(#name),
+                block: #block,
+                x_per_image: #xpi,
+                x_per_block: #xpb,
+                grid_y: #gy,
+                grid_z: #gz,
+            }
+        }
+    });
+    quote!(&[#(#rows),*])
+}
+
 /// The `Plan` as a constant expression.
 pub fn plan_tokens(plan: &Plan) -> TokenStream {
     let name = plan.name.as_ref();
@@ -159,6 +186,13 @@ pub fn network(
         None => quote!([0, 0, 0]),
     };
     let (in_arr, out_arr) = (arr(input), arr(output));
+    let (cuda_source, cuda_kernels) = match plan {
+        Some(p) => {
+            let cuda = crate::cuda::render(p);
+            (Literal::string(&cuda.source), kernel_launches(&cuda))
+        }
+        None => (Literal::string(""), quote!(&[])),
+    };
     let (param_count, macs, layer_table, plan_body, forward_body) = match plan {
         Some(p) => {
             let pt = plan_tokens(p);
@@ -219,6 +253,11 @@ pub fn network(
             pub const MACS_PER_IMAGE: u64 = #macs;
             /// The layer table: name, operation, output shape, parameters, multiply-adds.
             pub const LAYERS: &'static [::alexnet::ir::LayerInfo] = #layer_table;
+            /// The network's CUDA C++: one kernel per stage, every size a constant
+            /// (rendered from `kernels_templates/`).
+            pub const CUDA_SOURCE: &'static str = #cuda_source;
+            /// How to launch each kernel of `CUDA_SOURCE`, in stage order.
+            pub const CUDA_KERNELS: &'static [::alexnet::ir::KernelLaunch] = #cuda_kernels;
 
             /// The planned network: every layer with its shapes, as the macro inferred them.
             pub fn #plan_fn() -> &'static ::alexnet::ir::Plan {

@@ -142,6 +142,30 @@ pub struct LayerInfo {
     pub macs: u64,
 }
 
+/// How to launch one generated CUDA kernel: its name in the network's `CUDA_SOURCE` and
+/// its geometry, fixed at compile time except for the batch size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLaunch {
+    /// Index in [`Plan::layers`] of the stage's layer.
+    pub layer: usize,
+    pub name: Cow<'static, str>,
+    /// Threads per block (one-dimensional blocks).
+    pub block: u32,
+    /// `grid.x = ceil(batch * x_per_image / x_per_block)`.
+    pub x_per_image: u64,
+    pub x_per_block: u32,
+    pub grid_y: u32,
+    pub grid_z: u32,
+}
+
+impl KernelLaunch {
+    /// The grid for a batch of `batch` images.
+    pub const fn grid(&self, batch: usize) -> [u32; 3] {
+        let x = (batch as u64 * self.x_per_image).div_ceil(self.x_per_block as u64);
+        [x as u32, self.grid_y, self.grid_z]
+    }
+}
+
 /// A learned tensor of a layer, in PyTorch layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {

@@ -1,10 +1,11 @@
 //! The `network!` DSL as an ordinary library: parse ([`ast`]), check and infer shapes
-//! ([`check`], with one place per layer kind in [`layers`]), plan ([`ir`]) and emit Rust
-//! ([`emit`]). The proc-macro crate only calls [`expand`]; the runtime uses [`ir`], and
+//! ([`check`], with one place per layer kind in [`layers`]), plan ([`ir`]), emit Rust
+//! ([`emit`]) and CUDA ([`cuda`], from the templates in `kernels_templates/`). The proc-macro crate only calls [`expand`]; the runtime uses [`ir`], and
 //! [`plan_from_str`] gives tools and tests the same front end at run time.
 
 pub mod ast;
 pub mod check;
+pub mod cuda;
 pub mod emit;
 pub mod ir;
 pub mod layers;
@@ -24,6 +25,15 @@ pub fn expand(input: TokenStream) -> TokenStream {
         if let Some(e) = &checked.errors {
             out.extend(e.to_compile_error());
         }
+        if let (Some(plan), Ok(dir)) = (&checked.plan, std::env::var("ALEXNET_DUMP_CUDA")) {
+            if let Err(e) = dump_cuda(plan, std::path::Path::new(&dir)) {
+                let msg = format!(
+                    "ALEXNET_DUMP_CUDA: could not write `{}`'s CUDA to {dir}: {e}",
+                    def.name
+                );
+                out.extend(syn::Error::new(def.name.span(), msg).to_compile_error());
+            }
+        }
         out.extend(emit::network(
             def,
             checked.plan.as_ref(),
@@ -32,6 +42,15 @@ pub fn expand(input: TokenStream) -> TokenStream {
         ));
     }
     out
+}
+
+/// Writes a network's generated CUDA to `<dir>/<Network>.cu` (what `ALEXNET_DUMP_CUDA`
+/// does while the macro runs).
+pub fn dump_cuda(plan: &ir::Plan, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{}.cu", plan.name));
+    std::fs::write(&path, cuda::render(plan).source)?;
+    Ok(path)
 }
 
 /// Parses and checks one network written in the DSL, e.g.

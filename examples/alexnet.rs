@@ -13,7 +13,7 @@ use std::time::Instant;
 use alexnet::ir::{Op, Plan};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
-use alexnet::runtime::{Batch, Cpu, Model, Tensor};
+use alexnet::runtime::{Backend, Batch, Device, Model, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -37,6 +37,9 @@ enum Command {
         /// Seed of the initialisation when no weights are given.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// cpu, cuda, cuda:N or auto (the GPU when there is one).
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Times the forward pass on CPU: images/s at each batch size and per-stage times.
     Bench {
@@ -48,6 +51,9 @@ enum Command {
         /// Timed runs per batch size (after one warm-up); the median is reported.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Prints a network's layer table.
     Summary {
@@ -66,6 +72,9 @@ enum Command {
         output: PathBuf,
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -93,11 +102,17 @@ type AnyError = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo {
+    let default = Command::Demo {
         weights: None,
         seed: 0,
-    }) {
-        Command::Demo { weights, seed } => demo(weights, seed),
+        device: "auto".into(),
+    };
+    let result = match cli.command.unwrap_or(default) {
+        Command::Demo {
+            weights,
+            seed,
+            device,
+        } => demo(weights, seed, &device),
         Command::Summary { net } => {
             print!("{}", net.plan().summary());
             Ok(())
@@ -107,8 +122,14 @@ fn main() -> ExitCode {
             input,
             output,
             net,
-        } => infer(net, &weights, &input, &output),
-        Command::Bench { net, batch, runs } => bench(net, &batch, runs),
+            device,
+        } => infer(net, &weights, &input, &output, &device),
+        Command::Bench {
+            net,
+            batch,
+            runs,
+            device,
+        } => bench(net, &batch, runs, &device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,10 +163,10 @@ fn generated_image() -> Batch<3, 227, 227> {
     x
 }
 
-fn demo(weights: Option<PathBuf>, seed: u64) -> Result<(), AnyError> {
+fn demo(weights: Option<PathBuf>, seed: u64, device: &str) -> Result<(), AnyError> {
     println!("{}", AlexNet::summary());
-    let backend = Cpu::new();
-    println!("device: {}", backend.name_line());
+    let backend = Device::parse(device)?;
+    println!("device: {}", backend.name());
     let net = match &weights {
         Some(path) => AlexNet::load(backend, path)?,
         None => AlexNet::new(backend, seed)?,
@@ -171,22 +192,12 @@ fn demo(weights: Option<PathBuf>, seed: u64) -> Result<(), AnyError> {
         println!("  class {c:>4}  p = {:.6}", probs[c]);
     }
     println!(
-        "forward pass, batch 1, CPU: {:.1} ms per image (first run {:.1} ms)",
+        "forward pass, batch 1, {}: {:.1} ms per image (first run {:.1} ms)",
+        net.model().backend().name(),
         per_image.as_secs_f64() * 1e3,
         first.as_secs_f64() * 1e3
     );
     Ok(())
-}
-
-trait NameLine {
-    fn name_line(&self) -> String;
-}
-
-impl NameLine for Cpu {
-    fn name_line(&self) -> String {
-        use alexnet::runtime::Backend;
-        self.name()
-    }
 }
 
 fn infer(
@@ -194,9 +205,10 @@ fn infer(
     weights: &std::path::Path,
     input: &std::path::Path,
     output: &std::path::Path,
+    device: &str,
 ) -> Result<(), AnyError> {
     let plan = net.plan();
-    let model = Model::load(Cpu::new(), plan.clone(), weights)?;
+    let model = Model::load(Device::parse(device)?, plan.clone(), weights)?;
     let tensors = read_safetensors(input)?;
     let Some(x) = tensors.into_iter().find(|t| t.name == "input") else {
         return Err(format!("{}: no tensor named `input`", input.display()).into());
@@ -234,11 +246,16 @@ fn infer(
     Ok(())
 }
 
-fn bench(net: Net, batches: &[usize], runs: usize) -> Result<(), AnyError> {
+fn bench(net: Net, batches: &[usize], runs: usize, device: &str) -> Result<(), AnyError> {
     let plan = net.plan();
-    let cpu = Cpu::new();
-    println!("{} forward on {}", plan.name, cpu.name_line());
-    let model = Model::init(cpu, plan.clone(), 0)?;
+    let device = Device::parse(device)?;
+    println!("{} forward on {}", plan.name, device.name());
+    let t0 = Instant::now();
+    let model = Model::init(device, plan.clone(), 0)?;
+    println!(
+        "model ready (weights, kernels compiled or loaded from the cache) in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let s = plan.input;
     for &n in batches {
         let x = Tensor::new(

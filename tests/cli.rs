@@ -65,7 +65,7 @@ fn infer_writes_logits_and_probabilities() {
     )
     .unwrap();
     let out = Command::new(example())
-        .args(["infer", "--net", "small", "--weights"])
+        .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
         .arg(&w)
         .arg("--input")
         .arg(&x)
@@ -95,6 +95,8 @@ fn user_errors_are_one_line_not_a_panic() {
     let out = Command::new(example())
         .args([
             "infer",
+            "--device",
+            "cpu",
             "--weights",
             "/nonexistent/w.safetensors",
             "--input",

@@ -23,9 +23,13 @@ const EW_THREADS: u32 = 256;
 /// A network's generated CUDA: the source and how to launch each stage's kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CudaPlan {
+    /// The whole translation unit: a header, then every kernel.
     pub source: String,
     /// One per stage of [`Plan::stages`] that runs a kernel (dropout runs none).
     pub kernels: Vec<KernelLaunch>,
+    /// Each kernel's own source (a self-contained translation unit), in the order of
+    /// `kernels`, so that a runtime can compile them in parallel.
+    pub kernel_sources: Vec<String>,
 }
 
 /// Replaces every `{{KEY}}` of `template`; panics (a bug in this module, caught by its
@@ -79,6 +83,7 @@ pub fn render(plan: &Plan) -> CudaPlan {
         plan.name, plan.input
     );
     let mut kernels = Vec::new();
+    let mut kernel_sources = Vec::new();
     for stage in plan.stages() {
         let layer = &plan.layers[stage.layer];
         let lname = c_ident(&layer.name);
@@ -228,8 +233,13 @@ pub fn render(plan: &Plan) -> CudaPlan {
         };
         let _ = writeln!(source, "\n{text}");
         kernels.push(launch);
+        kernel_sources.push(text);
     }
-    CudaPlan { source, kernels }
+    CudaPlan {
+        source,
+        kernels,
+        kernel_sources,
+    }
 }
 
 fn ew_launch(layer: usize, name: &str, per_image: u64) -> KernelLaunch {

@@ -19,6 +19,13 @@ pub trait Backend: Send + Sync + 'static {
     /// A buffer of `len` elements; its contents are unspecified until written.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
 
+    /// Readies the backend to run `plan` (CUDA compiles and loads its kernels here), so
+    /// that errors surface when a model is built and the first batch is not slow.
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        let _ = plan;
+        Ok(())
+    }
+
     /// Waits until all work submitted so far has finished (for timing).
     fn synchronize(&self) -> Result<()> {
         Ok(())

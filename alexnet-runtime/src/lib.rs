@@ -1,6 +1,7 @@
 //! Runs networks declared with `alexnet::network!`.
 //!
-//! - [`Backend`]: what a device must do; [`Cpu`] is the reference implementation.
+//! - [`Backend`]: what a device must do; [`Cpu`] is the reference implementation, [`Cuda`]
+//!   runs each network's generated kernels, [`Device`] picks one at run time.
 //! - [`Model`]: a planned network with its parameters on a backend.
 //! - [`Batch`]: a batch whose per-image shape is part of its type.
 //! - [`weights`]: the paper's initialisation and safetensors files.
@@ -8,6 +9,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod tensor;
@@ -17,6 +19,8 @@ pub use alexnet_codegen::ir;
 pub use alexnet_codegen::plan_from_str;
 pub use backend::Backend;
 pub use cpu::Cpu;
+pub use cuda::Cuda;
+pub use device::Device;
 pub use error::{Error, Result};
 pub use model::Model;
 pub use tensor::{Batch, Tensor};

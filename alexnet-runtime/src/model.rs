@@ -19,6 +19,9 @@ pub struct Model<B: Backend> {
     plan: Plan,
     /// Per layer of the plan, its learned tensors (weight, bias; none for most layers).
     params: Vec<Vec<(ParamSpec, B::Buffer)>>,
+    /// Fill activation buffers with NaN before each pass, so that an element a kernel
+    /// fails to write shows up in the output (for tests).
+    poison: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for Model<B> {
@@ -51,6 +54,7 @@ impl<B: Backend> Model<B> {
     }
 
     fn upload(backend: B, plan: Plan, ordered: Vec<NamedTensor>) -> Result<Self> {
+        backend.prepare(&plan)?;
         let mut tensors = ordered.into_iter();
         let mut params = Vec::with_capacity(plan.layers.len());
         for layer in plan.layers.iter() {
@@ -67,6 +71,7 @@ impl<B: Backend> Model<B> {
             backend,
             plan,
             params,
+            poison: false,
         })
     }
 
@@ -92,6 +97,11 @@ impl<B: Backend> Model<B> {
             ("format".to_string(), "pt".to_string()),
         ]);
         weights::write_safetensors(path, &self.tensors()?, Some(meta))
+    }
+
+    /// Fill activation buffers with NaN before every pass (see the field); for tests.
+    pub fn set_poison(&mut self, poison: bool) {
+        self.poison = poison;
     }
 
     pub fn plan(&self) -> &Plan {
@@ -173,7 +183,14 @@ impl<B: Backend> Model<B> {
             * batch;
         // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
         let input_buf = self.backend.upload(input.data())?;
-        let mut bufs = [self.backend.alloc(max)?, self.backend.alloc(max)?];
+        let fresh = || {
+            if self.poison {
+                self.backend.upload(&vec![f32::NAN; max])
+            } else {
+                self.backend.alloc(max)
+            }
+        };
+        let mut bufs = [fresh()?, fresh()?];
         let mut out_shape = plan.input;
         for (i, stage) in stages.iter().enumerate() {
             let layer = &plan.layers[stage.layer];

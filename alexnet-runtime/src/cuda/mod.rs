@@ -1,5 +1,8 @@
-//! The CUDA side of the runtime. For now: compiling a network's generated CUDA with NVRTC
-//! (loaded at run time; no CUDA is needed to build) and reading ptxas's resource report.
-//! The backend that launches the kernels builds on this.
+//! The CUDA side of the runtime: NVRTC (loaded at run time; no CUDA is needed to build),
+//! the CUBIN disk cache, and the backend that launches each network's generated kernels.
 
+mod backend;
+pub mod cache;
 pub mod nvrtc;
+
+pub use backend::Cuda;

@@ -1,0 +1,234 @@
+//! The CUDA backend: each network's generated kernels, compiled by NVRTC for the device's
+//! own architecture (a disk cache makes the second start fast), loaded once per context,
+//! launched with the geometry fixed at compile time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use rayon::prelude::*;
+
+use super::cache;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::ir::{KernelLaunch, Op, Plan, Stage};
+
+fn driver_err(what: impl std::fmt::Display) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Backend(format!("cuda: {what}: {e:?}"))
+}
+
+/// One GPU: a context, a stream, and the networks compiled for it.
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    device_name: String,
+    arch: String,
+    /// Compiled networks, by name; a name may hold several plans (networks built at run time).
+    nets: Mutex<HashMap<String, Vec<LoadedPlan>>>,
+}
+
+/// A plan and its kernels.
+type LoadedPlan = (Plan, Arc<Loaded>);
+
+/// A network's kernels, loaded in this context.
+struct Loaded {
+    /// By layer index: the launch geometry and the function.
+    kernels: HashMap<usize, (KernelLaunch, CudaFunction)>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Cuda({}: {}, {})",
+            self.ordinal, self.device_name, self.arch
+        )
+    }
+}
+
+impl Cuda {
+    /// Why there is no usable GPU, or `None` when there is one.
+    pub fn unavailable_reason() -> Option<String> {
+        // SAFETY: only tries to dlopen libcuda by its candidate names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Some("the CUDA driver (libcuda.so.1) is not installed".into());
+        }
+        match CudaContext::device_count() {
+            Ok(n) if n > 0 => None,
+            Ok(_) => Some("no CUDA GPU found".into()),
+            Err(e) => Some(format!("no CUDA GPU found ({e:?})")),
+        }
+    }
+
+    /// GPU `ordinal`, or a clear error when there is none.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if let Some(why) = Self::unavailable_reason() {
+            return Err(Error::Backend(format!("cuda was asked for, but {why}")));
+        }
+        let count = CudaContext::device_count().map_err(driver_err("device count"))?;
+        if ordinal >= count as usize {
+            return Err(Error::Backend(format!(
+                "cuda: GPU {ordinal} asked for, {count} found"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("context"))?;
+        let stream = ctx.new_stream().map_err(driver_err("stream"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err("compute capability"))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        Ok(Cuda {
+            ctx,
+            stream,
+            ordinal,
+            device_name,
+            arch: format!("sm_{major}{minor}"),
+            nets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The architecture kernels are compiled for, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn loaded(&self, plan: &Plan) -> Result<Arc<Loaded>> {
+        let mut nets = self
+            .nets
+            .lock()
+            .map_err(|_| Error::Backend("cuda: module cache poisoned".into()))?;
+        let entry = nets.entry(plan.name.to_string()).or_default();
+        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
+            return Ok(l.clone());
+        }
+        let cuda = alexnet_codegen::cuda::render(plan);
+        let opts = vec!["--ptxas-options=-v".to_string()];
+        let cubins: Vec<Result<Vec<u8>>> = cuda
+            .kernel_sources
+            .par_iter()
+            .zip(&cuda.kernels)
+            .map(|(src, k)| cache::cubin(src, &format!("{}.cu", k.name), &self.arch, &opts))
+            .collect();
+        let mut kernels = HashMap::new();
+        let mut modules = Vec::new();
+        for (cubin, k) in cubins.into_iter().zip(cuda.kernels) {
+            let module = self
+                .ctx
+                .load_module(Ptx::from_binary(cubin?))
+                .map_err(driver_err(format!("loading {}", k.name)))?;
+            let f = module
+                .load_function(&k.name)
+                .map_err(driver_err(format!("finding {}", k.name)))?;
+            modules.push(module);
+            kernels.insert(k.layer, (k, f));
+        }
+        let loaded = Arc::new(Loaded {
+            kernels,
+            _modules: modules,
+        });
+        entry.push((plan.clone(), loaded.clone()));
+        Ok(loaded)
+    }
+}
+
+impl Backend for Cuda {
+    type Buffer = CudaSlice<f32>;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, {})",
+            self.ordinal, self.device_name, self.arch
+        )
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream.clone_htod(data).map_err(driver_err("upload"))
+    }
+
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.stream.clone_dtoh(buf).map_err(driver_err("download"))
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(driver_err("alloc"))
+    }
+
+    /// Compiles (or finds in the cache) and loads `plan`'s kernels; later calls for the
+    /// same plan return at once.
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        self.loaded(plan).map(|_| ())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver_err("synchronize"))
+    }
+
+    fn forward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        input: &CudaSlice<f32>,
+        params: &[&CudaSlice<f32>],
+        output: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
+        if input.len() < n_in || output.len() < n_out {
+            return Err(Error::Backend(format!(
+                "cuda: {}: buffers of {} and {} values, the stage needs {n_in} and {n_out}",
+                layer.name,
+                input.len(),
+                output.len()
+            )));
+        }
+        let batch_i32 = i32::try_from(batch)
+            .ok()
+            .filter(|b| {
+                (*b as u64) * (layer.input.len().max(layer.output.len()) as u64) <= i32::MAX as u64
+            })
+            .ok_or_else(|| {
+                Error::Backend(format!(
+                    "cuda: batch {batch} too large for {} (32-bit indexing)",
+                    layer.name
+                ))
+            })?;
+        let loaded = self.loaded(plan)?;
+        let (launch, f) = loaded
+            .kernels
+            .get(&stage.layer)
+            .ok_or_else(|| Error::Backend(format!("cuda: no kernel for {}", layer.name)))?;
+        let [gx, gy, gz] = launch.grid(batch);
+        let cfg = LaunchConfig {
+            grid_dim: (gx, gy, gz),
+            block_dim: (launch.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut args = self.stream.launch_builder(f);
+        args.arg(input);
+        if matches!(layer.op, Op::Conv { .. } | Op::Fc { .. }) {
+            let [w, b] = params else {
+                return Err(Error::Backend(format!(
+                    "cuda: {} needs a weight and a bias",
+                    layer.name
+                )));
+            };
+            args.arg(*w).arg(*b);
+        }
+        args.arg(output).arg(&batch_i32);
+        // SAFETY: the arguments match the kernel's signature in kernels_templates/ (x, [w,
+        // bias,] y, batch: pointers to f32 and an int); the buffers hold at least the
+        // batch's input and output (checked above) and the layer's parameters (uploaded
+        // from tensors of the plan's shapes); the grid covers exactly the work the
+        // kernel's bounds checks admit; 32-bit indices do not overflow (checked).
+        unsafe { args.launch(cfg) }.map_err(driver_err(format!("launching {}", launch.name)))?;
+        Ok(())
+    }
+}

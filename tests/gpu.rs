@@ -1,0 +1,159 @@
+//! The CUDA backend against the CPU backend. The tests marked `needs a CUDA GPU` run on
+//! the lent GPU machine (`scripts/gpu-check.sh`); the others run everywhere.
+//!
+//! Every comparison: fresh random inputs and weights, outputs poisoned with NaN before
+//! each run (an element a kernel fails to write fails the test), relative L2 <= 1e-5.
+
+mod common;
+
+use alexnet::ir::Plan;
+use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
+use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::{Backend, Cpu, Cuda, Device, Model, Tensor};
+use common::rel_l2;
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-5;
+
+fn random(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Weights scaled by 1/sqrt(fan-in), so activations stay O(1) through deep networks.
+fn weights(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
+    plan.params()
+        .into_iter()
+        .map(|s| {
+            let fan_in: usize = if s.shape.len() > 1 {
+                s.shape[1..].iter().product()
+            } else {
+                10
+            };
+            let scale = (3.0 / fan_in as f32).sqrt();
+            NamedTensor {
+                data: random(rng, s.len(), scale),
+                name: s.name,
+                shape: s.shape,
+            }
+        })
+        .collect()
+}
+
+/// Runs `plan` on the GPU and the CPU at each batch size; returns the worst error.
+fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let w = weights(plan, &mut rng);
+    let mut gpu =
+        Model::from_tensors(Cuda::new(0).expect("a CUDA GPU"), plan.clone(), w.clone()).unwrap();
+    gpu.set_poison(true);
+    let cpu = Model::from_tensors(Cpu::new(), plan.clone(), w).unwrap();
+    let s = plan.input;
+    let mut worst: f64 = 0.0;
+    for &n in batches {
+        let x = Tensor::new(vec![n, s.c, s.h, s.w], random(&mut rng, n * s.len(), 1.0)).unwrap();
+        let mut stages = Vec::new();
+        let got = gpu
+            .forward_inspect(&x, |name, v| stages.push((name.to_string(), v.to_vec())))
+            .unwrap();
+        let mut want_stages = Vec::new();
+        let want = cpu
+            .forward_inspect(&x, |name, v| {
+                want_stages.push((name.to_string(), v.to_vec()))
+            })
+            .unwrap();
+        for ((name, g), (_, c)) in stages.iter().zip(&want_stages) {
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{} batch {n}: {name} has unwritten (NaN) or infinite values",
+                plan.name
+            );
+            let e = rel_l2(g, c);
+            assert!(
+                e <= TOL,
+                "{} batch {n}: {name} differs from the CPU: relative L2 {e:.2e}",
+                plan.name
+            );
+            worst = worst.max(e);
+        }
+        let e = rel_l2(got.data(), want.data());
+        assert!(
+            e <= TOL,
+            "{} batch {n}: output relative L2 {e:.2e}",
+            plan.name
+        );
+        println!(
+            "{} batch {n}: worst stage {worst:.2e}, output {e:.2e}",
+            plan.name
+        );
+    }
+    worst
+}
+
+fn plan(src: &str) -> Plan {
+    alexnet::runtime::plan_from_str(src).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layer_kind_matches_the_cpu() {
+    for (i, src) in [
+        "T<3, 19, 23> { conv(8, 11, stride = 4) }",
+        "T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) relu }",
+        "T<6, 7, 7> { conv(96, 5, pad = 2, groups = 3) }",
+        "T<3, 13, 13> { maxpool(3, stride = 2) }",
+        "T<3, 11, 10> { avgpool(3, stride = 2) }",
+        "T<7, 4, 5> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) }",
+        "T<12, 3, 4> split 2 { lrn(5, alpha = 0.3, beta = 0.6) }",
+        "T<3, 4, 5> { fc(37) relu }",
+        "T<130, 1, 1> { fc(70) }",
+        "T<5, 3, 3> { relu }",
+        "T<5, 3, 3> { dropout(0.5) softmax }",
+        "T<1000, 1, 1> { softmax }",
+        "T<4, 2, 3> { softmax }",
+    ]
+    .iter()
+    .enumerate()
+    {
+        compare(&plan(src), &[1, 7, 128], i as u64);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fixture_networks_match_the_cpu() {
+    compare(SmallNet::plan(), &[1, 7, 128], 1);
+    compare(TorchvisionAlexNet::plan(), &[1, 7, 128], 2);
+    compare(AlexNet::plan(), &[1, 7, 128], 3);
+}
+
+#[test]
+fn the_generated_source_is_what_the_runtime_compiles() {
+    for (plan, src, kernels) in [
+        (AlexNet::plan(), AlexNet::CUDA_SOURCE, AlexNet::CUDA_KERNELS),
+        (
+            SmallNet::plan(),
+            SmallNet::CUDA_SOURCE,
+            SmallNet::CUDA_KERNELS,
+        ),
+    ] {
+        let cuda = alexnet_codegen::cuda::render(plan);
+        assert_eq!(cuda.source, src);
+        assert_eq!(cuda.kernels, kernels);
+    }
+}
+
+#[test]
+fn asking_for_cuda_without_a_gpu_is_a_clear_error() {
+    if Cuda::unavailable_reason().is_none() {
+        return; // this machine has a GPU
+    }
+    let err = Device::cuda(0).unwrap_err().to_string();
+    assert!(err.starts_with("cuda was asked for, but "), "{err}");
+    let auto = Device::auto();
+    assert!(matches!(auto, Device::Cpu(_)), "auto falls back to the CPU");
+    assert!(auto.name().starts_with("cpu"));
+    assert!(Device::parse("tpu")
+        .unwrap_err()
+        .to_string()
+        .contains("expected cpu, cuda, cuda:N or auto"));
+}

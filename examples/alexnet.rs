@@ -55,6 +55,18 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Compiles a network's generated CUDA with NVRTC (no GPU needed): per-kernel ptxas
+    /// report, cold compile time, then the time to load everything from the CUBIN cache.
+    Kernels {
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+        /// GPU architecture, e.g. sm_80, sm_90.
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// Also write the network's CUDA source to this folder.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
     /// Prints a network's layer table.
     Summary {
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
@@ -130,6 +142,7 @@ fn main() -> ExitCode {
             runs,
             device,
         } => bench(net, &batch, runs, &device),
+        Command::Kernels { net, arch, dump } => kernels(net, &arch, dump.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -296,5 +309,62 @@ fn bench(net: Net, batches: &[usize], runs: usize, device: &str) -> Result<(), A
             .collect();
         println!("  stages (ms): {}", per_stage.join(", "));
     }
+    Ok(())
+}
+
+fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), AnyError> {
+    use alexnet::runtime::cuda::{cache, nvrtc};
+    use rayon::prelude::*;
+    let plan = net.plan();
+    if let Some(dir) = dump {
+        println!("wrote {}", alexnet_codegen::dump_cuda(plan, dir)?.display());
+    }
+    let (major, minor) = nvrtc::version()?;
+    let cuda = alexnet_codegen::cuda::render(plan);
+    let opts = vec!["--ptxas-options=-v".to_string()];
+    println!(
+        "{}: {} kernels, NVRTC {major}.{minor}, {arch}",
+        plan.name,
+        cuda.kernels.len()
+    );
+    let t0 = Instant::now();
+    let compiled: Vec<_> = cuda
+        .kernel_sources
+        .par_iter()
+        .zip(&cuda.kernels)
+        .map(|(src, k)| nvrtc::compile_cubin(src, &format!("{}.cu", k.name), arch, &opts))
+        .collect::<Result<_, _>>()?;
+    let cold = t0.elapsed();
+    for c in &compiled {
+        for r in nvrtc::ptxas_report(&c.log) {
+            println!(
+                "  {:<40} {:>3} registers {:>6} B shared {:>3} B spilled {:>3} B stack",
+                r.name,
+                r.registers,
+                r.shared_bytes,
+                r.spill_store_bytes + r.spill_load_bytes,
+                r.stack_frame_bytes
+            );
+        }
+    }
+    println!(
+        "cold compile (parallel over {} threads, no cache): {:.0} ms",
+        rayon::current_num_threads(),
+        cold.as_secs_f64() * 1e3
+    );
+    // The runtime's path: through the CUBIN cache (a temporary one: fill it, then hit it).
+    let dir = std::env::temp_dir().join(format!("alexnet-kernels-{}", std::process::id()));
+    std::env::set_var("ALEXNET_CACHE_DIR", &dir);
+    let through_cache = || -> Result<std::time::Duration, AnyError> {
+        let t = Instant::now();
+        for (src, k) in cuda.kernel_sources.iter().zip(&cuda.kernels) {
+            cache::cubin(src, &format!("{}.cu", k.name), arch, &opts)?;
+        }
+        Ok(t.elapsed())
+    };
+    let _fill = through_cache()?;
+    let hit = through_cache()?;
+    println!("cache hit, all kernels: {:.1} ms", hit.as_secs_f64() * 1e3);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -92,6 +92,11 @@ impl Cuda {
         })
     }
 
+    /// The stream every kernel of this backend runs on (for vendor-library comparisons).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// The architecture kernels are compiled for, e.g. `sm_90`.
     pub fn arch(&self) -> &str {
         &self.arch

@@ -102,3 +102,16 @@ fn a_broken_kernel_reports_the_generated_line() {
     assert!(err.contains("undefined_name"), "{err}");
     assert!(err.contains("2 |     y[0] = undefined_name;"), "{err}");
 }
+
+#[test]
+fn the_half_precision_header_is_found() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    assert!(
+        nvrtc::include_dir().is_some(),
+        "cuda_fp16.h not found (set ALEXNET_CUDA_INCLUDE)"
+    );
+    let src = "#include <cuda_fp16.h>\nextern \"C\" __global__ void h(const float* x, __half* y) { y[0] = __float2half(x[0]); }\n";
+    nvrtc::compile_cubin(src, "half.cu", "sm_90", &[]).unwrap();
+}

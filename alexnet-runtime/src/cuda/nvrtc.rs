@@ -32,6 +32,33 @@ pub fn version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
+/// The folder holding `cuda_fp16.h` (NVRTC has no built-in copy), for `-I`: from
+/// `ALEXNET_CUDA_INCLUDE`, `CUDA_HOME`/`CUDA_PATH`, /usr/local/cuda, or the
+/// `nvidia-cuda-runtime` wheel next to a libnvrtc found on `LD_LIBRARY_PATH`. The forward
+/// kernels need no header; half-precision kernels will.
+pub fn include_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("ALEXNET_CUDA_INCLUDE") {
+        candidates.push(d.into());
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(d).join("include"));
+        }
+    }
+    candidates.push("/usr/local/cuda/include".into());
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        // .../nvidia/cu13/lib -> .../nvidia/cu13/include (pip wheels).
+        candidates.extend(
+            std::env::split_paths(&paths).filter_map(|p| p.parent().map(|d| d.join("include"))),
+        );
+    }
+    candidates
+        .into_iter()
+        .find(|d| d.join("cuda_fp16.h").is_file())
+}
+
 /// A compiled translation unit.
 #[derive(Clone, Debug)]
 pub struct Compiled {
@@ -56,6 +83,9 @@ pub fn compile_cubin(source: &str, name: &str, arch: &str, extra: &[String]) -> 
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
     ];
+    if let Some(dir) = include_dir() {
+        opts.push(format!("-I{}", dir.display()));
+    }
     opts.extend(extra.iter().cloned());
     // SAFETY: `prog` was just created and is destroyed only below; `src` and `cname`,
     // which it may reference, outlive it.
@@ -181,6 +211,18 @@ mod tests {
                 shared_bytes: 8192
             }]
         );
+    }
+
+    #[test]
+    fn finds_headers_named_by_the_environment() {
+        // Only the explicit variable is under the test's control; the others depend on the machine.
+        let dir = std::env::temp_dir().join(format!("alexnet-include-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cuda_fp16.h"), "").unwrap();
+        std::env::set_var("ALEXNET_CUDA_INCLUDE", &dir);
+        assert_eq!(include_dir(), Some(dir.clone()));
+        std::env::remove_var("ALEXNET_CUDA_INCLUDE");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

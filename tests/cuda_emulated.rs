@@ -4,8 +4,8 @@
 //! barrier; `__shared__` arrays are shared by a block's threads), then compared with the
 //! CPU backend. This checks the templates' index arithmetic, bounds checks and launch
 //! geometry where no GPU is lent. It does not check anything specific to the GPU (warps,
-//! memory model, speed); `tests/gpu.rs` does that on a GPU. Softmax, whose kernel uses
-//! warp shuffles, is not emulated.
+//! memory model, speed); `tests/gpu.rs` does that on a GPU. Warp shuffles are emulated
+//! through a buffer and a barrier per warp.
 //!
 //! Needs a C++20 compiler (`c++`, or `CXX`); skipped with a notice where there is none,
 //! except under CI, where it fails.
@@ -39,6 +39,18 @@ static std::barrier<>* block_barrier = nullptr;
 #define __launch_bounds__(n)
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
+// A warp's lanes exchange values through a buffer, meeting on the warp's own barrier
+// (whole warps return together in the kernels that shuffle, as on a GPU).
+static float shfl_buf[1024];
+static std::vector<std::barrier<>*> warp_barriers;
+static inline float __shfl_xor_sync(unsigned, float v, int d) {
+    unsigned t = threadIdx.x, lane = t % 32, warp = t / 32;
+    shfl_buf[t] = v;
+    warp_barriers[warp]->arrive_and_wait();
+    float r = shfl_buf[warp * 32 + (lane ^ d)];
+    warp_barriers[warp]->arrive_and_wait();
+    return r;
+}
 "#;
 
 const MAIN: &str = r#"
@@ -64,6 +76,9 @@ int main(int argc, char** argv) {
     for (unsigned bx = 0; bx < gridDim.x; ++bx) {
         std::barrier<> bar(blockDim.x);
         block_barrier = &bar;
+        std::vector<std::barrier<>*> warps;
+        for (unsigned w = 0; w < (blockDim.x + 31) / 32; ++w) warps.push_back(new std::barrier<>(32));
+        warp_barriers = warps;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < blockDim.x; ++t)
             threads.emplace_back([&, t] {
@@ -72,6 +87,7 @@ int main(int argc, char** argv) {
                 LAUNCH;
             });
         for (auto& th : threads) th.join();
+        for (auto* w : warps) delete w;
     }
     FILE* f = std::fopen(argv[7], "wb");
     std::fwrite(y.data(), 4, y.size(), f);
@@ -231,6 +247,8 @@ fn generated_kernels_match_the_cpu_under_emulation() {
         ),
         ("T<3, 4, 5> { fc(70) relu }", &[1, 5]),
         ("T<5, 3, 3> { relu }", &[2]),
+        ("T<1000, 1, 1> { softmax }", &[1, 3]),
+        ("T<4, 2, 3> { softmax }", &[2]),
     ] {
         for &b in batches {
             check(&cxx, src, b);

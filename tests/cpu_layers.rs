@@ -5,7 +5,7 @@
 
 mod common;
 
-use alexnet::ir::{Op, Plan};
+use alexnet::ir::Plan;
 use alexnet::runtime::weights::NamedTensor;
 use alexnet::runtime::{Cpu, Model, Tensor};
 use common::rel_l2;
@@ -42,95 +42,15 @@ fn run(plan: &Plan, batch: usize, seed: u64) -> (Vec<f32>, Vec<NamedTensor>, Vec
 }
 
 fn naive(plan: &Plan, batch: usize, x: &[f32], params: &[NamedTensor]) -> Vec<f32> {
-    let l = &plan.layers[0];
-    let (i, o) = (l.input, l.output);
-    let mut y = vec![f32::NAN; batch * o.len()];
-    let at = |n: usize, c: usize, h: usize, w: usize| x[((n * i.c + c) * i.h + h) * i.w + w] as f64;
-    for n in 0..batch {
-        for c in 0..o.c {
-            for p in 0..o.h {
-                for q in 0..o.w {
-                    let v: f64 = match l.op {
-                        Op::Conv {
-                            k,
-                            stride,
-                            pad,
-                            groups,
-                            ..
-                        } => {
-                            let (cg, og) = (i.c / groups, o.c / groups);
-                            let g = c / og;
-                            let mut acc = params[1].data[c] as f64;
-                            for ci in 0..cg {
-                                for ky in 0..k {
-                                    for kx in 0..k {
-                                        let (iy, ix) = (
-                                            (p * stride + ky) as isize - pad as isize,
-                                            (q * stride + kx) as isize - pad as isize,
-                                        );
-                                        if iy >= 0
-                                            && ix >= 0
-                                            && (iy as usize) < i.h
-                                            && (ix as usize) < i.w
-                                        {
-                                            let wv = params[0].data
-                                                [((c * cg + ci) * k + ky) * k + kx]
-                                                as f64;
-                                            acc +=
-                                                wv * at(n, g * cg + ci, iy as usize, ix as usize);
-                                        }
-                                    }
-                                }
-                            }
-                            acc
-                        }
-                        Op::MaxPool { k, stride } => (0..k * k)
-                            .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
-                            .fold(f64::MIN, f64::max),
-                        Op::AvgPool { k, stride } => {
-                            (0..k * k)
-                                .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
-                                .sum::<f64>()
-                                / (k * k) as f64
-                        }
-                        Op::Lrn {
-                            size,
-                            alpha,
-                            beta,
-                            k,
-                            channel_groups,
-                        } => {
-                            let cg = i.c / channel_groups;
-                            let (lo, hi) = (c / cg * cg, c / cg * cg + cg);
-                            let half = size / 2;
-                            let s: f64 = (c.saturating_sub(half).max(lo)..(c + half + 1).min(hi))
-                                .map(|j| at(n, j, p, q).powi(2))
-                                .sum();
-                            at(n, c, p, q)
-                                / (k as f64 + alpha as f64 / size as f64 * s).powf(beta as f64)
-                        }
-                        Op::Fc { .. } => {
-                            let w = &params[0].data[c * i.len()..(c + 1) * i.len()];
-                            params[1].data[c] as f64
-                                + w.iter()
-                                    .zip(&x[n * i.len()..(n + 1) * i.len()])
-                                    .map(|(a, b)| *a as f64 * *b as f64)
-                                    .sum::<f64>()
-                        }
-                        Op::Relu => at(n, c, p, q).max(0.0),
-                        Op::Dropout { .. } => at(n, c, p, q),
-                        Op::Softmax => {
-                            let m = (0..i.c).map(|j| at(n, j, p, q)).fold(f64::MIN, f64::max);
-                            let z: f64 = (0..i.c).map(|j| (at(n, j, p, q) - m).exp()).sum();
-                            (at(n, c, p, q) - m).exp() / z
-                        }
-                    };
-                    y[((n * o.c + c) * o.h + p) * o.w + q] = v as f32;
-                }
-            }
-        }
-    }
-    y
+    let f64s = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let (w, b) = match params {
+        [w, b] => (f64s(&w.data), f64s(&b.data)),
+        _ => (Vec::new(), Vec::new()),
+    };
+    common::naive::forward(&plan.layers[0], batch, &f64s(x), &w, &b)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
 }
 
 fn check(src: &str, batches: &[usize]) {

@@ -3,6 +3,8 @@
 //! relative L2 error.
 #![allow(dead_code)]
 
+pub mod naive;
+
 use alexnet::ir::Plan;
 use alexnet::runtime::weights::NamedTensor;
 

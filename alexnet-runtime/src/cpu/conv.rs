@@ -95,6 +95,103 @@ fn image(
     }
 }
 
+/// Gradients of a convolution for `batch` images: `dw`, `db` are accumulated into; `dx`
+/// (when wanted: conv1 needs none) is overwritten. `y` is the layer's output, needed to
+/// apply the fused ReLU's mask to `dy`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    mut dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+    batch: usize,
+    g: ConvGeom,
+    relu: bool,
+    threads: usize,
+) {
+    let (in_len, out_len) = (g.input.len(), g.output.len());
+    let cg = g.input.c / g.groups;
+    let og = g.output.c / g.groups;
+    let pq = g.output.h * g.output.w;
+    let kk = g.col_rows();
+    let (h, wd) = (g.input.h, g.input.w);
+    let mut col = vec![0.0f32; g.col_len()];
+    let mut dyr = vec![0.0f32; out_len];
+    if let Some(dx) = dx.as_deref_mut() {
+        dx[..batch * in_len].fill(0.0);
+    }
+    for n in 0..batch {
+        let (xn, yn, dyn_) = (
+            &x[n * in_len..(n + 1) * in_len],
+            &y[n * out_len..(n + 1) * out_len],
+            &dy[n * out_len..(n + 1) * out_len],
+        );
+        for ((d, &g_), &yv) in dyr.iter_mut().zip(dyn_).zip(yn) {
+            *d = if relu && yv <= 0.0 { 0.0 } else { g_ };
+        }
+        for grp in 0..g.groups {
+            let dyg = &dyr[grp * og * pq..(grp + 1) * og * pq];
+            for (o, row) in dyg.chunks(pq).enumerate() {
+                db[grp * og + o] += row.iter().sum::<f32>();
+            }
+            let xg = &xn[grp * cg * h * wd..(grp + 1) * cg * h * wd];
+            im2col(xg, cg, &g, &mut col, threads);
+            // dW_g += dY_g col^T
+            sgemm(
+                Mat::row_major(dyg, og, pq, pq),
+                Mat::transposed(&col, pq, kk, pq),
+                &mut dw[grp * og * kk..(grp + 1) * og * kk],
+                kk,
+                true,
+                threads,
+            );
+            if let Some(dx) = dx.as_deref_mut() {
+                // dcol = W_g^T dY_g, then folded back onto the image.
+                let wg = &w[grp * og * kk..(grp + 1) * og * kk];
+                sgemm(
+                    Mat::transposed(wg, kk, og, kk),
+                    Mat::row_major(dyg, og, pq, pq),
+                    &mut col,
+                    pq,
+                    false,
+                    threads,
+                );
+                let dxg =
+                    &mut dx[n * in_len + grp * cg * h * wd..n * in_len + (grp + 1) * cg * h * wd];
+                col2im(&col, cg, &g, dxg);
+            }
+        }
+    }
+}
+
+/// Adds `col[(c*k + ky)*k + kx][oy*Q + ox]` back onto the image positions it was read from.
+fn col2im(col: &[f32], cg: usize, g: &ConvGeom, dx: &mut [f32]) {
+    let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
+    let (p, q) = (g.output.h, g.output.w);
+    for c in 0..cg {
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((c * k + ky) * k + kx) * p * q..][..p * q];
+                for oy in 0..p {
+                    let iy = (oy * s + ky) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for ox in 0..q {
+                        let ix = (ox * s + kx) as isize - pad as isize;
+                        if ix >= 0 && ix < w as isize {
+                            dx[(c * h + iy as usize) * w + ix as usize] += row[oy * q + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Unfolds `cg` channels of one image into `col[(c*k + ky)*k + kx][oy*Q + ox]`.
 fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
     let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);

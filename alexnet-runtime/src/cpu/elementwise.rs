@@ -37,3 +37,30 @@ pub fn softmax(x: &[f32], y: &mut [f32], shape: Shape) {
             }
         });
 }
+
+/// Gradient of ReLU from its output: `dx = dy` where `y > 0`, else 0.
+pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((d, &g), &v) in dx.iter_mut().zip(dy).zip(y) {
+        *d = if v > 0.0 { g } else { 0.0 };
+    }
+}
+
+/// Gradient of softmax over channels from its output: `dx = y (dy - sum_c dy_c y_c)`.
+pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], shape: Shape) {
+    let (c, hw) = (shape.c, shape.h * shape.w);
+    for ((dxi, yi), dyi) in dx
+        .chunks_mut(shape.len())
+        .zip(y.chunks(shape.len()))
+        .zip(dy.chunks(shape.len()))
+    {
+        for p in 0..hw {
+            let dot: f64 = (0..c)
+                .map(|ch| dyi[ch * hw + p] as f64 * yi[ch * hw + p] as f64)
+                .sum();
+            for ch in 0..c {
+                let i = ch * hw + p;
+                dxi[i] = (yi[i] as f64 * (dyi[i] as f64 - dot)) as f32;
+            }
+        }
+    }
+}

@@ -46,6 +46,57 @@ pub fn forward(
     }
 }
 
+/// Gradients of a fully connected layer: `dw`, `db` accumulated into, `dx` (when wanted)
+/// overwritten; `y` masks `dy` for the fused ReLU.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+    threads: usize,
+) {
+    let dyr: Vec<f32> = dy[..batch * outputs]
+        .iter()
+        .zip(y)
+        .map(|(&g, &v)| if relu && v <= 0.0 { 0.0 } else { g })
+        .collect();
+    for row in dyr.chunks(outputs) {
+        for (b, g) in db.iter_mut().zip(row) {
+            *b += g;
+        }
+    }
+    // dW [O, I] += dY^T [O, N] x [N, I]
+    sgemm_strided(
+        Mat::transposed(&dyr, outputs, batch, outputs),
+        Mat::row_major(x, batch, inputs, inputs),
+        dw,
+        inputs,
+        1,
+        true,
+        threads,
+    );
+    if let Some(dx) = dx {
+        // dX [N, I] = dY [N, O] W [O, I]
+        sgemm_strided(
+            Mat::row_major(&dyr, batch, outputs, outputs),
+            Mat::row_major(w, outputs, inputs, inputs),
+            dx,
+            inputs,
+            1,
+            false,
+            threads,
+        );
+    }
+}
+
 fn gemv(
     x: &[f32],
     w: &[f32],

@@ -84,3 +84,38 @@ fn scale(out: &mut [f32], x: &[f32], sum: &[f32], a: f32, k: f32, beta: f32) {
         }
     }
 }
+
+/// Gradient of LRN. With `s_i = k + a * sum_{j in N(i)} x_j^2` (a = alpha / size) and
+/// `y_i = x_i s_i^-beta`, and a window symmetric within the channel group:
+/// `dx_j = dy_j s_j^-beta - 2 a beta x_j sum_{i in N(j)} dy_i x_i s_i^(-beta-1)`.
+/// `dx` is overwritten.
+pub fn backward(x: &[f32], dy: &[f32], dx: &mut [f32], shape: Shape, p: LrnParams) {
+    let hw = shape.h * shape.w;
+    let cg = shape.c / p.channel_groups;
+    let half = p.size / 2;
+    let a = (p.alpha / p.size as f32) as f64;
+    let (beta, k) = (p.beta as f64, p.k as f64);
+    let block = cg * hw;
+    dx.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(dy.par_chunks(block))
+        .for_each(|((dxb, xb), dyb)| {
+            let mut s = vec![0.0f64; cg];
+            let mut t = vec![0.0f64; cg];
+            for pix in 0..hw {
+                let at = |c: usize| c * hw + pix;
+                for c in 0..cg {
+                    let (lo, hi) = (c.saturating_sub(half), (c + half).min(cg - 1));
+                    s[c] = k + a * (lo..=hi).map(|j| (xb[at(j)] as f64).powi(2)).sum::<f64>();
+                    t[c] = dyb[at(c)] as f64 * xb[at(c)] as f64 * s[c].powf(-beta - 1.0);
+                }
+                for c in 0..cg {
+                    let (lo, hi) = (c.saturating_sub(half), (c + half).min(cg - 1));
+                    let cross: f64 = (lo..=hi).map(|i| t[i]).sum();
+                    let v = dyb[at(c)] as f64 * s[c].powf(-beta)
+                        - 2.0 * a * beta * xb[at(c)] as f64 * cross;
+                    dxb[at(c)] = v as f32;
+                }
+            }
+        });
+}

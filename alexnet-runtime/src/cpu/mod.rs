@@ -4,6 +4,7 @@
 //! GPU backend is checked against and the fallback where there is no GPU.
 
 mod blas;
+
 mod conv;
 mod elementwise;
 mod fc;
@@ -53,6 +54,154 @@ fn check_len(what: &str, buf: &[f32], want: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// One stage's gradients, for [`Cpu::backward_stage`].
+pub struct StageGrads<'a> {
+    /// Gradient with respect to the stage's input; `None` when not needed (the first
+    /// layer). Overwritten.
+    pub dx: Option<&'a mut [f32]>,
+    /// Gradients of the weight and the bias (learned layers only), accumulated into.
+    pub dparams: Vec<&'a mut [f32]>,
+}
+
+impl Cpu {
+    /// The backward pass of one stage on `batch` images: from the stage's input `x`, its
+    /// output `y` (which also gives the fused ReLU's mask), the gradient `dy` of its
+    /// output and its parameters, the gradients of its input and parameters. Dropout is
+    /// the identity here (the training mask comes with the optimiser). A building block of
+    /// training, checked against finite differences in tests/gradients.rs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        params: &[&[f32]],
+        grads: StageGrads<'_>,
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
+        check_len(&format!("{} input", layer.name), x, n_in)?;
+        check_len(&format!("{} output", layer.name), y, n_out)?;
+        check_len(&format!("{} output gradient", layer.name), dy, n_out)?;
+        let (x, y, dy) = (&x[..n_in], &y[..n_out], &dy[..n_out]);
+        let threads = self.threads();
+        let StageGrads { dx, mut dparams } = grads;
+        let dx = match dx {
+            Some(d) => {
+                check_len(&format!("{} input gradient", layer.name), d, n_in)?;
+                Some(&mut d[..n_in])
+            }
+            None => None,
+        };
+        let needs_dx = || {
+            Error::Backend(format!(
+                "cpu: {} needs an input gradient buffer",
+                layer.name
+            ))
+        };
+        match layer.op {
+            Op::Conv {
+                k,
+                stride,
+                pad,
+                groups,
+                ..
+            } => {
+                let (w, dw, db) = learned(layer, params, &mut dparams)?;
+                let g = conv::ConvGeom {
+                    input: layer.input,
+                    output: layer.output,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                };
+                conv::backward(x, w, y, dy, dx, dw, db, batch, g, stage.fused_relu, threads);
+            }
+            Op::Fc { out } => {
+                let (w, dw, db) = learned(layer, params, &mut dparams)?;
+                fc::backward(
+                    x,
+                    w,
+                    y,
+                    dy,
+                    dx,
+                    dw,
+                    db,
+                    batch,
+                    layer.input.len(),
+                    out,
+                    stage.fused_relu,
+                    threads,
+                );
+            }
+            Op::Relu => elementwise::relu_backward(y, dy, dx.ok_or_else(needs_dx)?),
+            Op::MaxPool { k, stride } => pool::backward(
+                x,
+                dy,
+                dx.ok_or_else(needs_dx)?,
+                layer.input,
+                layer.output,
+                k,
+                stride,
+                pool::PoolKind::Max,
+            ),
+            Op::AvgPool { k, stride } => pool::backward(
+                x,
+                dy,
+                dx.ok_or_else(needs_dx)?,
+                layer.input,
+                layer.output,
+                k,
+                stride,
+                pool::PoolKind::Avg,
+            ),
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                k,
+                channel_groups,
+            } => lrn::backward(
+                x,
+                dy,
+                dx.ok_or_else(needs_dx)?,
+                layer.input,
+                lrn::LrnParams {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    channel_groups,
+                },
+            ),
+            Op::Dropout { .. } => dx.ok_or_else(needs_dx)?.copy_from_slice(dy),
+            Op::Softmax => {
+                elementwise::softmax_backward(y, dy, dx.ok_or_else(needs_dx)?, layer.input)
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A learned layer's weight and the gradients of its weight and bias.
+fn learned<'p, 'g>(
+    layer: &crate::ir::Layer,
+    params: &[&'p [f32]],
+    dparams: &'g mut [&mut [f32]],
+) -> Result<(&'p [f32], &'g mut [f32], &'g mut [f32])> {
+    match (params, dparams) {
+        ([w, _], [dw, db]) => Ok((w, dw, db)),
+        _ => Err(Error::Backend(format!(
+            "cpu: {} needs a weight, a bias and their gradients",
+            layer.name
+        ))),
+    }
 }
 
 impl Backend for Cpu {

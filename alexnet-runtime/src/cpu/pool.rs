@@ -51,3 +51,55 @@ pub fn forward(
             },
         );
 }
+
+/// Gradient of pooling: max routes each output's gradient to the first maximum of its
+/// window (the element the forward pass returned), average spreads it evenly. `dx` is
+/// overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    input: Shape,
+    output: Shape,
+    k: usize,
+    stride: usize,
+    kind: PoolKind,
+) {
+    let (h, w) = (input.h, input.w);
+    let (p, q) = (output.h, output.w);
+    let scale = 1.0 / (k * k) as f32;
+    dx.par_chunks_mut(h * w)
+        .zip(x.par_chunks(h * w))
+        .zip(dy.par_chunks(p * q))
+        .for_each(|((dplane, plane), g)| {
+            dplane.fill(0.0);
+            for oy in 0..p {
+                for ox in 0..q {
+                    let (y0, x0) = (oy * stride, ox * stride);
+                    let gv = g[oy * q + ox];
+                    match kind {
+                        PoolKind::Max => {
+                            let mut best = (y0 * w + x0, f32::NEG_INFINITY);
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let i = (y0 + ky) * w + x0 + kx;
+                                    if plane[i] > best.1 {
+                                        best = (i, plane[i]);
+                                    }
+                                }
+                            }
+                            dplane[best.0] += gv;
+                        }
+                        PoolKind::Avg => {
+                            for ky in 0..k {
+                                for v in &mut dplane[(y0 + ky) * w + x0..(y0 + ky) * w + x0 + k] {
+                                    *v += gv * scale;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}

@@ -8,30 +8,18 @@ mod common;
 use alexnet::ir::Plan;
 use alexnet::runtime::weights::NamedTensor;
 use alexnet::runtime::{Cpu, Model, Tensor};
-use common::rel_l2;
-use rand::{Rng, SeedableRng};
+use common::{random, rel_l2};
+use rand::SeedableRng;
 
 /// Builds a plan from DSL text (the same front end as the macro, at run time).
 fn plan(src: &str) -> Plan {
     alexnet::runtime::plan_from_str(src).unwrap_or_else(|e| panic!("{src}: {e}"))
 }
 
-fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
 /// Runs a one-layer plan on random data; returns (input, weights, output).
 fn run(plan: &Plan, batch: usize, seed: u64) -> (Vec<f32>, Vec<NamedTensor>, Vec<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let params: Vec<NamedTensor> = plan
-        .params()
-        .into_iter()
-        .map(|s| NamedTensor {
-            data: random(&mut rng, s.len()),
-            name: s.name,
-            shape: s.shape,
-        })
-        .collect();
+    let params = common::random_params(plan, &mut rng);
     let s = plan.input;
     let x = random(&mut rng, batch * s.len());
     let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();

@@ -16,10 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use alexnet::ir::Plan;
-use alexnet::runtime::weights::NamedTensor;
 use alexnet::runtime::{Cpu, Model, Tensor};
-use common::rel_l2;
-use rand::{Rng, SeedableRng};
+use common::{random, rel_l2};
+use rand::SeedableRng;
 
 const PRELUDE: &str = r#"
 #include <barrier>
@@ -111,10 +110,6 @@ fn compiler() -> Option<String> {
     ok.then_some(cxx)
 }
 
-fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
 fn write(path: &PathBuf, v: &[f32]) {
     std::fs::write(
         path,
@@ -129,15 +124,7 @@ fn check(cxx: &str, src: &str, batch: usize) {
     let cuda = alexnet_codegen::cuda::render(&plan);
     let k = &cuda.kernels[0];
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + src.len() as u64);
-    let params: Vec<NamedTensor> = plan
-        .params()
-        .into_iter()
-        .map(|s| NamedTensor {
-            data: random(&mut rng, s.len()),
-            name: s.name,
-            shape: s.shape,
-        })
-        .collect();
+    let params = common::random_params(&plan, &mut rng);
     let s = plan.input;
     let x = random(&mut rng, batch * s.len());
     let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();

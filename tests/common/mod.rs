@@ -7,6 +7,24 @@ pub mod naive;
 
 use alexnet::ir::Plan;
 use alexnet::runtime::weights::NamedTensor;
+use rand::Rng;
+
+/// `n` values uniform in [-1, 1).
+pub fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Every parameter of `plan`, uniform in [-1, 1).
+pub fn random_params(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
+    plan.params()
+        .into_iter()
+        .map(|s| NamedTensor {
+            data: random(rng, s.len()),
+            name: s.name,
+            shape: s.shape,
+        })
+        .collect()
+}
 
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);

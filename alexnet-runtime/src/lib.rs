@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod optim;
 pub mod tensor;
 pub mod weights;
 

@@ -9,6 +9,7 @@ mod conv;
 mod elementwise;
 mod fc;
 mod gemm;
+pub mod loss;
 mod lrn;
 mod pool;
 

@@ -12,7 +12,7 @@
 //! the right type and fits its input is decided by [`crate::check`], which can report
 //! many mistakes at once. Only malformed token structure stops parsing here.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
@@ -275,12 +275,5 @@ impl ArgDef {
             value: expr,
             tokens,
         }
-    }
-}
-
-impl LayerDef {
-    /// The span of the layer keyword, for errors that concern the layer as a whole.
-    pub fn span(&self) -> Span {
-        self.kind.span()
     }
 }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::ir::Shape;
+use crate::ir::{Op, Shape};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LrnParams {
@@ -12,6 +12,28 @@ pub struct LrnParams {
     pub k: f32,
     /// The window stays inside each of this many equal channel groups (towers).
     pub channel_groups: usize,
+}
+
+impl LrnParams {
+    /// The parameters of an LRN layer, or `None` for other operations.
+    pub fn of(op: &Op) -> Option<Self> {
+        match *op {
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                k,
+                channel_groups,
+            } => Some(LrnParams {
+                size,
+                alpha,
+                beta,
+                k,
+                channel_groups,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `y[c] = x[c] / (k + alpha / size * sum_{|c' - c| <= size/2, same group} x[c']^2)^beta`.

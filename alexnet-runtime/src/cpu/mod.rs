@@ -142,45 +142,24 @@ impl Cpu {
                 );
             }
             Op::Relu => elementwise::relu_backward(y, dy, dx.ok_or_else(needs_dx)?),
-            Op::MaxPool { k, stride } => pool::backward(
-                x,
-                dy,
-                dx.ok_or_else(needs_dx)?,
-                layer.input,
-                layer.output,
-                k,
-                stride,
-                pool::PoolKind::Max,
-            ),
-            Op::AvgPool { k, stride } => pool::backward(
-                x,
-                dy,
-                dx.ok_or_else(needs_dx)?,
-                layer.input,
-                layer.output,
-                k,
-                stride,
-                pool::PoolKind::Avg,
-            ),
-            Op::Lrn {
-                size,
-                alpha,
-                beta,
-                k,
-                channel_groups,
-            } => lrn::backward(
-                x,
-                dy,
-                dx.ok_or_else(needs_dx)?,
-                layer.input,
-                lrn::LrnParams {
-                    size,
-                    alpha,
-                    beta,
+            Op::MaxPool { .. } | Op::AvgPool { .. } => {
+                let (k, stride, kind) =
+                    pool::window(&layer.op).unwrap_or_else(|| unreachable!("a pool"));
+                pool::backward(
+                    x,
+                    dy,
+                    dx.ok_or_else(needs_dx)?,
+                    layer.input,
+                    layer.output,
                     k,
-                    channel_groups,
-                },
-            ),
+                    stride,
+                    kind,
+                )
+            }
+            Op::Lrn { .. } => {
+                let p = lrn::LrnParams::of(&layer.op).unwrap_or_else(|| unreachable!("an lrn"));
+                lrn::backward(x, dy, dx.ok_or_else(needs_dx)?, layer.input, p)
+            }
             Op::Dropout { .. } => dx.ok_or_else(needs_dx)?.copy_from_slice(dy),
             Op::Softmax => {
                 elementwise::softmax_backward(y, dy, dx.ok_or_else(needs_dx)?, layer.input)
@@ -283,42 +262,15 @@ impl Backend for Cpu {
                 );
             }
             Op::Relu => elementwise::relu(x, y),
-            Op::MaxPool { k, stride } => pool::forward(
-                x,
-                y,
-                layer.input,
-                layer.output,
-                k,
-                stride,
-                pool::PoolKind::Max,
-            ),
-            Op::AvgPool { k, stride } => pool::forward(
-                x,
-                y,
-                layer.input,
-                layer.output,
-                k,
-                stride,
-                pool::PoolKind::Avg,
-            ),
-            Op::Lrn {
-                size,
-                alpha,
-                beta,
-                k,
-                channel_groups,
-            } => lrn::forward(
-                x,
-                y,
-                layer.input,
-                lrn::LrnParams {
-                    size,
-                    alpha,
-                    beta,
-                    k,
-                    channel_groups,
-                },
-            ),
+            Op::MaxPool { .. } | Op::AvgPool { .. } => {
+                let (k, stride, kind) =
+                    pool::window(&layer.op).unwrap_or_else(|| unreachable!("a pool"));
+                pool::forward(x, y, layer.input, layer.output, k, stride, kind)
+            }
+            Op::Lrn { .. } => {
+                let p = lrn::LrnParams::of(&layer.op).unwrap_or_else(|| unreachable!("an lrn"));
+                lrn::forward(x, y, layer.input, p)
+            }
             Op::Dropout { .. } => y.copy_from_slice(x),
             Op::Softmax => elementwise::softmax(x, y, layer.input),
         }

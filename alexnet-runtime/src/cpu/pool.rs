@@ -2,12 +2,21 @@
 
 use rayon::prelude::*;
 
-use crate::ir::Shape;
+use crate::ir::{Op, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
     Max,
     Avg,
+}
+
+/// A pooling layer's window: `(k, stride, kind)`, or `None` for other operations.
+pub fn window(op: &Op) -> Option<(usize, usize, PoolKind)> {
+    match *op {
+        Op::MaxPool { k, stride } => Some((k, stride, PoolKind::Max)),
+        Op::AvgPool { k, stride } => Some((k, stride, PoolKind::Avg)),
+        _ => None,
+    }
 }
 
 /// Each output row reduces its `k` input rows column-wise first (contiguous, vectorisable),

@@ -130,7 +130,7 @@ fn analytic(c: &Case, want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
         vec![&mut dw, &mut db]
     };
     Cpu::new()
-        .backward_stage(
+        .backward_slices(
             plan,
             stage,
             c.batch,

@@ -91,6 +91,33 @@ fn every_kernel_compiles_without_spills() {
 }
 
 #[test]
+fn every_training_kernel_compiles_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for (net, plan, source) in [
+        ("AlexNet", AlexNet::plan(), AlexNet::CUDA_TRAINING_SOURCE),
+        (
+            "TorchvisionAlexNet",
+            TorchvisionAlexNet::plan(),
+            TorchvisionAlexNet::CUDA_TRAINING_SOURCE,
+        ),
+        ("SmallNet", SmallNet::plan(), SmallNet::CUDA_TRAINING_SOURCE),
+    ] {
+        let training = alexnet_codegen::cuda_train::render(&plan);
+        assert_eq!(
+            training.source, source,
+            "{net}: the macro and the runtime disagree"
+        );
+        let launches: Vec<KernelLaunch> =
+            training.kernels.iter().map(|k| k.launch.clone()).collect();
+        for row in check(net, source, &launches) {
+            println!("{net} training: {row}");
+        }
+    }
+}
+
+#[test]
 fn a_broken_kernel_reports_the_generated_line() {
     if !nvrtc_or_skip() {
         return;

@@ -11,6 +11,8 @@ use std::fmt::Write;
 
 use crate::ir::{KernelLaunch, Op, Plan, Shape};
 
+/// The tiled GEMM core every GEMM kernel includes.
+pub(crate) const GEMM_CORE: &str = include_str!("../../kernels_templates/gemm_core.cuh");
 const GEMM: &str = include_str!("../../kernels_templates/gemm_fwd.cu");
 const POOL: &str = include_str!("../../kernels_templates/pool_fwd.cu");
 const LRN: &str = include_str!("../../kernels_templates/lrn_fwd.cu");
@@ -18,7 +20,7 @@ const SOFTMAX: &str = include_str!("../../kernels_templates/softmax_fwd.cu");
 const ELEMENTWISE: &str = include_str!("../../kernels_templates/elementwise_fwd.cu");
 
 /// Threads per block of the element-wise kernels.
-const EW_THREADS: u32 = 256;
+pub(crate) const EW_THREADS: u32 = 256;
 
 /// A network's generated CUDA: the source and how to launch each stage's kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +52,7 @@ pub fn render_template(template: &str, values: &[(&str, String)]) -> String {
 }
 
 /// A C identifier from a layer name (Rust identifiers may hold non-ASCII letters).
-fn c_ident(name: &str) -> String {
+pub(crate) fn c_ident(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
@@ -63,11 +65,11 @@ fn c_ident(name: &str) -> String {
 }
 
 /// A C float literal with the shortest round-trip digits: `1e-4f`, `0.75f`, `2.0f`.
-fn c_float(v: f32) -> String {
+pub(crate) fn c_float(v: f32) -> String {
     format!("{v:?}f")
 }
 
-fn shape_values(s: Shape) -> Vec<(&'static str, String)> {
+pub(crate) fn shape_values(s: Shape) -> Vec<(&'static str, String)> {
     vec![
         ("C", s.c.to_string()),
         ("H", s.h.to_string()),
@@ -152,10 +154,14 @@ pub fn render(plan: &Plan) -> CudaPlan {
                     block: threads as u32,
                     x_per_image: (o.h * o.w) as u64,
                     x_per_block: tm as u32,
+                    x_fixed: 0,
                     grid_y: og.div_ceil(tn) as u32,
                     grid_z: groups as u32,
                 };
-                (render_template(GEMM, &v), launch)
+                (
+                    format!("{GEMM_CORE}\n{}", render_template(GEMM, &v)),
+                    launch,
+                )
             }
             Op::MaxPool { k, stride } | Op::AvgPool { k, stride } => {
                 let max = matches!(layer.op, Op::MaxPool { .. });
@@ -242,13 +248,14 @@ pub fn render(plan: &Plan) -> CudaPlan {
     }
 }
 
-fn ew_launch(layer: usize, name: &str, per_image: u64) -> KernelLaunch {
+pub(crate) fn ew_launch(layer: usize, name: &str, per_image: u64) -> KernelLaunch {
     KernelLaunch {
         layer,
         name: name.to_string().into(),
         block: EW_THREADS,
         x_per_image: per_image,
         x_per_block: EW_THREADS,
+        x_fixed: 0,
         grid_y: 1,
         grid_z: 1,
     }

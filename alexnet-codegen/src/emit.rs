@@ -101,6 +101,7 @@ fn kernel_launches(cuda: &crate::cuda::CudaPlan) -> TokenStream {
             Literal::u32_unsuffixed(k.grid_z),
         );
         let xpi = Literal::u64_unsuffixed(k.x_per_image);
+        let xf = Literal::u32_unsuffixed(k.x_fixed);
         quote! {
             ::alexnet::ir::KernelLaunch {
                 layer: #layer,
@@ -108,6 +109,7 @@ fn kernel_launches(cuda: &crate::cuda::CudaPlan) -> TokenStream {
                 block: #block,
                 x_per_image: #xpi,
                 x_per_block: #xpb,
+                x_fixed: #xf,
                 grid_y: #gy,
                 grid_z: #gz,
             }
@@ -186,12 +188,17 @@ pub fn network(
         None => quote!([0, 0, 0]),
     };
     let (in_arr, out_arr) = (arr(input), arr(output));
-    let (cuda_source, cuda_kernels) = match plan {
+    let (cuda_source, cuda_kernels, cuda_training) = match plan {
         Some(p) => {
             let cuda = crate::cuda::render(p);
-            (Literal::string(&cuda.source), kernel_launches(&cuda))
+            let training = crate::cuda_train::render(p);
+            (
+                Literal::string(&cuda.source),
+                kernel_launches(&cuda),
+                Literal::string(&training.source),
+            )
         }
-        None => (Literal::string(""), quote!(&[])),
+        None => (Literal::string(""), quote!(&[]), Literal::string("")),
     };
     let (param_count, macs, layer_table, plan_body, forward_body) = match plan {
         Some(p) => {
@@ -258,6 +265,9 @@ pub fn network(
             pub const CUDA_SOURCE: &'static str = #cuda_source;
             /// How to launch each kernel of `CUDA_SOURCE`, in stage order.
             pub const CUDA_KERNELS: &'static [::alexnet::ir::KernelLaunch] = #cuda_kernels;
+            /// The training kernels (backward of every stage, loss, dropout, SGD), every
+            /// size a constant; the runtime compiles them when training starts.
+            pub const CUDA_TRAINING_SOURCE: &'static str = #cuda_training;
 
             /// The planned network: every layer with its shapes, as the macro inferred them.
             pub fn #plan_fn() -> &'static ::alexnet::ir::Plan {

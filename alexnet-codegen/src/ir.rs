@@ -151,9 +151,11 @@ pub struct KernelLaunch {
     pub name: Cow<'static, str>,
     /// Threads per block (one-dimensional blocks).
     pub block: u32,
-    /// `grid.x = ceil(batch * x_per_image / x_per_block)`.
+    /// `grid.x = x_fixed + ceil(batch * x_per_image / x_per_block)`.
     pub x_per_image: u64,
     pub x_per_block: u32,
+    /// Blocks that do not depend on the batch (reductions over parameters, the optimiser).
+    pub x_fixed: u32,
     pub grid_y: u32,
     pub grid_z: u32,
 }
@@ -162,7 +164,7 @@ impl KernelLaunch {
     /// The grid for a batch of `batch` images.
     pub const fn grid(&self, batch: usize) -> [u32; 3] {
         let x = (batch as u64 * self.x_per_image).div_ceil(self.x_per_block as u64);
-        [x as u32, self.grid_y, self.grid_z]
+        [self.x_fixed + x as u32, self.grid_y, self.grid_z]
     }
 }
 

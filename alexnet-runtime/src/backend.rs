@@ -4,6 +4,8 @@
 
 use crate::error::Result;
 use crate::ir::{Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::DropoutMask;
 
 /// A device that runs planned networks. Buffers are flat f32 arrays in device memory;
 /// activations are NCHW.
@@ -16,6 +18,12 @@ pub trait Backend: Send + Sync + 'static {
 
     fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
     fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    /// The first `len` values of `buf` (all of it when shorter).
+    fn download_prefix(&self, buf: &Self::Buffer, len: usize) -> Result<Vec<f32>> {
+        let mut v = self.download(buf)?;
+        v.truncate(len);
+        Ok(v)
+    }
     /// A buffer of `len` elements; its contents are unspecified until written.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
 
@@ -43,5 +51,76 @@ pub trait Backend: Send + Sync + 'static {
         input: &Self::Buffer,
         params: &[&Self::Buffer],
         output: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Readies the backend to train `plan` (CUDA compiles the backward, loss, dropout and
+    /// optimiser kernels here; inference never pays for them).
+    fn prepare_training(&self, plan: &Plan) -> Result<()> {
+        let _ = plan;
+        Ok(())
+    }
+
+    /// The backward pass of one stage on `batch` images. Reads the stage's input `x` and
+    /// output `y` (saved by the forward pass; `y` also gives a fused ReLU's mask) and the
+    /// gradient `dy` of its output, which it may overwrite. Writes all of `dx`, the
+    /// gradient of the input, when given (the first learned layer needs none), and
+    /// overwrites `dparams`, the gradients of the weight and the bias (learned layers).
+    /// Dropout stages go through [`Backend::dropout`] instead.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &Self::Buffer,
+        y: &Self::Buffer,
+        dy: &mut Self::Buffer,
+        params: &[&Self::Buffer],
+        dx: Option<&mut Self::Buffer>,
+        dparams: &mut [&mut Self::Buffer],
+    ) -> Result<()>;
+
+    /// Training-time (inverted) dropout of the dropout stage `stage` on `batch` images:
+    /// `output[i] = keep(i) ? input[i] / (1 - p) : 0`, `keep` drawn by Philox4x32-10 from
+    /// `mask` and the layer's index (see [`crate::philox`]). The same call with the same
+    /// mask is the stage's backward pass (from `dy` to `dx`).
+    fn dropout(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        mask: DropoutMask,
+        input: &Self::Buffer,
+        output: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// Softmax cross-entropy of `batch` rows of `classes` logits against `labels` (class
+    /// indices stored as f32, validated by the caller), fused and numerically stable:
+    /// writes `dlogits = (softmax - onehot) / batch` and `stats = [sum of the losses,
+    /// top-1 correct, top-5 correct]` (ties count against the label).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        classes: usize,
+        logits: &Self::Buffer,
+        labels: &Self::Buffer,
+        dlogits: &mut Self::Buffer,
+        stats: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// One SGD step over every parameter of `plan`, in [`Plan::params`] order: for each
+    /// tensor `w` with momentum `v`, gradient `g` and learning-rate multiplier `m`,
+    /// `v <- momentum v - weight_decay lr m w - lr m g; w <- w + v` (see
+    /// [`crate::optim`]). On CUDA one fused kernel updates all of them.
+    fn sgd_step(
+        &self,
+        plan: &Plan,
+        sgd: Sgd,
+        lr_mults: &[f32],
+        params: &mut [&mut Self::Buffer],
+        velocity: &mut [&mut Self::Buffer],
+        grads: &[&Self::Buffer],
     ) -> Result<()>;
 }

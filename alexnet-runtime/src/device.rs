@@ -6,6 +6,8 @@ use crate::cpu::Cpu;
 use crate::cuda::Cuda;
 use crate::error::{Error, Result};
 use crate::ir::{Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::DropoutMask;
 
 /// A backend chosen at run time.
 #[derive(Debug)]
@@ -55,6 +57,52 @@ impl Device {
                 ))),
             },
         }
+    }
+}
+
+/// Runs `$body` with `$d` the device's own backend, and `$r` / `$m` the functions that
+/// view a [`DeviceBuffer`] as that backend's buffer (shared / mutable; an error for a
+/// buffer of the other kind).
+macro_rules! on_device {
+    ($self:expr, |$d:ident, $r:ident, $m:ident| $body:expr) => {
+        match $self {
+            Device::Cpu($d) => {
+                let ($r, $m) = (cpu_ref, cpu_mut);
+                $body
+            }
+            Device::Cuda($d) => {
+                let ($r, $m) = (cuda_ref, cuda_mut);
+                $body
+            }
+        }
+    };
+}
+
+fn cpu_ref(b: &DeviceBuffer) -> Result<&Vec<f32>> {
+    match b {
+        DeviceBuffer::Cpu(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn cpu_mut(b: &mut DeviceBuffer) -> Result<&mut Vec<f32>> {
+    match b {
+        DeviceBuffer::Cpu(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn cuda_ref(b: &DeviceBuffer) -> Result<&cudarc::driver::CudaSlice<f32>> {
+    match b {
+        DeviceBuffer::Cuda(v) => Ok(v),
+        _ => Err(mismatch()),
+    }
+}
+
+fn cuda_mut(b: &mut DeviceBuffer) -> Result<&mut cudarc::driver::CudaSlice<f32>> {
+    match b {
+        DeviceBuffer::Cuda(v) => Ok(v),
+        _ => Err(mismatch()),
     }
 }
 
@@ -108,6 +156,14 @@ impl Backend for Device {
         }
     }
 
+    fn download_prefix(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<f32>> {
+        on_device!(self, |d, r, _m| d.download_prefix(r(buf)?, len))
+    }
+
+    fn prepare_training(&self, plan: &Plan) -> Result<()> {
+        on_device!(self, |d, _r, _m| d.prepare_training(plan))
+    }
+
     fn forward_stage(
         &self,
         plan: &Plan,
@@ -117,34 +173,98 @@ impl Backend for Device {
         params: &[&DeviceBuffer],
         output: &mut DeviceBuffer,
     ) -> Result<()> {
-        match (self, input, output) {
-            (Device::Cpu(c), DeviceBuffer::Cpu(x), DeviceBuffer::Cpu(y)) => {
-                let p: Option<Vec<&Vec<f32>>> = params
-                    .iter()
-                    .map(|b| {
-                        if let DeviceBuffer::Cpu(v) = b {
-                            Some(v)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                c.forward_stage(plan, stage, batch, x, &p.ok_or_else(mismatch)?, y)
-            }
-            (Device::Cuda(c), DeviceBuffer::Cuda(x), DeviceBuffer::Cuda(y)) => {
-                let p: Option<Vec<&cudarc::driver::CudaSlice<f32>>> = params
-                    .iter()
-                    .map(|b| {
-                        if let DeviceBuffer::Cuda(v) = b {
-                            Some(v)
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
-                c.forward_stage(plan, stage, batch, x, &p.ok_or_else(mismatch)?, y)
-            }
-            _ => Err(mismatch()),
-        }
+        on_device!(self, |d, r, m| {
+            let p = params.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
+            d.forward_stage(plan, stage, batch, r(input)?, &p, m(output)?)
+        })
+    }
+
+    fn backward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &DeviceBuffer,
+        y: &DeviceBuffer,
+        dy: &mut DeviceBuffer,
+        params: &[&DeviceBuffer],
+        dx: Option<&mut DeviceBuffer>,
+        dparams: &mut [&mut DeviceBuffer],
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| {
+            let p = params.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
+            let mut dp = dparams
+                .iter_mut()
+                .map(|b| m(b))
+                .collect::<Result<Vec<_>>>()?;
+            let dx = match dx {
+                Some(b) => Some(m(b)?),
+                None => None,
+            };
+            d.backward_stage(plan, stage, batch, r(x)?, r(y)?, m(dy)?, &p, dx, &mut dp)
+        })
+    }
+
+    fn dropout(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        mask: DropoutMask,
+        input: &DeviceBuffer,
+        output: &mut DeviceBuffer,
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| d.dropout(
+            plan,
+            stage,
+            batch,
+            mask,
+            r(input)?,
+            m(output)?
+        ))
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        classes: usize,
+        logits: &DeviceBuffer,
+        labels: &DeviceBuffer,
+        dlogits: &mut DeviceBuffer,
+        stats: &mut DeviceBuffer,
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| d.softmax_cross_entropy(
+            plan,
+            batch,
+            classes,
+            r(logits)?,
+            r(labels)?,
+            m(dlogits)?,
+            m(stats)?
+        ))
+    }
+
+    fn sgd_step(
+        &self,
+        plan: &Plan,
+        sgd: Sgd,
+        lr_mults: &[f32],
+        params: &mut [&mut DeviceBuffer],
+        velocity: &mut [&mut DeviceBuffer],
+        grads: &[&DeviceBuffer],
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| {
+            let mut p = params
+                .iter_mut()
+                .map(|b| m(b))
+                .collect::<Result<Vec<_>>>()?;
+            let mut v = velocity
+                .iter_mut()
+                .map(|b| m(b))
+                .collect::<Result<Vec<_>>>()?;
+            let g = grads.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
+            d.sgd_step(plan, sgd, lr_mults, &mut p, &mut v, &g)
+        })
     }
 }

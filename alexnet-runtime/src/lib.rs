@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod optim;
+pub mod philox;
 pub mod tensor;
 pub mod weights;
 

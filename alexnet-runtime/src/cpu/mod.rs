@@ -13,9 +13,13 @@ pub mod loss;
 mod lrn;
 mod pool;
 
+use rayon::prelude::*;
+
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ir::{Op, Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::{self, DropoutMask};
 
 /// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
 #[derive(Clone, Debug)]
@@ -71,9 +75,10 @@ impl Cpu {
     /// output `y` (which also gives the fused ReLU's mask), the gradient `dy` of its
     /// output and its parameters, the gradients of its input and parameters. Dropout is
     /// the identity here (the training mask comes with the optimiser). A building block of
-    /// training, checked against finite differences in tests/gradients.rs.
+    /// training, checked against finite differences in tests/gradients.rs. The
+    /// [`Backend::backward_stage`] of this backend, on host slices.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward_stage(
+    pub fn backward_slices(
         &self,
         plan: &Plan,
         stage: Stage,
@@ -199,6 +204,10 @@ impl Backend for Cpu {
         Ok(buf.clone())
     }
 
+    fn download_prefix(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        Ok(buf[..len.min(buf.len())].to_vec())
+    }
+
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }
@@ -273,6 +282,158 @@ impl Backend for Cpu {
             }
             Op::Dropout { .. } => y.copy_from_slice(x),
             Op::Softmax => elementwise::softmax(x, y, layer.input),
+        }
+        Ok(())
+    }
+
+    fn backward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        dy: &mut Vec<f32>,
+        params: &[&Vec<f32>],
+        dx: Option<&mut Vec<f32>>,
+        dparams: &mut [&mut Vec<f32>],
+    ) -> Result<()> {
+        let params: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+        let mut grads: Vec<&mut [f32]> = dparams.iter_mut().map(|d| d.as_mut_slice()).collect();
+        for g in grads.iter_mut() {
+            g.fill(0.0);
+        }
+        self.backward_slices(
+            plan,
+            stage,
+            batch,
+            x,
+            y,
+            dy,
+            &params,
+            StageGrads {
+                dx: dx.map(|d| d.as_mut_slice()),
+                dparams: grads,
+            },
+        )
+    }
+
+    fn dropout(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        mask: DropoutMask,
+        input: &Vec<f32>,
+        output: &mut Vec<f32>,
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let Op::Dropout { p } = layer.op else {
+            return Err(Error::Backend(format!(
+                "cpu: {} is not dropout",
+                layer.name
+            )));
+        };
+        let n = batch * layer.input.len();
+        check_len(&format!("{} input", layer.name), input, n)?;
+        check_len(&format!("{} output", layer.name), output, n)?;
+        let n32 = u32::try_from(n).map_err(|_| {
+            Error::Backend(format!(
+                "cpu: {}: {n} values exceed dropout's 32-bit counter",
+                layer.name
+            ))
+        })?;
+        let (threshold, scale, id) = (
+            philox::drop_threshold(p),
+            philox::keep_scale(p),
+            stage.layer as u32,
+        );
+        const CHUNK: usize = 1 << 14;
+        output[..n]
+            .par_chunks_mut(CHUNK)
+            .zip(input[..n].par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (out, inp))| {
+                for (j, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
+                    let i = (c * CHUNK + j) as u32;
+                    debug_assert!(i < n32);
+                    *o = if mask.draw(id, i) >= threshold {
+                        v * scale
+                    } else {
+                        0.0
+                    };
+                }
+            });
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        _plan: &Plan,
+        batch: usize,
+        classes: usize,
+        logits: &Vec<f32>,
+        labels: &Vec<f32>,
+        dlogits: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("logits", logits, batch * classes)?;
+        check_len("labels", labels, batch)?;
+        check_len("logit gradient", dlogits, batch * classes)?;
+        check_len("loss statistics", stats, 3)?;
+        let labels: Vec<usize> = labels[..batch]
+            .iter()
+            .map(|&l| {
+                if l >= 0.0 && (l as usize) < classes && l.fract() == 0.0 {
+                    Ok(l as usize)
+                } else {
+                    Err(Error::Backend(format!(
+                        "cpu: label {l} is not a class index below {classes}"
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?;
+        let out = loss::softmax_cross_entropy(&logits[..batch * classes], &labels, classes);
+        dlogits[..batch * classes].copy_from_slice(&out.dlogits);
+        stats[..3].copy_from_slice(&[
+            (out.loss * batch as f64) as f32,
+            out.top1_correct as f32,
+            out.top5_correct as f32,
+        ]);
+        Ok(())
+    }
+
+    fn sgd_step(
+        &self,
+        plan: &Plan,
+        sgd: Sgd,
+        lr_mults: &[f32],
+        params: &mut [&mut Vec<f32>],
+        velocity: &mut [&mut Vec<f32>],
+        grads: &[&Vec<f32>],
+    ) -> Result<()> {
+        let specs = plan.params();
+        let n = specs.len();
+        if params.len() != n || velocity.len() != n || grads.len() != n || lr_mults.len() != n {
+            return Err(Error::Backend(format!(
+                "cpu: sgd over {n} tensors got {} parameters, {} momenta, {} gradients, {} multipliers",
+                params.len(),
+                velocity.len(),
+                grads.len(),
+                lr_mults.len()
+            )));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            let len = spec.len();
+            check_len(&spec.name, params[i], len)?;
+            check_len(&format!("{} momentum", spec.name), velocity[i], len)?;
+            check_len(&format!("{} gradient", spec.name), grads[i], len)?;
+            const CHUNK: usize = 1 << 15;
+            params[i][..len]
+                .par_chunks_mut(CHUNK)
+                .zip(velocity[i][..len].par_chunks_mut(CHUNK))
+                .zip(grads[i][..len].par_chunks(CHUNK))
+                .for_each(|((w, v), g)| sgd.step(w, v, g, lr_mults[i]));
         }
         Ok(())
     }

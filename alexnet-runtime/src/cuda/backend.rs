@@ -12,23 +12,32 @@ use cudarc::nvrtc::Ptx;
 use rayon::prelude::*;
 
 use super::cache;
+use super::train::LoadedTraining;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ir::{KernelLaunch, Op, Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::DropoutMask;
 
-fn driver_err(what: impl std::fmt::Display) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+pub(super) fn driver_err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     move |e| Error::Backend(format!("cuda: {what}: {e:?}"))
 }
 
 /// One GPU: a context, a stream, and the networks compiled for it.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
     ordinal: usize,
     device_name: String,
     arch: String,
     /// Compiled networks, by name; a name may hold several plans (networks built at run time).
     nets: Mutex<HashMap<String, Vec<LoadedPlan>>>,
+    /// Their training kernels, compiled on first use.
+    pub(super) training: Mutex<HashMap<String, Vec<(Plan, Arc<LoadedTraining>)>>>,
+    /// Scratch memory of the weight gradients' chunked sums.
+    pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
 }
 
 /// A plan and its kernels.
@@ -89,6 +98,8 @@ impl Cuda {
             device_name,
             arch: format!("sm_{major}{minor}"),
             nets: Mutex::new(HashMap::new()),
+            training: Mutex::new(HashMap::new()),
+            workspace: Mutex::new(None),
         })
     }
 
@@ -112,23 +123,16 @@ impl Cuda {
             return Ok(l.clone());
         }
         let cuda = alexnet_codegen::cuda::render(plan);
-        let opts = vec!["--ptxas-options=-v".to_string()];
-        let cubins: Vec<Result<Vec<u8>>> = cuda
+        let units: Vec<(&str, &str)> = cuda
             .kernel_sources
-            .par_iter()
+            .iter()
             .zip(&cuda.kernels)
-            .map(|(src, k)| cache::cubin(src, &format!("{}.cu", k.name), &self.arch, &opts))
+            .map(|(src, k)| (src.as_str(), k.name.as_ref()))
             .collect();
+        let functions = self.compile_and_load(&units)?;
         let mut kernels = HashMap::new();
         let mut modules = Vec::new();
-        for (cubin, k) in cubins.into_iter().zip(cuda.kernels) {
-            let module = self
-                .ctx
-                .load_module(Ptx::from_binary(cubin?))
-                .map_err(driver_err(format!("loading {}", k.name)))?;
-            let f = module
-                .load_function(&k.name)
-                .map_err(driver_err(format!("finding {}", k.name)))?;
+        for (k, (module, f)) in cuda.kernels.into_iter().zip(functions) {
             modules.push(module);
             kernels.insert(k.layer, (k, f));
         }
@@ -138,6 +142,45 @@ impl Cuda {
         });
         entry.push((plan.clone(), loaded.clone()));
         Ok(loaded)
+    }
+}
+
+impl Cuda {
+    /// Compiles each `(source, kernel name)` (in parallel, through the CUBIN cache; units
+    /// with the same source are compiled once) and loads the named functions.
+    pub(super) fn compile_and_load(
+        &self,
+        units: &[(&str, &str)],
+    ) -> Result<Vec<(Arc<CudaModule>, CudaFunction)>> {
+        let opts = vec!["--ptxas-options=-v".to_string()];
+        let mut unique: Vec<(&str, &str)> = Vec::new();
+        for &(src, name) in units {
+            if !unique.iter().any(|(s, _)| *s == src) {
+                unique.push((src, name));
+            }
+        }
+        let cubins: Vec<Result<Vec<u8>>> = unique
+            .par_iter()
+            .map(|(src, name)| cache::cubin(src, &format!("{name}.cu"), &self.arch, &opts))
+            .collect();
+        let mut modules: HashMap<&str, Arc<CudaModule>> = HashMap::new();
+        for ((src, name), cubin) in unique.iter().zip(cubins) {
+            let module = self
+                .ctx
+                .load_module(Ptx::from_binary(cubin?))
+                .map_err(driver_err(format!("loading {name}")))?;
+            modules.insert(src, module);
+        }
+        units
+            .iter()
+            .map(|(src, name)| {
+                let module = modules[src].clone();
+                let f = module
+                    .load_function(name)
+                    .map_err(driver_err(format!("finding {name}")))?;
+                Ok((module, f))
+            })
+            .collect()
     }
 }
 
@@ -157,6 +200,69 @@ impl Backend for Cuda {
 
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
         self.stream.clone_dtoh(buf).map_err(driver_err("download"))
+    }
+
+    fn download_prefix(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
+        let view = buf.slice(..len.min(buf.len()));
+        self.stream
+            .clone_dtoh(&view)
+            .map_err(driver_err("download"))
+    }
+
+    fn prepare_training(&self, plan: &Plan) -> Result<()> {
+        self.loaded_training(plan).map(|_| ())
+    }
+
+    fn backward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        dy: &mut CudaSlice<f32>,
+        params: &[&CudaSlice<f32>],
+        dx: Option<&mut CudaSlice<f32>>,
+        dparams: &mut [&mut CudaSlice<f32>],
+    ) -> Result<()> {
+        self.backward_stage_cuda(plan, stage, batch, x, y, dy, params, dx, dparams)
+    }
+
+    fn dropout(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        mask: DropoutMask,
+        input: &CudaSlice<f32>,
+        output: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.dropout_cuda(plan, stage, batch, mask, input, output)
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        classes: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<f32>,
+        dlogits: &mut CudaSlice<f32>,
+        stats: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.softmax_cross_entropy_cuda(plan, batch, classes, logits, labels, dlogits, stats)
+    }
+
+    fn sgd_step(
+        &self,
+        plan: &Plan,
+        sgd: Sgd,
+        lr_mults: &[f32],
+        params: &mut [&mut CudaSlice<f32>],
+        velocity: &mut [&mut CudaSlice<f32>],
+        grads: &[&CudaSlice<f32>],
+    ) -> Result<()> {
+        self.sgd_step_cuda(plan, sgd, lr_mults, params, velocity, grads)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {

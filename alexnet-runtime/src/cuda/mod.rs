@@ -4,5 +4,6 @@
 mod backend;
 pub mod cache;
 pub mod nvrtc;
+mod train;
 
 pub use backend::Cuda;

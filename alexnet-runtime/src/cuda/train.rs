@@ -1,0 +1,388 @@
+//! The CUDA backend's training kernels: loading them (on first use, so inference never
+//! compiles them) and launching them with the geometry `alexnet_codegen::cuda_train`
+//! generated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use alexnet_codegen::cuda_train::{self, Role, SGD_SLOTS};
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+
+use super::backend::{driver_err, Cuda};
+use crate::error::{Error, Result};
+use crate::ir::{KernelLaunch, Op, Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::DropoutMask;
+
+/// A network's training kernels, loaded in one context.
+pub(super) struct LoadedTraining {
+    kernels: HashMap<(usize, Role), Kernel>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+struct Kernel {
+    launch: KernelLaunch,
+    function: CudaFunction,
+    workspace_per_chunk: usize,
+}
+
+/// The pointer table of one SGD launch (`SgdTensors` in kernels_templates/sgd.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SgdTensors {
+    w: [u64; SGD_SLOTS],
+    v: [u64; SGD_SLOTS],
+    g: [u64; SGD_SLOTS],
+    lr: [f32; SGD_SLOTS],
+}
+
+// SAFETY: plain old data with the C layout of `SgdTensors` in sgd.cu (3 x SGD_SLOTS
+// 8-byte device pointers, then SGD_SLOTS floats; no padding between them).
+unsafe impl DeviceRepr for SgdTensors {}
+
+fn cfg(k: &Kernel, batch: usize) -> LaunchConfig {
+    let [gx, gy, gz] = k.launch.grid(batch);
+    LaunchConfig {
+        grid_dim: (gx, gy, gz),
+        block_dim: (k.launch.block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `batch` as the kernels' `int`, when every index of the layer fits in 32 bits.
+fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> {
+    let l = &plan.layers[layer];
+    let per = l.input.len().max(l.output.len()) as u64;
+    i32::try_from(batch)
+        .ok()
+        .filter(|b| (*b as u64) * per <= i32::MAX as u64)
+        .ok_or_else(|| {
+            Error::Backend(format!(
+                "cuda: batch {batch} too large for {} (32-bit indexing)",
+                l.name
+            ))
+        })
+}
+
+fn need(what: &str, buf: &CudaSlice<f32>, len: usize) -> Result<()> {
+    if buf.len() < len {
+        return Err(Error::Backend(format!(
+            "cuda: {what} buffer holds {} values, {len} needed",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Cuda {
+    pub(super) fn loaded_training(&self, plan: &Plan) -> Result<Arc<LoadedTraining>> {
+        let mut nets = self
+            .training
+            .lock()
+            .map_err(|_| Error::Backend("cuda: module cache poisoned".into()))?;
+        let entry = nets.entry(plan.name.to_string()).or_default();
+        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
+            return Ok(l.clone());
+        }
+        let t = cuda_train::render(plan);
+        let units: Vec<(&str, &str)> = t
+            .kernels
+            .iter()
+            .map(|k| (k.source.as_str(), k.launch.name.as_ref()))
+            .collect();
+        let functions = self.compile_and_load(&units)?;
+        let mut kernels = HashMap::new();
+        let mut modules = Vec::new();
+        for (k, (module, function)) in t.kernels.into_iter().zip(functions) {
+            modules.push(module);
+            kernels.insert(
+                (k.launch.layer, k.role),
+                Kernel {
+                    launch: k.launch,
+                    function,
+                    workspace_per_chunk: k.workspace_per_chunk,
+                },
+            );
+        }
+        let loaded = Arc::new(LoadedTraining {
+            kernels,
+            _modules: modules,
+        });
+        entry.push((plan.clone(), loaded.clone()));
+        Ok(loaded)
+    }
+
+    fn kernel<'a>(
+        loaded: &'a LoadedTraining,
+        plan: &Plan,
+        layer: usize,
+        role: Role,
+    ) -> Result<&'a Kernel> {
+        loaded.kernels.get(&(layer, role)).ok_or_else(|| {
+            Error::Backend(format!(
+                "cuda: no {role:?} kernel for {}",
+                plan.layers[layer].name
+            ))
+        })
+    }
+
+    /// A workspace of at least `len` floats, grown on demand and reused (kernels on one
+    /// stream run in order, so one workspace serves every layer).
+    fn workspace(&self, len: usize) -> Result<std::sync::MutexGuard<'_, Option<CudaSlice<f32>>>> {
+        let mut ws = self
+            .workspace
+            .lock()
+            .map_err(|_| Error::Backend("cuda: workspace poisoned".into()))?;
+        if ws.as_ref().is_none_or(|w| w.len() < len) {
+            *ws = None;
+            *ws = Some(
+                self.stream
+                    .alloc_zeros::<f32>(len.max(1))
+                    .map_err(driver_err("workspace"))?,
+            );
+        }
+        Ok(ws)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_stage_cuda(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        dy: &mut CudaSlice<f32>,
+        params: &[&CudaSlice<f32>],
+        dx: Option<&mut CudaSlice<f32>>,
+        dparams: &mut [&mut CudaSlice<f32>],
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
+        need(&format!("{} input", layer.name), x, n_in)?;
+        need(&format!("{} output", layer.name), y, n_out)?;
+        need(&format!("{} output gradient", layer.name), dy, n_out)?;
+        if let Some(d) = dx.as_deref() {
+            need(&format!("{} input gradient", layer.name), d, n_in)?;
+        }
+        let b = batch_i32(plan, stage.layer, batch)?;
+        let loaded = self.loaded_training(plan)?;
+        let id = stage.layer;
+        let no_dx = || Error::Backend(format!("cuda: {} needs an input gradient", layer.name));
+        match layer.op {
+            Op::Conv { .. } | Op::Fc { .. } => {
+                let (Some(w), [dw, db]) = (params.first().copied(), dparams) else {
+                    return Err(Error::Backend(format!(
+                        "cuda: {} needs a weight and the gradients of its weight and bias",
+                        layer.name
+                    )));
+                };
+                if stage.fused_relu {
+                    let k = Self::kernel(&loaded, plan, id, Role::ReluMask)?;
+                    let mut a = self.stream.launch_builder(&k.function);
+                    // In place: the kernel reads y and dy and writes dy (no __restrict__).
+                    let (dyp, _g) = dy.device_ptr(&self.stream);
+                    a.arg(y).arg(&dyp).arg(&dyp).arg(&b);
+                    // SAFETY: relu_bwd.cu (y, dy, dx, batch); y and dy hold batch * LEN
+                    // floats (checked); dx aliases dy, which the kernel allows.
+                    unsafe { a.launch(cfg(k, batch)) }
+                        .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+                }
+                let k = Self::kernel(&loaded, plan, id, Role::WeightGrad)?;
+                let chunks = k.launch.grid(batch)[0] as usize;
+                let ws_len = if chunks > 1 {
+                    chunks * k.workspace_per_chunk
+                } else {
+                    1
+                };
+                let mut ws = self.workspace(ws_len)?;
+                let ws = ws
+                    .as_mut()
+                    .ok_or_else(|| Error::Backend("cuda: workspace".into()))?;
+                {
+                    let mut a = self.stream.launch_builder(&k.function);
+                    a.arg(x)
+                        .arg(&*dy)
+                        .arg(&mut **dw)
+                        .arg(&mut **db)
+                        .arg(&mut *ws)
+                        .arg(&b);
+                    // SAFETY: gemm_bwd_weight.cu (x, dy, dw, db, ws, batch); x and dy hold
+                    // the batch (checked), dw and db the layer's weight and bias (the
+                    // plan's shapes), ws chunks * G * OG * (KCOL + 1) floats when chunks > 1.
+                    unsafe { a.launch(cfg(k, batch)) }
+                        .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+                }
+                if chunks > 1 {
+                    let r = Self::kernel(&loaded, plan, id, Role::WeightReduce)?;
+                    let mut a = self.stream.launch_builder(&r.function);
+                    a.arg(&*ws).arg(&mut **dw).arg(&mut **db).arg(&b);
+                    // SAFETY: the reduction of the same translation unit (ws, dw, db,
+                    // batch), over the chunks the weight gradient just wrote.
+                    unsafe { a.launch(cfg(r, batch)) }
+                        .map_err(driver_err(format!("launching {}", r.launch.name)))?;
+                }
+                if let Some(dx) = dx {
+                    let k = Self::kernel(&loaded, plan, id, Role::DataGrad)?;
+                    let mut a = self.stream.launch_builder(&k.function);
+                    a.arg(&*dy).arg(w).arg(dx).arg(&b);
+                    // SAFETY: gemm_bwd_data.cu (dy, w, dx, batch); sizes checked above.
+                    unsafe { a.launch(cfg(k, batch)) }
+                        .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+                }
+            }
+            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Lrn { .. } | Op::Softmax => {
+                let dx = dx.ok_or_else(no_dx)?;
+                let k = Self::kernel(&loaded, plan, id, Role::Backward)?;
+                let mut a = self.stream.launch_builder(&k.function);
+                // relu and softmax read the output; pooling and LRN the input.
+                match layer.op {
+                    Op::Relu | Op::Softmax => a.arg(y),
+                    _ => a.arg(x),
+                };
+                a.arg(&*dy).arg(dx).arg(&b);
+                // SAFETY: relu_bwd.cu (y, dy, dx, batch), softmax_bwd.cu (y, dy, dx,
+                // batch), pool_bwd.cu and lrn_bwd.cu (x, dy, dx, batch); every buffer
+                // holds the batch (checked above).
+                unsafe { a.launch(cfg(k, batch)) }
+                    .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+            }
+            Op::Dropout { .. } => {
+                return Err(Error::Backend(format!(
+                    "cuda: {} is dropout; use Backend::dropout",
+                    layer.name
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn dropout_cuda(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        mask: DropoutMask,
+        input: &CudaSlice<f32>,
+        output: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let n = batch * layer.input.len();
+        need(&format!("{} input", layer.name), input, n)?;
+        need(&format!("{} output", layer.name), output, n)?;
+        let b = batch_i32(plan, stage.layer, batch)?;
+        let loaded = self.loaded_training(plan)?;
+        let k = Self::kernel(&loaded, plan, stage.layer, Role::Dropout)?;
+        let (s0, s1) = (mask.seed as u32, (mask.seed >> 32) as u32);
+        let (t0, t1) = (mask.step as u32, (mask.step >> 32) as u32);
+        let mut a = self.stream.launch_builder(&k.function);
+        a.arg(input)
+            .arg(output)
+            .arg(&s0)
+            .arg(&s1)
+            .arg(&t0)
+            .arg(&t1)
+            .arg(&b);
+        // SAFETY: dropout.cu (in, out, seed_lo, seed_hi, step_lo, step_hi, batch); both
+        // buffers hold the batch (checked); indices fit an int (checked).
+        unsafe { a.launch(cfg(k, batch)) }
+            .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn softmax_cross_entropy_cuda(
+        &self,
+        plan: &Plan,
+        batch: usize,
+        classes: usize,
+        logits: &CudaSlice<f32>,
+        labels: &CudaSlice<f32>,
+        dlogits: &mut CudaSlice<f32>,
+        stats: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (layer, c) = cuda_train::logits_of(plan)
+            .ok_or_else(|| Error::Backend("cuda: an empty network has no logits".into()))?;
+        if c != classes {
+            return Err(Error::Backend(format!(
+                "cuda: the loss kernel of `{}` takes {c} classes, not {classes}",
+                plan.name
+            )));
+        }
+        need("logits", logits, batch * classes)?;
+        need("labels", labels, batch)?;
+        need("logit gradient", dlogits, batch * classes)?;
+        need("loss statistics", stats, 3)?;
+        let b = batch_i32(plan, layer, batch)?;
+        let loaded = self.loaded_training(plan)?;
+        let k = Self::kernel(&loaded, plan, layer, Role::Loss)?;
+        let mut a = self.stream.launch_builder(&k.function);
+        a.arg(logits).arg(labels).arg(dlogits).arg(stats).arg(&b);
+        // SAFETY: loss.cu (logits, labels, dlogits, stats, batch); sizes checked above;
+        // labels were validated as class indices by the caller.
+        unsafe { a.launch(cfg(k, batch)) }
+            .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+        Ok(())
+    }
+
+    pub(super) fn sgd_step_cuda(
+        &self,
+        plan: &Plan,
+        sgd: Sgd,
+        lr_mults: &[f32],
+        params: &mut [&mut CudaSlice<f32>],
+        velocity: &mut [&mut CudaSlice<f32>],
+        grads: &[&CudaSlice<f32>],
+    ) -> Result<()> {
+        let specs = plan.params();
+        let n = specs.len();
+        if params.len() != n || velocity.len() != n || grads.len() != n || lr_mults.len() != n {
+            return Err(Error::Backend(format!(
+                "cuda: sgd over {n} tensors got {} parameters, {} momenta, {} gradients, {} multipliers",
+                params.len(),
+                velocity.len(),
+                grads.len(),
+                lr_mults.len()
+            )));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            need(&spec.name, params[i], spec.len())?;
+            need(&format!("{} momentum", spec.name), velocity[i], spec.len())?;
+            need(&format!("{} gradient", spec.name), grads[i], spec.len())?;
+        }
+        let loaded = self.loaded_training(plan)?;
+        let mut first = 0;
+        while first < n {
+            let count = (n - first).min(SGD_SLOTS);
+            let k = Self::kernel(&loaded, plan, 0, Role::Sgd { first, count })?;
+            let mut t = SgdTensors {
+                w: [0; SGD_SLOTS],
+                v: [0; SGD_SLOTS],
+                g: [0; SGD_SLOTS],
+                lr: [0.0; SGD_SLOTS],
+            };
+            let mut guards = Vec::with_capacity(3 * count);
+            for j in 0..count {
+                let i = first + j;
+                let (w, gw) = params[i].device_ptr(&self.stream);
+                let (v, gv) = velocity[i].device_ptr(&self.stream);
+                let (g, gg) = grads[i].device_ptr(&self.stream);
+                (t.w[j], t.v[j], t.g[j]) = (w, v, g);
+                t.lr[j] = sgd.lr * lr_mults[i];
+                guards.extend([gw, gv, gg]);
+            }
+            let mut a = self.stream.launch_builder(&k.function);
+            a.arg(&t).arg(&sgd.momentum).arg(&sgd.weight_decay);
+            // SAFETY: sgd.cu (SgdTensors by value, momentum, decay); every pointer is a
+            // live allocation of this context holding its tensor's length (checked), and
+            // stays alive past the launch (the borrows and guards outlive it).
+            unsafe { a.launch(cfg(k, 0)) }
+                .map_err(driver_err(format!("launching {}", k.launch.name)))?;
+            drop(guards);
+            first += count;
+        }
+        Ok(())
+    }
+}

@@ -36,6 +36,8 @@ static std::barrier<>* block_barrier = nullptr;
 #define __restrict__
 #define __shared__ static
 #define __launch_bounds__(n)
+#define __device__
+#define __forceinline__ inline
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
 // A warp's lanes exchange values through a buffer, meeting on the warp's own barrier
@@ -49,6 +51,9 @@ static inline float __shfl_xor_sync(unsigned, float v, int d) {
     float r = shfl_buf[warp * 32 + (lane ^ d)];
     warp_barriers[warp]->arrive_and_wait();
     return r;
+}
+static inline int __shfl_xor_sync(unsigned m, int v, int d) {
+    return (int)__shfl_xor_sync(m, (float)v, d);
 }
 "#;
 
@@ -239,6 +244,306 @@ fn generated_kernels_match_the_cpu_under_emulation() {
     ] {
         for &b in batches {
             check(&cxx, src, b);
+        }
+    }
+}
+
+// ---- Training kernels ------------------------------------------------------------------
+
+/// Like MAIN, for any signature: argv = grid.x grid.y grid.z block file...; buffer i is
+/// read from file i and is `B(i)` in LAUNCH; after the run every buffer is written back to
+/// `<file>.out`.
+const MAIN_ANY: &str = r#"
+static std::vector<float> read(const char* path) {
+    FILE* f = std::fopen(path, "rb");
+    if (!f) { std::perror(path); std::exit(2); }
+    std::fseek(f, 0, SEEK_END); long n = std::ftell(f); std::fseek(f, 0, SEEK_SET);
+    std::vector<float> v(n / 4);
+    if (std::fread(v.data(), 4, v.size(), f) != v.size()) std::exit(3);
+    std::fclose(f);
+    return v;
+}
+static std::vector<std::vector<float>> bufs;
+#define B(i) (bufs[i].data())
+int main(int argc, char** argv) {
+    gridDim = {(unsigned)atoi(argv[1]), (unsigned)atoi(argv[2]), (unsigned)atoi(argv[3])};
+    blockDim = {(unsigned)atoi(argv[4]), 1, 1};
+    for (int i = 5; i < argc; ++i) bufs.push_back(read(argv[i]));
+    for (unsigned bz = 0; bz < gridDim.z; ++bz)
+    for (unsigned by = 0; by < gridDim.y; ++by)
+    for (unsigned bx = 0; bx < gridDim.x; ++bx) {
+        std::barrier<> bar(blockDim.x);
+        block_barrier = &bar;
+        std::vector<std::barrier<>*> warps;
+        for (unsigned w = 0; w < (blockDim.x + 31) / 32; ++w) warps.push_back(new std::barrier<>(32));
+        warp_barriers = warps;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < blockDim.x; ++t)
+            threads.emplace_back([&, t] {
+                blockIdx = {bx, by, bz};
+                threadIdx = {t, 0, 0};
+                LAUNCH;
+            });
+        for (auto& th : threads) th.join();
+        for (auto* w : warps) delete w;
+    }
+    for (int i = 5; i < argc; ++i) {
+        std::string out = std::string(argv[i]) + ".out";
+        FILE* f = std::fopen(out.c_str(), "wb");
+        std::fwrite(bufs[i - 5].data(), 4, bufs[i - 5].size(), f);
+        std::fclose(f);
+    }
+}
+"#;
+
+fn read(path: &std::path::Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Runs kernel `k` of `source` under emulation on `bufs` (`B(0)`, `B(1)`, ... in `args`,
+/// the launch's argument list) and returns every buffer after the run.
+fn emulate(
+    cxx: &str,
+    source: &str,
+    k: &alexnet::ir::KernelLaunch,
+    batch: usize,
+    args: &str,
+    bufs: &[&[f32]],
+) -> Vec<Vec<f32>> {
+    let dir = std::env::temp_dir().join(format!(
+        "alexnet-emu-{}-{}-{}",
+        std::process::id(),
+        k.name,
+        batch
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = format!(
+        "{PRELUDE}\n#include <string>\n{source}\n#define LAUNCH {}({args})\n{MAIN_ANY}",
+        k.name
+    );
+    let (cpp, exe) = (dir.join("k.cpp"), dir.join("k"));
+    std::fs::write(&cpp, program).unwrap();
+    let out = Command::new(cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-w", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: C++ compile failed:\n{}",
+        k.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let [gx, gy, gz] = k.grid(batch);
+    let mut cmd = Command::new(&exe);
+    cmd.args([gx, gy, gz, k.block].map(|v| v.to_string()));
+    let mut files = Vec::new();
+    for (i, b) in bufs.iter().enumerate() {
+        let f = dir.join(format!("b{i}.bin"));
+        // An empty buffer still needs one element to be a valid pointer.
+        write(&f, if b.is_empty() { &[0.0] } else { b });
+        cmd.arg(&f);
+        files.push(f);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: emulated run failed: {}",
+        k.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res = files
+        .iter()
+        .map(|f| read(&f.with_extension("bin.out")))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: unwritten (NaN) or infinite values"
+    );
+    let e = rel_l2(got, want);
+    assert!(e <= tol, "{what}: relative L2 {e:.2e} against the CPU");
+}
+
+/// Every backward kernel of stage `at` of a network that starts with a 1x1
+/// convolution (so that the stage needs an input gradient), on random inputs, against the
+/// CPU backend's backward of that stage.
+fn check_backward(cxx: &str, body: &str, input: (usize, usize, usize), batch: usize, at: usize) {
+    use alexnet::runtime::cpu::StageGrads;
+    use alexnet_codegen::cuda_train::{render, Role};
+    let (c, h, w) = input;
+    let src = match body.strip_prefix("split ") {
+        Some(b) => format!("T<{c}, {h}, {w}> split 2 {{ conv({c}, 1) {b} }}"),
+        None => format!("T<{c}, {h}, {w}> {{ conv({c}, 1) {body} }}"),
+    };
+    let plan: Plan = alexnet::runtime::plan_from_str(&src).unwrap();
+    let stage = plan.stages()[at];
+    let layer = &plan.layers[stage.layer];
+    let t = render(&plan);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + src.len() as u64);
+    let x = random(&mut rng, batch * layer.input.len());
+    let params = common::random_params(&plan, &mut rng);
+    let stage_params: Vec<Vec<f32>> = params
+        .iter()
+        .filter(|p| p.name.starts_with(&*layer.name))
+        .map(|p| p.data.clone())
+        .collect();
+    // The stage's output from the CPU forward.
+    let mut y = vec![0.0f32; batch * layer.output.len()];
+    {
+        use alexnet::runtime::Backend;
+        let p: Vec<&Vec<f32>> = stage_params.iter().collect();
+        Cpu::new()
+            .forward_stage(&plan, stage, batch, &x, &p, &mut y)
+            .unwrap();
+    }
+    let dy = random(&mut rng, y.len());
+    let mut dx = vec![0.0f32; x.len()];
+    let mut grads: Vec<Vec<f32>> = stage_params.iter().map(|p| vec![0.0; p.len()]).collect();
+    let p: Vec<&[f32]> = stage_params.iter().map(|p| p.as_slice()).collect();
+    Cpu::new()
+        .backward_slices(
+            &plan,
+            stage,
+            batch,
+            &x,
+            &y,
+            &dy,
+            &p,
+            StageGrads {
+                dx: Some(&mut dx),
+                dparams: grads.iter_mut().map(|g| g.as_mut_slice()).collect(),
+            },
+        )
+        .unwrap();
+    let nan = |n: usize| vec![f32::NAN; n];
+    let what = |k: &str| format!("{src} batch {batch}: {k}");
+    if layer.op.is_learned() {
+        let mut dy_masked = dy.clone();
+        if stage.fused_relu {
+            let k = t.find(stage.layer, Role::ReluMask).unwrap();
+            let r = emulate(
+                cxx,
+                &k.source,
+                &k.launch,
+                batch,
+                &format!("B(0), B(1), B(1), {batch}"),
+                &[&y, &dy],
+            );
+            dy_masked = r[1].clone();
+        }
+        let k = t.find(stage.layer, Role::WeightGrad).unwrap();
+        let chunks = k.launch.grid(batch)[0] as usize;
+        let ws = nan(chunks * k.workspace_per_chunk);
+        let r = emulate(
+            cxx,
+            &k.source,
+            &k.launch,
+            batch,
+            &format!("B(0), B(1), B(2), B(3), B(4), {batch}"),
+            &[
+                &x,
+                &dy_masked,
+                &nan(grads[0].len()),
+                &nan(grads[1].len()),
+                &ws,
+            ],
+        );
+        let (mut dw, mut db) = (r[2].clone(), r[3].clone());
+        if chunks > 1 {
+            let red = t.find(stage.layer, Role::WeightReduce).unwrap();
+            let r = emulate(
+                cxx,
+                &red.source,
+                &red.launch,
+                batch,
+                &format!("B(0), B(1), B(2), {batch}"),
+                &[&r[4], &dw, &db],
+            );
+            (dw, db) = (r[1].clone(), r[2].clone());
+        }
+        close(
+            &what(&format!("{} ({chunks} chunks) weight", k.launch.name)),
+            &dw,
+            &grads[0],
+            1e-5,
+        );
+        close(
+            &what(&format!("{} bias", k.launch.name)),
+            &db,
+            &grads[1],
+            1e-5,
+        );
+        let k = t.find(stage.layer, Role::DataGrad).unwrap();
+        let r = emulate(
+            cxx,
+            &k.source,
+            &k.launch,
+            batch,
+            &format!("B(0), B(1), B(2), {batch}"),
+            &[&dy_masked, &stage_params[0], &nan(dx.len())],
+        );
+        close(&what(&k.launch.name), &r[2], &dx, 1e-5);
+    } else {
+        let k = t.find(stage.layer, Role::Backward).unwrap();
+        let first = match layer.op {
+            alexnet::ir::Op::Relu | alexnet::ir::Op::Softmax => &y,
+            _ => &x,
+        };
+        let r = emulate(
+            cxx,
+            &k.source,
+            &k.launch,
+            batch,
+            &format!("B(0), B(1), B(2), {batch}"),
+            &[first, &dy, &nan(dx.len())],
+        );
+        close(&what(&k.launch.name), &r[2], &dx, 1e-5);
+    }
+}
+
+#[test]
+fn backward_kernels_match_the_cpu_under_emulation() {
+    let Some(cxx) = compiler() else { return };
+    for (body, at, input, batches) in [
+        (
+            "relu conv(6, 3, stride = 2, pad = 1, groups = 2)",
+            1,
+            (4, 9, 11),
+            &[1usize, 3][..],
+        ),
+        (
+            "conv(8, 5, pad = 2, groups = 2) relu",
+            1,
+            (4, 12, 12),
+            &[1, 2],
+        ),
+        ("fc(70) relu", 1, (3, 4, 5), &[1, 5]),
+        ("maxpool(3, stride = 2)", 1, (3, 13, 13), &[2]),
+        ("avgpool(2, stride = 2)", 1, (4, 12, 12), &[1]),
+        ("avgpool(3, stride = 2)", 1, (3, 11, 10), &[1]),
+        (
+            "lrn(5, alpha = 0.5, beta = 0.75, k = 2.0)",
+            1,
+            (7, 4, 5),
+            &[2],
+        ),
+        ("lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
+        ("avgpool(1) relu", 2, (5, 3, 3), &[2]),
+        ("split lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
+        ("split lrn(5)", 1, (12, 2, 3), &[2]),
+    ] {
+        for &b in batches {
+            check_backward(&cxx, body, input, b, at);
         }
     }
 }

@@ -24,6 +24,9 @@ pub trait Backend: Send + Sync + 'static {
         v.truncate(len);
         Ok(v)
     }
+    /// Copies `data` into the start of `buf` (which must hold at least `data.len()`
+    /// values).
+    fn write(&self, buf: &mut Self::Buffer, data: &[f32]) -> Result<()>;
     /// A buffer of `len` elements; its contents are unspecified until written.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
 

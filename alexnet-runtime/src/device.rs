@@ -156,6 +156,10 @@ impl Backend for Device {
         }
     }
 
+    fn write(&self, buf: &mut DeviceBuffer, data: &[f32]) -> Result<()> {
+        on_device!(self, |d, _r, m| d.write(m(buf)?, data))
+    }
+
     fn download_prefix(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<f32>> {
         on_device!(self, |d, r, _m| d.download_prefix(r(buf)?, len))
     }

@@ -31,6 +31,8 @@ pub enum Error {
     },
     /// A backend could not run an operation.
     Backend(String),
+    /// An argument is out of range (a label, a learning rate, a schedule, ...).
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -92,6 +94,7 @@ impl fmt::Display for Error {
                 None => write!(f, "not a valid safetensors buffer: {message}"),
             },
             Error::Backend(m) => write!(f, "{m}"),
+            Error::Invalid(m) => write!(f, "{m}"),
         }
     }
 }

@@ -14,7 +14,9 @@ pub mod error;
 pub mod model;
 pub mod optim;
 pub mod philox;
+pub mod synthetic;
 pub mod tensor;
+pub mod train;
 pub mod weights;
 
 pub use alexnet_codegen::ir;
@@ -25,4 +27,6 @@ pub use cuda::Cuda;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use model::Model;
+pub use synthetic::Synthetic;
 pub use tensor::{Batch, Tensor};
+pub use train::{Schedule, TrainConfig, Trainer};

@@ -41,8 +41,20 @@ impl<B: Backend> Model<B> {
     }
 
     /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported.
+    /// A training state ([`crate::train::Trainer::save`]) loads too: its momentum is
+    /// left out.
     pub fn load(backend: B, plan: Plan, path: &Path) -> Result<Self> {
-        let tensors = weights::read_safetensors(path)?;
+        let mut tensors = weights::read_safetensors(path)?;
+        if tensors
+            .iter()
+            .any(|t| t.name.starts_with(crate::train::MOMENTUM_PREFIX))
+        {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let meta = weights::parse_metadata(&bytes)?;
+            if meta.get("format").map(String::as_str) == Some(crate::train::STATE_FORMAT) {
+                tensors.retain(|t| !t.name.starts_with(crate::train::MOMENTUM_PREFIX));
+            }
+        }
         let ordered = weights::match_plan(&plan, tensors, Some(path))?;
         Self::upload(backend, plan, ordered)
     }
@@ -102,6 +114,12 @@ impl<B: Backend> Model<B> {
     /// Fill activation buffers with NaN before every pass (see the field); for tests.
     pub fn set_poison(&mut self, poison: bool) {
         self.poison = poison;
+    }
+
+    /// The backend, the plan and the parameters (per layer of the plan: weight and bias
+    /// for learned layers), borrowed apart so that training can update them in place.
+    pub(crate) fn parts_mut(&mut self) -> (&B, &Plan, &mut [Vec<(ParamSpec, B::Buffer)>]) {
+        (&self.backend, &self.plan, &mut self.params)
     }
 
     pub fn plan(&self) -> &Plan {
@@ -210,19 +228,19 @@ impl<B: Backend> Model<B> {
             }
             out_shape = layer.output;
             if let Some(f) = inspect.as_mut() {
-                let values = self.backend.download(dst)?;
-                f(
-                    plan.stage_output_name(*stage),
-                    &values[..batch * layer.output.len()],
-                );
+                let values = self
+                    .backend
+                    .download_prefix(dst, batch * layer.output.len())?;
+                f(plan.stage_output_name(*stage), &values);
             }
         }
         let last = match stages.len() {
             0 => &input_buf,
             n => &bufs[(n - 1) % 2],
         };
-        let mut data = self.backend.download(last)?;
-        data.truncate(batch * out_shape.len());
+        let data = self
+            .backend
+            .download_prefix(last, batch * out_shape.len())?;
         Tensor::new(vec![batch, out_shape.c, out_shape.h, out_shape.w], data)
     }
 }

@@ -65,6 +65,33 @@ pub fn paper_init(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
     out
 }
 
+/// He et al.'s initialisation ("Delving deep into rectifiers", 2015): weights from
+/// N(0, 2 / fan-in), biases 0. The paper's N(0, 0.01) needs its 90 epochs to get a deep
+/// network moving; this one lets a small network learn in a few hundred steps.
+/// Deterministic for a seed.
+pub fn kaiming_init(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    plan.params()
+        .into_iter()
+        .map(|spec| {
+            let data = if spec.shape.len() > 1 {
+                let fan_in: usize = spec.shape[1..].iter().product();
+                let std = (2.0 / fan_in.max(1) as f32).sqrt();
+                let normal =
+                    Normal::new(0.0f32, std).unwrap_or_else(|_| unreachable!("a finite std"));
+                (0..spec.len()).map(|_| normal.sample(&mut rng)).collect()
+            } else {
+                vec![0.0; spec.len()]
+            };
+            NamedTensor {
+                name: spec.name,
+                shape: spec.shape,
+                data,
+            }
+        })
+        .collect()
+}
+
 /// Orders `tensors` as the plan's parameters, or lists every missing, extra and
 /// mis-shaped tensor.
 pub fn match_plan(
@@ -124,6 +151,15 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
         },
         other => other,
     })
+}
+
+/// The `__metadata__` of a safetensors buffer (empty when it has none).
+pub fn parse_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Format {
+        path: None,
+        message: e.to_string(),
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Parses a safetensors buffer; see [`read_safetensors`].

@@ -204,6 +204,12 @@ impl Backend for Cpu {
         Ok(buf.clone())
     }
 
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) -> Result<()> {
+        check_len("destination", buf, data.len())?;
+        buf[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
     fn download_prefix(&self, buf: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
         Ok(buf[..len.min(buf.len())].to_vec())
     }

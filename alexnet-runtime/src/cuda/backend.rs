@@ -202,6 +202,20 @@ impl Backend for Cuda {
         self.stream.clone_dtoh(buf).map_err(driver_err("download"))
     }
 
+    fn write(&self, buf: &mut CudaSlice<f32>, data: &[f32]) -> Result<()> {
+        if buf.len() < data.len() {
+            return Err(Error::Backend(format!(
+                "cuda: writing {} values into a buffer of {}",
+                data.len(),
+                buf.len()
+            )));
+        }
+        let mut view = buf.slice_mut(..data.len());
+        self.stream
+            .memcpy_htod(data, &mut view)
+            .map_err(driver_err("upload"))
+    }
+
     fn download_prefix(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
         let view = buf.slice(..len.min(buf.len()));
         self.stream

@@ -1,0 +1,287 @@
+//! Training on the GPU against training on the CPU (`needs a CUDA GPU`: run by
+//! scripts/gpu-check.sh on the lent machine). The same weights, batches and seed on both:
+//! the first step's gradients agree tensor by tensor (relative L2 <= 1e-4, f32), as do the
+//! loss and the top-1/top-5 counts (dropout draws the same Philox mask on both), and after
+//! three SGD steps so do the weights.
+
+mod common;
+
+use alexnet::ir::Plan;
+use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
+use alexnet::runtime::optim::Sgd;
+use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::{Backend, Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
+use common::rel_l2;
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-4;
+
+fn random(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Weights scaled by 1/sqrt(fan-in), so activations stay O(1) through deep networks.
+fn weights(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
+    plan.params()
+        .into_iter()
+        .map(|s| {
+            let fan_in: usize = if s.shape.len() > 1 {
+                s.shape[1..].iter().product()
+            } else {
+                10
+            };
+            let scale = (3.0 / fan_in as f32).sqrt();
+            NamedTensor {
+                data: random(rng, s.len(), scale),
+                name: s.name,
+                shape: s.shape,
+            }
+        })
+        .collect()
+}
+
+fn trainer<B: Backend>(backend: B, plan: &Plan, w: Vec<NamedTensor>) -> Trainer<B> {
+    let model = Model::from_tensors(backend, plan.clone(), w).unwrap();
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: 0.01,
+            ..Sgd::default()
+        },
+        seed: 42,
+        ..TrainConfig::default()
+    };
+    Trainer::new(model, config).unwrap()
+}
+
+fn compare_tensors(what: &str, got: &[NamedTensor], want: &[NamedTensor]) -> f64 {
+    let mut worst: f64 = 0.0;
+    let mut report = Vec::new();
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.name, w.name);
+        assert!(
+            g.data.iter().all(|v| v.is_finite()),
+            "{what}: {} has non-finite values",
+            g.name
+        );
+        let e = rel_l2(&g.data, &w.data);
+        report.push(format!("{} {e:.2e}", g.name));
+        worst = worst.max(e);
+    }
+    assert!(
+        worst <= TOL,
+        "{what}: relative L2 per tensor: {}",
+        report.join(", ")
+    );
+    worst
+}
+
+fn compare(plan: &Plan, batch: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let w = weights(plan, &mut rng);
+    let mut gpu = trainer(Cuda::new(0).expect("a CUDA GPU"), plan, w.clone());
+    let mut cpu = trainer(Cpu::new(), plan, w);
+    let s = plan.input;
+    let classes = cpu.classes() as u32;
+    for step in 0..3 {
+        let x = Tensor::new(
+            vec![batch, s.c, s.h, s.w],
+            random(&mut rng, batch * s.len(), 1.0),
+        )
+        .unwrap();
+        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..classes)).collect();
+        let g = gpu.step(&x, &labels).unwrap();
+        let c = cpu.step(&x, &labels).unwrap();
+        let what = format!("{} batch {batch} step {step}", plan.name);
+        assert!(
+            (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs().max(1.0),
+            "{what}: loss {} on the GPU, {} on the CPU",
+            g.loss,
+            c.loss
+        );
+        assert!(
+            g.top1_correct.abs_diff(c.top1_correct) <= 1
+                && g.top5_correct.abs_diff(c.top5_correct) <= 1,
+            "{what}: top-1/top-5 {g:?} on the GPU, {c:?} on the CPU"
+        );
+        if step == 0 {
+            let e = compare_tensors(
+                &format!("{what} gradient"),
+                &gpu.gradients().unwrap(),
+                &cpu.gradients().unwrap(),
+            );
+            println!("{what}: gradients agree to {e:.2e}");
+        }
+    }
+    let e = compare_tensors(
+        &format!("{} batch {batch} weights after 3 steps", plan.name),
+        &gpu.model().tensors().unwrap(),
+        &cpu.model().tensors().unwrap(),
+    );
+    println!(
+        "{} batch {batch}: weights after 3 steps agree to {e:.2e}",
+        plan.name
+    );
+}
+
+fn plan(src: &str) -> Plan {
+    alexnet::runtime::plan_from_str(src).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_layer_kind_trains_as_on_the_cpu() {
+    for (i, src) in [
+        "T<3, 15, 15> { conv(8, 3, stride = 2, pad = 1) relu conv(12, 3, pad = 1, groups = 2) lrn(5) maxpool(3, stride = 2) fc(10) }",
+        "T<4, 12, 12> split 2 { conv(8, 5, pad = 2, groups = 2) relu lrn(3, alpha = 0.5) avgpool(2, stride = 2) relu fc(20) relu dropout(0.5) fc(8) softmax }",
+        "T<3, 8, 8> { fc(16) relu fc(6) }",
+        "T<3, 19, 19> { relu conv(6, 11, stride = 4) relu dropout(0.3) fc(130) relu fc(5) softmax }",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for batch in [1, 5, 33] {
+            compare(&plan(src), batch, i as u64 * 10 + batch as u64);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fixture_networks_train_as_on_the_cpu() {
+    compare(SmallNet::plan(), 7, 1);
+    compare(SmallNet::plan(), 64, 2);
+    compare(TorchvisionAlexNet::plan(), 3, 3);
+    compare(AlexNet::plan(), 4, 4);
+}
+
+/// One backward stage on the GPU against the CPU, on random inputs (the GPU twin of
+/// tests/cuda_emulated.rs's check): stage `at` of a network that starts with a 1x1
+/// convolution, so that the stage needs its input gradient.
+fn backward_stage(body: &str, at: usize, input: (usize, usize, usize), batch: usize) {
+    use alexnet::runtime::cpu::StageGrads;
+    let (c, h, w) = input;
+    let src = match body.strip_prefix("split ") {
+        Some(b) => format!("T<{c}, {h}, {w}> split 2 {{ conv({c}, 1) {b} }}"),
+        None => format!("T<{c}, {h}, {w}> {{ conv({c}, 1) {body} }}"),
+    };
+    let plan = plan(&src);
+    let stage = plan.stages()[at];
+    let layer = &plan.layers[stage.layer];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + src.len() as u64);
+    let x = random(&mut rng, batch * layer.input.len(), 1.0);
+    let params: Vec<Vec<f32>> = layer
+        .params()
+        .iter()
+        .map(|p| random(&mut rng, p.len(), 0.5))
+        .collect();
+    let cpu = Cpu::new();
+    let mut y = vec![0.0f32; batch * layer.output.len()];
+    let p: Vec<&Vec<f32>> = params.iter().collect();
+    cpu.forward_stage(&plan, stage, batch, &x, &p, &mut y)
+        .unwrap();
+    let dy = random(&mut rng, y.len(), 1.0);
+    let mut dx = vec![0.0f32; x.len()];
+    let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+    let ps: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+    cpu.backward_slices(
+        &plan,
+        stage,
+        batch,
+        &x,
+        &y,
+        &dy,
+        &ps,
+        StageGrads {
+            dx: Some(&mut dx),
+            dparams: grads.iter_mut().map(|g| g.as_mut_slice()).collect(),
+        },
+    )
+    .unwrap();
+    let gpu = Cuda::new(0).expect("a CUDA GPU");
+    let up = |v: &[f32]| gpu.upload(v).unwrap();
+    let (gx, gy) = (up(&x), up(&y));
+    let mut gdy = up(&dy);
+    let gp: Vec<_> = params.iter().map(|p| up(p)).collect();
+    let gpr: Vec<_> = gp.iter().collect();
+    let mut gdx = up(&vec![f32::NAN; x.len()]);
+    let mut gg: Vec<_> = grads.iter().map(|g| up(&vec![f32::NAN; g.len()])).collect();
+    let mut ggr: Vec<_> = gg.iter_mut().collect();
+    gpu.backward_stage(
+        &plan,
+        stage,
+        batch,
+        &gx,
+        &gy,
+        &mut gdy,
+        &gpr,
+        Some(&mut gdx),
+        &mut ggr,
+    )
+    .unwrap();
+    let mut report = vec![format!(
+        "dx {:.2e}",
+        rel_l2(&gpu.download(&gdx).unwrap(), &dx)
+    )];
+    for (i, (g, want)) in gg.iter().zip(&grads).enumerate() {
+        report.push(format!(
+            "param {i} {:.2e}",
+            rel_l2(&gpu.download(g).unwrap(), want)
+        ));
+    }
+    println!("{src} stage {at} batch {batch}: {}", report.join(", "));
+    let e = rel_l2(&gpu.download(&gdx).unwrap(), &dx);
+    assert!(
+        e <= TOL,
+        "{src} batch {batch}: input gradient relative L2 {e:.2e}"
+    );
+    for (g, want) in gg.iter().zip(&grads) {
+        let e = rel_l2(&gpu.download(g).unwrap(), want);
+        assert!(
+            e <= TOL,
+            "{src} batch {batch}: parameter gradient relative L2 {e:.2e}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_backward_stage_matches_the_cpu() {
+    for (body, at, input, batches) in [
+        (
+            "relu conv(6, 3, stride = 2, pad = 1, groups = 2)",
+            1,
+            (4, 9, 11),
+            &[1usize, 3, 64][..],
+        ),
+        (
+            "conv(8, 5, pad = 2, groups = 2) relu",
+            1,
+            (4, 12, 12),
+            &[1, 2, 64],
+        ),
+        (
+            "split conv(8, 5, pad = 2, groups = 2) relu",
+            1,
+            (4, 12, 12),
+            &[1, 2],
+        ),
+        ("fc(70) relu", 1, (3, 4, 5), &[1, 5, 130]),
+        ("maxpool(3, stride = 2)", 1, (3, 13, 13), &[2, 64]),
+        ("avgpool(2, stride = 2)", 1, (4, 12, 12), &[1, 64]),
+        ("avgpool(3, stride = 2)", 1, (3, 11, 10), &[1]),
+        (
+            "lrn(5, alpha = 0.5, beta = 0.75, k = 2.0)",
+            1,
+            (7, 4, 5),
+            &[2],
+        ),
+        ("lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
+        ("split lrn(3, alpha = 0.5)", 1, (8, 12, 12), &[1, 64]),
+        ("split lrn(5)", 1, (12, 2, 3), &[2]),
+        ("avgpool(1) relu", 2, (5, 3, 3), &[2, 64]),
+    ] {
+        for &b in batches {
+            backward_stage(body, at, input, b);
+        }
+    }
+}

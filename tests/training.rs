@@ -1,0 +1,289 @@
+//! Training on the CPU: a whole network's gradients (every layer kind, dropout with its
+//! Philox mask, the fused loss) against central differences of a naive f64 forward pass;
+//! resuming is exact to the bit; bad input is refused with a clear error. The learning
+//! test (the CPU learns the synthetic set) is in tests/learning.rs.
+
+mod common;
+
+use alexnet::ir::{Op, Plan};
+use alexnet::runtime::optim::Sgd;
+use alexnet::runtime::philox::{self, DropoutMask};
+use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::{Cpu, Model, Schedule, Tensor, TrainConfig, Trainer};
+use common::rel_l2;
+use rand::SeedableRng;
+
+const NET: &str = "T<3, 12, 12> split 2 {
+    conv(8, 3, pad = 1) relu lrn(3, alpha = 0.5) maxpool(2, stride = 2)
+    conv(8, 3, pad = 1, groups = 2) relu avgpool(2, stride = 2)
+    fc(12) relu dropout(0.5) fc(6) softmax
+}";
+
+fn setup(batch: usize, seed: u64) -> (Plan, Vec<NamedTensor>, Tensor, Vec<u32>) {
+    let plan = alexnet::runtime::plan_from_str(NET).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut params = common::random_params(&plan, &mut rng);
+    for p in &mut params {
+        p.data.iter_mut().for_each(|v| *v *= 0.5);
+    }
+    let s = plan.input;
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        common::random(&mut rng, batch * s.len()),
+    )
+    .unwrap();
+    let labels = (0..batch as u32).map(|i| (i * 3 + 1) % 6).collect();
+    (plan, params, x, labels)
+}
+
+/// Mean cross-entropy of the naive f64 network, dropout applied with the step's mask.
+fn naive_loss(
+    plan: &Plan,
+    params: &[Vec<f64>],
+    x: &[f64],
+    labels: &[u32],
+    mask: DropoutMask,
+) -> f64 {
+    let batch = labels.len();
+    let mut a = x.to_vec();
+    let mut t = 0;
+    for (li, l) in plan.layers.iter().enumerate() {
+        match l.op {
+            Op::Softmax if li + 1 == plan.layers.len() => break,
+            Op::Dropout { p } => {
+                let threshold = philox::drop_threshold(p);
+                let scale = 1.0 / (1.0 - p as f64);
+                for (i, v) in a.iter_mut().enumerate() {
+                    *v = if mask.draw(li as u32, i as u32) >= threshold {
+                        *v * scale
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            _ => {
+                let (w, b): (&[f64], &[f64]) = if l.op.is_learned() {
+                    t += 2;
+                    (&params[t - 2], &params[t - 1])
+                } else {
+                    (&[], &[])
+                };
+                a = common::naive::forward(l, batch, &a, w, b);
+            }
+        }
+    }
+    let classes = a.len() / batch;
+    let mut loss = 0.0;
+    for (row, &label) in a.chunks(classes).zip(labels) {
+        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        loss += z.ln() + m - row[label as usize];
+    }
+    loss / batch as f64
+}
+
+#[test]
+fn network_gradients_match_finite_differences() {
+    let batch = 3;
+    let (plan, params, x, labels) = setup(batch, 11);
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+    let config = TrainConfig {
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config).unwrap();
+    let stats = trainer.step(&x, &labels).unwrap();
+    let grads = trainer.gradients().unwrap();
+
+    let mask = DropoutMask { seed: 5, step: 0 };
+    let mut p64: Vec<Vec<f64>> = params
+        .iter()
+        .map(|t| t.data.iter().map(|&v| v as f64).collect())
+        .collect();
+    let x64: Vec<f64> = x.data().iter().map(|&v| v as f64).collect();
+    let l0 = naive_loss(&plan, &p64, &x64, &labels, mask);
+    assert!(
+        (stats.loss - l0).abs() <= 1e-5 * l0.abs().max(1.0),
+        "loss {} vs naive {l0}",
+        stats.loss
+    );
+    // See tests/gradients.rs for the tolerance; kinks are as rare here.
+    const EPS: f64 = 1e-4;
+    for (ti, g) in grads.iter().enumerate() {
+        let n = g.data.len();
+        let idx: Vec<usize> = (0..25.min(n)).map(|i| i * n / 25.min(n)).collect();
+        let mut want = Vec::new();
+        for &i in &idx {
+            let v = p64[ti][i];
+            p64[ti][i] = v + EPS;
+            let up = naive_loss(&plan, &p64, &x64, &labels, mask);
+            p64[ti][i] = v - EPS;
+            let down = naive_loss(&plan, &p64, &x64, &labels, mask);
+            p64[ti][i] = v;
+            want.push((up - down) / (2.0 * EPS));
+        }
+        let got: Vec<f64> = idx.iter().map(|&i| g.data[i] as f64).collect();
+        let err = rel_l2(&got, &want);
+        assert!(
+            err <= 1e-3,
+            "{}: relative L2 {err:.2e}\n got  {got:?}\n want {want:?}",
+            g.name
+        );
+    }
+}
+
+#[test]
+fn dropout_keeps_about_half_and_scales_by_two() {
+    let plan = alexnet::runtime::plan_from_str("T<100, 10, 10> { dropout(0.5) }").unwrap();
+    let stage = plan.stages()[0];
+    let x = vec![1.5f32; 2 * 10_000];
+    let mut y = vec![0.0f32; x.len()];
+    use alexnet::runtime::Backend;
+    let mask = DropoutMask { seed: 1, step: 2 };
+    Cpu::new()
+        .dropout(&plan, stage, 2, mask, &x, &mut y)
+        .unwrap();
+    let kept = y.iter().filter(|&&v| v == 3.0).count();
+    assert_eq!(kept + y.iter().filter(|&&v| v == 0.0).count(), y.len());
+    assert!((9_700..10_300).contains(&kept), "{kept}");
+    // Another step draws another mask; the same step the same one.
+    let mut y2 = vec![0.0f32; x.len()];
+    Cpu::new()
+        .dropout(
+            &plan,
+            stage,
+            2,
+            DropoutMask { seed: 1, step: 3 },
+            &x,
+            &mut y2,
+        )
+        .unwrap();
+    assert_ne!(y, y2);
+    Cpu::new()
+        .dropout(&plan, stage, 2, mask, &x, &mut y2)
+        .unwrap();
+    assert_eq!(y, y2);
+}
+
+fn run(trainer: &mut Trainer<Cpu>, steps: std::ops::Range<u64>, batch: usize) -> Vec<f64> {
+    let plan = trainer.model().plan().clone();
+    let s = plan.input;
+    let mut losses = Vec::new();
+    for step in steps {
+        // The batch of a step is a function of the step alone, as in the example's loop.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + step);
+        let x = Tensor::new(
+            vec![batch, s.c, s.h, s.w],
+            common::random(&mut rng, batch * s.len()),
+        )
+        .unwrap();
+        let labels: Vec<u32> = (0..batch as u64).map(|i| ((i + step) % 6) as u32).collect();
+        losses.push(trainer.step(&x, &labels).unwrap().loss);
+        if step % 3 == 2 {
+            trainer.end_epoch(Some(1.0 / (step + 1) as f64));
+        }
+    }
+    losses
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let (plan, params, _, _) = setup(1, 3);
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: 0.05,
+            ..Sgd::default()
+        },
+        schedule: Schedule::Step {
+            every: 2,
+            factor: 0.5,
+        },
+        seed: 9,
+    };
+    let new = || {
+        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+        let mut t = Trainer::new(model, config.clone()).unwrap();
+        t.set_lr_mult("fc", 2.0).unwrap_err();
+        t.set_lr_mult("fc3", 2.0).unwrap();
+        t
+    };
+    let mut straight = new();
+    let all = run(&mut straight, 0..10, 4);
+
+    let mut first = new();
+    let head = run(&mut first, 0..6, 4);
+    let dir = std::env::temp_dir().join(format!("alexnet-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.safetensors");
+    first.save(&path).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(Cpu::new(), plan.clone(), &path).unwrap();
+    assert_eq!(
+        resumed.state(),
+        straight_state_at(&plan, &params, &config, 6)
+    );
+    let tail = run(&mut resumed, 6..10, 4);
+    assert_eq!([head, tail].concat(), all);
+    let a = straight.model().tensors().unwrap();
+    let b = resumed.model().tensors().unwrap();
+    assert_eq!(a, b, "weights differ after resuming");
+    assert!(straight.state().lr < config.sgd.lr, "the step schedule ran");
+
+    // The state file is also a weights file for inference; resuming needs a state file.
+    Model::load(Cpu::new(), plan.clone(), &path).unwrap();
+    let weights = dir.join("weights.safetensors");
+    straight.model().save(&weights).unwrap();
+    let err = Trainer::resume(Cpu::new(), plan.clone(), &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a training state"), "{err}");
+    let other = alexnet::runtime::plan_from_str(&NET.replace("T<", "U<")).unwrap();
+    let err = Trainer::resume(Cpu::new(), other, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training state of network `T`, not `U`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The state of a straight run after `steps` steps (for comparing with a resumed one).
+fn straight_state_at(
+    plan: &Plan,
+    params: &[NamedTensor],
+    config: &TrainConfig,
+    steps: u64,
+) -> &'static alexnet::runtime::train::TrainState {
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.to_vec()).unwrap();
+    let mut t = Trainer::new(model, config.clone()).unwrap();
+    t.set_lr_mult("fc3", 2.0).unwrap();
+    run(&mut t, 0..steps, 4);
+    Box::leak(Box::new(t.state().clone()))
+}
+
+#[test]
+fn bad_batches_are_refused() {
+    let (plan, params, x, _) = setup(2, 4);
+    let model = Model::from_tensors(Cpu::new(), plan, params).unwrap();
+    let mut t = Trainer::new(model, TrainConfig::default()).unwrap();
+    let err = t.step(&x, &[0, 6]).unwrap_err().to_string();
+    assert!(
+        err.contains("label 6 out of range: `T` has 6 classes"),
+        "{err}"
+    );
+    let err = t.step(&x, &[0]).unwrap_err().to_string();
+    assert!(err.contains("1 labels for a batch of 2 images"), "{err}");
+    let wrong = Tensor::new(vec![2, 3, 11, 12], vec![0.0; 2 * 3 * 11 * 12]).unwrap();
+    assert!(t.step(&wrong, &[0, 1]).is_err());
+    let bad = TrainConfig {
+        sgd: Sgd {
+            lr: -1.0,
+            ..Sgd::default()
+        },
+        ..TrainConfig::default()
+    };
+    let (plan, params, _, _) = setup(1, 4);
+    let model = Model::from_tensors(Cpu::new(), plan, params).unwrap();
+    assert!(Trainer::new(model, bad).is_err());
+}

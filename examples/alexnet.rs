@@ -4,6 +4,8 @@
 //! cargo run --release --example alexnet                 # summary + a CPU forward pass
 //! cargo run --release --example alexnet -- summary --net torchvision
 //! cargo run --release --example alexnet -- infer --weights w.safetensors --input x.safetensors --output y.safetensors
+//! cargo run --release --example alexnet -- train        # the small net on generated shapes
+//! cargo run --release --example alexnet -- train --resume runs/small/state.safetensors --epochs 6
 //! ```
 
 use std::path::PathBuf;
@@ -19,8 +21,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser)]
 #[command(
     name = "alexnet",
-    about = "AlexNet from a compile-time Rust DSL: summaries, inference, benchmarks",
-    after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet on CPU\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors"
+    about = "AlexNet from a compile-time Rust DSL: summaries, inference, training, benchmarks",
+    after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet on CPU\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors\n  alexnet train                 train the small net on generated shapes (checkpoints in runs/small)\n  alexnet train --net alexnet --device cuda --batch 128\n  alexnet train --resume runs/small/state.safetensors --epochs 6"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +69,9 @@ enum Command {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Trains a network on generated shapes (SGD with momentum, weight decay, dropout),
+    /// validating and checkpointing after every epoch.
+    Train(TrainArgs),
     /// Prints a network's layer table.
     Summary {
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
@@ -90,6 +95,62 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The network to train (its input size sets the generated images' size).
+    #[arg(long, value_enum, default_value_t = Net::Small)]
+    net: Net,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Epochs to train (in all, counting those of a resumed run).
+    #[arg(long, default_value_t = 8)]
+    epochs: u64,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 0.02)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 0.0005)]
+    weight_decay: f32,
+    /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
+    /// validation error stops improving) or step:EPOCHS[:FACTOR].
+    #[arg(long, default_value = "plateau:0.1:1")]
+    schedule: String,
+    /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the paper).
+    #[arg(long, value_enum, default_value_t = Init::He)]
+    init: Init,
+    /// Generated training images per epoch, and held-out validation images.
+    #[arg(long, default_value_t = 4096)]
+    images: u64,
+    #[arg(long, default_value_t = 512)]
+    val_images: u64,
+    /// Classes of the generated set (at most 12, and at most the network's outputs).
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Seeds the initialisation, the data, the data order and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for `state.safetensors` (the whole training state, written atomically after
+    /// every epoch); default runs/<net>.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run saved in this training state.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Print a line every this many steps.
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Init {
+    He,
+    Paper,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Net {
     /// The paper's AlexNet (3x227x227, grouped convs, LRN).
@@ -101,6 +162,14 @@ enum Net {
 }
 
 impl Net {
+    fn name(self) -> &'static str {
+        match self {
+            Net::Alexnet => "alexnet",
+            Net::Torchvision => "torchvision",
+            Net::Small => "small",
+        }
+    }
+
     fn plan(self) -> &'static Plan {
         match self {
             Net::Alexnet => AlexNet::plan(),
@@ -143,6 +212,7 @@ fn main() -> ExitCode {
             device,
         } => bench(net, &batch, runs, &device),
         Command::Kernels { net, arch, dump } => kernels(net, &arch, dump.as_deref()),
+        Command::Train(args) => train(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -366,5 +436,137 @@ fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), A
     let hit = through_cache()?;
     println!("cache hit, all kernels: {:.1} ms", hit.as_secs_f64() * 1e3);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> Result<(), AnyError> {
+    use alexnet::runtime::optim::Sgd;
+    use alexnet::runtime::train::{epoch_order, BatchStats};
+    use alexnet::runtime::{weights, Synthetic, TrainConfig, Trainer};
+
+    let plan = a.net.plan().clone();
+    let s = plan.input;
+    let backend = Device::parse(&a.device)?;
+    println!("device: {}", backend.name());
+    let mut trainer = match &a.resume {
+        Some(path) => {
+            let t = Trainer::resume(backend, plan.clone(), path)?;
+            println!(
+                "resumed {} at epoch {}, step {}, learning rate {}",
+                path.display(),
+                t.state().epoch,
+                t.state().step,
+                t.state().lr
+            );
+            t
+        }
+        None => {
+            let init = match a.init {
+                Init::He => weights::kaiming_init(&plan, a.seed),
+                Init::Paper => weights::paper_init(&plan, a.seed),
+            };
+            let model = Model::from_tensors(backend, plan.clone(), init)?;
+            let config = TrainConfig {
+                sgd: Sgd {
+                    lr: a.lr,
+                    momentum: a.momentum,
+                    weight_decay: a.weight_decay,
+                },
+                schedule: a.schedule.parse()?,
+                seed: a.seed,
+            };
+            Trainer::new(model, config)?
+        }
+    };
+    if a.batch == 0 || a.images < a.batch as u64 {
+        return Err(format!(
+            "--batch {} must be at least 1 and at most --images {}",
+            a.batch, a.images
+        )
+        .into());
+    }
+    let classes = a.classes.min(trainer.classes());
+    // The data's seed is the run's, so a resumed run sees the same images.
+    let seed = trainer.config().seed;
+    let data = Synthetic::new(classes, s.c, s.h, s.w, seed)?;
+    let dir = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(a.net.name()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let state_path = dir.join("state.safetensors");
+    let steps_per_epoch = a.images / a.batch as u64;
+    println!(
+        "training {} on {} generated images of {classes} classes ({}), batch {}, {steps_per_epoch} steps per epoch; checkpoints in {}",
+        plan.name,
+        a.images,
+        data.class_names().join(", "),
+        a.batch,
+        dir.display()
+    );
+    while trainer.state().epoch < a.epochs {
+        let epoch = trainer.state().epoch;
+        let order = epoch_order(seed, epoch, a.images);
+        let t0 = Instant::now();
+        let mut window = None::<BatchStats>;
+        let mut since = Instant::now();
+        // A resumed run restarts its epoch where the saved step left it.
+        let first = trainer.state().step - epoch * steps_per_epoch;
+        for i in first..steps_per_epoch {
+            let idx = &order[(i * a.batch as u64) as usize..((i + 1) * a.batch as u64) as usize];
+            let (x, y) = data.batch(idx);
+            let st = trainer.step(&x, &y)?;
+            if !st.loss.is_finite() {
+                return Err(format!(
+                    "the loss diverged at step {} (learning rate {}); try a smaller --lr",
+                    trainer.state().step,
+                    trainer.state().lr
+                )
+                .into());
+            }
+            match window.as_mut() {
+                Some(w) => w.merge(&st),
+                None => window = Some(st),
+            }
+            let step = trainer.state().step;
+            if step % a.log_every == 0 {
+                if let Some(w) = window.take() {
+                    println!(
+                        "epoch {} step {step:>6}: loss {:.4}, top-1 error {:5.1}%, {:7.1} images/s",
+                        epoch + 1,
+                        w.loss,
+                        100.0 * w.top1_error(),
+                        w.images as f64 / since.elapsed().as_secs_f64()
+                    );
+                }
+                since = Instant::now();
+            }
+        }
+        let mut val = None::<BatchStats>;
+        let held: Vec<u64> = (a.images..a.images + a.val_images).collect();
+        for chunk in held.chunks(a.batch.max(1)) {
+            let (x, y) = data.batch(chunk);
+            let st = trainer.evaluate(&x, &y)?;
+            match val.as_mut() {
+                Some(v) => v.merge(&st),
+                None => val = Some(st),
+            }
+        }
+        let val = val.ok_or("no validation images (--val-images 0)")?;
+        let changed = trainer.end_epoch(Some(val.top1_error()));
+        trainer.save(&state_path)?;
+        println!(
+            "epoch {} done in {:.1} s: validation loss {:.4}, top-1 error {:.1}%, top-5 error {:.1}%{}; saved {}",
+            epoch + 1,
+            t0.elapsed().as_secs_f64(),
+            val.loss,
+            100.0 * val.top1_error(),
+            100.0 * val.top5_error(),
+            changed
+                .map(|lr| format!("; learning rate now {lr}"))
+                .unwrap_or_default(),
+            state_path.display()
+        );
+    }
     Ok(())
 }

@@ -18,16 +18,38 @@ __device__ __forceinline__ void gemm_tile(LoadA load_a, LoadB load_b, int k_begi
     __shared__ float Bs[TK][TN];
     const int tid = threadIdx.x;
     const int tm = tid % (TM / RM), tn = tid / (TM / RM);
-    for (int k0 = k_begin; k0 < k_end; k0 += TK) {
-        for (int i = tid; i < TK * TM; i += THREADS) {
+    // Software pipelining: the next K step's operands are fetched from global memory into
+    // registers while the current step computes from shared memory.
+    constexpr int A_PER = (TK * TM + THREADS - 1) / THREADS, B_PER = (TK * TN + THREADS - 1) / THREADS;
+    float ra[A_PER], rb[B_PER];
+    auto fetch = [&](int k0) {
+#pragma unroll
+        for (int r = 0; r < A_PER; ++r) {
+            const int i = tid + r * THREADS;
             const int kk = A_K_FAST ? i % TK : i / TM, mm = A_K_FAST ? i / TK : i % TM;
-            As[kk][mm] = k0 + kk < k_end ? load_a(k0 + kk, mm) : 0.f;
+            ra[r] = (i < TK * TM && k0 + kk < k_end) ? load_a(k0 + kk, mm) : 0.f;
         }
-        for (int i = tid; i < TK * TN; i += THREADS) {
+#pragma unroll
+        for (int r = 0; r < B_PER; ++r) {
+            const int i = tid + r * THREADS;
             const int kk = B_K_FAST ? i % TK : i / TN, nn = B_K_FAST ? i / TK : i % TN;
-            Bs[kk][nn] = k0 + kk < k_end ? load_b(k0 + kk, nn) : 0.f;
+            rb[r] = (i < TK * TN && k0 + kk < k_end) ? load_b(k0 + kk, nn) : 0.f;
+        }
+    };
+    if (k_begin < k_end) fetch(k_begin);
+    for (int k0 = k_begin; k0 < k_end; k0 += TK) {
+#pragma unroll
+        for (int r = 0; r < A_PER; ++r) {
+            const int i = tid + r * THREADS;
+            if (i < TK * TM) As[A_K_FAST ? i % TK : i / TM][A_K_FAST ? i / TK : i % TM] = ra[r];
+        }
+#pragma unroll
+        for (int r = 0; r < B_PER; ++r) {
+            const int i = tid + r * THREADS;
+            if (i < TK * TN) Bs[B_K_FAST ? i % TK : i / TN][B_K_FAST ? i / TK : i % TN] = rb[r];
         }
         __syncthreads();
+        if (k0 + TK < k_end) fetch(k0 + TK);
 #pragma unroll
         for (int kk = 0; kk < TK; ++kk) {
             float a[RM], b[RN];

@@ -115,3 +115,50 @@ fn user_errors_are_one_line_not_a_panic() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn train_checkpoints_and_resumes() {
+    let dir = tmp().join("train");
+    let run = |extra: &[&str]| {
+        let out = Command::new(example())
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--images",
+                "256",
+                "--val-images",
+                "64",
+            ])
+            .args(["--log-every", "4", "--checkpoint"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{text}\n{err}");
+        text
+    };
+    let text = run(&["--epochs", "1"]);
+    assert!(text.contains("epoch 1 step      4: loss"), "{text}");
+    assert!(text.contains("images/s"), "{text}");
+    assert!(text.contains("epoch 1 done"), "{text}");
+    let state = dir.join("state.safetensors");
+    assert!(state.exists());
+    let text = run(&["--epochs", "2", "--resume", state.to_str().unwrap()]);
+    assert!(text.contains("resumed"), "{text}");
+    assert!(text.contains("at epoch 1, step 8"), "{text}");
+    assert!(text.contains("epoch 2 done"), "{text}");
+    assert!(!text.contains("epoch 1 done"), "{text}");
+
+    // A user error is one line, not a panic.
+    let out = Command::new(example())
+        .args(["train", "--device", "cpu", "--lr=-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

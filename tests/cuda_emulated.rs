@@ -227,6 +227,7 @@ fn generated_kernels_match_the_cpu_under_emulation() {
             &[2],
         ),
         ("T<8, 7, 7> { conv(96, 5, pad = 2, groups = 2) relu }", &[1]),
+        ("T<3, 9, 9> { conv(128, 3, pad = 1) relu }", &[2]),
         ("T<3, 13, 13> { maxpool(3, stride = 2) }", &[2]),
         ("T<3, 11, 10> { avgpool(3, stride = 2) }", &[1]),
         (
@@ -540,6 +541,7 @@ fn backward_kernels_match_the_cpu_under_emulation() {
         ("lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
         ("avgpool(1) relu", 2, (5, 3, 3), &[2]),
         ("split lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
+        ("split lrn(3, alpha = 0.5)", 1, (8, 12, 12), &[1]),
         ("split lrn(5)", 1, (12, 2, 3), &[2]),
     ] {
         for &b in batches {

@@ -206,6 +206,7 @@ fn local_response_normalisation() {
         "T<12, 2, 3> split 2 { lrn(5, alpha = 0.3, beta = 0.6, k = 1.0) }",
         1,
     );
+    check("T<8, 12, 12> split 2 { lrn(3, alpha = 0.5) }", 1);
 }
 
 #[test]

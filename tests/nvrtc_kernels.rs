@@ -104,7 +104,7 @@ fn every_training_kernel_compiles_without_spills() {
         ),
         ("SmallNet", SmallNet::plan(), SmallNet::CUDA_TRAINING_SOURCE),
     ] {
-        let training = alexnet_codegen::cuda_train::render(&plan);
+        let training = alexnet_codegen::cuda_train::render(plan);
         assert_eq!(
             training.source, source,
             "{net}: the macro and the runtime disagree"

@@ -2,10 +2,11 @@
 //! `kernels_templates/` with every shape and tile size a constant, and the launch geometry
 //! of each kernel.
 //!
-//! Tile heuristic (fixed for now; autotuning comes later): convolutions use 64-pixel x
-//! 64-channel tiles (32 channels when a group has fewer than 64 outputs), 4x4 per thread,
-//! K in steps of 16; fully connected layers, whose M is the (small) batch, use 32x64 tiles
-//! with 2x4 per thread. Element-wise kernels use 256-thread blocks.
+//! Tile heuristic (fixed for now; autotuning comes later): convolutions use 128-pixel
+//! tiles by 128, 96 or 64 output channels (whichever wastes least; narrower groups round
+//! up to 16), 8 x 8 outputs per thread (8 x 4 for the narrow ones), K in steps of 8;
+//! fully connected layers, whose M is the (small) batch, use 32 x 64 tiles with 2 x 4 per
+//! thread. Element-wise kernels use 256-thread blocks.
 
 use std::fmt::Write;
 
@@ -32,6 +33,38 @@ pub struct CudaPlan {
     /// Each kernel's own source (a self-contained translation unit), in the order of
     /// `kernels`, so that a runtime can compile them in parallel.
     pub kernel_sources: Vec<String>,
+}
+
+/// A GEMM tile: (TM, RM, TN, RN, TK), a block computing TM x TN outputs, each thread RM x
+/// RN of them, K in steps of TK.
+pub type Tile = (usize, usize, usize, usize, usize);
+
+/// Fully connected layers, whose M (the batch) is small: 32 x 64, 2 x 4 per thread.
+pub(crate) const FC_TILE: Tile = (32, 2, 64, 4, 16);
+
+/// The tile edge for `n` columns: 128 when that wastes under a tenth of the work, else the
+/// one of 128, 96 and 64 that wastes least (the larger on a tie), or `n` rounded up to 16
+/// below 64; with the columns per thread (8, or 4 for edges of 64 and below).
+pub(crate) fn tile_edge(n: usize) -> (usize, usize) {
+    if n < 64 {
+        return (n.next_multiple_of(16), 4);
+    }
+    let waste = |t: usize| n.div_ceil(t) * t - n;
+    if waste(128) * 10 < n {
+        return (128, 8);
+    }
+    let t = [128, 96, 64]
+        .into_iter()
+        .min_by_key(|&t| (waste(t), usize::MAX - t))
+        .unwrap_or(128);
+    (t, if t == 64 { 4 } else { 8 })
+}
+
+/// A convolution GEMM with many rows (output pixels of the batch) and `n` columns:
+/// 128-row tiles, 8 x 8 outputs per thread where the columns allow, K in steps of 8.
+pub(crate) fn conv_tile(n: usize) -> Tile {
+    let (tn, rn) = tile_edge(n);
+    (128, 8, tn, rn, 8)
 }
 
 /// Replaces every `{{KEY}}` of `template`; panics (a bug in this module, caught by its
@@ -117,13 +150,7 @@ pub fn render(plan: &Plan) -> CudaPlan {
                     _ => (i, false),
                 };
                 let (cg, og) = (inp.c / groups, o.c / groups);
-                let (tm, rm, tn, rn, tk) = if fc {
-                    (32, 2, 64, 4, 16)
-                } else if og >= 64 {
-                    (64, 4, 64, 4, 16)
-                } else {
-                    (64, 4, 32, 4, 16)
-                };
+                let (tm, rm, tn, rn, tk) = if fc { FC_TILE } else { conv_tile(og) };
                 let threads = (tm / rm) * (tn / rn);
                 let name = if fc {
                     format!("{lname}_fwd_i{}_o{}_t{tm}x{tn}", inp.c, og)
@@ -277,8 +304,8 @@ mod tests {
         .unwrap();
         let cuda = render(&plan);
         let names: Vec<&str> = cuda.kernels.iter().map(|k| k.name.as_ref()).collect();
-        assert_eq!(names[0], "conv1_fwd_c3_k96_r11_t64x64");
-        assert_eq!(names[3], "conv2_fwd_c48_k128_r5_t64x64");
+        assert_eq!(names[0], "conv1_fwd_c3_k96_r11_t128x96");
+        assert_eq!(names[3], "conv2_fwd_c48_k128_r5_t128x128");
         assert!(names.contains(&"fc6_fwd_i9216_o4096_t32x64"), "{names:?}");
         assert!(names.contains(&"lrn1_fwd_c96_n5_g2"), "{names:?}");
         assert!(names.contains(&"softmax_fwd_c1000"), "{names:?}");
@@ -292,9 +319,13 @@ mod tests {
             );
         }
         assert!(!cuda.source.contains("{{"));
-        // conv1 at batch 128: 128 * 55 * 55 pixels in tiles of 64, 96 channels in tiles of 64.
-        assert_eq!(cuda.kernels[0].grid(128), [6050, 2, 1]);
-        assert_eq!(cuda.kernels[3].grid(1), [12, 2, 2]);
+        // conv1 at batch 128: 128 * 55 * 55 pixels in tiles of 128, 96 channels in one.
+        assert_eq!(cuda.kernels[0].grid(128), [3025, 1, 1]);
+        assert_eq!(cuda.kernels[3].grid(1), [6, 1, 2]);
+        assert_eq!(
+            (tile_edge(48), tile_edge(192), tile_edge(364)),
+            ((48, 4), (96, 8), (128, 8))
+        );
     }
 
     #[test]

@@ -11,20 +11,21 @@
 //!   their ordered sum ([`Role::WeightReduce`]); then the input gradient
 //!   ([`Role::DataGrad`]), generated only when a learned layer comes earlier (conv1 has
 //!   none).
-//! - relu, pooling, LRN, a softmax that is not last: [`Role::Backward`].
+//! - relu, pooling, LRN: [`Role::Backward`].
 //! - dropout: [`Role::Dropout`], the same kernel forward and backward.
 //! - the last layer: [`Role::Loss`] (a final softmax is folded into it), and once per
 //!   network [`Role::Sgd`].
 //!
 //! Tile heuristic: the data gradient tiles like the forward (input pixels x input
-//! channels); the weight gradient uses 64 x 64 tiles of (output channels x filter
-//! weights + bias) and picks the chunk length so that batch 128 gives about 528 blocks
-//! (four per SM of an H100/H200).
+//! channels); the weight gradient tiles (output channels x filter weights + bias) with
+//! the same edges (128, 96 or 64, 8 x 8 per thread) and picks the chunk length so that
+//! batch 128 gives about 528 blocks (four per SM of an H100/H200).
 
 use std::fmt::Write;
 
 use crate::cuda::{
-    c_float, c_ident, ew_launch, render_template, shape_values, EW_THREADS, GEMM_CORE,
+    c_float, c_ident, conv_tile, ew_launch, render_template, shape_values, tile_edge, Tile,
+    EW_THREADS, FC_TILE, GEMM_CORE,
 };
 use crate::ir::{KernelLaunch, Op, Plan, Shape};
 
@@ -33,7 +34,6 @@ const BWD_WEIGHT: &str = include_str!("../../kernels_templates/gemm_bwd_weight.c
 const RELU_BWD: &str = include_str!("../../kernels_templates/relu_bwd.cu");
 const POOL_BWD: &str = include_str!("../../kernels_templates/pool_bwd.cu");
 const LRN_BWD: &str = include_str!("../../kernels_templates/lrn_bwd.cu");
-const SOFTMAX_BWD: &str = include_str!("../../kernels_templates/softmax_bwd.cu");
 const DROPOUT: &str = include_str!("../../kernels_templates/dropout.cu");
 const LOSS: &str = include_str!("../../kernels_templates/loss.cu");
 const SGD: &str = include_str!("../../kernels_templates/sgd.cu");
@@ -111,14 +111,13 @@ pub fn render(plan: &Plan) -> CudaTraining {
     let first_learned = plan.layers.iter().position(|l| l.op.is_learned());
     let stages = plan.stages();
     let net = c_ident(&plan.name);
-    for (si, stage) in stages.iter().enumerate() {
+    for stage in &stages {
         let layer = &plan.layers[stage.layer];
         // Nothing before the first learned layer needs a gradient.
         if first_learned.is_none_or(|f| stage.layer < f) {
             continue;
         }
         let needs_dx = first_learned.is_some_and(|f| stage.layer > f);
-        let last = si + 1 == stages.len();
         let lname = c_ident(&layer.name);
         let (i, o) = (layer.input, layer.output);
         let desc = crate::ir::describe(&layer.op);
@@ -227,22 +226,8 @@ pub fn render(plan: &Plan) -> CudaTraining {
                     0,
                 );
             }
-            // A final softmax is folded into the loss.
-            Op::Softmax if needs_dx && !last => {
-                let name = format!("{lname}_bwd_c{}", i.c);
-                let mut v = common(&name);
-                v.extend([
-                    ("C", i.c.to_string()),
-                    ("HW", (i.h * i.w).to_string()),
-                    ("THREADS", EW_THREADS.to_string()),
-                ]);
-                push(
-                    Role::Backward,
-                    ew_launch(stage.layer, &name, (i.h * i.w * 32) as u64),
-                    render_template(SOFTMAX_BWD, &v),
-                    0,
-                );
-            }
+            // Softmax is always the last layer (the checker enforces it): the loss
+            // kernel folds it in.
             Op::Dropout { p } => {
                 let name = format!("{lname}_dropout_n{}", i.len());
                 let mut v = common(&name);
@@ -420,13 +405,7 @@ impl Gemm {
     /// Input gradient: rows are input pixels, columns the group's input channels.
     fn data_grad(&self, layer: usize, lname: &str, common: &Common<'_>) -> (KernelLaunch, String) {
         let cg = self.input.c / self.groups;
-        let tile: Tile = if self.is_fc() {
-            (32, 2, 64, 4, 16)
-        } else if cg >= 64 {
-            (64, 4, 64, 4, 16)
-        } else {
-            (64, 4, 32, 4, 16)
-        };
+        let tile: Tile = if self.is_fc() { FC_TILE } else { conv_tile(cg) };
         let name = format!(
             "{lname}_bwd_data_c{cg}_k{}_r{}_t{}x{}",
             self.output.c / self.groups,
@@ -454,7 +433,12 @@ impl Gemm {
         )
     }
 
-    const WGRAD_TILE: Tile = (64, 4, 64, 4, 16);
+    /// Rows are the group's output channels, columns its filter weights and the bias.
+    fn wgrad_tile(&self) -> Tile {
+        let (tm, rm) = tile_edge(self.output.c / self.groups);
+        let (tn, rn) = tile_edge(self.kcol() + 1);
+        (tm, rm, tn, rn, 8)
+    }
 
     fn kcol(&self) -> usize {
         self.input.c / self.groups * self.k * self.k
@@ -463,14 +447,18 @@ impl Gemm {
     fn weight_names(&self, lname: &str) -> (String, String) {
         let (og, kcol) = (self.output.c / self.groups, self.kcol());
         (
-            format!("{lname}_bwd_weight_o{og}_k{kcol}_t64x64"),
+            format!(
+                "{lname}_bwd_weight_o{og}_k{kcol}_t{}x{}",
+                self.wgrad_tile().0,
+                self.wgrad_tile().2
+            ),
             format!("{lname}_bwd_weight_reduce_n{}", self.output.c * (kcol + 1)),
         )
     }
 
     /// Rows of the batch's sum each block of the weight gradient takes.
     fn chunk(&self) -> usize {
-        let (tm, _, tn, _, tk) = Self::WGRAD_TILE;
+        let (tm, _, tn, _, tk) = self.wgrad_tile();
         let og = self.output.c / self.groups;
         let tiles = og.div_ceil(tm) * (self.kcol() + 1).div_ceil(tn) * self.groups;
         let chunks = WGRAD_TARGET_BLOCKS.div_ceil(tiles).max(1);
@@ -501,10 +489,10 @@ impl Gemm {
         lname: &str,
         common: &Common<'_>,
     ) -> (KernelLaunch, String, usize) {
-        let (tm, _, tn, _, _) = Self::WGRAD_TILE;
+        let (tm, _, tn, _, _) = self.wgrad_tile();
         let og = self.output.c / self.groups;
         let mut v = self.weight_values(lname, common);
-        let threads = Self::tiles(&mut v, Self::WGRAD_TILE);
+        let threads = Self::tiles(&mut v, self.wgrad_tile());
         let (name, _) = self.weight_names(lname);
         let launch = KernelLaunch {
             layer,
@@ -531,7 +519,7 @@ impl Gemm {
         common: &Common<'_>,
     ) -> (KernelLaunch, String) {
         let mut v = self.weight_values(lname, common);
-        Self::tiles(&mut v, Self::WGRAD_TILE);
+        Self::tiles(&mut v, self.wgrad_tile());
         let (_, reduce) = self.weight_names(lname);
         let e = self.output.c * (self.kcol() + 1);
         let launch = fixed_launch(
@@ -546,9 +534,6 @@ impl Gemm {
         )
     }
 }
-
-/// (TM, RM, TN, RN, TK).
-type Tile = (usize, usize, usize, usize, usize);
 
 #[cfg(test)]
 mod tests {
@@ -587,11 +572,12 @@ mod tests {
                 count: 16
             }
         ));
-        // conv1's weight gradient at batch 128: 12 tiles, about 44 chunks.
+        // conv1's weight gradient at batch 128: 96 x 364 in 3 tiles of 96 x 128, split
+        // into about 528 / 3 chunks.
         let w = t.find(0, Role::WeightGrad).unwrap();
         let [gx, gy, gz] = w.launch.grid(128);
-        assert_eq!((gy, gz), (12, 1));
-        assert!((40..=48).contains(&gx), "{gx}");
+        assert_eq!((gy, gz), (3, 1));
+        assert!((170..=180).contains(&gx), "{gx}");
         assert_eq!(w.workspace_per_chunk, 96 * 364);
         assert!(!t.source.contains("{{"));
         for k in &t.kernels {

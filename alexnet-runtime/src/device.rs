@@ -13,7 +13,7 @@ use crate::philox::DropoutMask;
 #[derive(Debug)]
 pub enum Device {
     Cpu(Cpu),
-    Cuda(Cuda),
+    Cuda(Box<Cuda>),
 }
 
 /// Memory on a [`Device`].
@@ -29,14 +29,14 @@ impl Device {
 
     /// GPU `ordinal`; a clear error where there is none.
     pub fn cuda(ordinal: usize) -> Result<Self> {
-        Cuda::new(ordinal).map(Device::Cuda)
+        Cuda::new(ordinal).map(|c| Device::Cuda(Box::new(c)))
     }
 
     /// The first GPU, or the CPU with a one-line notice on standard error.
     pub fn auto() -> Self {
         match Cuda::unavailable_reason() {
             None => match Cuda::new(0) {
-                Ok(c) => return Device::Cuda(c),
+                Ok(c) => return Device::Cuda(Box::new(c)),
                 Err(e) => eprintln!("alexnet: {e}; running on the CPU"),
             },
             Some(why) => eprintln!("alexnet: {why}; running on the CPU"),
@@ -72,6 +72,7 @@ macro_rules! on_device {
             }
             Device::Cuda($d) => {
                 let ($r, $m) = (cuda_ref, cuda_mut);
+                let $d: &Cuda = $d;
                 $body
             }
         }

@@ -9,6 +9,9 @@ use crate::ir::{Op, ParamSpec, Plan};
 use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor};
 
+/// A layer's learned tensors on a backend (weight and bias; none for most layers).
+pub(crate) type LayerParams<B> = Vec<(ParamSpec, <B as Backend>::Buffer)>;
+
 /// A callback that sees each stage's output: `(layer name, values)`.
 type Inspect<'a> = &'a mut dyn FnMut(&str, &[f32]);
 
@@ -18,7 +21,7 @@ pub struct Model<B: Backend> {
     backend: B,
     plan: Plan,
     /// Per layer of the plan, its learned tensors (weight, bias; none for most layers).
-    params: Vec<Vec<(ParamSpec, B::Buffer)>>,
+    params: Vec<LayerParams<B>>,
     /// Fill activation buffers with NaN before each pass, so that an element a kernel
     /// fails to write shows up in the output (for tests).
     poison: bool,
@@ -118,7 +121,7 @@ impl<B: Backend> Model<B> {
 
     /// The backend, the plan and the parameters (per layer of the plan: weight and bias
     /// for learned layers), borrowed apart so that training can update them in place.
-    pub(crate) fn parts_mut(&mut self) -> (&B, &Plan, &mut [Vec<(ParamSpec, B::Buffer)>]) {
+    pub(crate) fn parts_mut(&mut self) -> (&B, &Plan, &mut [LayerParams<B>]) {
         (&self.backend, &self.plan, &mut self.params)
     }
 

@@ -590,7 +590,7 @@ impl<B: Backend> Trainer<B> {
         match self.config.schedule {
             Schedule::Constant => {}
             Schedule::Step { every, factor } => {
-                if self.state.epoch % every == 0 {
+                if self.state.epoch.is_multiple_of(every) {
                     self.state.lr *= factor;
                 }
             }

@@ -35,13 +35,15 @@ pub struct Cuda {
     /// Compiled networks, by name; a name may hold several plans (networks built at run time).
     nets: Mutex<HashMap<String, Vec<LoadedPlan>>>,
     /// Their training kernels, compiled on first use.
-    pub(super) training: Mutex<HashMap<String, Vec<(Plan, Arc<LoadedTraining>)>>>,
+    pub(super) training: Mutex<HashMap<String, Vec<TrainingPlan>>>,
     /// Scratch memory of the weight gradients' chunked sums.
     pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
 }
 
 /// A plan and its kernels.
 type LoadedPlan = (Plan, Arc<Loaded>);
+/// A plan and its training kernels.
+pub(super) type TrainingPlan = (Plan, Arc<LoadedTraining>);
 
 /// A network's kernels, loaded in this context.
 struct Loaded {

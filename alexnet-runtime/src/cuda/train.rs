@@ -233,18 +233,23 @@ impl Cuda {
                         .map_err(driver_err(format!("launching {}", k.launch.name)))?;
                 }
             }
-            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Lrn { .. } | Op::Softmax => {
+            Op::Softmax => {
+                return Err(Error::Backend(format!(
+                    "cuda: {} is the final softmax; the loss kernel computes its gradient",
+                    layer.name
+                )))
+            }
+            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Lrn { .. } => {
                 let dx = dx.ok_or_else(no_dx)?;
                 let k = Self::kernel(&loaded, plan, id, Role::Backward)?;
                 let mut a = self.stream.launch_builder(&k.function);
-                // relu and softmax read the output; pooling and LRN the input.
+                // relu reads the output; pooling and LRN the input.
                 match layer.op {
-                    Op::Relu | Op::Softmax => a.arg(y),
+                    Op::Relu => a.arg(y),
                     _ => a.arg(x),
                 };
                 a.arg(&*dy).arg(dx).arg(&b);
-                // SAFETY: relu_bwd.cu (y, dy, dx, batch), softmax_bwd.cu (y, dy, dx,
-                // batch), pool_bwd.cu and lrn_bwd.cu (x, dy, dx, batch); every buffer
+                // SAFETY: relu_bwd.cu (y, dy, dx, batch), pool_bwd.cu and lrn_bwd.cu (x, dy, dx, batch); every buffer
                 // holds the batch (checked above).
                 unsafe { a.launch(cfg(k, batch)) }
                     .map_err(driver_err(format!("launching {}", k.launch.name)))?;

@@ -106,42 +106,47 @@ struct TrainArgs {
     /// Epochs to train (in all, counting those of a resumed run).
     #[arg(long, default_value_t = 8)]
     epochs: u64,
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    /// Initial learning rate.
-    #[arg(long, default_value_t = 0.02)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    #[arg(long, default_value_t = 0.0005)]
-    weight_decay: f32,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Initial learning rate [default: 0.02]. The options from here to --seed start a run;
+    /// a resumed run keeps its own.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// [default: 0.0005]
+    #[arg(long)]
+    weight_decay: Option<f32>,
     /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
-    /// validation error stops improving) or step:EPOCHS[:FACTOR].
-    #[arg(long, default_value = "plateau:0.1:1")]
-    schedule: String,
-    /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the paper).
-    #[arg(long, value_enum, default_value_t = Init::He)]
-    init: Init,
+    /// validation error stops improving) or step:EPOCHS[:FACTOR] [default: plateau:0.1:1].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the
+    /// paper) [default: he].
+    #[arg(long, value_enum)]
+    init: Option<Init>,
+    /// Seeds the initialisation, the data, the data order and dropout [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Generated training images per epoch, and held-out validation images.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     images: u64,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     val_images: u64,
     /// Classes of the generated set (at most 12, and at most the network's outputs).
     #[arg(long, default_value_t = 10)]
     classes: usize,
-    /// Seeds the initialisation, the data, the data order and dropout.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Folder for `state.safetensors` (the whole training state, written atomically after
     /// every epoch); default runs/<net>.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Continue the run saved in this training state.
+    /// Continue the run saved in this training state (with the same --images, --batch,
+    /// --classes and --val-images).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Print a line every this many steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     log_every: u64,
 }
 
@@ -448,9 +453,36 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
     let s = plan.input;
     let backend = Device::parse(&a.device)?;
     println!("device: {}", backend.name());
+    let data_note = format!(
+        "images={} batch={} classes={} val_images={}",
+        a.images, a.batch, a.classes, a.val_images
+    );
     let mut trainer = match &a.resume {
         Some(path) => {
+            let given = [
+                ("--lr", a.lr.is_some()),
+                ("--momentum", a.momentum.is_some()),
+                ("--weight-decay", a.weight_decay.is_some()),
+                ("--schedule", a.schedule.is_some()),
+                ("--init", a.init.is_some()),
+                ("--seed", a.seed.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                return Err(format!(
+                    "{flag} cannot change a resumed run (the state file keeps its own); drop it, or start a new run without --resume"
+                )
+                .into());
+            }
             let t = Trainer::resume(backend, plan.clone(), path)?;
+            if let Some(saved) = t.note("data") {
+                if saved != data_note {
+                    return Err(format!(
+                        "{} was trained with {saved}; resume it with the same settings (given: {data_note})",
+                        path.display()
+                    )
+                    .into());
+                }
+            }
             println!(
                 "resumed {} at epoch {}, step {}, learning rate {}",
                 path.display(),
@@ -461,29 +493,28 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
             t
         }
         None => {
-            let init = match a.init {
-                Init::He => weights::kaiming_init(&plan, a.seed),
-                Init::Paper => weights::paper_init(&plan, a.seed),
+            let seed = a.seed.unwrap_or(0);
+            let init = match a.init.unwrap_or(Init::He) {
+                Init::He => weights::kaiming_init(&plan, seed),
+                Init::Paper => weights::paper_init(&plan, seed),
             };
             let model = Model::from_tensors(backend, plan.clone(), init)?;
             let config = TrainConfig {
                 sgd: Sgd {
-                    lr: a.lr,
-                    momentum: a.momentum,
-                    weight_decay: a.weight_decay,
+                    lr: a.lr.unwrap_or(0.02),
+                    momentum: a.momentum.unwrap_or(0.9),
+                    weight_decay: a.weight_decay.unwrap_or(0.0005),
                 },
-                schedule: a.schedule.parse()?,
-                seed: a.seed,
+                schedule: a.schedule.as_deref().unwrap_or("plateau:0.1:1").parse()?,
+                seed,
             };
-            Trainer::new(model, config)?
+            let mut t = Trainer::new(model, config)?;
+            t.set_note("data", &data_note);
+            t
         }
     };
-    if a.batch == 0 || a.images < a.batch as u64 {
-        return Err(format!(
-            "--batch {} must be at least 1 and at most --images {}",
-            a.batch, a.images
-        )
-        .into());
+    if a.images < a.batch {
+        return Err(format!("--batch {} must be at most --images {}", a.batch, a.images).into());
     }
     let classes = a.classes.min(trainer.classes());
     // The data's seed is the run's, so a resumed run sees the same images.
@@ -495,7 +526,8 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
         .unwrap_or_else(|| PathBuf::from("runs").join(a.net.name()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let state_path = dir.join("state.safetensors");
-    let steps_per_epoch = a.images / a.batch as u64;
+    let batch = a.batch as usize;
+    let steps_per_epoch = a.images / a.batch;
     println!(
         "training {} on {} generated images of {classes} classes ({}), batch {}, {steps_per_epoch} steps per epoch; checkpoints in {}",
         plan.name,
@@ -510,10 +542,16 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
         let t0 = Instant::now();
         let mut window = None::<BatchStats>;
         let mut since = Instant::now();
-        // A resumed run restarts its epoch where the saved step left it.
-        let first = trainer.state().step - epoch * steps_per_epoch;
-        for i in first..steps_per_epoch {
-            let idx = &order[(i * a.batch as u64) as usize..((i + 1) * a.batch as u64) as usize];
+        // The state is saved at the end of an epoch, so a resumed run starts the next one.
+        if epoch.checked_mul(steps_per_epoch) != Some(trainer.state().step) {
+            return Err(format!(
+                "the state is at step {} of epoch {epoch}, not at an epoch's start with {steps_per_epoch} steps per epoch",
+                trainer.state().step
+            )
+            .into());
+        }
+        for i in 0..steps_per_epoch as usize {
+            let idx = &order[i * batch..(i + 1) * batch];
             let (x, y) = data.batch(idx);
             let st = trainer.step(&x, &y)?;
             if !st.loss.is_finite() {
@@ -544,7 +582,7 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
         }
         let mut val = None::<BatchStats>;
         let held: Vec<u64> = (a.images..a.images + a.val_images).collect();
-        for chunk in held.chunks(a.batch.max(1)) {
+        for chunk in held.chunks(batch) {
             let (x, y) = data.batch(chunk);
             let st = trainer.evaluate(&x, &y)?;
             match val.as_mut() {

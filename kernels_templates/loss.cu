@@ -16,8 +16,10 @@ extern "C" __global__ void __launch_bounds__({{THREADS}})
     for (int n = warp; n < batch; n += WARPS) {
         const float* z = logits + (size_t)n * C;
         float* d = dlogits + (size_t)n * C;
-        const int label = (int)labels[n];
-        const float zl = z[label];
+        const float lf = labels[n];
+        const int label = lf >= 0.f && lf < (float)C ? (int)lf : -1;
+        // A label that is not a class index (the caller validates them) gives a NaN loss.
+        const float zl = label >= 0 ? z[label] : __int_as_float(0x7fc00000);
         float m = __int_as_float(0xff800000);  // -inf
         int beaten = 0;
         for (int c = lane; c < C; c += 32) {

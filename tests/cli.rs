@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use alexnet::nets::SmallNet;
-use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
+use alexnet::runtime::weights::{parse_metadata, read_safetensors, write_safetensors, NamedTensor};
 use alexnet::runtime::{Batch, Cpu};
 
 fn example() -> PathBuf {
@@ -117,9 +117,9 @@ fn user_errors_are_one_line_not_a_panic() {
 }
 
 #[test]
-fn train_checkpoints_and_resumes() {
-    let dir = tmp().join("train");
-    let run = |extra: &[&str]| {
+fn train_checkpoints_and_resumes_exactly() {
+    let root = tmp();
+    let run = |dir: &str, extra: &[&str]| {
         let out = Command::new(example())
             .args([
                 "train",
@@ -131,34 +131,49 @@ fn train_checkpoints_and_resumes() {
                 "64",
             ])
             .args(["--log-every", "4", "--checkpoint"])
-            .arg(&dir)
+            .arg(root.join(dir))
             .args(extra)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{text}\n{err}");
-        text
+        (out.status.success(), text, err)
     };
-    let text = run(&["--epochs", "1"]);
+    let (ok, text, err) = run("a", &["--epochs", "1"]);
+    assert!(ok, "{text}\n{err}");
     assert!(text.contains("epoch 1 step      4: loss"), "{text}");
     assert!(text.contains("images/s"), "{text}");
     assert!(text.contains("epoch 1 done"), "{text}");
-    let state = dir.join("state.safetensors");
+    let state = root.join("a").join("state.safetensors");
     assert!(state.exists());
-    let text = run(&["--epochs", "2", "--resume", state.to_str().unwrap()]);
-    assert!(text.contains("resumed"), "{text}");
+    let (ok, text, err) = run("a", &["--epochs", "2", "--resume", state.to_str().unwrap()]);
+    assert!(ok, "{text}\n{err}");
     assert!(text.contains("at epoch 1, step 8"), "{text}");
+    assert!(text.contains("epoch 2 step     12: loss"), "{text}");
     assert!(text.contains("epoch 2 done"), "{text}");
-    assert!(!text.contains("epoch 1 done"), "{text}");
+    // The resumed run's state is, bit for bit, that of a run never stopped: every tensor
+    // (weights and momentum) and every metadata entry.
+    let (ok, _, err) = run("b", &["--epochs", "2"]);
+    assert!(ok, "{err}");
+    let straight = root.join("b").join("state.safetensors");
+    assert!(
+        read_safetensors(&state).unwrap() == read_safetensors(&straight).unwrap(),
+        "resumed tensors differ"
+    );
+    let meta = |p: &PathBuf| parse_metadata(&std::fs::read(p).unwrap()).unwrap();
+    assert_eq!(meta(&state), meta(&straight));
 
-    // A user error is one line, not a panic.
-    let out = Command::new(example())
-        .args(["train", "--device", "cpu", "--lr=-1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: "), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Other data settings, or a hyper-parameter, are refused on resume: one line each.
+    for extra in [&["--batch", "16"][..], &["--lr", "0.5"]] {
+        let mut args = vec!["--epochs", "3", "--resume", state.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = run("a", &args);
+        assert!(!ok && err.starts_with("error: "), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let (ok, _, err) = run("c", &["--lr=-1"]);
+    assert!(
+        !ok && err.starts_with("error: ") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 }

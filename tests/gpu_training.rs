@@ -133,6 +133,7 @@ fn every_layer_kind_trains_as_on_the_cpu() {
     for (i, src) in [
         "T<3, 15, 15> { conv(8, 3, stride = 2, pad = 1) relu conv(12, 3, pad = 1, groups = 2) lrn(5) maxpool(3, stride = 2) fc(10) }",
         "T<4, 12, 12> split 2 { conv(8, 5, pad = 2, groups = 2) relu lrn(3, alpha = 0.5) avgpool(2, stride = 2) relu fc(20) relu dropout(0.5) fc(8) softmax }",
+        "T<3, 9, 9> { dropout(0.2) conv(4, 3) relu fc(6) softmax }",
         "T<3, 8, 8> { fc(16) relu fc(6) }",
         "T<3, 19, 19> { relu conv(6, 11, stride = 4) relu dropout(0.3) fc(130) relu fc(5) softmax }",
     ]
@@ -417,6 +418,8 @@ fn lrn_backward_intermediates() {
             want[6].push(cg as f32);
         }
         let ctx = CudaContext::new(0).unwrap();
+        let (major, minor) = ctx.compute_capability().unwrap();
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
         let stream = ctx.default_stream();
         let (gx, gdy) = (
             stream.clone_htod(&x).unwrap(),
@@ -437,7 +440,7 @@ fn lrn_backward_intermediates() {
         .enumerate()
         {
             let source = k.source.replace(last, &format!("    dx[i] = {what};"));
-            let cubin = nvrtc::compile_cubin(&source, "debug.cu", "sm_90", &[]).unwrap();
+            let cubin = nvrtc::compile_cubin(&source, "debug.cu", arch, &[]).unwrap();
             let module = ctx.load_module(Ptx::from_binary(cubin.cubin)).unwrap();
             let f = module.load_function(&k.launch.name).unwrap();
             let mut out = stream.alloc_zeros::<f32>(n).unwrap();

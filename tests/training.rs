@@ -287,3 +287,53 @@ fn bad_batches_are_refused() {
     let model = Model::from_tensors(Cpu::new(), plan, params).unwrap();
     assert!(Trainer::new(model, bad).is_err());
 }
+
+#[test]
+fn dropout_before_the_first_learned_layer() {
+    let src = "T<3, 9, 9> { dropout(0.2) conv(4, 3) relu fc(6) softmax }";
+    let plan = alexnet::runtime::plan_from_str(src).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let params = common::random_params(&plan, &mut rng);
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params).unwrap();
+    let mut t = Trainer::new(model, TrainConfig::default()).unwrap();
+    let x = Tensor::new(vec![2, 3, 9, 9], common::random(&mut rng, 2 * 243)).unwrap();
+    assert!(t.step(&x, &[1, 4]).unwrap().loss.is_finite());
+    // The GPU gets its forward dropout kernel too, and no backward before conv1.
+    let cuda = alexnet_codegen::cuda_train::render(&plan);
+    use alexnet_codegen::cuda_train::Role;
+    assert!(cuda.find(0, Role::Dropout).is_some());
+    assert!(cuda.find(1, Role::DataGrad).is_none());
+}
+
+#[test]
+fn a_tampered_state_is_refused() {
+    let (plan, params, x, labels) = setup(2, 8);
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params).unwrap();
+    let mut t = Trainer::new(model, TrainConfig::default()).unwrap();
+    t.step(&x, &labels).unwrap();
+    let dir = std::env::temp_dir().join(format!("alexnet-tamper-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.safetensors");
+    t.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let tensors = alexnet::runtime::weights::parse_safetensors(&bytes).unwrap();
+    let meta = alexnet::runtime::weights::parse_metadata(&bytes).unwrap();
+    for (key, value, expect) in [
+        ("lr", "-1.0", "out-of-range hyper-parameters"),
+        ("lr", "NaN", "out-of-range hyper-parameters"),
+        ("momentum", "1.5", "out-of-range hyper-parameters"),
+        ("lr_mults", "1.0,1.0", "multipliers for 8 tensors"),
+        ("step", "many", "`step` = `many` is not a number"),
+        ("schedule", "weekly", "learning-rate schedule `weekly`"),
+    ] {
+        let mut m = meta.clone();
+        m.insert(key.to_string(), value.to_string());
+        let bad = dir.join("bad.safetensors");
+        alexnet::runtime::weights::write_safetensors(&bad, &tensors, Some(m)).unwrap();
+        let err = Trainer::resume(Cpu::new(), plan.clone(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect), "{key} = {value}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

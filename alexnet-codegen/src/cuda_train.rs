@@ -113,8 +113,10 @@ pub fn render(plan: &Plan) -> CudaTraining {
     let net = c_ident(&plan.name);
     for stage in &stages {
         let layer = &plan.layers[stage.layer];
-        // Nothing before the first learned layer needs a gradient.
-        if first_learned.is_none_or(|f| stage.layer < f) {
+        // Nothing before the first learned layer needs a gradient; dropout there still
+        // runs forward.
+        if first_learned.is_none_or(|f| stage.layer < f) && !matches!(layer.op, Op::Dropout { .. })
+        {
             continue;
         }
         let needs_dx = first_learned.is_some_and(|f| stage.layer > f);

@@ -223,6 +223,8 @@ pub struct Trainer<B: Backend> {
     velocity: Vec<B::Buffer>,
     grads: Vec<B::Buffer>,
     lr_mults: Vec<f32>,
+    /// The caller's own facts about the run, saved with the state (`note.<key>`).
+    notes: std::collections::BTreeMap<String, String>,
     /// The stages a training step runs (a final softmax is folded into the loss).
     stages: Vec<Stage>,
     /// Index in `stages` of the first stage with parameters: the backward pass stops there
@@ -306,6 +308,7 @@ impl<B: Backend> Trainer<B> {
             velocity,
             grads,
             lr_mults,
+            notes: Default::default(),
             stages,
             first_learned,
             classes,
@@ -340,6 +343,18 @@ impl<B: Backend> Trainer<B> {
 
     pub fn model(&self) -> &Model<B> {
         &self.model
+    }
+
+    /// Records a fact about the run (the data set's size, the batch size, ...) that
+    /// [`Trainer::save`] writes into the state and [`Trainer::resume`] brings back, so a
+    /// caller can refuse to resume with different settings.
+    pub fn set_note(&mut self, key: &str, value: &str) {
+        self.notes.insert(key.to_string(), value.to_string());
+    }
+
+    /// A fact recorded by [`Trainer::set_note`] (in this run or the saved one).
+    pub fn note(&self, key: &str) -> Option<&str> {
+        self.notes.get(key).map(String::as_str)
     }
 
     pub fn into_model(self) -> Model<B> {
@@ -585,7 +600,7 @@ impl<B: Backend> Trainer<B> {
     /// schedule needs one; without it the learning rate is kept). Returns the new learning
     /// rate when it changed.
     pub fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
-        self.state.epoch += 1;
+        self.state.epoch = self.state.epoch.saturating_add(1);
         let before = self.state.lr;
         match self.config.schedule {
             Schedule::Constant => {}
@@ -600,7 +615,7 @@ impl<B: Backend> Trainer<B> {
                         self.state.best_error = e;
                         self.state.bad_epochs = 0;
                     } else {
-                        self.state.bad_epochs += 1;
+                        self.state.bad_epochs = self.state.bad_epochs.saturating_add(1);
                         if self.state.bad_epochs >= patience {
                             self.state.lr *= factor;
                             self.state.bad_epochs = 0;
@@ -628,7 +643,7 @@ impl<B: Backend> Trainer<B> {
         let s = &self.state;
         let c = &self.config;
         let mults: Vec<String> = self.lr_mults.iter().map(|m| format!("{m:?}")).collect();
-        let meta = HashMap::from(
+        let mut meta = HashMap::from(
             [
                 ("format", STATE_FORMAT.to_string()),
                 ("network", plan.name.to_string()),
@@ -646,6 +661,9 @@ impl<B: Backend> Trainer<B> {
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
+        for (k, v) in &self.notes {
+            meta.insert(format!("note.{k}"), v.clone());
+        }
         weights::write_safetensors(path, &tensors, Some(meta))
     }
 
@@ -741,8 +759,27 @@ impl<B: Backend> Trainer<B> {
             .map(|t| backend.upload(&t.data))
             .collect::<Result<Vec<_>>>()?;
         let model = Model::from_tensors(backend, plan, params)?;
+        let finite_pos = |v: f32| v.is_finite() && v > 0.0;
+        let c = &config.sgd;
+        if !(finite_pos(state.lr)
+            && c.momentum.is_finite()
+            && (0.0..1.0).contains(&c.momentum)
+            && c.weight_decay.is_finite()
+            && c.weight_decay >= 0.0
+            && lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0))
+        {
+            return Err(bad(format!(
+                "training state has out-of-range hyper-parameters: lr {}, momentum {}, weight decay {}, multipliers {:?}",
+                state.lr, c.momentum, c.weight_decay, lr_mults
+            )));
+        }
+        let notes = meta
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("note.")?.to_string(), v.clone())))
+            .collect();
         let mut t = Self::with_state(model, config, state, velocity)?;
         t.lr_mults = lr_mults;
+        t.notes = notes;
         Ok(t)
     }
 }

@@ -61,7 +61,7 @@ fn check_len(what: &str, buf: &[f32], want: usize) -> Result<()> {
     Ok(())
 }
 
-/// One stage's gradients, for [`Cpu::backward_stage`].
+/// One stage's gradients, for [`Cpu::backward_slices`].
 pub struct StageGrads<'a> {
     /// Gradient with respect to the stage's input; `None` when not needed (the first
     /// layer). Overwritten.
@@ -73,10 +73,10 @@ pub struct StageGrads<'a> {
 impl Cpu {
     /// The backward pass of one stage on `batch` images: from the stage's input `x`, its
     /// output `y` (which also gives the fused ReLU's mask), the gradient `dy` of its
-    /// output and its parameters, the gradients of its input and parameters. Dropout is
-    /// the identity here (the training mask comes with the optimiser). A building block of
-    /// training, checked against finite differences in tests/gradients.rs. The
-    /// [`Backend::backward_stage`] of this backend, on host slices.
+    /// output and its parameters, the gradients of its input and parameters (accumulated
+    /// into `dparams`; [`Backend::backward_stage`] zeroes them first). Dropout is the
+    /// identity here: training applies its mask through [`Backend::dropout`]. Checked
+    /// against finite differences in tests/gradients.rs.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_slices(
         &self,

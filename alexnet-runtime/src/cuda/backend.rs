@@ -347,13 +347,22 @@ impl Backend for Cuda {
                     layer.name
                 )));
             };
+            for (spec, p) in layer.params().iter().zip([w, b]) {
+                if p.len() < spec.len() {
+                    return Err(Error::Backend(format!(
+                        "cuda: {} holds {} values, the layer needs {}",
+                        spec.name,
+                        p.len(),
+                        spec.len()
+                    )));
+                }
+            }
             args.arg(*w).arg(*b);
         }
         args.arg(output).arg(&batch_i32);
         // SAFETY: the arguments match the kernel's signature in kernels_templates/ (x, [w,
         // bias,] y, batch: pointers to f32 and an int); the buffers hold at least the
-        // batch's input and output (checked above) and the layer's parameters (uploaded
-        // from tensors of the plan's shapes); the grid covers exactly the work the
+        // batch's input and output and the layer's parameters (all checked above); the grid covers exactly the work the
         // kernel's bounds checks admit; 32-bit indices do not overflow (checked).
         unsafe { args.launch(cfg) }.map_err(driver_err(format!("launching {}", launch.name)))?;
         Ok(())

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use alexnet_codegen::cuda_train::{self, Role, SGD_SLOTS};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 
 use super::backend::{driver_err, Cuda};
@@ -167,6 +168,20 @@ impl Cuda {
         if let Some(d) = dx.as_deref() {
             need(&format!("{} input gradient", layer.name), d, n_in)?;
         }
+        // The learned tensors must hold the plan's shapes: the kernels index them by it.
+        for ((spec, p), d) in layer.params().iter().zip(params).zip(dparams.iter()) {
+            need(&spec.name, p, spec.len())?;
+            need(&format!("{} gradient", spec.name), d, spec.len())?;
+        }
+        if params.len() != layer.params().len() || dparams.len() != layer.params().len() {
+            return Err(Error::Backend(format!(
+                "cuda: {} has {} learned tensors; got {} and {} gradients",
+                layer.name,
+                layer.params().len(),
+                params.len(),
+                dparams.len()
+            )));
+        }
         let b = batch_i32(plan, stage.layer, batch)?;
         let loaded = self.loaded_training(plan)?;
         let id = stage.layer;
@@ -183,7 +198,7 @@ impl Cuda {
                     let k = Self::kernel(&loaded, plan, id, Role::ReluMask)?;
                     let mut a = self.stream.launch_builder(&k.function);
                     // In place: the kernel reads y and dy and writes dy (no __restrict__).
-                    let (dyp, _g) = dy.device_ptr(&self.stream);
+                    let (dyp, _g) = dy.device_ptr_mut(&self.stream);
                     a.arg(y).arg(&dyp).arg(&dyp).arg(&b);
                     // SAFETY: relu_bwd.cu (y, dy, dx, batch); y and dy hold batch * LEN
                     // floats (checked); dx aliases dy, which the kernel allows.
@@ -325,8 +340,9 @@ impl Cuda {
         let k = Self::kernel(&loaded, plan, layer, Role::Loss)?;
         let mut a = self.stream.launch_builder(&k.function);
         a.arg(logits).arg(labels).arg(dlogits).arg(stats).arg(&b);
-        // SAFETY: loss.cu (logits, labels, dlogits, stats, batch); sizes checked above;
-        // labels were validated as class indices by the caller.
+        // SAFETY: loss.cu (logits, labels, dlogits, stats, batch); sizes checked above; the
+        // kernel reads a logit by label only for labels in [0, classes) (others give a NaN
+        // loss).
         unsafe { a.launch(cfg(k, batch)) }
             .map_err(driver_err(format!("launching {}", k.launch.name)))?;
         Ok(())
@@ -369,13 +385,18 @@ impl Cuda {
                 lr: [0.0; SGD_SLOTS],
             };
             let mut guards = Vec::with_capacity(3 * count);
-            for j in 0..count {
-                let i = first + j;
-                let (w, gw) = params[i].device_ptr(&self.stream);
-                let (v, gv) = velocity[i].device_ptr(&self.stream);
-                let (g, gg) = grads[i].device_ptr(&self.stream);
+            let range = first..first + count;
+            let tensors = params[range.clone()]
+                .iter_mut()
+                .zip(velocity[range.clone()].iter_mut())
+                .zip(&grads[range.clone()])
+                .zip(&lr_mults[range]);
+            for (j, (((p, v), g), m)) in tensors.enumerate() {
+                let (w, gw) = p.device_ptr_mut(&self.stream);
+                let (v, gv) = v.device_ptr_mut(&self.stream);
+                let (g, gg) = g.device_ptr(&self.stream);
                 (t.w[j], t.v[j], t.g[j]) = (w, v, g);
-                t.lr[j] = sgd.lr * lr_mults[i];
+                t.lr[j] = sgd.lr * m;
                 guards.extend([gw, gv, gg]);
             }
             let mut a = self.stream.launch_builder(&k.function);

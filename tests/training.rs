@@ -337,3 +337,56 @@ fn a_tampered_state_is_refused() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The small net's first training step against an independent NumPy implementation of its
+/// forward and backward passes in f64 (tests/fixtures/small_train.safetensors, written by
+/// scripts/make_training_fixture.py from the same hashed weights, inputs and labels and the
+/// same Philox dropout mask).
+#[test]
+fn small_net_gradients_match_numpy() {
+    use alexnet::nets::SmallNet;
+    let path = format!(
+        "{}/tests/fixtures/small_train.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let meta = alexnet::runtime::weights::parse_metadata(&bytes).unwrap();
+    let want = alexnet::runtime::weights::parse_safetensors(&bytes).unwrap();
+    let seed = |k: &str| meta[k].parse::<u64>().unwrap();
+    let batch: usize = meta["batch"].parse().unwrap();
+    let plan = SmallNet::plan().clone();
+    let s = plan.input;
+    let model = Model::from_tensors(
+        Cpu::new(),
+        plan.clone(),
+        common::hash_weights(&plan, seed("weight_seed")),
+    )
+    .unwrap();
+    let config = TrainConfig {
+        seed: seed("dropout_seed"),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config).unwrap();
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        common::hash_uniform(seed("input_seed"), 0, batch * s.len(), 1.0),
+    )
+    .unwrap();
+    let labels: Vec<u32> = (0..batch as u64)
+        .map(|n| (common::splitmix64(seed("label_seed").wrapping_add(n)) % 10) as u32)
+        .collect();
+    let stats = trainer.step(&x, &labels).unwrap();
+    let loss = want.iter().find(|t| t.name == "loss").unwrap().data[0] as f64;
+    assert!(
+        (stats.loss - loss).abs() <= 1e-5 * loss.abs(),
+        "loss {} vs NumPy {loss}",
+        stats.loss
+    );
+    for g in trainer.gradients().unwrap() {
+        let w = want.iter().find(|t| t.name == g.name).unwrap();
+        assert_eq!(w.shape, g.shape, "{}", g.name);
+        let e = rel_l2(&g.data, &w.data);
+        assert!(e <= 1e-4, "{}: relative L2 {e:.2e} against NumPy", g.name);
+        println!("{}: {e:.2e}", g.name);
+    }
+}

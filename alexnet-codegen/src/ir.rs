@@ -239,6 +239,22 @@ pub struct Plan {
     pub layers: Cow<'static, [Layer]>,
 }
 
+/// Where a layer of a split network (`split 2`) gets its input, with each tower holding
+/// half of every layer's output channels (half the neurons of an fc layer), as on the
+/// paper's two GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TowerInput {
+    /// The network's input, which every tower receives whole.
+    NetworkInput,
+    /// Its own tower's half of the previous output: grouped convolutions (groups a
+    /// multiple of the towers), ReLU, pooling, LRN within the tower, dropout.
+    OwnTower,
+    /// Both halves: the other tower's half crosses before the layer runs (and the matching
+    /// gradient crosses back in the backward pass): ungrouped convolutions, fully
+    /// connected layers, and the final softmax, which normalises over every class.
+    BothTowers,
+}
+
 /// A unit of execution: one layer, or a convolution / fully connected layer with the ReLU
 /// that follows it fused into its epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,6 +313,45 @@ impl Plan {
         stages
     }
 
+    /// Where layer `layer` of a split network reads its input; `None` for an unsplit one.
+    pub fn tower_input(&self, layer: usize) -> Option<TowerInput> {
+        if self.split < 2 {
+            return None;
+        }
+        if layer == 0 {
+            return Some(TowerInput::NetworkInput);
+        }
+        let own = match self.layers.get(layer)?.op {
+            Op::Conv { groups, .. } => groups % self.split == 0,
+            Op::Fc { .. } | Op::Softmax => false,
+            Op::Lrn { channel_groups, .. } => channel_groups % self.split == 0,
+            Op::Relu | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::Dropout { .. } => true,
+        };
+        Some(if own {
+            TowerInput::OwnTower
+        } else {
+            TowerInput::BothTowers
+        })
+    }
+
+    /// Bytes (f32) that cross between the towers per image before layer `layer` runs, in
+    /// both directions together: each tower receives the other's part of the input. Zero
+    /// for an unsplit network and for layers that read their own tower. The backward pass
+    /// sends as much back (the gradients of those activations).
+    pub fn exchange_bytes(&self, layer: usize) -> usize {
+        match self.tower_input(layer) {
+            // Each of the towers receives the other towers' share of the input.
+            Some(TowerInput::BothTowers) => self.layers[layer].input.len() * (self.split - 1) * 4,
+            _ => 0,
+        }
+    }
+
+    /// [`Plan::exchange_bytes`] summed over the network: per image, one direction of
+    /// training (forward; backward sends as much again).
+    pub fn exchange_bytes_total(&self) -> usize {
+        (0..self.layers.len()).map(|i| self.exchange_bytes(i)).sum()
+    }
+
     /// The name of the layer whose output a stage produces (the fused ReLU, when there is one).
     pub fn stage_output_name(&self, stage: Stage) -> &str {
         &self.layers[stage.layer + usize::from(stage.fused_relu)].name
@@ -306,7 +361,7 @@ impl Plan {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let rule = "-".repeat(92);
+        let rule = "-".repeat(if self.split > 1 { 112 } else { 92 });
         let split = if self.split > 1 {
             format!(", split {}", self.split)
         } else {
@@ -314,21 +369,37 @@ impl Plan {
         };
         let _ = writeln!(s, "{} (input {}{})", self.name, self.input, split);
         let _ = writeln!(s, "{rule}");
+        let towers = |i: usize| match self.tower_input(i) {
+            None => String::new(),
+            Some(TowerInput::NetworkInput) => format!("  {:<8} {:>9}", "input", "-"),
+            Some(TowerInput::OwnTower) => format!("  {:<8} {:>9}", "own", "-"),
+            Some(TowerInput::BothTowers) => format!(
+                "  {:<8} {:>9}",
+                "both",
+                group_digits(self.exchange_bytes(i) as u64)
+            ),
+        };
+        let header = if self.split > 1 {
+            format!("  {:<8} {:>9}", "reads", "x-bytes")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "{:<10} {:<42} {:>12} {:>12} {:>12}",
+            "{:<10} {:<42} {:>12} {:>12} {:>12}{header}",
             "layer", "op", "output", "params", "mult-adds"
         );
         let _ = writeln!(s, "{rule}");
-        for l in self.layers.iter() {
+        for (i, l) in self.layers.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{:<10} {:<42} {:>12} {:>12} {:>12}",
+                "{:<10} {:<42} {:>12} {:>12} {:>12}{}",
                 l.name,
                 describe(&l.op),
                 l.output.to_string(),
                 group_digits(l.param_count() as u64),
-                group_digits(l.macs())
+                group_digits(l.macs()),
+                towers(i)
             );
         }
         let _ = writeln!(s, "{rule}");
@@ -343,6 +414,18 @@ impl Plan {
             "parameter memory (f32): {:.1} MB",
             self.param_count() as f64 * 4.0 / 1e6
         );
+        if self.split > 1 {
+            let _ = writeln!(
+                s,
+                "towers: {}, each with half of every layer's channels; `own` reads its own tower, `both` receives x-bytes per image from the other first",
+                self.split
+            );
+            let _ = writeln!(
+                s,
+                "exchanged between the towers per image: {} bytes forward, as many backward",
+                group_digits(self.exchange_bytes_total() as u64)
+            );
+        }
         s
     }
 }
@@ -402,6 +485,46 @@ pub fn group_digits(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alexnet_towers_exchange_where_the_paper_says() {
+        let plan = crate::plan_from_str(
+            "AlexNet<3, 227, 227> split 2 {
+                conv(96, 11, stride = 4) relu lrn(5) maxpool(3, stride = 2)
+                conv(256, 5, pad = 2, groups = 2) relu lrn(5) maxpool(3, stride = 2)
+                conv(384, 3, pad = 1) relu conv(384, 3, pad = 1, groups = 2) relu conv(256, 3, pad = 1, groups = 2) relu
+                maxpool(3, stride = 2) dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax }",
+        )
+        .unwrap();
+        let both: Vec<&str> = (0..plan.layers.len())
+            .filter(|&i| plan.tower_input(i) == Some(TowerInput::BothTowers))
+            .map(|i| &*plan.layers[i].name)
+            .collect();
+        // The paper: the towers talk at conv3 and the fully connected layers (and the
+        // softmax needs every class).
+        assert_eq!(both, ["conv3", "fc6", "fc7", "fc8", "softmax"]);
+        assert_eq!(plan.tower_input(0), Some(TowerInput::NetworkInput));
+        // By hand, f32 bytes per image: conv3 reads pool2's 256x13x13, fc6 pool5's 256x6x6
+        // (through drop6), fc7 and fc8 4096 values, softmax 1000.
+        let hand = [256 * 13 * 13, 256 * 6 * 6, 4096, 4096, 1000].map(|n| n * 4);
+        assert_eq!(
+            plan.exchange_bytes(plan.layers.iter().position(|l| l.name == "conv3").unwrap()),
+            hand[0]
+        );
+        assert_eq!(plan.exchange_bytes_total(), hand.iter().sum::<usize>());
+        assert_eq!(plan.exchange_bytes_total(), 246_688);
+        let summary = plan.summary();
+        assert!(
+            summary.contains("exchanged between the towers per image: 246,688 bytes"),
+            "{summary}"
+        );
+        assert!(summary.contains("173,056"), "{summary}");
+        // An unsplit network has no towers.
+        let flat = crate::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
+        assert_eq!(flat.tower_input(1), None);
+        assert_eq!(flat.exchange_bytes_total(), 0);
+        assert!(!flat.summary().contains("reads"));
+    }
 
     #[test]
     fn digits_are_grouped() {

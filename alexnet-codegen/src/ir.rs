@@ -346,6 +346,80 @@ impl Plan {
         }
     }
 
+    /// The plan of tower `t` of a split network (`None` for an unsplit one or `t` out of
+    /// range): every layer but a final softmax (which needs every class and runs once on
+    /// the gathered logits), with half of the layer's output channels (fc: half its
+    /// neurons) and, as input, its own tower's half or, for the layers that read both
+    /// towers, the whole of the previous output. Grouped convolutions keep half their
+    /// groups; LRN normalises within the tower. Its parameters are rows
+    /// `t * out / split .. (t + 1) * out / split` of the unsplit layer's weight and bias,
+    /// so weights keep the one-process layout whatever the placement.
+    pub fn tower(&self, t: usize) -> Option<Plan> {
+        if self.split < 2 || t >= self.split {
+            return None;
+        }
+        let s = self.split;
+        let half = |sh: Shape| Shape::new(sh.c / s, sh.h, sh.w);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            if matches!(l.op, Op::Softmax) && i + 1 == self.layers.len() {
+                break;
+            }
+            let own = match self.tower_input(i)? {
+                TowerInput::BothTowers => false,
+                TowerInput::OwnTower => true,
+                // The image goes whole to every tower unless the first layer is grouped
+                // by towers, in which case each takes its own channels.
+                TowerInput::NetworkInput => {
+                    matches!(l.op, Op::Conv { groups, .. } if groups % s == 0)
+                }
+            };
+            let input = if own { half(l.input) } else { l.input };
+            let op = match l.op {
+                Op::Conv {
+                    out,
+                    k,
+                    stride,
+                    pad,
+                    groups,
+                } => Op::Conv {
+                    out: out / s,
+                    k,
+                    stride,
+                    pad,
+                    groups: if own { groups / s } else { groups },
+                },
+                Op::Fc { out } => Op::Fc { out: out / s },
+                Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    channel_groups,
+                } => Op::Lrn {
+                    size,
+                    alpha,
+                    beta,
+                    k,
+                    channel_groups: (channel_groups / s).max(1),
+                },
+                other => other,
+            };
+            layers.push(Layer {
+                name: l.name.clone(),
+                op,
+                input,
+                output: half(l.output),
+            });
+        }
+        Some(Plan {
+            name: format!("{}.tower{t}", self.name).into(),
+            input: layers.first().map_or(self.input, |l| l.input),
+            split: 1,
+            layers: layers.into(),
+        })
+    }
+
     /// [`Plan::exchange_bytes`] summed over the network: per image, one direction of
     /// training (forward; backward sends as much again).
     pub fn exchange_bytes_total(&self) -> usize {
@@ -524,6 +598,39 @@ mod tests {
         assert_eq!(flat.tower_input(1), None);
         assert_eq!(flat.exchange_bytes_total(), 0);
         assert!(!flat.summary().contains("reads"));
+
+        // Tower plans: half of every layer, the whole input where both towers are read.
+        let t1 = plan.tower(1).unwrap();
+        assert_eq!(
+            t1.layers.len(),
+            plan.layers.len() - 1,
+            "the final softmax runs once"
+        );
+        let at = |n: &str| t1.layers.iter().find(|l| l.name == n).unwrap().clone();
+        assert_eq!(at("conv1").input, Shape::new(3, 227, 227));
+        assert_eq!(at("conv1").output, Shape::new(48, 55, 55));
+        assert_eq!(at("conv2").input, Shape::new(48, 27, 27));
+        assert!(matches!(
+            at("conv2").op,
+            Op::Conv {
+                out: 128,
+                groups: 1,
+                ..
+            }
+        ));
+        assert_eq!(at("conv3").input, Shape::new(256, 13, 13));
+        assert!(matches!(
+            at("lrn1").op,
+            Op::Lrn {
+                channel_groups: 1,
+                ..
+            }
+        ));
+        assert_eq!(at("fc6").input, Shape::new(256, 6, 6));
+        assert_eq!(at("fc8").output, Shape::new(500, 1, 1));
+        // Every parameter is split in two, rows by tower.
+        assert_eq!(t1.param_count() * 2, plan.param_count());
+        assert!(plan.tower(2).is_none() && flat.tower(0).is_none());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod optim;
 pub mod philox;
 pub mod synthetic;
 pub mod tensor;
+pub mod towers;
 pub mod train;
 pub mod weights;
 

@@ -1,0 +1,116 @@
+//! The paper's two towers on the CPU (alexnet-runtime/src/towers.rs): split execution, two
+//! workers exchanging only before the layers that read both towers, equals the unsplit
+//! network forward and backward (relative L2 <= 1e-5), with weights in the one-process
+//! layout.
+
+mod common;
+
+use alexnet::ir::Plan;
+use alexnet::nets::{AlexNet, SmallNet};
+use alexnet::runtime::philox::DropoutMask;
+use alexnet::runtime::towers::Towers;
+use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::{Cpu, Model, Tensor, TrainConfig, Trainer};
+use common::rel_l2;
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-5;
+
+fn setup(plan: &Plan, batch: usize, seed: u64) -> (Vec<NamedTensor>, Tensor, Vec<u32>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let w = common::hash_weights(plan, seed);
+    let s = plan.input;
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        common::random(&mut rng, batch * s.len()),
+    )
+    .unwrap();
+    let classes = plan.output().len() as u32;
+    let labels = (0..batch).map(|_| rng.random_range(0..classes)).collect();
+    (w, x, labels)
+}
+
+fn forward_matches(plan: &Plan, batch: usize) {
+    let (mut w, x, _) = setup(plan, batch, 1);
+    // Smaller weights keep the final softmax away from saturation (one-hot outputs would
+    // agree whatever the logits).
+    for t in &mut w {
+        t.data.iter_mut().for_each(|v| *v *= 0.3);
+    }
+    let cpu = Cpu::new();
+    let towers = Towers::new(plan.clone(), w.clone()).unwrap();
+    let split = towers.forward(&cpu, &x).unwrap();
+    let whole = Model::from_tensors(cpu.clone(), plan.clone(), w)
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+    assert_eq!(split.shape(), whole.shape());
+    let top = whole.data().iter().copied().fold(0.0f32, f32::max);
+    assert!(top < 0.99, "{}: saturated output ({top})", plan.name);
+    let e = rel_l2(split.data(), whole.data());
+    println!("{} forward: split vs unsplit {e:.2e}", plan.name);
+    assert!(e <= TOL, "{} forward: relative L2 {e:.2e}", plan.name);
+}
+
+fn gradients_match(plan: &Plan, batch: usize) {
+    let (w, x, labels) = setup(plan, batch, 2);
+    let cpu = Cpu::new();
+    let towers = Towers::new(plan.clone(), w.clone()).unwrap();
+    let mask = DropoutMask { seed: 9, step: 0 };
+    let (loss, split) = towers.gradients(&cpu, &x, &labels, mask).unwrap();
+    let model = Model::from_tensors(cpu, plan.clone(), w).unwrap();
+    let config = TrainConfig {
+        seed: 9,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config).unwrap();
+    let stats = trainer.step(&x, &labels).unwrap();
+    assert!(
+        (loss - stats.loss).abs() <= 1e-5 * stats.loss.abs().max(1.0),
+        "{}: loss {loss} split, {} unsplit",
+        plan.name,
+        stats.loss
+    );
+    let whole = trainer.gradients().unwrap();
+    let mut worst: f64 = 0.0;
+    for (s, u) in split.iter().zip(&whole) {
+        assert_eq!((&s.name, &s.shape), (&u.name, &u.shape));
+        let e = rel_l2(&s.data, &u.data);
+        assert!(e <= TOL, "{}: {} relative L2 {e:.2e}", plan.name, s.name);
+        worst = worst.max(e);
+    }
+    println!(
+        "{} gradients: split vs unsplit, worst {worst:.2e}",
+        plan.name
+    );
+}
+
+#[test]
+fn split_forward_equals_unsplit() {
+    forward_matches(SmallNet::plan(), 3);
+    forward_matches(AlexNet::plan(), 2);
+    let grouped_first = alexnet::runtime::plan_from_str(
+        "T<4, 10, 10> split 2 { conv(8, 3, groups = 2) relu lrn(3) conv(8, 3, pad = 1) relu fc(6) softmax }",
+    )
+    .unwrap();
+    forward_matches(&grouped_first, 2);
+}
+
+#[test]
+fn split_gradients_equal_unsplit() {
+    gradients_match(SmallNet::plan(), 3);
+    let grouped_first = alexnet::runtime::plan_from_str(
+        "T<4, 10, 10> split 2 { conv(8, 3, groups = 2) relu lrn(3) avgpool(2) conv(8, 3, pad = 1) relu dropout(0.5) fc(6) softmax }",
+    )
+    .unwrap();
+    gradients_match(&grouped_first, 2);
+    gradients_match(AlexNet::plan(), 1);
+}
+
+#[test]
+fn an_unsplit_network_has_no_towers() {
+    let plan = alexnet::runtime::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
+    let w = common::hash_weights(&plan, 1);
+    let err = Towers::new(plan, w).unwrap_err().to_string();
+    assert!(err.contains("is not split into towers"), "{err}");
+}

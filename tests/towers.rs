@@ -114,3 +114,38 @@ fn an_unsplit_network_has_no_towers() {
     let err = Towers::new(plan, w).unwrap_err().to_string();
     assert!(err.contains("is not split into towers"), "{err}");
 }
+
+#[test]
+fn split_training_equals_unsplit_and_keeps_the_layout() {
+    let plan = SmallNet::plan();
+    let (w, _, _) = setup(plan, 1, 3);
+    let cpu = Cpu::new();
+    let mut towers = Towers::new(plan.clone(), w.clone()).unwrap();
+    let config = TrainConfig {
+        seed: 4,
+        ..TrainConfig::default()
+    };
+    let model = Model::from_tensors(cpu.clone(), plan.clone(), w).unwrap();
+    let mut trainer = Trainer::new(model, config.clone()).unwrap();
+    for step in 0..3 {
+        let (_, x, labels) = setup(plan, 4, 10 + step);
+        let split = towers
+            .train_step(&cpu, &x, &labels, config.sgd, config.seed, step)
+            .unwrap();
+        let whole = trainer.step(&x, &labels).unwrap().loss;
+        assert!(
+            (split - whole).abs() <= 1e-5 * whole.abs().max(1.0),
+            "step {step}: {split} vs {whole}"
+        );
+    }
+    // Each tower updated its own rows; joined, they are the unsplit network's weights.
+    let split = towers.tensors();
+    let whole = trainer.model().tensors().unwrap();
+    for (s, u) in split.iter().zip(&whole) {
+        assert_eq!(s.shape, u.shape);
+        let e = rel_l2(&s.data, &u.data);
+        assert!(e <= TOL, "{}: relative L2 {e:.2e} after 3 steps", s.name);
+    }
+    // The one-process layout runs unsplit as it is.
+    Model::from_tensors(cpu, plan.clone(), split).unwrap();
+}

@@ -15,6 +15,7 @@ use crate::backend::Backend;
 use crate::cpu::{loss, Cpu, StageGrads};
 use crate::error::{Error, Result};
 use crate::ir::{Op, Plan, TowerInput};
+use crate::optim::Sgd;
 use crate::philox::{self, DropoutMask};
 use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor};
@@ -34,6 +35,8 @@ pub struct Towers {
     towers: Vec<Plan>,
     /// `params[t][i]`: tower t's rows of the i-th tensor of [`Plan::params`].
     params: Vec<Vec<Vec<f32>>>,
+    /// The same for the momentum of [`Towers::train_step`] (empty until the first step).
+    velocity: Vec<Vec<Vec<f32>>>,
 }
 
 /// Concatenates per-image parts along channels: `parts[t]` holds `n` images of `len[t]`
@@ -88,6 +91,7 @@ impl Towers {
             plan,
             towers,
             params,
+            velocity: Vec::new(),
         })
     }
 
@@ -258,6 +262,73 @@ impl Towers {
         labels: &[u32],
         mask: DropoutMask,
     ) -> Result<(f64, Vec<NamedTensor>)> {
+        let (loss, grads) = self.tower_gradients(cpu, x, labels, mask)?;
+        Ok((loss, self.merge(&grads)))
+    }
+
+    /// Tower `t`'s rows of every tensor, joined back into the one-process layout.
+    fn merge(&self, per_tower: &[Vec<Vec<f32>>]) -> Vec<NamedTensor> {
+        self.plan
+            .params()
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| NamedTensor {
+                data: per_tower
+                    .iter()
+                    .flat_map(|t| t[i].iter().copied())
+                    .collect(),
+                name: spec.name,
+                shape: spec.shape,
+            })
+            .collect()
+    }
+
+    /// The parameters in the one-process layout (PyTorch names), e.g. to save them or to
+    /// run them unsplit.
+    pub fn tensors(&self) -> Vec<NamedTensor> {
+        self.merge(&self.params)
+    }
+
+    /// One SGD step (the paper's update, [`Sgd`]), split: each tower computes the
+    /// gradients of its own rows and updates them with its own momentum, on its own
+    /// worker. `step` numbers the dropout mask (with `seed`). Returns the batch's loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(
+        &mut self,
+        cpu: &Cpu,
+        x: &Tensor,
+        labels: &[u32],
+        sgd: Sgd,
+        seed: u64,
+        step: u64,
+    ) -> Result<f64> {
+        let (loss, grads) = self.tower_gradients(cpu, x, labels, DropoutMask { seed, step })?;
+        if self.velocity.is_empty() {
+            self.velocity = self
+                .params
+                .iter()
+                .map(|t| t.iter().map(|p| vec![0.0; p.len()]).collect())
+                .collect();
+        }
+        self.params
+            .par_iter_mut()
+            .zip(self.velocity.par_iter_mut())
+            .zip(grads.par_iter())
+            .for_each(|((p, v), g)| {
+                for ((w, v), g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
+                    sgd.step(w, v, g, 1.0);
+                }
+            });
+        Ok(loss)
+    }
+
+    fn tower_gradients(
+        &self,
+        cpu: &Cpu,
+        x: &Tensor,
+        labels: &[u32],
+        mask: DropoutMask,
+    ) -> Result<(f64, Vec<Vec<Vec<f32>>>)> {
         let n = self.batch_of(x)?;
         if labels.len() != n {
             return Err(Error::Invalid(format!(
@@ -372,17 +443,6 @@ impl Towers {
                 _ => dxs,
             };
         }
-        // Back to the one-process layout: tower t's rows of every tensor.
-        let specs = self.plan.params();
-        let merged = specs
-            .into_iter()
-            .enumerate()
-            .map(|(i, spec)| NamedTensor {
-                data: (0..s).flat_map(|t| grads[t][i].iter().copied()).collect(),
-                name: spec.name,
-                shape: spec.shape,
-            })
-            .collect();
-        Ok((out.loss, merged))
+        Ok((out.loss, grads))
     }
 }

@@ -601,7 +601,7 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
             100.0 * val.top1_error(),
             100.0 * val.top5_error(),
             changed
-                .map(|lr| format!("; learning rate now {lr}"))
+                .map(|lr| format!("; learning rate now {lr:.3e}"))
                 .unwrap_or_default(),
             state_path.display()
         );

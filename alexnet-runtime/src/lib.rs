@@ -5,10 +5,13 @@
 //! - [`Model`]: a planned network with its parameters on a backend.
 //! - [`Batch`]: a batch whose per-image shape is part of its type.
 //! - [`weights`]: the paper's initialisation and safetensors files.
+//! - [`train`]: the [`Trainer`]; [`towers`]: the paper's two towers on the CPU.
+//! - [`synthetic`]: generated images; [`data`]: image folders and augmentation.
 
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;

@@ -1,0 +1,1046 @@
+//! An ImageNet-style image folder: `root/<class>/<image>.{jpg,jpeg,png}`, decoded as the
+//! paper prepares its images (section 2): rescaled so that the shorter side is 256, the
+//! central 256x256 patch kept, and the mean over the training set of each pixel
+//! subtracted ([`ImageFolder::mean_image`] computes it; the caller subtracts it in the
+//! loader's transform).
+//!
+//! [`ImageFolder::loader`] decodes in background threads into a bounded queue of batches
+//! whose content depends only on the order it is given, never on the number of workers.
+
+use std::fmt;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use image::imageops::{self, FilterType};
+use image::{ImageError, ImageFormat, ImageReader, RgbImage};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// How many skipped files a [`LoadReport`] names.
+const REPORTED: usize = 5;
+
+/// An ImageNet-style folder of images: one sub-folder per class, sorted by name; the
+/// label of an image is the index of its class folder.
+///
+/// Only the files directly inside a class folder whose extension is `jpg`, `jpeg` or
+/// `png` (any case) are images; other files, and entries whose name starts with `.`,
+/// are ignored.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    root: PathBuf,
+    classes: Vec<String>,
+    items: Arc<[(PathBuf, u32)]>,
+}
+
+impl ImageFolder {
+    /// Lists the classes and images under `root`. Fails with a message naming the problem
+    /// if `root` is missing or not a folder, has no class folders, or has a class folder
+    /// with no images. Files are listed, not decoded: a broken image is found (and
+    /// skipped) when it is loaded.
+    pub fn open(root: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(root).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Invalid(format!("image folder {} does not exist", root.display()))
+            } else {
+                Error::io(root, e)
+            }
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Invalid(format!(
+                "image folder {} is not a folder",
+                root.display()
+            )));
+        }
+        let mut classes = Vec::new();
+        for (name, path) in entries(root)? {
+            let is_dir = std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .is_dir();
+            if is_dir {
+                let name = name.into_string().map_err(|n| {
+                    Error::Invalid(format!(
+                        "class folder {:?} in {} has a name that is not UTF-8",
+                        n,
+                        root.display()
+                    ))
+                })?;
+                classes.push((name, path));
+            }
+        }
+        if classes.is_empty() {
+            return Err(Error::Invalid(format!(
+                "image folder {} has no class folders (expected {}/<class>/<image>.jpg)",
+                root.display(),
+                root.display()
+            )));
+        }
+        classes.sort();
+        let mut items = Vec::new();
+        for (label, (name, dir)) in classes.iter().enumerate() {
+            let label = u32::try_from(label)
+                .map_err(|_| Error::Invalid(format!("too many classes in {}", root.display())))?;
+            let mut files = Vec::new();
+            for (_, path) in entries(dir)? {
+                if has_image_extension(&path)
+                    && std::fs::metadata(&path)
+                        .map_err(|e| Error::io(&path, e))?
+                        .is_file()
+                {
+                    files.push(path);
+                }
+            }
+            if files.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "class `{name}` ({}) has no images (.jpg, .jpeg or .png)",
+                    dir.display()
+                )));
+            }
+            files.sort();
+            items.extend(files.into_iter().map(|p| (p, label)));
+        }
+        Ok(ImageFolder {
+            root: root.to_path_buf(),
+            classes: classes.into_iter().map(|(n, _)| n).collect(),
+            items: items.into(),
+        })
+    }
+
+    /// Opens a data set with a training and a validation split: if `root/train` exists,
+    /// returns it as the training set with `root/val` (when that exists) as the
+    /// validation set, which must have the same classes; otherwise `root` itself is the
+    /// training set and there is no validation set.
+    pub fn open_split(root: &Path) -> Result<(ImageFolder, Option<ImageFolder>)> {
+        let (train, val) = (root.join("train"), root.join("val"));
+        if !train.is_dir() {
+            if val.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "{} has a val folder but no train folder",
+                    root.display()
+                )));
+            }
+            return Ok((ImageFolder::open(root)?, None));
+        }
+        let train = ImageFolder::open(&train)?;
+        if !val.is_dir() {
+            return Ok((train, None));
+        }
+        let val = ImageFolder::open(&val)?;
+        if val.classes != train.classes {
+            let missing: Vec<&str> = train
+                .classes
+                .iter()
+                .filter(|c| !val.classes.contains(c))
+                .map(String::as_str)
+                .collect();
+            let extra: Vec<&str> = val
+                .classes
+                .iter()
+                .filter(|c| !train.classes.contains(c))
+                .map(String::as_str)
+                .collect();
+            return Err(Error::Invalid(format!(
+                "the classes of {} differ from those of {}: missing from val: [{}]; \
+                 not in train: [{}]",
+                val.root.display(),
+                train.root.display(),
+                missing.join(", "),
+                extra.join(", ")
+            )));
+        }
+        Ok((train, Some(val)))
+    }
+
+    /// The folder this set was opened from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The class names, sorted; label `i` is `classes()[i]`.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    /// The number of image files.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are no image files (never true for a set [`open`](Self::open) returned).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The label (class index) of image `i`. Panics if `i >= len()`.
+    pub fn label(&self, i: usize) -> u32 {
+        self.items[i].1
+    }
+
+    /// The path of image `i`. Panics if `i >= len()`.
+    pub fn path(&self, i: usize) -> &Path {
+        &self.items[i].0
+    }
+
+    /// The mean of each pixel (3 x `side` x `side`, CHW, values 0..255) over up to `limit`
+    /// images spread evenly over the set, as [`decode`] prepares them, decoded in parallel.
+    /// Files that do not decode are skipped and counted in the report. All zeros when no
+    /// image decodes. The result does not depend on the number of threads.
+    pub fn mean_image(&self, side: usize, limit: usize) -> (Vec<f32>, LoadReport) {
+        let size = 3 * side * side;
+        let n = limit.min(self.len());
+        let total = self.len();
+        // Sums of 8-bit values in integers: exact, so independent of the reduction order.
+        let (sum, count, skipped) = (0..n)
+            .into_par_iter()
+            .map(|k| k * total / n)
+            .fold(
+                || (vec![0u64; size], 0u64, Skipped::default()),
+                |(mut sum, count, mut skipped), i| match decode_rgb(self.path(i), side) {
+                    Ok(img) => {
+                        for (s, v) in sum.iter_mut().zip(chw(&img)) {
+                            *s += u64::from(v);
+                        }
+                        (sum, count + 1, skipped)
+                    }
+                    Err(e) => {
+                        skipped.add(i, self.path(i), &e);
+                        (sum, count, skipped)
+                    }
+                },
+            )
+            .reduce(
+                || (vec![0u64; size], 0u64, Skipped::default()),
+                |(mut a, ca, sa), (b, cb, sb)| {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y;
+                    }
+                    (a, ca + cb, sa.merge(sb))
+                },
+            );
+        let mean = if count == 0 {
+            vec![0.0; size]
+        } else {
+            sum.iter()
+                .map(|&s| (s as f64 / count as f64) as f32)
+                .collect()
+        };
+        (mean, skipped.into_report())
+    }
+
+    /// Starts loading the images `order[0], order[1], ...` in the background: `workers`
+    /// threads decode them ([`decode`] at `side`), pass each through
+    /// `transform(image, position in order)` and a collector packs them into batches of
+    /// `batch` images (concatenated) with their labels, held in a queue of at most `queue`
+    /// batches. Batches come in `order`, each full: a file that does not decode is
+    /// skipped (see [`Loader::report`]) and the next image takes its place; the last
+    /// batch may be short. The batches depend only on `order`, not on `workers`.
+    ///
+    /// Dropping the [`Loader`] early stops the threads. A panic in `transform` is raised
+    /// again by [`Loader::next`](Iterator::next).
+    ///
+    /// An error if `batch` or `side` is 0 or an index in `order` is out of range.
+    pub fn loader(
+        &self,
+        order: Vec<usize>,
+        batch: usize,
+        side: usize,
+        workers: usize,
+        queue: usize,
+        transform: Transform,
+    ) -> Result<Loader> {
+        if batch == 0 || side == 0 {
+            return Err(Error::Invalid(format!(
+                "image loader: batch {batch} and side {side} must be positive"
+            )));
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Invalid(format!(
+                "image loader: index {bad} is out of range ({} images)",
+                self.len()
+            )));
+        }
+        let items = Arc::clone(&self.items);
+        let order: Arc<[usize]> = order.into();
+        let n = order.len();
+        let workers = workers.clamp(1, n.max(1));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let (tx, rx) = sync_channel(queue);
+        let mut threads = Vec::with_capacity(workers + 1);
+        // Worker `w` decodes positions w, w + workers, ... into its own small channel;
+        // the collector reads the channels round robin, so it sees every position in turn.
+        let per_worker = batch.div_ceil(workers).max(1);
+        let mut inputs = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (wtx, wrx) = sync_channel::<Decoded>(per_worker);
+            inputs.push(wrx);
+            let (items, order, transform) = (
+                Arc::clone(&items),
+                Arc::clone(&order),
+                Arc::clone(&transform),
+            );
+            threads.push(std::thread::spawn(move || {
+                for p in (w..n).step_by(workers) {
+                    let path = &items[order[p]].0;
+                    let r = decode(path, side).map(|img| transform(img, p as u64));
+                    if wtx.send(r).is_err() {
+                        return; // the collector is gone
+                    }
+                }
+            }));
+        }
+        let collect_report = Arc::clone(&report);
+        threads.push(std::thread::spawn(move || {
+            collect(&items, &order, batch, &inputs, &tx, &collect_report)
+        }));
+        Ok(Loader {
+            rx: Some(rx),
+            threads,
+            report,
+        })
+    }
+}
+
+/// The transform a [`Loader`] applies to each decoded image (CHW, 0..255): it gets the
+/// image and its position in the loader's order (to seed augmentation, say) and returns
+/// the image to batch (mean subtracted, cropped, flipped, ...).
+pub type Transform = Arc<dyn Fn(Vec<f32>, u64) -> Vec<f32> + Send + Sync>;
+
+/// What one worker hands the collector for one position.
+type Decoded = std::result::Result<Vec<f32>, DecodeError>;
+
+/// A batch: the images concatenated, and their labels.
+type BatchData = (Vec<f32>, Vec<u32>);
+
+/// The collector thread: takes positions 0, 1, ... from the workers in turn and sends
+/// full batches on; returns as soon as the loader is dropped.
+fn collect(
+    items: &[(PathBuf, u32)],
+    order: &[usize],
+    batch: usize,
+    inputs: &[Receiver<Decoded>],
+    tx: &SyncSender<BatchData>,
+    report: &Mutex<LoadReport>,
+) {
+    let (mut images, mut labels) = (Vec::new(), Vec::with_capacity(batch));
+    for (p, &i) in order.iter().enumerate() {
+        let Ok(decoded) = inputs[p % inputs.len()].recv() else {
+            return; // the worker panicked: the loader raises it again
+        };
+        match decoded {
+            Ok(img) => {
+                if images.capacity() == 0 {
+                    images.reserve(img.len() * batch);
+                }
+                images.extend_from_slice(&img);
+                labels.push(items[i].1);
+                if labels.len() == batch {
+                    let cap = images.len();
+                    let full = (
+                        std::mem::replace(&mut images, Vec::with_capacity(cap)),
+                        std::mem::replace(&mut labels, Vec::with_capacity(batch)),
+                    );
+                    if tx.send(full).is_err() {
+                        return; // the loader is gone
+                    }
+                }
+            }
+            Err(e) => report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(&items[i].0, &e),
+        }
+    }
+    if !labels.is_empty() {
+        let _ = tx.send((images, labels));
+    }
+}
+
+/// Batches of images loaded in the background by [`ImageFolder::loader`]: an iterator of
+/// `(images, labels)`, the images concatenated (each as the transform returned it).
+pub struct Loader {
+    rx: Option<Receiver<BatchData>>,
+    threads: Vec<JoinHandle<()>>,
+    report: Arc<Mutex<LoadReport>>,
+}
+
+impl Loader {
+    /// The files skipped so far because they did not decode.
+    pub fn report(&self) -> LoadReport {
+        self.report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Closes the queue and waits for the threads, which stop at their next send.
+    fn stop(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
+        self.rx = None;
+        let mut panic = None;
+        for t in self.threads.drain(..) {
+            if let Err(p) = t.join() {
+                panic.get_or_insert(p);
+            }
+        }
+        panic
+    }
+}
+
+impl Iterator for Loader {
+    type Item = BatchData;
+
+    fn next(&mut self) -> Option<BatchData> {
+        match self.rx.as_ref()?.recv() {
+            Ok(b) => Some(b),
+            Err(_) => {
+                if let Some(p) = self.stop() {
+                    std::panic::resume_unwind(p);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+impl fmt::Debug for Loader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("threads", &self.threads.len())
+            .field("report", &self.report())
+            .finish()
+    }
+}
+
+/// The files that were skipped because they did not decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// How many files were skipped.
+    pub skipped: usize,
+    /// The first few (up to 5) skipped files, in order, with the reason.
+    pub first: Vec<(PathBuf, String)>,
+}
+
+impl LoadReport {
+    fn add(&mut self, path: &Path, e: &DecodeError) {
+        self.skipped += 1;
+        if self.first.len() < REPORTED {
+            self.first.push((path.to_path_buf(), e.to_string()));
+        }
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} file(s) skipped", self.skipped)?;
+        for (p, why) in &self.first {
+            write!(f, "\n  - {}: {why}", p.display())?;
+        }
+        if self.skipped > self.first.len() {
+            write!(f, "\n  - ...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Skipped files of a parallel pass, merged so that the first ones (by index) are kept.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Vec<(usize, PathBuf, String)>,
+}
+
+impl Skipped {
+    fn add(&mut self, i: usize, path: &Path, e: &DecodeError) {
+        self.count += 1;
+        self.first.push((i, path.to_path_buf(), e.to_string()));
+        self.keep_first();
+    }
+
+    fn merge(mut self, other: Skipped) -> Skipped {
+        self.count += other.count;
+        self.first.extend(other.first);
+        self.keep_first();
+        self
+    }
+
+    fn keep_first(&mut self) {
+        if self.first.len() > REPORTED {
+            self.first.sort_by_key(|s| s.0);
+            self.first.truncate(REPORTED);
+        }
+    }
+
+    fn into_report(mut self) -> LoadReport {
+        self.first.sort_by_key(|s| s.0);
+        LoadReport {
+            skipped: self.count,
+            first: self.first.into_iter().map(|(_, p, w)| (p, w)).collect(),
+        }
+    }
+}
+
+/// Why a file did not decode.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The file could not be read.
+    Unreadable(std::io::Error),
+    /// The file is empty.
+    Empty,
+    /// The file is not a JPEG or PNG image.
+    NotAnImage,
+    /// The image data ends early.
+    Truncated,
+    /// The image data is corrupt (or the image too large to decode).
+    Corrupt(String),
+    /// The image has no pixels.
+    ZeroSized {
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Unreadable(e) => write!(f, "unreadable: {e}"),
+            DecodeError::Empty => write!(f, "empty file"),
+            DecodeError::NotAnImage => write!(f, "not a JPEG or PNG image"),
+            DecodeError::Truncated => write!(f, "truncated image"),
+            DecodeError::Corrupt(m) => write!(f, "corrupt image: {m}"),
+            DecodeError::ZeroSized { width, height } => {
+                write!(f, "zero-sized image ({width}x{height})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DecodeError::Unreadable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ImageError> for DecodeError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Unsupported(_) => DecodeError::NotAnImage,
+            ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                DecodeError::Truncated
+            }
+            e => DecodeError::Corrupt(e.to_string()),
+        }
+    }
+}
+
+/// Decodes a JPEG or PNG file as the paper prepares images: any colour type converted to
+/// 8-bit RGB (alpha dropped), rescaled (bilinear, keeping the aspect ratio) so that the
+/// shorter side is `side`, and the central `side` x `side` patch kept. Returns it as CHW
+/// (3 x `side` x `side`) with values 0..255.
+///
+/// # Panics
+/// If `side` is 0.
+pub fn decode(path: &Path, side: usize) -> std::result::Result<Vec<f32>, DecodeError> {
+    let img = decode_rgb(path, side)?;
+    Ok(chw(&img).map(f32::from).collect())
+}
+
+/// [`decode`] before the conversion to CHW floats.
+fn decode_rgb(path: &Path, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+    assert!(side > 0, "decode: side must be positive");
+    let side = u32::try_from(side).expect("decode: side is too large");
+    let bytes = std::fs::read(path).map_err(DecodeError::Unreadable)?;
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes.as_slice()))
+        .with_guessed_format()
+        .map_err(DecodeError::Unreadable)?;
+    match reader.format() {
+        None => return Err(DecodeError::NotAnImage),
+        // The JPEG decoder fills in missing data rather than failing: check the end.
+        Some(ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => return Err(DecodeError::Truncated),
+        Some(_) => {}
+    }
+    let img = reader.decode()?;
+    let (w, h) = (img.width(), img.height());
+    if w == 0 || h == 0 {
+        return Err(DecodeError::ZeroSized {
+            width: w,
+            height: h,
+        });
+    }
+    let rgb = img.to_rgb8();
+    drop(img);
+    // Shorter side to `side`, the longer one scaled by the same factor (rounded).
+    let scale = |long: u32, short: u32| {
+        let l = (u64::from(long) * u64::from(side) + u64::from(short) / 2) / u64::from(short);
+        u32::try_from(l).unwrap_or(u32::MAX).max(side)
+    };
+    let (nw, nh) = if w <= h {
+        (side, scale(h, w))
+    } else {
+        (scale(w, h), side)
+    };
+    let resized = if (nw, nh) == (w, h) {
+        rgb
+    } else {
+        imageops::resize(&rgb, nw, nh, FilterType::Triangle)
+    };
+    let (x0, y0) = ((nw - side) / 2, (nh - side) / 2);
+    if (nw, nh) == (side, side) {
+        return Ok(resized);
+    }
+    Ok(imageops::crop_imm(&resized, x0, y0, side, side).to_image())
+}
+
+/// The bytes of an RGB image in CHW order.
+fn chw(img: &RgbImage) -> impl Iterator<Item = u8> + '_ {
+    let raw = img.as_raw();
+    (0..3).flat_map(move |c| raw.iter().skip(c).step_by(3).copied())
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker: walks the marker segments
+/// (skipping each by its length, so an embedded thumbnail's markers are not mistaken for
+/// the image's) and the entropy-coded data between them.
+fn jpeg_is_complete(d: &[u8]) -> bool {
+    let mut i = 2; // past SOI
+    loop {
+        while i < d.len() && d[i] != 0xFF {
+            i += 1; // entropy-coded data (or stray bytes)
+        }
+        while i < d.len() && d[i] == 0xFF {
+            i += 1; // fill bytes
+        }
+        let Some(&marker) = d.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            // Stuffed 0xFF, TEM, RSTn and SOI carry no length.
+            0x00 | 0x01 | 0xD0..=0xD8 => {}
+            _ => {
+                let (Some(&hi), Some(&lo)) = (d.get(i), d.get(i + 1)) else {
+                    return false;
+                };
+                i += usize::from(u16::from_be_bytes([hi, lo]));
+            }
+        }
+    }
+}
+
+/// The entries of a folder (name and path), skipping those whose name starts with `.`.
+fn entries(dir: &Path) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().starts_with(b".") {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a path ends in `.jpg`, `.jpeg` or `.png`, in any case.
+fn has_image_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["jpg", "jpeg", "png"]
+            .iter()
+            .any(|x| e.eq_ignore_ascii_case(x))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayAlphaImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, RgbaImage};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A temporary folder, removed when dropped.
+    struct Temp(PathBuf);
+
+    impl Temp {
+        fn new(tag: &str) -> Temp {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "alexnet-folder-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Temp(dir)
+        }
+
+        fn dir(&self, rel: &str) -> PathBuf {
+            let d = self.0.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rgb(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, 100]))
+    }
+
+    fn identity() -> Transform {
+        Arc::new(|v, _| v)
+    }
+
+    /// Three classes, created out of order: 7 good images and 3 broken ones.
+    fn sample(t: &Temp) -> PathBuf {
+        let root = t.dir("set");
+        let cat = t.dir("set/cat");
+        let ant = t.dir("set/ant");
+        let bee = t.dir("set/bee");
+        rgb(40, 30).save(ant.join("a0.png")).unwrap();
+        rgb(40, 30).save(ant.join("a1.JPG")).unwrap();
+        // A valid JPEG cut in half.
+        rgb(64, 64).save(ant.join("trunc.jpg")).unwrap();
+        let bytes = std::fs::read(ant.join("trunc.jpg")).unwrap();
+        std::fs::write(ant.join("trunc.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+        GrayImage::from_fn(30, 50, |x, y| Luma([(x + y) as u8]))
+            .save(bee.join("b0.png"))
+            .unwrap();
+        ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(20, 20, |x, _| Luma([x as u16 * 3000]))
+            .save(bee.join("b1.png"))
+            .unwrap();
+        std::fs::write(bee.join("x.jpg"), "not an image\n").unwrap();
+        RgbaImage::from_fn(33, 33, |x, _| image::Rgba([x as u8, 2, 3, 0]))
+            .save(cat.join("c0.png"))
+            .unwrap();
+        GrayAlphaImage::from_fn(16, 48, |_, y| image::LumaA([y as u8, 9]))
+            .save(cat.join("c1.png"))
+            .unwrap();
+        GrayImage::from_fn(48, 48, |x, _| Luma([x as u8]))
+            .save(cat.join("c2.jpeg"))
+            .unwrap();
+        std::fs::write(cat.join("e.png"), "").unwrap();
+        std::fs::write(cat.join("readme.txt"), "ignored").unwrap();
+        std::fs::write(root.join("stray.png"), "ignored: not in a class").unwrap();
+        root
+    }
+
+    const GOOD: [&str; 7] = [
+        "a0.png", "a1.JPG", "b0.png", "b1.png", "c0.png", "c1.png", "c2.jpeg",
+    ];
+    const BROKEN: [&str; 3] = ["trunc.jpg", "x.jpg", "e.png"];
+
+    fn name(p: &Path) -> &str {
+        p.file_name().unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn lists_sorted_classes_and_labels() {
+        let t = Temp::new("list");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        assert_eq!(set.classes(), ["ant", "bee", "cat"]);
+        assert_eq!(set.len(), 10);
+        assert!(!set.is_empty());
+        let listed: Vec<(&str, u32)> = (0..set.len())
+            .map(|i| (name(set.path(i)), set.label(i)))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("a0.png", 0),
+                ("a1.JPG", 0),
+                ("trunc.jpg", 0),
+                ("b0.png", 1),
+                ("b1.png", 1),
+                ("x.jpg", 1),
+                ("c0.png", 2),
+                ("c1.png", 2),
+                ("c2.jpeg", 2),
+                ("e.png", 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_colour_type_decodes_and_broken_files_are_errors() {
+        let t = Temp::new("decode");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        for i in 0..set.len() {
+            let r = decode(set.path(i), 32);
+            let n = name(set.path(i));
+            if GOOD.contains(&n) {
+                let img = r.unwrap_or_else(|e| panic!("{n}: {e}"));
+                assert_eq!(img.len(), 3 * 32 * 32, "{n}");
+                assert!(img.iter().all(|v| (0.0..=255.0).contains(v)), "{n}");
+            } else {
+                let e = r.expect_err(n);
+                let expected = match n {
+                    "trunc.jpg" => "truncated",
+                    "x.jpg" => "not a JPEG or PNG",
+                    _ => "empty",
+                };
+                assert!(e.to_string().contains(expected), "{n}: {e}");
+            }
+        }
+        // Grey: the three channels are equal; 16-bit: scaled to 8 bits.
+        let grey = decode(&t.0.join("set/bee/b1.png"), 20).unwrap();
+        assert_eq!(grey[..400], grey[400..800]);
+        assert_eq!(grey[..400], grey[800..]);
+        assert_eq!(grey[19], (19.0 * 3000.0 / 257.0f32).round());
+        // RGBA: alpha dropped, colour kept.
+        let rgba = decode(&t.0.join("set/cat/c0.png"), 33).unwrap();
+        assert_eq!((rgba[5], rgba[33 * 33], rgba[2 * 33 * 33]), (5.0, 2.0, 3.0));
+        assert!(matches!(
+            decode(&t.0.join("set/none.png"), 8),
+            Err(DecodeError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn rescales_the_shorter_side_and_crops_the_centre() {
+        let t = Temp::new("crop");
+        // 128x64: red | black | white | blue quarters. Rescaled to 64x32, the centre
+        // 32x32 is black on the left and white on the right (the edge columns blend
+        // with their neighbours outside the crop).
+        let wide = t.0.join("wide.png");
+        RgbImage::from_fn(128, 64, |x, _| match x / 32 {
+            0 => Rgb([255, 0, 0]),
+            1 => Rgb([0, 0, 0]),
+            2 => Rgb([255, 255, 255]),
+            _ => Rgb([0, 0, 255]),
+        })
+        .save(&wide)
+        .unwrap();
+        let img = decode(&wide, 32).unwrap();
+        assert_eq!(img.len(), 3 * 32 * 32);
+        for c in 0..3 {
+            for y in 0..32 {
+                let row = &img[(c * 32 + y) * 32..][..32];
+                assert!(row[1..15].iter().all(|&v| v == 0.0), "c {c} y {y}: {row:?}");
+                assert!(
+                    row[17..31].iter().all(|&v| v == 255.0),
+                    "c {c} y {y}: {row:?}"
+                );
+            }
+        }
+        // Tall: 30x60 grey, row y of value 3y. Rescaled to 32x64, rows 16..48 are kept:
+        // original rows 15..45 (row r of the result samples original row
+        // (r + 16.5) * 60 / 64 - 0.5).
+        let tall = t.0.join("tall.png");
+        GrayImage::from_fn(30, 60, |_, y| Luma([(y * 3) as u8]))
+            .save(&tall)
+            .unwrap();
+        let img = decode(&tall, 32).unwrap();
+        for r in 1..31 {
+            let expected = 3.0 * ((r as f32 + 16.5) * 60.0 / 64.0 - 0.5);
+            assert!(
+                (img[r * 32 + 5] - expected).abs() <= 1.0,
+                "row {r}: {}",
+                img[r * 32 + 5]
+            );
+        }
+    }
+
+    #[test]
+    fn mean_image_averages_the_good_images() {
+        let t = Temp::new("mean");
+        let root = t.dir("m");
+        let a = t.dir("m/a");
+        t.dir("m/b");
+        RgbImage::from_pixel(8, 8, Rgb([10, 20, 30]))
+            .save(a.join("1.png"))
+            .unwrap();
+        RgbImage::from_pixel(8, 8, Rgb([30, 40, 50]))
+            .save(a.join("2.png"))
+            .unwrap();
+        std::fs::write(a.join("3.png"), "junk").unwrap();
+        RgbImage::from_pixel(16, 8, Rgb([50, 60, 70]))
+            .save(root.join("b/4.png"))
+            .unwrap();
+        let set = ImageFolder::open(&root).unwrap();
+        let (mean, report) = set.mean_image(8, 100);
+        assert_eq!(mean.len(), 3 * 64);
+        assert_eq!((mean[0], mean[64], mean[128]), (30.0, 40.0, 50.0));
+        assert!(mean.iter().take(64).all(|&v| v == 30.0));
+        assert_eq!(report.skipped, 1);
+        assert_eq!(name(&report.first[0].0), "3.png");
+        // A limit of 2 takes images 0 and 2 of 4 (1.png, 3.png): one decodes.
+        let (mean, report) = set.mean_image(8, 2);
+        assert_eq!((mean[0], report.skipped), (10.0, 1));
+        let (mean, report) = set.mean_image(8, 0);
+        assert_eq!((mean[0], report.skipped), (0.0, 0));
+    }
+
+    #[test]
+    fn loader_delivers_good_images_in_order_and_skips_broken_ones() {
+        let t = Temp::new("loader");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        let side = 16;
+        let size = 3 * side * side + 1;
+        // Reversed order; the transform appends the position in the order.
+        let order: Vec<usize> = (0..set.len()).rev().collect();
+        let tag: Transform = Arc::new(|mut v: Vec<f32>, p| {
+            v.push(p as f32);
+            v
+        });
+        let run = |workers| {
+            let mut loader = set
+                .loader(order.clone(), 3, side, workers, 2, Arc::clone(&tag))
+                .unwrap();
+            let batches: Vec<_> = loader.by_ref().collect();
+            (batches, loader.report())
+        };
+        let (batches, report) = run(1);
+        assert_eq!(
+            batches.iter().map(|b| b.1.len()).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        let mut seen = Vec::new();
+        for (images, labels) in &batches {
+            assert_eq!(images.len(), labels.len() * size);
+            for (img, &label) in images.chunks(size).zip(labels) {
+                let p = img[size - 1] as usize;
+                let i = order[p];
+                assert_eq!(label, set.label(i));
+                assert_eq!(img[..size - 1], decode(set.path(i), side).unwrap());
+                seen.push(p);
+            }
+        }
+        let expected: Vec<usize> = (0..order.len())
+            .filter(|&p| GOOD.contains(&name(set.path(order[p]))))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(report.skipped, 3);
+        let skipped: Vec<&str> = report.first.iter().map(|(p, _)| name(p)).collect();
+        assert_eq!(skipped, ["e.png", "x.jpg", "trunc.jpg"]); // in (reversed) order
+        assert!(BROKEN.iter().all(|b| skipped.contains(b)));
+        assert!(report.to_string().starts_with("3 file(s) skipped"));
+        // The same batches whatever the number of workers.
+        let (batches3, report3) = run(3);
+        assert_eq!(batches3, batches);
+        assert_eq!(report3, report);
+        let (batches16, _) = run(16);
+        assert_eq!(batches16, batches);
+    }
+
+    #[test]
+    fn loader_handles_empty_orders_and_rendezvous_queues() {
+        let t = Temp::new("edge");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        assert_eq!(
+            set.loader(vec![], 4, 8, 2, 1, identity()).unwrap().count(),
+            0
+        );
+        // Bad arguments are errors, not panics.
+        assert!(set.loader(vec![0], 0, 8, 2, 1, identity()).is_err());
+        assert!(set.loader(vec![0], 2, 0, 2, 1, identity()).is_err());
+        let err = set
+            .loader(vec![0, set.len()], 2, 8, 2, 1, identity())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("out of range"), "{err}");
+        let batches: Vec<_> = set
+            .loader(vec![0, 0, 1], 2, 8, 2, 0, identity())
+            .unwrap()
+            .collect();
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].1, [0, 0]);
+    }
+
+    #[test]
+    fn dropping_a_loader_early_returns_promptly() {
+        let t = Temp::new("drop");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        let order: Vec<usize> = (0..400).map(|k| k % set.len()).collect();
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&started);
+        let transform: Transform = Arc::new(move |v, _| {
+            count.fetch_add(1, Ordering::Relaxed);
+            v
+        });
+        let mut loader = set.loader(order, 2, 16, 3, 1, transform).unwrap();
+        let first = loader.next().unwrap();
+        assert_eq!(first.1.len(), 2);
+        let t0 = Instant::now();
+        drop(loader);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // The queue bounded the work: far fewer than 400 images were decoded.
+        assert!(started.load(Ordering::Relaxed) < 40);
+    }
+
+    #[test]
+    #[should_panic(expected = "boom")]
+    fn a_panicking_transform_is_raised_again() {
+        let t = Temp::new("panic");
+        let set = ImageFolder::open(&sample(&t)).unwrap();
+        let transform: Transform = Arc::new(|v, p| if p == 3 { panic!("boom") } else { v });
+        for _ in set
+            .loader((0..set.len()).collect(), 2, 8, 2, 1, transform)
+            .unwrap()
+        {}
+    }
+
+    #[test]
+    fn clear_errors_for_bad_folders() {
+        let t = Temp::new("errors");
+        let missing = ImageFolder::open(&t.0.join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("does not exist"), "{missing}");
+        let bare = t.dir("bare");
+        std::fs::write(bare.join("a.png"), "").unwrap();
+        let none = ImageFolder::open(&bare).unwrap_err().to_string();
+        assert!(none.contains("no class folders"), "{none}");
+        let root = t.dir("holes");
+        rgb(4, 4).save(t.dir("holes/full").join("1.png")).unwrap();
+        std::fs::write(t.dir("holes/hollow").join("notes.txt"), "").unwrap();
+        let empty = ImageFolder::open(&root).unwrap_err().to_string();
+        assert!(
+            empty.contains("class `hollow`") && empty.contains("no images"),
+            "{empty}"
+        );
+    }
+
+    #[test]
+    fn splits_into_train_and_val() {
+        let t = Temp::new("split");
+        for d in ["s/train/a", "s/train/b", "s/val/a", "s/val/b"] {
+            rgb(4, 4).save(t.dir(d).join("1.png")).unwrap();
+        }
+        let (train, val) = ImageFolder::open_split(&t.0.join("s")).unwrap();
+        let val = val.unwrap();
+        assert_eq!(train.classes(), val.classes());
+        assert!(train.root().ends_with("train") && val.root().ends_with("val"));
+        // No split folders: the root is the training set.
+        let (train, val) = ImageFolder::open_split(&t.0.join("s/train")).unwrap();
+        assert_eq!((train.classes().len(), val.is_none()), (2, true));
+        // Different classes are named.
+        std::fs::remove_dir_all(t.0.join("s/val/b")).unwrap();
+        rgb(4, 4).save(t.dir("s/val/c").join("1.png")).unwrap();
+        let e = ImageFolder::open_split(&t.0.join("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing from val: [b]") && e.contains("not in train: [c]"),
+            "{e}"
+        );
+    }
+}

@@ -129,6 +129,11 @@ struct TrainArgs {
     /// Seeds the initialisation, the data, the data order and dropout [default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Train on an ImageNet-style folder (`DIR/<class>/*.jpg|png`, or `DIR/train/...` and
+    /// `DIR/val/...`) instead of generated images: shorter side rescaled, per-pixel mean
+    /// subtracted, random crops, flips and PCA colour augmentation as in the paper.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Generated training images per epoch, and held-out validation images.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     images: u64,
@@ -453,10 +458,13 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
     let s = plan.input;
     let backend = Device::parse(&a.device)?;
     println!("device: {}", backend.name());
-    let data_note = format!(
-        "images={} batch={} classes={} val_images={}",
-        a.images, a.batch, a.classes, a.val_images
-    );
+    let data_note = match &a.data {
+        Some(dir) => format!("data={} batch={}", dir.display(), a.batch),
+        None => format!(
+            "images={} batch={} classes={} val_images={}",
+            a.images, a.batch, a.classes, a.val_images
+        ),
+    };
     let mut trainer = match &a.resume {
         Some(path) => {
             let given = [
@@ -528,31 +536,54 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
     let state_path = dir.join("state.safetensors");
     let batch = a.batch as usize;
     let steps_per_epoch = a.images / a.batch;
-    println!(
-        "training {} on {} generated images of {classes} classes ({}), batch {}, {steps_per_epoch} steps per epoch; checkpoints in {}",
-        plan.name,
-        a.images,
-        data.class_names().join(", "),
-        a.batch,
-        dir.display()
-    );
+    if a.data.is_none() {
+        println!(
+            "training {} on {} generated images of {classes} classes ({}), batch {}, {steps_per_epoch} steps per epoch; checkpoints in {}",
+            plan.name,
+            a.images,
+            data.class_names().join(", "),
+            a.batch,
+            dir.display()
+        );
+    }
+    let mut source = match &a.data {
+        Some(dir) => Source::folder(dir, &plan, trainer.classes(), seed)?,
+        None => Source::Synthetic {
+            data,
+            steps_per_epoch,
+        },
+    };
+    if let Source::Folder { train, val, .. } = &source {
+        println!(
+            "training {} on {}: {} files, {} classes ({}){}; batch {batch}; checkpoints in {}",
+            plan.name,
+            dir_name(&a.data),
+            train.len(),
+            train.classes().len(),
+            train.classes().join(", "),
+            val.as_ref()
+                .map(|v| format!(", validation: {} files", v.len()))
+                .unwrap_or_else(|| ", no val/ folder: no validation".into()),
+            dir.display()
+        );
+    }
     while trainer.state().epoch < a.epochs {
         let epoch = trainer.state().epoch;
-        let order = epoch_order(seed, epoch, a.images);
         let t0 = Instant::now();
         let mut window = None::<BatchStats>;
         let mut since = Instant::now();
         // The state is saved at the end of an epoch, so a resumed run starts the next one.
-        if epoch.checked_mul(steps_per_epoch) != Some(trainer.state().step) {
+        if matches!(source, Source::Synthetic { .. })
+            && epoch.checked_mul(steps_per_epoch) != Some(trainer.state().step)
+        {
             return Err(format!(
                 "the state is at step {} of epoch {epoch}, not at an epoch's start with {steps_per_epoch} steps per epoch",
                 trainer.state().step
             )
             .into());
         }
-        for i in 0..steps_per_epoch as usize {
-            let idx = &order[i * batch..(i + 1) * batch];
-            let (x, y) = data.batch(idx);
+        let order = epoch_order(seed, epoch, source.len(a.images));
+        for (x, y) in source.epoch(epoch, order, batch)? {
             let st = trainer.step(&x, &y)?;
             if !st.loss.is_finite() {
                 return Err(format!(
@@ -580,26 +611,34 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
                 since = Instant::now();
             }
         }
+        if let Some(report) = source.report() {
+            if report.skipped > 0 {
+                println!("epoch {}: {report}", epoch + 1);
+            }
+        }
         let mut val = None::<BatchStats>;
-        let held: Vec<u64> = (a.images..a.images + a.val_images).collect();
-        for chunk in held.chunks(batch) {
-            let (x, y) = data.batch(chunk);
+        for (x, y) in source.validation(a.images, a.val_images, batch)? {
             let st = trainer.evaluate(&x, &y)?;
             match val.as_mut() {
                 Some(v) => v.merge(&st),
                 None => val = Some(st),
             }
         }
-        let val = val.ok_or("no validation images (--val-images 0)")?;
-        let changed = trainer.end_epoch(Some(val.top1_error()));
+        let changed = trainer.end_epoch(val.map(|v| v.top1_error()));
         trainer.save(&state_path)?;
+        let summary = match val {
+            Some(v) => format!(
+                "validation loss {:.4}, top-1 error {:.1}%, top-5 error {:.1}%",
+                v.loss,
+                100.0 * v.top1_error(),
+                100.0 * v.top5_error()
+            ),
+            None => "no validation set".to_string(),
+        };
         println!(
-            "epoch {} done in {:.1} s: validation loss {:.4}, top-1 error {:.1}%, top-5 error {:.1}%{}; saved {}",
+            "epoch {} done in {:.1} s: {summary}{}; saved {}",
             epoch + 1,
             t0.elapsed().as_secs_f64(),
-            val.loss,
-            100.0 * val.top1_error(),
-            100.0 * val.top5_error(),
             changed
                 .map(|lr| format!("; learning rate now {lr:.3e}"))
                 .unwrap_or_default(),
@@ -607,4 +646,243 @@ fn train(a: TrainArgs) -> Result<(), AnyError> {
         );
     }
     Ok(())
+}
+
+fn dir_name(d: &Option<PathBuf>) -> String {
+    d.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Where training batches come from: generated shapes, or an image folder read in the
+/// background with the paper's augmentation.
+enum Source {
+    Synthetic {
+        data: alexnet::runtime::Synthetic,
+        steps_per_epoch: u64,
+    },
+    Folder {
+        train: alexnet::runtime::data::folder::ImageFolder,
+        val: Option<alexnet::runtime::data::folder::ImageFolder>,
+        /// Rescaled side, per-pixel mean, augmentation, the run's seed.
+        side: usize,
+        mean: std::sync::Arc<Vec<f32>>,
+        augment: std::sync::Arc<alexnet::runtime::data::augment::Augment>,
+        seed: u64,
+        /// The report of the last epoch's loader, filled when its batches run out.
+        report: ReportSlot,
+    },
+}
+
+type Batches = Box<dyn Iterator<Item = (Tensor, Vec<u32>)>>;
+type ReportSlot =
+    std::sync::Arc<std::sync::Mutex<Option<alexnet::runtime::data::folder::LoadReport>>>;
+
+impl Source {
+    /// An image folder prepared for `plan`: the shorter side rescaled in the paper's
+    /// proportion (256 for a 227 input), the per-pixel mean of up to 1,000 training images,
+    /// PCA colour augmentation from up to 256 of them.
+    fn folder(
+        dir: &std::path::Path,
+        plan: &Plan,
+        outputs: usize,
+        seed: u64,
+    ) -> Result<Self, AnyError> {
+        use alexnet::runtime::data::augment::{Augment, PcaColour};
+        use alexnet::runtime::data::folder::{decode, ImageFolder};
+        let (train, val) = ImageFolder::open_split(dir)?;
+        if train.classes().len() > outputs {
+            return Err(format!(
+                "{} has {} classes; `{}` has only {outputs} outputs",
+                dir.display(),
+                train.classes().len(),
+                plan.name
+            )
+            .into());
+        }
+        let s = plan.input;
+        if s.c != 3 || s.h != s.w {
+            return Err(
+                format!("image folders need a network with square RGB input, not {s}").into(),
+            );
+        }
+        let side = (s.h * 256).div_ceil(227).max(s.h);
+        let (mean, report) = train.mean_image(side, 1000);
+        if report.skipped > 0 {
+            println!("mean image: {report}");
+        }
+        let shape = alexnet::ir::Shape::new(3, side, side);
+        let step = (train.len() / 256).max(1);
+        let sample: Vec<Vec<f32>> = (0..train.len())
+            .step_by(step)
+            .filter_map(|i| decode(train.path(i), side).ok())
+            .map(|img| img.iter().zip(mean.iter()).map(|(a, b)| a - b).collect())
+            .collect();
+        let refs: Vec<&[f32]> = sample.iter().map(|v| v.as_slice()).collect();
+        let pca = PcaColour::from_images(&refs, shape).ok();
+        Ok(Source::Folder {
+            train,
+            val,
+            side,
+            mean: std::sync::Arc::new(mean),
+            augment: std::sync::Arc::new(Augment::paper((s.h, s.w), pca)),
+            seed,
+            report: Default::default(),
+        })
+    }
+
+    fn len(&self, images: u64) -> u64 {
+        match self {
+            Source::Synthetic { .. } => images,
+            Source::Folder { train, .. } => train.len() as u64,
+        }
+    }
+
+    /// Epoch `epoch`'s batches in `order`; an image's augmentation is drawn from (seed,
+    /// epoch, its position), so a run is reproducible whatever the number of workers.
+    fn epoch(&mut self, epoch: u64, order: Vec<u64>, batch: usize) -> Result<Batches, AnyError> {
+        match self {
+            Source::Synthetic {
+                data,
+                steps_per_epoch,
+            } => {
+                let data = data.clone();
+                let steps = *steps_per_epoch as usize;
+                Ok(Box::new((0..steps).map(move |i| {
+                    data.batch(&order[i * batch..(i + 1) * batch])
+                })))
+            }
+            Source::Folder {
+                train,
+                side,
+                mean,
+                augment,
+                seed,
+                report,
+                ..
+            } => {
+                let shape = alexnet::ir::Shape::new(3, *side, *side);
+                let (mean, augment, seed) = (mean.clone(), augment.clone(), *seed);
+                let epoch_seed = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let crop = augment.out_shape(shape);
+                let transform: alexnet::runtime::data::folder::Transform =
+                    std::sync::Arc::new(move |img: Vec<f32>, pos: u64| {
+                        use rand::SeedableRng;
+                        let x: Vec<f32> = img.iter().zip(mean.iter()).map(|(a, b)| a - b).collect();
+                        let mut rng = rand::rngs::StdRng::seed_from_u64(
+                            epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03),
+                        );
+                        // Cannot fail: the rescaled side is at least the crop.
+                        let mut y = augment
+                            .train(&x, shape, &mut rng)
+                            .unwrap_or_else(|_| vec![0.0; crop.len()]);
+                        y.iter_mut().for_each(|v| *v *= PIXEL_SCALE);
+                        y
+                    });
+                let order: Vec<usize> = order.into_iter().map(|i| i as usize).collect();
+                let loader = train.loader(order, batch, *side, workers(), 4, transform)?;
+                if let Ok(mut r) = report.lock() {
+                    *r = None;
+                }
+                Ok(Box::new(LoaderBatches {
+                    loader,
+                    crop,
+                    report: Some(report.clone()),
+                }))
+            }
+        }
+    }
+
+    /// Skips of the last epoch's loader (image folders only).
+    fn report(&self) -> Option<alexnet::runtime::data::folder::LoadReport> {
+        match self {
+            Source::Folder { report, .. } => report.lock().ok().and_then(|r| r.clone()),
+            Source::Synthetic { .. } => None,
+        }
+    }
+
+    /// The validation batches: held-out generated images, or the val/ folder centre-cropped.
+    fn validation(&self, images: u64, val_images: u64, batch: usize) -> Result<Batches, AnyError> {
+        match self {
+            Source::Synthetic { data, .. } => {
+                let data = data.clone();
+                let held: Vec<u64> = (images..images + val_images).collect();
+                Ok(Box::new(
+                    held.chunks(batch)
+                        .map(|c| c.to_vec())
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .map(move |c| data.batch(&c)),
+                ))
+            }
+            Source::Folder {
+                val: Some(val),
+                side,
+                mean,
+                augment,
+                ..
+            } => {
+                let shape = alexnet::ir::Shape::new(3, *side, *side);
+                let (mean, augment) = (mean.clone(), augment.clone());
+                let crop = augment.out_shape(shape);
+                let transform: alexnet::runtime::data::folder::Transform =
+                    std::sync::Arc::new(move |img: Vec<f32>, _| {
+                        let x: Vec<f32> = img.iter().zip(mean.iter()).map(|(a, b)| a - b).collect();
+                        augment
+                            .eval(&x, shape)
+                            .unwrap_or_else(|_| vec![0.0; crop.len()])
+                    });
+                let loader = val.loader(
+                    (0..val.len()).collect(),
+                    batch,
+                    *side,
+                    workers(),
+                    4,
+                    transform,
+                )?;
+                Ok(Box::new(LoaderBatches {
+                    loader,
+                    crop,
+                    report: None,
+                }))
+            }
+            Source::Folder { val: None, .. } => Ok(Box::new(std::iter::empty())),
+        }
+    }
+}
+
+/// Pixels (0..255, the mean subtracted, PCA-shifted) are divided by 128, so that the
+/// inputs lie in about [-1, 1] as He initialisation expects (the paper's N(0, 0.01) took
+/// raw values).
+const PIXEL_SCALE: f32 = 1.0 / 128.0;
+
+/// Background decoding threads for the image folders: the machine's cores, at most 8.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
+/// A loader's batches as tensors of the network's input shape.
+struct LoaderBatches {
+    loader: alexnet::runtime::data::folder::Loader,
+    crop: alexnet::ir::Shape,
+    /// Where to leave the loader's report when the batches run out.
+    report: Option<ReportSlot>,
+}
+
+impl Iterator for LoaderBatches {
+    type Item = (Tensor, Vec<u32>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Some((data, labels)) = self.loader.next() else {
+            if let Some(slot) = &self.report {
+                if let Ok(mut r) = slot.lock() {
+                    *r = Some(self.loader.report());
+                }
+            }
+            return None;
+        };
+        let c = self.crop;
+        let t = Tensor::new(vec![labels.len(), c.c, c.h, c.w], data).ok()?;
+        Some((t, labels))
+    }
 }

@@ -177,3 +177,71 @@ fn train_checkpoints_and_resumes_exactly() {
         "{err}"
     );
 }
+
+/// Writes `n` PNGs per class of generated shapes (40x40) under `dir/<class>/`.
+fn image_folder(dir: &std::path::Path, n: u64, offset: u64) {
+    let data = alexnet::runtime::Synthetic::new(2, 3, 40, 40, 5).unwrap();
+    for i in offset..offset + 2 * n {
+        let (x, label) = data.sample(i);
+        let class = dir.join(["disk", "square"][label as usize]);
+        std::fs::create_dir_all(&class).unwrap();
+        let img = image::RgbImage::from_fn(40, 40, |cx, cy| {
+            let at = |c: usize| {
+                let v = x[(c * 40 + cy as usize) * 40 + cx as usize];
+                ((v + 1.0) * 127.5).clamp(0.0, 255.0) as u8
+            };
+            image::Rgb([at(0), at(1), at(2)])
+        });
+        img.save(class.join(format!("{i}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn train_on_an_image_folder_skips_and_reports_broken_files() {
+    let root = tmp().join("folder");
+    let _ = std::fs::remove_dir_all(&root);
+    image_folder(&root.join("train"), 24, 0);
+    image_folder(&root.join("val"), 8, 1000);
+    std::fs::write(
+        root.join("train").join("disk").join("broken.jpg"),
+        "not a jpeg",
+    )
+    .unwrap();
+    let out = Command::new(example())
+        .args(["train", "--device", "cpu", "--epochs", "1", "--batch", "16"])
+        .args(["--log-every", "1", "--data"])
+        .arg(&root)
+        .arg("--checkpoint")
+        .arg(root.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(
+        text.contains("49 files, 2 classes (disk, square)"),
+        "{text}"
+    );
+    assert!(text.contains("validation: 16 files"), "{text}");
+    assert!(text.contains("1 file(s) skipped"), "{text}");
+    assert!(text.contains("broken.jpg"), "{text}");
+    // 48 good images in batches of 16: three steps.
+    assert!(text.contains("epoch 1 step      3: loss"), "{text}");
+    assert!(
+        text.contains("epoch 1 done") && text.contains("validation loss"),
+        "{text}"
+    );
+    assert!(root.join("run").join("state.safetensors").exists());
+
+    // A folder without images is a one-line error.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(empty.join("nothing")).unwrap();
+    let out = Command::new(example())
+        .args(["train", "--device", "cpu", "--data"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

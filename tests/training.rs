@@ -51,7 +51,7 @@ fn naive_loss(
         match l.op {
             Op::Softmax if li + 1 == plan.layers.len() => break,
             Op::Dropout { p } => {
-                let threshold = philox::drop_threshold(p);
+                let (threshold, _) = philox::dropout_threshold_scale(p);
                 let scale = 1.0 / (1.0 - p as f64);
                 for (i, v) in a.iter_mut().enumerate() {
                     *v = if mask.draw(li as u32, i as u32) >= threshold {

@@ -231,13 +231,14 @@ pub fn render(plan: &Plan) -> CudaTraining {
             // Softmax is always the last layer (the checker enforces it): the loss
             // kernel folds it in.
             Op::Dropout { p } => {
+                let (threshold, scale) = crate::ir::dropout_threshold_scale(p);
                 let name = format!("{lname}_dropout_n{}", i.len());
                 let mut v = common(&name);
                 v.extend([
                     ("LEN", i.len().to_string()),
                     ("LAYER_ID", stage.layer.to_string()),
-                    ("THRESHOLD", drop_threshold(p).to_string()),
-                    ("SCALE", c_float(keep_scale(p))),
+                    ("THRESHOLD", threshold.to_string()),
+                    ("SCALE", c_float(scale)),
                     ("THREADS", EW_THREADS.to_string()),
                 ]);
                 push(
@@ -315,20 +316,6 @@ fn fixed_launch(layer: usize, name: &str, block: u32, blocks: u32) -> KernelLaun
         x_fixed: blocks,
         grid_y: 1,
         grid_z: 1,
-    }
-}
-
-/// Philox draws below this drop a unit: `p * 2^32` (as `alexnet_runtime::philox`).
-fn drop_threshold(p: f32) -> u32 {
-    (f64::from(p.clamp(0.0, 1.0)) * 4_294_967_296.0).min(f64::from(u32::MAX)) as u32
-}
-
-/// `1 / (1 - p)`, computed in f32 as the CPU backend does.
-fn keep_scale(p: f32) -> f32 {
-    if p >= 1.0 {
-        0.0
-    } else {
-        1.0 / (1.0 - p)
     }
 }
 

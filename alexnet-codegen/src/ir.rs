@@ -117,6 +117,16 @@ impl Op {
     }
 }
 
+/// Training-time dropout of probability `p`: the Philox draw (a `u32`) below which a unit
+/// is dropped, `p * 2^32`, and the scale of a kept unit, `1 / (1 - p)` (inverted dropout:
+/// inference is the identity). The CPU backend and the generated CUDA both use these.
+pub fn dropout_threshold_scale(p: f32) -> (u32, f32) {
+    let threshold =
+        (f64::from(p.clamp(0.0, 1.0)) * 4_294_967_296.0).min(f64::from(u32::MAX)) as u32;
+    let scale = if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) };
+    (threshold, scale)
+}
+
 /// A layer of a planned network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layer {

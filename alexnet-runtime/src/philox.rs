@@ -45,20 +45,9 @@ impl DropoutMask {
     }
 }
 
-/// The draw below which a unit is dropped: `p * 2^32`, so that a unit is kept with
-/// probability `1 - p` (to within 2^-32).
-pub fn drop_threshold(p: f32) -> u32 {
-    (f64::from(p.clamp(0.0, 1.0)) * 4_294_967_296.0).min(f64::from(u32::MAX)) as u32
-}
-
-/// The scale of a kept unit, `1 / (1 - p)` (inverted dropout: inference is the identity).
-pub fn keep_scale(p: f32) -> f32 {
-    if p >= 1.0 {
-        0.0
-    } else {
-        1.0 / (1.0 - p)
-    }
-}
+/// The draw below which a unit is dropped (`p * 2^32`) and the scale of a kept unit
+/// (`1 / (1 - p)`); one definition for the CPU and the generated CUDA.
+pub use crate::ir::dropout_threshold_scale;
 
 #[cfg(test)]
 mod tests {
@@ -87,10 +76,10 @@ mod tests {
     #[test]
     fn drops_about_p() {
         let m = DropoutMask { seed: 7, step: 3 };
-        let t = drop_threshold(0.5);
+        let (t, _) = dropout_threshold_scale(0.5);
         let dropped = (0..100_000).filter(|&i| m.draw(5, i) < t).count();
         assert!((49_000..51_000).contains(&dropped), "{dropped}");
-        assert_eq!(drop_threshold(0.0), 0);
-        assert_eq!(keep_scale(0.5), 2.0);
+        assert_eq!(dropout_threshold_scale(0.0), (0, 1.0));
+        assert_eq!(dropout_threshold_scale(0.5), (1 << 31, 2.0));
     }
 }

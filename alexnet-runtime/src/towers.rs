@@ -204,7 +204,7 @@ impl Towers {
     /// Training-time dropout of tower `t`'s part of layer `layer`, drawing each unit from
     /// its index in the unsplit layout, so the masks are the unsplit network's.
     fn dropout(&self, m: DropoutMask, layer: usize, t: usize, p: f32, x: &[f32], y: &mut [f32]) {
-        let (thr, scale) = (philox::drop_threshold(p), philox::keep_scale(p));
+        let (thr, scale) = philox::dropout_threshold_scale(p);
         let full = self.plan.layers[layer].input.len();
         let len = self.towers[t].layers[layer].input.len();
         for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {

@@ -349,11 +349,8 @@ impl Backend for Cpu {
                 layer.name
             ))
         })?;
-        let (threshold, scale, id) = (
-            philox::drop_threshold(p),
-            philox::keep_scale(p),
-            stage.layer as u32,
-        );
+        let (threshold, scale) = philox::dropout_threshold_scale(p);
+        let id = stage.layer as u32;
         const CHUNK: usize = 1 << 14;
         output[..n]
             .par_chunks_mut(CHUNK)

@@ -25,6 +25,21 @@ pub(super) fn driver_err(
     move |e| Error::Backend(format!("cuda: {what}: {e:?}"))
 }
 
+/// `batch` as the kernels' `int`, when every index of the layer fits in 32 bits.
+pub(super) fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> {
+    let l = &plan.layers[layer];
+    let per = l.input.len().max(l.output.len()) as u64;
+    i32::try_from(batch)
+        .ok()
+        .filter(|b| (*b as u64) * per <= i32::MAX as u64)
+        .ok_or_else(|| {
+            Error::Backend(format!(
+                "cuda: batch {batch} too large for {} (32-bit indexing)",
+                l.name
+            ))
+        })
+}
+
 /// One GPU: a context, a stream, and the networks compiled for it.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
@@ -316,17 +331,7 @@ impl Backend for Cuda {
                 output.len()
             )));
         }
-        let batch_i32 = i32::try_from(batch)
-            .ok()
-            .filter(|b| {
-                (*b as u64) * (layer.input.len().max(layer.output.len()) as u64) <= i32::MAX as u64
-            })
-            .ok_or_else(|| {
-                Error::Backend(format!(
-                    "cuda: batch {batch} too large for {} (32-bit indexing)",
-                    layer.name
-                ))
-            })?;
+        let batch_i32 = batch_i32(plan, stage.layer, batch)?;
         let loaded = self.loaded(plan)?;
         let (launch, f) = loaded
             .kernels

@@ -11,7 +11,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::backend::{driver_err, Cuda};
+use super::backend::{batch_i32, driver_err, Cuda};
 use crate::error::{Error, Result};
 use crate::ir::{KernelLaunch, Op, Plan, Stage};
 use crate::optim::Sgd;
@@ -50,21 +50,6 @@ fn cfg(k: &Kernel, batch: usize) -> LaunchConfig {
         block_dim: (k.launch.block, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// `batch` as the kernels' `int`, when every index of the layer fits in 32 bits.
-fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> {
-    let l = &plan.layers[layer];
-    let per = l.input.len().max(l.output.len()) as u64;
-    i32::try_from(batch)
-        .ok()
-        .filter(|b| (*b as u64) * per <= i32::MAX as u64)
-        .ok_or_else(|| {
-            Error::Backend(format!(
-                "cuda: batch {batch} too large for {} (32-bit indexing)",
-                l.name
-            ))
-        })
 }
 
 fn need(what: &str, buf: &CudaSlice<f32>, len: usize) -> Result<()> {

@@ -100,16 +100,13 @@ impl Towers {
     }
 
     /// Tower `t`'s parameters for layer `layer`.
-    fn layer_params(&self, t: usize, layer: usize) -> Vec<&[f32]> {
+    fn layer_params(&self, t: usize, layer: usize) -> &[Vec<f32>] {
         let first: usize = self.plan.layers[..layer]
             .iter()
             .map(|l| l.params().len())
             .sum();
         let n = self.plan.layers[layer].params().len();
-        self.params[t][first..first + n]
-            .iter()
-            .map(|v| v.as_slice())
-            .collect()
+        &self.params[t][first..first + n]
     }
 
     /// The input of each tower's first layer: the image, or its own channels of it.
@@ -169,7 +166,7 @@ impl Towers {
             let run_tower = |t: usize| -> Result<Vec<f32>> {
                 let tp = &self.towers[t];
                 let l = &tp.layers[st.layer];
-                let xin: &[f32] = exchanged.as_deref().unwrap_or(&outs[t]);
+                let xin: &Vec<f32> = exchanged.as_ref().unwrap_or(&outs[t]);
                 let mut y = vec![0.0f32; n * l.output.len()];
                 match (l.op, mask) {
                     (Op::Dropout { p }, Some(m)) => {
@@ -177,13 +174,8 @@ impl Towers {
                     }
                     (Op::Dropout { .. }, None) => y.copy_from_slice(xin),
                     _ => {
-                        let p: Vec<Vec<f32>> = self
-                            .layer_params(t, st.layer)
-                            .iter()
-                            .map(|s| s.to_vec())
-                            .collect();
-                        let p: Vec<&Vec<f32>> = p.iter().collect();
-                        cpu.forward_stage(tp, *st, n, &xin.to_vec(), &p, &mut y)?;
+                        let p: Vec<&Vec<f32>> = self.layer_params(t, st.layer).iter().collect();
+                        cpu.forward_stage(tp, *st, n, xin, &p, &mut y)?;
                     }
                 }
                 Ok(y)
@@ -393,7 +385,11 @@ impl Towers {
                         }
                         return Ok((dx, Vec::new()));
                     }
-                    let p = self.layer_params(t, layer);
+                    let p: Vec<&[f32]> = self
+                        .layer_params(t, layer)
+                        .iter()
+                        .map(|v| v.as_slice())
+                        .collect();
                     let mut dp: Vec<Vec<f32>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
                     cpu.backward_slices(
                         tp,

@@ -8,36 +8,13 @@ mod common;
 
 use alexnet::ir::Plan;
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
-use alexnet::runtime::weights::NamedTensor;
 use alexnet::runtime::{Backend, Cpu, Cuda, Device, Model, Tensor};
 use common::rel_l2;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const TOL: f64 = 1e-5;
 
-fn random(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
-}
-
-/// Weights scaled by 1/sqrt(fan-in), so activations stay O(1) through deep networks.
-fn weights(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
-    plan.params()
-        .into_iter()
-        .map(|s| {
-            let fan_in: usize = if s.shape.len() > 1 {
-                s.shape[1..].iter().product()
-            } else {
-                10
-            };
-            let scale = (3.0 / fan_in as f32).sqrt();
-            NamedTensor {
-                data: random(rng, s.len(), scale),
-                name: s.name,
-                shape: s.shape,
-            }
-        })
-        .collect()
-}
+use common::{fan_in_weights as weights, random_scaled as random};
 
 /// Runs `plan` on the GPU and the CPU at each batch size; returns the worst error.
 fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {

@@ -14,6 +14,31 @@ pub fn random(rng: &mut impl Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// `n` values uniform in [-scale, scale).
+pub fn random_scaled(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Every parameter of `plan` uniform with bound sqrt(3 / fan-in) (fan-in 10 for biases), so
+/// activations stay O(1) through deep networks.
+pub fn fan_in_weights(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
+    plan.params()
+        .into_iter()
+        .map(|s| {
+            let fan_in: usize = if s.shape.len() > 1 {
+                s.shape[1..].iter().product()
+            } else {
+                10
+            };
+            NamedTensor {
+                data: random_scaled(rng, s.len(), (3.0 / fan_in as f32).sqrt()),
+                name: s.name,
+                shape: s.shape,
+            }
+        })
+        .collect()
+}
+
 /// Every parameter of `plan`, uniform in [-1, 1).
 pub fn random_params(plan: &Plan, rng: &mut impl Rng) -> Vec<NamedTensor> {
     plan.params()

@@ -127,3 +127,35 @@ pub trait Backend: Send + Sync + 'static {
         grads: &[&Self::Buffer],
     ) -> Result<()>;
 }
+
+/// Checks the arguments of [`Backend::sgd_step`] for backend `who`: one parameter,
+/// momentum, gradient and learning-rate multiplier per tensor of `plan` (`counts`), and
+/// buffers holding at least their tensor (`lens(i)`: the lengths of tensor i's parameter,
+/// momentum and gradient buffers). Returns the tensors' specs.
+pub(crate) fn check_sgd_args(
+    who: &str,
+    plan: &Plan,
+    counts: [usize; 4],
+    lens: impl Fn(usize) -> [usize; 3],
+) -> Result<Vec<crate::ir::ParamSpec>> {
+    let specs = plan.params();
+    let n = specs.len();
+    if counts != [n; 4] {
+        let [p, v, g, m] = counts;
+        return Err(crate::error::Error::Backend(format!(
+            "{who}: sgd over {n} tensors got {p} parameters, {v} momenta, {g} gradients, {m} multipliers"
+        )));
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        for (what, len) in ["", " momentum", " gradient"].iter().zip(lens(i)) {
+            if len < spec.len() {
+                return Err(crate::error::Error::Backend(format!(
+                    "{who}: {}{what} buffer holds {len} values, {} needed",
+                    spec.name,
+                    spec.len()
+                )));
+            }
+        }
+    }
+    Ok(specs)
+}

@@ -415,22 +415,12 @@ impl Backend for Cpu {
         velocity: &mut [&mut Vec<f32>],
         grads: &[&Vec<f32>],
     ) -> Result<()> {
-        let specs = plan.params();
-        let n = specs.len();
-        if params.len() != n || velocity.len() != n || grads.len() != n || lr_mults.len() != n {
-            return Err(Error::Backend(format!(
-                "cpu: sgd over {n} tensors got {} parameters, {} momenta, {} gradients, {} multipliers",
-                params.len(),
-                velocity.len(),
-                grads.len(),
-                lr_mults.len()
-            )));
-        }
+        let counts = [params.len(), velocity.len(), grads.len(), lr_mults.len()];
+        let specs = crate::backend::check_sgd_args("cpu", plan, counts, |i| {
+            [params[i].len(), velocity[i].len(), grads[i].len()]
+        })?;
         for (i, spec) in specs.iter().enumerate() {
             let len = spec.len();
-            check_len(&spec.name, params[i], len)?;
-            check_len(&format!("{} momentum", spec.name), velocity[i], len)?;
-            check_len(&format!("{} gradient", spec.name), grads[i], len)?;
             const CHUNK: usize = 1 << 15;
             params[i][..len]
                 .par_chunks_mut(CHUNK)

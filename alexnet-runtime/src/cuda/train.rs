@@ -342,22 +342,11 @@ impl Cuda {
         velocity: &mut [&mut CudaSlice<f32>],
         grads: &[&CudaSlice<f32>],
     ) -> Result<()> {
-        let specs = plan.params();
-        let n = specs.len();
-        if params.len() != n || velocity.len() != n || grads.len() != n || lr_mults.len() != n {
-            return Err(Error::Backend(format!(
-                "cuda: sgd over {n} tensors got {} parameters, {} momenta, {} gradients, {} multipliers",
-                params.len(),
-                velocity.len(),
-                grads.len(),
-                lr_mults.len()
-            )));
-        }
-        for (i, spec) in specs.iter().enumerate() {
-            need(&spec.name, params[i], spec.len())?;
-            need(&format!("{} momentum", spec.name), velocity[i], spec.len())?;
-            need(&format!("{} gradient", spec.name), grads[i], spec.len())?;
-        }
+        let counts = [params.len(), velocity.len(), grads.len(), lr_mults.len()];
+        let n = crate::backend::check_sgd_args("cuda", plan, counts, |i| {
+            [params[i].len(), velocity[i].len(), grads[i].len()]
+        })?
+        .len();
         let loaded = self.loaded_training(plan)?;
         let mut first = 0;
         while first < n {

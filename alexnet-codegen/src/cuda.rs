@@ -110,6 +110,42 @@ pub(crate) fn shape_values(s: Shape) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The constants of a pooling or LRN layer's templates, which its forward and backward
+/// kernels share: shapes, window, LRN's constants, threads per block.
+pub(crate) fn window_values(layer: &crate::ir::Layer) -> Vec<(&'static str, String)> {
+    let (i, o) = (layer.input, layer.output);
+    let mut v = vec![("THREADS", EW_THREADS.to_string())];
+    match layer.op {
+        Op::MaxPool { k, stride } | Op::AvgPool { k, stride } => {
+            v.extend(shape_values(i));
+            v.extend([
+                ("P", o.h.to_string()),
+                ("Q", o.w.to_string()),
+                ("K", k.to_string()),
+                ("STRIDE", stride.to_string()),
+                ("MAX", matches!(layer.op, Op::MaxPool { .. }).to_string()),
+            ]);
+        }
+        Op::Lrn {
+            size,
+            alpha,
+            beta,
+            k,
+            channel_groups,
+        } => v.extend([
+            ("C", i.c.to_string()),
+            ("HW", (i.h * i.w).to_string()),
+            ("SIZE", size.to_string()),
+            ("GROUPS", channel_groups.to_string()),
+            ("ALPHA", c_float(alpha)),
+            ("BETA", c_float(beta)),
+            ("KB", c_float(k)),
+        ]),
+        _ => {}
+    }
+    v
+}
+
 /// Renders the CUDA for every stage of `plan`.
 pub fn render(plan: &Plan) -> CudaPlan {
     let mut source = format!(
@@ -198,15 +234,7 @@ pub fn render(plan: &Plan) -> CudaPlan {
                     i.c
                 );
                 let mut v = common(&name);
-                v.extend(shape_values(i));
-                v.extend([
-                    ("P", o.h.to_string()),
-                    ("Q", o.w.to_string()),
-                    ("K", k.to_string()),
-                    ("STRIDE", stride.to_string()),
-                    ("MAX", max.to_string()),
-                    ("THREADS", EW_THREADS.to_string()),
-                ]);
+                v.extend(window_values(layer));
                 (
                     render_template(POOL, &v),
                     ew_launch(stage.layer, &name, o.len() as u64),
@@ -214,23 +242,12 @@ pub fn render(plan: &Plan) -> CudaPlan {
             }
             Op::Lrn {
                 size,
-                alpha,
-                beta,
-                k,
                 channel_groups,
+                ..
             } => {
                 let name = format!("{lname}_fwd_c{}_n{size}_g{channel_groups}", i.c);
                 let mut v = common(&name);
-                v.extend([
-                    ("C", i.c.to_string()),
-                    ("HW", (i.h * i.w).to_string()),
-                    ("SIZE", size.to_string()),
-                    ("GROUPS", channel_groups.to_string()),
-                    ("ALPHA", c_float(alpha)),
-                    ("BETA", c_float(beta)),
-                    ("KB", c_float(k)),
-                    ("THREADS", EW_THREADS.to_string()),
-                ]);
+                v.extend(window_values(layer));
                 (
                     render_template(LRN, &v),
                     ew_launch(stage.layer, &name, i.len() as u64),

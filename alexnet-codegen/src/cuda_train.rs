@@ -24,8 +24,8 @@
 use std::fmt::Write;
 
 use crate::cuda::{
-    c_float, c_ident, conv_tile, ew_launch, render_template, shape_values, tile_edge, Tile,
-    EW_THREADS, FC_TILE, GEMM_CORE,
+    c_float, c_ident, conv_tile, ew_launch, render_template, shape_values, tile_edge,
+    window_values, Tile, EW_THREADS, FC_TILE, GEMM_CORE,
 };
 use crate::ir::{KernelLaunch, Op, Plan, Shape};
 
@@ -186,15 +186,7 @@ pub fn render(plan: &Plan) -> CudaTraining {
                     i.c
                 );
                 let mut v = common(&name);
-                v.extend(shape_values(i));
-                v.extend([
-                    ("P", o.h.to_string()),
-                    ("Q", o.w.to_string()),
-                    ("K", k.to_string()),
-                    ("STRIDE", stride.to_string()),
-                    ("MAX", max.to_string()),
-                    ("THREADS", EW_THREADS.to_string()),
-                ]);
+                v.extend(window_values(layer));
                 push(
                     Role::Backward,
                     ew_launch(stage.layer, &name, i.len() as u64),
@@ -204,23 +196,12 @@ pub fn render(plan: &Plan) -> CudaTraining {
             }
             Op::Lrn {
                 size,
-                alpha,
-                beta,
-                k,
                 channel_groups,
+                ..
             } if needs_dx => {
                 let name = format!("{lname}_bwd_c{}_n{size}_g{channel_groups}", i.c);
                 let mut v = common(&name);
-                v.extend([
-                    ("C", i.c.to_string()),
-                    ("HW", (i.h * i.w).to_string()),
-                    ("SIZE", size.to_string()),
-                    ("GROUPS", channel_groups.to_string()),
-                    ("ALPHA", c_float(alpha)),
-                    ("BETA", c_float(beta)),
-                    ("KB", c_float(k)),
-                    ("THREADS", EW_THREADS.to_string()),
-                ]);
+                v.extend(window_values(layer));
                 push(
                     Role::Backward,
                     ew_launch(stage.layer, &name, i.len() as u64),

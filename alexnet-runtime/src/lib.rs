@@ -14,6 +14,7 @@ pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod optim;
 pub mod philox;

@@ -10,18 +10,14 @@
 use std::fmt;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use image::imageops::{self, FilterType};
 use image::{ImageError, ImageFormat, ImageReader, RgbImage};
-use rayon::prelude::*;
 
+use super::loader::{self, chw, Images};
+pub use super::loader::{LoadReport, Loader, Transform};
 use crate::error::{Error, Result};
-
-/// How many skipped files a [`LoadReport`] names.
-const REPORTED: usize = 5;
 
 /// An ImageNet-style folder of images: one sub-folder per class, sorted by name; the
 /// label of an image is the index of its class folder.
@@ -185,63 +181,12 @@ impl ImageFolder {
     }
 
     /// The mean of each pixel (3 x `side` x `side`, CHW, values 0..255) over up to `limit`
-    /// images spread evenly over the set, as [`decode`] prepares them, decoded in parallel.
-    /// Files that do not decode are skipped and counted in the report. All zeros when no
-    /// image decodes. The result does not depend on the number of threads.
+    /// images spread evenly over the set: [`loader::mean_image`].
     pub fn mean_image(&self, side: usize, limit: usize) -> (Vec<f32>, LoadReport) {
-        let size = 3 * side * side;
-        let n = limit.min(self.len());
-        let total = self.len();
-        // Sums of 8-bit values in integers: exact, so independent of the reduction order.
-        let (sum, count, skipped) = (0..n)
-            .into_par_iter()
-            .map(|k| k * total / n)
-            .fold(
-                || (vec![0u64; size], 0u64, Skipped::default()),
-                |(mut sum, count, mut skipped), i| match decode_rgb(self.path(i), side) {
-                    Ok(img) => {
-                        for (s, v) in sum.iter_mut().zip(chw(&img)) {
-                            *s += u64::from(v);
-                        }
-                        (sum, count + 1, skipped)
-                    }
-                    Err(e) => {
-                        skipped.add(i, self.path(i), &e);
-                        (sum, count, skipped)
-                    }
-                },
-            )
-            .reduce(
-                || (vec![0u64; size], 0u64, Skipped::default()),
-                |(mut a, ca, sa), (b, cb, sb)| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    (a, ca + cb, sa.merge(sb))
-                },
-            );
-        let mean = if count == 0 {
-            vec![0.0; size]
-        } else {
-            sum.iter()
-                .map(|&s| (s as f64 / count as f64) as f32)
-                .collect()
-        };
-        (mean, skipped.into_report())
+        loader::mean_image(self, side, limit)
     }
 
-    /// Starts loading the images `order[0], order[1], ...` in the background: `workers`
-    /// threads decode them ([`decode`] at `side`), pass each through
-    /// `transform(image, position in order)` and a collector packs them into batches of
-    /// `batch` images (concatenated) with their labels, held in a queue of at most `queue`
-    /// batches. Batches come in `order`, each full: a file that does not decode is
-    /// skipped (see [`Loader::report`]) and the next image takes its place; the last
-    /// batch may be short. The batches depend only on `order`, not on `workers`.
-    ///
-    /// Dropping the [`Loader`] early stops the threads. A panic in `transform` is raised
-    /// again by [`Loader::next`](Iterator::next).
-    ///
-    /// An error if `batch` or `side` is 0 or an index in `order` is out of range.
+    /// Loads the images `order[0], order[1], ...` in the background: [`loader::loader`].
     pub fn loader(
         &self,
         order: Vec<usize>,
@@ -251,239 +196,37 @@ impl ImageFolder {
         queue: usize,
         transform: Transform,
     ) -> Result<Loader> {
-        if batch == 0 || side == 0 {
-            return Err(Error::Invalid(format!(
-                "image loader: batch {batch} and side {side} must be positive"
-            )));
-        }
-        if let Some(&bad) = order.iter().find(|&&i| i >= self.len()) {
-            return Err(Error::Invalid(format!(
-                "image loader: index {bad} is out of range ({} images)",
-                self.len()
-            )));
-        }
-        let items = Arc::clone(&self.items);
-        let order: Arc<[usize]> = order.into();
-        let n = order.len();
-        let workers = workers.clamp(1, n.max(1));
-        let report = Arc::new(Mutex::new(LoadReport::default()));
-        let (tx, rx) = sync_channel(queue);
-        let mut threads = Vec::with_capacity(workers + 1);
-        // Worker `w` decodes positions w, w + workers, ... into its own small channel;
-        // the collector reads the channels round robin, so it sees every position in turn.
-        let per_worker = batch.div_ceil(workers).max(1);
-        let mut inputs = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (wtx, wrx) = sync_channel::<Decoded>(per_worker);
-            inputs.push(wrx);
-            let (items, order, transform) = (
-                Arc::clone(&items),
-                Arc::clone(&order),
-                Arc::clone(&transform),
-            );
-            threads.push(std::thread::spawn(move || {
-                for p in (w..n).step_by(workers) {
-                    let path = &items[order[p]].0;
-                    let r = decode(path, side).map(|img| transform(img, p as u64));
-                    if wtx.send(r).is_err() {
-                        return; // the collector is gone
-                    }
-                }
-            }));
-        }
-        let collect_report = Arc::clone(&report);
-        threads.push(std::thread::spawn(move || {
-            collect(&items, &order, batch, &inputs, &tx, &collect_report)
-        }));
-        Ok(Loader {
-            rx: Some(rx),
-            threads,
-            report,
-        })
+        loader::loader(
+            Arc::new(self.clone()),
+            order,
+            batch,
+            side,
+            workers,
+            queue,
+            transform,
+        )
     }
 }
 
-/// The transform a [`Loader`] applies to each decoded image (CHW, 0..255): it gets the
-/// image and its position in the loader's order (to seed augmentation, say) and returns
-/// the image to batch (mean subtracted, cropped, flipped, ...).
-pub type Transform = Arc<dyn Fn(Vec<f32>, u64) -> Vec<f32> + Send + Sync>;
-
-/// What one worker hands the collector for one position.
-type Decoded = std::result::Result<Vec<f32>, DecodeError>;
-
-/// A batch: the images concatenated, and their labels.
-type BatchData = (Vec<f32>, Vec<u32>);
-
-/// The collector thread: takes positions 0, 1, ... from the workers in turn and sends
-/// full batches on; returns as soon as the loader is dropped.
-fn collect(
-    items: &[(PathBuf, u32)],
-    order: &[usize],
-    batch: usize,
-    inputs: &[Receiver<Decoded>],
-    tx: &SyncSender<BatchData>,
-    report: &Mutex<LoadReport>,
-) {
-    let (mut images, mut labels) = (Vec::new(), Vec::with_capacity(batch));
-    for (p, &i) in order.iter().enumerate() {
-        let Ok(decoded) = inputs[p % inputs.len()].recv() else {
-            return; // the worker panicked: the loader raises it again
-        };
-        match decoded {
-            Ok(img) => {
-                if images.capacity() == 0 {
-                    images.reserve(img.len() * batch);
-                }
-                images.extend_from_slice(&img);
-                labels.push(items[i].1);
-                if labels.len() == batch {
-                    let cap = images.len();
-                    let full = (
-                        std::mem::replace(&mut images, Vec::with_capacity(cap)),
-                        std::mem::replace(&mut labels, Vec::with_capacity(batch)),
-                    );
-                    if tx.send(full).is_err() {
-                        return; // the loader is gone
-                    }
-                }
-            }
-            Err(e) => report
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .add(&items[i].0, &e),
-        }
-    }
-    if !labels.is_empty() {
-        let _ = tx.send((images, labels));
-    }
-}
-
-/// Batches of images loaded in the background by [`ImageFolder::loader`]: an iterator of
-/// `(images, labels)`, the images concatenated (each as the transform returned it).
-pub struct Loader {
-    rx: Option<Receiver<BatchData>>,
-    threads: Vec<JoinHandle<()>>,
-    report: Arc<Mutex<LoadReport>>,
-}
-
-impl Loader {
-    /// The files skipped so far because they did not decode.
-    pub fn report(&self) -> LoadReport {
-        self.report
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+impl Images for ImageFolder {
+    fn len(&self) -> usize {
+        self.items.len()
     }
 
-    /// Closes the queue and waits for the threads, which stop at their next send.
-    fn stop(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
-        self.rx = None;
-        let mut panic = None;
-        for t in self.threads.drain(..) {
-            if let Err(p) = t.join() {
-                panic.get_or_insert(p);
-            }
-        }
-        panic
-    }
-}
-
-impl Iterator for Loader {
-    type Item = BatchData;
-
-    fn next(&mut self) -> Option<BatchData> {
-        match self.rx.as_ref()?.recv() {
-            Ok(b) => Some(b),
-            Err(_) => {
-                if let Some(p) = self.stop() {
-                    std::panic::resume_unwind(p);
-                }
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-impl fmt::Debug for Loader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loader")
-            .field("threads", &self.threads.len())
-            .field("report", &self.report())
-            .finish()
-    }
-}
-
-/// The files that were skipped because they did not decode.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadReport {
-    /// How many files were skipped.
-    pub skipped: usize,
-    /// The first few (up to 5) skipped files, in order, with the reason.
-    pub first: Vec<(PathBuf, String)>,
-}
-
-impl LoadReport {
-    fn add(&mut self, path: &Path, e: &DecodeError) {
-        self.skipped += 1;
-        if self.first.len() < REPORTED {
-            self.first.push((path.to_path_buf(), e.to_string()));
-        }
-    }
-}
-
-impl fmt::Display for LoadReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} file(s) skipped", self.skipped)?;
-        for (p, why) in &self.first {
-            write!(f, "\n  - {}: {why}", p.display())?;
-        }
-        if self.skipped > self.first.len() {
-            write!(f, "\n  - ...")?;
-        }
-        Ok(())
-    }
-}
-
-/// Skipped files of a parallel pass, merged so that the first ones (by index) are kept.
-#[derive(Default)]
-struct Skipped {
-    count: usize,
-    first: Vec<(usize, PathBuf, String)>,
-}
-
-impl Skipped {
-    fn add(&mut self, i: usize, path: &Path, e: &DecodeError) {
-        self.count += 1;
-        self.first.push((i, path.to_path_buf(), e.to_string()));
-        self.keep_first();
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
     }
 
-    fn merge(mut self, other: Skipped) -> Skipped {
-        self.count += other.count;
-        self.first.extend(other.first);
-        self.keep_first();
-        self
+    fn label(&self, i: usize) -> u32 {
+        self.items[i].1
     }
 
-    fn keep_first(&mut self) {
-        if self.first.len() > REPORTED {
-            self.first.sort_by_key(|s| s.0);
-            self.first.truncate(REPORTED);
-        }
+    fn describe(&self, i: usize) -> PathBuf {
+        self.items[i].0.clone()
     }
 
-    fn into_report(mut self) -> LoadReport {
-        self.first.sort_by_key(|s| s.0);
-        LoadReport {
-            skipped: self.count,
-            first: self.first.into_iter().map(|(_, p, w)| (p, w)).collect(),
-        }
+    fn load(&self, i: usize, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+        decode_rgb(&self.items[i].0, side)
     }
 }
 
@@ -558,7 +301,7 @@ pub fn decode(path: &Path, side: usize) -> std::result::Result<Vec<f32>, DecodeE
 }
 
 /// [`decode`] before the conversion to CHW floats.
-fn decode_rgb(path: &Path, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+pub fn decode_rgb(path: &Path, side: usize) -> std::result::Result<RgbImage, DecodeError> {
     assert!(side > 0, "decode: side must be positive");
     let side = u32::try_from(side).expect("decode: side is too large");
     let bytes = std::fs::read(path).map_err(DecodeError::Unreadable)?;
@@ -604,12 +347,6 @@ fn decode_rgb(path: &Path, side: usize) -> std::result::Result<RgbImage, DecodeE
         return Ok(resized);
     }
     Ok(imageops::crop_imm(&resized, x0, y0, side, side).to_image())
-}
-
-/// The bytes of an RGB image in CHW order.
-fn chw(img: &RgbImage) -> impl Iterator<Item = u8> + '_ {
-    let raw = img.as_raw();
-    (0..3).flat_map(move |c| raw.iter().skip(c).step_by(3).copied())
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker: walks the marker segments

@@ -1,0 +1,433 @@
+//! From a set of labelled images to a network's input, as the paper does it (section 2 and
+//! 4.1), for training and for every later use of the trained network.
+//!
+//! [`Preprocess::fit`] looks at the training set once: the per-pixel mean over up to
+//! 1,000 images and the principal components of their RGB colours. It is saved beside
+//! the checkpoints ([`Preprocess::save`], `data.safetensors`) with the class names, so
+//! that `eval` and `classify` prepare images exactly as training did.
+//!
+//! Every image becomes `side` x `side` (256 for a 227 or 224 input) with values 0..255;
+//! then the mean is subtracted, a patch of the network's input size is cut (random with a
+//! flip and a colour shift for training; the centre, or the paper's ten patches, for
+//! evaluation), and the values are multiplied by [`Preprocess::scale`].
+//!
+//! [`SyntheticImages`] presents the generated shapes of [`Synthetic`] as [`Images`], so
+//! the generated set goes through the same pipeline as an image folder.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::augment::{ten_crops, Augment, PcaColour};
+use super::folder::{decode_rgb, DecodeError};
+use super::loader::{chw, mean_image, Images, LoadReport, Transform};
+use crate::error::{Error, Result};
+use crate::ir::Shape;
+use crate::synthetic::Synthetic;
+use crate::weights::{parse_metadata, read_safetensors, write_safetensors, NamedTensor};
+
+/// The `format` metadata of a saved [`Preprocess`].
+pub const DATA_FORMAT: &str = "alexnet-rs-data/1";
+
+/// The file name [`Preprocess`] is saved under, beside a run's `state.safetensors`.
+pub const DATA_FILE: &str = "data.safetensors";
+
+/// Pixels (0..255, the mean subtracted, colour-shifted) are divided by 128 so that the
+/// inputs lie in about [-1, 1], as He initialisation expects (the paper's N(0, 0.01)
+/// initialisation took raw values).
+pub const PIXEL_SCALE: f32 = 1.0 / 128.0;
+
+/// How many images the mean is taken over, and how many the colour statistics.
+const MEAN_IMAGES: usize = 1000;
+const PCA_IMAGES: usize = 256;
+
+/// How a training set's images become a network's inputs: the rescaled size, the
+/// per-pixel mean, the augmentation and the class names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// Images are rescaled to `side` x `side` before cropping.
+    pub side: usize,
+    /// The network's input patch, `(height, width)`.
+    pub crop: (usize, usize),
+    /// The per-pixel mean, `3 x side x side` (CHW, 0..255).
+    pub mean: Vec<f32>,
+    /// The factor applied last.
+    pub scale: f32,
+    /// The training set's colour components, for the colour augmentation.
+    pub pca: Option<PcaColour>,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// What the training set was: a folder's path, or the generated set's settings.
+    pub source: String,
+}
+
+impl Preprocess {
+    /// The side images are rescaled to for a network input of `input`: the paper's 256 for
+    /// 224 or 227, the same proportion for other sizes. An error unless the input is a
+    /// square RGB image.
+    pub fn side_for(input: Shape) -> Result<usize> {
+        if input.c != 3 || input.h != input.w {
+            return Err(Error::Invalid(format!(
+                "image data needs a network with square RGB input, not {input}"
+            )));
+        }
+        Ok((input.h * 256).div_ceil(227).max(input.h))
+    }
+
+    /// Fits the preprocessing of `images` for a network with input `input`: the mean of up
+    /// to 1,000 images spread over the set, and the colour components of up to 256 (the
+    /// mean subtracted). Images that do not load are skipped and reported.
+    pub fn fit(images: &dyn Images, input: Shape, source: &str) -> Result<(Self, LoadReport)> {
+        let side = Self::side_for(input)?;
+        if images.is_empty() {
+            return Err(Error::Invalid(format!("{source}: no images")));
+        }
+        let (mean, report) = mean_image(images, side, MEAN_IMAGES);
+        let shape = Shape::new(3, side, side);
+        let step = (images.len() / PCA_IMAGES).max(1);
+        let sample: Vec<Vec<f32>> = (0..images.len())
+            .step_by(step)
+            .filter_map(|i| images.load(i, side).ok())
+            .map(|img| sub(chw(&img), &mean))
+            .collect();
+        let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
+        let pca = PcaColour::from_images(&refs, shape).ok();
+        let pre = Preprocess {
+            side,
+            crop: (input.h, input.w),
+            mean,
+            scale: PIXEL_SCALE,
+            pca,
+            classes: images.class_names(),
+            source: source.to_string(),
+        };
+        Ok((pre, report))
+    }
+
+    /// The shape of a rescaled image, `[3, side, side]`.
+    pub fn image_shape(&self) -> Shape {
+        Shape::new(3, self.side, self.side)
+    }
+
+    /// The shape of one network input, `[3, crop.0, crop.1]`.
+    pub fn input_shape(&self) -> Shape {
+        Shape::new(3, self.crop.0, self.crop.1)
+    }
+
+    /// The paper's augmentation for this set: random crops, flips, and colour shifts along
+    /// the set's principal components.
+    pub fn augment(&self) -> Augment {
+        Augment::paper(self.crop, self.pca)
+    }
+
+    /// Checks that the network's input is what this preprocessing makes.
+    pub fn expect_input(&self, input: Shape) -> Result<()> {
+        if input != self.input_shape() {
+            return Err(Error::Invalid(format!(
+                "the data were prepared for inputs of {}, the network takes {input}",
+                self.input_shape()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The training transform of epoch `epoch`: mean, random crop, flip, colour shift,
+    /// scale. The draws for an image come from `(seed, epoch, its position in the
+    /// epoch)`, so a run is reproducible whatever the number of loader threads.
+    pub fn train_transform(&self, seed: u64, epoch: u64) -> Transform {
+        let (mean, augment, shape, scale) = self.parts();
+        let epoch_seed = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let crop = augment.out_shape(shape);
+        Arc::new(move |img: Vec<f32>, pos: u64| {
+            let x = sub(img, &mean);
+            let mut rng = StdRng::seed_from_u64(epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            // Cannot fail: the image is `side` x `side` and `side` is at least the crop.
+            let mut y = augment
+                .train(&x, shape, &mut rng)
+                .unwrap_or_else(|_| vec![0.0; crop.len()]);
+            y.iter_mut().for_each(|v| *v *= scale);
+            y
+        })
+    }
+
+    /// The evaluation transform: mean, centre crop, scale.
+    pub fn eval_transform(&self) -> Transform {
+        let (mean, augment, shape, scale) = self.parts();
+        let crop = augment.out_shape(shape);
+        Arc::new(move |img: Vec<f32>, _| {
+            let mut y = augment
+                .eval(&sub(img, &mean), shape)
+                .unwrap_or_else(|_| vec![0.0; crop.len()]);
+            y.iter_mut().for_each(|v| *v *= scale);
+            y
+        })
+    }
+
+    /// The paper's test-time transform: mean, then the ten patches (four corners and the
+    /// centre, and their mirror images), scaled and concatenated in that order.
+    pub fn ten_crop_transform(&self) -> Transform {
+        let (mean, augment, shape, scale) = self.parts();
+        let crop = augment.out_shape(shape);
+        Arc::new(move |img: Vec<f32>, _| {
+            let crops = ten_crops(&sub(img, &mean), shape, crop.h, crop.w)
+                .unwrap_or_else(|_| vec![vec![0.0; crop.len()]; 10]);
+            crops.into_iter().flatten().map(|v| v * scale).collect()
+        })
+    }
+
+    /// One image file as the network's input: the centre patch, or with `ten_crop` the ten
+    /// patches concatenated.
+    pub fn file(&self, path: &Path, ten_crop: bool) -> std::result::Result<Vec<f32>, DecodeError> {
+        let img = decode_rgb(path, self.side)?;
+        let x: Vec<f32> = chw(&img).map(f32::from).collect();
+        let t = if ten_crop {
+            self.ten_crop_transform()
+        } else {
+            self.eval_transform()
+        };
+        Ok(t(x, 0))
+    }
+
+    fn parts(&self) -> (Arc<Vec<f32>>, Arc<Augment>, Shape, f32) {
+        (
+            Arc::new(self.mean.clone()),
+            Arc::new(self.augment()),
+            self.image_shape(),
+            self.scale,
+        )
+    }
+
+    /// Writes the preprocessing to a safetensors file, atomically: the tensor `mean`, the
+    /// colour components `pca.eigenvalues` and `pca.eigenvectors` (rows), and metadata
+    /// for the rest.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = vec![NamedTensor {
+            name: "mean".into(),
+            shape: vec![3, self.side, self.side],
+            data: self.mean.clone(),
+        }];
+        if let Some(p) = &self.pca {
+            tensors.push(NamedTensor {
+                name: "pca.eigenvalues".into(),
+                shape: vec![3],
+                data: p.eigenvalues.to_vec(),
+            });
+            tensors.push(NamedTensor {
+                name: "pca.eigenvectors".into(),
+                shape: vec![3, 3],
+                data: p.eigenvectors.iter().flatten().copied().collect(),
+            });
+        }
+        let meta = HashMap::from(
+            [
+                ("format", DATA_FORMAT.to_string()),
+                ("side", self.side.to_string()),
+                ("crop", format!("{}x{}", self.crop.0, self.crop.1)),
+                ("scale", format!("{:?}", self.scale)),
+                ("classes", self.classes.join("\n")),
+                ("source", self.source.clone()),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        write_safetensors(path, &tensors, Some(meta))
+    }
+
+    /// Reads what [`Preprocess::save`] wrote; anything missing or inconsistent is an error
+    /// naming the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |message: String| Error::Format {
+            path: Some(path.to_path_buf()),
+            message,
+        };
+        let meta = parse_metadata(&bytes)?;
+        if meta.get("format").map(String::as_str) != Some(DATA_FORMAT) {
+            return Err(bad(format!(
+                "not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}`)"
+            )));
+        }
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("metadata `{k}` is missing")))
+        };
+        let num = |k: &str, v: &str| -> Result<usize> {
+            v.parse()
+                .map_err(|_| bad(format!("metadata `{k}` = `{v}` is not a size")))
+        };
+        let side = num("side", get("side")?)?;
+        let crop = get("crop")?;
+        let (h, w) = crop
+            .split_once('x')
+            .ok_or_else(|| bad(format!("metadata `crop` = `{crop}` is not HxW")))?;
+        let crop = (num("crop", h)?, num("crop", w)?);
+        if side == 0 || crop.0 > side || crop.1 > side || crop.0 == 0 || crop.1 == 0 {
+            return Err(bad(format!(
+                "crop {}x{} does not fit images of side {side}",
+                crop.0, crop.1
+            )));
+        }
+        let scale: f32 = get("scale")?
+            .parse()
+            .ok()
+            .filter(|s: &f32| s.is_finite() && *s > 0.0)
+            .ok_or_else(|| bad("metadata `scale` is not a positive number".into()))?;
+        let classes: Vec<String> = get("classes")?.lines().map(str::to_string).collect();
+        let tensors = read_safetensors(path)?;
+        let find = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+            match tensors.iter().find(|t| t.name == name) {
+                None => Ok(None),
+                Some(t) if t.shape == shape => Ok(Some(t.data.clone())),
+                Some(t) => Err(bad(format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.shape
+                ))),
+            }
+        };
+        let mean = find("mean", &[3, side, side])?
+            .ok_or_else(|| bad("tensor `mean` is missing".into()))?;
+        let pca = match (
+            find("pca.eigenvalues", &[3])?,
+            find("pca.eigenvectors", &[3, 3])?,
+        ) {
+            (Some(l), Some(v)) => Some(PcaColour {
+                eigenvalues: [l[0], l[1], l[2]],
+                eigenvectors: [[v[0], v[1], v[2]], [v[3], v[4], v[5]], [v[6], v[7], v[8]]],
+            }),
+            (None, None) => None,
+            _ => return Err(bad("only half of the colour components are present".into())),
+        };
+        Ok(Preprocess {
+            side,
+            crop,
+            mean,
+            scale,
+            pca,
+            classes,
+            source: get("source")?.clone(),
+        })
+    }
+}
+
+/// An image's values minus the mean.
+fn sub(img: impl IntoIterator<Item = impl Into<f32>>, mean: &[f32]) -> Vec<f32> {
+    img.into_iter()
+        .zip(mean)
+        .map(|(a, b)| a.into() - b)
+        .collect()
+}
+
+/// The generated shapes of [`Synthetic`] as [`Images`]: images `start .. start + len` of
+/// the set drawn from `seed`, rendered at whatever side they are loaded at, as 8-bit RGB.
+#[derive(Clone, Debug)]
+pub struct SyntheticImages {
+    classes: usize,
+    seed: u64,
+    start: u64,
+    len: usize,
+}
+
+impl SyntheticImages {
+    /// Images `start .. start + len` of the generated set of `classes` shape kinds drawn
+    /// from `seed`. An error for 0 or more than [`Synthetic::MAX_CLASSES`] classes.
+    pub fn new(classes: usize, seed: u64, start: u64, len: usize) -> Result<Self> {
+        Synthetic::new(classes, 3, 8, 8, seed)?;
+        Ok(SyntheticImages {
+            classes,
+            seed,
+            start,
+            len,
+        })
+    }
+}
+
+impl Images for SyntheticImages {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        // `new` checked the classes.
+        Synthetic::new(self.classes, 3, 8, 8, self.seed)
+            .map(|s| s.class_names())
+            .unwrap_or_default()
+    }
+
+    fn label(&self, i: usize) -> u32 {
+        (self.start.wrapping_add(i as u64) % self.classes as u64) as u32
+    }
+
+    fn describe(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!(
+            "generated image {}",
+            self.start.wrapping_add(i as u64)
+        ))
+    }
+
+    fn load(&self, i: usize, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+        let set = Synthetic::new(self.classes, 3, side.max(8), side.max(8), self.seed)
+            .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        let (x, _) = set.sample(self.start.wrapping_add(i as u64));
+        let s = side.max(8);
+        let n = s * s;
+        let byte = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+        Ok(RgbImage::from_fn(s as u32, s as u32, |x0, y0| {
+            let p = y0 as usize * s + x0 as usize;
+            image::Rgb([byte(x[p]), byte(x[n + p]), byte(x[2 * n + p])])
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fitted() -> Preprocess {
+        let images = SyntheticImages::new(4, 7, 0, 40).unwrap();
+        let (pre, report) = Preprocess::fit(&images, Shape::new(3, 32, 32), "generated").unwrap();
+        assert_eq!(report.skipped, 0);
+        pre
+    }
+
+    #[test]
+    fn fits_saves_and_loads() {
+        let pre = fitted();
+        assert_eq!(pre.side, 37);
+        assert_eq!(pre.classes, ["disk", "square", "triangle", "plus"]);
+        assert!(pre.pca.is_some());
+        // The mean of generated images is near mid-grey, not zero and not 255.
+        let m = pre.mean.iter().sum::<f32>() / pre.mean.len() as f32;
+        assert!((60.0..200.0).contains(&m), "{m}");
+        let path = std::env::temp_dir().join(format!("alexnet-pre-{}.st", std::process::id()));
+        pre.save(&path).unwrap();
+        assert_eq!(Preprocess::load(&path).unwrap(), pre);
+        std::fs::write(&path, b"nonsense").unwrap();
+        assert!(Preprocess::load(&path).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn transforms_crop_subtract_and_scale() {
+        let pre = fitted();
+        let img: Vec<f32> = (0..3 * 37 * 37).map(|i| (i % 251) as f32).collect();
+        let centre = pre.eval_transform()(img.clone(), 0);
+        assert_eq!(centre.len(), 3 * 32 * 32);
+        // Centre offset (2, 2): value (c, y, x) is (img - mean)(c, y + 2, x + 2) / 128.
+        for &(c, y, x) in &[(0, 0, 0), (1, 5, 7), (2, 31, 31)] {
+            let s = (c * 37 + y + 2) * 37 + x + 2;
+            let want = (img[s] - pre.mean[s]) * PIXEL_SCALE;
+            assert_eq!(centre[(c * 32 + y) * 32 + x], want);
+        }
+        let ten = pre.ten_crop_transform()(img.clone(), 0);
+        assert_eq!(ten.len(), 10 * 3 * 32 * 32);
+        assert_eq!(&ten[4 * 3072..5 * 3072], &centre[..]);
+        // The training transform is seeded by (seed, epoch, position).
+        let t = pre.train_transform(1, 0);
+        assert_eq!(t(img.clone(), 3), t(img.clone(), 3));
+        assert_ne!(t(img.clone(), 3), t(img.clone(), 4));
+        assert_ne!(t(img.clone(), 3), pre.train_transform(1, 1)(img, 3));
+    }
+}

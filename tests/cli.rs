@@ -231,7 +231,121 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
         text.contains("epoch 1 done") && text.contains("validation loss"),
         "{text}"
     );
-    assert!(root.join("run").join("state.safetensors").exists());
+    let run = root.join("run");
+    for file in ["state.safetensors", "data.safetensors", "curves.png"] {
+        assert!(run.join(file).exists(), "{file}");
+    }
+    let png = image::open(run.join("curves.png")).unwrap();
+    assert!(png.width() >= 800 && png.height() >= 300);
+
+    // eval: the run's validation images, centre crop and ten crops, a line per class.
+    let out = Command::new(example())
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(": 16 images, centre crop and ten crops"),
+        "{text}"
+    );
+    assert!(text.contains("centre crop: top-1 error"), "{text}");
+    assert!(text.contains("ten crops  : top-1 error"), "{text}");
+    assert!(text.contains("top-5 error 0.00%"), "{text}");
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with("disk ") || l.starts_with("square "))
+        .count();
+    assert_eq!(rows, 2, "{text}");
+
+    // classify: top 5 of each image with the class names; an unreadable file is named and
+    // the command fails after classifying the rest.
+    let image = root.join("val").join("square").join("1001.png");
+    let out = Command::new(example())
+        .args(["classify", "--device", "cpu", "--ten-crop", "--checkpoint"])
+        .arg(&run)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1001.png:"), "{text}");
+    // Two classes trained (of ten outputs): both listed, nothing else.
+    let probs: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("  1. ") || l.starts_with("  2. "))
+        .map(|l| {
+            l.trim_end_matches('%')
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(probs.len(), 2, "{text}");
+    assert!(
+        probs[0] >= probs[1] && probs.iter().sum::<f64>() <= 100.01,
+        "{text}"
+    );
+    assert!(!text.contains("  3. "), "{text}");
+    assert!(
+        text.contains(" disk ") && text.contains(" square "),
+        "{text}"
+    );
+    let broken = root.join("train").join("disk").join("broken.jpg");
+    let out = Command::new(example())
+        .args(["classify", "--device", "cpu", "--checkpoint"])
+        .arg(&run)
+        .arg(&broken)
+        .arg(&image)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("broken.jpg: skipped: not a JPEG or PNG image"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: 1 of 2 images could not be read"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1001.png:"));
+
+    // filters: the first layer's 16 5x5 kernels, two towers of 8.
+    let out = Command::new(example())
+        .args(["filters", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grid = image::open(run.join("filters.png")).unwrap();
+    // 8 columns of 5x8-pixel patches with 2-pixel gaps; two tower blocks and a 10-pixel gap.
+    assert_eq!((grid.width(), grid.height()), (8 * 42 + 2, 2 * 44 + 10));
+
+    // A checkpoint of another network is refused, naming the tensor that does not fit.
+    let out = Command::new(example())
+        .args(["filters", "--net", "torchvision", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    assert!(err.contains("conv1.weight"), "{err}");
 
     // A folder without images is a one-line error.
     let empty = root.join("empty");

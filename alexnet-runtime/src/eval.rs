@@ -28,7 +28,7 @@ fn rank(probs: &[f32], c: usize) -> usize {
 /// paper's prediction from ten patches. `probs` holds `images * crops` rows.
 pub fn average_crops(probs: &[f32], crops: usize, classes: usize) -> Result<Vec<f32>> {
     let row = crops * classes;
-    if crops == 0 || classes == 0 || probs.len() % row != 0 {
+    if crops == 0 || classes == 0 || !probs.len().is_multiple_of(row) {
         return Err(Error::Invalid(format!(
             "average_crops: {} values are not whole images of {crops} crops x {classes} classes",
             probs.len()

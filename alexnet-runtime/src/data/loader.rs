@@ -126,7 +126,7 @@ pub fn loader(
             images.len()
         )));
     }
-        let order: Arc<[usize]> = order.into();
+    let order: Arc<[usize]> = order.into();
     let n = order.len();
     let workers = workers.clamp(1, n.max(1));
     let report = Arc::new(Mutex::new(LoadReport::default()));

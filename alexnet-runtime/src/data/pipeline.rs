@@ -41,6 +41,11 @@ pub const DATA_FILE: &str = "data.safetensors";
 /// initialisation took raw values).
 pub const PIXEL_SCALE: f32 = 1.0 / 128.0;
 
+/// The colour augmentation works on pixel values in [0, 1], as the common reference
+/// implementations do: the paper's shift `alpha_i * lambda_i` depends on the units, and
+/// in 0..255 units (eigenvalues in the thousands) it would swamp the image.
+const COLOUR_UNITS: f32 = 1.0 / 255.0;
+
 /// How many images the mean is taken over, and how many the colour statistics.
 const MEAN_IMAGES: usize = 1000;
 const PCA_IMAGES: usize = 256;
@@ -57,7 +62,8 @@ pub struct Preprocess {
     pub mean: Vec<f32>,
     /// The factor applied last.
     pub scale: f32,
-    /// The training set's colour components, for the colour augmentation.
+    /// The training set's colour components, for the colour augmentation, computed on
+    /// pixel values in [0, 1] (the mean subtracted).
     pub pca: Option<PcaColour>,
     /// Class names, in label order.
     pub classes: Vec<String>,
@@ -80,7 +86,8 @@ impl Preprocess {
 
     /// Fits the preprocessing of `images` for a network with input `input`: the mean of up
     /// to 1,000 images spread over the set, and the colour components of up to 256 (the
-    /// mean subtracted). Images that do not load are skipped and reported.
+    /// mean subtracted, values in [0, 1]). Images that do not load are skipped and
+    /// reported.
     pub fn fit(images: &dyn Images, input: Shape, source: &str) -> Result<(Self, LoadReport)> {
         let side = Self::side_for(input)?;
         if images.is_empty() {
@@ -92,7 +99,11 @@ impl Preprocess {
         let sample: Vec<Vec<f32>> = (0..images.len())
             .step_by(step)
             .filter_map(|i| images.load(i, side).ok())
-            .map(|img| sub(chw(&img), &mean))
+            .map(|img| {
+                let mut x = sub(chw(&img), &mean);
+                x.iter_mut().for_each(|v| *v *= COLOUR_UNITS);
+                x
+            })
             .collect();
         let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
         let pca = PcaColour::from_images(&refs, shape).ok();
@@ -143,13 +154,15 @@ impl Preprocess {
         let epoch_seed = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let crop = augment.out_shape(shape);
         Arc::new(move |img: Vec<f32>, pos: u64| {
-            let x = sub(img, &mean);
-            let mut rng = StdRng::seed_from_u64(epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut x = sub(img, &mean);
+            x.iter_mut().for_each(|v| *v *= COLOUR_UNITS);
+            let mut rng =
+                StdRng::seed_from_u64(epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03));
             // Cannot fail: the image is `side` x `side` and `side` is at least the crop.
             let mut y = augment
                 .train(&x, shape, &mut rng)
                 .unwrap_or_else(|_| vec![0.0; crop.len()]);
-            y.iter_mut().for_each(|v| *v *= scale);
+            y.iter_mut().for_each(|v| *v *= scale / COLOUR_UNITS);
             y
         })
     }

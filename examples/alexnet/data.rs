@@ -1,0 +1,180 @@
+//! Where the command line's images come from: generated shapes or an image folder, both
+//! prepared by the library's [`Preprocess`] and loaded in background threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use alexnet::runtime::data::folder::ImageFolder;
+use alexnet::runtime::data::loader::{self, Images, LoadReport, Loader, Transform};
+use alexnet::runtime::data::pipeline::{Preprocess, SyntheticImages};
+use alexnet::runtime::Tensor;
+
+use crate::AnyError;
+
+/// A data set as the command line names it: a folder, or the generated shapes with their
+/// settings. Its `Display` form is what a run records (and `parse` reads back).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSpec {
+    Folder(PathBuf),
+    Generated {
+        classes: usize,
+        seed: u64,
+        images: u64,
+        val_images: u64,
+    },
+}
+
+impl std::fmt::Display for DataSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSpec::Folder(p) => write!(f, "folder:{}", p.display()),
+            DataSpec::Generated {
+                classes,
+                seed,
+                images,
+                val_images,
+            } => write!(
+                f,
+                "generated:classes={classes},seed={seed},images={images},val_images={val_images}"
+            ),
+        }
+    }
+}
+
+impl DataSpec {
+    /// Reads the `Display` form back.
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some(p) = s.strip_prefix("folder:") {
+            return Some(DataSpec::Folder(PathBuf::from(p)));
+        }
+        let rest = s.strip_prefix("generated:")?;
+        let mut kv = std::collections::HashMap::new();
+        for part in rest.split(',') {
+            let (k, v) = part.split_once('=')?;
+            kv.insert(k, v.parse::<u64>().ok()?);
+        }
+        Some(DataSpec::Generated {
+            classes: usize::try_from(*kv.get("classes")?).ok()?,
+            seed: *kv.get("seed")?,
+            images: *kv.get("images")?,
+            val_images: *kv.get("val_images")?,
+        })
+    }
+
+    /// The training and validation images: the folder's `train/` and `val/` (or the whole
+    /// folder and none), or generated images `0..images` and `images..images+val_images`.
+    pub fn open(&self) -> Result<(Set, Option<Set>), AnyError> {
+        match self {
+            DataSpec::Folder(dir) => {
+                let (train, val) = ImageFolder::open_split(dir)?;
+                Ok((Arc::new(train), val.map(|v| Arc::new(v) as Set)))
+            }
+            DataSpec::Generated {
+                classes,
+                seed,
+                images,
+                val_images,
+            } => Ok((
+                Arc::new(SyntheticImages::new(
+                    *classes,
+                    *seed,
+                    0,
+                    to_usize(*images)?,
+                )?),
+                Some(Arc::new(SyntheticImages::new(
+                    *classes,
+                    *seed,
+                    *images,
+                    to_usize(*val_images)?,
+                )?)),
+            )),
+        }
+    }
+
+    /// The images to evaluate on: the validation images, or a folder without a `val/`
+    /// split as a whole.
+    pub fn evaluation(&self) -> Result<Arc<dyn Images>, AnyError> {
+        let (train, val) = self.open()?;
+        Ok(match (val, self) {
+            (Some(v), _) => v,
+            (None, DataSpec::Folder(_)) => train,
+            (None, DataSpec::Generated { .. }) => unreachable!("generated sets have validation"),
+        })
+    }
+
+    /// A short description for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            DataSpec::Folder(p) => p.display().to_string(),
+            DataSpec::Generated { classes, .. } => format!("generated shapes ({classes} classes)"),
+        }
+    }
+}
+
+/// A shared set of images.
+pub type Set = Arc<dyn Images>;
+
+fn to_usize(n: u64) -> Result<usize, AnyError> {
+    usize::try_from(n).map_err(|_| format!("{n} images are too many for this machine").into())
+}
+
+/// Background decoding threads: the machine's cores, at most 8.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
+/// `images` in `order`, through `transform`, in batches of `batch` tensors of `input`
+/// shape (`crops` patches per image).
+pub fn batches(
+    images: Arc<dyn Images>,
+    order: Vec<usize>,
+    batch: usize,
+    pre: &Preprocess,
+    transform: Transform,
+    crops: usize,
+) -> Result<Batches, AnyError> {
+    let loader = loader::loader(images, order, batch, pre.side, workers(), 4, transform)?;
+    Ok(Batches {
+        loader,
+        input: pre.input_shape(),
+        crops,
+    })
+}
+
+/// A loader's batches as `[n * crops, c, h, w]` tensors with their `n` labels.
+pub struct Batches {
+    loader: Loader,
+    input: alexnet::ir::Shape,
+    crops: usize,
+}
+
+impl Batches {
+    /// The files skipped so far.
+    pub fn report(&self) -> LoadReport {
+        self.loader.report()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = (Tensor, Vec<u32>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (data, labels) = self.loader.next()?;
+        let c = self.input;
+        // The loader's transforms make exactly `crops` patches of `input` per image.
+        let t = Tensor::new(vec![labels.len() * self.crops, c.c, c.h, c.w], data).ok()?;
+        Some((t, labels))
+    }
+}
+
+/// The files next to a checkpoint: given a folder, its `state.safetensors` (the weights)
+/// and `data.safetensors`; given a file, that file and the `data.safetensors` beside it.
+pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
+    use alexnet::runtime::data::pipeline::DATA_FILE;
+    if path.is_dir() {
+        (path.join("state.safetensors"), path.join(DATA_FILE))
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        (path.to_path_buf(), dir.join(DATA_FILE))
+    }
+}

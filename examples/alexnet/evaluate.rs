@@ -1,0 +1,311 @@
+//! `alexnet eval` (top-1/top-5 error on the centre crop and with the paper's ten crops, a
+//! confusion summary), `alexnet classify` (top 5 of image files) and `alexnet filters`
+//! (the first layer's filters as a PNG).
+
+use std::path::{Path, PathBuf};
+
+use alexnet::ir::Op;
+use alexnet::runtime::data::pipeline::Preprocess;
+use alexnet::runtime::eval::{average_crops, top_k, Evaluation};
+use alexnet::runtime::weights::parse_metadata;
+use alexnet::runtime::{Backend, Cpu, Device, Model, Tensor};
+
+use crate::data::{self, DataSpec};
+use crate::{pictures, progress, AnyError, Net};
+
+/// The network a checkpoint holds: `given`, or the one its metadata names.
+fn network(given: Option<Net>, weights: &Path) -> Result<Net, AnyError> {
+    if let Some(n) = given {
+        return Ok(n);
+    }
+    let bytes = std::fs::read(weights).map_err(|e| format!("{}: {e}", weights.display()))?;
+    let meta = parse_metadata(&bytes)?;
+    let name = meta.get("network").ok_or_else(|| {
+        format!(
+            "{} does not say which network it holds; name it with --net",
+            weights.display()
+        )
+    })?;
+    Net::all()
+        .into_iter()
+        .find(|n| *n.plan().name == **name)
+        .ok_or_else(|| {
+            format!(
+                "{}: unknown network `{name}`; name it with --net",
+                weights.display()
+            )
+            .into()
+        })
+}
+
+/// A checkpoint's model (checked tensor by tensor against the network) and the
+/// preprocessing saved beside it.
+fn open(
+    checkpoint: &Path,
+    net: Option<Net>,
+    device: &str,
+) -> Result<(Model<Device>, Preprocess, PathBuf), AnyError> {
+    let (weights, data_file) = data::checkpoint_files(checkpoint);
+    let net = network(net, &weights)?;
+    let pre = Preprocess::load(&data_file).map_err(|e| {
+        format!("{e} (`train` writes it beside the checkpoint; it holds the mean image and the class names)")
+    })?;
+    let plan = net.plan();
+    pre.expect_input(plan.input)?;
+    if !matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax)) {
+        return Err(format!(
+            "`{}` does not end in softmax: it gives no probabilities",
+            plan.name
+        )
+        .into());
+    }
+    let model = Model::load(Device::parse(device)?, plan.clone(), &weights)?;
+    Ok((model, pre, weights))
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A run's folder (its state.safetensors and data.safetensors) or a weights file with
+    /// data.safetensors beside it.
+    #[arg(long, default_value = "runs/small")]
+    checkpoint: PathBuf,
+    /// The network; default: the one the checkpoint names.
+    #[arg(long, value_enum)]
+    net: Option<Net>,
+    /// Evaluate on this image folder (its val/ split if it has one, otherwise all of it);
+    /// default: the run's validation images.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Images per batch (ten-crop batches hold ten patches per image).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    batch: u64,
+    /// Evaluate the centre crop only (no ten-crop averaging).
+    #[arg(long)]
+    centre_only: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
+    let (model, pre, weights) = open(&a.checkpoint, a.net, &a.device)?;
+    let spec = match &a.data {
+        Some(dir) => DataSpec::Folder(dir.clone()),
+        None => DataSpec::parse(&pre.source).ok_or_else(|| {
+            format!(
+                "unknown data source `{}`; name a folder with --data",
+                pre.source
+            )
+        })?,
+    };
+    let images = spec.evaluation()?;
+    if images.class_names() != pre.classes {
+        return Err(format!(
+            "{} has classes {:?}, the network was trained on {:?}",
+            spec.describe(),
+            images.class_names(),
+            pre.classes
+        )
+        .into());
+    }
+    let classes = model.plan().output().len();
+    println!(
+        "evaluating {} ({}) on {}: {} images, {} ({})",
+        model.plan().name,
+        weights.display(),
+        spec.describe(),
+        images.len(),
+        if a.centre_only {
+            "centre crop"
+        } else {
+            "centre crop and ten crops"
+        },
+        model.backend().name()
+    );
+    let mut centre = Evaluation::new(classes);
+    let mut ten = Evaluation::new(classes);
+    let batch = a.batch as usize;
+    let bar = progress::bar(images.len() as u64, "evaluating");
+    let order: Vec<usize> = (0..images.len()).collect();
+    let (transform, crops) = if a.centre_only {
+        (pre.eval_transform(), 1)
+    } else {
+        (pre.ten_crop_transform(), 10)
+    };
+    let mut batches = data::batches(images.clone(), order, batch, &pre, transform, crops)?;
+    for (x, labels) in &mut batches {
+        let probs = model.forward(&x)?;
+        let probs = probs.data();
+        if crops == 1 {
+            centre.add(probs, &labels)?;
+        } else {
+            // The centre patch is the fifth of each image's ten.
+            let stride = 10 * classes;
+            let centres: Vec<f32> = probs
+                .chunks(stride)
+                .flat_map(|p| &p[4 * classes..5 * classes])
+                .copied()
+                .collect();
+            centre.add(&centres, &labels)?;
+            ten.add(&average_crops(probs, 10, classes)?, &labels)?;
+        }
+        bar.inc(labels.len() as u64);
+    }
+    bar.finish_and_clear();
+    let report = batches.report();
+    if report.skipped > 0 {
+        println!("{report}");
+    }
+    let line = |name: &str, e: &Evaluation| {
+        println!(
+            "{name}: top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4} ({} images)",
+            100.0 * e.top1_error(),
+            100.0 * e.top5_error(),
+            e.loss(),
+            e.images()
+        )
+    };
+    line("centre crop", &centre);
+    let best = if a.centre_only {
+        &centre
+    } else {
+        line("ten crops  ", &ten);
+        &ten
+    };
+    println!(
+        "\nper class ({}):\n{}",
+        if a.centre_only {
+            "centre crop"
+        } else {
+            "ten crops"
+        },
+        best.summary(&pre.classes)
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ClassifyArgs {
+    /// JPEG or PNG files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// A run's folder or a weights file with data.safetensors beside it.
+    #[arg(long, default_value = "runs/small")]
+    checkpoint: PathBuf,
+    #[arg(long, value_enum)]
+    net: Option<Net>,
+    /// Average the softmax over the paper's ten patches instead of the centre patch.
+    #[arg(long)]
+    ten_crop: bool,
+    /// How many classes to print per image (of those the network was trained on).
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn classify(a: ClassifyArgs) -> Result<(), AnyError> {
+    let (model, pre, _) = open(&a.checkpoint, a.net, &a.device)?;
+    let classes = model.plan().output().len();
+    let s = model.plan().input;
+    let crops = if a.ten_crop { 10 } else { 1 };
+    let mut failed = 0;
+    for path in &a.images {
+        let x = match pre.file(path, a.ten_crop) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("{}: skipped: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let probs = model.forward(&Tensor::new(vec![crops, s.c, s.h, s.w], x)?)?;
+        let probs = average_crops(probs.data(), crops, classes)?;
+        // Only the outputs of the classes the network was trained on (a network with more
+        // outputs than classes leaves the rest untrained).
+        let named = pre.classes.len().clamp(1, classes);
+        println!("{}:", path.display());
+        for (rank, (c, p)) in top_k(&probs[..named], a.top).into_iter().enumerate() {
+            let name = pre
+                .classes
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("class {c}"));
+            println!("  {}. {name:<20} {:6.2}%", rank + 1, 100.0 * p);
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {} images could not be read", a.images.len()).into());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct FiltersArgs {
+    /// A run's folder (its state.safetensors) or a weights file.
+    #[arg(long, default_value = "runs/small")]
+    checkpoint: PathBuf,
+    #[arg(long, value_enum)]
+    net: Option<Net>,
+    /// The PNG to write; default: filters.png beside the checkpoint.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Pixels per filter weight; default: about 40 pixels per filter.
+    #[arg(long)]
+    zoom: Option<usize>,
+}
+
+pub fn filters(a: FiltersArgs) -> Result<(), AnyError> {
+    let (weights, _) = data::checkpoint_files(&a.checkpoint);
+    let net = network(a.net, &weights)?;
+    let plan = net.plan();
+    // Loading checks every tensor against the network, naming any that do not fit.
+    let model = Model::load(Cpu::new(), plan.clone(), &weights)?;
+    let first = plan
+        .layers
+        .iter()
+        .find(|l| matches!(l.op, Op::Conv { .. }))
+        .ok_or_else(|| format!("`{}` has no convolution", plan.name))?;
+    let name = format!("{}.weight", first.name);
+    let t = model
+        .tensors()?
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| format!("{} has no `{name}`", weights.display()))?;
+    let [k, c, kh, kw] = t.shape[..] else {
+        return Err(format!("`{name}` is not a 4-d tensor").into());
+    };
+    if c != 3 && c != 1 {
+        return Err(format!(
+            "`{name}` has {c} input channels; only RGB or grey filters can be drawn"
+        )
+        .into());
+    }
+    let towers = if plan.split > 1 && k % plan.split == 0 {
+        plan.split
+    } else {
+        1
+    };
+    let zoom = a.zoom.unwrap_or((40 / kh.max(1)).max(1)).clamp(1, 64);
+    let img = pictures::filter_grid(&t.data, [k, c, kh, kw], towers, zoom);
+    let out = a.output.unwrap_or_else(|| {
+        weights
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("filters.png")
+    });
+    pictures::save_png(&img, &out)?;
+    println!(
+        "wrote {} ({k} filters of {c}x{kh}x{kw} from `{name}`{}, {}x{} pixels)",
+        out.display(),
+        if towers > 1 {
+            ", one block of rows per tower"
+        } else {
+            ""
+        },
+        img.width(),
+        img.height()
+    );
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! The command line of alexnet-rs.
+//!
+//! ```text
+//! cargo run --release --example alexnet                 # summary + a CPU forward pass
+//! cargo run --release --example alexnet -- summary --net torchvision
+//! cargo run --release --example alexnet -- infer --weights w.safetensors --input x.safetensors --output y.safetensors
+//! cargo run --release --example alexnet -- train        # the small net on generated shapes
+//! cargo run --release --example alexnet -- train --resume runs/small/state.safetensors --epochs 12
+//! cargo run --release --example alexnet -- eval         # top-1/top-5, centre and ten crops
+//! cargo run --release --example alexnet -- classify photo.jpg
+//! cargo run --release --example alexnet -- filters      # runs/small/filters.png
+//! ```
+//!
+//! `main.rs` holds the command line and the inference commands; `train.rs`, `evaluate.rs`
+//! (eval, classify, filters), `data.rs` (which images) and `pictures.rs` (PNG plots and
+//! filter grids) the rest.
+
+mod data;
+mod evaluate;
+mod pictures;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use alexnet::ir::{Op, Plan};
+use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
+use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
+use alexnet::runtime::{Backend, Batch, Device, Model, Tensor};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "alexnet",
+    about = "AlexNet from a compile-time Rust DSL: summaries, inference, training, benchmarks",
+    after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet on CPU\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors\n  alexnet train                 train the small net on generated shapes (checkpoints in runs/small)\n  alexnet eval                  its top-1/top-5 error, centre crop and ten crops\n  alexnet classify photo.jpg    its top 5 for an image\n  alexnet filters               its first layer's filters as runs/small/filters.png\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small/state.safetensors --epochs 12"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Builds the paper's AlexNet, prints its summary, classifies a generated image on CPU.
+    Demo {
+        /// Weights (safetensors, PyTorch names); default: the paper's initialisation.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Seed of the initialisation when no weights are given.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// cpu, cuda, cuda:N or auto (the GPU when there is one).
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Times the forward pass on CPU: images/s at each batch size and per-stage times.
+    Bench {
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+        /// Batch sizes to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16])]
+        batch: Vec<usize>,
+        /// Timed runs per batch size (after one warm-up); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Compiles a network's generated CUDA with NVRTC (no GPU needed): per-kernel ptxas
+    /// report, cold compile time, then the time to load everything from the CUBIN cache.
+    Kernels {
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+        /// GPU architecture, e.g. sm_80, sm_90.
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// Also write the network's CUDA source to this folder.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
+    /// Trains a network on generated shapes or an image folder (SGD with momentum, weight
+    /// decay, dropout; random crops, flips and colour shifts), validating, checkpointing
+    /// and plotting the curves after every epoch.
+    #[command(
+        after_help = "Examples:\n  alexnet train                                   the small net on generated shapes, runs/small\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small/state.safetensors --epochs 12"
+    )]
+    Train(train::TrainArgs),
+    /// Top-1 and top-5 error of a checkpoint on the centre crop and with the paper's
+    /// ten-crop averaging, and how each class fares.
+    #[command(
+        after_help = "Examples:\n  alexnet eval                                    the run in runs/small on its validation images\n  alexnet eval --checkpoint runs/alexnet --data ~/imagenet --device cuda"
+    )]
+    Eval(evaluate::EvalArgs),
+    /// The most probable classes of image files (JPEG or PNG).
+    #[command(
+        after_help = "Examples:\n  alexnet classify cat.jpg dog.png\n  alexnet classify --checkpoint runs/alexnet --ten-crop photo.jpg"
+    )]
+    Classify(evaluate::ClassifyArgs),
+    /// Draws the first layer's filters as a grid of colour patches (the paper's Figure 3).
+    #[command(
+        after_help = "Examples:\n  alexnet filters                                 runs/small/filters.png\n  alexnet filters --checkpoint runs/alexnet --output conv1.png"
+    )]
+    Filters(evaluate::FiltersArgs),
+    /// Prints a network's layer table.
+    Summary {
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+    },
+    /// Runs a network on the tensor `input` ([N, C, H, W], f32) of a safetensors file and
+    /// writes `logits` ([N, classes]) and, when the network ends in softmax,
+    /// `probabilities`.
+    Infer {
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = Net::Alexnet)]
+        net: Net,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Net {
+    /// The paper's AlexNet (3x227x227, grouped convs, LRN).
+    Alexnet,
+    /// torchvision's variant (3x224x224).
+    Torchvision,
+    /// A small test net (3x32x32).
+    Small,
+}
+
+impl Net {
+    fn all() -> [Net; 3] {
+        [Net::Alexnet, Net::Torchvision, Net::Small]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Net::Alexnet => "alexnet",
+            Net::Torchvision => "torchvision",
+            Net::Small => "small",
+        }
+    }
+
+    fn plan(self) -> &'static Plan {
+        match self {
+            Net::Alexnet => AlexNet::plan(),
+            Net::Torchvision => TorchvisionAlexNet::plan(),
+            Net::Small => SmallNet::plan(),
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+/// Progress bars (indicatif) on stderr: drawn on a terminal, hidden otherwise.
+mod progress {
+    use indicatif::{ProgressBar, ProgressStyle};
+
+    /// A bar of `len` steps with rate and time left.
+    pub fn bar(len: u64, prefix: &str) -> ProgressBar {
+        let style = ProgressStyle::with_template(
+            "{prefix:>12} [{bar:32}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> ");
+        ProgressBar::new(len)
+            .with_style(style)
+            .with_prefix(prefix.to_string())
+    }
+
+    /// A spinner for work of unknown length.
+    pub fn spinner(msg: &str) -> ProgressBar {
+        let bar = ProgressBar::new_spinner().with_message(msg.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = Command::Demo {
+        weights: None,
+        seed: 0,
+        device: "auto".into(),
+    };
+    let result = match cli.command.unwrap_or(default) {
+        Command::Demo {
+            weights,
+            seed,
+            device,
+        } => demo(weights, seed, &device),
+        Command::Summary { net } => {
+            print!("{}", net.plan().summary());
+            Ok(())
+        }
+        Command::Infer {
+            weights,
+            input,
+            output,
+            net,
+            device,
+        } => infer(net, &weights, &input, &output, &device),
+        Command::Bench {
+            net,
+            batch,
+            runs,
+            device,
+        } => bench(net, &batch, runs, &device),
+        Command::Kernels { net, arch, dump } => kernels(net, &arch, dump.as_deref()),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => evaluate::eval(args),
+        Command::Classify(args) => evaluate::classify(args),
+        Command::Filters(args) => evaluate::filters(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A deterministic test picture: a red disc on a blue-green gradient, mean-free.
+fn generated_image() -> Batch<3, 227, 227> {
+    let mut x = Batch::<3, 227, 227>::zeros(1);
+    let img = x.image_mut(0);
+    let n = 227 * 227;
+    for y in 0..227 {
+        for xx in 0..227 {
+            let (fy, fx) = (y as f32 / 226.0, xx as f32 / 226.0);
+            let disc = ((fx - 0.55).powi(2) + (fy - 0.45).powi(2)) < 0.06;
+            let (r, g, b) = if disc {
+                (0.9, 0.1, 0.1)
+            } else {
+                (0.1, 0.3 + 0.5 * fy, 0.8 - 0.5 * fx)
+            };
+            let i = y * 227 + xx;
+            img[i] = r - 0.5;
+            img[n + i] = g - 0.5;
+            img[2 * n + i] = b - 0.5;
+        }
+    }
+    x
+}
+
+fn demo(weights: Option<PathBuf>, seed: u64, device: &str) -> Result<(), AnyError> {
+    println!("{}", AlexNet::summary());
+    let backend = Device::parse(device)?;
+    println!("device: {}", backend.name());
+    let net = match &weights {
+        Some(path) => AlexNet::load(backend, path)?,
+        None => AlexNet::new(backend, seed)?,
+    };
+    let x = generated_image();
+    let t0 = Instant::now();
+    let y: Batch<1000, 1, 1> = net.forward(&x)?;
+    let first = t0.elapsed();
+    let runs = 5;
+    let t1 = Instant::now();
+    for _ in 0..runs {
+        net.forward(&x)?;
+    }
+    let per_image = t1.elapsed() / runs;
+    let probs = y.image(0);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    match &weights {
+        Some(p) => println!("top 5 classes for a generated image (weights {}):", p.display()),
+        None => println!("top 5 classes for a generated image (untrained weights, seed {seed}: the classes are arbitrary):"),
+    }
+    for &c in &order[..5] {
+        println!("  class {c:>4}  p = {:.6}", probs[c]);
+    }
+    println!(
+        "forward pass, batch 1, {}: {:.1} ms per image (first run {:.1} ms)",
+        net.model().backend().name(),
+        per_image.as_secs_f64() * 1e3,
+        first.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn infer(
+    net: Net,
+    weights: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    device: &str,
+) -> Result<(), AnyError> {
+    let plan = net.plan();
+    let model = Model::load(Device::parse(device)?, plan.clone(), weights)?;
+    let tensors = read_safetensors(input)?;
+    let Some(x) = tensors.into_iter().find(|t| t.name == "input") else {
+        return Err(format!("{}: no tensor named `input`", input.display()).into());
+    };
+    let x = Tensor::new(x.shape, x.data)?;
+    let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax));
+    let mut logits = None;
+    let before_softmax = softmax_last.then(|| plan.layers[plan.layers.len() - 2].name.to_string());
+    let y = model.forward_inspect(&x, |name, values| {
+        if Some(name) == before_softmax.as_deref() {
+            logits = Some(values.to_vec());
+        }
+    })?;
+    let n = y.shape()[0];
+    let classes = plan.output().len();
+    let mut out = vec![NamedTensor {
+        name: "logits".into(),
+        shape: vec![n, classes],
+        data: logits.unwrap_or_else(|| y.data().to_vec()),
+    }];
+    if softmax_last {
+        out.push(NamedTensor {
+            name: "probabilities".into(),
+            shape: vec![n, classes],
+            data: y.into_data(),
+        });
+    }
+    write_safetensors(output, &out, None)?;
+    println!(
+        "wrote {} ({} images, {} classes)",
+        output.display(),
+        n,
+        classes
+    );
+    Ok(())
+}
+
+fn bench(net: Net, batches: &[usize], runs: usize, device: &str) -> Result<(), AnyError> {
+    let plan = net.plan();
+    let device = Device::parse(device)?;
+    println!("{} forward on {}", plan.name, device.name());
+    let t0 = Instant::now();
+    let model = Model::init(device, plan.clone(), 0)?;
+    println!(
+        "model ready (weights, kernels compiled or loaded from the cache) in {:.0} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let s = plan.input;
+    for &n in batches {
+        let x = Tensor::new(
+            vec![n, s.c, s.h, s.w],
+            (0..n * s.len())
+                .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+                .collect(),
+        )?;
+        model.forward(&x)?;
+        let mut totals = Vec::with_capacity(runs);
+        let mut stages: Vec<Vec<f64>> = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t0 = Instant::now();
+            let (_, times) = model.forward_timed(&x)?;
+            totals.push(t0.elapsed().as_secs_f64());
+            if stages.is_empty() {
+                stages = vec![Vec::new(); times.len()];
+            }
+            for (acc, (_, t)) in stages.iter_mut().zip(&times) {
+                acc.push(*t);
+            }
+        }
+        let (_, names) = model.forward_timed(&x)?;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let total = median(&mut totals);
+        println!(
+            "batch {n:>4}: {:8.2} ms per batch, {:8.1} images/s (median of {runs})",
+            total * 1e3,
+            n as f64 / total
+        );
+        let per_stage: Vec<String> = names
+            .iter()
+            .zip(stages.iter_mut())
+            .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
+            .collect();
+        println!("  stages (ms): {}", per_stage.join(", "));
+    }
+    Ok(())
+}
+
+fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), AnyError> {
+    use alexnet::runtime::cuda::{cache, nvrtc};
+    use rayon::prelude::*;
+    let plan = net.plan();
+    if let Some(dir) = dump {
+        println!("wrote {}", alexnet_codegen::dump_cuda(plan, dir)?.display());
+    }
+    let (major, minor) = nvrtc::version()?;
+    let cuda = alexnet_codegen::cuda::render(plan);
+    let opts = vec!["--ptxas-options=-v".to_string()];
+    println!(
+        "{}: {} kernels, NVRTC {major}.{minor}, {arch}",
+        plan.name,
+        cuda.kernels.len()
+    );
+    let t0 = Instant::now();
+    let compiled: Vec<_> = cuda
+        .kernel_sources
+        .par_iter()
+        .zip(&cuda.kernels)
+        .map(|(src, k)| nvrtc::compile_cubin(src, &format!("{}.cu", k.name), arch, &opts))
+        .collect::<Result<_, _>>()?;
+    let cold = t0.elapsed();
+    for c in &compiled {
+        for r in nvrtc::ptxas_report(&c.log) {
+            println!(
+                "  {:<40} {:>3} registers {:>6} B shared {:>3} B spilled {:>3} B stack",
+                r.name,
+                r.registers,
+                r.shared_bytes,
+                r.spill_store_bytes + r.spill_load_bytes,
+                r.stack_frame_bytes
+            );
+        }
+    }
+    println!(
+        "cold compile (parallel over {} threads, no cache): {:.0} ms",
+        rayon::current_num_threads(),
+        cold.as_secs_f64() * 1e3
+    );
+    // The runtime's path: through the CUBIN cache (a temporary one: fill it, then hit it).
+    let dir = std::env::temp_dir().join(format!("alexnet-kernels-{}", std::process::id()));
+    std::env::set_var("ALEXNET_CACHE_DIR", &dir);
+    let through_cache = || -> Result<std::time::Duration, AnyError> {
+        let t = Instant::now();
+        for (src, k) in cuda.kernel_sources.iter().zip(&cuda.kernels) {
+            cache::cubin(src, &format!("{}.cu", k.name), arch, &opts)?;
+        }
+        Ok(t.elapsed())
+    };
+    let _fill = through_cache()?;
+    let hit = through_cache()?;
+    println!("cache hit, all kernels: {:.1} ms", hit.as_secs_f64() * 1e3);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! `alexnet train`: SGD with momentum and weight decay on generated shapes or an image
+//! folder, with the paper's augmentation; validation, a checkpoint and a plot of the
+//! curves after every epoch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
+use alexnet::runtime::optim::Sgd;
+use alexnet::runtime::train::{epoch_order, BatchStats};
+use alexnet::runtime::{weights, Backend, Device, Model, TrainConfig, Trainer};
+use clap::ValueEnum;
+
+use crate::data::{self, DataSpec};
+use crate::pictures::{self, Epoch};
+use crate::{progress, AnyError, Net};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The network to train.
+    #[arg(long, value_enum, default_value_t = Net::Small)]
+    net: Net,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Epochs to train (in all, counting those of a resumed run).
+    #[arg(long, default_value_t = 8)]
+    epochs: u64,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Initial learning rate [default: 0.02]. The options from here to --seed start a run;
+    /// a resumed run keeps its own.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// [default: 0.0005]
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
+    /// validation error stops improving) or step:EPOCHS[:FACTOR] [default: plateau:0.1:1].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the
+    /// paper) [default: he].
+    #[arg(long, value_enum)]
+    init: Option<Init>,
+    /// Seeds the initialisation, the generated images, the data order, the augmentation
+    /// and dropout [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Train on an ImageNet-style folder (`DIR/<class>/*.jpg|png`, or `DIR/train/...` and
+    /// `DIR/val/...`) instead of generated shapes.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Generated training images per epoch, and held-out validation images.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
+    images: u64,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
+    val_images: u64,
+    /// Classes of the generated set (at most 12, and at most the network's outputs).
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Folder for `state.safetensors` (the whole training state, written atomically after
+    /// every epoch), `data.safetensors` (the mean image, colour components and class
+    /// names) and `curves.png`; default runs/<net>.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run saved in this training state (with the same data options).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Print a line every this many steps.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    log_every: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Init {
+    He,
+    Paper,
+}
+
+pub fn train(a: TrainArgs) -> Result<(), AnyError> {
+    let plan = a.net.plan().clone();
+    let backend = Device::parse(&a.device)?;
+    println!("device: {}", backend.name());
+    let mut trainer = start(&a, backend)?;
+    let seed = trainer.config().seed;
+    let spec = match &a.data {
+        Some(dir) => DataSpec::Folder(dir.clone()),
+        None => DataSpec::Generated {
+            classes: a.classes.min(trainer.classes()),
+            seed,
+            images: a.images,
+            val_images: a.val_images,
+        },
+    };
+    let batch_note = a.batch.to_string();
+    match (&a.resume, trainer.note("data"), trainer.note("batch")) {
+        (Some(path), Some(data), Some(batch))
+            if data != spec.to_string() || batch != batch_note =>
+        {
+            return Err(format!(
+                "{} was trained on {data} with batch {batch}; resume it with the same data options (given: {spec}, batch {batch_note})",
+                path.display()
+            )
+            .into());
+        }
+        _ => {
+            trainer.set_note("data", &spec.to_string());
+            trainer.set_note("batch", &batch_note);
+        }
+    }
+    let dir = a
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(a.net.name()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let state_path = dir.join("state.safetensors");
+    let (train_set, val_set) = spec.open()?;
+    let classes = train_set.class_names();
+    if classes.len() > trainer.classes() {
+        return Err(format!(
+            "{} has {} classes; `{}` has only {} outputs",
+            spec.describe(),
+            classes.len(),
+            plan.name,
+            trainer.classes()
+        )
+        .into());
+    }
+    let pre = match &a.resume {
+        Some(state) => {
+            let (_, saved) = data::checkpoint_files(state);
+            let pre = Preprocess::load(&saved).map_err(|e| {
+                format!("{e} (a run resumes with the data preprocessing it started with)")
+            })?;
+            if pre.classes != classes {
+                return Err(format!(
+                    "{} holds other classes than {}",
+                    saved.display(),
+                    spec.describe()
+                )
+                .into());
+            }
+            pre
+        }
+        None => {
+            let bar = progress::spinner("preparing the data (mean image, colour components)");
+            let (pre, report) = Preprocess::fit(&*train_set, plan.input, &spec.to_string())?;
+            bar.finish_and_clear();
+            if report.skipped > 0 {
+                println!("mean image: {report}");
+            }
+            pre
+        }
+    };
+    pre.expect_input(plan.input)?;
+    pre.save(&dir.join(DATA_FILE))?;
+    let unit = match spec {
+        DataSpec::Folder(_) => "files",
+        DataSpec::Generated { .. } => "images",
+    };
+    println!(
+        "training {} on {}: {} {unit}, {} classes ({}){}; batch {}; checkpoints in {}",
+        plan.name,
+        spec.describe(),
+        train_set.len(),
+        classes.len(),
+        classes.join(", "),
+        val_set
+            .as_ref()
+            .map(|v| format!(", validation: {} {unit}", v.len()))
+            .unwrap_or_else(|| ", no val/ folder: no validation".into()),
+        a.batch,
+        dir.display()
+    );
+    let mut history = trainer
+        .note("history")
+        .map(pictures::parse_history)
+        .unwrap_or_default();
+    let batch = a.batch as usize;
+    let steps = train_set.len().div_ceil(batch) as u64;
+    while trainer.state().epoch < a.epochs {
+        let epoch = trainer.state().epoch;
+        let t0 = Instant::now();
+        let order = epoch_order(seed, epoch, train_set.len() as u64)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
+        let mut batches = data::batches(
+            train_set.clone(),
+            order,
+            batch,
+            &pre,
+            pre.train_transform(seed, epoch),
+            1,
+        )?;
+        let bar = progress::bar(steps, &format!("epoch {}/{}", epoch + 1, a.epochs));
+        let (mut window, mut total) = (None::<BatchStats>, None::<BatchStats>);
+        let mut since = Instant::now();
+        for (x, y) in &mut batches {
+            let st = trainer.step(&x, &y)?;
+            if !st.loss.is_finite() {
+                bar.abandon();
+                return Err(format!(
+                    "the loss diverged at step {} (learning rate {}); try a smaller --lr",
+                    trainer.state().step,
+                    trainer.state().lr
+                )
+                .into());
+            }
+            merge(&mut window, &st);
+            merge(&mut total, &st);
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4}", st.loss));
+            let step = trainer.state().step;
+            if step % a.log_every == 0 {
+                if let Some(w) = window.take() {
+                    bar.suspend(|| {
+                        println!(
+                            "epoch {} step {step:>6}: loss {:.4}, top-1 error {:5.1}%, {:7.1} images/s",
+                            epoch + 1,
+                            w.loss,
+                            100.0 * w.top1_error(),
+                            w.images as f64 / since.elapsed().as_secs_f64()
+                        )
+                    });
+                }
+                since = Instant::now();
+            }
+        }
+        bar.finish_and_clear();
+        let report = batches.report();
+        if report.skipped > 0 {
+            println!("epoch {}: {report}", epoch + 1);
+        }
+        let mut val = None::<BatchStats>;
+        if let Some(v) = &val_set {
+            let bar = progress::bar(v.len().div_ceil(batch) as u64, "validation");
+            let order = (0..v.len()).collect();
+            for (x, y) in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+                merge(&mut val, &trainer.evaluate(&x, &y)?);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+        }
+        let changed = trainer.end_epoch(val.as_ref().map(BatchStats::top1_error));
+        history.push(Epoch::new(
+            epoch + 1,
+            total.as_ref(),
+            val.as_ref(),
+            trainer.state().lr,
+        ));
+        trainer.set_note("history", &pictures::format_history(&history));
+        trainer.save(&state_path)?;
+        let plot = dir.join("curves.png");
+        pictures::curves(
+            &history,
+            &format!("{} on {}", plan.name, spec.describe()),
+            &plot,
+        )?;
+        let summary = match val {
+            Some(v) => format!(
+                "validation loss {:.4}, top-1 error {:.1}%, top-5 error {:.1}%",
+                v.loss,
+                100.0 * v.top1_error(),
+                100.0 * v.top5_error()
+            ),
+            None => "no validation set".to_string(),
+        };
+        println!(
+            "epoch {} done in {:.1} s: {summary}{}; saved {} and {}",
+            epoch + 1,
+            t0.elapsed().as_secs_f64(),
+            changed
+                .map(|lr| format!("; learning rate now {lr:.3e}"))
+                .unwrap_or_default(),
+            state_path.display(),
+            plot.display()
+        );
+    }
+    Ok(())
+}
+
+fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
+    match acc.as_mut() {
+        Some(a) => a.merge(st),
+        None => *acc = Some(*st),
+    }
+}
+
+/// A new trainer from the options, or the resumed one.
+fn start(a: &TrainArgs, backend: Device) -> Result<Trainer<Device>, AnyError> {
+    let plan = a.net.plan().clone();
+    if let Some(path) = &a.resume {
+        let given = [
+            ("--lr", a.lr.is_some()),
+            ("--momentum", a.momentum.is_some()),
+            ("--weight-decay", a.weight_decay.is_some()),
+            ("--schedule", a.schedule.is_some()),
+            ("--init", a.init.is_some()),
+            ("--seed", a.seed.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(format!(
+                "{flag} cannot change a resumed run (the state file keeps its own); drop it, or start a new run without --resume"
+            )
+            .into());
+        }
+        let t = Trainer::resume(backend, plan, path)?;
+        println!(
+            "resumed {} at epoch {}, step {}, learning rate {}",
+            path.display(),
+            t.state().epoch,
+            t.state().step,
+            t.state().lr
+        );
+        return Ok(t);
+    }
+    let seed = a.seed.unwrap_or(0);
+    let init = match a.init.unwrap_or(Init::He) {
+        Init::He => weights::kaiming_init(&plan, seed),
+        Init::Paper => weights::paper_init(&plan, seed),
+    };
+    let model = Model::from_tensors(backend, plan, init)?;
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: a.lr.unwrap_or(0.02),
+            momentum: a.momentum.unwrap_or(0.9),
+            weight_decay: a.weight_decay.unwrap_or(0.0005),
+        },
+        schedule: a.schedule.as_deref().unwrap_or("plateau:0.1:1").parse()?,
+        seed,
+    };
+    Ok(Trainer::new(model, config)?)
+}

@@ -2,17 +2,22 @@
 // with SCALE = 1 / (1 - p). keep is decided by Philox4x32-10 (Salmon et al. 2011) on the
 // counter (element, LAYER_ID, step) with the run's seed as key, exactly as the CPU backend
 // (alexnet-runtime/src/philox.rs) does, so both drop the same units. The same kernel with
-// the same (seed, step) is the backward pass (from dy to dx).
+// the same (seed, step) is the backward pass (from dy to dx). In tower TOWER of TOWERS
+// (a split network's tower plan) the counter is the element's index in the whole
+// network, so the towers drop the units the unsplit network drops; TOWERS = 1 for a
+// whole network, where it is the element's own index.
 // One thread per element; grid x = ceil(batch * LEN / {{THREADS}}).
 extern "C" __global__ void __launch_bounds__({{THREADS}})
 {{NAME}}(const float* __restrict__ in, float* __restrict__ out, unsigned seed_lo,
          unsigned seed_hi, unsigned step_lo, unsigned step_hi, int batch) {
-    constexpr int LEN = {{LEN}};
+    constexpr unsigned LEN = {{LEN}}u, TOWER = {{TOWER}}u, TOWERS = {{TOWERS}}u;
     constexpr unsigned LAYER_ID = {{LAYER_ID}}u, THRESHOLD = {{THRESHOLD}}u;
     constexpr float SCALE = {{SCALE}};
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= batch * LEN) return;
-    unsigned c0 = (unsigned)i, c1 = LAYER_ID, c2 = step_lo, c3 = step_hi;
+    if (i >= batch * (int)LEN) return;
+    const unsigned u = (unsigned)i;
+    unsigned c0 = u / LEN * (LEN * TOWERS) + TOWER * LEN + u % LEN;
+    unsigned c1 = LAYER_ID, c2 = step_lo, c3 = step_hi;
     unsigned k0 = seed_lo, k1 = seed_hi;
 #pragma unroll
     for (int round = 0; round < 10; ++round) {

@@ -473,3 +473,74 @@ fn backward_kernels_match_the_cpu_under_emulation() {
         }
     }
 }
+
+/// A tower's dropout kernel draws each unit from its index in the whole network: tower t's
+/// output under emulation is, bit for bit, tower t's channels of the unsplit network's
+/// dropout (CPU backend), so split training drops the units unsplit training drops.
+#[test]
+fn tower_dropout_kernels_draw_the_unsplit_masks() {
+    use alexnet::runtime::philox::DropoutMask;
+    use alexnet::runtime::Backend;
+    use alexnet_codegen::cuda_train::{render, Role};
+    let Some(cxx) = compiler() else { return };
+    let plan = alexnet::runtime::plan_from_str(
+        "T<4, 6, 6> split 2 { conv(8, 3) relu dropout(0.5) conv(6, 3, groups = 2) relu fc(4) }",
+    )
+    .unwrap();
+    let stage = *plan
+        .stages()
+        .iter()
+        .find(|s| matches!(plan.layers[s.layer].op, alexnet::ir::Op::Dropout { .. }))
+        .unwrap();
+    let batch = 3;
+    let full = plan.layers[stage.layer].input.len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let x = random(&mut rng, batch * full);
+    let mask = DropoutMask {
+        seed: 0x1234_5678_9abc_def0,
+        step: (7u64 << 32) + 3,
+    };
+    let mut whole = vec![0.0f32; x.len()];
+    Cpu::new()
+        .dropout(&plan, stage, batch, mask, &x, &mut whole)
+        .unwrap();
+    let half = full / 2;
+    for t in 0..2 {
+        let tower = plan.tower(t).unwrap();
+        let k = render(&tower)
+            .find(stage.layer, Role::Dropout)
+            .unwrap()
+            .clone();
+        let part = |v: &[f32]| -> Vec<f32> {
+            (0..batch)
+                .flat_map(|i| v[i * full + t * half..i * full + (t + 1) * half].to_vec())
+                .collect()
+        };
+        let args = format!(
+            "B(0), B(1), {}u, {}u, {}u, {}u, {batch}",
+            mask.seed as u32,
+            (mask.seed >> 32) as u32,
+            mask.step as u32,
+            (mask.step >> 32) as u32
+        );
+        let xt = part(&x);
+        let r = emulate(
+            &cxx,
+            &k.source,
+            &k.launch,
+            batch,
+            &args,
+            &[&xt, &vec![f32::NAN; xt.len()]],
+        );
+        assert_eq!(
+            r[1],
+            part(&whole),
+            "tower {t}: the mask differs from the unsplit one"
+        );
+        let dropped = r[1].iter().filter(|v| **v == 0.0).count();
+        assert!(
+            dropped > 0 && dropped < r[1].len(),
+            "tower {t}: {dropped} dropped"
+        );
+    }
+}

@@ -1,7 +1,8 @@
-//! The paper's two towers on the CPU (alexnet-runtime/src/towers.rs): split execution, two
-//! workers exchanging only before the layers that read both towers, equals the unsplit
-//! network forward and backward (relative L2 <= 1e-5), with weights in the one-process
-//! layout.
+//! The paper's two towers (alexnet-runtime/src/towers.rs) on two CPU backends: split
+//! execution, two workers with their own memory exchanging only before the layers that
+//! read both towers, equals the unsplit network forward and backward (relative L2 <=
+//! 1e-5), with weights in the one-process layout. tests/gpu_towers.rs runs the same
+//! towers on GPUs.
 
 mod common;
 
@@ -15,6 +16,11 @@ use common::rel_l2;
 use rand::{Rng, SeedableRng};
 
 const TOL: f64 = 1e-5;
+
+/// Two CPU backends: one per tower, each with its own memory.
+fn two() -> Vec<Cpu> {
+    vec![Cpu::new(), Cpu::new()]
+}
 
 fn setup(plan: &Plan, batch: usize, seed: u64) -> (Vec<NamedTensor>, Tensor, Vec<u32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -38,8 +44,8 @@ fn forward_matches(plan: &Plan, batch: usize) {
         t.data.iter_mut().for_each(|v| *v *= 0.3);
     }
     let cpu = Cpu::new();
-    let towers = Towers::new(plan.clone(), w.clone()).unwrap();
-    let split = towers.forward(&cpu, &x).unwrap();
+    let towers = Towers::new(plan.clone(), w.clone(), two()).unwrap();
+    let split = towers.forward(&x).unwrap();
     let whole = Model::from_tensors(cpu.clone(), plan.clone(), w)
         .unwrap()
         .forward(&x)
@@ -55,9 +61,9 @@ fn forward_matches(plan: &Plan, batch: usize) {
 fn gradients_match(plan: &Plan, batch: usize) {
     let (w, x, labels) = setup(plan, batch, 2);
     let cpu = Cpu::new();
-    let towers = Towers::new(plan.clone(), w.clone()).unwrap();
+    let towers = Towers::new(plan.clone(), w.clone(), two()).unwrap();
     let mask = DropoutMask { seed: 9, step: 0 };
-    let (loss, split) = towers.gradients(&cpu, &x, &labels, mask).unwrap();
+    let (loss, split) = towers.gradients(&x, &labels, mask).unwrap();
     let model = Model::from_tensors(cpu, plan.clone(), w).unwrap();
     let config = TrainConfig {
         seed: 9,
@@ -111,8 +117,14 @@ fn split_gradients_equal_unsplit() {
 fn an_unsplit_network_has_no_towers() {
     let plan = alexnet::runtime::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
     let w = common::hash_weights(&plan, 1);
-    let err = Towers::new(plan, w).unwrap_err().to_string();
+    let err = Towers::new(plan, w, two()).unwrap_err().to_string();
     assert!(err.contains("is not split into towers"), "{err}");
+    let plan = SmallNet::plan();
+    let w = common::hash_weights(plan, 1);
+    let err = Towers::new(plan.clone(), w, vec![Cpu::new()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has 2 towers; 1 backends were given"), "{err}");
 }
 
 #[test]
@@ -120,7 +132,7 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
     let plan = SmallNet::plan();
     let (w, _, _) = setup(plan, 1, 3);
     let cpu = Cpu::new();
-    let mut towers = Towers::new(plan.clone(), w.clone()).unwrap();
+    let mut towers = Towers::new(plan.clone(), w.clone(), two()).unwrap();
     let config = TrainConfig {
         seed: 4,
         ..TrainConfig::default()
@@ -130,7 +142,7 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
     for step in 0..3 {
         let (_, x, labels) = setup(plan, 4, 10 + step);
         let split = towers
-            .train_step(&cpu, &x, &labels, config.sgd, config.seed, step)
+            .train_step(&x, &labels, config.sgd, config.seed, step)
             .unwrap();
         let whole = trainer.step(&x, &labels).unwrap().loss;
         assert!(
@@ -139,7 +151,7 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
         );
     }
     // Each tower updated its own rows; joined, they are the unsplit network's weights.
-    let split = towers.tensors();
+    let split = towers.tensors().unwrap();
     let whole = trainer.model().tensors().unwrap();
     for (s, u) in split.iter().zip(&whole) {
         assert_eq!(s.shape, u.shape);

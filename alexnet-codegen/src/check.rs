@@ -168,6 +168,7 @@ pub fn check(def: &NetworkDef) -> Checked {
             input,
             split,
             layers: layers.into(),
+            tower: None,
         }),
         _ => None,
     };

@@ -215,8 +215,11 @@ pub fn render(plan: &Plan) -> CudaTraining {
                 let (threshold, scale) = crate::ir::dropout_threshold_scale(p);
                 let name = format!("{lname}_dropout_n{}", i.len());
                 let mut v = common(&name);
+                let (tower, towers) = plan.tower.map_or((0, 1), |t| (t.index, t.of));
                 v.extend([
                     ("LEN", i.len().to_string()),
+                    ("TOWER", tower.to_string()),
+                    ("TOWERS", towers.to_string()),
                     ("LAYER_ID", stage.layer.to_string()),
                     ("THRESHOLD", threshold.to_string()),
                     ("SCALE", c_float(scale)),

@@ -123,6 +123,8 @@ pub fn plan_tokens(plan: &Plan) -> TokenStream {
     let name = plan.name.as_ref();
     let input = shape_tokens(plan.input);
     let split = usize_lit(plan.split);
+    // Generated networks are whole; tower plans are made at run time by `Plan::tower`.
+    debug_assert!(plan.tower.is_none());
     let layers = plan.layers.iter().map(layer_tokens);
     quote! {
         ::alexnet::ir::Plan {
@@ -130,6 +132,7 @@ pub fn plan_tokens(plan: &Plan) -> TokenStream {
             input: #input,
             split: #split,
             layers: ::std::borrow::Cow::Borrowed(&[#(#layers),*]),
+            tower: ::std::option::Option::None,
         }
     }
 }

@@ -247,6 +247,17 @@ pub struct Plan {
     /// Number of towers (`split 2` in the DSL), 1 for an unsplit network.
     pub split: usize,
     pub layers: Cow<'static, [Layer]>,
+    /// For one tower's plan ([`Plan::tower`]): which tower of how many. Dropout draws each
+    /// unit from its index in the whole network ([`Plan::dropout_counter`]), so a split
+    /// network drops the same units as the unsplit one.
+    pub tower: Option<TowerOf>,
+}
+
+/// Tower `index` of `of` (see [`Plan::tower`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TowerOf {
+    pub index: usize,
+    pub of: usize,
 }
 
 /// Where a layer of a split network (`split 2`) gets its input, with each tower holding
@@ -427,7 +438,21 @@ impl Plan {
             input: layers.first().map_or(self.input, |l| l.input),
             split: 1,
             layers: layers.into(),
+            tower: Some(TowerOf { index: t, of: s }),
         })
+    }
+
+    /// The Philox counter from which dropout layer `layer` draws element `i` of a batch:
+    /// `i` itself, or in a tower's plan the element's index in the whole network's layout
+    /// (a tower holds an equal channel part of each image's dropout input).
+    pub fn dropout_counter(&self, layer: usize, i: usize) -> usize {
+        match self.tower {
+            None => i,
+            Some(TowerOf { index, of }) => {
+                let len = self.layers[layer].input.len();
+                (i / len) * len * of + index * len + i % len
+            }
+        }
     }
 
     /// [`Plan::exchange_bytes`] summed over the network: per image, one direction of
@@ -693,6 +718,7 @@ mod tests {
             input: s,
             split: 1,
             layers: layers.into(),
+            tower: None,
         };
         let stages = plan.stages();
         assert_eq!(

@@ -1,56 +1,70 @@
-//! The paper's two towers on the CPU: each tower holds half of every layer (its
-//! [`Plan::tower`] plan and the matching rows of every weight), the two run side by side
-//! on two worker threads (`rayon::join`), and they exchange activations, and in the
-//! backward pass gradients, only before the layers that read both towers
-//! ([`Plan::tower_input`]): for AlexNet conv3, fc6, fc7 and fc8, and the final softmax,
-//! which runs once on the gathered logits. Weights stay in the one-process layout, so a
-//! network trained split runs unsplit and the other way round.
+//! The paper's two towers: each tower holds half of every layer (its [`Plan::tower`] plan
+//! and the matching rows of every weight) on a backend of its own, the towers run side by
+//! side on two host threads, and they exchange activations, and in the backward pass
+//! gradients, only before the layers that read both towers ([`Plan::tower_input`]): for
+//! AlexNet conv3, fc6, fc7 and fc8. The final softmax and the loss run once, on the host,
+//! on the gathered logits. Weights stay in the one-process layout, so a network trained
+//! split runs unsplit and the other way round.
 //!
-//! This is the reference for the GPU placement of issue 5; tests/towers.rs checks that
-//! split and unsplit agree, forward and backward.
+//! Placement is the caller's choice of backends, one per tower: two [`Cpu`] backends (two
+//! workers), two GPUs (`Device::parse("cuda:0")`, `Device::parse("cuda:1")`), or two
+//! [`crate::Cuda`] backends on the same GPU, each with its own stream, module and memory,
+//! so the same code path runs on a machine with one GPU. Exchanges are staged through the
+//! host: each tower downloads its part, the parts are joined, and each tower uploads what
+//! it reads; the towers' compute between exchanges overlaps.
+//!
+//! tests/towers.rs checks that split and unsplit agree, forward and backward.
 
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::cpu::{loss, Cpu, StageGrads};
+use crate::cpu::{loss, Cpu};
 use crate::error::{Error, Result};
-use crate::ir::{Op, Plan, TowerInput};
+use crate::ir::{Op, Plan, Stage, TowerInput};
 use crate::optim::Sgd;
-use crate::philox::{self, DropoutMask};
+use crate::philox::DropoutMask;
 use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor};
 
-/// One tower's backward of one stage: its input gradient (when wanted) and the
-/// gradients of its part of the layer's tensors.
-type TowerGrads = (Option<Vec<f32>>, Vec<Vec<f32>>);
-
-/// A stage's outputs per tower, and the gathered input every tower read when the stage
-/// follows an exchange.
-type Tape = Vec<(Vec<Vec<f32>>, Option<Vec<f32>>)>;
-
-/// A split network with its parameters divided between its towers.
-#[derive(Debug)]
-pub struct Towers {
+/// A split network with its parameters divided between its towers, each on its backend.
+pub struct Towers<B: Backend> {
     plan: Plan,
     towers: Vec<Plan>,
+    backends: Vec<B>,
     /// `params[t][i]`: tower t's rows of the i-th tensor of [`Plan::params`].
-    params: Vec<Vec<Vec<f32>>>,
+    params: Vec<Vec<B::Buffer>>,
     /// The same for the momentum of [`Towers::train_step`] (empty until the first step).
-    velocity: Vec<Vec<Vec<f32>>>,
+    velocity: Vec<Vec<B::Buffer>>,
+    /// The host, for the final softmax over the gathered logits.
+    host: Cpu,
+}
+
+impl<B: Backend> std::fmt::Debug for Towers<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Towers")
+            .field("plan", &self.plan.name)
+            .field(
+                "backends",
+                &self.backends.iter().map(B::name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Concatenates per-image parts along channels: `parts[t]` holds `n` images of `len[t]`
 /// values each.
-fn gather(parts: &[&[f32]], lens: &[usize], n: usize) -> Vec<f32> {
+fn gather(parts: &[Vec<f32>], lens: &[usize], n: usize) -> Vec<f32> {
     let total: usize = lens.iter().sum();
     let mut out = vec![0.0; n * total];
-    out.par_chunks_mut(total).enumerate().for_each(|(i, img)| {
-        let mut at = 0;
-        for (p, &l) in parts.iter().zip(lens) {
-            img[at..at + l].copy_from_slice(&p[i * l..(i + 1) * l]);
-            at += l;
-        }
-    });
+    out.par_chunks_mut(total.max(1))
+        .enumerate()
+        .for_each(|(i, img)| {
+            let mut at = 0;
+            for (p, &l) in parts.iter().zip(lens) {
+                img[at..at + l].copy_from_slice(&p[i * l..(i + 1) * l]);
+                at += l;
+            }
+        });
     out
 }
 
@@ -62,10 +76,11 @@ fn part(full: &[f32], n: usize, len: usize, towers: usize, t: usize) -> Vec<f32>
         .collect()
 }
 
-impl Towers {
+impl<B: Backend + Sync> Towers<B> {
     /// Divides `tensors` (the one-process layout, PyTorch names) between the towers of
-    /// `plan`; an error for an unsplit plan or tensors that do not fit it.
-    pub fn new(plan: Plan, tensors: Vec<NamedTensor>) -> Result<Self> {
+    /// `plan`, tower `t` on `backends[t]`. An error for an unsplit plan, a number of
+    /// backends other than the plan's towers, or tensors that do not fit the plan.
+    pub fn new(plan: Plan, tensors: Vec<NamedTensor>, backends: Vec<B>) -> Result<Self> {
         let towers: Vec<Plan> = (0..plan.split)
             .map(|t| plan.tower(t))
             .collect::<Option<_>>()
@@ -73,25 +88,39 @@ impl Towers {
             .ok_or_else(|| {
                 Error::Invalid(format!("network `{}` is not split into towers", plan.name))
             })?;
+        if backends.len() != towers.len() {
+            return Err(Error::Invalid(format!(
+                "network `{}` has {} towers; {} backends were given",
+                plan.name,
+                towers.len(),
+                backends.len()
+            )));
+        }
         let ordered = weights::match_plan(&plan, tensors, None)?;
         let s = plan.split;
-        let params = (0..s)
-            .map(|t| {
+        let params = towers
+            .par_iter()
+            .zip(&backends)
+            .enumerate()
+            .map(|(t, (tp, b))| {
+                b.prepare(tp)?;
                 ordered
                     .iter()
                     .map(|w| {
                         let rows = w.shape[0] / s;
                         let per_row = w.data.len() / w.shape[0];
-                        w.data[t * rows * per_row..(t + 1) * rows * per_row].to_vec()
+                        b.upload(&w.data[t * rows * per_row..(t + 1) * rows * per_row])
                     })
                     .collect()
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Towers {
             plan,
             towers,
+            backends,
             params,
             velocity: Vec::new(),
+            host: Cpu::new(),
         })
     }
 
@@ -99,28 +128,39 @@ impl Towers {
         &self.plan
     }
 
+    /// The towers' backends, in tower order.
+    pub fn backends(&self) -> &[B] {
+        &self.backends
+    }
+
+    /// Runs `f(t)` for every tower, each on its own host thread, and collects the results
+    /// in tower order.
+    fn each<R: Send>(&self, f: impl Fn(usize) -> Result<R> + Sync + Send) -> Result<Vec<R>> {
+        (0..self.towers.len()).into_par_iter().map(f).collect()
+    }
+
     /// Tower `t`'s parameters for layer `layer`.
-    fn layer_params(&self, t: usize, layer: usize) -> &[Vec<f32>] {
+    fn layer_params(&self, t: usize, layer: usize) -> Vec<&B::Buffer> {
         let first: usize = self.plan.layers[..layer]
             .iter()
             .map(|l| l.params().len())
             .sum();
         let n = self.plan.layers[layer].params().len();
-        &self.params[t][first..first + n]
+        self.params[t][first..first + n].iter().collect()
     }
 
-    /// The input of each tower's first layer: the image, or its own channels of it.
-    fn inputs(&self, x: &[f32], n: usize) -> Vec<Vec<f32>> {
+    /// The input of each tower's first layer, on its backend: the image, or its own
+    /// channels of it.
+    fn inputs(&self, x: &[f32], n: usize) -> Result<Vec<B::Buffer>> {
         let full = self.plan.input.len();
-        (0..self.towers.len())
-            .map(|t| {
-                if self.towers[t].input.len() == full {
-                    x.to_vec()
-                } else {
-                    part(x, n, full, self.towers.len(), t)
-                }
-            })
-            .collect()
+        self.each(|t| {
+            let b = &self.backends[t];
+            if self.towers[t].input.len() == full {
+                b.upload(x)
+            } else {
+                b.upload(&part(x, n, full, self.towers.len(), t))
+            }
+        })
     }
 
     fn batch_of(&self, x: &Tensor) -> Result<usize> {
@@ -135,107 +175,92 @@ impl Towers {
         }
     }
 
-    /// Runs both towers (two workers) through every stage. Returns, per stage, each
-    /// tower's output and, for stages after an exchange, the gathered input every tower
-    /// read (`None` where a tower read its own previous output); with `keep` false only
-    /// the last stage's outputs. Dropout applies `mask` when given.
-    fn run(
-        &self,
-        cpu: &Cpu,
-        x: &[f32],
-        n: usize,
-        mask: Option<DropoutMask>,
-        keep: bool,
-    ) -> Result<(Vec<Vec<f32>>, Tape)> {
-        let stages = self.towers[0].stages();
-        let mut tape: Tape = Vec::new();
-        let mut outs = self.inputs(x, n);
-        for st in &stages {
+    /// The forward exchange before `layer`: every tower's output of the previous layer,
+    /// joined per image in tower order, uploaded to every tower.
+    fn exchange(&self, layer: usize, outs: &[B::Buffer], n: usize) -> Result<Vec<B::Buffer>> {
+        let lens: Vec<usize> = self
+            .towers
+            .iter()
+            .map(|p| p.layers[layer - 1].output.len())
+            .collect();
+        let parts = self.each(|t| self.backends[t].download_prefix(&outs[t], n * lens[t]))?;
+        let all = gather(&parts, &lens, n);
+        self.each(|t| self.backends[t].upload(&all))
+    }
+
+    /// Runs the towers through every stage. With `mask` (training), dropout is applied
+    /// and every stage's outputs are kept, one entry per stage; without (inference),
+    /// dropout is the identity and only the last outputs are kept.
+    fn run(&self, x: &[f32], n: usize, mask: Option<DropoutMask>) -> Result<Tape<B::Buffer>> {
+        let mut tape = Tape {
+            inputs: self.inputs(x, n)?,
+            outputs: Vec::new(),
+            exchanged: Vec::new(),
+        };
+        for st in &self.towers[0].stages() {
+            let is_dropout = matches!(self.plan.layers[st.layer].op, Op::Dropout { .. });
+            if is_dropout && mask.is_none() {
+                continue;
+            }
+            let prev = tape.outputs.last().unwrap_or(&tape.inputs);
             let exchanged = match self.plan.tower_input(st.layer) {
                 Some(TowerInput::BothTowers) if st.layer > 0 => {
-                    let lens: Vec<usize> = self
-                        .towers
-                        .iter()
-                        .map(|p| p.layers[st.layer - 1].output.len())
-                        .collect();
-                    let parts: Vec<&[f32]> = outs.iter().map(|v| v.as_slice()).collect();
-                    Some(gather(&parts, &lens, n))
+                    Some(self.exchange(st.layer, prev, n)?)
                 }
                 _ => None,
             };
-            let run_tower = |t: usize| -> Result<Vec<f32>> {
-                let tp = &self.towers[t];
-                let l = &tp.layers[st.layer];
-                let xin: &Vec<f32> = exchanged.as_ref().unwrap_or(&outs[t]);
-                let mut y = vec![0.0f32; n * l.output.len()];
-                match (l.op, mask) {
-                    (Op::Dropout { p }, Some(m)) => {
-                        self.dropout(m, st.layer, t, p, xin, &mut y);
-                    }
-                    (Op::Dropout { .. }, None) => y.copy_from_slice(xin),
+            let new = self.each(|t| {
+                let (b, tp) = (&self.backends[t], &self.towers[t]);
+                let xin = exchanged.as_ref().map_or(&prev[t], |e| &e[t]);
+                let mut y = b.alloc(n * tp.layers[st.layer].output.len())?;
+                match (tp.layers[st.layer].op, mask) {
+                    (Op::Dropout { .. }, Some(m)) => b.dropout(tp, *st, n, m, xin, &mut y)?,
                     _ => {
-                        let p: Vec<&Vec<f32>> = self.layer_params(t, st.layer).iter().collect();
-                        cpu.forward_stage(tp, *st, n, xin, &p, &mut y)?;
+                        let p = self.layer_params(t, st.layer);
+                        b.forward_stage(tp, *st, n, xin, &p, &mut y)?;
                     }
                 }
                 Ok(y)
-            };
-            let (a, b) = rayon::join(|| run_tower(0), || run_tower(1));
-            let new = vec![a?, b?];
-            if keep {
-                tape.push((new.clone(), exchanged));
+            })?;
+            if mask.is_none() {
+                tape.outputs.clear();
+                tape.exchanged.clear();
             }
-            outs = new;
+            tape.outputs.push(new);
+            tape.exchanged.push(exchanged);
         }
-        if !keep {
-            tape.clear();
-        }
-        Ok((outs, tape))
+        Ok(tape)
     }
 
-    /// Training-time dropout of tower `t`'s part of layer `layer`, drawing each unit from
-    /// its index in the unsplit layout, so the masks are the unsplit network's.
-    fn dropout(&self, m: DropoutMask, layer: usize, t: usize, p: f32, x: &[f32], y: &mut [f32]) {
-        let (thr, scale) = philox::dropout_threshold_scale(p);
-        let full = self.plan.layers[layer].input.len();
-        let len = self.towers[t].layers[layer].input.len();
-        for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
-            let g = (i / len) * full + t * len + i % len;
-            *o = if m.draw(layer as u32, g as u32) >= thr {
-                v * scale
-            } else {
-                0.0
-            };
-        }
-    }
-
-    /// The last tower layer's outputs gathered into the unsplit layout.
-    fn gathered(&self, outs: &[Vec<f32>], n: usize) -> Vec<f32> {
+    /// The last layer's outputs, downloaded and gathered into the unsplit layout.
+    fn logits(&self, tape: &Tape<B::Buffer>, n: usize) -> Result<Vec<f32>> {
         let last = self.towers[0].layers.len() - 1;
         let lens: Vec<usize> = self
             .towers
             .iter()
             .map(|p| p.layers[last].output.len())
             .collect();
-        let parts: Vec<&[f32]> = outs.iter().map(|v| v.as_slice()).collect();
-        gather(&parts, &lens, n)
+        let outs = tape.outputs.last().unwrap_or(&tape.inputs);
+        let parts = self.each(|t| self.backends[t].download_prefix(&outs[t], n * lens[t]))?;
+        Ok(gather(&parts, &lens, n))
     }
 
     /// Inference, as [`crate::Model::forward`] computes it unsplit.
-    pub fn forward(&self, cpu: &Cpu, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.batch_of(x)?;
-        let (outs, _) = self.run(cpu, x.data(), n, None, false)?;
-        let mut y = self.gathered(&outs, n);
-        let out = self.plan.output();
+        let tape = self.run(x.data(), n, None)?;
+        let mut y = self.logits(&tape, n)?;
         if let Some(st) = self.final_softmax() {
             let mut z = vec![0.0; y.len()];
-            cpu.forward_stage(&self.plan, st, n, &y, &[], &mut z)?;
+            self.host
+                .forward_stage(&self.plan, st, n, &y, &[], &mut z)?;
             y = z;
         }
+        let out = self.plan.output();
         Tensor::new(vec![n, out.c, out.h, out.w], y)
     }
 
-    fn final_softmax(&self) -> Option<crate::ir::Stage> {
+    fn final_softmax(&self) -> Option<Stage> {
         self.plan
             .stages()
             .last()
@@ -249,13 +274,18 @@ impl Towers {
     /// gradients of exchanged activations summed over the towers that read them.
     pub fn gradients(
         &self,
-        cpu: &Cpu,
         x: &Tensor,
         labels: &[u32],
         mask: DropoutMask,
     ) -> Result<(f64, Vec<NamedTensor>)> {
-        let (loss, grads) = self.tower_gradients(cpu, x, labels, mask)?;
-        Ok((loss, self.merge(&grads)))
+        let (loss, grads) = self.tower_gradients(x, labels, mask)?;
+        let host = self.each(|t| {
+            grads[t]
+                .iter()
+                .map(|g| self.backends[t].download(g))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok((loss, self.merge(&host)))
     }
 
     /// Tower `t`'s rows of every tensor, joined back into the one-process layout.
@@ -264,63 +294,77 @@ impl Towers {
             .params()
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| NamedTensor {
-                data: per_tower
-                    .iter()
-                    .flat_map(|t| t[i].iter().copied())
-                    .collect(),
-                name: spec.name,
-                shape: spec.shape,
+            .map(|(i, spec)| {
+                let rows = spec.len() / self.towers.len();
+                NamedTensor {
+                    data: per_tower
+                        .iter()
+                        .flat_map(|t| t[i][..rows].iter().copied())
+                        .collect(),
+                    name: spec.name,
+                    shape: spec.shape,
+                }
             })
             .collect()
     }
 
     /// The parameters in the one-process layout (PyTorch names), e.g. to save them or to
     /// run them unsplit.
-    pub fn tensors(&self) -> Vec<NamedTensor> {
-        self.merge(&self.params)
+    pub fn tensors(&self) -> Result<Vec<NamedTensor>> {
+        let host = self.each(|t| {
+            self.params[t]
+                .iter()
+                .map(|p| self.backends[t].download(p))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(self.merge(&host))
     }
 
     /// One SGD step (the paper's update, [`Sgd`]), split: each tower computes the
     /// gradients of its own rows and updates them with its own momentum, on its own
-    /// worker. `step` numbers the dropout mask (with `seed`). Returns the batch's loss.
-    #[allow(clippy::too_many_arguments)]
+    /// backend. `step` numbers the dropout mask (with `seed`). Returns the batch's loss.
     pub fn train_step(
         &mut self,
-        cpu: &Cpu,
         x: &Tensor,
         labels: &[u32],
         sgd: Sgd,
         seed: u64,
         step: u64,
     ) -> Result<f64> {
-        let (loss, grads) = self.tower_gradients(cpu, x, labels, DropoutMask { seed, step })?;
+        let (loss, grads) = self.tower_gradients(x, labels, DropoutMask { seed, step })?;
         if self.velocity.is_empty() {
-            self.velocity = self
-                .params
-                .iter()
-                .map(|t| t.iter().map(|p| vec![0.0; p.len()]).collect())
-                .collect();
+            self.velocity = self.each(|t| {
+                self.towers[t]
+                    .params()
+                    .iter()
+                    .map(|s| self.backends[t].upload(&vec![0.0; s.len()]))
+                    .collect()
+            })?;
         }
+        let mults: Vec<f32> = vec![1.0; self.plan.params().len()];
+        let (towers, backends) = (&self.towers, &self.backends);
         self.params
             .par_iter_mut()
             .zip(self.velocity.par_iter_mut())
             .zip(grads.par_iter())
-            .for_each(|((p, v), g)| {
-                for ((w, v), g) in p.iter_mut().zip(v.iter_mut()).zip(g) {
-                    sgd.step(w, v, g, 1.0);
-                }
-            });
+            .enumerate()
+            .map(|(t, ((p, v), g))| {
+                let mut p: Vec<&mut B::Buffer> = p.iter_mut().collect();
+                let mut v: Vec<&mut B::Buffer> = v.iter_mut().collect();
+                let g: Vec<&B::Buffer> = g.iter().collect();
+                backends[t].sgd_step(&towers[t], sgd, &mults, &mut p, &mut v, &g)
+            })
+            .collect::<Result<Vec<()>>>()?;
         Ok(loss)
     }
 
+    /// The loss and, per tower, the gradients of its parameters (on its backend).
     fn tower_gradients(
         &self,
-        cpu: &Cpu,
         x: &Tensor,
         labels: &[u32],
         mask: DropoutMask,
-    ) -> Result<(f64, Vec<Vec<Vec<f32>>>)> {
+    ) -> Result<(f64, Vec<Vec<B::Buffer>>)> {
         let n = self.batch_of(x)?;
         if labels.len() != n {
             return Err(Error::Invalid(format!(
@@ -328,9 +372,8 @@ impl Towers {
                 labels.len()
             )));
         }
-        let (outs, tape) = self.run(cpu, x.data(), n, Some(mask), true)?;
-        let inputs = self.inputs(x.data(), n);
-        let logits = self.gathered(&outs, n);
+        let tape = self.run(x.data(), n, Some(mask))?;
+        let logits = self.logits(&tape, n)?;
         let classes = logits.len() / n.max(1);
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
         if let Some(l) = labels.iter().find(|&&l| l >= classes) {
@@ -340,17 +383,16 @@ impl Towers {
         }
         let out = loss::softmax_cross_entropy(&logits, &labels, classes);
         let s = self.towers.len();
-        let mut dys: Vec<Vec<f32>> = (0..s)
-            .map(|t| part(&out.dlogits, n, classes, s, t))
-            .collect();
+        let mut dys: Vec<B::Buffer> =
+            self.each(|t| self.backends[t].upload(&part(&out.dlogits, n, classes, s, t)))?;
         let stages = self.towers[0].stages();
         let first = stages
             .iter()
             .position(|st| self.plan.layers[st.layer].op.is_learned())
             .ok_or_else(|| Error::Invalid("nothing to learn".into()))?;
-        // Per tower, per layer: the gradients of its tensors.
-        let mut grads: Vec<Vec<Vec<f32>>> = (0..s)
-            .map(|t| self.params[t].iter().map(|p| vec![0.0; p.len()]).collect())
+        // Per tower, per tensor: the gradients.
+        let mut grads: Vec<Vec<Option<B::Buffer>>> = (0..s)
+            .map(|t| self.params[t].iter().map(|_| None).collect())
             .collect();
         let offsets: Vec<usize> = self
             .plan
@@ -365,80 +407,106 @@ impl Towers {
         for (i, st) in stages.iter().enumerate().skip(first).rev() {
             let layer = st.layer;
             let want_dx = i > first;
-            let results: Vec<Result<TowerGrads>> = (0..s)
+            let results = dys
                 .into_par_iter()
-                .map(|t| {
-                    let tp = &self.towers[t];
+                .enumerate()
+                .map(|(t, mut dy)| {
+                    let (b, tp) = (&self.backends[t], &self.towers[t]);
                     let l = &tp.layers[layer];
                     // The stage's input: the exchanged one, or the tower's previous output.
-                    let x_in: &[f32] = match (&tape[i].1, i) {
-                        (Some(all), _) => all,
-                        (None, 0) => &inputs[t],
-                        (None, _) => &tape[i - 1].0[t],
+                    let x_in = match (&tape.exchanged[i], i) {
+                        (Some(all), _) => &all[t],
+                        (None, 0) => &tape.inputs[t],
+                        (None, _) => &tape.outputs[i - 1][t],
                     };
-                    let (y_out, dy) = (&tape[i].0[t], &dys[t]);
-                    let mut dx = want_dx.then(|| vec![0.0f32; n * l.input.len()]);
-                    if let Op::Dropout { p } = l.op {
+                    let mut dx = if want_dx {
+                        Some(b.alloc(n * l.input.len())?)
+                    } else {
+                        None
+                    };
+                    if let Op::Dropout { .. } = l.op {
                         // Dropout's gradient is dropout of the gradient, same mask.
                         if let Some(d) = dx.as_mut() {
-                            self.dropout(mask, layer, t, p, dy, d);
+                            b.dropout(tp, *st, n, mask, &dy, d)?;
                         }
                         return Ok((dx, Vec::new()));
                     }
-                    let p: Vec<&[f32]> = self
-                        .layer_params(t, layer)
+                    let p = self.layer_params(t, layer);
+                    let mut dp: Vec<B::Buffer> = l
+                        .params()
                         .iter()
-                        .map(|v| v.as_slice())
-                        .collect();
-                    let mut dp: Vec<Vec<f32>> = p.iter().map(|v| vec![0.0; v.len()]).collect();
-                    cpu.backward_slices(
+                        .map(|spec| b.alloc(spec.len()))
+                        .collect::<Result<_>>()?;
+                    let mut dpr: Vec<&mut B::Buffer> = dp.iter_mut().collect();
+                    b.backward_stage(
                         tp,
                         *st,
                         n,
                         x_in,
-                        y_out,
-                        dy,
+                        &tape.outputs[i][t],
+                        &mut dy,
                         &p,
-                        StageGrads {
-                            dx: dx.as_deref_mut(),
-                            dparams: dp.iter_mut().map(|v| v.as_mut_slice()).collect(),
-                        },
+                        dx.as_mut(),
+                        &mut dpr,
                     )?;
                     Ok((dx, dp))
                 })
-                .collect();
+                .collect::<Result<Vec<(Option<B::Buffer>, Vec<B::Buffer>)>>>()?;
             let mut dxs = Vec::with_capacity(s);
-            for (t, r) in results.into_iter().enumerate() {
-                let (dx, dp) = r?;
+            for (t, (dx, dp)) in results.into_iter().enumerate() {
                 for (j, g) in dp.into_iter().enumerate() {
-                    grads[t][offsets[layer] + j] = g;
+                    grads[t][offsets[layer] + j] = Some(g);
                 }
                 dxs.push(dx);
             }
             if !want_dx {
                 break;
             }
-            let dxs: Vec<Vec<f32>> = dxs.into_iter().map(|d| d.unwrap_or_default()).collect();
+            let dxs: Vec<B::Buffer> = dxs
+                .into_iter()
+                .map(|d| d.ok_or_else(|| Error::Backend("missing input gradient".into())))
+                .collect::<Result<_>>()?;
             dys = match self.plan.tower_input(layer) {
                 // Every tower read all of the input: each tower's part of the gradient is
-                // the sum of what the towers sent back (the backward exchange).
+                // the sum of what the towers send back (the backward exchange).
                 Some(TowerInput::BothTowers) => {
                     let full = self.plan.layers[layer].input.len();
-                    (0..s)
-                        .map(|t| {
-                            let mut acc = part(&dxs[0], n, full, s, t);
-                            for d in &dxs[1..] {
-                                for (a, b) in acc.iter_mut().zip(part(d, n, full, s, t)) {
-                                    *a += b;
-                                }
+                    let host =
+                        self.each(|t| self.backends[t].download_prefix(&dxs[t], n * full))?;
+                    self.each(|t| {
+                        let mut acc = part(&host[0], n, full, s, t);
+                        for d in &host[1..] {
+                            for (a, b) in acc.iter_mut().zip(part(d, n, full, s, t)) {
+                                *a += b;
                             }
-                            acc
-                        })
-                        .collect()
+                        }
+                        self.backends[t].upload(&acc)
+                    })?
                 }
                 _ => dxs,
             };
         }
+        let grads = grads
+            .into_iter()
+            .enumerate()
+            .map(|(t, g)| {
+                g.into_iter()
+                    .zip(&self.towers[t].params())
+                    .map(|(g, spec)| match g {
+                        Some(g) => Ok(g),
+                        None => self.backends[t].upload(&vec![0.0; spec.len()]),
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
         Ok((out.loss, grads))
     }
+}
+
+/// The forward pass's record, per tower: the first stage's input, every stage's output,
+/// and the gathered input of the stages that follow an exchange.
+struct Tape<Buf> {
+    inputs: Vec<Buf>,
+    outputs: Vec<Vec<Buf>>,
+    exchanged: Vec<Option<Vec<Buf>>>,
 }

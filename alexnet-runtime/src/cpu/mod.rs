@@ -343,7 +343,8 @@ impl Backend for Cpu {
         let n = batch * layer.input.len();
         check_len(&format!("{} input", layer.name), input, n)?;
         check_len(&format!("{} output", layer.name), output, n)?;
-        let n32 = u32::try_from(n).map_err(|_| {
+        let towers = plan.tower.map_or(1, |t| t.of);
+        let n32 = u32::try_from(n * towers).map_err(|_| {
             Error::Backend(format!(
                 "cpu: {}: {n} values exceed dropout's 32-bit counter",
                 layer.name
@@ -358,7 +359,7 @@ impl Backend for Cpu {
             .enumerate()
             .for_each(|(c, (out, inp))| {
                 for (j, (o, &v)) in out.iter_mut().zip(inp).enumerate() {
-                    let i = (c * CHUNK + j) as u32;
+                    let i = plan.dropout_counter(stage.layer, c * CHUNK + j) as u32;
                     debug_assert!(i < n32);
                     *o = if mask.draw(id, i) >= threshold {
                         v * scale

@@ -278,6 +278,15 @@ impl Cuda {
         need(&format!("{} input", layer.name), input, n)?;
         need(&format!("{} output", layer.name), output, n)?;
         let b = batch_i32(plan, stage.layer, batch)?;
+        // The kernel's Philox counter is the element's index in the whole network.
+        let towers = plan.tower.map_or(1, |t| t.of);
+        if u32::try_from(n * towers).is_err() {
+            return Err(Error::Backend(format!(
+                "cuda: {}: {} values exceed dropout's 32-bit counter",
+                layer.name,
+                n * towers
+            )));
+        }
         let loaded = self.loaded_training(plan)?;
         let k = Self::kernel(&loaded, plan, stage.layer, Role::Dropout)?;
         let (s0, s1) = (mask.seed as u32, (mask.seed >> 32) as u32);

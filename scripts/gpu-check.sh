@@ -3,7 +3,8 @@
 # the GPU tests (those marked `needs a CUDA GPU`: every layer kind and the three networks
 # on the GPU against the CPU, forward and training), the forward benchmark on CUDA,
 # benches/gpu_forward.rs (each generated kernel beside cuDNN / cuBLAS), benches/gpu_train.rs
-# (an AlexNet training step), a short `train` run on CUDA, and scripts/bench_torch.py
+# (an AlexNet training step), benches/towers.rs (AlexNet split into its two towers on two
+# streams, and two GPUs when there are two, against unsplit), a short `train` run on CUDA, and scripts/bench_torch.py
 # (PyTorch eager on the same GPU, when the machine has it).
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
@@ -16,7 +17,8 @@ bash "$pack" \
   --example "alexnet:bench --device cuda --batch 1,7,128 --runs 20" \
   --example "alexnet:train --device cuda --epochs 3 --checkpoint /tmp/alexnet-train" \
   --bench gpu_forward \
-  --bench gpu_train
+  --bench gpu_train \
+  --bench towers
 cp scripts/bench_torch.py .gpu-bin/
 cat > .gpu-bin/all.sh <<'EOS'
 #!/usr/bin/env bash

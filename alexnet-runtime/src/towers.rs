@@ -15,6 +15,9 @@
 //!
 //! tests/towers.rs checks that split and unsplit agree, forward and backward.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 
 use crate::backend::Backend;
@@ -37,6 +40,8 @@ pub struct Towers<B: Backend> {
     velocity: Vec<Vec<B::Buffer>>,
     /// The host, for the final softmax over the gathered logits.
     host: Cpu,
+    /// Wall time spent in exchanges (downloads, joins, uploads), in nanoseconds.
+    exchange_ns: AtomicU64,
 }
 
 impl<B: Backend> std::fmt::Debug for Towers<B> {
@@ -121,11 +126,33 @@ impl<B: Backend + Sync> Towers<B> {
             params,
             velocity: Vec::new(),
             host: Cpu::new(),
+            exchange_ns: AtomicU64::new(0),
         })
     }
 
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The wall time spent exchanging activations and gradients between the towers since
+    /// the last call (the towers wait for it: exchanges are staged through the host and
+    /// not overlapped with compute), and resets it.
+    pub fn take_exchange_time(&self) -> Duration {
+        Duration::from_nanos(self.exchange_ns.swap(0, Ordering::Relaxed))
+    }
+
+    /// Bytes the towers exchange per image: forward only for inference; training sends as
+    /// much again backward. See [`Plan::exchange_bytes_total`].
+    pub fn exchange_bytes_per_image(&self) -> usize {
+        self.plan.exchange_bytes_total()
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let t0 = Instant::now();
+        let r = f();
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.exchange_ns.fetch_add(ns, Ordering::Relaxed);
+        r
     }
 
     /// The towers' backends, in tower order.
@@ -183,9 +210,11 @@ impl<B: Backend + Sync> Towers<B> {
             .iter()
             .map(|p| p.layers[layer - 1].output.len())
             .collect();
-        let parts = self.each(|t| self.backends[t].download_prefix(&outs[t], n * lens[t]))?;
-        let all = gather(&parts, &lens, n);
-        self.each(|t| self.backends[t].upload(&all))
+        self.timed(|| {
+            let parts = self.each(|t| self.backends[t].download_prefix(&outs[t], n * lens[t]))?;
+            let all = gather(&parts, &lens, n);
+            self.each(|t| self.backends[t].upload(&all))
+        })
     }
 
     /// Runs the towers through every stage. With `mask` (training), dropout is applied
@@ -471,16 +500,18 @@ impl<B: Backend + Sync> Towers<B> {
                 // the sum of what the towers send back (the backward exchange).
                 Some(TowerInput::BothTowers) => {
                     let full = self.plan.layers[layer].input.len();
-                    let host =
-                        self.each(|t| self.backends[t].download_prefix(&dxs[t], n * full))?;
-                    self.each(|t| {
-                        let mut acc = part(&host[0], n, full, s, t);
-                        for d in &host[1..] {
-                            for (a, b) in acc.iter_mut().zip(part(d, n, full, s, t)) {
-                                *a += b;
+                    self.timed(|| {
+                        let host =
+                            self.each(|t| self.backends[t].download_prefix(&dxs[t], n * full))?;
+                        self.each(|t| {
+                            let mut acc = part(&host[0], n, full, s, t);
+                            for d in &host[1..] {
+                                for (a, b) in acc.iter_mut().zip(part(d, n, full, s, t)) {
+                                    *a += b;
+                                }
                             }
-                        }
-                        self.backends[t].upload(&acc)
+                            self.backends[t].upload(&acc)
+                        })
                     })?
                 }
                 _ => dxs,

@@ -91,7 +91,17 @@ impl Cuda {
         }
     }
 
-    /// GPU `ordinal`, or a clear error when there is none.
+    /// How many GPUs there are: 0 without a driver or a GPU.
+    pub fn device_count() -> usize {
+        if Self::unavailable_reason().is_some() {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+
+    /// GPU `ordinal`, or a clear error when there is none. Each `Cuda` has its own stream
+    /// (and memory and modules), so two of the same GPU run side by side, as the towers of
+    /// a split network do on a machine with one GPU.
     pub fn new(ordinal: usize) -> Result<Self> {
         if let Some(why) = Self::unavailable_reason() {
             return Err(Error::Backend(format!("cuda was asked for, but {why}")));

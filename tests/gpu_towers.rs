@@ -1,0 +1,127 @@
+//! The paper's two towers on GPUs (`needs a CUDA GPU`: run by scripts/gpu-check.sh on the
+//! lent machine): on one GPU as two backends with their own streams, memory and modules,
+//! and on two GPUs when the machine has them, against the unsplit network on the CPU.
+//! Forward, every gradient of a training step with dropout, and three SGD steps agree at
+//! relative L2 1e-4 (f32 on different hardware; the CPU towers, tests/towers.rs, agree
+//! with the unsplit CPU network at 1e-5).
+
+mod common;
+
+use alexnet::ir::Plan;
+use alexnet::nets::{AlexNet, SmallNet};
+use alexnet::runtime::philox::DropoutMask;
+use alexnet::runtime::towers::Towers;
+use alexnet::runtime::{Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
+use common::{fan_in_weights, random_scaled, rel_l2};
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-4;
+
+/// The placements to test: two streams of GPU 0, and GPUs 0 and 1 when there are two.
+fn placements() -> Vec<(String, Vec<Cuda>)> {
+    let mut out = vec![(
+        "one GPU, two streams".to_string(),
+        vec![Cuda::new(0).expect("a CUDA GPU"), Cuda::new(0).unwrap()],
+    )];
+    if Cuda::device_count() >= 2 {
+        out.push((
+            "two GPUs".to_string(),
+            vec![Cuda::new(0).unwrap(), Cuda::new(1).unwrap()],
+        ));
+    } else {
+        println!("one GPU: the two-GPU placement is not tested");
+    }
+    out
+}
+
+fn batch(plan: &Plan, n: usize, rng: &mut impl Rng) -> (Tensor, Vec<u32>) {
+    let s = plan.input;
+    let x = Tensor::new(vec![n, s.c, s.h, s.w], random_scaled(rng, n * s.len(), 1.0)).unwrap();
+    let classes = plan.output().len() as u32;
+    (x, (0..n).map(|_| rng.random_range(0..classes)).collect())
+}
+
+fn check(plan: &Plan, n: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let w = fan_in_weights(plan, &mut rng);
+    let (x, labels) = batch(plan, n, &mut rng);
+    let whole = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let want = whole.forward(&x).unwrap();
+    let config = TrainConfig {
+        seed: 11,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(whole, config.clone()).unwrap();
+    let stats = trainer.step(&x, &labels).unwrap();
+    let want_grads = trainer.gradients().unwrap();
+    for (name, backends) in placements() {
+        let towers = Towers::new(plan.clone(), w.clone(), backends).unwrap();
+        let got = towers.forward(&x).unwrap();
+        let e = rel_l2(got.data(), want.data());
+        println!("{} {name}: forward {e:.2e}", plan.name);
+        assert!(
+            e <= TOL,
+            "{} {name}: forward relative L2 {e:.2e}",
+            plan.name
+        );
+        let mask = DropoutMask { seed: 11, step: 0 };
+        let (loss, grads) = towers.gradients(&x, &labels, mask).unwrap();
+        assert!(
+            (loss - stats.loss).abs() <= 1e-4 * stats.loss.abs().max(1.0),
+            "{} {name}: loss {loss} vs {}",
+            plan.name,
+            stats.loss
+        );
+        let mut worst: f64 = 0.0;
+        for (g, w) in grads.iter().zip(&want_grads) {
+            assert_eq!(g.name, w.name);
+            let e = rel_l2(&g.data, &w.data);
+            assert!(
+                e <= TOL,
+                "{} {name}: {} relative L2 {e:.2e}",
+                plan.name,
+                g.name
+            );
+            worst = worst.max(e);
+        }
+        println!("{} {name}: gradients, worst {worst:.2e}", plan.name);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn split_on_gpus_equals_unsplit() {
+    check(SmallNet::plan(), 4);
+    check(AlexNet::plan(), 2);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn split_training_on_gpus_equals_unsplit() {
+    let plan = SmallNet::plan();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let w = fan_in_weights(plan, &mut rng);
+    let config = TrainConfig {
+        seed: 4,
+        ..TrainConfig::default()
+    };
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let mut trainer = Trainer::new(model, config.clone()).unwrap();
+    let batches: Vec<_> = (0..3).map(|_| batch(plan, 8, &mut rng)).collect();
+    for (x, labels) in &batches {
+        trainer.step(x, labels).unwrap();
+    }
+    let want = trainer.model().tensors().unwrap();
+    for (name, backends) in placements() {
+        let mut towers = Towers::new(plan.clone(), w.clone(), backends).unwrap();
+        for (step, (x, labels)) in batches.iter().enumerate() {
+            towers
+                .train_step(x, labels, config.sgd, config.seed, step as u64)
+                .unwrap();
+        }
+        for (g, w) in towers.tensors().unwrap().iter().zip(&want) {
+            let e = rel_l2(&g.data, &w.data);
+            assert!(e <= TOL, "{name}: {} after 3 steps: {e:.2e}", g.name);
+        }
+    }
+}

@@ -68,6 +68,11 @@ enum Command {
         /// cpu, cuda, cuda:N or auto.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Also time the network split into its two towers on these two devices
+        /// (`cuda:0,cuda:1` for two GPUs, `cuda:0,cuda:0` for two streams of one GPU,
+        /// `cpu,cpu` for two CPU workers); the network must be declared `split 2`.
+        #[arg(long, value_delimiter = ',')]
+        towers: Option<Vec<String>>,
     },
     /// Compiles a network's generated CUDA with NVRTC (no GPU needed): per-kernel ptxas
     /// report, cold compile time, then the time to load everything from the CUBIN cache.
@@ -214,7 +219,8 @@ fn main() -> ExitCode {
             batch,
             runs,
             device,
-        } => bench(net, &batch, runs, &device),
+            towers,
+        } => bench(net, &batch, runs, &device, towers.as_deref()),
         Command::Kernels { net, arch, dump } => kernels(net, &arch, dump.as_deref()),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => evaluate::eval(args),
@@ -336,8 +342,29 @@ fn infer(
     Ok(())
 }
 
-fn bench(net: Net, batches: &[usize], runs: usize, device: &str) -> Result<(), AnyError> {
+fn bench(
+    net: Net,
+    batches: &[usize],
+    runs: usize,
+    device: &str,
+    towers: Option<&[String]>,
+) -> Result<(), AnyError> {
     let plan = net.plan();
+    let split = match towers {
+        Some(devs) => {
+            let backends = devs
+                .iter()
+                .map(|d| Device::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let w = alexnet::runtime::weights::paper_init(plan, 0);
+            Some(alexnet::runtime::towers::Towers::new(
+                plan.clone(),
+                w,
+                backends,
+            )?)
+        }
+        None => None,
+    };
     let device = Device::parse(device)?;
     println!("{} forward on {}", plan.name, device.name());
     let t0 = Instant::now();
@@ -385,6 +412,28 @@ fn bench(net: Net, batches: &[usize], runs: usize, device: &str) -> Result<(), A
             .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
             .collect();
         println!("  stages (ms): {}", per_stage.join(", "));
+        if let Some(t) = &split {
+            let unsplit = total;
+            t.forward(&x)?;
+            let mut totals = Vec::with_capacity(runs);
+            t.take_exchange_time();
+            for _ in 0..runs.max(1) {
+                let t0 = Instant::now();
+                t.forward(&x)?;
+                totals.push(t0.elapsed().as_secs_f64());
+            }
+            let exchange = t.take_exchange_time().as_secs_f64() / runs.max(1) as f64;
+            let total = median(&mut totals);
+            let names: Vec<String> = t.backends().iter().map(|b| b.name()).collect();
+            println!(
+                "  split into towers on [{}]: {:8.2} ms per batch ({:+.1}% against unsplit), {:.2} ms of it exchanging {:.1} MB",
+                names.join("; "),
+                total * 1e3,
+                100.0 * (total / unsplit - 1.0),
+                exchange * 1e3,
+                (t.exchange_bytes_per_image() * n) as f64 / 1e6
+            );
+        }
     }
     Ok(())
 }

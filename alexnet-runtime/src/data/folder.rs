@@ -550,6 +550,20 @@ mod tests {
         ));
     }
 
+    /// A CMYK JPEG (scripts/make_cmyk_fixture.py): green left half, red right half.
+    #[test]
+    fn cmyk_jpegs_decode_to_rgb() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/cmyk.jpg");
+        // 20x12: the centre 12x12 keeps columns 4..16, green up to column 9, then red.
+        let img = decode(&path, 12).unwrap();
+        let px = |x: usize, y: usize| [0, 1, 2].map(|c| img[(c * 12 + y) * 12 + x]);
+        for (x, want) in [(1, [0.0, 255.0, 0.0]), (10, [255.0, 0.0, 0.0])] {
+            let got = px(x, 6);
+            let close = got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 40.0);
+            assert!(close, "column {x}: {got:?}, expected about {want:?}");
+        }
+    }
+
     #[test]
     fn rescales_the_shorter_side_and_crops_the_centre() {
         let t = Temp::new("crop");

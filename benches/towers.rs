@@ -61,11 +61,16 @@ fn compare<B: Backend + Sync>(
             100.0 * share
         );
         let mut step = 0;
+        let mults = vec![1.0; plan.params().len()];
         let t0 = std::time::Instant::now();
         g.bench_function(format!("split_{name}_train_step"), |b| {
             b.iter(|| {
                 step += 1;
-                t.train_step(&x, &labels, config.sgd, config.seed, step)
+                let mask = alexnet::runtime::philox::DropoutMask {
+                    seed: config.seed,
+                    step,
+                };
+                t.train_step(&x, &labels, config.sgd, &mults, mask)
                     .expect("step")
             })
         });

@@ -359,3 +359,88 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     assert!(!out.status.success() && err.starts_with("error: "), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `train --towers cpu,cpu` trains the network as two towers; its state file is the
+/// unsplit one, so the run resumes unsplit and ends where a run never split ends (within
+/// float rounding: the towers sum in another order).
+#[test]
+fn train_split_into_towers_and_resume_unsplit() {
+    let root = tmp().join("towers");
+    let _ = std::fs::remove_dir_all(&root);
+    let run = |dir: &str, extra: &[&str]| {
+        let out = Command::new(example())
+            .args([
+                "train",
+                "--images",
+                "128",
+                "--val-images",
+                "32",
+                "--log-every",
+                "2",
+            ])
+            .arg("--checkpoint")
+            .arg(root.join(dir))
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = run("split", &["--towers", "cpu,cpu", "--epochs", "1"]);
+    assert!(text.starts_with("towers: cpu"), "{text}");
+    let state = root.join("split").join("state.safetensors");
+    let text = run(
+        "split",
+        &[
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--resume",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(text.contains("at epoch 1, step 4"), "{text}");
+    run("whole", &["--device", "cpu", "--epochs", "2"]);
+    let split = read_safetensors(&state).unwrap();
+    let whole = read_safetensors(&root.join("whole").join("state.safetensors")).unwrap();
+    assert_eq!(split.len(), whole.len());
+    for (s, w) in split.iter().zip(&whole) {
+        assert_eq!((&s.name, &s.shape), (&w.name, &w.shape));
+        let num: f64 = s
+            .data
+            .iter()
+            .zip(&w.data)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        let den: f64 = w.data.iter().map(|b| f64::from(*b).powi(2)).sum();
+        let e = (num / den.max(1e-30)).sqrt();
+        assert!(
+            e <= 1e-4,
+            "{}: relative L2 {e:.2e} between split-then-whole and whole",
+            s.name
+        );
+    }
+    // A network that is not split cannot be trained as towers: one line.
+    let out = Command::new(example())
+        .args([
+            "train",
+            "--net",
+            "torchvision",
+            "--towers",
+            "cpu,cpu",
+            "--images",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    assert!(err.contains("is not split into towers"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

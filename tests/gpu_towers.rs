@@ -10,7 +10,8 @@ mod common;
 use alexnet::ir::Plan;
 use alexnet::nets::{AlexNet, SmallNet};
 use alexnet::runtime::philox::DropoutMask;
-use alexnet::runtime::towers::Towers;
+use alexnet::runtime::towers::{SplitTrainer, Towers};
+use alexnet::runtime::train::Train;
 use alexnet::runtime::{Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
 use common::{fan_in_weights, random_scaled, rel_l2};
 use rand::{Rng, SeedableRng};
@@ -113,13 +114,12 @@ fn split_training_on_gpus_equals_unsplit() {
     }
     let want = trainer.model().tensors().unwrap();
     for (name, backends) in placements() {
-        let mut towers = Towers::new(plan.clone(), w.clone(), backends).unwrap();
-        for (step, (x, labels)) in batches.iter().enumerate() {
-            towers
-                .train_step(x, labels, config.sgd, config.seed, step as u64)
-                .unwrap();
+        let mut split =
+            SplitTrainer::new(plan.clone(), w.clone(), backends, config.clone()).unwrap();
+        for (x, labels) in &batches {
+            split.step(x, labels).unwrap();
         }
-        for (g, w) in towers.tensors().unwrap().iter().zip(&want) {
+        for (g, w) in split.towers().tensors().unwrap().iter().zip(&want) {
             let e = rel_l2(&g.data, &w.data);
             assert!(e <= TOL, "{name}: {} after 3 steps: {e:.2e}", g.name);
         }

@@ -9,7 +9,8 @@ mod common;
 use alexnet::ir::Plan;
 use alexnet::nets::{AlexNet, SmallNet};
 use alexnet::runtime::philox::DropoutMask;
-use alexnet::runtime::towers::Towers;
+use alexnet::runtime::towers::{SplitTrainer, Towers};
+use alexnet::runtime::train::Train;
 use alexnet::runtime::weights::NamedTensor;
 use alexnet::runtime::{Cpu, Model, Tensor, TrainConfig, Trainer};
 use common::rel_l2;
@@ -132,32 +133,78 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
     let plan = SmallNet::plan();
     let (w, _, _) = setup(plan, 1, 3);
     let cpu = Cpu::new();
-    let mut towers = Towers::new(plan.clone(), w.clone(), two()).unwrap();
     let config = TrainConfig {
         seed: 4,
         ..TrainConfig::default()
     };
+    let mut split = SplitTrainer::new(plan.clone(), w.clone(), two(), config.clone()).unwrap();
     let model = Model::from_tensors(cpu.clone(), plan.clone(), w).unwrap();
-    let mut trainer = Trainer::new(model, config.clone()).unwrap();
-    for step in 0..3 {
-        let (_, x, labels) = setup(plan, 4, 10 + step);
-        let split = towers
-            .train_step(&x, &labels, config.sgd, config.seed, step)
-            .unwrap();
-        let whole = trainer.step(&x, &labels).unwrap().loss;
+    let mut whole = Trainer::new(model, config.clone()).unwrap();
+    let batches: Vec<_> = (0..4).map(|i| setup(plan, 4, 10 + i)).collect();
+    for (step, (_, x, labels)) in batches[..3].iter().enumerate() {
+        let s = Train::step(&mut split, x, labels).unwrap();
+        let u = whole.step(x, labels).unwrap();
         assert!(
-            (split - whole).abs() <= 1e-5 * whole.abs().max(1.0),
-            "step {step}: {split} vs {whole}"
+            (s.loss - u.loss).abs() <= 1e-5 * u.loss.abs().max(1.0),
+            "step {step}: {} vs {}",
+            s.loss,
+            u.loss
+        );
+        assert_eq!(
+            (s.top1_correct, s.top5_correct),
+            (u.top1_correct, u.top5_correct)
         );
     }
     // Each tower updated its own rows; joined, they are the unsplit network's weights.
-    let split = towers.tensors().unwrap();
-    let whole = trainer.model().tensors().unwrap();
-    for (s, u) in split.iter().zip(&whole) {
+    let joined = split.towers().tensors().unwrap();
+    let unsplit = whole.model().tensors().unwrap();
+    for (s, u) in joined.iter().zip(&unsplit) {
         assert_eq!(s.shape, u.shape);
         let e = rel_l2(&s.data, &u.data);
         assert!(e <= TOL, "{}: relative L2 {e:.2e} after 3 steps", s.name);
     }
     // The one-process layout runs unsplit as it is.
-    Model::from_tensors(cpu, plan.clone(), split).unwrap();
+    Model::from_tensors(cpu.clone(), plan.clone(), joined).unwrap();
+
+    // One state file for both: the split run's state resumes unsplit, the unsplit run's
+    // resumes split, and each takes the step the other would have taken.
+    let dir = std::env::temp_dir().join(format!("alexnet-towers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ps, pu) = (dir.join("split.safetensors"), dir.join("whole.safetensors"));
+    Train::save(&split, &ps).unwrap();
+    whole.save(&pu).unwrap();
+    let mut split_then_whole = Trainer::resume(cpu.clone(), plan.clone(), &ps).unwrap();
+    let mut whole_then_split = SplitTrainer::resume(two(), plan.clone(), &pu).unwrap();
+    assert_eq!(split_then_whole.state().step, 3);
+    assert_eq!(Train::state(&whole_then_split).step, 3);
+    let (_, x, labels) = &batches[3];
+    let a = split_then_whole.step(x, labels).unwrap();
+    let b = Train::step(&mut whole_then_split, x, labels).unwrap();
+    let c = whole.step(x, labels).unwrap();
+    for (what, l) in [
+        ("split, resumed whole", a.loss),
+        ("whole, resumed split", b.loss),
+    ] {
+        assert!(
+            (l - c.loss).abs() <= 1e-5 * c.loss.abs().max(1.0),
+            "{what}: step 4 loss {l} vs {}",
+            c.loss
+        );
+    }
+    let after = whole.model().tensors().unwrap();
+    for (s, u) in whole_then_split
+        .towers()
+        .tensors()
+        .unwrap()
+        .iter()
+        .zip(&after)
+    {
+        let e = rel_l2(&s.data, &u.data);
+        assert!(
+            e <= TOL,
+            "{}: relative L2 {e:.2e} after a resumed step",
+            s.name
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

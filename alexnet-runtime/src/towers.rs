@@ -27,7 +27,9 @@ use crate::ir::{Op, Plan, Stage, TowerInput};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
 use crate::tensor::Tensor;
+use crate::train::{output_stats, BatchStats, Run, Train, TrainConfig, TrainState};
 use crate::weights::{self, NamedTensor};
+use std::path::Path;
 
 /// A split network with its parameters divided between its towers, each on its backend.
 pub struct Towers<B: Backend> {
@@ -307,14 +309,14 @@ impl<B: Backend + Sync> Towers<B> {
         labels: &[u32],
         mask: DropoutMask,
     ) -> Result<(f64, Vec<NamedTensor>)> {
-        let (loss, grads) = self.tower_gradients(x, labels, mask)?;
+        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
         let host = self.each(|t| {
             grads[t]
                 .iter()
                 .map(|g| self.backends[t].download(g))
                 .collect::<Result<Vec<_>>>()
         })?;
-        Ok((loss, self.merge(&host)))
+        Ok((stats.loss, self.merge(&host)))
     }
 
     /// Tower `t`'s rows of every tensor, joined back into the one-process layout.
@@ -349,28 +351,29 @@ impl<B: Backend + Sync> Towers<B> {
         Ok(self.merge(&host))
     }
 
-    /// One SGD step (the paper's update, [`Sgd`]), split: each tower computes the
-    /// gradients of its own rows and updates them with its own momentum, on its own
-    /// backend. `step` numbers the dropout mask (with `seed`). Returns the batch's loss.
+    /// One SGD step (the paper's update, [`Sgd`], with one learning-rate multiplier per
+    /// tensor of [`Plan::params`]), split: each tower computes the gradients of its own
+    /// rows and updates them with its own momentum, on its own backend. Dropout draws
+    /// from `mask`. Returns the batch's loss and top-1/top-5 counts (before the update).
     pub fn train_step(
         &mut self,
         x: &Tensor,
         labels: &[u32],
         sgd: Sgd,
-        seed: u64,
-        step: u64,
-    ) -> Result<f64> {
-        let (loss, grads) = self.tower_gradients(x, labels, DropoutMask { seed, step })?;
-        if self.velocity.is_empty() {
-            self.velocity = self.each(|t| {
-                self.towers[t]
-                    .params()
-                    .iter()
-                    .map(|s| self.backends[t].upload(&vec![0.0; s.len()]))
-                    .collect()
-            })?;
+        lr_mults: &[f32],
+        mask: DropoutMask,
+    ) -> Result<BatchStats> {
+        if lr_mults.len() != self.plan.params().len() {
+            return Err(Error::Invalid(format!(
+                "{} learning-rate multipliers for {} tensors",
+                lr_mults.len(),
+                self.plan.params().len()
+            )));
         }
-        let mults: Vec<f32> = vec![1.0; self.plan.params().len()];
+        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
+        if self.velocity.is_empty() {
+            self.velocity = self.zeros()?;
+        }
         let (towers, backends) = (&self.towers, &self.backends);
         self.params
             .par_iter_mut()
@@ -381,10 +384,94 @@ impl<B: Backend + Sync> Towers<B> {
                 let mut p: Vec<&mut B::Buffer> = p.iter_mut().collect();
                 let mut v: Vec<&mut B::Buffer> = v.iter_mut().collect();
                 let g: Vec<&B::Buffer> = g.iter().collect();
-                backends[t].sgd_step(&towers[t], sgd, &mults, &mut p, &mut v, &g)
+                backends[t].sgd_step(&towers[t], sgd, lr_mults, &mut p, &mut v, &g)
             })
             .collect::<Result<Vec<()>>>()?;
-        Ok(loss)
+        Ok(stats)
+    }
+
+    /// Zero buffers for every tower's tensors.
+    fn zeros(&self) -> Result<Vec<Vec<B::Buffer>>> {
+        self.each(|t| {
+            self.towers[t]
+                .params()
+                .iter()
+                .map(|s| self.backends[t].upload(&vec![0.0; s.len()]))
+                .collect()
+        })
+    }
+
+    /// The momentum of every parameter in the one-process layout (zeros before the first
+    /// step).
+    pub fn velocity_tensors(&self) -> Result<Vec<NamedTensor>> {
+        if self.velocity.is_empty() {
+            return Ok(self
+                .plan
+                .params()
+                .into_iter()
+                .map(|spec| NamedTensor {
+                    data: vec![0.0; spec.len()],
+                    name: spec.name,
+                    shape: spec.shape,
+                })
+                .collect());
+        }
+        let host = self.each(|t| {
+            self.velocity[t]
+                .iter()
+                .map(|v| self.backends[t].download(v))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(self.merge(&host))
+    }
+
+    /// Sets the momentum from tensors in the one-process layout (as
+    /// [`Towers::velocity_tensors`] gives them), each tower taking its rows.
+    pub fn set_velocity(&mut self, tensors: Vec<NamedTensor>) -> Result<()> {
+        let ordered = weights::match_plan(&self.plan, tensors, None)?;
+        self.velocity = self.split_rows(&ordered)?;
+        Ok(())
+    }
+
+    /// Tower t's rows of each tensor (one-process layout, [`Plan::params`] order),
+    /// uploaded to its backend.
+    fn split_rows(&self, ordered: &[NamedTensor]) -> Result<Vec<Vec<B::Buffer>>> {
+        let s = self.towers.len();
+        self.each(|t| {
+            ordered
+                .iter()
+                .map(|w| {
+                    let rows = w.shape[0] / s;
+                    let per_row = w.data.len() / w.shape[0];
+                    self.backends[t].upload(&w.data[t * rows * per_row..(t + 1) * rows * per_row])
+                })
+                .collect()
+        })
+    }
+
+    /// Loss and top-1/top-5 counts at inference (dropout off) on a batch.
+    pub fn evaluate(&self, x: &Tensor, labels: &[u32]) -> Result<BatchStats> {
+        let n = self.batch_of(x)?;
+        self.check_labels(labels, n)?;
+        let out = self.forward(x)?;
+        Ok(output_stats(&self.plan, &out, labels, n))
+    }
+
+    fn check_labels(&self, labels: &[u32], n: usize) -> Result<()> {
+        if labels.len() != n {
+            return Err(Error::Invalid(format!(
+                "{} labels for {n} images",
+                labels.len()
+            )));
+        }
+        let classes = self.plan.output().len();
+        if let Some(l) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(Error::Invalid(format!(
+                "label {l} out of range: `{}` has {classes} classes",
+                self.plan.name
+            )));
+        }
+        Ok(())
     }
 
     /// The loss and, per tower, the gradients of its parameters (on its backend).
@@ -393,24 +480,20 @@ impl<B: Backend + Sync> Towers<B> {
         x: &Tensor,
         labels: &[u32],
         mask: DropoutMask,
-    ) -> Result<(f64, Vec<Vec<B::Buffer>>)> {
+    ) -> Result<(BatchStats, Vec<Vec<B::Buffer>>)> {
         let n = self.batch_of(x)?;
-        if labels.len() != n {
-            return Err(Error::Invalid(format!(
-                "{} labels for {n} images",
-                labels.len()
-            )));
-        }
+        self.check_labels(labels, n)?;
         let tape = self.run(x.data(), n, Some(mask))?;
         let logits = self.logits(&tape, n)?;
         let classes = logits.len() / n.max(1);
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
-        if let Some(l) = labels.iter().find(|&&l| l >= classes) {
-            return Err(Error::Invalid(format!(
-                "label {l} out of range for {classes} classes"
-            )));
-        }
         let out = loss::softmax_cross_entropy(&logits, &labels, classes);
+        let stats = BatchStats {
+            images: n,
+            loss: out.loss,
+            top1_correct: out.top1_correct,
+            top5_correct: out.top5_correct,
+        };
         let s = self.towers.len();
         let mut dys: Vec<B::Buffer> =
             self.each(|t| self.backends[t].upload(&part(&out.dlogits, n, classes, s, t)))?;
@@ -530,7 +613,7 @@ impl<B: Backend + Sync> Towers<B> {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
-        Ok((out.loss, grads))
+        Ok((stats, grads))
     }
 }
 
@@ -540,4 +623,102 @@ struct Tape<Buf> {
     inputs: Vec<Buf>,
     outputs: Vec<Vec<Buf>>,
     exchanged: Vec<Option<Vec<Buf>>>,
+}
+
+/// Training split into towers: [`Towers`] with the run's schedule, learning rate, notes and
+/// state file ([`crate::train::Trainer`]'s, so a split run resumes unsplit and the other
+/// way round).
+pub struct SplitTrainer<B: Backend> {
+    towers: Towers<B>,
+    run: Run,
+}
+
+impl<B: Backend + Sync> SplitTrainer<B> {
+    /// Starts training `tensors` (one-process layout) split over `backends`, one per
+    /// tower, from step 0 with zero momentum.
+    pub fn new(
+        plan: Plan,
+        tensors: Vec<NamedTensor>,
+        backends: Vec<B>,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        let run = Run::start(config, plan.params().len())?;
+        Self::with_run(plan, tensors, backends, run)
+    }
+
+    fn with_run(plan: Plan, tensors: Vec<NamedTensor>, backends: Vec<B>, run: Run) -> Result<Self> {
+        let towers = Towers::new(plan, tensors, backends)?;
+        for (t, b) in towers.backends.iter().enumerate() {
+            b.prepare_training(&towers.towers[t])?;
+        }
+        Ok(SplitTrainer { towers, run })
+    }
+
+    /// Continues a run saved by [`SplitTrainer::save`] or [`crate::Trainer::save`].
+    pub fn resume(backends: Vec<B>, plan: Plan, path: &Path) -> Result<Self> {
+        let (run, params, momentum) = Run::read(path, &plan)?;
+        let mut t = Self::with_run(plan, params, backends, run)?;
+        t.towers.set_velocity(momentum)?;
+        Ok(t)
+    }
+
+    pub fn towers(&self) -> &Towers<B> {
+        &self.towers
+    }
+
+    /// See [`crate::Trainer::set_lr_mult`].
+    pub fn set_lr_mult(&mut self, layer: &str, mult: f32) -> Result<()> {
+        self.run.set_lr_mult(&self.towers.plan, layer, mult)
+    }
+}
+
+impl<B: Backend + Sync> Train for SplitTrainer<B> {
+    fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
+        let mask = DropoutMask {
+            seed: self.run.config.seed,
+            step: self.run.state.step,
+        };
+        let stats =
+            self.towers
+                .train_step(input, labels, self.run.sgd(), &self.run.lr_mults, mask)?;
+        self.run.state.step += 1;
+        Ok(stats)
+    }
+
+    fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
+        self.towers.evaluate(input, labels)
+    }
+
+    fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
+        self.run.end_epoch(val_error)
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        self.run.write(
+            path,
+            &self.towers.plan,
+            self.towers.tensors()?,
+            self.towers.velocity_tensors()?,
+        )
+    }
+
+    fn state(&self) -> &TrainState {
+        &self.run.state
+    }
+
+    fn config(&self) -> &TrainConfig {
+        &self.run.config
+    }
+
+    fn note(&self, key: &str) -> Option<&str> {
+        self.run.notes.get(key).map(String::as_str)
+    }
+
+    fn set_note(&mut self, key: &str, value: &str) {
+        self.run.notes.insert(key.to_string(), value.to_string());
+    }
+
+    fn classes(&self) -> usize {
+        self.towers.plan.output().len()
+    }
 }

@@ -214,17 +214,64 @@ impl Clock {
     }
 }
 
+/// What a training loop needs from a trainer, whole ([`Trainer`]) or split into towers
+/// ([`crate::towers::SplitTrainer`]); both write the same state file, so a run can move
+/// from one to the other.
+pub trait Train {
+    /// One SGD step on a batch; its loss and top-1/top-5 counts (before the update).
+    fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// Loss and top-1/top-5 counts at inference (dropout off).
+    fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// Ends an epoch, applying the schedule; the new learning rate when it changed.
+    fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32>;
+    /// Writes the whole training state, atomically.
+    fn save(&self, path: &Path) -> Result<()>;
+    fn state(&self) -> &TrainState;
+    fn config(&self) -> &TrainConfig;
+    /// A fact recorded with [`Train::set_note`], in this run or the saved one.
+    fn note(&self, key: &str) -> Option<&str>;
+    fn set_note(&mut self, key: &str, value: &str);
+    /// Logits per image.
+    fn classes(&self) -> usize;
+}
+
+impl<B: Backend> Train for Trainer<B> {
+    fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
+        Trainer::step(self, input, labels)
+    }
+    fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
+        Trainer::evaluate(self, input, labels)
+    }
+    fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
+        Trainer::end_epoch(self, val_error)
+    }
+    fn save(&self, path: &Path) -> Result<()> {
+        Trainer::save(self, path)
+    }
+    fn state(&self) -> &TrainState {
+        Trainer::state(self)
+    }
+    fn config(&self) -> &TrainConfig {
+        Trainer::config(self)
+    }
+    fn note(&self, key: &str) -> Option<&str> {
+        Trainer::note(self, key)
+    }
+    fn set_note(&mut self, key: &str, value: &str) {
+        Trainer::set_note(self, key, value)
+    }
+    fn classes(&self) -> usize {
+        Trainer::classes(self)
+    }
+}
+
 /// A model being trained; see the module documentation.
 pub struct Trainer<B: Backend> {
     model: Model<B>,
-    config: TrainConfig,
-    state: TrainState,
-    /// Per tensor of [`Plan::params`]: momentum, gradient, learning-rate multiplier.
+    run: Run,
+    /// Per tensor of [`Plan::params`]: momentum and gradient.
     velocity: Vec<B::Buffer>,
     grads: Vec<B::Buffer>,
-    lr_mults: Vec<f32>,
-    /// The caller's own facts about the run, saved with the state (`note.<key>`).
-    notes: std::collections::BTreeMap<String, String>,
     /// The stages a training step runs (a final softmax is folded into the loss).
     stages: Vec<Stage>,
     /// Index in `stages` of the first stage with parameters: the backward pass stops there
@@ -240,8 +287,8 @@ impl<B: Backend> std::fmt::Debug for Trainer<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
             .field("model", &self.model)
-            .field("config", &self.config)
-            .field("state", &self.state)
+            .field("config", &self.run.config)
+            .field("state", &self.run.state)
             .finish()
     }
 }
@@ -255,29 +302,12 @@ impl<B: Backend> Trainer<B> {
             .iter()
             .map(|p| model.backend().upload(&vec![0.0; p.len()]))
             .collect::<Result<Vec<_>>>()?;
-        let state = TrainState {
-            step: 0,
-            epoch: 0,
-            lr: config.sgd.lr,
-            best_error: f64::INFINITY,
-            bad_epochs: 0,
-        };
-        Self::with_state(model, config, state, velocity)
+        let run = Run::start(config, velocity.len())?;
+        Self::with_run(model, run, velocity)
     }
 
-    fn with_state(
-        model: Model<B>,
-        config: TrainConfig,
-        state: TrainState,
-        velocity: Vec<B::Buffer>,
-    ) -> Result<Self> {
+    fn with_run(model: Model<B>, run: Run, velocity: Vec<B::Buffer>) -> Result<Self> {
         let plan = model.plan().clone();
-        if !(config.sgd.lr.is_finite() && config.sgd.lr > 0.0) {
-            return Err(Error::Invalid(format!(
-                "learning rate {} must be positive",
-                config.sgd.lr
-            )));
-        }
         let mut stages = plan.stages();
         if stages
             .last()
@@ -300,15 +330,11 @@ impl<B: Backend> Trainer<B> {
             .iter()
             .map(|p| model.backend().alloc(p.len()))
             .collect::<Result<Vec<_>>>()?;
-        let lr_mults = vec![1.0; grads.len()];
         Ok(Trainer {
             model,
-            config,
-            state,
+            run,
             velocity,
             grads,
-            lr_mults,
-            notes: Default::default(),
             stages,
             first_learned,
             classes,
@@ -320,25 +346,7 @@ impl<B: Backend> Trainer<B> {
     /// Sets the learning-rate multiplier of every tensor of layer `layer` (the paper used
     /// 1 everywhere).
     pub fn set_lr_mult(&mut self, layer: &str, mult: f32) -> Result<()> {
-        if !(mult.is_finite() && mult >= 0.0) {
-            return Err(Error::Invalid(format!(
-                "learning-rate multiplier {mult} of `{layer}` must be finite and not negative"
-            )));
-        }
-        let mut found = false;
-        for (spec, m) in self.model.plan().params().iter().zip(&mut self.lr_mults) {
-            if spec.name.rsplit_once('.').is_some_and(|(l, _)| l == layer) {
-                *m = mult;
-                found = true;
-            }
-        }
-        if !found {
-            return Err(Error::Invalid(format!(
-                "network `{}` has no learned layer `{layer}`",
-                self.model.plan().name
-            )));
-        }
-        Ok(())
+        self.run.set_lr_mult(self.model.plan(), layer, mult)
     }
 
     pub fn model(&self) -> &Model<B> {
@@ -349,12 +357,12 @@ impl<B: Backend> Trainer<B> {
     /// [`Trainer::save`] writes into the state and [`Trainer::resume`] brings back, so a
     /// caller can refuse to resume with different settings.
     pub fn set_note(&mut self, key: &str, value: &str) {
-        self.notes.insert(key.to_string(), value.to_string());
+        self.run.notes.insert(key.to_string(), value.to_string());
     }
 
     /// A fact recorded by [`Trainer::set_note`] (in this run or the saved one).
     pub fn note(&self, key: &str) -> Option<&str> {
-        self.notes.get(key).map(String::as_str)
+        self.run.notes.get(key).map(String::as_str)
     }
 
     pub fn into_model(self) -> Model<B> {
@@ -362,11 +370,11 @@ impl<B: Backend> Trainer<B> {
     }
 
     pub fn state(&self) -> &TrainState {
-        &self.state
+        &self.run.state
     }
 
     pub fn config(&self) -> &TrainConfig {
-        &self.config
+        &self.run.config
     }
 
     /// Number of classes the loss sees (the logits per image).
@@ -477,8 +485,8 @@ impl<B: Backend> Trainer<B> {
             .ok_or_else(|| Error::Invalid("no batch loaded".into()))?;
         let batch = ws.batch;
         let mask = DropoutMask {
-            seed: self.config.seed,
-            step: self.state.step,
+            seed: self.run.config.seed,
+            step: self.run.state.step,
         };
         let (backend, plan, params) = self.model.parts_mut();
         let mut timings = self.timings.take();
@@ -552,17 +560,14 @@ impl<B: Backend> Trainer<B> {
         }
 
         // Update.
-        let sgd = Sgd {
-            lr: self.state.lr,
-            ..self.config.sgd
-        };
+        let sgd = self.run.sgd();
         let mut ps: Vec<&mut B::Buffer> = params.iter_mut().flatten().map(|(_, b)| b).collect();
         let mut vs: Vec<&mut B::Buffer> = self.velocity.iter_mut().collect();
         let gs: Vec<&B::Buffer> = self.grads.iter().collect();
-        backend.sgd_step(plan, sgd, &self.lr_mults, &mut ps, &mut vs, &gs)?;
+        backend.sgd_step(plan, sgd, &self.run.lr_mults, &mut ps, &mut vs, &gs)?;
         timed!("sgd".to_string());
         self.timings = timings;
-        self.state.step += 1;
+        self.run.state.step += 1;
 
         let s = backend.download_prefix(&ws.stats, 3)?;
         Ok(BatchStats {
@@ -600,6 +605,111 @@ impl<B: Backend> Trainer<B> {
     /// schedule needs one; without it the learning rate is kept). Returns the new learning
     /// rate when it changed.
     pub fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
+        self.run.end_epoch(val_error)
+    }
+
+    /// Writes the whole training state (weights, momentum, step, epoch, learning rate,
+    /// seed, schedule and its progress, multipliers) to one safetensors file, atomically.
+    /// The weights keep their PyTorch names, so the file also loads as plain weights.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let plan = self.model.plan();
+        let momentum = plan
+            .params()
+            .into_iter()
+            .zip(&self.velocity)
+            .map(|(spec, v)| {
+                Ok(NamedTensor {
+                    data: self.model.backend().download_prefix(v, spec.len())?,
+                    name: spec.name,
+                    shape: spec.shape,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.run.write(path, plan, self.model.tensors()?, momentum)
+    }
+
+    /// Continues a run saved by [`Trainer::save`] (or by a split run,
+    /// [`crate::towers::SplitTrainer::save`]: the file is the same): the same parameters,
+    /// momentum, step, learning rate, schedule and seed, so the next step is the one the
+    /// saved run would have taken.
+    pub fn resume(backend: B, plan: Plan, path: &Path) -> Result<Self> {
+        let (run, params, momentum) = Run::read(path, &plan)?;
+        let velocity = momentum
+            .iter()
+            .map(|t| backend.upload(&t.data))
+            .collect::<Result<Vec<_>>>()?;
+        let model = Model::from_tensors(backend, plan, params)?;
+        Self::with_run(model, run, velocity)
+    }
+}
+
+/// What a run keeps besides its tensors: the hyper-parameters, where it is, the
+/// learning-rate multipliers and the caller's notes. Shared by [`Trainer`] and the split
+/// trainer, which save the same file.
+#[derive(Clone, Debug)]
+pub(crate) struct Run {
+    pub(crate) config: TrainConfig,
+    pub(crate) state: TrainState,
+    /// One per tensor of [`Plan::params`].
+    pub(crate) lr_mults: Vec<f32>,
+    /// The caller's own facts about the run, saved with the state (`note.<key>`).
+    pub(crate) notes: std::collections::BTreeMap<String, String>,
+}
+
+impl Run {
+    /// A run at step 0 for `tensors` parameter tensors.
+    pub(crate) fn start(config: TrainConfig, tensors: usize) -> Result<Self> {
+        if !(config.sgd.lr.is_finite() && config.sgd.lr > 0.0) {
+            return Err(Error::Invalid(format!(
+                "learning rate {} must be positive",
+                config.sgd.lr
+            )));
+        }
+        Ok(Run {
+            state: TrainState {
+                step: 0,
+                epoch: 0,
+                lr: config.sgd.lr,
+                best_error: f64::INFINITY,
+                bad_epochs: 0,
+            },
+            config,
+            lr_mults: vec![1.0; tensors],
+            notes: Default::default(),
+        })
+    }
+
+    pub(crate) fn set_lr_mult(&mut self, plan: &Plan, layer: &str, mult: f32) -> Result<()> {
+        if !(mult.is_finite() && mult >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "learning-rate multiplier {mult} of `{layer}` must be finite and not negative"
+            )));
+        }
+        let mut found = false;
+        for (spec, m) in plan.params().iter().zip(&mut self.lr_mults) {
+            if spec.name.rsplit_once('.').is_some_and(|(l, _)| l == layer) {
+                *m = mult;
+                found = true;
+            }
+        }
+        if !found {
+            return Err(Error::Invalid(format!(
+                "network `{}` has no learned layer `{layer}`",
+                plan.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The SGD settings of the next step: the current learning rate.
+    pub(crate) fn sgd(&self) -> Sgd {
+        Sgd {
+            lr: self.state.lr,
+            ..self.config.sgd
+        }
+    }
+
+    pub(crate) fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
         self.state.epoch = self.state.epoch.saturating_add(1);
         let before = self.state.lr;
         match self.config.schedule {
@@ -627,18 +737,18 @@ impl<B: Backend> Trainer<B> {
         (self.state.lr != before).then_some(self.state.lr)
     }
 
-    /// Writes the whole training state (weights, momentum, step, epoch, learning rate,
-    /// seed, schedule and its progress, multipliers) to one safetensors file, atomically.
-    /// The weights keep their PyTorch names, so the file also loads as plain weights.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let plan = self.model.plan();
-        let mut tensors = self.model.tensors()?;
-        for (spec, v) in plan.params().into_iter().zip(&self.velocity) {
-            tensors.push(NamedTensor {
-                data: self.model.backend().download_prefix(v, spec.len())?,
-                name: format!("{MOMENTUM_PREFIX}{}", spec.name),
-                shape: spec.shape,
-            });
+    /// Writes the state file: `params` (PyTorch names), `momentum` (the same, prefixed
+    /// `momentum.`) and this run as metadata, atomically.
+    pub(crate) fn write(
+        &self,
+        path: &Path,
+        plan: &Plan,
+        mut params: Vec<NamedTensor>,
+        momentum: Vec<NamedTensor>,
+    ) -> Result<()> {
+        for mut m in momentum {
+            m.name = format!("{MOMENTUM_PREFIX}{}", m.name);
+            params.push(m);
         }
         let s = &self.state;
         let c = &self.config;
@@ -664,13 +774,15 @@ impl<B: Backend> Trainer<B> {
         for (k, v) in &self.notes {
             meta.insert(format!("note.{k}"), v.clone());
         }
-        weights::write_safetensors(path, &tensors, Some(meta))
+        weights::write_safetensors(path, &params, Some(meta))
     }
 
-    /// Continues a run saved by [`Trainer::save`]: the same parameters, momentum, step,
-    /// learning rate, schedule and seed, so the next step is the one the saved run would
-    /// have taken.
-    pub fn resume(backend: B, plan: Plan, path: &Path) -> Result<Self> {
+    /// Reads a state file written by [`Run::write`] for `plan`: the run, the parameters and
+    /// their momentum (one-process layout, in [`Plan::params`] order), every entry checked.
+    pub(crate) fn read(
+        path: &Path,
+        plan: &Plan,
+    ) -> Result<(Run, Vec<NamedTensor>, Vec<NamedTensor>)> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::Format {
             path: Some(path.to_path_buf()),
@@ -736,8 +848,8 @@ impl<B: Backend> Trainer<B> {
                 t
             })
             .collect();
-        let params = weights::match_plan(&plan, params, Some(path))?;
-        let momentum = weights::match_plan(&plan, momentum, Some(path)).map_err(|e| match e {
+        let params = weights::match_plan(plan, params, Some(path))?;
+        let momentum = weights::match_plan(plan, momentum, Some(path)).map_err(|e| match e {
             Error::Weights { path, problems } => Error::Weights {
                 path,
                 problems: problems
@@ -754,11 +866,6 @@ impl<B: Backend> Trainer<B> {
                 params.len()
             )));
         }
-        let velocity = momentum
-            .iter()
-            .map(|t| backend.upload(&t.data))
-            .collect::<Result<Vec<_>>>()?;
-        let model = Model::from_tensors(backend, plan, params)?;
         let finite_pos = |v: f32| v.is_finite() && v > 0.0;
         let c = &config.sgd;
         if !(finite_pos(state.lr)
@@ -777,10 +884,16 @@ impl<B: Backend> Trainer<B> {
             .iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("note.")?.to_string(), v.clone())))
             .collect();
-        let mut t = Self::with_state(model, config, state, velocity)?;
-        t.lr_mults = lr_mults;
-        t.notes = notes;
-        Ok(t)
+        Ok((
+            Run {
+                config,
+                state,
+                lr_mults,
+                notes,
+            },
+            params,
+            momentum,
+        ))
     }
 }
 
@@ -793,9 +906,13 @@ fn evaluate_output<B: Backend>(
     batch: usize,
 ) -> Result<BatchStats> {
     let out = model.forward(input)?;
+    Ok(output_stats(model.plan(), &out, labels, batch))
+}
+
+/// Loss and top-k counts of `plan`'s inference output `out` on a checked batch.
+pub(crate) fn output_stats(plan: &Plan, out: &Tensor, labels: &[u32], batch: usize) -> BatchStats {
     let classes = out.len() / batch.max(1);
-    let probabilities = model
-        .plan()
+    let probabilities = plan
         .layers
         .last()
         .is_some_and(|l| matches!(l.op, Op::Softmax));
@@ -825,7 +942,7 @@ fn evaluate_output<B: Backend>(
         stats.top1_correct = l.top1_correct;
         stats.top5_correct = l.top5_correct;
     }
-    Ok(stats)
+    stats
 }
 
 #[cfg(test)]

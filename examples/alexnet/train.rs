@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
 use alexnet::runtime::optim::Sgd;
-use alexnet::runtime::train::{epoch_order, BatchStats};
+use alexnet::runtime::towers::SplitTrainer;
+use alexnet::runtime::train::{epoch_order, BatchStats, Train};
 use alexnet::runtime::{weights, Backend, Device, Model, TrainConfig, Trainer};
 use clap::ValueEnum;
 
@@ -23,6 +24,12 @@ pub struct TrainArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Train a `split 2` network as the paper's two towers, one on each of these devices:
+    /// `cuda:0,cuda:1` (two GPUs), `cuda:0,cuda:0` (two streams of one GPU) or `cpu,cpu`
+    /// (two CPU workers); instead of --device. The state file is the unsplit one, so a
+    /// run can resume split or not.
+    #[arg(long, value_delimiter = ',')]
+    towers: Option<Vec<String>>,
     /// Epochs to train (in all, counting those of a resumed run).
     #[arg(long, default_value_t = 8)]
     epochs: u64,
@@ -83,9 +90,7 @@ enum Init {
 
 pub fn train(a: TrainArgs) -> Result<(), AnyError> {
     let plan = a.net.plan().clone();
-    let backend = Device::parse(&a.device)?;
-    println!("device: {}", backend.name());
-    let mut trainer = start(&a, backend)?;
+    let mut trainer = start(&a)?;
     let seed = trainer.config().seed;
     let spec = match &a.data {
         Some(dir) => DataSpec::Folder(dir.clone()),
@@ -291,9 +296,25 @@ fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
     }
 }
 
-/// A new trainer from the options, or the resumed one.
-fn start(a: &TrainArgs, backend: Device) -> Result<Trainer<Device>, AnyError> {
+/// A new trainer from the options, or the resumed one; split into towers with --towers.
+fn start(a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
     let plan = a.net.plan().clone();
+    let placement = match &a.towers {
+        Some(devs) => {
+            let backends = devs
+                .iter()
+                .map(|d| Device::parse(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let names: Vec<String> = backends.iter().map(|b| b.name()).collect();
+            println!("towers: {}", names.join("; "));
+            Placement::Towers(backends)
+        }
+        None => {
+            let b = Device::parse(&a.device)?;
+            println!("device: {}", b.name());
+            Placement::One(b)
+        }
+    };
     if let Some(path) = &a.resume {
         let given = [
             ("--lr", a.lr.is_some()),
@@ -309,7 +330,10 @@ fn start(a: &TrainArgs, backend: Device) -> Result<Trainer<Device>, AnyError> {
             )
             .into());
         }
-        let t = Trainer::resume(backend, plan, path)?;
+        let t: Box<dyn Train> = match placement {
+            Placement::One(b) => Box::new(Trainer::resume(b, plan, path)?),
+            Placement::Towers(bs) => Box::new(SplitTrainer::resume(bs, plan, path)?),
+        };
         println!(
             "resumed {} at epoch {}, step {}, learning rate {}",
             path.display(),
@@ -324,7 +348,6 @@ fn start(a: &TrainArgs, backend: Device) -> Result<Trainer<Device>, AnyError> {
         Init::He => weights::kaiming_init(&plan, seed),
         Init::Paper => weights::paper_init(&plan, seed),
     };
-    let model = Model::from_tensors(backend, plan, init)?;
     let config = TrainConfig {
         sgd: Sgd {
             lr: a.lr.unwrap_or(0.02),
@@ -334,5 +357,14 @@ fn start(a: &TrainArgs, backend: Device) -> Result<Trainer<Device>, AnyError> {
         schedule: a.schedule.as_deref().unwrap_or("plateau:0.1:1").parse()?,
         seed,
     };
-    Ok(Trainer::new(model, config)?)
+    Ok(match placement {
+        Placement::One(b) => Box::new(Trainer::new(Model::from_tensors(b, plan, init)?, config)?),
+        Placement::Towers(bs) => Box::new(SplitTrainer::new(plan, init, bs, config)?),
+    })
+}
+
+/// Where the network trains: whole on one device, or split into towers, one per device.
+enum Placement {
+    One(Device),
+    Towers(Vec<Device>),
 }

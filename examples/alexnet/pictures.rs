@@ -190,6 +190,7 @@ pub fn curves(history: &[Epoch], title: &str, path: &Path) -> Result<(), AnyErro
             if text {
                 chart
                     .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
                     .label_font(("sans-serif", 14))

@@ -444,3 +444,61 @@ fn train_split_into_towers_and_resume_unsplit() {
     assert!(err.contains("is not split into towers"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// A run's state and the data file beside it belong together: `eval` refuses a data file
+/// prepared for another run, and `--resume` without `--checkpoint` goes on in the resumed
+/// run's own folder.
+#[test]
+fn checkpoints_keep_their_own_data_and_folder() {
+    let root = tmp().join("pairing");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let train = |args: &[&str]| {
+        let out = Command::new(example())
+            .current_dir(&root)
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--images",
+                "64",
+                "--val-images",
+                "16",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), text, err)
+    };
+    let (ok, _, err) = train(&["--epochs", "1", "--checkpoint", "r1"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = train(&["--epochs", "1", "--seed", "5", "--checkpoint", "r2"]);
+    assert!(ok, "{err}");
+    // Resuming without --checkpoint writes into r1, not runs/small.
+    let (ok, text, err) = train(&["--epochs", "2", "--resume", "r1/state.safetensors"]);
+    assert!(ok, "{text}\n{err}");
+    assert!(text.contains("saved r1/state.safetensors"), "{text}");
+    assert!(!root.join("runs").exists());
+    // r2's data file in r1: eval and resume both refuse, in one line.
+    std::fs::copy(
+        root.join("r2/data.safetensors"),
+        root.join("r1/data.safetensors"),
+    )
+    .unwrap();
+    let out = Command::new(example())
+        .current_dir(&root)
+        .args(["eval", "--device", "cpu", "--checkpoint", "r1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    assert!(err.contains("seed=0") && err.contains("seed=5"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (ok, _, err) = train(&["--epochs", "3", "--resume", "r1/state.safetensors"]);
+    assert!(
+        !ok && err.starts_with("error: ") && err.contains("was prepared for"),
+        "{err}"
+    );
+}

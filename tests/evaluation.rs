@@ -134,5 +134,8 @@ fn ten_crop_probabilities_are_the_mean_of_the_hand_computed_softmaxes() {
     let mut e = Evaluation::new(3);
     e.add(&got, &[l0 as u32, l1 as u32]).unwrap();
     assert_eq!(e.top1_error(), 0.5);
-    assert_eq!(e.top5_error(), 0.0);
+    let want = -(f64::from(got[l0]).ln() + f64::from(got[3 + l1]).ln()) / 2.0;
+    assert!((e.loss() - want).abs() < 1e-9, "{} vs {want}", e.loss());
+    assert_eq!(e.confusion(l0, l0), 1);
+    assert_eq!(e.confusion(l1, argmax(&got[3..])), 1);
 }

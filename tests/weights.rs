@@ -172,3 +172,29 @@ fn wrong_input_shape_is_an_error() {
         "input of `SmallNet`: expected shape [2, 3, 32, 32], found [2, 3, 31, 32]"
     );
 }
+
+#[test]
+fn metadata_is_read_from_the_header_alone() {
+    use alexnet::runtime::weights::{parse_metadata, read_metadata};
+    let path = tmp("meta.safetensors");
+    let meta = HashMap::from([
+        ("format".to_string(), "x/1".to_string()),
+        ("note.data".to_string(), "folder:/a b/c".to_string()),
+    ]);
+    let t = NamedTensor {
+        name: "w".into(),
+        shape: vec![4, 1000],
+        data: vec![0.5; 4000],
+    };
+    write_safetensors(&path, std::slice::from_ref(&t), Some(meta.clone())).unwrap();
+    assert_eq!(read_metadata(&path).unwrap(), meta);
+    assert_eq!(
+        parse_metadata(&std::fs::read(&path).unwrap()).unwrap(),
+        meta
+    );
+    write_safetensors(&path, &[t], None).unwrap();
+    assert!(read_metadata(&path).unwrap().is_empty());
+    std::fs::write(&path, b"short").unwrap();
+    assert!(read_metadata(&path).is_err());
+    let _ = std::fs::remove_file(&path);
+}

@@ -14,8 +14,12 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|c| (c, probs[c])).collect()
 }
 
-/// The rank of class `c` (0 = the prediction) in the order of [`top_k`].
+/// The rank of class `c` (0 = the prediction) in the order of [`top_k`]; past every class
+/// when a probability is NaN (such an image counts as wrong).
 fn rank(probs: &[f32], c: usize) -> usize {
+    if probs.iter().any(|q| q.is_nan()) {
+        return probs.len();
+    }
     let p = probs[c];
     probs
         .iter()
@@ -87,12 +91,29 @@ impl Evaluation {
         }
         for (p, &label) in probs.chunks(self.classes).zip(labels) {
             let truth = label as usize;
-            let predicted = top_k(p, 1)[0].0;
+            let r = rank(p, truth);
+            // With NaN probabilities the prediction is "not the label" (rank past all).
+            let predicted = if r == 0 {
+                truth
+            } else {
+                top_k(p, 2)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .find(|&c| c != truth)
+                    .unwrap_or(truth)
+            };
             self.confusion[truth * self.classes + predicted] += 1;
-            if rank(p, truth) < 5 {
+            if r < 5 {
                 self.top5 += 1;
             }
-            self.loss -= f64::from(p[truth].max(f32::MIN_POSITIVE)).ln();
+            // NaN stays NaN; a probability of 0 gives the loss of the smallest positive one.
+            let q = p[truth];
+            self.loss -= f64::from(if q.is_nan() {
+                q
+            } else {
+                q.max(f32::MIN_POSITIVE)
+            })
+            .ln();
             self.images += 1;
         }
         Ok(())
@@ -203,6 +224,11 @@ mod tests {
         assert!(s.contains("d            2       100.0%  a (1 of 2)"), "{s}");
         assert!(s.contains("#5           1       100.0%  b (1 of 1)"), "{s}");
         assert!(e.add(&flat[..6], &[6]).is_err());
+        // NaN predictions are wrong in both scores and poison the loss.
+        let mut n = Evaluation::new(6);
+        n.add(&[f32::NAN; 6], &[0]).unwrap();
+        assert_eq!((n.top1_error(), n.top5_error()), (1.0, 1.0));
+        assert!(n.loss().is_nan());
         assert!(e.add(&flat, &[1]).is_err());
     }
 

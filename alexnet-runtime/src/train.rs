@@ -926,7 +926,14 @@ pub(crate) fn output_stats(plan: &Plan, out: &Tensor, labels: &[u32], batch: usi
     if probabilities {
         let mut loss = 0.0;
         for (row, &label) in out.data().chunks(classes).zip(&labels_usize) {
-            loss -= f64::from(row[label].max(f32::MIN_POSITIVE)).ln();
+            // NaN stays NaN (so a caller sees the divergence); 0 gives the largest loss.
+            let q = row[label];
+            loss -= f64::from(if q.is_nan() {
+                q
+            } else {
+                q.max(f32::MIN_POSITIVE)
+            })
+            .ln();
             let beaten = row
                 .iter()
                 .enumerate()

@@ -153,6 +153,42 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     })
 }
 
+/// The metadata of a safetensors file, reading only its header (a training state of the
+/// paper's AlexNet is 488 MB).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let bad = |message: String| Error::Format {
+        path: Some(path.to_path_buf()),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("too short for a safetensors file".into()))?;
+    let n = u64::from_le_bytes(len);
+    // safetensors caps headers at 100 MB.
+    if n > 100_000_000 {
+        return Err(bad(format!("header of {n} bytes is too large")));
+    }
+    let mut header = len.to_vec();
+    header.resize(8 + n as usize, 0);
+    f.read_exact(&mut header[8..])
+        .map_err(|_| bad("the header is cut short".into()))?;
+    let json: serde_json::Value = serde_json::from_slice(&header[8..])
+        .map_err(|e| bad(format!("the header is not JSON: {e}")))?;
+    match json.get("__metadata__") {
+        None => Ok(HashMap::new()),
+        Some(serde_json::Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(bad(format!("metadata `{k}` is not a string"))),
+            })
+            .collect(),
+        Some(_) => Err(bad("`__metadata__` is not an object".into())),
+    }
+}
+
 /// The `__metadata__` of a safetensors buffer (empty when it has none).
 pub fn parse_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Format {
@@ -260,8 +296,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    // Unique per call: two threads may write the same file at once (the towers of a split
+    // network compiling the same kernel into the cache, say); the last rename wins whole.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{call}",
         file_name.to_string_lossy(),
         std::process::id()
     ));

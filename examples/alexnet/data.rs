@@ -156,14 +156,18 @@ impl Batches {
 }
 
 impl Iterator for Batches {
-    type Item = (Tensor, Vec<u32>);
+    type Item = Result<(Tensor, Vec<u32>), AnyError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let (data, labels) = self.loader.next()?;
         let c = self.input;
-        // The loader's transforms make exactly `crops` patches of `input` per image.
-        let t = Tensor::new(vec![labels.len() * self.crops, c.c, c.h, c.w], data).ok()?;
-        Some((t, labels))
+        // The transforms make `crops` patches of `input` per image; anything else is a bug
+        // worth an error, not a silently shorter epoch.
+        Some(
+            Tensor::new(vec![labels.len() * self.crops, c.c, c.h, c.w], data)
+                .map(|t| (t, labels))
+                .map_err(|e| format!("a batch of the wrong size from the loader: {e}").into()),
+        )
     }
 }
 
@@ -176,5 +180,27 @@ pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
     } else {
         let dir = path.parent().unwrap_or(Path::new("."));
         (path.to_path_buf(), dir.join(DATA_FILE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_specs_round_trip() {
+        for spec in [
+            DataSpec::Folder(PathBuf::from("/data/imagenet")),
+            DataSpec::Generated {
+                classes: 10,
+                seed: 3,
+                images: 4096,
+                val_images: 512,
+            },
+        ] {
+            assert_eq!(DataSpec::parse(&spec.to_string()), Some(spec));
+        }
+        assert_eq!(DataSpec::parse("generated:classes=10"), None);
+        assert_eq!(DataSpec::parse("elsewhere"), None);
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use alexnet::ir::Op;
 use alexnet::runtime::data::pipeline::Preprocess;
 use alexnet::runtime::eval::{average_crops, top_k, Evaluation};
-use alexnet::runtime::weights::parse_metadata;
+use alexnet::runtime::weights::read_metadata;
 use alexnet::runtime::{Backend, Cpu, Device, Model, Tensor};
 
 use crate::data::{self, DataSpec};
@@ -18,8 +18,7 @@ fn network(given: Option<Net>, weights: &Path) -> Result<Net, AnyError> {
     if let Some(n) = given {
         return Ok(n);
     }
-    let bytes = std::fs::read(weights).map_err(|e| format!("{}: {e}", weights.display()))?;
-    let meta = parse_metadata(&bytes)?;
+    let meta = read_metadata(weights)?;
     let name = meta.get("network").ok_or_else(|| {
         format!(
             "{} does not say which network it holds; name it with --net",
@@ -58,6 +57,19 @@ fn open(
             plan.name
         )
         .into());
+    }
+    // A training state names its data; the data file beside it must be that run's (a
+    // later run in the same folder may have stopped before its first checkpoint).
+    if let Some(trained) = read_metadata(&weights)?.get("note.data") {
+        if *trained != pre.source {
+            return Err(format!(
+                "{} was trained on {trained}, but {} was prepared for {}",
+                weights.display(),
+                data_file.display(),
+                pre.source
+            )
+            .into());
+        }
     }
     let model = Model::load(Device::parse(device)?, plan.clone(), &weights)?;
     Ok((model, pre, weights))
@@ -133,7 +145,8 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
         (pre.ten_crop_transform(), 10)
     };
     let mut batches = data::batches(images.clone(), order, batch, &pre, transform, crops)?;
-    for (x, labels) in &mut batches {
+    for item in &mut batches {
+        let (x, labels) = item?;
         let probs = model.forward(&x)?;
         let probs = probs.data();
         if crops == 1 {

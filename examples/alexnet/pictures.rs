@@ -129,16 +129,19 @@ pub fn curves(history: &[Epoch], title: &str, path: &Path) -> Result<(), AnyErro
             .fold(0.0f64, f64::max)
             .max(1e-3)
             * 1.1;
-        let panels: [(_, _, _, Vec<Series>); 2] = [
+        // Area, axis label, top of the axis, factor on the values, curves.
+        let panels: [(_, _, _, f64, Vec<Series>); 2] = [
             (
                 &left,
                 "loss (cross-entropy)",
                 max_loss,
+                1.0,
                 vec![("training", BLUE, 0, false), ("validation", RED, 0, true)],
             ),
             (
                 &right,
                 "error (%)",
+                100.0,
                 100.0,
                 vec![
                     ("training top-1", BLUE, 1, false),
@@ -147,7 +150,7 @@ pub fn curves(history: &[Epoch], title: &str, path: &Path) -> Result<(), AnyErro
                 ],
             ),
         ];
-        for (area, label, top, series) in panels {
+        for (area, label, top, scale, series) in panels {
             let mut builder = ChartBuilder::on(area);
             builder.margin(12);
             if text {
@@ -166,7 +169,6 @@ pub fn curves(history: &[Epoch], title: &str, path: &Path) -> Result<(), AnyErro
                 mesh.x_labels(0).y_labels(0);
             }
             mesh.draw()?;
-            let scale = if top == 100.0 { 100.0 } else { 1.0 };
             for (name, colour, column, val) in series {
                 let points: Vec<(f64, f64)> = history
                     .iter()
@@ -203,12 +205,15 @@ pub fn curves(history: &[Epoch], title: &str, path: &Path) -> Result<(), AnyErro
     save_png(&img, path)
 }
 
-/// Writes a PNG atomically: a temporary file beside it, then a rename.
+/// Writes a PNG atomically (encoded in memory, then `weights::write_atomic`).
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<(), AnyError> {
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    alexnet::runtime::weights::write_atomic(path, &bytes)?;
     Ok(())
 }
 

@@ -93,7 +93,10 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
     let mut trainer = start(&a)?;
     let seed = trainer.config().seed;
     let spec = match &a.data {
-        Some(dir) => DataSpec::Folder(dir.clone()),
+        // The full path: the run records it, and eval finds the folder from anywhere.
+        Some(dir) => DataSpec::Folder(
+            std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
+        ),
         None => DataSpec::Generated {
             classes: a.classes.min(trainer.classes()),
             seed,
@@ -117,10 +120,15 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             trainer.set_note("batch", &batch_note);
         }
     }
-    let dir = a
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(a.net.name()));
+    // A resumed run goes on in its own folder unless told otherwise.
+    let dir = match (&a.checkpoint, &a.resume) {
+        (Some(d), _) => d.clone(),
+        (None, Some(state)) => data::checkpoint_files(state)
+            .1
+            .parent()
+            .map_or_else(|| PathBuf::from("."), PathBuf::from),
+        (None, None) => PathBuf::from("runs").join(a.net.name()),
+    };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let state_path = dir.join("state.safetensors");
     let (train_set, val_set) = spec.open()?;
@@ -141,11 +149,14 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             let pre = Preprocess::load(&saved).map_err(|e| {
                 format!("{e} (a run resumes with the data preprocessing it started with)")
             })?;
-            if pre.classes != classes {
+            // The data file beside a state may belong to a later run that stopped before
+            // its first checkpoint: it must be the one this state was trained with.
+            if pre.source != spec.to_string() || pre.classes != classes {
                 return Err(format!(
-                    "{} holds other classes than {}",
+                    "{} was prepared for {}, not for the run in {} ({spec})",
                     saved.display(),
-                    spec.describe()
+                    pre.source,
+                    state.display()
                 )
                 .into());
             }
@@ -162,7 +173,9 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         }
     };
     pre.expect_input(plan.input)?;
-    pre.save(&dir.join(DATA_FILE))?;
+    // Written beside each checkpoint, never before the first one: a run that stops early
+    // leaves the folder's earlier state and data file together.
+    let data_path = dir.join(DATA_FILE);
     let unit = match spec {
         DataSpec::Folder(_) => "files",
         DataSpec::Generated { .. } => "images",
@@ -205,7 +218,8 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         let bar = progress::bar(steps, &format!("epoch {}/{}", epoch + 1, a.epochs));
         let (mut window, mut total) = (None::<BatchStats>, None::<BatchStats>);
         let mut since = Instant::now();
-        for (x, y) in &mut batches {
+        for item in &mut batches {
+            let (x, y) = item?;
             let st = trainer.step(&x, &y)?;
             if !st.loss.is_finite() {
                 bar.abandon();
@@ -245,7 +259,8 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         if let Some(v) = &val_set {
             let bar = progress::bar(v.len().div_ceil(batch) as u64, "validation");
             let order = (0..v.len()).collect();
-            for (x, y) in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+            for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+                let (x, y) = item?;
                 merge(&mut val, &trainer.evaluate(&x, &y)?);
                 bar.inc(1);
             }
@@ -259,6 +274,7 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             trainer.state().lr,
         ));
         trainer.set_note("history", &pictures::format_history(&history));
+        pre.save(&data_path)?;
         trainer.save(&state_path)?;
         let plot = dir.join("curves.png");
         pictures::curves(

@@ -346,8 +346,9 @@ impl Backend for Cpu {
         let towers = plan.tower.map_or(1, |t| t.of);
         let n32 = u32::try_from(n * towers).map_err(|_| {
             Error::Backend(format!(
-                "cpu: {}: {n} values exceed dropout's 32-bit counter",
-                layer.name
+                "cpu: {}: {} values exceed dropout's 32-bit counter",
+                layer.name,
+                n * towers
             ))
         })?;
         let (threshold, scale) = philox::dropout_threshold_scale(p);

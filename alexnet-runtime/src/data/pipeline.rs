@@ -21,6 +21,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rayon::prelude::*;
 
 use super::augment::{ten_crops, Augment, PcaColour};
 use super::folder::{decode_rgb, DecodeError};
@@ -73,15 +74,19 @@ pub struct Preprocess {
 
 impl Preprocess {
     /// The side images are rescaled to for a network input of `input`: the paper's 256 for
-    /// 224 or 227, the same proportion for other sizes. An error unless the input is a
-    /// square RGB image.
+    /// inputs from 224 to 256 (224 in the paper, 227 for this crate's AlexNet), the
+    /// paper's proportion 256/224 (rounded up) for other sizes: 37 for 32. An error unless
+    /// the input is a square RGB image.
     pub fn side_for(input: Shape) -> Result<usize> {
         if input.c != 3 || input.h != input.w {
             return Err(Error::Invalid(format!(
                 "image data needs a network with square RGB input, not {input}"
             )));
         }
-        Ok((input.h * 256).div_ceil(227).max(input.h))
+        Ok(match input.h {
+            224..=256 => 256,
+            h => (h * 256).div_ceil(224),
+        })
     }
 
     /// Fits the preprocessing of `images` for a network with input `input`: the mean of up
@@ -95,9 +100,11 @@ impl Preprocess {
         }
         let (mean, report) = mean_image(images, side, MEAN_IMAGES);
         let shape = Shape::new(3, side, side);
-        let step = (images.len() / PCA_IMAGES).max(1);
+        let step = images.len().div_ceil(PCA_IMAGES).max(1);
         let sample: Vec<Vec<f32>> = (0..images.len())
             .step_by(step)
+            .collect::<Vec<_>>()
+            .into_par_iter()
             .filter_map(|i| images.load(i, side).ok())
             .map(|img| {
                 let mut x = sub(chw(&img), &mean);
@@ -409,6 +416,14 @@ mod tests {
     fn fits_saves_and_loads() {
         let pre = fitted();
         assert_eq!(pre.side, 37);
+        for (h, side) in [(224, 256), (227, 256), (256, 256), (32, 37), (300, 343)] {
+            assert_eq!(
+                Preprocess::side_for(Shape::new(3, h, h)).unwrap(),
+                side,
+                "{h}"
+            );
+        }
+        assert!(Preprocess::side_for(Shape::new(1, 32, 32)).is_err());
         assert_eq!(pre.classes, ["disk", "square", "triangle", "plus"]);
         assert!(pre.pca.is_some());
         // The mean of generated images is near mid-grey, not zero and not 255.

@@ -170,10 +170,10 @@ type AnyError = Box<dyn std::error::Error>;
 mod progress {
     use indicatif::{ProgressBar, ProgressStyle};
 
-    /// A bar of `len` steps with rate and time left.
+    /// A bar of `len` images with their rate and the time left.
     pub fn bar(len: u64, prefix: &str) -> ProgressBar {
         let style = ProgressStyle::with_template(
-            "{prefix:>12} [{bar:32}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+            "{prefix:>12} [{bar:32}] {human_pos}/{human_len} images, {per_sec}, ETA {eta} {msg}",
         )
         .expect("a valid template")
         .progress_chars("=> ");

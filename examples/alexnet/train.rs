@@ -199,7 +199,6 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         .map(pictures::parse_history)
         .unwrap_or_default();
     let batch = a.batch as usize;
-    let steps = train_set.len().div_ceil(batch) as u64;
     while trainer.state().epoch < a.epochs {
         let epoch = trainer.state().epoch;
         let t0 = Instant::now();
@@ -215,7 +214,10 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             pre.train_transform(seed, epoch),
             1,
         )?;
-        let bar = progress::bar(steps, &format!("epoch {}/{}", epoch + 1, a.epochs));
+        let bar = progress::bar(
+            train_set.len() as u64,
+            &format!("epoch {}/{}", epoch + 1, a.epochs),
+        );
         let (mut window, mut total) = (None::<BatchStats>, None::<BatchStats>);
         let mut since = Instant::now();
         for item in &mut batches {
@@ -232,7 +234,7 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             }
             merge(&mut window, &st);
             merge(&mut total, &st);
-            bar.inc(1);
+            bar.inc(y.len() as u64);
             bar.set_message(format!("loss {:.4}", st.loss));
             let step = trainer.state().step;
             if step % a.log_every == 0 {
@@ -257,12 +259,12 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         }
         let mut val = None::<BatchStats>;
         if let Some(v) = &val_set {
-            let bar = progress::bar(v.len().div_ceil(batch) as u64, "validation");
+            let bar = progress::bar(v.len() as u64, "validation");
             let order = (0..v.len()).collect();
             for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
                 let (x, y) = item?;
                 merge(&mut val, &trainer.evaluate(&x, &y)?);
-                bar.inc(1);
+                bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();
         }

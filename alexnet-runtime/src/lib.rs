@@ -5,8 +5,10 @@
 //! - [`Model`]: a planned network with its parameters on a backend.
 //! - [`Batch`]: a batch whose per-image shape is part of its type.
 //! - [`weights`]: the paper's initialisation and safetensors files.
-//! - [`train`]: the [`Trainer`]; [`towers`]: the paper's two towers on the CPU.
-//! - [`synthetic`]: generated images; [`data`]: image folders and augmentation.
+//! - [`train`]: the [`Trainer`]; [`towers`]: the paper's two towers, one backend each, and
+//!   their [`towers::SplitTrainer`].
+//! - [`synthetic`]: generated images; [`data`]: image folders, background loading,
+//!   augmentation and preprocessing; [`eval`]: top-k, confusion, ten-crop averaging.
 
 pub mod backend;
 pub mod cpu;

@@ -142,3 +142,29 @@ fn the_half_precision_header_is_found() {
     let src = "#include <cuda_fp16.h>\nextern \"C\" __global__ void h(const float* x, __half* y) { y[0] = __float2half(x[0]); }\n";
     nvrtc::compile_cubin(src, "half.cu", "sm_90", &[]).unwrap();
 }
+
+/// The two towers of a split network run their own kernels, generated for the tower's
+/// half shapes at run time (`Plan::tower`): every forward and training kernel of each
+/// tower of AlexNet and the small net compiles too, with no spills.
+#[test]
+fn every_tower_kernel_compiles_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for plan in [AlexNet::plan(), SmallNet::plan()] {
+        for t in 0..2 {
+            let tower = plan.tower(t).unwrap();
+            let name = tower.name.to_string();
+            let forward = alexnet_codegen::cuda::render(&tower);
+            for row in check(&name, &forward.source, &forward.kernels) {
+                println!("{name}: {row}");
+            }
+            let training = alexnet_codegen::cuda_train::render(&tower);
+            let launches: Vec<KernelLaunch> =
+                training.kernels.iter().map(|k| k.launch.clone()).collect();
+            for row in check(&name, &training.source, &launches) {
+                println!("{name} training: {row}");
+            }
+        }
+    }
+}

@@ -27,16 +27,7 @@ fn check_crop(src: &[f32], shape: Shape, ch: usize, cw: usize) -> Result<()> {
             shape.c, shape.h, shape.w
         )));
     }
-    if src.len() != shape.len() {
-        return Err(Error::Invalid(format!(
-            "crop: image of shape {}x{}x{} needs {} values, got {}",
-            shape.c,
-            shape.h,
-            shape.w,
-            shape.len(),
-            src.len()
-        )));
-    }
+    check_len(src, shape, "crop")?;
     if ch == 0 || cw == 0 {
         return Err(Error::Invalid(format!(
             "crop: crop size {ch}x{cw} has a zero dimension"
@@ -226,6 +217,11 @@ fn check_rgb(img: &[f32], shape: Shape, what: &str) -> Result<()> {
             shape.c
         )));
     }
+    check_len(img, shape, what)
+}
+
+/// Checks that `img` holds exactly one image of `shape`.
+fn check_len(img: &[f32], shape: Shape, what: &str) -> Result<()> {
     if img.len() != shape.len() {
         return Err(Error::Invalid(format!(
             "{what}: image of shape {}x{}x{} needs {} values, got {}",

@@ -15,8 +15,9 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
 }
 
 /// The rank of class `c` (0 = the prediction) in the order of [`top_k`]; past every class
-/// when a probability is NaN (such an image counts as wrong).
-fn rank(probs: &[f32], c: usize) -> usize {
+/// when a probability is NaN (such an image counts as wrong). The trainer's inference
+/// scores use the same rule.
+pub(crate) fn rank(probs: &[f32], c: usize) -> usize {
     if probs.iter().any(|q| q.is_nan()) {
         return probs.len();
     }

@@ -580,14 +580,19 @@ impl<B: Backend> Trainer<B> {
 
     /// The gradients of the last step, per tensor of [`Plan::params`] (for tests).
     pub fn gradients(&self) -> Result<Vec<NamedTensor>> {
+        self.download_named(&self.grads)
+    }
+
+    /// One buffer per tensor of [`Plan::params`], downloaded under the tensors' names.
+    fn download_named(&self, bufs: &[B::Buffer]) -> Result<Vec<NamedTensor>> {
         self.model
             .plan()
             .params()
             .into_iter()
-            .zip(&self.grads)
-            .map(|(spec, g)| {
+            .zip(bufs)
+            .map(|(spec, b)| {
                 Ok(NamedTensor {
-                    data: self.model.backend().download_prefix(g, spec.len())?,
+                    data: self.model.backend().download_prefix(b, spec.len())?,
                     name: spec.name,
                     shape: spec.shape,
                 })
@@ -612,20 +617,9 @@ impl<B: Backend> Trainer<B> {
     /// seed, schedule and its progress, multipliers) to one safetensors file, atomically.
     /// The weights keep their PyTorch names, so the file also loads as plain weights.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let plan = self.model.plan();
-        let momentum = plan
-            .params()
-            .into_iter()
-            .zip(&self.velocity)
-            .map(|(spec, v)| {
-                Ok(NamedTensor {
-                    data: self.model.backend().download_prefix(v, spec.len())?,
-                    name: spec.name,
-                    shape: spec.shape,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.run.write(path, plan, self.model.tensors()?, momentum)
+        let momentum = self.download_named(&self.velocity)?;
+        self.run
+            .write(path, self.model.plan(), self.model.tensors()?, momentum)
     }
 
     /// Continues a run saved by [`Trainer::save`] (or by a split run,
@@ -934,11 +928,7 @@ pub(crate) fn output_stats(plan: &Plan, out: &Tensor, labels: &[u32], batch: usi
                 q.max(f32::MIN_POSITIVE)
             })
             .ln();
-            let beaten = row
-                .iter()
-                .enumerate()
-                .filter(|&(i, &v)| v > row[label] || (v == row[label] && i < label))
-                .count();
+            let beaten = crate::eval::rank(row, label);
             stats.top1_correct += usize::from(beaten == 0);
             stats.top5_correct += usize::from(beaten < 5);
         }

@@ -104,32 +104,22 @@ impl<B: Backend + Sync> Towers<B> {
             )));
         }
         let ordered = weights::match_plan(&plan, tensors, None)?;
-        let s = plan.split;
-        let params = towers
+        towers
             .par_iter()
             .zip(&backends)
-            .enumerate()
-            .map(|(t, (tp, b))| {
-                b.prepare(tp)?;
-                ordered
-                    .iter()
-                    .map(|w| {
-                        let rows = w.shape[0] / s;
-                        let per_row = w.data.len() / w.shape[0];
-                        b.upload(&w.data[t * rows * per_row..(t + 1) * rows * per_row])
-                    })
-                    .collect()
-            })
-            .collect::<Result<_>>()?;
-        Ok(Towers {
+            .map(|(tp, b)| b.prepare(tp))
+            .collect::<Result<Vec<()>>>()?;
+        let mut t = Towers {
             plan,
             towers,
             backends,
-            params,
+            params: Vec::new(),
             velocity: Vec::new(),
             host: Cpu::new(),
             exchange_ns: AtomicU64::new(0),
-        })
+        };
+        t.params = t.split_rows(&ordered)?;
+        Ok(t)
     }
 
     pub fn plan(&self) -> &Plan {
@@ -310,45 +300,36 @@ impl<B: Backend + Sync> Towers<B> {
         mask: DropoutMask,
     ) -> Result<(f64, Vec<NamedTensor>)> {
         let (stats, grads) = self.tower_gradients(x, labels, mask)?;
-        let host = self.each(|t| {
-            grads[t]
-                .iter()
-                .map(|g| self.backends[t].download(g))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Ok((stats.loss, self.merge(&host)))
+        Ok((stats.loss, self.joined(&grads)?))
     }
 
-    /// Tower `t`'s rows of every tensor, joined back into the one-process layout.
-    fn merge(&self, per_tower: &[Vec<Vec<f32>>]) -> Vec<NamedTensor> {
-        self.plan
+    /// Per-tower buffers of every tensor (tower t's rows), downloaded and joined into the
+    /// one-process layout.
+    fn joined(&self, per_tower: &[Vec<B::Buffer>]) -> Result<Vec<NamedTensor>> {
+        let host = self.each(|t| {
+            per_tower[t]
+                .iter()
+                .zip(self.towers[t].params())
+                .map(|(b, spec)| self.backends[t].download_prefix(b, spec.len()))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(self
+            .plan
             .params()
             .into_iter()
             .enumerate()
-            .map(|(i, spec)| {
-                let rows = spec.len() / self.towers.len();
-                NamedTensor {
-                    data: per_tower
-                        .iter()
-                        .flat_map(|t| t[i][..rows].iter().copied())
-                        .collect(),
-                    name: spec.name,
-                    shape: spec.shape,
-                }
+            .map(|(i, spec)| NamedTensor {
+                data: host.iter().flat_map(|t| t[i].iter().copied()).collect(),
+                name: spec.name,
+                shape: spec.shape,
             })
-            .collect()
+            .collect())
     }
 
     /// The parameters in the one-process layout (PyTorch names), e.g. to save them or to
     /// run them unsplit.
     pub fn tensors(&self) -> Result<Vec<NamedTensor>> {
-        let host = self.each(|t| {
-            self.params[t]
-                .iter()
-                .map(|p| self.backends[t].download(p))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Ok(self.merge(&host))
+        self.joined(&self.params)
     }
 
     /// One SGD step (the paper's update, [`Sgd`], with one learning-rate multiplier per
@@ -416,13 +397,7 @@ impl<B: Backend + Sync> Towers<B> {
                 })
                 .collect());
         }
-        let host = self.each(|t| {
-            self.velocity[t]
-                .iter()
-                .map(|v| self.backends[t].download(v))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        Ok(self.merge(&host))
+        self.joined(&self.velocity)
     }
 
     /// Sets the momentum from tensors in the one-process layout (as

@@ -95,11 +95,7 @@ impl DataSpec {
     /// split as a whole.
     pub fn evaluation(&self) -> Result<Arc<dyn Images>, AnyError> {
         let (train, val) = self.open()?;
-        Ok(match (val, self) {
-            (Some(v), _) => v,
-            (None, DataSpec::Folder(_)) => train,
-            (None, DataSpec::Generated { .. }) => unreachable!("generated sets have validation"),
-        })
+        Ok(val.unwrap_or(train))
     }
 
     /// A short description for messages.

@@ -222,11 +222,15 @@ pub fn classify(a: ClassifyArgs) -> Result<(), AnyError> {
     let (model, pre, _) = open(&a.checkpoint, a.net, &a.device)?;
     let classes = model.plan().output().len();
     let s = model.plan().input;
-    let crops = if a.ten_crop { 10 } else { 1 };
+    let (transform, crops) = if a.ten_crop {
+        (pre.ten_crop_transform(), 10)
+    } else {
+        (pre.eval_transform(), 1)
+    };
     let mut failed = 0;
     for path in &a.images {
-        let x = match pre.file(path, a.ten_crop) {
-            Ok(x) => x,
+        let x = match pre.load_file(path) {
+            Ok(img) => transform(img, 0),
             Err(e) => {
                 eprintln!("{}: skipped: {e}", path.display());
                 failed += 1;

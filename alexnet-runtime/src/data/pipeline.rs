@@ -106,11 +106,7 @@ impl Preprocess {
             .collect::<Vec<_>>()
             .into_par_iter()
             .filter_map(|i| images.load(i, side).ok())
-            .map(|img| {
-                let mut x = sub(chw(&img), &mean);
-                x.iter_mut().for_each(|v| *v *= COLOUR_UNITS);
-                x
-            })
+            .map(|img| centred(chw(&img), &mean, COLOUR_UNITS))
             .collect();
         let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
         let pca = PcaColour::from_images(&refs, shape).ok();
@@ -161,8 +157,7 @@ impl Preprocess {
         let epoch_seed = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let crop = augment.out_shape(shape);
         Arc::new(move |img: Vec<f32>, pos: u64| {
-            let mut x = sub(img, &mean);
-            x.iter_mut().for_each(|v| *v *= COLOUR_UNITS);
+            let x = centred(img, &mean, COLOUR_UNITS);
             let mut rng =
                 StdRng::seed_from_u64(epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03));
             // Cannot fail: the image is `side` x `side` and `side` is at least the crop.
@@ -180,7 +175,7 @@ impl Preprocess {
         let crop = augment.out_shape(shape);
         Arc::new(move |img: Vec<f32>, _| {
             let mut y = augment
-                .eval(&sub(img, &mean), shape)
+                .eval(&centred(img, &mean, 1.0), shape)
                 .unwrap_or_else(|_| vec![0.0; crop.len()]);
             y.iter_mut().for_each(|v| *v *= scale);
             y
@@ -193,23 +188,17 @@ impl Preprocess {
         let (mean, augment, shape, scale) = self.parts();
         let crop = augment.out_shape(shape);
         Arc::new(move |img: Vec<f32>, _| {
-            let crops = ten_crops(&sub(img, &mean), shape, crop.h, crop.w)
+            let crops = ten_crops(&centred(img, &mean, 1.0), shape, crop.h, crop.w)
                 .unwrap_or_else(|_| vec![vec![0.0; crop.len()]; 10]);
             crops.into_iter().flatten().map(|v| v * scale).collect()
         })
     }
 
-    /// One image file as the network's input: the centre patch, or with `ten_crop` the ten
-    /// patches concatenated.
-    pub fn file(&self, path: &Path, ten_crop: bool) -> std::result::Result<Vec<f32>, DecodeError> {
+    /// One image file decoded as the transforms take it: `side` x `side`, CHW, 0..255
+    /// (then [`Preprocess::eval_transform`] or [`Preprocess::ten_crop_transform`]).
+    pub fn load_file(&self, path: &Path) -> std::result::Result<Vec<f32>, DecodeError> {
         let img = decode_rgb(path, self.side)?;
-        let x: Vec<f32> = chw(&img).map(f32::from).collect();
-        let t = if ten_crop {
-            self.ten_crop_transform()
-        } else {
-            self.eval_transform()
-        };
-        Ok(t(x, 0))
+        Ok(chw(&img).map(f32::from).collect())
     }
 
     fn parts(&self) -> (Arc<Vec<f32>>, Arc<Augment>, Shape, f32) {
@@ -332,11 +321,11 @@ impl Preprocess {
     }
 }
 
-/// An image's values minus the mean.
-fn sub(img: impl IntoIterator<Item = impl Into<f32>>, mean: &[f32]) -> Vec<f32> {
+/// An image's values minus the mean, times `factor`, in one pass.
+fn centred(img: impl IntoIterator<Item = impl Into<f32>>, mean: &[f32], factor: f32) -> Vec<f32> {
     img.into_iter()
         .zip(mean)
-        .map(|(a, b)| a.into() - b)
+        .map(|(a, b)| (a.into() - b) * factor)
         .collect()
 }
 

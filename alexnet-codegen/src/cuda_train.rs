@@ -512,20 +512,9 @@ impl Gemm {
 mod tests {
     use super::*;
 
-    fn alexnet() -> Plan {
-        crate::plan_from_str(
-            "AlexNet<3, 227, 227> split 2 {
-                conv(96, 11, stride = 4) relu lrn(5) maxpool(3, stride = 2)
-                conv(256, 5, pad = 2, groups = 2) relu lrn(5) maxpool(3, stride = 2)
-                conv(384, 3, pad = 1) relu conv(384, 3, pad = 1, groups = 2) relu conv(256, 3, pad = 1, groups = 2) relu
-                maxpool(3, stride = 2) dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax }",
-        )
-        .unwrap()
-    }
-
     #[test]
     fn alexnet_training_kernels() {
-        let plan = alexnet();
+        let plan = crate::alexnet_plan();
         let t = render(&plan);
         // conv1 (layer 0) gets no input gradient; conv2 does.
         assert!(t.find(0, Role::DataGrad).is_none());

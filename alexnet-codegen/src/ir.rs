@@ -597,14 +597,7 @@ mod tests {
 
     #[test]
     fn alexnet_towers_exchange_where_the_paper_says() {
-        let plan = crate::plan_from_str(
-            "AlexNet<3, 227, 227> split 2 {
-                conv(96, 11, stride = 4) relu lrn(5) maxpool(3, stride = 2)
-                conv(256, 5, pad = 2, groups = 2) relu lrn(5) maxpool(3, stride = 2)
-                conv(384, 3, pad = 1) relu conv(384, 3, pad = 1, groups = 2) relu conv(256, 3, pad = 1, groups = 2) relu
-                maxpool(3, stride = 2) dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax }",
-        )
-        .unwrap();
+        let plan = crate::alexnet_plan();
         let both: Vec<&str> = (0..plan.layers.len())
             .filter(|&i| plan.tower_input(i) == Some(TowerInput::BothTowers))
             .map(|i| &*plan.layers[i].name)

@@ -74,16 +74,24 @@ pub fn plan_from_str(src: &str) -> Result<ir::Plan, String> {
     }
 }
 
+/// The paper's AlexNet, for the crate's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ALEXNET: &str = "AlexNet<3, 227, 227> split 2 {
+pub(crate) const ALEXNET: &str = "AlexNet<3, 227, 227> split 2 {
         conv(96, 11, stride = 4) relu lrn(5, alpha = 1e-4, beta = 0.75, k = 2.0) maxpool(3, stride = 2)
         conv(256, 5, pad = 2, groups = 2) relu lrn(5, alpha = 1e-4, beta = 0.75, k = 2.0) maxpool(3, stride = 2)
         conv(384, 3, pad = 1) relu conv(384, 3, pad = 1, groups = 2) relu conv(256, 3, pad = 1, groups = 2) relu maxpool(3, stride = 2)
         dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax
     }";
+
+/// [`ALEXNET`] planned.
+#[cfg(test)]
+pub(crate) fn alexnet_plan() -> ir::Plan {
+    plan_from_str(ALEXNET).expect("the paper's AlexNet plans")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn alexnet_plan() {

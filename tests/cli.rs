@@ -28,6 +28,28 @@ fn tmp() -> PathBuf {
     dir
 }
 
+/// Runs `cmd` (the command line), asserts that it succeeded and returns its output.
+fn succeeds(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Runs `cmd`, asserts that it failed with an `error: ` message, not a panic, and returns
+/// the message.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 #[test]
 fn summary_prints_the_layer_table() {
     let out = Command::new(example())
@@ -239,16 +261,10 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     assert!(png.width() >= 800 && png.height() >= 300);
 
     // eval: the run's validation images, centre crop and ten crops, a line per class.
-    let out = Command::new(example())
-        .args(["eval", "--device", "cpu", "--checkpoint"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = succeeds(
+        Command::new(example())
+            .args(["eval", "--device", "cpu", "--checkpoint"])
+            .arg(&run),
     );
     assert!(
         text.contains(": 16 images, centre crop and ten crops"),
@@ -266,17 +282,11 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     // classify: top 5 of each image with the class names; an unreadable file is named and
     // the command fails after classifying the rest.
     let image = root.join("val").join("square").join("1001.png");
-    let out = Command::new(example())
-        .args(["classify", "--device", "cpu", "--ten-crop", "--checkpoint"])
-        .arg(&run)
-        .arg(&image)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = succeeds(
+        Command::new(example())
+            .args(["classify", "--device", "cpu", "--ten-crop", "--checkpoint"])
+            .arg(&run)
+            .arg(&image),
     );
     assert!(text.contains("1001.png:"), "{text}");
     // Two classes trained (of ten outputs): both listed, nothing else.
@@ -323,40 +333,31 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1001.png:"));
 
     // filters: the first layer's 16 5x5 kernels, two towers of 8.
-    let out = Command::new(example())
-        .args(["filters", "--checkpoint"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(example())
+            .args(["filters", "--checkpoint"])
+            .arg(&run),
     );
     let grid = image::open(run.join("filters.png")).unwrap();
     // 8 columns of 5x8-pixel patches with 2-pixel gaps; two tower blocks and a 10-pixel gap.
     assert_eq!((grid.width(), grid.height()), (8 * 42 + 2, 2 * 44 + 10));
 
     // A checkpoint of another network is refused, naming the tensor that does not fit.
-    let out = Command::new(example())
-        .args(["filters", "--net", "torchvision", "--checkpoint"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    let err = fails(
+        Command::new(example())
+            .args(["filters", "--net", "torchvision", "--checkpoint"])
+            .arg(&run),
+    );
     assert!(err.contains("conv1.weight"), "{err}");
 
     // A folder without images is a one-line error.
     let empty = root.join("empty");
     std::fs::create_dir_all(empty.join("nothing")).unwrap();
-    let out = Command::new(example())
-        .args(["train", "--device", "cpu", "--data"])
-        .arg(&empty)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    let err = fails(
+        Command::new(example())
+            .args(["train", "--device", "cpu", "--data"])
+            .arg(&empty),
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
@@ -427,20 +428,15 @@ fn train_split_into_towers_and_resume_unsplit() {
         );
     }
     // A network that is not split cannot be trained as towers: one line.
-    let out = Command::new(example())
-        .args([
-            "train",
-            "--net",
-            "torchvision",
-            "--towers",
-            "cpu,cpu",
-            "--images",
-            "8",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    let err = fails(Command::new(example()).args([
+        "train",
+        "--net",
+        "torchvision",
+        "--towers",
+        "cpu,cpu",
+        "--images",
+        "8",
+    ]));
     assert!(err.contains("is not split into towers"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
@@ -487,13 +483,13 @@ fn checkpoints_keep_their_own_data_and_folder() {
         root.join("r1/data.safetensors"),
     )
     .unwrap();
-    let out = Command::new(example())
-        .current_dir(&root)
-        .args(["eval", "--device", "cpu", "--checkpoint", "r1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+    let err = fails(Command::new(example()).current_dir(&root).args([
+        "eval",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        "r1",
+    ]));
     assert!(err.contains("seed=0") && err.contains("seed=5"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (ok, _, err) = train(&["--epochs", "3", "--resume", "r1/state.safetensors"]);

@@ -139,8 +139,15 @@ pub fn match_plan(
 
 /// Reads every tensor of a safetensors file as f32 (f16, bf16 and f64 are converted).
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    Ok(read_safetensors_with_metadata(path)?.0)
+}
+
+/// [`read_safetensors`] and [`parse_metadata`] of one read of the file.
+pub fn read_safetensors_with_metadata(
+    path: &Path,
+) -> Result<(Vec<NamedTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_safetensors(&bytes).map_err(|e| match e {
+    let at_path = |e| match e {
         Error::Format { message, .. } => Error::Format {
             path: Some(path.to_path_buf()),
             message,
@@ -150,7 +157,9 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
             problems,
         },
         other => other,
-    })
+    };
+    let meta = parse_metadata(&bytes).map_err(at_path)?;
+    Ok((parse_safetensors(&bytes).map_err(at_path)?, meta))
 }
 
 /// The metadata of a safetensors file, reading only its header (a training state of the

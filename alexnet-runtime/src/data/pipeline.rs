@@ -29,7 +29,7 @@ use super::loader::{chw, mean_image, Images, LoadReport, Transform};
 use crate::error::{Error, Result};
 use crate::ir::Shape;
 use crate::synthetic::Synthetic;
-use crate::weights::{parse_metadata, read_safetensors, write_safetensors, NamedTensor};
+use crate::weights::{read_safetensors_with_metadata, write_safetensors, NamedTensor};
 
 /// The `format` metadata of a saved [`Preprocess`].
 pub const DATA_FORMAT: &str = "alexnet-rs-data/1";
@@ -248,12 +248,11 @@ impl Preprocess {
     /// Reads what [`Preprocess::save`] wrote; anything missing or inconsistent is an error
     /// naming the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (tensors, meta) = read_safetensors_with_metadata(path)?;
         let bad = |message: String| Error::Format {
             path: Some(path.to_path_buf()),
             message,
         };
-        let meta = parse_metadata(&bytes)?;
         if meta.get("format").map(String::as_str) != Some(DATA_FORMAT) {
             return Err(bad(format!(
                 "not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}`)"
@@ -285,7 +284,6 @@ impl Preprocess {
             .filter(|s: &f32| s.is_finite() && *s > 0.0)
             .ok_or_else(|| bad("metadata `scale` is not a positive number".into()))?;
         let classes: Vec<String> = get("classes")?.lines().map(str::to_string).collect();
-        let tensors = read_safetensors(path)?;
         let find = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
             match tensors.iter().find(|t| t.name == name) {
                 None => Ok(None),

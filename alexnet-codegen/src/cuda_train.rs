@@ -95,8 +95,12 @@ impl CudaTraining {
 }
 
 /// The layer whose output (or, for a final softmax, whose input) is the logits, and how
-/// many classes there are.
+/// many classes there are. `None` for one tower's plan: a tower holds part of the logits,
+/// and the loss runs once on the gathered ones (see the runtime's towers).
 pub fn logits_of(plan: &Plan) -> Option<(usize, usize)> {
+    if plan.tower.is_some() {
+        return None;
+    }
     let last = plan.layers.len().checked_sub(1)?;
     let l = &plan.layers[last];
     Some(match l.op {
@@ -549,5 +553,19 @@ mod tests {
                 k.launch.name
             );
         }
+    }
+
+    #[test]
+    fn a_tower_has_no_loss_kernel() {
+        // The loss runs once, on the gathered logits; each tower still updates its own rows.
+        let tower = crate::alexnet_plan().tower(1).unwrap();
+        let t = render(&tower);
+        assert!(t.kernels.iter().all(|k| k.role != Role::Loss));
+        assert!(t.kernels.iter().any(|k| k.role == Role::Dropout));
+        assert!(matches!(t.kernels.last().unwrap().role, Role::Sgd { .. }));
+        assert!(render(&crate::alexnet_plan())
+            .kernels
+            .iter()
+            .any(|k| k.role == Role::Loss));
     }
 }

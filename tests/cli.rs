@@ -437,7 +437,7 @@ fn train_split_into_towers_and_resume_unsplit() {
         "--images",
         "8",
     ]));
-    assert!(err.contains("is not split into towers"), "{err}");
+    assert!(err.contains("is not split into two towers"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 

@@ -144,8 +144,8 @@ fn the_half_precision_header_is_found() {
 }
 
 /// The two towers of a split network run their own kernels, generated for the tower's
-/// half shapes at run time (`Plan::tower`): every forward and training kernel of each
-/// tower of AlexNet and the small net compiles too, with no spills.
+/// half shapes at run time (`Plan::tower`): every forward, training and exchange kernel
+/// of each tower of AlexNet and the small net compiles too, with no spills.
 #[test]
 fn every_tower_kernel_compiles_without_spills() {
     if !nvrtc_or_skip() {
@@ -164,6 +164,20 @@ fn every_tower_kernel_compiles_without_spills() {
                 training.kernels.iter().map(|k| k.launch.clone()).collect();
             for row in check(&name, &training.source, &launches) {
                 println!("{name} training: {row}");
+            }
+            // The exchanges before the layers that read both towers: gather, pack, reduce.
+            let exchanges = alexnet_codegen::cuda_exchange::render(&tower);
+            assert!(!exchanges.is_empty());
+            for e in exchanges {
+                let launches: Vec<KernelLaunch> = [&e.gather, &e.pack, &e.reduce]
+                    .map(|f| KernelLaunch {
+                        name: f.clone().into(),
+                        ..e.launch.clone()
+                    })
+                    .into();
+                for row in check(&name, &e.source, &launches) {
+                    println!("{name} exchange: {row}");
+                }
             }
         }
     }

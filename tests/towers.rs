@@ -119,7 +119,7 @@ fn an_unsplit_network_has_no_towers() {
     let plan = alexnet::runtime::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
     let w = common::hash_weights(&plan, 1);
     let err = Towers::new(plan, w, two()).unwrap_err().to_string();
-    assert!(err.contains("is not split into towers"), "{err}");
+    assert!(err.contains("is not split into two towers"), "{err}");
     let plan = SmallNet::plan();
     let w = common::hash_weights(plan, 1);
     let err = Towers::new(plan.clone(), w, vec![Cpu::new()])
@@ -207,4 +207,72 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The CPU backend's exchanges follow the unsplit layout (the GPU's kernels are checked
+/// against the same definitions in tests/cuda_emulated.rs), and refuse a layer that reads
+/// only its own tower and buffers too short for the batch.
+#[test]
+fn cpu_exchanges_rearrange_the_unsplit_layout() {
+    use alexnet::runtime::Backend;
+    let plan = SmallNet::plan();
+    let cpu = Cpu::new();
+    let batch = 3;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for t in 0..2 {
+        let tower = plan.tower(t).unwrap();
+        let layer = (0..tower.layers.len()).find(|&l| tower.gathers(l)).unwrap();
+        let p = tower.layers[layer - 1].output.len();
+        let part = |v: &[f32], k: usize| -> Vec<f32> {
+            (0..batch)
+                .flat_map(|i| v[i * 2 * p + k * p..i * 2 * p + (k + 1) * p].to_vec())
+                .collect()
+        };
+        let whole = common::random(&mut rng, batch * 2 * p);
+        let mut got = vec![f32::NAN; whole.len()];
+        cpu.gather(
+            &tower,
+            layer,
+            batch,
+            &part(&whole, t),
+            &part(&whole, 1 - t),
+            &mut got,
+        )
+        .unwrap();
+        assert_eq!(got, whole, "tower {t}: gather");
+        let mut packed = vec![f32::NAN; batch * p];
+        cpu.pack_gradient(&tower, layer, batch, &whole, &mut packed)
+            .unwrap();
+        assert_eq!(packed, part(&whole, 1 - t), "tower {t}: pack");
+        let received = common::random(&mut rng, batch * p);
+        let mut dy = vec![f32::NAN; batch * p];
+        cpu.reduce_gradient(&tower, layer, batch, &whole, &received, &mut dy)
+            .unwrap();
+        let want: Vec<f32> = part(&whole, t)
+            .iter()
+            .zip(&received)
+            .map(|(a, b)| a + b)
+            .collect();
+        assert_eq!(dy, want, "tower {t}: reduce");
+
+        // A layer that reads its own tower has no exchange; a short buffer is refused.
+        let own = (1..tower.layers.len())
+            .find(|&l| !tower.gathers(l))
+            .unwrap();
+        let err = cpu
+            .pack_gradient(&tower, own, batch, &whole, &mut packed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a two-tower exchange"), "{err}");
+        let err = cpu
+            .pack_gradient(&tower, layer, batch + 1, &whole, &mut packed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dx holds"), "{err}");
+    }
+    let err = cpu
+        .gather(plan, 1, 1, &vec![], &vec![], &mut vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a two-tower exchange"), "{err}");
 }

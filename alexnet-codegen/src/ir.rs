@@ -442,6 +442,21 @@ impl Plan {
         })
     }
 
+    /// In one tower's plan ([`Plan::tower`]): whether `layer` reads every tower's output of
+    /// the layer before it, so that an exchange runs before it (forward) and after its
+    /// backward pass (its input gradient goes back to the towers). Such a layer's input is
+    /// the towers' outputs side by side: [`TowerOf::of`] times the previous layer's output.
+    /// Always false in a whole network's plan.
+    pub fn gathers(&self, layer: usize) -> bool {
+        match (self.tower, layer.checked_sub(1)) {
+            (Some(TowerOf { of, .. }), Some(prev)) => self
+                .layers
+                .get(layer)
+                .is_some_and(|l| l.input.len() == self.layers[prev].output.len() * of),
+            _ => false,
+        }
+    }
+
     /// The Philox counter from which dropout layer `layer` draws element `i` of a batch:
     /// `i` itself, or in a tower's plan the element's index in the whole network's layout
     /// (a tower holds an equal channel part of each image's dropout input).
@@ -656,6 +671,13 @@ mod tests {
         ));
         assert_eq!(at("fc6").input, Shape::new(256, 6, 6));
         assert_eq!(at("fc8").output, Shape::new(500, 1, 1));
+        // A tower gathers both towers' outputs where the whole network reads both.
+        let gathered: Vec<&str> = (0..t1.layers.len())
+            .filter(|&i| t1.gathers(i))
+            .map(|i| &*t1.layers[i].name)
+            .collect();
+        assert_eq!(gathered, ["conv3", "fc6", "fc7", "fc8"]);
+        assert!((0..plan.layers.len()).all(|i| !plan.gathers(i)));
         // Every parameter is split in two, rows by tower.
         assert_eq!(t1.param_count() * 2, plan.param_count());
         assert!(plan.tower(2).is_none() && flat.tower(0).is_none());

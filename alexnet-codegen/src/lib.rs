@@ -6,6 +6,7 @@
 pub mod ast;
 pub mod check;
 pub mod cuda;
+pub mod cuda_exchange;
 pub mod cuda_train;
 pub mod emit;
 pub mod ir;

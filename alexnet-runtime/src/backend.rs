@@ -126,6 +126,87 @@ pub trait Backend: Send + Sync + 'static {
         velocity: &mut [&mut Self::Buffer],
         grads: &[&Self::Buffer],
     ) -> Result<()>;
+
+    /// The forward exchange of a tower ([`crate::Towers`]) before `layer` of its plan
+    /// `plan`, a layer that reads both towers ([`Plan::gathers`]): writes `whole`, the
+    /// layer's input for `batch` images (the towers' outputs of the previous layer side
+    /// by side, tower 0's first), from this tower's output `own` and the other tower's
+    /// `other`. `other` may belong to another backend of the same kind (the other
+    /// tower's GPU); the copy is ordered after the work that wrote it, without waiting
+    /// for the whole device. The other tower must keep `other` until this tower's work
+    /// so far has finished ([`Backend::synchronize`]).
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        own: &Self::Buffer,
+        other: &Self::Buffer,
+        whole: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// The backward exchange after `layer` (as in [`Backend::gather`]), on the sending
+    /// tower: writes `packed`, the other tower's part of `dx` (the gradient of `layer`'s
+    /// whole input, `batch` images), contiguous, for the other tower's
+    /// [`Backend::reduce_gradient`].
+    fn pack_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &Self::Buffer,
+        packed: &mut Self::Buffer,
+    ) -> Result<()>;
+
+    /// The backward exchange after `layer`, on the receiving tower: writes `dy`, the
+    /// gradient of this tower's output of the previous layer, as this tower's part of its
+    /// own `dx` plus `received`, what the other tower packed for it (which may belong to
+    /// the other tower's backend, as in [`Backend::gather`]).
+    #[allow(clippy::too_many_arguments)]
+    fn reduce_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &Self::Buffer,
+        received: &Self::Buffer,
+        dy: &mut Self::Buffer,
+    ) -> Result<()>;
+}
+
+/// Checks that `layer` of `plan` gathers two towers ([`Plan::gathers`]) and that
+/// buffers of the given lengths (values, and whether each holds a part or the whole
+/// input) hold `batch` images, for backend `who`. Returns (this tower, values per image of
+/// a part).
+pub(crate) fn check_exchange(
+    who: &str,
+    plan: &Plan,
+    layer: usize,
+    batch: usize,
+    buffers: &[(&str, usize, bool)],
+) -> Result<(usize, usize)> {
+    let err = |m: String| crate::error::Error::Backend(format!("{who}: {m}"));
+    let tower = match plan.tower {
+        Some(t) if t.of == 2 && plan.gathers(layer) => t.index,
+        _ => {
+            return Err(err(format!(
+                "`{}` layer {layer} is not a two-tower exchange",
+                plan.name
+            )))
+        }
+    };
+    let part = plan.layers[layer - 1].output.len();
+    for &(what, len, whole) in buffers {
+        let want = batch * part * if whole { 2 } else { 1 };
+        if len < want {
+            return Err(err(format!(
+                "exchange before {}: {what} holds {len} values, {want} needed",
+                plan.layers[layer].name
+            )));
+        }
+    }
+    Ok((tower, part))
 }
 
 /// Checks the arguments of [`Backend::sgd_step`] for backend `who`: one parameter,

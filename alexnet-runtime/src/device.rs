@@ -272,4 +272,59 @@ impl Backend for Device {
             d.sgd_step(plan, sgd, lr_mults, &mut p, &mut v, &g)
         })
     }
+
+    fn gather(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        own: &DeviceBuffer,
+        other: &DeviceBuffer,
+        whole: &mut DeviceBuffer,
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| d.gather(
+            plan,
+            layer,
+            batch,
+            r(own)?,
+            r(other)?,
+            m(whole)?
+        ))
+    }
+
+    fn pack_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &DeviceBuffer,
+        packed: &mut DeviceBuffer,
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| d.pack_gradient(
+            plan,
+            layer,
+            batch,
+            r(dx)?,
+            m(packed)?
+        ))
+    }
+
+    fn reduce_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &DeviceBuffer,
+        received: &DeviceBuffer,
+        dy: &mut DeviceBuffer,
+    ) -> Result<()> {
+        on_device!(self, |d, r, m| d.reduce_gradient(
+            plan,
+            layer,
+            batch,
+            r(dx)?,
+            r(received)?,
+            m(dy)?
+        ))
+    }
 }

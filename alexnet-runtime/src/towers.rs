@@ -8,10 +8,17 @@
 //!
 //! Placement is the caller's choice of backends, one per tower: two [`Cpu`] backends (two
 //! workers), two GPUs (`Device::parse("cuda:0")`, `Device::parse("cuda:1")`), or two
-//! [`crate::Cuda`] backends on the same GPU, each with its own stream, module and memory,
-//! so the same code path runs on a machine with one GPU. Exchanges are staged through the
-//! host: each tower downloads its part, the parts are joined, and each tower uploads what
-//! it reads; the towers' compute between exchanges overlaps.
+//! [`crate::Cuda`] backends on the same GPU, each with its own stream, modules and memory,
+//! so the same code path runs on a machine with one GPU. The host thread of each tower
+//! only enqueues work: at an exchange each tower gathers the other tower's output into its
+//! own memory ([`Backend::gather`]; the backward pass packs and sums the gradients with
+//! [`Backend::pack_gradient`] and [`Backend::reduce_gradient`]). On two GPUs that is a peer
+//! copy on the receiving tower's stream that waits for an event of the sending tower's
+//! stream; on one GPU the receiving tower's kernel reads the other tower's buffer
+//! directly, after waiting for the event of the kernel that wrote it. Neither device is
+//! synchronised until the logits are read back, so each tower's compute goes on while
+//! the other's exchange runs. Buffers a tower read from the other are kept until both
+//! towers have finished the pass.
 //!
 //! tests/towers.rs checks that split and unsplit agree, forward and backward.
 
@@ -91,9 +98,12 @@ impl<B: Backend + Sync> Towers<B> {
         let towers: Vec<Plan> = (0..plan.split)
             .map(|t| plan.tower(t))
             .collect::<Option<_>>()
-            .filter(|v: &Vec<Plan>| v.len() > 1)
+            .filter(|v: &Vec<Plan>| v.len() == 2)
             .ok_or_else(|| {
-                Error::Invalid(format!("network `{}` is not split into towers", plan.name))
+                Error::Invalid(format!(
+                    "network `{}` is not split into two towers (`split 2`)",
+                    plan.name
+                ))
             })?;
         if backends.len() != towers.len() {
             return Err(Error::Invalid(format!(
@@ -126,9 +136,10 @@ impl<B: Backend + Sync> Towers<B> {
         &self.plan
     }
 
-    /// The wall time spent exchanging activations and gradients between the towers since
-    /// the last call (the towers wait for it: exchanges are staged through the host and
-    /// not overlapped with compute), and resets it.
+    /// The host's wall time in exchanges since the last call, and resets it. On the CPU
+    /// this is the time the exchanges take (the towers wait for them); on GPUs only the
+    /// time to enqueue them, since the copies run on the towers' streams, ordered by
+    /// events, while the host goes on.
     pub fn take_exchange_time(&self) -> Duration {
         Duration::from_nanos(self.exchange_ns.swap(0, Ordering::Relaxed))
     }
@@ -194,19 +205,57 @@ impl<B: Backend + Sync> Towers<B> {
         }
     }
 
-    /// The forward exchange before `layer`: every tower's output of the previous layer,
-    /// joined per image in tower order, uploaded to every tower.
+    /// The forward exchange before `layer`: each tower gathers its own output of the
+    /// previous layer and the other tower's into the layer's whole input, on its backend
+    /// ([`Backend::gather`]: on GPUs a peer copy ordered by an event, or a direct read on
+    /// the same GPU). The other tower's output must outlive this tower's work (the tape
+    /// keeps it until the pass has finished, see [`Towers::settle`]).
     fn exchange(&self, layer: usize, outs: &[B::Buffer], n: usize) -> Result<Vec<B::Buffer>> {
-        let lens: Vec<usize> = self
-            .towers
-            .iter()
-            .map(|p| p.layers[layer - 1].output.len())
-            .collect();
         self.timed(|| {
-            let parts = self.each(|t| self.backends[t].download_prefix(&outs[t], n * lens[t]))?;
-            let all = gather(&parts, &lens, n);
-            self.each(|t| self.backends[t].upload(&all))
+            self.each(|t| {
+                let (b, tp) = (&self.backends[t], &self.towers[t]);
+                let mut whole = b.alloc(n * tp.layers[layer].input.len())?;
+                b.gather(tp, layer, n, &outs[t], &outs[1 - t], &mut whole)?;
+                Ok(whole)
+            })
         })
+    }
+
+    /// The backward exchange after `layer`: from each tower's gradient of the layer's
+    /// whole input, each tower's gradient of its own output of the previous layer (its
+    /// part of its own gradient plus the part the other tower packed for it). The packed
+    /// parts are kept in `sent` until the pass has finished.
+    fn exchange_back(
+        &self,
+        layer: usize,
+        dxs: &[B::Buffer],
+        n: usize,
+        sent: &mut Vec<B::Buffer>,
+    ) -> Result<Vec<B::Buffer>> {
+        self.timed(|| {
+            let part = |t: usize| n * self.towers[t].layers[layer - 1].output.len();
+            let packed = self.each(|t| {
+                let (b, tp) = (&self.backends[t], &self.towers[t]);
+                let mut p = b.alloc(part(t))?;
+                b.pack_gradient(tp, layer, n, &dxs[t], &mut p)?;
+                Ok(p)
+            })?;
+            let dys = self.each(|t| {
+                let (b, tp) = (&self.backends[t], &self.towers[t]);
+                let mut dy = b.alloc(part(t))?;
+                b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
+                Ok(dy)
+            })?;
+            sent.extend(packed);
+            Ok(dys)
+        })
+    }
+
+    /// Waits for every tower's work, so that the buffers a tower read from the other
+    /// tower may be freed (a backend orders a buffer's release after its own work, not
+    /// after the other tower's reads).
+    fn settle(&self) -> Result<()> {
+        self.each(|t| self.backends[t].synchronize()).map(|_| ())
     }
 
     /// Runs the towers through every stage. With `mask` (training), dropout is applied
@@ -217,6 +266,7 @@ impl<B: Backend + Sync> Towers<B> {
             inputs: self.inputs(x, n)?,
             outputs: Vec::new(),
             exchanged: Vec::new(),
+            read_by_other: Vec::new(),
         };
         for st in &self.towers[0].stages() {
             let is_dropout = matches!(self.plan.layers[st.layer].op, Op::Dropout { .. });
@@ -244,7 +294,11 @@ impl<B: Backend + Sync> Towers<B> {
                 Ok(y)
             })?;
             if mask.is_none() {
-                tape.outputs.clear();
+                // Inference keeps only the last outputs, and those the other tower read.
+                let old = std::mem::take(&mut tape.outputs);
+                if exchanged.is_some() {
+                    tape.read_by_other.extend(old.into_iter().flatten());
+                }
                 tape.exchanged.clear();
             }
             tape.outputs.push(new);
@@ -491,6 +545,7 @@ impl<B: Backend + Sync> Towers<B> {
                 Some(o)
             })
             .collect();
+        let mut sent = Vec::new();
         for (i, st) in stages.iter().enumerate().skip(first).rev() {
             let layer = st.layer;
             let want_dx = i > first;
@@ -556,25 +611,14 @@ impl<B: Backend + Sync> Towers<B> {
             dys = match self.plan.tower_input(layer) {
                 // Every tower read all of the input: each tower's part of the gradient is
                 // the sum of what the towers send back (the backward exchange).
-                Some(TowerInput::BothTowers) => {
-                    let full = self.plan.layers[layer].input.len();
-                    self.timed(|| {
-                        let host =
-                            self.each(|t| self.backends[t].download_prefix(&dxs[t], n * full))?;
-                        self.each(|t| {
-                            let mut acc = part(&host[0], n, full, s, t);
-                            for d in &host[1..] {
-                                for (a, b) in acc.iter_mut().zip(part(d, n, full, s, t)) {
-                                    *a += b;
-                                }
-                            }
-                            self.backends[t].upload(&acc)
-                        })
-                    })?
-                }
+                Some(TowerInput::BothTowers) => self.exchange_back(layer, &dxs, n, &mut sent)?,
                 _ => dxs,
             };
         }
+        // The packed gradients and the tape's exchanged outputs may be freed once both
+        // towers are done with them.
+        self.settle()?;
+        drop((tape, sent));
         let grads = grads
             .into_iter()
             .enumerate()
@@ -598,6 +642,9 @@ struct Tape<Buf> {
     inputs: Vec<Buf>,
     outputs: Vec<Vec<Buf>>,
     exchanged: Vec<Option<Vec<Buf>>>,
+    /// At inference: earlier outputs that a tower read from the other, kept until the
+    /// pass has finished.
+    read_by_other: Vec<Buf>,
 }
 
 /// Training split into towers: [`Towers`] with the run's schedule, learning rate, notes and

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::cache;
 use super::train::LoadedTraining;
-use crate::backend::Backend;
+use crate::backend::{check_exchange, Backend};
 use crate::error::{Error, Result};
 use crate::ir::{KernelLaunch, Op, Plan, Stage};
 use crate::optim::Sgd;
@@ -64,6 +64,9 @@ pub(super) type TrainingPlan = (Plan, Arc<LoadedTraining>);
 struct Loaded {
     /// By layer index: the launch geometry and the function.
     kernels: HashMap<usize, (KernelLaunch, CudaFunction)>,
+    /// In a tower's plan, by the layer they feed: the exchanges' geometry and their
+    /// gather, pack and reduce functions.
+    exchanges: HashMap<usize, (KernelLaunch, [CudaFunction; 3])>,
     _modules: Vec<Arc<CudaModule>>,
 }
 
@@ -150,21 +153,38 @@ impl Cuda {
             return Ok(l.clone());
         }
         let cuda = alexnet_codegen::cuda::render(plan);
-        let units: Vec<(&str, &str)> = cuda
+        let exchanges = alexnet_codegen::cuda_exchange::render(plan);
+        let mut units: Vec<(&str, &str)> = cuda
             .kernel_sources
             .iter()
             .zip(&cuda.kernels)
             .map(|(src, k)| (src.as_str(), k.name.as_ref()))
             .collect();
-        let functions = self.compile_and_load(&units)?;
+        for e in &exchanges {
+            for f in [&e.gather, &e.pack, &e.reduce] {
+                units.push((&e.source, f));
+            }
+        }
+        let mut functions = self.compile_and_load(&units)?.into_iter();
         let mut kernels = HashMap::new();
         let mut modules = Vec::new();
-        for (k, (module, f)) in cuda.kernels.into_iter().zip(functions) {
+        for (k, (module, f)) in cuda.kernels.into_iter().zip(functions.by_ref()) {
             modules.push(module);
             kernels.insert(k.layer, (k, f));
         }
+        let mut exchange_fns = HashMap::new();
+        for e in exchanges {
+            let mut fs = functions.by_ref().take(3).map(|(m, f)| {
+                modules.push(m);
+                f
+            });
+            if let (Some(g), Some(p), Some(r)) = (fs.next(), fs.next(), fs.next()) {
+                exchange_fns.insert(e.layer, (e.launch, [g, p, r]));
+            }
+        }
         let loaded = Arc::new(Loaded {
             kernels,
+            exchanges: exchange_fns,
             _modules: modules,
         });
         entry.push((plan.clone(), loaded.clone()));
@@ -208,6 +228,67 @@ impl Cuda {
                 Ok((module, f))
             })
             .collect()
+    }
+}
+
+impl Cuda {
+    /// The first `len` values of `buf`, a buffer of another context (the other tower's
+    /// GPU), copied into this one: a peer copy on this stream, which waits for an event
+    /// recorded on the source's stream (cudarc's `memcpy_dtod` across contexts). `None`
+    /// when `buf` is in this context already (a tower on the same GPU), where kernels read
+    /// it directly, ordered by its write event.
+    fn peer_copy(&self, buf: &CudaSlice<f32>, len: usize) -> Result<Option<CudaSlice<f32>>> {
+        if buf.stream().context().cu_ctx() == self.ctx.cu_ctx() {
+            return Ok(None);
+        }
+        let mut local = self.alloc(len)?;
+        self.stream
+            .memcpy_dtod(&buf.slice(..len), &mut local)
+            .map_err(driver_err("peer copy"))?;
+        Ok(Some(local))
+    }
+
+    /// Launches function `which` (0 gather, 1 pack, 2 reduce) of the exchange before
+    /// `layer` of `plan` on `batch` images, with the kernel's inputs and output in the
+    /// order of `kernels_templates/exchange.cu`, all checked by the caller
+    /// ([`check_exchange`]).
+    fn launch_exchange(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        which: usize,
+        inputs: &[&CudaSlice<f32>],
+        output: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let loaded = self.loaded(plan)?;
+        let (launch, fs) = loaded.exchanges.get(&layer).ok_or_else(|| {
+            Error::Backend(format!(
+                "cuda: no exchange kernels before layer {layer} of {}",
+                plan.name
+            ))
+        })?;
+        let batch_i32 = batch_i32(plan, layer, batch)?;
+        let [gx, gy, gz] = launch.grid(batch);
+        let cfg = LaunchConfig {
+            grid_dim: (gx, gy, gz),
+            block_dim: (launch.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut args = self.stream.launch_builder(&fs[which]);
+        for x in inputs {
+            args.arg(*x);
+        }
+        args.arg(output).arg(&batch_i32);
+        // SAFETY: the pointers pushed match the kernel's parameters in
+        // kernels_templates/exchange.cu (gather: own, other, whole; pack: dx, packed;
+        // reduce: dx, received, dy; then the batch as an int); `check_exchange` checked
+        // that each buffer holds the batch's part or whole input; every buffer is in this
+        // context (the other tower's were peer-copied here when not); the grid covers
+        // batch x part threads, which the kernels bound; 32-bit indices do not overflow
+        // (checked by `batch_i32`, the whole input being the layer's input).
+        unsafe { args.launch(cfg) }.map_err(driver_err(format!("launching {}", launch.name)))?;
+        Ok(())
     }
 }
 
@@ -304,6 +385,71 @@ impl Backend for Cuda {
         grads: &[&CudaSlice<f32>],
     ) -> Result<()> {
         self.sgd_step_cuda(plan, sgd, lr_mults, params, velocity, grads)
+    }
+
+    fn gather(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        own: &CudaSlice<f32>,
+        other: &CudaSlice<f32>,
+        whole: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let bufs = [
+            ("own", own.len(), false),
+            ("other", other.len(), false),
+            ("whole", whole.len(), true),
+        ];
+        let (_, part) = check_exchange("cuda", plan, layer, batch, &bufs)?;
+        let staged;
+        let other = match self.peer_copy(other, batch * part)? {
+            Some(s) => {
+                staged = s;
+                &staged
+            }
+            None => other,
+        };
+        self.launch_exchange(plan, layer, batch, 0, &[own, other], whole)
+    }
+
+    fn pack_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &CudaSlice<f32>,
+        packed: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let bufs = [("dx", dx.len(), true), ("packed", packed.len(), false)];
+        check_exchange("cuda", plan, layer, batch, &bufs)?;
+        self.launch_exchange(plan, layer, batch, 1, &[dx], packed)
+    }
+
+    fn reduce_gradient(
+        &self,
+        plan: &Plan,
+        layer: usize,
+        batch: usize,
+        dx: &CudaSlice<f32>,
+        received: &CudaSlice<f32>,
+        dy: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let bufs = [
+            ("dx", dx.len(), true),
+            ("received", received.len(), false),
+            ("dy", dy.len(), false),
+        ];
+        let (_, part) = check_exchange("cuda", plan, layer, batch, &bufs)?;
+        let staged;
+        let received = match self.peer_copy(received, batch * part)? {
+            Some(s) => {
+                staged = s;
+                &staged
+            }
+            None => received,
+        };
+        self.launch_exchange(plan, layer, batch, 2, &[dx, received], dy)
     }
 
     fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {

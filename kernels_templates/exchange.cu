@@ -1,0 +1,38 @@
+// {{NAME}}_*: the exchanges of tower {{TOWER}} (of 2) around `{{LAYER}}` ({{DESC}}), a layer
+// that reads both towers. Each tower holds PART values per image of the layer's input; the
+// whole input is 2 * PART values per image, tower 0's part first. The other tower's buffers
+// arrive by a peer copy (ordered by an event) into a buffer of this tower, so every pointer
+// below is this tower's memory.
+// - gather (forward): the whole input from this tower's part and the other tower's.
+// - pack (backward, sending): the other tower's part of this tower's input gradient dx,
+//   made contiguous for the peer copy.
+// - reduce (backward, receiving): this tower's output gradient, its part of its own dx
+//   plus the part the other tower packed. (Two terms: the order of the sum does not matter.)
+// One thread per element of a part; grid x = ceil(batch * PART / {{THREADS}}).
+extern "C" __global__ void __launch_bounds__({{THREADS}})
+{{NAME}}_gather(const float* __restrict__ own, const float* __restrict__ other,
+                float* __restrict__ whole, int batch) {
+    constexpr int PART = {{PART}}, TOWER = {{TOWER}};
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * PART) return;
+    float* w = whole + (i / PART) * (2 * PART) + i % PART;
+    w[TOWER * PART] = own[i];
+    w[(1 - TOWER) * PART] = other[i];
+}
+
+extern "C" __global__ void __launch_bounds__({{THREADS}})
+{{NAME}}_pack(const float* __restrict__ dx, float* __restrict__ packed, int batch) {
+    constexpr int PART = {{PART}}, TOWER = {{TOWER}};
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * PART) return;
+    packed[i] = dx[(i / PART) * (2 * PART) + (1 - TOWER) * PART + i % PART];
+}
+
+extern "C" __global__ void __launch_bounds__({{THREADS}})
+{{NAME}}_reduce(const float* __restrict__ dx, const float* __restrict__ received,
+                float* __restrict__ dy, int batch) {
+    constexpr int PART = {{PART}}, TOWER = {{TOWER}};
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * PART) return;
+    dy[i] = dx[(i / PART) * (2 * PART) + TOWER * PART + i % PART] + received[i];
+}

@@ -1,8 +1,9 @@
 //! The paper's AlexNet split into its two towers against the unsplit network: a training
 //! step and a forward pass, on the CPU (two CPU backends, batch 8; on a machine with a
 //! GPU only when `ALEXNET_TOWERS_CPU` is set), and on the GPU when there is one (two streams of GPU 0, and GPUs 0 and 1 when there are two; batch 128).
-//! After each split benchmark it prints the bytes exchanged per batch and the share of
-//! the time spent exchanging.
+//! After each placement it prints how the towers reach each other, the bytes exchanged per
+//! batch, the exchanges' time alone, and how much of it the towers' compute hides (the
+//! split run against the same run with the exchanges left out).
 //!
 //! `cargo bench --bench towers`; results go to docs/benchmarks.md.
 
@@ -18,6 +19,12 @@ fn input(n: usize) -> (Tensor, Vec<u32>) {
         .collect();
     let labels = (0..n as u32).map(|i| (i * 37) % 1000).collect();
     (Tensor::new(vec![n, 3, 227, 227], x).expect("input"), labels)
+}
+
+/// The median of `v` (milliseconds).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn compare<B: Backend + Sync>(
@@ -44,42 +51,66 @@ fn compare<B: Backend + Sync>(
     drop(trainer);
     for (name, backends) in towers {
         let mut t = Towers::new(plan.clone(), w.clone(), backends).expect("towers");
+        for link in t.links() {
+            println!("  {name}: {link}");
+        }
         let bytes = t.exchange_bytes_per_image() * batch;
-        t.take_exchange_time();
-        let mut runs = 0u32;
-        let t0 = std::time::Instant::now();
         g.bench_function(format!("split_{name}_forward"), |b| {
-            b.iter(|| {
-                runs += 1;
-                t.forward(&x).expect("forward")
-            })
+            b.iter(|| t.forward(&x).expect("forward"))
         });
-        let share = t.take_exchange_time().as_secs_f64() / t0.elapsed().as_secs_f64();
-        println!(
-            "  {name} forward: {:.1} MB exchanged per batch; {:.1}% of the time in exchanges ({runs} runs)",
-            bytes as f64 / 1e6,
-            100.0 * share
-        );
         let mut step = 0;
         let mults = vec![1.0; plan.params().len()];
-        let t0 = std::time::Instant::now();
+        let mask = |step| alexnet::runtime::philox::DropoutMask {
+            seed: config.seed,
+            step,
+        };
         g.bench_function(format!("split_{name}_train_step"), |b| {
             b.iter(|| {
                 step += 1;
-                let mask = alexnet::runtime::philox::DropoutMask {
-                    seed: config.seed,
-                    step,
-                };
-                t.train_step(&x, &labels, config.sgd, &mults, mask)
+                t.train_step(&x, &labels, config.sgd, &mults, mask(step))
                     .expect("step")
             })
         });
-        let share = t.take_exchange_time().as_secs_f64() / t0.elapsed().as_secs_f64();
-        println!(
-            "  {name} train step: {:.1} MB exchanged per batch (both ways); {:.1}% of the time in exchanges",
-            2.0 * bytes as f64 / 1e6,
-            100.0 * share
-        );
+        // How much of the exchanges the towers' compute hides: the exchanges alone, and
+        // the split run with and without them (learning rate 0, so the weights stay put
+        // while the exchanges are skipped).
+        // Runs with and without the exchanges alternate, and medians are compared, so
+        // that a drift of the machine's speed hits both alike.
+        let frozen = vec![0.0; plan.params().len()];
+        let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+        for i in 0..22 {
+            let skip = i % 2 == 1;
+            t.skip_exchanges_for_timing(skip);
+            let t0 = std::time::Instant::now();
+            t.forward(&x).expect("forward");
+            let t1 = std::time::Instant::now();
+            t.train_step(&x, &labels, config.sgd, &frozen, mask(0))
+                .expect("step");
+            if i >= 2 {
+                times[0][usize::from(skip)].push((t1 - t0).as_secs_f64() * 1e3);
+                times[1][usize::from(skip)].push(t1.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        t.skip_exchanges_for_timing(false);
+        let [[with_f, without_f], [with_s, without_s]] = times.map(|p| p.map(median));
+        let alone = |backward| {
+            let runs = (0..11).map(|_| t.time_exchanges(batch, backward).expect("exchanges"));
+            median(runs.skip(1).map(|d| d.as_secs_f64() * 1e3).collect())
+        };
+        let (alone_f, alone_s) = (alone(false), alone(true));
+        for (what, mb, with, without, alone) in [
+            ("forward", bytes, with_f, without_f, alone_f),
+            ("train step", 2 * bytes, with_s, without_s, alone_s),
+        ] {
+            let exposed = (with - without).max(0.0);
+            println!(
+                "  {name} {what}: {:.1} MB exchanged per batch; exchanges alone {alone:.2} ms; \
+                 split {with:.2} ms, without exchanges {without:.2} ms: {exposed:.2} ms exposed, \
+                 {:.0}% hidden",
+                mb as f64 / 1e6,
+                100.0 * (1.0 - exposed / alone).clamp(0.0, 1.0)
+            );
+        }
     }
     g.finish();
 }

@@ -127,6 +127,14 @@ pub trait Backend: Send + Sync + 'static {
         grads: &[&Self::Buffer],
     ) -> Result<()>;
 
+    /// Readies this backend to read `other`'s buffers in the exchanges of
+    /// [`crate::Towers`], and says how they travel, e.g. `same memory` or `peer access`.
+    /// CUDA turns on peer access between two GPUs where the hardware allows it.
+    fn connect(&self, other: &Self) -> Result<String> {
+        let _ = other;
+        Ok("same memory".into())
+    }
+
     /// The forward exchange of a tower ([`crate::Towers`]) before `layer` of its plan
     /// `plan`, a layer that reads both towers ([`Plan::gathers`]): writes `whole`, the
     /// layer's input for `batch` images (the towers' outputs of the previous layer side

@@ -273,6 +273,16 @@ impl Backend for Device {
         })
     }
 
+    fn connect(&self, other: &Device) -> Result<String> {
+        match (self, other) {
+            (Device::Cpu(a), Device::Cpu(b)) => a.connect(b),
+            (Device::Cuda(a), Device::Cuda(b)) => a.connect(b),
+            _ => Err(Error::Invalid(
+                "the towers must run on the same kind of device (cpu or cuda)".into(),
+            )),
+        }
+    }
+
     fn gather(
         &self,
         plan: &Plan,

@@ -49,8 +49,12 @@ pub struct Towers<B: Backend> {
     velocity: Vec<Vec<B::Buffer>>,
     /// The host, for the final softmax over the gathered logits.
     host: Cpu,
-    /// Wall time spent in exchanges (downloads, joins, uploads), in nanoseconds.
+    /// The host's wall time in exchanges, in nanoseconds (see [`Towers::take_exchange_time`]).
     exchange_ns: AtomicU64,
+    /// How each tower reads the other's buffers ([`Backend::connect`]).
+    links: Vec<String>,
+    /// See [`Towers::skip_exchanges_for_timing`].
+    skip_exchanges: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for Towers<B> {
@@ -114,6 +118,9 @@ impl<B: Backend + Sync> Towers<B> {
             )));
         }
         let ordered = weights::match_plan(&plan, tensors, None)?;
+        let links = (0..2)
+            .map(|t| backends[t].connect(&backends[1 - t]))
+            .collect::<Result<Vec<_>>>()?;
         towers
             .par_iter()
             .zip(&backends)
@@ -127,6 +134,8 @@ impl<B: Backend + Sync> Towers<B> {
             velocity: Vec::new(),
             host: Cpu::new(),
             exchange_ns: AtomicU64::new(0),
+            links,
+            skip_exchanges: false,
         };
         t.params = t.split_rows(&ordered)?;
         Ok(t)
@@ -156,6 +165,12 @@ impl<B: Backend + Sync> Towers<B> {
         let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.exchange_ns.fetch_add(ns, Ordering::Relaxed);
         r
+    }
+
+    /// How each tower reads the other's buffers, in tower order (e.g. `cuda:1 from
+    /// cuda:0: peer access`).
+    pub fn links(&self) -> &[String] {
+        &self.links
     }
 
     /// The towers' backends, in tower order.
@@ -215,10 +230,49 @@ impl<B: Backend + Sync> Towers<B> {
             self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let mut whole = b.alloc(n * tp.layers[layer].input.len())?;
-                b.gather(tp, layer, n, &outs[t], &outs[1 - t], &mut whole)?;
+                if !self.skip_exchanges {
+                    b.gather(tp, layer, n, &outs[t], &outs[1 - t], &mut whole)?;
+                }
                 Ok(whole)
             })
         })
+    }
+
+    /// For benchmarks only: with `skip`, exchanges are left out (each tower goes on with
+    /// unwritten inputs, so results are wrong), which gives the towers' compute time; the
+    /// difference to a normal run is the exchanges' cost that compute did not hide.
+    #[doc(hidden)]
+    pub fn skip_exchanges_for_timing(&mut self, skip: bool) {
+        self.skip_exchanges = skip;
+    }
+
+    /// For benchmarks: the exchanges of one forward pass (and with `backward` those of
+    /// the backward pass too) on `batch` images, run alone on zero buffers, until both
+    /// towers have finished.
+    pub fn time_exchanges(&self, batch: usize, backward: bool) -> Result<Duration> {
+        let layers: Vec<usize> = (0..self.towers[0].layers.len())
+            .filter(|&l| self.towers[0].gathers(l))
+            .collect();
+        let zeros = |len: usize| self.each(|t| self.backends[t].upload(&vec![0.0; len]));
+        let bufs = layers
+            .iter()
+            .map(|&l| {
+                let part = batch * self.towers[0].layers[l - 1].output.len();
+                Ok((zeros(part)?, zeros(2 * part)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.settle()?;
+        let t0 = Instant::now();
+        let mut sent = Vec::new();
+        let mut kept = Vec::new();
+        for (&l, (parts, wholes)) in layers.iter().zip(&bufs) {
+            kept.push(self.exchange(l, parts, batch)?);
+            if backward {
+                kept.push(self.exchange_back(l, wholes, batch, &mut sent)?);
+            }
+        }
+        self.settle()?;
+        Ok(t0.elapsed())
     }
 
     /// The backward exchange after `layer`: from each tower's gradient of the layer's
@@ -237,13 +291,17 @@ impl<B: Backend + Sync> Towers<B> {
             let packed = self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let mut p = b.alloc(part(t))?;
-                b.pack_gradient(tp, layer, n, &dxs[t], &mut p)?;
+                if !self.skip_exchanges {
+                    b.pack_gradient(tp, layer, n, &dxs[t], &mut p)?;
+                }
                 Ok(p)
             })?;
             let dys = self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let mut dy = b.alloc(part(t))?;
-                b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
+                if !self.skip_exchanges {
+                    b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
+                }
                 Ok(dy)
             })?;
             sent.extend(packed);

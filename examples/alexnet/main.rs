@@ -357,11 +357,9 @@ fn bench(
                 .map(|d| Device::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let w = alexnet::runtime::weights::paper_init(plan, 0);
-            Some(alexnet::runtime::towers::Towers::new(
-                plan.clone(),
-                w,
-                backends,
-            )?)
+            let t = alexnet::runtime::towers::Towers::new(plan.clone(), w, backends)?;
+            println!("towers: {}", t.links().join("; "));
+            Some(t)
         }
         None => None,
     };
@@ -416,22 +414,22 @@ fn bench(
             let unsplit = total;
             t.forward(&x)?;
             let mut totals = Vec::with_capacity(runs);
-            t.take_exchange_time();
+            let mut alone = Vec::with_capacity(runs);
             for _ in 0..runs.max(1) {
                 let t0 = Instant::now();
                 t.forward(&x)?;
                 totals.push(t0.elapsed().as_secs_f64());
+                alone.push(t.time_exchanges(n, false)?.as_secs_f64());
             }
-            let exchange = t.take_exchange_time().as_secs_f64() / runs.max(1) as f64;
             let total = median(&mut totals);
             let names: Vec<String> = t.backends().iter().map(|b| b.name()).collect();
             println!(
-                "  split into towers on [{}]: {:8.2} ms per batch ({:+.1}% against unsplit), {:.2} ms of it exchanging {:.1} MB",
+                "  split into towers on [{}]: {:8.2} ms per batch ({:+.1}% against unsplit); its exchanges ({:.1} MB) take {:.2} ms alone",
                 names.join("; "),
                 total * 1e3,
                 100.0 * (total / unsplit - 1.0),
-                exchange * 1e3,
-                (t.exchange_bytes_per_image() * n) as f64 / 1e6
+                (t.exchange_bytes_per_image() * n) as f64 / 1e6,
+                median(&mut alone) * 1e3
             );
         }
     }

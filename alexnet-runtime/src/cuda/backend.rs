@@ -387,6 +387,41 @@ impl Backend for Cuda {
         self.sgd_step_cuda(plan, sgd, lr_mults, params, velocity, grads)
     }
 
+    /// Two `Cuda`s of one GPU share its context: kernels read each other's buffers. On
+    /// two GPUs, peer access is turned on where the hardware allows it; elsewhere (or if
+    /// turning it on fails) the driver stages the peer copies through the host.
+    fn connect(&self, other: &Cuda) -> Result<String> {
+        if self.ctx.cu_ctx() == other.ctx.cu_ctx() {
+            return Ok(format!("cuda:{}, one context: direct reads", self.ordinal));
+        }
+        let route = format!("cuda:{} from cuda:{}", self.ordinal, other.ordinal);
+        let mut can = 0;
+        // SAFETY: a query about two device handles that cudarc obtained from the driver;
+        // `can` is a valid place for its answer.
+        let asked = unsafe {
+            cudarc::driver::sys::cuDeviceCanAccessPeer(
+                &mut can,
+                self.ctx.cu_device(),
+                other.ctx.cu_device(),
+            )
+        }
+        .result();
+        if asked.is_err() || can == 0 {
+            return Ok(format!("{route}: peer copies staged by the driver"));
+        }
+        self.ctx.bind_to_thread().map_err(driver_err("context"))?;
+        // SAFETY: this context is current on this thread (bound above) and `other`'s
+        // context is alive (held by `other`); flags must be 0.
+        let enabled = unsafe { cudarc::driver::sys::cuCtxEnablePeerAccess(other.ctx.cu_ctx(), 0) };
+        use cudarc::driver::sys::cudaError_enum as E;
+        Ok(match enabled {
+            E::CUDA_SUCCESS | E::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
+                format!("{route}: peer access")
+            }
+            e => format!("{route}: peer copies staged by the driver (peer access: {e:?})"),
+        })
+    }
+
     fn gather(
         &self,
         plan: &Plan,

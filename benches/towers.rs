@@ -72,10 +72,18 @@ fn compare<B: Backend + Sync>(
             })
         });
         // How much of the exchanges the towers' compute hides: the exchanges alone, and
-        // the split run with and without them (learning rate 0, so the weights stay put
-        // while the exchanges are skipped).
-        // Runs with and without the exchanges alternate, and medians are compared, so
-        // that a drift of the machine's speed hits both alike.
+        // the split run with and without them. Runs with and without alternate, and
+        // medians are compared, so that a drift of the machine's speed hits both alike.
+        // The momentum is reset and the learning rate is 0, so the weights stay put
+        // while the exchanges are skipped.
+        let zeros = weights::kaiming_init(&plan, 0)
+            .into_iter()
+            .map(|mut w| {
+                w.data.fill(0.0);
+                w
+            })
+            .collect();
+        t.set_velocity(zeros).expect("momentum");
         let frozen = vec![0.0; plan.params().len()];
         let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
         for i in 0..22 {
@@ -91,19 +99,28 @@ fn compare<B: Backend + Sync>(
                 times[1][usize::from(skip)].push(t1.elapsed().as_secs_f64() * 1e3);
             }
         }
-        t.skip_exchanges_for_timing(false);
-        let [[with_f, without_f], [with_s, without_s]] = times.map(|p| p.map(median));
-        let alone = |backward| {
-            let runs = (0..11).map(|_| t.time_exchanges(batch, backward).expect("exchanges"));
-            median(runs.skip(1).map(|d| d.as_secs_f64() * 1e3).collect())
+        // The exchanges alone: their time less that of the same calls skipped (which
+        // still allocate the exchanges' output buffers, as the skipped runs above do).
+        let mut alone = |backward| {
+            let mut run = |skip| {
+                t.skip_exchanges_for_timing(skip);
+                let runs = (0..11).map(|_| t.time_exchanges(batch, backward).expect("exchanges"));
+                median(runs.skip(1).map(|d| d.as_secs_f64() * 1e3).collect())
+            };
+            let (full, skipped) = (run(false), run(true));
+            t.skip_exchanges_for_timing(false);
+            (full - skipped).max(0.0)
         };
         let (alone_f, alone_s) = (alone(false), alone(true));
+        let [[with_f, without_f], [with_s, without_s]] = times.map(|p| p.map(median));
         for (what, mb, with, without, alone) in [
             ("forward", bytes, with_f, without_f, alone_f),
             ("train step", 2 * bytes, with_s, without_s, alone_s),
         ] {
             let exposed = with - without;
-            let hidden = if exposed < 0.0 {
+            let hidden = if alone <= 0.0 {
+                "the exchanges were too fast to time".to_string()
+            } else if exposed < 0.0 {
                 "the split was not slower with them: their cost is below this machine's noise"
                     .to_string()
             } else {

@@ -1,8 +1,9 @@
 // {{NAME}}_*: the exchanges of tower {{TOWER}} (of 2) around `{{LAYER}}` ({{DESC}}), a layer
 // that reads both towers. Each tower holds PART values per image of the layer's input; the
-// whole input is 2 * PART values per image, tower 0's part first. The other tower's buffers
-// arrive by a peer copy (ordered by an event) into a buffer of this tower, so every pointer
-// below is this tower's memory.
+// whole input is 2 * PART values per image, tower 0's part first. The other tower's buffer
+// (`other`, `received`) is read in place when both towers share a GPU's context, or is
+// first peer-copied into this tower's memory (two GPUs); either way after an event of the
+// stream that wrote it.
 // - gather (forward): the whole input from this tower's part and the other tower's.
 // - pack (backward, sending): the other tower's part of this tower's input gradient dx,
 //   made contiguous for the peer copy.

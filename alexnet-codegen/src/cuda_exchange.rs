@@ -2,8 +2,8 @@
 //! reads both towers ([`Plan::gathers`]), the forward pass gathers the towers' outputs into
 //! the layer's whole input, and the backward pass sends each tower its part of the input
 //! gradient. Rendered from `kernels_templates/exchange.cu` with the part's length and the
-//! tower a constant. The copies between the towers themselves are the runtime's peer
-//! copies; these kernels only rearrange this tower's memory.
+//! tower a constant. The kernels read the other tower's buffer in place when both towers
+//! share a GPU, or the runtime's peer copy of it (two GPUs).
 
 use crate::cuda::{c_ident, ew_launch, render_template, EW_THREADS};
 use crate::ir::{KernelLaunch, Plan, TowerOf};

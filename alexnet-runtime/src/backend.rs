@@ -127,9 +127,9 @@ pub trait Backend: Send + Sync + 'static {
         grads: &[&Self::Buffer],
     ) -> Result<()>;
 
-    /// Readies this backend to read `other`'s buffers in the exchanges of
-    /// [`crate::Towers`], and says how they travel, e.g. `same memory` or `peer access`.
-    /// CUDA turns on peer access between two GPUs where the hardware allows it.
+    /// Says how this backend reads `other`'s buffers in the exchanges of
+    /// [`crate::Towers`], e.g. `same memory`, or for CUDA direct reads (one GPU) or peer
+    /// copies (two GPUs).
     fn connect(&self, other: &Self) -> Result<String> {
         let _ = other;
         Ok("same memory".into())

@@ -238,9 +238,10 @@ impl<B: Backend + Sync> Towers<B> {
         })
     }
 
-    /// For benchmarks only: with `skip`, exchanges are left out (each tower goes on with
-    /// unwritten inputs, so results are wrong), which gives the towers' compute time; the
-    /// difference to a normal run is the exchanges' cost that compute did not hide.
+    /// For benchmarks only: with `skip`, exchanges are left out (their output buffers are
+    /// allocated but not written, so results are wrong), which gives the towers' compute
+    /// time; the difference to a normal run is the exchanges' cost that compute did not
+    /// hide.
     #[doc(hidden)]
     pub fn skip_exchanges_for_timing(&mut self, skip: bool) {
         self.skip_exchanges = skip;
@@ -265,6 +266,7 @@ impl<B: Backend + Sync> Towers<B> {
         let t0 = Instant::now();
         let mut sent = Vec::new();
         let mut kept = Vec::new();
+        let _settle = self.settle_on_drop();
         for (&l, (parts, wholes)) in layers.iter().zip(&bufs) {
             kept.push(self.exchange(l, parts, batch)?);
             if backward {
@@ -296,16 +298,18 @@ impl<B: Backend + Sync> Towers<B> {
                 }
                 Ok(p)
             })?;
-            let dys = self.each(|t| {
+            // Kept before the other tower reads them, even if that fails.
+            let at = sent.len();
+            sent.extend(packed);
+            let packed = &sent[at..];
+            self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let mut dy = b.alloc(part(t))?;
                 if !self.skip_exchanges {
                     b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
                 }
                 Ok(dy)
-            })?;
-            sent.extend(packed);
-            Ok(dys)
+            })
         })
     }
 
@@ -314,6 +318,12 @@ impl<B: Backend + Sync> Towers<B> {
     /// after the other tower's reads).
     fn settle(&self) -> Result<()> {
         self.each(|t| self.backends[t].synchronize()).map(|_| ())
+    }
+
+    /// A guard that settles the towers when dropped: declared after the buffers a pass
+    /// exchanges, it is dropped before them, on success and on every error path.
+    fn settle_on_drop(&self) -> Settle<'_, B> {
+        Settle(Some(self))
     }
 
     /// Runs the towers through every stage. With `mask` (training), dropout is applied
@@ -326,6 +336,9 @@ impl<B: Backend + Sync> Towers<B> {
             exchanged: Vec::new(),
             read_by_other: Vec::new(),
         };
+        // On an error below, the tape is freed only once the towers are done with it (on
+        // success the caller's guard does that).
+        let mut settle = self.settle_on_drop();
         for st in &self.towers[0].stages() {
             let is_dropout = matches!(self.plan.layers[st.layer].op, Op::Dropout { .. });
             if is_dropout && mask.is_none() {
@@ -362,6 +375,7 @@ impl<B: Backend + Sync> Towers<B> {
             tape.outputs.push(new);
             tape.exchanged.push(exchanged);
         }
+        settle.disarm();
         Ok(tape)
     }
 
@@ -382,6 +396,7 @@ impl<B: Backend + Sync> Towers<B> {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.batch_of(x)?;
         let tape = self.run(x.data(), n, None)?;
+        let _settle = self.settle_on_drop();
         let mut y = self.logits(&tape, n)?;
         if let Some(st) = self.final_softmax() {
             let mut z = vec![0.0; y.len()];
@@ -604,6 +619,7 @@ impl<B: Backend + Sync> Towers<B> {
             })
             .collect();
         let mut sent = Vec::new();
+        let _settle = self.settle_on_drop();
         for (i, st) in stages.iter().enumerate().skip(first).rev() {
             let layer = st.layer;
             let want_dx = i > first;
@@ -674,9 +690,8 @@ impl<B: Backend + Sync> Towers<B> {
             };
         }
         // The packed gradients and the tape's exchanged outputs may be freed once both
-        // towers are done with them.
+        // towers are done with them (the guard waits on error paths too).
         self.settle()?;
-        drop((tape, sent));
         let grads = grads
             .into_iter()
             .enumerate()
@@ -691,6 +706,24 @@ impl<B: Backend + Sync> Towers<B> {
             })
             .collect::<Result<_>>()?;
         Ok((stats, grads))
+    }
+}
+
+/// Settles the towers ([`Towers::settle`]) when dropped, unless disarmed.
+struct Settle<'a, B: Backend + Sync>(Option<&'a Towers<B>>);
+
+impl<B: Backend + Sync> Settle<'_, B> {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<B: Backend + Sync> Drop for Settle<'_, B> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0 {
+            // An error here was, or will be, reported by the operation that failed.
+            let _ = t.settle();
+        }
     }
 }
 

@@ -167,8 +167,8 @@ impl<B: Backend + Sync> Towers<B> {
         r
     }
 
-    /// How each tower reads the other's buffers, in tower order (e.g. `cuda:1 from
-    /// cuda:0: peer access`).
+    /// How each tower reads the other's buffers, in tower order (e.g. `cuda:0, one
+    /// context: direct reads`; see [`Backend::connect`]).
     pub fn links(&self) -> &[String] {
         &self.links
     }

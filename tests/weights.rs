@@ -196,5 +196,13 @@ fn metadata_is_read_from_the_header_alone() {
     assert!(read_metadata(&path).unwrap().is_empty());
     std::fs::write(&path, b"short").unwrap();
     assert!(read_metadata(&path).is_err());
+    // Headers that are not safetensors headers: not JSON, metadata that is not strings.
+    for header in [&b"{not json"[..], br#"{"__metadata__": {"a": 1}}"#] {
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        std::fs::write(&path, &file).unwrap();
+        let err = read_metadata(&path).unwrap_err().to_string();
+        assert!(err.contains("not a safetensors header"), "{err}");
+    }
     let _ = std::fs::remove_file(&path);
 }

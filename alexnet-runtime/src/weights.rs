@@ -183,19 +183,11 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     header.resize(8 + n as usize, 0);
     f.read_exact(&mut header[8..])
         .map_err(|_| bad("the header is cut short".into()))?;
-    let json: serde_json::Value = serde_json::from_slice(&header[8..])
-        .map_err(|e| bad(format!("the header is not JSON: {e}")))?;
-    match json.get("__metadata__") {
-        None => Ok(HashMap::new()),
-        Some(serde_json::Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
-                _ => Err(bad(format!("metadata `{k}` is not a string"))),
-            })
-            .collect(),
-        Some(_) => Err(bad("`__metadata__` is not an object".into())),
-    }
+    // The header as safetensors itself reads it (its tensor offsets are checked against
+    // the file only when the tensors are read).
+    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header[8..])
+        .map_err(|e| bad(format!("the header is not a safetensors header: {e}")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 /// The `__metadata__` of a safetensors buffer (empty when it has none).

@@ -31,5 +31,22 @@ if [ -x "$py" ]; then
 fi
 bash "$here/run.sh"
 EOS
+# The two towers alone (issue 5), for a short device call: the GPU tower tests, the
+# split-versus-unsplit bench and `bench --towers` on one GPU.
+cat > .gpu-bin/towers.sh <<'EOS'
+#!/usr/bin/env bash
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$here/out}; mkdir -p "$OUT"
+dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
+  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+timeout 240 "$here"/bin/test-gpu_towers-* --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu_towers.log" \
+  | grep -E 'one GPU|two GPUs|AlexNet|SmallNet|panicked|test result'
+timeout 240 "$here/bin/bench-towers" --bench 2>&1 | tee "$OUT/towers.log" | grep -E 'time:|^alexnet|  [a-z_]+ '
+timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --batch 128 --runs 20 \
+  --towers cuda:0,cuda:0 2>&1 | tee "$OUT/bench-towers-cli.log" | grep -E 'towers|batch'
+EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\""
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes)"

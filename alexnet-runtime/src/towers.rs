@@ -22,7 +22,6 @@
 //!
 //! tests/towers.rs checks that split and unsplit agree, forward and backward.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -49,8 +48,6 @@ pub struct Towers<B: Backend> {
     velocity: Vec<Vec<B::Buffer>>,
     /// The host, for the final softmax over the gathered logits.
     host: Cpu,
-    /// The host's wall time in exchanges, in nanoseconds (see [`Towers::take_exchange_time`]).
-    exchange_ns: AtomicU64,
     /// How each tower reads the other's buffers ([`Backend::connect`]).
     links: Vec<String>,
     /// See [`Towers::skip_exchanges_for_timing`].
@@ -133,7 +130,6 @@ impl<B: Backend + Sync> Towers<B> {
             params: Vec::new(),
             velocity: Vec::new(),
             host: Cpu::new(),
-            exchange_ns: AtomicU64::new(0),
             links,
             skip_exchanges: false,
         };
@@ -145,26 +141,10 @@ impl<B: Backend + Sync> Towers<B> {
         &self.plan
     }
 
-    /// The host's wall time in exchanges since the last call, and resets it. On the CPU
-    /// this is the time the exchanges take (the towers wait for them); on GPUs only the
-    /// time to enqueue them, since the copies run on the towers' streams, ordered by
-    /// events, while the host goes on.
-    pub fn take_exchange_time(&self) -> Duration {
-        Duration::from_nanos(self.exchange_ns.swap(0, Ordering::Relaxed))
-    }
-
     /// Bytes the towers exchange per image: forward only for inference; training sends as
     /// much again backward. See [`Plan::exchange_bytes_total`].
     pub fn exchange_bytes_per_image(&self) -> usize {
         self.plan.exchange_bytes_total()
-    }
-
-    fn timed<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
-        let t0 = Instant::now();
-        let r = f();
-        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.exchange_ns.fetch_add(ns, Ordering::Relaxed);
-        r
     }
 
     /// How each tower reads the other's buffers, in tower order (e.g. `cuda:0, one
@@ -226,15 +206,13 @@ impl<B: Backend + Sync> Towers<B> {
     /// the same GPU). The other tower's output must outlive this tower's work (the tape
     /// keeps it until the pass has finished, see [`Towers::settle`]).
     fn exchange(&self, layer: usize, outs: &[B::Buffer], n: usize) -> Result<Vec<B::Buffer>> {
-        self.timed(|| {
-            self.each(|t| {
-                let (b, tp) = (&self.backends[t], &self.towers[t]);
-                let mut whole = b.alloc(n * tp.layers[layer].input.len())?;
-                if !self.skip_exchanges {
-                    b.gather(tp, layer, n, &outs[t], &outs[1 - t], &mut whole)?;
-                }
-                Ok(whole)
-            })
+        self.each(|t| {
+            let (b, tp) = (&self.backends[t], &self.towers[t]);
+            let mut whole = b.alloc(n * tp.layers[layer].input.len())?;
+            if !self.skip_exchanges {
+                b.gather(tp, layer, n, &outs[t], &outs[1 - t], &mut whole)?;
+            }
+            Ok(whole)
         })
     }
 
@@ -288,28 +266,26 @@ impl<B: Backend + Sync> Towers<B> {
         n: usize,
         sent: &mut Vec<B::Buffer>,
     ) -> Result<Vec<B::Buffer>> {
-        self.timed(|| {
-            let part = |t: usize| n * self.towers[t].layers[layer - 1].output.len();
-            let packed = self.each(|t| {
-                let (b, tp) = (&self.backends[t], &self.towers[t]);
-                let mut p = b.alloc(part(t))?;
-                if !self.skip_exchanges {
-                    b.pack_gradient(tp, layer, n, &dxs[t], &mut p)?;
-                }
-                Ok(p)
-            })?;
-            // Kept before the other tower reads them, even if that fails.
-            let at = sent.len();
-            sent.extend(packed);
-            let packed = &sent[at..];
-            self.each(|t| {
-                let (b, tp) = (&self.backends[t], &self.towers[t]);
-                let mut dy = b.alloc(part(t))?;
-                if !self.skip_exchanges {
-                    b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
-                }
-                Ok(dy)
-            })
+        let part = |t: usize| n * self.towers[t].layers[layer - 1].output.len();
+        let packed = self.each(|t| {
+            let (b, tp) = (&self.backends[t], &self.towers[t]);
+            let mut p = b.alloc(part(t))?;
+            if !self.skip_exchanges {
+                b.pack_gradient(tp, layer, n, &dxs[t], &mut p)?;
+            }
+            Ok(p)
+        })?;
+        // Kept before the other tower reads them, even if that fails.
+        let at = sent.len();
+        sent.extend(packed);
+        let packed = &sent[at..];
+        self.each(|t| {
+            let (b, tp) = (&self.backends[t], &self.towers[t]);
+            let mut dy = b.alloc(part(t))?;
+            if !self.skip_exchanges {
+                b.reduce_gradient(tp, layer, n, &dxs[t], &packed[1 - t], &mut dy)?;
+            }
+            Ok(dy)
         })
     }
 

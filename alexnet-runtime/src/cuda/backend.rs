@@ -40,6 +40,16 @@ pub(super) fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> 
         })
 }
 
+/// The launch configuration of a generated kernel for `batch` images.
+pub(super) fn launch_config(launch: &KernelLaunch, batch: usize) -> LaunchConfig {
+    let [gx, gy, gz] = launch.grid(batch);
+    LaunchConfig {
+        grid_dim: (gx, gy, gz),
+        block_dim: (launch.block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// One GPU: a context, a stream, and the networks compiled for it.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
@@ -269,12 +279,7 @@ impl Cuda {
             ))
         })?;
         let batch_i32 = batch_i32(plan, layer, batch)?;
-        let [gx, gy, gz] = launch.grid(batch);
-        let cfg = LaunchConfig {
-            grid_dim: (gx, gy, gz),
-            block_dim: (launch.block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch_config(launch, batch);
         let mut args = self.stream.launch_builder(&fs[which]);
         for x in inputs {
             args.arg(*x);
@@ -434,14 +439,8 @@ impl Backend for Cuda {
             ("whole", whole.len(), true),
         ];
         let (_, part) = check_exchange("cuda", plan, layer, batch, &bufs)?;
-        let staged;
-        let other = match self.peer_copy(other, batch * part)? {
-            Some(s) => {
-                staged = s;
-                &staged
-            }
-            None => other,
-        };
+        let staged = self.peer_copy(other, batch * part)?;
+        let other = staged.as_ref().unwrap_or(other);
         self.launch_exchange(plan, layer, batch, 0, &[own, other], whole)
     }
 
@@ -473,14 +472,8 @@ impl Backend for Cuda {
             ("dy", dy.len(), false),
         ];
         let (_, part) = check_exchange("cuda", plan, layer, batch, &bufs)?;
-        let staged;
-        let received = match self.peer_copy(received, batch * part)? {
-            Some(s) => {
-                staged = s;
-                &staged
-            }
-            None => received,
-        };
+        let staged = self.peer_copy(received, batch * part)?;
+        let received = staged.as_ref().unwrap_or(received);
         self.launch_exchange(plan, layer, batch, 2, &[dx, received], dy)
     }
 
@@ -525,12 +518,7 @@ impl Backend for Cuda {
             .kernels
             .get(&stage.layer)
             .ok_or_else(|| Error::Backend(format!("cuda: no kernel for {}", layer.name)))?;
-        let [gx, gy, gz] = launch.grid(batch);
-        let cfg = LaunchConfig {
-            grid_dim: (gx, gy, gz),
-            block_dim: (launch.block, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch_config(launch, batch);
         let mut args = self.stream.launch_builder(f);
         args.arg(input);
         if matches!(layer.op, Op::Conv { .. } | Op::Fc { .. }) {

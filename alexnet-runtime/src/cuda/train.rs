@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use alexnet_codegen::cuda_train::{self, Role, SGD_SLOTS};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg,
 };
 
-use super::backend::{batch_i32, driver_err, Cuda};
+use super::backend::{batch_i32, driver_err, launch_config, Cuda};
 use crate::error::{Error, Result};
 use crate::ir::{KernelLaunch, Op, Plan, Stage};
 use crate::optim::Sgd;
@@ -42,15 +41,6 @@ struct SgdTensors {
 // SAFETY: plain old data with the C layout of `SgdTensors` in sgd.cu (3 x SGD_SLOTS
 // 8-byte device pointers, then SGD_SLOTS floats; no padding between them).
 unsafe impl DeviceRepr for SgdTensors {}
-
-fn cfg(k: &Kernel, batch: usize) -> LaunchConfig {
-    let [gx, gy, gz] = k.launch.grid(batch);
-    LaunchConfig {
-        grid_dim: (gx, gy, gz),
-        block_dim: (k.launch.block, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 fn need(what: &str, buf: &CudaSlice<f32>, len: usize) -> Result<()> {
     if buf.len() < len {
@@ -187,7 +177,7 @@ impl Cuda {
                     a.arg(y).arg(&dyp).arg(&dyp).arg(&b);
                     // SAFETY: relu_bwd.cu (y, dy, dx, batch); y and dy hold batch * LEN
                     // floats (checked); dx aliases dy, which the kernel allows.
-                    unsafe { a.launch(cfg(k, batch)) }
+                    unsafe { a.launch(launch_config(&k.launch, batch)) }
                         .map_err(driver_err(format!("launching {}", k.launch.name)))?;
                 }
                 let k = Self::kernel(&loaded, plan, id, Role::WeightGrad)?;
@@ -212,7 +202,7 @@ impl Cuda {
                     // SAFETY: gemm_bwd_weight.cu (x, dy, dw, db, ws, batch); x and dy hold
                     // the batch (checked), dw and db the layer's weight and bias (the
                     // plan's shapes), ws chunks * G * OG * (KCOL + 1) floats when chunks > 1.
-                    unsafe { a.launch(cfg(k, batch)) }
+                    unsafe { a.launch(launch_config(&k.launch, batch)) }
                         .map_err(driver_err(format!("launching {}", k.launch.name)))?;
                 }
                 if chunks > 1 {
@@ -221,7 +211,7 @@ impl Cuda {
                     a.arg(&*ws).arg(&mut **dw).arg(&mut **db).arg(&b);
                     // SAFETY: the reduction of the same translation unit (ws, dw, db,
                     // batch), over the chunks the weight gradient just wrote.
-                    unsafe { a.launch(cfg(r, batch)) }
+                    unsafe { a.launch(launch_config(&r.launch, batch)) }
                         .map_err(driver_err(format!("launching {}", r.launch.name)))?;
                 }
                 if let Some(dx) = dx {
@@ -229,7 +219,7 @@ impl Cuda {
                     let mut a = self.stream.launch_builder(&k.function);
                     a.arg(&*dy).arg(w).arg(dx).arg(&b);
                     // SAFETY: gemm_bwd_data.cu (dy, w, dx, batch); sizes checked above.
-                    unsafe { a.launch(cfg(k, batch)) }
+                    unsafe { a.launch(launch_config(&k.launch, batch)) }
                         .map_err(driver_err(format!("launching {}", k.launch.name)))?;
                 }
             }
@@ -251,7 +241,7 @@ impl Cuda {
                 a.arg(&*dy).arg(dx).arg(&b);
                 // SAFETY: relu_bwd.cu (y, dy, dx, batch), pool_bwd.cu and lrn_bwd.cu (x, dy, dx, batch); every buffer
                 // holds the batch (checked above).
-                unsafe { a.launch(cfg(k, batch)) }
+                unsafe { a.launch(launch_config(&k.launch, batch)) }
                     .map_err(driver_err(format!("launching {}", k.launch.name)))?;
             }
             Op::Dropout { .. } => {
@@ -301,7 +291,7 @@ impl Cuda {
             .arg(&b);
         // SAFETY: dropout.cu (in, out, seed_lo, seed_hi, step_lo, step_hi, batch); both
         // buffers hold the batch (checked); indices fit an int (checked).
-        unsafe { a.launch(cfg(k, batch)) }
+        unsafe { a.launch(launch_config(&k.launch, batch)) }
             .map_err(driver_err(format!("launching {}", k.launch.name)))?;
         Ok(())
     }
@@ -337,7 +327,7 @@ impl Cuda {
         // SAFETY: loss.cu (logits, labels, dlogits, stats, batch); sizes checked above; the
         // kernel reads a logit by label only for labels in [0, classes) (others give a NaN
         // loss).
-        unsafe { a.launch(cfg(k, batch)) }
+        unsafe { a.launch(launch_config(&k.launch, batch)) }
             .map_err(driver_err(format!("launching {}", k.launch.name)))?;
         Ok(())
     }
@@ -387,7 +377,7 @@ impl Cuda {
             // SAFETY: sgd.cu (SgdTensors by value, momentum, decay); every pointer is a
             // live allocation of this context holding its tensor's length (checked), and
             // stays alive past the launch (the borrows and guards outlive it).
-            unsafe { a.launch(cfg(k, 0)) }
+            unsafe { a.launch(launch_config(&k.launch, 0)) }
                 .map_err(driver_err(format!("launching {}", k.launch.name)))?;
             drop(guards);
             first += count;

@@ -369,28 +369,21 @@ fn train_split_into_towers_and_resume_unsplit() {
     let root = tmp().join("towers");
     let _ = std::fs::remove_dir_all(&root);
     let run = |dir: &str, extra: &[&str]| {
-        let out = Command::new(example())
-            .args([
-                "train",
-                "--images",
-                "128",
-                "--val-images",
-                "32",
-                "--log-every",
-                "2",
-            ])
-            .arg("--checkpoint")
-            .arg(root.join(dir))
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{extra:?}: {text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        succeeds(
+            Command::new(example())
+                .args([
+                    "train",
+                    "--images",
+                    "128",
+                    "--val-images",
+                    "32",
+                    "--log-every",
+                    "2",
+                ])
+                .arg("--checkpoint")
+                .arg(root.join(dir))
+                .args(extra),
+        )
     };
     let text = run("split", &["--towers", "cpu,cpu", "--epochs", "1"]);
     assert!(text.starts_with("towers: cpu"), "{text}");

@@ -76,13 +76,8 @@ fn compare<B: Backend + Sync>(
         // medians are compared, so that a drift of the machine's speed hits both alike.
         // The momentum is reset and the learning rate is 0, so the weights stay put
         // while the exchanges are skipped.
-        let zeros = weights::kaiming_init(&plan, 0)
-            .into_iter()
-            .map(|mut w| {
-                w.data.fill(0.0);
-                w
-            })
-            .collect();
+        let mut zeros = t.velocity_tensors().expect("momentum");
+        zeros.iter_mut().for_each(|v| v.data.fill(0.0));
         t.set_velocity(zeros).expect("momentum");
         let frozen = vec![0.0; plan.params().len()];
         let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];

@@ -1,9 +1,9 @@
 //! The paper's two towers: each tower holds half of every layer (its [`Plan::tower`] plan
 //! and the matching rows of every weight) on a backend of its own, the towers run side by
 //! side on two host threads, and they exchange activations, and in the backward pass
-//! gradients, only before the layers that read both towers ([`Plan::tower_input`]): for
-//! AlexNet conv3, fc6, fc7 and fc8. The final softmax and the loss run once, on the host,
-//! on the gathered logits. Weights stay in the one-process layout, so a network trained
+//! gradients, only before the layers that read both towers ([`Plan::tower_input`];
+//! [`Plan::gathers`] in a tower's plan): for AlexNet conv3, fc6, fc7 and fc8. The final
+//! softmax and the loss run once, on the host, on the gathered logits. Weights stay in the one-process layout, so a network trained
 //! split runs unsplit and the other way round.
 //!
 //! Placement is the caller's choice of backends, one per tower: two [`Cpu`] backends (two
@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::cpu::{loss, Cpu};
 use crate::error::{Error, Result};
-use crate::ir::{Op, Plan, Stage, TowerInput};
+use crate::ir::{Op, Plan, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
 use crate::tensor::Tensor;
@@ -321,11 +321,10 @@ impl<B: Backend + Sync> Towers<B> {
                 continue;
             }
             let prev = tape.outputs.last().unwrap_or(&tape.inputs);
-            let exchanged = match self.plan.tower_input(st.layer) {
-                Some(TowerInput::BothTowers) if st.layer > 0 => {
-                    Some(self.exchange(st.layer, prev, n)?)
-                }
-                _ => None,
+            let exchanged = if self.towers[0].gathers(st.layer) {
+                Some(self.exchange(st.layer, prev, n)?)
+            } else {
+                None
             };
             let new = self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
@@ -658,11 +657,12 @@ impl<B: Backend + Sync> Towers<B> {
                 .into_iter()
                 .map(|d| d.ok_or_else(|| Error::Backend("missing input gradient".into())))
                 .collect::<Result<_>>()?;
-            dys = match self.plan.tower_input(layer) {
-                // Every tower read all of the input: each tower's part of the gradient is
-                // the sum of what the towers send back (the backward exchange).
-                Some(TowerInput::BothTowers) => self.exchange_back(layer, &dxs, n, &mut sent)?,
-                _ => dxs,
+            // Where every tower read all of the input, each tower's part of the gradient is
+            // the sum of what the towers send back (the backward exchange).
+            dys = if self.towers[0].gathers(layer) {
+                self.exchange_back(layer, &dxs, n, &mut sent)?
+            } else {
+                dxs
             };
         }
         // The packed gradients and the tape's exchanged outputs may be freed once both

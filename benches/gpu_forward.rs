@@ -11,9 +11,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use alexnet::ir::{Op, Plan};
+use alexnet::ir::{Conv, Fc, Op, Plan};
 use alexnet::nets::AlexNet;
-use alexnet::runtime::{Backend, Cuda, Model, Tensor};
+use alexnet::runtime::prelude::*;
+use alexnet::runtime::{Cuda, Model, Tensor};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::cudnn::{self, ConvForward, Cudnn};
 use cudarc::driver::CudaStream;
@@ -55,13 +56,13 @@ fn vendor(
     let l = &plan.layers[layer];
     let c = |v: usize| v as i32;
     match l.op {
-        Op::Conv {
+        Op::Conv(Conv {
             k,
             stride,
             pad,
             groups,
             out,
-        } => {
+        }) => {
             let dnn = Cudnn::new(stream.clone())?;
             let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
             let x = dnn.create_4d_tensor::<f32>(
@@ -98,7 +99,7 @@ fn vendor(
             })?;
             Ok(Some(t))
         }
-        Op::Fc { out } => {
+        Op::Fc(Fc { out }) => {
             let blas = CudaBlas::new(stream.clone())?;
             let inputs = l.input.len();
             let x = stream.alloc_zeros::<f32>(batch * inputs)?;
@@ -181,7 +182,7 @@ fn main() -> Result<(), AnyError> {
     let stages: Vec<_> = plan
         .stages()
         .into_iter()
-        .filter(|st| !matches!(plan.layers[st.layer].op, Op::Dropout { .. }))
+        .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
         .collect();
     println!("\nbatch {batch}, f32 (no TF32)");
     println!(

@@ -28,7 +28,7 @@ fn main() -> Result<(), AnyError> {
     let cuda = Cuda::new(0)?;
     println!(
         "training step of AlexNet on {}",
-        alexnet::runtime::Backend::name(&cuda)
+        alexnet::runtime::Memory::name(&cuda)
     );
     let plan = AlexNet::plan().clone();
     let t0 = Instant::now();

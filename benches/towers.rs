@@ -8,8 +8,9 @@
 //! `cargo bench --bench towers`; results go to docs/benchmarks.md.
 
 use alexnet::nets::AlexNet;
+use alexnet::runtime::prelude::*;
 use alexnet::runtime::towers::Towers;
-use alexnet::runtime::{weights, Backend, Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
+use alexnet::runtime::{weights, Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn input(n: usize) -> (Tensor, Vec<u32>) {

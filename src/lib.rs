@@ -27,6 +27,8 @@
 // Generated code names this crate `::alexnet`; this makes that path work inside it too.
 extern crate self as alexnet;
 
+pub use alexnet_codegen as codegen;
+pub use alexnet_codegen::plan_from_str;
 pub use alexnet_macros::network;
 pub use alexnet_runtime as runtime;
 pub use alexnet_runtime::ir;

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 
 /// Builds a plan from DSL text (the same front end as the macro, at run time).
 fn plan(src: &str) -> Plan {
-    alexnet::runtime::plan_from_str(src).unwrap_or_else(|e| panic!("{src}: {e}"))
+    alexnet::plan_from_str(src).unwrap_or_else(|e| panic!("{src}: {e}"))
 }
 
 /// Runs a one-layer plan on random data; returns (input, weights, output).

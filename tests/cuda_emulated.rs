@@ -12,10 +12,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use alexnet::ir::Plan;
+use alexnet::codegen::cuda;
+use alexnet::ir::{KernelSpec, Plan, Role};
 use alexnet::runtime::{Cpu, Model, Tensor};
 use common::{random, rel_l2};
 use rand::SeedableRng;
@@ -81,11 +83,12 @@ fn write(path: &PathBuf, v: &[f32]) {
     .unwrap();
 }
 
-/// Runs every kernel of a plan's first stage under emulation and compares with the CPU.
+/// Runs the forward kernel of a plan's first stage under emulation and compares with the
+/// CPU.
 fn check(cxx: &str, src: &str, batch: usize) {
-    let plan: Plan = alexnet::runtime::plan_from_str(src).unwrap();
-    let cuda = alexnet_codegen::cuda::render(&plan);
-    let k = &cuda.kernels[0];
+    let plan: Plan = alexnet::plan_from_str(src).unwrap();
+    let kernels = cuda::generate(&plan);
+    let k = &kernels.forward[0];
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + src.len() as u64);
     let params = common::random_params(&plan, &mut rng);
     let s = plan.input;
@@ -106,38 +109,22 @@ fn check(cxx: &str, src: &str, batch: usize) {
     let want = want.unwrap();
 
     let nan = vec![f32::NAN; want.len()];
-    let got = if params.is_empty() {
-        emulate(
-            cxx,
-            &cuda.kernel_sources[0],
-            k,
-            batch,
-            &format!("B(0), B(1), {batch}"),
-            &[&x, &nan],
-        )
-    } else {
-        let args = format!("B(0), B(1), B(2), B(3), {batch}");
-        let (w, b) = (&params[0].data, &params[1].data);
-        emulate(
-            cxx,
-            &cuda.kernel_sources[0],
-            k,
-            batch,
-            &args,
-            &[&x, w, b, &nan],
-        )
-    };
-    let got = got.last().cloned().unwrap_or_default();
+    let mut bufs: Vec<(&str, &[f32])> = vec![("x", &x), ("y", &nan)];
+    if let [w, b] = params.as_slice() {
+        bufs.extend([("w", &w.data[..]), ("bias", &b.data[..])]);
+    }
+    let got = emulate(cxx, k, batch, &bufs, &[]);
+    let got = &got["y"];
     assert!(
         got.iter().all(|v| v.is_finite()),
         "{src} batch {batch}: {} left elements unwritten (NaN)",
-        k.name
+        k.name()
     );
-    let err = rel_l2(&got, &want);
+    let err = rel_l2(got, &want);
     assert!(
         err <= 1e-5,
         "{src} batch {batch}: {} differs from the CPU backend: relative L2 {err:.2e}",
-        k.name
+        k.name()
     );
 }
 
@@ -229,26 +216,46 @@ fn read(path: &std::path::Path) -> Vec<f32> {
         .collect()
 }
 
-/// Runs kernel `k` of `source` under emulation on `bufs` (`B(0)`, `B(1)`, ... in `args`,
-/// the launch's argument list) and returns every buffer after the run.
+/// Runs kernel `k` under emulation: its arguments are bound by name, buffers from `bufs`
+/// (`B(i)` in the launch) and scalars from `scalars` (C literals), in the order of the
+/// kernel's spec, which is its signature; returns every buffer after the run, by name.
 fn emulate(
     cxx: &str,
-    source: &str,
-    k: &alexnet::ir::KernelLaunch,
+    k: &KernelSpec,
     batch: usize,
-    args: &str,
-    bufs: &[&[f32]],
-) -> Vec<Vec<f32>> {
+    bufs: &[(&str, &[f32])],
+    scalars: &[(&str, String)],
+) -> HashMap<String, Vec<f32>> {
+    let args: Vec<String> = k
+        .args
+        .iter()
+        .map(|a| {
+            if a.name == "batch" {
+                return batch.to_string();
+            }
+            if let Some(i) = bufs.iter().position(|(n, _)| *n == a.name) {
+                return format!("B({i})");
+            }
+            scalars
+                .iter()
+                .find(|(n, _)| *n == a.name)
+                .unwrap_or_else(|| panic!("{}: argument `{}` not given", k.name(), a.name))
+                .1
+                .clone()
+        })
+        .collect();
     let dir = std::env::temp_dir().join(format!(
         "alexnet-emu-{}-{}-{}",
         std::process::id(),
-        k.name,
+        k.name(),
         batch
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let program = format!(
-        "{PRELUDE}\n#include <string>\n{source}\n#define LAUNCH {}({args})\n{MAIN}",
-        k.name
+        "{PRELUDE}\n#include <string>\n{}\n#define LAUNCH {}({})\n{MAIN}",
+        cuda::source(k),
+        k.name(),
+        args.join(", ")
     );
     let (cpp, exe) = (dir.join("k.cpp"), dir.join("k"));
     std::fs::write(&cpp, program).unwrap();
@@ -261,14 +268,14 @@ fn emulate(
     assert!(
         out.status.success(),
         "{}: C++ compile failed:\n{}",
-        k.name,
+        k.name(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let [gx, gy, gz] = k.grid(batch);
+    let [gx, gy, gz] = k.launch.grid(batch);
     let mut cmd = Command::new(&exe);
-    cmd.args([gx, gy, gz, k.block].map(|v| v.to_string()));
+    cmd.args([gx, gy, gz, k.launch.block].map(|v| v.to_string()));
     let mut files = Vec::new();
-    for (i, b) in bufs.iter().enumerate() {
+    for (i, (_, b)) in bufs.iter().enumerate() {
         let f = dir.join(format!("b{i}.bin"));
         // An empty buffer still needs one element to be a valid pointer.
         write(&f, if b.is_empty() { &[0.0] } else { b });
@@ -279,12 +286,13 @@ fn emulate(
     assert!(
         out.status.success(),
         "{}: emulated run failed: {}",
-        k.name,
+        k.name(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let res = files
+    let res = bufs
         .iter()
-        .map(|f| read(&f.with_extension("bin.out")))
+        .zip(&files)
+        .map(|((n, _), f)| (n.to_string(), read(&f.with_extension("bin.out"))))
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
     res
@@ -304,16 +312,15 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
 /// CPU backend's backward of that stage.
 fn check_backward(cxx: &str, body: &str, input: (usize, usize, usize), batch: usize, at: usize) {
     use alexnet::runtime::cpu::StageGrads;
-    use alexnet_codegen::cuda_train::{render, Role};
     let (c, h, w) = input;
     let src = match body.strip_prefix("split ") {
         Some(b) => format!("T<{c}, {h}, {w}> split 2 {{ conv({c}, 1) {b} }}"),
         None => format!("T<{c}, {h}, {w}> {{ conv({c}, 1) {body} }}"),
     };
-    let plan: Plan = alexnet::runtime::plan_from_str(&src).unwrap();
+    let plan: Plan = alexnet::plan_from_str(&src).unwrap();
     let stage = plan.stages()[at];
     let layer = &plan.layers[stage.layer];
-    let t = render(&plan);
+    let t = cuda::generate(&plan);
     let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + src.len() as u64);
     let x = random(&mut rng, batch * layer.input.len());
     let params = common::random_params(&plan, &mut rng);
@@ -325,7 +332,7 @@ fn check_backward(cxx: &str, body: &str, input: (usize, usize, usize), batch: us
     // The stage's output from the CPU forward.
     let mut y = vec![0.0f32; batch * layer.output.len()];
     {
-        use alexnet::runtime::Backend;
+        use alexnet::runtime::prelude::*;
         let p: Vec<&Vec<f32>> = stage_params.iter().collect();
         Cpu::new()
             .forward_stage(&plan, stage, batch, &x, &p, &mut y)
@@ -356,83 +363,68 @@ fn check_backward(cxx: &str, body: &str, input: (usize, usize, usize), batch: us
         let mut dy_masked = dy.clone();
         if stage.fused_relu {
             let k = t.find(stage.layer, Role::ReluMask).unwrap();
-            let r = emulate(
-                cxx,
-                &k.source,
-                &k.launch,
-                batch,
-                &format!("B(0), B(1), B(1), {batch}"),
-                &[&y, &dy],
-            );
-            dy_masked = r[1].clone();
+            let r = emulate(cxx, k, batch, &[("y", &y), ("dy", &dy)], &[]);
+            dy_masked = r["dy"].clone();
         }
         let k = t.find(stage.layer, Role::WeightGrad).unwrap();
         let chunks = k.launch.grid(batch)[0] as usize;
-        let ws = nan(chunks * k.workspace_per_chunk);
+        let ws = nan(chunks * k.workspace_per_chunk());
+        let (dw0, db0) = (nan(grads[0].len()), nan(grads[1].len()));
         let r = emulate(
             cxx,
-            &k.source,
-            &k.launch,
+            k,
             batch,
-            &format!("B(0), B(1), B(2), B(3), B(4), {batch}"),
             &[
-                &x,
-                &dy_masked,
-                &nan(grads[0].len()),
-                &nan(grads[1].len()),
-                &ws,
+                ("x", &x),
+                ("dy", &dy_masked),
+                ("dw", &dw0),
+                ("db", &db0),
+                ("ws", &ws),
             ],
+            &[],
         );
-        let (mut dw, mut db) = (r[2].clone(), r[3].clone());
+        let (mut dw, mut db) = (r["dw"].clone(), r["db"].clone());
         if chunks > 1 {
             let red = t.find(stage.layer, Role::WeightReduce).unwrap();
             let r = emulate(
                 cxx,
-                &red.source,
-                &red.launch,
+                red,
                 batch,
-                &format!("B(0), B(1), B(2), {batch}"),
-                &[&r[4], &dw, &db],
+                &[("ws", &r["ws"]), ("dw", &dw), ("db", &db)],
+                &[],
             );
-            (dw, db) = (r[1].clone(), r[2].clone());
+            (dw, db) = (r["dw"].clone(), r["db"].clone());
         }
         close(
-            &what(&format!("{} ({chunks} chunks) weight", k.launch.name)),
+            &what(&format!("{} ({chunks} chunks) weight", k.name())),
             &dw,
             &grads[0],
             1e-5,
         );
-        close(
-            &what(&format!("{} bias", k.launch.name)),
-            &db,
-            &grads[1],
-            1e-5,
-        );
+        close(&what(&format!("{} bias", k.name())), &db, &grads[1], 1e-5);
         let k = t.find(stage.layer, Role::DataGrad).unwrap();
+        let dx0 = nan(dx.len());
         let r = emulate(
             cxx,
-            &k.source,
-            &k.launch,
+            k,
             batch,
-            &format!("B(0), B(1), B(2), {batch}"),
-            &[&dy_masked, &stage_params[0], &nan(dx.len())],
+            &[("dy", &dy_masked), ("w", &stage_params[0]), ("dx", &dx0)],
+            &[],
         );
-        close(&what(&k.launch.name), &r[2], &dx, 1e-5);
+        close(&what(k.name()), &r["dx"], &dx, 1e-5);
     } else {
+        // Each backward kernel reads the buffers its template names (relu and tanh the
+        // output, pooling and LRN the input).
         let k = t.find(stage.layer, Role::Backward).unwrap();
-        let first = match layer.op {
-            alexnet::ir::Op::Relu | alexnet::ir::Op::Softmax => &y,
-            _ => &x,
-        };
+        let dx0 = nan(dx.len());
         let r = emulate(
             cxx,
-            &k.source,
-            &k.launch,
+            k,
             batch,
-            &format!("B(0), B(1), B(2), {batch}"),
-            &[first, &dy, &nan(dx.len())],
+            &[("x", &x), ("y", &y), ("dy", &dy), ("dx", &dx0)],
+            &[],
         );
-        close(&what(&k.launch.name), &r[2], &dx, 1e-5);
+        close(&what(k.name()), &r["dx"], &dx, 1e-5);
     }
 }
 
@@ -480,17 +472,16 @@ fn backward_kernels_match_the_cpu_under_emulation() {
 #[test]
 fn tower_dropout_kernels_draw_the_unsplit_masks() {
     use alexnet::runtime::philox::DropoutMask;
-    use alexnet::runtime::Backend;
-    use alexnet_codegen::cuda_train::{render, Role};
+    use alexnet::runtime::prelude::*;
     let Some(cxx) = compiler() else { return };
-    let plan = alexnet::runtime::plan_from_str(
+    let plan = alexnet::plan_from_str(
         "T<4, 6, 6> split 2 { conv(8, 3) relu dropout(0.5) conv(6, 3, groups = 2) relu fc(4) }",
     )
     .unwrap();
     let stage = *plan
         .stages()
         .iter()
-        .find(|s| matches!(plan.layers[s.layer].op, alexnet::ir::Op::Dropout { .. }))
+        .find(|s| matches!(plan.layers[s.layer].op, alexnet::ir::Op::Dropout(_)))
         .unwrap();
     let batch = 3;
     let full = plan.layers[stage.layer].input.len();
@@ -507,39 +498,37 @@ fn tower_dropout_kernels_draw_the_unsplit_masks() {
     let half = full / 2;
     for t in 0..2 {
         let tower = plan.tower(t).unwrap();
-        let k = render(&tower)
-            .find(stage.layer, Role::Dropout)
-            .unwrap()
-            .clone();
+        let kernels = cuda::generate(&tower);
+        let k = kernels.find(stage.layer, Role::Dropout).unwrap();
         let part = |v: &[f32]| -> Vec<f32> {
             (0..batch)
                 .flat_map(|i| v[i * full + t * half..i * full + (t + 1) * half].to_vec())
                 .collect()
         };
-        let args = format!(
-            "B(0), B(1), {}u, {}u, {}u, {}u, {batch}",
-            mask.seed as u32,
-            (mask.seed >> 32) as u32,
-            mask.step as u32,
-            (mask.step >> 32) as u32
-        );
+        let seeds = [
+            ("seed_lo", mask.seed as u32),
+            ("seed_hi", (mask.seed >> 32) as u32),
+            ("step_lo", mask.step as u32),
+            ("step_hi", (mask.step >> 32) as u32),
+        ]
+        .map(|(n, v)| (n, format!("{v}u")));
         let xt = part(&x);
         let r = emulate(
             &cxx,
-            &k.source,
-            &k.launch,
+            k,
             batch,
-            &args,
-            &[&xt, &vec![f32::NAN; xt.len()]],
+            &[("x", &xt), ("y", &vec![f32::NAN; xt.len()])],
+            &seeds,
         );
+        let r = &r["y"];
         assert_eq!(
-            r[1],
+            *r,
             part(&whole),
             "tower {t}: the mask differs from the unsplit one"
         );
-        let dropped = r[1].iter().filter(|v| **v == 0.0).count();
+        let dropped = r.iter().filter(|v| **v == 0.0).count();
         assert!(
-            dropped > 0 && dropped < r[1].len(),
+            dropped > 0 && dropped < r.len(),
             "tower {t}: {dropped} dropped"
         );
     }
@@ -551,9 +540,8 @@ fn tower_dropout_kernels_draw_the_unsplit_masks() {
 /// to the part received. Checked bit for bit against those definitions, for both towers.
 #[test]
 fn tower_exchange_kernels_rearrange_the_unsplit_layout() {
-    use alexnet_codegen::cuda_exchange::render;
     let Some(cxx) = compiler() else { return };
-    let plan = alexnet::runtime::plan_from_str(
+    let plan = alexnet::plan_from_str(
         "T<4, 6, 6> split 2 { conv(8, 3) relu dropout(0.5) conv(6, 3, groups = 2) relu fc(4) }",
     )
     .unwrap();
@@ -561,45 +549,52 @@ fn tower_exchange_kernels_rearrange_the_unsplit_layout() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
     for t in 0..2 {
         let tower = plan.tower(t).unwrap();
-        let ex = render(&tower);
-        assert_eq!(ex.len(), 1, "one exchange, before fc");
-        let e = &ex[0];
-        let p = e.part;
+        let ex = cuda::exchanges(&tower);
+        assert_eq!(ex.len(), 3, "one exchange, before fc: gather, pack, reduce");
+        let layer = ex[0].layer();
+        let p = tower.layers[layer - 1].output.len();
+        let kernel = |role| ex.iter().find(|k| k.role == role).unwrap();
         let part = |v: &[f32], k: usize| -> Vec<f32> {
             (0..batch)
                 .flat_map(|i| v[i * 2 * p + k * p..i * 2 * p + (k + 1) * p].to_vec())
                 .collect()
         };
-        let run = |name: &str, args: &str, bufs: &[&[f32]]| {
-            let mut k = e.launch.clone();
-            k.name = name.to_string().into();
-            emulate(&cxx, &e.source, &k, batch, args, bufs)
-        };
         let whole = random(&mut rng, batch * 2 * p);
         let nan = vec![f32::NAN; batch * 2 * p];
-        let r = run(
-            &e.gather,
-            &format!("B(0), B(1), B(2), {batch}"),
-            &[&part(&whole, t), &part(&whole, 1 - t), &nan],
+        let (own, other) = (part(&whole, t), part(&whole, 1 - t));
+        let r = emulate(
+            &cxx,
+            kernel(Role::Gather),
+            batch,
+            &[("own", &own), ("other", &other), ("whole", &nan)],
+            &[],
         );
-        assert_eq!(r[2], whole, "tower {t}: gather");
-        let r = run(
-            &e.pack,
-            &format!("B(0), B(1), {batch}"),
-            &[&whole, &nan[..batch * p]],
+        assert_eq!(r["whole"], whole, "tower {t}: gather");
+        let r = emulate(
+            &cxx,
+            kernel(Role::Pack),
+            batch,
+            &[("dx", &whole), ("packed", &nan[..batch * p])],
+            &[],
         );
-        assert_eq!(r[1], part(&whole, 1 - t), "tower {t}: pack");
+        assert_eq!(r["packed"], part(&whole, 1 - t), "tower {t}: pack");
         let received = random(&mut rng, batch * p);
-        let r = run(
-            &e.reduce,
-            &format!("B(0), B(1), B(2), {batch}"),
-            &[&whole, &received, &nan[..batch * p]],
+        let r = emulate(
+            &cxx,
+            kernel(Role::Reduce),
+            batch,
+            &[
+                ("dx", &whole),
+                ("received", &received),
+                ("dy", &nan[..batch * p]),
+            ],
+            &[],
         );
         let want: Vec<f32> = part(&whole, t)
             .iter()
             .zip(&received)
             .map(|(a, b)| a + b)
             .collect();
-        assert_eq!(r[2], want, "tower {t}: reduce");
+        assert_eq!(r["dy"], want, "tower {t}: reduce");
     }
 }

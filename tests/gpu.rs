@@ -6,9 +6,11 @@
 
 mod common;
 
+use alexnet::codegen::cuda;
 use alexnet::ir::Plan;
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
-use alexnet::runtime::{Backend, Cpu, Cuda, Device, Model, Tensor};
+use alexnet::runtime::prelude::*;
+use alexnet::runtime::{Cpu, Cuda, Device, Model, Tensor};
 use common::rel_l2;
 use rand::SeedableRng;
 
@@ -67,7 +69,7 @@ fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {
 }
 
 fn plan(src: &str) -> Plan {
-    alexnet::runtime::plan_from_str(src).unwrap()
+    alexnet::plan_from_str(src).unwrap()
 }
 
 #[test]
@@ -113,9 +115,23 @@ fn the_generated_source_is_what_the_runtime_compiles() {
             SmallNet::CUDA_KERNELS,
         ),
     ] {
-        let cuda = alexnet_codegen::cuda::render(plan);
-        assert_eq!(cuda.source, src);
-        assert_eq!(cuda.kernels, kernels);
+        // The runtime compiles the kernels the macro embedded in the plan: the same ones
+        // the generator gives for the plan now, for the whole network and each tower.
+        let generated = plan.generated.expect("network! embeds its kernels");
+        assert_eq!(cuda::generate(plan), generated.kernels);
+        assert_eq!(cuda::forward_source(plan, &generated.kernels), src);
+        let launches: Vec<_> = generated
+            .kernels
+            .forward
+            .iter()
+            .map(|k| k.launch.clone())
+            .collect();
+        assert_eq!(launches, kernels);
+        for t in 0..plan.split.min(2) {
+            let tower = plan.tower(t).unwrap();
+            assert!(std::ptr::eq(tower.generated.unwrap(), &generated.towers[t]));
+            assert_eq!(cuda::generate(&tower), generated.towers[t].kernels);
+        }
     }
 }
 

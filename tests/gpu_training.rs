@@ -9,8 +9,9 @@ mod common;
 use alexnet::ir::Plan;
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::optim::Sgd;
+use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::NamedTensor;
-use alexnet::runtime::{Backend, Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
+use alexnet::runtime::{Cpu, Cuda, Model, Tensor, TrainConfig, Trainer};
 use common::rel_l2;
 use rand::{Rng, SeedableRng};
 
@@ -102,7 +103,7 @@ fn compare(plan: &Plan, batch: usize, seed: u64) {
 }
 
 fn plan(src: &str) -> Plan {
-    alexnet::runtime::plan_from_str(src).unwrap()
+    alexnet::plan_from_str(src).unwrap()
 }
 
 #[test]
@@ -290,17 +291,15 @@ fn lrn_backward_intermediates() {
     ] {
         let plan = plan(src);
         let layer = &plan.layers[1];
-        let t = alexnet_codegen::cuda_train::render(&plan);
-        let k = t
-            .find(1, alexnet_codegen::cuda_train::Role::Backward)
-            .unwrap();
+        let t = alexnet::codegen::cuda::generate(&plan);
+        let k = t.find(1, alexnet::ir::Role::Backward).unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let n = layer.input.len();
         let x = random(&mut rng, n, 1.0);
         let dy = random(&mut rng, n, 1.0);
         let (c, hw) = (layer.input.c, layer.input.h * layer.input.w);
         let groups = match layer.op {
-            alexnet::ir::Op::Lrn { channel_groups, .. } => channel_groups,
+            alexnet::ir::Op::Lrn(l) => l.channel_groups,
             _ => unreachable!(),
         };
         // Host intermediates.
@@ -343,7 +342,8 @@ fn lrn_backward_intermediates() {
             stream.clone_htod(&dy).unwrap(),
         );
         let last = "    dx[i] = gc[(size_t)c * HW] * powf(sc, -BETA) - 2.f * A * BETA * xs[2 * HALF] * cross;";
-        assert!(k.source.contains(last), "{}", k.source);
+        let full = alexnet::codegen::cuda::source(k);
+        assert!(full.contains(last), "{full}");
         for (v, what) in [
             "sc",
             "cross",
@@ -356,7 +356,7 @@ fn lrn_backward_intermediates() {
         .iter()
         .enumerate()
         {
-            let source = k.source.replace(last, &format!("    dx[i] = {what};"));
+            let source = full.replace(last, &format!("    dx[i] = {what};"));
             let cubin = nvrtc::compile_cubin(&source, "debug.cu", arch, &[]).unwrap();
             let module = ctx.load_module(Ptx::from_binary(cubin.cubin)).unwrap();
             let f = module.load_function(&k.launch.name).unwrap();

@@ -31,7 +31,7 @@ struct Case {
 }
 
 fn case(src: &str, batch: usize, seed: u64) -> Case {
-    let plan = alexnet::runtime::plan_from_str(src).unwrap();
+    let plan = alexnet::plan_from_str(src).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut random = |n: usize| {
         (0..n)

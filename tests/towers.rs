@@ -96,7 +96,7 @@ fn gradients_match(plan: &Plan, batch: usize) {
 fn split_forward_equals_unsplit() {
     forward_matches(SmallNet::plan(), 3);
     forward_matches(AlexNet::plan(), 2);
-    let grouped_first = alexnet::runtime::plan_from_str(
+    let grouped_first = alexnet::plan_from_str(
         "T<4, 10, 10> split 2 { conv(8, 3, groups = 2) relu lrn(3) conv(8, 3, pad = 1) relu fc(6) softmax }",
     )
     .unwrap();
@@ -106,7 +106,7 @@ fn split_forward_equals_unsplit() {
 #[test]
 fn split_gradients_equal_unsplit() {
     gradients_match(SmallNet::plan(), 3);
-    let grouped_first = alexnet::runtime::plan_from_str(
+    let grouped_first = alexnet::plan_from_str(
         "T<4, 10, 10> split 2 { conv(8, 3, groups = 2) relu lrn(3) avgpool(2) conv(8, 3, pad = 1) relu dropout(0.5) fc(6) softmax }",
     )
     .unwrap();
@@ -116,7 +116,7 @@ fn split_gradients_equal_unsplit() {
 
 #[test]
 fn an_unsplit_network_has_no_towers() {
-    let plan = alexnet::runtime::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
+    let plan = alexnet::plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
     let w = common::hash_weights(&plan, 1);
     let err = Towers::new(plan, w, two()).unwrap_err().to_string();
     assert!(err.contains("is not split into two towers"), "{err}");
@@ -214,7 +214,7 @@ fn split_training_equals_unsplit_and_keeps_the_layout() {
 /// only its own tower and buffers too short for the batch.
 #[test]
 fn cpu_exchanges_rearrange_the_unsplit_layout() {
-    use alexnet::runtime::Backend;
+    use alexnet::runtime::prelude::*;
     let plan = SmallNet::plan();
     let cpu = Cpu::new();
     let batch = 3;

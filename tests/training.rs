@@ -5,7 +5,7 @@
 
 mod common;
 
-use alexnet::ir::{Op, Plan};
+use alexnet::ir::{Dropout, Op, Plan};
 use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::philox::{self, DropoutMask};
 use alexnet::runtime::weights::NamedTensor;
@@ -20,7 +20,7 @@ const NET: &str = "T<3, 12, 12> split 2 {
 }";
 
 fn setup(batch: usize, seed: u64) -> (Plan, Vec<NamedTensor>, Tensor, Vec<u32>) {
-    let plan = alexnet::runtime::plan_from_str(NET).unwrap();
+    let plan = alexnet::plan_from_str(NET).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut params = common::random_params(&plan, &mut rng);
     for p in &mut params {
@@ -49,8 +49,8 @@ fn naive_loss(
     let mut t = 0;
     for (li, l) in plan.layers.iter().enumerate() {
         match l.op {
-            Op::Softmax if li + 1 == plan.layers.len() => break,
-            Op::Dropout { p } => {
+            Op::Softmax(_) if li + 1 == plan.layers.len() => break,
+            Op::Dropout(Dropout { p }) => {
                 let (threshold, _) = philox::dropout_threshold_scale(p);
                 let scale = 1.0 / (1.0 - p as f64);
                 for (i, v) in a.iter_mut().enumerate() {
@@ -134,11 +134,11 @@ fn network_gradients_match_finite_differences() {
 
 #[test]
 fn dropout_keeps_about_half_and_scales_by_two() {
-    let plan = alexnet::runtime::plan_from_str("T<100, 10, 10> { dropout(0.5) }").unwrap();
+    let plan = alexnet::plan_from_str("T<100, 10, 10> { dropout(0.5) }").unwrap();
     let stage = plan.stages()[0];
     let x = vec![1.5f32; 2 * 10_000];
     let mut y = vec![0.0f32; x.len()];
-    use alexnet::runtime::Backend;
+    use alexnet::runtime::prelude::*;
     let mask = DropoutMask { seed: 1, step: 2 };
     Cpu::new()
         .dropout(&plan, stage, 2, mask, &x, &mut y)
@@ -237,7 +237,7 @@ fn resume_continues_bit_for_bit() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a training state"), "{err}");
-    let other = alexnet::runtime::plan_from_str(&NET.replace("T<", "U<")).unwrap();
+    let other = alexnet::plan_from_str(&NET.replace("T<", "U<")).unwrap();
     let err = Trainer::resume(Cpu::new(), other, &path)
         .unwrap_err()
         .to_string();
@@ -291,7 +291,7 @@ fn bad_batches_are_refused() {
 #[test]
 fn dropout_before_the_first_learned_layer() {
     let src = "T<3, 9, 9> { dropout(0.2) conv(4, 3) relu fc(6) softmax }";
-    let plan = alexnet::runtime::plan_from_str(src).unwrap();
+    let plan = alexnet::plan_from_str(src).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let params = common::random_params(&plan, &mut rng);
     let model = Model::from_tensors(Cpu::new(), plan.clone(), params).unwrap();
@@ -299,8 +299,8 @@ fn dropout_before_the_first_learned_layer() {
     let x = Tensor::new(vec![2, 3, 9, 9], common::random(&mut rng, 2 * 243)).unwrap();
     assert!(t.step(&x, &[1, 4]).unwrap().loss.is_finite());
     // The GPU gets its forward dropout kernel too, and no backward before conv1.
-    let cuda = alexnet_codegen::cuda_train::render(&plan);
-    use alexnet_codegen::cuda_train::Role;
+    let cuda = alexnet::codegen::cuda::generate(&plan);
+    use alexnet::ir::Role;
     assert!(cuda.find(0, Role::Dropout).is_some());
     assert!(cuda.find(1, Role::DataGrad).is_none());
 }

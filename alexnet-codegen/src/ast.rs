@@ -9,8 +9,8 @@
 //! ```
 //!
 //! The parser accepts anything of this shape; whether a layer or an argument exists, has
-//! the right type and fits its input is decided by [`crate::check`], which can report
-//! many mistakes at once. Only malformed token structure stops parsing here.
+//! the right type and fits its input is decided by the checker (`check.rs`), which can
+//! report many mistakes at once. Only malformed token structure stops parsing here.
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
@@ -130,8 +130,7 @@ impl Parse for NetworkDef {
             )
         })?;
         let mut dims_tokens = lt.to_token_stream();
-        let mut dims = Vec::with_capacity(3);
-        for i in 0..3 {
+        let mut dim = |i: usize| -> syn::Result<LitInt> {
             if i > 0 {
                 let comma: Token![,] = input.parse().map_err(|e| {
                     syn::Error::new(
@@ -148,8 +147,9 @@ impl Parse for NetworkDef {
                 )
             })?;
             lit.to_tokens(&mut dims_tokens);
-            dims.push(lit);
-        }
+            Ok(lit)
+        };
+        let dims = [dim(0)?, dim(1)?, dim(2)?];
         let gt: Token![>] = input.parse().map_err(|e| {
             syn::Error::new(
                 e.span(),
@@ -157,9 +157,6 @@ impl Parse for NetworkDef {
             )
         })?;
         gt.to_tokens(&mut dims_tokens);
-        let dims: [LitInt; 3] = dims
-            .try_into()
-            .unwrap_or_else(|_| unreachable!("three dims parsed"));
 
         let mut split = None;
         if input.peek(Ident) && !input.peek(token::Brace) {

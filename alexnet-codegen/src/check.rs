@@ -10,9 +10,13 @@ use std::collections::HashMap;
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 
+use alexnet_core::ir::{Layer, Op, Plan, Shape};
+use alexnet_core::layers::dsl::did_you_mean;
+use alexnet_core::layers::{
+    self, ArgType, Culprit, Default, Keyword, Naming, ShapeContext, MAX_ELEMENTS,
+};
+
 use crate::ast::{LayerDef, NetworkDef, Value};
-use crate::ir::{Layer, Op, Plan, Shape};
-use crate::layers::{self, ArgType, Culprit, Default, KEYWORDS, MAX_ELEMENTS};
 
 /// What checking a network produced: the plan when there was no error, and otherwise the
 /// errors with as much of the shape as could be inferred (for the stub emitted beside them).
@@ -113,17 +117,20 @@ pub fn check(def: &NetworkDef) -> Checked {
         bound.push(bind(l, name, &mut errors));
     }
 
-    // Softmax must be last.
+    // A layer that must be last (softmax) is.
     for (i, b) in bound.iter().enumerate() {
-        if matches!(b.op, Some(Op::Softmax)) && i + 1 < bound.len() {
-            errors.push(
-                &b.def.tokens,
-                format!(
-                    "{}: softmax must be the last layer, but `{}` follows it",
-                    b.name,
-                    bound[i + 1].name
-                ),
-            );
+        if let (Some(op), Some(next)) = (b.op, bound.get(i + 1)) {
+            if op.kind().must_be_last() {
+                errors.push(
+                    &b.def.tokens,
+                    format!(
+                        "{}: {} must be the last layer, but `{}` follows it",
+                        b.name,
+                        op.keyword(),
+                        next.name
+                    ),
+                );
+            }
         }
     }
 
@@ -137,7 +144,7 @@ pub fn check(def: &NetworkDef) -> Checked {
             shape = None;
             continue;
         };
-        match layers::infer(&mut op, inp, &from, split, after_fc.as_deref()) {
+        match infer(&mut op, inp, &from, split, after_fc.as_deref()) {
             Ok(out) => {
                 layers.push(Layer {
                     name: b.name.clone().into(),
@@ -155,7 +162,7 @@ pub fn check(def: &NetworkDef) -> Checked {
                 shape = None;
             }
         }
-        if let Op::Fc { .. } = op {
+        if op.kind().flattens() {
             after_fc.get_or_insert_with(|| b.name.clone());
         }
         from = format!("`{}`", b.name);
@@ -169,6 +176,7 @@ pub fn check(def: &NetworkDef) -> Checked {
             split,
             layers: layers.into(),
             tower: None,
+            generated: None,
         }),
         _ => None,
     };
@@ -230,33 +238,33 @@ fn input_shape(def: &NetworkDef, errors: &mut Errors) -> Option<Shape> {
     ok.then(|| Shape::new(dims[0], dims[1], dims[2]))
 }
 
-/// Layer names: the user's, or defaults that count learned layers as the paper does
-/// (conv1..conv5, fc6..fc8). Other layers take the number of the last learned layer
-/// (`relu1`, `lrn1`, `pool1`), except dropout, which takes the number of the learned layer
-/// it feeds (`drop6` before `fc6`). A repeated default gets a suffix (`relu1_2`).
+/// Layer names: the user's, or defaults from each keyword's [`Naming`]: learned layers
+/// counted as the paper counts them (conv1..conv5, fc6..fc8), other layers numbered after
+/// the last learned layer (`relu1`, `lrn1`, `pool1`), dropout after the learned layer it
+/// feeds (`drop6` before `fc6`). A repeated default gets a suffix (`relu1_2`); an unknown
+/// keyword (an error reported elsewhere) is numbered like a ReLU.
 pub fn layer_names(def: &NetworkDef) -> Vec<String> {
-    let learned = |l: &LayerDef| matches!(l.kind.to_string().as_str(), "conv" | "fc");
+    let naming = |l: &LayerDef| layers::keyword(&l.kind.to_string()).map(|k: &Keyword| k.naming);
+    let learned = |l: &LayerDef| matches!(naming(l), Some(Naming::Learned(_)));
     let mut count = 0;
     let mut used: HashMap<String, usize> = HashMap::new();
     let mut names = Vec::with_capacity(def.layers.len());
     for (i, l) in def.layers.iter().enumerate() {
-        let kind = l.kind.to_string();
         if learned(l) {
             count += 1;
         }
-        let base = match kind.as_str() {
-            "conv" | "fc" => format!("{kind}{count}"),
-            "maxpool" | "avgpool" => format!("pool{count}"),
-            "dropout" => {
+        let base = match naming(l) {
+            Some(Naming::Learned(p)) | Some(Naming::AfterLearned(p)) => format!("{p}{count}"),
+            Some(Naming::BeforeLearned(p)) => {
                 let next = if def.layers[i..].iter().any(learned) {
                     count + 1
                 } else {
                     count
                 };
-                format!("drop{next}")
+                format!("{p}{next}")
             }
-            "softmax" => "softmax".to_string(),
-            other => format!("{}{count}", other.to_ascii_lowercase()),
+            Some(Naming::Fixed(name)) => name.to_string(),
+            None => format!("{}{count}", l.kind.to_string().to_ascii_lowercase()),
         };
         let name = match &l.name {
             Some(n) => n.to_string(),
@@ -284,14 +292,18 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
         op: None,
         arg_tokens: HashMap::new(),
     };
-    let Some(sig) = layers::signature(&kw) else {
-        let hint = match layers::did_you_mean(&kw, KEYWORDS.iter().copied()) {
+    let Some(keyword) = layers::keyword(&kw) else {
+        let hint = match did_you_mean(&kw, layers::keywords().map(|k| k.name)) {
             Some(s) => format!("; did you mean `{s}`?"),
-            None => format!(" (layers are: {})", KEYWORDS.join(", ")),
+            None => {
+                let all: Vec<&str> = layers::keywords().map(|k| k.name).collect();
+                format!(" (layers are: {})", all.join(", "))
+            }
         };
         errors.push(&l.kind, format!("unknown layer `{kw}`{hint}"));
         return bound;
     };
+    let sig = keyword.signature;
     if sig.is_empty() {
         if let Some(p) = &l.paren {
             let t = delimiters(proc_macro2::Delimiter::Parenthesis, p.span);
@@ -315,7 +327,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                         &arg.tokens,
                         format!(
                             "{name}: positional argument after a named one; write `{}`",
-                            layers::usage(&kw)
+                            keyword.usage()
                         ),
                     );
                     ok = false;
@@ -327,7 +339,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                         let n = sig.iter().filter(|a| a.positional).count();
                         errors.push(
                             &arg.tokens,
-                            format!("{name}: too many arguments: `{kw}` takes {n} positional argument{}; write `{}`", if n == 1 { "" } else { "s" }, layers::usage(&kw)),
+                            format!("{name}: too many arguments: `{kw}` takes {n} positional argument{}; write `{}`", if n == 1 { "" } else { "s" }, keyword.usage()),
                         );
                         ok = false;
                         continue;
@@ -340,7 +352,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                 match sig.iter().position(|a| a.name == n) {
                     Some(i) => i,
                     None => {
-                        let hint = match layers::did_you_mean(&n, sig.iter().map(|a| a.name)) {
+                        let hint = match did_you_mean(&n, sig.iter().map(|a| a.name)) {
                             Some(s) => format!("did you mean `{s}`? "),
                             None => String::new(),
                         };
@@ -348,7 +360,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                             id,
                             format!(
                                 "{name}: unknown argument `{n}` for `{kw}`; {hint}`{kw}` takes: {}",
-                                layers::usage(&kw)
+                                keyword.usage()
                             ),
                         );
                         ok = false;
@@ -387,7 +399,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
                         format!(
                             "{name}: missing argument `{}`; write `{}`",
                             spec.name,
-                            layers::usage(&kw)
+                            keyword.usage()
                         ),
                     );
                     ok = false;
@@ -405,9 +417,8 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
     }
     // Every value is known unless an argument was invalid (then `ok` is false).
     let values: Option<Vec<f64>> = values.into_iter().collect();
-    if let (true, Some(v)) = (ok, values) {
-        let op = layers::build(&kw, &v);
-        match layers::check_args(&op) {
+    if let (true, Some(op)) = (ok, values.and_then(|v| Op::build(&kw, &v))) {
+        match op.kind().check_args() {
             Some((arg, msg)) => errors.push(
                 bound.culprit_tokens(Culprit::Arg(arg)),
                 format!("{name}: {msg}"),
@@ -416,6 +427,36 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
         }
     }
     bound
+}
+
+/// A layer's shape rule, with the checks every kind shares: no image layer after a fully
+/// connected one (`after_fc`), and no output beyond the 2^31 elements the kernels index.
+fn infer(
+    op: &mut Op,
+    input: Shape,
+    from: &str,
+    split: usize,
+    after_fc: Option<&str>,
+) -> Result<Shape, layers::ShapeError> {
+    let cx = ShapeContext { from, split };
+    if let (Some(what), Some(fc)) = (op.kind().needs_image(), after_fc) {
+        return Err(layers::ShapeError {
+            culprit: Culprit::Layer,
+            message: format!(
+                "{what} after fully connected layer `{fc}`: its input is a {}-vector, not an image ({})",
+                input.c,
+                cx.input(input)
+            ),
+        });
+    }
+    let out = op.kind_mut().infer(input, &cx)?;
+    if (out.c as u128) * (out.h as u128) * (out.w as u128) > MAX_ELEMENTS {
+        return Err(layers::ShapeError {
+            culprit: Culprit::Layer,
+            message: format!("output {out} overflows the 2^31 element limit per image"),
+        });
+    }
+    Ok(out)
 }
 
 fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String> {

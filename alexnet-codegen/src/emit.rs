@@ -3,11 +3,13 @@
 //! Generated code names the facade crate `::alexnet` (which re-exports the runtime and
 //! the IR), so a user depends on `alexnet` alone.
 
+use alexnet_core::cuda;
+use alexnet_core::ir::{KernelLaunch, KernelSpec, Kernels, Layer, Op, Plan, Shape};
+use alexnet_core::kernels::spec::{Access, Arg, ArgTy, Elem, GemmInfo, GemmStage, Len, Role};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
 use crate::ast::NetworkDef;
-use crate::ir::{Layer, Op, Plan, Shape};
 
 fn usize_lit(v: usize) -> Literal {
     Literal::usize_unsuffixed(v)
@@ -18,50 +20,14 @@ fn shape_tokens(s: Shape) -> TokenStream {
     quote!(::alexnet::ir::Shape { c: #c, h: #h, w: #w })
 }
 
+/// The operation as an expression: its derived `Debug` (`Conv(Conv { out: 96, .. })`, every
+/// field a number or a bool), with the kinds in scope where the plan is emitted.
 fn op_tokens(op: &Op) -> TokenStream {
-    let u = |v: usize| usize_lit(v);
-    let f = |v: f32| Literal::f32_suffixed(v);
-    match *op {
-        Op::Conv {
-            out,
-            k,
-            stride,
-            pad,
-            groups,
-        } => {
-            let (out, k, stride, pad, groups) = (u(out), u(k), u(stride), u(pad), u(groups));
-            quote!(::alexnet::ir::Op::Conv { out: #out, k: #k, stride: #stride, pad: #pad, groups: #groups })
-        }
-        Op::Relu => quote!(::alexnet::ir::Op::Relu),
-        Op::MaxPool { k, stride } => {
-            let (k, stride) = (u(k), u(stride));
-            quote!(::alexnet::ir::Op::MaxPool { k: #k, stride: #stride })
-        }
-        Op::AvgPool { k, stride } => {
-            let (k, stride) = (u(k), u(stride));
-            quote!(::alexnet::ir::Op::AvgPool { k: #k, stride: #stride })
-        }
-        Op::Lrn {
-            size,
-            alpha,
-            beta,
-            k,
-            channel_groups,
-        } => {
-            let (size, g) = (u(size), u(channel_groups));
-            let (alpha, beta, k) = (f(alpha), f(beta), f(k));
-            quote!(::alexnet::ir::Op::Lrn { size: #size, alpha: #alpha, beta: #beta, k: #k, channel_groups: #g })
-        }
-        Op::Dropout { p } => {
-            let p = f(p);
-            quote!(::alexnet::ir::Op::Dropout { p: #p })
-        }
-        Op::Fc { out } => {
-            let out = u(out);
-            quote!(::alexnet::ir::Op::Fc { out: #out })
-        }
-        Op::Softmax => quote!(::alexnet::ir::Op::Softmax),
-    }
+    let text = format!("::alexnet::ir::Op::{op:?}");
+    text.parse().unwrap_or_else(|e| {
+        let msg = format!("alexnet: cannot embed `{op:?}` ({e}); please report this");
+        quote!(::core::compile_error!(#msg))
+    })
 }
 
 fn layer_tokens(l: &Layer) -> TokenStream {
@@ -89,43 +55,202 @@ fn layer_infos(plan: &Plan) -> TokenStream {
     quote!(&[#(#rows),*])
 }
 
-/// The kernels' launch table as a constant expression.
-fn kernel_launches(cuda: &crate::cuda::CudaPlan) -> TokenStream {
-    let rows = cuda.kernels.iter().map(|k| {
-        let name = k.name.as_ref();
-        let layer = usize_lit(k.layer);
-        let (block, xpb, gy, gz) = (
-            Literal::u32_unsuffixed(k.block),
-            Literal::u32_unsuffixed(k.x_per_block),
-            Literal::u32_unsuffixed(k.grid_y),
-            Literal::u32_unsuffixed(k.grid_z),
-        );
-        let xpi = Literal::u64_unsuffixed(k.x_per_image);
-        let xf = Literal::u32_unsuffixed(k.x_fixed);
-        quote! {
-            ::alexnet::ir::KernelLaunch {
-                layer: #layer,
-                name: ::std::borrow::Cow::Borrowed(#name),
-                block: #block,
-                x_per_image: #xpi,
-                x_per_block: #xpb,
-                x_fixed: #xf,
-                grid_y: #gy,
-                grid_z: #gz,
-            }
+fn launch_tokens(k: &KernelLaunch) -> TokenStream {
+    let name = k.name.as_ref();
+    let layer = usize_lit(k.layer);
+    let (block, xpb, gy, gz) = (
+        Literal::u32_unsuffixed(k.block),
+        Literal::u32_unsuffixed(k.x_per_block),
+        Literal::u32_unsuffixed(k.grid_y),
+        Literal::u32_unsuffixed(k.grid_z),
+    );
+    let xpi = Literal::u64_unsuffixed(k.x_per_image);
+    let xf = Literal::u32_unsuffixed(k.x_fixed);
+    quote! {
+        ::alexnet::ir::KernelLaunch {
+            layer: #layer,
+            name: ::std::borrow::Cow::Borrowed(#name),
+            block: #block,
+            x_per_image: #xpi,
+            x_per_block: #xpb,
+            x_fixed: #xf,
+            grid_y: #gy,
+            grid_z: #gz,
         }
-    });
+    }
+}
+
+/// The kernels' launch table as a constant expression.
+fn kernel_launches(specs: &[KernelSpec]) -> TokenStream {
+    let rows = specs.iter().map(|k| launch_tokens(&k.launch));
     quote!(&[#(#rows),*])
 }
 
-/// The `Plan` as a constant expression.
-pub fn plan_tokens(plan: &Plan) -> TokenStream {
+const SPEC: &str = "::alexnet::ir::kernels::spec";
+
+fn path(item: &str) -> TokenStream {
+    format!("{SPEC}::{item}")
+        .parse()
+        .unwrap_or_else(|_| quote!(::core::compile_error!("alexnet: bad path")))
+}
+
+fn role_tokens(r: Role) -> TokenStream {
+    let p = path("Role");
+    match r {
+        Role::Sgd { first, count } => {
+            let (first, count) = (usize_lit(first), usize_lit(count));
+            quote!(#p::Sgd { first: #first, count: #count })
+        }
+        other => {
+            let v = format_ident!("{}", format!("{other:?}"));
+            quote!(#p::#v)
+        }
+    }
+}
+
+fn elem_tokens(e: Elem) -> TokenStream {
+    let (p, v) = (path("Elem"), format_ident!("{}", format!("{e:?}")));
+    quote!(#p::#v)
+}
+
+fn arg_tokens(a: &Arg) -> TokenStream {
+    let name = a.name;
+    let ty = match a.ty {
+        ArgTy::Ptr(e, access) => {
+            let (p, e) = (path("ArgTy"), elem_tokens(e));
+            let access = match access {
+                Access::Read => format_ident!("Read"),
+                Access::Write => format_ident!("Write"),
+                Access::Update => format_ident!("Update"),
+            };
+            let ap = path("Access");
+            quote!(#p::Ptr(#e, #ap::#access))
+        }
+        ArgTy::Struct(s) => {
+            let p = path("ArgTy");
+            quote!(#p::Struct(#s))
+        }
+        other => {
+            let (p, v) = (path("ArgTy"), format_ident!("{}", format!("{other:?}")));
+            quote!(#p::#v)
+        }
+    };
+    let u = |v: u64| Literal::u64_unsuffixed(v);
+    let lp = path("Len");
+    let len = match a.len {
+        None => quote!(::core::option::Option::None),
+        Some(Len::PerImage(n)) => {
+            let n = u(n);
+            quote!(::core::option::Option::Some(#lp::PerImage(#n)))
+        }
+        Some(Len::Fixed(n)) => {
+            let n = u(n);
+            quote!(::core::option::Option::Some(#lp::Fixed(#n)))
+        }
+        Some(Len::Split {
+            per_chunk,
+            per_image,
+            chunk,
+        }) => {
+            let (a, b, c) = (u(per_chunk), u(per_image), u(chunk));
+            quote!(::core::option::Option::Some(#lp::Split { per_chunk: #a, per_image: #b, chunk: #c }))
+        }
+    };
+    let ap = path("Arg");
+    quote!(#ap { name: #name, ty: #ty, len: #len })
+}
+
+fn gemm_tokens(g: Option<GemmInfo>) -> TokenStream {
+    let Some(g) = g else {
+        return quote!(::core::option::Option::None);
+    };
+    let (info, tile, epi, stage) = (
+        path("GemmInfo"),
+        path("Tile"),
+        path("Epilogue"),
+        path("GemmStage"),
+    );
+    let st = format_ident!(
+        "{}",
+        match g.stage {
+            GemmStage::Forward => "Forward",
+            GemmStage::DataGrad => "DataGrad",
+            GemmStage::WeightGrad => "WeightGrad",
+        }
+    );
+    let e = elem_tokens(g.elem);
+    let t = g.tile;
+    let (tm, rm, tn, rn, tk) = (
+        usize_lit(t.tm),
+        usize_lit(t.rm),
+        usize_lit(t.tn),
+        usize_lit(t.rn),
+        usize_lit(t.tk),
+    );
+    let (pipeline, split_k) = (Literal::u32_unsuffixed(g.pipeline), usize_lit(g.split_k));
+    let (bias, relu) = (g.epilogue.bias, g.epilogue.relu);
+    quote! {
+        ::core::option::Option::Some(#info {
+            stage: #stage::#st,
+            elem: #e,
+            tile: #tile { tm: #tm, rm: #rm, tn: #tn, rn: #rn, tk: #tk },
+            pipeline: #pipeline,
+            split_k: #split_k,
+            epilogue: #epi { bias: #bias, relu: #relu },
+        })
+    }
+}
+
+fn spec_tokens(k: &KernelSpec) -> TokenStream {
+    let role = role_tokens(k.role);
+    let launch = launch_tokens(&k.launch);
+    let stub = k.stub.as_ref();
+    let args = k.args.iter().map(arg_tokens);
+    let gemm = gemm_tokens(k.gemm);
+    quote! {
+        ::alexnet::ir::KernelSpec {
+            role: #role,
+            launch: #launch,
+            stub: ::std::borrow::Cow::Borrowed(#stub),
+            args: ::std::borrow::Cow::Borrowed(&[#(#args),*]),
+            gemm: #gemm,
+        }
+    }
+}
+
+fn kernels_tokens(k: &Kernels) -> TokenStream {
+    let list = |specs: &[KernelSpec]| {
+        let items = specs.iter().map(spec_tokens);
+        quote!(::std::borrow::Cow::Borrowed(&[#(#items),*]))
+    };
+    let (f, t, e) = (list(&k.forward), list(&k.training), list(&k.exchanges));
+    quote!(::alexnet::ir::Kernels { forward: #f, training: #t, exchanges: #e })
+}
+
+/// The kernels `network!` generates for `plan` and, for a split network, for each tower's
+/// plan, as a constant expression of `Generated`.
+fn generated_tokens(kernels: &Kernels, towers: &[Kernels]) -> TokenStream {
+    let k = kernels_tokens(kernels);
+    let towers = towers.iter().map(|t| {
+        let k = kernels_tokens(t);
+        quote!(::alexnet::ir::Generated { kernels: #k, towers: &[] })
+    });
+    quote!(::alexnet::ir::Generated { kernels: #k, towers: &[#(#towers),*] })
+}
+
+/// The `Plan` as a constant expression, with `generated` (a path to a static of its
+/// generated kernels) in it. The layer kinds must be in scope (`::alexnet::ir::kinds::*`).
+pub fn plan_tokens(plan: &Plan, generated: Option<TokenStream>) -> TokenStream {
     let name = plan.name.as_ref();
     let input = shape_tokens(plan.input);
     let split = usize_lit(plan.split);
     // Generated networks are whole; tower plans are made at run time by `Plan::tower`.
     debug_assert!(plan.tower.is_none());
     let layers = plan.layers.iter().map(layer_tokens);
+    let generated = match generated {
+        Some(g) => quote!(::std::option::Option::Some(&#g)),
+        None => quote!(::std::option::Option::None),
+    };
     quote! {
         ::alexnet::ir::Plan {
             name: ::std::borrow::Cow::Borrowed(#name),
@@ -133,6 +258,7 @@ pub fn plan_tokens(plan: &Plan) -> TokenStream {
             split: #split,
             layers: ::std::borrow::Cow::Borrowed(&[#(#layers),*]),
             tower: ::std::option::Option::None,
+            generated: #generated,
         }
     }
 }
@@ -191,26 +317,37 @@ pub fn network(
         None => quote!([0, 0, 0]),
     };
     let (in_arr, out_arr) = (arr(input), arr(output));
-    let (cuda_source, cuda_kernels, cuda_training) = match plan {
-        Some(p) => {
-            let cuda = crate::cuda::render(p);
-            let training = crate::cuda_train::render(p);
-            (
-                Literal::string(&cuda.source),
-                kernel_launches(&cuda),
-                Literal::string(&training.source),
-            )
-        }
-        None => (Literal::string(""), quote!(&[]), Literal::string("")),
+    let kernels = plan.map(|p| {
+        let towers: Vec<Kernels> = (0..p.split)
+            .filter_map(|t| p.tower(t))
+            .map(|t| cuda::generate(&t))
+            .collect();
+        (cuda::generate(p), towers)
+    });
+    let (cuda_source, cuda_kernels, cuda_training) = match (plan, &kernels) {
+        (Some(p), Some((k, _))) => (
+            Literal::string(&cuda::forward_source(p, k)),
+            kernel_launches(&k.forward),
+            Literal::string(&cuda::training_source(p, k)),
+        ),
+        _ => (Literal::string(""), quote!(&[]), Literal::string("")),
     };
     let (param_count, macs, layer_table, plan_body, forward_body) = match plan {
         Some(p) => {
-            let pt = plan_tokens(p);
+            let generated = kernels
+                .as_ref()
+                .map(|(k, towers)| generated_tokens(k, towers));
+            let pt = plan_tokens(p, generated.is_some().then(|| quote!(GENERATED)));
+            let generated =
+                generated.map(|g| quote!(static GENERATED: ::alexnet::ir::Generated = #g;));
             (
                 usize_lit(p.param_count()),
                 Literal::u64_unsuffixed(p.macs()),
                 layer_infos(p),
                 quote! {
+                    #[allow(unused_imports)]
+                    use ::alexnet::ir::kinds::*;
+                    #generated
                     static PLAN: ::alexnet::ir::Plan = #pt;
                     &PLAN
                 },
@@ -218,7 +355,8 @@ pub fn network(
             )
         }
         None => {
-            let never = quote!(::core::unreachable!(
+            // Never runs: the network failed to compile, and `compile_error!` says why.
+            let never = quote!(::core::panic!(
                 "network `{}` failed to compile",
                 stringify!(#name)
             ));

@@ -1,16 +1,15 @@
-//! The `network!` DSL as an ordinary library: parse ([`ast`]), check and infer shapes
-//! ([`check`], with one place per layer kind in [`layers`]), plan ([`ir`]), emit Rust
-//! ([`emit`]) and CUDA ([`cuda`], from the templates in `kernels_templates/`). The proc-macro crate only calls [`expand`]; the runtime uses [`ir`], and
-//! [`plan_from_str`] gives tools and tests the same front end at run time.
+//! The `network!` front end as an ordinary library: parse the DSL with spans ([`ast`]),
+//! bind arguments and infer shapes with spanned errors ([`check`], over the layer kinds of
+//! `alexnet_core::layers`), and emit the typed Rust of each network with its plan and its
+//! generated CUDA kernels embedded ([`emit`]). The proc-macro crate only calls [`expand`];
+//! [`plan_from_str`] gives tools and tests the same front end at run time. The IR and the
+//! kernel generator are `alexnet-core`, which the runtime uses without `syn`.
 
 pub mod ast;
 pub mod check;
-pub mod cuda;
-pub mod cuda_exchange;
-pub mod cuda_train;
 pub mod emit;
-pub mod ir;
-pub mod layers;
+
+pub use alexnet_core::{cuda, ir, kernels, layers};
 
 use proc_macro2::TokenStream;
 
@@ -46,12 +45,13 @@ pub fn expand(input: TokenStream) -> TokenStream {
     out
 }
 
-/// Writes a network's generated CUDA to `<dir>/<Network>.cu` (what `ALEXNET_DUMP_CUDA`
-/// does while the macro runs).
+/// Writes a network's generated forward CUDA to `<dir>/<Network>.cu` (what
+/// `ALEXNET_DUMP_CUDA` does while the macro runs).
 pub fn dump_cuda(plan: &ir::Plan, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{}.cu", plan.name));
-    std::fs::write(&path, cuda::render(plan).source)?;
+    let kernels = cuda::kernels(plan);
+    std::fs::write(&path, cuda::forward_source(plan, &kernels))?;
     Ok(path)
 }
 
@@ -84,15 +84,10 @@ pub(crate) const ALEXNET: &str = "AlexNet<3, 227, 227> split 2 {
         dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax
     }";
 
-/// [`ALEXNET`] planned.
-#[cfg(test)]
-pub(crate) fn alexnet_plan() -> ir::Plan {
-    plan_from_str(ALEXNET).expect("the paper's AlexNet plans")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alexnet_core::ir::{Lrn, Op};
 
     #[test]
     fn alexnet_plan() {
@@ -116,10 +111,10 @@ mod tests {
         );
         assert!(matches!(
             plan.layer("lrn2").unwrap().op,
-            ir::Op::Lrn {
+            Op::Lrn(Lrn {
                 channel_groups: 2,
                 ..
-            }
+            })
         ));
     }
 
@@ -143,5 +138,21 @@ mod tests {
             err,
             "conv2: kernel 7 exceeds input 3x3 (input 4x3x3 from `pool1`)"
         );
+    }
+
+    #[test]
+    fn every_op_embeds_as_a_rust_expression() {
+        let plan = plan_from_str(
+            "N<8, 9, 9> split 2 { conv(8, 3, pad = 1, groups = 2) relu tanh lrn(3, alpha = 1e-5) \
+             maxpool(3, stride = 2) avgpool(2) dropout(0.25) fc(4) softmax }",
+        )
+        .unwrap();
+        for l in plan.layers.iter() {
+            let tokens = emit::plan_tokens(&plan, None).to_string();
+            assert!(!tokens.contains("compile_error"), "{tokens}");
+            let text = format!("{:?}", l.op);
+            let parsed: syn::Expr = syn::parse_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let _ = parsed;
+        }
     }
 }

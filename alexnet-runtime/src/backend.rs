@@ -1,44 +1,101 @@
-//! The backend trait: what a device must do to run a planned network. The CPU backend
-//! ([`crate::Cpu`]) implements it here; the CUDA backend implements the same trait with
-//! kernels generated for each network's shapes.
+//! What a device must do to run planned networks, split by concern, as candle and burn
+//! split theirs, so that a new backend can run inference before it can train, and each
+//! user asks only for what it uses:
+//!
+//! - [`Memory`]: buffers with an element type ([`Element`]: f32, and f16/bf16 beside it),
+//!   uploads, downloads, synchronisation;
+//! - [`Inference`]: the forward pass of a stage;
+//! - [`Training`]: the backward pass, dropout, the fused loss, the SGD update;
+//! - [`Exchange`]: the exchanges between the two towers of a split network.
+//!
+//! [`Backend`] is all of them. The CPU backend ([`crate::Cpu`]) is the reference; the
+//! CUDA backend ([`crate::Cuda`]) runs each network's generated kernels; [`crate::Device`]
+//! is either, chosen at run time. Activations are NCHW.
 
-use crate::error::Result;
-use crate::ir::{Plan, Stage};
+use crate::error::{Error, Result};
+use crate::ir::{Elem, Plan, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
 
-/// A device that runs planned networks. Buffers are flat f32 arrays in device memory;
-/// activations are NCHW.
-pub trait Backend: Send + Sync + 'static {
-    /// Device memory holding f32 values.
-    type Buffer: Send + Sync;
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// A type a buffer can hold: `f32`, `half::f16` or `half::bf16`. Every backend stores
+/// all of them; the kernels are f32 for now (16-bit kernels are the mixed-precision work
+/// of a later issue), so 16-bit buffers are only moved, not computed on.
+pub trait Element:
+    sealed::Sealed
+    + Copy
+    + Default
+    + PartialEq
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+{
+    /// The element type, as kernel specs name it.
+    const ELEM: Elem;
+}
+
+impl Element for f32 {
+    const ELEM: Elem = Elem::F32;
+}
+
+impl Element for half::f16 {
+    const ELEM: Elem = Elem::F16;
+}
+
+impl Element for half::bf16 {
+    const ELEM: Elem = Elem::Bf16;
+}
+
+/// A device's memory.
+pub trait Memory: Send + Sync + 'static {
+    /// Device memory holding values of type `T`.
+    type Buffer<T: Element>: Send + Sync;
 
     /// A short description for logs, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
 
-    fn upload(&self, data: &[f32]) -> Result<Self::Buffer>;
-    fn download(&self, buf: &Self::Buffer) -> Result<Vec<f32>>;
+    /// A buffer of `len` zeros.
+    fn alloc<T: Element>(&self, len: usize) -> Result<Self::Buffer<T>>;
+
+    fn upload<T: Element>(&self, data: &[T]) -> Result<Self::Buffer<T>>;
+
+    fn download<T: Element>(&self, buf: &Self::Buffer<T>) -> Result<Vec<T>>;
+
     /// The first `len` values of `buf` (all of it when shorter).
-    fn download_prefix(&self, buf: &Self::Buffer, len: usize) -> Result<Vec<f32>> {
+    fn download_prefix<T: Element>(&self, buf: &Self::Buffer<T>, len: usize) -> Result<Vec<T>> {
         let mut v = self.download(buf)?;
         v.truncate(len);
         Ok(v)
     }
-    /// Copies `data` into the start of `buf` (which must hold at least `data.len()`
-    /// values).
-    fn write(&self, buf: &mut Self::Buffer, data: &[f32]) -> Result<()>;
-    /// A buffer of `len` elements; its contents are unspecified until written.
-    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
 
-    /// Readies the backend to run `plan` (CUDA compiles and loads its kernels here), so
-    /// that errors surface when a model is built and the first batch is not slow.
-    fn prepare(&self, plan: &Plan) -> Result<()> {
-        let _ = plan;
+    /// Copies `data` into the start of `buf`, which must hold at least `data.len()` values.
+    fn write<T: Element>(&self, buf: &mut Self::Buffer<T>, data: &[T]) -> Result<()>;
+
+    /// Waits until all work submitted so far has finished (for timing, and before a
+    /// buffer another device reads is freed).
+    fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+}
 
-    /// Waits until all work submitted so far has finished (for timing).
-    fn synchronize(&self) -> Result<()> {
+/// An f32 buffer of backend `B`.
+pub type F32<B> = <B as Memory>::Buffer<f32>;
+
+/// Running a planned network's forward pass.
+pub trait Inference: Memory {
+    /// Readies the backend to run `plan` (CUDA loads its kernels here), so that errors
+    /// surface when a model is built and the first batch is not slow.
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        let _ = plan;
         Ok(())
     }
 
@@ -51,12 +108,15 @@ pub trait Backend: Send + Sync + 'static {
         plan: &Plan,
         stage: Stage,
         batch: usize,
-        input: &Self::Buffer,
-        params: &[&Self::Buffer],
-        output: &mut Self::Buffer,
+        input: &F32<Self>,
+        params: &[&F32<Self>],
+        output: &mut F32<Self>,
     ) -> Result<()>;
+}
 
-    /// Readies the backend to train `plan` (CUDA compiles the backward, loss, dropout and
+/// Training a planned network: the backward pass, dropout, the loss and the optimiser.
+pub trait Training: Inference {
+    /// Readies the backend to train `plan` (CUDA loads the backward, loss, dropout and
     /// optimiser kernels here; inference never pays for them).
     fn prepare_training(&self, plan: &Plan) -> Result<()> {
         let _ = plan;
@@ -68,19 +128,19 @@ pub trait Backend: Send + Sync + 'static {
     /// gradient `dy` of its output, which it may overwrite. Writes all of `dx`, the
     /// gradient of the input, when given (the first learned layer needs none), and
     /// overwrites `dparams`, the gradients of the weight and the bias (learned layers).
-    /// Dropout stages go through [`Backend::dropout`] instead.
+    /// Dropout stages go through [`Training::dropout`] instead.
     #[allow(clippy::too_many_arguments)]
     fn backward_stage(
         &self,
         plan: &Plan,
         stage: Stage,
         batch: usize,
-        x: &Self::Buffer,
-        y: &Self::Buffer,
-        dy: &mut Self::Buffer,
-        params: &[&Self::Buffer],
-        dx: Option<&mut Self::Buffer>,
-        dparams: &mut [&mut Self::Buffer],
+        x: &F32<Self>,
+        y: &F32<Self>,
+        dy: &mut F32<Self>,
+        params: &[&F32<Self>],
+        dx: Option<&mut F32<Self>>,
+        dparams: &mut [&mut F32<Self>],
     ) -> Result<()>;
 
     /// Training-time (inverted) dropout of the dropout stage `stage` on `batch` images:
@@ -93,8 +153,8 @@ pub trait Backend: Send + Sync + 'static {
         stage: Stage,
         batch: usize,
         mask: DropoutMask,
-        input: &Self::Buffer,
-        output: &mut Self::Buffer,
+        input: &F32<Self>,
+        output: &mut F32<Self>,
     ) -> Result<()>;
 
     /// Softmax cross-entropy of `batch` rows of `classes` logits against `labels` (class
@@ -107,10 +167,10 @@ pub trait Backend: Send + Sync + 'static {
         plan: &Plan,
         batch: usize,
         classes: usize,
-        logits: &Self::Buffer,
-        labels: &Self::Buffer,
-        dlogits: &mut Self::Buffer,
-        stats: &mut Self::Buffer,
+        logits: &F32<Self>,
+        labels: &F32<Self>,
+        dlogits: &mut F32<Self>,
+        stats: &mut F32<Self>,
     ) -> Result<()>;
 
     /// One SGD step over every parameter of `plan`, in [`Plan::params`] order: for each
@@ -122,66 +182,72 @@ pub trait Backend: Send + Sync + 'static {
         plan: &Plan,
         sgd: Sgd,
         lr_mults: &[f32],
-        params: &mut [&mut Self::Buffer],
-        velocity: &mut [&mut Self::Buffer],
-        grads: &[&Self::Buffer],
+        params: &mut [&mut F32<Self>],
+        velocity: &mut [&mut F32<Self>],
+        grads: &[&F32<Self>],
     ) -> Result<()>;
+}
 
-    /// Says how this backend reads `other`'s buffers in the exchanges of
-    /// [`crate::Towers`], e.g. `same memory`, or for CUDA direct reads (one GPU) or peer
-    /// copies (two GPUs).
+/// The exchanges between the two towers of a split network ([`crate::towers::Towers`]),
+/// each tower on a backend of this kind.
+pub trait Exchange: Memory {
+    /// Says how this backend reads `other`'s buffers in the exchanges, e.g. `same
+    /// memory`, or for CUDA direct reads (one GPU) or peer copies (two GPUs).
     fn connect(&self, other: &Self) -> Result<String> {
         let _ = other;
         Ok("same memory".into())
     }
 
-    /// The forward exchange of a tower ([`crate::Towers`]) before `layer` of its plan
-    /// `plan`, a layer that reads both towers ([`Plan::gathers`]): writes `whole`, the
-    /// layer's input for `batch` images (the towers' outputs of the previous layer side
-    /// by side, tower 0's first), from this tower's output `own` and the other tower's
-    /// `other`. `other` may belong to another backend of the same kind (the other
-    /// tower's GPU); the copy is ordered after the work that wrote it, without waiting
-    /// for the whole device. The other tower must keep `other` until this tower's work
-    /// so far has finished ([`Backend::synchronize`]).
-    #[allow(clippy::too_many_arguments)]
+    /// The forward exchange of a tower before `layer` of its plan `plan`, a layer that
+    /// reads both towers ([`Plan::gathers`]): writes `whole`, the layer's input for
+    /// `batch` images (the towers' outputs of the previous layer side by side, tower 0's
+    /// first), from this tower's output `own` and the other tower's `other`. `other` may
+    /// belong to another backend of the same kind (the other tower's GPU); the copy is
+    /// ordered after the work that wrote it, without waiting for the whole device. The
+    /// other tower must keep `other` until this tower's work so far has finished
+    /// ([`Memory::synchronize`]).
     fn gather(
         &self,
         plan: &Plan,
         layer: usize,
         batch: usize,
-        own: &Self::Buffer,
-        other: &Self::Buffer,
-        whole: &mut Self::Buffer,
+        own: &F32<Self>,
+        other: &F32<Self>,
+        whole: &mut F32<Self>,
     ) -> Result<()>;
 
-    /// The backward exchange after `layer` (as in [`Backend::gather`]), on the sending
+    /// The backward exchange after `layer` (as in [`Exchange::gather`]), on the sending
     /// tower: writes `packed`, the other tower's part of `dx` (the gradient of `layer`'s
     /// whole input, `batch` images), contiguous, for the other tower's
-    /// [`Backend::reduce_gradient`].
+    /// [`Exchange::reduce_gradient`].
     fn pack_gradient(
         &self,
         plan: &Plan,
         layer: usize,
         batch: usize,
-        dx: &Self::Buffer,
-        packed: &mut Self::Buffer,
+        dx: &F32<Self>,
+        packed: &mut F32<Self>,
     ) -> Result<()>;
 
     /// The backward exchange after `layer`, on the receiving tower: writes `dy`, the
     /// gradient of this tower's output of the previous layer, as this tower's part of its
     /// own `dx` plus `received`, what the other tower packed for it (which may belong to
-    /// the other tower's backend, as in [`Backend::gather`]).
-    #[allow(clippy::too_many_arguments)]
+    /// the other tower's backend, as in [`Exchange::gather`]).
     fn reduce_gradient(
         &self,
         plan: &Plan,
         layer: usize,
         batch: usize,
-        dx: &Self::Buffer,
-        received: &Self::Buffer,
-        dy: &mut Self::Buffer,
+        dx: &F32<Self>,
+        received: &F32<Self>,
+        dy: &mut F32<Self>,
     ) -> Result<()>;
 }
+
+/// A backend that does everything: inference, training and tower exchanges.
+pub trait Backend: Training + Exchange {}
+
+impl<B: Training + Exchange> Backend for B {}
 
 /// Checks that `layer` of `plan` gathers two towers ([`Plan::gathers`]) and that
 /// buffers of the given lengths (values, and whether each holds a part or the whole
@@ -194,12 +260,11 @@ pub(crate) fn check_exchange(
     batch: usize,
     buffers: &[(&str, usize, bool)],
 ) -> Result<(usize, usize)> {
-    let err = |m: String| crate::error::Error::Backend(format!("{who}: {m}"));
     let tower = match plan.tower {
         Some(t) if t.of == 2 && plan.gathers(layer) => t.index,
         _ => {
-            return Err(err(format!(
-                "`{}` layer {layer} is not a two-tower exchange",
+            return Err(Error::Invalid(format!(
+                "{who}: `{}` layer {layer} is not a two-tower exchange",
                 plan.name
             )))
         }
@@ -208,16 +273,17 @@ pub(crate) fn check_exchange(
     for &(what, len, whole) in buffers {
         let want = batch * part * if whole { 2 } else { 1 };
         if len < want {
-            return Err(err(format!(
-                "exchange before {}: {what} holds {len} values, {want} needed",
-                plan.layers[layer].name
-            )));
+            return Err(Error::BufferTooSmall {
+                what: format!("{who}: exchange before {}: {what}", plan.layers[layer].name),
+                len,
+                needed: want,
+            });
         }
     }
     Ok((tower, part))
 }
 
-/// Checks the arguments of [`Backend::sgd_step`] for backend `who`: one parameter,
+/// Checks the arguments of [`Training::sgd_step`] for backend `who`: one parameter,
 /// momentum, gradient and learning-rate multiplier per tensor of `plan` (`counts`), and
 /// buffers holding at least their tensor (`lens(i)`: the lengths of tensor i's parameter,
 /// momentum and gradient buffers). Returns the tensors' specs.
@@ -231,18 +297,18 @@ pub(crate) fn check_sgd_args(
     let n = specs.len();
     if counts != [n; 4] {
         let [p, v, g, m] = counts;
-        return Err(crate::error::Error::Backend(format!(
+        return Err(Error::Invalid(format!(
             "{who}: sgd over {n} tensors got {p} parameters, {v} momenta, {g} gradients, {m} multipliers"
         )));
     }
     for (i, spec) in specs.iter().enumerate() {
         for (what, len) in ["", " momentum", " gradient"].iter().zip(lens(i)) {
             if len < spec.len() {
-                return Err(crate::error::Error::Backend(format!(
-                    "{who}: {}{what} buffer holds {len} values, {} needed",
-                    spec.name,
-                    spec.len()
-                )));
+                return Err(Error::BufferTooSmall {
+                    what: format!("{who}: {}{what}", spec.name),
+                    len,
+                    needed: spec.len(),
+                });
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Choosing where a network runs: `Device::auto()` takes the GPU when there is one and
 //! otherwise the CPU, saying so in one line; `Device::cuda(0)` is an error without a GPU.
 
-use crate::backend::Backend;
+use crate::backend::{Element, Exchange, Inference, Memory, Training};
 use crate::cpu::Cpu;
 use crate::cuda::Cuda;
 use crate::error::{Error, Result};
@@ -17,9 +17,9 @@ pub enum Device {
 }
 
 /// Memory on a [`Device`].
-pub enum DeviceBuffer {
-    Cpu(Vec<f32>),
-    Cuda(cudarc::driver::CudaSlice<f32>),
+pub enum DeviceBuffer<T: Element> {
+    Cpu(Vec<T>),
+    Cuda(cudarc::driver::CudaSlice<T>),
 }
 
 impl Device {
@@ -52,7 +52,7 @@ impl Device {
             "cuda" => Device::cuda(0),
             s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
                 Some(n) => Device::cuda(n),
-                None => Err(Error::Backend(format!(
+                None => Err(Error::Invalid(format!(
                     "unknown device `{s}`: expected cpu, cuda, cuda:N or auto"
                 ))),
             },
@@ -79,28 +79,28 @@ macro_rules! on_device {
     };
 }
 
-fn cpu_ref(b: &DeviceBuffer) -> Result<&Vec<f32>> {
+fn cpu_ref<T: Element>(b: &DeviceBuffer<T>) -> Result<&Vec<T>> {
     match b {
         DeviceBuffer::Cpu(v) => Ok(v),
         _ => Err(mismatch()),
     }
 }
 
-fn cpu_mut(b: &mut DeviceBuffer) -> Result<&mut Vec<f32>> {
+fn cpu_mut<T: Element>(b: &mut DeviceBuffer<T>) -> Result<&mut Vec<T>> {
     match b {
         DeviceBuffer::Cpu(v) => Ok(v),
         _ => Err(mismatch()),
     }
 }
 
-fn cuda_ref(b: &DeviceBuffer) -> Result<&cudarc::driver::CudaSlice<f32>> {
+fn cuda_ref<T: Element>(b: &DeviceBuffer<T>) -> Result<&cudarc::driver::CudaSlice<T>> {
     match b {
         DeviceBuffer::Cuda(v) => Ok(v),
         _ => Err(mismatch()),
     }
 }
 
-fn cuda_mut(b: &mut DeviceBuffer) -> Result<&mut cudarc::driver::CudaSlice<f32>> {
+fn cuda_mut<T: Element>(b: &mut DeviceBuffer<T>) -> Result<&mut cudarc::driver::CudaSlice<T>> {
     match b {
         DeviceBuffer::Cuda(v) => Ok(v),
         _ => Err(mismatch()),
@@ -108,11 +108,11 @@ fn cuda_mut(b: &mut DeviceBuffer) -> Result<&mut cudarc::driver::CudaSlice<f32>>
 }
 
 fn mismatch() -> Error {
-    Error::Backend("a buffer of one device was handed to another".into())
+    Error::Invalid("a buffer of one device was handed to another".into())
 }
 
-impl Backend for Device {
-    type Buffer = DeviceBuffer;
+impl Memory for Device {
+    type Buffer<T: Element> = DeviceBuffer<T>;
 
     fn name(&self) -> String {
         match self {
@@ -121,14 +121,21 @@ impl Backend for Device {
         }
     }
 
-    fn upload(&self, data: &[f32]) -> Result<DeviceBuffer> {
+    fn alloc<T: Element>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        Ok(match self {
+            Device::Cpu(c) => DeviceBuffer::Cpu(c.alloc(len)?),
+            Device::Cuda(c) => DeviceBuffer::Cuda(c.alloc(len)?),
+        })
+    }
+
+    fn upload<T: Element>(&self, data: &[T]) -> Result<DeviceBuffer<T>> {
         Ok(match self {
             Device::Cpu(c) => DeviceBuffer::Cpu(c.upload(data)?),
             Device::Cuda(c) => DeviceBuffer::Cuda(c.upload(data)?),
         })
     }
 
-    fn download(&self, buf: &DeviceBuffer) -> Result<Vec<f32>> {
+    fn download<T: Element>(&self, buf: &DeviceBuffer<T>) -> Result<Vec<T>> {
         match (self, buf) {
             (Device::Cpu(c), DeviceBuffer::Cpu(b)) => c.download(b),
             (Device::Cuda(c), DeviceBuffer::Cuda(b)) => c.download(b),
@@ -136,17 +143,19 @@ impl Backend for Device {
         }
     }
 
-    fn alloc(&self, len: usize) -> Result<DeviceBuffer> {
-        Ok(match self {
-            Device::Cpu(c) => DeviceBuffer::Cpu(c.alloc(len)?),
-            Device::Cuda(c) => DeviceBuffer::Cuda(c.alloc(len)?),
-        })
+    fn download_prefix<T: Element>(&self, buf: &DeviceBuffer<T>, len: usize) -> Result<Vec<T>> {
+        match (self, buf) {
+            (Device::Cpu(c), DeviceBuffer::Cpu(b)) => c.download_prefix(b, len),
+            (Device::Cuda(c), DeviceBuffer::Cuda(b)) => c.download_prefix(b, len),
+            _ => Err(mismatch()),
+        }
     }
 
-    fn prepare(&self, plan: &Plan) -> Result<()> {
-        match self {
-            Device::Cpu(c) => c.prepare(plan),
-            Device::Cuda(c) => c.prepare(plan),
+    fn write<T: Element>(&self, buf: &mut DeviceBuffer<T>, data: &[T]) -> Result<()> {
+        match (self, buf) {
+            (Device::Cpu(c), DeviceBuffer::Cpu(b)) => c.write(b, data),
+            (Device::Cuda(c), DeviceBuffer::Cuda(b)) => c.write(b, data),
+            _ => Err(mismatch()),
         }
     }
 
@@ -156,17 +165,14 @@ impl Backend for Device {
             Device::Cuda(c) => c.synchronize(),
         }
     }
+}
 
-    fn write(&self, buf: &mut DeviceBuffer, data: &[f32]) -> Result<()> {
-        on_device!(self, |d, _r, m| d.write(m(buf)?, data))
-    }
-
-    fn download_prefix(&self, buf: &DeviceBuffer, len: usize) -> Result<Vec<f32>> {
-        on_device!(self, |d, r, _m| d.download_prefix(r(buf)?, len))
-    }
-
-    fn prepare_training(&self, plan: &Plan) -> Result<()> {
-        on_device!(self, |d, _r, _m| d.prepare_training(plan))
+impl Inference for Device {
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        match self {
+            Device::Cpu(c) => c.prepare(plan),
+            Device::Cuda(c) => c.prepare(plan),
+        }
     }
 
     fn forward_stage(
@@ -174,14 +180,23 @@ impl Backend for Device {
         plan: &Plan,
         stage: Stage,
         batch: usize,
-        input: &DeviceBuffer,
-        params: &[&DeviceBuffer],
-        output: &mut DeviceBuffer,
+        input: &DeviceBuffer<f32>,
+        params: &[&DeviceBuffer<f32>],
+        output: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| {
             let p = params.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
             d.forward_stage(plan, stage, batch, r(input)?, &p, m(output)?)
         })
+    }
+}
+
+impl Training for Device {
+    fn prepare_training(&self, plan: &Plan) -> Result<()> {
+        match self {
+            Device::Cpu(c) => c.prepare_training(plan),
+            Device::Cuda(c) => c.prepare_training(plan),
+        }
     }
 
     fn backward_stage(
@@ -189,12 +204,12 @@ impl Backend for Device {
         plan: &Plan,
         stage: Stage,
         batch: usize,
-        x: &DeviceBuffer,
-        y: &DeviceBuffer,
-        dy: &mut DeviceBuffer,
-        params: &[&DeviceBuffer],
-        dx: Option<&mut DeviceBuffer>,
-        dparams: &mut [&mut DeviceBuffer],
+        x: &DeviceBuffer<f32>,
+        y: &DeviceBuffer<f32>,
+        dy: &mut DeviceBuffer<f32>,
+        params: &[&DeviceBuffer<f32>],
+        dx: Option<&mut DeviceBuffer<f32>>,
+        dparams: &mut [&mut DeviceBuffer<f32>],
     ) -> Result<()> {
         on_device!(self, |d, r, m| {
             let p = params.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
@@ -216,8 +231,8 @@ impl Backend for Device {
         stage: Stage,
         batch: usize,
         mask: DropoutMask,
-        input: &DeviceBuffer,
-        output: &mut DeviceBuffer,
+        input: &DeviceBuffer<f32>,
+        output: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| d.dropout(
             plan,
@@ -234,10 +249,10 @@ impl Backend for Device {
         plan: &Plan,
         batch: usize,
         classes: usize,
-        logits: &DeviceBuffer,
-        labels: &DeviceBuffer,
-        dlogits: &mut DeviceBuffer,
-        stats: &mut DeviceBuffer,
+        logits: &DeviceBuffer<f32>,
+        labels: &DeviceBuffer<f32>,
+        dlogits: &mut DeviceBuffer<f32>,
+        stats: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| d.softmax_cross_entropy(
             plan,
@@ -255,9 +270,9 @@ impl Backend for Device {
         plan: &Plan,
         sgd: Sgd,
         lr_mults: &[f32],
-        params: &mut [&mut DeviceBuffer],
-        velocity: &mut [&mut DeviceBuffer],
-        grads: &[&DeviceBuffer],
+        params: &mut [&mut DeviceBuffer<f32>],
+        velocity: &mut [&mut DeviceBuffer<f32>],
+        grads: &[&DeviceBuffer<f32>],
     ) -> Result<()> {
         on_device!(self, |d, r, m| {
             let mut p = params
@@ -272,7 +287,9 @@ impl Backend for Device {
             d.sgd_step(plan, sgd, lr_mults, &mut p, &mut v, &g)
         })
     }
+}
 
+impl Exchange for Device {
     fn connect(&self, other: &Device) -> Result<String> {
         match (self, other) {
             (Device::Cpu(a), Device::Cpu(b)) => a.connect(b),
@@ -288,9 +305,9 @@ impl Backend for Device {
         plan: &Plan,
         layer: usize,
         batch: usize,
-        own: &DeviceBuffer,
-        other: &DeviceBuffer,
-        whole: &mut DeviceBuffer,
+        own: &DeviceBuffer<f32>,
+        other: &DeviceBuffer<f32>,
+        whole: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| d.gather(
             plan,
@@ -307,8 +324,8 @@ impl Backend for Device {
         plan: &Plan,
         layer: usize,
         batch: usize,
-        dx: &DeviceBuffer,
-        packed: &mut DeviceBuffer,
+        dx: &DeviceBuffer<f32>,
+        packed: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| d.pack_gradient(
             plan,
@@ -324,9 +341,9 @@ impl Backend for Device {
         plan: &Plan,
         layer: usize,
         batch: usize,
-        dx: &DeviceBuffer,
-        received: &DeviceBuffer,
-        dy: &mut DeviceBuffer,
+        dx: &DeviceBuffer<f32>,
+        received: &DeviceBuffer<f32>,
+        dy: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         on_device!(self, |d, r, m| d.reduce_gradient(
             plan,

@@ -29,10 +29,43 @@ pub enum Error {
         path: Option<PathBuf>,
         message: String,
     },
-    /// A backend could not run an operation.
-    Backend(String),
-    /// An argument is out of range (a label, a learning rate, a schedule, ...).
+    /// A buffer handed to a backend is shorter than the operation needs.
+    BufferTooSmall {
+        /// The backend, the operation and the buffer, e.g. `cpu: conv1 input`.
+        what: String,
+        len: usize,
+        needed: usize,
+    },
+    /// A GPU was asked for and there is none that can be used: why.
+    NoGpu(String),
+    /// The GPU ran out of memory.
+    OutOfMemory {
+        /// The GPU, e.g. `cuda:0`.
+        device: String,
+        /// What was being allocated or run.
+        what: String,
+    },
+    /// NVRTC could not be loaded, or could not compile a generated kernel.
+    Nvrtc {
+        /// The translation unit (`conv1_fwd_c3_k96_r11_t128x96.cu`), if one was compiling.
+        unit: Option<String>,
+        /// NVRTC's message, with its log and the offending lines for a compile error.
+        message: String,
+    },
+    /// A CUDA driver call failed (other than for memory).
+    Driver {
+        /// What was being done, e.g. `cuda:0: launching conv1_fwd_...`.
+        what: String,
+        /// The driver's error.
+        message: String,
+    },
+    /// Something the project does not do (yet), e.g. kernels for a 16-bit element type.
+    Unsupported(String),
+    /// An argument is out of range or does not fit (a label, a learning rate, a
+    /// schedule, a buffer of another device, ...).
     Invalid(String),
+    /// A broken invariant of alexnet-rs itself: a bug to report.
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -93,8 +126,22 @@ impl fmt::Display for Error {
                 ),
                 None => write!(f, "not a valid safetensors buffer: {message}"),
             },
-            Error::Backend(m) => write!(f, "{m}"),
-            Error::Invalid(m) => write!(f, "{m}"),
+            Error::BufferTooSmall { what, len, needed } => {
+                write!(f, "{what} holds {len} values, {needed} needed")
+            }
+            Error::NoGpu(why) => write!(f, "{why}"),
+            Error::OutOfMemory { device, what } => write!(f, "{device}: out of memory: {what}"),
+            Error::Nvrtc {
+                unit: Some(u),
+                message,
+            } => write!(f, "{u}: {message}"),
+            Error::Nvrtc {
+                unit: None,
+                message,
+            } => write!(f, "{message}"),
+            Error::Driver { what, message } => write!(f, "{what}: {message}"),
+            Error::Unsupported(m) | Error::Invalid(m) => write!(f, "{m}"),
+            Error::Internal(m) => write!(f, "internal error (a bug in alexnet-rs): {m}"),
         }
     }
 }

@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
+use crate::ir::Plan;
+use crate::tensor::Tensor;
 
 /// The classes ranked by probability, highest first, ties broken by the lower index: the
 /// first `k` as `(class, probability)`.
@@ -27,6 +29,76 @@ pub(crate) fn rank(probs: &[f32], c: usize) -> usize {
         .enumerate()
         .filter(|&(j, &q)| q > p || (q == p && j < c))
         .count()
+}
+
+/// What one step or one evaluation saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchStats {
+    pub images: usize,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub top1_correct: usize,
+    pub top5_correct: usize,
+}
+
+impl BatchStats {
+    pub fn top1_error(&self) -> f64 {
+        1.0 - self.top1_correct as f64 / self.images.max(1) as f64
+    }
+
+    pub fn top5_error(&self) -> f64 {
+        1.0 - self.top5_correct as f64 / self.images.max(1) as f64
+    }
+
+    /// Adds another batch's statistics (losses weighted by images).
+    pub fn merge(&mut self, o: &BatchStats) {
+        let n = self.images + o.images;
+        if n > 0 {
+            self.loss = (self.loss * self.images as f64 + o.loss * o.images as f64) / n as f64;
+        }
+        self.images = n;
+        self.top1_correct += o.top1_correct;
+        self.top5_correct += o.top5_correct;
+    }
+}
+
+/// Loss and top-k counts of `plan`'s inference output `out` on a checked batch.
+pub(crate) fn output_stats(plan: &Plan, out: &Tensor, labels: &[u32], batch: usize) -> BatchStats {
+    let classes = out.len() / batch.max(1);
+    let probabilities = plan
+        .layers
+        .last()
+        .is_some_and(|l| l.op.kind().must_be_last());
+    let mut stats = BatchStats {
+        images: batch,
+        loss: 0.0,
+        top1_correct: 0,
+        top5_correct: 0,
+    };
+    let labels_usize: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    if probabilities {
+        let mut loss = 0.0;
+        for (row, &label) in out.data().chunks(classes).zip(&labels_usize) {
+            // NaN stays NaN (so a caller sees the divergence); 0 gives the largest loss.
+            let q = row[label];
+            loss -= f64::from(if q.is_nan() {
+                q
+            } else {
+                q.max(f32::MIN_POSITIVE)
+            })
+            .ln();
+            let beaten = rank(row, label);
+            stats.top1_correct += usize::from(beaten == 0);
+            stats.top5_correct += usize::from(beaten < 5);
+        }
+        stats.loss = loss / batch as f64;
+    } else {
+        let l = crate::cpu::loss::softmax_cross_entropy(out.data(), &labels_usize, classes);
+        stats.loss = l.loss;
+        stats.top1_correct = l.top1_correct;
+        stats.top5_correct = l.top5_correct;
+    }
+    stats
 }
 
 /// The mean of each image's `crops` consecutive rows of `classes` probabilities: the

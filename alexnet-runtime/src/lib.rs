@@ -1,14 +1,21 @@
 //! Runs networks declared with `alexnet::network!`.
 //!
-//! - [`Backend`]: what a device must do; [`Cpu`] is the reference implementation, [`Cuda`]
-//!   runs each network's generated kernels, [`Device`] picks one at run time.
+//! - [`backend`]: what a device must do, split by concern ([`Memory`], [`Inference`],
+//!   [`Training`], [`Exchange`]; [`Backend`] is all four); [`Cpu`] is the reference
+//!   implementation, [`Cuda`] runs each network's generated kernels, [`Device`] picks one
+//!   at run time.
 //! - [`Model`]: a planned network with its parameters on a backend.
 //! - [`Batch`]: a batch whose per-image shape is part of its type.
 //! - [`weights`]: the paper's initialisation and safetensors files.
-//! - [`train`]: the [`Trainer`]; [`towers`]: the paper's two towers, one backend each, and
-//!   their [`towers::SplitTrainer`].
+//! - [`train`]: the [`Trainer`]; [`run`]: what a run is apart from its tensors, and its
+//!   state file; [`towers`]: the paper's two towers, one backend each, and their
+//!   [`towers::SplitTrainer`].
 //! - [`synthetic`]: generated images; [`data`]: image folders, background loading,
 //!   augmentation and preprocessing; [`eval`]: top-k, confusion, ten-crop averaging.
+//!
+//! The plan ([`ir`]) and the kernel generator come from `alexnet-core`, which does not
+//! depend on `syn`; the DSL's parser is in `alexnet-codegen` (the facade's
+//! `alexnet::plan_from_str` builds a plan from DSL text at run time).
 
 pub mod backend;
 pub mod cpu;
@@ -20,20 +27,32 @@ pub mod eval;
 pub mod model;
 pub mod optim;
 pub mod philox;
+pub mod run;
 pub mod synthetic;
 pub mod tensor;
 pub mod towers;
 pub mod train;
 pub mod weights;
 
-pub use alexnet_codegen::ir;
-pub use alexnet_codegen::plan_from_str;
-pub use backend::Backend;
+/// The plan and the generated kernels (`alexnet_core::ir`).
+pub mod ir {
+    pub use alexnet_core::ir::*;
+    pub use alexnet_core::kernels::spec::Elem;
+}
+
+pub use backend::{Backend, Element, Exchange, Inference, Memory, Training};
 pub use cpu::Cpu;
 pub use cuda::Cuda;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use model::Model;
+pub use run::{Schedule, TrainConfig};
 pub use synthetic::Synthetic;
 pub use tensor::{Batch, Tensor};
-pub use train::{Schedule, TrainConfig, Trainer};
+pub use train::Trainer;
+
+/// The traits, for `use alexnet::runtime::prelude::*`.
+pub mod prelude {
+    pub use crate::backend::{Backend, Element, Exchange, Inference, Memory, Training};
+    pub use crate::run::Train;
+}

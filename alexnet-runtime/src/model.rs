@@ -3,21 +3,21 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::backend::Backend;
+use crate::backend::{Inference, F32};
 use crate::error::{Error, Result};
-use crate::ir::{Op, ParamSpec, Plan};
+use crate::ir::{ParamSpec, Plan};
 use crate::tensor::Tensor;
-use crate::weights::{self, NamedTensor};
+use crate::weights::{self, NamedTensor, MOMENTUM_PREFIX, STATE_FORMAT};
 
 /// A layer's learned tensors on a backend (weight and bias; none for most layers).
-pub(crate) type LayerParams<B> = Vec<(ParamSpec, <B as Backend>::Buffer)>;
+pub(crate) type LayerParams<B> = Vec<(ParamSpec, F32<B>)>;
 
 /// A callback that sees each stage's output: `(layer name, values)`.
 type Inspect<'a> = &'a mut dyn FnMut(&str, &[f32]);
 
 /// A network (its [`Plan`]) with its parameters in a backend's memory. The generated
 /// network types wrap one; it can also be used directly with a plan built at run time.
-pub struct Model<B: Backend> {
+pub struct Model<B: Inference> {
     backend: B,
     plan: Plan,
     /// Per layer of the plan, its learned tensors (weight, bias; none for most layers).
@@ -27,7 +27,7 @@ pub struct Model<B: Backend> {
     poison: bool,
 }
 
-impl<B: Backend> std::fmt::Debug for Model<B> {
+impl<B: Inference> std::fmt::Debug for Model<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("network", &self.plan.name)
@@ -36,7 +36,7 @@ impl<B: Backend> std::fmt::Debug for Model<B> {
     }
 }
 
-impl<B: Backend> Model<B> {
+impl<B: Inference> Model<B> {
     /// The paper's initialisation from a seed; see [`weights::paper_init`].
     pub fn init(backend: B, plan: Plan, seed: u64) -> Result<Self> {
         let tensors = weights::paper_init(&plan, seed);
@@ -44,18 +44,14 @@ impl<B: Backend> Model<B> {
     }
 
     /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported.
-    /// A training state ([`crate::train::Trainer::save`]) loads too: its momentum is
-    /// left out.
+    /// A training state (`Trainer::save`) loads too: its momentum is left out.
     pub fn load(backend: B, plan: Plan, path: &Path) -> Result<Self> {
         let mut tensors = weights::read_safetensors(path)?;
-        if tensors
-            .iter()
-            .any(|t| t.name.starts_with(crate::train::MOMENTUM_PREFIX))
-        {
+        if tensors.iter().any(|t| t.name.starts_with(MOMENTUM_PREFIX)) {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let meta = weights::parse_metadata(&bytes)?;
-            if meta.get("format").map(String::as_str) == Some(crate::train::STATE_FORMAT) {
-                tensors.retain(|t| !t.name.starts_with(crate::train::MOMENTUM_PREFIX));
+            if meta.get("format").map(String::as_str) == Some(STATE_FORMAT) {
+                tensors.retain(|t| !t.name.starts_with(MOMENTUM_PREFIX));
             }
         }
         let ordered = weights::match_plan(&plan, tensors, Some(path))?;
@@ -77,7 +73,7 @@ impl<B: Backend> Model<B> {
             for spec in layer.params() {
                 let t = tensors
                     .next()
-                    .ok_or_else(|| Error::Backend(format!("no data for `{}`", spec.name)))?;
+                    .ok_or_else(|| Error::Internal(format!("no data for `{}`", spec.name)))?;
                 own.push((spec, backend.upload(&t.data)?));
             }
             params.push(own);
@@ -194,7 +190,7 @@ impl<B: Backend> Model<B> {
         let stages: Vec<_> = plan
             .stages()
             .into_iter()
-            .filter(|st| !matches!(plan.layers[st.layer].op, Op::Dropout { .. }))
+            .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
             .collect();
         let max = stages
             .iter()
@@ -208,14 +204,14 @@ impl<B: Backend> Model<B> {
             if self.poison {
                 self.backend.upload(&vec![f32::NAN; max])
             } else {
-                self.backend.alloc(max)
+                self.backend.alloc::<f32>(max)
             }
         };
         let mut bufs = [fresh()?, fresh()?];
         let mut out_shape = plan.input;
         for (i, stage) in stages.iter().enumerate() {
             let layer = &plan.layers[stage.layer];
-            let params: Vec<&B::Buffer> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
+            let params: Vec<&F32<B>> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
             let [b0, b1] = &mut bufs;
             let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
             let src = if i == 0 { &input_buf } else { src };

@@ -11,8 +11,8 @@
 //! [`crate::Cuda`] backends on the same GPU, each with its own stream, modules and memory,
 //! so the same code path runs on a machine with one GPU. The host thread of each tower
 //! only enqueues work: at an exchange each tower gathers the other tower's output into its
-//! own memory ([`Backend::gather`]; the backward pass packs and sums the gradients with
-//! [`Backend::pack_gradient`] and [`Backend::reduce_gradient`]). On two GPUs that is a peer
+//! own memory ([`Exchange::gather`]; the backward pass packs and sums the gradients with
+//! [`Exchange::pack_gradient`] and [`Exchange::reduce_gradient`]). On two GPUs that is a peer
 //! copy on the receiving tower's stream that waits for an event of the sending tower's
 //! stream; on one GPU the receiving tower's kernel reads the other tower's buffer
 //! directly, after waiting for the event of the kernel that wrote it. Neither device is
@@ -26,35 +26,37 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::backend::Backend;
-use crate::cpu::{loss, Cpu};
-use crate::error::{Error, Result};
-use crate::ir::{Op, Plan, Stage};
-use crate::optim::Sgd;
-use crate::philox::DropoutMask;
-use crate::tensor::Tensor;
-use crate::train::{output_stats, BatchStats, Run, Train, TrainConfig, TrainState};
-use crate::weights::{self, NamedTensor};
 use std::path::Path;
 
+use crate::backend::{Exchange, Inference, Memory, Training, F32};
+use crate::cpu::{loss, Cpu};
+use crate::error::{Error, Result};
+use crate::eval::{output_stats, BatchStats};
+use crate::ir::{Plan, Stage};
+use crate::optim::Sgd;
+use crate::philox::DropoutMask;
+use crate::run::{Run, Train, TrainConfig, TrainState};
+use crate::tensor::Tensor;
+use crate::weights::{self, NamedTensor};
+
 /// A split network with its parameters divided between its towers, each on its backend.
-pub struct Towers<B: Backend> {
+pub struct Towers<B: Memory> {
     plan: Plan,
     towers: Vec<Plan>,
     backends: Vec<B>,
     /// `params[t][i]`: tower t's rows of the i-th tensor of [`Plan::params`].
-    params: Vec<Vec<B::Buffer>>,
+    params: Vec<Vec<F32<B>>>,
     /// The same for the momentum of [`Towers::train_step`] (empty until the first step).
-    velocity: Vec<Vec<B::Buffer>>,
+    velocity: Vec<Vec<F32<B>>>,
     /// The host, for the final softmax over the gathered logits.
     host: Cpu,
-    /// How each tower reads the other's buffers ([`Backend::connect`]).
+    /// How each tower reads the other's buffers ([`Exchange::connect`]).
     links: Vec<String>,
     /// See [`Towers::skip_exchanges_for_timing`].
     skip_exchanges: bool,
 }
 
-impl<B: Backend> std::fmt::Debug for Towers<B> {
+impl<B: Memory> std::fmt::Debug for Towers<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Towers")
             .field("plan", &self.plan.name)
@@ -91,7 +93,7 @@ fn part(full: &[f32], n: usize, len: usize, towers: usize, t: usize) -> Vec<f32>
         .collect()
 }
 
-impl<B: Backend + Sync> Towers<B> {
+impl<B: Inference + Exchange + Sync> Towers<B> {
     /// Divides `tensors` (the one-process layout, PyTorch names) between the towers of
     /// `plan`, tower `t` on `backends[t]`. An error for an unsplit plan, a number of
     /// backends other than the plan's towers, or tensors that do not fit the plan.
@@ -148,7 +150,7 @@ impl<B: Backend + Sync> Towers<B> {
     }
 
     /// How each tower reads the other's buffers, in tower order (e.g. `cuda:0, one
-    /// context: direct reads`; see [`Backend::connect`]).
+    /// context: direct reads`; see [`Exchange::connect`]).
     pub fn links(&self) -> &[String] {
         &self.links
     }
@@ -165,7 +167,7 @@ impl<B: Backend + Sync> Towers<B> {
     }
 
     /// Tower `t`'s parameters for layer `layer`.
-    fn layer_params(&self, t: usize, layer: usize) -> Vec<&B::Buffer> {
+    fn layer_params(&self, t: usize, layer: usize) -> Vec<&F32<B>> {
         let first: usize = self.plan.layers[..layer]
             .iter()
             .map(|l| l.params().len())
@@ -176,7 +178,7 @@ impl<B: Backend + Sync> Towers<B> {
 
     /// The input of each tower's first layer, on its backend: the image, or its own
     /// channels of it.
-    fn inputs(&self, x: &[f32], n: usize) -> Result<Vec<B::Buffer>> {
+    fn inputs(&self, x: &[f32], n: usize) -> Result<Vec<F32<B>>> {
         let full = self.plan.input.len();
         self.each(|t| {
             let b = &self.backends[t];
@@ -202,10 +204,10 @@ impl<B: Backend + Sync> Towers<B> {
 
     /// The forward exchange before `layer`: each tower gathers its own output of the
     /// previous layer and the other tower's into the layer's whole input, on its backend
-    /// ([`Backend::gather`]: on GPUs a peer copy ordered by an event, or a direct read on
+    /// ([`Exchange::gather`]: on GPUs a peer copy ordered by an event, or a direct read on
     /// the same GPU). The other tower's output must outlive this tower's work (the tape
     /// keeps it until the pass has finished, see [`Towers::settle`]).
-    fn exchange(&self, layer: usize, outs: &[B::Buffer], n: usize) -> Result<Vec<B::Buffer>> {
+    fn exchange(&self, layer: usize, outs: &[F32<B>], n: usize) -> Result<Vec<F32<B>>> {
         self.each(|t| {
             let (b, tp) = (&self.backends[t], &self.towers[t]);
             let mut whole = b.alloc(n * tp.layers[layer].input.len())?;
@@ -262,10 +264,10 @@ impl<B: Backend + Sync> Towers<B> {
     fn exchange_back(
         &self,
         layer: usize,
-        dxs: &[B::Buffer],
+        dxs: &[F32<B>],
         n: usize,
-        sent: &mut Vec<B::Buffer>,
-    ) -> Result<Vec<B::Buffer>> {
+        sent: &mut Vec<F32<B>>,
+    ) -> Result<Vec<F32<B>>> {
         let part = |t: usize| n * self.towers[t].layers[layer - 1].output.len();
         let packed = self.each(|t| {
             let (b, tp) = (&self.backends[t], &self.towers[t]);
@@ -302,10 +304,17 @@ impl<B: Backend + Sync> Towers<B> {
         Settle(Some(self))
     }
 
-    /// Runs the towers through every stage. With `mask` (training), dropout is applied
-    /// and every stage's outputs are kept, one entry per stage; without (inference),
-    /// dropout is the identity and only the last outputs are kept.
-    fn run(&self, x: &[f32], n: usize, mask: Option<DropoutMask>) -> Result<Tape<B::Buffer>> {
+    /// Runs the towers through every stage, stage `st` of tower `t` by `stage(t, st, x,
+    /// y)`. In training, every stage runs (dropout too) and every stage's outputs are
+    /// kept, one entry per stage; at inference dropout is skipped (the identity) and only
+    /// the last outputs are kept.
+    fn run(
+        &self,
+        x: &[f32],
+        n: usize,
+        training: bool,
+        stage: &StageFn<'_, B>,
+    ) -> Result<Tape<F32<B>>> {
         let mut tape = Tape {
             inputs: self.inputs(x, n)?,
             outputs: Vec::new(),
@@ -316,8 +325,8 @@ impl<B: Backend + Sync> Towers<B> {
         // success the caller's guard does that).
         let mut settle = self.settle_on_drop();
         for st in &self.towers[0].stages() {
-            let is_dropout = matches!(self.plan.layers[st.layer].op, Op::Dropout { .. });
-            if is_dropout && mask.is_none() {
+            let identity = self.plan.layers[st.layer].op.kind().identity_at_inference();
+            if identity && !training {
                 continue;
             }
             let prev = tape.outputs.last().unwrap_or(&tape.inputs);
@@ -330,16 +339,10 @@ impl<B: Backend + Sync> Towers<B> {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let xin = exchanged.as_ref().map_or(&prev[t], |e| &e[t]);
                 let mut y = b.alloc(n * tp.layers[st.layer].output.len())?;
-                match (tp.layers[st.layer].op, mask) {
-                    (Op::Dropout { .. }, Some(m)) => b.dropout(tp, *st, n, m, xin, &mut y)?,
-                    _ => {
-                        let p = self.layer_params(t, st.layer);
-                        b.forward_stage(tp, *st, n, xin, &p, &mut y)?;
-                    }
-                }
+                stage(t, *st, xin, &mut y)?;
                 Ok(y)
             })?;
-            if mask.is_none() {
+            if !training {
                 // Inference keeps only the last outputs, and those the other tower read.
                 let old = std::mem::take(&mut tape.outputs);
                 if exchanged.is_some() {
@@ -354,8 +357,21 @@ impl<B: Backend + Sync> Towers<B> {
         Ok(tape)
     }
 
+    /// The forward pass of stage `st` of tower `t` on `n` images.
+    fn forward_stage(
+        &self,
+        t: usize,
+        st: Stage,
+        n: usize,
+        x: &F32<B>,
+        y: &mut F32<B>,
+    ) -> Result<()> {
+        let p = self.layer_params(t, st.layer);
+        self.backends[t].forward_stage(&self.towers[t], st, n, x, &p, y)
+    }
+
     /// The last layer's outputs, downloaded and gathered into the unsplit layout.
-    fn logits(&self, tape: &Tape<B::Buffer>, n: usize) -> Result<Vec<f32>> {
+    fn logits(&self, tape: &Tape<F32<B>>, n: usize) -> Result<Vec<f32>> {
         let last = self.towers[0].layers.len() - 1;
         let lens: Vec<usize> = self
             .towers
@@ -370,7 +386,9 @@ impl<B: Backend + Sync> Towers<B> {
     /// Inference, as [`crate::Model::forward`] computes it unsplit.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = self.batch_of(x)?;
-        let tape = self.run(x.data(), n, None)?;
+        let tape = self.run(x.data(), n, false, &|t, st, x, y| {
+            self.forward_stage(t, st, n, x, y)
+        })?;
         let _settle = self.settle_on_drop();
         let mut y = self.logits(&tape, n)?;
         if let Some(st) = self.final_softmax() {
@@ -388,26 +406,12 @@ impl<B: Backend + Sync> Towers<B> {
             .stages()
             .last()
             .copied()
-            .filter(|s| matches!(self.plan.layers[s.layer].op, Op::Softmax))
-    }
-
-    /// One training step's loss and parameter gradients (one-process layout, in
-    /// [`Plan::params`] order), towers side by side: forward with dropout drawn from
-    /// `mask`, softmax cross-entropy on the gathered logits, backward per tower with the
-    /// gradients of exchanged activations summed over the towers that read them.
-    pub fn gradients(
-        &self,
-        x: &Tensor,
-        labels: &[u32],
-        mask: DropoutMask,
-    ) -> Result<(f64, Vec<NamedTensor>)> {
-        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
-        Ok((stats.loss, self.joined(&grads)?))
+            .filter(|s| self.plan.layers[s.layer].op.kind().must_be_last())
     }
 
     /// Per-tower buffers of every tensor (tower t's rows), downloaded and joined into the
     /// one-process layout.
-    fn joined(&self, per_tower: &[Vec<B::Buffer>]) -> Result<Vec<NamedTensor>> {
+    fn joined(&self, per_tower: &[Vec<F32<B>>]) -> Result<Vec<NamedTensor>> {
         let host = self.each(|t| {
             per_tower[t]
                 .iter()
@@ -434,47 +438,8 @@ impl<B: Backend + Sync> Towers<B> {
         self.joined(&self.params)
     }
 
-    /// One SGD step (the paper's update, [`Sgd`], with one learning-rate multiplier per
-    /// tensor of [`Plan::params`]), split: each tower computes the gradients of its own
-    /// rows and updates them with its own momentum, on its own backend. Dropout draws
-    /// from `mask`. Returns the batch's loss and top-1/top-5 counts (before the update).
-    pub fn train_step(
-        &mut self,
-        x: &Tensor,
-        labels: &[u32],
-        sgd: Sgd,
-        lr_mults: &[f32],
-        mask: DropoutMask,
-    ) -> Result<BatchStats> {
-        if lr_mults.len() != self.plan.params().len() {
-            return Err(Error::Invalid(format!(
-                "{} learning-rate multipliers for {} tensors",
-                lr_mults.len(),
-                self.plan.params().len()
-            )));
-        }
-        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
-        if self.velocity.is_empty() {
-            self.velocity = self.zeros()?;
-        }
-        let (towers, backends) = (&self.towers, &self.backends);
-        self.params
-            .par_iter_mut()
-            .zip(self.velocity.par_iter_mut())
-            .zip(grads.par_iter())
-            .enumerate()
-            .map(|(t, ((p, v), g))| {
-                let mut p: Vec<&mut B::Buffer> = p.iter_mut().collect();
-                let mut v: Vec<&mut B::Buffer> = v.iter_mut().collect();
-                let g: Vec<&B::Buffer> = g.iter().collect();
-                backends[t].sgd_step(&towers[t], sgd, lr_mults, &mut p, &mut v, &g)
-            })
-            .collect::<Result<Vec<()>>>()?;
-        Ok(stats)
-    }
-
     /// Zero buffers for every tower's tensors.
-    fn zeros(&self) -> Result<Vec<Vec<B::Buffer>>> {
+    fn zeros(&self) -> Result<Vec<Vec<F32<B>>>> {
         self.each(|t| {
             self.towers[t]
                 .params()
@@ -484,35 +449,9 @@ impl<B: Backend + Sync> Towers<B> {
         })
     }
 
-    /// The momentum of every parameter in the one-process layout (zeros before the first
-    /// step).
-    pub fn velocity_tensors(&self) -> Result<Vec<NamedTensor>> {
-        if self.velocity.is_empty() {
-            return Ok(self
-                .plan
-                .params()
-                .into_iter()
-                .map(|spec| NamedTensor {
-                    data: vec![0.0; spec.len()],
-                    name: spec.name,
-                    shape: spec.shape,
-                })
-                .collect());
-        }
-        self.joined(&self.velocity)
-    }
-
-    /// Sets the momentum from tensors in the one-process layout (as
-    /// [`Towers::velocity_tensors`] gives them), each tower taking its rows.
-    pub fn set_velocity(&mut self, tensors: Vec<NamedTensor>) -> Result<()> {
-        let ordered = weights::match_plan(&self.plan, tensors, None)?;
-        self.velocity = self.split_rows(&ordered)?;
-        Ok(())
-    }
-
     /// Tower t's rows of each tensor (one-process layout, [`Plan::params`] order),
     /// uploaded to its backend.
-    fn split_rows(&self, ordered: &[NamedTensor]) -> Result<Vec<Vec<B::Buffer>>> {
+    fn split_rows(&self, ordered: &[NamedTensor]) -> Result<Vec<Vec<F32<B>>>> {
         let s = self.towers.len();
         self.each(|t| {
             ordered
@@ -550,6 +489,89 @@ impl<B: Backend + Sync> Towers<B> {
         }
         Ok(())
     }
+}
+
+/// Training split into towers: each tower computes the gradients of its own rows and
+/// updates them on its own backend.
+impl<B: Training + Exchange + Sync> Towers<B> {
+    /// One training step's loss and parameter gradients (one-process layout, in
+    /// [`Plan::params`] order), towers side by side: forward with dropout drawn from
+    /// `mask`, softmax cross-entropy on the gathered logits, backward per tower with the
+    /// gradients of exchanged activations summed over the towers that read them.
+    pub fn gradients(
+        &self,
+        x: &Tensor,
+        labels: &[u32],
+        mask: DropoutMask,
+    ) -> Result<(f64, Vec<NamedTensor>)> {
+        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
+        Ok((stats.loss, self.joined(&grads)?))
+    }
+
+    /// One SGD step (the paper's update, [`Sgd`], with one learning-rate multiplier per
+    /// tensor of [`Plan::params`]), split: each tower computes the gradients of its own
+    /// rows and updates them with its own momentum, on its own backend. Dropout draws
+    /// from `mask`. Returns the batch's loss and top-1/top-5 counts (before the update).
+    pub fn train_step(
+        &mut self,
+        x: &Tensor,
+        labels: &[u32],
+        sgd: Sgd,
+        lr_mults: &[f32],
+        mask: DropoutMask,
+    ) -> Result<BatchStats> {
+        if lr_mults.len() != self.plan.params().len() {
+            return Err(Error::Invalid(format!(
+                "{} learning-rate multipliers for {} tensors",
+                lr_mults.len(),
+                self.plan.params().len()
+            )));
+        }
+        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
+        if self.velocity.is_empty() {
+            self.velocity = self.zeros()?;
+        }
+        let (towers, backends) = (&self.towers, &self.backends);
+        self.params
+            .par_iter_mut()
+            .zip(self.velocity.par_iter_mut())
+            .zip(grads.par_iter())
+            .enumerate()
+            .map(|(t, ((p, v), g))| {
+                let mut p: Vec<&mut F32<B>> = p.iter_mut().collect();
+                let mut v: Vec<&mut F32<B>> = v.iter_mut().collect();
+                let g: Vec<&F32<B>> = g.iter().collect();
+                backends[t].sgd_step(&towers[t], sgd, lr_mults, &mut p, &mut v, &g)
+            })
+            .collect::<Result<Vec<()>>>()?;
+        Ok(stats)
+    }
+
+    /// The momentum of every parameter in the one-process layout (zeros before the first
+    /// step).
+    pub fn velocity_tensors(&self) -> Result<Vec<NamedTensor>> {
+        if self.velocity.is_empty() {
+            return Ok(self
+                .plan
+                .params()
+                .into_iter()
+                .map(|spec| NamedTensor {
+                    data: vec![0.0; spec.len()],
+                    name: spec.name,
+                    shape: spec.shape,
+                })
+                .collect());
+        }
+        self.joined(&self.velocity)
+    }
+
+    /// Sets the momentum from tensors in the one-process layout (as
+    /// [`Towers::velocity_tensors`] gives them), each tower taking its rows.
+    pub fn set_velocity(&mut self, tensors: Vec<NamedTensor>) -> Result<()> {
+        let ordered = weights::match_plan(&self.plan, tensors, None)?;
+        self.velocity = self.split_rows(&ordered)?;
+        Ok(())
+    }
 
     /// The loss and, per tower, the gradients of its parameters (on its backend).
     fn tower_gradients(
@@ -557,10 +579,16 @@ impl<B: Backend + Sync> Towers<B> {
         x: &Tensor,
         labels: &[u32],
         mask: DropoutMask,
-    ) -> Result<(BatchStats, Vec<Vec<B::Buffer>>)> {
+    ) -> Result<(BatchStats, Vec<Vec<F32<B>>>)> {
         let n = self.batch_of(x)?;
         self.check_labels(labels, n)?;
-        let tape = self.run(x.data(), n, Some(mask))?;
+        let tape = self.run(x.data(), n, true, &|t, st, x, y| {
+            if self.plan.layers[st.layer].op.kind().identity_at_inference() {
+                self.backends[t].dropout(&self.towers[t], st, n, mask, x, y)
+            } else {
+                self.forward_stage(t, st, n, x, y)
+            }
+        })?;
         let logits = self.logits(&tape, n)?;
         let classes = logits.len() / n.max(1);
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
@@ -572,7 +600,7 @@ impl<B: Backend + Sync> Towers<B> {
             top5_correct: out.top5_correct,
         };
         let s = self.towers.len();
-        let mut dys: Vec<B::Buffer> =
+        let mut dys: Vec<F32<B>> =
             self.each(|t| self.backends[t].upload(&part(&out.dlogits, n, classes, s, t)))?;
         let stages = self.towers[0].stages();
         let first = stages
@@ -580,7 +608,7 @@ impl<B: Backend + Sync> Towers<B> {
             .position(|st| self.plan.layers[st.layer].op.is_learned())
             .ok_or_else(|| Error::Invalid("nothing to learn".into()))?;
         // Per tower, per tensor: the gradients.
-        let mut grads: Vec<Vec<Option<B::Buffer>>> = (0..s)
+        let mut grads: Vec<Vec<Option<F32<B>>>> = (0..s)
             .map(|t| self.params[t].iter().map(|_| None).collect())
             .collect();
         let offsets: Vec<usize> = self
@@ -615,7 +643,7 @@ impl<B: Backend + Sync> Towers<B> {
                     } else {
                         None
                     };
-                    if let Op::Dropout { .. } = l.op {
+                    if l.op.kind().identity_at_inference() {
                         // Dropout's gradient is dropout of the gradient, same mask.
                         if let Some(d) = dx.as_mut() {
                             b.dropout(tp, *st, n, mask, &dy, d)?;
@@ -623,12 +651,12 @@ impl<B: Backend + Sync> Towers<B> {
                         return Ok((dx, Vec::new()));
                     }
                     let p = self.layer_params(t, layer);
-                    let mut dp: Vec<B::Buffer> = l
+                    let mut dp: Vec<F32<B>> = l
                         .params()
                         .iter()
                         .map(|spec| b.alloc(spec.len()))
                         .collect::<Result<_>>()?;
-                    let mut dpr: Vec<&mut B::Buffer> = dp.iter_mut().collect();
+                    let mut dpr: Vec<&mut F32<B>> = dp.iter_mut().collect();
                     b.backward_stage(
                         tp,
                         *st,
@@ -642,7 +670,7 @@ impl<B: Backend + Sync> Towers<B> {
                     )?;
                     Ok((dx, dp))
                 })
-                .collect::<Result<Vec<(Option<B::Buffer>, Vec<B::Buffer>)>>>()?;
+                .collect::<Result<Vec<(Option<F32<B>>, Vec<F32<B>>)>>>()?;
             let mut dxs = Vec::with_capacity(s);
             for (t, (dx, dp)) in results.into_iter().enumerate() {
                 for (j, g) in dp.into_iter().enumerate() {
@@ -653,9 +681,9 @@ impl<B: Backend + Sync> Towers<B> {
             if !want_dx {
                 break;
             }
-            let dxs: Vec<B::Buffer> = dxs
+            let dxs: Vec<F32<B>> = dxs
                 .into_iter()
-                .map(|d| d.ok_or_else(|| Error::Backend("missing input gradient".into())))
+                .map(|d| d.ok_or_else(|| Error::Internal("missing input gradient".into())))
                 .collect::<Result<_>>()?;
             // Where every tower read all of the input, each tower's part of the gradient is
             // the sum of what the towers send back (the backward exchange).
@@ -686,15 +714,15 @@ impl<B: Backend + Sync> Towers<B> {
 }
 
 /// Settles the towers ([`Towers::settle`]) when dropped, unless disarmed.
-struct Settle<'a, B: Backend + Sync>(Option<&'a Towers<B>>);
+struct Settle<'a, B: Inference + Exchange + Sync>(Option<&'a Towers<B>>);
 
-impl<B: Backend + Sync> Settle<'_, B> {
+impl<B: Inference + Exchange + Sync> Settle<'_, B> {
     fn disarm(&mut self) {
         self.0 = None;
     }
 }
 
-impl<B: Backend + Sync> Drop for Settle<'_, B> {
+impl<B: Inference + Exchange + Sync> Drop for Settle<'_, B> {
     fn drop(&mut self) {
         if let Some(t) = self.0 {
             // An error here was, or will be, reported by the operation that failed.
@@ -702,6 +730,9 @@ impl<B: Backend + Sync> Drop for Settle<'_, B> {
         }
     }
 }
+
+/// Runs one stage of one tower (see `Towers::run`): tower, stage, input, output.
+type StageFn<'a, B> = dyn Fn(usize, Stage, &F32<B>, &mut F32<B>) -> Result<()> + Sync + 'a;
 
 /// The forward pass's record, per tower: the first stage's input, every stage's output,
 /// and the gathered input of the stages that follow an exchange.
@@ -715,14 +746,14 @@ struct Tape<Buf> {
 }
 
 /// Training split into towers: [`Towers`] with the run's schedule, learning rate, notes and
-/// state file ([`crate::train::Trainer`]'s, so a split run resumes unsplit and the other
+/// state file (the whole `Trainer`'s, so a split run resumes unsplit and the other
 /// way round).
-pub struct SplitTrainer<B: Backend> {
+pub struct SplitTrainer<B: Memory> {
     towers: Towers<B>,
     run: Run,
 }
 
-impl<B: Backend + Sync> SplitTrainer<B> {
+impl<B: Training + Exchange + Sync> SplitTrainer<B> {
     /// Starts training `tensors` (one-process layout) split over `backends`, one per
     /// tower, from step 0 with zero momentum.
     pub fn new(
@@ -761,7 +792,7 @@ impl<B: Backend + Sync> SplitTrainer<B> {
     }
 }
 
-impl<B: Backend + Sync> Train for SplitTrainer<B> {
+impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         let mask = DropoutMask {
             seed: self.run.config.seed,

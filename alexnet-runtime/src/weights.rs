@@ -16,6 +16,12 @@ use safetensors::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 use crate::ir::{Op, Plan};
 
+/// The `format` metadata of a training-state file: the weights under their PyTorch names,
+/// the momentum of each under [`MOMENTUM_PREFIX`], and the run as metadata.
+pub const STATE_FORMAT: &str = "alexnet-rs-training-state/1";
+/// Prefix of the momentum tensors in a training-state file (`momentum.conv1.weight`).
+pub const MOMENTUM_PREFIX: &str = "momentum.";
+
 /// A named host tensor, as stored in a file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
@@ -31,36 +37,36 @@ pub struct NamedTensor {
 pub fn paper_init(plan: &Plan, seed: u64) -> Vec<NamedTensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.01).unwrap_or_else(|_| unreachable!("0.01 is a valid std"));
-    let last_fc = plan
-        .layers
-        .iter()
-        .rposition(|l| matches!(l.op, Op::Fc { .. }));
+    let last_fc = plan.layers.iter().rposition(|l| matches!(l.op, Op::Fc(_)));
     let mut conv_ordinal = 0;
     let mut out = Vec::new();
     for (i, layer) in plan.layers.iter().enumerate() {
+        if !layer.op.is_learned() {
+            continue;
+        }
+        // The paper's rule names convolutions and fully connected layers; any other
+        // learned layer starts with zero biases.
         let bias_one = match layer.op {
-            Op::Conv { .. } => {
+            Op::Conv(_) => {
                 conv_ordinal += 1;
                 matches!(conv_ordinal, 2 | 4 | 5)
             }
-            Op::Fc { .. } => Some(i) != last_fc,
-            _ => continue,
+            Op::Fc(_) => Some(i) != last_fc,
+            _ => false,
         };
-        let specs = layer.params();
-        let [w, b] = specs.as_slice() else {
-            unreachable!("learned layers have a weight and a bias")
-        };
-        let wdata = (0..w.len()).map(|_| normal.sample(&mut rng)).collect();
-        out.push(NamedTensor {
-            name: w.name.clone(),
-            shape: w.shape.clone(),
-            data: wdata,
-        });
-        out.push(NamedTensor {
-            name: b.name.clone(),
-            shape: b.shape.clone(),
-            data: vec![f32::from(u8::from(bias_one)); b.len()],
-        });
+        // Weights from the normal, biases (the one-dimensional tensors) constant.
+        for spec in layer.params() {
+            let data = if spec.shape.len() > 1 {
+                (0..spec.len()).map(|_| normal.sample(&mut rng)).collect()
+            } else {
+                vec![f32::from(u8::from(bias_one)); spec.len()]
+            };
+            out.push(NamedTensor {
+                name: spec.name,
+                shape: spec.shape,
+                data,
+            });
+        }
     }
     out
 }

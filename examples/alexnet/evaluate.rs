@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use alexnet::ir::Op;
 use alexnet::runtime::data::pipeline::Preprocess;
 use alexnet::runtime::eval::{average_crops, top_k, Evaluation};
+use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::read_metadata;
-use alexnet::runtime::{Backend, Cpu, Device, Model, Tensor};
+use alexnet::runtime::{Cpu, Device, Model, Tensor};
 
 use crate::data::{self, DataSpec};
 use crate::{pictures, progress, AnyError, Net};
@@ -51,7 +52,7 @@ fn open(
     })?;
     let plan = net.plan();
     pre.expect_input(plan.input)?;
-    if !matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax)) {
+    if !matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_))) {
         return Err(format!(
             "`{}` does not end in softmax: it gives no probabilities",
             plan.name

@@ -26,8 +26,9 @@ use std::time::Instant;
 
 use alexnet::ir::{Op, Plan};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
+use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
-use alexnet::runtime::{Backend, Batch, Device, Model, Tensor};
+use alexnet::runtime::{Batch, Device, Model, Tensor};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -310,7 +311,7 @@ fn infer(
         return Err(format!("{}: no tensor named `input`", input.display()).into());
     };
     let x = Tensor::new(x.shape, x.data)?;
-    let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax));
+    let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)));
     let mut logits = None;
     let before_softmax = softmax_last.then(|| plan.layers[plan.layers.len() - 2].name.to_string());
     let y = model.forward_inspect(&x, |name, values| {
@@ -437,26 +438,33 @@ fn bench(
 }
 
 fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), AnyError> {
-    use alexnet::runtime::cuda::{cache, nvrtc};
+    use alexnet::codegen::cuda;
+    use alexnet::runtime::cuda::{cache::Cache, nvrtc};
     use rayon::prelude::*;
     let plan = net.plan();
     if let Some(dir) = dump {
-        println!("wrote {}", alexnet_codegen::dump_cuda(plan, dir)?.display());
+        println!(
+            "wrote {}",
+            alexnet::codegen::dump_cuda(plan, dir)?.display()
+        );
     }
     let (major, minor) = nvrtc::version()?;
-    let cuda = alexnet_codegen::cuda::render(plan);
+    let kernels = cuda::kernels(plan);
+    let units: Vec<(String, String)> = kernels
+        .forward
+        .iter()
+        .map(|k| (cuda::source(k), format!("{}.cu", k.name())))
+        .collect();
     let opts = vec!["--ptxas-options=-v".to_string()];
     println!(
         "{}: {} kernels, NVRTC {major}.{minor}, {arch}",
         plan.name,
-        cuda.kernels.len()
+        units.len()
     );
     let t0 = Instant::now();
-    let compiled: Vec<_> = cuda
-        .kernel_sources
+    let compiled: Vec<_> = units
         .par_iter()
-        .zip(&cuda.kernels)
-        .map(|(src, k)| nvrtc::compile_cubin(src, &format!("{}.cu", k.name), arch, &opts))
+        .map(|(src, name)| nvrtc::compile_cubin(src, name, arch, &opts))
         .collect::<Result<_, _>>()?;
     let cold = t0.elapsed();
     for c in &compiled {
@@ -478,11 +486,11 @@ fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), A
     );
     // The runtime's path: through the CUBIN cache (a temporary one: fill it, then hit it).
     let dir = std::env::temp_dir().join(format!("alexnet-kernels-{}", std::process::id()));
-    std::env::set_var("ALEXNET_CACHE_DIR", &dir);
+    let cache = Cache::at(&dir);
     let through_cache = || -> Result<std::time::Duration, AnyError> {
         let t = Instant::now();
-        for (src, k) in cuda.kernel_sources.iter().zip(&cuda.kernels) {
-            cache::cubin(src, &format!("{}.cu", k.name), arch, &opts)?;
+        for (src, name) in &units {
+            cache.cubin(src, name, arch, &opts)?;
         }
         Ok(t.elapsed())
     };

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
 use alexnet::runtime::optim::Sgd;
+use alexnet::runtime::prelude::*;
 use alexnet::runtime::towers::SplitTrainer;
 use alexnet::runtime::train::{epoch_order, BatchStats, Train};
-use alexnet::runtime::{weights, Backend, Device, Model, TrainConfig, Trainer};
+use alexnet::runtime::{weights, Device, Model, TrainConfig, Trainer};
 use clap::ValueEnum;
 
 use crate::data::{self, DataSpec};

@@ -2,7 +2,7 @@
 //! definitions: the reference for tests/cpu_layers.rs and, differentiated numerically,
 //! for tests/gradients.rs.
 
-use alexnet::ir::{Layer, Op};
+use alexnet::ir::{Conv, Layer, Lrn, Op, Pool};
 
 /// The output of one layer (no fused ReLU) for `batch` images.
 pub fn forward(l: &Layer, batch: usize, x: &[f64], w: &[f64], b: &[f64]) -> Vec<f64> {
@@ -14,13 +14,13 @@ pub fn forward(l: &Layer, batch: usize, x: &[f64], w: &[f64], b: &[f64]) -> Vec<
             for p in 0..o.h {
                 for q in 0..o.w {
                     let v: f64 = match l.op {
-                        Op::Conv {
+                        Op::Conv(Conv {
                             k,
                             stride,
                             pad,
                             groups,
                             ..
-                        } => {
+                        }) => {
                             let (cg, og) = (i.c / groups, o.c / groups);
                             let g = c / og;
                             let mut acc = b[c];
@@ -45,22 +45,30 @@ pub fn forward(l: &Layer, batch: usize, x: &[f64], w: &[f64], b: &[f64]) -> Vec<
                             }
                             acc
                         }
-                        Op::MaxPool { k, stride } => (0..k * k)
+                        Op::Pool(Pool {
+                            max: true,
+                            k,
+                            stride,
+                        }) => (0..k * k)
                             .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
                             .fold(f64::MIN, f64::max),
-                        Op::AvgPool { k, stride } => {
+                        Op::Pool(Pool {
+                            max: false,
+                            k,
+                            stride,
+                        }) => {
                             (0..k * k)
                                 .map(|j| at(n, c, p * stride + j / k, q * stride + j % k))
                                 .sum::<f64>()
                                 / (k * k) as f64
                         }
-                        Op::Lrn {
+                        Op::Lrn(Lrn {
                             size,
                             alpha,
                             beta,
                             k,
                             channel_groups,
-                        } => {
+                        }) => {
                             let cg = i.c / channel_groups;
                             let (lo, hi) = (c / cg * cg, c / cg * cg + cg);
                             let half = size / 2;
@@ -70,7 +78,7 @@ pub fn forward(l: &Layer, batch: usize, x: &[f64], w: &[f64], b: &[f64]) -> Vec<
                             at(n, c, p, q)
                                 / (k as f64 + alpha as f64 / size as f64 * s).powf(beta as f64)
                         }
-                        Op::Fc { .. } => {
+                        Op::Fc(_) => {
                             let wr = &w[c * i.len()..(c + 1) * i.len()];
                             b[c] + wr
                                 .iter()
@@ -78,9 +86,10 @@ pub fn forward(l: &Layer, batch: usize, x: &[f64], w: &[f64], b: &[f64]) -> Vec<
                                 .map(|(p, q)| p * q)
                                 .sum::<f64>()
                         }
-                        Op::Relu => at(n, c, p, q).max(0.0),
-                        Op::Dropout { .. } => at(n, c, p, q),
-                        Op::Softmax => {
+                        Op::Relu(_) => at(n, c, p, q).max(0.0),
+                        Op::Tanh(_) => at(n, c, p, q).tanh(),
+                        Op::Dropout(_) => at(n, c, p, q),
+                        Op::Softmax(_) => {
                             let m = (0..i.c).map(|j| at(n, j, p, q)).fold(f64::MIN, f64::max);
                             let z: f64 = (0..i.c).map(|j| (at(n, j, p, q) - m).exp()).sum();
                             (at(n, c, p, q) - m).exp() / z

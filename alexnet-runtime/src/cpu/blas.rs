@@ -7,7 +7,7 @@
 use std::ffi::c_int;
 use std::sync::OnceLock;
 
-use super::gemm::Mat;
+use super::mat::Mat;
 
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;

@@ -4,7 +4,9 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
-use crate::ir::Shape;
+use super::{CpuLayer, StageCx};
+use crate::error::Result;
+use crate::ir::{Conv, Shape};
 
 /// Convolution hyper-parameters.
 #[derive(Clone, Copy, Debug)]
@@ -240,5 +242,51 @@ fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
         col.chunks_mut(p * q)
             .enumerate()
             .for_each(|(r, row)| fill_row(r, row));
+    }
+}
+
+impl ConvGeom {
+    fn of(conv: &Conv, s: &StageCx<'_>) -> Self {
+        ConvGeom {
+            input: s.layer.input,
+            output: s.layer.output,
+            k: conv.k,
+            stride: conv.stride,
+            pad: conv.pad,
+            groups: conv.groups,
+        }
+    }
+}
+
+impl CpuLayer for Conv {
+    fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
+        let (w, b) = s.weight_and_bias(params)?;
+        forward(
+            x,
+            w,
+            b,
+            y,
+            s.batch,
+            ConvGeom::of(self, s),
+            s.fused_relu,
+            s.threads,
+        );
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        s: &StageCx<'_>,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        params: &[&[f32]],
+        dx: Option<&mut [f32]>,
+        dparams: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let (w, dw, db) = s.learned(params, dparams)?;
+        let g = ConvGeom::of(self, s);
+        backward(x, w, y, dy, dx, dw, db, s.batch, g, s.fused_relu, s.threads);
+        Ok(())
     }
 }

@@ -3,6 +3,9 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm_strided, Mat};
+use super::{CpuLayer, StageCx};
+use crate::error::Result;
+use crate::ir::Fc;
 
 /// Up to this batch size the layer is a few matrix-vector products, bound by reading W:
 /// each weight row is streamed once against every image.
@@ -174,4 +177,52 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = at.iter().zip(bt).map(|(x, y)| x * y).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+impl CpuLayer for Fc {
+    fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
+        let (w, b) = s.weight_and_bias(params)?;
+        let inputs = s.layer.input.len();
+        forward(
+            x,
+            w,
+            b,
+            y,
+            s.batch,
+            inputs,
+            self.out,
+            s.fused_relu,
+            s.threads,
+        );
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        s: &StageCx<'_>,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        params: &[&[f32]],
+        dx: Option<&mut [f32]>,
+        dparams: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let (w, dw, db) = s.learned(params, dparams)?;
+        let inputs = s.layer.input.len();
+        backward(
+            x,
+            w,
+            y,
+            dy,
+            dx,
+            dw,
+            db,
+            s.batch,
+            inputs,
+            self.out,
+            s.fused_relu,
+            s.threads,
+        );
+        Ok(())
+    }
 }

@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use crate::ir::{Op, Shape};
+use super::{CpuLayer, StageCx};
+use crate::error::Result;
+use crate::ir::{Lrn, Shape};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LrnParams {
@@ -15,24 +17,35 @@ pub struct LrnParams {
 }
 
 impl LrnParams {
-    /// The parameters of an LRN layer, or `None` for other operations.
-    pub fn of(op: &Op) -> Option<Self> {
-        match *op {
-            Op::Lrn {
-                size,
-                alpha,
-                beta,
-                k,
-                channel_groups,
-            } => Some(LrnParams {
-                size,
-                alpha,
-                beta,
-                k,
-                channel_groups,
-            }),
-            _ => None,
+    fn of(l: &Lrn) -> Self {
+        LrnParams {
+            size: l.size,
+            alpha: l.alpha,
+            beta: l.beta,
+            k: l.k,
+            channel_groups: l.channel_groups,
         }
+    }
+}
+
+impl CpuLayer for Lrn {
+    fn forward(&self, s: &StageCx<'_>, x: &[f32], _params: &[&[f32]], y: &mut [f32]) -> Result<()> {
+        forward(x, y, s.layer.input, LrnParams::of(self));
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        s: &StageCx<'_>,
+        x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        _params: &[&[f32]],
+        dx: Option<&mut [f32]>,
+        _dparams: &mut [&mut [f32]],
+    ) -> Result<()> {
+        backward(x, dy, s.dx(dx)?, s.layer.input, LrnParams::of(self));
+        Ok(())
     }
 }
 

@@ -2,7 +2,9 @@
 
 use rayon::prelude::*;
 
-use crate::ir::{Op, Shape};
+use super::{CpuLayer, StageCx};
+use crate::error::Result;
+use crate::ir::{Pool, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -10,12 +12,44 @@ pub enum PoolKind {
     Avg,
 }
 
-/// A pooling layer's window: `(k, stride, kind)`, or `None` for other operations.
-pub fn window(op: &Op) -> Option<(usize, usize, PoolKind)> {
-    match *op {
-        Op::MaxPool { k, stride } => Some((k, stride, PoolKind::Max)),
-        Op::AvgPool { k, stride } => Some((k, stride, PoolKind::Avg)),
-        _ => None,
+impl CpuLayer for Pool {
+    fn forward(&self, s: &StageCx<'_>, x: &[f32], _params: &[&[f32]], y: &mut [f32]) -> Result<()> {
+        let l = s.layer;
+        forward(x, y, l.input, l.output, self.k, self.stride, kind(self));
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        s: &StageCx<'_>,
+        x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        _params: &[&[f32]],
+        dx: Option<&mut [f32]>,
+        _dparams: &mut [&mut [f32]],
+    ) -> Result<()> {
+        let l = s.layer;
+        let dx = s.dx(dx)?;
+        backward(
+            x,
+            dy,
+            dx,
+            l.input,
+            l.output,
+            self.k,
+            self.stride,
+            kind(self),
+        );
+        Ok(())
+    }
+}
+
+fn kind(p: &Pool) -> PoolKind {
+    if p.max {
+        PoolKind::Max
+    } else {
+        PoolKind::Avg
     }
 }
 

@@ -1,9 +1,10 @@
-//! The CUBIN disk cache: a compiled kernel is stored under the user's cache folder, keyed
-//! by its source, the NVRTC options, NVRTC's version and the architecture, so a second
-//! start loads instead of compiling. `ALEXNET_CACHE_DIR` moves it; `ALEXNET_NO_CACHE=1`
-//! turns it off.
+//! The CUBIN disk cache: a compiled kernel is stored in a folder, keyed by its source, the
+//! NVRTC options, NVRTC's version and the architecture, so a second start loads instead
+//! of compiling. The folder is the cache's own argument ([`Cache::at`]); the default,
+//! [`Cache::from_env`], is the user's cache folder, which `ALEXNET_CACHE_DIR` moves and
+//! `ALEXNET_NO_CACHE=1` turns off.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::nvrtc;
 use crate::error::Result;
@@ -20,51 +21,89 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The cache folder, if there is one.
-pub fn dir() -> Option<PathBuf> {
-    if std::env::var_os("ALEXNET_NO_CACHE").is_some_and(|v| v == "1") {
-        return None;
-    }
-    if let Some(d) = std::env::var_os("ALEXNET_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("alexnet-rs").join("cubin"))
+/// A CUBIN cache in a folder, or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cache {
+    dir: Option<PathBuf>,
 }
 
-/// The CUBIN of `source` for `arch`: from the cache, or compiled and then stored.
-pub fn cubin(source: &str, name: &str, arch: &str, opts: &[String]) -> Result<Vec<u8>> {
-    let (major, minor) = nvrtc::version()?;
-    let key = fnv1a(&[
-        source.as_bytes(),
-        arch.as_bytes(),
-        opts.join(" ").as_bytes(),
-        format!("{major}.{minor}").as_bytes(),
-    ]);
-    let path = dir().map(|d| d.join(format!("{arch}-{key:016x}.cubin")));
-    if let Some(p) = &path {
-        if let Ok(bytes) = std::fs::read(p) {
-            if !bytes.is_empty() {
-                return Ok(bytes);
+impl Cache {
+    /// A cache in `dir` (created when first written).
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Cache {
+            dir: Some(dir.into()),
+        }
+    }
+
+    /// No cache: every kernel is compiled.
+    pub fn disabled() -> Self {
+        Cache { dir: None }
+    }
+
+    /// The user's cache: `ALEXNET_CACHE_DIR`, else `$XDG_CACHE_HOME/alexnet-rs/cubin`, else
+    /// `~/.cache/alexnet-rs/cubin`; none with `ALEXNET_NO_CACHE=1` (or without a home).
+    pub fn from_env() -> Self {
+        if std::env::var_os("ALEXNET_NO_CACHE").is_some_and(|v| v == "1") {
+            return Cache::disabled();
+        }
+        if let Some(d) = std::env::var_os("ALEXNET_CACHE_DIR") {
+            return Cache::at(d);
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        match base {
+            Some(b) => Cache::at(b.join("alexnet-rs").join("cubin")),
+            None => Cache::disabled(),
+        }
+    }
+
+    /// The folder, if there is a cache.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The CUBIN of `source` for `arch`: from the cache, or compiled and then stored.
+    pub fn cubin(&self, source: &str, name: &str, arch: &str, opts: &[String]) -> Result<Vec<u8>> {
+        let (major, minor) = nvrtc::version()?;
+        let key = fnv1a(&[
+            source.as_bytes(),
+            arch.as_bytes(),
+            opts.join(" ").as_bytes(),
+            format!("{major}.{minor}").as_bytes(),
+        ]);
+        let path = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(format!("{arch}-{key:016x}.cubin")));
+        if let Some(p) = &path {
+            if let Ok(bytes) = std::fs::read(p) {
+                if !bytes.is_empty() {
+                    return Ok(bytes);
+                }
             }
         }
-    }
-    let compiled = nvrtc::compile_cubin(source, name, arch, opts)?;
-    if let Some(p) = &path {
-        // A cache that cannot be written only costs a recompile next time.
-        if let Some(d) = p.parent() {
-            let _ = std::fs::create_dir_all(d);
+        let compiled = nvrtc::compile_cubin(source, name, arch, opts)?;
+        if let Some(p) = &path {
+            // A cache that cannot be written only costs a recompile next time.
+            if let Some(d) = p.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let _ = crate::weights::write_atomic(p, &compiled.cubin);
         }
-        let _ = crate::weights::write_atomic(p, &compiled.cubin);
+        Ok(compiled.cubin)
     }
-    Ok(compiled.cubin)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_folder_is_the_cache_s_own() {
+        assert_eq!(Cache::at("/x").dir(), Some(Path::new("/x")));
+        assert_eq!(Cache::disabled().dir(), None);
+    }
 
     #[test]
     fn keys_are_stable_and_separate_parts() {

@@ -1,9 +1,16 @@
-//! The CUDA side of the runtime: NVRTC (loaded at run time; no CUDA is needed to build),
-//! the CUBIN disk cache, and the backend that launches each network's generated kernels.
+//! The CUDA backend: each network's generated kernels, compiled by NVRTC (loaded at run
+//! time; no CUDA is needed to build) for the device's own architecture, through a CUBIN
+//! disk cache, and launched from their specs. One file per concern: `device.rs` the GPU,
+//! `launch.rs` loading and launching kernels, `memory.rs`, `inference.rs`,
+//! `training.rs` and `exchange.rs` the backend's traits.
 
-mod backend;
 pub mod cache;
+mod device;
+mod exchange;
+mod inference;
+mod launch;
+mod memory;
 pub mod nvrtc;
-mod train;
+mod training;
 
-pub use backend::Cuda;
+pub use device::Cuda;

@@ -14,9 +14,18 @@ pub fn available() -> bool {
 }
 
 fn not_loaded() -> Error {
-    Error::Backend(
-        "NVRTC (libnvrtc.so.13) is not loadable: install CUDA 13 or the `nvidia-cuda-nvrtc` wheel and put its lib folder on LD_LIBRARY_PATH".into(),
-    )
+    Error::Nvrtc {
+        unit: None,
+        message: "NVRTC (libnvrtc.so.13) is not loadable: install CUDA 13 or the `nvidia-cuda-nvrtc` wheel and put its lib folder on LD_LIBRARY_PATH".into(),
+    }
+}
+
+/// An NVRTC failure while compiling `unit`.
+fn failed(unit: &str, message: String) -> Error {
+    Error::Nvrtc {
+        unit: Some(unit.to_string()),
+        message,
+    }
 }
 
 /// NVRTC's version, `(major, minor)`.
@@ -28,7 +37,10 @@ pub fn version() -> Result<(i32, i32)> {
     // SAFETY: the library is present (checked); both pointers are to live locals.
     unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| Error::Backend(format!("nvrtcVersion: {e:?}")))?;
+        .map_err(|e| Error::Nvrtc {
+            unit: None,
+            message: format!("nvrtcVersion: {e:?}"),
+        })?;
     Ok((major, minor))
 }
 
@@ -73,12 +85,12 @@ pub fn compile_cubin(source: &str, name: &str, arch: &str, extra: &[String]) -> 
     if !available() {
         return Err(not_loaded());
     }
-    let src = CString::new(source)
-        .map_err(|_| Error::Backend(format!("{name}: source contains a NUL byte")))?;
-    let cname = CString::new(name)
-        .map_err(|_| Error::Backend(format!("{name}: name contains a NUL byte")))?;
+    let src =
+        CString::new(source).map_err(|_| failed(name, "the source contains a NUL byte".into()))?;
+    let cname =
+        CString::new(name).map_err(|_| failed(name, "the name contains a NUL byte".into()))?;
     let prog = result::create_program(&src, Some(&cname))
-        .map_err(|e| Error::Backend(format!("{name}: nvrtcCreateProgram: {e:?}")))?;
+        .map_err(|e| failed(name, format!("nvrtcCreateProgram: {e:?}")))?;
     let mut opts = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -95,23 +107,26 @@ pub fn compile_cubin(source: &str, name: &str, arch: &str, extra: &[String]) -> 
         .map(|v| c_chars_to_string(&v))
         .unwrap_or_default();
     let out = match compiled {
-        Err(e) => Err(Error::Backend(format!(
-            "NVRTC could not compile {name} for {arch} ({e:?}), options {opts:?}:\n{}{}",
-            log.trim_end(),
-            offending_lines(source, &log)
-        ))),
+        Err(e) => Err(failed(
+            name,
+            format!(
+                "NVRTC could not compile it for {arch} ({e:?}), options {opts:?}:\n{}{}",
+                log.trim_end(),
+                offending_lines(source, &log)
+            ),
+        )),
         Ok(()) => {
             let mut size = 0usize;
             // SAFETY: `prog` compiled successfully; `size` is a live local.
             unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
                 .result()
-                .map_err(|e| Error::Backend(format!("{name}: nvrtcGetCUBINSize: {e:?}")))
+                .map_err(|e| failed(name, format!("nvrtcGetCUBINSize: {e:?}")))
                 .and_then(|()| {
                     let mut cubin = vec![0u8; size];
                     // SAFETY: `cubin` has the size NVRTC reported for the CUBIN.
                     unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char) }
                         .result()
-                        .map_err(|e| Error::Backend(format!("{name}: nvrtcGetCUBIN: {e:?}")))?;
+                        .map_err(|e| failed(name, format!("nvrtcGetCUBIN: {e:?}")))?;
                     Ok(Compiled { cubin, log })
                 })
         }

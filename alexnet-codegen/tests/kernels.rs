@@ -1,0 +1,218 @@
+//! The plan's towers and the kernels generated for the paper's AlexNet: names, sizes,
+//! launch geometry, and where the towers exchange, through the front end as a user writes
+//! the network.
+
+use alexnet_codegen::cuda;
+use alexnet_codegen::ir::{Conv, Lrn, Op, Plan, Role, Shape, TowerInput};
+use alexnet_codegen::plan_from_str;
+
+/// The paper's AlexNet.
+const ALEXNET: &str = "AlexNet<3, 227, 227> split 2 {
+        conv(96, 11, stride = 4) relu lrn(5, alpha = 1e-4, beta = 0.75, k = 2.0) maxpool(3, stride = 2)
+        conv(256, 5, pad = 2, groups = 2) relu lrn(5, alpha = 1e-4, beta = 0.75, k = 2.0) maxpool(3, stride = 2)
+        conv(384, 3, pad = 1) relu conv(384, 3, pad = 1, groups = 2) relu conv(256, 3, pad = 1, groups = 2) relu maxpool(3, stride = 2)
+        dropout(0.5) fc(4096) relu dropout(0.5) fc(4096) relu fc(1000) softmax
+    }";
+
+fn alexnet() -> Plan {
+    plan_from_str(ALEXNET).expect("the paper's AlexNet plans")
+}
+
+#[test]
+fn alexnet_towers_exchange_where_the_paper_says() {
+    let plan = alexnet();
+    let both: Vec<&str> = (0..plan.layers.len())
+        .filter(|&i| plan.tower_input(i) == Some(TowerInput::BothTowers))
+        .map(|i| &*plan.layers[i].name)
+        .collect();
+    // The paper: the towers talk at conv3 and the fully connected layers (and the
+    // softmax needs every class).
+    assert_eq!(both, ["conv3", "fc6", "fc7", "fc8", "softmax"]);
+    assert_eq!(plan.tower_input(0), Some(TowerInput::NetworkInput));
+    // By hand, f32 bytes per image: conv3 reads pool2's 256x13x13, fc6 pool5's 256x6x6
+    // (through drop6), fc7 and fc8 4096 values, softmax 1000.
+    let hand = [256 * 13 * 13, 256 * 6 * 6, 4096, 4096, 1000].map(|n| n * 4);
+    assert_eq!(
+        plan.exchange_bytes(plan.layers.iter().position(|l| l.name == "conv3").unwrap()),
+        hand[0]
+    );
+    assert_eq!(plan.exchange_bytes_total(), hand.iter().sum::<usize>());
+    assert_eq!(plan.exchange_bytes_total(), 246_688);
+    let summary = plan.summary();
+    assert!(
+        summary.contains("exchanged between the towers per image: 246,688 bytes"),
+        "{summary}"
+    );
+    assert!(summary.contains("173,056"), "{summary}");
+    // An unsplit network has no towers.
+    let flat = plan_from_str("T<3, 8, 8> { conv(4, 3) fc(2) }").unwrap();
+    assert_eq!(flat.tower_input(1), None);
+    assert_eq!(flat.exchange_bytes_total(), 0);
+    assert!(!flat.summary().contains("reads"));
+
+    // Tower plans: half of every layer, the whole input where both towers are read.
+    let t1 = plan.tower(1).unwrap();
+    assert_eq!(
+        t1.layers.len(),
+        plan.layers.len() - 1,
+        "the final softmax runs once"
+    );
+    let at = |n: &str| t1.layers.iter().find(|l| l.name == n).unwrap().clone();
+    assert_eq!(at("conv1").input, Shape::new(3, 227, 227));
+    assert_eq!(at("conv1").output, Shape::new(48, 55, 55));
+    assert_eq!(at("conv2").input, Shape::new(48, 27, 27));
+    assert!(matches!(
+        at("conv2").op,
+        Op::Conv(Conv {
+            out: 128,
+            groups: 1,
+            ..
+        })
+    ));
+    assert_eq!(at("conv3").input, Shape::new(256, 13, 13));
+    assert!(matches!(
+        at("lrn1").op,
+        Op::Lrn(Lrn {
+            channel_groups: 1,
+            ..
+        })
+    ));
+    assert_eq!(at("fc6").input, Shape::new(256, 6, 6));
+    assert_eq!(at("fc8").output, Shape::new(500, 1, 1));
+    // A tower gathers both towers' outputs where the whole network reads both.
+    let gathered: Vec<&str> = (0..t1.layers.len())
+        .filter(|&i| t1.gathers(i))
+        .map(|i| &*t1.layers[i].name)
+        .collect();
+    assert_eq!(gathered, ["conv3", "fc6", "fc7", "fc8"]);
+    assert!((0..plan.layers.len()).all(|i| !plan.gathers(i)));
+    // Every parameter is split in two, rows by tower.
+    assert_eq!(t1.param_count() * 2, plan.param_count());
+    assert!(plan.tower(2).is_none() && flat.tower(0).is_none());
+}
+
+#[test]
+fn alexnet_kernels_are_named_and_sized() {
+    let plan = alexnet();
+    let kernels = cuda::forward(&plan);
+    let source = cuda::forward_source(&plan, &cuda::generate(&plan));
+    let names: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
+    assert_eq!(names[0], "conv1_fwd_c3_k96_r11_t128x96");
+    assert_eq!(names[3], "conv2_fwd_c48_k128_r5_t128x128");
+    assert!(names.contains(&"fc6_fwd_i9216_o4096_t32x64"), "{names:?}");
+    assert!(names.contains(&"lrn1_fwd_c96_n5_g2"), "{names:?}");
+    assert!(names.contains(&"softmax_fwd_c1000"), "{names:?}");
+    // Dropout runs no kernel; a fused ReLU has none of its own.
+    assert_eq!(kernels.len(), plan.stages().len() - 2);
+    for k in &kernels {
+        assert!(
+            source.contains(&format!("\n{}(", k.name())),
+            "{} not in source",
+            k.name()
+        );
+        assert_eq!(k.role, Role::Forward);
+    }
+    assert!(!source.contains("{{"));
+    assert!(!source.contains("#include"), "headers are inlined");
+    // conv1 at batch 128: 128 * 55 * 55 pixels in tiles of 128, 96 channels in one.
+    assert_eq!(kernels[0].launch.grid(128), [3025, 1, 1]);
+    assert_eq!(kernels[3].launch.grid(1), [6, 1, 2]);
+    let gemm = kernels[0].gemm.expect("conv1 is a GEMM");
+    assert_eq!(
+        (gemm.tile.tm, gemm.tile.tn, gemm.tile.threads()),
+        (128, 96, 192)
+    );
+    assert!(gemm.epilogue.relu && gemm.epilogue.bias);
+}
+
+#[test]
+fn alexnet_training_kernels() {
+    let plan = alexnet();
+    let t = cuda::generate(&plan);
+    // conv1 (layer 0) gets no input gradient; conv2 does.
+    assert!(t.find(0, Role::DataGrad).is_none());
+    assert!(t.find(0, Role::WeightGrad).is_some());
+    assert!(t.find(4, Role::DataGrad).is_some());
+    // Nothing before conv1; the final softmax is the loss.
+    let loss = t.training.iter().find(|k| k.role == Role::Loss).unwrap();
+    assert_eq!(loss.name(), "AlexNet_softmax_xent_c1000");
+    assert_eq!(
+        t.training
+            .iter()
+            .filter(|k| k.role == Role::Dropout)
+            .count(),
+        2
+    );
+    assert!(matches!(
+        t.training.last().unwrap().role,
+        Role::Sgd {
+            first: 0,
+            count: 16
+        }
+    ));
+    // conv1's weight gradient at batch 128: 96 x 364 in 3 tiles of 96 x 128, split
+    // into about 528 / 3 chunks.
+    let w = t.find(0, Role::WeightGrad).unwrap();
+    let [gx, gy, gz] = w.launch.grid(128);
+    assert_eq!((gy, gz), (3, 1));
+    assert!((170..=180).contains(&gx), "{gx}");
+    assert_eq!(w.workspace_per_chunk(), 96 * 364);
+    let source = cuda::training_source(&plan, &t);
+    assert!(!source.contains("{{"));
+    for k in t.training.iter() {
+        assert!(source.contains(&format!("\n{}(", k.name())), "{}", k.name());
+    }
+}
+
+#[test]
+fn a_tower_has_no_loss_kernel() {
+    // The loss runs once, on the gathered logits; each tower still updates its own rows.
+    let tower = alexnet().tower(1).unwrap();
+    let t = cuda::training(&tower);
+    assert!(t.iter().all(|k| k.role != Role::Loss));
+    assert!(t.iter().any(|k| k.role == Role::Dropout));
+    assert!(matches!(t.last().unwrap().role, Role::Sgd { .. }));
+    assert!(cuda::training(&alexnet())
+        .iter()
+        .any(|k| k.role == Role::Loss));
+}
+
+#[test]
+fn alexnet_towers_exchange_before_conv3_and_the_fc_layers() {
+    let plan = alexnet();
+    assert!(
+        cuda::exchanges(&plan).is_empty(),
+        "a whole network has no exchanges"
+    );
+    let t1 = cuda::exchanges(&plan.tower(1).unwrap());
+    let names: Vec<&str> = t1
+        .iter()
+        .filter(|k| k.role == Role::Gather)
+        .map(|k| k.name())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "conv3_exchange_p21632_t1_gather",
+            "fc6_exchange_p4608_t1_gather",
+            "fc7_exchange_p2048_t1_gather",
+            "fc8_exchange_p2048_t1_gather"
+        ]
+    );
+    assert_eq!(t1.len(), 12, "gather, pack and reduce for each");
+    for k in &t1 {
+        let source = cuda::source(k);
+        assert!(
+            source.contains(&format!("\n{}(", k.name())),
+            "{} not in source",
+            k.name()
+        );
+        assert!(source.contains("TOWER = 1;"));
+    }
+    // conv3 at batch 128: 128 images of 128 x 13 x 13 values, 256 per block.
+    assert_eq!(t1[0].launch.grid(128), [10816, 1, 1]);
+    assert_eq!(
+        t1[0].layer(),
+        plan.layers.iter().position(|l| l.name == "conv3").unwrap()
+    );
+}

@@ -1,0 +1,17 @@
+//! The forward kernels of a plan: one per stage, from its layer kind (dropout, the
+//! identity at inference, has none; a ReLU fused into conv or fc has none of its own).
+
+use super::context;
+use crate::ir::Plan;
+use crate::kernels::spec::KernelSpec;
+
+/// The forward kernel of every stage of `plan` that runs one, in stage order.
+pub fn forward(plan: &Plan) -> Vec<KernelSpec> {
+    plan.stages()
+        .into_iter()
+        .filter_map(|stage| {
+            let op = plan.layers[stage.layer].op;
+            op.kind().forward_kernel(&context(plan, stage, false))
+        })
+        .collect()
+}

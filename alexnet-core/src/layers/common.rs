@@ -1,0 +1,89 @@
+//! Kernels that several kinds share: element-wise ones, and the GEMMs of learned layers
+//! (conv and fc) with their fused ReLU.
+
+use super::kind::KernelCx;
+use crate::kernels::gemm::{Gemm, Owner};
+use crate::kernels::spec::{
+    int, read, update, Instance, KernelLaunch, KernelSpec, Len, Role, Template, EW_THREADS,
+};
+
+/// The gradient through a ReLU fused into conv or fc, in place (`relu.cuh`).
+const FUSED_RELU_MASK: Template = Template {
+    header: "relu.cuh",
+    function: "relu_mask",
+    params: &[read("y"), update("dy"), int("batch")],
+};
+
+/// Templates of this file that no kind lists as its own.
+pub const TEMPLATES: &[Template] = &[FUSED_RELU_MASK];
+
+/// An element-wise kernel over `len` values per image of layer `cx`, one thread each.
+pub fn elementwise(
+    cx: &KernelCx<'_>,
+    len: usize,
+    role: Role,
+    template: &Template,
+    name: String,
+    doc: String,
+    lens: Vec<(&'static str, Len)>,
+) -> KernelSpec {
+    Instance {
+        role,
+        launch: KernelLaunch::elementwise(cx.layer, &name, len as u64),
+        template,
+        doc,
+        consts: vec![
+            ("LEN", len.into()),
+            ("THREADS", (EW_THREADS as usize).into()),
+        ],
+        lens,
+        gemm: None,
+    }
+    .spec()
+}
+
+fn owner<'a>(cx: &'a KernelCx<'_>, name: &'a str, desc: &'a str) -> Owner<'a> {
+    Owner {
+        layer: cx.layer,
+        name,
+        desc,
+        label: cx.name,
+    }
+}
+
+/// A conv or fc layer's forward GEMM, with bias and the fused ReLU in its epilogue.
+pub fn learned_forward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> KernelSpec {
+    let name = cx.c_name();
+    g.forward(&owner(cx, &name, desc), cx.fused_relu)
+}
+
+/// The training kernels of a conv or fc layer: the fused ReLU's mask on the output
+/// gradient, the weight and bias gradients and their reduction, and the input gradient
+/// when needed.
+pub fn learned_backward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> Vec<KernelSpec> {
+    let name = cx.c_name();
+    let owner = owner(cx, &name, desc);
+    let mut v = Vec::with_capacity(4);
+    if cx.fused_relu {
+        let len = cx.output.len();
+        let per = Len::PerImage(len as u64);
+        v.push(elementwise(
+            cx,
+            len,
+            Role::ReluMask,
+            &FUSED_RELU_MASK,
+            format!("{name}_relu_bwd_n{len}"),
+            format!(
+                "gradient through the ReLU fused into `{}` ({desc})",
+                cx.name
+            ),
+            vec![("y", per), ("dy", per)],
+        ));
+    }
+    v.push(g.weight_grad(&owner));
+    v.push(g.weight_reduce(&owner));
+    if cx.needs_dx {
+        v.push(g.data_grad(&owner));
+    }
+    v
+}

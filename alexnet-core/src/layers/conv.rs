@@ -1,0 +1,187 @@
+//! `conv(out, k, stride = 1, pad = 0, groups = 1)`: 2-D convolution with bias, weight
+//! `[out, in/groups, k, k]`; an implicit GEMM on the GPU (`kernels::gemm`).
+
+use super::common::{learned_backward, learned_forward};
+use super::dsl::{
+    err, int, window, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS,
+};
+use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
+use crate::kernels::gemm::Gemm;
+use crate::kernels::spec::{Header, KernelSpec, Template};
+use crate::shape::Shape;
+
+/// 2-D convolution with bias; weight `[out, in/groups, k, k]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conv {
+    pub out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
+const SIGNATURE: &[ArgSpec] = &[
+    int("out", 1, Default::Required, true),
+    int("k", 1, Default::Required, true),
+    int("stride", 1, Default::Value(1.0), false),
+    int("pad", 0, Default::Value(0.0), false),
+    int("groups", 1, Default::Value(1.0), false),
+];
+
+impl Kind for Conv {
+    const KEYWORDS: &'static [Keyword] = &[Keyword {
+        name: "conv",
+        signature: SIGNATURE,
+        naming: Naming::Learned("conv"),
+    }];
+    /// The GEMM headers are shared with fc (`kernels::gemm`).
+    const HEADERS: &'static [Header] = &[];
+    const TEMPLATES: &'static [Template] = &[];
+
+    fn build(_keyword: &str, v: &[f64]) -> Self {
+        Conv {
+            out: v[0] as usize,
+            k: v[1] as usize,
+            stride: v[2] as usize,
+            pad: v[3] as usize,
+            groups: v[4] as usize,
+        }
+    }
+
+    fn in_tower(&self, towers: usize, own: bool) -> Self {
+        Conv {
+            out: self.out / towers,
+            groups: if own {
+                self.groups / towers
+            } else {
+                self.groups
+            },
+            ..*self
+        }
+    }
+}
+
+impl Conv {
+    fn gemm(&self, input: Shape, output: Shape) -> Gemm {
+        Gemm::conv(input, output, self.k, self.stride, self.pad, self.groups)
+    }
+}
+
+impl LayerKind for Conv {
+    fn keyword(&self) -> &'static str {
+        "conv"
+    }
+
+    fn describe(&self) -> String {
+        let Conv {
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        } = *self;
+        let mut s = format!("conv({out}, {k}");
+        if stride != 1 {
+            s += &format!(", stride = {stride}");
+        }
+        if pad != 0 {
+            s += &format!(", pad = {pad}");
+        }
+        if groups != 1 {
+            s += &format!(", groups = {groups}");
+        }
+        s + ")"
+    }
+
+    fn needs_image(&self) -> Option<&'static str> {
+        Some("convolution")
+    }
+
+    fn infer(&mut self, input: Shape, cx: &ShapeContext<'_>) -> Result<Shape, ShapeError> {
+        let Conv {
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        } = *self;
+        let ctx = cx.input(input);
+        let split = cx.split;
+        window(input, k, pad, &ctx)?;
+        if !input.c.is_multiple_of(groups) {
+            return Err(err(
+                Culprit::Arg("groups"),
+                format!(
+                    "groups {groups} does not divide the {} input channels ({ctx})",
+                    input.c
+                ),
+            ));
+        }
+        if !out.is_multiple_of(groups) {
+            return Err(err(
+                Culprit::Arg("groups"),
+                format!("groups {groups} does not divide the {out} output channels"),
+            ));
+        }
+        if split > 1 {
+            if !out.is_multiple_of(split) {
+                return Err(err(
+                    Culprit::Arg("out"),
+                    format!("{out} output channels cannot be split evenly between {split} towers"),
+                ));
+            }
+            if groups != 1 && !groups.is_multiple_of(split) {
+                return Err(err(
+                    Culprit::Arg("groups"),
+                    format!("groups {groups} would straddle the {split} towers: with `split {split}` groups must be 1 (read both towers) or a multiple of {split}"),
+                ));
+            }
+        }
+        let param = (out as u128) * (input.c / groups) as u128 * (k as u128) * (k as u128);
+        if param > MAX_ELEMENTS {
+            return Err(err(
+                Culprit::Layer,
+                format!("weight of {param} elements overflows the 2^31 element limit"),
+            ));
+        }
+        Ok(Shape::new(
+            out,
+            (input.h + 2 * pad - k) / stride + 1,
+            (input.w + 2 * pad - k) / stride + 1,
+        ))
+    }
+
+    fn is_learned(&self) -> bool {
+        true
+    }
+
+    fn params(&self, input: Shape) -> Vec<(&'static str, Vec<usize>)> {
+        let (out, k) = (self.out, self.k);
+        vec![
+            ("weight", vec![out, input.c / self.groups, k, k]),
+            ("bias", vec![out]),
+        ]
+    }
+
+    fn macs(&self, input: Shape, output: Shape) -> u64 {
+        (output.len() as u64) * ((input.c / self.groups) * self.k * self.k) as u64
+    }
+
+    fn reads_own_tower(&self, towers: usize) -> bool {
+        self.groups.is_multiple_of(towers)
+    }
+
+    fn fuses_relu(&self) -> bool {
+        true
+    }
+
+    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+        let g = self.gemm(cx.input, cx.output);
+        Some(learned_forward(&g, cx, &self.describe()))
+    }
+
+    fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        let g = self.gemm(cx.input, cx.output);
+        learned_backward(&g, cx, &self.describe())
+    }
+}

@@ -1,0 +1,107 @@
+//! `fc(out)`: a fully connected layer with bias over the flattened input, weight
+//! `[out, in]`; on the GPU, the 1x1 convolution GEMM of `kernels::gemm` with tiles for a
+//! small M (the batch).
+
+use super::common::{learned_backward, learned_forward};
+use super::dsl::{err, int, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
+use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
+use crate::kernels::gemm::Gemm;
+use crate::kernels::spec::{Header, KernelSpec, Template};
+use crate::shape::Shape;
+
+/// Fully connected layer with bias over the flattened input; weight `[out, in]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fc {
+    pub out: usize,
+}
+
+const SIGNATURE: &[ArgSpec] = &[int("out", 1, Default::Required, true)];
+
+impl Kind for Fc {
+    const KEYWORDS: &'static [Keyword] = &[Keyword {
+        name: "fc",
+        signature: SIGNATURE,
+        naming: Naming::Learned("fc"),
+    }];
+    /// The GEMM headers are shared with conv (`kernels::gemm`).
+    const HEADERS: &'static [Header] = &[];
+    const TEMPLATES: &'static [Template] = &[];
+
+    fn build(_keyword: &str, v: &[f64]) -> Self {
+        Fc { out: v[0] as usize }
+    }
+
+    fn in_tower(&self, towers: usize, _own: bool) -> Self {
+        Fc {
+            out: self.out / towers,
+        }
+    }
+}
+
+impl LayerKind for Fc {
+    fn keyword(&self) -> &'static str {
+        "fc"
+    }
+
+    fn describe(&self) -> String {
+        format!("fc({})", self.out)
+    }
+
+    fn flattens(&self) -> bool {
+        true
+    }
+
+    fn infer(&mut self, input: Shape, cx: &ShapeContext<'_>) -> Result<Shape, ShapeError> {
+        let (out, split) = (self.out, cx.split);
+        if split > 1 && !out.is_multiple_of(split) {
+            return Err(err(
+                Culprit::Arg("out"),
+                format!("{out} outputs cannot be split evenly between {split} towers"),
+            ));
+        }
+        let param = (out as u128) * (input.len() as u128);
+        if param > MAX_ELEMENTS {
+            return Err(err(
+                Culprit::Layer,
+                format!(
+                    "weight of {out}x{} = {param} elements overflows the 2^31 element limit",
+                    input.len()
+                ),
+            ));
+        }
+        Ok(Shape::new(out, 1, 1))
+    }
+
+    fn is_learned(&self) -> bool {
+        true
+    }
+
+    fn params(&self, input: Shape) -> Vec<(&'static str, Vec<usize>)> {
+        vec![
+            ("weight", vec![self.out, input.len()]),
+            ("bias", vec![self.out]),
+        ]
+    }
+
+    fn macs(&self, input: Shape, _output: Shape) -> u64 {
+        (self.out as u64) * input.len() as u64
+    }
+
+    fn reads_own_tower(&self, _towers: usize) -> bool {
+        false
+    }
+
+    fn fuses_relu(&self) -> bool {
+        true
+    }
+
+    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+        let g = Gemm::fc(cx.input, cx.output);
+        Some(learned_forward(&g, cx, &self.describe()))
+    }
+
+    fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        let g = Gemm::fc(cx.input, cx.output);
+        learned_backward(&g, cx, &self.describe())
+    }
+}

@@ -1,0 +1,189 @@
+//! `lrn(size, alpha = 1e-4, beta = 0.75, k = 2)`: local response normalisation across
+//! channels (section 3.3 of the paper), `y = x / (k + alpha / size * sum x^2)^beta` over a
+//! window of `size` channels centred on the channel (the PyTorch/ONNX/Caffe convention,
+//! where alpha is divided by `size`), never crossing the towers of a split network. The
+//! GPU kernels are `kernels_templates/lrn.cuh`.
+
+use super::dsl::{err, int, real, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError};
+use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
+use crate::kernels::spec::{
+    int as int_arg, read, write, Header, Instance, KernelLaunch, KernelSpec, Len, Role, Template,
+    Value, EW_THREADS,
+};
+use crate::shape::Shape;
+
+/// Local response normalisation across channels (PyTorch/ONNX/Caffe convention):
+/// `y = x / (k + alpha / size * sum_{window} x^2)^beta`. The window never crosses a
+/// boundary between the `channel_groups` equal channel groups (the towers of a `split 2`
+/// network, as on the paper's two GPUs); 1 means one group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lrn {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub k: f32,
+    pub channel_groups: usize,
+}
+
+/// The paper's constants (section 3.3): n = 5, alpha = 1e-4, beta = 0.75, k = 2.
+const SIGNATURE: &[ArgSpec] = &[
+    int("size", 1, Default::Required, true),
+    real("alpha", 0.0, f64::MAX, 1e-4),
+    real("beta", 0.0, f64::MAX, 0.75),
+    real("k", 0.0, f64::MAX, 2.0),
+];
+
+const FORWARD: Template = Template {
+    header: "lrn.cuh",
+    function: "lrn_fwd",
+    params: &[read("x"), write("y"), int_arg("batch")],
+};
+
+const BACKWARD: Template = Template {
+    header: "lrn.cuh",
+    function: "lrn_bwd",
+    params: &[read("x"), read("dy"), write("dx"), int_arg("batch")],
+};
+
+impl Kind for Lrn {
+    const KEYWORDS: &'static [Keyword] = &[Keyword {
+        name: "lrn",
+        signature: SIGNATURE,
+        naming: Naming::AfterLearned("lrn"),
+    }];
+    const HEADERS: &'static [Header] = &[Header {
+        name: "lrn.cuh",
+        text: include_str!("../../../kernels_templates/lrn.cuh"),
+    }];
+    const TEMPLATES: &'static [Template] = &[FORWARD, BACKWARD];
+
+    fn build(_keyword: &str, v: &[f64]) -> Self {
+        Lrn {
+            size: v[0] as usize,
+            alpha: v[1] as f32,
+            beta: v[2] as f32,
+            k: v[3] as f32,
+            channel_groups: 1,
+        }
+    }
+
+    fn in_tower(&self, towers: usize, _own: bool) -> Self {
+        Lrn {
+            channel_groups: (self.channel_groups / towers).max(1),
+            ..*self
+        }
+    }
+}
+
+impl Lrn {
+    /// The constants its two templates share.
+    fn consts(&self, cx: &KernelCx<'_>) -> Vec<(&'static str, Value)> {
+        let i = cx.input;
+        vec![
+            ("THREADS", (EW_THREADS as usize).into()),
+            ("C", i.c.into()),
+            ("HW", (i.h * i.w).into()),
+            ("SIZE", self.size.into()),
+            ("GROUPS", self.channel_groups.into()),
+            ("ALPHA", self.alpha.into()),
+            ("BETA", self.beta.into()),
+            ("KB", self.k.into()),
+        ]
+    }
+
+    fn kernel(&self, cx: &KernelCx<'_>, role: Role, template: &Template, what: &str) -> KernelSpec {
+        let i = cx.input;
+        let name = format!(
+            "{}_{what}_c{}_n{}_g{}",
+            cx.c_name(),
+            i.c,
+            self.size,
+            self.channel_groups
+        );
+        let per = Len::PerImage(i.len() as u64);
+        let lens = match role {
+            Role::Forward => vec![("x", per), ("y", per)],
+            _ => vec![("x", per), ("dy", per), ("dx", per)],
+        };
+        let doc = match role {
+            Role::Forward => "forward",
+            _ => "gradient",
+        };
+        Instance {
+            role,
+            launch: KernelLaunch::elementwise(cx.layer, &name, i.len() as u64),
+            template,
+            doc: format!("{doc} of `{}` ({})", cx.name, self.describe()),
+            consts: self.consts(cx),
+            lens,
+            gemm: None,
+        }
+        .spec()
+    }
+}
+
+impl LayerKind for Lrn {
+    fn keyword(&self) -> &'static str {
+        "lrn"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "lrn({}, alpha = {:e}, beta = {}, k = {})",
+            self.size, self.alpha, self.beta, self.k
+        )
+    }
+
+    fn check_args(&self) -> Option<(&'static str, String)> {
+        let size = self.size;
+        size.is_multiple_of(2).then(|| {
+            (
+                "size",
+                format!("size {size} must be odd, so that the window is centred on its channel"),
+            )
+        })
+    }
+
+    fn infer(&mut self, input: Shape, cx: &ShapeContext<'_>) -> Result<Shape, ShapeError> {
+        let (size, split) = (self.size, cx.split);
+        let ctx = cx.input(input);
+        let per_tower = input.c / split.max(1);
+        if split > 1 && !input.c.is_multiple_of(split) {
+            return Err(err(
+                Culprit::Layer,
+                format!(
+                    "{} channels cannot be split evenly between {split} towers ({ctx})",
+                    input.c
+                ),
+            ));
+        }
+        if size > per_tower {
+            let whose = if split > 1 {
+                format!("the {per_tower} channels of each tower")
+            } else {
+                format!("the {} channels", input.c)
+            };
+            return Err(err(
+                Culprit::Arg("size"),
+                format!("size {size} exceeds {whose} ({ctx})"),
+            ));
+        }
+        self.channel_groups = split.max(1);
+        Ok(input)
+    }
+
+    fn reads_own_tower(&self, towers: usize) -> bool {
+        self.channel_groups.is_multiple_of(towers)
+    }
+
+    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+        Some(self.kernel(cx, Role::Forward, &FORWARD, "fwd"))
+    }
+
+    fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        if !cx.needs_dx {
+            return Vec::new();
+        }
+        vec![self.kernel(cx, Role::Backward, &BACKWARD, "bwd")]
+    }
+}

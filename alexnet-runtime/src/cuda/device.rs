@@ -1,0 +1,150 @@
+//! One GPU: its context and stream, what it is, and the networks' kernels loaded in it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
+
+use super::cache::Cache;
+use super::launch::Loaded;
+use crate::error::{Error, Result};
+use crate::ir::Plan;
+
+/// One GPU: a context, a stream, and the networks' kernels loaded for it. Each `Cuda` has
+/// its own stream (and memory and modules), so two of the same GPU run side by side, as
+/// the towers of a split network do on a machine with one GPU.
+pub struct Cuda {
+    pub(super) ctx: Arc<CudaContext>,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) ordinal: usize,
+    pub(super) device_name: String,
+    pub(super) arch: String,
+    pub(super) cache: Cache,
+    /// Loaded forward and exchange kernels.
+    pub(super) inference: Modules,
+    /// Loaded training kernels, compiled on first use.
+    pub(super) training: Modules,
+    /// Scratch memory of the weight gradients' chunked sums.
+    pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
+}
+
+/// Loaded kernels by network name; a name may hold several plans (networks built at run
+/// time).
+pub(super) type Modules = Mutex<HashMap<String, Vec<(Plan, Arc<Loaded>)>>>;
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Cuda({}: {}, {})",
+            self.ordinal, self.device_name, self.arch
+        )
+    }
+}
+
+impl Cuda {
+    /// Why there is no usable GPU, or `None` when there is one.
+    pub fn unavailable_reason() -> Option<String> {
+        // SAFETY: only tries to dlopen libcuda by its candidate names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Some("the CUDA driver (libcuda.so.1) is not installed".into());
+        }
+        match CudaContext::device_count() {
+            Ok(n) if n > 0 => None,
+            Ok(_) => Some("no CUDA GPU found".into()),
+            Err(e) => Some(format!("no CUDA GPU found ({e:?})")),
+        }
+    }
+
+    /// How many GPUs there are: 0 without a driver or a GPU.
+    pub fn device_count() -> usize {
+        if Self::unavailable_reason().is_some() {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+
+    /// GPU `ordinal` with the user's CUBIN cache ([`Cache::from_env`]), or
+    /// [`Error::NoGpu`] when there is none.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_cache(ordinal, Cache::from_env())
+    }
+
+    /// GPU `ordinal`, keeping compiled kernels in `cache`.
+    pub fn with_cache(ordinal: usize, cache: Cache) -> Result<Self> {
+        if let Some(why) = Self::unavailable_reason() {
+            return Err(Error::NoGpu(format!("cuda was asked for, but {why}")));
+        }
+        let what = format!("cuda:{ordinal}");
+        let count = CudaContext::device_count().map_err(driver_err(&what, "device count"))?;
+        if ordinal >= count as usize {
+            return Err(Error::NoGpu(format!(
+                "cuda: GPU {ordinal} asked for, {count} found"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver_err(&what, "context"))?;
+        let stream = ctx.new_stream().map_err(driver_err(&what, "stream"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err(&what, "compute capability"))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        Ok(Cuda {
+            ctx,
+            stream,
+            ordinal,
+            device_name,
+            arch: format!("sm_{major}{minor}"),
+            cache,
+            inference: Mutex::new(HashMap::new()),
+            training: Mutex::new(HashMap::new()),
+            workspace: Mutex::new(None),
+        })
+    }
+
+    /// The stream every kernel of this backend runs on (for vendor-library comparisons).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The architecture kernels are compiled for, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The CUBIN cache this backend compiles through.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// `cuda:N`, for messages.
+    pub(super) fn label(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+
+    /// Maps a driver error of `what` on this GPU: out of memory is [`Error::OutOfMemory`].
+    pub(super) fn err(&self, what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
+        driver_err(&self.label(), what)
+    }
+}
+
+/// Maps a driver error of `what` on GPU `device`: out of memory is [`Error::OutOfMemory`],
+/// anything else [`Error::Driver`].
+pub(super) fn driver_err(
+    device: &str,
+    what: impl std::fmt::Display,
+) -> impl FnOnce(DriverError) -> Error {
+    let device = device.to_string();
+    move |e| {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory {
+                device,
+                what: what.to_string(),
+            }
+        } else {
+            Error::Driver {
+                what: format!("{device}: {what}"),
+                message: format!("{e:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The forward pass on the GPU: each stage's generated kernel, loaded when a model is
+//! prepared (with a tower's exchange kernels).
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use super::device::Cuda;
+use super::launch::{batch_i32, Binder, Loaded};
+use crate::backend::Inference;
+use crate::error::{Error, Result};
+use crate::ir::{Plan, Role, Stage};
+
+impl Cuda {
+    /// `plan`'s forward and exchange kernels, loaded once: the ones `network!` generated,
+    /// or, for a plan built at run time, generated now.
+    pub(super) fn loaded(&self, plan: &Plan) -> Result<Arc<Loaded>> {
+        let mut nets = self
+            .inference
+            .lock()
+            .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?;
+        let entry = nets.entry(plan.name.to_string()).or_default();
+        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
+            return Ok(l.clone());
+        }
+        let kernels = alexnet_core::cuda::kernels(plan);
+        let specs: Vec<_> = kernels
+            .forward
+            .iter()
+            .chain(kernels.exchanges.iter())
+            .cloned()
+            .collect();
+        let loaded = Arc::new(self.load(&specs)?);
+        entry.push((plan.clone(), loaded.clone()));
+        Ok(loaded)
+    }
+}
+
+impl Inference for Cuda {
+    /// Compiles (or finds in the cache) and loads `plan`'s kernels; later calls for the
+    /// same plan return at once.
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        self.loaded(plan).map(|_| ())
+    }
+
+    fn forward_stage(
+        &self,
+        plan: &Plan,
+        stage: Stage,
+        batch: usize,
+        input: &CudaSlice<f32>,
+        params: &[&CudaSlice<f32>],
+        output: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let layer = &plan.layers[stage.layer];
+        let want = layer.params().len();
+        if params.len() != want {
+            return Err(Error::Invalid(format!(
+                "cuda: {} has {want} learned tensors, {} were given",
+                layer.name,
+                params.len()
+            )));
+        }
+        let b = batch_i32(plan, stage.layer, batch)?;
+        let loaded = self.loaded(plan)?;
+        let kernel = loaded.get(plan, stage.layer, Role::Forward)?;
+        let mut binder = Binder::new()
+            .read("x", input)
+            .write("y", output)
+            .int("batch", b);
+        if let [w, bias] = params {
+            binder = binder.read("w", w).read("bias", bias);
+        }
+        self.launch(kernel, batch, binder)
+    }
+}

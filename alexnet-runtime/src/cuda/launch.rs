@@ -1,0 +1,326 @@
+//! Loading a plan's generated kernels (compiled by NVRTC through the CUBIN cache) and
+//! launching them from their specs.
+//!
+//! A launch binds buffers and values to the kernel's parameters by name ([`Binder`]); the
+//! launcher walks the spec's parameter list, which is the generated stub's signature, and
+//! checks each binding's type and length against it before anything reaches the driver.
+//! So the argument order lives in one place (the template's declaration, checked against
+//! the spec by `alexnet-core`'s tests), and a short buffer is an error, not an
+//! out-of-bounds write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use rayon::prelude::*;
+
+use super::device::Cuda;
+use crate::error::{Error, Result};
+use crate::ir::kernels::spec::{Access, ArgTy, Elem, KernelLaunch, KernelSpec, Role};
+use crate::ir::Plan;
+
+/// The launch configuration of a generated kernel for `batch` images.
+pub(super) fn launch_config(launch: &KernelLaunch, batch: usize) -> LaunchConfig {
+    let [gx, gy, gz] = launch.grid(batch);
+    LaunchConfig {
+        grid_dim: (gx, gy, gz),
+        block_dim: (launch.block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `batch` as the kernels' `int`, when every index of layer `layer` fits in 32 bits.
+pub(super) fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> {
+    let l = &plan.layers[layer];
+    let per = l.input.len().max(l.output.len()) as u64;
+    i32::try_from(batch)
+        .ok()
+        .filter(|b| (*b as u64) * per <= i32::MAX as u64)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "cuda: batch {batch} too large for {} (32-bit indexing)",
+                l.name
+            ))
+        })
+}
+
+/// The pointer table of one SGD launch (`SgdTensors` in kernels_templates/sgd.cuh).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(super) struct SgdTensors {
+    pub w: [u64; alexnet_core::cuda::SGD_SLOTS],
+    pub v: [u64; alexnet_core::cuda::SGD_SLOTS],
+    pub g: [u64; alexnet_core::cuda::SGD_SLOTS],
+    pub lr: [f32; alexnet_core::cuda::SGD_SLOTS],
+}
+
+// SAFETY: plain old data with the C layout of `SgdTensors` in sgd.cuh (3 x SGD_SLOTS
+// 8-byte device pointers, then SGD_SLOTS floats; no padding between them).
+unsafe impl DeviceRepr for SgdTensors {}
+
+/// A kernel loaded in a context, with its spec.
+pub(super) struct Kernel {
+    pub spec: KernelSpec,
+    pub function: CudaFunction,
+}
+
+/// A plan's kernels of one phase (forward and exchanges, or training), loaded.
+pub(super) struct Loaded {
+    /// In the generator's order (a stage's backward kernels in launch order).
+    kernels: Vec<Kernel>,
+    by_role: HashMap<(usize, Role), usize>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+impl Loaded {
+    /// The kernel of `role` for layer `layer`.
+    pub fn get(&self, plan: &Plan, layer: usize, role: Role) -> Result<&Kernel> {
+        self.by_role
+            .get(&(layer, role))
+            .map(|&i| &self.kernels[i])
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "cuda: no {role:?} kernel for layer {layer} of `{}`",
+                    plan.name
+                ))
+            })
+    }
+
+    /// Every kernel of layer `layer` with one of `roles`, in launch order.
+    pub fn of_layer<'a>(
+        &'a self,
+        layer: usize,
+        roles: &'a [Role],
+    ) -> impl Iterator<Item = &'a Kernel> + 'a {
+        self.kernels
+            .iter()
+            .filter(move |k| k.spec.layer() == layer && roles.contains(&k.spec.role))
+    }
+}
+
+impl Cuda {
+    /// Compiles `specs` (in parallel, through the CUBIN cache; identical sources once) and
+    /// loads them in this context.
+    pub(super) fn load(&self, specs: &[KernelSpec]) -> Result<Loaded> {
+        let opts = vec!["--ptxas-options=-v".to_string()];
+        let sources: Vec<String> = specs.iter().map(alexnet_core::cuda::source).collect();
+        let mut unique: Vec<usize> = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            if !unique.iter().any(|&j| sources[j] == *s) {
+                unique.push(i);
+            }
+        }
+        let cubins: Vec<Result<Vec<u8>>> = unique
+            .par_iter()
+            .map(|&i| {
+                let name = format!("{}.cu", specs[i].name());
+                self.cache.cubin(&sources[i], &name, &self.arch, &opts)
+            })
+            .collect();
+        let mut modules: Vec<(&str, Arc<CudaModule>)> = Vec::new();
+        for (&i, cubin) in unique.iter().zip(cubins) {
+            let module = self
+                .ctx
+                .load_module(Ptx::from_binary(cubin?))
+                .map_err(self.err(format!("loading {}", specs[i].name())))?;
+            modules.push((&sources[i], module));
+        }
+        let mut kernels = Vec::with_capacity(specs.len());
+        let mut by_role = HashMap::new();
+        for (spec, source) in specs.iter().zip(&sources) {
+            let module = modules
+                .iter()
+                .find(|(s, _)| *s == source.as_str())
+                .map(|(_, m)| m.clone())
+                .ok_or_else(|| Error::Internal(format!("{}: module not loaded", spec.name())))?;
+            let function = module
+                .load_function(spec.name())
+                .map_err(self.err(format!("finding {}", spec.name())))?;
+            by_role.insert((spec.layer(), spec.role), kernels.len());
+            kernels.push(Kernel {
+                spec: spec.clone(),
+                function,
+            });
+        }
+        Ok(Loaded {
+            kernels,
+            by_role,
+            _modules: modules.into_iter().map(|(_, m)| m).collect(),
+        })
+    }
+
+    /// Launches `kernel` on `batch` images with the arguments `binder` names. Every
+    /// parameter of the spec must be bound, with a value of its type and, for a pointer,
+    /// a buffer holding what the spec says the kernel touches for this batch.
+    pub(super) fn launch(&self, kernel: &Kernel, batch: usize, binder: Binder<'_>) -> Result<()> {
+        let spec = &kernel.spec;
+        let mut values = binder.resolve(spec, batch)?;
+        let mut args = self.stream.launch_builder(&kernel.function);
+        for v in values.iter_mut() {
+            match v {
+                Value::In(b) => args.arg(*b),
+                Value::Out(b) => args.arg(&mut **b),
+                Value::Int(i) => args.arg(&*i),
+                Value::Uint(u) => args.arg(&*u),
+                Value::Float(f) => args.arg(&*f),
+                Value::Sgd(t) => args.arg(&**t),
+            };
+        }
+        // SAFETY: the arguments are the kernel's parameters in the order of its
+        // signature, which the generated stub declares from `spec.args` (and which
+        // alexnet-core's tests check against the template's declaration); `resolve`
+        // checked each one's type and that every buffer holds what the spec says the
+        // kernel reads or writes for `batch` images, and the grid is the spec's, which
+        // the kernel's bounds checks match; callers bind `batch` through `batch_i32`, so
+        // 32-bit indices do not overflow. Every buffer is of this context (the other
+        // tower's are peer-copied here first), and cudarc orders the launch after the
+        // buffers' last writes. An SGD pointer table holds live buffers checked by
+        // `check_sgd_args`, whose guards the caller keeps past the launch.
+        unsafe { args.launch(launch_config(&spec.launch, batch)) }
+            .map_err(self.err(format!("launching {}", spec.name())))?;
+        Ok(())
+    }
+}
+
+/// A value bound to a kernel parameter, in the order of the kernel's signature.
+enum Value<'a> {
+    In(&'a CudaSlice<f32>),
+    Out(&'a mut CudaSlice<f32>),
+    Int(i32),
+    Uint(u32),
+    Float(f32),
+    /// Boxed: the table is large (64 slots of three pointers and a float).
+    Sgd(Box<SgdTensors>),
+}
+
+/// The buffers and values offered to a launch, by parameter name. A kernel takes the
+/// ones its spec names; offering more is fine (a stage's backward kernels share one
+/// set), leaving one out is an error.
+#[derive(Default)]
+pub(super) struct Binder<'a> {
+    reads: Vec<(&'static str, &'a CudaSlice<f32>)>,
+    writes: Vec<(&'static str, Option<&'a mut CudaSlice<f32>>)>,
+    scalars: Vec<(&'static str, Value<'a>)>,
+}
+
+impl<'a> Binder<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A buffer the kernel may only read.
+    pub fn read(mut self, name: &'static str, buf: &'a CudaSlice<f32>) -> Self {
+        self.reads.push((name, buf));
+        self
+    }
+
+    /// A buffer the kernel may read or write (taken by the one parameter of that name).
+    pub fn write(mut self, name: &'static str, buf: &'a mut CudaSlice<f32>) -> Self {
+        self.writes.push((name, Some(buf)));
+        self
+    }
+
+    pub fn int(mut self, name: &'static str, v: i32) -> Self {
+        self.scalars.push((name, Value::Int(v)));
+        self
+    }
+
+    pub fn uint(mut self, name: &'static str, v: u32) -> Self {
+        self.scalars.push((name, Value::Uint(v)));
+        self
+    }
+
+    pub fn float(mut self, name: &'static str, v: f32) -> Self {
+        self.scalars.push((name, Value::Float(v)));
+        self
+    }
+
+    pub fn sgd(mut self, name: &'static str, t: SgdTensors) -> Self {
+        self.scalars.push((name, Value::Sgd(Box::new(t))));
+        self
+    }
+
+    /// The values of `spec`'s parameters, in order, each checked against the parameter.
+    fn resolve(mut self, spec: &KernelSpec, batch: usize) -> Result<Vec<Value<'a>>> {
+        let name = spec.name();
+        let bad = |m: String| Error::Internal(format!("cuda: {name}: {m}"));
+        let mut out = Vec::with_capacity(spec.args.len());
+        for arg in spec.args.iter() {
+            let value = match arg.ty {
+                ArgTy::Ptr(elem, access) => {
+                    if elem != Elem::F32 {
+                        return Err(Error::Unsupported(format!(
+                            "cuda: {name}: {} kernels are not implemented yet",
+                            elem.name()
+                        )));
+                    }
+                    let taken = self
+                        .writes
+                        .iter_mut()
+                        .find(|(n, b)| *n == arg.name && b.is_some())
+                        .and_then(|(_, b)| b.take());
+                    let value = match (taken, access) {
+                        (Some(b), Access::Read) => Value::In(b),
+                        (Some(b), _) => Value::Out(b),
+                        (None, Access::Read) => {
+                            match self.reads.iter().find(|(n, _)| *n == arg.name) {
+                                Some((_, b)) => Value::In(b),
+                                None => return Err(bad(format!("`{}` is not bound", arg.name))),
+                            }
+                        }
+                        (None, _) => {
+                            return Err(bad(format!(
+                                "`{}` is written but not bound writable",
+                                arg.name
+                            )))
+                        }
+                    };
+                    let len = match &value {
+                        Value::In(b) => b.len(),
+                        Value::Out(b) => b.len(),
+                        _ => 0,
+                    };
+                    let needed = arg
+                        .len
+                        .ok_or_else(|| bad(format!("pointer `{}` has no length", arg.name)))?
+                        .needed(batch);
+                    if (len as u64) < needed {
+                        return Err(Error::BufferTooSmall {
+                            what: format!("cuda: {name}: `{}`", arg.name),
+                            len,
+                            needed: needed as usize,
+                        });
+                    }
+                    value
+                }
+                ty => {
+                    let i = self
+                        .scalars
+                        .iter()
+                        .position(|(n, _)| *n == arg.name)
+                        .ok_or_else(|| bad(format!("`{}` is not bound", arg.name)))?;
+                    let (_, v) = self.scalars.swap_remove(i);
+                    let fits = matches!(
+                        (ty, &v),
+                        (ArgTy::Int, Value::Int(_))
+                            | (ArgTy::Uint, Value::Uint(_))
+                            | (ArgTy::Float, Value::Float(_))
+                            | (ArgTy::Struct("SgdTensors"), Value::Sgd(_))
+                    );
+                    if !fits {
+                        return Err(bad(format!(
+                            "`{}` bound to a value of another type",
+                            arg.name
+                        )));
+                    }
+                    v
+                }
+            };
+            out.push(value);
+        }
+        Ok(out)
+    }
+}

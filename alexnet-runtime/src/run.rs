@@ -1,0 +1,438 @@
+//! A training run apart from its tensors: the hyper-parameters ([`TrainConfig`], the
+//! learning-rate [`Schedule`]), where it is ([`TrainState`]), the data order of each epoch
+//! ([`epoch_order`]), the [`Train`] trait that whole and split trainers share, and the
+//! state file they both write (weights, momentum and the run as metadata, atomically),
+//! so a run can stop and resume, split or not.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::error::{Error, Result};
+use crate::eval::BatchStats;
+use crate::ir::Plan;
+use crate::optim::Sgd;
+use crate::tensor::Tensor;
+use crate::weights::{self, NamedTensor, MOMENTUM_PREFIX, STATE_FORMAT};
+
+/// How the learning rate changes between epochs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// Never.
+    Constant,
+    /// The paper's: multiply by `factor` when the validation error has not improved for
+    /// `patience` epochs.
+    Plateau { factor: f32, patience: u32 },
+    /// Multiply by `factor` every `every` epochs.
+    Step { every: u64, factor: f32 },
+}
+
+impl Default for Schedule {
+    /// The paper's: divide by 10 after one epoch without improvement.
+    fn default() -> Self {
+        Schedule::Plateau {
+            factor: 0.1,
+            patience: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Constant => write!(f, "constant"),
+            Schedule::Plateau { factor, patience } => write!(f, "plateau:{factor:?}:{patience}"),
+            Schedule::Step { every, factor } => write!(f, "step:{every}:{factor:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = Error;
+
+    /// `constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EVERY[:FACTOR]`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "learning-rate schedule `{s}`: expected `constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EPOCHS[:FACTOR]`"
+            ))
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let factor = |i: usize| -> Result<f32> {
+            match parts.get(i) {
+                None => Ok(0.1),
+                Some(v) => v
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|f| *f > 0.0 && *f <= 1.0)
+                    .ok_or_else(bad),
+            }
+        };
+        match parts[0] {
+            "constant" if parts.len() == 1 => Ok(Schedule::Constant),
+            "plateau" if parts.len() <= 3 => Ok(Schedule::Plateau {
+                factor: factor(1)?,
+                patience: match parts.get(2) {
+                    None => 1,
+                    Some(v) => v.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+                },
+            }),
+            "step" if (2..=3).contains(&parts.len()) => Ok(Schedule::Step {
+                every: parts[1].parse().ok().filter(|e| *e > 0).ok_or_else(bad)?,
+                factor: factor(2)?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The hyper-parameters of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Initial learning rate, momentum and weight decay.
+    pub sgd: Sgd,
+    pub schedule: Schedule,
+    /// Seeds dropout and the data order.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The paper's: learning rate 0.01, momentum 0.9, weight decay 0.0005, divided by 10
+    /// on a plateau.
+    fn default() -> Self {
+        TrainConfig {
+            sgd: Sgd::default(),
+            schedule: Schedule::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Where a run is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// SGD steps taken.
+    pub step: u64,
+    /// Epochs completed (calls of [`Train::end_epoch`]).
+    pub epoch: u64,
+    /// The current learning rate.
+    pub lr: f32,
+    /// Best validation error so far, and epochs since it improved (plateau schedule).
+    pub best_error: f64,
+    pub bad_epochs: u32,
+}
+
+/// The order in which epoch `epoch` visits `n` examples: a permutation drawn from the
+/// run's seed and the epoch alone, so a resumed run sees the same batches.
+pub fn epoch_order(seed: u64, epoch: u64, n: u64) -> Vec<u64> {
+    let mut order: Vec<u64> = (0..n).collect();
+    let mix = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(mix);
+    order.shuffle(&mut rng);
+    order
+}
+
+/// What a training loop needs from a trainer, whole (`Trainer`) or split into towers
+/// (`towers::SplitTrainer`); both write the same state file, so a run can move from one
+/// to the other.
+pub trait Train {
+    /// One SGD step on a batch; its loss and top-1/top-5 counts (before the update).
+    fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// Loss and top-1/top-5 counts at inference (dropout off).
+    fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// Ends an epoch, applying the schedule; the new learning rate when it changed.
+    fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32>;
+    /// Writes the whole training state, atomically.
+    fn save(&self, path: &Path) -> Result<()>;
+    fn state(&self) -> &TrainState;
+    fn config(&self) -> &TrainConfig;
+    /// A fact recorded with [`Train::set_note`], in this run or the saved one.
+    fn note(&self, key: &str) -> Option<&str>;
+    fn set_note(&mut self, key: &str, value: &str);
+    /// Logits per image.
+    fn classes(&self) -> usize;
+}
+
+/// What a run keeps besides its tensors: the hyper-parameters, where it is, the
+/// learning-rate multipliers and the caller's notes. Shared by the whole and the split
+/// trainer, which save the same file.
+#[derive(Clone, Debug)]
+pub(crate) struct Run {
+    pub(crate) config: TrainConfig,
+    pub(crate) state: TrainState,
+    /// One per tensor of [`Plan::params`].
+    pub(crate) lr_mults: Vec<f32>,
+    /// The caller's own facts about the run, saved with the state (`note.<key>`).
+    pub(crate) notes: std::collections::BTreeMap<String, String>,
+}
+
+impl Run {
+    /// A run at step 0 for `tensors` parameter tensors.
+    pub(crate) fn start(config: TrainConfig, tensors: usize) -> Result<Self> {
+        if !(config.sgd.lr.is_finite() && config.sgd.lr > 0.0) {
+            return Err(Error::Invalid(format!(
+                "learning rate {} must be positive",
+                config.sgd.lr
+            )));
+        }
+        Ok(Run {
+            state: TrainState {
+                step: 0,
+                epoch: 0,
+                lr: config.sgd.lr,
+                best_error: f64::INFINITY,
+                bad_epochs: 0,
+            },
+            config,
+            lr_mults: vec![1.0; tensors],
+            notes: Default::default(),
+        })
+    }
+
+    pub(crate) fn set_lr_mult(&mut self, plan: &Plan, layer: &str, mult: f32) -> Result<()> {
+        if !(mult.is_finite() && mult >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "learning-rate multiplier {mult} of `{layer}` must be finite and not negative"
+            )));
+        }
+        let mut found = false;
+        for (spec, m) in plan.params().iter().zip(&mut self.lr_mults) {
+            if spec.name.rsplit_once('.').is_some_and(|(l, _)| l == layer) {
+                *m = mult;
+                found = true;
+            }
+        }
+        if !found {
+            return Err(Error::Invalid(format!(
+                "network `{}` has no learned layer `{layer}`",
+                plan.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The SGD settings of the next step: the current learning rate.
+    pub(crate) fn sgd(&self) -> Sgd {
+        Sgd {
+            lr: self.state.lr,
+            ..self.config.sgd
+        }
+    }
+
+    pub(crate) fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
+        self.state.epoch = self.state.epoch.saturating_add(1);
+        let before = self.state.lr;
+        match self.config.schedule {
+            Schedule::Constant => {}
+            Schedule::Step { every, factor } => {
+                if self.state.epoch.is_multiple_of(every) {
+                    self.state.lr *= factor;
+                }
+            }
+            Schedule::Plateau { factor, patience } => {
+                if let Some(e) = val_error {
+                    if e < self.state.best_error {
+                        self.state.best_error = e;
+                        self.state.bad_epochs = 0;
+                    } else {
+                        self.state.bad_epochs = self.state.bad_epochs.saturating_add(1);
+                        if self.state.bad_epochs >= patience {
+                            self.state.lr *= factor;
+                            self.state.bad_epochs = 0;
+                        }
+                    }
+                }
+            }
+        }
+        (self.state.lr != before).then_some(self.state.lr)
+    }
+
+    /// Writes the state file: `params` (PyTorch names), `momentum` (the same, prefixed
+    /// `momentum.`) and this run as metadata, atomically.
+    pub(crate) fn write(
+        &self,
+        path: &Path,
+        plan: &Plan,
+        mut params: Vec<NamedTensor>,
+        momentum: Vec<NamedTensor>,
+    ) -> Result<()> {
+        for mut m in momentum {
+            m.name = format!("{MOMENTUM_PREFIX}{}", m.name);
+            params.push(m);
+        }
+        let s = &self.state;
+        let c = &self.config;
+        let mults: Vec<String> = self.lr_mults.iter().map(|m| format!("{m:?}")).collect();
+        let mut meta = HashMap::from(
+            [
+                ("format", STATE_FORMAT.to_string()),
+                ("network", plan.name.to_string()),
+                ("step", s.step.to_string()),
+                ("epoch", s.epoch.to_string()),
+                ("lr", format!("{:?}", s.lr)),
+                ("best_error", format!("{:?}", s.best_error)),
+                ("bad_epochs", s.bad_epochs.to_string()),
+                ("base_lr", format!("{:?}", c.sgd.lr)),
+                ("momentum", format!("{:?}", c.sgd.momentum)),
+                ("weight_decay", format!("{:?}", c.sgd.weight_decay)),
+                ("schedule", c.schedule.to_string()),
+                ("seed", c.seed.to_string()),
+                ("lr_mults", mults.join(",")),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+        for (k, v) in &self.notes {
+            meta.insert(format!("note.{k}"), v.clone());
+        }
+        weights::write_safetensors(path, &params, Some(meta))
+    }
+
+    /// Reads a state file written by [`Run::write`] for `plan`: the run, the parameters and
+    /// their momentum (one-process layout, in [`Plan::params`] order), every entry checked.
+    pub(crate) fn read(
+        path: &Path,
+        plan: &Plan,
+    ) -> Result<(Run, Vec<NamedTensor>, Vec<NamedTensor>)> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |message: String| Error::Format {
+            path: Some(path.to_path_buf()),
+            message,
+        };
+        let meta = weights::parse_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+            return Err(bad(format!(
+                "not a training state (metadata `format` should be `{STATE_FORMAT}`); plain weights load with --weights"
+            )));
+        }
+        if meta.get("network").map(String::as_str) != Some(&*plan.name) {
+            return Err(bad(format!(
+                "training state of network `{}`, not `{}`",
+                meta.get("network").map_or("?", String::as_str),
+                plan.name
+            )));
+        }
+        let get = |k: &str| -> Result<&String> {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("training state lacks `{k}`")))
+        };
+        fn num<T: std::str::FromStr>(v: &str, k: &str, bad: &dyn Fn(String) -> Error) -> Result<T> {
+            v.parse()
+                .map_err(|_| bad(format!("training state: `{k}` = `{v}` is not a number")))
+        }
+        let state = TrainState {
+            step: num(get("step")?, "step", &bad)?,
+            epoch: num(get("epoch")?, "epoch", &bad)?,
+            lr: num(get("lr")?, "lr", &bad)?,
+            best_error: num(get("best_error")?, "best_error", &bad)?,
+            bad_epochs: num(get("bad_epochs")?, "bad_epochs", &bad)?,
+        };
+        let config = TrainConfig {
+            sgd: Sgd {
+                lr: num(get("base_lr")?, "base_lr", &bad)?,
+                momentum: num(get("momentum")?, "momentum", &bad)?,
+                weight_decay: num(get("weight_decay")?, "weight_decay", &bad)?,
+            },
+            schedule: get("schedule")?.parse()?,
+            seed: num(get("seed")?, "seed", &bad)?,
+        };
+        let lr_mults: Vec<f32> = get("lr_mults")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|m| num(m, "lr_mults", &bad))
+            .collect::<Result<_>>()?;
+        let all = weights::parse_safetensors(&bytes).map_err(|e| match e {
+            Error::Format { message, .. } => bad(message),
+            Error::Weights { problems, .. } => Error::Weights {
+                path: Some(path.to_path_buf()),
+                problems,
+            },
+            other => other,
+        })?;
+        let (momentum, params): (Vec<NamedTensor>, Vec<NamedTensor>) = all
+            .into_iter()
+            .partition(|t| t.name.starts_with(MOMENTUM_PREFIX));
+        let momentum: Vec<NamedTensor> = momentum
+            .into_iter()
+            .map(|mut t| {
+                t.name = t.name[MOMENTUM_PREFIX.len()..].to_string();
+                t
+            })
+            .collect();
+        let params = weights::match_plan(plan, params, Some(path))?;
+        let momentum = weights::match_plan(plan, momentum, Some(path)).map_err(|e| match e {
+            Error::Weights { path, problems } => Error::Weights {
+                path,
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("momentum: {p}"))
+                    .collect(),
+            },
+            other => other,
+        })?;
+        if lr_mults.len() != params.len() {
+            return Err(bad(format!(
+                "training state has {} learning-rate multipliers for {} tensors",
+                lr_mults.len(),
+                params.len()
+            )));
+        }
+        let finite_pos = |v: f32| v.is_finite() && v > 0.0;
+        let c = &config.sgd;
+        if !(finite_pos(state.lr)
+            && c.momentum.is_finite()
+            && (0.0..1.0).contains(&c.momentum)
+            && c.weight_decay.is_finite()
+            && c.weight_decay >= 0.0
+            && lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0))
+        {
+            return Err(bad(format!(
+                "training state has out-of-range hyper-parameters: lr {}, momentum {}, weight decay {}, multipliers {:?}",
+                state.lr, c.momentum, c.weight_decay, lr_mults
+            )));
+        }
+        let notes = meta
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("note.")?.to_string(), v.clone())))
+            .collect();
+        Ok((
+            Run {
+                config,
+                state,
+                lr_mults,
+                notes,
+            },
+            params,
+            momentum,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_and_print() {
+        for s in ["constant", "plateau:0.1:1", "step:30:0.1", "plateau:0.5:3"] {
+            let p: Schedule = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
+        assert_eq!("plateau".parse::<Schedule>().unwrap(), Schedule::default());
+        assert!("step".parse::<Schedule>().is_err());
+        assert!("plateau:2".parse::<Schedule>().is_err());
+        assert!("weekly".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn epoch_order_is_a_seeded_permutation() {
+        let a = epoch_order(1, 0, 100);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(1, 0, 100));
+        assert_ne!(a, epoch_order(1, 1, 100));
+        assert_ne!(a, epoch_order(2, 0, 100));
+    }
+}

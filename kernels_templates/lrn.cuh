@@ -1,0 +1,75 @@
+// Local response normalisation across channels, y = x / (KB + ALPHA / SIZE * sum x^2)^BETA
+// over a window of SIZE channels centred on the channel (PyTorch's convention), clipped to
+// the channel's group of CG = C / GROUPS channels (the towers of a split network). Cfg
+// gives C, HW (pixels per channel), SIZE, GROUPS, ALPHA, BETA and KB.
+#ifndef ALEXNET_LRN_CUH
+#define ALEXNET_LRN_CUH
+
+// lrn_fwd<Cfg>: the forward pass, one thread per element; grid x = ceil(batch * C * HW /
+// THREADS).
+template <class Cfg>
+__device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __restrict__ y,
+                                        int batch) {
+    constexpr int C = Cfg::C, HW = Cfg::HW, SIZE = Cfg::SIZE, HALF = SIZE / 2, GROUPS = Cfg::GROUPS;
+    constexpr int CG = C / GROUPS;
+    constexpr float ALPHA = Cfg::ALPHA, BETA = Cfg::BETA, KB = Cfg::KB;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * C * HW) return;
+    const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);
+    const int lo = (c / CG) * CG, hi = lo + CG - 1;
+    const int from = c - HALF > lo ? c - HALF : lo, to = c + HALF < hi ? c + HALF : hi;
+    const float* col = x + (size_t)n * C * HW + hw;
+    float s = 0.f;
+    for (int j = from; j <= to; ++j) {
+        const float v = col[(size_t)j * HW];
+        s = fmaf(v, v, s);
+    }
+    const float t = KB + (ALPHA / SIZE) * s;
+    // t^-0.75 as two square roots when beta is 0.75 (the paper's value); powf otherwise.
+    const float scale = BETA == 0.75f ? 1.f / (sqrtf(t) * sqrtf(sqrtf(t))) : powf(t, -BETA);
+    y[i] = x[i] * scale;
+}
+
+// lrn_bwd<Cfg>: the gradient. With s_i = KB + ALPHA/SIZE * sum_{j in N(i)} x_j^2
+// and y_i = x_i s_i^-BETA (windows clipped to the channel's group of CG channels):
+//   dx_c = dy_c s_c^-BETA - 2 ALPHA/SIZE BETA x_c sum_{i in N(c)} dy_i x_i s_i^(-BETA-1)
+// One thread per element: it loads the 2 SIZE - 1 channels around its own once and
+// recomputes the SIZE window sums it needs from them.
+// Grid x = ceil(batch * C * HW / THREADS). dx is overwritten.
+template <class Cfg>
+__device__ __forceinline__ void lrn_bwd(const float* __restrict__ x,
+                                        const float* __restrict__ dy, float* __restrict__ dx,
+                                        int batch) {
+    constexpr int C = Cfg::C, HW = Cfg::HW, SIZE = Cfg::SIZE, HALF = SIZE / 2, GROUPS = Cfg::GROUPS;
+    constexpr int CG = C / GROUPS;
+    constexpr float ALPHA = Cfg::ALPHA, BETA = Cfg::BETA, KB = Cfg::KB, A = ALPHA / SIZE;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * C * HW) return;
+    const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);
+    const int lo = (c / CG) * CG, hi = lo + CG - 1;
+    const float* xc = x + (size_t)n * C * HW + hw;
+    const float* gc = dy + (size_t)n * C * HW + hw;
+    // Channels c - 2 HALF .. c + 2 HALF (every x a window sum below needs), zero outside
+    // the channel's group: a window clipped to the group sums the same.
+    float xs[4 * HALF + 1];
+#pragma unroll
+    for (int d = 0; d <= 4 * HALF; ++d) {
+        const int j = c - 2 * HALF + d;
+        xs[d] = (j >= lo && j <= hi) ? xc[(size_t)j * HW] : 0.f;
+    }
+    float cross = 0.f, sc = 1.f;
+#pragma unroll
+    for (int e = 0; e <= 2 * HALF; ++e) {
+        // j = c - HALF + e, whose window is xs[e .. e + 2 HALF].
+        const int j = c - HALF + e;
+        float s = 0.f;
+#pragma unroll
+        for (int d = e; d <= e + 2 * HALF; ++d) s = fmaf(xs[d], xs[d], s);
+        s = KB + A * s;
+        if (e == HALF) sc = s;
+        if (j >= lo && j <= hi)
+            cross += gc[(size_t)j * HW] * xs[e + HALF] * powf(s, -BETA - 1.f);
+    }
+    dx[i] = gc[(size_t)c * HW] * powf(sc, -BETA) - 2.f * A * BETA * xs[2 * HALF] * cross;
+}
+#endif  // ALEXNET_LRN_CUH

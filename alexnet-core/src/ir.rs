@@ -105,7 +105,7 @@ pub struct Plan {
     pub tower: Option<TowerOf>,
     /// The kernels `network!` generated for this plan (and each tower's), when it came
     /// from the macro; backends use them instead of generating the same kernels again
-    /// (`crate::cuda::kernels`). Derived from the rest, so not compared by `==`.
+    /// (`cuda::kernels`). Derived from the rest, so not compared by `==`.
     pub generated: Option<&'static Generated>,
 }
 

@@ -188,7 +188,7 @@ pub trait Training: Inference {
     ) -> Result<()>;
 }
 
-/// The exchanges between the two towers of a split network ([`crate::towers::Towers`]),
+/// The exchanges between the two towers of a split network (`towers::Towers`),
 /// each tower on a backend of this kind.
 pub trait Exchange: Memory {
     /// Says how this backend reads `other`'s buffers in the exchanges, e.g. `same

@@ -201,8 +201,9 @@ pub enum Value {
     Uint(u64),
     Float(f32),
     Bool(bool),
-    /// A list of unsigned constants, read as `Cfg::NAME(k)` (a device function over a
-    /// local constant array, which device code can index at run time).
+    /// A list of unsigned constants, as a type: `using NAME = UintList<...>` (the
+    /// template's header declares `UintList`, and unpacks it into a local array, which
+    /// device code can index at run time).
     Uints(Vec<u64>),
 }
 
@@ -372,7 +373,7 @@ pub struct KernelSpec {
     /// Geometry, name and layer (`launch.layer`: the stage's layer; the last layer for the
     /// loss, 0 for the optimiser).
     pub launch: KernelLaunch,
-    /// The stub; `crate::cuda::source` inlines its headers into one translation unit.
+    /// The stub; `cuda::source` inlines its headers into one translation unit.
     pub stub: Cow<'static, str>,
     /// The kernel's parameters in order, with how much each buffer must hold.
     pub args: Cow<'static, [Arg]>,
@@ -502,18 +503,15 @@ impl Instance<'_> {
         );
         for (k, v) in &self.consts {
             let _ = match v {
-                Value::Int(i) => writeln!(s, "    static constexpr int {k} = {i};"),
-                Value::Uint(u) => writeln!(s, "    static constexpr unsigned {k} = {u}u;"),
+                // Integers are enumerators, which never become variables of the module
+                // (NVRTC emits every `static constexpr` member as a global).
+                Value::Int(i) => writeln!(s, "    enum : int {{ {k} = {i} }};"),
+                Value::Uint(u) => writeln!(s, "    enum : unsigned {{ {k} = {u}u }};"),
+                Value::Bool(b) => writeln!(s, "    enum : bool {{ {k} = {b} }};"),
                 Value::Float(f) => writeln!(s, "    static constexpr float {k} = {};", c_float(*f)),
-                Value::Bool(b) => writeln!(s, "    static constexpr bool {k} = {b};"),
                 Value::Uints(list) => {
                     let items: Vec<String> = list.iter().map(|u| format!("{u}u")).collect();
-                    writeln!(
-                        s,
-                        "    static __device__ __forceinline__ unsigned {k}(int i) {{\n        constexpr unsigned v[{}] = {{{}}};\n        return v[i];\n    }}",
-                        list.len(),
-                        items.join(", ")
-                    )
+                    writeln!(s, "    using {k} = UintList<{}>;", items.join(", "))
                 }
             };
         }
@@ -640,7 +638,7 @@ mod tests {
         .spec();
         assert_eq!(
             spec.stub,
-            "#include \"t.cuh\"\n\n// k: a test.\nstruct k_cfg {\n    static constexpr int LEN = 8;\n    static constexpr float S = 0.5f;\n};\n\
+            "#include \"t.cuh\"\n\n// k: a test.\nstruct k_cfg {\n    enum : int { LEN = 8 };\n    static constexpr float S = 0.5f;\n};\n\
              extern \"C\" __global__ void __launch_bounds__(256)\n\
              k(const float* __restrict__ x, float* __restrict__ y, int batch) {\n    scale<k_cfg>(x, y, batch);\n}\n"
         );

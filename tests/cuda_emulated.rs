@@ -151,6 +151,7 @@ fn generated_kernels_match_the_cpu_under_emulation() {
         ),
         ("T<3, 4, 5> { fc(70) relu }", &[1, 5]),
         ("T<5, 3, 3> { relu }", &[2]),
+        ("T<5, 3, 3> { tanh }", &[1, 2]),
         ("T<1000, 1, 1> { softmax }", &[1, 3]),
         ("T<4, 2, 3> { softmax }", &[2]),
     ] {
@@ -456,6 +457,7 @@ fn backward_kernels_match_the_cpu_under_emulation() {
         ),
         ("lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
         ("avgpool(1) relu", 2, (5, 3, 3), &[2]),
+        ("tanh", 1, (5, 3, 3), &[1, 2]),
         ("split lrn(3, alpha = 0.5)", 1, (8, 3, 3), &[1]),
         ("split lrn(3, alpha = 0.5)", 1, (8, 12, 12), &[1]),
         ("split lrn(5)", 1, (12, 2, 3), &[2]),

@@ -86,6 +86,7 @@ fn every_layer_kind_matches_the_cpu() {
         "T<3, 4, 5> { fc(37) relu }",
         "T<130, 1, 1> { fc(70) }",
         "T<5, 3, 3> { relu }",
+        "T<5, 3, 3> { tanh }",
         "T<5, 3, 3> { dropout(0.5) softmax }",
         "T<1000, 1, 1> { softmax }",
         "T<4, 2, 3> { softmax }",

@@ -114,6 +114,7 @@ fn every_layer_kind_trains_as_on_the_cpu() {
         "T<4, 12, 12> split 2 { conv(8, 5, pad = 2, groups = 2) relu lrn(3, alpha = 0.5) avgpool(2, stride = 2) relu fc(20) relu dropout(0.5) fc(8) softmax }",
         "T<3, 9, 9> { dropout(0.2) conv(4, 3) relu fc(6) softmax }",
         "T<3, 8, 8> { fc(16) relu fc(6) }",
+        "T<3, 8, 8> { conv(6, 3) tanh maxpool(2) fc(16) tanh fc(6) softmax }",
         "T<3, 19, 19> { relu conv(6, 11, stride = 4) relu dropout(0.3) fc(130) relu fc(5) softmax }",
     ]
     .iter()
@@ -253,6 +254,7 @@ fn every_backward_stage_matches_the_cpu() {
         ),
         ("fc(70) relu", 1, (3, 4, 5), &[1, 5, 130]),
         ("maxpool(3, stride = 2)", 1, (3, 13, 13), &[2, 64]),
+        ("tanh", 1, (5, 3, 3), &[1, 64]),
         ("avgpool(2, stride = 2)", 1, (4, 12, 12), &[1, 64]),
         ("avgpool(3, stride = 2)", 1, (3, 11, 10), &[1]),
         (

@@ -212,6 +212,7 @@ fn local_response_normalisation() {
 #[test]
 fn elementwise() {
     check("T<5, 3, 3> { relu }", 2);
+    check("T<5, 3, 3> { tanh }", 2);
     check("T<5, 3, 3> { dropout(0.5) }", 2);
     check("T<10, 1, 1> { softmax }", 3);
     check("T<4, 2, 3> { softmax }", 2);

@@ -380,11 +380,11 @@ pub fn network(
     );
     quote! {
         #(#attrs)*
-        #vis struct #name<B: #rt::Backend = #rt::Cpu> {
+        #vis struct #name<B: #rt::Inference = #rt::Cpu> {
             model: #rt::Model<B>,
         }
 
-        impl<B: #rt::Backend> ::core::fmt::Debug for #name<B> {
+        impl<B: #rt::Inference> ::core::fmt::Debug for #name<B> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 ::core::fmt::Debug::fmt(&self.model, f)
             }
@@ -421,7 +421,7 @@ pub fn network(
             }
         }
 
-        impl<B: #rt::Backend> #name<B> {
+        impl<B: #rt::Inference> #name<B> {
             /// A network on `backend` with the paper's initialisation (weights N(0, 0.01),
             /// biases 1 in conv2, conv4, conv5 and the hidden fc layers, 0 elsewhere), from
             /// a seeded RNG.

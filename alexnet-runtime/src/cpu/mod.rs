@@ -4,7 +4,7 @@
 //! reference the GPU backend is checked against and the fallback where there is no GPU.
 //!
 //! One file per layer kind (`conv.rs`, `fc.rs`, `relu.rs`, `tanh.rs`, `pool.rs`,
-//! `lrn.rs`, `dropout.rs`, `softmax.rs`), each implementing [`CpuLayer`] for the kind's
+//! `lrn.rs`, `dropout.rs`, `softmax.rs`), each implementing `CpuLayer` for the kind's
 //! struct; the dispatch from an [`Op`] is generated from the registry of kinds
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
 
 use super::cache::Cache;
-use super::launch::Loaded;
+use super::launch::{self, driver_err, Binder, Kernel, Loaded};
 use crate::error::{Error, Result};
 use crate::ir::Plan;
 
@@ -125,26 +125,14 @@ impl Cuda {
     pub(super) fn err(&self, what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
         driver_err(&self.label(), what)
     }
-}
 
-/// Maps a driver error of `what` on GPU `device`: out of memory is [`Error::OutOfMemory`],
-/// anything else [`Error::Driver`].
-pub(super) fn driver_err(
-    device: &str,
-    what: impl std::fmt::Display,
-) -> impl FnOnce(DriverError) -> Error {
-    let device = device.to_string();
-    move |e| {
-        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-            Error::OutOfMemory {
-                device,
-                what: what.to_string(),
-            }
-        } else {
-            Error::Driver {
-                what: format!("{device}: {what}"),
-                message: format!("{e:?}"),
-            }
-        }
+    /// Compiles (through this GPU's cache) and loads `specs` in its context.
+    pub(super) fn load(&self, specs: &[alexnet_core::ir::KernelSpec]) -> Result<Loaded> {
+        launch::load(&self.ctx, &self.cache, &self.arch, &self.label(), specs)
+    }
+
+    /// Launches `kernel` on this GPU's stream (see `launch::launch`).
+    pub(super) fn launch(&self, kernel: &Kernel, batch: usize, binder: Binder<'_>) -> Result<()> {
+        launch::launch(&self.stream, &self.label(), kernel, batch, binder)
     }
 }

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use rayon::prelude::*;
 
-use super::device::Cuda;
+use super::cache::Cache;
 use crate::error::{Error, Result};
 use crate::ir::kernels::spec::{Access, ArgTy, Elem, KernelLaunch, KernelSpec, Role};
 use crate::ir::Plan;
@@ -101,87 +102,118 @@ impl Loaded {
     }
 }
 
-impl Cuda {
-    /// Compiles `specs` (in parallel, through the CUBIN cache; identical sources once) and
-    /// loads them in this context.
-    pub(super) fn load(&self, specs: &[KernelSpec]) -> Result<Loaded> {
-        let opts = vec!["--ptxas-options=-v".to_string()];
-        let sources: Vec<String> = specs.iter().map(alexnet_core::cuda::source).collect();
-        let mut unique: Vec<usize> = Vec::new();
-        for (i, s) in sources.iter().enumerate() {
-            if !unique.iter().any(|&j| sources[j] == *s) {
-                unique.push(i);
+/// Compiles `specs` for `arch` (in parallel, through `cache`; identical sources once) and
+/// loads them in `ctx`; `device` names the GPU in errors.
+pub(super) fn load(
+    ctx: &Arc<CudaContext>,
+    cache: &Cache,
+    arch: &str,
+    device: &str,
+    specs: &[KernelSpec],
+) -> Result<Loaded> {
+    let opts = vec!["--ptxas-options=-v".to_string()];
+    let sources: Vec<String> = specs.iter().map(alexnet_core::cuda::source).collect();
+    let mut unique: Vec<usize> = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        if !unique.iter().any(|&j| sources[j] == *s) {
+            unique.push(i);
+        }
+    }
+    let cubins: Vec<Result<Vec<u8>>> = unique
+        .par_iter()
+        .map(|&i| {
+            let name = format!("{}.cu", specs[i].name());
+            cache.cubin(&sources[i], &name, arch, &opts)
+        })
+        .collect();
+    let mut modules: Vec<(&str, Arc<CudaModule>)> = Vec::new();
+    for (&i, cubin) in unique.iter().zip(cubins) {
+        let module = ctx
+            .load_module(Ptx::from_binary(cubin?))
+            .map_err(driver_err(device, format!("loading {}", specs[i].name())))?;
+        modules.push((&sources[i], module));
+    }
+    let mut kernels = Vec::with_capacity(specs.len());
+    let mut by_role = HashMap::new();
+    for (spec, source) in specs.iter().zip(&sources) {
+        let module = modules
+            .iter()
+            .find(|(s, _)| *s == source.as_str())
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| Error::Internal(format!("{}: module not loaded", spec.name())))?;
+        let function = module
+            .load_function(spec.name())
+            .map_err(driver_err(device, format!("finding {}", spec.name())))?;
+        by_role.insert((spec.layer(), spec.role), kernels.len());
+        kernels.push(Kernel {
+            spec: spec.clone(),
+            function,
+        });
+    }
+    Ok(Loaded {
+        kernels,
+        by_role,
+        _modules: modules.into_iter().map(|(_, m)| m).collect(),
+    })
+}
+
+/// Launches `kernel` on `stream` (of GPU `device`) on `batch` images with the arguments
+/// `binder` names. Every parameter of the spec must be bound, with a value of its type
+/// and, for a pointer, a buffer holding what the spec says the kernel touches for this
+/// batch.
+pub(super) fn launch(
+    stream: &CudaStream,
+    device: &str,
+    kernel: &Kernel,
+    batch: usize,
+    binder: Binder<'_>,
+) -> Result<()> {
+    let spec = &kernel.spec;
+    let mut values = binder.resolve(spec, batch)?;
+    let mut args = stream.launch_builder(&kernel.function);
+    for v in values.iter_mut() {
+        match v {
+            Value::In(b) => args.arg(*b),
+            Value::Out(b) => args.arg(&mut **b),
+            Value::Int(i) => args.arg(&*i),
+            Value::Uint(u) => args.arg(&*u),
+            Value::Float(f) => args.arg(&*f),
+            Value::Sgd(t) => args.arg(&**t),
+        };
+    }
+    // SAFETY: the arguments are the kernel's parameters in the order of its signature,
+    // which the generated stub declares from `spec.args` (and which alexnet-core's tests
+    // check against the template's declaration); `resolve` checked each one's type and
+    // that every buffer holds what the spec says the kernel reads or writes for `batch`
+    // images, and the grid is the spec's, which the kernel's bounds checks match; callers
+    // bind `batch` through `batch_i32`, so 32-bit indices do not overflow. Every buffer is
+    // of this context (the other tower's are peer-copied here first), and cudarc orders
+    // the launch after the buffers' last writes. An SGD pointer table holds live buffers
+    // checked by `check_sgd_args`, whose guards the caller keeps past the launch.
+    unsafe { args.launch(launch_config(&spec.launch, batch)) }
+        .map_err(driver_err(device, format!("launching {}", spec.name())))?;
+    Ok(())
+}
+
+/// Maps a driver error of `what` on GPU `device`: out of memory is [`Error::OutOfMemory`],
+/// anything else [`Error::Driver`].
+pub(super) fn driver_err(
+    device: &str,
+    what: impl std::fmt::Display,
+) -> impl FnOnce(DriverError) -> Error {
+    let device = device.to_string();
+    move |e| {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory {
+                device,
+                what: what.to_string(),
+            }
+        } else {
+            Error::Driver {
+                what: format!("{device}: {what}"),
+                message: format!("{e:?}"),
             }
         }
-        let cubins: Vec<Result<Vec<u8>>> = unique
-            .par_iter()
-            .map(|&i| {
-                let name = format!("{}.cu", specs[i].name());
-                self.cache.cubin(&sources[i], &name, &self.arch, &opts)
-            })
-            .collect();
-        let mut modules: Vec<(&str, Arc<CudaModule>)> = Vec::new();
-        for (&i, cubin) in unique.iter().zip(cubins) {
-            let module = self
-                .ctx
-                .load_module(Ptx::from_binary(cubin?))
-                .map_err(self.err(format!("loading {}", specs[i].name())))?;
-            modules.push((&sources[i], module));
-        }
-        let mut kernels = Vec::with_capacity(specs.len());
-        let mut by_role = HashMap::new();
-        for (spec, source) in specs.iter().zip(&sources) {
-            let module = modules
-                .iter()
-                .find(|(s, _)| *s == source.as_str())
-                .map(|(_, m)| m.clone())
-                .ok_or_else(|| Error::Internal(format!("{}: module not loaded", spec.name())))?;
-            let function = module
-                .load_function(spec.name())
-                .map_err(self.err(format!("finding {}", spec.name())))?;
-            by_role.insert((spec.layer(), spec.role), kernels.len());
-            kernels.push(Kernel {
-                spec: spec.clone(),
-                function,
-            });
-        }
-        Ok(Loaded {
-            kernels,
-            by_role,
-            _modules: modules.into_iter().map(|(_, m)| m).collect(),
-        })
-    }
-
-    /// Launches `kernel` on `batch` images with the arguments `binder` names. Every
-    /// parameter of the spec must be bound, with a value of its type and, for a pointer,
-    /// a buffer holding what the spec says the kernel touches for this batch.
-    pub(super) fn launch(&self, kernel: &Kernel, batch: usize, binder: Binder<'_>) -> Result<()> {
-        let spec = &kernel.spec;
-        let mut values = binder.resolve(spec, batch)?;
-        let mut args = self.stream.launch_builder(&kernel.function);
-        for v in values.iter_mut() {
-            match v {
-                Value::In(b) => args.arg(*b),
-                Value::Out(b) => args.arg(&mut **b),
-                Value::Int(i) => args.arg(&*i),
-                Value::Uint(u) => args.arg(&*u),
-                Value::Float(f) => args.arg(&*f),
-                Value::Sgd(t) => args.arg(&**t),
-            };
-        }
-        // SAFETY: the arguments are the kernel's parameters in the order of its
-        // signature, which the generated stub declares from `spec.args` (and which
-        // alexnet-core's tests check against the template's declaration); `resolve`
-        // checked each one's type and that every buffer holds what the spec says the
-        // kernel reads or writes for `batch` images, and the grid is the spec's, which
-        // the kernel's bounds checks match; callers bind `batch` through `batch_i32`, so
-        // 32-bit indices do not overflow. Every buffer is of this context (the other
-        // tower's are peer-copied here first), and cudarc orders the launch after the
-        // buffers' last writes. An SGD pointer table holds live buffers checked by
-        // `check_sgd_args`, whose guards the caller keeps past the launch.
-        unsafe { args.launch(launch_config(&spec.launch, batch)) }
-            .map_err(self.err(format!("launching {}", spec.name())))?;
-        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Loading a numbered set of labelled images in the background, whatever they come from:
-//! an [`ImageFolder`](super::folder::ImageFolder) of files, or generated images
-//! ([`SyntheticImages`](super::pipeline::SyntheticImages)).
+//! an image folder of files (`folder::ImageFolder`), or generated images
+//! (`pipeline::SyntheticImages`).
 //!
 //! [`loader`] decodes in background threads into a bounded queue of batches whose content
 //! depends only on the order it is given, never on the number of workers; [`mean_image`]
@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::folder::DecodeError;
+pub use super::decode::chw;
+use super::decode::DecodeError;
 use crate::error::{Error, Result};
 
 /// How many skipped files a [`LoadReport`] names.
@@ -40,12 +41,6 @@ pub trait Images: Send + Sync {
     fn describe(&self, i: usize) -> PathBuf;
     /// Image `i`, `side` x `side` (`side > 0`).
     fn load(&self, i: usize, side: usize) -> std::result::Result<RgbImage, DecodeError>;
-}
-
-/// The bytes of an RGB image in CHW order.
-pub fn chw(img: &RgbImage) -> impl Iterator<Item = u8> + '_ {
-    let raw = img.as_raw();
-    (0..3).flat_map(move |c| raw.iter().skip(c).step_by(3).copied())
 }
 
 /// The mean of each pixel (3 x `side` x `side`, CHW, values 0..255) over up to `limit`

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 
 use super::augment::{ten_crops, Augment, PcaColour};
-use super::folder::{decode_rgb, DecodeError};
+use super::decode::{decode_rgb, DecodeError};
 use super::loader::{chw, mean_image, Images, LoadReport, Transform};
 use crate::error::{Error, Result};
 use crate::ir::Shape;

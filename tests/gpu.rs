@@ -141,7 +141,9 @@ fn asking_for_cuda_without_a_gpu_is_a_clear_error() {
     if Cuda::unavailable_reason().is_none() {
         return; // this machine has a GPU
     }
-    let err = Device::cuda(0).unwrap_err().to_string();
+    let err = Device::cuda(0).unwrap_err();
+    assert!(matches!(err, alexnet::runtime::Error::NoGpu(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.starts_with("cuda was asked for, but "), "{err}");
     let auto = Device::auto();
     assert!(matches!(auto, Device::Cpu(_)), "auto falls back to the CPU");
@@ -150,4 +152,39 @@ fn asking_for_cuda_without_a_gpu_is_a_clear_error() {
         .unwrap_err()
         .to_string()
         .contains("expected cpu, cuda, cuda:N or auto"));
+}
+
+/// 16-bit buffers live on the GPU beside f32 ones, typed (the kernels are f32 for now).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sixteen_bit_buffers_live_beside_f32_ones() {
+    let gpu = Cuda::new(0).unwrap();
+    let bf: Vec<half::bf16> = [1.0f32, 3.0e38, -0.0078125]
+        .iter()
+        .map(|&v| half::bf16::from_f32(v))
+        .collect();
+    let h: Vec<half::f16> = [0.5f32, -2.0, 65504.0]
+        .iter()
+        .map(|&v| half::f16::from_f32(v))
+        .collect();
+    let (b1, b2) = (gpu.upload(&bf).unwrap(), gpu.upload(&h).unwrap());
+    let mut z = gpu.alloc::<half::bf16>(4).unwrap();
+    gpu.write(&mut z, &bf).unwrap();
+    assert_eq!(gpu.download(&b1).unwrap(), bf);
+    assert_eq!(gpu.download(&b2).unwrap(), h);
+    assert_eq!(gpu.download_prefix(&z, 3).unwrap(), bf);
+    assert_eq!(gpu.download(&z).unwrap()[3], half::bf16::ZERO);
+}
+
+/// Running out of GPU memory is an error a caller can tell from the others.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn out_of_memory_is_its_own_error() {
+    let gpu = Cuda::new(0).unwrap();
+    let err = gpu.alloc::<f32>(1 << 40).unwrap_err();
+    assert!(
+        matches!(err, alexnet::runtime::Error::OutOfMemory { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("out of memory"), "{err}");
 }

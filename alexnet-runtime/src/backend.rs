@@ -314,3 +314,45 @@ pub(crate) fn check_sgd_args(
     }
     Ok(specs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cpu, Device};
+
+    /// 16-bit buffers live beside f32 ones on a backend: the same calls move them, typed.
+    fn round_trip<B: Memory>(b: &B) {
+        let h: Vec<half::f16> = [0.5f32, -2.0, 65504.0]
+            .iter()
+            .map(|&v| half::f16::from_f32(v))
+            .collect();
+        let bf: Vec<half::bf16> = [1.0f32, 3.0e38, -0.0078125]
+            .iter()
+            .map(|&v| half::bf16::from_f32(v))
+            .collect();
+        let (bh, bbf, bf32) = (
+            b.upload(&h).unwrap(),
+            b.upload(&bf).unwrap(),
+            b.upload(&[1.5f32, 2.5]).unwrap(),
+        );
+        assert_eq!(b.download(&bh).unwrap(), h);
+        assert_eq!(b.download(&bbf).unwrap(), bf);
+        assert_eq!(b.download(&bf32).unwrap(), [1.5, 2.5]);
+        let mut z = b.alloc::<half::bf16>(4).unwrap();
+        assert_eq!(b.download(&z).unwrap(), vec![half::bf16::ZERO; 4]);
+        b.write(&mut z, &bf).unwrap();
+        assert_eq!(b.download_prefix(&z, 3).unwrap(), bf);
+        assert!(matches!(
+            b.write(&mut z, &[half::bf16::ONE; 5]),
+            Err(Error::BufferTooSmall { len: 4, needed: 5, .. })
+        ));
+        assert_eq!(<half::bf16 as Element>::ELEM, Elem::Bf16);
+        assert_eq!(Elem::F16.bytes(), 2);
+    }
+
+    #[test]
+    fn buffers_carry_their_element_type() {
+        round_trip(&Cpu::new());
+        round_trip(&Device::cpu());
+    }
+}

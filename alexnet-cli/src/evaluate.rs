@@ -11,8 +11,9 @@ use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::read_metadata;
 use alexnet::runtime::{Cpu, Device, Model, Tensor};
 
+use crate::args::{DeviceArgs, Net};
 use crate::data::{self, DataSpec};
-use crate::{pictures, progress, AnyError, Net};
+use crate::{pictures, progress, AnyError, Ctx};
 
 /// The network a checkpoint holds: `given`, or the one its metadata names.
 fn network(given: Option<Net>, weights: &Path) -> Result<Net, AnyError> {
@@ -43,7 +44,7 @@ fn network(given: Option<Net>, weights: &Path) -> Result<Net, AnyError> {
 fn open(
     checkpoint: &Path,
     net: Option<Net>,
-    device: &str,
+    device: &DeviceArgs,
 ) -> Result<(Model<Device>, Preprocess, PathBuf), AnyError> {
     let (weights, data_file) = data::checkpoint_files(checkpoint);
     let net = network(net, &weights)?;
@@ -72,7 +73,7 @@ fn open(
             .into());
         }
     }
-    let model = Model::load(Device::parse(device)?, plan.clone(), &weights)?;
+    let model = Model::load(device.open()?, plan.clone(), &weights)?;
     Ok((model, pre, weights))
 }
 
@@ -95,12 +96,11 @@ pub struct EvalArgs {
     /// Evaluate the centre crop only (no ten-crop averaging).
     #[arg(long)]
     centre_only: bool,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
-pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
+pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     let (model, pre, weights) = open(&a.checkpoint, a.net, &a.device)?;
     let spec = match &a.data {
         Some(dir) => DataSpec::Folder(dir.clone()),
@@ -122,7 +122,8 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
         .into());
     }
     let classes = model.plan().output().len();
-    println!(
+    writeln!(
+        ctx.out,
         "evaluating {} ({}) on {}: {} images, {} ({})",
         model.plan().name,
         weights.display(),
@@ -134,11 +135,11 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
             "centre crop and ten crops"
         },
         model.backend().name()
-    );
+    )?;
     let mut centre = Evaluation::new(classes);
     let mut ten = Evaluation::new(classes);
     let batch = a.batch as usize;
-    let bar = progress::bar(images.len() as u64, "evaluating");
+    let bar = progress::bar(ctx, images.len() as u64, "evaluating");
     let order: Vec<usize> = (0..images.len()).collect();
     let (transform, crops) = if a.centre_only {
         (pre.eval_transform(), 1)
@@ -168,10 +169,11 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
     bar.finish_and_clear();
     let report = batches.report();
     if report.skipped > 0 {
-        println!("{report}");
+        writeln!(ctx.out, "{report}")?;
     }
-    let line = |name: &str, e: &Evaluation| {
-        println!(
+    let mut line = |name: &str, e: &Evaluation| {
+        writeln!(
+            ctx.out,
             "{name}: top-1 error {:.2}%, top-5 error {:.2}%, loss {:.4} ({} images)",
             100.0 * e.top1_error(),
             100.0 * e.top5_error(),
@@ -179,14 +181,15 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
             e.images()
         )
     };
-    line("centre crop", &centre);
+    line("centre crop", &centre)?;
     let best = if a.centre_only {
         &centre
     } else {
-        line("ten crops  ", &ten);
+        line("ten crops  ", &ten)?;
         &ten
     };
-    println!(
+    writeln!(
+        ctx.out,
         "\nper class ({}):\n{}",
         if a.centre_only {
             "centre crop"
@@ -194,7 +197,7 @@ pub fn eval(a: EvalArgs) -> Result<(), AnyError> {
             "ten crops"
         },
         best.summary(&pre.classes)
-    );
+    )?;
     Ok(())
 }
 
@@ -214,12 +217,11 @@ pub struct ClassifyArgs {
     /// How many classes to print per image (of those the network was trained on).
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
-pub fn classify(a: ClassifyArgs) -> Result<(), AnyError> {
+pub fn classify(ctx: &mut Ctx, a: ClassifyArgs) -> Result<(), AnyError> {
     let (model, pre, _) = open(&a.checkpoint, a.net, &a.device)?;
     let classes = model.plan().output().len();
     let s = model.plan().input;
@@ -233,7 +235,7 @@ pub fn classify(a: ClassifyArgs) -> Result<(), AnyError> {
         let x = match pre.load_file(path) {
             Ok(img) => transform(img, 0),
             Err(e) => {
-                eprintln!("{}: skipped: {e}", path.display());
+                writeln!(ctx.err, "{}: skipped: {e}", path.display())?;
                 failed += 1;
                 continue;
             }
@@ -243,14 +245,14 @@ pub fn classify(a: ClassifyArgs) -> Result<(), AnyError> {
         // Only the outputs of the classes the network was trained on (a network with more
         // outputs than classes leaves the rest untrained).
         let named = pre.classes.len().clamp(1, classes);
-        println!("{}:", path.display());
+        writeln!(ctx.out, "{}:", path.display())?;
         for (rank, (c, p)) in top_k(&probs[..named], a.top).into_iter().enumerate() {
             let name = pre
                 .classes
                 .get(c)
                 .cloned()
                 .unwrap_or_else(|| format!("class {c}"));
-            println!("  {}. {name:<20} {:6.2}%", rank + 1, 100.0 * p);
+            writeln!(ctx.out, "  {}. {name:<20} {:6.2}%", rank + 1, 100.0 * p)?;
         }
     }
     if failed > 0 {
@@ -274,7 +276,7 @@ pub struct FiltersArgs {
     zoom: Option<usize>,
 }
 
-pub fn filters(a: FiltersArgs) -> Result<(), AnyError> {
+pub fn filters(ctx: &mut Ctx, a: FiltersArgs) -> Result<(), AnyError> {
     let (weights, _) = data::checkpoint_files(&a.checkpoint);
     let net = network(a.net, &weights)?;
     let plan = net.plan();
@@ -314,7 +316,8 @@ pub fn filters(a: FiltersArgs) -> Result<(), AnyError> {
             .join("filters.png")
     });
     pictures::save_png(&img, &out)?;
-    println!(
+    writeln!(
+        ctx.out,
         "wrote {} ({k} filters of {c}x{kh}x{kw} from `{name}`{}, {}x{} pixels)",
         out.display(),
         if towers > 1 {
@@ -324,6 +327,6 @@ pub fn filters(a: FiltersArgs) -> Result<(), AnyError> {
         },
         img.width(),
         img.height()
-    );
+    )?;
     Ok(())
 }

@@ -10,21 +10,21 @@ use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::towers::SplitTrainer;
 use alexnet::runtime::train::{epoch_order, BatchStats, Train};
-use alexnet::runtime::{weights, Device, Model, TrainConfig, Trainer};
+use alexnet::runtime::{weights, Device, Model, Schedule, TrainConfig, Trainer};
 use clap::ValueEnum;
 
+use crate::args::{DeviceArgs, Net};
 use crate::data::{self, DataSpec};
 use crate::pictures::{self, Epoch};
-use crate::{progress, AnyError, Net};
+use crate::{progress, AnyError, Ctx};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The network to train.
     #[arg(long, value_enum, default_value_t = Net::Small)]
     net: Net,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Train a `split 2` network as the paper's two towers, one on each of these devices:
     /// `cuda:0,cuda:1` (two GPUs), `cuda:0,cuda:0` (two streams of one GPU) or `cpu,cpu`
     /// (two CPU workers); instead of --device. The state file is the unsplit one, so a
@@ -49,7 +49,7 @@ pub struct TrainArgs {
     /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
     /// validation error stops improving) or step:EPOCHS[:FACTOR] [default: plateau:0.1:1].
     #[arg(long)]
-    schedule: Option<String>,
+    schedule: Option<Schedule>,
     /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the
     /// paper) [default: he].
     #[arg(long, value_enum)]
@@ -89,9 +89,9 @@ enum Init {
     Paper,
 }
 
-pub fn train(a: TrainArgs) -> Result<(), AnyError> {
+pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
     let plan = a.net.plan().clone();
-    let mut trainer = start(&a)?;
+    let mut trainer = start(ctx, &a)?;
     let seed = trainer.config().seed;
     let spec = match &a.data {
         // The full path: the run records it, and eval finds the folder from anywhere.
@@ -164,11 +164,11 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             pre
         }
         None => {
-            let bar = progress::spinner("preparing the data (mean image, colour components)");
+            let bar = progress::spinner(ctx, "preparing the data (mean image, colour components)");
             let (pre, report) = Preprocess::fit(&*train_set, plan.input, &spec.to_string())?;
             bar.finish_and_clear();
             if report.skipped > 0 {
-                println!("mean image: {report}");
+                writeln!(ctx.out, "mean image: {report}")?;
             }
             pre
         }
@@ -181,7 +181,8 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         DataSpec::Folder(_) => "files",
         DataSpec::Generated { .. } => "images",
     };
-    println!(
+    writeln!(
+        ctx.out,
         "training {} on {}: {} {unit}, {} classes ({}){}; batch {}; checkpoints in {}",
         plan.name,
         spec.describe(),
@@ -194,7 +195,7 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             .unwrap_or_else(|| ", no val/ folder: no validation".into()),
         a.batch,
         dir.display()
-    );
+    )?;
     let mut history = trainer
         .note("history")
         .map(pictures::parse_history)
@@ -216,6 +217,7 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             1,
         )?;
         let bar = progress::bar(
+            ctx,
             train_set.len() as u64,
             &format!("epoch {}/{}", epoch + 1, a.epochs),
         );
@@ -241,14 +243,15 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             if step % a.log_every == 0 {
                 if let Some(w) = window.take() {
                     bar.suspend(|| {
-                        println!(
+                        writeln!(
+                            ctx.out,
                             "epoch {} step {step:>6}: loss {:.4}, top-1 error {:5.1}%, {:7.1} images/s",
                             epoch + 1,
                             w.loss,
                             100.0 * w.top1_error(),
                             w.images as f64 / since.elapsed().as_secs_f64()
                         )
-                    });
+                    })?;
                 }
                 since = Instant::now();
             }
@@ -256,11 +259,11 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
         bar.finish_and_clear();
         let report = batches.report();
         if report.skipped > 0 {
-            println!("epoch {}: {report}", epoch + 1);
+            writeln!(ctx.out, "epoch {}: {report}", epoch + 1)?;
         }
         let mut val = None::<BatchStats>;
         if let Some(v) = &val_set {
-            let bar = progress::bar(v.len() as u64, "validation");
+            let bar = progress::bar(ctx, v.len() as u64, "validation");
             let order = (0..v.len()).collect();
             for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
                 let (x, y) = item?;
@@ -294,7 +297,8 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
             ),
             None => "no validation set".to_string(),
         };
-        println!(
+        writeln!(
+            ctx.out,
             "epoch {} done in {:.1} s: {summary}{}; saved {} and {}",
             epoch + 1,
             t0.elapsed().as_secs_f64(),
@@ -303,7 +307,7 @@ pub fn train(a: TrainArgs) -> Result<(), AnyError> {
                 .unwrap_or_default(),
             state_path.display(),
             plot.display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -316,7 +320,7 @@ fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
 }
 
 /// A new trainer from the options, or the resumed one; split into towers with --towers.
-fn start(a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
+fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
     let plan = a.net.plan().clone();
     let placement = match &a.towers {
         Some(devs) => {
@@ -325,12 +329,12 @@ fn start(a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
                 .map(|d| Device::parse(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let names: Vec<String> = backends.iter().map(|b| b.name()).collect();
-            println!("towers: {}", names.join("; "));
+            writeln!(ctx.out, "towers: {}", names.join("; "))?;
             Placement::Towers(backends)
         }
         None => {
-            let b = Device::parse(&a.device)?;
-            println!("device: {}", b.name());
+            let b = a.device.open()?;
+            writeln!(ctx.out, "device: {}", b.name())?;
             Placement::One(b)
         }
     };
@@ -353,13 +357,14 @@ fn start(a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
             Placement::One(b) => Box::new(Trainer::resume(b, plan, path)?),
             Placement::Towers(bs) => Box::new(SplitTrainer::resume(bs, plan, path)?),
         };
-        println!(
+        writeln!(
+            ctx.out,
             "resumed {} at epoch {}, step {}, learning rate {}",
             path.display(),
             t.state().epoch,
             t.state().step,
             t.state().lr
-        );
+        )?;
         return Ok(t);
     }
     let seed = a.seed.unwrap_or(0);
@@ -373,7 +378,7 @@ fn start(a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
             momentum: a.momentum.unwrap_or(0.9),
             weight_decay: a.weight_decay.unwrap_or(0.0005),
         },
-        schedule: a.schedule.as_deref().unwrap_or("plateau:0.1:1").parse()?,
+        schedule: a.schedule.unwrap_or_default(),
         seed,
     };
     Ok(match placement {

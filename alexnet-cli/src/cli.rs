@@ -1,35 +1,19 @@
-//! The command line of alexnet-rs.
-//!
-//! ```text
-//! cargo run --release --example alexnet                 # summary + a CPU forward pass
-//! cargo run --release --example alexnet -- summary --net torchvision
-//! cargo run --release --example alexnet -- infer --weights w.safetensors --input x.safetensors --output y.safetensors
-//! cargo run --release --example alexnet -- train        # the small net on generated shapes
-//! cargo run --release --example alexnet -- train --resume runs/small/state.safetensors --epochs 12
-//! cargo run --release --example alexnet -- eval         # top-1/top-5, centre and ten crops
-//! cargo run --release --example alexnet -- classify photo.jpg
-//! cargo run --release --example alexnet -- filters      # runs/small/filters.png
-//! ```
-//!
-//! `main.rs` holds the command line and the inference commands; `train.rs`, `evaluate.rs`
-//! (eval, classify, filters), `data.rs` (which images) and `pictures.rs` (PNG plots and
-//! filter grids) the rest.
-
-mod data;
-mod evaluate;
-mod pictures;
-mod train;
+//! The command line (clap) and the inference commands: demo, summary, infer, bench and
+//! kernels; [`execute`] runs any command.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use alexnet::ir::{Op, Plan};
-use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
+use alexnet::ir::Op;
+use alexnet::nets::AlexNet;
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
 use alexnet::runtime::{Batch, Device, Model, Tensor};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use crate::args::{DeviceArgs, Net};
+use crate::{evaluate, train, AnyError, Ctx};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "AlexNet from a compile-time Rust DSL: summaries, inference, training, benchmarks",
     after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet on CPU\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors\n  alexnet train                 train the small net on generated shapes (checkpoints in runs/small)\n  alexnet eval                  its top-1/top-5 error, centre crop and ten crops\n  alexnet classify photo.jpg    its top 5 for an image\n  alexnet filters               its first layer's filters as runs/small/filters.png\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small/state.safetensors --epochs 12"
 )]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -52,9 +36,8 @@ enum Command {
         /// Seed of the initialisation when no weights are given.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// cpu, cuda, cuda:N or auto (the GPU when there is one).
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Times the forward pass on CPU: images/s at each batch size and per-stage times.
     Bench {
@@ -66,9 +49,8 @@ enum Command {
         /// Timed runs per batch size (after one warm-up); the median is reported.
         #[arg(long, default_value_t = 10)]
         runs: usize,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// Also time the network split into its two towers on these two devices
         /// (`cuda:0,cuda:1` for two GPUs, `cuda:0,cuda:0` for two streams of one GPU,
         /// `cpu,cpu` for two CPU workers); the network must be declared `split 2`.
@@ -127,85 +109,26 @@ enum Command {
         output: PathBuf,
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Net {
-    /// The paper's AlexNet (3x227x227, grouped convs, LRN).
-    Alexnet,
-    /// torchvision's variant (3x224x224).
-    Torchvision,
-    /// A small test net (3x32x32).
-    Small,
-}
-
-impl Net {
-    fn all() -> [Net; 3] {
-        [Net::Alexnet, Net::Torchvision, Net::Small]
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Net::Alexnet => "alexnet",
-            Net::Torchvision => "torchvision",
-            Net::Small => "small",
-        }
-    }
-
-    fn plan(self) -> &'static Plan {
-        match self {
-            Net::Alexnet => AlexNet::plan(),
-            Net::Torchvision => TorchvisionAlexNet::plan(),
-            Net::Small => SmallNet::plan(),
-        }
-    }
-}
-
-type AnyError = Box<dyn std::error::Error>;
-
-/// Progress bars (indicatif) on stderr: drawn on a terminal, hidden otherwise.
-mod progress {
-    use indicatif::{ProgressBar, ProgressStyle};
-
-    /// A bar of `len` images with their rate and the time left.
-    pub fn bar(len: u64, prefix: &str) -> ProgressBar {
-        let style = ProgressStyle::with_template(
-            "{prefix:>12} [{bar:32}] {human_pos}/{human_len} images, {per_sec}, ETA {eta} {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> ");
-        ProgressBar::new(len)
-            .with_style(style)
-            .with_prefix(prefix.to_string())
-    }
-
-    /// A spinner for work of unknown length.
-    pub fn spinner(msg: &str) -> ProgressBar {
-        let bar = ProgressBar::new_spinner().with_message(msg.to_string());
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        bar
-    }
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs a parsed command line (no subcommand: the demo).
+pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
     let default = Command::Demo {
         weights: None,
         seed: 0,
-        device: "auto".into(),
+        device: DeviceArgs::default(),
     };
-    let result = match cli.command.unwrap_or(default) {
+    match cli.command.unwrap_or(default) {
         Command::Demo {
             weights,
             seed,
             device,
-        } => demo(weights, seed, &device),
+        } => demo(ctx, weights, seed, &device),
         Command::Summary { net } => {
-            print!("{}", net.plan().summary());
+            write!(ctx.out, "{}", net.plan().summary())?;
             Ok(())
         }
         Command::Infer {
@@ -214,26 +137,19 @@ fn main() -> ExitCode {
             output,
             net,
             device,
-        } => infer(net, &weights, &input, &output, &device),
+        } => infer(ctx, net, &weights, &input, &output, &device),
         Command::Bench {
             net,
             batch,
             runs,
             device,
             towers,
-        } => bench(net, &batch, runs, &device, towers.as_deref()),
-        Command::Kernels { net, arch, dump } => kernels(net, &arch, dump.as_deref()),
-        Command::Train(args) => train::train(args),
-        Command::Eval(args) => evaluate::eval(args),
-        Command::Classify(args) => evaluate::classify(args),
-        Command::Filters(args) => evaluate::filters(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        } => bench(ctx, net, &batch, runs, &device, towers.as_deref()),
+        Command::Kernels { net, arch, dump } => kernels(ctx, net, &arch, dump.as_deref()),
+        Command::Train(args) => train::train(ctx, args),
+        Command::Eval(args) => evaluate::eval(ctx, args),
+        Command::Classify(args) => evaluate::classify(ctx, args),
+        Command::Filters(args) => evaluate::filters(ctx, args),
     }
 }
 
@@ -260,10 +176,15 @@ fn generated_image() -> Batch<3, 227, 227> {
     x
 }
 
-fn demo(weights: Option<PathBuf>, seed: u64, device: &str) -> Result<(), AnyError> {
-    println!("{}", AlexNet::summary());
-    let backend = Device::parse(device)?;
-    println!("device: {}", backend.name());
+fn demo(
+    ctx: &mut Ctx,
+    weights: Option<PathBuf>,
+    seed: u64,
+    device: &DeviceArgs,
+) -> Result<(), AnyError> {
+    writeln!(ctx.out, "{}", AlexNet::summary())?;
+    let backend = device.open()?;
+    writeln!(ctx.out, "device: {}", backend.name())?;
     let net = match &weights {
         Some(path) => AlexNet::load(backend, path)?,
         None => AlexNet::new(backend, seed)?,
@@ -282,30 +203,32 @@ fn demo(weights: Option<PathBuf>, seed: u64, device: &str) -> Result<(), AnyErro
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     match &weights {
-        Some(p) => println!("top 5 classes for a generated image (weights {}):", p.display()),
-        None => println!("top 5 classes for a generated image (untrained weights, seed {seed}: the classes are arbitrary):"),
+        Some(p) => writeln!(ctx.out, "top 5 classes for a generated image (weights {}):", p.display())?,
+        None => writeln!(ctx.out, "top 5 classes for a generated image (untrained weights, seed {seed}: the classes are arbitrary):")?,
     }
     for &c in &order[..5] {
-        println!("  class {c:>4}  p = {:.6}", probs[c]);
+        writeln!(ctx.out, "  class {c:>4}  p = {:.6}", probs[c])?;
     }
-    println!(
+    writeln!(
+        ctx.out,
         "forward pass, batch 1, {}: {:.1} ms per image (first run {:.1} ms)",
         net.model().backend().name(),
         per_image.as_secs_f64() * 1e3,
         first.as_secs_f64() * 1e3
-    );
+    )?;
     Ok(())
 }
 
 fn infer(
+    ctx: &mut Ctx,
     net: Net,
     weights: &std::path::Path,
     input: &std::path::Path,
     output: &std::path::Path,
-    device: &str,
+    device: &DeviceArgs,
 ) -> Result<(), AnyError> {
     let plan = net.plan();
-    let model = Model::load(Device::parse(device)?, plan.clone(), weights)?;
+    let model = Model::load(device.open()?, plan.clone(), weights)?;
     let tensors = read_safetensors(input)?;
     let Some(x) = tensors.into_iter().find(|t| t.name == "input") else {
         return Err(format!("{}: no tensor named `input`", input.display()).into());
@@ -334,20 +257,22 @@ fn infer(
         });
     }
     write_safetensors(output, &out, None)?;
-    println!(
+    writeln!(
+        ctx.out,
         "wrote {} ({} images, {} classes)",
         output.display(),
         n,
         classes
-    );
+    )?;
     Ok(())
 }
 
 fn bench(
+    ctx: &mut Ctx,
     net: Net,
     batches: &[usize],
     runs: usize,
-    device: &str,
+    device: &DeviceArgs,
     towers: Option<&[String]>,
 ) -> Result<(), AnyError> {
     let plan = net.plan();
@@ -359,19 +284,20 @@ fn bench(
                 .collect::<Result<Vec<_>, _>>()?;
             let w = alexnet::runtime::weights::paper_init(plan, 0);
             let t = alexnet::runtime::towers::Towers::new(plan.clone(), w, backends)?;
-            println!("towers: {}", t.links().join("; "));
+            writeln!(ctx.out, "towers: {}", t.links().join("; "))?;
             Some(t)
         }
         None => None,
     };
-    let device = Device::parse(device)?;
-    println!("{} forward on {}", plan.name, device.name());
+    let device = device.open()?;
+    writeln!(ctx.out, "{} forward on {}", plan.name, device.name())?;
     let t0 = Instant::now();
     let model = Model::init(device, plan.clone(), 0)?;
-    println!(
+    writeln!(
+        ctx.out,
         "model ready (weights, kernels compiled or loaded from the cache) in {:.0} ms",
         t0.elapsed().as_secs_f64() * 1e3
-    );
+    )?;
     let s = plan.input;
     for &n in batches {
         let x = Tensor::new(
@@ -400,17 +326,18 @@ fn bench(
             v[v.len() / 2]
         };
         let total = median(&mut totals);
-        println!(
+        writeln!(
+            ctx.out,
             "batch {n:>4}: {:8.2} ms per batch, {:8.1} images/s (median of {runs})",
             total * 1e3,
             n as f64 / total
-        );
+        )?;
         let per_stage: Vec<String> = names
             .iter()
             .zip(stages.iter_mut())
             .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
             .collect();
-        println!("  stages (ms): {}", per_stage.join(", "));
+        writeln!(ctx.out, "  stages (ms): {}", per_stage.join(", "))?;
         if let Some(t) = &split {
             let unsplit = total;
             t.forward(&x)?;
@@ -424,29 +351,36 @@ fn bench(
             }
             let total = median(&mut totals);
             let names: Vec<String> = t.backends().iter().map(|b| b.name()).collect();
-            println!(
+            writeln!(
+                ctx.out,
                 "  split into towers on [{}]: {:8.2} ms per batch ({:+.1}% against unsplit); its exchanges ({:.1} MB) take {:.2} ms alone",
                 names.join("; "),
                 total * 1e3,
                 100.0 * (total / unsplit - 1.0),
                 (t.exchange_bytes_per_image() * n) as f64 / 1e6,
                 median(&mut alone) * 1e3
-            );
+            )?;
         }
     }
     Ok(())
 }
 
-fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), AnyError> {
+fn kernels(
+    ctx: &mut Ctx,
+    net: Net,
+    arch: &str,
+    dump: Option<&std::path::Path>,
+) -> Result<(), AnyError> {
     use alexnet::codegen::cuda;
     use alexnet::runtime::cuda::{cache::Cache, nvrtc};
     use rayon::prelude::*;
     let plan = net.plan();
     if let Some(dir) = dump {
-        println!(
+        writeln!(
+            ctx.out,
             "wrote {}",
             alexnet::codegen::dump_cuda(plan, dir)?.display()
-        );
+        )?;
     }
     let (major, minor) = nvrtc::version()?;
     let kernels = cuda::kernels(plan);
@@ -456,11 +390,12 @@ fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), A
         .map(|k| (cuda::source(k), format!("{}.cu", k.name())))
         .collect();
     let opts = vec!["--ptxas-options=-v".to_string()];
-    println!(
+    writeln!(
+        ctx.out,
         "{}: {} kernels, NVRTC {major}.{minor}, {arch}",
         plan.name,
         units.len()
-    );
+    )?;
     let t0 = Instant::now();
     let compiled: Vec<_> = units
         .par_iter()
@@ -469,23 +404,32 @@ fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), A
     let cold = t0.elapsed();
     for c in &compiled {
         for r in nvrtc::ptxas_report(&c.log) {
-            println!(
+            writeln!(
+                ctx.out,
                 "  {:<40} {:>3} registers {:>6} B shared {:>3} B spilled {:>3} B stack",
                 r.name,
                 r.registers,
                 r.shared_bytes,
                 r.spill_store_bytes + r.spill_load_bytes,
                 r.stack_frame_bytes
-            );
+            )?;
         }
     }
-    println!(
+    writeln!(
+        ctx.out,
         "cold compile (parallel over {} threads, no cache): {:.0} ms",
         rayon::current_num_threads(),
         cold.as_secs_f64() * 1e3
-    );
-    // The runtime's path: through the CUBIN cache (a temporary one: fill it, then hit it).
-    let dir = std::env::temp_dir().join(format!("alexnet-kernels-{}", std::process::id()));
+    )?;
+    // The runtime's path: through the CUBIN cache (a temporary one, passed as an argument:
+    // fill it, then hit it). Its folder is this call's own, even with others running in
+    // the same process.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "alexnet-kernels-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     let cache = Cache::at(&dir);
     let through_cache = || -> Result<std::time::Duration, AnyError> {
         let t = Instant::now();
@@ -496,7 +440,11 @@ fn kernels(net: Net, arch: &str, dump: Option<&std::path::Path>) -> Result<(), A
     };
     let _fill = through_cache()?;
     let hit = through_cache()?;
-    println!("cache hit, all kernels: {:.1} ms", hit.as_secs_f64() * 1e3);
+    writeln!(
+        ctx.out,
+        "cache hit, all kernels: {:.1} ms",
+        hit.as_secs_f64() * 1e3
+    )?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

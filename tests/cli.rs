@@ -1,25 +1,78 @@
-//! The example is the command line: run its binary (built by `cargo test`) as a user would.
+//! The command line as a user runs it, called in-process: `alexnet_cli::run_with` with
+//! the arguments the program would get, its output captured. Tests run in parallel
+//! threads of this process; no command changes the current directory or the environment.
 
+use std::ffi::{OsStr, OsString};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::process::Command;
 
 use alexnet::nets::SmallNet;
 use alexnet::runtime::weights::{parse_metadata, read_safetensors, write_safetensors, NamedTensor};
 use alexnet::runtime::{Batch, Cpu};
 
-fn example() -> PathBuf {
-    // target/<profile>/deps/cli-<hash> -> target/<profile>/examples/alexnet
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir
-        .join("examples")
-        .join(format!("alexnet{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} not built (cargo test builds examples)",
-        bin.display()
-    );
-    bin
+/// A command line of the program `alexnet`, built as a `std::process::Command` is.
+struct Alexnet(Vec<OsString>);
+
+fn alexnet() -> Alexnet {
+    Alexnet(vec!["alexnet".into()])
+}
+
+/// What a command line did: its result, what it printed on stdout and its own notices on
+/// stderr (those of the program's stderr other than progress bars, runtime notices and
+/// the final `error: ` line, which is `result`'s message).
+struct Output {
+    result: Result<(), alexnet_cli::Error>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Alexnet {
+    fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.0.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for arg in args {
+            self.arg(arg);
+        }
+        self
+    }
+
+    /// Runs the command line in this thread; a panic fails the test, naming it.
+    fn output(&self) -> Output {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            alexnet_cli::run_with(self.0.clone(), &mut out, &mut err)
+        }));
+        let Ok(result) = result else {
+            panic!("{:?} panicked", self.0);
+        };
+        Output {
+            result,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        }
+    }
+}
+
+impl Output {
+    fn success(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The error's message (what the program prints after `error: `), or "".
+    fn error(&self) -> String {
+        self.result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
 }
 
 fn tmp() -> PathBuf {
@@ -29,35 +82,31 @@ fn tmp() -> PathBuf {
 }
 
 /// Runs `cmd` (the command line), asserts that it succeeded and returns its output.
-fn succeeds(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+fn succeeds(cmd: &mut Alexnet) -> String {
+    let out = cmd.output();
     assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.success(),
+        "{}\n{}\nerror: {}",
+        out.stdout,
+        out.stderr,
+        out.error()
     );
-    text
+    out.stdout
 }
 
-/// Runs `cmd`, asserts that it failed with an `error: ` message, not a panic, and returns
+/// Runs `cmd`, asserts that it failed with an error message, not a panic, and returns
 /// the message.
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success() && err.starts_with("error: "), "{err}");
+fn fails(cmd: &mut Alexnet) -> String {
+    let out = cmd.output();
+    let err = out.error();
+    assert!(!out.success() && !err.is_empty(), "{}", out.stdout);
     assert!(!err.contains("panicked"), "{err}");
     err
 }
 
 #[test]
 fn summary_prints_the_layer_table() {
-    let out = Command::new(example())
-        .args(["summary", "--net", "alexnet"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = succeeds(alexnet().args(["summary", "--net", "alexnet"]));
     for needle in ["96x55x55", "256x6x6", "total parameters: 60,965,224", "fc8"] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
@@ -86,19 +135,14 @@ fn infer_writes_logits_and_probabilities() {
         None,
     )
     .unwrap();
-    let out = Command::new(example())
-        .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-        .arg(&w)
-        .arg("--input")
-        .arg(&x)
-        .arg("--output")
-        .arg(&y)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        alexnet()
+            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+            .arg(&w)
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y),
     );
     let written = read_safetensors(&y).unwrap();
     let probs = written.iter().find(|t| t.name == "probabilities").unwrap();
@@ -114,7 +158,7 @@ fn infer_writes_logits_and_probabilities() {
 
 #[test]
 fn user_errors_are_one_line_not_a_panic() {
-    let out = Command::new(example())
+    let out = alexnet()
         .args([
             "infer",
             "--device",
@@ -126,23 +170,51 @@ fn user_errors_are_one_line_not_a_panic() {
             "--output",
             "y",
         ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.starts_with("error: /nonexistent/w.safetensors: "),
-        "{err}"
-    );
+        .output();
+    assert_eq!(out.result.as_ref().err().map(|e| e.exit_code()), Some(1));
+    // The error is all the program prints on stderr: `error: ` and one line.
+    assert_eq!(out.stderr, "");
+    let err = out.error();
+    assert!(err.starts_with("/nonexistent/w.safetensors: "), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!err.contains("panicked"));
+}
+
+/// `--device` is one clap struct flattened into every command that runs a network, with
+/// one help text; `--schedule` is parsed by clap, so a bad one is a usage error.
+#[test]
+fn device_help_and_schedule_parsing() {
+    for command in ["demo", "bench", "train", "eval", "classify", "infer"] {
+        let help = succeeds(alexnet().args([command, "--help"]));
+        assert!(
+            help.contains("--device <DEVICE>")
+                && help.contains("cpu, cuda, cuda:N or auto (the GPU when there is one)")
+                && help.contains("[default: auto]"),
+            "{command}:\n{help}"
+        );
+    }
+    let out = alexnet()
+        .args(["train", "--schedule", "weekly", "--epochs", "0"])
+        .output();
+    assert!(
+        matches!(out.result, Err(alexnet_cli::Error::Usage(_))),
+        "{}",
+        out.error()
+    );
+    assert_eq!(out.result.as_ref().err().map(|e| e.exit_code()), Some(2));
+    let err = out.error();
+    assert!(
+        err.contains("--schedule")
+            && err.contains("`constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EPOCHS[:FACTOR]`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn train_checkpoints_and_resumes_exactly() {
     let root = tmp();
     let run = |dir: &str, extra: &[&str]| {
-        let out = Command::new(example())
+        let out = alexnet()
             .args([
                 "train",
                 "--device",
@@ -155,11 +227,8 @@ fn train_checkpoints_and_resumes_exactly() {
             .args(["--log-every", "4", "--checkpoint"])
             .arg(root.join(dir))
             .args(extra)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        (out.status.success(), text, err)
+            .output();
+        (out.success(), out.stdout.clone(), out.error())
     };
     let (ok, text, err) = run("a", &["--epochs", "1"]);
     assert!(ok, "{text}\n{err}");
@@ -190,14 +259,11 @@ fn train_checkpoints_and_resumes_exactly() {
         let mut args = vec!["--epochs", "3", "--resume", state.to_str().unwrap()];
         args.extend_from_slice(extra);
         let (ok, _, err) = run("a", &args);
-        assert!(!ok && err.starts_with("error: "), "{extra:?}: {err}");
+        assert!(!ok && !err.is_empty(), "{extra:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     let (ok, _, err) = run("c", &["--lr=-1"]);
-    assert!(
-        !ok && err.starts_with("error: ") && err.trim().lines().count() == 1,
-        "{err}"
-    );
+    assert!(!ok && err.trim().lines().count() == 1, "{err}");
 }
 
 /// Writes `n` PNGs per class of generated shapes (40x40) under `dir/<class>/`.
@@ -229,17 +295,14 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
         "not a jpeg",
     )
     .unwrap();
-    let out = Command::new(example())
-        .args(["train", "--device", "cpu", "--epochs", "1", "--batch", "16"])
-        .args(["--log-every", "1", "--data"])
-        .arg(&root)
-        .arg("--checkpoint")
-        .arg(root.join("run"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n{err}");
+    let text = succeeds(
+        alexnet()
+            .args(["train", "--device", "cpu", "--epochs", "1", "--batch", "16"])
+            .args(["--log-every", "1", "--data"])
+            .arg(&root)
+            .arg("--checkpoint")
+            .arg(root.join("run")),
+    );
     assert!(
         text.contains("49 files, 2 classes (disk, square)"),
         "{text}"
@@ -262,7 +325,7 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
 
     // eval: the run's validation images, centre crop and ten crops, a line per class.
     let text = succeeds(
-        Command::new(example())
+        alexnet()
             .args(["eval", "--device", "cpu", "--checkpoint"])
             .arg(&run),
     );
@@ -283,7 +346,7 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     // the command fails after classifying the rest.
     let image = root.join("val").join("square").join("1001.png");
     let text = succeeds(
-        Command::new(example())
+        alexnet()
             .args(["classify", "--device", "cpu", "--ten-crop", "--checkpoint"])
             .arg(&run)
             .arg(&image),
@@ -313,38 +376,34 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
         "{text}"
     );
     let broken = root.join("train").join("disk").join("broken.jpg");
-    let out = Command::new(example())
+    let out = alexnet()
         .args(["classify", "--device", "cpu", "--checkpoint"])
         .arg(&run)
         .arg(&broken)
         .arg(&image)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+        .output();
+    let err = out.stderr.clone();
+    assert!(!out.success(), "{err}");
     assert!(
         err.contains("broken.jpg: skipped: not a JPEG or PNG image"),
         "{err}"
     );
     assert!(
-        err.contains("error: 1 of 2 images could not be read"),
-        "{err}"
+        out.error().contains("1 of 2 images could not be read"),
+        "{err}\nerror: {}",
+        out.error()
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1001.png:"));
+    assert!(out.stdout.contains("1001.png:"));
 
     // filters: the first layer's 16 5x5 kernels, two towers of 8.
-    succeeds(
-        Command::new(example())
-            .args(["filters", "--checkpoint"])
-            .arg(&run),
-    );
+    succeeds(alexnet().args(["filters", "--checkpoint"]).arg(&run));
     let grid = image::open(run.join("filters.png")).unwrap();
     // 8 columns of 5x8-pixel patches with 2-pixel gaps; two tower blocks and a 10-pixel gap.
     assert_eq!((grid.width(), grid.height()), (8 * 42 + 2, 2 * 44 + 10));
 
     // A checkpoint of another network is refused, naming the tensor that does not fit.
     let err = fails(
-        Command::new(example())
+        alexnet()
             .args(["filters", "--net", "torchvision", "--checkpoint"])
             .arg(&run),
     );
@@ -354,7 +413,7 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     let empty = root.join("empty");
     std::fs::create_dir_all(empty.join("nothing")).unwrap();
     let err = fails(
-        Command::new(example())
+        alexnet()
             .args(["train", "--device", "cpu", "--data"])
             .arg(&empty),
     );
@@ -370,7 +429,7 @@ fn train_split_into_towers_and_resume_unsplit() {
     let _ = std::fs::remove_dir_all(&root);
     let run = |dir: &str, extra: &[&str]| {
         succeeds(
-            Command::new(example())
+            alexnet()
                 .args([
                     "train",
                     "--images",
@@ -421,7 +480,7 @@ fn train_split_into_towers_and_resume_unsplit() {
         );
     }
     // A network that is not split cannot be trained as towers: one line.
-    let err = fails(Command::new(example()).args([
+    let err = fails(alexnet().args([
         "train",
         "--net",
         "torchvision",
@@ -436,15 +495,17 @@ fn train_split_into_towers_and_resume_unsplit() {
 
 /// A run's state and the data file beside it belong together: `eval` refuses a data file
 /// prepared for another run, and `--resume` without `--checkpoint` goes on in the resumed
-/// run's own folder.
+/// run's own folder. (The runs are in `root`, named by full paths: the commands run in
+/// this process, whose current directory no test changes.)
 #[test]
 fn checkpoints_keep_their_own_data_and_folder() {
     let root = tmp().join("pairing");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let train = |args: &[&str]| {
-        let out = Command::new(example())
-            .current_dir(&root)
+    let (r1, r2) = (root.join("r1"), root.join("r2"));
+    let r1_state = r1.join("state.safetensors");
+    let train = |args: &[&OsStr]| {
+        let out = alexnet()
             .args([
                 "train",
                 "--device",
@@ -455,39 +516,49 @@ fn checkpoints_keep_their_own_data_and_folder() {
                 "16",
             ])
             .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        (out.status.success(), text, err)
+            .output();
+        (out.success(), out.stdout.clone(), out.error())
     };
-    let (ok, _, err) = train(&["--epochs", "1", "--checkpoint", "r1"]);
+    let os = |s: &'static str| OsStr::new(s);
+    let (ok, _, err) = train(&[os("--epochs"), os("1"), os("--checkpoint"), r1.as_os_str()]);
     assert!(ok, "{err}");
-    let (ok, _, err) = train(&["--epochs", "1", "--seed", "5", "--checkpoint", "r2"]);
+    let (ok, _, err) = train(&[
+        os("--epochs"),
+        os("1"),
+        os("--seed"),
+        os("5"),
+        os("--checkpoint"),
+        r2.as_os_str(),
+    ]);
     assert!(ok, "{err}");
     // Resuming without --checkpoint writes into r1, not runs/small.
-    let (ok, text, err) = train(&["--epochs", "2", "--resume", "r1/state.safetensors"]);
+    let (ok, text, err) = train(&[
+        os("--epochs"),
+        os("2"),
+        os("--resume"),
+        r1_state.as_os_str(),
+    ]);
     assert!(ok, "{text}\n{err}");
-    assert!(text.contains("saved r1/state.safetensors"), "{text}");
+    assert!(
+        text.contains(&format!("saved {}", r1_state.display())),
+        "{text}"
+    );
+    assert!(!text.contains("runs/small"), "{text}");
     assert!(!root.join("runs").exists());
     // r2's data file in r1: eval and resume both refuse, in one line.
-    std::fs::copy(
-        root.join("r2/data.safetensors"),
-        root.join("r1/data.safetensors"),
-    )
-    .unwrap();
-    let err = fails(Command::new(example()).current_dir(&root).args([
-        "eval",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        "r1",
-    ]));
+    std::fs::copy(r2.join("data.safetensors"), r1.join("data.safetensors")).unwrap();
+    let err = fails(
+        alexnet()
+            .args(["eval", "--device", "cpu", "--checkpoint"])
+            .arg(&r1),
+    );
     assert!(err.contains("seed=0") && err.contains("seed=5"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let (ok, _, err) = train(&["--epochs", "3", "--resume", "r1/state.safetensors"]);
-    assert!(
-        !ok && err.starts_with("error: ") && err.contains("was prepared for"),
-        "{err}"
-    );
+    let (ok, _, err) = train(&[
+        os("--epochs"),
+        os("3"),
+        os("--resume"),
+        r1_state.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("was prepared for"), "{err}");
 }

@@ -47,7 +47,10 @@ fn module_of(src: &Path, file: &Path) -> String {
     if parts.last().is_some_and(|p| p == "mod" || p == "lib") {
         parts.pop();
     }
-    std::iter::once("crate".to_string()).chain(parts).collect::<Vec<_>>().join("::")
+    std::iter::once("crate".to_string())
+        .chain(parts)
+        .collect::<Vec<_>>()
+        .join("::")
 }
 
 /// The module a path names: its longest prefix that is a module of the crate.
@@ -103,7 +106,8 @@ fn paths(text: &str, module: &str) -> Vec<String> {
             let i = at + i;
             at = i + start.len();
             // A whole word: not `foo_crate::` or `$crate::`.
-            if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'_' | b'$'))
+            if i > 0
+                && (bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'_' | b'$'))
             {
                 continue;
             }
@@ -134,7 +138,10 @@ fn paths(text: &str, module: &str) -> Vec<String> {
             expand("", &text[i..end], &mut raw);
         }
     }
-    let parent = |m: &str| m.rsplit_once("::").map_or("crate".to_string(), |(p, _)| p.to_string());
+    let parent = |m: &str| {
+        m.rsplit_once("::")
+            .map_or("crate".to_string(), |(p, _)| p.to_string())
+    };
     raw.into_iter()
         .map(|p| {
             let mut base = module.to_string();
@@ -218,7 +225,8 @@ fn crates() -> Vec<PathBuf> {
     let mut v = vec![r.join("src")];
     for e in std::fs::read_dir(&r).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("alexnet-"))
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("alexnet-"))
             && p.join("src").is_dir()
         {
             v.push(p.join("src"));
@@ -255,7 +263,9 @@ fn the_checker_finds_cycles_and_reads_use_trees() {
     let resolved: BTreeSet<String> = p.iter().filter_map(|p| resolve(p, &mods)).collect();
     assert_eq!(
         resolved,
-        ["crate::a", "crate::b", "crate::b::c"].map(String::from).into()
+        ["crate::a", "crate::b", "crate::b::c"]
+            .map(String::from)
+            .into()
     );
     let g: BTreeMap<String, BTreeSet<String>> = [
         ("a", vec!["b"]),
@@ -273,11 +283,19 @@ fn the_checker_finds_cycles_and_reads_use_trees() {
 fn the_runtime_depends_on_no_rust_parser() {
     let toml = std::fs::read_to_string(root().join("alexnet-runtime/Cargo.toml")).unwrap();
     let deps = toml.split("[dependencies]").nth(1).unwrap_or_default();
-    for banned in ["syn", "quote", "proc-macro2", "alexnet-codegen", "alexnet-macros"] {
+    for banned in [
+        "syn",
+        "quote",
+        "proc-macro2",
+        "alexnet-codegen",
+        "alexnet-macros",
+    ] {
         assert!(
-            !deps.lines().any(|l| l.trim_start().starts_with(&format!("{banned} "))
-                || l.trim_start().starts_with(&format!("{banned}."))
-                || l.trim_start().starts_with(&format!("{banned}="))),
+            !deps
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{banned} "))
+                    || l.trim_start().starts_with(&format!("{banned}."))
+                    || l.trim_start().starts_with(&format!("{banned}="))),
             "alexnet-runtime depends on {banned}"
         );
     }

@@ -86,16 +86,15 @@ fn kernel_launches(specs: &[KernelSpec]) -> TokenStream {
     quote!(&[#(#rows),*])
 }
 
-const SPEC: &str = "::alexnet::ir::kernels::spec";
-
-fn path(item: &str) -> TokenStream {
-    format!("{SPEC}::{item}")
-        .parse()
-        .unwrap_or_else(|_| quote!(::core::compile_error!("alexnet: bad path")))
+/// The path of an item of `alexnet::ir::kernels::spec`.
+macro_rules! spec {
+    ($item:ident) => {
+        quote!(::alexnet::ir::kernels::spec::$item)
+    };
 }
 
 fn role_tokens(r: Role) -> TokenStream {
-    let p = path("Role");
+    let p = spec!(Role);
     match r {
         Role::Sgd { first, count } => {
             let (first, count) = (usize_lit(first), usize_lit(count));
@@ -109,7 +108,7 @@ fn role_tokens(r: Role) -> TokenStream {
 }
 
 fn elem_tokens(e: Elem) -> TokenStream {
-    let (p, v) = (path("Elem"), format_ident!("{}", format!("{e:?}")));
+    let (p, v) = (spec!(Elem), format_ident!("{}", format!("{e:?}")));
     quote!(#p::#v)
 }
 
@@ -117,26 +116,26 @@ fn arg_tokens(a: &Arg) -> TokenStream {
     let name = a.name;
     let ty = match a.ty {
         ArgTy::Ptr(e, access) => {
-            let (p, e) = (path("ArgTy"), elem_tokens(e));
+            let (p, e) = (spec!(ArgTy), elem_tokens(e));
             let access = match access {
                 Access::Read => format_ident!("Read"),
                 Access::Write => format_ident!("Write"),
                 Access::Update => format_ident!("Update"),
             };
-            let ap = path("Access");
+            let ap = spec!(Access);
             quote!(#p::Ptr(#e, #ap::#access))
         }
         ArgTy::Struct(s) => {
-            let p = path("ArgTy");
+            let p = spec!(ArgTy);
             quote!(#p::Struct(#s))
         }
         other => {
-            let (p, v) = (path("ArgTy"), format_ident!("{}", format!("{other:?}")));
+            let (p, v) = (spec!(ArgTy), format_ident!("{}", format!("{other:?}")));
             quote!(#p::#v)
         }
     };
     let u = |v: u64| Literal::u64_unsuffixed(v);
-    let lp = path("Len");
+    let lp = spec!(Len);
     let len = match a.len {
         None => quote!(::core::option::Option::None),
         Some(Len::PerImage(n)) => {
@@ -156,7 +155,7 @@ fn arg_tokens(a: &Arg) -> TokenStream {
             quote!(::core::option::Option::Some(#lp::Split { per_chunk: #a, per_image: #b, chunk: #c }))
         }
     };
-    let ap = path("Arg");
+    let ap = spec!(Arg);
     quote!(#ap { name: #name, ty: #ty, len: #len })
 }
 
@@ -165,10 +164,10 @@ fn gemm_tokens(g: Option<GemmInfo>) -> TokenStream {
         return quote!(::core::option::Option::None);
     };
     let (info, tile, epi, stage) = (
-        path("GemmInfo"),
-        path("Tile"),
-        path("Epilogue"),
-        path("GemmStage"),
+        spec!(GemmInfo),
+        spec!(Tile),
+        spec!(Epilogue),
+        spec!(GemmStage),
     );
     let st = format_ident!(
         "{}",

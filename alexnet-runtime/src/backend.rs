@@ -344,7 +344,11 @@ mod tests {
         assert_eq!(b.download_prefix(&z, 3).unwrap(), bf);
         assert!(matches!(
             b.write(&mut z, &[half::bf16::ONE; 5]),
-            Err(Error::BufferTooSmall { len: 4, needed: 5, .. })
+            Err(Error::BufferTooSmall {
+                len: 4,
+                needed: 5,
+                ..
+            })
         ));
         assert_eq!(<half::bf16 as Element>::ELEM, Elem::Bf16);
         assert_eq!(Elem::F16.bytes(), 2);

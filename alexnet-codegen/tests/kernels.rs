@@ -207,7 +207,7 @@ fn alexnet_towers_exchange_before_conv3_and_the_fc_layers() {
             "{} not in source",
             k.name()
         );
-        assert!(source.contains("TOWER = 1;"));
+        assert!(source.contains("TOWER = 1 };"), "{source}");
     }
     // conv3 at batch 128: 128 images of 128 x 13 x 13 values, 256 per block.
     assert_eq!(t1[0].launch.grid(128), [10816, 1, 1]);

@@ -5,7 +5,7 @@
 
 use alexnet_core::cuda;
 use alexnet_core::ir::{KernelLaunch, KernelSpec, Kernels, Layer, Op, Plan, Shape};
-use alexnet_core::kernels::spec::{Access, Arg, ArgTy, Elem, GemmInfo, GemmStage, Len, Role};
+use alexnet_core::kernels::spec::{Arg, ArgTy, Elem, GemmInfo, Len, Role};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
@@ -55,7 +55,8 @@ fn layer_infos(plan: &Plan) -> TokenStream {
     quote!(&[#(#rows),*])
 }
 
-fn launch_tokens(k: &KernelLaunch) -> TokenStream {
+/// A launch; `short` when the items of [`scope`] are in scope, otherwise with full paths.
+fn launch_tokens(k: &KernelLaunch, short: bool) -> TokenStream {
     let name = k.name.as_ref();
     let layer = usize_lit(k.layer);
     let (block, xpb, gy, gz) = (
@@ -66,10 +67,18 @@ fn launch_tokens(k: &KernelLaunch) -> TokenStream {
     );
     let xpi = Literal::u64_unsuffixed(k.x_per_image);
     let xf = Literal::u32_unsuffixed(k.x_fixed);
+    let (ty, cow) = if short {
+        (quote!(KernelLaunch), quote!(Cow))
+    } else {
+        (
+            quote!(::alexnet::ir::KernelLaunch),
+            quote!(::std::borrow::Cow),
+        )
+    };
     quote! {
-        ::alexnet::ir::KernelLaunch {
+        #ty {
             layer: #layer,
-            name: ::std::borrow::Cow::Borrowed(#name),
+            name: #cow::Borrowed(#name),
             block: #block,
             x_per_image: #xpi,
             x_per_block: #xpb,
@@ -82,69 +91,74 @@ fn launch_tokens(k: &KernelLaunch) -> TokenStream {
 
 /// The kernels' launch table as a constant expression.
 fn kernel_launches(specs: &[KernelSpec]) -> TokenStream {
-    let rows = specs.iter().map(|k| launch_tokens(&k.launch));
+    let rows = specs.iter().map(|k| launch_tokens(&k.launch, false));
     quote!(&[#(#rows),*])
 }
 
-/// The path of an item of `alexnet::ir::kernels::spec`.
-macro_rules! spec {
-    ($item:ident) => {
-        quote!(::alexnet::ir::kernels::spec::$item)
-    };
+/// What the embedded kernels name by their short names: brought into the scope of the
+/// statics that hold them, so that each of the hundreds of specs of a network is a few
+/// dozen tokens (the macro's and the compiler's time grows with the tokens).
+fn scope() -> TokenStream {
+    quote! {
+        #[allow(unused_imports)]
+        use ::alexnet::ir::kernels::spec::{
+            Access, Arg, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, Len, Role, Tile,
+        };
+        #[allow(unused_imports)]
+        use ::alexnet::ir::{Generated, KernelLaunch, KernelSpec, Kernels};
+        #[allow(unused_imports)]
+        use ::core::option::Option::{None, Some};
+        #[allow(unused_imports)]
+        use ::std::borrow::Cow;
+    }
+}
+
+/// A variant name as an identifier (`Forward`, `F32`, `Read`, ...).
+fn variant(v: impl std::fmt::Debug) -> proc_macro2::Ident {
+    format_ident!("{}", format!("{v:?}"))
 }
 
 fn role_tokens(r: Role) -> TokenStream {
-    let p = spec!(Role);
     match r {
         Role::Sgd { first, count } => {
             let (first, count) = (usize_lit(first), usize_lit(count));
-            quote!(#p::Sgd { first: #first, count: #count })
+            quote!(Role::Sgd { first: #first, count: #count })
         }
         other => {
-            let v = format_ident!("{}", format!("{other:?}"));
-            quote!(#p::#v)
+            let v = variant(other);
+            quote!(Role::#v)
         }
     }
 }
 
 fn elem_tokens(e: Elem) -> TokenStream {
-    let (p, v) = (spec!(Elem), format_ident!("{}", format!("{e:?}")));
-    quote!(#p::#v)
+    let v = variant(e);
+    quote!(Elem::#v)
 }
 
 fn arg_tokens(a: &Arg) -> TokenStream {
     let name = a.name;
     let ty = match a.ty {
         ArgTy::Ptr(e, access) => {
-            let (p, e) = (spec!(ArgTy), elem_tokens(e));
-            let access = match access {
-                Access::Read => format_ident!("Read"),
-                Access::Write => format_ident!("Write"),
-                Access::Update => format_ident!("Update"),
-            };
-            let ap = spec!(Access);
-            quote!(#p::Ptr(#e, #ap::#access))
+            let (e, access) = (elem_tokens(e), variant(access));
+            quote!(ArgTy::Ptr(#e, Access::#access))
         }
-        ArgTy::Struct(s) => {
-            let p = spec!(ArgTy);
-            quote!(#p::Struct(#s))
-        }
+        ArgTy::Struct(s) => quote!(ArgTy::Struct(#s)),
         other => {
-            let (p, v) = (spec!(ArgTy), format_ident!("{}", format!("{other:?}")));
-            quote!(#p::#v)
+            let v = variant(other);
+            quote!(ArgTy::#v)
         }
     };
     let u = |v: u64| Literal::u64_unsuffixed(v);
-    let lp = spec!(Len);
     let len = match a.len {
-        None => quote!(::core::option::Option::None),
+        None => quote!(None),
         Some(Len::PerImage(n)) => {
             let n = u(n);
-            quote!(::core::option::Option::Some(#lp::PerImage(#n)))
+            quote!(Some(Len::PerImage(#n)))
         }
         Some(Len::Fixed(n)) => {
             let n = u(n);
-            quote!(::core::option::Option::Some(#lp::Fixed(#n)))
+            quote!(Some(Len::Fixed(#n)))
         }
         Some(Len::Split {
             per_chunk,
@@ -152,31 +166,17 @@ fn arg_tokens(a: &Arg) -> TokenStream {
             chunk,
         }) => {
             let (a, b, c) = (u(per_chunk), u(per_image), u(chunk));
-            quote!(::core::option::Option::Some(#lp::Split { per_chunk: #a, per_image: #b, chunk: #c }))
+            quote!(Some(Len::Split { per_chunk: #a, per_image: #b, chunk: #c }))
         }
     };
-    let ap = spec!(Arg);
-    quote!(#ap { name: #name, ty: #ty, len: #len })
+    quote!(Arg { name: #name, ty: #ty, len: #len })
 }
 
 fn gemm_tokens(g: Option<GemmInfo>) -> TokenStream {
     let Some(g) = g else {
-        return quote!(::core::option::Option::None);
+        return quote!(None);
     };
-    let (info, tile, epi, stage) = (
-        spec!(GemmInfo),
-        spec!(Tile),
-        spec!(Epilogue),
-        spec!(GemmStage),
-    );
-    let st = format_ident!(
-        "{}",
-        match g.stage {
-            GemmStage::Forward => "Forward",
-            GemmStage::DataGrad => "DataGrad",
-            GemmStage::WeightGrad => "WeightGrad",
-        }
-    );
+    let st = variant(g.stage);
     let e = elem_tokens(g.elem);
     let t = g.tile;
     let (tm, rm, tn, rn, tk) = (
@@ -189,29 +189,29 @@ fn gemm_tokens(g: Option<GemmInfo>) -> TokenStream {
     let (pipeline, split_k) = (Literal::u32_unsuffixed(g.pipeline), usize_lit(g.split_k));
     let (bias, relu) = (g.epilogue.bias, g.epilogue.relu);
     quote! {
-        ::core::option::Option::Some(#info {
-            stage: #stage::#st,
+        Some(GemmInfo {
+            stage: GemmStage::#st,
             elem: #e,
-            tile: #tile { tm: #tm, rm: #rm, tn: #tn, rn: #rn, tk: #tk },
+            tile: Tile { tm: #tm, rm: #rm, tn: #tn, rn: #rn, tk: #tk },
             pipeline: #pipeline,
             split_k: #split_k,
-            epilogue: #epi { bias: #bias, relu: #relu },
+            epilogue: Epilogue { bias: #bias, relu: #relu },
         })
     }
 }
 
 fn spec_tokens(k: &KernelSpec) -> TokenStream {
     let role = role_tokens(k.role);
-    let launch = launch_tokens(&k.launch);
+    let launch = launch_tokens(&k.launch, true);
     let stub = k.stub.as_ref();
     let args = k.args.iter().map(arg_tokens);
     let gemm = gemm_tokens(k.gemm);
     quote! {
-        ::alexnet::ir::KernelSpec {
+        KernelSpec {
             role: #role,
             launch: #launch,
-            stub: ::std::borrow::Cow::Borrowed(#stub),
-            args: ::std::borrow::Cow::Borrowed(&[#(#args),*]),
+            stub: Cow::Borrowed(#stub),
+            args: Cow::Borrowed(&[#(#args),*]),
             gemm: #gemm,
         }
     }
@@ -220,21 +220,21 @@ fn spec_tokens(k: &KernelSpec) -> TokenStream {
 fn kernels_tokens(k: &Kernels) -> TokenStream {
     let list = |specs: &[KernelSpec]| {
         let items = specs.iter().map(spec_tokens);
-        quote!(::std::borrow::Cow::Borrowed(&[#(#items),*]))
+        quote!(Cow::Borrowed(&[#(#items),*]))
     };
     let (f, t, e) = (list(&k.forward), list(&k.training), list(&k.exchanges));
-    quote!(::alexnet::ir::Kernels { forward: #f, training: #t, exchanges: #e })
+    quote!(Kernels { forward: #f, training: #t, exchanges: #e })
 }
 
 /// The kernels `network!` generates for `plan` and, for a split network, for each tower's
-/// plan, as a constant expression of `Generated`.
+/// plan, as a constant expression of `Generated` (in [`scope`]).
 fn generated_tokens(kernels: &Kernels, towers: &[Kernels]) -> TokenStream {
     let k = kernels_tokens(kernels);
     let towers = towers.iter().map(|t| {
         let k = kernels_tokens(t);
-        quote!(::alexnet::ir::Generated { kernels: #k, towers: &[] })
+        quote!(Generated { kernels: #k, towers: &[] })
     });
-    quote!(::alexnet::ir::Generated { kernels: #k, towers: &[#(#towers),*] })
+    quote!(Generated { kernels: #k, towers: &[#(#towers),*] })
 }
 
 /// The `Plan` as a constant expression, with `generated` (a path to a static of its
@@ -337,8 +337,10 @@ pub fn network(
                 .as_ref()
                 .map(|(k, towers)| generated_tokens(k, towers));
             let pt = plan_tokens(p, generated.is_some().then(|| quote!(GENERATED)));
-            let generated =
-                generated.map(|g| quote!(static GENERATED: ::alexnet::ir::Generated = #g;));
+            let generated = generated.map(|g| {
+                let scope = scope();
+                quote!(#scope static GENERATED: Generated = #g;)
+            });
             (
                 usize_lit(p.param_count()),
                 Literal::u64_unsuffixed(p.macs()),

@@ -42,6 +42,45 @@ pub fn elementwise(
     .spec()
 }
 
+/// The forward kernel of an element-wise activation `keyword` (relu, tanh): `y = f(x)`
+/// by `template` (parameters `x`, `y`, `batch`), named `<layer>_fwd_n<values>`.
+pub fn activation_forward(cx: &KernelCx<'_>, template: &Template, keyword: &str) -> KernelSpec {
+    let len = cx.input.len();
+    let per = Len::PerImage(len as u64);
+    elementwise(
+        cx,
+        len,
+        Role::Forward,
+        template,
+        format!("{}_fwd_n{len}", cx.c_name()),
+        format!("forward of `{}` ({keyword})", cx.name),
+        vec![("x", per), ("y", per)],
+    )
+}
+
+/// The gradient of an element-wise activation from its output (`y`, `dy` to `dx` by
+/// `template`), named `<layer>_bwd_n<values>`; none when no learned layer comes earlier.
+pub fn activation_backward(
+    cx: &KernelCx<'_>,
+    template: &Template,
+    keyword: &str,
+) -> Vec<KernelSpec> {
+    if !cx.needs_dx {
+        return Vec::new();
+    }
+    let len = cx.input.len();
+    let per = Len::PerImage(len as u64);
+    vec![elementwise(
+        cx,
+        len,
+        Role::Backward,
+        template,
+        format!("{}_bwd_n{len}", cx.c_name()),
+        format!("gradient of `{}` ({keyword})", cx.name),
+        vec![("y", per), ("dy", per), ("dx", per)],
+    )]
+}
+
 fn owner<'a>(cx: &'a KernelCx<'_>, name: &'a str, desc: &'a str) -> Owner<'a> {
     Owner {
         layer: cx.layer,

@@ -2,10 +2,10 @@
 //! stage, see `Plan::stages`); elsewhere it is a kernel of its own
 //! (`kernels_templates/relu.cuh`).
 
-use super::common::elementwise;
+use super::common::{activation_backward, activation_forward};
 use super::dsl::{Keyword, Naming, ShapeError};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
-use crate::kernels::spec::{int, read, write, Header, KernelSpec, Len, Role, Template};
+use crate::kernels::spec::{int, read, write, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
 /// The rectified linear unit, `max(x, 0)`.
@@ -63,33 +63,10 @@ impl LayerKind for Relu {
     }
 
     fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        let len = cx.input.len();
-        let per = Len::PerImage(len as u64);
-        Some(elementwise(
-            cx,
-            len,
-            Role::Forward,
-            &FORWARD,
-            format!("{}_fwd_n{len}", cx.c_name()),
-            format!("forward of `{}` (relu)", cx.name),
-            vec![("x", per), ("y", per)],
-        ))
+        Some(activation_forward(cx, &FORWARD, "relu"))
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if !cx.needs_dx {
-            return Vec::new();
-        }
-        let len = cx.input.len();
-        let per = Len::PerImage(len as u64);
-        vec![elementwise(
-            cx,
-            len,
-            Role::Backward,
-            &BACKWARD,
-            format!("{}_bwd_n{len}", cx.c_name()),
-            format!("gradient of `{}` (relu)", cx.name),
-            vec![("y", per), ("dy", per), ("dx", per)],
-        )]
+        activation_backward(cx, &BACKWARD, "relu")
     }
 }

@@ -1,10 +1,10 @@
 //! `tanh`: the hyperbolic tangent, element-wise (`kernels_templates/tanh.cuh`); its
 //! gradient, `dy * (1 - y^2)`, reads the output.
 
-use super::common::elementwise;
+use super::common::{activation_backward, activation_forward};
 use super::dsl::{Keyword, Naming, ShapeError};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
-use crate::kernels::spec::{int, read, write, Header, KernelSpec, Len, Role, Template};
+use crate::kernels::spec::{int, read, write, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
 /// The hyperbolic tangent, `tanh(x)`.
@@ -62,33 +62,10 @@ impl LayerKind for Tanh {
     }
 
     fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        let len = cx.input.len();
-        let per = Len::PerImage(len as u64);
-        Some(elementwise(
-            cx,
-            len,
-            Role::Forward,
-            &FORWARD,
-            format!("{}_fwd_n{len}", cx.c_name()),
-            format!("forward of `{}` (tanh)", cx.name),
-            vec![("x", per), ("y", per)],
-        ))
+        Some(activation_forward(cx, &FORWARD, "tanh"))
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if !cx.needs_dx {
-            return Vec::new();
-        }
-        let len = cx.input.len();
-        let per = Len::PerImage(len as u64);
-        vec![elementwise(
-            cx,
-            len,
-            Role::Backward,
-            &BACKWARD,
-            format!("{}_bwd_n{len}", cx.c_name()),
-            format!("gradient of `{}` (tanh)", cx.name),
-            vec![("y", per), ("dy", per), ("dx", per)],
-        )]
+        activation_backward(cx, &BACKWARD, "tanh")
     }
 }

@@ -126,6 +126,27 @@ impl Cuda {
         driver_err(&self.label(), what)
     }
 
+    /// `plan`'s kernels of one phase from `modules`, or, the first time, `specs(kernels)`
+    /// of its kernels (those `network!` generated, or generated now for a plan built at
+    /// run time) compiled and loaded, and kept there.
+    pub(super) fn loaded_in(
+        &self,
+        modules: &Modules,
+        plan: &Plan,
+        specs: impl FnOnce(&alexnet_core::ir::Kernels) -> Vec<alexnet_core::ir::KernelSpec>,
+    ) -> Result<Arc<Loaded>> {
+        let mut nets = modules
+            .lock()
+            .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?;
+        let entry = nets.entry(plan.name.to_string()).or_default();
+        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
+            return Ok(l.clone());
+        }
+        let loaded = Arc::new(self.load(&specs(&alexnet_core::cuda::kernels(plan)))?);
+        entry.push((plan.clone(), loaded.clone()));
+        Ok(loaded)
+    }
+
     /// Compiles (through this GPU's cache) and loads `specs` in its context.
     pub(super) fn load(&self, specs: &[alexnet_core::ir::KernelSpec]) -> Result<Loaded> {
         launch::load(&self.ctx, &self.cache, &self.arch, &self.label(), specs)

@@ -15,24 +15,13 @@ impl Cuda {
     /// `plan`'s forward and exchange kernels, loaded once: the ones `network!` generated,
     /// or, for a plan built at run time, generated now.
     pub(super) fn loaded(&self, plan: &Plan) -> Result<Arc<Loaded>> {
-        let mut nets = self
-            .inference
-            .lock()
-            .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?;
-        let entry = nets.entry(plan.name.to_string()).or_default();
-        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
-            return Ok(l.clone());
-        }
-        let kernels = alexnet_core::cuda::kernels(plan);
-        let specs: Vec<_> = kernels
-            .forward
-            .iter()
-            .chain(kernels.exchanges.iter())
-            .cloned()
-            .collect();
-        let loaded = Arc::new(self.load(&specs)?);
-        entry.push((plan.clone(), loaded.clone()));
-        Ok(loaded)
+        self.loaded_in(&self.inference, plan, |k| {
+            k.forward
+                .iter()
+                .chain(k.exchanges.iter())
+                .cloned()
+                .collect()
+        })
     }
 }
 

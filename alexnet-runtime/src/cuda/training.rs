@@ -28,19 +28,9 @@ const BACKWARD: [Role; 5] = [
 ];
 
 impl Cuda {
+    /// `plan`'s training kernels, loaded on first use.
     pub(super) fn loaded_training(&self, plan: &Plan) -> Result<Arc<Loaded>> {
-        let mut nets = self
-            .training
-            .lock()
-            .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?;
-        let entry = nets.entry(plan.name.to_string()).or_default();
-        if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
-            return Ok(l.clone());
-        }
-        let kernels = alexnet_core::cuda::kernels(plan);
-        let loaded = Arc::new(self.load(&kernels.training)?);
-        entry.push((plan.clone(), loaded.clone()));
-        Ok(loaded)
+        self.loaded_in(&self.training, plan, |k| k.training.to_vec())
     }
 
     /// A workspace of at least `len` floats, grown on demand and reused (kernels on one

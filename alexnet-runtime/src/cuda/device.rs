@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
 
+use super::binder::Binder;
 use super::cache::Cache;
-use super::launch::{self, driver_err, Binder, Kernel, Loaded};
+use super::launch::{self, driver_err, Kernel, Loaded};
 use crate::error::{Error, Result};
 use crate::ir::Plan;
 
@@ -153,7 +154,12 @@ impl Cuda {
     }
 
     /// Launches `kernel` on this GPU's stream (see `launch::launch`).
-    pub(super) fn launch(&self, kernel: &Kernel, batch: usize, binder: Binder<'_>) -> Result<()> {
+    pub(super) fn launch(
+        &self,
+        kernel: &Kernel,
+        batch: usize,
+        binder: Binder<'_, CudaSlice<f32>>,
+    ) -> Result<()> {
         launch::launch(&self.stream, &self.label(), kernel, batch, binder)
     }
 }

@@ -3,8 +3,9 @@
 
 use cudarc::driver::CudaSlice;
 
+use super::binder::Binder;
 use super::device::Cuda;
-use super::launch::{batch_i32, Binder};
+use super::launch::batch_i32;
 use crate::backend::{check_exchange, Exchange, Memory};
 use crate::error::Result;
 use crate::ir::{Plan, Role};

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
+use super::binder::Binder;
 use super::device::Cuda;
-use super::launch::{batch_i32, Binder, Loaded};
+use super::launch::{batch_i32, Loaded};
 use crate::backend::Inference;
 use crate::error::{Error, Result};
 use crate::ir::{Plan, Role, Stage};

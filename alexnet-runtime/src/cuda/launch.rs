@@ -12,15 +12,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use rayon::prelude::*;
 
+use super::binder::{Binder, Value};
 use super::cache::Cache;
 use crate::error::{Error, Result};
-use crate::ir::kernels::spec::{Access, ArgTy, Elem, KernelLaunch, KernelSpec, Role};
+use crate::ir::kernels::spec::{KernelLaunch, KernelSpec, Role};
 use crate::ir::Plan;
 
 /// The launch configuration of a generated kernel for `batch` images.
@@ -47,20 +48,6 @@ pub(super) fn batch_i32(plan: &Plan, layer: usize, batch: usize) -> Result<i32> 
             ))
         })
 }
-
-/// The pointer table of one SGD launch (`SgdTensors` in kernels_templates/sgd.cuh).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct SgdTensors {
-    pub w: [u64; alexnet_core::cuda::SGD_SLOTS],
-    pub v: [u64; alexnet_core::cuda::SGD_SLOTS],
-    pub g: [u64; alexnet_core::cuda::SGD_SLOTS],
-    pub lr: [f32; alexnet_core::cuda::SGD_SLOTS],
-}
-
-// SAFETY: plain old data with the C layout of `SgdTensors` in sgd.cuh (3 x SGD_SLOTS
-// 8-byte device pointers, then SGD_SLOTS floats; no padding between them).
-unsafe impl DeviceRepr for SgdTensors {}
 
 /// A kernel loaded in a context, with its spec.
 pub(super) struct Kernel {
@@ -166,7 +153,7 @@ pub(super) fn launch(
     device: &str,
     kernel: &Kernel,
     batch: usize,
-    binder: Binder<'_>,
+    binder: Binder<'_, CudaSlice<f32>>,
 ) -> Result<()> {
     let spec = &kernel.spec;
     let mut values = binder.resolve(spec, batch)?;
@@ -214,145 +201,5 @@ pub(super) fn driver_err(
                 message: format!("{e:?}"),
             }
         }
-    }
-}
-
-/// A value bound to a kernel parameter, in the order of the kernel's signature.
-enum Value<'a> {
-    In(&'a CudaSlice<f32>),
-    Out(&'a mut CudaSlice<f32>),
-    Int(i32),
-    Uint(u32),
-    Float(f32),
-    /// Boxed: the table is large (64 slots of three pointers and a float).
-    Sgd(Box<SgdTensors>),
-}
-
-/// The buffers and values offered to a launch, by parameter name. A kernel takes the
-/// ones its spec names; offering more is fine (a stage's backward kernels share one
-/// set), leaving one out is an error.
-#[derive(Default)]
-pub(super) struct Binder<'a> {
-    reads: Vec<(&'static str, &'a CudaSlice<f32>)>,
-    writes: Vec<(&'static str, Option<&'a mut CudaSlice<f32>>)>,
-    scalars: Vec<(&'static str, Value<'a>)>,
-}
-
-impl<'a> Binder<'a> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A buffer the kernel may only read.
-    pub fn read(mut self, name: &'static str, buf: &'a CudaSlice<f32>) -> Self {
-        self.reads.push((name, buf));
-        self
-    }
-
-    /// A buffer the kernel may read or write (taken by the one parameter of that name).
-    pub fn write(mut self, name: &'static str, buf: &'a mut CudaSlice<f32>) -> Self {
-        self.writes.push((name, Some(buf)));
-        self
-    }
-
-    pub fn int(mut self, name: &'static str, v: i32) -> Self {
-        self.scalars.push((name, Value::Int(v)));
-        self
-    }
-
-    pub fn uint(mut self, name: &'static str, v: u32) -> Self {
-        self.scalars.push((name, Value::Uint(v)));
-        self
-    }
-
-    pub fn float(mut self, name: &'static str, v: f32) -> Self {
-        self.scalars.push((name, Value::Float(v)));
-        self
-    }
-
-    pub fn sgd(mut self, name: &'static str, t: SgdTensors) -> Self {
-        self.scalars.push((name, Value::Sgd(Box::new(t))));
-        self
-    }
-
-    /// The values of `spec`'s parameters, in order, each checked against the parameter.
-    fn resolve(mut self, spec: &KernelSpec, batch: usize) -> Result<Vec<Value<'a>>> {
-        let name = spec.name();
-        let bad = |m: String| Error::Internal(format!("cuda: {name}: {m}"));
-        let mut out = Vec::with_capacity(spec.args.len());
-        for arg in spec.args.iter() {
-            let value = match arg.ty {
-                ArgTy::Ptr(elem, access) => {
-                    if elem != Elem::F32 {
-                        return Err(Error::Unsupported(format!(
-                            "cuda: {name}: {} kernels are not implemented yet",
-                            elem.name()
-                        )));
-                    }
-                    let taken = self
-                        .writes
-                        .iter_mut()
-                        .find(|(n, b)| *n == arg.name && b.is_some())
-                        .and_then(|(_, b)| b.take());
-                    let value = match (taken, access) {
-                        (Some(b), Access::Read) => Value::In(b),
-                        (Some(b), _) => Value::Out(b),
-                        (None, Access::Read) => {
-                            match self.reads.iter().find(|(n, _)| *n == arg.name) {
-                                Some((_, b)) => Value::In(b),
-                                None => return Err(bad(format!("`{}` is not bound", arg.name))),
-                            }
-                        }
-                        (None, _) => {
-                            return Err(bad(format!(
-                                "`{}` is written but not bound writable",
-                                arg.name
-                            )))
-                        }
-                    };
-                    let len = match &value {
-                        Value::In(b) => b.len(),
-                        Value::Out(b) => b.len(),
-                        _ => 0,
-                    };
-                    let needed = arg
-                        .len
-                        .ok_or_else(|| bad(format!("pointer `{}` has no length", arg.name)))?
-                        .needed(batch);
-                    if (len as u64) < needed {
-                        return Err(Error::BufferTooSmall {
-                            what: format!("cuda: {name}: `{}`", arg.name),
-                            len,
-                            needed: needed as usize,
-                        });
-                    }
-                    value
-                }
-                ty => {
-                    let i = self
-                        .scalars
-                        .iter()
-                        .position(|(n, _)| *n == arg.name)
-                        .ok_or_else(|| bad(format!("`{}` is not bound", arg.name)))?;
-                    let (_, v) = self.scalars.swap_remove(i);
-                    let fits = matches!(
-                        (ty, &v),
-                        (ArgTy::Int, Value::Int(_))
-                            | (ArgTy::Uint, Value::Uint(_))
-                            | (ArgTy::Float, Value::Float(_))
-                            | (ArgTy::Struct("SgdTensors"), Value::Sgd(_))
-                    );
-                    if !fits {
-                        return Err(bad(format!(
-                            "`{}` bound to a value of another type",
-                            arg.name
-                        )));
-                    }
-                    v
-                }
-            };
-            out.push(value);
-        }
-        Ok(out)
     }
 }

@@ -1,9 +1,10 @@
 //! The CUDA backend: each network's generated kernels, compiled by NVRTC (loaded at run
 //! time; no CUDA is needed to build) for the device's own architecture, through a CUBIN
 //! disk cache, and launched from their specs. One file per concern: `device.rs` the GPU,
-//! `launch.rs` loading and launching kernels, `memory.rs`, `inference.rs`,
+//! `launch.rs` loading and launching kernels (`binder.rs` binds their arguments by name), `memory.rs`, `inference.rs`,
 //! `training.rs` and `exchange.rs` the backend's traits.
 
+mod binder;
 pub mod cache;
 mod device;
 mod exchange;

@@ -8,11 +8,12 @@ use std::sync::{Arc, MutexGuard};
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
+use super::binder::{Binder, SgdTensors};
 use super::device::Cuda;
-use super::launch::{batch_i32, Binder, Loaded, SgdTensors};
+use super::launch::{batch_i32, Loaded};
 use crate::backend::{check_sgd_args, Training};
 use crate::error::{Error, Result};
-use crate::ir::kernels::spec::{Access, ArgTy, Len};
+use crate::ir::kernels::spec::{Access, ArgTy, KernelSpec, Len};
 use crate::ir::{Plan, Role, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
@@ -52,6 +53,90 @@ impl Cuda {
     }
 }
 
+/// What a stage's backward pass launches: indices into its kernels, in order, and the
+/// split-K workspace it needs.
+#[derive(Debug, PartialEq, Eq)]
+struct Steps {
+    launch: Vec<usize>,
+    workspace: usize,
+}
+
+/// Whether `spec` writes its parameter `name`.
+fn writes(spec: &KernelSpec, name: &str) -> bool {
+    spec.args
+        .iter()
+        .any(|a| a.name == name && !matches!(a.ty, ArgTy::Ptr(_, Access::Read)))
+}
+
+/// Which of a stage's backward kernels (`kernels`, in the generator's order) run on `batch`
+/// images, with or without an input gradient, as the CPU backend computes them: the
+/// weight gradient's ordered reduction only when it was split into several chunks; a
+/// learned layer's input gradient only when `dx` is given; a layer without parameters
+/// needs `dx`, and a `dx` that no kernel writes (the first learned layer) is an error.
+/// Every error is raised before anything is launched.
+fn backward_steps(
+    plan: &Plan,
+    stage: Stage,
+    kernels: &[&KernelSpec],
+    batch: usize,
+    has_dx: bool,
+) -> Result<Steps> {
+    let layer = &plan.layers[stage.layer];
+    if kernels.is_empty() {
+        let why = if layer.op.kind().identity_at_inference() {
+            "it is dropout: use Training::dropout"
+        } else if layer.op.kind().must_be_last() {
+            "it is the final softmax: the loss kernel computes its gradient"
+        } else {
+            "nothing before the first learned layer has one"
+        };
+        return Err(Error::Invalid(format!(
+            "cuda: {} has no backward kernel: {why}",
+            layer.name
+        )));
+    }
+    let takes_dx = |k: &&KernelSpec| writes(k, "dx");
+    if has_dx && !kernels.iter().any(takes_dx) {
+        return Err(Error::Invalid(format!(
+            "cuda: {} computes no input gradient (no learned layer comes before it)",
+            layer.name
+        )));
+    }
+    if !has_dx
+        && kernels
+            .iter()
+            .any(|k| takes_dx(k) && k.role != Role::DataGrad)
+    {
+        return Err(Error::Invalid(format!(
+            "cuda: {} needs an input gradient buffer",
+            layer.name
+        )));
+    }
+    // The split-K weight gradient's partial sums: none when there is one chunk.
+    let workspace = kernels
+        .iter()
+        .flat_map(|k| k.args.iter())
+        .find_map(|a| match a.len {
+            Some(l @ Len::Split { .. }) => Some(l.needed(batch) as usize),
+            _ => None,
+        });
+    let launch = kernels
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| match k.role {
+            // One chunk: the weight gradient wrote dw and db itself.
+            Role::WeightReduce => workspace.is_some_and(|w| w > 0),
+            Role::DataGrad => has_dx,
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Ok(Steps {
+        launch,
+        workspace: workspace.unwrap_or(0),
+    })
+}
+
 impl Training for Cuda {
     fn prepare_training(&self, plan: &Plan) -> Result<()> {
         self.loaded_training(plan).map(|_| ())
@@ -82,49 +167,14 @@ impl Training for Cuda {
         let b = batch_i32(plan, stage.layer, batch)?;
         let loaded = self.loaded_training(plan)?;
         let kernels: Vec<_> = loaded.of_layer(stage.layer, &BACKWARD).collect();
-        if kernels.is_empty() {
-            let why = if layer.op.kind().identity_at_inference() {
-                "it is dropout: use Training::dropout"
-            } else if layer.op.kind().must_be_last() {
-                "it is the final softmax: the loss kernel computes its gradient"
-            } else {
-                "nothing before the first learned layer has one"
-            };
-            return Err(Error::Invalid(format!(
-                "cuda: {} has no backward kernel: {why}",
-                layer.name
-            )));
-        }
-        // The split-K weight gradient's partial sums, and whether there are several.
-        let split = kernels
-            .iter()
-            .flat_map(|k| k.spec.args.iter())
-            .find_map(|a| match a.len {
-                Some(l @ Len::Split { .. }) => Some(l.needed(batch) as usize),
-                _ => None,
-            });
-        let mut ws = self.workspace(split.unwrap_or(0))?;
-        for k in kernels {
-            let role = k.spec.role;
-            if role == Role::WeightReduce && split == Some(0) {
-                // One chunk: the weight gradient wrote dw and db itself.
-                continue;
-            }
-            let wants_dx = k.spec.args.iter().any(|a| a.name == "dx");
-            if wants_dx && dx.is_none() {
-                return Err(Error::Invalid(format!(
-                    "cuda: {} needs an input gradient buffer",
-                    layer.name
-                )));
-            }
+        let specs: Vec<&KernelSpec> = kernels.iter().map(|k| &k.spec).collect();
+        let steps = backward_steps(plan, stage, &specs, batch, dx.is_some())?;
+        let mut ws = self.workspace(steps.workspace)?;
+        for &i in &steps.launch {
+            let k = kernels[i];
             let mut binder = Binder::new().read("x", x).read("y", y).int("batch", b);
             // dy is read by the gradient GEMMs, updated in place by the fused ReLU's mask.
-            let dy_written = k
-                .spec
-                .args
-                .iter()
-                .any(|a| a.name == "dy" && !matches!(a.ty, ArgTy::Ptr(_, Access::Read)));
-            binder = if dy_written {
+            binder = if writes(&k.spec, "dy") {
                 binder.write("dy", &mut *dy)
             } else {
                 binder.read("dy", &*dy)
@@ -266,5 +316,119 @@ impl Training for Cuda {
             first += count;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Conv, Fc, Layer, Pool, Relu, Shape};
+
+    /// conv(6, 3, pad = 1) relu maxpool(3, stride = 2) fc(5) on 4x9x9 images.
+    fn plan() -> Plan {
+        let layer = |name: &'static str, op, input, output| Layer {
+            name: name.into(),
+            op,
+            input,
+            output,
+        };
+        let (i, c, p) = (
+            Shape::new(4, 9, 9),
+            Shape::new(6, 9, 9),
+            Shape::new(6, 4, 4),
+        );
+        let conv = Conv {
+            out: 6,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        };
+        let pool = Pool {
+            max: true,
+            k: 3,
+            stride: 2,
+        };
+        Plan {
+            name: "T".into(),
+            input: i,
+            split: 1,
+            layers: vec![
+                layer("conv1", Op::Conv(conv), i, c),
+                layer("relu1", Op::Relu(Relu), c, c),
+                layer("pool1", Op::Pool(pool), c, p),
+                layer("fc2", Op::Fc(Fc { out: 5 }), p, Shape::new(5, 1, 1)),
+            ]
+            .into(),
+            tower: None,
+            generated: None,
+        }
+    }
+
+    use crate::ir::Op;
+
+    /// The roles `backward_steps` launches for `stage` of the plan.
+    fn roles(stage: usize, batch: usize, has_dx: bool) -> Result<(Vec<Role>, usize)> {
+        let plan = plan();
+        let kernels = alexnet_core::cuda::generate(&plan);
+        let st = plan.stages()[stage];
+        let specs: Vec<&KernelSpec> = kernels
+            .training
+            .iter()
+            .filter(|k| k.layer() == st.layer && BACKWARD.contains(&k.role))
+            .collect();
+        let steps = backward_steps(&plan, st, &specs, batch, has_dx)?;
+        Ok((
+            steps.launch.iter().map(|&i| specs[i].role).collect(),
+            steps.workspace,
+        ))
+    }
+
+    #[test]
+    fn the_reduction_runs_when_the_weight_gradient_has_several_chunks() {
+        use Role::*;
+        let plan = plan();
+        let k = alexnet_core::cuda::generate(&plan);
+        for (stage, layer) in [(0, 0), (2, 3)] {
+            let w = k.find(layer, WeightGrad).unwrap();
+            for batch in [1, 3, 128] {
+                let chunks = w.launch.grid(batch)[0] as usize;
+                let (r, ws) = roles(stage, batch, false).unwrap();
+                assert_eq!(r.contains(&WeightReduce), chunks > 1, "{layer} {batch}");
+                let want = if chunks > 1 {
+                    chunks * w.workspace_per_chunk()
+                } else {
+                    0
+                };
+                assert_eq!(ws, want, "{layer} {batch}");
+            }
+        }
+        // The fc layer's 1 value per image: one chunk at batch 1, several at 128.
+        assert_eq!(roles(2, 1, false).unwrap(), (vec![WeightGrad], 0));
+        assert!(roles(2, 128, false).unwrap().0.contains(&WeightReduce));
+        // The fused ReLU's mask comes first.
+        assert_eq!(roles(0, 1, false).unwrap().0[..2], [ReluMask, WeightGrad]);
+    }
+
+    #[test]
+    fn the_first_learned_layer_computes_no_input_gradient() {
+        let e = roles(0, 4, true).unwrap_err().to_string();
+        assert!(e.contains("computes no input gradient"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_without_parameters_needs_its_input_gradient() {
+        assert_eq!(roles(1, 2, true).unwrap(), (vec![Role::Backward], 0));
+        let e = roles(1, 2, false).unwrap_err().to_string();
+        assert!(e.contains("needs an input gradient buffer"), "{e}");
+    }
+
+    #[test]
+    fn a_later_learned_layer_computes_its_input_gradient_when_given_one() {
+        use Role::*;
+        let (with, _) = roles(2, 3, true).unwrap();
+        assert_eq!(with.last(), Some(&DataGrad));
+        let (without, _) = roles(2, 3, false).unwrap();
+        assert!(!without.contains(&DataGrad) && without.contains(&WeightGrad));
     }
 }

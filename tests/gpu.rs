@@ -132,7 +132,20 @@ fn the_generated_source_is_what_the_runtime_compiles() {
             let tower = plan.tower(t).unwrap();
             assert!(std::ptr::eq(tower.generated.unwrap(), &generated.towers[t]));
             assert_eq!(cuda::generate(&tower), generated.towers[t].kernels);
+            assert!(matches!(cuda::kernels(&tower), std::borrow::Cow::Borrowed(_)));
         }
+        assert!(matches!(cuda::kernels(plan), std::borrow::Cow::Borrowed(_)));
+        // A plan changed after the macro ran gets kernels of its own, not the embedded ones.
+        let mut changed = plan.clone();
+        let mut layers = changed.layers.to_vec();
+        let l = layers.iter_mut().find(|l| l.op.is_learned()).unwrap();
+        l.name = "renamed".into();
+        changed.layers = layers.into();
+        assert_eq!(changed.generated, plan.generated);
+        assert_ne!(changed.fingerprint(), plan.fingerprint());
+        let own = cuda::kernels(&changed);
+        assert!(matches!(own, std::borrow::Cow::Owned(_)));
+        assert!(own.forward.iter().any(|k| k.name().starts_with("renamed_")));
     }
 }
 

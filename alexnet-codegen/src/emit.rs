@@ -227,14 +227,17 @@ fn kernels_tokens(k: &Kernels) -> TokenStream {
 }
 
 /// The kernels `network!` generates for `plan` and, for a split network, for each tower's
-/// plan, as a constant expression of `Generated` (in [`scope`]).
-fn generated_tokens(kernels: &Kernels, towers: &[Kernels]) -> TokenStream {
-    let k = kernels_tokens(kernels);
-    let towers = towers.iter().map(|t| {
-        let k = kernels_tokens(t);
-        quote!(Generated { kernels: #k, towers: &[] })
-    });
-    quote!(Generated { kernels: #k, towers: &[#(#towers),*] })
+/// plan (with their fingerprints), as a constant expression of `Generated` (in [`scope`]).
+fn generated_tokens(plan: &Plan, kernels: &Kernels) -> TokenStream {
+    let one = |p: &Plan, k: &Kernels, towers: TokenStream| {
+        let k = kernels_tokens(k);
+        let f = Literal::u64_unsuffixed(p.fingerprint());
+        quote!(Generated { fingerprint: #f, kernels: #k, towers: #towers })
+    };
+    let towers = (0..plan.split)
+        .filter_map(|t| plan.tower(t))
+        .map(|t| one(&t, &cuda::generate(&t), quote!(&[])));
+    one(plan, kernels, quote!(&[#(#towers),*]))
 }
 
 /// The `Plan` as a constant expression, with `generated` (a path to a static of its
@@ -316,15 +319,9 @@ pub fn network(
         None => quote!([0, 0, 0]),
     };
     let (in_arr, out_arr) = (arr(input), arr(output));
-    let kernels = plan.map(|p| {
-        let towers: Vec<Kernels> = (0..p.split)
-            .filter_map(|t| p.tower(t))
-            .map(|t| cuda::generate(&t))
-            .collect();
-        (cuda::generate(p), towers)
-    });
+    let kernels = plan.map(cuda::generate);
     let (cuda_source, cuda_kernels, cuda_training) = match (plan, &kernels) {
-        (Some(p), Some((k, _))) => (
+        (Some(p), Some(k)) => (
             Literal::string(&cuda::forward_source(p, k)),
             kernel_launches(&k.forward),
             Literal::string(&cuda::training_source(p, k)),
@@ -333,9 +330,7 @@ pub fn network(
     };
     let (param_count, macs, layer_table, plan_body, forward_body) = match plan {
         Some(p) => {
-            let generated = kernels
-                .as_ref()
-                .map(|(k, towers)| generated_tokens(k, towers));
+            let generated = kernels.as_ref().map(|k| generated_tokens(p, k));
             let pt = plan_tokens(p, generated.is_some().then(|| quote!(GENERATED)));
             let generated = generated.map(|g| {
                 let scope = scope();

@@ -105,7 +105,8 @@ pub struct Plan {
     pub tower: Option<TowerOf>,
     /// The kernels `network!` generated for this plan (and each tower's), when it came
     /// from the macro; backends use them instead of generating the same kernels again
-    /// (`cuda::kernels`). Derived from the rest, so not compared by `==`.
+    /// (`cuda::kernels`, which checks that they were generated for a plan with this
+    /// plan's [`Plan::fingerprint`]). Derived from the rest, so not compared by `==`.
     pub generated: Option<&'static Generated>,
 }
 
@@ -146,6 +147,19 @@ pub struct Stage {
 }
 
 impl Plan {
+    /// A hash of everything a plan's kernels depend on (name, input, towers, every layer),
+    /// stable across builds and machines (FNV-1a of the fields' `Debug` text, which
+    /// spells floats exactly). `Generated::fingerprint` holds the one the macro saw.
+    pub fn fingerprint(&self) -> u64 {
+        let text = format!(
+            "{:?}|{:?}|{}|{:?}|{:?}",
+            self.name, self.input, self.split, self.layers, self.tower
+        );
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
     /// Per-image output shape.
     pub fn output(&self) -> Shape {
         self.layers.last().map_or(self.input, |l| l.output)

@@ -61,12 +61,12 @@ pub fn templates() -> impl Iterator<Item = &'static Template> {
         .chain(exchange::TEMPLATES.iter())
 }
 
-/// A plan's kernels: the ones `network!` generated, or, for a plan built at run time,
-/// generated now.
+/// A plan's kernels: the ones `network!` generated for it, or, for a plan built at run
+/// time (or changed since the macro ran: its fingerprint differs), generated now.
 pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
     match plan.generated {
-        Some(g) => Cow::Borrowed(&g.kernels),
-        None => Cow::Owned(generate(plan)),
+        Some(g) if g.fingerprint == plan.fingerprint() => Cow::Borrowed(&g.kernels),
+        _ => Cow::Owned(generate(plan)),
     }
 }
 

@@ -433,6 +433,9 @@ impl Kernels {
 /// each tower's plan.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Generated {
+    /// The fingerprint of the plan they were generated for (`Plan::fingerprint`): a plan
+    /// changed after the macro ran no longer matches, and gets its own kernels.
+    pub fingerprint: u64,
     pub kernels: Kernels,
     pub towers: &'static [Generated],
 }

@@ -16,7 +16,7 @@ __device__ __forceinline__ void dropout(const float* __restrict__ x, float* __re
                                         unsigned step_hi, int batch) {
     constexpr unsigned LEN = Cfg::LEN, TOWER = Cfg::TOWER, TOWERS = Cfg::TOWERS;
     constexpr unsigned LAYER_ID = Cfg::LAYER_ID, THRESHOLD = Cfg::THRESHOLD;
-    constexpr float SCALE = Cfg::SCALE;
+    constexpr float SCALE = Cfg::SCALE();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * (int)LEN) return;
     const unsigned u = (unsigned)i;

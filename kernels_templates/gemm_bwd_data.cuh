@@ -22,6 +22,8 @@ __device__ __forceinline__ void gemm_bwd_data(const float* __restrict__ dy,
     constexpr int CG = C / G, OG = O / G, K = OG * R * R, HW = H * W, PQ = P * Q;
     constexpr int TM = Cfg::TM, TN = Cfg::TN, TK = Cfg::TK, RM = Cfg::RM, RN = Cfg::RN;
     static_assert((TM / RM) * (TN / RN) == Cfg::THREADS, "tile and thread count disagree");
+    static_assert(Cfg::ELEM_BYTES == sizeof(float), "f32 only: 16-bit GEMMs are not written yet");
+    static_assert(Cfg::PIPELINE == 2, "gemm_core.cuh keeps one K step in flight");
 
     const int g = blockIdx.z;
     const int m0 = blockIdx.x * TM, n0 = blockIdx.y * TN;

@@ -1,7 +1,7 @@
 // gemm_bwd_weight<Cfg>: the weight and bias gradients of a convolution or fully connected
 // layer as a GEMM, f32, and gemm_bwd_weight_reduce<Cfg>, the ordered sum of its chunks.
-// Cfg gives the sizes as gemm_fwd's does, the chunk length CHUNK, A_K_FAST / B_K_FAST
-// (operands read along K) and RTHREADS, the reduction's threads per block.
+// Cfg gives the sizes as gemm_fwd's does, the chunk length CHUNK (split-K) and A_K_FAST /
+// B_K_FAST (operands read along K).
 //
 // Per group g, with row o an output channel of the group, column j = (c, ky, kx) a weight
 // of its filter (column KCOL is the bias, whose "input" is 1), and l = (n, p, q) an output
@@ -29,6 +29,8 @@ __device__ __forceinline__ void gemm_bwd_weight(const float* __restrict__ x,
     constexpr int TM = Cfg::TM, TN = Cfg::TN, TK = Cfg::TK, RM = Cfg::RM, RN = Cfg::RN;
     constexpr int CHUNK = Cfg::CHUNK, TILES_M = (OG + TM - 1) / TM;
     static_assert((TM / RM) * (TN / RN) == Cfg::THREADS, "tile and thread count disagree");
+    static_assert(Cfg::ELEM_BYTES == sizeof(float), "f32 only: 16-bit GEMMs are not written yet");
+    static_assert(Cfg::PIPELINE == 2, "gemm_core.cuh keeps one K step in flight");
     static_assert(CHUNK % TK == 0, "chunks are whole K steps");
 
     const int g = blockIdx.z;
@@ -78,7 +80,7 @@ __device__ __forceinline__ void gemm_bwd_weight(const float* __restrict__ x,
 
 // gemm_bwd_weight_reduce<Cfg>: adds the chunks of gemm_bwd_weight's partial sums, in chunk
 // order, into dw and db. One thread per (g, o, j); grid x = ceil(G * OG * (KCOL + 1) /
-// RTHREADS).
+// 256).
 template <class Cfg>
 __device__ __forceinline__ void gemm_bwd_weight_reduce(const float* __restrict__ ws,
                                                        float* __restrict__ dw,

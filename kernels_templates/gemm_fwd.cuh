@@ -1,7 +1,9 @@
 // gemm_fwd<Cfg>: the forward pass of a convolution or fully connected layer as an implicit
 // GEMM, f32. Cfg (a struct the generated stub defines) gives every size as a constant:
 // the input C x H x W, the output O x P x Q, the kernel R x R with STRIDE, PAD and GROUPS,
-// the tile TM x TN (RM x RN per thread, K in steps of TK, THREADS threads) and RELU.
+// the tile TM x TN (RM x RN per thread, K in steps of TK, THREADS threads), the element
+// size and K steps in flight it was chosen for (ELEM_BYTES, PIPELINE), and the epilogue
+// (BIAS, RELU).
 //
 // Convolution and fully connected layers share this template (fc is a 1x1 convolution of
 // a [I, 1, 1] input). Per group g, with m = (n, p, q) an output pixel and k = (c, ky, kx):
@@ -22,8 +24,10 @@ __device__ __forceinline__ void gemm_fwd(const float* __restrict__ x, const floa
     constexpr int R = Cfg::R, S = Cfg::STRIDE, PAD = Cfg::PAD, G = Cfg::GROUPS;
     constexpr int CG = C / G, OG = O / G, K = CG * R * R, PQ = P * Q;
     constexpr int TM = Cfg::TM, TN = Cfg::TN, TK = Cfg::TK, RM = Cfg::RM, RN = Cfg::RN;
-    constexpr bool RELU = Cfg::RELU;
+    constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
     static_assert((TM / RM) * (TN / RN) == Cfg::THREADS, "tile and thread count disagree");
+    static_assert(Cfg::ELEM_BYTES == sizeof(float), "f32 only: 16-bit GEMMs are not written yet");
+    static_assert(Cfg::PIPELINE == 2, "gemm_core.cuh keeps one K step in flight");
 
     const int g = blockIdx.z;
     const int m0 = blockIdx.x * TM, n0 = blockIdx.y * TN;
@@ -59,7 +63,7 @@ __device__ __forceinline__ void gemm_fwd(const float* __restrict__ x, const floa
             const int o = n0 + tn + j * (TN / RN);
             if (o >= OG) continue;
             const int oc = g * OG + o;
-            float v = acc[i][j] + bias[oc];
+            float v = BIAS ? acc[i][j] + bias[oc] : acc[i][j];
             if (RELU) v = fmaxf(v, 0.f);
             y[((size_t)n * O + oc) * PQ + pq] = v;
         }

@@ -12,7 +12,7 @@ __device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __re
                                         int batch) {
     constexpr int C = Cfg::C, HW = Cfg::HW, SIZE = Cfg::SIZE, HALF = SIZE / 2, GROUPS = Cfg::GROUPS;
     constexpr int CG = C / GROUPS;
-    constexpr float ALPHA = Cfg::ALPHA, BETA = Cfg::BETA, KB = Cfg::KB;
+    constexpr float ALPHA = Cfg::ALPHA(), BETA = Cfg::BETA(), KB = Cfg::KB();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * C * HW) return;
     const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);
@@ -42,7 +42,7 @@ __device__ __forceinline__ void lrn_bwd(const float* __restrict__ x,
                                         int batch) {
     constexpr int C = Cfg::C, HW = Cfg::HW, SIZE = Cfg::SIZE, HALF = SIZE / 2, GROUPS = Cfg::GROUPS;
     constexpr int CG = C / GROUPS;
-    constexpr float ALPHA = Cfg::ALPHA, BETA = Cfg::BETA, KB = Cfg::KB, A = ALPHA / SIZE;
+    constexpr float ALPHA = Cfg::ALPHA(), BETA = Cfg::BETA(), KB = Cfg::KB(), A = ALPHA / SIZE;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= batch * C * HW) return;
     const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);

@@ -54,11 +54,19 @@ def ptx(lib, source, name, arch):
     return buf.value.decode()
 
 
+def symbol(decl):
+    """The name a module-level declaration declares."""
+    m = re.search(r"([\w$]+)\s*(\[[^\]]*\])?\s*(=.*)?;\s*$", decl)
+    return m.group(1) if m else decl
+
+
 def entries(text):
     """Each `.entry` of a PTX module, by name, without comments and blank lines, with the
-    module-level declarations it uses (shared arrays, constants) prepended."""
+    module-level declarations it uses (shared arrays, variables) prepended; and the
+    module-level declarations no entry uses."""
     lines = [l for l in text.splitlines() if l.strip() and not l.strip().startswith("//")]
     decls = [l for l in lines if l.startswith((".shared", ".global", ".const"))]
+    bodies = []
     out = {}
     i = 0
     while i < len(lines):
@@ -70,11 +78,12 @@ def entries(text):
         while lines[j] != "}":
             j += 1
         body = "\n".join(lines[i:j + 1])
-        used = [d for d in decls if re.search(r"\b(\w+)\[", d)
-                and re.search(r"\b(\w+)\[", d).group(1) in body]
+        bodies.append(body)
+        used = [d for d in decls if symbol(d) in body]
         out[m.group(1)] = normalise("\n".join(used + [body]))
         i = j + 1
-    return out
+    unused = [d for d in decls if not any(symbol(d) in b for b in bodies)]
+    return out, unused
 
 
 def normalise(text):
@@ -96,18 +105,22 @@ def main():
     arch = sys.argv[3] if len(sys.argv) > 3 else "compute_90"
     lib = nvrtc()
     sets = []
+    unused_counts = []
     for d in (old_dir, new_dir):
         kernels = {}
+        unused = 0
         for f in sorted(os.listdir(d)):
             if not f.endswith(".cu"):
                 continue
             net, kernel = f[:-3].split("__", 1)
             text = ptx(lib, open(os.path.join(d, f)).read(), f, arch)
-            got = entries(text)
+            got, spare = entries(text)
+            unused += len(spare)
             if kernel not in got:
                 raise RuntimeError(f"{d}/{f}: no entry {kernel} in {list(got)}")
             kernels[(net, kernel)] = got[kernel]
         sets.append(kernels)
+        unused_counts.append(unused)
     old, new = sets
     same = differ = 0
     for key in sorted(set(old) | set(new)):
@@ -124,6 +137,7 @@ def main():
                   f"\n    new: {b[first] if first < len(b) else '<end>'}")
             differ += 1
     print(f"{same} kernels identical in PTX ({arch}), {differ} different or missing")
+    print(f"module-level variables no kernel uses: {unused_counts[0]} old, {unused_counts[1]} new")
     sys.exit(1 if differ else 0)
 
 

@@ -29,7 +29,8 @@ crate::network! {
         fc(1000)
     }
 
-    /// A small net that uses every layer kind (average pooling included), for fast tests.
+    /// A small net that uses every layer kind of the paper (average pooling included; not
+    /// `tanh`), for fast tests.
     pub SmallNet<3, 32, 32> split 2 {
         conv(16, 5, stride = 1, pad = 2) relu lrn(3, alpha = 1e-3, beta = 0.75, k = 1.0) maxpool(3, stride = 2)
         conv(32, 3, pad = 1, groups = 2) relu avgpool(2)

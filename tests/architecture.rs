@@ -5,8 +5,8 @@
 //!   out) is an edge to the module it names, and the graph of each crate has no cycle;
 //! - the runtime depends on no parser of Rust (`syn`, `quote`, `proc-macro2`, or
 //!   `alexnet-codegen`, which wraps them);
-//! - the proc-macro side has no `unreachable!` (the macro never panics; a malformed network
-//!   is a spanned error);
+//! - the proc-macro side has no `unreachable!` (a malformed network is a spanned error;
+//!   `alexnet-codegen/tests/never_panics.rs` feeds the macro random input for the rest);
 //! - every layer kind in the registry (`for_each_layer_kind!`) has its file in
 //!   `alexnet-core/src/layers/` and its CPU implementation in
 //!   `alexnet-runtime/src/cpu/`.

@@ -39,6 +39,7 @@ static std::barrier<>* block_barrier = nullptr;
 #define __shared__ static
 #define __launch_bounds__(n)
 #define __device__
+#define __host__
 #define __forceinline__ inline
 static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 static inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }

@@ -132,7 +132,10 @@ fn the_generated_source_is_what_the_runtime_compiles() {
             let tower = plan.tower(t).unwrap();
             assert!(std::ptr::eq(tower.generated.unwrap(), &generated.towers[t]));
             assert_eq!(cuda::generate(&tower), generated.towers[t].kernels);
-            assert!(matches!(cuda::kernels(&tower), std::borrow::Cow::Borrowed(_)));
+            assert!(matches!(
+                cuda::kernels(&tower),
+                std::borrow::Cow::Borrowed(_)
+            ));
         }
         assert!(matches!(cuda::kernels(plan), std::borrow::Cow::Borrowed(_)));
         // A plan changed after the macro ran gets kernels of its own, not the embedded ones.

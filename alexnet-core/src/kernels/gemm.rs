@@ -88,6 +88,12 @@ const WGRAD_TARGET_BLOCKS: usize = 528;
 /// K steps in flight in `gemm_core.cuh`'s main loop.
 const PIPELINE: u32 = 2;
 
+/// The backward GEMMs add nothing after their main loop.
+const NO_EPILOGUE: Epilogue = Epilogue {
+    bias: false,
+    relu: false,
+};
+
 /// The tile edge for `n` columns: 128 when that wastes under a tenth of the work, else the
 /// one of 128, 96 and 64 that wastes least (the larger on a tie), or `n` rounded up to 16
 /// below 64; with the columns per thread (8, or 4 for edges of 64 and below).
@@ -210,7 +216,10 @@ impl Gemm {
         ]
     }
 
-    fn tiled(&self, tile: Tile) -> Vec<(&'static str, Value)> {
+    /// The constants of a GEMM kernel's `Cfg`: the sizes, and every choice of `info` (the
+    /// templates check the ones they implement one way only: f32, two K steps in flight).
+    fn consts(&self, info: &GemmInfo) -> Vec<(&'static str, Value)> {
+        let (tile, e) = (info.tile, info.epilogue);
         let mut v = self.sizes();
         v.extend([
             ("TM", tile.tm.into()),
@@ -219,7 +228,14 @@ impl Gemm {
             ("RM", tile.rm.into()),
             ("RN", tile.rn.into()),
             ("THREADS", tile.threads().into()),
+            ("ELEM_BYTES", info.elem.bytes().into()),
+            ("PIPELINE", (info.pipeline as usize).into()),
         ]);
+        match info.stage {
+            GemmStage::Forward => v.extend([("BIAS", e.bias.into()), ("RELU", e.relu.into())]),
+            GemmStage::WeightGrad => v.push(("CHUNK", info.split_k.into())),
+            GemmStage::DataGrad => {}
+        }
         v
     }
 
@@ -250,8 +266,8 @@ impl Gemm {
                 self.k, tile.tm, tile.tn
             )
         };
-        let mut consts = self.tiled(tile);
-        consts.push(("RELU", relu.into()));
+        let info = Self::info(GemmStage::Forward, tile, 0, Epilogue { bias: true, relu });
+        let consts = self.consts(&info);
         Instance {
             role: Role::Forward,
             launch: KernelLaunch {
@@ -273,12 +289,7 @@ impl Gemm {
                 ("bias", Len::Fixed(o.c as u64)),
                 ("y", Len::PerImage(o.len() as u64)),
             ],
-            gemm: Some(Self::info(
-                GemmStage::Forward,
-                tile,
-                0,
-                Epilogue { bias: true, relu },
-            )),
+            gemm: Some(info),
         }
         .spec()
     }
@@ -291,7 +302,8 @@ impl Gemm {
             "{}_bwd_data_c{cg}_k{og}_r{}_t{}x{}",
             owner.name, self.k, tile.tm, tile.tn
         );
-        let mut consts = self.tiled(tile);
+        let info = Self::info(GemmStage::DataGrad, tile, 0, NO_EPILOGUE);
+        let mut consts = self.consts(&info);
         consts.push(("B_K_FAST", (self.k > 1).into()));
         Instance {
             role: Role::DataGrad,
@@ -313,15 +325,7 @@ impl Gemm {
                 ("w", Len::Fixed(self.weight_len())),
                 ("dx", Len::PerImage(self.input.len() as u64)),
             ],
-            gemm: Some(Self::info(
-                GemmStage::DataGrad,
-                tile,
-                0,
-                Epilogue {
-                    bias: false,
-                    relu: false,
-                },
-            )),
+            gemm: Some(info),
         }
         .spec()
     }
@@ -359,15 +363,21 @@ impl Gemm {
         }
     }
 
+    /// The weight gradient's choices: split-K in chunks of [`Gemm::chunk`].
+    fn weight_info(&self) -> GemmInfo {
+        Self::info(
+            GemmStage::WeightGrad,
+            self.wgrad_tile(),
+            self.chunk(),
+            NO_EPILOGUE,
+        )
+    }
+
     /// The constants the weight gradient and its reduction share.
     fn weight_consts(&self) -> Vec<(&'static str, Value)> {
-        let mut v = self.tiled(self.wgrad_tile());
+        let mut v = self.consts(&self.weight_info());
         let spatial = self.output.h * self.output.w > 1;
-        v.extend([
-            ("CHUNK", self.chunk().into()),
-            ("A_K_FAST", spatial.into()),
-            ("B_K_FAST", spatial.into()),
-        ]);
+        v.extend([("A_K_FAST", spatial.into()), ("B_K_FAST", spatial.into())]);
         v
     }
 
@@ -403,15 +413,7 @@ impl Gemm {
                 ("db", Len::Fixed(self.output.c as u64)),
                 ("ws", self.workspace()),
             ],
-            gemm: Some(Self::info(
-                GemmStage::WeightGrad,
-                t,
-                self.chunk(),
-                Epilogue {
-                    bias: false,
-                    relu: false,
-                },
-            )),
+            gemm: Some(self.weight_info()),
         }
         .spec()
     }

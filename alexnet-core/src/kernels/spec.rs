@@ -511,7 +511,12 @@ impl Instance<'_> {
                 Value::Int(i) => writeln!(s, "    enum : int {{ {k} = {i} }};"),
                 Value::Uint(u) => writeln!(s, "    enum : unsigned {{ {k} = {u}u }};"),
                 Value::Bool(b) => writeln!(s, "    enum : bool {{ {k} = {b} }};"),
-                Value::Float(f) => writeln!(s, "    static constexpr float {k} = {};", c_float(*f)),
+                // A float cannot be an enumerator; a constexpr function is no variable either.
+                Value::Float(f) => writeln!(
+                    s,
+                    "    static constexpr __host__ __device__ float {k}() {{ return {}; }}",
+                    c_float(*f)
+                ),
                 Value::Uints(list) => {
                     let items: Vec<String> = list.iter().map(|u| format!("{u}u")).collect();
                     writeln!(s, "    using {k} = UintList<{}>;", items.join(", "))
@@ -641,7 +646,7 @@ mod tests {
         .spec();
         assert_eq!(
             spec.stub,
-            "#include \"t.cuh\"\n\n// k: a test.\nstruct k_cfg {\n    enum : int { LEN = 8 };\n    static constexpr float S = 0.5f;\n};\n\
+            "#include \"t.cuh\"\n\n// k: a test.\nstruct k_cfg {\n    enum : int { LEN = 8 };\n    static constexpr __host__ __device__ float S() { return 0.5f; }\n};\n\
              extern \"C\" __global__ void __launch_bounds__(256)\n\
              k(const float* __restrict__ x, float* __restrict__ y, int batch) {\n    scale<k_cfg>(x, y, batch);\n}\n"
         );

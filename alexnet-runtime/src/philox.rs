@@ -1,6 +1,6 @@
 //! Philox4x32-10, the counter-based random number generator of Salmon et al., "Parallel
 //! random numbers: as easy as 1, 2, 3" (SC 2011), as in Random123 and cuRAND. The CPU
-//! backend and the generated CUDA (`kernels_templates/dropout.cu`) compute the same
+//! backend and the generated CUDA (`kernels_templates/dropout.cuh`) compute the same
 //! function, so both drop the same units for the same seed: a unit's fate is a pure
 //! function of (seed, layer, step, index), with no state to carry or save.
 

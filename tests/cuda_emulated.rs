@@ -601,3 +601,116 @@ fn tower_exchange_kernels_rearrange_the_unsplit_layout() {
         assert_eq!(r["dy"], want, "tower {t}: reduce");
     }
 }
+
+/// `SgdTensors` (kernels_templates/sgd.cuh) as a C++ aggregate: one pointer per tensor
+/// and role, `B(i)` being the emulation's i-th buffer, then the learning rates.
+fn sgd_tensors(w: &[usize], v: &[usize], g: &[usize], lr: &[f32]) -> String {
+    let ptrs = |ix: &[usize]| {
+        ix.iter()
+            .map(|i| format!("B({i})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let lr: Vec<String> = lr.iter().map(|l| format!("{l:e}f")).collect();
+    format!(
+        "SgdTensors{{{{{}}}, {{{}}}, {{{}}}, {{{}}}}}",
+        ptrs(w),
+        ptrs(v),
+        ptrs(g),
+        lr.join(", ")
+    )
+}
+
+#[test]
+fn the_finite_check_and_sgd_kernels_match_the_cpu_under_emulation() {
+    use alexnet::runtime::optim::Sgd;
+    let Some(cxx) = compiler() else { return };
+    let plan = alexnet::plan_from_str("T<3, 9, 9> { conv(6, 3) relu fc(40) relu fc(5) }").unwrap();
+    let specs = plan.params();
+    let n = specs.len();
+    let kernels = cuda::training(&plan);
+    let kernel = |finite: bool| {
+        let mut k = kernels
+            .iter()
+            .find(|k| match k.role {
+                Role::Finite { first, count } => finite && first == 0 && count == n,
+                Role::Sgd { first, count } => !finite && first == 0 && count == n,
+                _ => false,
+            })
+            .unwrap_or_else(|| panic!("no kernel for all {n} tensors"))
+            .clone();
+        // A grid-stride loop: a few blocks walk every tensor (fc(40)'s weight is 11,760
+        // values), and the emulation starts fewer threads.
+        k.launch.x_fixed = 3;
+        k
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let grads: Vec<Vec<f32>> = specs.iter().map(|s| random(&mut rng, s.len())).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+
+    // Finite: NaN, +inf and -inf in some tensors (the last value of one, past the first
+    // stride of another), f32::MAX in another, which is finite.
+    let finite = kernel(true);
+    for (poison, want) in [
+        (vec![], vec![false; n]),
+        (
+            vec![
+                (1, 0, f32::NAN),
+                (2, usize::MAX, f32::INFINITY),
+                (3, 0, f32::MAX),
+            ],
+            (0..n).map(|i| i == 1 || i == 2).collect(),
+        ),
+        (
+            vec![(0, usize::MAX, f32::NEG_INFINITY), (n - 1, 3, -f32::NAN)],
+            (0..n).map(|i| i == 0 || i == n - 1).collect(),
+        ),
+        (vec![(2, 800, f32::NAN)], (0..n).map(|i| i == 2).collect()),
+    ] {
+        let mut g = grads.clone();
+        for &(t, i, v) in &poison {
+            let i = i.min(g[t].len() - 1);
+            g[t][i] = v;
+        }
+        let flags = vec![0.0; n];
+        let mut bufs: Vec<(&str, &[f32])> =
+            names.iter().zip(&g).map(|(n, g)| (&**n, &g[..])).collect();
+        bufs.push(("flags", &flags));
+        let ix: Vec<usize> = (0..n).collect();
+        let t = sgd_tensors(&[], &[], &ix, &[]);
+        let r = emulate(&cxx, &finite, 1, &bufs, &[("t", t)]);
+        let got: Vec<bool> = r["flags"].iter().map(|&f| f != 0.0).collect();
+        assert_eq!(got, want, "{poison:?}");
+    }
+
+    // SGD: every tensor updated as the CPU's optimiser does, with its own multiplier.
+    let sgd = Sgd {
+        lr: 0.03,
+        momentum: 0.9,
+        weight_decay: 0.0005,
+    };
+    let mults: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+    let w: Vec<Vec<f32>> = specs.iter().map(|s| random(&mut rng, s.len())).collect();
+    let v: Vec<Vec<f32>> = specs.iter().map(|s| random(&mut rng, s.len())).collect();
+    let wn: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let vn: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    let mut bufs: Vec<(&str, &[f32])> = Vec::new();
+    for (names, data) in [(&wn, &w), (&vn, &v), (&names, &grads)] {
+        bufs.extend(names.iter().zip(data).map(|(n, d)| (&**n, &d[..])));
+    }
+    let lr: Vec<f32> = mults.iter().map(|m| sgd.lr * m).collect();
+    let ix = |k: usize| (k * n..(k + 1) * n).collect::<Vec<_>>();
+    let t = sgd_tensors(&ix(0), &ix(1), &ix(2), &lr);
+    let scalars = [
+        ("t", t),
+        ("momentum", format!("{:e}f", sgd.momentum)),
+        ("decay", format!("{:e}f", sgd.weight_decay)),
+    ];
+    let r = emulate(&cxx, &kernel(false), 1, &bufs, &scalars);
+    for i in 0..n {
+        let (mut wi, mut vi) = (w[i].clone(), v[i].clone());
+        sgd.step(&mut wi, &mut vi, &grads[i], mults[i]);
+        close(&format!("w{i}"), &r[&wn[i]], &wi, 1e-6);
+        close(&format!("v{i}"), &r[&vn[i]], &vi, 1e-6);
+    }
+}

@@ -390,3 +390,104 @@ fn small_net_gradients_match_numpy() {
         println!("{}: {e:.2e}", g.name);
     }
 }
+
+/// A batch whose first pixel is `v`, the rest random.
+fn poisoned(plan: &Plan, batch: usize, v: f32) -> Tensor {
+    let s = plan.input;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(77);
+    let mut data = common::random(&mut rng, batch * s.len());
+    data[0] = v;
+    Tensor::new(vec![batch, s.c, s.h, s.w], data).unwrap()
+}
+
+#[test]
+fn a_step_that_is_not_finite_stops_or_is_skipped_with_the_weights_untouched() {
+    use alexnet::runtime::prelude::Train;
+    use alexnet::runtime::towers::SplitTrainer;
+    use alexnet::runtime::{Error, OnNonFinite};
+
+    let (plan, params, x, labels) = setup(4, 11);
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: 0.05,
+            ..Sgd::default()
+        },
+        ..TrainConfig::default()
+    };
+    let first = plan.params()[0].name.clone();
+    let dir = std::env::temp_dir().join(format!("alexnet-nonfinite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = || -> Box<dyn Train> {
+        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+        Box::new(Trainer::new(model, config.clone()).unwrap())
+    };
+    let split = || -> Box<dyn Train> {
+        Box::new(
+            SplitTrainer::new(
+                plan.clone(),
+                params.clone(),
+                vec![Cpu::new(), Cpu::new()],
+                config.clone(),
+            )
+            .unwrap(),
+        )
+    };
+    for (what, make) in [
+        ("whole", &whole as &dyn Fn() -> Box<dyn Train>),
+        ("split", &split),
+    ] {
+        for bad in [f32::NAN, f32::INFINITY] {
+            // Stop (the default): an error naming the step and the first tensor; nothing
+            // applied; the checkpoint of the last good step loads and is what it was.
+            let mut t = make();
+            for _ in 0..2 {
+                assert_eq!(t.step(&x, &labels).unwrap().skipped, 0);
+            }
+            let good = dir.join(format!("{what}-good.safetensors"));
+            t.save(&good).unwrap();
+            let before = alexnet::runtime::weights::read_safetensors(&good).unwrap();
+            let err = t.step(&poisoned(&plan, 4, bad), &labels).unwrap_err();
+            let Error::NonFinite(nf) = &err else {
+                panic!("{what}: {err}")
+            };
+            assert_eq!(nf.step, 2, "{what}");
+            assert_eq!(nf.tensor.as_deref(), Some(&*first), "{what}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("step 2: ") && msg.contains(&first) && msg.contains("not applied"),
+                "{what}: {msg}"
+            );
+            assert_eq!(t.state().step, 2, "{what}: the step did not count");
+            let after = dir.join(format!("{what}-after.safetensors"));
+            t.save(&after).unwrap();
+            assert_eq!(
+                alexnet::runtime::weights::read_safetensors(&after).unwrap(),
+                before,
+                "{what}: weights or momentum moved"
+            );
+            Trainer::resume(Cpu::new(), plan.clone(), &good).unwrap();
+
+            // Skip: the update is skipped, the weights and momentum stay, the run goes on.
+            t.set_on_non_finite(OnNonFinite::Skip);
+            let st = t.step(&poisoned(&plan, 4, bad), &labels).unwrap();
+            assert_eq!(st.skipped, 1, "{what}");
+            assert_eq!(t.last_skip().map(|s| s.step), Some(2), "{what}");
+            assert_eq!(t.state().step, 3, "{what}: a skipped step counts");
+            t.save(&after).unwrap();
+            let (a, b) = (
+                alexnet::runtime::weights::read_safetensors(&good).unwrap(),
+                alexnet::runtime::weights::read_safetensors(&after).unwrap(),
+            );
+            assert_eq!(a, b, "{what}: weights or momentum moved on a skipped step");
+            let st = t.step(&x, &labels).unwrap();
+            assert!(st.loss.is_finite() && st.skipped == 0, "{what}");
+            t.save(&after).unwrap();
+            assert_ne!(
+                alexnet::runtime::weights::read_safetensors(&after).unwrap(),
+                a,
+                "{what}: the next good step updates"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

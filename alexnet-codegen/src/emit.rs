@@ -124,6 +124,10 @@ fn role_tokens(r: Role) -> TokenStream {
             let (first, count) = (usize_lit(first), usize_lit(count));
             quote!(Role::Sgd { first: #first, count: #count })
         }
+        Role::Finite { first, count } => {
+            let (first, count) = (usize_lit(first), usize_lit(count));
+            quote!(Role::Finite { first: #first, count: #count })
+        }
         other => {
             let v = variant(other);
             quote!(Role::#v)

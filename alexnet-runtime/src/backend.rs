@@ -173,6 +173,13 @@ pub trait Training: Inference {
         stats: &mut F32<Self>,
     ) -> Result<()>;
 
+    /// Which of `grads` (one per tensor of `plan`, in [`Plan::params`] order) hold a value
+    /// that is not finite (NaN or an infinity): one flag per tensor. The trainers call it
+    /// between the backward pass and [`Training::sgd_step`], so that a bad step is refused
+    /// before it touches the weights or the momentum. On CUDA one kernel per 64 tensors
+    /// checks them all and only the flags come back.
+    fn non_finite(&self, plan: &Plan, grads: &[&F32<Self>]) -> Result<Vec<bool>>;
+
     /// One SGD step over every parameter of `plan`, in [`Plan::params`] order: for each
     /// tensor `w` with momentum `v`, gradient `g` and learning-rate multiplier `m`,
     /// `v <- momentum v - weight_decay lr m w - lr m g; w <- w + v` (see
@@ -310,6 +317,35 @@ pub(crate) fn check_sgd_args(
                     needed: spec.len(),
                 });
             }
+        }
+    }
+    Ok(specs)
+}
+
+/// Checks the arguments of [`Training::non_finite`] for backend `who`: one gradient per
+/// tensor of `plan`, each holding at least its tensor (`lens(i)`). Returns the tensors'
+/// specs.
+pub(crate) fn check_grads(
+    who: &str,
+    plan: &Plan,
+    count: usize,
+    lens: impl Fn(usize) -> usize,
+) -> Result<Vec<crate::ir::ParamSpec>> {
+    let specs = plan.params();
+    if count != specs.len() {
+        return Err(Error::Invalid(format!(
+            "{who}: {count} gradients for the {} tensors of `{}`",
+            specs.len(),
+            plan.name
+        )));
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        if lens(i) < spec.len() {
+            return Err(Error::BufferTooSmall {
+                what: format!("{who}: {} gradient", spec.name),
+                len: lens(i),
+                needed: spec.len(),
+            });
         }
     }
     Ok(specs)

@@ -265,6 +265,25 @@ impl Training for Device {
         ))
     }
 
+    fn non_finite(&self, plan: &Plan, grads: &[&DeviceBuffer<f32>]) -> Result<Vec<bool>> {
+        match self {
+            Device::Cpu(d) => {
+                let g = grads
+                    .iter()
+                    .map(|b| cpu_ref(b))
+                    .collect::<Result<Vec<_>>>()?;
+                d.non_finite(plan, &g)
+            }
+            Device::Cuda(d) => {
+                let g = grads
+                    .iter()
+                    .map(|b| cuda_ref(b))
+                    .collect::<Result<Vec<_>>>()?;
+                d.non_finite(plan, &g)
+            }
+        }
+    }
+
     fn sgd_step(
         &self,
         plan: &Plan,

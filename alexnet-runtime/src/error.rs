@@ -64,6 +64,8 @@ pub enum Error {
     /// An argument is out of range or does not fit (a label, a learning rate, a
     /// schedule, a buffer of another device, ...).
     Invalid(String),
+    /// A training step's loss or gradients were not finite; its update was not applied.
+    NonFinite(crate::run::NonFinite),
     /// A broken invariant of alexnet-rs itself: a bug to report.
     Internal(String),
 }
@@ -141,6 +143,7 @@ impl fmt::Display for Error {
             } => write!(f, "{message}"),
             Error::Driver { what, message } => write!(f, "{what}: {message}"),
             Error::Unsupported(m) | Error::Invalid(m) => write!(f, "{m}"),
+            Error::NonFinite(nf) => write!(f, "{nf}; the update was not applied"),
             Error::Internal(m) => write!(f, "internal error (a bug in alexnet-rs): {m}"),
         }
     }

@@ -39,6 +39,9 @@ pub struct BatchStats {
     pub loss: f64,
     pub top1_correct: usize,
     pub top5_correct: usize,
+    /// Training steps whose update was skipped because their loss or gradients were not
+    /// finite ([`crate::run::OnNonFinite::Skip`]); their images count nowhere else.
+    pub skipped: usize,
 }
 
 impl BatchStats {
@@ -52,6 +55,7 @@ impl BatchStats {
 
     /// Adds another batch's statistics (losses weighted by images).
     pub fn merge(&mut self, o: &BatchStats) {
+        self.skipped += o.skipped;
         let n = self.images + o.images;
         if n > 0 {
             self.loss = (self.loss * self.images as f64 + o.loss * o.images as f64) / n as f64;
@@ -74,6 +78,7 @@ pub(crate) fn output_stats(plan: &Plan, out: &Tensor, labels: &[u32], batch: usi
         loss: 0.0,
         top1_correct: 0,
         top5_correct: 0,
+        skipped: 0,
     };
     let labels_usize: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     if probabilities {

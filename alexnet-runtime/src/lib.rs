@@ -46,7 +46,7 @@ pub use cuda::Cuda;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use model::Model;
-pub use run::{Schedule, TrainConfig};
+pub use run::{NonFinite, OnNonFinite, Schedule, TrainConfig};
 pub use synthetic::Synthetic;
 pub use tensor::{Batch, Tensor};
 pub use train::Trainer;

@@ -110,6 +110,51 @@ impl Default for TrainConfig {
     }
 }
 
+/// What a trainer does with a step whose loss or gradients are not finite (NaN or an
+/// infinity): they are checked after the backward pass, before the update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnNonFinite {
+    /// Refuse the step with [`Error::NonFinite`], its update not applied: the weights and
+    /// momentum stay those of the step before, so the last checkpoint stays the latest
+    /// good state.
+    #[default]
+    Stop,
+    /// Skip the update (weights and momentum untouched) and go on: the step still counts
+    /// (its batch is consumed), its [`BatchStats::skipped`] is 1 and
+    /// [`Train::last_skip`] says why.
+    Skip,
+}
+
+/// A step whose loss or gradients were not finite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFinite {
+    /// The step's number (the steps taken before it).
+    pub step: u64,
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// The first tensor, in the order of the layers, whose gradient was not finite.
+    pub tensor: Option<String>,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.step;
+        match (&self.tensor, self.loss.is_finite()) {
+            (Some(t), true) => write!(
+                f,
+                "step {s}: the gradient of `{t}` is not finite (loss {:.4})",
+                self.loss
+            ),
+            (Some(t), false) => write!(
+                f,
+                "step {s}: the loss is {} and the gradient of `{t}` is not finite",
+                self.loss
+            ),
+            (None, _) => write!(f, "step {s}: the loss is {}", self.loss),
+        }
+    }
+}
+
 /// Where a run is.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainState {
@@ -153,6 +198,11 @@ pub trait Train {
     fn set_note(&mut self, key: &str, value: &str);
     /// Logits per image.
     fn classes(&self) -> usize;
+    /// What a step whose loss or gradients are not finite does (default
+    /// [`OnNonFinite::Stop`]).
+    fn set_on_non_finite(&mut self, mode: OnNonFinite);
+    /// The last step skipped under [`OnNonFinite::Skip`], and why.
+    fn last_skip(&self) -> Option<&NonFinite>;
 }
 
 /// What a run keeps besides its tensors: the hyper-parameters, where it is, the
@@ -166,6 +216,10 @@ pub(crate) struct Run {
     pub(crate) lr_mults: Vec<f32>,
     /// The caller's own facts about the run, saved with the state (`note.<key>`).
     pub(crate) notes: std::collections::BTreeMap<String, String>,
+    /// What a step that is not finite does (not saved: an option of this process).
+    pub(crate) on_non_finite: OnNonFinite,
+    /// The last step skipped under [`OnNonFinite::Skip`].
+    pub(crate) last_skip: Option<NonFinite>,
 }
 
 impl Run {
@@ -188,6 +242,8 @@ impl Run {
             config,
             lr_mults: vec![1.0; tensors],
             notes: Default::default(),
+            on_non_finite: OnNonFinite::Stop,
+            last_skip: None,
         })
     }
 
@@ -211,6 +267,28 @@ impl Run {
             )));
         }
         Ok(())
+    }
+
+    /// Decides whether the step about to be applied may be: `loss` is its batch's mean
+    /// loss and `bad` the first tensor whose gradient is not finite, if any. `Ok(true)`:
+    /// apply the update; `Ok(false)`: skip it ([`OnNonFinite::Skip`], recorded in
+    /// `last_skip`); an [`Error::NonFinite`] under [`OnNonFinite::Stop`].
+    pub(crate) fn admit(&mut self, loss: f64, bad: Option<String>) -> Result<bool> {
+        if loss.is_finite() && bad.is_none() {
+            return Ok(true);
+        }
+        let nf = NonFinite {
+            step: self.state.step,
+            loss,
+            tensor: bad,
+        };
+        match self.on_non_finite {
+            OnNonFinite::Stop => Err(Error::NonFinite(nf)),
+            OnNonFinite::Skip => {
+                self.last_skip = Some(nf);
+                Ok(false)
+            }
+        }
     }
 
     /// The SGD settings of the next step: the current learning rate.
@@ -402,6 +480,8 @@ impl Run {
                 state,
                 lr_mults,
                 notes,
+                on_non_finite: OnNonFinite::Stop,
+                last_skip: None,
             },
             params,
             momentum,

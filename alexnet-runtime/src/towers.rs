@@ -35,7 +35,7 @@ use crate::eval::{output_stats, BatchStats};
 use crate::ir::{Plan, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
-use crate::run::{Run, Train, TrainConfig, TrainState};
+use crate::run::{NonFinite, OnNonFinite, Run, Train, TrainConfig, TrainState};
 use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor};
 
@@ -520,6 +520,21 @@ impl<B: Training + Exchange + Sync> Towers<B> {
         lr_mults: &[f32],
         mask: DropoutMask,
     ) -> Result<BatchStats> {
+        self.train_step_checked(x, labels, sgd, lr_mults, mask, |_, _| Ok(true))
+    }
+
+    /// [`Towers::train_step`], asking `admit(loss, first tensor whose gradient is not
+    /// finite)` before the update, which is applied only when it answers `Ok(true)` (the
+    /// trainers' guard against steps that are not finite; its error is returned as is).
+    pub fn train_step_checked(
+        &mut self,
+        x: &Tensor,
+        labels: &[u32],
+        sgd: Sgd,
+        lr_mults: &[f32],
+        mask: DropoutMask,
+        admit: impl FnOnce(f64, Option<String>) -> Result<bool>,
+    ) -> Result<BatchStats> {
         if lr_mults.len() != self.plan.params().len() {
             return Err(Error::Invalid(format!(
                 "{} learning-rate multipliers for {} tensors",
@@ -527,7 +542,20 @@ impl<B: Training + Exchange + Sync> Towers<B> {
                 self.plan.params().len()
             )));
         }
-        let (stats, grads) = self.tower_gradients(x, labels, mask)?;
+        let (mut stats, grads) = self.tower_gradients(x, labels, mask)?;
+        // Each tower checks its own rows; a tensor is bad when either tower's part is.
+        let (towers, backends) = (&self.towers, &self.backends);
+        let flags = self.each(|t| {
+            let g: Vec<&F32<B>> = grads[t].iter().collect();
+            backends[t].non_finite(&towers[t], &g)
+        })?;
+        let bad = (0..self.plan.params().len())
+            .find(|&i| flags.iter().any(|f| f.get(i).copied().unwrap_or(false)))
+            .map(|i| self.plan.params()[i].name.clone());
+        if !admit(stats.loss, bad)? {
+            stats.skipped = 1;
+            return Ok(stats);
+        }
         if self.velocity.is_empty() {
             self.velocity = self.zeros()?;
         }
@@ -598,6 +626,7 @@ impl<B: Training + Exchange + Sync> Towers<B> {
             loss: out.loss,
             top1_correct: out.top1_correct,
             top5_correct: out.top5_correct,
+            skipped: 0,
         };
         let s = self.towers.len();
         let mut dys: Vec<F32<B>> =
@@ -798,9 +827,15 @@ impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
             seed: self.run.config.seed,
             step: self.run.state.step,
         };
-        let stats =
-            self.towers
-                .train_step(input, labels, self.run.sgd(), &self.run.lr_mults, mask)?;
+        let (sgd, run) = (self.run.sgd(), &mut self.run);
+        let stats = self.towers.train_step_checked(
+            input,
+            labels,
+            sgd,
+            &run.lr_mults.clone(),
+            mask,
+            |loss, bad| run.admit(loss, bad),
+        )?;
         self.run.state.step += 1;
         Ok(stats)
     }
@@ -840,5 +875,13 @@ impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
 
     fn classes(&self) -> usize {
         self.towers.plan.output().len()
+    }
+
+    fn set_on_non_finite(&mut self, mode: OnNonFinite) {
+        self.run.on_non_finite = mode;
+    }
+
+    fn last_skip(&self) -> Option<&NonFinite> {
+        self.run.last_skip.as_ref()
     }
 }

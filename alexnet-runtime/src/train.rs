@@ -15,7 +15,9 @@
 use std::path::Path;
 
 pub use crate::eval::BatchStats;
-pub use crate::run::{epoch_order, Schedule, Train, TrainConfig, TrainState};
+pub use crate::run::{
+    epoch_order, NonFinite, OnNonFinite, Schedule, Train, TrainConfig, TrainState,
+};
 pub use crate::weights::{MOMENTUM_PREFIX, STATE_FORMAT};
 
 use crate::backend::{Training, F32};
@@ -89,6 +91,12 @@ impl<B: Training> Train for Trainer<B> {
     }
     fn classes(&self) -> usize {
         Trainer::classes(self)
+    }
+    fn set_on_non_finite(&mut self, mode: OnNonFinite) {
+        self.run.on_non_finite = mode;
+    }
+    fn last_skip(&self) -> Option<&NonFinite> {
+        self.run.last_skip.as_ref()
     }
 }
 
@@ -386,22 +394,36 @@ impl<B: Training> Trainer<B> {
             cur = 1 - cur;
         }
 
-        // Update.
-        let sgd = self.run.sgd();
-        let mut ps: Vec<&mut F32<B>> = params.iter_mut().flatten().map(|(_, b)| b).collect();
-        let mut vs: Vec<&mut F32<B>> = self.velocity.iter_mut().collect();
+        // The guard: a loss or a gradient that is not finite stops the run or skips the
+        // update (Run::admit), before the weights and the momentum are touched.
+        let s = backend.download_prefix(&ws.stats, 3)?;
+        let loss = f64::from(s[0]) / batch as f64;
         let gs: Vec<&F32<B>> = self.grads.iter().collect();
-        backend.sgd_step(plan, sgd, &self.run.lr_mults, &mut ps, &mut vs, &gs)?;
-        timed!("sgd".to_string());
+        let flags = backend.non_finite(plan, &gs)?;
+        let bad = flags
+            .iter()
+            .position(|&b| b)
+            .and_then(|i| plan.params().get(i).map(|p| p.name.clone()));
+        timed!("check".to_string());
+        let apply = self.run.admit(loss, bad)?;
+
+        // Update.
+        if apply {
+            let sgd = self.run.sgd();
+            let mut ps: Vec<&mut F32<B>> = params.iter_mut().flatten().map(|(_, b)| b).collect();
+            let mut vs: Vec<&mut F32<B>> = self.velocity.iter_mut().collect();
+            backend.sgd_step(plan, sgd, &self.run.lr_mults, &mut ps, &mut vs, &gs)?;
+            timed!("sgd".to_string());
+        }
         self.timings = timings;
         self.run.state.step += 1;
 
-        let s = backend.download_prefix(&ws.stats, 3)?;
         Ok(BatchStats {
             images: batch,
-            loss: f64::from(s[0]) / batch as f64,
+            loss,
             top1_correct: s[1] as usize,
             top5_correct: s[2] as usize,
+            skipped: usize::from(!apply),
         })
     }
 

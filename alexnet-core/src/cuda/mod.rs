@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 pub use exchange::exchanges;
 pub use forward::forward;
-pub use training::{logits_of, training, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
+pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
 use crate::ir::{Plan, Stage};
 use crate::kernels::gemm;
@@ -32,6 +32,10 @@ const HEADERS: &[Header] = &[
     Header {
         name: "sgd.cuh",
         text: include_str!("../../../kernels_templates/sgd.cuh"),
+    },
+    Header {
+        name: "finite.cuh",
+        text: include_str!("../../../kernels_templates/finite.cuh"),
     },
     Header {
         name: "exchange.cuh",
@@ -57,7 +61,7 @@ pub fn templates() -> impl Iterator<Item = &'static Template> {
     gemm::TEMPLATES
         .iter()
         .chain(layers::templates())
-        .chain([&LOSS_TEMPLATE, &SGD_TEMPLATE])
+        .chain([&LOSS_TEMPLATE, &FINITE_TEMPLATE, &SGD_TEMPLATE])
         .chain(exchange::TEMPLATES.iter())
 }
 

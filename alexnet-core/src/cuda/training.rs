@@ -1,8 +1,9 @@
 //! The training kernels of a plan: the backward kernels of every stage, from its layer
 //! kind, in the order the runtime launches them (the backward pass runs the stages in
 //! reverse); the fused softmax cross-entropy of the logits (a final softmax folds into
-//! it); and the SGD update of every parameter, in launches of up to [`SGD_SLOTS`]
-//! tensors.
+//! it); the check of every parameter's gradient for values that are not finite (NaN,
+//! infinity), before the update; and the SGD update of every parameter, both in launches
+//! of up to [`SGD_SLOTS`] tensors.
 //!
 //! Per stage (see each kind): conv / fc, the fused ReLU's mask applied to the output
 //! gradient in place (`Role::ReluMask`), the weight and bias gradients as one GEMM whose
@@ -55,6 +56,18 @@ pub const SGD_TEMPLATE: Template = Template {
             name: "decay",
             ty: ArgTy::Float,
         },
+    ],
+};
+
+pub const FINITE_TEMPLATE: Template = Template {
+    header: "finite.cuh",
+    function: "finite",
+    params: &[
+        Param {
+            name: "t",
+            ty: ArgTy::Struct("SgdTensors"),
+        },
+        write("flags"),
     ],
 };
 
@@ -114,6 +127,37 @@ pub fn training(plan: &Plan) -> Vec<KernelSpec> {
         );
     }
     let params = plan.params();
+    for (chunk, specs) in params.chunks(SGD_SLOTS).enumerate() {
+        let first = chunk * SGD_SLOTS;
+        let name = format!("{net}_finite_t{first}_{}", first + specs.len());
+        kernels.push(
+            Instance {
+                role: Role::Finite {
+                    first,
+                    count: specs.len(),
+                },
+                launch: KernelLaunch::fixed(0, &name, EW_THREADS, SGD_BLOCKS),
+                template: &FINITE_TEMPLATE,
+                doc: format!(
+                    "which of the gradients of tensors {first}..{} of `{}` are not finite",
+                    first + specs.len(),
+                    plan.name
+                ),
+                consts: vec![
+                    ("TENSORS", specs.len().into()),
+                    (
+                        "LEN",
+                        Value::Uints(specs.iter().map(|s| s.len() as u64).collect()),
+                    ),
+                    ("BLOCKS", (SGD_BLOCKS as usize).into()),
+                    ("THREADS", (EW_THREADS as usize).into()),
+                ],
+                lens: vec![("flags", Len::Fixed(specs.len() as u64))],
+                gemm: None,
+            }
+            .spec(),
+        );
+    }
     for (chunk, specs) in params.chunks(SGD_SLOTS).enumerate() {
         let first = chunk * SGD_SLOTS;
         let name = format!("{net}_sgd_t{first}_{}", first + specs.len());

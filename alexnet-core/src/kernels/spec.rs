@@ -300,6 +300,9 @@ pub enum Role {
     Dropout,
     /// The fused softmax cross-entropy.
     Loss,
+    /// Which gradients of tensors `first .. first + count` of `Plan::params` are not
+    /// finite (one flag each), checked before their update.
+    Finite { first: usize, count: usize },
     /// The SGD update of tensors `first .. first + count` of `Plan::params`.
     Sgd { first: usize, count: usize },
     /// A tower's forward exchange: both towers' outputs side by side.

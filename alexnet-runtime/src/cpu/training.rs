@@ -128,6 +128,15 @@ impl Training for Cpu {
         Ok(())
     }
 
+    fn non_finite(&self, plan: &Plan, grads: &[&Vec<f32>]) -> Result<Vec<bool>> {
+        let specs = crate::backend::check_grads("cpu", plan, grads.len(), |i| grads[i].len())?;
+        Ok(specs
+            .iter()
+            .zip(grads)
+            .map(|(spec, g)| g[..spec.len()].par_iter().any(|v| !v.is_finite()))
+            .collect())
+    }
+
     fn sgd_step(
         &self,
         plan: &Plan,

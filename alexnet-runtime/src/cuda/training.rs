@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use super::binder::{Binder, SgdTensors};
 use super::device::Cuda;
 use super::launch::{batch_i32, Loaded};
-use crate::backend::{check_sgd_args, Training};
+use crate::backend::{check_grads, check_sgd_args, Memory, Training};
 use crate::error::{Error, Result};
 use crate::ir::kernels::spec::{Access, ArgTy, KernelSpec, Len};
 use crate::ir::{Plan, Role, Stage};
@@ -264,6 +264,42 @@ impl Training for Cuda {
             .write("stats", stats)
             .int("batch", b);
         self.launch(kernel, batch, binder)
+    }
+
+    fn non_finite(&self, plan: &Plan, grads: &[&CudaSlice<f32>]) -> Result<Vec<bool>> {
+        let n = check_grads("cuda", plan, grads.len(), |i| grads[i].len())?.len();
+        let loaded = self.loaded_training(plan)?;
+        let mut chunks = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let count = (n - first).min(SGD_SLOTS);
+            let kernel = loaded.get(plan, 0, Role::Finite { first, count })?;
+            let mut flags = self.alloc::<f32>(count)?;
+            self.write(&mut flags, &vec![0.0; count])?;
+            let mut t = SgdTensors {
+                w: [0; SGD_SLOTS],
+                v: [0; SGD_SLOTS],
+                g: [0; SGD_SLOTS],
+                lr: [0.0; SGD_SLOTS],
+            };
+            // The guards record the buffers' use by this launch when dropped (after it).
+            let mut guards = Vec::with_capacity(count);
+            for (j, g) in grads[first..first + count].iter().enumerate() {
+                let (g, gg) = g.device_ptr(&self.stream);
+                t.g[j] = g;
+                guards.push(gg);
+            }
+            let binder = Binder::new().sgd("t", t).write("flags", &mut flags);
+            self.launch(kernel, 0, binder)?;
+            drop(guards);
+            chunks.push(flags);
+            first += count;
+        }
+        let mut out = Vec::with_capacity(n);
+        for flags in &chunks {
+            out.extend(self.download(flags)?.into_iter().map(|f| f != 0.0));
+        }
+        Ok(out)
     }
 
     fn sgd_step(

@@ -60,6 +60,53 @@ impl Alexnet {
     }
 }
 
+/// A writer that keeps what it is given and raises `stop` once `needle` has been
+/// written: a command's own output tells the test when to interrupt it.
+struct StopAt<'a> {
+    text: Vec<u8>,
+    needle: &'a str,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl std::io::Write for StopAt<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(b);
+        if String::from_utf8_lossy(&self.text).contains(self.needle) {
+            self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Alexnet {
+    /// [`Alexnet::output`], asking the command to stop (as a SIGINT does) once its output
+    /// contains `needle`.
+    fn output_until(&self, needle: &str) -> Output {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut out = StopAt {
+            text: Vec::new(),
+            needle,
+            stop: &stop,
+        };
+        let mut err = Vec::new();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            alexnet_cli::run_until(self.0.clone(), &mut out, &mut err, &stop)
+        }));
+        let Ok(result) = result else {
+            panic!("{:?} panicked", self.0);
+        };
+        Output {
+            result,
+            stdout: String::from_utf8_lossy(&out.text).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        }
+    }
+}
+
 impl Output {
     fn success(&self) -> bool {
         self.result.is_ok()
@@ -561,4 +608,340 @@ fn checkpoints_keep_their_own_data_and_folder() {
         r1_state.as_os_str(),
     ]);
     assert!(!ok && err.contains("was prepared for"), "{err}");
+}
+
+#[test]
+fn an_interrupted_run_checkpoints_mid_epoch_and_resumes_bit_for_bit() {
+    let root = tmp().join("interrupt");
+    let train = |dir: &str| {
+        let mut cmd = alexnet();
+        cmd.args([
+            "train",
+            "--device",
+            "cpu",
+            "--images",
+            "96",
+            "--val-images",
+            "32",
+        ])
+        .args([
+            "--batch",
+            "16",
+            "--log-every",
+            "1",
+            "--epochs",
+            "2",
+            "--checkpoint",
+        ])
+        .arg(root.join(dir));
+        cmd
+    };
+    // Stopped after step 8 (epoch 2, its third batch) and after step 6 (the end of epoch
+    // 1's training, before its validation), each resumed to the end.
+    for (dir, needle, done) in [
+        (
+            "mid",
+            "epoch 2 step      8:",
+            "epoch 2, step 8 (32 of the epoch's 96",
+        ),
+        (
+            "val",
+            "epoch 1 step      6:",
+            "epoch 1, step 6 (96 of the epoch's 96",
+        ),
+    ] {
+        let out = train(dir).output_until(needle);
+        let err = out.error();
+        let Err(e) = &out.result else {
+            panic!("{dir}: not interrupted: {}", out.stdout)
+        };
+        assert_eq!(e.exit_code(), 130, "{err}");
+        assert!(
+            err.starts_with("interrupted at ") && err.contains(done),
+            "{dir}: {err}"
+        );
+        assert!(err.contains("--resume"), "{err}");
+        let state = root.join(dir).join("state.safetensors");
+        let out = alexnet()
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--images",
+                "96",
+                "--val-images",
+                "32",
+            ])
+            .args([
+                "--batch",
+                "16",
+                "--log-every",
+                "1",
+                "--epochs",
+                "2",
+                "--resume",
+            ])
+            .arg(&state)
+            .output();
+        assert!(out.success(), "{dir}: {}", out.error());
+        assert!(out.stdout.contains("epoch 2 done"), "{}", out.stdout);
+    }
+    let out = train("straight").output();
+    assert!(out.success(), "{}", out.error());
+    let straight = root.join("straight").join("state.safetensors");
+    let meta = |p: &PathBuf| parse_metadata(&std::fs::read(p).unwrap()).unwrap();
+    for dir in ["mid", "val"] {
+        let state = root.join(dir).join("state.safetensors");
+        assert!(
+            read_safetensors(&state).unwrap() == read_safetensors(&straight).unwrap(),
+            "{dir}: resumed tensors differ from a run never stopped"
+        );
+        assert_eq!(meta(&state), meta(&straight), "{dir}");
+    }
+}
+
+#[test]
+fn a_step_that_is_not_finite_stops_the_run_or_is_skipped() {
+    let root = tmp().join("nan");
+    let train = |extra: &[&str]| {
+        alexnet()
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--images",
+                "64",
+                "--val-images",
+                "16",
+            ])
+            .args(["--batch", "16", "--log-every", "1"])
+            .args(extra)
+            .output()
+    };
+    let dir = root.join("run");
+    let out = train(&["--epochs", "1", "--checkpoint", dir.to_str().unwrap()]);
+    assert!(out.success(), "{}", out.error());
+    // The same state with a learning rate that makes the next steps blow up.
+    let state = dir.join("state.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    let mut meta = parse_metadata(&bytes).unwrap();
+    meta.insert("lr".into(), "1e30".into());
+    let tensors = read_safetensors(&state).unwrap();
+    write_safetensors(&state, &tensors, Some(meta)).unwrap();
+    let before = std::fs::read(&state).unwrap();
+    let resume = ["--epochs", "2", "--resume", state.to_str().unwrap()];
+    let out = train(&resume);
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.starts_with("step ") && err.contains("is not finite"),
+        "{err}"
+    );
+    assert!(err.contains("the update not applied"), "{err}");
+    assert!(
+        err.contains(state.to_str().unwrap()),
+        "names the last checkpoint: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the checkpoint moved"
+    );
+
+    let mut args = resume.to_vec();
+    args.extend(["--on-nan", "skip"]);
+    let out = train(&args);
+    assert!(out.success(), "{}", out.error());
+    assert!(
+        out.stdout.contains("update skipped (--on-nan skip)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("epoch 2 done"), "{}", out.stdout);
+}
+
+/// A tmpfs mounted on a folder for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `kib` KiB on `dir` for the test `name`: directly where the test
+    /// may mount (root); otherwise the test runs again inside a user namespace (`unshare
+    /// -rm`), where it may, this call asserts that it passed there and returns `None`.
+    /// Also `None`, with a notice, where neither is possible (outside CI).
+    fn mount(dir: &std::path::Path, kib: u64, name: &str) -> Option<Tmpfs> {
+        use std::process::Command;
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            return Some(Tmpfs(dir.to_path_buf()));
+        }
+        assert!(
+            std::env::var_os("ALEXNET_TEST_USERNS").is_none(),
+            "cannot mount a tmpfs even in a user namespace"
+        );
+        let userns = Command::new("unshare")
+            .args(["-rm", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !userns {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{name}: cannot mount a tmpfs (not root, no user namespaces) in CI"
+            );
+            eprintln!("skipped {name}: cannot mount a tmpfs (not root, no user namespaces)");
+            return None;
+        }
+        let status = Command::new("unshare")
+            .args(["-rm", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("ALEXNET_TEST_USERNS", "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name} failed in a user namespace");
+        None
+    }
+
+    fn remount_read_only(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {} read-only", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_or_warns_and_the_previous_stays() {
+    let root = tmp().join("full");
+    let train = |extra: &[&str]| {
+        alexnet()
+            .args([
+                "train",
+                "--device",
+                "cpu",
+                "--images",
+                "64",
+                "--val-images",
+                "16",
+            ])
+            .args(["--batch", "16", "--log-every", "1"])
+            .args(extra)
+            .output()
+    };
+    let src = root.join("src");
+    let out = train(&["--epochs", "1", "--checkpoint", src.to_str().unwrap()]);
+    assert!(out.success(), "{}", out.error());
+    let files = ["state.safetensors", "data.safetensors", "curves.png"];
+    let size: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(src.join(f)).unwrap().len())
+        .sum();
+    let state_len = std::fs::metadata(src.join("state.safetensors"))
+        .unwrap()
+        .len();
+    // Room for the run's files and a little more, not for a second state file.
+    let kib = (size + state_len / 2).div_ceil(1024);
+    let fs = root.join("tmpfs");
+    let Some(mount) = Tmpfs::mount(
+        &fs,
+        kib,
+        "a_checkpoint_that_cannot_be_written_stops_or_warns_and_the_previous_stays",
+    ) else {
+        return;
+    };
+    for f in files {
+        std::fs::copy(src.join(f), fs.join(f)).unwrap();
+    }
+    let state = fs.join("state.safetensors");
+    let before = std::fs::read(&state).unwrap();
+    let resume = ["--epochs", "2", "--resume", state.to_str().unwrap()];
+    let leftovers = || {
+        std::fs::read_dir(&fs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect::<Vec<_>>()
+    };
+    for (why, read_only) in [
+        ("No space left on device", false),
+        ("Read-only file system", true),
+    ] {
+        if read_only {
+            mount.remount_read_only();
+        }
+        let out = train(&resume);
+        let err = out.error();
+        assert!(!out.success(), "{why}: {}", out.stdout);
+        assert!(
+            err.starts_with("could not write the checkpoint: ") && err.contains(why),
+            "{err}"
+        );
+        let wanted = if read_only {
+            "data.safetensors"
+        } else {
+            "state.safetensors"
+        };
+        assert!(
+            err.contains(&*fs.join(wanted).to_string_lossy()),
+            "names the file: {err}"
+        );
+        assert!(err.contains("bytes"), "says the bytes needed: {err}");
+        assert!(
+            err.contains(&format!(
+                "the previous checkpoint {} is intact",
+                state.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            before,
+            "{why}: the checkpoint changed"
+        );
+        assert_eq!(leftovers(), Vec::<String>::new(), "{why}");
+
+        let mut args = resume.to_vec();
+        args.extend(["--checkpoint-errors", "warn"]);
+        let out = train(&args);
+        assert!(out.success(), "{why}: {}", out.error());
+        assert!(
+            out.stderr
+                .contains("warning: could not write the checkpoint: ")
+                && out.stderr.contains(why),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stdout.contains("epoch 2 done") && out.stdout.contains("NOT saved"));
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            before,
+            "{why}: the checkpoint changed"
+        );
+        assert_eq!(leftovers(), Vec::<String>::new(), "{why}");
+    }
+    // The intact checkpoint still resumes (elsewhere).
+    let out = train(&[
+        "--epochs",
+        "2",
+        "--resume",
+        state.to_str().unwrap(),
+        "--checkpoint",
+        root.join("elsewhere").to_str().unwrap(),
+    ]);
+    assert!(out.success(), "{}", out.error());
 }

@@ -149,6 +149,11 @@ impl Batches {
     pub fn report(&self) -> LoadReport {
         self.loader.report()
     }
+
+    /// Where the next batch starts in the order (see `Loader::next_position`).
+    pub fn next_position(&self) -> usize {
+        self.loader.next_position()
+    }
 }
 
 impl Iterator for Batches {

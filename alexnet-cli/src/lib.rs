@@ -42,6 +42,7 @@ mod train;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 
@@ -56,6 +57,9 @@ pub enum Error {
     Usage(clap::Error),
     /// The command failed; the message is one line for the user.
     Command(Box<dyn std::error::Error + Send + Sync>),
+    /// The command was interrupted (SIGINT, SIGTERM, or [`run_until`]'s flag) and stopped
+    /// cleanly: the message says what was saved and how to go on.
+    Interrupted(String),
 }
 
 impl Error {
@@ -65,6 +69,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             Error::Command(_) => 1,
+            Error::Interrupted(_) => 130,
         }
     }
 }
@@ -78,6 +83,7 @@ impl std::fmt::Display for Error {
                 f.write_str(text.strip_prefix("error: ").unwrap_or(&text).trim_end())
             }
             Error::Command(e) => write!(f, "{e}"),
+            Error::Interrupted(m) => write!(f, "{m}"),
         }
     }
 }
@@ -87,15 +93,31 @@ impl std::error::Error for Error {
         match self {
             Error::Usage(e) => Some(e),
             Error::Command(e) => Some(&**e),
+            Error::Interrupted(_) => None,
         }
     }
 }
 
 impl From<AnyError> for Error {
     fn from(e: AnyError) -> Self {
-        Error::Command(e)
+        match e.downcast::<Interrupted>() {
+            Ok(i) => Error::Interrupted(i.0),
+            Err(e) => Error::Command(e),
+        }
     }
 }
+
+/// A command that stopped because it was asked to (see [`Error::Interrupted`]).
+#[derive(Debug)]
+pub(crate) struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// Where the commands write: what they print (`out`, the program's stdout), their own
 /// notices about single inputs (`err`, stderr; e.g. an image `classify` skips), and
@@ -104,6 +126,16 @@ pub(crate) struct Ctx<'a> {
     pub out: &'a mut dyn Write,
     pub err: &'a mut dyn Write,
     pub bars: bool,
+    /// Set when the command should stop at the next safe point (a signal, or the
+    /// caller of [`run_until`]); `train` finishes its step and writes a checkpoint.
+    pub stop: &'a AtomicBool,
+}
+
+impl Ctx<'_> {
+    /// Whether the command has been asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 /// Runs the command line `args` (as clap takes them, the program's name first) and
@@ -127,10 +159,27 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    run_until(args, out, err, &AtomicBool::new(false))
+}
+
+/// [`run_with`], stopping at the next safe point once `stop` is set, as the program does
+/// on SIGINT or SIGTERM: `train` finishes its step, writes a checkpoint from which
+/// `--resume` goes on exactly where it stopped, and returns [`Error::Interrupted`].
+pub fn run_until<I, T>(
+    args: I,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    stop: &AtomicBool,
+) -> Result<(), Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let mut ctx = Ctx {
         out,
         err,
         bars: false,
+        stop,
     };
     match start(args, &mut ctx) {
         // --help: clap's text, which the program prints on stdout.
@@ -145,11 +194,28 @@ where
 /// progress bars on stderr. As clap's `parse`, `--help` prints the help (exit code 0)
 /// and arguments that do not parse print clap's message on stderr (exit code 2); a
 /// command that fails prints `error: <message>` on stderr (exit code 1).
+///
+/// SIGINT and SIGTERM ask the command to stop at its next safe point (`train`: after the
+/// current step, with a checkpoint; exit code 130); a second signal exits at once (exit
+/// code 130), which loses the steps since the last checkpoint but corrupts nothing, as
+/// every file is replaced atomically.
 pub fn main() -> ExitCode {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let handler = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped at once (second signal)");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (a second signal stops at once)");
+    });
+    if let Err(e) = handler {
+        eprintln!("note: signals will stop the program at once ({e})");
+    }
     let mut ctx = Ctx {
         out: &mut std::io::stdout(),
         err: &mut std::io::stderr(),
         bars: true,
+        stop: &STOP,
     };
     match start(std::env::args_os(), &mut ctx) {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,5 +234,5 @@ where
     T: Into<OsString> + Clone,
 {
     let parsed = cli::Cli::try_parse_from(args).map_err(Error::Usage)?;
-    cli::execute(parsed, ctx).map_err(Error::Command)
+    cli::execute(parsed, ctx).map_err(Error::from)
 }

@@ -5,18 +5,23 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use alexnet::runtime::data::loader::Transform;
 use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
 use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::towers::SplitTrainer;
 use alexnet::runtime::train::{epoch_order, BatchStats, Train};
-use alexnet::runtime::{weights, Device, Model, Schedule, TrainConfig, Trainer};
+use alexnet::runtime::{
+    weights, Device, Error, Model, OnNonFinite, Schedule, TrainConfig, Trainer,
+};
 use clap::ValueEnum;
 
 use crate::args::{DeviceArgs, Net};
 use crate::data::{self, DataSpec};
 use crate::pictures::{self, Epoch};
-use crate::{progress, AnyError, Ctx};
+use crate::{progress, AnyError, Ctx, Interrupted};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -81,12 +86,124 @@ pub struct TrainArgs {
     /// Print a line every this many steps.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     log_every: u64,
+    /// What a step whose loss or gradients are not finite (NaN, infinity) does: `stop` the
+    /// run (the step's update is not applied, so the last checkpoint holds the last good
+    /// state) or `skip` its update, leaving the weights and momentum as they were, and go
+    /// on.
+    #[arg(long, value_enum, default_value_t = OnNan::Stop)]
+    on_nan: OnNan,
+    /// What a checkpoint that cannot be written (a full disk, a read-only folder) does:
+    /// `stop` the run, or `warn` and go on training. The previous checkpoint stays intact
+    /// either way (files are replaced atomically).
+    #[arg(long, value_enum, default_value_t = CheckpointErrors::Stop)]
+    checkpoint_errors: CheckpointErrors,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Init {
     He,
     Paper,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnNan {
+    Stop,
+    Skip,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckpointErrors {
+    Stop,
+    Warn,
+}
+
+/// Notes of a state saved mid-epoch (on a signal): the position in the epoch's order
+/// where the run goes on, and the epoch's statistics so far (see [`stats_note`]).
+const POSITION_NOTE: &str = "epoch_position";
+const STATS_NOTE: &str = "epoch_stats";
+
+/// A [`BatchStats`] as a note: `images,loss,top1,top5,skipped` (the loss exact).
+fn stats_note(s: &BatchStats) -> String {
+    format!(
+        "{},{:?},{},{},{}",
+        s.images, s.loss, s.top1_correct, s.top5_correct, s.skipped
+    )
+}
+
+fn parse_stats_note(v: &str) -> Option<BatchStats> {
+    let f: Vec<&str> = v.split(',').collect();
+    match f[..] {
+        [images, loss, top1, top5, skipped] => Some(BatchStats {
+            images: images.parse().ok()?,
+            loss: loss.parse().ok()?,
+            top1_correct: top1.parse().ok()?,
+            top5_correct: top5.parse().ok()?,
+            skipped: skipped.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// Where a run's checkpoints go, and what a failure to write one does.
+struct Checkpoint<'p> {
+    state: PathBuf,
+    data: PathBuf,
+    pre: &'p Preprocess,
+    errors: CheckpointErrors,
+}
+
+impl Checkpoint<'_> {
+    /// What a user reads about the last checkpoint when a run stops.
+    fn last(&self) -> String {
+        if self.state.exists() {
+            format!(
+                "the last checkpoint, {}, holds the last good state",
+                self.state.display()
+            )
+        } else {
+            "no checkpoint has been written yet".into()
+        }
+    }
+
+    /// Writes the data file and the training state (each atomically). When that fails,
+    /// `--checkpoint-errors` decides: an error (stop) or a warning on stderr (warn), and
+    /// `Ok(false)`.
+    fn write(&self, ctx: &mut Ctx, trainer: &dyn Train) -> Result<bool, AnyError> {
+        let intact = self.state.exists();
+        let written = self
+            .pre
+            .save(&self.data)
+            .and_then(|()| trainer.save(&self.state));
+        self.judge(ctx, written.map_err(Into::into), intact)
+    }
+
+    /// Any other file of a checkpoint (the curves): the same rule.
+    fn judge(
+        &self,
+        ctx: &mut Ctx,
+        written: Result<(), AnyError>,
+        intact: bool,
+    ) -> Result<bool, AnyError> {
+        let Err(e) = written else { return Ok(true) };
+        let previous = if intact {
+            format!("the previous checkpoint {} is intact", self.state.display())
+        } else {
+            "there is no earlier checkpoint".into()
+        };
+        match self.errors {
+            CheckpointErrors::Stop => Err(format!(
+                "could not write the checkpoint: {e}; {previous} (--checkpoint-errors warn would go on training)"
+            )
+            .into()),
+            CheckpointErrors::Warn => {
+                writeln!(
+                    ctx.err,
+                    "warning: could not write the checkpoint: {e}; {previous}; training goes on"
+                )?;
+                Ok(false)
+            }
+        }
+    }
 }
 
 pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
@@ -196,24 +313,45 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         a.batch,
         dir.display()
     )?;
+    trainer.set_on_non_finite(match a.on_nan {
+        OnNan::Stop => OnNonFinite::Stop,
+        OnNan::Skip => OnNonFinite::Skip,
+    });
+    let checkpoint = Checkpoint {
+        state: state_path.clone(),
+        data: data_path,
+        pre: &pre,
+        errors: a.checkpoint_errors,
+    };
     let mut history = trainer
         .note("history")
         .map(pictures::parse_history)
         .unwrap_or_default();
     let batch = a.batch as usize;
+    // A run stopped by a signal goes on where it stopped in its epoch, with the epoch's
+    // statistics so far.
+    let mut resume_at = trainer
+        .note(POSITION_NOTE)
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut carried = trainer.note(STATS_NOTE).and_then(parse_stats_note);
     while trainer.state().epoch < a.epochs {
         let epoch = trainer.state().epoch;
         let t0 = Instant::now();
-        let order = epoch_order(seed, epoch, train_set.len() as u64)
+        let order: Vec<usize> = epoch_order(seed, epoch, train_set.len() as u64)
             .into_iter()
             .map(|i| i as usize)
             .collect();
+        let start = std::mem::take(&mut resume_at).min(order.len());
+        // The augmentation is drawn from the position in the whole epoch's order.
+        let transform = pre.train_transform(seed, epoch);
+        let shifted: Transform = Arc::new(move |img, p| transform(img, p + start as u64));
         let mut batches = data::batches(
             train_set.clone(),
-            order,
+            order[start..].to_vec(),
             batch,
             &pre,
-            pre.train_transform(seed, epoch),
+            shifted,
             1,
         )?;
         let bar = progress::bar(
@@ -221,20 +359,44 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             train_set.len() as u64,
             &format!("epoch {}/{}", epoch + 1, a.epochs),
         );
-        let (mut window, mut total) = (None::<BatchStats>, None::<BatchStats>);
+        bar.inc(start as u64);
+        let (mut window, mut total) = (None::<BatchStats>, carried.take());
         let mut since = Instant::now();
-        for item in &mut batches {
+        while !ctx.stopping() {
+            let Some(item) = batches.next() else { break };
             let (x, y) = item?;
-            let st = trainer.step(&x, &y)?;
-            if !st.loss.is_finite() {
-                bar.abandon();
-                return Err(format!(
-                    "the loss diverged at step {} (learning rate {}); try a smaller --lr",
-                    trainer.state().step,
-                    trainer.state().lr
-                )
-                .into());
-            }
+            let st = match trainer.step(&x, &y) {
+                Ok(st) => st,
+                Err(Error::NonFinite(nf)) => {
+                    bar.abandon();
+                    return Err(format!(
+                        "{nf}: stopped, the update not applied; {} (a smaller --lr may help; --on-nan skip skips such steps)",
+                        checkpoint.last()
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let st = if st.skipped > 0 {
+                if let Some(nf) = trainer.last_skip() {
+                    bar.suspend(|| {
+                        writeln!(
+                            ctx.out,
+                            "{nf}: update skipped (--on-nan skip), the weights and momentum left as they were"
+                        )
+                    })?;
+                }
+                // Its loss is not a number to average.
+                BatchStats {
+                    images: 0,
+                    loss: 0.0,
+                    top1_correct: 0,
+                    top5_correct: 0,
+                    skipped: st.skipped,
+                }
+            } else {
+                st
+            };
             merge(&mut window, &st);
             merge(&mut total, &st);
             bar.inc(y.len() as u64);
@@ -245,32 +407,66 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
                     bar.suspend(|| {
                         writeln!(
                             ctx.out,
-                            "epoch {} step {step:>6}: loss {:.4}, top-1 error {:5.1}%, {:7.1} images/s",
+                            "epoch {} step {step:>6}: loss {:.4}, top-1 error {:5.1}%, {:7.1} images/s{}",
                             epoch + 1,
                             w.loss,
                             100.0 * w.top1_error(),
-                            w.images as f64 / since.elapsed().as_secs_f64()
+                            w.images as f64 / since.elapsed().as_secs_f64(),
+                            match w.skipped {
+                                0 => String::new(),
+                                n => format!(" ({n} step(s) skipped)"),
+                            }
                         )
                     })?;
                 }
                 since = Instant::now();
             }
         }
+        let position = start + batches.next_position();
         bar.finish_and_clear();
         let report = batches.report();
         if report.skipped > 0 {
             writeln!(ctx.out, "epoch {}: {report}", epoch + 1)?;
         }
         let mut val = None::<BatchStats>;
-        if let Some(v) = &val_set {
+        if let (Some(v), false) = (&val_set, ctx.stopping()) {
             let bar = progress::bar(ctx, v.len() as u64, "validation");
             let order = (0..v.len()).collect();
             for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+                if ctx.stopping() {
+                    break;
+                }
                 let (x, y) = item?;
                 merge(&mut val, &trainer.evaluate(&x, &y)?);
                 bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();
+        }
+        if ctx.stopping() {
+            // Interrupted: a checkpoint of this very step, from which --resume goes on
+            // with the next batch of this epoch (or its validation).
+            trainer.set_note(POSITION_NOTE, &position.to_string());
+            match &total {
+                Some(t) => trainer.set_note(STATS_NOTE, &stats_note(t)),
+                None => trainer.set_note(STATS_NOTE, ""),
+            }
+            let saved = Checkpoint {
+                errors: CheckpointErrors::Stop,
+                ..checkpoint
+            }
+            .write(ctx, &*trainer)
+            .map_err(|e| format!("interrupted; {e}"))?;
+            debug_assert!(saved);
+            return Err(Interrupted(format!(
+                "interrupted at epoch {}, step {} ({position} of the epoch's {} images done): saved {}; go on with `train --resume {} --epochs {}` and the same data options",
+                epoch + 1,
+                trainer.state().step,
+                order.len(),
+                state_path.display(),
+                state_path.display(),
+                a.epochs
+            ))
+            .into());
         }
         let changed = trainer.end_epoch(val.as_ref().map(BatchStats::top1_error));
         history.push(Epoch::new(
@@ -280,13 +476,19 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             trainer.state().lr,
         ));
         trainer.set_note("history", &pictures::format_history(&history));
-        pre.save(&data_path)?;
-        trainer.save(&state_path)?;
+        trainer.set_note(POSITION_NOTE, "0");
+        trainer.set_note(STATS_NOTE, "");
+        let intact = state_path.exists();
+        let saved = checkpoint.write(ctx, &*trainer)?;
         let plot = dir.join("curves.png");
-        pictures::curves(
-            &history,
-            &format!("{} on {}", plan.name, spec.describe()),
-            &plot,
+        let plotted = checkpoint.judge(
+            ctx,
+            pictures::curves(
+                &history,
+                &format!("{} on {}", plan.name, spec.describe()),
+                &plot,
+            ),
+            intact,
         )?;
         let summary = match val {
             Some(v) => format!(
@@ -297,16 +499,19 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             ),
             None => "no validation set".to_string(),
         };
+        let files = match (saved, plotted) {
+            (true, true) => format!("saved {} and {}", state_path.display(), plot.display()),
+            (true, false) => format!("saved {}", state_path.display()),
+            (false, _) => "NOT saved (see the warning)".into(),
+        };
         writeln!(
             ctx.out,
-            "epoch {} done in {:.1} s: {summary}{}; saved {} and {}",
+            "epoch {} done in {:.1} s: {summary}{}; {files}",
             epoch + 1,
             t0.elapsed().as_secs_f64(),
             changed
                 .map(|lr| format!("; learning rate now {lr:.3e}"))
                 .unwrap_or_default(),
-            state_path.display(),
-            plot.display()
         )?;
     }
     Ok(())

@@ -24,6 +24,14 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file could not be written (a full disk, a read-only folder, ...). Files are
+    /// replaced atomically, so the one it was to replace, if any, is unchanged.
+    Write {
+        path: PathBuf,
+        /// The bytes the new file needed.
+        bytes: u64,
+        source: std::io::Error,
+    },
     /// A file is not valid safetensors.
     Format {
         path: Option<PathBuf>,
@@ -120,6 +128,16 @@ impl fmt::Display for Error {
                 write!(f, "model was built for network `{found}`, not `{expected}`")
             }
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Write {
+                path,
+                bytes,
+                source,
+            } => write!(
+                f,
+                "{}: could not write {bytes} bytes ({:.1} MB): {source}; the file it was to replace, if any, is unchanged",
+                path.display(),
+                *bytes as f64 / 1e6
+            ),
             Error::Format { path, message } => match path {
                 Some(p) => write!(
                     f,
@@ -152,7 +170,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::Write { source, .. } => Some(source),
             _ => None,
         }
     }

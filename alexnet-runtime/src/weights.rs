@@ -324,8 +324,12 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         }
         Ok(())
     })();
-    result.map_err(|e| {
+    result.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+        Error::Write {
+            path: path.to_path_buf(),
+            bytes: contents.len() as u64,
+            source,
+        }
     })
 }

@@ -528,6 +528,19 @@ mod tests {
             .collect();
         assert_eq!(seen, expected);
         assert_eq!(report.skipped, 3);
+        // Where each batch ends in the order: just past its last image, skipped files
+        // included; the last batch ends the order.
+        let mut loader = set
+            .loader(order.clone(), 3, side, 2, 2, Arc::clone(&tag))
+            .unwrap();
+        let mut ends = Vec::new();
+        while let Some((images, _)) = loader.next() {
+            let last = images.chunks(size).last().unwrap()[size - 1] as usize;
+            ends.push((last + 1, loader.next_position()));
+        }
+        let (last, full) = ends.split_last().unwrap();
+        assert!(full.iter().all(|(past, pos)| past == pos), "{ends:?}");
+        assert_eq!(last.1, order.len());
         let skipped: Vec<&str> = report.first.iter().map(|(p, _)| name(p)).collect();
         assert_eq!(skipped, ["e.png", "x.jpg", "trunc.jpg"]); // in (reversed) order
         assert!(BROKEN.iter().all(|b| skipped.contains(b)));

@@ -156,6 +156,7 @@ pub fn loader(
     }));
     Ok(Loader {
         rx: Some(rx),
+        position: 0,
         threads,
         report,
     })
@@ -172,6 +173,10 @@ type Decoded = std::result::Result<Vec<f32>, DecodeError>;
 /// A batch: the images concatenated, and their labels.
 type BatchData = (Vec<f32>, Vec<u32>);
 
+/// A batch as the collector sends it: with the position in the order just past its last
+/// image (skipped files included).
+type Sent = (Vec<f32>, Vec<u32>, usize);
+
 /// The collector thread: takes positions 0, 1, ... from the workers in turn and sends
 /// full batches on; returns as soon as the loader is dropped.
 fn collect(
@@ -179,7 +184,7 @@ fn collect(
     order: &[usize],
     batch: usize,
     inputs: &[Receiver<Decoded>],
-    tx: &SyncSender<BatchData>,
+    tx: &SyncSender<Sent>,
     report: &Mutex<LoadReport>,
 ) {
     let (mut images, mut labels) = (Vec::new(), Vec::with_capacity(batch));
@@ -199,6 +204,7 @@ fn collect(
                     let full = (
                         std::mem::replace(&mut images, Vec::with_capacity(cap)),
                         std::mem::replace(&mut labels, Vec::with_capacity(batch)),
+                        p + 1,
                     );
                     if tx.send(full).is_err() {
                         return; // the loader is gone
@@ -212,19 +218,27 @@ fn collect(
         }
     }
     if !labels.is_empty() {
-        let _ = tx.send((images, labels));
+        let _ = tx.send((images, labels, order.len()));
     }
 }
 
 /// Batches of images loaded in the background by [`loader`]: an iterator of
 /// `(images, labels)`, the images concatenated (each as the transform returned it).
 pub struct Loader {
-    rx: Option<Receiver<BatchData>>,
+    rx: Option<Receiver<Sent>>,
+    /// Positions of the order covered by the batches returned so far.
+    position: usize,
     threads: Vec<JoinHandle<()>>,
     report: Arc<Mutex<LoadReport>>,
 }
 
 impl Loader {
+    /// Where the next batch starts in the order: the positions the batches returned so far
+    /// cover, skipped files included (a training run interrupted mid-epoch resumes there).
+    pub fn next_position(&self) -> usize {
+        self.position
+    }
+
     /// The files skipped so far because they did not decode.
     pub fn report(&self) -> LoadReport {
         self.report
@@ -251,7 +265,10 @@ impl Iterator for Loader {
 
     fn next(&mut self) -> Option<BatchData> {
         match self.rx.as_ref()?.recv() {
-            Ok(b) => Some(b),
+            Ok((images, labels, end)) => {
+                self.position = end;
+                Some((images, labels))
+            }
             Err(_) => {
                 if let Some(p) = self.stop() {
                     std::panic::resume_unwind(p);

@@ -157,6 +157,17 @@ fn summary_prints_the_layer_table() {
     for needle in ["96x55x55", "256x6x6", "total parameters: 60,965,224", "fc8"] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+    assert!(!text.contains("memory at batch"), "{text}");
+    let text = succeeds(alexnet().args(["summary", "--net", "alexnet", "--batch", "128"]));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("memory at batch 128 (f32 device buffers): inference "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("(weights 243.9 MB, batch ")
+            && line.contains("gradients and momentum 487.7 MB"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -491,3 +491,82 @@ fn a_step_that_is_not_finite_stops_or_is_skipped_with_the_weights_untouched() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod memory {
+    use alexnet::runtime::footprint::{check_fits, Footprint};
+    use alexnet::runtime::{Cpu, Element, Error, Memory, Result};
+
+    /// A backend with `free` bytes of `total`, and host vectors for buffers.
+    struct Small {
+        free: u64,
+        total: u64,
+    }
+
+    impl Memory for Small {
+        type Buffer<T: Element> = Vec<T>;
+        fn name(&self) -> String {
+            "small:0".into()
+        }
+        fn memory_info(&self) -> Result<Option<(u64, u64)>> {
+            Ok(Some((self.free, self.total)))
+        }
+        fn alloc<T: Element>(&self, len: usize) -> Result<Vec<T>> {
+            Ok(vec![T::default(); len])
+        }
+        fn upload<T: Element>(&self, data: &[T]) -> Result<Vec<T>> {
+            Ok(data.to_vec())
+        }
+        fn download<T: Element>(&self, buf: &Vec<T>) -> Result<Vec<T>> {
+            Ok(buf.clone())
+        }
+        fn write<T: Element>(&self, buf: &mut Vec<T>, data: &[T]) -> Result<()> {
+            buf[..data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_is_refused_with_the_figures() {
+        let plan = alexnet::nets::AlexNet::plan();
+        let gpu = Small {
+            free: Footprint::of(&plan, 100).training + 1000,
+            total: 141_000_000_000,
+        };
+        check_fits(&gpu, &plan, 100).unwrap();
+        let err = check_fits(&gpu, &plan, 4096).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        let msg = err.to_string();
+        for want in [
+            "small:0: out of memory: training `AlexNet` at batch 4096 needs ",
+            "the GPU has ",
+            " free of 141.00 GB",
+            "a batch of at most about 100 fits",
+        ] {
+            assert!(msg.contains(want), "`{want}` in: {msg}");
+        }
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+        let none = Small {
+            free: 10,
+            total: 10,
+        };
+        assert!(check_fits(&none, &plan, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("not even one image fits"));
+        // The CPU says nothing about its memory: nothing to refuse.
+        check_fits(&Cpu::new(), &plan, 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn the_footprint_counts_the_weights_and_grows_with_the_batch() {
+        let plan = alexnet::nets::AlexNet::plan();
+        let f = |b| Footprint::of(&plan, b);
+        assert_eq!(f(1).params, 60_965_224 * 4);
+        assert_eq!(f(1).optimizer, 2 * f(1).params);
+        for b in [2, 64, 128] {
+            assert_eq!(f(b).inference, b as u64 * f(1).inference, "batch {b}");
+            assert!(f(b).training > f(b / 2).training, "batch {b}");
+            assert!(f(b).training > 2 * f(b).inference, "batch {b}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use alexnet::ir::Op;
 use alexnet::nets::AlexNet;
+use alexnet::runtime::footprint::{human, Footprint};
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
 use alexnet::runtime::{Batch, Device, Model, Tensor};
@@ -96,6 +97,10 @@ enum Command {
     Summary {
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
+        /// Also print the device memory a batch of this many images needs, for inference
+        /// and for training.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+        batch: Option<u64>,
     },
     /// Runs a network on the tensor `input` ([N, C, H, W], f32) of a safetensors file and
     /// writes `logits` ([N, classes]) and, when the network ends in softmax,
@@ -127,8 +132,22 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             seed,
             device,
         } => demo(ctx, weights, seed, &device),
-        Command::Summary { net } => {
+        Command::Summary { net, batch } => {
             write!(ctx.out, "{}", net.plan().summary())?;
+            if let Some(batch) = batch {
+                let f = Footprint::of(net.plan(), batch as usize);
+                writeln!(
+                    ctx.out,
+                    "memory at batch {batch} (f32 device buffers): inference {} (weights {}, batch {}); training {} (weights {}, gradients and momentum {}, batch {})",
+                    human(f.inference_total()),
+                    human(f.params),
+                    human(f.inference),
+                    human(f.training_total()),
+                    human(f.params),
+                    human(f.optimizer),
+                    human(f.training)
+                )?;
+            }
             Ok(())
         }
         Command::Infer {

@@ -313,6 +313,8 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         a.batch,
         dir.display()
     )?;
+    // Out of memory is an error now, with the figures, not halfway through a step.
+    trainer.reserve(a.batch as usize)?;
     trainer.set_on_non_finite(match a.on_nan {
         OnNan::Stop => OnNonFinite::Stop,
         OnNan::Skip => OnNonFinite::Skip,

@@ -63,6 +63,12 @@ pub trait Memory: Send + Sync + 'static {
     /// A short description for logs, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
 
+    /// The device's free and total memory in bytes, where the backend knows them (a GPU);
+    /// `None` for the CPU, whose memory the operating system manages.
+    fn memory_info(&self) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
+
     /// A buffer of `len` zeros.
     fn alloc<T: Element>(&self, len: usize) -> Result<Self::Buffer<T>>;
 

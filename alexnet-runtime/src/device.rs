@@ -121,6 +121,13 @@ impl Memory for Device {
         }
     }
 
+    fn memory_info(&self) -> Result<Option<(u64, u64)>> {
+        match self {
+            Device::Cpu(c) => c.memory_info(),
+            Device::Cuda(c) => c.memory_info(),
+        }
+    }
+
     fn alloc<T: Element>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         Ok(match self {
             Device::Cpu(c) => DeviceBuffer::Cpu(c.alloc(len)?),

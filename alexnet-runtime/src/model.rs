@@ -192,12 +192,7 @@ impl<B: Inference> Model<B> {
             .into_iter()
             .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
             .collect();
-        let max = stages
-            .iter()
-            .map(|st| plan.layers[st.layer].output.len())
-            .max()
-            .unwrap_or(0)
-            * batch;
+        let [_, max, _] = crate::footprint::forward_buffers(plan, batch);
         // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
         let input_buf = self.backend.upload(input.data())?;
         let fresh = || {

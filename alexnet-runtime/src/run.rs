@@ -198,6 +198,10 @@ pub trait Train {
     fn set_note(&mut self, key: &str, value: &str);
     /// Logits per image.
     fn classes(&self) -> usize;
+    /// Allocates the buffers of batches of `batch` images before the first step, after
+    /// checking that they fit in the device's free memory (an [`Error::OutOfMemory`]
+    /// with the figures when not).
+    fn reserve(&mut self, batch: usize) -> Result<()>;
     /// What a step whose loss or gradients are not finite does (default
     /// [`OnNonFinite::Stop`]).
     fn set_on_non_finite(&mut self, mode: OnNonFinite);

@@ -877,6 +877,15 @@ impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
         self.towers.plan.output().len()
     }
 
+    fn reserve(&mut self, batch: usize) -> Result<()> {
+        // Each tower allocates its half of the batch's buffers at each step: check that
+        // they fit now.
+        for (t, b) in self.towers.backends.iter().enumerate() {
+            crate::footprint::check_fits(b, &self.towers.towers[t], batch)?;
+        }
+        Ok(())
+    }
+
     fn set_on_non_finite(&mut self, mode: OnNonFinite) {
         self.run.on_non_finite = mode;
     }

@@ -23,6 +23,7 @@ pub use crate::weights::{MOMENTUM_PREFIX, STATE_FORMAT};
 use crate::backend::{Training, F32};
 use crate::error::{Error, Result};
 use crate::eval::output_stats;
+use crate::footprint::{check_fits, training_stages, TrainingBuffers};
 use crate::ir::{Plan, Stage};
 use crate::model::Model;
 use crate::philox::DropoutMask;
@@ -92,6 +93,9 @@ impl<B: Training> Train for Trainer<B> {
     fn classes(&self) -> usize {
         Trainer::classes(self)
     }
+    fn reserve(&mut self, batch: usize) -> Result<()> {
+        Trainer::reserve(self, batch)
+    }
     fn set_on_non_finite(&mut self, mode: OnNonFinite) {
         self.run.on_non_finite = mode;
     }
@@ -143,13 +147,7 @@ impl<B: Training> Trainer<B> {
 
     fn with_run(model: Model<B>, run: Run, velocity: Vec<F32<B>>) -> Result<Self> {
         let plan = model.plan().clone();
-        let mut stages = plan.stages();
-        if stages
-            .last()
-            .is_some_and(|s| plan.layers[s.layer].op.kind().must_be_last())
-        {
-            stages.pop();
-        }
+        let stages = training_stages(&plan);
         let first_learned = stages
             .iter()
             .position(|s| plan.layers[s.layer].op.is_learned())
@@ -224,25 +222,33 @@ impl<B: Training> Trainer<B> {
         self.ws = None;
         let plan = self.model.plan();
         let backend = self.model.backend();
-        let mut acts = vec![backend.alloc(batch * plan.input.len())?];
-        let mut widest = plan.input.len();
-        for s in &self.stages {
-            let l = &plan.layers[s.layer];
-            acts.push(backend.alloc(batch * l.output.len())?);
-            widest = widest.max(l.output.len()).max(l.input.len());
-        }
+        let b = TrainingBuffers::of(plan, &self.stages, batch);
         self.ws = Some(Workspace {
             batch,
-            acts,
-            grads: [
-                backend.alloc(batch * widest)?,
-                backend.alloc(batch * widest)?,
-            ],
-            labels: backend.alloc(batch)?,
-            stats: backend.alloc(3)?,
+            acts: b
+                .acts
+                .iter()
+                .map(|&n| backend.alloc(n))
+                .collect::<Result<_>>()?,
+            grads: [backend.alloc(b.grad)?, backend.alloc(b.grad)?],
+            labels: backend.alloc(b.labels)?,
+            stats: backend.alloc(b.stats)?,
             loaded: false,
         });
         Ok(())
+    }
+
+    /// Allocates the buffers of batches of `batch` images now, before the first step,
+    /// after checking that they fit: on a GPU, an [`Error::OutOfMemory`] with the batch,
+    /// the bytes training needs ([`Footprint`]) and the GPU's free memory, and the
+    /// largest batch that would fit. (A step allocates them itself otherwise.)
+    pub fn reserve(&mut self, batch: usize) -> Result<()> {
+        if self.ws.as_ref().is_some_and(|w| w.batch == batch) {
+            return Ok(());
+        }
+        self.ws = None;
+        check_fits(self.model.backend(), self.model.plan(), batch)?;
+        self.workspace(batch)
     }
 
     /// Checks a batch against the network and returns its size.

@@ -16,6 +16,14 @@ impl Memory for Cuda {
         )
     }
 
+    fn memory_info(&self) -> Result<Option<(u64, u64)>> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(self.err("querying the free memory"))?;
+        Ok(Some((free as u64, total as u64)))
+    }
+
     fn alloc<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
         self.stream
             .alloc_zeros::<T>(len.max(1))

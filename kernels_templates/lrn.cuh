@@ -36,6 +36,13 @@ __device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __re
 // One thread per element: it loads the 2 SIZE - 1 channels around its own once and
 // recomputes the SIZE window sums it needs from them.
 // Grid x = ceil(batch * C * HW / THREADS). dx is overwritten.
+// No loops with clipped bounds here: an earlier form looped j over [max(c-HALF, lo),
+// min(c+HALF, hi)] and each window over its own clipped range. With lo/hi known only at
+// run time (split nets) and SIZE 3, NVVM writes a trip count as max(max(a, -b), c), which
+// ptxas 13.0.88 fuses into one sm_90 VIMNMX3 *without the minus*: every window summed one
+// channel (wrong on the H200, right under tests/cuda_emulated.rs, which never runs ptxas;
+// docs/reliability.md has the evidence). Keep every bound a constant and zero-pad outside
+// the tower instead of clipping.
 template <class Cfg>
 __device__ __forceinline__ void lrn_bwd(const float* __restrict__ x,
                                         const float* __restrict__ dy, float* __restrict__ dx,

@@ -5,7 +5,8 @@
 # benches/gpu_forward.rs (each generated kernel beside cuDNN / cuBLAS), benches/gpu_train.rs
 # (an AlexNet training step), benches/towers.rs (AlexNet split into its two towers on two
 # streams, and two GPUs when there are two, against unsplit), a short `train` run on CUDA, and scripts/bench_torch.py
-# (PyTorch eager on the same GPU, when the machine has it).
+# (PyTorch eager on the same GPU, when the machine has it); and scripts/gpu-sanitize.sh, the
+# GPU tests under compute-sanitizer, for a second call.
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
 # "bash .gpu-bin/all.sh". Its summary table is printed last.
@@ -20,6 +21,9 @@ bash "$pack" \
   --bench gpu_train \
   --bench towers
 cp scripts/bench_torch.py .gpu-bin/
+# Every GPU test under compute-sanitizer (memcheck, synccheck, racecheck, initcheck): a
+# second device call, "bash .gpu-bin/sanitize.sh" (about 6 minutes).
+cp scripts/gpu-sanitize.sh .gpu-bin/sanitize.sh
 cat > .gpu-bin/all.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,4 +53,4 @@ timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --batc
   --towers cuda:0,cuda:0 2>&1 | tee "$OUT/bench-towers-cli.log" | grep -E 'towers|batch'
 EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes)"
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

@@ -199,3 +199,39 @@ fn every_template_header_compiles_on_its_own() {
     }
     assert!(n >= 13, "{n} headers");
 }
+
+/// The pinned NVRTC (13.0) miscompiles `max(max(a, -b), c)` on signed ints for sm_90:
+/// ptxas fuses it into one `VIMNMX3` and drops the minus, so the CUBIN is the very one of
+/// `max(max(a, b), c)`; sm_80 (no `VIMNMX3`) keeps the minus. This was the root cause of
+/// the old LRN backward kernel's wrong window sums on the H200 (see docs/reliability.md
+/// and the comment above `lrn_bwd` in kernels_templates/lrn.cuh). The test keeps the
+/// finding reproducible without a GPU, and fails when a newer NVRTC is pinned that no
+/// longer has the bug: then the note can go.
+#[test]
+fn the_pinned_nvrtc_drops_a_minus_in_a_three_way_max_on_sm_90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let cubin = |body: &str, arch: &str| {
+        let src = format!(
+            "extern \"C\" __global__ void k(const int* __restrict__ a, const int* __restrict__ b, const int* __restrict__ c, int* r) {{ int i = threadIdx.x; {body} }}"
+        );
+        nvrtc::compile_cubin(&src, "k.cu", arch, &[])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .cubin
+    };
+    let negated = "r[i] = max(max(a[i], -b[i]), c[i]);";
+    let plain = "r[i] = max(max(a[i], b[i]), c[i]);";
+    assert_ne!(cubin(negated, "sm_80"), cubin(plain, "sm_80"));
+    let version = nvrtc::version().unwrap();
+    assert_eq!(
+        cubin(negated, "sm_90") == cubin(plain, "sm_90"),
+        version.0 == 13 && version.1 == 0,
+        "NVRTC {version:?}: the sm_90 VIMNMX3 miscompilation is {} now; update docs/reliability.md",
+        if version == (13, 0) {
+            "gone"
+        } else {
+            "present"
+        }
+    );
+}

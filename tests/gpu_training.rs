@@ -394,7 +394,7 @@ fn lrn_backward_intermediates() {
 fn a_batch_too_large_for_the_gpu_is_refused_before_the_first_step() {
     let plan = AlexNet::plan();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut t = trainer(Cuda::new(0).unwrap(), &plan, weights(&plan, &mut rng));
+    let mut t = trainer(Cuda::new(0).unwrap(), plan, weights(plan, &mut rng));
     // About 16 MB of activations per image: a million images is far beyond 141 GB.
     let err = t.reserve(1 << 20).unwrap_err();
     let msg = err.to_string();

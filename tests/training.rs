@@ -529,11 +529,11 @@ mod memory {
     fn a_batch_that_does_not_fit_is_refused_with_the_figures() {
         let plan = alexnet::nets::AlexNet::plan();
         let gpu = Small {
-            free: Footprint::of(&plan, 100).training + 1000,
+            free: Footprint::of(plan, 100).training + 1000,
             total: 141_000_000_000,
         };
-        check_fits(&gpu, &plan, 100).unwrap();
-        let err = check_fits(&gpu, &plan, 4096).unwrap_err();
+        check_fits(&gpu, plan, 100).unwrap();
+        let err = check_fits(&gpu, plan, 4096).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
         let msg = err.to_string();
         for want in [
@@ -549,18 +549,18 @@ mod memory {
             free: 10,
             total: 10,
         };
-        assert!(check_fits(&none, &plan, 1)
+        assert!(check_fits(&none, plan, 1)
             .unwrap_err()
             .to_string()
             .contains("not even one image fits"));
         // The CPU says nothing about its memory: nothing to refuse.
-        check_fits(&Cpu::new(), &plan, 1 << 20).unwrap();
+        check_fits(&Cpu::new(), plan, 1 << 20).unwrap();
     }
 
     #[test]
     fn the_footprint_counts_the_weights_and_grows_with_the_batch() {
         let plan = alexnet::nets::AlexNet::plan();
-        let f = |b| Footprint::of(&plan, b);
+        let f = |b| Footprint::of(plan, b);
         assert_eq!(f(1).params, 60_965_224 * 4);
         assert_eq!(f(1).optimizer, 2 * f(1).params);
         for b in [2, 64, 128] {

@@ -240,8 +240,8 @@ impl<B: Training> Trainer<B> {
 
     /// Allocates the buffers of batches of `batch` images now, before the first step,
     /// after checking that they fit: on a GPU, an [`Error::OutOfMemory`] with the batch,
-    /// the bytes training needs ([`Footprint`]) and the GPU's free memory, and the
-    /// largest batch that would fit. (A step allocates them itself otherwise.)
+    /// the bytes training needs ([`crate::footprint::Footprint`]), the GPU's free memory
+    /// and the largest batch that would fit. (A step allocates them itself otherwise.)
     pub fn reserve(&mut self, batch: usize) -> Result<()> {
         if self.ws.as_ref().is_some_and(|w| w.batch == batch) {
             return Ok(());

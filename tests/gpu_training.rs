@@ -411,3 +411,51 @@ fn a_batch_too_large_for_the_gpu_is_refused_before_the_first_step() {
     t.reserve(32).unwrap();
     assert_eq!(t.state().step, 0);
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_resume_continues_as_an_uninterrupted_run() {
+    // 3 steps, save, resume on a fresh GPU backend, 3 more; against 6 straight steps.
+    let plan = SmallNet::plan();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let w = weights(plan, &mut rng);
+    let s = plan.input;
+    let batch = 16;
+    let batches: Vec<(Tensor, Vec<u32>)> = (0..6)
+        .map(|_| {
+            let x = Tensor::new(
+                vec![batch, s.c, s.h, s.w],
+                random(&mut rng, batch * s.len(), 1.0),
+            )
+            .unwrap();
+            let labels = (0..batch).map(|_| rng.random_range(0..10)).collect();
+            (x, labels)
+        })
+        .collect();
+    let mut straight = trainer(Cuda::new(0).expect("a CUDA GPU"), plan, w.clone());
+    for (x, y) in &batches {
+        straight.step(x, y).unwrap();
+    }
+    let mut first = trainer(Cuda::new(0).unwrap(), plan, w);
+    for (x, y) in &batches[..3] {
+        first.step(x, y).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("alexnet-gpu-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.safetensors");
+    first.save(&path).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(Cuda::new(0).unwrap(), plan.clone(), &path).unwrap();
+    for (x, y) in &batches[3..] {
+        resumed.step(x, y).unwrap();
+    }
+    assert_eq!(resumed.state(), straight.state());
+    let e = compare_tensors(
+        "weights after 3 + 3 steps against 6",
+        &resumed.model().tensors().unwrap(),
+        &straight.model().tensors().unwrap(),
+    );
+    println!("GPU resume: weights after 3 + 3 steps agree with 6 straight to {e:.2e}");
+    assert!(e <= 1e-5, "GPU resume: relative L2 {e:.2e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -296,11 +296,12 @@ impl Run {
         plan: &Plan,
     ) -> Result<(Run, Vec<NamedTensor>, Vec<NamedTensor>)> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |message: String| Error::Format {
+        // A valid safetensors file that is not a usable state of this network.
+        let bad = |message: String| Error::Content {
             path: Some(path.to_path_buf()),
             message,
         };
-        let meta = weights::parse_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = weights::parse_metadata(&bytes).map_err(|e| e.in_file(path))?;
         if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
             return Err(bad(format!(
                 "not a training state (metadata `format` should be `{STATE_FORMAT}`); plain weights load with --weights"
@@ -342,14 +343,7 @@ impl Run {
             .filter(|s| !s.is_empty())
             .map(|m| num(m, "lr_mults", &bad))
             .collect::<Result<_>>()?;
-        let all = weights::parse_safetensors(&bytes).map_err(|e| match e {
-            Error::Format { message, .. } => bad(message),
-            Error::Weights { problems, .. } => Error::Weights {
-                path: Some(path.to_path_buf()),
-                problems,
-            },
-            other => other,
-        })?;
+        let all = weights::parse_safetensors(&bytes).map_err(|e| e.in_file(path))?;
         let (momentum, params): (Vec<NamedTensor>, Vec<NamedTensor>) = all
             .into_iter()
             .partition(|t| t.name.starts_with(MOMENTUM_PREFIX));

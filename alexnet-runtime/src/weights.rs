@@ -153,19 +153,11 @@ pub fn read_safetensors_with_metadata(
     path: &Path,
 ) -> Result<(Vec<NamedTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let at_path = |e| match e {
-        Error::Format { message, .. } => Error::Format {
-            path: Some(path.to_path_buf()),
-            message,
-        },
-        Error::Weights { problems, .. } => Error::Weights {
-            path: Some(path.to_path_buf()),
-            problems,
-        },
-        other => other,
-    };
-    let meta = parse_metadata(&bytes).map_err(at_path)?;
-    Ok((parse_safetensors(&bytes).map_err(at_path)?, meta))
+    let meta = parse_metadata(&bytes).map_err(|e| e.in_file(path))?;
+    Ok((
+        parse_safetensors(&bytes).map_err(|e| e.in_file(path))?,
+        meta,
+    ))
 }
 
 /// The metadata of a safetensors file, reading only its header (a training state of the
@@ -205,14 +197,15 @@ pub fn parse_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
-/// Parses a safetensors buffer; see [`read_safetensors`].
+/// Parses a safetensors buffer; see [`read_safetensors`]. A tensor of another element
+/// type (integers, say) is an [`Error::Content`].
 pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format {
         path: None,
         message: e.to_string(),
     })?;
     let mut out = Vec::new();
-    let mut problems = Vec::new();
+    let mut mistyped = Vec::new();
     for (name, view) in st.tensors() {
         let d = view.data();
         let data: Vec<f32> = match view.dtype() {
@@ -235,9 +228,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
                 })
                 .collect(),
             other => {
-                problems.push(format!(
-                    "tensor `{name}` has dtype {other:?}; expected F32 (or F16, BF16, F64)"
-                ));
+                mistyped.push((name, other));
                 continue;
             }
         };
@@ -247,10 +238,28 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
             data,
         });
     }
-    if !problems.is_empty() {
-        return Err(Error::Weights {
+    mistyped.sort();
+    let message = match mistyped.as_slice() {
+        [] => None,
+        [(name, dtype)] => Some(format!("tensor `{name}` has dtype {dtype:?}")),
+        several => Some(format!(
+            "tensors {} have dtypes {}",
+            several
+                .iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            several
+                .iter()
+                .map(|(_, d)| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    };
+    if let Some(message) = message {
+        return Err(Error::Content {
             path: None,
-            problems,
+            message: format!("{message}; expected F32 (or F16, BF16, F64)"),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

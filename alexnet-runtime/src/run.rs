@@ -335,7 +335,9 @@ impl Run {
                 momentum: num(get("momentum")?, "momentum", &bad)?,
                 weight_decay: num(get("weight_decay")?, "weight_decay", &bad)?,
             },
-            schedule: get("schedule")?.parse()?,
+            schedule: get("schedule")?
+                .parse()
+                .map_err(|e: Error| bad(format!("training state: {e}")))?,
             seed: num(get("seed")?, "seed", &bad)?,
         };
         let lr_mults: Vec<f32> = get("lr_mults")?

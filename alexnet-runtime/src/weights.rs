@@ -173,17 +173,27 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     f.read_exact(&mut len)
         .map_err(|_| bad("too short for a safetensors file".into()))?;
     let n = u64::from_le_bytes(len);
-    // safetensors caps headers at 100 MB.
+    // safetensors caps headers at 100 MB; nothing is allocated for more than the file
+    // holds.
     if n > 100_000_000 {
         return Err(bad(format!("header of {n} bytes is too large")));
     }
-    let mut header = len.to_vec();
-    header.resize(8 + n as usize, 0);
-    f.read_exact(&mut header[8..])
-        .map_err(|_| bad("the header is cut short".into()))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if n > size.saturating_sub(8) {
+        return Err(bad(format!(
+            "the header of {n} bytes is longer than the file ({size} bytes)"
+        )));
+    }
+    let mut header = Vec::with_capacity(n as usize);
+    f.take(n)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    if header.len() as u64 != n {
+        return Err(bad("the header is cut short".into()));
+    }
     // The header as safetensors itself reads it (its tensor offsets are checked against
     // the file only when the tensors are read).
-    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header[8..])
+    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("the header is not a safetensors header: {e}")))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }

@@ -307,12 +307,15 @@ impl Run {
                 "not a training state (metadata `format` should be `{STATE_FORMAT}`); plain weights load with --weights"
             )));
         }
-        if meta.get("network").map(String::as_str) != Some(&*plan.name) {
-            return Err(bad(format!(
-                "training state of network `{}`, not `{}`",
-                meta.get("network").map_or("?", String::as_str),
-                plan.name
-            )));
+        match meta.get("network") {
+            None => return Err(bad("training state lacks `network`".into())),
+            Some(n) if *n != *plan.name => {
+                return Err(bad(format!(
+                    "training state of network `{n}`, not `{}`",
+                    plan.name
+                )))
+            }
+            Some(_) => {}
         }
         let get = |k: &str| -> Result<&String> {
             meta.get(k)

@@ -644,3 +644,44 @@ fn an_integer_input_is_not_called_mismatched_weights() {
         )
     );
 }
+
+/// An input of the wrong shape: the error names the file and what the network takes.
+#[test]
+fn a_mis_shaped_input_names_the_file() {
+    let dir = folder("mis-shaped-input");
+    let (w, x) = (dir.join("w.safetensors"), dir.join("x.safetensors"));
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    for shape in [vec![3, 32, 32], vec![1, 3, 32, 31], vec![]] {
+        let n = shape.iter().product();
+        let t = NamedTensor {
+            name: "input".into(),
+            shape: shape.clone(),
+            data: vec![0.5; n],
+        };
+        write_safetensors(&x, &[t], None).unwrap();
+        let err = fails(
+            alexnet()
+                .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+                .arg(&w)
+                .arg("--input")
+                .arg(&x)
+                .arg("--output")
+                .arg(dir.join("y.safetensors")),
+        );
+        let shown = format!(
+            "[{}]",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert_eq!(
+            err,
+            format!(
+                "{}: tensor `input` has shape {shown}; `SmallNet` takes [N, 3, 32, 32] (N images)",
+                x.display()
+            )
+        );
+    }
+}

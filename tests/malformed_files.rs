@@ -55,9 +55,9 @@ impl Watching {
         if size > HARD_CAP {
             let case = CASE.try_with(Cell::get).unwrap_or(u64::MAX);
             let mut msg = StackText::default();
-            let _ = write!(
+            let _ = writeln!(
                 msg,
-                "malformed_files: case {case} asked for {size} bytes at once (limit {limit}); rerun it with ALEXNET_FUZZ_CASE={case}\n"
+                "malformed_files: case {case} asked for {size} bytes at once (limit {limit}); rerun it with ALEXNET_FUZZ_CASE={case}"
             );
             use std::io::Write;
             let _ = std::io::stderr().write_all(msg.as_bytes());

@@ -39,9 +39,9 @@ const LAYOUT: u32 = 1;
 /// `e_machine` of a CUDA ELF file.
 const EM_CUDA: u16 = 190;
 
-/// An entry's bytes: [`MAGIC`], the layout version (u32), the architecture's length (u32)
-/// and text, the key, the CUBIN's length and its checksum (u64 each, all little-endian),
-/// then the CUBIN.
+/// An entry's bytes: the magic `ALXCUBIN`, the layout version (u32), the architecture's
+/// length (u32) and text, the key, the CUBIN's length and its checksum (u64 each, all
+/// little-endian), then the CUBIN.
 pub fn encode_entry(key: u64, arch: &str, cubin: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + 32 + arch.len() + cubin.len());
     out.extend_from_slice(MAGIC);

@@ -955,4 +955,126 @@ fn a_checkpoint_that_cannot_be_written_stops_or_warns_and_the_previous_stays() {
         root.join("elsewhere").to_str().unwrap(),
     ]);
     assert!(out.success(), "{}", out.error());
+
+/// A folder for one test's files.
+fn folder(name: &str) -> PathBuf {
+    let dir = tmp().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Another network's training state is a valid safetensors file: the error says whose
+/// state it is, once, in the runtime and on the command line.
+#[test]
+fn another_network_s_state_is_not_called_invalid_safetensors() {
+    use alexnet::nets::AlexNet;
+    use alexnet::runtime::{Model, TrainConfig, Trainer};
+    let state = folder("other-net").join("state.safetensors");
+    let model = Model::init(Cpu::new(), SmallNet::plan().clone(), 1).unwrap();
+    Trainer::new(model, TrainConfig::default())
+        .unwrap()
+        .save(&state)
+        .unwrap();
+    let want = format!(
+        "{}: training state of network `SmallNet`, not `AlexNet`",
+        state.display()
+    );
+    let err = Trainer::resume(Cpu::new(), AlexNet::plan().clone(), &state).unwrap_err();
+    assert_eq!(err.to_string(), want);
+    let err = fails(
+        alexnet()
+            .args(["train", "--device", "cpu", "--net", "alexnet", "--resume"])
+            .arg(&state),
+    );
+    assert_eq!(err, want);
+}
+
+/// A state file that is not safetensors: `train --resume` says so once.
+#[test]
+fn resuming_a_broken_state_says_it_once() {
+    let junk = folder("broken-state").join("state.safetensors");
+    std::fs::write(&junk, b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+    let err = fails(
+        alexnet()
+            .args(["train", "--device", "cpu", "--resume"])
+            .arg(&junk),
+    );
+    assert!(
+        err.starts_with(&format!(
+            "{}: not a valid safetensors file: ",
+            junk.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("safetensors").count(), 2, "{err}");
+}
+
+/// An input of integers is a wrong input file, not weights that do not match.
+#[test]
+fn an_integer_input_is_not_called_mismatched_weights() {
+    let dir = folder("integer-input");
+    let (w, x) = (dir.join("w.safetensors"), dir.join("x.safetensors"));
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    let ints = vec![0u8; 4 * 3 * 32 * 32];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![1, 3, 32, 32], &ints)
+            .unwrap();
+    std::fs::write(&x, safetensors::serialize([("input", view)], None).unwrap()).unwrap();
+    let err = fails(
+        alexnet()
+            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+            .arg(&w)
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(dir.join("y.safetensors")),
+    );
+    assert_eq!(
+        err,
+        format!(
+            "{}: tensor `input` has dtype I32; expected F32 (or F16, BF16, F64)",
+            x.display()
+        )
+    );
+}
+
+/// An input of the wrong shape: the error names the file and what the network takes.
+#[test]
+fn a_mis_shaped_input_names_the_file() {
+    let dir = folder("mis-shaped-input");
+    let (w, x) = (dir.join("w.safetensors"), dir.join("x.safetensors"));
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    for shape in [vec![3, 32, 32], vec![1, 3, 32, 31], vec![]] {
+        let n = shape.iter().product();
+        let t = NamedTensor {
+            name: "input".into(),
+            shape: shape.clone(),
+            data: vec![0.5; n],
+        };
+        write_safetensors(&x, &[t], None).unwrap();
+        let err = fails(
+            alexnet()
+                .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+                .arg(&w)
+                .arg("--input")
+                .arg(&x)
+                .arg("--output")
+                .arg(dir.join("y.safetensors")),
+        );
+        let shown = format!(
+            "[{}]",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert_eq!(
+            err,
+            format!(
+                "{}: tensor `input` has shape {shown}; `SmallNet` takes [N, 3, 32, 32] (N images)",
+                x.display()
+            )
+        );
+    }
 }

@@ -252,6 +252,17 @@ fn infer(
     let Some(x) = tensors.into_iter().find(|t| t.name == "input") else {
         return Err(format!("{}: no tensor named `input`", input.display()).into());
     };
+    let per_image = plan.input.to_array();
+    if x.shape.len() != 4 || x.shape[1..] != per_image {
+        let [c, h, w] = per_image;
+        return Err(format!(
+            "{}: tensor `input` has shape {:?}; `{}` takes [N, {c}, {h}, {w}] (N images)",
+            input.display(),
+            x.shape,
+            plan.name
+        )
+        .into());
+    }
     let x = Tensor::new(x.shape, x.data)?;
     let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)));
     let mut logits = None;

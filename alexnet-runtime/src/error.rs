@@ -12,8 +12,8 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// A weights file does not match the network: one line per missing, extra, mis-shaped
-    /// or mistyped tensor.
+    /// A weights file does not match the network: one line per missing, extra or
+    /// mis-shaped tensor.
     Weights {
         path: Option<PathBuf>,
         problems: Vec<String>,
@@ -34,6 +34,13 @@ pub enum Error {
     },
     /// A file is not valid safetensors.
     Format {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    /// A valid safetensors file that is not what it was read as: a training state of
+    /// another network, a tensor whose element type is not a float, metadata that is
+    /// missing or out of range.
+    Content {
         path: Option<PathBuf>,
         message: String,
     },
@@ -85,6 +92,19 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// This error of a buffer's reader as one of the file `path`: the file's errors
+    /// ([`Error::Format`], [`Error::Content`], [`Error::Weights`]) name it; others are
+    /// unchanged.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> Self {
+        let path = Some(path.to_path_buf());
+        match self {
+            Error::Format { message, .. } => Error::Format { path, message },
+            Error::Content { message, .. } => Error::Content { path, message },
+            Error::Weights { problems, .. } => Error::Weights { path, problems },
+            other => other,
         }
     }
 }
@@ -145,6 +165,10 @@ impl fmt::Display for Error {
                     p.display()
                 ),
                 None => write!(f, "not a valid safetensors buffer: {message}"),
+            },
+            Error::Content { path, message } => match path {
+                Some(p) => write!(f, "{}: {message}", p.display()),
+                None => write!(f, "{message}"),
             },
             Error::BufferTooSmall { what, len, needed } => {
                 write!(f, "{what} holds {len} values, {needed} needed")

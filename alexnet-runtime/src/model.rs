@@ -46,13 +46,10 @@ impl<B: Inference> Model<B> {
     /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported.
     /// A training state (`Trainer::save`) loads too: its momentum is left out.
     pub fn load(backend: B, plan: Plan, path: &Path) -> Result<Self> {
-        let mut tensors = weights::read_safetensors(path)?;
-        if tensors.iter().any(|t| t.name.starts_with(MOMENTUM_PREFIX)) {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let meta = weights::parse_metadata(&bytes)?;
-            if meta.get("format").map(String::as_str) == Some(STATE_FORMAT) {
-                tensors.retain(|t| !t.name.starts_with(MOMENTUM_PREFIX));
-            }
+        // One read: the metadata and the tensors are of the same file.
+        let (mut tensors, meta) = weights::read_safetensors_with_metadata(path)?;
+        if meta.get("format").map(String::as_str) == Some(STATE_FORMAT) {
+            tensors.retain(|t| !t.name.starts_with(MOMENTUM_PREFIX));
         }
         let ordered = weights::match_plan(&plan, tensors, Some(path))?;
         Self::upload(backend, plan, ordered)

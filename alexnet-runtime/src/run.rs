@@ -378,22 +378,26 @@ impl Run {
         plan: &Plan,
     ) -> Result<(Run, Vec<NamedTensor>, Vec<NamedTensor>)> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |message: String| Error::Format {
+        // A valid safetensors file that is not a usable state of this network.
+        let bad = |message: String| Error::Content {
             path: Some(path.to_path_buf()),
             message,
         };
-        let meta = weights::parse_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = weights::parse_metadata(&bytes).map_err(|e| e.in_file(path))?;
         if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
             return Err(bad(format!(
                 "not a training state (metadata `format` should be `{STATE_FORMAT}`); plain weights load with --weights"
             )));
         }
-        if meta.get("network").map(String::as_str) != Some(&*plan.name) {
-            return Err(bad(format!(
-                "training state of network `{}`, not `{}`",
-                meta.get("network").map_or("?", String::as_str),
-                plan.name
-            )));
+        match meta.get("network") {
+            None => return Err(bad("training state lacks `network`".into())),
+            Some(n) if *n != *plan.name => {
+                return Err(bad(format!(
+                    "training state of network `{n}`, not `{}`",
+                    plan.name
+                )))
+            }
+            Some(_) => {}
         }
         let get = |k: &str| -> Result<&String> {
             meta.get(k)
@@ -416,7 +420,9 @@ impl Run {
                 momentum: num(get("momentum")?, "momentum", &bad)?,
                 weight_decay: num(get("weight_decay")?, "weight_decay", &bad)?,
             },
-            schedule: get("schedule")?.parse()?,
+            schedule: get("schedule")?
+                .parse()
+                .map_err(|e: Error| bad(format!("training state: {e}")))?,
             seed: num(get("seed")?, "seed", &bad)?,
         };
         let lr_mults: Vec<f32> = get("lr_mults")?
@@ -424,14 +430,7 @@ impl Run {
             .filter(|s| !s.is_empty())
             .map(|m| num(m, "lr_mults", &bad))
             .collect::<Result<_>>()?;
-        let all = weights::parse_safetensors(&bytes).map_err(|e| match e {
-            Error::Format { message, .. } => bad(message),
-            Error::Weights { problems, .. } => Error::Weights {
-                path: Some(path.to_path_buf()),
-                problems,
-            },
-            other => other,
-        })?;
+        let all = weights::parse_safetensors(&bytes).map_err(|e| e.in_file(path))?;
         let (momentum, params): (Vec<NamedTensor>, Vec<NamedTensor>) = all
             .into_iter()
             .partition(|t| t.name.starts_with(MOMENTUM_PREFIX));

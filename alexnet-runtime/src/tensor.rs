@@ -12,8 +12,9 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor of `shape` over `data`; the lengths must agree.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let len: usize = shape.iter().product();
-        if len != data.len() {
+        // A shape whose product overflows holds no data of any length.
+        let len = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if len != Some(data.len()) {
             return Err(Error::Shape {
                 what: format!("tensor data of {} elements", data.len()),
                 expected: shape,
@@ -146,5 +147,14 @@ mod tests {
         );
         let v = Batch::<10, 1, 1>::from_tensor(Tensor::zeros(vec![2, 10])).unwrap();
         assert_eq!(v.as_tensor().shape(), &[2, 10, 1, 1]);
+    }
+
+    #[test]
+    fn a_shape_whose_product_overflows_is_an_error() {
+        // Checked: this panicked in debug builds ("attempt to multiply with overflow").
+        let huge = vec![1 << 40, 1 << 40, 0];
+        assert!(Tensor::new(huge, Vec::new()).is_err());
+        assert!(Tensor::new(vec![usize::MAX, 2], vec![0.0; 2]).is_err());
+        assert!(Tensor::new(vec![0, 5], Vec::new()).is_ok());
     }
 }

@@ -153,19 +153,11 @@ pub fn read_safetensors_with_metadata(
     path: &Path,
 ) -> Result<(Vec<NamedTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let at_path = |e| match e {
-        Error::Format { message, .. } => Error::Format {
-            path: Some(path.to_path_buf()),
-            message,
-        },
-        Error::Weights { problems, .. } => Error::Weights {
-            path: Some(path.to_path_buf()),
-            problems,
-        },
-        other => other,
-    };
-    let meta = parse_metadata(&bytes).map_err(at_path)?;
-    Ok((parse_safetensors(&bytes).map_err(at_path)?, meta))
+    let meta = parse_metadata(&bytes).map_err(|e| e.in_file(path))?;
+    Ok((
+        parse_safetensors(&bytes).map_err(|e| e.in_file(path))?,
+        meta,
+    ))
 }
 
 /// The metadata of a safetensors file, reading only its header (a training state of the
@@ -181,17 +173,27 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     f.read_exact(&mut len)
         .map_err(|_| bad("too short for a safetensors file".into()))?;
     let n = u64::from_le_bytes(len);
-    // safetensors caps headers at 100 MB.
+    // safetensors caps headers at 100 MB; nothing is allocated for more than the file
+    // holds.
     if n > 100_000_000 {
         return Err(bad(format!("header of {n} bytes is too large")));
     }
-    let mut header = len.to_vec();
-    header.resize(8 + n as usize, 0);
-    f.read_exact(&mut header[8..])
-        .map_err(|_| bad("the header is cut short".into()))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if n > size.saturating_sub(8) {
+        return Err(bad(format!(
+            "the header of {n} bytes is longer than the file ({size} bytes)"
+        )));
+    }
+    let mut header = Vec::with_capacity(n as usize);
+    f.take(n)
+        .read_to_end(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    if header.len() as u64 != n {
+        return Err(bad("the header is cut short".into()));
+    }
     // The header as safetensors itself reads it (its tensor offsets are checked against
     // the file only when the tensors are read).
-    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header[8..])
+    let header: safetensors::tensor::Metadata = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("the header is not a safetensors header: {e}")))?;
     Ok(header.metadata().clone().unwrap_or_default())
 }
@@ -205,14 +207,15 @@ pub fn parse_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
-/// Parses a safetensors buffer; see [`read_safetensors`].
+/// Parses a safetensors buffer; see [`read_safetensors`]. A tensor of another element
+/// type (integers, say) is an [`Error::Content`].
 pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format {
         path: None,
         message: e.to_string(),
     })?;
     let mut out = Vec::new();
-    let mut problems = Vec::new();
+    let mut mistyped = Vec::new();
     for (name, view) in st.tensors() {
         let d = view.data();
         let data: Vec<f32> = match view.dtype() {
@@ -235,9 +238,7 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
                 })
                 .collect(),
             other => {
-                problems.push(format!(
-                    "tensor `{name}` has dtype {other:?}; expected F32 (or F16, BF16, F64)"
-                ));
+                mistyped.push((name, other));
                 continue;
             }
         };
@@ -247,10 +248,28 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
             data,
         });
     }
-    if !problems.is_empty() {
-        return Err(Error::Weights {
+    mistyped.sort();
+    let message = match mistyped.as_slice() {
+        [] => None,
+        [(name, dtype)] => Some(format!("tensor `{name}` has dtype {dtype:?}")),
+        several => Some(format!(
+            "tensors {} have dtypes {}",
+            several
+                .iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            several
+                .iter()
+                .map(|(_, d)| format!("{d:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    };
+    if let Some(message) = message {
+        return Err(Error::Content {
             path: None,
-            problems,
+            message: format!("{message}; expected F32 (or F16, BF16, F64)"),
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -249,7 +249,8 @@ impl Preprocess {
     /// naming the file.
     pub fn load(path: &Path) -> Result<Self> {
         let (tensors, meta) = read_safetensors_with_metadata(path)?;
-        let bad = |message: String| Error::Format {
+        // A valid safetensors file that is not a usable data file.
+        let bad = |message: String| Error::Content {
             path: Some(path.to_path_buf()),
             message,
         };
@@ -421,6 +422,20 @@ mod tests {
         assert_eq!(Preprocess::load(&path).unwrap(), pre);
         std::fs::write(&path, b"nonsense").unwrap();
         assert!(Preprocess::load(&path).is_err());
+        // A valid safetensors file that is not a data file is called what it is.
+        let t = NamedTensor {
+            name: "w".into(),
+            shape: vec![1],
+            data: vec![0.0],
+        };
+        write_safetensors(&path, &[t], None).unwrap();
+        assert_eq!(
+            Preprocess::load(&path).unwrap_err().to_string(),
+            format!(
+                "{}: not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}`)",
+                path.display()
+            )
+        );
         let _ = std::fs::remove_file(&path);
     }
 

@@ -955,6 +955,7 @@ fn a_checkpoint_that_cannot_be_written_stops_or_warns_and_the_previous_stays() {
         root.join("elsewhere").to_str().unwrap(),
     ]);
     assert!(out.success(), "{}", out.error());
+}
 
 /// A folder for one test's files.
 fn folder(name: &str) -> PathBuf {

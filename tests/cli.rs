@@ -562,3 +562,40 @@ fn checkpoints_keep_their_own_data_and_folder() {
     ]);
     assert!(!ok && err.contains("was prepared for"), "{err}");
 }
+
+/// Every hyper-parameter is checked before a run starts, by the rule a resumed run is
+/// checked with: an out-of-range one is a one-line error naming its flag, and nothing is
+/// written.
+#[test]
+fn out_of_range_hyper_parameters_are_refused_at_the_start() {
+    let root = tmp().join("hyper");
+    let _ = std::fs::remove_dir_all(&root);
+    for (flag, value) in [
+        ("--momentum", "2"),
+        ("--momentum", "-1"),
+        ("--weight-decay", "-1"),
+        ("--weight-decay", "nan"),
+        ("--weight-decay", "inf"),
+        ("--lr", "0"),
+    ] {
+        let dir = root.join(format!("{flag}{value}"));
+        let out = alexnet()
+            .args(["train", "--device", "cpu", "--images", "64", "--val-images"])
+            .args(["16", "--epochs", "2", "--checkpoint"])
+            .arg(&dir)
+            .arg(format!("{flag}={value}"))
+            .output();
+        let err = out.error();
+        assert!(!out.success(), "{flag} {value}: {}", out.stdout);
+        assert!(
+            err.starts_with(&format!("{flag} ")),
+            "{flag} {value}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.stdout.contains("epoch 1"), "{}", out.stdout);
+        assert!(!dir.join("state.safetensors").exists(), "{flag} {value}");
+        if flag != "--lr" {
+            assert!(!err.contains("--lr"), "{err}");
+        }
+    }
+}

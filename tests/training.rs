@@ -322,6 +322,12 @@ fn a_tampered_state_is_refused() {
         ("lr", "-1.0", "out-of-range hyper-parameters"),
         ("lr", "NaN", "out-of-range hyper-parameters"),
         ("momentum", "1.5", "out-of-range hyper-parameters"),
+        ("base_lr", "0.0", "out-of-range hyper-parameters: lr 0"),
+        (
+            "weight_decay",
+            "-1.0",
+            "out-of-range hyper-parameters: weight_decay -1",
+        ),
         ("lr_mults", "1.0,1.0", "multipliers for 8 tensors"),
         ("step", "many", "`step` = `many` is not a number"),
         ("schedule", "weekly", "learning-rate schedule `weekly`"),

@@ -322,6 +322,24 @@ fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
 /// A new trainer from the options, or the resumed one; split into towers with --towers.
 fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
     let plan = a.net.plan().clone();
+    let seed = a.seed.unwrap_or(0);
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: a.lr.unwrap_or(0.02),
+            momentum: a.momentum.unwrap_or(0.9),
+            weight_decay: a.weight_decay.unwrap_or(0.0005),
+        },
+        schedule: a.schedule.unwrap_or_default(),
+        seed,
+    };
+    // A new run's settings, checked before anything starts by the rule a resumed run is
+    // checked with, naming the flag.
+    if a.resume.is_none() {
+        if let Some((name, value, rule)) = config.sgd.out_of_range() {
+            return Err(format!("--{} {value} {rule}", name.replace('_', "-")).into());
+        }
+        config.validate()?;
+    }
     let placement = match &a.towers {
         Some(devs) => {
             let backends = devs
@@ -367,19 +385,9 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
         )?;
         return Ok(t);
     }
-    let seed = a.seed.unwrap_or(0);
     let init = match a.init.unwrap_or(Init::He) {
         Init::He => weights::kaiming_init(&plan, seed),
         Init::Paper => weights::paper_init(&plan, seed),
-    };
-    let config = TrainConfig {
-        sgd: Sgd {
-            lr: a.lr.unwrap_or(0.02),
-            momentum: a.momentum.unwrap_or(0.9),
-            weight_decay: a.weight_decay.unwrap_or(0.0005),
-        },
-        schedule: a.schedule.unwrap_or_default(),
-        seed,
     };
     Ok(match placement {
         Placement::One(b) => Box::new(Trainer::new(Model::from_tensors(b, plan, init)?, config)?),

@@ -49,6 +49,24 @@ impl std::fmt::Display for Schedule {
     }
 }
 
+impl Schedule {
+    /// Checks the ranges [`Schedule::from_str`](std::str::FromStr) parses: a factor above 0
+    /// and at most 1, a patience and a period of at least one epoch.
+    pub fn validate(&self) -> Result<()> {
+        let (factor, count) = match *self {
+            Schedule::Constant => return Ok(()),
+            Schedule::Plateau { factor, patience } => (factor, u64::from(patience)),
+            Schedule::Step { every, factor } => (factor, every),
+        };
+        if !(factor > 0.0 && factor <= 1.0) || count == 0 {
+            return Err(Error::Invalid(format!(
+                "learning-rate schedule `{self}` is out of range: the factor must be above 0 and at most 1, the epochs at least 1"
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl std::str::FromStr for Schedule {
     type Err = Error;
 
@@ -96,6 +114,15 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Seeds dropout and the data order.
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks every hyper-parameter: [`Sgd::validate`] and [`Schedule`]'s ranges. A run
+    /// checks its settings with this when it starts and when it resumes.
+    pub fn validate(&self) -> Result<()> {
+        self.sgd.validate()?;
+        self.schedule.validate()
+    }
 }
 
 impl Default for TrainConfig {
@@ -171,12 +198,7 @@ pub(crate) struct Run {
 impl Run {
     /// A run at step 0 for `tensors` parameter tensors.
     pub(crate) fn start(config: TrainConfig, tensors: usize) -> Result<Self> {
-        if !(config.sgd.lr.is_finite() && config.sgd.lr > 0.0) {
-            return Err(Error::Invalid(format!(
-                "learning rate {} must be positive",
-                config.sgd.lr
-            )));
-        }
+        config.validate()?;
         Ok(Run {
             state: TrainState {
                 step: 0,
@@ -378,18 +400,19 @@ impl Run {
                 params.len()
             )));
         }
-        let finite_pos = |v: f32| v.is_finite() && v > 0.0;
-        let c = &config.sgd;
-        if !(finite_pos(state.lr)
-            && c.momentum.is_finite()
-            && (0.0..1.0).contains(&c.momentum)
-            && c.weight_decay.is_finite()
-            && c.weight_decay >= 0.0
-            && lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0))
-        {
+        // The rules a run starts with, for the initial and the current learning rate.
+        let current = Sgd {
+            lr: state.lr,
+            ..config.sgd
+        };
+        if let Err(e) = config.validate().and_then(|()| current.validate()) {
             return Err(bad(format!(
-                "training state has out-of-range hyper-parameters: lr {}, momentum {}, weight decay {}, multipliers {:?}",
-                state.lr, c.momentum, c.weight_decay, lr_mults
+                "training state has out-of-range hyper-parameters: {e}"
+            )));
+        }
+        if !lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0) {
+            return Err(bad(format!(
+                "training state has out-of-range learning-rate multipliers: {lr_mults:?}"
             )));
         }
         let notes = meta
@@ -423,6 +446,56 @@ mod tests {
         assert!("step".parse::<Schedule>().is_err());
         assert!("plateau:2".parse::<Schedule>().is_err());
         assert!("weekly".parse::<Schedule>().is_err());
+    }
+
+    /// Every hyper-parameter is checked when a run starts, by the rule a resumed run is
+    /// checked with: what `Run::start` takes, `Run::read` takes, and the other way round.
+    #[test]
+    fn out_of_range_hyper_parameters_are_refused_at_start() {
+        let sgd = |lr: f32, momentum: f32, weight_decay: f32| Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        };
+        for (bad, name) in [
+            (sgd(0.01, 2.0, 0.0005), "momentum 2"),
+            (sgd(0.01, -1.0, 0.0005), "momentum -1"),
+            (sgd(0.01, 1.0, 0.0005), "momentum 1"),
+            (sgd(0.01, f32::NAN, 0.0005), "momentum NaN"),
+            (sgd(0.01, 0.9, -1.0), "weight_decay -1"),
+            (sgd(0.01, 0.9, f32::NAN), "weight_decay NaN"),
+            (sgd(0.01, 0.9, f32::INFINITY), "weight_decay inf"),
+            (sgd(0.0, 0.9, 0.0005), "lr 0"),
+            (sgd(-1.0, 0.9, 0.0005), "lr -1"),
+            (sgd(f32::NAN, 0.9, 0.0005), "lr NaN"),
+            // Weight decay alone makes the weights oscillate and grow: lr x decay = 4 is
+            // not below 2 x (1 + momentum) = 3.8.
+            (sgd(0.02, 0.9, 200.0), "weight_decay 200"),
+        ] {
+            let config = TrainConfig {
+                sgd: bad,
+                ..TrainConfig::default()
+            };
+            let err = Run::start(config.clone(), 1)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(name), "{bad:?}: `{err}`");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert_eq!(config.validate().err().map(|e| e.to_string()), Some(err));
+        }
+        for good in [
+            sgd(0.01, 0.0, 0.0),
+            sgd(0.5, 0.99, 0.0005),
+            sgd(0.02, 0.9, 100.0),
+        ] {
+            let config = TrainConfig {
+                sgd: good,
+                ..TrainConfig::default()
+            };
+            config.validate().unwrap();
+            Run::start(config, 1).unwrap();
+        }
     }
 
     #[test]

@@ -205,7 +205,9 @@ fn device_help_and_schedule_parsing() {
     let err = out.error();
     assert!(
         err.contains("--schedule")
-            && err.contains("`constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EPOCHS[:FACTOR]`"),
+            && err.contains(
+                "`constant`, `plateau[:FACTOR[:PATIENCE[:FLOOR]]]` or `step:EPOCHS[:FACTOR[:FLOOR]]`"
+            ),
         "{err}"
     );
 }
@@ -598,4 +600,57 @@ fn out_of_range_hyper_parameters_are_refused_at_the_start() {
             assert!(!err.contains("--lr"), "{err}");
         }
     }
+}
+
+/// The plateau schedule divides the learning rate down to a floor (three divisions by 10
+/// by default, as in the paper), then ends the run cleanly; the learning rates print
+/// readably, and the finished run still resumes (to say that it is over).
+#[test]
+fn the_plateau_schedule_stops_at_its_floor() {
+    let root = tmp().join("floor");
+    let _ = std::fs::remove_dir_all(&root);
+    // A learning rate too small to learn anything: the validation error never improves
+    // after the first epoch, so the schedule divides after every other.
+    let train = |extra: &[&str]| {
+        succeeds(
+            alexnet()
+                .args(["train", "--device", "cpu", "--images", "64", "--val-images"])
+                .args(["16", "--batch", "32", "--checkpoint"])
+                .arg(&root)
+                .args(extra),
+        )
+    };
+    let text = train(&[
+        "--lr",
+        "1e-6",
+        "--schedule",
+        "plateau:0.1:1",
+        "--epochs",
+        "30",
+    ]);
+    for lr in ["1e-7", "1e-8", "1e-9"] {
+        assert!(
+            text.contains(&format!("learning rate now {lr};")),
+            "{lr}:\n{text}"
+        );
+    }
+    assert!(!text.contains("learning rate now 1e-10"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("stopping after epoch ") && last.contains("floor"),
+        "{text}"
+    );
+    assert!(!text.contains("epoch 30 done"), "{text}");
+    let state = root.join("state.safetensors");
+    let meta = parse_metadata(&std::fs::read(&state).unwrap()).unwrap();
+    let lr: f32 = meta["lr"].parse().unwrap();
+    assert!((lr / 1e-9 - 1.0).abs() < 1e-3, "{lr}");
+    let text = train(&["--epochs", "40", "--resume", state.to_str().unwrap()]);
+    assert!(text.contains("learning rate 1e-9"), "{text}");
+    assert!(!text.contains(" done in "), "{text}");
+    assert!(text.contains("nothing to train"), "{text}");
+    assert!(
+        text.lines().last().unwrap_or_default().contains("floor"),
+        "{text}"
+    );
 }

@@ -197,6 +197,7 @@ fn resume_continues_bit_for_bit() {
         schedule: Schedule::Step {
             every: 2,
             factor: 0.5,
+            floor: 0.001,
         },
         seed: 9,
     };

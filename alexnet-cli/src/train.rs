@@ -46,8 +46,13 @@ pub struct TrainArgs {
     /// [default: 0.0005]
     #[arg(long)]
     weight_decay: Option<f32>,
-    /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
-    /// validation error stops improving) or step:EPOCHS[:FACTOR] [default: plateau:0.1:1].
+    /// constant, plateau[:FACTOR[:PATIENCE[:FLOOR]]] (the paper's: multiply the learning
+    /// rate by FACTOR when the validation error has not improved for PATIENCE epochs) or
+    /// step:EPOCHS[:FACTOR[:FLOOR]] (every EPOCHS epochs). FLOOR is the lowest learning
+    /// rate, as a fraction of the initial one; when the schedule is due to go below it the
+    /// run stops. [default: plateau:0.1:3:0.001: divide by 10, at most three times as in
+    /// the paper; a patience of 3, as one epoch without improvement is often chance on a
+    /// small validation set].
     #[arg(long)]
     schedule: Option<Schedule>,
     /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the
@@ -201,7 +206,8 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         .map(pictures::parse_history)
         .unwrap_or_default();
     let batch = a.batch as usize;
-    while trainer.state().epoch < a.epochs {
+    let first_epoch = trainer.state().epoch;
+    while trainer.state().epoch < a.epochs && !trainer.state().finished {
         let epoch = trainer.state().epoch;
         let t0 = Instant::now();
         let order = epoch_order(seed, epoch, train_set.len() as u64)
@@ -303,13 +309,63 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             epoch + 1,
             t0.elapsed().as_secs_f64(),
             changed
-                .map(|lr| format!("; learning rate now {lr:.3e}"))
+                .map(|lr| format!("; learning rate now {}", fmt_lr(lr)))
                 .unwrap_or_default(),
             state_path.display(),
             plot.display()
         )?;
     }
+    if trainer.state().finished {
+        let why = finished(&*trainer);
+        if trainer.state().epoch == first_epoch {
+            writeln!(
+                ctx.out,
+                "nothing to train: the run ended after epoch {first_epoch}, as {why}"
+            )?;
+        } else {
+            writeln!(
+                ctx.out,
+                "stopping after epoch {}: {why}",
+                trainer.state().epoch
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// Why a finished run stopped: its schedule bottomed out.
+fn finished(trainer: &dyn Train) -> String {
+    let lr = fmt_lr(trainer.state().lr);
+    let schedule = trainer.config().schedule;
+    match schedule {
+        Schedule::Plateau { patience, .. } => format!(
+            "the validation error has not improved for {patience} epoch(s) at the schedule's floor, learning rate {lr} ({schedule})"
+        ),
+        _ => format!("the schedule ({schedule}) is due to lower the learning rate below its floor, {lr}"),
+    }
+}
+
+/// A learning rate as people write one, to 4 significant digits: `0.002`, `2e-5`.
+fn fmt_lr(lr: f32) -> String {
+    if lr == 0.0 || !lr.is_finite() {
+        return lr.to_string();
+    }
+    let trim = |m: &str| -> String {
+        if m.contains('.') {
+            m.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            m.to_string()
+        }
+    };
+    // The exponent after rounding: 0.00099999 is 1e-3.
+    let sci = format!("{lr:.3e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-3..4).contains(&exp) {
+        trim(&format!("{lr:.*}", (3 - exp) as usize))
+    } else {
+        format!("{}e{exp}", trim(mantissa))
+    }
 }
 
 fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
@@ -381,7 +437,7 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
             path.display(),
             t.state().epoch,
             t.state().step,
-            t.state().lr
+            fmt_lr(t.state().lr)
         )?;
         return Ok(t);
     }
@@ -399,4 +455,27 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
 enum Placement {
     One(Device),
     Towers(Vec<Device>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_lr;
+
+    #[test]
+    fn learning_rates_print_readably() {
+        for (lr, text) in [
+            (0.02, "0.02"),
+            (0.02 * 0.1, "0.002"),
+            (0.02 * 0.1 * 0.1, "2e-4"),
+            (0.02f32 * 0.1 * 0.1 * 0.1, "2e-5"),
+            (0.00099999, "0.001"),
+            (1e-9, "1e-9"),
+            (1.5, "1.5"),
+            (1234.6, "1235"),
+            (12346.0, "1.235e4"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(fmt_lr(lr), text, "{lr:e}");
+        }
+    }
 }

@@ -654,3 +654,97 @@ fn the_plateau_schedule_stops_at_its_floor() {
         "{text}"
     );
 }
+
+/// A data folder in which no image can be read is an error naming the folder and how
+/// many files were skipped: for training (before a step, and for a validation split) and
+/// for eval.
+#[test]
+fn a_folder_without_a_usable_image_is_an_error() {
+    let root = tmp().join("unusable");
+    let _ = std::fs::remove_dir_all(&root);
+    let broken = |dir: &std::path::Path| {
+        for (class, file) in [("disk", "a.png"), ("square", "b.jpg"), ("square", "c.png")] {
+            std::fs::create_dir_all(dir.join(class)).unwrap();
+            std::fs::write(dir.join(class).join(file), "not an image").unwrap();
+        }
+    };
+    let bad = root.join("bad");
+    broken(&bad);
+    let train = |data: &std::path::Path, run: &str| {
+        alexnet()
+            .args([
+                "train", "--device", "cpu", "--epochs", "1", "--batch", "4", "--data",
+            ])
+            .arg(data)
+            .arg("--checkpoint")
+            .arg(root.join(run))
+            .output()
+    };
+    let out = train(&bad, "bad-run");
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!root.join("bad-run").join("state.safetensors").exists());
+
+    // Good training images, a validation split of broken ones.
+    let split = root.join("split");
+    image_folder(&split.join("train"), 4, 0);
+    broken(&split.join("val"));
+    let out = train(&split, "split-run");
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&split.join("val").display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // eval of a trained run on the broken folder.
+    let good = root.join("good");
+    image_folder(&good, 4, 0);
+    let out = train(&good, "good-run");
+    assert!(out.success(), "{}", out.error());
+    let out = alexnet()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(root.join("good-run"))
+        .arg("--data")
+        .arg(&bad)
+        .output();
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A resumed run (its preprocessing saved) whose images have all gone bad since.
+    for entry in std::fs::read_dir(good.join("disk")).unwrap() {
+        std::fs::write(entry.unwrap().path(), "gone bad").unwrap();
+    }
+    for entry in std::fs::read_dir(good.join("square")).unwrap() {
+        std::fs::write(entry.unwrap().path(), "gone bad").unwrap();
+    }
+    let state = root.join("good-run").join("state.safetensors");
+    let out = alexnet()
+        .args([
+            "train", "--device", "cpu", "--epochs", "2", "--batch", "4", "--data",
+        ])
+        .arg(&good)
+        .arg("--resume")
+        .arg(&state)
+        .output();
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&good.display().to_string())
+            && err.contains("in epoch 2")
+            && err.contains("8 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

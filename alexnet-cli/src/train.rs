@@ -267,16 +267,39 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         if report.skipped > 0 {
             writeln!(ctx.out, "epoch {}: {report}", epoch + 1)?;
         }
+        if total.is_none() {
+            return Err(format!(
+                "{}: no training image could be read in epoch {}: {}",
+                spec.describe(),
+                epoch + 1,
+                report.brief()
+            )
+            .into());
+        }
         let mut val = None::<BatchStats>;
         if let Some(v) = &val_set {
             let bar = progress::bar(ctx, v.len() as u64, "validation");
             let order = (0..v.len()).collect();
-            for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+            let mut batches =
+                data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)?;
+            for item in &mut batches {
                 let (x, y) = item?;
                 merge(&mut val, &trainer.evaluate(&x, &y)?);
                 bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();
+            let report = batches.report();
+            if val.is_none() {
+                return Err(format!(
+                    "{}: no validation image could be read: {}",
+                    spec.describe(),
+                    report.brief()
+                )
+                .into());
+            }
+            if report.skipped > 0 {
+                writeln!(ctx.out, "epoch {} validation: {report}", epoch + 1)?;
+            }
         }
         let changed = trainer.end_epoch(val.as_ref().map(BatchStats::top1_error));
         history.push(Epoch::new(

@@ -748,3 +748,79 @@ fn a_folder_without_a_usable_image_is_an_error() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Non-finite inputs or weights are an error naming the file and the tensor, never
+/// plausible probabilities.
+#[test]
+fn infer_refuses_non_finite_inputs_and_weights() {
+    let dir = tmp().join("nonfinite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (w, x, y) = (
+        dir.join("w.safetensors"),
+        dir.join("x.safetensors"),
+        dir.join("y.safetensors"),
+    );
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    let good: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let write_input = |data: &[f32]| {
+        write_safetensors(
+            &x,
+            &[NamedTensor {
+                name: "input".into(),
+                shape: vec![2, 3, 32, 32],
+                data: data.to_vec(),
+            }],
+            None,
+        )
+        .unwrap()
+    };
+    let infer = |weights: &std::path::Path| {
+        alexnet()
+            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+            .arg(weights)
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y)
+            .output()
+    };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut data = good.clone();
+        data[1000] = bad;
+        write_input(&data);
+        let _ = std::fs::remove_file(&y);
+        let out = infer(&w);
+        let err = out.error();
+        assert!(!out.success(), "{bad}: {}", out.stdout);
+        assert!(
+            err.contains(&x.display().to_string()) && err.contains("`input`"),
+            "{bad}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!y.exists(), "{bad}");
+    }
+    write_input(&good);
+    let tensors = read_safetensors(&w).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut broken = tensors.clone();
+        let t = broken
+            .iter_mut()
+            .find(|t| t.name == "conv1.weight")
+            .unwrap();
+        t.data[7] = bad;
+        let wb = dir.join("w-bad.safetensors");
+        write_safetensors(&wb, &broken, None).unwrap();
+        let out = infer(&wb);
+        let err = out.error();
+        assert!(!out.success(), "{bad}: {}", out.stdout);
+        assert!(
+            err.contains(&wb.display().to_string()) && err.contains("`conv1.weight`"),
+            "{bad}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let out = infer(&w);
+    assert!(out.success(), "{}", out.error());
+}

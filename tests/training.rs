@@ -342,6 +342,22 @@ fn a_tampered_state_is_refused() {
             .to_string();
         assert!(err.contains(expect), "{key} = {value}: {err}");
     }
+    // A NaN in the weights or the momentum, named.
+    for prefix in ["", "momentum."] {
+        let mut nan = tensors.clone();
+        let t = nan
+            .iter_mut()
+            .find(|t| t.name.starts_with(prefix) && t.name.ends_with(".weight"))
+            .unwrap();
+        t.data[1] = f32::NAN;
+        let name = t.name.clone();
+        let bad = dir.join("nan.safetensors");
+        alexnet::runtime::weights::write_safetensors(&bad, &nan, Some(meta.clone())).unwrap();
+        let err = Trainer::resume(Cpu::new(), plan.clone(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{name}` holds NaN")), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

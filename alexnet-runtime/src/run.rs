@@ -456,6 +456,8 @@ impl Run {
             },
             other => other,
         })?;
+        // Weights and momentum (named `momentum.<weight>` here).
+        weights::check_finite(&all, Some(path))?;
         let (momentum, params): (Vec<NamedTensor>, Vec<NamedTensor>) = all
             .into_iter()
             .partition(|t| t.name.starts_with(MOMENTUM_PREFIX));

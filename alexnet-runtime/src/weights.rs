@@ -143,6 +143,25 @@ pub fn match_plan(
     }
 }
 
+/// Checks that every value of `tensors` is finite: the first NaN or infinity is an error
+/// naming the file (when given), the tensor and the element. (Non-finite weights or inputs
+/// make a network's output NaN, or, worse, plausible: a max swallows a NaN.)
+pub fn check_finite(tensors: &[NamedTensor], path: Option<&Path>) -> Result<()> {
+    for t in tensors {
+        if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let file = path
+                .map(|p| format!("{}: ", p.display()))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "{file}tensor `{}` holds {v} (element {i} of {}); only finite values can be used",
+                t.name,
+                t.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads every tensor of a safetensors file as f32 (f16, bf16 and f64 are converted).
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     Ok(read_safetensors_with_metadata(path)?.0)

@@ -824,3 +824,72 @@ fn infer_refuses_non_finite_inputs_and_weights() {
     let out = infer(&w);
     assert!(out.success(), "{}", out.error());
 }
+
+/// Temporary files that a killed run left in its folder (the atomic writer's
+/// `.NAME.tmp-PID-N`) are removed when the next run starts there, with a notice; those of a
+/// live writer are kept.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_removes_the_temporary_files_of_a_killed_one() {
+    let dir = tmp().join("stale");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A process id no process has.
+    let dead = (2..4_000_000u32)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let me = std::process::id();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    let file = |name: String, modified: Option<std::time::SystemTime>| {
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        if let Some(t) = modified {
+            f.set_modified(t).unwrap();
+        }
+        path
+    };
+    let stale = [
+        file(format!(".state.safetensors.tmp-{dead}-0"), None),
+        file(format!(".curves.png.tmp-{dead}-12"), None),
+        // Process 1 is alive, but started after this file was written: another writer.
+        file(".data.safetensors.tmp-1-3".into(), Some(old)),
+    ];
+    let kept = [
+        // A live writer: this process (another thread), written just now.
+        file(format!(".state.safetensors.tmp-{me}-4"), None),
+        file(".notes.txt".into(), None),
+        file(format!(".state.safetensors.tmp-{dead}"), None),
+    ];
+    let out = alexnet()
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--images",
+            "32",
+            "--val-images",
+            "8",
+        ])
+        .args(["--epochs", "1", "--checkpoint"])
+        .arg(&dir)
+        .output();
+    assert!(out.success(), "{}", out.error());
+    for p in &stale {
+        assert!(!p.exists(), "{} is still there", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    let notice: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("temporary"))
+        .collect();
+    assert_eq!(notice.len(), 1, "{}", out.stderr);
+    assert!(
+        notice[0].contains("3 ") && notice[0].contains(&dir.display().to_string()),
+        "{}",
+        notice[0]
+    );
+}

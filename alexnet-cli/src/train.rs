@@ -136,6 +136,21 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         (None, None) => PathBuf::from("runs").join(a.net.name()),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stale = weights::remove_stale_temps(&dir);
+    if !stale.is_empty() {
+        let names: Vec<String> = stale
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        writeln!(
+            ctx.err,
+            "removed {} temporary file(s) that an interrupted run left in {}: {}",
+            stale.len(),
+            dir.display(),
+            names.join(", ")
+        )?;
+    }
     let state_path = dir.join("state.safetensors");
     let (train_set, val_set) = spec.open()?;
     let classes = train_set.class_names();

@@ -263,7 +263,9 @@ fn device_help_and_schedule_parsing() {
     let err = out.error();
     assert!(
         err.contains("--schedule")
-            && err.contains("`constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EPOCHS[:FACTOR]`"),
+            && err.contains(
+                "`constant`, `plateau[:FACTOR[:PATIENCE[:FLOOR]]]` or `step:EPOCHS[:FACTOR[:FLOOR]]`"
+            ),
         "{err}"
     );
 }
@@ -1078,4 +1080,333 @@ fn a_mis_shaped_input_names_the_file() {
             )
         );
     }
+}
+
+/// Every hyper-parameter is checked before a run starts, by the rule a resumed run is
+/// checked with: an out-of-range one is a one-line error naming its flag, and nothing is
+/// written.
+#[test]
+fn out_of_range_hyper_parameters_are_refused_at_the_start() {
+    let root = tmp().join("hyper");
+    let _ = std::fs::remove_dir_all(&root);
+    for (flag, value) in [
+        ("--momentum", "2"),
+        ("--momentum", "-1"),
+        ("--weight-decay", "-1"),
+        ("--weight-decay", "nan"),
+        ("--weight-decay", "inf"),
+        ("--lr", "0"),
+    ] {
+        let dir = root.join(format!("{flag}{value}"));
+        let out = alexnet()
+            .args(["train", "--device", "cpu", "--images", "64", "--val-images"])
+            .args(["16", "--epochs", "2", "--checkpoint"])
+            .arg(&dir)
+            .arg(format!("{flag}={value}"))
+            .output();
+        let err = out.error();
+        assert!(!out.success(), "{flag} {value}: {}", out.stdout);
+        assert!(
+            err.starts_with(&format!("{flag} ")),
+            "{flag} {value}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.stdout.contains("epoch 1"), "{}", out.stdout);
+        assert!(!dir.join("state.safetensors").exists(), "{flag} {value}");
+        if flag != "--lr" {
+            assert!(!err.contains("--lr"), "{err}");
+        }
+    }
+}
+
+/// The plateau schedule divides the learning rate down to a floor (three divisions by 10
+/// by default, as in the paper), then ends the run cleanly; the learning rates print
+/// readably, and the finished run still resumes (to say that it is over).
+#[test]
+fn the_plateau_schedule_stops_at_its_floor() {
+    let root = tmp().join("floor");
+    let _ = std::fs::remove_dir_all(&root);
+    // A learning rate too small to learn anything: the validation error never improves
+    // after the first epoch, so the schedule divides after every other.
+    let train = |extra: &[&str]| {
+        succeeds(
+            alexnet()
+                .args(["train", "--device", "cpu", "--images", "64", "--val-images"])
+                .args(["16", "--batch", "32", "--checkpoint"])
+                .arg(&root)
+                .args(extra),
+        )
+    };
+    let text = train(&[
+        "--lr",
+        "1e-6",
+        "--schedule",
+        "plateau:0.1:1",
+        "--epochs",
+        "30",
+    ]);
+    for lr in ["1e-7", "1e-8", "1e-9"] {
+        assert!(
+            text.contains(&format!("learning rate now {lr};")),
+            "{lr}:\n{text}"
+        );
+    }
+    assert!(!text.contains("learning rate now 1e-10"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("stopping after epoch ") && last.contains("floor"),
+        "{text}"
+    );
+    assert!(!text.contains("epoch 30 done"), "{text}");
+    let state = root.join("state.safetensors");
+    let meta = parse_metadata(&std::fs::read(&state).unwrap()).unwrap();
+    let lr: f32 = meta["lr"].parse().unwrap();
+    assert!((lr / 1e-9 - 1.0).abs() < 1e-3, "{lr}");
+    let text = train(&["--epochs", "40", "--resume", state.to_str().unwrap()]);
+    assert!(text.contains("learning rate 1e-9"), "{text}");
+    assert!(!text.contains(" done in "), "{text}");
+    assert!(text.contains("nothing to train"), "{text}");
+    assert!(
+        text.lines().last().unwrap_or_default().contains("floor"),
+        "{text}"
+    );
+}
+
+/// A data folder in which no image can be read is an error naming the folder and how
+/// many files were skipped: for training (before a step, and for a validation split) and
+/// for eval.
+#[test]
+fn a_folder_without_a_usable_image_is_an_error() {
+    let root = tmp().join("unusable");
+    let _ = std::fs::remove_dir_all(&root);
+    let broken = |dir: &std::path::Path| {
+        for (class, file) in [("disk", "a.png"), ("square", "b.jpg"), ("square", "c.png")] {
+            std::fs::create_dir_all(dir.join(class)).unwrap();
+            std::fs::write(dir.join(class).join(file), "not an image").unwrap();
+        }
+    };
+    let bad = root.join("bad");
+    broken(&bad);
+    let train = |data: &std::path::Path, run: &str| {
+        alexnet()
+            .args([
+                "train", "--device", "cpu", "--epochs", "1", "--batch", "4", "--data",
+            ])
+            .arg(data)
+            .arg("--checkpoint")
+            .arg(root.join(run))
+            .output()
+    };
+    let out = train(&bad, "bad-run");
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!root.join("bad-run").join("state.safetensors").exists());
+
+    // Good training images, a validation split of broken ones.
+    let split = root.join("split");
+    image_folder(&split.join("train"), 4, 0);
+    broken(&split.join("val"));
+    let out = train(&split, "split-run");
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&split.join("val").display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // eval of a trained run on the broken folder.
+    let good = root.join("good");
+    image_folder(&good, 4, 0);
+    let out = train(&good, "good-run");
+    assert!(out.success(), "{}", out.error());
+    let out = alexnet()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(root.join("good-run"))
+        .arg("--data")
+        .arg(&bad)
+        .output();
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("3 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A resumed run (its preprocessing saved) whose images have all gone bad since.
+    for entry in std::fs::read_dir(good.join("disk")).unwrap() {
+        std::fs::write(entry.unwrap().path(), "gone bad").unwrap();
+    }
+    for entry in std::fs::read_dir(good.join("square")).unwrap() {
+        std::fs::write(entry.unwrap().path(), "gone bad").unwrap();
+    }
+    let state = root.join("good-run").join("state.safetensors");
+    let out = alexnet()
+        .args([
+            "train", "--device", "cpu", "--epochs", "2", "--batch", "4", "--data",
+        ])
+        .arg(&good)
+        .arg("--resume")
+        .arg(&state)
+        .output();
+    let err = out.error();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        err.contains(&good.display().to_string())
+            && err.contains("in epoch 2")
+            && err.contains("8 file(s) skipped"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Non-finite inputs or weights are an error naming the file and the tensor, never
+/// plausible probabilities.
+#[test]
+fn infer_refuses_non_finite_inputs_and_weights() {
+    let dir = tmp().join("nonfinite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (w, x, y) = (
+        dir.join("w.safetensors"),
+        dir.join("x.safetensors"),
+        dir.join("y.safetensors"),
+    );
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    let good: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let write_input = |data: &[f32]| {
+        write_safetensors(
+            &x,
+            &[NamedTensor {
+                name: "input".into(),
+                shape: vec![2, 3, 32, 32],
+                data: data.to_vec(),
+            }],
+            None,
+        )
+        .unwrap()
+    };
+    let infer = |weights: &std::path::Path| {
+        alexnet()
+            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+            .arg(weights)
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y)
+            .output()
+    };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut data = good.clone();
+        data[1000] = bad;
+        write_input(&data);
+        let _ = std::fs::remove_file(&y);
+        let out = infer(&w);
+        let err = out.error();
+        assert!(!out.success(), "{bad}: {}", out.stdout);
+        assert!(
+            err.contains(&x.display().to_string()) && err.contains("`input`"),
+            "{bad}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!y.exists(), "{bad}");
+    }
+    write_input(&good);
+    let tensors = read_safetensors(&w).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut broken = tensors.clone();
+        let t = broken
+            .iter_mut()
+            .find(|t| t.name == "conv1.weight")
+            .unwrap();
+        t.data[7] = bad;
+        let wb = dir.join("w-bad.safetensors");
+        write_safetensors(&wb, &broken, None).unwrap();
+        let out = infer(&wb);
+        let err = out.error();
+        assert!(!out.success(), "{bad}: {}", out.stdout);
+        assert!(
+            err.contains(&wb.display().to_string()) && err.contains("`conv1.weight`"),
+            "{bad}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let out = infer(&w);
+    assert!(out.success(), "{}", out.error());
+}
+
+/// Temporary files that a killed run left in its folder (the atomic writer's
+/// `.NAME.tmp-PID-N`) are removed when the next run starts there, with a notice; those of a
+/// live writer are kept.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_removes_the_temporary_files_of_a_killed_one() {
+    let dir = tmp().join("stale");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A process id no process has.
+    let dead = (2..4_000_000u32)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let me = std::process::id();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    let file = |name: String, modified: Option<std::time::SystemTime>| {
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        if let Some(t) = modified {
+            f.set_modified(t).unwrap();
+        }
+        path
+    };
+    let stale = [
+        file(format!(".state.safetensors.tmp-{dead}-0"), None),
+        file(format!(".curves.png.tmp-{dead}-12"), None),
+        // Process 1 is alive, but started after this file was written: another writer.
+        file(".data.safetensors.tmp-1-3".into(), Some(old)),
+    ];
+    let kept = [
+        // A live writer: this process (another thread), written just now.
+        file(format!(".state.safetensors.tmp-{me}-4"), None),
+        file(".notes.txt".into(), None),
+        file(format!(".state.safetensors.tmp-{dead}"), None),
+    ];
+    let out = alexnet()
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--images",
+            "32",
+            "--val-images",
+            "8",
+        ])
+        .args(["--epochs", "1", "--checkpoint"])
+        .arg(&dir)
+        .output();
+    assert!(out.success(), "{}", out.error());
+    for p in &stale {
+        assert!(!p.exists(), "{} is still there", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    let notice: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("temporary"))
+        .collect();
+    assert_eq!(notice.len(), 1, "{}", out.stderr);
+    assert!(
+        notice[0].contains("3 ") && notice[0].contains(&dir.display().to_string()),
+        "{}",
+        notice[0]
+    );
 }

@@ -624,6 +624,7 @@ fn baselines(plan: &Plan, dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         schedule: Schedule::Step {
             every: 2,
             factor: 0.5,
+            floor: 0.001,
         },
         seed: 5,
         ..TrainConfig::default()

@@ -197,6 +197,7 @@ fn resume_continues_bit_for_bit() {
         schedule: Schedule::Step {
             every: 2,
             factor: 0.5,
+            floor: 0.001,
         },
         seed: 9,
     };
@@ -322,6 +323,12 @@ fn a_tampered_state_is_refused() {
         ("lr", "-1.0", "out-of-range hyper-parameters"),
         ("lr", "NaN", "out-of-range hyper-parameters"),
         ("momentum", "1.5", "out-of-range hyper-parameters"),
+        ("base_lr", "0.0", "out-of-range hyper-parameters: lr 0"),
+        (
+            "weight_decay",
+            "-1.0",
+            "out-of-range hyper-parameters: weight_decay -1",
+        ),
         ("lr_mults", "1.0,1.0", "multipliers for 8 tensors"),
         ("step", "many", "`step` = `many` is not a number"),
         ("schedule", "weekly", "learning-rate schedule `weekly`"),
@@ -334,6 +341,22 @@ fn a_tampered_state_is_refused() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(expect), "{key} = {value}: {err}");
+    }
+    // A NaN in the weights or the momentum, named.
+    for prefix in ["", "momentum."] {
+        let mut nan = tensors.clone();
+        let t = nan
+            .iter_mut()
+            .find(|t| t.name.starts_with(prefix) && t.name.ends_with(".weight"))
+            .unwrap();
+        t.data[1] = f32::NAN;
+        let name = t.name.clone();
+        let bad = dir.join("nan.safetensors");
+        alexnet::runtime::weights::write_safetensors(&bad, &nan, Some(meta.clone())).unwrap();
+        let err = Trainer::resume(Cpu::new(), plan.clone(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{name}` holds NaN")), "{err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

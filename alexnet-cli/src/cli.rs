@@ -9,7 +9,7 @@ use alexnet::ir::Op;
 use alexnet::nets::AlexNet;
 use alexnet::runtime::footprint::{human, Footprint};
 use alexnet::runtime::prelude::*;
-use alexnet::runtime::weights::{read_safetensors, write_safetensors, NamedTensor};
+use alexnet::runtime::weights::{check_finite, read_safetensors, write_safetensors, NamedTensor};
 use alexnet::runtime::{Batch, Device, Model, Tensor};
 use clap::{Parser, Subcommand};
 
@@ -263,6 +263,8 @@ fn infer(
         )
         .into());
     }
+    // A NaN in the input would come out as plausible probabilities (a max swallows it).
+    check_finite(std::slice::from_ref(&x), Some(input))?;
     let x = Tensor::new(x.shape, x.data)?;
     let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)));
     let mut logits = None;
@@ -285,6 +287,15 @@ fn infer(
             shape: vec![n, classes],
             data: y.into_data(),
         });
+    }
+    // Finite weights and inputs can still overflow.
+    if let Some(t) = out.iter().find(|t| t.data.iter().any(|v| !v.is_finite())) {
+        return Err(format!(
+            "the network's {} for {} are not finite (the values overflow); nothing written",
+            t.name,
+            input.display()
+        )
+        .into());
     }
     write_safetensors(output, &out, None)?;
     writeln!(

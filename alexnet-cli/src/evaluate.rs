@@ -168,6 +168,14 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     }
     bar.finish_and_clear();
     let report = batches.report();
+    if centre.images() == 0 {
+        return Err(format!(
+            "{}: no image could be read: {}",
+            spec.describe(),
+            report.brief()
+        )
+        .into());
+    }
     if report.skipped > 0 {
         writeln!(ctx.out, "{report}")?;
     }

@@ -51,8 +51,13 @@ pub struct TrainArgs {
     /// [default: 0.0005]
     #[arg(long)]
     weight_decay: Option<f32>,
-    /// constant, plateau[:FACTOR[:PATIENCE]] (the paper's: divide by 10 when the
-    /// validation error stops improving) or step:EPOCHS[:FACTOR] [default: plateau:0.1:1].
+    /// constant, plateau[:FACTOR[:PATIENCE[:FLOOR]]] (the paper's: multiply the learning
+    /// rate by FACTOR when the validation error has not improved for PATIENCE epochs) or
+    /// step:EPOCHS[:FACTOR[:FLOOR]] (every EPOCHS epochs). FLOOR is the lowest learning
+    /// rate, as a fraction of the initial one; when the schedule is due to go below it the
+    /// run stops. [default: plateau:0.1:3:0.001: divide by 10, at most three times as in
+    /// the paper; a patience of 3, as one epoch without improvement is often chance on a
+    /// small validation set].
     #[arg(long)]
     schedule: Option<Schedule>,
     /// Weight initialisation: he (learns in minutes) or paper (N(0, 0.01), as in the
@@ -248,6 +253,21 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         (None, None) => PathBuf::from("runs").join(a.net.name()),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let stale = weights::remove_stale_temps(&dir);
+    if !stale.is_empty() {
+        let names: Vec<String> = stale
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        writeln!(
+            ctx.err,
+            "removed {} temporary file(s) that an interrupted run left in {}: {}",
+            stale.len(),
+            dir.display(),
+            names.join(", ")
+        )?;
+    }
     let state_path = dir.join("state.safetensors");
     let (train_set, val_set) = spec.open()?;
     let classes = train_set.class_names();
@@ -337,7 +357,8 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(0);
     let mut carried = trainer.note(STATS_NOTE).and_then(parse_stats_note);
-    while trainer.state().epoch < a.epochs {
+    let first_epoch = trainer.state().epoch;
+    while trainer.state().epoch < a.epochs && !trainer.state().finished {
         let epoch = trainer.state().epoch;
         let t0 = Instant::now();
         let order: Vec<usize> = epoch_order(seed, epoch, train_set.len() as u64)
@@ -430,11 +451,22 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
         if report.skipped > 0 {
             writeln!(ctx.out, "epoch {}: {report}", epoch + 1)?;
         }
+        if total.is_none() && !ctx.stopping() {
+            return Err(format!(
+                "{}: no training image could be read in epoch {}: {}",
+                spec.describe(),
+                epoch + 1,
+                report.brief()
+            )
+            .into());
+        }
         let mut val = None::<BatchStats>;
         if let (Some(v), false) = (&val_set, ctx.stopping()) {
             let bar = progress::bar(ctx, v.len() as u64, "validation");
             let order = (0..v.len()).collect();
-            for item in data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)? {
+            let mut batches =
+                data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)?;
+            for item in &mut batches {
                 if ctx.stopping() {
                     break;
                 }
@@ -443,6 +475,18 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
                 bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();
+            let report = batches.report();
+            if val.is_none() && !ctx.stopping() {
+                return Err(format!(
+                    "{}: no validation image could be read: {}",
+                    spec.describe(),
+                    report.brief()
+                )
+                .into());
+            }
+            if report.skipped > 0 {
+                writeln!(ctx.out, "epoch {} validation: {report}", epoch + 1)?;
+            }
         }
         if ctx.stopping() {
             // Interrupted: a checkpoint of this very step, from which --resume goes on
@@ -512,11 +556,61 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             epoch + 1,
             t0.elapsed().as_secs_f64(),
             changed
-                .map(|lr| format!("; learning rate now {lr:.3e}"))
+                .map(|lr| format!("; learning rate now {}", fmt_lr(lr)))
                 .unwrap_or_default(),
         )?;
     }
+    if trainer.state().finished {
+        let why = finished(&*trainer);
+        if trainer.state().epoch == first_epoch {
+            writeln!(
+                ctx.out,
+                "nothing to train: the run ended after epoch {first_epoch}, as {why}"
+            )?;
+        } else {
+            writeln!(
+                ctx.out,
+                "stopping after epoch {}: {why}",
+                trainer.state().epoch
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// Why a finished run stopped: its schedule bottomed out.
+fn finished(trainer: &dyn Train) -> String {
+    let lr = fmt_lr(trainer.state().lr);
+    let schedule = trainer.config().schedule;
+    match schedule {
+        Schedule::Plateau { patience, .. } => format!(
+            "the validation error has not improved for {patience} epoch(s) at the schedule's floor, learning rate {lr} ({schedule})"
+        ),
+        _ => format!("the schedule ({schedule}) is due to lower the learning rate below its floor, {lr}"),
+    }
+}
+
+/// A learning rate as people write one, to 4 significant digits: `0.002`, `2e-5`.
+fn fmt_lr(lr: f32) -> String {
+    if lr == 0.0 || !lr.is_finite() {
+        return lr.to_string();
+    }
+    let trim = |m: &str| -> String {
+        if m.contains('.') {
+            m.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            m.to_string()
+        }
+    };
+    // The exponent after rounding: 0.00099999 is 1e-3.
+    let sci = format!("{lr:.3e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-3..4).contains(&exp) {
+        trim(&format!("{lr:.*}", (3 - exp) as usize))
+    } else {
+        format!("{}e{exp}", trim(mantissa))
+    }
 }
 
 fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
@@ -529,6 +623,24 @@ fn merge(acc: &mut Option<BatchStats>, st: &BatchStats) {
 /// A new trainer from the options, or the resumed one; split into towers with --towers.
 fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
     let plan = a.net.plan().clone();
+    let seed = a.seed.unwrap_or(0);
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: a.lr.unwrap_or(0.02),
+            momentum: a.momentum.unwrap_or(0.9),
+            weight_decay: a.weight_decay.unwrap_or(0.0005),
+        },
+        schedule: a.schedule.unwrap_or_default(),
+        seed,
+    };
+    // A new run's settings, checked before anything starts by the rule a resumed run is
+    // checked with, naming the flag.
+    if a.resume.is_none() {
+        if let Some((name, value, rule)) = config.sgd.out_of_range() {
+            return Err(format!("--{} {value} {rule}", name.replace('_', "-")).into());
+        }
+        config.validate()?;
+    }
     let placement = match &a.towers {
         Some(devs) => {
             let backends = devs
@@ -570,23 +682,13 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
             path.display(),
             t.state().epoch,
             t.state().step,
-            t.state().lr
+            fmt_lr(t.state().lr)
         )?;
         return Ok(t);
     }
-    let seed = a.seed.unwrap_or(0);
     let init = match a.init.unwrap_or(Init::He) {
         Init::He => weights::kaiming_init(&plan, seed),
         Init::Paper => weights::paper_init(&plan, seed),
-    };
-    let config = TrainConfig {
-        sgd: Sgd {
-            lr: a.lr.unwrap_or(0.02),
-            momentum: a.momentum.unwrap_or(0.9),
-            weight_decay: a.weight_decay.unwrap_or(0.0005),
-        },
-        schedule: a.schedule.unwrap_or_default(),
-        seed,
     };
     Ok(match placement {
         Placement::One(b) => Box::new(Trainer::new(Model::from_tensors(b, plan, init)?, config)?),
@@ -598,4 +700,27 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
 enum Placement {
     One(Device),
     Towers(Vec<Device>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_lr;
+
+    #[test]
+    fn learning_rates_print_readably() {
+        for (lr, text) in [
+            (0.02, "0.02"),
+            (0.02 * 0.1, "0.002"),
+            (0.02 * 0.1 * 0.1, "2e-4"),
+            (0.02f32 * 0.1 * 0.1 * 0.1, "2e-5"),
+            (0.00099999, "0.001"),
+            (1e-9, "1e-9"),
+            (1.5, "1.5"),
+            (1234.6, "1235"),
+            (12346.0, "1.235e4"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(fmt_lr(lr), text, "{lr:e}");
+        }
+    }
 }

@@ -43,8 +43,9 @@ impl<B: Inference> Model<B> {
         Self::from_tensors(backend, plan, tensors)
     }
 
-    /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported.
-    /// A training state (`Trainer::save`) loads too: its momentum is left out.
+    /// Loads a safetensors file; every missing, extra or mis-shaped tensor is reported,
+    /// and a NaN or infinite value is an error naming its tensor. A training state
+    /// (`Trainer::save`) loads too: its momentum is left out.
     pub fn load(backend: B, plan: Plan, path: &Path) -> Result<Self> {
         // One read: the metadata and the tensors are of the same file.
         let (mut tensors, meta) = weights::read_safetensors_with_metadata(path)?;
@@ -52,6 +53,7 @@ impl<B: Inference> Model<B> {
             tensors.retain(|t| !t.name.starts_with(MOMENTUM_PREFIX));
         }
         let ordered = weights::match_plan(&plan, tensors, Some(path))?;
+        weights::check_finite(&ordered, Some(path))?;
         Self::upload(backend, plan, ordered)
     }
 

@@ -8,6 +8,8 @@
 //!
 //! with a per-layer learning-rate multiplier.
 
+use crate::error::{Error, Result};
+
 /// Hyper-parameters of the update.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sgd {
@@ -28,6 +30,64 @@ impl Default for Sgd {
 }
 
 impl Sgd {
+    /// The first hyper-parameter out of range, if any: its name as a state file stores it
+    /// (`lr`, `momentum`, `weight_decay`; the command line's flags are these with `-` for
+    /// `_`), its value and the rule it breaks. The rules: a learning rate above 0,
+    /// a momentum from 0 to below 1, a weight decay of 0 or more, all finite, and a weight
+    /// decay that does not by itself make the weights grow (with no gradient the update is
+    /// `w' = (1 + momentum - lr * weight_decay) w - momentum w_prev`, which is stable only
+    /// while `lr * weight_decay < 2 (1 + momentum)`).
+    ///
+    /// One rule for every use: a run checks its settings with it when it starts and when
+    /// it resumes ([`Sgd::validate`]).
+    pub fn out_of_range(&self) -> Option<(&'static str, f32, String)> {
+        let Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } = *self;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Some((
+                "lr",
+                lr,
+                "is out of range: it must be a number above 0".into(),
+            ));
+        }
+        if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+            return Some((
+                "momentum",
+                momentum,
+                "is out of range: it must be at least 0 and below 1 (the paper's is 0.9)".into(),
+            ));
+        }
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Some((
+                "weight_decay",
+                weight_decay,
+                "is out of range: it must be a number, 0 or more (the paper's is 0.0005)".into(),
+            ));
+        }
+        let (shrink, limit) = (lr * weight_decay, 2.0 * (1.0 + momentum));
+        if shrink >= limit {
+            return Some((
+                "weight_decay",
+                weight_decay,
+                format!(
+                    "is too large for learning rate {lr} and momentum {momentum}: the weights would grow by themselves (learning rate x weight decay = {shrink} must be below 2 x (1 + momentum) = {limit})"
+                ),
+            ));
+        }
+        None
+    }
+
+    /// [`Sgd::out_of_range`] as an error: `momentum 2 is out of range: ...`.
+    pub fn validate(&self) -> Result<()> {
+        match self.out_of_range() {
+            None => Ok(()),
+            Some((name, value, rule)) => Err(Error::Invalid(format!("{name} {value} {rule}"))),
+        }
+    }
+
     /// One update of a tensor `w` with momentum `v` from `grad`; `lr_mult` scales the
     /// learning rate for this tensor.
     ///

@@ -18,33 +18,93 @@ use crate::tensor::Tensor;
 use crate::weights::{self, NamedTensor, MOMENTUM_PREFIX, STATE_FORMAT};
 
 /// How the learning rate changes between epochs.
+///
+/// A schedule that lowers the learning rate has a floor, a fraction of the initial
+/// learning rate: it lowers the rate down to the floor and no further, and when it would
+/// lower it again the run is over ([`TrainState::finished`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Schedule {
     /// Never.
     Constant,
     /// The paper's: multiply by `factor` when the validation error has not improved for
-    /// `patience` epochs.
-    Plateau { factor: f32, patience: u32 },
-    /// Multiply by `factor` every `every` epochs.
-    Step { every: u64, factor: f32 },
+    /// `patience` epochs, down to `floor` times the initial learning rate; the run ends
+    /// when the error stops improving at the floor.
+    Plateau {
+        factor: f32,
+        patience: u32,
+        floor: f32,
+    },
+    /// Multiply by `factor` every `every` epochs, down to `floor` times the initial
+    /// learning rate; the run ends when the rate is due to drop below it.
+    Step { every: u64, factor: f32, floor: f32 },
+}
+
+impl Schedule {
+    /// The factor when none is given: divide by 10, as the paper does.
+    pub const FACTOR: f32 = 0.1;
+    /// The plateau schedule's patience when none is given: three epochs without a better
+    /// validation error. (The paper divides when the error stops improving; on a small
+    /// validation set one epoch without improvement is often chance, and a patience of 1
+    /// divides almost every epoch.)
+    pub const PATIENCE: u32 = 3;
+    /// The floor when none is given: a thousandth of the initial learning rate, three
+    /// divisions by 10 as in the paper.
+    pub const FLOOR: f32 = 0.001;
+
+    /// Checks the ranges [`Schedule::from_str`](std::str::FromStr) parses: a factor and a
+    /// floor above 0 and at most 1, a patience and a period of at least one epoch.
+    pub fn validate(&self) -> Result<()> {
+        let (factor, count, floor) = match *self {
+            Schedule::Constant => return Ok(()),
+            Schedule::Plateau {
+                factor,
+                patience,
+                floor,
+            } => (factor, u64::from(patience), floor),
+            Schedule::Step {
+                every,
+                factor,
+                floor,
+            } => (factor, every, floor),
+        };
+        let fraction = |v: f32| v > 0.0 && v <= 1.0;
+        if !(fraction(factor) && fraction(floor)) || count == 0 {
+            return Err(Error::Invalid(format!(
+                "learning-rate schedule `{self}` is out of range: the factor and the floor must be above 0 and at most 1, the epochs at least 1"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Schedule {
-    /// The paper's: divide by 10 after one epoch without improvement.
+    /// The paper's, with [`Schedule::PATIENCE`]: divide by 10 after three epochs without
+    /// improvement, at most three times.
     fn default() -> Self {
         Schedule::Plateau {
-            factor: 0.1,
-            patience: 1,
+            factor: Self::FACTOR,
+            patience: Self::PATIENCE,
+            floor: Self::FLOOR,
         }
     }
 }
 
 impl std::fmt::Display for Schedule {
+    /// The form [`Schedule::from_str`](std::str::FromStr) reads, every field written:
+    /// `plateau:0.1:3:0.001`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Schedule::Constant => write!(f, "constant"),
-            Schedule::Plateau { factor, patience } => write!(f, "plateau:{factor:?}:{patience}"),
-            Schedule::Step { every, factor } => write!(f, "step:{every}:{factor:?}"),
+            Schedule::Plateau {
+                factor,
+                patience,
+                floor,
+            } => write!(f, "plateau:{factor:?}:{patience}:{floor:?}"),
+            Schedule::Step {
+                every,
+                factor,
+                floor,
+            } => write!(f, "step:{every}:{factor:?}:{floor:?}"),
         }
     }
 }
@@ -52,17 +112,21 @@ impl std::fmt::Display for Schedule {
 impl std::str::FromStr for Schedule {
     type Err = Error;
 
-    /// `constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EVERY[:FACTOR]`.
+    /// `constant`, `plateau[:FACTOR[:PATIENCE[:FLOOR]]]` or `step:EVERY[:FACTOR[:FLOOR]]`;
+    /// what is left out is [`Schedule::FACTOR`], [`Schedule::PATIENCE`] and
+    /// [`Schedule::FLOOR`]. (State files written before the floor existed say
+    /// `plateau:0.1:1`: the default floor.)
     fn from_str(s: &str) -> Result<Self> {
         let bad = || {
             Error::Invalid(format!(
-                "learning-rate schedule `{s}`: expected `constant`, `plateau[:FACTOR[:PATIENCE]]` or `step:EPOCHS[:FACTOR]`"
+                "learning-rate schedule `{s}`: expected `constant`, `plateau[:FACTOR[:PATIENCE[:FLOOR]]]` or `step:EPOCHS[:FACTOR[:FLOOR]]`"
             ))
         };
         let parts: Vec<&str> = s.split(':').collect();
-        let factor = |i: usize| -> Result<f32> {
+        // A factor or a floor: above 0, at most 1.
+        let fraction = |i: usize, default: f32| -> Result<f32> {
             match parts.get(i) {
-                None => Ok(0.1),
+                None => Ok(default),
                 Some(v) => v
                     .parse::<f32>()
                     .ok()
@@ -72,16 +136,18 @@ impl std::str::FromStr for Schedule {
         };
         match parts[0] {
             "constant" if parts.len() == 1 => Ok(Schedule::Constant),
-            "plateau" if parts.len() <= 3 => Ok(Schedule::Plateau {
-                factor: factor(1)?,
+            "plateau" if parts.len() <= 4 => Ok(Schedule::Plateau {
+                factor: fraction(1, Self::FACTOR)?,
                 patience: match parts.get(2) {
-                    None => 1,
+                    None => Self::PATIENCE,
                     Some(v) => v.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?,
                 },
+                floor: fraction(3, Self::FLOOR)?,
             }),
-            "step" if (2..=3).contains(&parts.len()) => Ok(Schedule::Step {
+            "step" if (2..=4).contains(&parts.len()) => Ok(Schedule::Step {
                 every: parts[1].parse().ok().filter(|e| *e > 0).ok_or_else(bad)?,
-                factor: factor(2)?,
+                factor: fraction(2, Self::FACTOR)?,
+                floor: fraction(3, Self::FLOOR)?,
             }),
             _ => Err(bad()),
         }
@@ -96,6 +162,15 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Seeds dropout and the data order.
     pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks every hyper-parameter: [`Sgd::validate`] and [`Schedule`]'s ranges. A run
+    /// checks its settings with this when it starts and when it resumes.
+    pub fn validate(&self) -> Result<()> {
+        self.sgd.validate()?;
+        self.schedule.validate()
+    }
 }
 
 impl Default for TrainConfig {
@@ -167,6 +242,9 @@ pub struct TrainState {
     /// Best validation error so far, and epochs since it improved (plateau schedule).
     pub best_error: f64,
     pub bad_epochs: u32,
+    /// The schedule has bottomed out: it was due to lower the learning rate, which is at
+    /// its floor. The run is over.
+    pub finished: bool,
 }
 
 /// The order in which epoch `epoch` visits `n` examples: a permutation drawn from the
@@ -187,7 +265,8 @@ pub trait Train {
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
     /// Loss and top-1/top-5 counts at inference (dropout off).
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
-    /// Ends an epoch, applying the schedule; the new learning rate when it changed.
+    /// Ends an epoch, applying the schedule; the new learning rate when it changed. When
+    /// the schedule has bottomed out, [`TrainState::finished`] is set: the run is over.
     fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32>;
     /// Writes the whole training state, atomically.
     fn save(&self, path: &Path) -> Result<()>;
@@ -229,12 +308,7 @@ pub(crate) struct Run {
 impl Run {
     /// A run at step 0 for `tensors` parameter tensors.
     pub(crate) fn start(config: TrainConfig, tensors: usize) -> Result<Self> {
-        if !(config.sgd.lr.is_finite() && config.sgd.lr > 0.0) {
-            return Err(Error::Invalid(format!(
-                "learning rate {} must be positive",
-                config.sgd.lr
-            )));
-        }
+        config.validate()?;
         Ok(Run {
             state: TrainState {
                 step: 0,
@@ -242,6 +316,7 @@ impl Run {
                 lr: config.sgd.lr,
                 best_error: f64::INFINITY,
                 bad_epochs: 0,
+                finished: false,
             },
             config,
             lr_mults: vec![1.0; tensors],
@@ -306,26 +381,46 @@ impl Run {
     pub(crate) fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
         self.state.epoch = self.state.epoch.saturating_add(1);
         let before = self.state.lr;
-        match self.config.schedule {
-            Schedule::Constant => {}
-            Schedule::Step { every, factor } => {
-                if self.state.epoch.is_multiple_of(every) {
-                    self.state.lr *= factor;
+        // The factor and the floor when the schedule is due to lower the learning rate.
+        let due = match self.config.schedule {
+            Schedule::Constant => None,
+            Schedule::Step {
+                every,
+                factor,
+                floor,
+            } => self
+                .state
+                .epoch
+                .is_multiple_of(every)
+                .then_some((factor, floor)),
+            Schedule::Plateau {
+                factor,
+                patience,
+                floor,
+            } => match val_error {
+                Some(e) if e < self.state.best_error => {
+                    self.state.best_error = e;
+                    self.state.bad_epochs = 0;
+                    None
                 }
-            }
-            Schedule::Plateau { factor, patience } => {
-                if let Some(e) = val_error {
-                    if e < self.state.best_error {
-                        self.state.best_error = e;
+                Some(_) => {
+                    self.state.bad_epochs = self.state.bad_epochs.saturating_add(1);
+                    (self.state.bad_epochs >= patience).then(|| {
                         self.state.bad_epochs = 0;
-                    } else {
-                        self.state.bad_epochs = self.state.bad_epochs.saturating_add(1);
-                        if self.state.bad_epochs >= patience {
-                            self.state.lr *= factor;
-                            self.state.bad_epochs = 0;
-                        }
-                    }
+                        (factor, floor)
+                    })
                 }
+                None => None,
+            },
+        };
+        if let Some((factor, floor)) = due {
+            let lowest = self.config.sgd.lr * floor;
+            // At the floor (within rounding: 0.02 x 0.1 x 0.1 x 0.1 is not 0.02 x 0.001 in
+            // floats), or below it (a state written before there was a floor): done.
+            if self.state.lr <= lowest * (1.0 + 1e-4) {
+                self.state.finished = true;
+            } else {
+                self.state.lr = (self.state.lr * factor).max(lowest);
             }
         }
         (self.state.lr != before).then_some(self.state.lr)
@@ -356,6 +451,7 @@ impl Run {
                 ("lr", format!("{:?}", s.lr)),
                 ("best_error", format!("{:?}", s.best_error)),
                 ("bad_epochs", s.bad_epochs.to_string()),
+                ("finished", s.finished.to_string()),
                 ("base_lr", format!("{:?}", c.sgd.lr)),
                 ("momentum", format!("{:?}", c.sgd.momentum)),
                 ("weight_decay", format!("{:?}", c.sgd.weight_decay)),
@@ -413,6 +509,16 @@ impl Run {
             lr: num(get("lr")?, "lr", &bad)?,
             best_error: num(get("best_error")?, "best_error", &bad)?,
             bad_epochs: num(get("bad_epochs")?, "bad_epochs", &bad)?,
+            // Absent from states written before schedules had a floor.
+            finished: match meta.get("finished").map(String::as_str) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(v) => {
+                    return Err(bad(format!(
+                        "training state: `finished` = `{v}` is not `true` or `false`"
+                    )))
+                }
+            },
         };
         let config = TrainConfig {
             sgd: Sgd {
@@ -431,6 +537,8 @@ impl Run {
             .map(|m| num(m, "lr_mults", &bad))
             .collect::<Result<_>>()?;
         let all = weights::parse_safetensors(&bytes).map_err(|e| e.in_file(path))?;
+        // Weights and momentum (named `momentum.<weight>` here).
+        weights::check_finite(&all, Some(path))?;
         let (momentum, params): (Vec<NamedTensor>, Vec<NamedTensor>) = all
             .into_iter()
             .partition(|t| t.name.starts_with(MOMENTUM_PREFIX));
@@ -459,18 +567,19 @@ impl Run {
                 params.len()
             )));
         }
-        let finite_pos = |v: f32| v.is_finite() && v > 0.0;
-        let c = &config.sgd;
-        if !(finite_pos(state.lr)
-            && c.momentum.is_finite()
-            && (0.0..1.0).contains(&c.momentum)
-            && c.weight_decay.is_finite()
-            && c.weight_decay >= 0.0
-            && lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0))
-        {
+        // The rules a run starts with, for the initial and the current learning rate.
+        let current = Sgd {
+            lr: state.lr,
+            ..config.sgd
+        };
+        if let Err(e) = config.validate().and_then(|()| current.validate()) {
             return Err(bad(format!(
-                "training state has out-of-range hyper-parameters: lr {}, momentum {}, weight decay {}, multipliers {:?}",
-                state.lr, c.momentum, c.weight_decay, lr_mults
+                "training state has out-of-range hyper-parameters: {e}"
+            )));
+        }
+        if !lr_mults.iter().all(|m| m.is_finite() && *m >= 0.0) {
+            return Err(bad(format!(
+                "training state has out-of-range learning-rate multipliers: {lr_mults:?}"
             )));
         }
         let notes = meta
@@ -498,14 +607,163 @@ mod tests {
 
     #[test]
     fn schedules_parse_and_print() {
-        for s in ["constant", "plateau:0.1:1", "step:30:0.1", "plateau:0.5:3"] {
+        for s in [
+            "constant",
+            "plateau:0.1:1:0.001",
+            "step:30:0.1:0.001",
+            "plateau:0.5:3:0.25",
+            "step:2:1.0:1.0",
+        ] {
             let p: Schedule = s.parse().unwrap();
             assert_eq!(p.to_string(), s);
+            p.validate().unwrap();
         }
-        assert_eq!("plateau".parse::<Schedule>().unwrap(), Schedule::default());
-        assert!("step".parse::<Schedule>().is_err());
-        assert!("plateau:2".parse::<Schedule>().is_err());
-        assert!("weekly".parse::<Schedule>().is_err());
+        let default = Schedule::default();
+        assert_eq!(default.to_string(), "plateau:0.1:3:0.001");
+        assert_eq!("plateau".parse::<Schedule>().unwrap(), default);
+        // What state files stored before there was a floor: the default floor.
+        let old: Schedule = "plateau:0.1:1".parse().unwrap();
+        assert_eq!(old.to_string(), "plateau:0.1:1:0.001");
+        assert_eq!(
+            "step:30".parse::<Schedule>().unwrap().to_string(),
+            "step:30:0.1:0.001"
+        );
+        for bad in [
+            "step",
+            "plateau:2",
+            "weekly",
+            "plateau:0.1:0",
+            "plateau:0.1:1:0",
+            "plateau:0.1:1:2",
+            "plateau:0.1:1:0.1:9",
+            "step:3:0.1:nan",
+        ] {
+            assert!(bad.parse::<Schedule>().is_err(), "{bad}");
+        }
+        let zero = Schedule::Plateau {
+            factor: 0.1,
+            patience: 1,
+            floor: 0.0,
+        };
+        assert!(zero.validate().is_err());
+        assert!(Run::start(
+            TrainConfig {
+                schedule: zero,
+                ..TrainConfig::default()
+            },
+            1
+        )
+        .is_err());
+    }
+
+    /// The learning rates a run goes through: epoch by epoch, and whether it finished.
+    fn rates(schedule: Schedule, errors: &[f64]) -> Vec<(f32, bool)> {
+        let config = TrainConfig {
+            sgd: Sgd {
+                lr: 0.02,
+                ..Sgd::default()
+            },
+            schedule,
+            seed: 0,
+        };
+        let mut run = Run::start(config, 1).unwrap();
+        errors
+            .iter()
+            .map(|&e| {
+                run.end_epoch(Some(e));
+                (run.state.lr, run.state.finished)
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a / b - 1.0).abs() < 1e-5
+    }
+
+    /// The plateau schedule divides down to its floor and no further: once the error
+    /// stops improving at the floor the run is finished, never at a learning rate of 0.
+    #[test]
+    fn schedules_stop_at_their_floor() {
+        let stuck = [0.5; 60];
+        let got = rates("plateau:0.1:1".parse().unwrap(), &stuck);
+        let lrs: Vec<f32> = got.iter().map(|g| g.0).collect();
+        // Epoch 1 sets the best error; every later one divides, three times.
+        for (i, want) in [0.02, 0.002, 0.0002, 0.00002].iter().enumerate() {
+            assert!(close(lrs[i], *want), "epoch {}: {}", i + 1, lrs[i]);
+        }
+        assert_eq!(lrs[4], lrs[3]);
+        assert_eq!(lrs[3], 0.02 * 0.001);
+        let finished: Vec<bool> = got.iter().map(|g| g.1).collect();
+        assert_eq!(finished[..5], [false, false, false, false, true]);
+        assert!(lrs.iter().all(|&lr| lr >= 0.02 * 0.001));
+        // The default patience: three epochs without a better error.
+        let got = rates(Schedule::default(), &[0.5, 0.6, 0.4, 0.5, 0.5, 0.5, 0.5]);
+        let lrs: Vec<f32> = got.iter().map(|g| g.0).collect();
+        assert_eq!(lrs[..5], [0.02; 5]);
+        assert!(close(lrs[5], 0.002), "{lrs:?}");
+        // A factor that does not land on the floor stops at it: 0.02 x 0.3^k, then 0.002.
+        let got = rates("plateau:0.3:1:0.1".parse().unwrap(), &stuck);
+        let lrs: Vec<f32> = got.iter().map(|g| g.0).collect();
+        assert!(close(lrs[1], 0.006) && close(lrs[2], 0.002), "{lrs:?}");
+        assert_eq!(lrs[2], 0.02f32 * 0.1);
+        assert!(!got[2].1 && got[3].1, "{got:?}");
+        // The step schedule: every 2 epochs, down to a hundredth.
+        let got = rates("step:2:0.1:0.01".parse().unwrap(), &stuck);
+        let lrs: Vec<f32> = got.iter().map(|g| g.0).collect();
+        assert!(close(lrs[1], 0.002) && close(lrs[3], 0.0002), "{lrs:?}");
+        assert_eq!(got.iter().position(|g| g.1), Some(5));
+        // A constant schedule never finishes.
+        assert!(rates(Schedule::Constant, &stuck).iter().all(|g| !g.1));
+    }
+
+    /// Every hyper-parameter is checked when a run starts, by the rule a resumed run is
+    /// checked with: what `Run::start` takes, `Run::read` takes, and the other way round.
+    #[test]
+    fn out_of_range_hyper_parameters_are_refused_at_start() {
+        let sgd = |lr: f32, momentum: f32, weight_decay: f32| Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        };
+        for (bad, name) in [
+            (sgd(0.01, 2.0, 0.0005), "momentum 2"),
+            (sgd(0.01, -1.0, 0.0005), "momentum -1"),
+            (sgd(0.01, 1.0, 0.0005), "momentum 1"),
+            (sgd(0.01, f32::NAN, 0.0005), "momentum NaN"),
+            (sgd(0.01, 0.9, -1.0), "weight_decay -1"),
+            (sgd(0.01, 0.9, f32::NAN), "weight_decay NaN"),
+            (sgd(0.01, 0.9, f32::INFINITY), "weight_decay inf"),
+            (sgd(0.0, 0.9, 0.0005), "lr 0"),
+            (sgd(-1.0, 0.9, 0.0005), "lr -1"),
+            (sgd(f32::NAN, 0.9, 0.0005), "lr NaN"),
+            // Weight decay alone makes the weights oscillate and grow: lr x decay = 4 is
+            // not below 2 x (1 + momentum) = 3.8.
+            (sgd(0.02, 0.9, 200.0), "weight_decay 200"),
+        ] {
+            let config = TrainConfig {
+                sgd: bad,
+                ..TrainConfig::default()
+            };
+            let err = Run::start(config.clone(), 1)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.starts_with(name), "{bad:?}: `{err}`");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert_eq!(config.validate().err().map(|e| e.to_string()), Some(err));
+        }
+        for good in [
+            sgd(0.01, 0.0, 0.0),
+            sgd(0.5, 0.99, 0.0005),
+            sgd(0.02, 0.9, 100.0),
+        ] {
+            let config = TrainConfig {
+                sgd: good,
+                ..TrainConfig::default()
+            };
+            config.validate().unwrap();
+            Run::start(config, 1).unwrap();
+        }
     }
 
     #[test]

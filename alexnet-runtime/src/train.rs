@@ -463,7 +463,8 @@ impl<B: Training> Trainer<B> {
 
     /// Ends an epoch: applies the schedule given this epoch's validation error (the plateau
     /// schedule needs one; without it the learning rate is kept). Returns the new learning
-    /// rate when it changed.
+    /// rate when it changed; sets [`TrainState::finished`] when the schedule is due to
+    /// lower the rate below its floor (the run is over).
     pub fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
         self.run.end_epoch(val_error)
     }

@@ -143,6 +143,25 @@ pub fn match_plan(
     }
 }
 
+/// Checks that every value of `tensors` is finite: the first NaN or infinity is an error
+/// naming the file (when given), the tensor and the element. (Non-finite weights or inputs
+/// make a network's output NaN, or, worse, plausible: a max swallows a NaN.)
+pub fn check_finite(tensors: &[NamedTensor], path: Option<&Path>) -> Result<()> {
+    for t in tensors {
+        if let Some((i, v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            let file = path
+                .map(|p| format!("{}: ", p.display()))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "{file}tensor `{}` holds {v} (element {i} of {}); only finite values can be used",
+                t.name,
+                t.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads every tensor of a safetensors file as f32 (f16, bf16 and f64 are converted).
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     Ok(read_safetensors_with_metadata(path)?.0)
@@ -351,4 +370,109 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
             source,
         }
     })
+}
+
+/// Removes the temporary files that [`write_atomic`] left in `dir` when its process was
+/// killed between creating and renaming them (`.NAME.tmp-PID-N`), and returns their
+/// paths. A file is stale when no process has its PID any more, or the process that has
+/// it now started after the file was last written (the PID was reused); the temporary
+/// files of a live writer, this process's included, are kept. Best effort: what cannot
+/// be read or removed is left. Where there is no `/proc` (not Linux), nothing is removed.
+pub fn remove_stale_temps(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    if process_start(std::process::id()).is_none() {
+        return removed; // no /proc: no way to tell a live writer
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temp_writer) else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let Ok(modified) = meta.modified() else {
+            continue;
+        };
+        let stale = match process_start(pid) {
+            None => true,
+            // Start times are known to a second or so.
+            Some(start) => modified + std::time::Duration::from_secs(2) < start,
+        };
+        if stale && meta.is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    removed
+}
+
+/// The PID of the process that wrote a temporary file named as [`write_atomic`] names
+/// them, `.NAME.tmp-PID-N`.
+fn temp_writer(name: &str) -> Option<u32> {
+    let (target, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (pid, call) = tail.split_once('-')?;
+    call.parse::<u64>().ok()?;
+    (!target.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+/// When process `pid` started, from Linux's `/proc` (`None`: no such process, or no
+/// `/proc`).
+fn process_start(pid: u32) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, clock ticks after boot; the fields after the command name (in
+    // parentheses, which may hold anything) start at field 3.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // Linux reports these ticks in USER_HZ, 100 a second.
+    let since_epoch =
+        std::time::Duration::from_secs(boot) + std::time::Duration::from_millis(ticks * 10);
+    Some(std::time::UNIX_EPOCH + since_epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_file_names_give_their_writer() {
+        assert_eq!(temp_writer(".state.safetensors.tmp-123-4"), Some(123));
+        assert_eq!(temp_writer(".curves.png.tmp-7-0"), Some(7));
+        assert_eq!(temp_writer(".a.tmp-b.tmp-9-10"), Some(9));
+        for other in [
+            "state.safetensors.tmp-123-4",
+            ".state.safetensors.tmp-123",
+            ".state.safetensors.tmp-x-4",
+            ".state.safetensors.tmp-1-x",
+            "..tmp-1-2",
+            ".notes",
+        ] {
+            assert_eq!(temp_writer(other), None, "{other}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_started_in_the_past() {
+        let start = process_start(std::process::id()).unwrap();
+        let age = std::time::SystemTime::now().duration_since(start).unwrap();
+        assert!(age < std::time::Duration::from_secs(24 * 3600), "{age:?}");
+        assert!(process_start(1).unwrap() <= start);
+    }
 }

@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 ///
 /// Only the files directly inside a class folder whose extension is `jpg`, `jpeg` or
 /// `png` (any case) are images; other files, and entries whose name starts with `.`,
-/// are ignored.
+/// are ignored. An image entry that cannot be read, a dangling link say, is listed and
+/// then skipped and counted by the loaders as a file that does not decode.
 #[derive(Debug, Clone)]
 pub struct ImageFolder {
     root: PathBuf,
@@ -51,9 +52,12 @@ impl ImageFolder {
         }
         let mut classes = Vec::new();
         for (name, path) in entries(root)? {
-            let is_dir = std::fs::metadata(&path)
-                .map_err(|e| Error::io(&path, e))?
-                .is_dir();
+            // A dangling link is not a class folder.
+            let is_dir = match std::fs::metadata(&path) {
+                Ok(m) => m.is_dir(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             if is_dir {
                 let name = name.into_string().map_err(|n| {
                     Error::Invalid(format!(
@@ -79,10 +83,10 @@ impl ImageFolder {
                 .map_err(|_| Error::Invalid(format!("too many classes in {}", root.display())))?;
             let mut files = Vec::new();
             for (_, path) in entries(dir)? {
+                // A file that cannot even be looked at (a dangling link, say) is listed:
+                // the loaders skip and count it, as any file that does not decode.
                 if has_image_extension(&path)
-                    && std::fs::metadata(&path)
-                        .map_err(|e| Error::io(&path, e))?
-                        .is_file()
+                    && std::fs::metadata(&path).map_or(true, |m| m.is_file())
                 {
                     files.push(path);
                 }
@@ -609,6 +613,32 @@ mod tests {
             .loader((0..set.len()).collect(), 2, 8, 2, 1, transform)
             .unwrap()
         {}
+    }
+
+    /// A dangling symbolic link is a file that cannot be read: listed, then skipped and
+    /// counted by the loader; one among the class folders is not a class.
+    #[cfg(unix)]
+    #[test]
+    fn dangling_links_are_skipped_and_counted() {
+        let t = Temp::new("dangling");
+        let root = t.dir("d");
+        let a = t.dir("d/a");
+        rgb(8, 8).save(a.join("1.png")).unwrap();
+        rgb(8, 8).save(t.dir("d/b").join("2.png")).unwrap();
+        std::os::unix::fs::symlink(t.0.join("gone.png"), a.join("0.png")).unwrap();
+        std::os::unix::fs::symlink(t.0.join("gone"), root.join("c")).unwrap();
+        let set = ImageFolder::open(&root).unwrap();
+        assert_eq!(set.classes(), ["a", "b"]);
+        assert_eq!(set.len(), 3);
+        let mut loader = set.loader(vec![0, 1, 2], 4, 8, 2, 1, identity()).unwrap();
+        let batches: Vec<_> = loader.by_ref().collect();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].1, [0, 1]);
+        let report = loader.report();
+        assert_eq!(report.skipped, 1);
+        assert_eq!(name(&report.first[0].0), "0.png");
+        let (_, report) = set.mean_image(8, 10);
+        assert_eq!(report.skipped, 1);
     }
 
     #[test]

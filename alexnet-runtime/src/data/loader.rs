@@ -304,6 +304,18 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// The report in one line: `3 file(s) skipped (first: PATH: why)`.
+    pub fn brief(&self) -> String {
+        match self.first.first() {
+            Some((p, why)) => format!(
+                "{} file(s) skipped (first: {}: {why})",
+                self.skipped,
+                p.display()
+            ),
+            None => format!("{} file(s) skipped", self.skipped),
+        }
+    }
+
     fn add(&mut self, path: &Path, e: &DecodeError) {
         self.skipped += 1;
         if self.first.len() < REPORTED {

@@ -92,13 +92,19 @@ impl Preprocess {
     /// Fits the preprocessing of `images` for a network with input `input`: the mean of up
     /// to 1,000 images spread over the set, and the colour components of up to 256 (the
     /// mean subtracted, values in [0, 1]). Images that do not load are skipped and
-    /// reported.
+    /// reported; an error if none of those the mean is taken over loads.
     pub fn fit(images: &dyn Images, input: Shape, source: &str) -> Result<(Self, LoadReport)> {
         let side = Self::side_for(input)?;
         if images.is_empty() {
             return Err(Error::Invalid(format!("{source}: no images")));
         }
         let (mean, report) = mean_image(images, side, MEAN_IMAGES);
+        if report.skipped >= MEAN_IMAGES.min(images.len()) {
+            return Err(Error::Invalid(format!(
+                "{source}: no image could be read: {}",
+                report.brief()
+            )));
+        }
         let shape = Shape::new(3, side, side);
         let step = images.len().div_ceil(PCA_IMAGES).max(1);
         let sample: Vec<Vec<f32>> = (0..images.len())
@@ -437,6 +443,41 @@ mod tests {
             )
         );
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Images none of which loads.
+    struct Broken;
+
+    impl Images for Broken {
+        fn len(&self) -> usize {
+            3
+        }
+        fn class_names(&self) -> Vec<String> {
+            vec!["a".into()]
+        }
+        fn label(&self, _: usize) -> u32 {
+            0
+        }
+        fn describe(&self, i: usize) -> PathBuf {
+            PathBuf::from(format!("broken/{i}.png"))
+        }
+        fn load(&self, _: usize, _: usize) -> std::result::Result<RgbImage, DecodeError> {
+            Err(DecodeError::NotAnImage)
+        }
+    }
+
+    /// No usable image is an error naming the set and the files skipped, not an all-zero
+    /// mean.
+    #[test]
+    fn fitting_a_set_of_broken_images_is_an_error() {
+        let err = Preprocess::fit(&Broken, Shape::new(3, 32, 32), "folder:/data/x")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "folder:/data/x: no image could be read: 3 file(s) skipped (first: broken/0.png: not a JPEG or PNG image)"
+        );
     }
 
     #[test]

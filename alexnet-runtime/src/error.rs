@@ -80,12 +80,42 @@ pub enum Error {
     /// schedule, a buffer of another device, ...).
     Invalid(String),
     /// A training step's loss or gradients were not finite; its update was not applied.
-    NonFinite(crate::run::NonFinite),
+    NonFinite(NonFinite),
     /// A broken invariant of alexnet-rs itself: a bug to report.
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A step whose loss or gradients were not finite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFinite {
+    /// The step's number (the steps taken before it).
+    pub step: u64,
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// The first tensor, in the order of the layers, whose gradient was not finite.
+    pub tensor: Option<String>,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.step;
+        match (&self.tensor, self.loss.is_finite()) {
+            (Some(t), true) => write!(
+                f,
+                "step {s}: the gradient of `{t}` is not finite (loss {:.4})",
+                self.loss
+            ),
+            (Some(t), false) => write!(
+                f,
+                "step {s}: the loss is {} and the gradient of `{t}` is not finite",
+                self.loss
+            ),
+            (None, _) => write!(f, "step {s}: the loss is {}", self.loss),
+        }
+    }
+}
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

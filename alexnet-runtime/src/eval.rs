@@ -40,7 +40,7 @@ pub struct BatchStats {
     pub top1_correct: usize,
     pub top5_correct: usize,
     /// Training steps whose update was skipped because their loss or gradients were not
-    /// finite ([`crate::run::OnNonFinite::Skip`]); their images count nowhere else.
+    /// finite (`OnNonFinite::Skip`, in the run module); their images count nowhere else.
     pub skipped: usize,
 }
 

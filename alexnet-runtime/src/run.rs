@@ -10,6 +10,7 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+pub use crate::error::NonFinite;
 use crate::error::{Error, Result};
 use crate::eval::BatchStats;
 use crate::ir::Plan;
@@ -198,36 +199,6 @@ pub enum OnNonFinite {
     /// (its batch is consumed), its [`BatchStats::skipped`] is 1 and
     /// [`Train::last_skip`] says why.
     Skip,
-}
-
-/// A step whose loss or gradients were not finite.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NonFinite {
-    /// The step's number (the steps taken before it).
-    pub step: u64,
-    /// The batch's mean loss.
-    pub loss: f64,
-    /// The first tensor, in the order of the layers, whose gradient was not finite.
-    pub tensor: Option<String>,
-}
-
-impl std::fmt::Display for NonFinite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = self.step;
-        match (&self.tensor, self.loss.is_finite()) {
-            (Some(t), true) => write!(
-                f,
-                "step {s}: the gradient of `{t}` is not finite (loss {:.4})",
-                self.loss
-            ),
-            (Some(t), false) => write!(
-                f,
-                "step {s}: the loss is {} and the gradient of `{t}` is not finite",
-                self.loss
-            ),
-            (None, _) => write!(f, "step {s}: the loss is {}", self.loss),
-        }
-    }
 }
 
 /// Where a run is.

@@ -13,7 +13,8 @@
 #include "sgd.cuh"
 
 template <class Cfg, unsigned... L>
-__device__ __forceinline__ void finite_lists(UintList<L...>, SgdTensors t, float* flags) {
+__device__ __forceinline__ void finite_lists(UintList<L...>, SgdTensors t,
+                                             float* __restrict__ flags) {
     constexpr int TENSORS = Cfg::TENSORS;
     static_assert(TENSORS <= ALEXNET_SGD_SLOTS, "more tensors than slots");
     static_assert(sizeof...(L) == TENSORS, "one length per tensor");
@@ -31,7 +32,7 @@ __device__ __forceinline__ void finite_lists(UintList<L...>, SgdTensors t, float
 }
 
 template <class Cfg>
-__device__ __forceinline__ void finite(SgdTensors t, float* flags) {
+__device__ __forceinline__ void finite(SgdTensors t, float* __restrict__ flags) {
     finite_lists<Cfg>(typename Cfg::LEN{}, t, flags);
 }
 #endif  // ALEXNET_FINITE_CUH

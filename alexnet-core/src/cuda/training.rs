@@ -126,68 +126,55 @@ pub fn training(plan: &Plan) -> Vec<KernelSpec> {
             .spec(),
         );
     }
+    // Over every parameter tensor, SGD_SLOTS at a time: the check, then the update.
     let params = plan.params();
-    for (chunk, specs) in params.chunks(SGD_SLOTS).enumerate() {
-        let first = chunk * SGD_SLOTS;
-        let name = format!("{net}_finite_t{first}_{}", first + specs.len());
-        kernels.push(
-            Instance {
-                role: Role::Finite {
-                    first,
-                    count: specs.len(),
-                },
-                launch: KernelLaunch::fixed(0, &name, EW_THREADS, SGD_BLOCKS),
-                template: &FINITE_TEMPLATE,
-                doc: format!(
-                    "which of the gradients of tensors {first}..{} of `{}` are not finite",
-                    first + specs.len(),
-                    plan.name
-                ),
-                consts: vec![
-                    ("TENSORS", specs.len().into()),
-                    (
-                        "LEN",
-                        Value::Uints(specs.iter().map(|s| s.len() as u64).collect()),
+    for finite in [true, false] {
+        for (chunk, specs) in params.chunks(SGD_SLOTS).enumerate() {
+            let (first, count) = (chunk * SGD_SLOTS, specs.len());
+            let end = first + count;
+            let (role, kind, template, what, lens) = if finite {
+                (
+                    Role::Finite { first, count },
+                    "finite",
+                    &FINITE_TEMPLATE,
+                    "which of the gradients of tensors",
+                    vec![("flags", Len::Fixed(count as u64))],
+                )
+            } else {
+                (
+                    Role::Sgd { first, count },
+                    "sgd",
+                    &SGD_TEMPLATE,
+                    "one SGD step of tensors",
+                    Vec::new(),
+                )
+            };
+            let name = format!("{net}_{kind}_t{first}_{end}");
+            kernels.push(
+                Instance {
+                    role,
+                    launch: KernelLaunch::fixed(0, &name, EW_THREADS, SGD_BLOCKS),
+                    template,
+                    doc: format!(
+                        "{what} {first}..{end} of `{}`{}",
+                        plan.name,
+                        if finite { " are not finite" } else { "" }
                     ),
-                    ("BLOCKS", (SGD_BLOCKS as usize).into()),
-                    ("THREADS", (EW_THREADS as usize).into()),
-                ],
-                lens: vec![("flags", Len::Fixed(specs.len() as u64))],
-                gemm: None,
-            }
-            .spec(),
-        );
-    }
-    for (chunk, specs) in params.chunks(SGD_SLOTS).enumerate() {
-        let first = chunk * SGD_SLOTS;
-        let name = format!("{net}_sgd_t{first}_{}", first + specs.len());
-        kernels.push(
-            Instance {
-                role: Role::Sgd {
-                    first,
-                    count: specs.len(),
-                },
-                launch: KernelLaunch::fixed(0, &name, EW_THREADS, SGD_BLOCKS),
-                template: &SGD_TEMPLATE,
-                doc: format!(
-                    "one SGD step of tensors {first}..{} of `{}`",
-                    first + specs.len(),
-                    plan.name
-                ),
-                consts: vec![
-                    ("TENSORS", specs.len().into()),
-                    (
-                        "LEN",
-                        Value::Uints(specs.iter().map(|s| s.len() as u64).collect()),
-                    ),
-                    ("BLOCKS", (SGD_BLOCKS as usize).into()),
-                    ("THREADS", (EW_THREADS as usize).into()),
-                ],
-                lens: Vec::new(),
-                gemm: None,
-            }
-            .spec(),
-        );
+                    consts: vec![
+                        ("TENSORS", count.into()),
+                        (
+                            "LEN",
+                            Value::Uints(specs.iter().map(|s| s.len() as u64).collect()),
+                        ),
+                        ("BLOCKS", (SGD_BLOCKS as usize).into()),
+                        ("THREADS", (EW_THREADS as usize).into()),
+                    ],
+                    lens,
+                    gemm: None,
+                }
+                .spec(),
+            );
+        }
     }
     kernels
 }

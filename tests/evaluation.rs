@@ -42,6 +42,7 @@ fn ten_crop_probabilities_are_the_mean_of_the_hand_computed_softmaxes() {
         crop: (2, 3),
         mean: mean.clone(),
         scale: 0.5,
+        std: [1.0; 3],
         pca: None,
         classes: vec!["a".into(), "b".into(), "c".into()],
         source: "test".into(),

@@ -107,9 +107,10 @@ pub fn decode_rgb(path: &Path, side: usize) -> std::result::Result<RgbImage, Dec
     }
     let rgb = img.to_rgb8();
     drop(img);
-    // Shorter side to `side`, the longer one scaled by the same factor (rounded).
+    // Shorter side to `side`, the longer one scaled by the same factor, truncated as
+    // torchvision's `Resize` does (so that its pretrained models see the same pixels).
     let scale = |long: u32, short: u32| {
-        let l = (u64::from(long) * u64::from(side) + u64::from(short) / 2) / u64::from(short);
+        let l = (u64::from(long) * u64::from(side)) / u64::from(short);
         u32::try_from(l).unwrap_or(u32::MAX).max(side)
     };
     let (nw, nh) = if w <= h {

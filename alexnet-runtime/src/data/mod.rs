@@ -3,10 +3,12 @@
 //! ([`loader::Images`]) loaded in background threads; [`augment`]: random crops, flips
 //! and PCA colour augmentation, ten-crop testing; [`pipeline`]: the per-pixel mean, the
 //! augmentation and the class names of a training set, fitted once and saved beside its
-//! checkpoints, and the generated shapes as [`loader::Images`].
+//! checkpoints, presets for weights trained elsewhere, and the generated shapes as
+//! [`loader::Images`]; [`imagenet`]: the 1,000 class names of ILSVRC-2012.
 
 pub mod augment;
 pub mod decode;
 pub mod folder;
+pub mod imagenet;
 pub mod loader;
 pub mod pipeline;

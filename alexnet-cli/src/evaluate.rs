@@ -39,13 +39,46 @@ fn network(given: Option<Net>, weights: &Path) -> Result<Net, AnyError> {
         })
 }
 
+/// A network ready to classify: its model, how images are prepared for it, and whether its
+/// probabilities need a softmax on the host (a network that ends in a fully connected
+/// layer, as torchvision's does, gives logits).
+struct Classifier {
+    model: Model<Device>,
+    pre: Preprocess,
+    weights: PathBuf,
+    host_softmax: bool,
+}
+
+impl Classifier {
+    /// Class probabilities of a batch, `[n, classes]` row by row.
+    fn probabilities(&self, x: &Tensor) -> Result<Vec<f32>, AnyError> {
+        let y = self.model.forward(x)?;
+        let mut p = y.into_data();
+        if self.host_softmax {
+            let classes = self.model.plan().output().len();
+            for row in p.chunks_mut(classes) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f64;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += f64::from(*v);
+                }
+                row.iter_mut()
+                    .for_each(|v| *v = (f64::from(*v) / sum) as f32);
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Whether `plan` ends in softmax (otherwise the classifier applies one to its outputs).
+fn ends_in_softmax(plan: &alexnet::ir::Plan) -> bool {
+    matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)))
+}
+
 /// A checkpoint's model (checked tensor by tensor against the network) and the
 /// preprocessing saved beside it.
-fn open(
-    checkpoint: &Path,
-    net: Option<Net>,
-    device: &DeviceArgs,
-) -> Result<(Model<Device>, Preprocess, PathBuf), AnyError> {
+fn open(checkpoint: &Path, net: Option<Net>, device: &DeviceArgs) -> Result<Classifier, AnyError> {
     let (weights, data_file) = data::checkpoint_files(checkpoint);
     let net = network(net, &weights)?;
     let pre = Preprocess::load(&data_file).map_err(|e| {
@@ -53,13 +86,6 @@ fn open(
     })?;
     let plan = net.plan();
     pre.expect_input(plan.input)?;
-    if !matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_))) {
-        return Err(format!(
-            "`{}` does not end in softmax: it gives no probabilities",
-            plan.name
-        )
-        .into());
-    }
     // A training state names its data; the data file beside it must be that run's (a
     // later run in the same folder may have stopped before its first checkpoint).
     if let Some(trained) = read_metadata(&weights)?.get("note.data") {
@@ -74,7 +100,79 @@ fn open(
         }
     }
     let model = Model::load(device.open()?, plan.clone(), &weights)?;
-    Ok((model, pre, weights))
+    Ok(Classifier {
+        host_softmax: !ends_in_softmax(plan),
+        model,
+        pre,
+        weights,
+    })
+}
+
+/// `--preprocess`: how images are prepared for weights trained elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    /// torchvision's for its ImageNet models: shorter side 256, centre 224, ImageNet's
+    /// per-channel mean and std.
+    Torchvision,
+    /// The paper's as `train` does it: shorter side 256, centre crop, ImageNet's
+    /// per-channel mean subtracted from 0..255, times 1/128.
+    Paper,
+}
+
+/// A weights file trained elsewhere (converted from torchvision, say) with a preset's
+/// preprocessing and ImageNet's class names.
+fn open_weights(
+    weights: &Path,
+    net: Option<Net>,
+    preset: Option<Preset>,
+    device: &DeviceArgs,
+) -> Result<Classifier, AnyError> {
+    if !weights.is_file() {
+        return Err(format!(
+            "{}: no such weights file{}",
+            weights.display(),
+            if weights.is_dir() {
+                " (it is a folder: a run's folder goes to --checkpoint)"
+            } else {
+                " (scripts/convert_torchvision.py makes one from torchvision's ImageNet weights)"
+            }
+        )
+        .into());
+    }
+    let net = network(net, weights)?;
+    let plan = net.plan();
+    let preset = match (preset, net) {
+        (Some(p), _) => p,
+        (None, Net::Torchvision) => Preset::Torchvision,
+        (None, Net::Alexnet) => Preset::Paper,
+        (None, Net::Small) => {
+            return Err(format!(
+                "no preprocessing preset for `{}`: give --preprocess, or classify with --checkpoint a run that `train` made",
+                plan.name
+            )
+            .into())
+        }
+    };
+    let pre = match preset {
+        Preset::Torchvision => Preprocess::torchvision(plan.input)?,
+        Preset::Paper => Preprocess::paper(plan.input)?,
+    };
+    let outputs = plan.output().len();
+    if outputs != pre.classes.len() {
+        return Err(format!(
+            "`{}` has {outputs} outputs; the preset names ImageNet's {} classes",
+            plan.name,
+            pre.classes.len()
+        )
+        .into());
+    }
+    let model = Model::load(device.open()?, plan.clone(), weights)?;
+    Ok(Classifier {
+        host_softmax: !ends_in_softmax(plan),
+        model,
+        pre,
+        weights: weights.to_path_buf(),
+    })
 }
 
 #[derive(clap::Args)]
@@ -101,7 +199,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
-    let (model, pre, weights) = open(&a.checkpoint, a.net, &a.device)?;
+    let classifier = open(&a.checkpoint, a.net, &a.device)?;
+    let (model, pre, weights) = (&classifier.model, &classifier.pre, &classifier.weights);
     let spec = match &a.data {
         Some(dir) => DataSpec::Folder(dir.clone()),
         None => DataSpec::parse(&pre.source).ok_or_else(|| {
@@ -146,11 +245,11 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     } else {
         (pre.ten_crop_transform(), 10)
     };
-    let mut batches = data::batches(images.clone(), order, batch, &pre, transform, crops)?;
+    let mut batches = data::batches(images.clone(), order, batch, pre, transform, crops)?;
     for item in &mut batches {
         let (x, labels) = item?;
-        let probs = model.forward(&x)?;
-        let probs = probs.data();
+        let probs = classifier.probabilities(&x)?;
+        let probs = probs.as_slice();
         if crops == 1 {
             centre.add(probs, &labels)?;
         } else {
@@ -217,6 +316,16 @@ pub struct ClassifyArgs {
     /// A run's folder or a weights file with data.safetensors beside it.
     #[arg(long, default_value = "runs/small")]
     checkpoint: PathBuf,
+    /// Weights trained elsewhere, e.g. torchvision's converted by
+    /// scripts/convert_torchvision.py: prepared with a preset (--preprocess) and named with
+    /// ImageNet's classes, instead of a run's checkpoint.
+    #[arg(long, conflicts_with = "checkpoint")]
+    weights: Option<PathBuf>,
+    /// How images are prepared for --weights; default: torchvision's for --net torchvision,
+    /// the paper's for --net alexnet.
+    #[arg(long, value_enum, requires = "weights")]
+    preprocess: Option<Preset>,
+    /// The network; default: the one the checkpoint or weights file names.
     #[arg(long, value_enum)]
     net: Option<Net>,
     /// Average the softmax over the paper's ten patches instead of the centre patch.
@@ -230,7 +339,11 @@ pub struct ClassifyArgs {
 }
 
 pub fn classify(ctx: &mut Ctx, a: ClassifyArgs) -> Result<(), AnyError> {
-    let (model, pre, _) = open(&a.checkpoint, a.net, &a.device)?;
+    let classifier = match &a.weights {
+        Some(w) => open_weights(w, a.net, a.preprocess, &a.device)?,
+        None => open(&a.checkpoint, a.net, &a.device)?,
+    };
+    let (model, pre) = (&classifier.model, &classifier.pre);
     let classes = model.plan().output().len();
     let s = model.plan().input;
     let (transform, crops) = if a.ten_crop {
@@ -248,8 +361,8 @@ pub fn classify(ctx: &mut Ctx, a: ClassifyArgs) -> Result<(), AnyError> {
                 continue;
             }
         };
-        let probs = model.forward(&Tensor::new(vec![crops, s.c, s.h, s.w], x)?)?;
-        let probs = average_crops(probs.data(), crops, classes)?;
+        let probs = classifier.probabilities(&Tensor::new(vec![crops, s.c, s.h, s.w], x)?)?;
+        let probs = average_crops(&probs, crops, classes)?;
         // Only the outputs of the classes the network was trained on (a network with more
         // outputs than classes leaves the rest untrained).
         let named = pre.classes.len().clamp(1, classes);

@@ -5,7 +5,7 @@
 //! network  := attribute* visibility? Ident '<' INT ',' INT ',' INT '>' ('split' INT)? '{' layer* '}'
 //! layer    := (Ident ':')? Ident ('(' arg (',' arg)* ','? ')')?
 //! arg      := value | Ident '=' value
-//! value    := INT | FLOAT
+//! value    := '-'? (INT | FLOAT)         (Rust literals: `5u8` is the integer 5, `2f32` a float)
 //! ```
 //!
 //! The parser accepts anything of this shape; whether a layer or an argument exists, has
@@ -62,28 +62,45 @@ pub enum Value {
 }
 
 impl ArgDef {
-    /// The argument's value, or a description of why it is not a number.
+    /// The argument's value, or a description of why it is not a number (quoting the
+    /// value as written).
     pub fn literal(&self) -> Result<Value, String> {
-        literal(&self.value)
+        literal(&self.value).map_err(|why| format!("`{}` {why}", self.written()))
+    }
+
+    /// The value as the user wrote it (`5.0`, `-3`, `5u8`, `1e-4`), for messages: the
+    /// parsed number loses the spelling (`5.0` would print as `5`).
+    pub fn written(&self) -> String {
+        written(&self.value)
     }
 }
 
-fn literal(expr: &Expr) -> Result<Value, String> {
+/// The number `expr` denotes, or why it is not one (`is too large`, `is not a number`).
+fn literal(expr: &Expr) -> Result<Value, &'static str> {
     match expr {
+        // `2f32` is a float, as in Rust (syn reads it as an integer with a suffix).
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) if matches!(i.suffix(), "f32" | "f64") => i
+            .base10_digits()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| "is not a number"),
         Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Int(i),
             ..
         }) => i
             .base10_parse::<u64>()
             .map(Value::Int)
-            .map_err(|_| format!("`{}` is too large", i)),
+            .map_err(|_| "is too large"),
         Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Float(f),
             ..
         }) => f
             .base10_parse::<f64>()
             .map(Value::Float)
-            .map_err(|_| format!("`{}` is not a number", f)),
+            .map_err(|_| "is not a number"),
         Expr::Unary(syn::ExprUnary {
             op: syn::UnOp::Neg(_),
             expr,
@@ -94,7 +111,19 @@ fn literal(expr: &Expr) -> Result<Value, String> {
         },
         Expr::Paren(p) => literal(&p.expr),
         Expr::Group(g) => literal(&g.expr),
-        other => Err(format!("`{}` is not a number", other.to_token_stream())),
+        _ => Err("is not a number"),
+    }
+}
+
+/// An expression's text as written: literals keep their spelling and suffix, and a sign
+/// or parentheses are not spaced apart from what they apply to (`-5.0`, not `- 5.0`).
+fn written(expr: &Expr) -> String {
+    match expr {
+        Expr::Lit(l) => l.lit.to_token_stream().to_string(),
+        Expr::Unary(u) => format!("{}{}", u.op.to_token_stream(), written(&u.expr)),
+        Expr::Paren(p) => format!("({})", written(&p.expr)),
+        Expr::Group(g) => written(&g.expr),
+        other => other.to_token_stream().to_string(),
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use proc_macro2::TokenStream;
 use quote::ToTokens;
+use syn::Ident;
 
 use alexnet_core::ir::{Layer, Op, Plan, Shape};
 use alexnet_core::layers::dsl::did_you_mean;
@@ -26,6 +27,40 @@ pub struct Checked {
     /// The per-image output shape, when every layer's shape was inferred.
     pub output: Option<Shape>,
     pub input: Option<Shape>,
+    /// The output shape that the last layers alone determine, when inference stopped
+    /// before them: the last fully connected layer's (its output does not depend on its
+    /// input's shape) through the layers after it. What the stub's `forward` returns, so
+    /// that code calling it needs no type annotation.
+    pub tail_output: Option<Shape>,
+}
+
+/// The networks of one invocation that reuse an earlier network's name (`names` in
+/// declaration order): for each, `None`, or an error spanned on the repeated name that
+/// says which network (by its position) declared it first. One error: a second one
+/// spanned on the first name would read as a second mistake.
+pub fn repeated_names(names: &[&Ident]) -> Vec<Option<syn::Error>> {
+    let mut first: HashMap<String, usize> = HashMap::new();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let n = name.to_string();
+            match first.get(&n) {
+                Some(&j) => Some(syn::Error::new(
+                    name.span(),
+                    format!(
+                        "network `{n}` is already declared (network {} of this `network!`); \
+                         give each network its own name",
+                        j + 1
+                    ),
+                )),
+                None => {
+                    first.insert(n, i);
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -169,6 +204,10 @@ pub fn check(def: &NetworkDef) -> Checked {
     }
 
     let output = shape.filter(|_| layers.len() == bound.len() && !bound.is_empty());
+    let tail_output = match output {
+        Some(_) => output,
+        None => tail_output(&bound, split),
+    };
     let plan = match (&errors.0, input, output) {
         (None, Some(input), Some(_)) => Some(Plan {
             name: net.into(),
@@ -185,7 +224,23 @@ pub fn check(def: &NetworkDef) -> Checked {
         errors: errors.0,
         output,
         input,
+        tail_output,
     }
+}
+
+/// See [`Checked::tail_output`]. The fully connected layer is given a 1-element input per
+/// tower; every layer from it on must have valid arguments and infer.
+fn tail_output(bound: &[Bound], split: usize) -> Option<Shape> {
+    let last_fc = bound
+        .iter()
+        .rposition(|b| b.op.is_some_and(|op| op.kind().flattens()))?;
+    let mut shape = Shape::new(split, 1, 1);
+    for (i, b) in bound.iter().enumerate().skip(last_fc) {
+        let mut op = b.op?;
+        let after_fc = (i > last_fc).then_some(bound[last_fc].name.as_str());
+        shape = infer(&mut op, shape, "the tail", split, after_fc).ok()?;
+    }
+    Some(shape)
 }
 
 /// An empty delimited group carrying a delimiter's span, so that an error can point at a
@@ -379,7 +434,7 @@ fn bind<'a>(l: &'a LayerDef, name: String, errors: &mut Errors) -> Bound<'a> {
             continue;
         }
         bound.arg_tokens.insert(spec.name, arg.tokens.clone());
-        match typed(spec.name, spec.ty, arg.literal()) {
+        match typed(spec.name, spec.ty, arg.literal(), &arg.written()) {
             Ok(v) => values[slot] = Some(v),
             Err(msg) => {
                 errors.push(&arg.value, format!("{name}: {msg}"));
@@ -459,27 +514,32 @@ fn infer(
     Ok(out)
 }
 
-fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String> {
+/// Type-checks one argument's value; messages quote the value as `written`.
+fn typed(arg: &str, ty: ArgType, v: Result<Value, String>, written: &str) -> Result<f64, String> {
     let v = v.map_err(|why| format!("argument `{arg}` must be a number: {why}"))?;
     match (ty, v) {
         (ArgType::Int { min }, Value::Int(i)) => {
             if i < min {
                 Err(format!(
-                    "argument `{arg}` must be at least {min}, found {i}"
+                    "argument `{arg}` must be at least {min}, found `{written}`"
                 ))
             } else if i as u128 > MAX_ELEMENTS {
-                Err(format!("argument `{arg}` = {i} overflows the 2^31 limit"))
+                Err(format!(
+                    "argument `{arg}` = {written} overflows the 2^31 limit"
+                ))
             } else {
                 Ok(i as f64)
             }
         }
-        (ArgType::Int { min }, Value::Float(f)) => {
+        (ArgType::Int { min }, Value::Float(_)) => {
             let kind = if min == 0 {
                 "a non-negative integer"
             } else {
                 "a positive integer"
             };
-            Err(format!("argument `{arg}` must be {kind}, found `{f}`"))
+            Err(format!(
+                "argument `{arg}` must be {kind}, found `{written}`"
+            ))
         }
         (
             ArgType::Real {
@@ -496,7 +556,7 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
             let above = if max_inclusive { f > max } else { f >= max };
             if !(f as f32).is_finite() {
                 Err(format!(
-                    "argument `{arg}` = {f} does not fit a 32-bit float"
+                    "argument `{arg}` = {written} does not fit a 32-bit float"
                 ))
             } else if f < min || above {
                 let close = if max_inclusive { "]" } else { ")" };
@@ -505,7 +565,7 @@ fn typed(arg: &str, ty: ArgType, v: Result<Value, String>) -> Result<f64, String
                 } else {
                     format!("in [{min}, {max}{close}")
                 };
-                Err(format!("argument `{arg}` = {f} must be {range}"))
+                Err(format!("argument `{arg}` = {written} must be {range}"))
             } else {
                 Ok(f)
             }

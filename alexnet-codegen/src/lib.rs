@@ -14,15 +14,26 @@ pub use alexnet_core::{cuda, ir, kernels, layers};
 use proc_macro2::TokenStream;
 
 /// Expands the body of a `network!` invocation. Never panics: malformed input becomes
-/// `compile_error!`s spanned at the offending tokens, beside a stub of each network.
+/// `compile_error!`s spanned at the offending tokens, beside a stub of each network (see
+/// [`emit::network`]). A network named like an earlier one of the invocation gets one
+/// error, on its name, and no items (they would clash with the first's).
 pub fn expand(input: TokenStream) -> TokenStream {
     let nets: ast::Networks = match syn::parse2(input) {
         Ok(n) => n,
         Err(e) => return e.to_compile_error(),
     };
+    let names: Vec<_> = nets.0.iter().map(|def| &def.name).collect();
+    let repeated = check::repeated_names(&names);
     let mut out = TokenStream::new();
-    for def in &nets.0 {
+    for (def, repeated) in nets.0.iter().zip(repeated) {
         let checked = check::check(def);
+        if let Some(e) = repeated {
+            out.extend(e.to_compile_error());
+            if let Some(e) = &checked.errors {
+                out.extend(e.to_compile_error());
+            }
+            continue;
+        }
         if let Some(e) = &checked.errors {
             out.extend(e.to_compile_error());
         }
@@ -39,7 +50,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
             def,
             checked.plan.as_ref(),
             checked.input,
-            checked.output,
+            checked.tail_output,
         ));
     }
     out
@@ -137,6 +148,127 @@ mod tests {
         assert_eq!(
             err,
             "conv2: kernel 7 exceeds input 3x3 (input 4x3x3 from `pool1`)"
+        );
+    }
+
+    #[test]
+    fn messages_quote_values_as_written() {
+        let err =
+            |layers: &str| plan_from_str(&format!("N<3, 32, 32> {{ {layers} }}")).unwrap_err();
+        let cases = [
+            (
+                "conv(16, 5.0)",
+                "argument `k` must be a positive integer, found `5.0`",
+            ),
+            (
+                "conv(16, 3, pad = -1)",
+                "must be a non-negative integer, found `-1`",
+            ),
+            ("conv(16, -5.0)", "found `-5.0`"),
+            ("maxpool(2f32)", "must be a positive integer, found `2f32`"),
+            ("conv(0, 3)", "argument `out` must be at least 1, found `0`"),
+            (
+                "fc(0x1_0000_0000)",
+                "argument `out` = 0x1_0000_0000 overflows",
+            ),
+            ("dropout(5u8)", "argument `p` = 5u8 must be in [0, 1)"),
+            ("dropout(1.0)", "argument `p` = 1.0 must be in [0, 1)"),
+            ("dropout(-0.5)", "argument `p` = -0.5 must be in [0, 1)"),
+            (
+                "lrn(5, alpha = 1e39)",
+                "argument `alpha` = 1e39 does not fit a 32-bit float",
+            ),
+            (
+                "fc(99999999999999999999)",
+                "`99999999999999999999` is too large",
+            ),
+            ("fc(-x)", "`-x` is not a number"),
+        ];
+        for (layers, want) in cases {
+            let got = err(layers);
+            assert!(got.contains(want), "{layers}: {got}");
+        }
+        // Suffixes that keep the kind are accepted, as in Rust.
+        let plan = plan_from_str("N<3, 32, 32> { conv(16u32, 3) dropout(0.5f32) fc(10usize) }");
+        assert_eq!(
+            plan.unwrap().layer("fc2").unwrap().output.to_array(),
+            [10, 1, 1]
+        );
+    }
+
+    #[test]
+    fn a_repeated_network_name_is_one_error_on_the_second_name() {
+        let src = "pub Net<3, 8, 8> { fc(10) } Other<3, 8, 8> { fc(2) } pub Net<3, 4, 4> { fc(3) }";
+        let out = expand(src.parse().unwrap()).to_string();
+        let errors: Vec<_> = out.split("compile_error ! ").skip(1).collect();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with(
+            "{ \"network `Net` is already declared (network 1 of this `network!`); \
+             give each network its own name\" }"
+        ));
+        // The first `Net` and `Other` are emitted; the second `Net` is not.
+        assert_eq!(out.matches("struct Net <").count(), 1);
+        assert_eq!(out.matches("struct Other <").count(), 1);
+        assert!(!out.contains("[3 , 4 , 4]"));
+
+        let nets: ast::Networks = syn::parse_str(src).unwrap();
+        let names: Vec<_> = nets.0.iter().map(|d| &d.name).collect();
+        let repeated = check::repeated_names(&names);
+        assert!(repeated[0].is_none() && repeated[1].is_none());
+        let e = repeated[2].as_ref().unwrap();
+        assert!(e.to_string().contains("network 1"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_network_still_has_its_own_mistakes_reported() {
+        let src = "Net<3, 8, 8> { fc(10) } Net<3, 8, 8> { fc(10) relu(1) }";
+        let out = expand(src.parse().unwrap()).to_string();
+        let errors: Vec<_> = out.split("compile_error ! ").skip(1).collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].contains("is already declared"), "{}", errors[0]);
+        assert!(errors[1].contains("takes no arguments"), "{}", errors[1]);
+        assert_eq!(out.matches("struct Net <").count(), 1);
+    }
+
+    #[test]
+    fn the_stub_returns_what_the_last_fc_layer_makes() {
+        let check = |src: &str| {
+            let nets: ast::Networks = syn::parse_str(src).unwrap();
+            let c = check::check(&nets.0[0]);
+            assert!(c.errors.is_some() && c.plan.is_none(), "{src}");
+            (
+                c.output.map(|s| s.to_array()),
+                c.tail_output.map(|s| s.to_array()),
+            )
+        };
+        // Inference stops at the pool; the fc layer and the softmax after it still fix the
+        // output.
+        assert_eq!(
+            check("N<3, 32, 32> { conv(16, 3) maxpool(64) fc(10) relu dropout softmax }"),
+            (None, Some([10, 1, 1]))
+        );
+        assert_eq!(
+            check("N<3, 32, 32> split 2 { conv(16, 3) maxpool(64) fc(10) }"),
+            (None, Some([10, 1, 1]))
+        );
+        // Unknown after a broken layer at the tail, or with no fc layer at all.
+        assert_eq!(
+            check("N<3, 32, 32> { maxpool(64) fc(10) relu(2) }"),
+            (None, None)
+        );
+        assert_eq!(
+            check("N<3, 32, 32> { maxpool(64) fc(10) conv(3, 1) }"),
+            (None, None)
+        );
+        assert_eq!(
+            check("N<3, 32, 32> { fc(10) maxpool(64) relu }"),
+            (None, None)
+        );
+        assert_eq!(check("N<3, 32, 32> { conv(16, 40) relu }"), (None, None));
+        // Known outright when inference reached the end despite an error.
+        assert_eq!(
+            check("N<3, 8, 8> { fc(10) softmax fc(3) }"),
+            (Some([3, 1, 1]), Some([3, 1, 1]))
         );
     }
 

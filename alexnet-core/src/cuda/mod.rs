@@ -10,6 +10,7 @@
 
 mod exchange;
 mod forward;
+pub mod roofline;
 mod training;
 
 use std::borrow::Cow;

@@ -38,7 +38,7 @@ pub struct TrainArgs {
     towers: Option<Vec<String>>,
     /// Epochs to train (in all, counting those of a resumed run: resuming after 8 epochs
     /// with --epochs 12 trains 4 more).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: u64,
     /// Images per training step (and per validation batch).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]

@@ -456,9 +456,19 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     assert!(out.stdout.contains("1001.png:"));
 
     // filters: the first layer's 16 5x5 kernels, two towers of 8.
-    succeeds(alexnet().args(["filters", "--checkpoint"]).arg(&run));
+    // By default large enough to see: the smallest zoom that makes it 800 pixels wide.
+    let text = succeeds(alexnet().args(["filters", "--checkpoint"]).arg(&run));
     let grid = image::open(run.join("filters.png")).unwrap();
-    // 8 columns of 5x8-pixel patches with 2-pixel gaps; two tower blocks and a 10-pixel gap.
+    // 8 columns of 5x20-pixel patches with 2-pixel gaps; two tower blocks and a 10-pixel gap.
+    assert_eq!((grid.width(), grid.height()), (8 * 102 + 2, 2 * 104 + 10));
+    assert!(text.contains("818x218 pixels"), "{text}");
+    // --zoom overrides it: 8 pixels per weight.
+    succeeds(
+        alexnet()
+            .args(["filters", "--zoom", "8", "--checkpoint"])
+            .arg(&run),
+    );
+    let grid = image::open(run.join("filters.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), (8 * 42 + 2, 2 * 44 + 10));
 
     // A checkpoint of another network is refused, naming the tensor that does not fit.
@@ -1411,4 +1421,347 @@ fn a_run_removes_the_temporary_files_of_a_killed_one() {
         "{}",
         notice[0]
     );
+}
+
+/// `train` with the arguments of a small run on generated images (32 of them, 8 held out).
+fn small_train() -> Alexnet {
+    let mut cmd = alexnet();
+    cmd.args([
+        "train",
+        "--device",
+        "cpu",
+        "--images",
+        "32",
+        "--val-images",
+        "8",
+    ]);
+    cmd
+}
+
+/// A folder that already holds a run is not overwritten by a new run: the error names
+/// the folder and the flags to choose from; `--overwrite` replaces it, and a resumed run
+/// goes on in its own folder (not into another run's).
+#[test]
+fn train_refuses_to_overwrite_a_run() {
+    let root = folder("overwrite");
+    let (a, b) = (root.join("a"), root.join("b"));
+    for dir in [&a, &b] {
+        let _ = std::fs::remove_dir_all(dir);
+        succeeds(
+            small_train()
+                .args(["--epochs", "1", "--checkpoint"])
+                .arg(dir),
+        );
+    }
+    let state = a.join("state.safetensors");
+    let before = std::fs::read(&state).unwrap();
+    let err = fails(
+        small_train()
+            .args(["--epochs", "1", "--seed", "3", "--checkpoint"])
+            .arg(&a),
+    );
+    assert_eq!(
+        err,
+        format!(
+            "{} already holds a run ({}); to go on with it: `--resume {}`; to start another: `--checkpoint <another folder>`; to replace it: `--overwrite`",
+            a.display(),
+            state.display(),
+            a.display()
+        )
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the run changed");
+    // Resuming a into b, which holds another run, is refused too.
+    let err = fails(
+        small_train()
+            .args(["--epochs", "2", "--resume"])
+            .arg(&state)
+            .arg("--checkpoint")
+            .arg(&b),
+    );
+    assert!(
+        err.starts_with(&format!("{} already holds a run", b.display())),
+        "{err}"
+    );
+    let text = succeeds(
+        small_train()
+            .args([
+                "--epochs",
+                "1",
+                "--seed",
+                "3",
+                "--overwrite",
+                "--checkpoint",
+            ])
+            .arg(&a),
+    );
+    assert!(text.contains("epoch 1 done"), "{text}");
+    assert_ne!(std::fs::read(&state).unwrap(), before, "not replaced");
+    let help = succeeds(alexnet().args(["train", "--help"]));
+    assert!(help.contains("--overwrite"), "{help}");
+}
+
+/// `--epochs` counts every epoch of a run: 0 is a usage error, and a resumed run that
+/// has done that many already is an error saying so, not a banner and exit code 0.
+#[test]
+fn epochs_that_train_nothing_are_refused() {
+    let out = small_train().args(["--epochs", "0"]).output();
+    assert!(
+        matches!(out.result, Err(alexnet_cli::Error::Usage(_))),
+        "{}",
+        out.error()
+    );
+    assert!(out.error().contains("--epochs"), "{}", out.error());
+    let dir = folder("epochs-done");
+    let _ = std::fs::remove_dir_all(&dir);
+    succeeds(
+        small_train()
+            .args(["--epochs", "2", "--checkpoint"])
+            .arg(&dir),
+    );
+    let state = dir.join("state.safetensors");
+    for epochs in ["1", "2"] {
+        let err = fails(
+            small_train()
+                .args(["--epochs", epochs, "--resume"])
+                .arg(&state),
+        );
+        assert_eq!(
+            err,
+            format!(
+                "nothing to train: {} has done 2 epoch(s), and --epochs {epochs} counts every epoch of the run; give --epochs 3 or more to train on",
+                state.display()
+            )
+        );
+    }
+}
+
+/// `--resume` takes a run's folder as `eval`, `classify` and `filters` do; those say,
+/// before any training, that there is no run there yet and how to make one.
+#[test]
+fn a_run_folder_resumes_and_a_missing_run_says_how_to_make_one() {
+    let dir = folder("resume-folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    succeeds(
+        small_train()
+            .args(["--epochs", "1", "--checkpoint"])
+            .arg(&dir),
+    );
+    let text = succeeds(small_train().args(["--epochs", "2", "--resume"]).arg(&dir));
+    assert!(
+        text.contains(&format!(
+            "resumed {} at epoch 1",
+            dir.join("state.safetensors").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("epoch 2 done"), "{text}");
+
+    let none = folder("no-run-yet").join("runs").join("small");
+    let want = format!(
+        "no run in {} yet (no {}): `alexnet train --checkpoint {}` trains one there",
+        none.display(),
+        none.join("state.safetensors").display(),
+        none.display()
+    );
+    for exists in [false, true] {
+        let _ = std::fs::remove_dir_all(&none);
+        if exists {
+            std::fs::create_dir_all(&none).unwrap();
+        }
+        for cmd in [
+            vec!["eval", "--device", "cpu"],
+            vec!["classify", "--device", "cpu", "photo.jpg"],
+            vec!["filters"],
+            vec!["train", "--device", "cpu", "--resume"],
+        ] {
+            let mut c = alexnet();
+            c.args(&cmd);
+            if cmd[0] != "train" {
+                c.arg("--checkpoint");
+            }
+            let err = fails(c.arg(&none));
+            assert_eq!(err, want, "{cmd:?}, folder exists: {exists}");
+        }
+    }
+    let file = none.join("w.safetensors");
+    let err = fails(alexnet().args(["filters", "--checkpoint"]).arg(&file));
+    assert!(
+        err.starts_with(&format!("{}: no such file", file.display()))
+            && err.contains("alexnet train"),
+        "{err}"
+    );
+}
+
+/// More generated classes than the network has outputs is an error naming the count.
+#[test]
+fn more_classes_than_outputs_is_an_error() {
+    let dir = folder("classes");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = fails(
+        small_train()
+            .args(["--epochs", "1", "--classes", "12", "--checkpoint"])
+            .arg(&dir),
+    );
+    assert_eq!(
+        err,
+        "--classes 12: `SmallNet` has 10 outputs, so at most 10 classes"
+    );
+    assert!(!dir.join("state.safetensors").exists());
+}
+
+/// `demo --weights` that cannot be loaded fails before printing the layer table.
+#[test]
+fn demo_checks_its_weights_before_the_summary() {
+    let missing = folder("demo").join("missing.safetensors");
+    let out = alexnet()
+        .args(["demo", "--device", "cpu", "--weights"])
+        .arg(&missing)
+        .output();
+    assert!(!out.success());
+    assert!(
+        out.error().contains("missing.safetensors"),
+        "{}",
+        out.error()
+    );
+    assert_eq!(out.stdout, "");
+}
+
+/// `bench`: a stage of a convolution with its ReLU fused is labelled `conv1+relu`, `--runs
+/// 0` is a usage error, and the towers say where each runs and how they exchange.
+#[test]
+fn bench_labels_its_stages_and_towers() {
+    let text = succeeds(alexnet().args([
+        "bench", "--net", "small", "--device", "cpu", "--batch", "1", "--runs", "1", "--towers",
+        "cpu,cpu",
+    ]));
+    let stages = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("stages (ms): "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        stages.contains("stages (ms): conv1+relu ") && stages.contains(", conv2+relu "),
+        "{stages}"
+    );
+    assert!(!stages.contains("relu1"), "{stages}");
+    let towers = text.lines().next().unwrap_or_default();
+    assert!(
+        towers.starts_with("towers: tower 0 on cpu")
+            && towers.contains("; tower 1 on cpu")
+            && towers.contains("host memory")
+            && !towers.contains("same memory"),
+        "{towers}"
+    );
+    let out = alexnet()
+        .args(["bench", "--net", "small", "--device", "cpu", "--runs", "0"])
+        .output();
+    assert!(
+        matches!(out.result, Err(alexnet_cli::Error::Usage(_))) && out.error().contains("--runs"),
+        "{}",
+        out.error()
+    );
+}
+
+/// `infer --output` naming the input (or the weights), however spelled, is refused and
+/// the file left as it was.
+#[test]
+fn infer_does_not_overwrite_its_input() {
+    let dir = folder("infer-same");
+    let (w, x) = (dir.join("w.safetensors"), dir.join("x.safetensors"));
+    SmallNet::new(Cpu::new(), 5).unwrap().save(&w).unwrap();
+    let t = NamedTensor {
+        name: "input".into(),
+        shape: vec![1, 3, 32, 32],
+        data: vec![0.25; 3 * 32 * 32],
+    };
+    write_safetensors(&x, &[t], None).unwrap();
+    let before = std::fs::read(&x).unwrap();
+    let weights = std::fs::read(&w).unwrap();
+    for (output, what, path) in [
+        (x.clone(), "input", &x),
+        (dir.join(".").join("x.safetensors"), "input", &x),
+        (w.clone(), "weights", &w),
+    ] {
+        let err = fails(
+            alexnet()
+                .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+                .arg(&w)
+                .arg("--input")
+                .arg(&x)
+                .arg("--output")
+                .arg(&output),
+        );
+        assert_eq!(
+            err,
+            format!(
+                "--output {} is the {what} file {}: name another file",
+                output.display(),
+                path.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&x).unwrap(), before);
+    assert_eq!(std::fs::read(&w).unwrap(), weights);
+}
+
+/// Every flag of every command has a help text, and no command says it runs on the CPU
+/// when it honours `--device`.
+#[test]
+fn every_flag_has_a_help_text() {
+    let top = succeeds(alexnet().arg("--help"));
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "{top}");
+    let mut missing = Vec::new();
+    for command in &commands {
+        let help = succeeds(alexnet().args([command, "-h"]));
+        // Each entry of the options: its first line starts with `-`, any more lines are
+        // indented further.
+        let mut entries: Vec<String> = Vec::new();
+        for line in help
+            .lines()
+            .skip_while(|l| !l.starts_with("Options:"))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+        {
+            if line.trim_start().starts_with('-') {
+                entries.push(line.trim().to_string());
+            } else if let Some(e) = entries.last_mut() {
+                e.push(' ');
+                e.push_str(line.trim());
+            }
+        }
+        for entry in entries {
+            // Past the flag (`--flag <VALUE>` or `-h, --help`), what is left other than
+            // clap's `[default: ...]` and `[possible values: ...]`.
+            let mut rest = entry.as_str();
+            while let Some(r) = rest.strip_prefix('-') {
+                let end = r.find([' ', ',']).unwrap_or(r.len());
+                rest = r[end..].trim_start_matches(',').trim_start();
+                if rest.starts_with('<') {
+                    rest = rest[rest.find('>').map_or(rest.len(), |i| i + 1)..].trim_start();
+                }
+            }
+            while rest.starts_with("[default: ") || rest.starts_with("[possible values: ") {
+                rest = rest[rest.find(']').map_or(rest.len(), |i| i + 1)..].trim_start();
+            }
+            if rest.is_empty() {
+                missing.push(format!("{command} {entry}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags without help:\n{}",
+        missing.join("\n")
+    );
+    for command in ["demo", "bench"] {
+        let help = succeeds(alexnet().args([command, "--help"]));
+        assert!(!help.contains("on CPU"), "{command}:\n{help}");
+    }
 }

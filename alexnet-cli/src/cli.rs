@@ -20,7 +20,7 @@ use crate::{evaluate, train, AnyError, Ctx};
 #[command(
     name = "alexnet",
     about = "AlexNet from a compile-time Rust DSL: summaries, inference, training, benchmarks",
-    after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet on CPU\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors\n  alexnet train                 train the small net on generated shapes (checkpoints in runs/small)\n  alexnet eval                  its top-1/top-5 error, centre crop and ten crops\n  alexnet classify photo.jpg    its top 5 for an image\n  alexnet filters               its first layer's filters as runs/small/filters.png\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small/state.safetensors --epochs 12"
+    after_help = "Examples:\n  alexnet                       summary and a forward pass of the paper's AlexNet (on the GPU if any)\n  alexnet summary --net torchvision\n  alexnet infer --weights w.safetensors --input x.safetensors --output y.safetensors\n  alexnet train                 train the small net on generated shapes (checkpoints in runs/small)\n  alexnet eval                  its top-1/top-5 error, centre crop and ten crops\n  alexnet classify photo.jpg    its top 5 for an image\n  alexnet filters               its first layer's filters as runs/small/filters.png\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small --epochs 12   12 epochs in all, counting those done"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -29,7 +29,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Builds the paper's AlexNet, prints its summary, classifies a generated image on CPU.
+    /// Builds the paper's AlexNet, prints its summary, classifies a generated image on
+    /// --device (the GPU when there is one, by default).
     Demo {
         /// Weights (safetensors, PyTorch names); default: the paper's initialisation.
         #[arg(long)]
@@ -40,16 +41,18 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
-    /// Times the forward pass on CPU: images/s at each batch size and per-stage times.
+    /// Times the forward pass on --device: images/s at each batch size and per-stage times
+    /// (a convolution with its ReLU fused is one stage, `conv1+relu`).
     Bench {
+        /// The network to time.
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
         /// Batch sizes to time.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16])]
         batch: Vec<usize>,
         /// Timed runs per batch size (after one warm-up); the median is reported.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        runs: u64,
         #[command(flatten)]
         device: DeviceArgs,
         /// Also time the network split into its two towers on these two devices
@@ -61,6 +64,7 @@ enum Command {
     /// Compiles a network's generated CUDA with NVRTC (no GPU needed): per-kernel ptxas
     /// report, cold compile time, then the time to load everything from the CUBIN cache.
     Kernels {
+        /// The network whose kernels to compile.
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
         /// GPU architecture, e.g. sm_80, sm_90.
@@ -74,7 +78,7 @@ enum Command {
     /// decay, dropout; random crops, flips and colour shifts), validating, checkpointing
     /// and plotting the curves after every epoch.
     #[command(
-        after_help = "Examples:\n  alexnet train                                   the small net on generated shapes, runs/small\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small/state.safetensors --epochs 12"
+        after_help = "Examples:\n  alexnet train                                   the small net on generated shapes, runs/small\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet\n  alexnet train --resume runs/small --epochs 12   12 epochs in all, counting those done"
     )]
     Train(train::TrainArgs),
     /// Top-1 and top-5 error of a checkpoint on the centre crop and with the paper's
@@ -95,6 +99,7 @@ enum Command {
     Filters(evaluate::FiltersArgs),
     /// Prints a network's layer table.
     Summary {
+        /// The network to describe.
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
         /// Also print the device memory a batch of this many images needs, for inference
@@ -106,12 +111,19 @@ enum Command {
     /// writes `logits` ([N, classes]) and, when the network ends in softmax,
     /// `probabilities`.
     Infer {
+        /// The network's weights (safetensors, PyTorch names, e.g. a run's
+        /// state.safetensors).
         #[arg(long)]
         weights: PathBuf,
+        /// A safetensors file with the tensor `input`, [N, C, H, W] (f32, f16, bf16 or
+        /// f64).
         #[arg(long)]
         input: PathBuf,
+        /// The safetensors file to write (`logits`, and `probabilities`); an existing one
+        /// is replaced, unless it is the input or the weights.
         #[arg(long)]
         output: PathBuf,
+        /// The network the weights are for.
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
         net: Net,
         #[command(flatten)]
@@ -163,7 +175,7 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             runs,
             device,
             towers,
-        } => bench(ctx, net, &batch, runs, &device, towers.as_deref()),
+        } => bench(ctx, net, &batch, runs as usize, &device, towers.as_deref()),
         Command::Kernels { net, arch, dump } => kernels(ctx, net, &arch, dump.as_deref()),
         Command::Train(args) => train::train(ctx, args),
         Command::Eval(args) => evaluate::eval(ctx, args),
@@ -201,13 +213,15 @@ fn demo(
     seed: u64,
     device: &DeviceArgs,
 ) -> Result<(), AnyError> {
-    writeln!(ctx.out, "{}", AlexNet::summary())?;
+    // The weights are loaded (and checked) before anything is printed.
     let backend = device.open()?;
-    writeln!(ctx.out, "device: {}", backend.name())?;
+    let name = backend.name();
     let net = match &weights {
         Some(path) => AlexNet::load(backend, path)?,
         None => AlexNet::new(backend, seed)?,
     };
+    writeln!(ctx.out, "{}", AlexNet::summary())?;
+    writeln!(ctx.out, "device: {name}")?;
     let x = generated_image();
     let t0 = Instant::now();
     let y: Batch<1000, 1, 1> = net.forward(&x)?;
@@ -246,6 +260,17 @@ fn infer(
     output: &std::path::Path,
     device: &DeviceArgs,
 ) -> Result<(), AnyError> {
+    // Writing the output must not destroy what it was computed from.
+    for (what, path) in [("input", input), ("weights", weights)] {
+        if crate::data::same_file(output, path) {
+            return Err(format!(
+                "--output {} is the {what} file {}: name another file",
+                output.display(),
+                path.display()
+            )
+            .into());
+        }
+    }
     let plan = net.plan();
     let model = Model::load(device.open()?, plan.clone(), weights)?;
     let tensors = read_safetensors(input)?;
@@ -350,7 +375,7 @@ fn bench(
         model.forward(&x)?;
         let mut totals = Vec::with_capacity(runs);
         let mut stages: Vec<Vec<f64>> = Vec::new();
-        for _ in 0..runs.max(1) {
+        for _ in 0..runs {
             let t0 = Instant::now();
             let (_, times) = model.forward_timed(&x)?;
             totals.push(t0.elapsed().as_secs_f64());
@@ -384,7 +409,7 @@ fn bench(
             t.forward(&x)?;
             let mut totals = Vec::with_capacity(runs);
             let mut alone = Vec::with_capacity(runs);
-            for _ in 0..runs.max(1) {
+            for _ in 0..runs {
                 let t0 = Instant::now();
                 t.forward(&x)?;
                 totals.push(t0.elapsed().as_secs_f64());

@@ -184,6 +184,38 @@ pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
     }
 }
 
+/// Whether `a` and `b` name one existing file (however spelled: compared canonicalised).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// [`checkpoint_files`] of a run that exists: an error for the user when the weights file
+/// is not there (no run yet at that path), saying how to make one.
+pub fn run_files(path: &Path) -> Result<(PathBuf, PathBuf), AnyError> {
+    let (weights, data) = checkpoint_files(path);
+    if weights.exists() {
+        return Ok((weights, data));
+    }
+    let looks_like_a_file = path.extension().is_some_and(|e| e == "safetensors");
+    Err(if looks_like_a_file && !path.is_dir() {
+        format!(
+            "{}: no such file; name a run's folder or a weights file (`alexnet train --checkpoint DIR` trains a run in DIR)",
+            path.display()
+        )
+    } else {
+        format!(
+            "no run in {} yet (no {}): `alexnet train --checkpoint {}` trains one there",
+            path.display(),
+            path.join("state.safetensors").display(),
+            path.display()
+        )
+    }
+    .into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

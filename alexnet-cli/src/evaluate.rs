@@ -79,7 +79,7 @@ fn ends_in_softmax(plan: &alexnet::ir::Plan) -> bool {
 /// A checkpoint's model (checked tensor by tensor against the network) and the
 /// preprocessing saved beside it.
 fn open(checkpoint: &Path, net: Option<Net>, device: &DeviceArgs) -> Result<Classifier, AnyError> {
-    let (weights, data_file) = data::checkpoint_files(checkpoint);
+    let (weights, data_file) = data::run_files(checkpoint)?;
     let net = network(net, &weights)?;
     let pre = Preprocess::load(&data_file).map_err(|e| {
         format!("{e} (`train` writes it beside the checkpoint; it holds the mean image and the class names)")
@@ -387,18 +387,20 @@ pub struct FiltersArgs {
     /// A run's folder (its state.safetensors) or a weights file.
     #[arg(long, default_value = "runs/small")]
     checkpoint: PathBuf,
+    /// The network; default: the one the checkpoint names.
     #[arg(long, value_enum)]
     net: Option<Net>,
     /// The PNG to write; default: filters.png beside the checkpoint.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Pixels per filter weight; default: about 40 pixels per filter.
+    /// Pixels per filter weight (at most 64); default: the smallest zoom that makes the
+    /// image at least 800 pixels wide (and each filter at least 40 pixels tall).
     #[arg(long)]
     zoom: Option<usize>,
 }
 
 pub fn filters(ctx: &mut Ctx, a: FiltersArgs) -> Result<(), AnyError> {
-    let (weights, _) = data::checkpoint_files(&a.checkpoint);
+    let (weights, _) = data::run_files(&a.checkpoint)?;
     let net = network(a.net, &weights)?;
     let plan = net.plan();
     // Loading checks every tensor against the network, naming any that do not fit.
@@ -428,7 +430,10 @@ pub fn filters(ctx: &mut Ctx, a: FiltersArgs) -> Result<(), AnyError> {
     } else {
         1
     };
-    let zoom = a.zoom.unwrap_or((40 / kh.max(1)).max(1)).clamp(1, 64);
+    let zoom = a
+        .zoom
+        .unwrap_or_else(|| pictures::filter_zoom([k, c, kh, kw], towers))
+        .clamp(1, 64);
     let img = pictures::filter_grid(&t.data, [k, c, kh, kw], towers, zoom);
     let out = a.output.unwrap_or_else(|| {
         weights

@@ -1,11 +1,11 @@
 //! The command line of alexnet-rs, as a library.
 //!
 //! ```text
-//! cargo run --release --example alexnet                 # summary + a CPU forward pass
+//! cargo run --release --example alexnet                 # summary + a forward pass (GPU if any)
 //! cargo run --release --example alexnet -- summary --net torchvision
 //! cargo run --release --example alexnet -- infer --weights w.safetensors --input x.safetensors --output y.safetensors
 //! cargo run --release --example alexnet -- train        # the small net on generated shapes
-//! cargo run --release --example alexnet -- train --resume runs/small/state.safetensors --epochs 12
+//! cargo run --release --example alexnet -- train --resume runs/small --epochs 12
 //! cargo run --release --example alexnet -- eval         # top-1/top-5, centre and ten crops
 //! cargo run --release --example alexnet -- classify photo.jpg
 //! cargo run --release --example alexnet -- filters      # runs/small/filters.png

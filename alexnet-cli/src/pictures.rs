@@ -225,11 +225,11 @@ pub fn filter_grid(w: &[f32], shape: [usize; 4], towers: usize, zoom: usize) -> 
     let [k, c, kh, kw] = shape;
     let towers = towers.max(1);
     let per_tower = k / towers;
-    let cols = per_tower.clamp(1, 16);
+    let cols = grid_columns(per_tower);
     let rows = per_tower.div_ceil(cols);
-    let (gap, tower_gap) = (2usize, 10usize);
+    let (gap, tower_gap) = (GAP, 10usize);
     let (pw, ph) = (kw * zoom, kh * zoom);
-    let width = cols * (pw + gap) + gap;
+    let width = grid_width(per_tower, kw, zoom);
     let height = towers * (rows * (ph + gap) + gap) + (towers - 1) * tower_gap;
     let mut img = RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));
     for f in 0..k {
@@ -255,9 +255,54 @@ pub fn filter_grid(w: &[f32], shape: [usize; 4], towers: usize, zoom: usize) -> 
     img
 }
 
+/// Pixels between the filters of [`filter_grid`].
+const GAP: usize = 2;
+
+/// The columns of [`filter_grid`]: up to 16 filters a row.
+fn grid_columns(per_tower: usize) -> usize {
+    per_tower.clamp(1, 16)
+}
+
+/// The width of [`filter_grid`]'s image of `per_tower` filters `kw` weights wide.
+fn grid_width(per_tower: usize, kw: usize, zoom: usize) -> usize {
+    grid_columns(per_tower) * (kw * zoom + GAP) + GAP
+}
+
+/// The image width [`filter_zoom`] aims at: large enough to see the filters.
+const MIN_FILTERS_WIDTH: usize = 800;
+
+/// The zoom (pixels per weight) `filters` draws at unless told: the smallest that makes
+/// [`filter_grid`]'s image of filters `[k, c, kh, kw]` in `towers` towers at least
+/// [`MIN_FILTERS_WIDTH`] pixels wide and each filter at least 40 pixels tall, at most 64.
+pub fn filter_zoom(shape: [usize; 4], towers: usize) -> usize {
+    let [k, _, kh, kw] = shape;
+    let per_tower = k / towers.max(1);
+    let tall = 40usize.div_ceil(kh.max(1));
+    (tall..64)
+        .find(|&z| grid_width(per_tower, kw.max(1), z) >= MIN_FILTERS_WIDTH)
+        .unwrap_or(64)
+        .clamp(1, 64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_zoom_makes_filter_grids_800_pixels_wide() {
+        // The small net's 16 5x5 filters in two towers: 8 a row, 20 pixels per weight.
+        assert_eq!(filter_zoom([16, 3, 5, 5], 2), 20);
+        assert_eq!(grid_width(8, 5, 20), 818);
+        assert_eq!(grid_width(8, 5, 19), 778);
+        // The paper's 96 11x11 filters in two towers (16 a row) and torchvision's 64.
+        for (shape, towers) in [([96, 3, 11, 11], 2), ([64, 3, 11, 11], 1)] {
+            let z = filter_zoom(shape, towers);
+            assert_eq!(z, 5, "{shape:?}");
+            assert!(grid_width(16, 11, z) >= 800 && grid_width(16, 11, z - 1) < 800);
+        }
+        // One 1x1 filter cannot reach 800 pixels under the largest zoom.
+        assert_eq!(filter_zoom([1, 3, 1, 1], 1), 64);
+    }
 
     #[test]
     fn history_round_trips() {

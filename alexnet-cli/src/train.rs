@@ -36,19 +36,21 @@ pub struct TrainArgs {
     /// run can resume split or not.
     #[arg(long, value_delimiter = ',')]
     towers: Option<Vec<String>>,
-    /// Epochs to train (in all, counting those of a resumed run).
-    #[arg(long, default_value_t = 8)]
+    /// Epochs to train (in all, counting those of a resumed run: resuming after 8 epochs
+    /// with --epochs 12 trains 4 more).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     epochs: u64,
+    /// Images per training step (and per validation batch).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch: u64,
     /// Initial learning rate [default: 0.02]. The options from here to --seed start a run;
     /// a resumed run keeps its own.
     #[arg(long)]
     lr: Option<f32>,
-    /// [default: 0.9]
+    /// SGD momentum [default: 0.9].
     #[arg(long)]
     momentum: Option<f32>,
-    /// [default: 0.0005]
+    /// Weight decay (an L2 penalty on the weights) [default: 0.0005].
     #[arg(long)]
     weight_decay: Option<f32>,
     /// constant, plateau[:FACTOR[:PATIENCE[:FLOOR]]] (the paper's: multiply the learning
@@ -72,9 +74,10 @@ pub struct TrainArgs {
     /// `DIR/val/...`) instead of generated shapes.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Generated training images per epoch, and held-out validation images.
+    /// Generated training images per epoch (without --data).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     images: u64,
+    /// Generated validation images, held out from training (without --data).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
     val_images: u64,
     /// Classes of the generated set (at most 12, and at most the network's outputs).
@@ -82,10 +85,17 @@ pub struct TrainArgs {
     classes: usize,
     /// Folder for `state.safetensors` (the whole training state, written atomically after
     /// every epoch), `data.safetensors` (the mean image, colour components and class
-    /// names) and `curves.png`; default runs/<net>.
+    /// names) and `curves.png`; default runs/<net>, or the resumed run's folder. A folder
+    /// that holds another run already is refused: resume it, choose another folder, or
+    /// --overwrite.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Continue the run saved in this training state (with the same data options).
+    /// Start even if the --checkpoint folder holds a run already: the new run replaces its
+    /// files from its first checkpoint on.
+    #[arg(long)]
+    overwrite: bool,
+    /// Continue the run saved in this training state, or in this run's folder (its
+    /// state.safetensors), with the same data options.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Print a line every this many steps.
@@ -211,9 +221,59 @@ impl Checkpoint<'_> {
     }
 }
 
-pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
+pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
     let plan = a.net.plan().clone();
+    // A run's folder resumes from its state file.
+    if let Some(given) = &a.resume {
+        a.resume = Some(data::run_files(given)?.0);
+    }
+    // A resumed run goes on in its own folder unless told otherwise.
+    let dir = match (&a.checkpoint, &a.resume) {
+        (Some(d), _) => d.clone(),
+        (None, Some(state)) => state
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from),
+        (None, None) => PathBuf::from("runs").join(a.net.name()),
+    };
+    let state_path = dir.join("state.safetensors");
+    // Another run's state is never overwritten unless asked.
+    let resumed_here = a
+        .resume
+        .as_ref()
+        .is_some_and(|r| data::same_file(r, &state_path));
+    if state_path.exists() && !resumed_here && !a.overwrite {
+        return Err(format!(
+            "{} already holds a run ({}); to go on with it: `--resume {}`; to start another: `--checkpoint <another folder>`; to replace it: `--overwrite`",
+            dir.display(),
+            state_path.display(),
+            dir.display()
+        )
+        .into());
+    }
     let mut trainer = start(ctx, &a)?;
+    let done = trainer.state().epoch;
+    if let (Some(state), false) = (&a.resume, trainer.state().finished) {
+        if done >= a.epochs {
+            return Err(format!(
+                "nothing to train: {} has done {done} epoch(s), and --epochs {} counts every epoch of the run; give --epochs {} or more to train on",
+                state.display(),
+                a.epochs,
+                done + 1
+            )
+            .into());
+        }
+    }
+    if a.data.is_none() && a.classes > trainer.classes() {
+        return Err(format!(
+            "--classes {}: `{}` has {} outputs, so at most {} classes",
+            a.classes,
+            plan.name,
+            trainer.classes(),
+            trainer.classes()
+        )
+        .into());
+    }
     let seed = trainer.config().seed;
     let spec = match &a.data {
         // The full path: the run records it, and eval finds the folder from anywhere.
@@ -221,7 +281,7 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
         ),
         None => DataSpec::Generated {
-            classes: a.classes.min(trainer.classes()),
+            classes: a.classes,
             seed,
             images: a.images,
             val_images: a.val_images,
@@ -243,15 +303,6 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             trainer.set_note("batch", &batch_note);
         }
     }
-    // A resumed run goes on in its own folder unless told otherwise.
-    let dir = match (&a.checkpoint, &a.resume) {
-        (Some(d), _) => d.clone(),
-        (None, Some(state)) => data::checkpoint_files(state)
-            .1
-            .parent()
-            .map_or_else(|| PathBuf::from("."), PathBuf::from),
-        (None, None) => PathBuf::from("runs").join(a.net.name()),
-    };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let stale = weights::remove_stale_temps(&dir);
     if !stale.is_empty() {
@@ -268,7 +319,6 @@ pub fn train(ctx: &mut Ctx, a: TrainArgs) -> Result<(), AnyError> {
             names.join(", ")
         )?;
     }
-    let state_path = dir.join("state.safetensors");
     let (train_set, val_set) = spec.open()?;
     let classes = train_set.class_names();
     if classes.len() > trainer.classes() {

@@ -325,6 +325,18 @@ impl Plan {
         &self.layers[stage.layer + usize::from(stage.fused_relu)].name
     }
 
+    /// What a stage computes, for timings: its layer's name, with `+relu` when the next
+    /// layer, a ReLU, is fused into it (`conv1+relu`; [`Plan::stage_output_name`] names
+    /// the ReLU, whose output the stage writes).
+    pub fn stage_label(&self, stage: Stage) -> String {
+        let name = &self.layers[stage.layer].name;
+        if stage.fused_relu {
+            format!("{name}+relu")
+        } else {
+            name.to_string()
+        }
+    }
+
     /// A torchinfo-like table: layer, operation, output shape, parameters, multiply-adds.
     pub fn summary(&self) -> String {
         use std::fmt::Write;
@@ -492,6 +504,8 @@ mod tests {
             ]
         );
         assert_eq!(plan.stage_output_name(stages[0]), "relu1");
+        assert_eq!(plan.stage_label(stages[0]), "conv1+relu");
+        assert_eq!(plan.stage_label(stages[1]), plan.layers[2].name.to_string());
         assert_eq!(plan.param_count(), 4 * 4 + 4 + 10 * 256 + 10);
     }
 }

@@ -204,11 +204,12 @@ pub trait Training: Inference {
 /// The exchanges between the two towers of a split network (`towers::Towers`),
 /// each tower on a backend of this kind.
 pub trait Exchange: Memory {
-    /// Says how this backend reads `other`'s buffers in the exchanges, e.g. `same
-    /// memory`, or for CUDA direct reads (one GPU) or peer copies (two GPUs).
+    /// Says how this backend reads `other`'s buffers in the exchanges, e.g. `exchanges
+    /// through host memory` (the CPU), or for CUDA direct reads (one GPU) or peer copies
+    /// (two GPUs); `towers::Towers::links` puts the tower and its device before it.
     fn connect(&self, other: &Self) -> Result<String> {
         let _ = other;
-        Ok("same memory".into())
+        Ok("exchanges through host memory".into())
     }
 
     /// The forward exchange of a tower before `layer` of its plan `plan`, a layer that

@@ -156,7 +156,8 @@ impl<B: Inference> Model<B> {
     }
 
     /// [`Model::forward`], timing every stage (the backend is synchronised around each):
-    /// returns the output and `(stage name, seconds)` per stage.
+    /// returns the output and `(stage label, seconds)` per stage, the label as
+    /// [`Plan::stage_label`] gives it (`conv1+relu` for a convolution with its ReLU fused).
     pub fn forward_timed(&self, input: &Tensor) -> Result<(Tensor, Vec<(String, f64)>)> {
         let mut times = Vec::new();
         let y = self.run_with(input, None, Some(&mut times))?;
@@ -214,10 +215,7 @@ impl<B: Inference> Model<B> {
                 .forward_stage(plan, *stage, batch, src, &params, dst)?;
             if let Some(t) = times.as_mut() {
                 self.backend.synchronize()?;
-                t.push((
-                    plan.stage_output_name(*stage).to_string(),
-                    t0.elapsed().as_secs_f64(),
-                ));
+                t.push((plan.stage_label(*stage), t0.elapsed().as_secs_f64()));
             }
             out_shape = layer.output;
             if let Some(f) = inspect.as_mut() {

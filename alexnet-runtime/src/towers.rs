@@ -118,7 +118,10 @@ impl<B: Inference + Exchange + Sync> Towers<B> {
         }
         let ordered = weights::match_plan(&plan, tensors, None)?;
         let links = (0..2)
-            .map(|t| backends[t].connect(&backends[1 - t]))
+            .map(|t| {
+                let how = backends[t].connect(&backends[1 - t])?;
+                Ok(format!("tower {t} on {}: {how}", backends[t].name()))
+            })
             .collect::<Result<Vec<_>>>()?;
         towers
             .par_iter()
@@ -149,8 +152,9 @@ impl<B: Inference + Exchange + Sync> Towers<B> {
         self.plan.exchange_bytes_total()
     }
 
-    /// How each tower reads the other's buffers, in tower order (e.g. `cuda:0, one
-    /// context: direct reads`; see [`Exchange::connect`]).
+    /// Where each tower runs and how it reads the other's buffers, in tower order (e.g.
+    /// `tower 0 on cpu (...): exchanges through host memory`, `tower 1 on cuda:0 (...):
+    /// one context with the other tower: direct reads`; see [`Exchange::connect`]).
     pub fn links(&self) -> &[String] {
         &self.links
     }

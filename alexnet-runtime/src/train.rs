@@ -353,7 +353,7 @@ impl<B: Training> Trainer<B> {
                 let p: Vec<&F32<B>> = params[stage.layer].iter().map(|(_, b)| b).collect();
                 backend.forward_stage(plan, *stage, batch, x, &p, y)?;
             }
-            timed!(format!("forward {}", plan.stage_output_name(*stage)));
+            timed!(format!("forward {}", plan.stage_label(*stage)));
         }
 
         // Loss: the gradient of the logits goes to grads[0].

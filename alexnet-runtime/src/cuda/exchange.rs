@@ -37,7 +37,7 @@ impl Exchange for Cuda {
     /// needed, and no machine with two GPUs has been lent to test it).
     fn connect(&self, other: &Cuda) -> Result<String> {
         if self.ctx.cu_ctx() == other.ctx.cu_ctx() {
-            return Ok(format!("cuda:{}, one context: direct reads", self.ordinal));
+            return Ok("one context with the other tower: direct reads".into());
         }
         let mut can = 0;
         // SAFETY: a query about two device handles that cudarc obtained from the driver;
@@ -55,10 +55,7 @@ impl Exchange for Cuda {
             (Ok(()), _) => "the GPUs can reach each other",
             (Err(_), _) => "peer path unknown",
         };
-        Ok(format!(
-            "cuda:{} from cuda:{}: peer copies ({path})",
-            self.ordinal, other.ordinal
-        ))
+        Ok(format!("peer copies from cuda:{} ({path})", other.ordinal))
     }
 
     fn gather(

@@ -102,8 +102,8 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     static_assert(STAGES * (BM + BN) * BK * E <= 48 * 1024, "static shared memory is 48 KiB");
 
     // 16-byte chunks; chunk ch of tile row `row` is at swizzled(row, ch).
-    __shared__ alignas(128) uint4 As[STAGES][BM * CH];
-    __shared__ alignas(128) uint4 Bs[STAGES][BN * CH];
+    __shared__ __align__(128) uint4 As[STAGES][BM * CH];
+    __shared__ __align__(128) uint4 Bs[STAGES][BN * CH];
     auto swizzled = [](int row, int ch) { return row * CH + (ch ^ ((row / SW) % CH)); };
 
     const char* a = static_cast<const char*>(a_ptr);

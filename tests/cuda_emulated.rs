@@ -1037,7 +1037,7 @@ fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
         }
     }
     let landed = |j: usize| -> Vec<f32> {
-        if j % 2 == 0 {
+        if j.is_multiple_of(2) {
             chunks[4 * j..4 * j + 4].to_vec()
         } else {
             vec![0.0; 4]

@@ -181,16 +181,16 @@ impl MmaGemm {
         if rows_per_image == 0 || n == 0 || k == 0 {
             return Err(MmaError::Empty);
         }
-        if k * elem.bytes() % 16 != 0 {
+        if !(k * elem.bytes()).is_multiple_of(16) {
             return Err(MmaError::UnalignedK { k, elem });
         }
         let t = tile.for_elem(elem);
         let chunks = t.bk * elem.bytes() / 16;
         let ok = t.warps_m > 0
             && t.warps_n > 0
-            && t.bm % (16 * t.warps_m) == 0
-            && t.bn % (16 * t.warps_n) == 0
-            && t.bk * elem.bytes() % 16 == 0
+            && t.bm.is_multiple_of(16 * t.warps_m)
+            && t.bn.is_multiple_of(16 * t.warps_n)
+            && (t.bk * elem.bytes()).is_multiple_of(16)
             && matches!(chunks, 2 | 4 | 8)
             && t.stages >= 2
             && t.smem_bytes(elem) <= 48 * 1024;

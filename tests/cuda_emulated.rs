@@ -5,7 +5,9 @@
 //! CPU backend. This checks the templates' index arithmetic, bounds checks and launch
 //! geometry where no GPU is lent. It does not check anything specific to the GPU (warps,
 //! memory model, speed); `tests/gpu.rs` does that on a GPU. Warp shuffles are emulated
-//! through a buffer and a barrier per warp.
+//! through a buffer and a barrier per warp, and so are the tensor-core instructions
+//! (`mma`, `ldmatrix`, `cp.async`: `tests/emulation/mma.hpp`), whose fragment layouts are
+//! index arithmetic.
 //!
 //! Needs a C++20 compiler (`c++`, or `CXX`); skipped with a notice where there is none,
 //! except under CI, where it fails.
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use alexnet::codegen::cuda;
+use alexnet::codegen::kernels::spec::{ArgTy, Elem};
 use alexnet::ir::{KernelSpec, Plan, Role};
 use alexnet::runtime::{Cpu, Model, Tensor};
 use common::{random, rel_l2};
@@ -59,6 +62,9 @@ static inline int __shfl_xor_sync(unsigned m, int v, int d) {
     return (int)__shfl_xor_sync(m, (float)v, d);
 }
 "#;
+
+/// The tensor-core primitives of `kernels_templates/mma.cuh` on the host (see the file).
+const MMA: &str = include_str!("emulation/mma.hpp");
 
 fn compiler() -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -236,7 +242,11 @@ fn emulate(
                 return batch.to_string();
             }
             if let Some(i) = bufs.iter().position(|(n, _)| *n == a.name) {
-                return format!("B({i})");
+                // The driver's buffers are float arrays; 16-bit ones hold two values a word.
+                return match a.ty {
+                    ArgTy::Ptr(e, _) => format!("({}*)B({i})", e.c_type()),
+                    _ => format!("B({i})"),
+                };
             }
             scalars
                 .iter()
@@ -246,19 +256,36 @@ fn emulate(
                 .clone()
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!(
-        "alexnet-emu-{}-{}-{}",
-        std::process::id(),
-        k.name(),
-        batch
-    ));
+    let call = format!("{}({})", k.name(), args.join(", "));
+    let tag = format!("{}-{batch}", k.name());
+    let grid = k.launch.grid(batch);
+    emulate_source(
+        cxx,
+        &tag,
+        &cuda::source(k),
+        &call,
+        grid,
+        k.launch.block,
+        bufs,
+    )
+}
+
+/// Compiles `source` (kernels) with the prelude, the tensor-core emulation and the driver,
+/// runs `call` (a kernel call whose buffer `i` is `B(i)`) on a grid of `block`-thread
+/// blocks, returns every buffer after the run by name.
+fn emulate_source(
+    cxx: &str,
+    tag: &str,
+    source: &str,
+    call: &str,
+    grid: [u32; 3],
+    block: u32,
+    bufs: &[(&str, &[f32])],
+) -> HashMap<String, Vec<f32>> {
+    let dir = std::env::temp_dir().join(format!("alexnet-emu-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let program = format!(
-        "{PRELUDE}\n#include <string>\n{}\n#define LAUNCH {}({})\n{MAIN}",
-        cuda::source(k),
-        k.name(),
-        args.join(", ")
-    );
+    let program =
+        format!("{PRELUDE}\n{MMA}\n#include <string>\n{source}\n#define LAUNCH {call}\n{MAIN}");
     let (cpp, exe) = (dir.join("k.cpp"), dir.join("k"));
     std::fs::write(&cpp, program).unwrap();
     let out = Command::new(cxx)
@@ -269,13 +296,12 @@ fn emulate(
         .unwrap();
     assert!(
         out.status.success(),
-        "{}: C++ compile failed:\n{}",
-        k.name(),
+        "{tag}: C++ compile failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let [gx, gy, gz] = k.launch.grid(batch);
+    let [gx, gy, gz] = grid;
     let mut cmd = Command::new(&exe);
-    cmd.args([gx, gy, gz, k.launch.block].map(|v| v.to_string()));
+    cmd.args([gx, gy, gz, block].map(|v| v.to_string()));
     let mut files = Vec::new();
     for (i, (_, b)) in bufs.iter().enumerate() {
         let f = dir.join(format!("b{i}.bin"));
@@ -287,8 +313,7 @@ fn emulate(
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}: emulated run failed: {}",
-        k.name(),
+        "{tag}: emulated run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let res = bufs
@@ -713,4 +738,322 @@ fn the_finite_check_and_sgd_kernels_match_the_cpu_under_emulation() {
         close(&format!("w{i}"), &r[&wn[i]], &wi, 1e-6);
         close(&format!("v{i}"), &r[&vn[i]], &vi, 1e-6);
     }
+}
+
+// ---- Tensor cores ----------------------------------------------------------------------
+
+/// `x` rounded to tf32 as `cvt.rna.tf32.f32` does: to 10 mantissa bits, to nearest, ties
+/// away from zero (infinities and NaN unchanged).
+fn tf32(x: f32) -> f32 {
+    let u = x.to_bits();
+    if u & 0x7f80_0000 == 0x7f80_0000 {
+        return x;
+    }
+    f32::from_bits(u.wrapping_add(0x1000) & !0x1fff)
+}
+
+/// Two 16-bit values a word, the first in the low half: how the driver passes a 16-bit
+/// buffer.
+fn pack16(bits: &[u16]) -> Vec<f32> {
+    bits.chunks(2)
+        .map(|c| f32::from_bits(u32::from(c[0]) | u32::from(*c.get(1).unwrap_or(&0)) << 16))
+        .collect()
+}
+
+/// `v` as the kernel of `elem` reads it (16-bit values packed, f32 as they are: the tf32
+/// kernel rounds them itself) and the values its products see.
+fn operand(elem: Elem, v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    match elem {
+        Elem::F32 => (v.to_vec(), v.iter().map(|&x| tf32(x)).collect()),
+        Elem::Bf16 => {
+            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            (
+                pack16(&h.iter().map(|x| x.to_bits()).collect::<Vec<_>>()),
+                h.iter().map(|x| x.to_f32()).collect(),
+            )
+        }
+        Elem::F16 => {
+            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            (
+                pack16(&h.iter().map(|x| x.to_bits()).collect::<Vec<_>>()),
+                h.iter().map(|x| x.to_f32()).collect(),
+            )
+        }
+    }
+}
+
+/// `relu?(bias?[n] + sum_k a[m, k] * b[n, k])`, summed in f64.
+fn gemm_reference(a: &[f32], b: &[f32], bias: Option<&[f32]>, relu: bool, n: usize) -> Vec<f32> {
+    let k = b.len() / n;
+    a.chunks(k)
+        .flat_map(|row| {
+            b.chunks(k).enumerate().map(move |(j, col)| {
+                let s: f64 = row
+                    .iter()
+                    .zip(col)
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum::<f64>()
+                    + bias.map_or(0.0, |bs| f64::from(bs[j]));
+                let v = s as f32;
+                if relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            })
+        })
+        .collect()
+}
+
+/// The tensor-core GEMM under emulation against an f32 GEMM of the same rounded inputs,
+/// for each precision: fc6's K (9216) with a batch of 8 as M and 300 of its 4096 outputs
+/// (`ALEXNET_EMU_FC6_N=4096` runs them all, minutes per precision), and convolution-like shapes
+/// (conv4's and conv2's per-group GEMMs for two 13 x 13 images); M, N and K ragged
+/// against the tiles.
+#[test]
+fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
+    use alexnet::codegen::kernels::mma::{MmaGemm, MmaTile};
+    use alexnet::codegen::kernels::spec::Epilogue;
+    let Some(cxx) = compiler() else { return };
+    let (small, large) = (MmaTile::SMALL_M, MmaTile::LARGE);
+    let fc_n: usize = std::env::var("ALEXNET_EMU_FC6_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    for (elem, rows, batch, n, k, tile, bias, relu) in [
+        (Elem::Bf16, 1, 8, fc_n, 9216, small, true, true),
+        (Elem::F16, 1, 8, fc_n, 9216, small, true, true),
+        (Elem::F32, 1, 8, fc_n, 9216, small, true, true),
+        (Elem::Bf16, 169, 2, 192, 1728, large, true, false),
+        (Elem::F16, 169, 2, 128, 1200, large, false, true),
+        (Elem::F32, 169, 2, 128, 1200, large, true, false),
+        (Elem::Bf16, 5, 3, 40, 200, small, false, false),
+        (Elem::F32, 13, 3, 100, 1156, large, false, true),
+    ] {
+        let g = MmaGemm::new(rows, n, k, elem, tile, Epilogue { bias, relu }).unwrap();
+        let spec = g.spec(0, "emu");
+        let m = rows * batch;
+        let (a, ar) = operand(elem, &random(&mut rng, m * k));
+        let (b, br) = operand(elem, &random(&mut rng, n * k));
+        let bias_v = random(&mut rng, n);
+        let want = gemm_reference(&ar, &br, bias.then_some(&bias_v[..]), relu, n);
+        let c0 = vec![f32::NAN; m * n];
+        let start = std::time::Instant::now();
+        let r = emulate(
+            &cxx,
+            &spec,
+            batch,
+            &[
+                ("a", &a),
+                ("b", &b),
+                ("bias", if bias { &bias_v } else { &[] }),
+                ("c", &c0),
+            ],
+            &[],
+        );
+        let what = format!("{} (M = {m}, batch {batch})", spec.name());
+        close(&what, &r["c"], &want, 1e-5);
+        println!(
+            "{what}: relative L2 {:.2e} ({:.1} s)",
+            rel_l2(&r["c"], &want),
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// One warp runs each primitive of `mma.cuh` on data the test chose and writes what it
+/// got: the fragments are built from the PTX ISA's layout tables written out lane by lane
+/// (the emulation gathers them the other way, element by element), the products checked
+/// against a direct sum; ldmatrix's lane mapping, tf32 rounding and cp.async's zero fill
+/// and group waits against their definitions.
+const PRIMITIVES: &str = r#"
+#include "mma.cuh"
+extern "C" __global__ void primitives(const float* __restrict__ in, float* __restrict__ out) {
+    const unsigned* bits = reinterpret_cast<const unsigned*>(in);
+    unsigned* res = reinterpret_cast<unsigned*>(out);
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    // mma q (bf16, f16, tf32): A 16 x 16 (row-major), B 16 x 8 (k-major, one value a word:
+    // the 16-bit value's bits, or the tf32 value's), C 16 x 8 at in[512 q ..]; D to
+    // out[128 q ..] (16 x 8).
+    for (int q = 0; q < 3; ++q) {
+        const unsigned* A = bits + 512 * q;
+        const unsigned* B = A + 256;
+        const float* C = in + 512 * q + 384;
+        auto a = [&](int r, int k) { return A[r * 16 + k]; };
+        auto b = [&](int k, int n) { return B[k * 8 + n]; };
+        auto two = [](unsigned lo, unsigned hi) { return lo | hi << 16; };
+        unsigned fa[4], fb[2];
+        if (q == 2) {
+            fa[0] = a(g, t); fa[1] = a(g + 8, t); fa[2] = a(g, t + 4); fa[3] = a(g + 8, t + 4);
+            fb[0] = b(t, g); fb[1] = b(t + 4, g);
+        } else {
+            fa[0] = two(a(g, 2 * t), a(g, 2 * t + 1));
+            fa[1] = two(a(g + 8, 2 * t), a(g + 8, 2 * t + 1));
+            fa[2] = two(a(g, 2 * t + 8), a(g, 2 * t + 9));
+            fa[3] = two(a(g + 8, 2 * t + 8), a(g + 8, 2 * t + 9));
+            fb[0] = two(b(2 * t, g), b(2 * t + 1, g));
+            fb[1] = two(b(2 * t + 8, g), b(2 * t + 9, g));
+        }
+        float d[4];
+        for (int i = 0; i < 4; ++i) d[i] = C[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+        if (q == 0) mma_m16n8k16_bf16(d, fa, fb);
+        else if (q == 1) mma_m16n8k16_f16(d, fa, fb);
+        else mma_m16n8k8_tf32(d, fa, fb);
+        for (int i = 0; i < 4; ++i) out[128 * q + (g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = d[i];
+    }
+    // to_tf32 of the 64 words at in[1536 ..] to out[384 ..].
+    res[384 + lane] = to_tf32(bits[1536 + lane]);
+    res[416 + lane] = to_tf32(bits[1568 + lane]);
+    // ldmatrix.x4 of four 8 x 8 matrices of 16-bit values, value 1000 + 64 i + 8 r + c;
+    // lane's register i to out[448 + 4 lane + i].
+    __shared__ __align__(16) unsigned short m[4][8][8];
+    for (int e = lane; e < 256; e += 32) m[e / 64][(e / 8) % 8][e % 8] = (unsigned short)(1000 + e);
+    __syncthreads();
+    unsigned r[4];
+    ldmatrix_x4(r, &m[lane / 8][lane % 8][0]);
+    for (int i = 0; i < 4; ++i) res[448 + 4 * lane + i] = r[i];
+    // cp.async: chunk j (16 bytes of in[1600 + 4 j ..]) into a row of NaN, the odd chunks
+    // predicated off (zero-filled); chunks 0-3 in a first group, 4-7 in a second. After
+    // wait<1> the first group has landed (out[576 ..], 16 values); after wait<0>, both
+    // (out[608 ..], 32 values).
+    __shared__ __align__(16) float s[8][4];
+    s[lane / 4][lane % 4] = NAN;
+    __syncthreads();
+    if (lane < 4) cp_async_16(&s[lane][0], in + 1600 + 4 * lane, lane % 2 == 0);
+    cp_async_commit();
+    if (lane >= 4 && lane < 8) cp_async_16(&s[lane][0], in + 1600 + 4 * lane, lane % 2 == 0);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (lane < 16) out[576 + lane] = s[lane / 4][lane % 4];
+    __syncthreads();
+    cp_async_wait<0>();
+    __syncthreads();
+    out[608 + lane] = s[lane / 4][lane % 4];
+}
+"#;
+
+#[test]
+fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
+    let Some(cxx) = compiler() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let mut input = vec![0.0f32; 1632];
+    let mut want_mma = vec![0.0f32; 384];
+    for (q, elem) in [Elem::Bf16, Elem::F16, Elem::F32].into_iter().enumerate() {
+        let kn = if elem == Elem::F32 { 8 } else { 16 };
+        let value = |x: f32| -> (f32, u32) {
+            match elem {
+                Elem::Bf16 => {
+                    let h = half::bf16::from_f32(x);
+                    (h.to_f32(), u32::from(h.to_bits()))
+                }
+                Elem::F16 => {
+                    let h = half::f16::from_f32(x);
+                    (h.to_f32(), u32::from(h.to_bits()))
+                }
+                Elem::F32 => (tf32(x), tf32(x).to_bits()),
+            }
+        };
+        let a: Vec<(f32, u32)> = random(&mut rng, 256).into_iter().map(value).collect();
+        let b: Vec<(f32, u32)> = random(&mut rng, 128).into_iter().map(value).collect();
+        let c = random(&mut rng, 128);
+        let base = 512 * q;
+        for (i, &(_, bits)) in a.iter().chain(&b).enumerate() {
+            input[base + i] = f32::from_bits(bits);
+        }
+        input[base + 384..base + 512].copy_from_slice(&c);
+        for row in 0..16 {
+            for col in 0..8 {
+                let s: f64 = (0..kn)
+                    .map(|k| f64::from(a[row * 16 + k].0) * f64::from(b[k * 8 + col].0))
+                    .sum();
+                want_mma[128 * q + row * 8 + col] = (s + f64::from(c[row * 8 + col])) as f32;
+            }
+        }
+    }
+    // tf32 rounding: ties (half an ulp of tf32) go away from zero, overflow goes to
+    // infinity, then 32 random values.
+    let special: [(u32, u32); 10] = [
+        (0x3f80_1000, 0x3f80_2000), // 1 + 2^-11: a tie, away from zero (RNE would give 1)
+        (0xbf80_1000, 0xbf80_2000),
+        (0x3f80_0fff, 0x3f80_0000),
+        (0x3f80_3000, 0x3f80_4000),
+        (0x7f7f_ffff, 0x7f80_0000), // f32::MAX rounds to infinity
+        (0x7f80_0000, 0x7f80_0000),
+        (0x0000_1000, 0x0000_2000), // subnormals round the same way
+        (0x0000_0fff, 0x0000_0000),
+        (0x8000_0000, 0x8000_0000),
+        (0x4049_0fdb, 0x4049_0000), // pi
+    ];
+    let mut tf_in: Vec<u32> = special.iter().map(|s| s.0).collect();
+    tf_in.resize(32, 0x3f80_0000);
+    tf_in.extend(random(&mut rng, 32).iter().map(|x| x.to_bits()));
+    for (i, &v) in tf_in.iter().enumerate() {
+        input[1536 + i] = f32::from_bits(v);
+    }
+    let chunks = random(&mut rng, 32);
+    input[1600..1632].copy_from_slice(&chunks);
+
+    let out0 = vec![f32::NAN; 640];
+    let r = emulate_source(
+        &cxx,
+        "primitives",
+        &alexnet::codegen::kernels::spec::inline_headers(PRIMITIVES, &cuda::header).unwrap(),
+        "primitives(B(0), B(1))",
+        [1, 1, 1],
+        32,
+        &[("in", &input), ("out", &out0)],
+    );
+    let out = &r["out"];
+    for (q, name) in ["bf16", "f16", "tf32"].iter().enumerate() {
+        let got = &out[128 * q..128 * (q + 1)];
+        let want = &want_mma[128 * q..128 * (q + 1)];
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "mma {name}: D({}, {}) = {g}, want {w}",
+                i / 8,
+                i % 8
+            );
+        }
+    }
+    let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+    for (i, &(x, want)) in special.iter().enumerate() {
+        assert_eq!(bits[384 + i], want, "to_tf32({x:#010x})");
+        assert_eq!(tf32(f32::from_bits(x)).to_bits(), want, "the test's tf32");
+    }
+    for (i, &x) in tf_in.iter().enumerate() {
+        assert_eq!(bits[384 + i], tf32(f32::from_bits(x)).to_bits());
+    }
+    for lane in 0..32u32 {
+        for i in 0..4u32 {
+            let (row, word) = (lane / 4, lane % 4);
+            let lo = 1000 + 64 * i + 8 * row + 2 * word;
+            assert_eq!(
+                bits[(448 + 4 * lane + i) as usize],
+                lo | (lo + 1) << 16,
+                "ldmatrix: lane {lane} register {i}"
+            );
+        }
+    }
+    let landed = |j: usize| -> Vec<f32> {
+        if j.is_multiple_of(2) {
+            chunks[4 * j..4 * j + 4].to_vec()
+        } else {
+            vec![0.0; 4]
+        }
+    };
+    let first: Vec<f32> = (0..4).flat_map(landed).collect();
+    assert_eq!(
+        out[576..592],
+        first[..],
+        "cp.async: the first group after wait<1>"
+    );
+    let all: Vec<f32> = (0..8).flat_map(landed).collect();
+    assert_eq!(
+        out[608..640],
+        all[..],
+        "cp.async: both groups after wait<0>"
+    );
 }

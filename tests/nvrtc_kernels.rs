@@ -235,3 +235,145 @@ fn the_pinned_nvrtc_drops_a_minus_in_a_three_way_max_on_sm_90() {
         }
     );
 }
+
+/// `nvdisasm` from the pinned `nvidia-cuda-nvdisasm` wheel (.ci/run installs it and sets
+/// `ALEXNET_NVDISASM`), else the default cache folder, else the `PATH`. Missing: a failure
+/// under CI, a notice elsewhere.
+fn nvdisasm_or_skip() -> Option<std::path::PathBuf> {
+    let cached = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("alexnet-nvrtc/nvdisasm-13.2.51/nvidia/cu13/bin/nvdisasm"));
+    let found = std::env::var_os("ALEXNET_NVDISASM")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(cached)
+        .chain([std::path::PathBuf::from("nvdisasm")])
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nvdisasm not found in CI: .ci/run installs the nvidia-cuda-nvdisasm wheel"
+        );
+        eprintln!("skipped: nvdisasm not found (see .ci/run for the wheel)");
+    }
+    found
+}
+
+/// Each kernel's SASS in `nvdisasm`'s listing of a CUBIN, by name.
+fn sass_by_kernel(nvdisasm: &std::path::Path, cubin: &[u8], tag: &str) -> Vec<(String, String)> {
+    let path = std::env::temp_dir().join(format!("alexnet-{}-{tag}.cubin", std::process::id()));
+    std::fs::write(&path, cubin).unwrap();
+    let out = std::process::Command::new(nvdisasm)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nvdisasm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut kernels: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("//--------------------- .text.") {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            kernels.push((name.to_string(), String::new()));
+        } else if let Some((_, sass)) = kernels.last_mut() {
+            sass.push_str(line);
+            sass.push('\n');
+        }
+    }
+    kernels
+}
+
+/// How many instructions of `sass` have a mnemonic that is `op` or starts with `op.`.
+fn count_op(sass: &str, op: &str) -> usize {
+    sass.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|t| t == op || t.strip_prefix(op).is_some_and(|r| r.starts_with('.')))
+        })
+        .count()
+}
+
+/// The tensor-core GEMMs (kernels_templates/gemm_mma.cuh; not yet used by the forward
+/// pass) compile for sm_80 and sm_90 with no spills and no local memory, and their SASS
+/// runs on tensor cores: HMMA instructions (as many as the tile's mma per K step), the
+/// pipeline's LDGSTS (cp.async) and LDSM (ldmatrix), and no LDL / STL.
+#[test]
+fn tensor_core_kernels_use_hmma_and_no_local_memory() {
+    use alexnet::codegen::kernels::mma::{MmaGemm, MmaTile};
+    use alexnet::codegen::kernels::spec::{Elem, Epilogue};
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let Some(nvdisasm) = nvdisasm_or_skip() else {
+        return;
+    };
+    let fused = Epilogue {
+        bias: true,
+        relu: true,
+    };
+    let mut specs = Vec::new();
+    for elem in [Elem::Bf16, Elem::F16, Elem::F32] {
+        // fc6 (M = batch, K = 9216) and conv2's per-group GEMM (K = 48 * 5 * 5).
+        for (rows, n, k, tile, prefix) in [
+            (1, 4096, 9216, MmaTile::SMALL_M, "fc6"),
+            (27 * 27, 128, 1200, MmaTile::LARGE, "conv2"),
+        ] {
+            let g = MmaGemm::new(rows, n, k, elem, tile, fused).unwrap();
+            specs.push((g, g.spec(0, prefix)));
+        }
+    }
+    let source = cuda::translation_unit("", &specs.iter().map(|s| s.1.clone()).collect::<Vec<_>>());
+    for arch in ARCHS {
+        let compiled =
+            nvrtc::compile_cubin(&source, "mma.cu", arch, &["--ptxas-options=-v".to_string()])
+                .unwrap_or_else(|e| panic!("{e}"));
+        let report = nvrtc::ptxas_report(&compiled.log);
+        let sass = sass_by_kernel(&nvdisasm, &compiled.cubin, arch);
+        for (g, k) in &specs {
+            let r = report
+                .iter()
+                .find(|r| r.name == k.name())
+                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {}", k.name()));
+            assert_eq!(
+                (r.spill_store_bytes, r.spill_load_bytes, r.stack_frame_bytes),
+                (0, 0, 0),
+                "{arch}: {} spills or uses local memory: {r:?}",
+                k.name()
+            );
+            assert!(r.registers * k.launch.block <= 65536);
+            let code = &sass
+                .iter()
+                .find(|(n, _)| n == k.name())
+                .unwrap_or_else(|| panic!("{arch}: no SASS for {}", k.name()))
+                .1;
+            let [hmma, ldsm, ldgsts, ldl, stl] =
+                ["HMMA", "LDSM", "LDGSTS", "LDL", "STL"].map(|op| count_op(code, op));
+            // Per K step of the tile: (BM / WARPS_M / 16) x (BN / WARPS_N / 8) mma per
+            // warp and mma K step, BK / KSTEP of those (64 bytes of K: 2).
+            let t = g.tile;
+            let per_step = (t.bm / t.warps_m / 16) * (t.bn / t.warps_n / 8) * 2;
+            assert!(
+                hmma >= per_step && ldsm > 0 && ldgsts > 0,
+                "{arch}: {}: {hmma} HMMA (at least {per_step} expected), {ldsm} LDSM, {ldgsts} LDGSTS",
+                k.name()
+            );
+            assert_eq!((ldl, stl), (0, 0), "{arch}: {} uses local memory", k.name());
+            println!(
+                "{arch} {:<40} {:>3} regs {:>6} B smem {hmma:>4} HMMA {ldsm:>3} LDSM {ldgsts:>3} LDGSTS",
+                k.name(),
+                r.registers,
+                r.shared_bytes
+            );
+        }
+    }
+}

@@ -20,8 +20,8 @@ pub use forward::forward;
 pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
 use crate::ir::{Plan, Stage};
-use crate::kernels::gemm;
 use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template};
+use crate::kernels::{gemm, mma};
 use crate::layers::{self, KernelCx};
 
 /// The headers of the network-level kernels: the loss, the optimiser, the exchanges.
@@ -53,6 +53,7 @@ pub fn header(name: &str) -> Option<&'static str> {
 pub fn headers() -> impl Iterator<Item = &'static Header> {
     gemm::HEADERS
         .iter()
+        .chain(mma::HEADERS.iter())
         .chain(layers::headers())
         .chain(HEADERS.iter())
 }
@@ -61,6 +62,7 @@ pub fn headers() -> impl Iterator<Item = &'static Header> {
 pub fn templates() -> impl Iterator<Item = &'static Template> {
     gemm::TEMPLATES
         .iter()
+        .chain(mma::TEMPLATES.iter())
         .chain(layers::templates())
         .chain([&LOSS_TEMPLATE, &FINITE_TEMPLATE, &SGD_TEMPLATE])
         .chain(exchange::TEMPLATES.iter())

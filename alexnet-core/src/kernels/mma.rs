@@ -1,0 +1,334 @@
+//! The tensor-core GEMM (`kernels_templates/gemm_mma.cuh` on the primitives of
+//! `mma.cuh`): `c[m, n] = relu?(bias?[n] + sum_k a[m, k] * b[n, k])` with f32 accumulators,
+//! 16-bit inputs (bf16 or f16: `mma.m16n8k16`) or f32 inputs rounded to tf32
+//! (`mma.m16n8k8`), a multi-stage `cp.async` pipeline into XOR-swizzled shared memory and
+//! `ldmatrix` fragments. `a` is `M x K` with `M = batch * rows_per_image`, `b` is `N x K`
+//! (a fully connected layer's weights), `c` is `M x N` f32.
+//!
+//! Not yet used by the forward pass: no layer generates these kernels, and the runtime has
+//! no precision setting nor 16-bit buffers to bind them to (that plumbing is a later step
+//! of the tensor-core work). For now [`MmaGemm::spec`] builds a kernel that the tests run
+//! under the host emulation and compile with NVRTC.
+
+use super::spec::{
+    Access, ArgTy, Elem, Epilogue, Header, Instance, KernelLaunch, KernelSpec, Len, Param, Role,
+    Template, Value,
+};
+
+/// The headers of the tensor-core GEMM.
+pub const HEADERS: &[Header] = &[
+    Header {
+        name: "mma.cuh",
+        text: include_str!("../../../kernels_templates/mma.cuh"),
+    },
+    Header {
+        name: "gemm_mma.cuh",
+        text: include_str!("../../../kernels_templates/gemm_mma.cuh"),
+    },
+];
+
+const fn ptr(name: &'static str, elem: Elem, access: Access) -> Param {
+    Param {
+        name,
+        ty: ArgTy::Ptr(elem, access),
+    }
+}
+
+/// The parameters of `gemm_mma_<elem>`: the operands in `elem`, the rest f32.
+const fn params(elem: Elem) -> [Param; 5] {
+    [
+        ptr("a", elem, Access::Read),
+        ptr("b", elem, Access::Read),
+        ptr("bias", Elem::F32, Access::Read),
+        ptr("c", Elem::F32, Access::Write),
+        Param {
+            name: "batch",
+            ty: ArgTy::Int,
+        },
+    ]
+}
+
+pub const GEMM_BF16: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_bf16",
+    params: &params(Elem::Bf16),
+};
+
+pub const GEMM_F16: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_f16",
+    params: &params(Elem::F16),
+};
+
+/// f32 operands, rounded to tf32 (`cvt.rna`) in the kernel.
+pub const GEMM_TF32: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_tf32",
+    params: &params(Elem::F32),
+};
+
+/// Every tensor-core template.
+pub const TEMPLATES: &[Template] = &[GEMM_BF16, GEMM_F16, GEMM_TF32];
+
+/// A block's tile: `bm x bn` outputs, K in steps of `bk`, `warps_m x warps_n` warps (each
+/// a `bm / warps_m x bn / warps_n` tile of 16 x 8 mma tiles), `stages` K steps in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmaTile {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub warps_m: usize,
+    pub warps_n: usize,
+    pub stages: usize,
+}
+
+impl MmaTile {
+    /// Many rows (a convolution's pixels): 128 x 128, 8 warps of 64 x 32, K in 64-byte
+    /// steps (32 values in 16 bits, 16 in f32), three stages (48 KiB of shared memory).
+    pub const LARGE: MmaTile = MmaTile {
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        warps_m: 2,
+        warps_n: 4,
+        stages: 3,
+    };
+
+    /// Few rows (a fully connected layer's batch): 32 x 128, 4 warps of 32 x 32, K in
+    /// 64-byte steps, four stages (40 KiB).
+    pub const SMALL_M: MmaTile = MmaTile {
+        bm: 32,
+        bn: 128,
+        bk: 32,
+        warps_m: 1,
+        warps_n: 4,
+        stages: 4,
+    };
+
+    /// Threads per block.
+    pub const fn threads(&self) -> usize {
+        32 * self.warps_m * self.warps_n
+    }
+
+    /// The tile for `elem`: `bk` is given for 16-bit values; f32 rows hold half as many
+    /// in the same bytes.
+    const fn for_elem(self, elem: Elem) -> MmaTile {
+        MmaTile {
+            bk: self.bk * 2 / elem.bytes(),
+            ..self
+        }
+    }
+
+    /// Shared memory of the pipeline, in bytes.
+    pub const fn smem_bytes(&self, elem: Elem) -> usize {
+        self.stages * (self.bm + self.bn) * self.bk * elem.bytes()
+    }
+}
+
+/// Why a tensor-core GEMM cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MmaError {
+    /// A row of `a` or `b` (`k` values) is not a whole number of 16-byte chunks: the
+    /// pipeline copies 16 bytes at a time from row starts it assumes aligned.
+    UnalignedK { k: usize, elem: Elem },
+    /// The tile breaks a rule of the template (warp tiles multiples of 16 x 16, a K step
+    /// of 2, 4 or 8 chunks, at least two stages, at most 48 KiB of static shared memory).
+    Tile(MmaTile),
+    /// An empty dimension.
+    Empty,
+}
+
+impl std::fmt::Display for MmaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MmaError::UnalignedK { k, elem } => write!(
+                f,
+                "K = {k} {} values is not a multiple of 16 bytes (pad K)",
+                elem.name()
+            ),
+            MmaError::Tile(t) => write!(f, "tile {t:?} breaks gemm_mma.cuh's rules"),
+            MmaError::Empty => write!(f, "an empty GEMM"),
+        }
+    }
+}
+
+impl std::error::Error for MmaError {}
+
+/// A tensor-core GEMM: `rows_per_image` rows of `a` per image, `n` columns, `k` terms,
+/// operands in `elem` (`F32` means tf32 products), f32 result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmaGemm {
+    pub rows_per_image: usize,
+    pub n: usize,
+    pub k: usize,
+    pub elem: Elem,
+    /// The tile as for 16-bit operands ([`MmaTile::LARGE`], [`MmaTile::SMALL_M`]); for
+    /// f32 its K step holds the same bytes, half the values.
+    pub tile: MmaTile,
+    pub epilogue: Epilogue,
+}
+
+impl MmaGemm {
+    /// Checks the shape and tile against the template's rules.
+    pub fn new(
+        rows_per_image: usize,
+        n: usize,
+        k: usize,
+        elem: Elem,
+        tile: MmaTile,
+        epilogue: Epilogue,
+    ) -> Result<Self, MmaError> {
+        if rows_per_image == 0 || n == 0 || k == 0 {
+            return Err(MmaError::Empty);
+        }
+        if !(k * elem.bytes()).is_multiple_of(16) {
+            return Err(MmaError::UnalignedK { k, elem });
+        }
+        let t = tile.for_elem(elem);
+        let chunks = t.bk * elem.bytes() / 16;
+        let ok = t.warps_m > 0
+            && t.warps_n > 0
+            && t.bm.is_multiple_of(16 * t.warps_m)
+            && t.bn.is_multiple_of(16 * t.warps_n)
+            && (t.bk * elem.bytes()).is_multiple_of(16)
+            && matches!(chunks, 2 | 4 | 8)
+            && t.stages >= 2
+            && t.smem_bytes(elem) <= 48 * 1024;
+        if !ok {
+            return Err(MmaError::Tile(tile));
+        }
+        Ok(MmaGemm {
+            rows_per_image,
+            n,
+            k,
+            elem,
+            tile,
+            epilogue,
+        })
+    }
+
+    fn template(&self) -> &'static Template {
+        match self.elem {
+            Elem::Bf16 => &GEMM_BF16,
+            Elem::F16 => &GEMM_F16,
+            Elem::F32 => &GEMM_TF32,
+        }
+    }
+
+    /// The name of the mma's inputs: `bf16`, `f16`, `tf32`.
+    pub const fn precision(&self) -> &'static str {
+        match self.elem {
+            Elem::Bf16 => "bf16",
+            Elem::F16 => "f16",
+            Elem::F32 => "tf32",
+        }
+    }
+
+    /// The kernel `{prefix}_mma_{precision}_n{n}_k{k}_t{bm}x{bn}` of layer `layer`.
+    pub fn spec(&self, layer: usize, prefix: &str) -> KernelSpec {
+        let t = self.tile.for_elem(self.elem);
+        let name = format!(
+            "{prefix}_mma_{}_n{}_k{}_t{}x{}",
+            self.precision(),
+            self.n,
+            self.k,
+            t.bm,
+            t.bn
+        );
+        let e = self.epilogue;
+        let consts: Vec<(&'static str, Value)> = vec![
+            ("ROWS", self.rows_per_image.into()),
+            ("N", self.n.into()),
+            ("K", self.k.into()),
+            ("BM", t.bm.into()),
+            ("BN", t.bn.into()),
+            ("BK", t.bk.into()),
+            ("WARPS_M", t.warps_m.into()),
+            ("WARPS_N", t.warps_n.into()),
+            ("STAGES", t.stages.into()),
+            ("THREADS", t.threads().into()),
+            ("ELEM_BYTES", self.elem.bytes().into()),
+            ("BIAS", e.bias.into()),
+            ("RELU", e.relu.into()),
+        ];
+        let (rows, n, k) = (self.rows_per_image as u64, self.n as u64, self.k as u64);
+        Instance {
+            role: Role::Forward,
+            launch: KernelLaunch {
+                layer,
+                name: name.into(),
+                block: t.threads() as u32,
+                x_per_image: rows,
+                x_per_block: t.bm as u32,
+                x_fixed: 0,
+                grid_y: self.n.div_ceil(t.bn) as u32,
+                grid_z: 1,
+            },
+            template: self.template(),
+            doc: format!(
+                "c = a * b^T on tensor cores ({}), M = batch * {}, N = {}, K = {}",
+                self.precision(),
+                self.rows_per_image,
+                self.n,
+                self.k
+            ),
+            consts,
+            lens: vec![
+                ("a", Len::PerImage(rows * k)),
+                ("b", Len::Fixed(n * k)),
+                ("bias", Len::Fixed(if e.bias { n } else { 0 })),
+                ("c", Len::PerImage(rows * n)),
+            ],
+            gemm: None,
+        }
+        .spec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: Epilogue = Epilogue {
+        bias: false,
+        relu: false,
+    };
+
+    #[test]
+    fn k_must_fill_16_byte_chunks() {
+        let t = MmaTile::SMALL_M;
+        assert!(MmaGemm::new(1, 10, 9216, Elem::Bf16, t, PLAIN).is_ok());
+        assert!(MmaGemm::new(1, 10, 12, Elem::F32, t, PLAIN).is_ok());
+        assert_eq!(
+            MmaGemm::new(1, 10, 363, Elem::F16, t, PLAIN),
+            Err(MmaError::UnalignedK {
+                k: 363,
+                elem: Elem::F16
+            })
+        );
+        assert!(MmaGemm::new(1, 10, 12, Elem::Bf16, t, PLAIN).is_err());
+        assert!(MmaGemm::new(0, 10, 16, Elem::Bf16, t, PLAIN).is_err());
+        let bad = MmaTile {
+            stages: 8,
+            ..MmaTile::LARGE
+        };
+        assert_eq!(
+            MmaGemm::new(1, 10, 16, Elem::Bf16, bad, PLAIN),
+            Err(MmaError::Tile(bad))
+        );
+    }
+
+    #[test]
+    fn the_spec_names_its_precision_and_sizes() {
+        let g = MmaGemm::new(1, 4096, 9216, Elem::F32, MmaTile::SMALL_M, PLAIN).unwrap();
+        let k = g.spec(5, "fc6");
+        assert_eq!(k.name(), "fc6_mma_tf32_n4096_k9216_t32x128");
+        assert_eq!(k.launch.grid(8), [1, 32, 1]);
+        assert_eq!(k.launch.block, 128);
+        assert!(k
+            .stub
+            .contains("gemm_mma_tf32<fc6_mma_tf32_n4096_k9216_t32x128_cfg>"));
+        assert!(k.stub.contains("enum : int { BK = 16 };"));
+        assert_eq!(MmaTile::LARGE.smem_bytes(Elem::Bf16), 48 * 1024);
+    }
+}

@@ -1,0 +1,231 @@
+// gemm_mma_{bf16,f16,tf32}<Cfg>: a GEMM on tensor cores (mma.sync, mma.cuh) with f32
+// accumulators:
+//   c[m, n] = relu?(bias?[n] + sum_k a[m, k] * b[n, k])     m < batch * ROWS, n < N, k < K
+// a is M x K and b is N x K, both row-major with K contiguous (b is the K x N operand in
+// column-major order: the layout of a fully connected layer's weights [out][in]); c is
+// M x N row-major, f32. bf16 and f16 read 16-bit a and b; tf32 reads f32 and rounds each
+// value to tf32 (cvt.rna) before the product.
+//
+// Cfg: the sizes ROWS (rows per image: M = batch * ROWS), N, K; the block tile BM x BN, K
+// in steps of BK; WARPS_M x WARPS_N warps, each a (BM / WARPS_M) x (BN / WARPS_N) tile of
+// 16 x 8 mma tiles; STAGES K steps in flight (a multi-stage cp.async pipeline); THREADS
+// and ELEM_BYTES (checked against the above); the epilogue's BIAS and RELU.
+//
+// Constraint: each row of a and b must start 16 bytes after the previous one (K * element
+// size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
+// aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K.
+// Rows past M or N and chunks past K are zero-filled, so M, N and K need not be multiples
+// of the tile.
+//
+// Shared memory: per stage, a BM x BK tile of a and a BN x BK tile of b, each row as
+// BK * ELEM_BYTES / 16 chunks of 16 bytes stored XOR-swizzled (chunk c of row r at
+// c ^ ((r / SW) % CH)) so that the eight rows one ldmatrix phase reads lie in distinct
+// banks. Fragments come from ldmatrix.x4 (four 8x8 matrices of 16-bit values, which are
+// also 8x4 matrices of f32: the tf32 fragments have the same shape in 32-bit words).
+// Grid: x = ceil(M / BM), y = ceil(N / BN). Not yet used by the forward pass.
+#ifndef ALEXNET_GEMM_MMA_CUH
+#define ALEXNET_GEMM_MMA_CUH
+#ifndef ALEXNET_HOST_EMULATION
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+#include "mma.cuh"
+
+// Which mma a GEMM issues, with its K per instruction and bytes per element.
+enum MmaKind : int { MMA_TF32, MMA_F16, MMA_BF16 };
+
+template <int KIND>
+struct MmaOp;
+
+template <>
+struct MmaOp<MMA_BF16> {
+    enum : int { KSTEP = 16, ELEM_BYTES = 2 };
+    template <int R>
+    static __device__ __forceinline__ void prepare(unsigned (&)[R]) {}
+    static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_m16n8k16_bf16(d, a, b);
+    }
+};
+
+template <>
+struct MmaOp<MMA_F16> {
+    enum : int { KSTEP = 16, ELEM_BYTES = 2 };
+    template <int R>
+    static __device__ __forceinline__ void prepare(unsigned (&)[R]) {}
+    static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_m16n8k16_f16(d, a, b);
+    }
+};
+
+template <>
+struct MmaOp<MMA_TF32> {
+    enum : int { KSTEP = 8, ELEM_BYTES = 4 };
+    // Rounds a fragment of f32 values to tf32.
+    template <int R>
+    static __device__ __forceinline__ void prepare(unsigned (&f)[R]) {
+#pragma unroll
+        for (int i = 0; i < R; ++i) f[i] = to_tf32(f[i]);
+    }
+    static __device__ __forceinline__ void run(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_m16n8k8_tf32(d, a, b);
+    }
+};
+
+template <class Cfg, int KIND>
+__device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
+                                              const void* __restrict__ b_ptr,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ c, int batch) {
+    using Op = MmaOp<KIND>;
+    constexpr int E = Op::ELEM_BYTES, KSTEP = Op::KSTEP;
+    constexpr int ROWS = Cfg::ROWS, N = Cfg::N, K = Cfg::K;
+    constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, STAGES = Cfg::STAGES;
+    constexpr int WARPS_M = Cfg::WARPS_M, WARPS_N = Cfg::WARPS_N;
+    constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+    constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N, MI = WM / 16, NI = WN / 8;
+    constexpr int CPE = 16 / E;    // elements per 16-byte chunk
+    constexpr int CH = BK / CPE;   // chunks per tile row
+    constexpr int SW = CH >= 8 ? 1 : 8 / CH;  // rows per swizzle phase
+    constexpr int KT = (K + BK - 1) / BK;
+    constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
+    static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
+    static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
+    static_assert(K % CPE == 0, "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
+    static_assert(BK % KSTEP == 0 && KSTEP * E == 32, "a K step is two 16-byte chunks");
+    static_assert(CH == 2 || CH == 4 || CH == 8, "2, 4 or 8 chunks a tile row");
+    static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0,
+                  "warp tiles are multiples of 16 x 16");
+    static_assert(STAGES >= 2, "a pipeline has at least two stages");
+    static_assert(STAGES * (BM + BN) * BK * E <= 48 * 1024, "static shared memory is 48 KiB");
+
+    // 16-byte chunks; chunk ch of tile row `row` is at swizzled(row, ch).
+    __shared__ __align__(128) uint4 As[STAGES][BM * CH];
+    __shared__ __align__(128) uint4 Bs[STAGES][BN * CH];
+    auto swizzled = [](int row, int ch) { return row * CH + (ch ^ ((row / SW) % CH)); };
+
+    const char* a = static_cast<const char*>(a_ptr);
+    const char* b = static_cast<const char*>(b_ptr);
+    const int M = batch * ROWS;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
+
+    // Issues the copies of K step kt into stage s (zero where out of range).
+    auto load = [&](int s, int kt) {
+        const int k0 = kt * BK;
+#pragma unroll
+        for (int r = 0; r < (BM * CH + THREADS - 1) / THREADS; ++r) {
+            const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
+            const int m = m0 + row, k = k0 + ch * CPE;
+            const bool ok = m < M && k < K;
+            if (BM * CH % THREADS == 0 || i < BM * CH)
+                cp_async_16(&As[s][swizzled(row, ch)], ok ? a + ((size_t)m * K + k) * E : a, ok);
+        }
+#pragma unroll
+        for (int r = 0; r < (BN * CH + THREADS - 1) / THREADS; ++r) {
+            const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
+            const int n = n0 + row, k = k0 + ch * CPE;
+            const bool ok = n < N && k < K;
+            if (BN * CH % THREADS == 0 || i < BN * CH)
+                cp_async_16(&Bs[s][swizzled(row, ch)], ok ? b + ((size_t)n * K + k) * E : b, ok);
+        }
+    };
+
+    // The pipeline: STAGES - 1 K steps in flight before the first product; each iteration
+    // waits for its own step, then issues the one STAGES - 1 ahead into the stage every
+    // warp finished reading (the barrier) and computes. Every iteration commits a group,
+    // empty or not, so that wait<STAGES - 2> always means "step kt has landed".
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < KT) load(s, s);
+        cp_async_commit();
+    }
+    float acc[MI][NI][4] = {};
+    const int mat = lane / 8, r8 = lane % 8;  // ldmatrix: this lane's matrix and row
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+        cp_async_commit();
+        const uint4* as = As[kt % STAGES];
+        const uint4* bs = Bs[kt % STAGES];
+#pragma unroll
+        for (int ks = 0; ks < BK / KSTEP; ++ks) {
+            // A: matrices 0..3 = (rows 0-7, chunk 0), (rows 8-15, chunk 0), (rows 0-7,
+            // chunk 1), (rows 8-15, chunk 1) of the 16-row tile: a[0..3] of the layout.
+            unsigned af[MI][4];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                ldmatrix_x4(af[mi], &as[swizzled(wm0 + mi * 16 + (mat % 2) * 8 + r8, 2 * ks + mat / 2)]);
+                Op::prepare(af[mi]);
+            }
+            // B: matrices 0..3 = (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0),
+            // (n 8-15, chunk 1): b[0..1] of two 8-column tiles.
+            unsigned bf[NI][2];
+#pragma unroll
+            for (int nj = 0; nj < NI / 2; ++nj) {
+                unsigned t[4];
+                ldmatrix_x4(t, &bs[swizzled(wn0 + nj * 16 + (mat / 2) * 8 + r8, 2 * ks + mat % 2)]);
+                Op::prepare(t);
+                bf[2 * nj][0] = t[0];
+                bf[2 * nj][1] = t[1];
+                bf[2 * nj + 1][0] = t[2];
+                bf[2 * nj + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) Op::run(acc[mi][ni], af[mi], bf[ni]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: d[2h + j] is (row g + 8h, column 2t + j) of each 16 x 8 tile.
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = m0 + wm0 + mi * 16 + g + 8 * h;
+            if (m >= M) continue;
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const int n = n0 + wn0 + ni * 8 + 2 * t + j;
+                    if (n >= N) continue;
+                    float v = acc[mi][ni][2 * h + j];
+                    if (BIAS) v += bias[n];
+                    if (RELU) v = fmaxf(v, 0.f);
+                    c[(size_t)m * N + n] = v;
+                }
+        }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_bf16(const __nv_bfloat16* __restrict__ a,
+                                              const __nv_bfloat16* __restrict__ b,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ c, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16>(a, b, bias, c, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ a,
+                                             const __half* __restrict__ b,
+                                             const float* __restrict__ bias,
+                                             float* __restrict__ c, int batch) {
+    gemm_mma_core<Cfg, MMA_F16>(a, b, bias, c, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_tf32(const float* __restrict__ a,
+                                              const float* __restrict__ b,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ c, int batch) {
+    gemm_mma_core<Cfg, MMA_TF32>(a, b, bias, c, batch);
+}
+#endif  // ALEXNET_GEMM_MMA_CUH

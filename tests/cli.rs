@@ -1765,3 +1765,47 @@ fn every_flag_has_a_help_text() {
         assert!(!help.contains("on CPU"), "{command}:\n{help}");
     }
 }
+
+/// `kernels --report`: every compiled kernel gets a roofline row (NVRTC needed; skipped
+/// with a notice without it, except under CI).
+#[test]
+fn kernels_report_gives_every_kernel_a_roofline_row() {
+    if !alexnet::runtime::cuda::nvrtc::available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "NVRTC is not loadable in CI"
+        );
+        eprintln!("skipped: libnvrtc.so.13 not loadable (see .ci/run for the wheel)");
+        return;
+    }
+    let out = alexnet()
+        .args([
+            "kernels",
+            "--net",
+            "small",
+            "--training",
+            "--report",
+            "--batch",
+            "64",
+        ])
+        .output();
+    out.result.as_ref().unwrap();
+    let text = &out.stdout;
+    assert!(text.contains("roofline at batch 64 on an H200"), "{text}");
+    let table = text.split("roofline at batch").nth(1).unwrap();
+    let kernels = alexnet::codegen::cuda::kernels(SmallNet::plan());
+    for spec in kernels.forward.iter().chain(kernels.training.iter()) {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(spec.name()))
+            .unwrap_or_else(|| panic!("no row for {}:\n{table}", spec.name()));
+        // name, registers, shared bytes, blocks per SM, grid, GFLOP, MB, model time, bound.
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let num = |i: usize| cols[i].parse::<f64>().unwrap_or_else(|_| panic!("{row}"));
+        assert_eq!(num(5) > 0.0, spec.gemm.is_some(), "GFLOP of {row}");
+        assert!(num(6) > 0.0 && num(7) >= 0.0, "{row}");
+        assert!(num(3) >= 1.0, "no block fits: {row}");
+    }
+    assert!(text.contains("model total: forward"), "{text}");
+    assert!(text.contains("training kernels"), "{text}");
+}

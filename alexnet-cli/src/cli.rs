@@ -62,7 +62,11 @@ enum Command {
         towers: Option<Vec<String>>,
     },
     /// Compiles a network's generated CUDA with NVRTC (no GPU needed): per-kernel ptxas
-    /// report, cold compile time, then the time to load everything from the CUBIN cache.
+    /// report, cold compile time, then the time to load everything from the CUBIN cache;
+    /// with --report, where each kernel's time should go on an H200 (roofline model).
+    #[command(
+        after_help = "Examples:\n  alexnet kernels                                  AlexNet's forward kernels for sm_90\n  alexnet kernels --report --batch 128 --training  occupancy, FLOPs, bytes and roofline time per kernel"
+    )]
     Kernels {
         /// The network whose kernels to compile.
         #[arg(long, value_enum, default_value_t = Net::Alexnet)]
@@ -73,6 +77,16 @@ enum Command {
         /// Also write the network's CUDA source to this folder.
         #[arg(long)]
         dump: Option<PathBuf>,
+        /// Also compile the training kernels (backward passes, dropout, loss, SGD).
+        #[arg(long)]
+        training: bool,
+        /// Print per kernel its blocks per SM, FLOPs, bytes moved and roofline time on an
+        /// H200 with its measured ceilings (a model: where time should go, not a timing).
+        #[arg(long)]
+        report: bool,
+        /// The batch size of --report.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        batch: u64,
     },
     /// Trains a network on generated shapes or an image folder (SGD with momentum, weight
     /// decay, dropout; random crops, flips and colour shifts), validating, checkpointing
@@ -176,7 +190,21 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             device,
             towers,
         } => bench(ctx, net, &batch, runs as usize, &device, towers.as_deref()),
-        Command::Kernels { net, arch, dump } => kernels(ctx, net, &arch, dump.as_deref()),
+        Command::Kernels {
+            net,
+            arch,
+            dump,
+            training,
+            report,
+            batch,
+        } => kernels(
+            ctx,
+            net,
+            &arch,
+            dump.as_deref(),
+            training,
+            report.then_some(batch as usize),
+        ),
         Command::Train(args) => train::train(ctx, args),
         Command::Eval(args) => evaluate::eval(ctx, args),
         Command::Classify(args) => evaluate::classify(ctx, args),
@@ -436,6 +464,8 @@ fn kernels(
     net: Net,
     arch: &str,
     dump: Option<&std::path::Path>,
+    training: bool,
+    report: Option<usize>,
 ) -> Result<(), AnyError> {
     use alexnet::codegen::cuda;
     use alexnet::runtime::cuda::{cache::Cache, nvrtc};
@@ -450,8 +480,16 @@ fn kernels(
     }
     let (major, minor) = nvrtc::version()?;
     let kernels = cuda::kernels(plan);
-    let units: Vec<(String, String)> = kernels
-        .forward
+    let specs: Vec<&alexnet::ir::KernelSpec> = if training {
+        kernels
+            .forward
+            .iter()
+            .chain(kernels.training.iter())
+            .collect()
+    } else {
+        kernels.forward.iter().collect()
+    };
+    let units: Vec<(String, String)> = specs
         .iter()
         .map(|k| (cuda::source(k), format!("{}.cu", k.name())))
         .collect();
@@ -468,8 +506,12 @@ fn kernels(
         .map(|(src, name)| nvrtc::compile_cubin(src, name, arch, &opts))
         .collect::<Result<_, _>>()?;
     let cold = t0.elapsed();
-    for c in &compiled {
-        for r in nvrtc::ptxas_report(&c.log) {
+    let resources: Vec<_> = compiled
+        .iter()
+        .flat_map(|c| nvrtc::ptxas_report(&c.log))
+        .collect();
+    {
+        for r in &resources {
             writeln!(
                 ctx.out,
                 "  {:<40} {:>3} registers {:>6} B shared {:>3} B spilled {:>3} B stack",
@@ -512,5 +554,78 @@ fn kernels(
         hit.as_secs_f64() * 1e3
     )?;
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(batch) = report {
+        roofline(ctx, plan, &specs, &resources, batch)?;
+    }
+    Ok(())
+}
+
+/// `kernels --report`: each kernel's occupancy, work and roofline time at `batch`.
+fn roofline(
+    ctx: &mut Ctx,
+    plan: &alexnet::ir::Plan,
+    specs: &[&alexnet::ir::KernelSpec],
+    resources: &[alexnet::runtime::cuda::nvrtc::KernelResources],
+    batch: usize,
+) -> Result<(), AnyError> {
+    use alexnet::codegen::cuda::roofline::{estimate, Bound, H200};
+    let gpu = H200;
+    writeln!(
+        ctx.out,
+        "\nroofline at batch {batch} on an {} ({} SMs; measured ceilings: f32 {:.0} TFLOP/s, 16-bit tensor cores {:.0} TFLOP/s, {:.1} TB/s):",
+        gpu.name,
+        gpu.sms,
+        gpu.f32_flops / 1e12,
+        gpu.f16_flops / 1e12,
+        gpu.bandwidth / 1e12
+    )?;
+    writeln!(
+        ctx.out,
+        "  {:<40} {:>4} {:>6} {:>7} {:>7} {:>10} {:>9} {:>9}  bound",
+        "kernel", "regs", "smem B", "blk/SM", "grid", "GFLOP", "MB", "model us"
+    )?;
+    let mut totals = [0.0f64; 2];
+    for spec in specs {
+        let Some(r) = resources.iter().find(|r| r.name == spec.name()) else {
+            return Err(format!("ptxas reported nothing for `{}`", spec.name()).into());
+        };
+        let e = estimate(spec, plan, batch, &gpu, r.registers, r.shared_bytes);
+        let part = usize::from(!matches!(spec.role, alexnet::ir::Role::Forward));
+        totals[part] += e.seconds;
+        writeln!(
+            ctx.out,
+            "  {:<40} {:>4} {:>6} {:>7} {:>7} {:>10.4} {:>9.2} {:>9.1}  {}",
+            spec.name(),
+            r.registers,
+            r.shared_bytes,
+            e.blocks_per_sm,
+            e.blocks,
+            e.flops as f64 / 1e9,
+            e.bytes as f64 / 1e6,
+            e.seconds * 1e6,
+            match e.bound {
+                Bound::Compute if e.fill < 1.0 =>
+                    format!("compute, grid fills {:.0}% of the GPU", 100.0 * e.fill),
+                Bound::Compute => "compute".to_string(),
+                Bound::Memory => "memory".to_string(),
+            }
+        )?;
+    }
+    writeln!(
+        ctx.out,
+        "model total: forward {:.2} ms{}",
+        totals[0] * 1e3,
+        if specs
+            .iter()
+            .any(|s| !matches!(s.role, alexnet::ir::Role::Forward))
+        {
+            format!(
+                ", training kernels {:.2} ms (a step runs the forward kernels too)",
+                totals[1] * 1e3
+            )
+        } else {
+            String::new()
+        }
+    )?;
     Ok(())
 }

@@ -49,3 +49,20 @@ fn a_grid_smaller_than_the_gpu_lowers_the_compute_ceiling() {
     assert!(fc.seconds > full * 132.0 / fc.blocks as f64 * 0.999);
     assert!(fc.fill < 1.0);
 }
+
+#[test]
+fn the_optimiser_moves_every_parameter() {
+    let plan = plan_from_str("N<3, 16, 16> { conv(8, 3) relu maxpool(2) fc(10) softmax }").unwrap();
+    let k = kernels(&plan).into_owned();
+    let params: u64 = plan.params().iter().map(|p| p.len() as u64).sum();
+    let find = |want: fn(&Role) -> bool| {
+        let spec = k.training.iter().find(|s| want(&s.role)).unwrap();
+        estimate(spec, &plan, 32, &H200, 32, 0)
+    };
+    // Weights, gradients and momentum read; weights and momentum written.
+    let sgd = find(|r| matches!(r, Role::Sgd { .. })).bytes;
+    assert_eq!(sgd, 5 * 4 * params);
+    // The gradients read, and one flag written per tensor.
+    let finite = find(|r| matches!(r, Role::Finite { .. })).bytes;
+    assert_eq!(finite, 4 * params + 4 * plan.params().len() as u64);
+}

@@ -10,7 +10,7 @@
 //! allows, not how fast it will run; `alexnet kernels --report` prints it.
 
 use crate::ir::Plan;
-use crate::kernels::spec::{Access, ArgTy, Elem, KernelSpec};
+use crate::kernels::spec::{Access, ArgTy, Elem, KernelSpec, Role};
 
 /// A GPU's limits as the roofline model and the occupancy calculation use them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,7 +40,7 @@ pub struct Gpu {
 /// measured there on 2026-11-27 (`../shared/gpu/README.md`): fp32 GEMM ~51 TFLOP/s,
 /// bf16 GEMM ~770 TFLOP/s, a device copy ~4.3 TB/s.
 pub const H200: Gpu = Gpu {
-    name: "H200 (measured ceilings)",
+    name: "H200",
     sms: 132,
     regs_per_sm: 65536,
     reg_unit: 256,
@@ -93,7 +93,8 @@ pub struct Estimate {
     pub blocks: u64,
     /// Blocks that run at once on one multiprocessor.
     pub blocks_per_sm: u32,
-    /// The fraction of the multiprocessors the grid can keep busy (at most 1).
+    /// The fraction of the multiprocessors that get a block (at most 1): the compute
+    /// ceiling is scaled by it.
     pub fill: f64,
     /// The time the model allows, seconds.
     pub seconds: f64,
@@ -116,40 +117,53 @@ pub fn estimate(
         Some(_) => 2 * plan.layers[spec.layer()].macs() * batch as u64,
         None => 0,
     };
-    let bytes: u64 = spec
+    let mut bytes: u64 = spec
         .args
         .iter()
-        .filter_map(|a| match (a.ty, a.len) {
-            (ArgTy::Ptr(elem, access), Some(len)) => {
-                let once = len.needed(batch) * elem.bytes() as u64;
-                Some(if access == Access::Update {
-                    2 * once
-                } else {
-                    once
-                })
-            }
-            _ => None,
+        .filter_map(|a| {
+            let (ArgTy::Ptr(elem, access), Some(len)) = (a.ty, a.len) else {
+                return None;
+            };
+            let once = len.needed(batch) * elem.bytes() as u64;
+            Some(if access == Access::Update {
+                2 * once
+            } else {
+                once
+            })
         })
         .sum();
+    // The optimiser's kernels reach their tensors through a struct of pointers: the SGD
+    // update reads weights, gradients and momentum and writes weights and momentum; the
+    // finite check reads the gradients.
+    let tensors = |first: usize, count: usize| -> u64 {
+        let params = plan.params();
+        let values: usize = params.iter().skip(first).take(count).map(|p| p.len()).sum();
+        4 * values as u64
+    };
+    if let Role::Sgd { first, count } = spec.role {
+        bytes += 5 * tensors(first, count);
+    }
+    if let Role::Finite { first, count } = spec.role {
+        bytes += tensors(first, count);
+    }
     let [x, y, z] = spec.launch.grid(batch);
     let blocks = u64::from(x) * u64::from(y) * u64::from(z);
     let per_sm = gpu.blocks_per_sm(spec.launch.block, registers, smem);
+    // A grid of fewer blocks than SMs leaves SMs idle; each SM's own peak needs a few
+    // blocks too, but the model charges only for the idle SMs.
     let fill = if per_sm == 0 {
         0.0
     } else {
-        (blocks as f64 / (f64::from(gpu.sms) * f64::from(per_sm))).min(1.0)
+        (blocks as f64 / f64::from(gpu.sms)).min(1.0)
     };
-    // A grid smaller than one wave leaves SMs idle; each SM's own peak needs a few blocks
-    // too, but the model charges only for the idle SMs.
-    let sm_fill = (blocks as f64 / f64::from(gpu.sms)).min(1.0);
     let peak = match spec.gemm.map(|g| g.elem) {
         Some(Elem::F16 | Elem::Bf16) => gpu.f16_flops,
         _ => gpu.f32_flops,
     };
     let compute = if flops == 0 {
         0.0
-    } else if sm_fill > 0.0 {
-        flops as f64 / (peak * sm_fill)
+    } else if fill > 0.0 {
+        flops as f64 / (peak * fill)
     } else {
         f64::INFINITY
     };

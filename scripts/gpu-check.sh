@@ -5,7 +5,7 @@
 # benches/gpu_forward.rs (each generated kernel beside cuDNN / cuBLAS), benches/gpu_train.rs
 # (an AlexNet training step), benches/towers.rs (AlexNet split into its two towers on two
 # streams, and two GPUs when there are two, against unsplit), a short `train` run on CUDA, and scripts/bench_torch.py
-# (PyTorch eager on the same GPU, when the machine has it); and scripts/gpu-sanitize.sh, the
+# (PyTorch eager, AMP and torch.compile on the same GPU, when the machine has it); and scripts/gpu-sanitize.sh, the
 # GPU tests under compute-sanitizer, for a second call.
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
@@ -31,7 +31,13 @@ OUT=${OUT:-$here/out}; mkdir -p "$OUT"
 py=/opt/torch/.venv/bin/python
 if [ -x "$py" ]; then
   echo "==== PyTorch reference ===="
-  timeout 300 "$py" "$here/bench_torch.py" 2>&1 | tee "$OUT/torch.log" | grep -v Warning
+  # Eager f32/TF32/fp16/bf16/AMP (whole forward, training step, each stage alone), then
+  # torch.compile, batch 1 and 128, until TORCH_BUDGET_S; TORCH_ARGS adds flags (e.g.
+  # "--batch 128 --compile-mode max-autotune-no-cudagraphs"). JSON: $OUT/bench_torch.json.
+  tb=${TORCH_BUDGET_S:-150}
+  # shellcheck disable=SC2086
+  timeout $((tb + 150)) "$py" "$here/bench_torch.py" --out "$OUT/bench_torch.json" --budget-s "$tb" \
+    ${TORCH_ARGS:-} 2>&1 | tee "$OUT/torch.log" | grep -v -e Warning -e '^    '
 fi
 bash "$here/run.sh"
 EOS

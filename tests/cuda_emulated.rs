@@ -44,7 +44,10 @@ static std::barrier<>* block_barrier = nullptr;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-static inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+// Which barrier interval a thread is in (threads are made anew for every block): the
+// tensor-core emulation's race check compares them.
+static thread_local unsigned sync_epoch = 0;
+static inline void __syncthreads() { block_barrier->arrive_and_wait(); ++sync_epoch; }
 static inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
 // A warp's lanes exchange values through a buffer, meeting on the warp's own barrier
 // (whole warps return together in the kernels that shuffle, as on a GPU).
@@ -234,6 +237,18 @@ fn emulate(
     bufs: &[(&str, &[f32])],
     scalars: &[(&str, String)],
 ) -> HashMap<String, Vec<f32>> {
+    emulate_variant(cxx, k, &cuda::source(k), batch, bufs, scalars)
+}
+
+/// [`emulate`] with `source` (the kernel's, or a variant of it) instead of the kernel's.
+fn emulate_variant(
+    cxx: &str,
+    k: &KernelSpec,
+    source: &str,
+    batch: usize,
+    bufs: &[(&str, &[f32])],
+    scalars: &[(&str, String)],
+) -> HashMap<String, Vec<f32>> {
     let args: Vec<String> = k
         .args
         .iter()
@@ -257,17 +272,16 @@ fn emulate(
         })
         .collect();
     let call = format!("{}({})", k.name(), args.join(", "));
-    let tag = format!("{}-{batch}", k.name());
+    let tag = format!("{}-{batch}-{:x}", k.name(), fnv(source));
     let grid = k.launch.grid(batch);
-    emulate_source(
-        cxx,
-        &tag,
-        &cuda::source(k),
-        &call,
-        grid,
-        k.launch.block,
-        bufs,
-    )
+    emulate_source(cxx, &tag, source, &call, grid, k.launch.block, bufs)
+}
+
+/// A short hash of a kernel's source, so that variants of one kernel build apart.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Compiles `source` (kernels) with the prelude, the tensor-core emulation and the driver,
@@ -860,6 +874,49 @@ fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
             start.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The emulation checks the pipeline's shared-memory hazards whatever the threads' timing
+/// (`tests/emulation/mma.hpp`): a pipeline that refills a stage before every warp has
+/// finished reading it (here the barrier moved after the refill) is stopped with the race
+/// named, although on the host it may well compute the right numbers.
+#[test]
+fn a_stage_refilled_before_the_barrier_fails_under_emulation() {
+    use alexnet::codegen::kernels::mma::{MmaGemm, MmaTile};
+    use alexnet::codegen::kernels::spec::Epilogue;
+    let Some(cxx) = compiler() else { return };
+    let plain = Epilogue {
+        bias: false,
+        relu: false,
+    };
+    let g = MmaGemm::new(13, 100, 1152, Elem::Bf16, MmaTile::LARGE, plain).unwrap();
+    let spec = g.spec(0, "early");
+    let right = "        cp_async_wait<STAGES - 2>();\n        __syncthreads();\n        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);\n        cp_async_commit();\n";
+    let wrong = "        cp_async_wait<STAGES - 2>();\n        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);\n        cp_async_commit();\n        __syncthreads();\n";
+    let source = cuda::source(&spec);
+    assert!(source.contains(right), "gemm_mma.cuh's main loop changed");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let (batch, m, n, k) = (3, 39, 100, 1152);
+    let (a, ar) = operand(Elem::Bf16, &random(&mut rng, m * k));
+    let (b, br) = operand(Elem::Bf16, &random(&mut rng, n * k));
+    let want = gemm_reference(&ar, &br, None, false, n);
+    let c0 = vec![f32::NAN; m * n];
+    let bufs: [(&str, &[f32]); 4] = [("a", &a), ("b", &b), ("bias", &[]), ("c", &c0)];
+    let right_c = emulate_variant(&cxx, &spec, &source, batch, &bufs, &[])["c"].clone();
+    close("the pipeline as written", &right_c, &want, 1e-5);
+    let broken = source.replacen(right, wrong, 1);
+    let failed = std::panic::catch_unwind(|| {
+        emulate_variant(&cxx, &spec, &broken, batch, &bufs, &[]);
+    });
+    let message = failed
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .expect("a stage refilled before the barrier went unnoticed");
+    assert!(
+        message.contains("race: cp.async refills a chunk another warp read")
+            || message.contains("race: ldmatrix reads a chunk another warp refilled"),
+        "{message}"
+    );
 }
 
 /// One warp runs each primitive of `mma.cuh` on data the test chose and writes what it

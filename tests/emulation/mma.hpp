@@ -12,11 +12,19 @@
 // - ldmatrix.x4: the lanes publish their row addresses; lane 4r + w reads word w of row r
 //   of matrix i into register i.
 // - cp.async: each thread queues its copies and commits them in groups; a copy happens
-//   only when a wait_group needs it to have landed (the latest the PTX allows), so a
-//   kernel that reads a stage before waiting for it reads stale data and fails.
+//   only when a wait_group needs it to have landed (the latest the PTX allows), and the
+//   destination holds NaN until then, so a kernel that reads a stage before waiting for
+//   it reads garbage and fails.
+// - Races, found whatever the threads' timing: every 16-byte chunk of shared memory that
+//   cp.async writes or ldmatrix reads remembers the barrier interval (`sync_epoch`) and
+//   the warps of its last reads and of its last refill, and whether its copy is still in
+//   flight. A refill and a read by different warps in one interval, or a read of a copy
+//   that has not landed, stop the kernel with "race: ..." on stderr.
 #define ALEXNET_HOST_EMULATION
 #include <cstdint>
 #include <deque>
+#include <mutex>
+#include <unordered_map>
 
 #define __align__(n) __attribute__((aligned(n)))
 struct alignas(16) uint4 { unsigned x, y, z, w; };
@@ -116,8 +124,60 @@ static inline void check_aligned16(const void* p, const char* what) {
     }
 }
 
+struct ChunkUse {
+    unsigned block = ~0u;
+    unsigned read_epoch = ~0u, read_warps = 0;  // warps (bits) that read it in read_epoch
+    unsigned write_epoch = ~0u, writer = ~0u;
+    bool in_flight = false;
+};
+static std::mutex chunk_mutex;
+static std::unordered_map<std::uintptr_t, ChunkUse> chunk_uses;
+
+static inline unsigned block_serial() {
+    return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+}
+
+[[noreturn]] static inline void race(const char* what, const void* p) {
+    std::fprintf(stderr, "race: %s (shared address %p, block %u, thread %u, interval %u)\n",
+                 what, p, block_serial(), threadIdx.x, sync_epoch);
+    std::abort();
+}
+
+// The record of the chunk at `p` for this block (entries of earlier blocks start over).
+static inline ChunkUse& chunk_use(const void* p) {
+    ChunkUse& u = chunk_uses[reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{15}];
+    if (u.block != block_serial()) u = ChunkUse{block_serial()};
+    return u;
+}
+
+static inline void note_read(const void* p) {
+    std::lock_guard<std::mutex> lock(chunk_mutex);
+    ChunkUse& u = chunk_use(p);
+    const unsigned warp = threadIdx.x / 32;
+    if (u.in_flight) race("ldmatrix reads a chunk whose cp.async has not landed", p);
+    if (u.write_epoch == sync_epoch && u.writer != warp)
+        race("ldmatrix reads a chunk another warp refilled since the last barrier", p);
+    if (u.read_epoch != sync_epoch) u.read_epoch = sync_epoch, u.read_warps = 0;
+    u.read_warps |= 1u << warp;
+}
+
+static inline void note_refill(const void* p) {
+    std::lock_guard<std::mutex> lock(chunk_mutex);
+    ChunkUse& u = chunk_use(p);
+    const unsigned warp = threadIdx.x / 32;
+    if (u.read_epoch == sync_epoch && (u.read_warps & ~(1u << warp)))
+        race("cp.async refills a chunk another warp read since the last barrier", p);
+    u.write_epoch = sync_epoch, u.writer = warp, u.in_flight = true;
+}
+
+static inline void note_landed(const void* p) {
+    std::lock_guard<std::mutex> lock(chunk_mutex);
+    chunk_use(p).in_flight = false;
+}
+
 static inline void ldmatrix_x4(unsigned (&r)[4], const void* row) {
     check_aligned16(row, "ldmatrix");
+    note_read(row);
     LaneSlot mine{};
     mine.row = row;
     const LaneSlot* s = warp_exchange(mine);
@@ -135,6 +195,11 @@ static thread_local std::deque<std::vector<AsyncCopy>> cp_groups;  // committed,
 static inline void cp_async_16(void* dst, const void* src, bool pred) {
     check_aligned16(dst, "cp.async destination");
     if (pred) check_aligned16(src, "cp.async source");
+    // Until the wait that makes it land, the destination holds garbage on a GPU: NaN here
+    // (all ones is NaN in f32, f16 and bf16), so that a read before the wait, or another
+    // warp still reading a stage that is being refilled, shows in the result.
+    note_refill(dst);
+    std::memset(dst, 0xFF, 16);
     cp_issued.push_back({dst, src, pred});
 }
 
@@ -149,6 +214,7 @@ static inline void cp_async_wait() {
         for (const AsyncCopy& c : cp_groups.front()) {
             if (c.pred) std::memcpy(c.dst, c.src, 16);
             else std::memset(c.dst, 0, 16);
+            note_landed(c.dst);
         }
         cp_groups.pop_front();
     }

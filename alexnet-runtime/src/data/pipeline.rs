@@ -34,8 +34,13 @@ use crate::ir::Shape;
 use crate::synthetic::Synthetic;
 use crate::weights::{read_safetensors_with_metadata, write_safetensors, NamedTensor};
 
-/// The `format` metadata of a saved [`Preprocess`].
+/// The `format` metadata of a saved [`Preprocess`] whose values are divided by nothing
+/// per channel (`std` all ones): what every version reads.
 pub const DATA_FORMAT: &str = "alexnet-rs-data/1";
+
+/// The `format` metadata of a saved [`Preprocess`] with per-channel divisors: a version
+/// that knows only [`DATA_FORMAT`] refuses it instead of ignoring the divisors.
+pub const DATA_FORMAT_STD: &str = "alexnet-rs-data/2";
 
 /// ImageNet's per-channel mean of RGB values in [0, 1], as torchvision normalises inputs
 /// for its pretrained models.
@@ -313,7 +318,15 @@ impl Preprocess {
         }
         let meta = HashMap::from(
             [
-                ("format", DATA_FORMAT.to_string()),
+                (
+                    "format",
+                    if self.std == [1.0; 3] {
+                        DATA_FORMAT
+                    } else {
+                        DATA_FORMAT_STD
+                    }
+                    .to_string(),
+                ),
                 ("side", self.side.to_string()),
                 ("crop", format!("{}x{}", self.crop.0, self.crop.1)),
                 ("scale", format!("{:?}", self.scale)),
@@ -335,9 +348,10 @@ impl Preprocess {
             path: Some(path.to_path_buf()),
             message,
         };
-        if meta.get("format").map(String::as_str) != Some(DATA_FORMAT) {
+        let format = meta.get("format").map(String::as_str);
+        if format != Some(DATA_FORMAT) && format != Some(DATA_FORMAT_STD) {
             return Err(bad(format!(
-                "not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}`)"
+                "not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}` or `{DATA_FORMAT_STD}`)"
             )));
         }
         let get = |k: &str| {
@@ -554,7 +568,7 @@ mod tests {
         assert_eq!(
             Preprocess::load(&path).unwrap_err().to_string(),
             format!(
-                "{}: not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}`)",
+                "{}: not a data preprocessing file (metadata `format` should be `{DATA_FORMAT}` or `{DATA_FORMAT_STD}`)",
                 path.display()
             )
         );
@@ -593,6 +607,26 @@ mod tests {
         let path = std::env::temp_dir().join(format!("alexnet-pre-tv-{}.st", std::process::id()));
         tv.save(&path).unwrap();
         assert_eq!(Preprocess::load(&path).unwrap(), tv);
+        let (tensors, mut meta) = read_safetensors_with_metadata(&path).unwrap();
+        assert_eq!(meta["format"], DATA_FORMAT_STD);
+        // A file written before the divisors existed (format 1, no `std`) has ones.
+        meta.insert("format".into(), DATA_FORMAT.into());
+        meta.remove("std");
+        write_safetensors(&path, &tensors, Some(meta.clone())).unwrap();
+        assert_eq!(Preprocess::load(&path).unwrap().std, [1.0; 3]);
+        for bad in ["1,2", "0,1,1", "nan,1,1", "1,1,1,1", "a,b,c", "-1,1,1"] {
+            meta.insert("std".into(), bad.into());
+            write_safetensors(&path, &tensors, Some(meta.clone())).unwrap();
+            let err = Preprocess::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("metadata `std` = `{bad}`")),
+                "{bad}: {err}"
+            );
+        }
+        // The paper's preprocessing is saved as format 1, which every version reads.
+        paper.save(&path).unwrap();
+        let (_, meta) = read_safetensors_with_metadata(&path).unwrap();
+        assert_eq!(meta["format"], DATA_FORMAT);
         assert!(Preprocess::side_for(Shape::new(3, 224, 200)).is_err());
         assert!(Preprocess::torchvision(Shape::new(1, 224, 224)).is_err());
         let _ = std::fs::remove_file(&path);

@@ -131,8 +131,9 @@ pub enum MmaError {
     /// A row of `a` or `b` (`k` values) is not a whole number of 16-byte chunks: the
     /// pipeline copies 16 bytes at a time from row starts it assumes aligned.
     UnalignedK { k: usize, elem: Elem },
-    /// The tile breaks a rule of the template (warp tiles multiples of 16 x 16, a K step
-    /// of 2, 4 or 8 chunks, at least two stages, at most 48 KiB of static shared memory).
+    /// The tile breaks a rule of the template (no empty side, at most 32 warps, warp tiles
+    /// multiples of 16 x 16, a K step of 2, 4 or 8 chunks, at least two stages, at most 48
+    /// KiB of static shared memory).
     Tile(MmaTile),
     /// An empty dimension.
     Empty,
@@ -186,8 +187,13 @@ impl MmaGemm {
         }
         let t = tile.for_elem(elem);
         let chunks = t.bk * elem.bytes() / 16;
+        // A block is at most 1024 threads (32 warps); empty tiles would divide by zero.
         let ok = t.warps_m > 0
             && t.warps_n > 0
+            && t.warps_m * t.warps_n <= 32
+            && t.bm > 0
+            && t.bn > 0
+            && t.bk > 0
             && t.bm.is_multiple_of(16 * t.warps_m)
             && t.bn.is_multiple_of(16 * t.warps_n)
             && (t.bk * elem.bytes()).is_multiple_of(16)
@@ -316,6 +322,27 @@ mod tests {
             MmaGemm::new(1, 10, 16, Elem::Bf16, bad, PLAIN),
             Err(MmaError::Tile(bad))
         );
+        // Empty tiles (a division by zero in the launch) and blocks over 1024 threads.
+        for bad in [
+            MmaTile {
+                bm: 0,
+                ..MmaTile::LARGE
+            },
+            MmaTile {
+                bn: 0,
+                ..MmaTile::LARGE
+            },
+            MmaTile {
+                bm: 1024,
+                warps_m: 64,
+                ..MmaTile::LARGE
+            },
+        ] {
+            assert_eq!(
+                MmaGemm::new(1, 10, 16, Elem::Bf16, bad, PLAIN),
+                Err(MmaError::Tile(bad))
+            );
+        }
     }
 
     #[test]

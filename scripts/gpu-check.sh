@@ -16,7 +16,7 @@ pack=${ALEXNET_PACK:-../shared/gpu/pack.sh}
 [ -f "$pack" ] || { echo "gpu-check: $pack not found (set ALEXNET_PACK)" >&2; exit 2; }
 bash "$pack" \
   --example "alexnet:bench --device cuda --batch 1,7,128 --runs 20" \
-  --example "alexnet:train --device cuda --epochs 3 --checkpoint /tmp/alexnet-train" \
+  --example "alexnet:train --device cuda --epochs 3 --checkpoint /tmp/alexnet-train --overwrite" \
   --bench gpu_forward \
   --bench gpu_train \
   --bench towers

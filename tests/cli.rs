@@ -484,7 +484,9 @@ fn train_on_an_image_folder_skips_and_reports_broken_files() {
     std::fs::create_dir_all(empty.join("nothing")).unwrap();
     let err = fails(
         alexnet()
-            .args(["train", "--device", "cpu", "--data"])
+            .args(["train", "--device", "cpu", "--checkpoint"])
+            .arg(root.join("empty-run"))
+            .arg("--data")
             .arg(&empty),
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -1482,6 +1484,8 @@ fn train_refuses_to_overwrite_a_run() {
         err.starts_with(&format!("{} already holds a run", b.display())),
         "{err}"
     );
+    // Not `--resume b`: that would go on with b's run, not the one given.
+    assert!(!err.contains("--resume"), "{err}");
     let text = succeeds(
         small_train()
             .args([
@@ -1607,6 +1611,20 @@ fn more_classes_than_outputs_is_an_error() {
         "--classes 12: `SmallNet` has 10 outputs, so at most 10 classes"
     );
     assert!(!dir.join("state.safetensors").exists());
+    // The generated set's options mean nothing with an image folder: refused, not ignored.
+    for flag in ["--classes", "--images", "--val-images"] {
+        let out = alexnet()
+            .args(["train", "--device", "cpu", flag, "8", "--data"])
+            .arg(&dir)
+            .output();
+        assert!(
+            matches!(out.result, Err(alexnet_cli::Error::Usage(_)))
+                && out.error().contains(flag)
+                && out.error().contains("--data"),
+            "{flag}: {}",
+            out.error()
+        );
+    }
 }
 
 /// `demo --weights` that cannot be loaded fails before printing the layer table.

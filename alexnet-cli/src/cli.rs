@@ -85,7 +85,7 @@ enum Command {
         #[arg(long)]
         report: bool,
         /// The batch size of --report.
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536), requires = "report")]
         batch: u64,
     },
     /// Trains a network on generated shapes or an image folder (SGD with momentum, weight

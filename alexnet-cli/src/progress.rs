@@ -12,8 +12,9 @@ pub fn bar(ctx: &Ctx, len: u64, prefix: &str) -> ProgressBar {
         .with_prefix(prefix.to_string())
 }
 
-/// The bars' line: at most 80 columns for up to 9,999,999 images, up to 99,999 images/s
-/// and a short message (`loss 2.3026`), e.g.
+/// The bars' line: at most 80 columns for prefixes up to 11 characters (`epoch 10/90`;
+/// `epoch 100/100` makes it 82), up to 9,999,999 images, up to 99,999 images/s and a short
+/// message (`loss 2.3026`), e.g.
 /// `  epoch 1/8 [===>          ] 1,024/4,096 810 img/s ETA 4s loss 2.3026`.
 fn style() -> ProgressStyle {
     ProgressStyle::with_template(

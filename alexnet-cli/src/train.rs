@@ -74,14 +74,15 @@ pub struct TrainArgs {
     /// `DIR/val/...`) instead of generated shapes.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Generated training images per epoch (without --data).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
+    /// Generated training images per epoch (not with --data).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 26), conflicts_with = "data")]
     images: u64,
-    /// Generated validation images, held out from training (without --data).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 26))]
+    /// Generated validation images, held out from training (not with --data).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 26), conflicts_with = "data")]
     val_images: u64,
-    /// Classes of the generated set (at most 12, and at most the network's outputs).
-    #[arg(long, default_value_t = 10)]
+    /// Classes of the generated set (at most 12, and at most the network's outputs; not
+    /// with --data, whose classes are its subfolders).
+    #[arg(long, default_value_t = 10, conflicts_with = "data")]
     classes: usize,
     /// Folder for `state.safetensors` (the whole training state, written atomically after
     /// every epoch), `data.safetensors` (the mean image, colour components and class
@@ -243,11 +244,15 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         .as_ref()
         .is_some_and(|r| data::same_file(r, &state_path));
     if state_path.exists() && !resumed_here && !a.overwrite {
+        // Resuming another state into this folder: `--resume DIR` would name the other run.
+        let go_on = match &a.resume {
+            Some(_) => String::new(),
+            None => format!("to go on with it: `--resume {}`; ", dir.display()),
+        };
         return Err(format!(
-            "{} already holds a run ({}); to go on with it: `--resume {}`; to start another: `--checkpoint <another folder>`; to replace it: `--overwrite`",
+            "{} already holds a run ({}); {go_on}to start another: `--checkpoint <another folder>`; to replace it: `--overwrite`",
             dir.display(),
             state_path.display(),
-            dir.display()
         )
         .into());
     }

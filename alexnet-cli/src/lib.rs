@@ -190,6 +190,21 @@ where
     }
 }
 
+/// Ends the process at once with `code`, running no exit handler: called from the
+/// signal-handling thread while the command's threads (and OpenBLAS's, whose exit handler
+/// frees what they use) are still running, where `std::process::exit` could crash the
+/// process instead of giving `code`. Every file is replaced atomically, so nothing is torn.
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` takes no pointer and ends the process without touching memory that
+    // other threads use; it is async-signal-safe.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
+}
+
 /// The program: runs the process's arguments with the commands' output on stdout and
 /// progress bars on stderr. As clap's `parse`, `--help` prints the help (exit code 0)
 /// and arguments that do not parse print clap's message on stderr (exit code 2); a
@@ -204,7 +219,7 @@ pub fn main() -> ExitCode {
     let handler = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopped at once (second signal)");
-            std::process::exit(130);
+            exit_now(130);
         }
         eprintln!("\nstopping after this step (a second signal stops at once)");
     });

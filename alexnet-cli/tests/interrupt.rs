@@ -176,7 +176,7 @@ fn a_second_signal_exits_at_once_and_corrupts_nothing() {
     signal(&child, "INT");
     let status = child.wait().unwrap();
     let stderr = reader.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(status.code(), Some(130), "{status:?}\n{stderr}");
     assert!(
         stderr.contains("stopped at once (second signal)"),
         "{stderr}"

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use alexnet::ir::Op;
 use alexnet::nets::AlexNet;
 use alexnet::runtime::footprint::{human, Footprint};
 use alexnet::runtime::prelude::*;
@@ -319,7 +318,7 @@ fn infer(
     // A NaN in the input would come out as plausible probabilities (a max swallows it).
     check_finite(std::slice::from_ref(&x), Some(input))?;
     let x = Tensor::new(x.shape, x.data)?;
-    let softmax_last = matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)));
+    let softmax_last = plan.ends_in_softmax();
     let mut logits = None;
     let before_softmax = softmax_last.then(|| plan.layers[plan.layers.len() - 2].name.to_string());
     let y = model.forward_inspect(&x, |name, values| {

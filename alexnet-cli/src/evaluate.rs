@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use alexnet::ir::Op;
+use alexnet::runtime::cpu::softmax;
 use alexnet::runtime::data::pipeline::Preprocess;
 use alexnet::runtime::eval::{average_crops, top_k, Evaluation};
 use alexnet::runtime::prelude::*;
@@ -53,27 +54,13 @@ impl Classifier {
     /// Class probabilities of a batch, `[n, classes]` row by row.
     fn probabilities(&self, x: &Tensor) -> Result<Vec<f32>, AnyError> {
         let y = self.model.forward(x)?;
-        let mut p = y.into_data();
-        if self.host_softmax {
-            let classes = self.model.plan().output().len();
-            for row in p.chunks_mut(classes) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f64;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += f64::from(*v);
-                }
-                row.iter_mut()
-                    .for_each(|v| *v = (f64::from(*v) / sum) as f32);
-            }
+        if !self.host_softmax {
+            return Ok(y.into_data());
         }
+        let mut p = vec![0.0; y.data().len()];
+        softmax(y.data(), &mut p, self.model.plan().output());
         Ok(p)
     }
-}
-
-/// Whether `plan` ends in softmax (otherwise the classifier applies one to its outputs).
-fn ends_in_softmax(plan: &alexnet::ir::Plan) -> bool {
-    matches!(plan.layers.last().map(|l| l.op), Some(Op::Softmax(_)))
 }
 
 /// A checkpoint's model (checked tensor by tensor against the network) and the
@@ -101,7 +88,7 @@ fn open(checkpoint: &Path, net: Option<Net>, device: &DeviceArgs) -> Result<Clas
     }
     let model = Model::load(device.open()?, plan.clone(), &weights)?;
     Ok(Classifier {
-        host_softmax: !ends_in_softmax(plan),
+        host_softmax: !plan.ends_in_softmax(),
         model,
         pre,
         weights,
@@ -168,7 +155,7 @@ fn open_weights(
     }
     let model = Model::load(device.open()?, plan.clone(), weights)?;
     Ok(Classifier {
-        host_softmax: !ends_in_softmax(plan),
+        host_softmax: !plan.ends_in_softmax(),
         model,
         pre,
         weights: weights.to_path_buf(),

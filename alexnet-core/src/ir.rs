@@ -165,6 +165,12 @@ impl Plan {
         self.layers.last().map_or(self.input, |l| l.output)
     }
 
+    /// Whether the network's last layer is a softmax: its output is probabilities, not
+    /// logits.
+    pub fn ends_in_softmax(&self) -> bool {
+        matches!(self.layers.last().map(|l| l.op), Some(Op::Softmax(_)))
+    }
+
     /// Saturates rather than overflowing (a network that large is refused by the checker).
     pub fn param_count(&self) -> usize {
         self.layers

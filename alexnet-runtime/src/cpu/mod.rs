@@ -29,6 +29,8 @@ use crate::backend::{Element, Inference, Memory};
 use crate::error::{Error, Result};
 use crate::ir::{Layer, Op, Plan, Stage};
 
+pub use softmax::softmax;
+
 /// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
 #[derive(Clone, Debug)]
 pub struct Cpu {

@@ -193,15 +193,7 @@ fn infer_writes_logits_and_probabilities() {
         None,
     )
     .unwrap();
-    succeeds(
-        alexnet()
-            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-            .arg(&w)
-            .arg("--input")
-            .arg(&x)
-            .arg("--output")
-            .arg(&y),
-    );
+    succeeds(&mut infer_small(&w, &x, &y));
     let written = read_safetensors(&y).unwrap();
     let probs = written.iter().find(|t| t.name == "probabilities").unwrap();
     let logits = written.iter().find(|t| t.name == "logits").unwrap();
@@ -1037,15 +1029,7 @@ fn an_integer_input_is_not_called_mismatched_weights() {
         safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![1, 3, 32, 32], &ints)
             .unwrap();
     std::fs::write(&x, safetensors::serialize([("input", view)], None).unwrap()).unwrap();
-    let err = fails(
-        alexnet()
-            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-            .arg(&w)
-            .arg("--input")
-            .arg(&x)
-            .arg("--output")
-            .arg(dir.join("y.safetensors")),
-    );
+    let err = fails(&mut infer_small(&w, &x, &dir.join("y.safetensors")));
     assert_eq!(
         err,
         format!(
@@ -1069,15 +1053,7 @@ fn a_mis_shaped_input_names_the_file() {
             data: vec![0.5; n],
         };
         write_safetensors(&x, &[t], None).unwrap();
-        let err = fails(
-            alexnet()
-                .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-                .arg(&w)
-                .arg("--input")
-                .arg(&x)
-                .arg("--output")
-                .arg(dir.join("y.safetensors")),
-        );
+        let err = fails(&mut infer_small(&w, &x, &dir.join("y.safetensors")));
         let shown = format!(
             "[{}]",
             shape
@@ -1307,16 +1283,7 @@ fn infer_refuses_non_finite_inputs_and_weights() {
         )
         .unwrap()
     };
-    let infer = |weights: &std::path::Path| {
-        alexnet()
-            .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-            .arg(weights)
-            .arg("--input")
-            .arg(&x)
-            .arg("--output")
-            .arg(&y)
-            .output()
-    };
+    let infer = |weights: &std::path::Path| infer_small(weights, &x, &y).output();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut data = good.clone();
         data[1000] = bad;
@@ -1426,6 +1393,18 @@ fn a_run_removes_the_temporary_files_of_a_killed_one() {
 }
 
 /// `train` with the arguments of a small run on generated images (32 of them, 8 held out).
+/// `infer` of the small net on the CPU: weights `w`, input `x`, output `y`.
+fn infer_small(w: &std::path::Path, x: &std::path::Path, y: &std::path::Path) -> Alexnet {
+    let mut cmd = alexnet();
+    cmd.args(["infer", "--device", "cpu", "--net", "small", "--weights"])
+        .arg(w)
+        .arg("--input")
+        .arg(x)
+        .arg("--output")
+        .arg(y);
+    cmd
+}
+
 fn small_train() -> Alexnet {
     let mut cmd = alexnet();
     cmd.args([
@@ -1699,15 +1678,7 @@ fn infer_does_not_overwrite_its_input() {
         (dir.join(".").join("x.safetensors"), "input", &x),
         (w.clone(), "weights", &w),
     ] {
-        let err = fails(
-            alexnet()
-                .args(["infer", "--device", "cpu", "--net", "small", "--weights"])
-                .arg(&w)
-                .arg("--input")
-                .arg(&x)
-                .arg("--output")
-                .arg(&output),
-        );
+        let err = fails(&mut infer_small(&w, &x, &output));
         assert_eq!(
             err,
             format!(

@@ -382,24 +382,17 @@ impl Preprocess {
         // Files written before per-channel divisors existed have none: ones.
         let std = match meta.get("std") {
             None => [1.0; 3],
-            Some(v) => {
-                let parts: Vec<f32> = v
-                    .split(',')
-                    .map(|p| p.trim().parse::<f32>())
-                    .collect::<std::result::Result<_, _>>()
-                    .ok()
-                    .filter(|p: &Vec<f32>| p.iter().all(|s| s.is_finite() && *s > 0.0))
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "metadata `std` = `{v}` is not three positive numbers"
-                        ))
-                    })?;
-                <[f32; 3]>::try_from(parts).map_err(|_| {
+            Some(v) => v
+                .split(',')
+                .map(|p| p.trim().parse::<f32>().ok())
+                .collect::<Option<Vec<f32>>>()
+                .and_then(|p| <[f32; 3]>::try_from(p).ok())
+                .filter(|p| p.iter().all(|s| s.is_finite() && *s > 0.0))
+                .ok_or_else(|| {
                     bad(format!(
                         "metadata `std` = `{v}` is not three positive numbers"
                     ))
-                })?
-            }
+                })?,
         };
         let classes: Vec<String> = get("classes")?.lines().map(str::to_string).collect();
         let find = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {

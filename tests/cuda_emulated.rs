@@ -272,16 +272,17 @@ fn emulate_variant(
         })
         .collect();
     let call = format!("{}({})", k.name(), args.join(", "));
-    let tag = format!("{}-{batch}-{:x}", k.name(), fnv(source));
+    let tag = format!("{}-{batch}-{:x}", k.name(), source_hash(source));
     let grid = k.launch.grid(batch);
     emulate_source(cxx, &tag, source, &call, grid, k.launch.block, bufs)
 }
 
 /// A short hash of a kernel's source, so that variants of one kernel build apart.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
+fn source_hash(s: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 /// Compiles `source` (kernels) with the prelude, the tensor-core emulation and the driver,

@@ -1623,8 +1623,9 @@ fn demo_checks_its_weights_before_the_summary() {
     assert_eq!(out.stdout, "");
 }
 
-/// `bench`: a stage of a convolution with its ReLU fused is labelled `conv1+relu`, `--runs
-/// 0` is a usage error, and the towers say where each runs and how they exchange.
+/// `bench`: a stage of a convolution with its ReLU fused is labelled `conv1+relu`, each
+/// stage is put against the CPU's measured ceilings, `--runs 0` is a usage error, and the
+/// towers say where each runs and how they exchange.
 #[test]
 fn bench_labels_its_stages_and_towers() {
     let text = succeeds(alexnet().args([
@@ -1640,6 +1641,20 @@ fn bench_labels_its_stages_and_towers() {
         "{stages}"
     );
     assert!(!stages.contains("relu1"), "{stages}");
+    // On the CPU each stage is put against the measured ceilings.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ceilings: sgemm ") && l.contains(" GB/s")),
+        "{text}"
+    );
+    let roof = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("against the ceilings: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        roof.contains("against the ceilings: conv1+relu ") && roof.contains("%)"),
+        "{roof}"
+    );
     let towers = text.lines().next().unwrap_or_default();
     assert!(
         towers.starts_with("towers: tower 0 on cpu")

@@ -7,7 +7,7 @@ mod common;
 
 use alexnet::ir::Plan;
 use alexnet::runtime::weights::NamedTensor;
-use alexnet::runtime::{Cpu, Model, Tensor};
+use alexnet::runtime::{ConvAlgorithm, Cpu, Model, Tensor};
 use common::{random, rel_l2};
 use rand::SeedableRng;
 
@@ -18,11 +18,21 @@ fn plan(src: &str) -> Plan {
 
 /// Runs a one-layer plan on random data; returns (input, weights, output).
 fn run(plan: &Plan, batch: usize, seed: u64) -> (Vec<f32>, Vec<NamedTensor>, Vec<f32>) {
+    run_on(Cpu::new(), plan, batch, seed)
+}
+
+/// [`run`] on a given CPU backend.
+fn run_on(
+    cpu: Cpu,
+    plan: &Plan,
+    batch: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<NamedTensor>, Vec<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let params = common::random_params(plan, &mut rng);
     let s = plan.input;
     let x = random(&mut rng, batch * s.len());
-    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+    let model = Model::from_tensors(cpu, plan.clone(), params.clone()).unwrap();
     let y = model
         .forward(&Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap())
         .unwrap();
@@ -42,14 +52,23 @@ fn naive(plan: &Plan, batch: usize, x: &[f32], params: &[NamedTensor]) -> Vec<f3
 }
 
 fn check(src: &str, batches: &[usize]) {
-    let plan = plan(src);
+    check_on(Cpu::new(), src, batches)
+}
+
+fn check_on(cpu: Cpu, src: &str, batches: &[usize]) {
     for (seed, &batch) in batches.iter().enumerate() {
-        let (x, params, y) = run(&plan, batch, seed as u64 + 1);
-        let want = naive(&plan, batch, &x, &params);
-        assert!(y.iter().all(|v| v.is_finite()), "{src}: non-finite output");
-        let err = rel_l2(&y, &want);
+        let err = error(cpu.clone(), src, batch, seed as u64 + 1);
         assert!(err < 1e-5, "{src} batch {batch}: relative L2 {err:.2e}");
     }
+}
+
+/// The relative L2 error of the CPU backend against the naive definition, on one batch.
+fn error(cpu: Cpu, src: &str, batch: usize, seed: u64) -> f64 {
+    let plan = plan(src);
+    let (x, params, y) = run_on(cpu, &plan, batch, seed);
+    let want = naive(&plan, batch, &x, &params);
+    assert!(y.iter().all(|v| v.is_finite()), "{src}: non-finite output");
+    rel_l2(&y, &want)
 }
 
 #[test]
@@ -62,6 +81,39 @@ fn conv_strides_padding_groups() {
     check("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]);
     check("T<2, 5, 5> { conv(3, 1) }", &[2]);
     check("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]);
+}
+
+#[test]
+fn winograd_3x3_stride_1() {
+    // Winograd F(4x4, 3x3) on every 3x3 stride-1 layer: sizes that leave partial tiles, no
+    // padding, padding 1 and 2, groups, towers, several batch sizes.
+    let wino = || Cpu::new().with_conv_algorithm(ConvAlgorithm::Winograd);
+    check_on(wino(), "T<8, 13, 13> { conv(8, 3, pad = 1) }", &[1, 3]);
+    check_on(wino(), "T<16, 9, 11> { conv(12, 3) }", &[2]);
+    check_on(
+        wino(),
+        "T<4, 6, 7> { conv(6, 3, pad = 2, groups = 2) }",
+        &[1, 2],
+    );
+    check_on(wino(), "T<9, 5, 4> { conv(10, 3, pad = 1) }", &[3]);
+    check_on(wino(), "T<10, 3, 3> split 2 { conv(20, 3, pad = 1) }", &[2]);
+}
+
+/// Winograd's error on the shapes of AlexNet's conv3-conv5 (uniform random weights and
+/// inputs; the relative error of a linear layer does not depend on their scale), against
+/// the naive definition in f64, beside im2col + GEMM's. Stated in docs/benchmarks.md.
+#[test]
+fn winograd_error_on_alexnet() {
+    for src in [
+        "T<256, 13, 13> { conv(384, 3, pad = 1) }",
+        "T<384, 13, 13> { conv(384, 3, pad = 1, groups = 2) }",
+        "T<384, 13, 13> { conv(256, 3, pad = 1, groups = 2) }",
+    ] {
+        let [wino, im2col] = [ConvAlgorithm::Winograd, ConvAlgorithm::Im2col]
+            .map(|a| error(Cpu::new().with_conv_algorithm(a), src, 2, 11));
+        println!("{src}: relative L2 {wino:.2e} (im2col + GEMM: {im2col:.2e})");
+        assert!(wino < 1e-5, "{src}: relative L2 {wino:.2e}");
+    }
 }
 
 #[test]
@@ -103,14 +155,17 @@ fn elementwise() {
 
 #[test]
 fn fused_relu_matches_separate_relu() {
-    let fused = plan("T<4, 9, 9> { conv(6, 3, pad = 1) relu }");
-    let (x, params, y) = run(&fused, 3, 7);
-    let conv_only = plan("T<4, 9, 9> { conv(6, 3, pad = 1) }");
-    let want: Vec<f32> = naive(&conv_only, 3, &x, &params)
-        .into_iter()
-        .map(|v| v.max(0.0))
-        .collect();
-    assert!(rel_l2(&y, &want) < 1e-5);
+    for algo in [ConvAlgorithm::Im2col, ConvAlgorithm::Winograd] {
+        let (input, conv) = ("T<4, 9, 9>", "conv(6, 3, pad = 1)");
+        let fused = plan(&format!("{input} {{ {conv} relu }}"));
+        let (x, params, y) = run_on(Cpu::new().with_conv_algorithm(algo), &fused, 3, 7);
+        let conv_only = plan(&format!("{input} {{ {conv} }}"));
+        let want: Vec<f32> = naive(&conv_only, 3, &x, &params)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        assert!(rel_l2(&y, &want) < 1e-5, "{algo:?}: {input} {conv} relu");
+    }
 }
 
 #[test]

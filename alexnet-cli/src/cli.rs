@@ -360,6 +360,22 @@ fn infer(
     Ok(())
 }
 
+/// A stage's floating-point operations and the bytes it must move at least (input,
+/// output and parameters, f32) for `batch` images.
+fn stage_work(plan: &alexnet::ir::Plan, stage: alexnet::ir::Stage, batch: usize) -> (f64, f64) {
+    let layer = &plan.layers[stage.layer];
+    let flops = 2.0 * layer.macs() as f64 * batch as f64;
+    let prefix = format!("{}.", layer.name);
+    let params: usize = plan
+        .params()
+        .iter()
+        .filter(|p| p.name.starts_with(&prefix))
+        .map(|p| p.len())
+        .sum();
+    let values = batch * (layer.input.len() + layer.output.len()) + params;
+    (flops, 4.0 * values as f64)
+}
+
 fn bench(
     ctx: &mut Ctx,
     net: Net,
@@ -384,6 +400,19 @@ fn bench(
     };
     let device = device.open()?;
     writeln!(ctx.out, "{} forward on {}", plan.name, device.name())?;
+    // On the CPU, each stage is put against the machine's own ceilings.
+    let ceilings = matches!(device, Device::Cpu(_)).then(|| {
+        let c = (
+            alexnet::runtime::cpu::probe::gemm_gflops(),
+            alexnet::runtime::cpu::probe::read_bandwidth(),
+        );
+        let _ = writeln!(
+            ctx.out,
+            "ceilings: sgemm 1024x1024x1024 {:.0} GFLOP/s, read {:.1} GB/s (measured now)",
+            c.0, c.1
+        );
+        c
+    });
     let t0 = Instant::now();
     let model = Model::init(device, plan.clone(), 0)?;
     writeln!(
@@ -431,6 +460,32 @@ fn bench(
             .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
             .collect();
         writeln!(ctx.out, "  stages (ms): {}", per_stage.join(", "))?;
+        if let Some((gflops, gbs)) = ceilings {
+            // Timed stages by label (inference skips dropout).
+            let by_label: std::collections::HashMap<String, alexnet::ir::Stage> = plan
+                .stages()
+                .into_iter()
+                .map(|st| (plan.stage_label(st), st))
+                .collect();
+            let roof: Vec<String> = names
+                .iter()
+                .zip(stages.iter_mut())
+                .filter_map(|((label, _), v)| Some((label, by_label.get(label)?, v)))
+                .map(|(label, &st, v)| {
+                    let (flops, bytes) = stage_work(plan, st, n);
+                    let secs = median(v);
+                    // Bound by memory when its arithmetic intensity is below the ridge.
+                    if flops > 0.0 && flops / bytes >= gflops / gbs {
+                        let r = flops / secs / 1e9;
+                        format!("{label} {r:.0} GFLOP/s ({:.0}%)", 100.0 * r / gflops)
+                    } else {
+                        let r = bytes / secs / 1e9;
+                        format!("{label} {r:.1} GB/s ({:.0}%)", 100.0 * r / gbs)
+                    }
+                })
+                .collect();
+            writeln!(ctx.out, "  against the ceilings: {}", roof.join(", "))?;
+        }
         if let Some(t) = &split {
             let unsplit = total;
             t.forward(&x)?;

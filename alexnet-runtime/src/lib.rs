@@ -42,7 +42,7 @@ pub mod ir {
 }
 
 pub use backend::{Backend, Element, Exchange, Inference, Memory, Training};
-pub use cpu::Cpu;
+pub use cpu::{ConvAlgorithm, Cpu};
 pub use cuda::Cuda;
 pub use device::Device;
 pub use error::{Error, Result};

@@ -4,13 +4,14 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
+use super::winograd;
 use super::{CpuLayer, StageCx};
 use crate::error::Result;
 use crate::ir::{Conv, Shape};
 
 /// Convolution hyper-parameters.
 #[derive(Clone, Copy, Debug)]
-pub struct ConvGeom {
+pub(crate) struct ConvGeom {
     pub input: Shape,
     pub output: Shape,
     pub k: usize,
@@ -261,16 +262,15 @@ impl ConvGeom {
 impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
-        forward(
-            x,
-            w,
-            b,
-            y,
-            s.batch,
-            ConvGeom::of(self, s),
-            s.fused_relu,
-            s.threads,
-        );
+        let g = ConvGeom::of(self, s);
+        if winograd::applies(&g, s.conv) {
+            let u = s
+                .packs
+                .get(&s.layer.name, w, |w| winograd::transform_filters(w, &g));
+            winograd::forward(x, &u.data, b, y, s.batch, g, s.fused_relu, s.threads);
+        } else {
+            forward(x, w, b, y, s.batch, g, s.fused_relu, s.threads);
+        }
         Ok(())
     }
 

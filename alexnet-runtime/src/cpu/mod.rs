@@ -19,11 +19,14 @@ mod gemm;
 pub mod loss;
 mod lrn;
 mod mat;
+mod pack;
 mod pool;
+pub mod probe;
 mod relu;
 mod softmax;
 mod tanh;
 mod training;
+mod winograd;
 
 use crate::backend::{Element, Inference, Memory};
 use crate::error::{Error, Result};
@@ -34,7 +37,39 @@ pub use softmax::softmax;
 /// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
 #[derive(Clone, Debug)]
 pub struct Cpu {
-    _private: (),
+    packs: pack::PackCache,
+    conv: ConvAlgorithm,
+}
+
+/// How the CPU backend computes a convolution. Every choice computes the same function
+/// (checked against the naive definition in tests/cpu_layers.rs); they differ in speed and
+/// in rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// The choice this project measured fastest on its machine: today im2col + GEMM for
+    /// every layer (Winograd measured slower on AlexNet's 3x3 layers, see
+    /// docs/benchmarks.md).
+    #[default]
+    Auto,
+    /// im2col + GEMM everywhere.
+    Im2col,
+    /// Winograd F(4x4, 3x3) on every 3x3 stride-1 layer, im2col + GEMM on the others.
+    /// Its relative error is about 8x im2col's (3e-6 against 4e-7 on AlexNet's conv3).
+    Winograd,
+}
+
+impl ConvAlgorithm {
+    /// From `ALEXNET_CPU_CONV` (`auto`, `im2col` or `winograd`); `Auto` when unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("ALEXNET_CPU_CONV").as_deref() {
+            Err(_) | Ok("auto") => Ok(ConvAlgorithm::Auto),
+            Ok("im2col") => Ok(ConvAlgorithm::Im2col),
+            Ok("winograd") => Ok(ConvAlgorithm::Winograd),
+            Ok(other) => Err(Error::Invalid(format!(
+                "ALEXNET_CPU_CONV={other:?}: expected auto, im2col or winograd"
+            ))),
+        }
+    }
 }
 
 impl Default for Cpu {
@@ -45,9 +80,30 @@ impl Default for Cpu {
 
 impl Cpu {
     /// The CPU backend; loads OpenBLAS now if the machine has it (see [`Cpu::gemm`]).
+    /// Convolutions use [`ConvAlgorithm::Auto`], or what `ALEXNET_CPU_CONV` names (an
+    /// unknown name is ignored here with a warning on stderr; [`ConvAlgorithm::from_env`]
+    /// reports it as an error).
     pub fn new() -> Self {
         let _ = blas::get();
-        Cpu { _private: () }
+        let conv = ConvAlgorithm::from_env().unwrap_or_else(|e| {
+            eprintln!("warning: {e}; using auto");
+            ConvAlgorithm::Auto
+        });
+        Cpu {
+            packs: pack::PackCache::default(),
+            conv,
+        }
+    }
+
+    /// This backend with convolutions computed by `conv`.
+    pub fn with_conv_algorithm(mut self, conv: ConvAlgorithm) -> Self {
+        self.conv = conv;
+        self
+    }
+
+    /// How convolutions are computed.
+    pub fn conv_algorithm(&self) -> ConvAlgorithm {
+        self.conv
     }
 
     /// The matrix multiply in use: OpenBLAS's sgemm when `libopenblas.so.0` is installed
@@ -81,6 +137,10 @@ pub(crate) struct StageCx<'a> {
     pub fused_relu: bool,
     /// Threads of rayon's pool.
     pub threads: usize,
+    /// Weights in the layouts the kernels prefer.
+    pub packs: &'a pack::PackCache,
+    /// How convolutions are computed.
+    pub conv: ConvAlgorithm,
 }
 
 impl StageCx<'_> {
@@ -166,12 +226,14 @@ pub struct StageGrads<'a> {
 }
 
 impl Cpu {
-    fn stage<'a>(&self, plan: &'a Plan, stage: Stage, batch: usize) -> StageCx<'a> {
+    fn stage<'a>(&'a self, plan: &'a Plan, stage: Stage, batch: usize) -> StageCx<'a> {
         StageCx {
             layer: &plan.layers[stage.layer],
             batch,
             fused_relu: stage.fused_relu,
             threads: self.threads(),
+            packs: &self.packs,
+            conv: self.conv,
         }
     }
 

@@ -101,8 +101,76 @@ fn image(
 /// Gradients of a convolution for `batch` images: `dw`, `db` are accumulated into; `dx`
 /// (when wanted: conv1 needs none) is overwritten. `y` is the layer's output, needed to
 /// apply the fused ReLU's mask to `dy`.
+///
+/// With more images than threads, the batch is cut into one contiguous range of images per
+/// thread; each range accumulates its own weight and bias gradients, which are then added
+/// in range order, so the sums are the same bits on every run with the same thread count.
+/// With fewer, images run one after another and the threads split each GEMM.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    x: &[f32],
+    w: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+    batch: usize,
+    g: ConvGeom,
+    relu: bool,
+    threads: usize,
+) {
+    if threads <= 1 || batch < threads {
+        backward_images(x, w, y, dy, dx, dw, db, batch, g, relu, threads);
+        return;
+    }
+    let (in_len, out_len) = (g.input.len(), g.output.len());
+    let per = batch.div_ceil(threads);
+    let ranges = batch.div_ceil(per);
+    let dxs: Vec<Option<&mut [f32]>> = match dx {
+        Some(d) => d[..batch * in_len]
+            .chunks_mut(per * in_len)
+            .map(Some)
+            .collect(),
+        None => (0..ranges).map(|_| None).collect(),
+    };
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dxs
+        .into_par_iter()
+        .enumerate()
+        .with_min_len(1)
+        .map(|(r, dxr)| {
+            let (lo, hi) = (r * per, ((r + 1) * per).min(batch));
+            let mut dwr = vec![0.0f32; dw.len()];
+            let mut dbr = vec![0.0f32; db.len()];
+            backward_images(
+                &x[lo * in_len..hi * in_len],
+                w,
+                &y[lo * out_len..hi * out_len],
+                &dy[lo * out_len..hi * out_len],
+                dxr,
+                &mut dwr,
+                &mut dbr,
+                hi - lo,
+                g,
+                relu,
+                1,
+            );
+            (dwr, dbr)
+        })
+        .collect();
+    for (dwr, dbr) in &parts {
+        for (a, v) in dw.iter_mut().zip(dwr) {
+            *a += v;
+        }
+        for (a, v) in db.iter_mut().zip(dbr) {
+            *a += v;
+        }
+    }
+}
+
+/// [`backward`] for `batch` images one after another, with `threads` splitting each GEMM.
+#[allow(clippy::too_many_arguments)]
+fn backward_images(
     x: &[f32],
     w: &[f32],
     y: &[f32],

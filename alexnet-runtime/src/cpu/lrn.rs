@@ -55,7 +55,6 @@ impl CpuLayer for Lrn {
 pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
     let (h, w) = (shape.h, shape.w);
     let cg = shape.c / p.channel_groups;
-    let half = p.size / 2;
     let a = p.alpha / p.size as f32;
     let block = cg * h * w;
     y.par_chunks_mut(block)
@@ -65,25 +64,8 @@ pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
             |(sq, sum), (yb, xb)| {
                 for row in 0..h {
                     let at = |ch: usize| ch * h * w + row * w;
-                    for ch in 0..cg {
-                        for (s, v) in sq[ch * w..(ch + 1) * w]
-                            .iter_mut()
-                            .zip(&xb[at(ch)..at(ch) + w])
-                        {
-                            *s = v * v;
-                        }
-                    }
-                    sum.fill(0.0);
-                    for ch in 0..half.min(cg) {
-                        add(sum, &sq[ch * w..(ch + 1) * w], 1.0);
-                    }
-                    for ch in 0..cg {
-                        if ch + half < cg {
-                            add(sum, &sq[(ch + half) * w..(ch + half + 1) * w], 1.0);
-                        }
-                        if ch > half {
-                            add(sum, &sq[(ch - half - 1) * w..(ch - half) * w], -1.0);
-                        }
+                    squares(xb, sq, cg, h, w, row);
+                    window_sums(sq, cg, w, p.size / 2, sum, |ch, sum| {
                         scale(
                             &mut yb[at(ch)..at(ch) + w],
                             &xb[at(ch)..at(ch) + w],
@@ -92,10 +74,46 @@ pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
                             p.k,
                             p.beta,
                         );
-                    }
+                    });
                 }
             },
         );
+}
+
+/// `sq[ch][j] = x[ch][row][j]^2` for the `cg` channels of one group.
+fn squares(xb: &[f32], sq: &mut [f32], cg: usize, h: usize, w: usize, row: usize) {
+    for ch in 0..cg {
+        let src = &xb[ch * h * w + row * w..][..w];
+        for (s, v) in sq[ch * w..(ch + 1) * w].iter_mut().zip(src) {
+            *s = v * v;
+        }
+    }
+}
+
+/// Calls `f(ch, sum)` for each channel `ch < cg` in order, with `sum[j]` the sum of
+/// `rows[c][j]` over the channels `c` within `half` of `ch` (a running sum: one row added
+/// and one taken away per channel).
+fn window_sums(
+    rows: &[f32],
+    cg: usize,
+    w: usize,
+    half: usize,
+    sum: &mut [f32],
+    mut f: impl FnMut(usize, &[f32]),
+) {
+    sum.fill(0.0);
+    for ch in 0..half.min(cg) {
+        add(sum, &rows[ch * w..(ch + 1) * w], 1.0);
+    }
+    for ch in 0..cg {
+        if ch + half < cg {
+            add(sum, &rows[(ch + half) * w..(ch + half + 1) * w], 1.0);
+        }
+        if ch > half {
+            add(sum, &rows[(ch - half - 1) * w..(ch - half) * w], -1.0);
+        }
+        f(ch, sum);
+    }
 }
 
 fn add(acc: &mut [f32], v: &[f32], sign: f32) {
@@ -123,34 +141,54 @@ fn scale(out: &mut [f32], x: &[f32], sum: &[f32], a: f32, k: f32, beta: f32) {
 /// Gradient of LRN. With `s_i = k + a * sum_{j in N(i)} x_j^2` (a = alpha / size) and
 /// `y_i = x_i s_i^-beta`, and a window symmetric within the channel group:
 /// `dx_j = dy_j s_j^-beta - 2 a beta x_j sum_{i in N(j)} dy_i x_i s_i^(-beta-1)`.
-/// `dx` is overwritten.
+/// `dx` is overwritten. Row by row, as the forward pass: the window sums run over rows of
+/// a channel group and every other step is element-wise over a row (vectorisable), with
+/// `s^-beta` from two square roots when beta is 0.75.
 pub fn backward(x: &[f32], dy: &[f32], dx: &mut [f32], shape: Shape, p: LrnParams) {
-    let hw = shape.h * shape.w;
+    let (h, w) = (shape.h, shape.w);
     let cg = shape.c / p.channel_groups;
     let half = p.size / 2;
-    let a = (p.alpha / p.size as f32) as f64;
-    let (beta, k) = (p.beta as f64, p.k as f64);
-    let block = cg * hw;
+    let a = p.alpha / p.size as f32;
+    let (beta, k) = (p.beta, p.k);
+    let block = cg * h * w;
     dx.par_chunks_mut(block)
         .zip(x.par_chunks(block))
         .zip(dy.par_chunks(block))
-        .for_each(|((dxb, xb), dyb)| {
-            let mut s = vec![0.0f64; cg];
-            let mut t = vec![0.0f64; cg];
-            for pix in 0..hw {
-                let at = |c: usize| c * hw + pix;
-                for c in 0..cg {
-                    let (lo, hi) = (c.saturating_sub(half), (c + half).min(cg - 1));
-                    s[c] = k + a * (lo..=hi).map(|j| (xb[at(j)] as f64).powi(2)).sum::<f64>();
-                    t[c] = dyb[at(c)] as f64 * xb[at(c)] as f64 * s[c].powf(-beta - 1.0);
+        .for_each_init(
+            || {
+                let rows = || vec![0.0f32; cg * w];
+                (rows(), rows(), rows(), vec![0.0f32; w])
+            },
+            |(sq, pw, t, sum), ((dxb, xb), dyb)| {
+                for row in 0..h {
+                    let at = |ch: usize| ch * h * w + row * w;
+                    squares(xb, sq, cg, h, w, row);
+                    // pw = s^-beta, t = dy x s^(-beta-1) for every channel of the row.
+                    window_sums(sq, cg, w, half, sum, |ch, sum| {
+                        let (xr, dyr) = (&xb[at(ch)..at(ch) + w], &dyb[at(ch)..at(ch) + w]);
+                        let (pr, tr) =
+                            (&mut pw[ch * w..(ch + 1) * w], &mut t[ch * w..(ch + 1) * w]);
+                        for j in 0..w {
+                            let s = k + a * sum[j].max(0.0);
+                            let pv = if beta == 0.75 {
+                                let r = s.sqrt();
+                                1.0 / (r * r.sqrt())
+                            } else {
+                                s.powf(-beta)
+                            };
+                            pr[j] = pv;
+                            tr[j] = dyr[j] * xr[j] * pv / s;
+                        }
+                    });
+                    window_sums(t, cg, w, half, sum, |ch, cross| {
+                        let (xr, dyr) = (&xb[at(ch)..at(ch) + w], &dyb[at(ch)..at(ch) + w]);
+                        let pr = &pw[ch * w..(ch + 1) * w];
+                        let out = &mut dxb[at(ch)..at(ch) + w];
+                        for j in 0..w {
+                            out[j] = dyr[j] * pr[j] - 2.0 * a * beta * xr[j] * cross[j];
+                        }
+                    });
                 }
-                for c in 0..cg {
-                    let (lo, hi) = (c.saturating_sub(half), (c + half).min(cg - 1));
-                    let cross: f64 = (lo..=hi).map(|i| t[i]).sum();
-                    let v = dyb[at(c)] as f64 * s[c].powf(-beta)
-                        - 2.0 * a * beta * xb[at(c)] as f64 * cross;
-                    dxb[at(c)] = v as f32;
-                }
-            }
-        });
+            },
+        );
 }

@@ -81,8 +81,7 @@ fn conv_strides_padding_groups() {
     check("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]);
     check("T<2, 5, 5> { conv(3, 1) }", &[2]);
     check("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]);
-    // Enough output positions that the forward im2col runs in several column blocks, the
-    // last one partial (conv1- and conv2-like).
+    // conv1- and conv2-like: many output positions, long filter columns, groups.
     check("T<3, 40, 40> { conv(8, 11, stride = 2, pad = 3) }", &[1, 2]);
     check("T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }", &[1, 3]);
 }

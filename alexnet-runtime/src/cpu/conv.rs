@@ -4,32 +4,11 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
+use super::geom::ConvGeom;
 use super::winograd;
 use super::{CpuLayer, StageCx};
 use crate::error::Result;
-use crate::ir::{Conv, Shape};
-
-/// Convolution hyper-parameters.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvGeom {
-    pub input: Shape,
-    pub output: Shape,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub groups: usize,
-}
-
-impl ConvGeom {
-    /// Rows of the im2col matrix of one group: `C/groups * k * k`.
-    fn col_rows(&self) -> usize {
-        self.input.c / self.groups * self.k * self.k
-    }
-
-    fn col_len(&self) -> usize {
-        self.col_rows() * self.output.h * self.output.w
-    }
-}
+use crate::ir::Conv;
 
 #[allow(clippy::too_many_arguments)]
 /// `y = relu?(conv(x, w) + b)` for `batch` images. `threads` is the parallelism to use:
@@ -314,23 +293,10 @@ fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
     }
 }
 
-impl ConvGeom {
-    fn of(conv: &Conv, s: &StageCx<'_>) -> Self {
-        ConvGeom {
-            input: s.layer.input,
-            output: s.layer.output,
-            k: conv.k,
-            stride: conv.stride,
-            pad: conv.pad,
-            groups: conv.groups,
-        }
-    }
-}
-
 impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
-        let g = ConvGeom::of(self, s);
+        let g = ConvGeom::of(self, s.layer);
         if winograd::applies(&g, s.conv) {
             let u = s
                 .packs
@@ -353,7 +319,7 @@ impl CpuLayer for Conv {
         dparams: &mut [&mut [f32]],
     ) -> Result<()> {
         let (w, dw, db) = s.learned(params, dparams)?;
-        let g = ConvGeom::of(self, s);
+        let g = ConvGeom::of(self, s.layer);
         backward(x, w, y, dy, dx, dw, db, s.batch, g, s.fused_relu, s.threads);
         Ok(())
     }

@@ -8,7 +8,11 @@
 //! struct; the dispatch from an [`Op`] is generated from the registry of kinds
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
-//! training, `exchange.rs` the towers' exchanges.
+//! training, `exchange.rs` the towers' exchanges. Beside the layers: `gemm.rs`, `blas.rs`
+//! and `mat.rs` (the matrix multiply), `geom.rs` (a convolution's geometry),
+//! `winograd.rs` (Winograd F(4x4, 3x3), chosen by [`ConvAlgorithm`]), `pack.rs` (weights
+//! kept in a kernel's layout while they stay the same) and [`probe`] (the machine's
+//! ceilings, for `bench`).
 
 mod blas;
 mod conv;
@@ -16,6 +20,7 @@ mod dropout;
 mod exchange;
 mod fc;
 mod gemm;
+mod geom;
 pub mod loss;
 mod lrn;
 mod mat;

@@ -16,8 +16,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::ConvGeom;
 use super::gemm::{sgemm, Mat};
+use super::geom::ConvGeom;
 use super::ConvAlgorithm;
 
 /// Outputs per tile side.

@@ -191,8 +191,9 @@ impl Gemm {
         self.output.c / self.groups
     }
 
-    /// Filter weights per output channel (the weight gradient's columns, before the bias).
-    fn kcol(&self) -> usize {
+    /// Filter weights per output channel (the weight gradient's columns, before the bias;
+    /// the rows of one group's im2col matrix).
+    pub fn kcol(&self) -> usize {
         self.cg() * self.k * self.k
     }
 

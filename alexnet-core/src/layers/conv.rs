@@ -62,7 +62,9 @@ impl Kind for Conv {
 }
 
 impl Conv {
-    fn gemm(&self, input: Shape, output: Shape) -> Gemm {
+    /// The layer as the GEMM-shaped convolution its kernels compute, between `input` and
+    /// `output` (the CPU backend's kernels take it as their geometry too).
+    pub fn gemm(&self, input: Shape, output: Shape) -> Gemm {
         Gemm::conv(input, output, self.k, self.stride, self.pad, self.groups)
     }
 }

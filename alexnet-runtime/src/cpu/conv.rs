@@ -4,11 +4,12 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
-use super::geom::ConvGeom;
+// A convolution's geometry: the same struct the generated GPU kernels are planned from.
 use super::winograd;
 use super::{CpuLayer, StageCx};
 use crate::error::Result;
 use crate::ir::Conv;
+use alexnet_core::kernels::gemm::Gemm as ConvGeom;
 
 #[allow(clippy::too_many_arguments)]
 /// `y = relu?(conv(x, w) + b)` for `batch` images. `threads` is the parallelism to use:
@@ -29,11 +30,11 @@ pub fn forward(
             .zip(x.par_chunks(in_len))
             .with_min_len(1)
             .for_each_init(
-                || vec![0.0f32; g.col_len()],
+                || vec![0.0f32; col_len(&g)],
                 |col, (yi, xi)| image(xi, w, b, yi, &g, relu, col, 1),
             );
     } else {
-        let mut col = vec![0.0f32; g.col_len()];
+        let mut col = vec![0.0f32; col_len(&g)];
         for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
             image(xi, w, b, yi, &g, relu, &mut col, threads);
         }
@@ -54,7 +55,7 @@ fn image(
     let cg = g.input.c / g.groups;
     let og = g.output.c / g.groups;
     let pq = g.output.h * g.output.w;
-    let kk = g.col_rows();
+    let kk = g.kcol();
     for grp in 0..g.groups {
         let xg = &x[grp * cg * g.input.h * g.input.w..(grp + 1) * cg * g.input.h * g.input.w];
         im2col(xg, cg, g, col, threads);
@@ -166,9 +167,9 @@ fn backward_images(
     let cg = g.input.c / g.groups;
     let og = g.output.c / g.groups;
     let pq = g.output.h * g.output.w;
-    let kk = g.col_rows();
+    let kk = g.kcol();
     let (h, wd) = (g.input.h, g.input.w);
-    let mut col = vec![0.0f32; g.col_len()];
+    let mut col = vec![0.0f32; col_len(&g)];
     let mut dyr = vec![0.0f32; out_len];
     if let Some(dx) = dx.as_deref_mut() {
         dx[..batch * in_len].fill(0.0);
@@ -215,6 +216,11 @@ fn backward_images(
             }
         }
     }
+}
+
+/// Values of the im2col matrix of one group of one image.
+fn col_len(g: &ConvGeom) -> usize {
+    g.kcol() * g.output.h * g.output.w
 }
 
 /// Adds `col[(c*k + ky)*k + kx][oy*Q + ox]` back onto the image positions it was read from.
@@ -296,7 +302,7 @@ fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
 impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
-        let g = ConvGeom::of(self, s.layer);
+        let g = self.gemm(s.layer.input, s.layer.output);
         if winograd::applies(&g, s.conv) {
             let u = s
                 .packs
@@ -319,7 +325,7 @@ impl CpuLayer for Conv {
         dparams: &mut [&mut [f32]],
     ) -> Result<()> {
         let (w, dw, db) = s.learned(params, dparams)?;
-        let g = ConvGeom::of(self, s.layer);
+        let g = self.gemm(s.layer.input, s.layer.output);
         backward(x, w, y, dy, dx, dw, db, s.batch, g, s.fused_relu, s.threads);
         Ok(())
     }

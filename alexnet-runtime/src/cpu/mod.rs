@@ -9,8 +9,7 @@
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
 //! training, `exchange.rs` the towers' exchanges. Beside the layers: `gemm.rs`, `blas.rs`
-//! and `mat.rs` (the matrix multiply), `geom.rs` (a convolution's geometry),
-//! `winograd.rs` (Winograd F(4x4, 3x3), chosen by [`ConvAlgorithm`]), `pack.rs` (weights
+//! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by [`ConvAlgorithm`]), `pack.rs` (weights
 //! kept in a kernel's layout while they stay the same) and [`probe`] (the machine's
 //! ceilings, for `bench`).
 
@@ -20,7 +19,6 @@ mod dropout;
 mod exchange;
 mod fc;
 mod gemm;
-mod geom;
 pub mod loss;
 mod lrn;
 mod mat;

@@ -17,8 +17,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
-use super::geom::ConvGeom;
 use super::ConvAlgorithm;
+use alexnet_core::kernels::gemm::Gemm as ConvGeom;
 
 /// Outputs per tile side.
 const M: usize = 4;

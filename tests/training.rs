@@ -9,7 +9,7 @@ use alexnet::ir::{Dropout, Op, Plan};
 use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::philox::{self, DropoutMask};
 use alexnet::runtime::weights::NamedTensor;
-use alexnet::runtime::{Cpu, Model, Schedule, Tensor, TrainConfig, Trainer};
+use alexnet::runtime::{ConvAlgorithm, Cpu, Model, Schedule, Tensor, TrainConfig, Trainer};
 use common::rel_l2;
 use rand::SeedableRng;
 
@@ -184,6 +184,40 @@ fn run(trainer: &mut Trainer<Cpu>, steps: std::ops::Range<u64>, batch: usize) ->
         }
     }
     losses
+}
+
+/// Training with Winograd convolutions follows training with im2col + GEMM: the filters'
+/// transform is rebuilt after every update in place (a stale one would keep the first
+/// step's filters, and the losses would part within a few steps).
+#[test]
+fn winograd_training_follows_im2col() {
+    let (plan, params, _, _) = setup(1, 5);
+    let config = TrainConfig {
+        sgd: Sgd {
+            lr: 0.1,
+            ..Sgd::default()
+        },
+        ..TrainConfig::default()
+    };
+    let train = |algo| {
+        let cpu = Cpu::new().with_conv_algorithm(algo);
+        let model = Model::from_tensors(cpu, plan.clone(), params.clone()).unwrap();
+        let mut t = Trainer::new(model, config.clone()).unwrap();
+        let losses = run(&mut t, 0..8, 4);
+        (losses, t.model().tensors().unwrap())
+    };
+    let (la, wa) = train(ConvAlgorithm::Im2col);
+    let (lb, wb) = train(ConvAlgorithm::Winograd);
+    for (step, (a, b)) in la.iter().zip(&lb).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "step {step}: loss {a} with im2col, {b} with Winograd"
+        );
+    }
+    for (a, b) in wa.iter().zip(&wb) {
+        let err = rel_l2(&a.data, &b.data);
+        assert!(err < 1e-4, "{}: relative L2 {err:.2e}", a.name);
+    }
 }
 
 #[test]

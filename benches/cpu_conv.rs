@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use alexnet::runtime::weights::NamedTensor;
+use alexnet::runtime::weights;
 use alexnet::runtime::{ConvAlgorithm, Cpu, Model, Tensor};
 
 const LAYERS: [(&str, &str); 3] = [
@@ -34,17 +34,7 @@ fn main() {
     println!("ms per batch, min and median of {RUNS} runs, algorithms alternating");
     for (name, src) in LAYERS {
         let plan = alexnet::plan_from_str(src).expect("plan");
-        let params: Vec<NamedTensor> = plan
-            .params()
-            .into_iter()
-            .map(|s| NamedTensor {
-                data: (0..s.len())
-                    .map(|i| ((i * 7919) % 201) as f32 / 1000.0 - 0.1)
-                    .collect(),
-                name: s.name,
-                shape: s.shape,
-            })
-            .collect();
+        let params = weights::kaiming_init(&plan, 0);
         let models: Vec<Model<Cpu>> = algos
             .iter()
             .map(|&a| {

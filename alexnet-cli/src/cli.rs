@@ -365,14 +365,7 @@ fn infer(
 fn stage_work(plan: &alexnet::ir::Plan, stage: alexnet::ir::Stage, batch: usize) -> (f64, f64) {
     let layer = &plan.layers[stage.layer];
     let flops = 2.0 * layer.macs() as f64 * batch as f64;
-    let prefix = format!("{}.", layer.name);
-    let params: usize = plan
-        .params()
-        .iter()
-        .filter(|p| p.name.starts_with(&prefix))
-        .map(|p| p.len())
-        .sum();
-    let values = batch * (layer.input.len() + layer.output.len()) + params;
+    let values = batch * (layer.input.len() + layer.output.len()) + layer.param_count();
     (flops, 4.0 * values as f64)
 }
 

@@ -9,9 +9,9 @@
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
 //! training, `exchange.rs` the towers' exchanges. Beside the layers: `gemm.rs`, `blas.rs`
-//! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by [`ConvAlgorithm`]), `pack.rs` (weights
-//! kept in a kernel's layout while they stay the same) and [`probe`] (the machine's
-//! ceilings, for `bench`).
+//! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
+//! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
+//! same) and [`probe`] (the machine's ceilings, for `bench`).
 
 mod blas;
 mod conv;
@@ -102,11 +102,6 @@ impl Cpu {
     pub fn with_conv_algorithm(mut self, conv: ConvAlgorithm) -> Self {
         self.conv = conv;
         self
-    }
-
-    /// How convolutions are computed.
-    pub fn conv_algorithm(&self) -> ConvAlgorithm {
-        self.conv
     }
 
     /// The matrix multiply in use: OpenBLAS's sgemm when `libopenblas.so.0` is installed

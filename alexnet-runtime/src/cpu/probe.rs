@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::gemm::{sgemm, Mat};
 
 /// GFLOP/s of the backend's sgemm on a `1024 x 1024 x 1024` product with every thread of
-/// rayon's pool, best of 5.
+/// rayon's pool, best of 5 after a warm-up.
 pub fn gemm_gflops() -> f64 {
     const N: usize = 1024;
     let a: Vec<f32> = (0..N * N)
@@ -21,9 +21,7 @@ pub fn gemm_gflops() -> f64 {
         .collect();
     let mut c = vec![0.0f32; N * N];
     let threads = rayon::current_num_threads();
-    let mut best = f64::INFINITY;
-    for _ in 0..6 {
-        let t = Instant::now();
+    let secs = best_of_5(|| {
         sgemm(
             Mat::row_major(&a, N, N, N),
             Mat::row_major(&b, N, N, N),
@@ -31,25 +29,32 @@ pub fn gemm_gflops() -> f64 {
             N,
             false,
             threads,
-        );
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    2.0 * (N * N * N) as f64 / best / 1e9
+        )
+    });
+    2.0 * (N * N * N) as f64 / secs / 1e9
 }
 
-/// GB/s of summing a 256 MiB buffer of f32 with every thread of rayon's pool, best of 5.
+/// GB/s of summing a 256 MiB buffer of f32 with every thread of rayon's pool, best of 5
+/// after a warm-up.
 pub fn read_bandwidth() -> f64 {
     const LEN: usize = 64 << 20;
     let buf: Vec<f32> = (0..LEN).map(|i| (i % 7) as f32).collect();
-    let mut best = f64::INFINITY;
-    let mut sink = 0.0f32;
-    for _ in 0..6 {
-        let t = Instant::now();
-        sink += buf.par_chunks(1 << 16).map(sum).sum::<f32>();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(sink);
-    (LEN * 4) as f64 / best / 1e9
+    let secs = best_of_5(|| {
+        std::hint::black_box(buf.par_chunks(1 << 16).map(sum).sum::<f32>());
+    });
+    (LEN * 4) as f64 / secs / 1e9
+}
+
+/// The shortest of 5 timed runs of `f`, after one untimed run.
+fn best_of_5(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// A sum with 16 independent partial sums, so that it vectorises and the loads, not the

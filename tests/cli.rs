@@ -1813,3 +1813,128 @@ fn kernels_report_gives_every_kernel_a_roofline_row() {
     assert!(text.contains("model total: forward"), "{text}");
     assert!(text.contains("training kernels"), "{text}");
 }
+
+/// `prepare` turns an image folder into a prepared set that `train` and `eval` read in
+/// place of the folder, with the same images, classes and split.
+#[test]
+fn train_and_eval_on_a_prepared_set() {
+    let root = tmp().join("prepared");
+    let _ = std::fs::remove_dir_all(&root);
+    image_folder(&root.join("src").join("train"), 24, 0);
+    image_folder(&root.join("src").join("val"), 8, 1000);
+    std::fs::write(
+        root.join("src")
+            .join("train")
+            .join("square")
+            .join("bad.png"),
+        "not a png",
+    )
+    .unwrap();
+    let set = root.join("set");
+    let text = succeeds(
+        alexnet()
+            .args(["prepare", "--size", "37", "--shard-images", "20", "--data"])
+            .arg(root.join("src"))
+            .arg("--out")
+            .arg(&set),
+    );
+    assert!(
+        text.contains("train: 48 images from 49 files in 3 shard(s) (3 written, 0 kept"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 file(s) skipped") && text.contains("bad.png"),
+        "{text}"
+    );
+    assert!(text.contains("val: 16 images from 16 files"), "{text}");
+    let text = succeeds(alexnet().args(["prepare", "--verify"]).arg(&set));
+    assert!(
+        text.contains("48 training and 16 validation images at 37x37, every checksum holds"),
+        "{text}"
+    );
+
+    let run = root.join("run");
+    let text = succeeds(
+        alexnet()
+            .args(["train", "--device", "cpu", "--epochs", "1", "--batch", "16"])
+            .args(["--log-every", "1", "--data"])
+            .arg(&set)
+            .arg("--checkpoint")
+            .arg(&run),
+    );
+    assert!(
+        text.contains("(prepared): 48 images, 2 classes (disk, square)"),
+        "{text}"
+    );
+    assert!(text.contains("validation: 16 images"), "{text}");
+    assert!(text.contains("epoch 1 step      3: loss"), "{text}");
+    assert!(text.contains("epoch 1 done"), "{text}");
+    // eval finds the prepared set from the run.
+    let text = succeeds(
+        alexnet()
+            .args(["eval", "--device", "cpu", "--checkpoint"])
+            .arg(&run),
+    );
+    assert!(
+        text.contains(": 16 images, centre crop and ten crops"),
+        "{text}"
+    );
+
+    // A network whose input needs another size: the error says how to prepare it.
+    let err = fails(
+        alexnet()
+            .args(["train", "--device", "cpu", "--net", "alexnet", "--data"])
+            .arg(&set)
+            .arg("--checkpoint")
+            .arg(root.join("run2")),
+    );
+    assert!(
+        err.contains("prepared at 37x37") && err.contains("--size 256"),
+        "{err}"
+    );
+    // Not a prepared set, not an image folder.
+    let err = fails(
+        alexnet()
+            .args(["prepare", "--verify"])
+            .arg(root.join("src")),
+    );
+    assert!(err.contains("not a prepared data set"), "{err}");
+}
+
+/// A disk that fills during `prepare`: the error names the shard and the cause, and
+/// nothing that looks complete is left (no index, no partial shard).
+#[test]
+fn a_full_disk_during_prepare_leaves_no_set_that_looks_complete() {
+    let root = tmp().join("prepare-full");
+    let _ = std::fs::remove_dir_all(&root);
+    image_folder(&root.join("src"), 24, 0);
+    // Room for about two of the four shards (12 images of 37x37x3 bytes each).
+    let fs = root.join("tmpfs");
+    let Some(_mount) = Tmpfs::mount(
+        &fs,
+        2 * 12 * 37 * 37 * 3 / 1024 + 8,
+        "a_full_disk_during_prepare_leaves_no_set_that_looks_complete",
+    ) else {
+        return;
+    };
+    let set = fs.join("set");
+    let err = fails(
+        alexnet()
+            .args(["prepare", "--size", "37", "--shard-images", "12", "--data"])
+            .arg(root.join("src"))
+            .arg("--out")
+            .arg(&set),
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains(".shard"), "names the shard: {err}");
+    let names: Vec<String> = std::fs::read_dir(&set)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("tmp") || n == "index.json"),
+        "{names:?}"
+    );
+    let err = fails(alexnet().args(["prepare", "--verify"]).arg(&set));
+    assert!(err.contains("not a prepared data set"), "{err}");
+}

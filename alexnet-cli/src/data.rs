@@ -1,5 +1,6 @@
-//! Where the command line's images come from: generated shapes or an image folder, both
-//! prepared by the library's [`Preprocess`] and loaded in background threads.
+//! Where the command line's images come from: generated shapes, an image folder, or a
+//! prepared set (`alexnet prepare`), all made into inputs by the library's [`Preprocess`]
+//! and loaded in background threads.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use alexnet::runtime::data::folder::ImageFolder;
 use alexnet::runtime::data::loader::{self, Images, LoadReport, Loader, Transform};
 use alexnet::runtime::data::pipeline::{Preprocess, SyntheticImages};
+use alexnet::runtime::data::prepared::{self, Prepared};
 use alexnet::runtime::Tensor;
 
 use crate::AnyError;
@@ -16,6 +18,8 @@ use crate::AnyError;
 #[derive(Clone, Debug, PartialEq)]
 pub enum DataSpec {
     Folder(PathBuf),
+    /// A prepared set's folder (`alexnet prepare`).
+    Prepared(PathBuf),
     Generated {
         classes: usize,
         seed: u64,
@@ -28,6 +32,7 @@ impl std::fmt::Display for DataSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DataSpec::Folder(p) => write!(f, "folder:{}", p.display()),
+            DataSpec::Prepared(p) => write!(f, "prepared:{}", p.display()),
             DataSpec::Generated {
                 classes,
                 seed,
@@ -47,6 +52,9 @@ impl DataSpec {
         if let Some(p) = s.strip_prefix("folder:") {
             return Some(DataSpec::Folder(PathBuf::from(p)));
         }
+        if let Some(p) = s.strip_prefix("prepared:") {
+            return Some(DataSpec::Prepared(PathBuf::from(p)));
+        }
         let rest = s.strip_prefix("generated:")?;
         let mut kv = std::collections::HashMap::new();
         for part in rest.split(',') {
@@ -61,10 +69,26 @@ impl DataSpec {
         })
     }
 
+    /// `--data DIR`: a prepared set when `DIR` has its index, else an image folder; the
+    /// full path (a run records it, and `eval` finds the data from anywhere).
+    pub fn from_dir(dir: &Path) -> Result<Self, AnyError> {
+        let full = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(if prepared::is_prepared(&full) {
+            DataSpec::Prepared(full)
+        } else {
+            DataSpec::Folder(full)
+        })
+    }
+
     /// The training and validation images: the folder's `train/` and `val/` (or the whole
-    /// folder and none), or generated images `0..images` and `images..images+val_images`.
+    /// folder and none), the prepared set's splits, or generated images `0..images` and
+    /// `images..images+val_images`.
     pub fn open(&self) -> Result<(Set, Option<Set>), AnyError> {
         match self {
+            DataSpec::Prepared(dir) => {
+                let set = Prepared::open(dir)?;
+                Ok((Arc::new(set.train), set.val.map(|v| Arc::new(v) as Set)))
+            }
             DataSpec::Folder(dir) => {
                 let (train, val) = ImageFolder::open_split(dir)?;
                 Ok((Arc::new(train), val.map(|v| Arc::new(v) as Set)))
@@ -98,10 +122,28 @@ impl DataSpec {
         Ok(val.unwrap_or(train))
     }
 
+    /// How images become inputs, for a new run of a network with input `input`: a
+    /// prepared set's own statistics (an error if it was prepared at another size), or
+    /// those fitted on the training images now (with the files that did not load).
+    pub fn preprocess(
+        &self,
+        train: &dyn Images,
+        input: alexnet::ir::Shape,
+    ) -> Result<(Preprocess, LoadReport), AnyError> {
+        match self {
+            DataSpec::Prepared(dir) => Ok((
+                Prepared::open(dir)?.preprocess(input, &self.to_string())?,
+                LoadReport::default(),
+            )),
+            _ => Ok(Preprocess::fit(train, input, &self.to_string())?),
+        }
+    }
+
     /// A short description for messages.
     pub fn describe(&self) -> String {
         match self {
             DataSpec::Folder(p) => p.display().to_string(),
+            DataSpec::Prepared(p) => format!("{} (prepared)", p.display()),
             DataSpec::Generated { classes, .. } => format!("generated shapes ({classes} classes)"),
         }
     }
@@ -224,6 +266,7 @@ mod tests {
     fn data_specs_round_trip() {
         for spec in [
             DataSpec::Folder(PathBuf::from("/data/imagenet")),
+            DataSpec::Prepared(PathBuf::from("/data/imagenet-256")),
             DataSpec::Generated {
                 classes: 10,
                 seed: 3,

@@ -189,7 +189,7 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     let classifier = open(&a.checkpoint, a.net, &a.device)?;
     let (model, pre, weights) = (&classifier.model, &classifier.pre, &classifier.weights);
     let spec = match &a.data {
-        Some(dir) => DataSpec::Folder(dir.clone()),
+        Some(dir) => DataSpec::from_dir(dir)?,
         None => DataSpec::parse(&pre.source).ok_or_else(|| {
             format!(
                 "unknown data source `{}`; name a folder with --data",

@@ -9,6 +9,7 @@
 //! cargo run --release --example alexnet -- eval         # top-1/top-5, centre and ten crops
 //! cargo run --release --example alexnet -- classify photo.jpg
 //! cargo run --release --example alexnet -- filters      # runs/small/filters.png
+//! cargo run --release --example alexnet -- prepare --data ~/imagenet --out ~/imagenet-256
 //! ```
 //!
 //! The example `alexnet` is [`main`]; [`run`] runs a command line in-process and writes
@@ -24,7 +25,8 @@
 //! `cli.rs` holds the command line (its clap structs) and the inference commands (demo,
 //! summary, infer, bench, kernels); `args.rs` the arguments several commands share
 //! (`--net`, `--device`); `train.rs`, `evaluate.rs` (eval, classify, filters),
-//! `data.rs` (which images), `pictures.rs` (PNG plots and filter grids) and `progress.rs`
+//! `data.rs` (which images), `prepare.rs` (an image folder decoded once into a prepared
+//! set), `pictures.rs` (PNG plots and filter grids) and `progress.rs`
 //! (the progress bars) the rest.
 //!
 //! No command depends on the process's state beyond its arguments: relative paths are
@@ -36,6 +38,7 @@ mod cli;
 mod data;
 mod evaluate;
 mod pictures;
+mod prepare;
 mod progress;
 mod train;
 

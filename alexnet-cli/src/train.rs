@@ -281,10 +281,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
     }
     let seed = trainer.config().seed;
     let spec = match &a.data {
-        // The full path: the run records it, and eval finds the folder from anywhere.
-        Some(dir) => DataSpec::Folder(
-            std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?,
-        ),
+        Some(dir) => DataSpec::from_dir(dir)?,
         None => DataSpec::Generated {
             classes: a.classes,
             seed,
@@ -357,7 +354,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         }
         None => {
             let bar = progress::spinner(ctx, "preparing the data (mean image, colour components)");
-            let (pre, report) = Preprocess::fit(&*train_set, plan.input, &spec.to_string())?;
+            let (pre, report) = spec.preprocess(&*train_set, plan.input)?;
             bar.finish_and_clear();
             if report.skipped > 0 {
                 writeln!(ctx.out, "mean image: {report}")?;
@@ -371,7 +368,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
     let data_path = dir.join(DATA_FILE);
     let unit = match spec {
         DataSpec::Folder(_) => "files",
-        DataSpec::Generated { .. } => "images",
+        DataSpec::Prepared(_) | DataSpec::Generated { .. } => "images",
     };
     writeln!(
         ctx.out,

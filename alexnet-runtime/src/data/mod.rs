@@ -12,3 +12,4 @@ pub mod folder;
 pub mod imagenet;
 pub mod loader;
 pub mod pipeline;
+pub mod prepared;

@@ -124,17 +124,7 @@ impl Preprocess {
                 report.brief()
             )));
         }
-        let shape = Shape::new(3, side, side);
-        let step = images.len().div_ceil(PCA_IMAGES).max(1);
-        let sample: Vec<Vec<f32>> = (0..images.len())
-            .step_by(step)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .filter_map(|i| images.load(i, side).ok())
-            .map(|img| centred(chw(&img), &mean, COLOUR_UNITS))
-            .collect();
-        let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
-        let pca = PcaColour::from_images(&refs, shape).ok();
+        let pca = colour_components(images, side, &mean);
         let pre = Preprocess {
             side,
             crop: (input.h, input.w),
@@ -429,6 +419,26 @@ impl Preprocess {
             source: get("source")?.clone(),
         })
     }
+}
+
+/// The principal components of the RGB colours (values in [0, 1], `mean` subtracted) of up
+/// to 256 images spread over `images`, loaded at `side`; `None` when none loads.
+pub(crate) fn colour_components(
+    images: &dyn Images,
+    side: usize,
+    mean: &[f32],
+) -> Option<PcaColour> {
+    let shape = Shape::new(3, side, side);
+    let step = images.len().div_ceil(PCA_IMAGES).max(1);
+    let sample: Vec<Vec<f32>> = (0..images.len())
+        .step_by(step)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .filter_map(|i| images.load(i, side).ok())
+        .map(|img| centred(chw(&img), mean, COLOUR_UNITS))
+        .collect();
+    let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
+    PcaColour::from_images(&refs, shape).ok()
 }
 
 /// `values` (CHW, three channels of equal length) with channel `c` multiplied by

@@ -1,0 +1,1007 @@
+//! A prepared data set: an image folder decoded once ([`prepare`]) into a few large shard
+//! files of 8-bit RGB images at the training size, with an index, so that training reads
+//! images instead of decoding them (a 256x256 image reads in tens of microseconds; a
+//! typical ImageNet JPEG takes ~5 ms to decode and rescale).
+//!
+//! A prepared set is a folder:
+//!
+//! - `index.json` ([`PREPARED_FORMAT`]): the image side, the class names, the folder it
+//!   was made from, the per-pixel mean of the training split over all its images, the
+//!   principal components of its RGB colours, and per split its shards with their image
+//!   counts, sizes and CRC-32 checksums. It is written last, atomically: a folder without
+//!   one is not (yet) a prepared set.
+//! - `train-00000.shard`, `train-00001.shard`, ... (and `val-*.shard` when the source has
+//!   a `val/` split): each holds up to `shard_images` consecutive source images (in the
+//!   folder's order: classes sorted, files sorted), those that decoded. Layout, all
+//!   little-endian: a 40-byte header (magic `ANRSHRD1`, side u32, count u32, length of
+//!   the skipped-files text u32, CRC-32 of everything after the header u32, the key of
+//!   its source files u64, 8 zero bytes), `count` labels (u32), the skipped-files text
+//!   (one `path\treason` line each), then `count` images of `side` x `side` x 3 bytes
+//!   (HWC, as an `RgbImage` holds them).
+//!
+//! Every shard is written to a temporary file and renamed when complete, so a shard that
+//! exists is whole. An interrupted [`prepare`] run again keeps the shards whose key (the
+//! source files' paths, sizes and labels, and the side) and checksum match, and makes the
+//! others again; the index it then writes covers exactly the shards of this run.
+//!
+//! [`Prepared::open`] reads the index and every shard's header and checks them against
+//! each other and against the files' sizes (a truncated shard, an index that does not
+//! match its shards are errors that say so); [`Prepared::verify`] also checks the
+//! checksums. A split ([`PreparedSplit`]) is an [`Images`] set, so training, evaluation and
+//! the loaders take it as they take an image folder, and it reads batches of raw bytes
+//! for augmentation on the device ([`PreparedSplit::read_batch`]). Shards are read with
+//! positioned reads (`pread`), not memory-mapped: a shard truncated while it is read is
+//! an I/O error, not a `SIGBUS`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use image::RgbImage;
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use super::augment::PcaColour;
+use super::decode::{decode_rgb, DecodeError};
+use super::folder::ImageFolder;
+use super::loader::{mean_image, Images, LoadReport};
+use super::pipeline::{Preprocess, PIXEL_SCALE};
+use crate::error::{Error, Result};
+use crate::ir::Shape;
+use crate::weights::write_atomic;
+
+/// The `format` field of a prepared set's `index.json`.
+pub const PREPARED_FORMAT: &str = "alexnet-rs-prepared/1";
+
+/// The index file of a prepared set.
+pub const INDEX_FILE: &str = "index.json";
+
+const MAGIC: &[u8; 8] = b"ANRSHRD1";
+const HEADER: usize = 40;
+
+/// How many skipped files a split's report names.
+const REPORTED: usize = 5;
+
+/// How [`prepare`] makes a prepared set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Images are rescaled so that the shorter side is `side`, and the central `side` x
+    /// `side` patch kept (256 for the paper's AlexNet: [`super::pipeline::Preprocess::side_for`]).
+    pub side: usize,
+    /// At most this many source images per shard (1,024 by default: 192 MiB at 256x256).
+    pub shard_images: usize,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            side: 256,
+            shard_images: 1024,
+        }
+    }
+}
+
+/// What [`prepare`] did for one split.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitReport {
+    /// `train` or `val`.
+    pub name: String,
+    /// Source image files.
+    pub files: usize,
+    /// Images in the split's shards (the files that decoded).
+    pub images: usize,
+    /// Shards written by this run.
+    pub written: usize,
+    /// Shards kept from an earlier, interrupted run (key and checksum matched).
+    pub reused: usize,
+    /// The files that did not decode.
+    pub skipped: LoadReport,
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrepareReport {
+    /// Per split, `train` first.
+    pub splits: Vec<SplitReport>,
+    /// Bytes of the shards.
+    pub bytes: u64,
+    /// Whether it stopped when asked, before the end: then there is no index yet, and
+    /// [`prepare`] run again finishes the set.
+    pub interrupted: bool,
+}
+
+/// Prepares the image folder `src` (`src/train` and `src/val` when it has them, else
+/// `src` as the training split, as [`ImageFolder::open_split`] reads it) into the folder
+/// `out`: every image decoded once, in parallel, into shards, then the index (see the
+/// module documentation). `progress` is called with the number of source files handled
+/// so far, from any thread. Once `stop` returns true, no shard is begun; those finished
+/// are kept (a later run keeps them), no index is written and the report says
+/// [`PrepareReport::interrupted`].
+///
+/// Files that do not decode are skipped, counted and named (in the report and in the
+/// index). Shards of an earlier interrupted run with the same sources and side are kept
+/// when their checksums hold. Errors when `src` is not an image folder, when no image of
+/// the training split decodes, and when a file cannot be written (a full disk: the error
+/// names the file; no shard or index that looks complete is left).
+pub fn prepare(
+    src: &Path,
+    out: &Path,
+    opts: PrepareOptions,
+    progress: &(dyn Fn(u64) + Sync),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<PrepareReport> {
+    if opts.side == 0 || opts.shard_images == 0 {
+        return Err(Error::Invalid(format!(
+            "prepare: side {} and images per shard {} must be positive",
+            opts.side, opts.shard_images
+        )));
+    }
+    let (train, val) = ImageFolder::open_split(src)?;
+    let classes = train.class_names();
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // The old index goes first: from here until the new one is written, the folder is
+    // not a prepared set, whatever happens to the shards.
+    let index_path = out.join(INDEX_FILE);
+    match std::fs::remove_file(&index_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&index_path, e)),
+    }
+    remove_temporaries(out);
+    let done = AtomicU64::new(0);
+    let tick = |n: usize| progress(done.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
+    let mut splits = vec![("train", train)];
+    splits.extend(val.map(|v| ("val", v)));
+    let mut reports = Vec::new();
+    let mut index_splits = serde_json::Map::new();
+    let mut bytes = 0;
+    for (name, folder) in &splits {
+        let Some((report, shards)) = prepare_split(name, folder, out, opts, &tick, stop)? else {
+            return Ok(PrepareReport {
+                splits: reports,
+                bytes,
+                interrupted: true,
+            });
+        };
+        bytes += shards.iter().map(|s| s.bytes).sum::<u64>();
+        remove_other_shards(out, name, shards.len())?;
+        index_splits.insert(
+            name.to_string(),
+            json!({
+                "files": report.files,
+                "images": report.images,
+                "skipped": report.skipped.skipped,
+                "shards": shards.iter().map(ShardEntry::to_json).collect::<Vec<_>>(),
+            }),
+        );
+        reports.push(report);
+    }
+    if reports[0].images == 0 {
+        return Err(Error::Invalid(format!(
+            "{}: no image could be read: {}",
+            src.display(),
+            reports[0].skipped.brief()
+        )));
+    }
+    // The statistics training needs, over the training split as written.
+    let train_split = PreparedSplit::open_shards(out, "train", opts.side, classes.clone())?;
+    let (mean, _) = mean_image(&train_split, opts.side, train_split.len());
+    let pca = super::pipeline::colour_components(&train_split, opts.side, &mean);
+    let source = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+    let index = json!({
+        "format": PREPARED_FORMAT,
+        "side": opts.side,
+        "shard_images": opts.shard_images,
+        "source": source.display().to_string(),
+        "classes": classes,
+        "splits": index_splits,
+        "mean": mean,
+        "pca": pca.map(|p| json!({"eigenvalues": p.eigenvalues, "eigenvectors": p.eigenvectors})),
+    });
+    let text = serde_json::to_vec_pretty(&index)
+        .map_err(|e| Error::Invalid(format!("prepare: the index: {e}")))?;
+    write_atomic(&index_path, &text)?;
+    Ok(PrepareReport {
+        splits: reports,
+        bytes,
+        interrupted: false,
+    })
+}
+
+/// One shard as the index lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ShardEntry {
+    file: String,
+    images: usize,
+    bytes: u64,
+    crc32: u32,
+}
+
+impl ShardEntry {
+    fn to_json(&self) -> Value {
+        json!({"file": self.file, "images": self.images, "bytes": self.bytes, "crc32": self.crc32})
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(ShardEntry {
+            file: v.get("file")?.as_str()?.to_string(),
+            images: usize::try_from(v.get("images")?.as_u64()?).ok()?,
+            bytes: v.get("bytes")?.as_u64()?,
+            crc32: u32::try_from(v.get("crc32")?.as_u64()?).ok()?,
+        })
+    }
+}
+
+fn shard_name(split: &str, k: usize) -> String {
+    format!("{split}-{k:05}.shard")
+}
+
+/// FNV-1a, 64-bit: the key of a shard's sources (stable across Rust versions, unlike std's
+/// hasher).
+fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+/// The key of the shard made from `files` (paths, sizes and labels) at `side`.
+fn shard_key(folder: &ImageFolder, range: std::ops::Range<usize>, side: usize) -> u64 {
+    let mut h = fnv1a(0xCBF2_9CE4_8422_2325, PREPARED_FORMAT.as_bytes());
+    h = fnv1a(h, &(side as u64).to_le_bytes());
+    for i in range {
+        let path = folder.path(i);
+        h = fnv1a(h, path.to_string_lossy().as_bytes());
+        let len = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+        h = fnv1a(h, &len.to_le_bytes());
+        h = fnv1a(h, &folder.label(i).to_le_bytes());
+    }
+    h
+}
+
+/// A shard's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    side: u32,
+    count: u32,
+    skipped_bytes: u32,
+    crc32: u32,
+    key: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&self.side.to_le_bytes());
+        b[12..16].copy_from_slice(&self.count.to_le_bytes());
+        b[16..20].copy_from_slice(&self.skipped_bytes.to_le_bytes());
+        b[20..24].copy_from_slice(&self.crc32.to_le_bytes());
+        b[24..32].copy_from_slice(&self.key.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; HEADER]) -> Option<Self> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        (&b[..8] == MAGIC).then(|| Header {
+            side: u32_at(8),
+            count: u32_at(12),
+            skipped_bytes: u32_at(16),
+            crc32: u32_at(20),
+            key: u64::from_le_bytes(b[24..32].try_into().unwrap_or([0; 8])),
+        })
+    }
+
+    fn image_bytes(&self) -> u64 {
+        3 * u64::from(self.side) * u64::from(self.side)
+    }
+
+    /// Where the images start.
+    fn pixels_at(&self) -> u64 {
+        HEADER as u64 + 4 * u64::from(self.count) + u64::from(self.skipped_bytes)
+    }
+
+    /// The file's size.
+    fn file_bytes(&self) -> u64 {
+        self.pixels_at() + u64::from(self.count) * self.image_bytes()
+    }
+}
+
+/// Prepares one split: its shards, in parallel, each kept from an earlier run or made.
+/// `None` when `stop` said to stop before every shard was made.
+fn prepare_split(
+    name: &str,
+    folder: &ImageFolder,
+    out: &Path,
+    opts: PrepareOptions,
+    tick: &(dyn Fn(usize) + Sync),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<(SplitReport, Vec<ShardEntry>)>> {
+    let n = folder.len();
+    let shards = n.div_ceil(opts.shard_images);
+    let made: Vec<Option<Result<MadeShard>>> = (0..shards)
+        .into_par_iter()
+        .map(|k| {
+            if stop() {
+                return None;
+            }
+            let range = k * opts.shard_images..((k + 1) * opts.shard_images).min(n);
+            let len = range.len();
+            let r = make_shard(name, k, folder, range, out, opts.side);
+            tick(len);
+            Some(r)
+        })
+        .collect();
+    let mut report = SplitReport {
+        name: name.to_string(),
+        files: n,
+        ..SplitReport::default()
+    };
+    let mut entries = Vec::with_capacity(shards);
+    // An error (the first in order) before a stop.
+    let mut done = Vec::with_capacity(shards);
+    let mut stopped = false;
+    for m in made {
+        match m {
+            Some(r) => done.push(r?),
+            None => stopped = true,
+        }
+    }
+    if stopped {
+        return Ok(None);
+    }
+    for (entry, reused, skipped) in done {
+        report.images += entry.images;
+        if reused {
+            report.reused += 1;
+        } else {
+            report.written += 1;
+        }
+        report.skipped.skipped += skipped.len();
+        let room = REPORTED.saturating_sub(report.skipped.first.len());
+        report.skipped.first.extend(skipped.into_iter().take(room));
+        entries.push(entry);
+    }
+    Ok(Some((report, entries)))
+}
+
+/// A shard's entry, whether it was kept from an earlier run, and its skipped files.
+type MadeShard = (ShardEntry, bool, Vec<(PathBuf, String)>);
+
+/// Shard `k` of split `name`: kept when a complete shard with the same key is there and
+/// its checksum holds, else decoded and written. Returns its entry, whether it was kept,
+/// and its skipped files.
+fn make_shard(
+    name: &str,
+    k: usize,
+    folder: &ImageFolder,
+    range: std::ops::Range<usize>,
+    out: &Path,
+    side: usize,
+) -> Result<MadeShard> {
+    let file = shard_name(name, k);
+    let path = out.join(&file);
+    let key = shard_key(folder, range.clone(), side);
+    if let Some((header, skipped)) = existing_shard(&path, key, side) {
+        let entry = ShardEntry {
+            file,
+            images: header.count as usize,
+            bytes: header.file_bytes(),
+            crc32: header.crc32,
+        };
+        return Ok((entry, true, skipped));
+    }
+    // Decoded in parallel, kept in order.
+    let decoded: Vec<(usize, std::result::Result<RgbImage, DecodeError>)> = range
+        .into_par_iter()
+        .map(|i| (i, decode_rgb(folder.path(i), side)))
+        .collect();
+    let mut labels = Vec::new();
+    let mut skipped = Vec::new();
+    let mut pixels = Vec::new();
+    for (i, r) in decoded {
+        match r {
+            Ok(img) => {
+                labels.extend_from_slice(&folder.label(i).to_le_bytes());
+                pixels.extend_from_slice(img.as_raw());
+            }
+            Err(e) => skipped.push((folder.path(i).to_path_buf(), e.to_string())),
+        }
+    }
+    let skipped_text: String = skipped
+        .iter()
+        .map(|(p, why)| format!("{}\t{}\n", p.display(), why.replace(['\n', '\t'], " ")))
+        .collect();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&labels);
+    crc.update(skipped_text.as_bytes());
+    crc.update(&pixels);
+    let too_big = || Error::Invalid(format!("{}: too many images for one shard", path.display()));
+    let header = Header {
+        side: u32::try_from(side).map_err(|_| too_big())?,
+        count: u32::try_from(labels.len() / 4).map_err(|_| too_big())?,
+        skipped_bytes: u32::try_from(skipped_text.len()).map_err(|_| too_big())?,
+        crc32: crc.finalize(),
+        key,
+    };
+    write_whole(
+        &path,
+        &[&header.encode(), &labels, skipped_text.as_bytes(), &pixels],
+    )?;
+    let entry = ShardEntry {
+        file,
+        images: header.count as usize,
+        bytes: header.file_bytes(),
+        crc32: header.crc32,
+    };
+    Ok((entry, false, skipped))
+}
+
+/// The header and skipped files of the complete shard at `path` made from the sources
+/// `key` at `side`, if it is there and its checksum holds.
+fn existing_shard(path: &Path, key: u64, side: usize) -> Option<(Header, Vec<(PathBuf, String)>)> {
+    let mut f = File::open(path).ok()?;
+    let mut h = [0u8; HEADER];
+    f.read_exact(&mut h).ok()?;
+    let header = Header::decode(&h)?;
+    if header.key != key || header.side as usize != side {
+        return None;
+    }
+    if f.metadata().ok()?.len() != header.file_bytes() {
+        return None;
+    }
+    let (crc, skipped) = checksum(&mut f, &header).ok()?;
+    (crc == header.crc32).then_some((header, skipped))
+}
+
+/// The CRC-32 of a shard's contents after its header (read from `f`, positioned just
+/// after the header), and its skipped files.
+fn checksum(f: &mut File, header: &Header) -> std::io::Result<(u32, Vec<(PathBuf, String)>)> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut head = vec![0u8; 4 * header.count as usize + header.skipped_bytes as usize];
+    f.read_exact(&mut head)?;
+    crc.update(&head);
+    let text = String::from_utf8_lossy(&head[4 * header.count as usize..]);
+    let skipped = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, why)| (PathBuf::from(p), why.to_string()))
+        .collect();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = u64::from(header.count) * header.image_bytes();
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        f.read_exact(&mut buf[..n])?;
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok((crc.finalize(), skipped))
+}
+
+/// Writes `parts` to `path` through a temporary file renamed when complete and synced;
+/// on any error the temporary file is removed and the error names `path`.
+fn write_whole(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    let tmp = temporary(path);
+    let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    let result = (|| {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        for p in parts {
+            f.write_all(p)?;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Write {
+            path: path.to_path_buf(),
+            bytes,
+            source,
+        }
+    })
+}
+
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Removes the temporary shards an interrupted run left (`*.shard.tmp`).
+fn remove_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".shard.tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Removes the shards of split `name` numbered `count` and up (an earlier run's, from
+/// more source files).
+fn remove_other_shards(out: &Path, name: &str, count: usize) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    let prefix = format!("{name}-");
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let k = file
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".shard"))
+            .and_then(|k| k.parse::<usize>().ok());
+        if k.is_some_and(|k| k >= count) {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// A prepared data set, opened: its index read and every shard's header checked.
+#[derive(Debug)]
+pub struct Prepared {
+    dir: PathBuf,
+    /// The side of its images.
+    pub side: usize,
+    /// The class names, in label order.
+    pub classes: Vec<String>,
+    /// The image folder it was made from.
+    pub source: String,
+    /// The per-pixel mean of the training split, CHW, 0..255.
+    pub mean: Vec<f32>,
+    /// The principal components of the training split's colours (values in [0, 1]).
+    pub pca: Option<PcaColour>,
+    /// The training split.
+    pub train: PreparedSplit,
+    /// The validation split, when the source had one.
+    pub val: Option<PreparedSplit>,
+}
+
+/// Whether `dir` is a prepared set (has an index file).
+pub fn is_prepared(dir: &Path) -> bool {
+    dir.join(INDEX_FILE).is_file()
+}
+
+impl Prepared {
+    /// Opens the prepared set in `dir`: reads its index and checks every shard's header
+    /// and size against it. Errors name the file and what is wrong: no index (with how to
+    /// make one), an index of another format, a shard missing, truncated, or not the one
+    /// the index lists.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join(INDEX_FILE);
+        let text = std::fs::read(&index_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Invalid(format!(
+                    "{} is not a prepared data set (no {INDEX_FILE}; `alexnet prepare --data IMAGES --out {}` makes one, and an interrupted one is finished by running it again)",
+                    dir.display(),
+                    dir.display()
+                ))
+            } else {
+                Error::io(&index_path, e)
+            }
+        })?;
+        let bad = |what: &str| Error::Content {
+            path: Some(index_path.clone()),
+            message: format!("not a valid prepared-set index: {what}"),
+        };
+        let v: Value = serde_json::from_slice(&text).map_err(|e| bad(&e.to_string()))?;
+        match v.get("format").and_then(Value::as_str) {
+            Some(PREPARED_FORMAT) => {}
+            Some(other) => {
+                return Err(bad(&format!(
+                    "format {other:?}; this version reads {PREPARED_FORMAT:?}"
+                )))
+            }
+            None => return Err(bad("no format")),
+        }
+        let side = v
+            .get("side")
+            .and_then(Value::as_u64)
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s > 0)
+            .ok_or_else(|| bad("no side"))?;
+        let strings = |key: &str| -> Option<Vec<String>> {
+            v.get(key)?
+                .as_array()?
+                .iter()
+                .map(|s| s.as_str().map(String::from))
+                .collect()
+        };
+        let classes = strings("classes")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| bad("no classes"))?;
+        let source = v
+            .get("source")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mean: Vec<f32> = v
+            .get("mean")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+            .filter(|m: &Vec<f32>| m.len() == 3 * side * side)
+            .ok_or_else(|| bad(&format!("no mean of 3 x {side} x {side} values")))?;
+        let pca = match v.get("pca") {
+            None | Some(Value::Null) => None,
+            Some(p) => Some(parse_pca(p).ok_or_else(|| bad("pca"))?),
+        };
+        let split = |name: &str| -> Result<Option<PreparedSplit>> {
+            let Some(s) = v.get("splits").and_then(|s| s.get(name)) else {
+                return Ok(None);
+            };
+            let entries: Vec<ShardEntry> = s
+                .get("shards")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(ShardEntry::from_json).collect())
+                .ok_or_else(|| bad(&format!("the shards of {name}")))?;
+            let images = s.get("images").and_then(Value::as_u64);
+            let split = PreparedSplit::open_entries(dir, name, side, classes.clone(), &entries)?;
+            if images != Some(split.len() as u64) {
+                return Err(Error::Content {
+                    path: Some(index_path.clone()),
+                    message: format!(
+                        "the index says split {name} has {} images, its shards hold {}",
+                        images.map_or("no count of".into(), |n| n.to_string()),
+                        split.len()
+                    ),
+                });
+            }
+            Ok(Some(split))
+        };
+        let train = split("train")?.ok_or_else(|| bad("no train split"))?;
+        let val = split("val")?;
+        Ok(Prepared {
+            dir: dir.to_path_buf(),
+            side,
+            classes,
+            source,
+            mean,
+            pca,
+            train,
+            val,
+        })
+    }
+
+    /// The folder it lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How this set's images become inputs of a network with input `input`: its mean,
+    /// colour components and classes, the network's crop, the paper's scale. An error
+    /// when the network needs images of another side than the set's (with the
+    /// `prepare` command that makes the right ones).
+    pub fn preprocess(&self, input: Shape, source: &str) -> Result<Preprocess> {
+        let side = Preprocess::side_for(input)?;
+        if side != self.side {
+            return Err(Error::Invalid(format!(
+                "{} was prepared at {}x{}; a network with input {input} trains on {side}x{side} images: `alexnet prepare --data {} --out DIR --size {side}` makes them",
+                self.dir.display(),
+                self.side,
+                self.side,
+                if self.source.is_empty() { "IMAGES" } else { &self.source },
+            )));
+        }
+        Ok(Preprocess {
+            side,
+            crop: (input.h, input.w),
+            mean: self.mean.clone(),
+            scale: PIXEL_SCALE,
+            std: [1.0; 3],
+            pca: self.pca,
+            classes: self.classes.clone(),
+            source: source.to_string(),
+        })
+    }
+
+    /// Reads every shard whole and checks its CRC-32 against the index. An error names
+    /// the first shard that fails.
+    pub fn verify(&self) -> Result<()> {
+        let splits = std::iter::once(&self.train).chain(self.val.as_ref());
+        for split in splits {
+            split.shards.par_iter().try_for_each(|s| {
+                let mut f = File::open(&s.path).map_err(|e| Error::io(&s.path, e))?;
+                let mut h = [0u8; HEADER];
+                f.read_exact(&mut h).map_err(|e| Error::io(&s.path, e))?;
+                let (crc, _) = checksum(&mut f, &s.header).map_err(|e| Error::io(&s.path, e))?;
+                if crc != s.header.crc32 {
+                    return Err(Error::Content {
+                        path: Some(s.path.clone()),
+                        message: format!(
+                            "checksum mismatch (CRC-32 {crc:08x}, the index says {:08x}): the shard is damaged; `alexnet prepare` again remakes it",
+                            s.header.crc32
+                        ),
+                    });
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_pca(p: &Value) -> Option<PcaColour> {
+    let vals: Vec<f32> = p
+        .get("eigenvalues")?
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|x| x as f32))
+        .collect::<Option<_>>()?;
+    let vecs: Vec<Vec<f32>> = p
+        .get("eigenvectors")?
+        .as_array()?
+        .iter()
+        .map(|r| {
+            r.as_array()?
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect()
+        })
+        .collect::<Option<_>>()?;
+    let eigenvalues: [f32; 3] = vals.try_into().ok()?;
+    let rows: Vec<[f32; 3]> = vecs
+        .into_iter()
+        .map(|r| r.try_into().ok())
+        .collect::<Option<_>>()?;
+    Some(PcaColour {
+        eigenvalues,
+        eigenvectors: rows.try_into().ok()?,
+    })
+}
+
+/// One shard of a split, its header checked.
+#[derive(Debug, Clone)]
+struct Shard {
+    path: PathBuf,
+    header: Header,
+    /// Index of its first image in the split.
+    first: usize,
+}
+
+/// One split of a prepared set: its images in shard order, each `side` x `side` RGB.
+#[derive(Debug, Clone)]
+pub struct PreparedSplit {
+    name: String,
+    side: usize,
+    classes: Vec<String>,
+    shards: Vec<Shard>,
+    labels: Vec<u32>,
+}
+
+impl PreparedSplit {
+    /// The split as the index lists it, every shard's header checked against its entry
+    /// and its file's size.
+    fn open_entries(
+        dir: &Path,
+        name: &str,
+        side: usize,
+        classes: Vec<String>,
+        entries: &[ShardEntry],
+    ) -> Result<Self> {
+        let mut split = PreparedSplit {
+            name: name.to_string(),
+            side,
+            classes,
+            shards: Vec::with_capacity(entries.len()),
+            labels: Vec::new(),
+        };
+        for e in entries {
+            let path = dir.join(&e.file);
+            let (header, labels) = read_header(&path, side)?;
+            if header.count as usize != e.images || header.crc32 != e.crc32 {
+                return Err(Error::Content {
+                    path: Some(path),
+                    message: format!(
+                        "this shard ({} images, CRC-32 {:08x}) is not the one the index lists ({} images, CRC-32 {:08x}): the folder mixes two runs of `alexnet prepare`; run it again",
+                        header.count, header.crc32, e.images, e.crc32
+                    ),
+                });
+            }
+            split.push(path, header, labels);
+        }
+        Ok(split)
+    }
+
+    /// The shards `name-00000.shard`, ... in `dir` as they are, while [`prepare`] makes
+    /// the index.
+    fn open_shards(dir: &Path, name: &str, side: usize, classes: Vec<String>) -> Result<Self> {
+        let mut split = PreparedSplit {
+            name: name.to_string(),
+            side,
+            classes,
+            shards: Vec::new(),
+            labels: Vec::new(),
+        };
+        for k in 0.. {
+            let path = dir.join(shard_name(name, k));
+            if !path.exists() {
+                break;
+            }
+            let (header, labels) = read_header(&path, side)?;
+            split.push(path, header, labels);
+        }
+        Ok(split)
+    }
+
+    fn push(&mut self, path: PathBuf, header: Header, labels: Vec<u32>) {
+        self.shards.push(Shard {
+            path,
+            header,
+            first: self.labels.len(),
+        });
+        self.labels.extend(labels);
+    }
+
+    /// `train` or `val`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The side of its images.
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// The labels, in image order.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Bytes of one image: `side * side * 3`.
+    pub fn image_bytes(&self) -> usize {
+        3 * self.side * self.side
+    }
+
+    /// The shard holding image `i < len()`, and the image's offset in it.
+    fn locate(&self, i: usize) -> (&Shard, u64) {
+        let k = self.shards.partition_point(|s| s.first <= i) - 1;
+        let s = &self.shards[k];
+        let at = s.header.pixels_at() + (i - s.first) as u64 * s.header.image_bytes();
+        (s, at)
+    }
+
+    /// Reads image `i` (HWC, `side * side * 3` bytes) into `out`.
+    pub fn read_image(&self, i: usize, out: &mut [u8]) -> std::io::Result<()> {
+        let (shard, at) = self.locate(i);
+        let f = File::open(&shard.path)?;
+        read_at(&f, out, at)
+    }
+
+    /// Reads the images `indices` (each `< len()`) one after another into `out` (HWC
+    /// each, `indices.len() * image_bytes()` bytes): a batch as it goes to the device
+    /// for augmentation there. Each shard is opened once per call.
+    pub fn read_batch(&self, indices: &[usize], out: &mut [u8]) -> Result<()> {
+        let size = self.image_bytes();
+        if out.len() != indices.len() * size {
+            return Err(Error::BufferTooSmall {
+                what: format!("prepared split {}: batch", self.name),
+                len: out.len(),
+                needed: indices.len() * size,
+            });
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::Invalid(format!(
+                "prepared split {}: image {bad} of {}",
+                self.name,
+                self.len()
+            )));
+        }
+        let mut open: Option<(usize, File)> = None;
+        for (&i, dst) in indices.iter().zip(out.chunks_exact_mut(size)) {
+            let (shard, at) = self.locate(i);
+            let k = shard.first;
+            let f = match open.take() {
+                Some((first, f)) if first == k => f,
+                _ => File::open(&shard.path).map_err(|e| Error::io(&shard.path, e))?,
+            };
+            read_at(&f, dst, at).map_err(|e| Error::io(&shard.path, e))?;
+            open = Some((k, f));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `buf.len()` bytes of `f` at `offset`.
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+/// A shard's header and labels, checked: its magic, its side against `side`, its size
+/// against what the header says.
+fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>)> {
+    let mut f = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Content {
+                path: Some(path.to_path_buf()),
+                message: "a shard the index lists is missing; `alexnet prepare` again remakes it"
+                    .into(),
+            }
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let bad = |message: String| Error::Content {
+        path: Some(path.to_path_buf()),
+        message,
+    };
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut h = [0u8; HEADER];
+    f.read_exact(&mut h)
+        .map_err(|_| bad(format!("truncated shard: {size} bytes, not even a header")))?;
+    let header = Header::decode(&h).ok_or_else(|| bad("not a shard of a prepared set".into()))?;
+    if header.side as usize != side {
+        return Err(bad(format!(
+            "a shard of {}x{} images in a set the index says is {side}x{side}",
+            header.side, header.side
+        )));
+    }
+    if size != header.file_bytes() {
+        return Err(bad(format!(
+            "truncated shard: {size} bytes, its header says {} images, {} bytes; `alexnet prepare` again remakes it",
+            header.count,
+            header.file_bytes()
+        )));
+    }
+    let mut labels = vec![0u8; 4 * header.count as usize];
+    f.read_exact(&mut labels).map_err(|e| Error::io(path, e))?;
+    let labels = labels
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((header, labels))
+}
+
+impl Images for PreparedSplit {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
+    fn label(&self, i: usize) -> u32 {
+        self.labels[i]
+    }
+
+    fn describe(&self, i: usize) -> PathBuf {
+        let (shard, _) = self.locate(i);
+        PathBuf::from(format!(
+            "{} (image {})",
+            shard.path.display(),
+            i - shard.first
+        ))
+    }
+
+    /// Image `i` as prepared; `side` must be the set's (the callers check
+    /// [`Prepared::side`] against the network first), else a [`DecodeError::Corrupt`]
+    /// that says so.
+    fn load(&self, i: usize, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+        if side != self.side {
+            return Err(DecodeError::Corrupt(format!(
+                "the set was prepared at {}x{}, {side}x{side} was asked for",
+                self.side, self.side
+            )));
+        }
+        let mut buf = vec![0u8; self.image_bytes()];
+        self.read_image(i, &mut buf)
+            .map_err(DecodeError::Unreadable)?;
+        let s = self.side as u32;
+        RgbImage::from_raw(s, s, buf)
+            .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))
+    }
+}

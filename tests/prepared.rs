@@ -1,0 +1,292 @@
+//! Prepared data sets (`alexnet::runtime::data::prepared`): the shards hold exactly what
+//! decoding the folder gives, an interrupted `prepare` is finished by running it again,
+//! and every damaged or mismatched set is a clear error.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alexnet::ir::Shape;
+use alexnet::runtime::data::decode::decode_rgb;
+use alexnet::runtime::data::folder::ImageFolder;
+use alexnet::runtime::data::loader::{mean_image, Images};
+use alexnet::runtime::data::prepared::{self, PrepareOptions, Prepared, INDEX_FILE};
+
+/// A fresh folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("alexnet-prepared-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `n` images per class (3 classes) of varied sizes and content under `dir/<class>/`,
+/// PNG and JPEG, and one file that is not an image.
+fn image_folder(dir: &Path, n: u32, seed: u32) {
+    for (c, class) in ["ant", "bee", "cat"].iter().enumerate() {
+        let d = dir.join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..n {
+            let (w, h) = (40 + (i * 7 + c as u32 * 3) % 30, 36 + (i * 5) % 25);
+            let k = seed.wrapping_mul(31).wrapping_add(i * 3 + c as u32);
+            let img = image::RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([
+                    ((x * 5 + k * 17) % 256) as u8,
+                    ((y * 3 + k * 29 + c as u32 * 80) % 256) as u8,
+                    (((x ^ y) + k) % 256) as u8,
+                ])
+            });
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            img.save(d.join(format!("{i:03}.{ext}"))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("bee").join("broken.jpg"), b"not a jpeg").unwrap();
+}
+
+fn opts(side: usize, shard_images: usize) -> PrepareOptions {
+    PrepareOptions { side, shard_images }
+}
+
+fn prepare(src: &Path, out: &Path, o: PrepareOptions) -> prepared::PrepareReport {
+    prepared::prepare(src, out, o, &|_| {}, &|| false).unwrap()
+}
+
+#[test]
+fn prepared_images_are_the_folder_s_decoded_images() {
+    let root = scratch("same");
+    image_folder(&root.join("src/train"), 9, 1);
+    image_folder(&root.join("src/val"), 3, 2);
+    let out = root.join("set");
+    let calls = AtomicU64::new(0);
+    let report = prepared::prepare(
+        &root.join("src"),
+        &out,
+        opts(37, 5),
+        &|n| {
+            calls.fetch_max(n, Ordering::Relaxed);
+        },
+        &|| false,
+    )
+    .unwrap();
+    assert!(!report.interrupted);
+    assert_eq!(calls.load(Ordering::Relaxed), 28 + 10, "every file counted");
+    let train = &report.splits[0];
+    assert_eq!(
+        (train.name.as_str(), train.files, train.images),
+        ("train", 28, 27)
+    );
+    assert_eq!((train.written, train.reused), (6, 0));
+    assert_eq!(train.skipped.skipped, 1);
+    assert!(train.skipped.first[0].0.ends_with("bee/broken.jpg"));
+    assert_eq!(report.splits[1].images, 9);
+
+    let set = Prepared::open(&out).unwrap();
+    set.verify().unwrap();
+    assert_eq!(set.side, 37);
+    assert_eq!(set.classes, ["ant", "bee", "cat"]);
+    let folder = ImageFolder::open(&root.join("src/train")).unwrap();
+    let good: Vec<usize> = (0..folder.len())
+        .filter(|&i| !folder.path(i).ends_with("broken.jpg"))
+        .collect();
+    assert_eq!(set.train.len(), good.len());
+    for (j, &i) in good.iter().enumerate() {
+        assert_eq!(set.train.label(j), folder.label(i));
+        let want = decode_rgb(folder.path(i), 37).unwrap();
+        assert_eq!(set.train.load(j, 37).unwrap(), want, "image {j}");
+    }
+    // The mean is over every image, exactly as the loaders' mean_image takes it.
+    let (mean, report) = mean_image(&folder, 37, folder.len());
+    assert_eq!(report.skipped, 1);
+    assert_eq!(set.mean, mean);
+    assert!(set.pca.is_some());
+
+    // Raw batches, in any order, straight from the shards.
+    let order = [26, 0, 13, 5, 5];
+    let size = set.train.image_bytes();
+    let mut batch = vec![0u8; order.len() * size];
+    set.train.read_batch(&order, &mut batch).unwrap();
+    for (k, &i) in order.iter().enumerate() {
+        let want = set.train.load(i, 37).unwrap();
+        assert_eq!(&batch[k * size..(k + 1) * size], want.as_raw().as_slice());
+    }
+    assert!(set.train.read_batch(&[27], &mut batch[..size]).is_err());
+    assert!(set.train.read_batch(&[0], &mut batch).is_err());
+
+    // A network input the set was not prepared for.
+    let err = set
+        .preprocess(Shape::new(3, 227, 227), "prepared:x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("prepared at 37x37") && err.contains("--size 256"),
+        "{err}"
+    );
+    let pre = set.preprocess(Shape::new(3, 32, 32), "prepared:x").unwrap();
+    assert_eq!((pre.side, pre.crop), (37, (32, 32)));
+    // And the same folder prepared again changes nothing.
+    let again = prepare(&root.join("src"), &out, opts(37, 5));
+    assert_eq!((again.splits[0].written, again.splits[0].reused), (0, 6));
+}
+
+/// Every file of a folder, by name.
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn an_interrupted_prepare_is_finished_by_running_it_again() {
+    let root = scratch("resume");
+    image_folder(&root.join("src"), 8, 3);
+    let fresh = root.join("fresh");
+    prepare(&root.join("src"), &fresh, opts(37, 4));
+
+    // Stopped once the first shard is done: no index, so not a prepared set yet.
+    let out = root.join("set");
+    let done = AtomicU64::new(0);
+    let report = prepared::prepare(
+        &root.join("src"),
+        &out,
+        opts(37, 4),
+        &|n| done.store(n, Ordering::SeqCst),
+        &|| done.load(Ordering::SeqCst) > 0,
+    )
+    .unwrap();
+    assert!(report.interrupted);
+    assert!(!out.join(INDEX_FILE).exists());
+    let err = Prepared::open(&out).unwrap_err().to_string();
+    assert!(
+        err.contains("not a prepared data set") && err.contains("alexnet prepare"),
+        "{err}"
+    );
+    let finished = std::fs::read_dir(&out).unwrap().count();
+    assert!((1..7).contains(&finished), "{finished} shards");
+
+    // One finished shard damaged, and a temporary file left over: the run again remakes
+    // the damaged shard, keeps the others and ends with what one uninterrupted run makes.
+    let first = out.join("train-00000.shard");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&first, bytes).unwrap();
+    std::fs::write(out.join("train-00005.shard.tmp"), b"half").unwrap();
+    let report = prepare(&root.join("src"), &out, opts(37, 4));
+    let s = &report.splits[0];
+    assert_eq!(s.written + s.reused, 7);
+    assert_eq!(s.reused, finished - 1, "kept all but the damaged one");
+    assert_eq!(files(&out), files(&fresh));
+
+    // Fewer images per shard: every shard made again, none of the old ones left.
+    let report = prepare(&root.join("src"), &out, opts(37, 8));
+    assert_eq!((report.splits[0].written, report.splits[0].reused), (4, 0));
+    assert!(!out.join("train-00004.shard").exists());
+    Prepared::open(&out).unwrap().verify().unwrap();
+}
+
+#[test]
+fn damaged_and_mismatched_sets_are_errors_that_say_what_is_wrong() {
+    let root = scratch("damaged");
+    image_folder(&root.join("src"), 6, 4);
+    let a = root.join("a");
+    prepare(&root.join("src"), &a, opts(37, 5));
+    let shard = a.join("train-00001.shard");
+    let good = std::fs::read(&shard).unwrap();
+
+    // Truncated.
+    std::fs::write(&shard, &good[..good.len() - 100]).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("train-00001.shard") && err.contains("truncated shard"),
+        "{err}"
+    );
+    std::fs::write(&shard, &good[..20]).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("truncated shard"), "{err}");
+
+    // Missing.
+    std::fs::remove_file(&shard).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("train-00001.shard") && err.contains("missing"),
+        "{err}"
+    );
+
+    // Another run's shard under the same name (other sources: the count or the
+    // checksum differs from the index's).
+    let b = root.join("b");
+    image_folder(&root.join("src2"), 6, 5);
+    prepare(&root.join("src2"), &b, opts(37, 5));
+    std::fs::copy(b.join("train-00001.shard"), &shard).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("not the one the index lists"), "{err}");
+
+    // Another size.
+    let c = root.join("c");
+    prepare(&root.join("src"), &c, opts(40, 5));
+    std::fs::copy(c.join("train-00001.shard"), &shard).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("40x40") && err.contains("37x37"), "{err}");
+
+    // Damaged inside: opens (headers and sizes hold), fails verification.
+    let mut bytes = good.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let set = Prepared::open(&a).unwrap();
+    let err = set.verify().unwrap_err().to_string();
+    assert!(
+        err.contains("train-00001.shard") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+
+    // The index: not JSON, another format.
+    std::fs::write(&shard, &good).unwrap();
+    let index = a.join(INDEX_FILE);
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, &text[..text.len() / 2]).unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("not a valid prepared-set index"), "{err}");
+    std::fs::write(
+        &index,
+        text.replace("alexnet-rs-prepared/1", "alexnet-rs-prepared/9"),
+    )
+    .unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("alexnet-rs-prepared/9"), "{err}");
+    std::fs::write(&index, &text).unwrap();
+    Prepared::open(&a).unwrap().verify().unwrap();
+}
+
+#[test]
+fn a_folder_with_nothing_that_decodes_is_an_error() {
+    let root = scratch("nothing");
+    let class = root.join("src").join("x");
+    std::fs::create_dir_all(&class).unwrap();
+    std::fs::write(class.join("a.jpg"), b"no").unwrap();
+    std::fs::write(class.join("b.png"), b"").unwrap();
+    let err = prepared::prepare(
+        &root.join("src"),
+        &root.join("set"),
+        opts(37, 4),
+        &|_| {},
+        &|| false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no image could be read") && err.contains("2 file(s) skipped"),
+        "{err}"
+    );
+    assert!(!root.join("set").join(INDEX_FILE).exists());
+}

@@ -794,6 +794,7 @@ fn operand(elem: Elem, v: &[f32]) -> (Vec<f32>, Vec<f32>) {
                 h.iter().map(|x| x.to_f32()).collect(),
             )
         }
+        Elem::U8 => unreachable!("no tensor-core GEMM of bytes"),
     }
 }
 
@@ -1011,6 +1012,7 @@ fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
                     (h.to_f32(), u32::from(h.to_bits()))
                 }
                 Elem::F32 => (tf32(x), tf32(x).to_bits()),
+                Elem::U8 => unreachable!("no tensor-core GEMM of bytes"),
             }
         };
         let a: Vec<(f32, u32)> = random(&mut rng, 256).into_iter().map(value).collect();
@@ -1114,4 +1116,117 @@ fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
         all[..],
         "cp.async: both groups after wait<0>"
     );
+}
+
+// ---- Input augmentation ------------------------------------------------------------------
+
+/// The generated augmentation kernel cuts, from a batch of prepared 8-bit images, the very
+/// patches the CPU's transforms cut from the same images: the training patches of a seed
+/// and epoch (same crops, mirrors and colour shifts: the draws are the `Preprocess`'s),
+/// the centre crop and the ten crops, bit for bit.
+#[test]
+fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
+    use alexnet::codegen::kernels::spec::c_float;
+    use alexnet::ir::Shape;
+    use alexnet::runtime::data::augment::PcaColour;
+    use alexnet::runtime::data::patch::{augment_batch, Draw, PatchScale};
+    use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
+    use rand::Rng;
+    let Some(cxx) = compiler() else { return };
+    let (side, crop, n) = (13, (9, 7), 3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
+    let pre = Preprocess {
+        side,
+        crop,
+        mean: (0..3 * side * side)
+            .map(|_| rng.random_range(60.0..190.0))
+            .collect(),
+        scale: PIXEL_SCALE,
+        std: [0.9, 1.1, 1.0],
+        pca: Some(PcaColour {
+            eigenvalues: [0.06, 0.007, 0.0015],
+            eigenvectors: [[0.58, 0.58, 0.57], [0.7, 0.0, -0.71], [0.41, -0.82, 0.41]],
+        }),
+        classes: vec!["a".into()],
+        source: "test".into(),
+    };
+    // Image i as the transforms take it: CHW, 0..255 as f32.
+    let chw = |i: usize| -> Vec<f32> {
+        let img = &images[i * side * side * 3..(i + 1) * side * side * 3];
+        (0..3)
+            .flat_map(|c| (0..side * side).map(move |p| f32::from(img[p * 3 + c])))
+            .collect()
+    };
+    let (seed, epoch) = (4, 2);
+    let train: Vec<Draw> = (0..n as u64)
+        .map(|i| pre.train_draw(seed, epoch, i))
+        .collect();
+    assert!(train.iter().any(|d| d.flip) && train.iter().any(|d| !d.flip));
+    let cases: [(&str, Vec<Draw>, usize, PatchScale, _); 3] = [
+        (
+            "train",
+            train,
+            1,
+            pre.train_scale(),
+            pre.train_transform(seed, epoch),
+        ),
+        (
+            "centre",
+            vec![Draw::centre(side, crop); n],
+            1,
+            pre.eval_scale(),
+            pre.eval_transform(),
+        ),
+        (
+            "ten crops",
+            (0..n).flat_map(|_| Draw::ten_crops(side, crop)).collect(),
+            10,
+            pre.eval_scale(),
+            pre.ten_crop_transform(),
+        ),
+    ];
+    // The driver's buffers are float words: the bytes four to a word.
+    let mut padded = images.clone();
+    padded.resize(images.len().div_ceil(4) * 4, 0);
+    let words: Vec<f32> = padded
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for (what, draws, per_image, f, transform) in cases {
+        let want: Vec<f32> = (0..n).flat_map(|i| transform(chw(i), i as u64)).collect();
+        let batch = augment_batch(&images, side, &pre.mean, crop, &draws, per_image, f).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&batch),
+            bits(&want),
+            "{what}: augment_batch and the transform"
+        );
+        let k = cuda::augment::augment(Shape::new(3, crop.0, crop.1), side, per_image).unwrap();
+        let flat: Vec<f32> = draws.iter().flat_map(|d| d.to_kernel()).collect();
+        let out = vec![f32::NAN; want.len()];
+        let scalars = [
+            ("units", c_float(f.units)),
+            ("scale_r", c_float(f.scale[0])),
+            ("scale_g", c_float(f.scale[1])),
+            ("scale_b", c_float(f.scale[2])),
+        ];
+        let got = emulate(
+            &cxx,
+            &k,
+            n,
+            &[
+                ("images", &words),
+                ("draws", &flat),
+                ("mean", &pre.mean),
+                ("out", &out),
+            ],
+            &scalars,
+        );
+        assert_eq!(
+            bits(&got["out"]),
+            bits(&want),
+            "{what}: the kernel and the CPU"
+        );
+    }
 }

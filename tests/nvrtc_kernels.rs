@@ -377,3 +377,27 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
         }
     }
 }
+
+/// The input augmentation kernels of the example networks (one patch per image, and the
+/// paper's ten) compile without spills.
+#[test]
+fn every_augmentation_kernel_compiles_without_spills() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for (net, plan) in [
+        ("AlexNet", AlexNet::plan()),
+        ("TorchvisionAlexNet", TorchvisionAlexNet::plan()),
+        ("SmallNet", SmallNet::plan()),
+    ] {
+        let side = alexnet::runtime::data::pipeline::Preprocess::side_for(plan.input).unwrap();
+        let specs: Vec<KernelSpec> = [1, 10]
+            .map(|per_image| cuda::augment::augment(plan.input, side, per_image).unwrap())
+            .into();
+        let source = cuda::translation_unit("// augmentation\n", &specs);
+        let launches: Vec<KernelLaunch> = specs.iter().map(|k| k.launch.clone()).collect();
+        for row in check(net, &source, &launches) {
+            println!("{net} augmentation: {row}");
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! ([`Plan::generated`]); [`kernels`] hands them to a backend, generating them only for a
 //! plan built at run time (`plan_from_str`).
 
+pub mod augment;
 mod exchange;
 mod forward;
 pub mod roofline;
@@ -24,7 +25,8 @@ use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template
 use crate::kernels::{gemm, mma};
 use crate::layers::{self, KernelCx};
 
-/// The headers of the network-level kernels: the loss, the optimiser, the exchanges.
+/// The headers of the network-level kernels: the loss, the optimiser, the exchanges, the
+/// input augmentation.
 const HEADERS: &[Header] = &[
     Header {
         name: "loss.cuh",
@@ -41,6 +43,10 @@ const HEADERS: &[Header] = &[
     Header {
         name: "exchange.cuh",
         text: include_str!("../../../kernels_templates/exchange.cuh"),
+    },
+    Header {
+        name: "augment.cuh",
+        text: include_str!("../../../kernels_templates/augment.cuh"),
     },
 ];
 
@@ -66,6 +72,7 @@ pub fn templates() -> impl Iterator<Item = &'static Template> {
         .chain(layers::templates())
         .chain([&LOSS_TEMPLATE, &FINITE_TEMPLATE, &SGD_TEMPLATE])
         .chain(exchange::TEMPLATES.iter())
+        .chain([&augment::AUGMENT_TEMPLATE])
 }
 
 /// A plan's kernels: the ones `network!` generated for it, or, for a plan built at run

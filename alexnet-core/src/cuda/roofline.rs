@@ -158,7 +158,7 @@ pub fn estimate(
     };
     let peak = match spec.gemm.map(|g| g.elem) {
         Some(Elem::F16 | Elem::Bf16) => gpu.f16_flops,
-        Some(Elem::F32) | None => gpu.f32_flops,
+        Some(Elem::F32 | Elem::U8) | None => gpu.f32_flops,
     };
     let compute = if flops == 0 {
         0.0

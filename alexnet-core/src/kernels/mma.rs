@@ -131,6 +131,8 @@ pub enum MmaError {
     /// A row of `a` or `b` (`k` values) is not a whole number of 16-byte chunks: the
     /// pipeline copies 16 bytes at a time from row starts it assumes aligned.
     UnalignedK { k: usize, elem: Elem },
+    /// Operands of a type tensor cores do not take here.
+    Elem(Elem),
     /// The tile breaks a rule of the template (no empty side, at most 32 warps, warp tiles
     /// multiples of 16 x 16, a K step of 2, 4 or 8 chunks, at least two stages, at most 48
     /// KiB of static shared memory).
@@ -149,6 +151,7 @@ impl std::fmt::Display for MmaError {
             ),
             MmaError::Tile(t) => write!(f, "tile {t:?} breaks gemm_mma.cuh's rules"),
             MmaError::Empty => write!(f, "an empty GEMM"),
+            MmaError::Elem(e) => write!(f, "no tensor-core GEMM of {} operands", e.name()),
         }
     }
 }
@@ -181,6 +184,9 @@ impl MmaGemm {
     ) -> Result<Self, MmaError> {
         if rows_per_image == 0 || n == 0 || k == 0 {
             return Err(MmaError::Empty);
+        }
+        if elem == Elem::U8 {
+            return Err(MmaError::Elem(elem));
         }
         if !(k * elem.bytes()).is_multiple_of(16) {
             return Err(MmaError::UnalignedK { k, elem });
@@ -218,6 +224,7 @@ impl MmaGemm {
             Elem::Bf16 => &GEMM_BF16,
             Elem::F16 => &GEMM_F16,
             Elem::F32 => &GEMM_TF32,
+            Elem::U8 => unreachable!("MmaGemm::new refuses u8 operands"),
         }
     }
 
@@ -227,6 +234,7 @@ impl MmaGemm {
             Elem::Bf16 => "bf16",
             Elem::F16 => "f16",
             Elem::F32 => "tf32",
+            Elem::U8 => "u8",
         }
     }
 

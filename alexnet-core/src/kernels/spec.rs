@@ -21,6 +21,8 @@ pub enum Elem {
     F32,
     F16,
     Bf16,
+    /// Bytes: 8-bit images (a prepared set's pixels), never a layer's storage.
+    U8,
 }
 
 impl Elem {
@@ -29,6 +31,7 @@ impl Elem {
         match self {
             Elem::F32 => 4,
             Elem::F16 | Elem::Bf16 => 2,
+            Elem::U8 => 1,
         }
     }
 
@@ -38,6 +41,7 @@ impl Elem {
             Elem::F32 => "float",
             Elem::F16 => "__half",
             Elem::Bf16 => "__nv_bfloat16",
+            Elem::U8 => "unsigned char",
         }
     }
 
@@ -47,6 +51,7 @@ impl Elem {
             Elem::F32 => "f32",
             Elem::F16 => "f16",
             Elem::Bf16 => "bf16",
+            Elem::U8 => "u8",
         }
     }
 }
@@ -311,6 +316,8 @@ pub enum Role {
     Pack,
     /// A tower's backward exchange, receiving: its part plus the part received.
     Reduce,
+    /// A batch of network inputs cut from 8-bit images (`cuda::augment`).
+    Augment,
 }
 
 /// How to launch one generated CUDA kernel: its name and its geometry, fixed at compile

@@ -21,14 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::RgbImage;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::augment::{ten_crops, Augment, PcaColour};
+use super::augment::{Augment, PcaColour};
 use super::decode::{decode_rgb, DecodeError};
 use super::imagenet;
 use super::loader::{chw, mean_image, Images, LoadReport, Transform};
+use super::patch::{patches, Draw, PatchScale};
 use crate::error::{Error, Result};
 use crate::ir::Shape;
 use crate::synthetic::Synthetic;
@@ -217,56 +216,78 @@ impl Preprocess {
         Ok(())
     }
 
-    /// The training transform of epoch `epoch`: mean, random crop, flip, colour shift,
-    /// scale. The draws for an image come from `(seed, epoch, its position in the
-    /// epoch)`, so a run is reproducible whatever the number of loader threads.
+    /// The training draw of the image at position `pos` of epoch `epoch` of the run
+    /// with seed `seed`: a random crop, a coin for the mirror and, when the set has
+    /// colour components, a colour shift ([`Draw::train`], with the paper's standard
+    /// deviation 0.1). A pure function of its arguments, so a run is reproducible
+    /// whatever the number of loader threads, and a GPU gets the same draws.
+    pub fn train_draw(&self, seed: u64, epoch: u64, pos: u64) -> Draw {
+        let augment = self.augment();
+        Draw::train(
+            seed,
+            epoch,
+            pos,
+            self.side,
+            self.crop,
+            augment.pca.as_ref().map(|p| (p, augment.pca_std)),
+        )
+    }
+
+    /// The factors of a training patch's values: the colour shift is in units of 1/255,
+    /// then each channel is multiplied by `scale / std[c]`.
+    pub fn train_scale(&self) -> PatchScale {
+        PatchScale {
+            units: COLOUR_UNITS,
+            scale: self.channel_scale().map(|s| s / COLOUR_UNITS),
+        }
+    }
+
+    /// The factors of an evaluation patch's values: `(pixel - mean) * scale / std[c]`.
+    pub fn eval_scale(&self) -> PatchScale {
+        PatchScale {
+            units: 1.0,
+            scale: self.channel_scale(),
+        }
+    }
+
+    /// The training transform of epoch `epoch`: the patch of [`Preprocess::train_draw`]
+    /// (mean subtracted, cropped, mirrored, colour-shifted, scaled: [`patches`], the
+    /// arithmetic the GPU's augmentation kernel does too).
     pub fn train_transform(&self, seed: u64, epoch: u64) -> Transform {
-        let (mean, augment, shape, scale) = self.parts();
-        let scale = scale.map(|s| s / COLOUR_UNITS);
-        let epoch_seed = seed ^ epoch.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let crop = augment.out_shape(shape);
+        let pre = Arc::new(self.clone());
+        let f = self.train_scale();
         Arc::new(move |img: Vec<f32>, pos: u64| {
-            let x = centred(img, &mean, COLOUR_UNITS);
-            let mut rng =
-                StdRng::seed_from_u64(epoch_seed ^ pos.wrapping_mul(0xD1B5_4A32_D192_ED03));
-            // Cannot fail: the image is `side` x `side` and `side` is at least the crop.
-            let mut y = augment
-                .train(&x, shape, &mut rng)
-                .unwrap_or_else(|_| vec![0.0; crop.len()]);
-            scale_channels(&mut y, scale);
-            y
+            let draw = pre.train_draw(seed, epoch, pos);
+            pre.cut(&img, &[draw], f)
         })
     }
 
     /// The evaluation transform: mean, centre crop, scale.
     pub fn eval_transform(&self) -> Transform {
-        let (mean, augment, shape, scale) = self.parts();
-        let crop = augment.out_shape(shape);
-        Arc::new(move |img: Vec<f32>, _| {
-            let mut y = augment
-                .eval(&centred(img, &mean, 1.0), shape)
-                .unwrap_or_else(|_| vec![0.0; crop.len()]);
-            scale_channels(&mut y, scale);
-            y
-        })
+        let pre = Arc::new(self.clone());
+        let (f, draw) = (self.eval_scale(), Draw::centre(self.side, self.crop));
+        Arc::new(move |img: Vec<f32>, _| pre.cut(&img, &[draw], f))
     }
 
     /// The paper's test-time transform: mean, then the ten patches (four corners and the
     /// centre, and their mirror images), scaled and concatenated in that order.
     pub fn ten_crop_transform(&self) -> Transform {
-        let (mean, augment, shape, scale) = self.parts();
-        let crop = augment.out_shape(shape);
-        Arc::new(move |img: Vec<f32>, _| {
-            let crops = ten_crops(&centred(img, &mean, 1.0), shape, crop.h, crop.w)
-                .unwrap_or_else(|_| vec![vec![0.0; crop.len()]; 10]);
-            crops
-                .into_iter()
-                .flat_map(|mut c| {
-                    scale_channels(&mut c, scale);
-                    c
-                })
-                .collect()
-        })
+        let pre = Arc::new(self.clone());
+        let (f, draws) = (self.eval_scale(), Draw::ten_crops(self.side, self.crop));
+        Arc::new(move |img: Vec<f32>, _| pre.cut(&img, &draws, f))
+    }
+
+    /// The patches of `draws` from `img` (CHW, `3 x side x side`, 0..255). An image or
+    /// crop of the wrong size (a bug of the caller: the loaders load at `side`) gives
+    /// zeros, as many as the patches hold.
+    fn cut(&self, img: &[f32], draws: &[Draw], f: PatchScale) -> Vec<f32> {
+        let side = self.side;
+        let zeros = || vec![0.0; draws.len() * 3 * self.crop.0 * self.crop.1];
+        if img.len() != 3 * side * side {
+            return zeros();
+        }
+        let pixel = |c: usize, y: usize, x: usize| img[(c * side + y) * side + x];
+        patches(pixel, side, &self.mean, self.crop, draws, f).unwrap_or_else(|_| zeros())
     }
 
     /// One image file decoded as the transforms take it: `side` x `side`, CHW, 0..255
@@ -274,15 +295,6 @@ impl Preprocess {
     pub fn load_file(&self, path: &Path) -> std::result::Result<Vec<f32>, DecodeError> {
         let img = decode_rgb(path, self.side)?;
         Ok(chw(&img).map(f32::from).collect())
-    }
-
-    fn parts(&self) -> (Arc<Vec<f32>>, Arc<Augment>, Shape, [f32; 3]) {
-        (
-            Arc::new(self.mean.clone()),
-            Arc::new(self.augment()),
-            self.image_shape(),
-            self.channel_scale(),
-        )
     }
 
     /// Writes the preprocessing to a safetensors file, atomically: the tensor `mean`, the
@@ -439,17 +451,6 @@ pub(crate) fn colour_components(
         .collect();
     let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
     PcaColour::from_images(&refs, shape).ok()
-}
-
-/// `values` (CHW, three channels of equal length) with channel `c` multiplied by
-/// `factor[c]`.
-fn scale_channels(values: &mut [f32], factor: [f32; 3]) {
-    let plane = values.len() / 3;
-    for (c, f) in factor.into_iter().enumerate() {
-        values[c * plane..(c + 1) * plane]
-            .iter_mut()
-            .for_each(|v| *v *= f);
-    }
 }
 
 /// A mean image `3 x side x side` whose every pixel is `rgb`.

@@ -9,7 +9,7 @@ use alexnet::ir::Shape;
 use alexnet::runtime::data::decode::decode_rgb;
 use alexnet::runtime::data::folder::ImageFolder;
 use alexnet::runtime::data::loader::{mean_image, Images};
-use alexnet::runtime::data::prepared::{self, PrepareOptions, Prepared, INDEX_FILE};
+use alexnet::runtime::data::prepared::{self, PrepareOptions, Prepared, Storage, INDEX_FILE};
 
 /// A fresh folder for one test.
 fn scratch(name: &str) -> PathBuf {
@@ -45,7 +45,11 @@ fn image_folder(dir: &Path, n: u32, seed: u32) {
 }
 
 fn opts(side: usize, shard_images: usize) -> PrepareOptions {
-    PrepareOptions { side, shard_images }
+    PrepareOptions {
+        side,
+        shard_images,
+        storage: Storage::Raw,
+    }
 }
 
 fn prepare(src: &Path, out: &Path, o: PrepareOptions) -> prepared::PrepareReport {
@@ -127,6 +131,20 @@ fn prepared_images_are_the_folder_s_decoded_images() {
     // And the same folder prepared again changes nothing.
     let again = prepare(&root.join("src"), &out, opts(37, 5));
     assert_eq!((again.splits[0].written, again.splits[0].reused), (0, 6));
+    // A source without a validation split leaves none of the earlier one.
+    prepare(&root.join("src").join("train"), &out, opts(37, 5));
+    assert!(Prepared::open(&out).unwrap().val.is_none());
+    let val_shards = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("val-")
+        })
+        .count();
+    assert_eq!(val_shards, 0);
 }
 
 /// Every file of a folder, by name.
@@ -269,6 +287,23 @@ fn damaged_and_mismatched_sets_are_errors_that_say_what_is_wrong() {
 }
 
 #[test]
+fn an_output_folder_inside_the_image_folder_is_refused() {
+    let root = scratch("inside");
+    image_folder(&root.join("src"), 2, 7);
+    let err = prepared::prepare(
+        &root.join("src"),
+        &root.join("src").join("set").join("deeper"),
+        opts(37, 4),
+        &|_| {},
+        &|| false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("inside the image folder"), "{err}");
+    assert!(!root.join("src").join("set").exists());
+}
+
+#[test]
 fn a_folder_with_nothing_that_decodes_is_an_error() {
     let root = scratch("nothing");
     let class = root.join("src").join("x");
@@ -289,4 +324,82 @@ fn a_folder_with_nothing_that_decodes_is_an_error() {
         "{err}"
     );
     assert!(!root.join("set").join(INDEX_FILE).exists());
+}
+
+/// JPEG storage: each image re-encoded after rescaling, decoded when read; close to the
+/// raw image, a fraction of its size; switching the storage remakes every shard.
+#[test]
+fn jpeg_storage_reads_back_close_to_the_raw_images_in_less_space() {
+    let root = scratch("jpeg");
+    image_folder(&root.join("src"), 8, 6);
+    let raw = root.join("raw");
+    prepare(&root.join("src"), &raw, opts(64, 5));
+    let jpeg = root.join("jpeg");
+    let o = PrepareOptions {
+        storage: Storage::Jpeg(95),
+        ..opts(64, 5)
+    };
+    let report = prepare(&root.join("src"), &jpeg, o);
+    assert_eq!(report.splits[0].images, 24);
+    let (a, b) = (
+        Prepared::open(&raw).unwrap(),
+        Prepared::open(&jpeg).unwrap(),
+    );
+    b.verify().unwrap();
+    assert_eq!(b.train.storage(), Storage::Jpeg(95));
+    assert_eq!(a.train.labels(), b.train.labels());
+    let size = |d: &Path| -> u64 {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".shard"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    assert!(
+        size(&jpeg) * 3 < size(&raw),
+        "shards: {} vs {} bytes",
+        size(&jpeg),
+        size(&raw)
+    );
+    let n = a.train.image_bytes();
+    let (mut x, mut y) = (vec![0u8; 24 * n], vec![0u8; 24 * n]);
+    let order: Vec<usize> = (0..24).rev().collect();
+    a.train.read_batch(&order, &mut x).unwrap();
+    b.train.read_batch(&order, &mut y).unwrap();
+    let mean_abs = x
+        .iter()
+        .zip(&y)
+        .map(|(&p, &q)| (f64::from(p) - f64::from(q)).abs())
+        .sum::<f64>()
+        / x.len() as f64;
+    assert!(
+        mean_abs < 3.0,
+        "JPEG 95 differs by {mean_abs} levels on average"
+    );
+    assert_eq!(
+        b.train.load(3, 64).unwrap().as_raw().as_slice(),
+        &y[20 * n..21 * n]
+    );
+    // The same folder again as JPEG keeps every shard; as raw, remakes every one.
+    let again = prepare(&root.join("src"), &jpeg, o);
+    assert_eq!((again.splits[0].written, again.splits[0].reused), (0, 5));
+    let switched = prepare(&root.join("src"), &jpeg, opts(64, 5));
+    assert_eq!(
+        (switched.splits[0].written, switched.splits[0].reused),
+        (5, 0)
+    );
+    assert_eq!(files(&jpeg), files(&raw));
+    // A JPEG shard whose offsets are damaged is an error that says so.
+    prepare(&root.join("src"), &jpeg, o);
+    let shard = jpeg.join("train-00002.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let table = 48 + 4 * 5; // header, five labels, no skipped files in this shard
+    bytes[table + 8..table + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&shard, bytes).unwrap();
+    let err = Prepared::open(&jpeg).unwrap_err().to_string();
+    assert!(
+        err.contains("train-00002.shard") && err.contains("damaged JPEG offsets"),
+        "{err}"
+    );
 }

@@ -3,7 +3,7 @@
 //! curves after every epoch.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -437,10 +437,18 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         bar.inc(start as u64);
         let (mut window, mut total) = (None::<BatchStats>, carried.take());
         let mut since = Instant::now();
+        // Time spent waiting for the loader's next batch, and in the steps themselves.
+        let (mut waited, mut stepping, mut images) = (Duration::ZERO, Duration::ZERO, 0usize);
         while !ctx.stopping() {
+            let asked = Instant::now();
             let Some(item) = batches.next() else { break };
             let (x, y) = item?;
-            let st = match trainer.step(&x, &y) {
+            let got = Instant::now();
+            waited += got - asked;
+            let result = trainer.step(&x, &y);
+            stepping += got.elapsed();
+            images += y.len();
+            let st = match result {
                 Ok(st) => st,
                 Err(Error::NonFinite(nf)) => {
                     bar.abandon();
@@ -499,6 +507,9 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         }
         let position = start + batches.next_position();
         bar.finish_and_clear();
+        if let Some(note) = data_wait_note(waited, stepping, images) {
+            writeln!(ctx.out, "epoch {}: {note}", epoch + 1)?;
+        }
         let report = batches.report();
         if report.skipped > 0 {
             writeln!(ctx.out, "epoch {}: {report}", epoch + 1)?;
@@ -754,9 +765,39 @@ enum Placement {
     Towers(Vec<Device>),
 }
 
+/// Above this share of an epoch spent waiting for batches, `train` says so.
+const DATA_WAIT_NOTE: f64 = 0.1;
+
+/// A line for an epoch whose steps waited for the data loader more than
+/// [`DATA_WAIT_NOTE`] of the time: the steps' own rate beside the rate the data came at.
+fn data_wait_note(waited: Duration, stepping: Duration, images: usize) -> Option<String> {
+    let total = (waited + stepping).as_secs_f64();
+    if images == 0 || total <= 0.0 || waited.as_secs_f64() <= DATA_WAIT_NOTE * total {
+        return None;
+    }
+    Some(format!(
+        "waited for data {:.0}% of the time: the steps ran at {:.1} images/s, the data came at {:.1} images/s (`alexnet prepare` makes a set that loads without decoding)",
+        100.0 * waited.as_secs_f64() / total,
+        images as f64 / stepping.as_secs_f64().max(1e-9),
+        images as f64 / total
+    ))
+}
 #[cfg(test)]
 mod tests {
-    use super::fmt_lr;
+    use super::{data_wait_note, fmt_lr};
+    use std::time::Duration;
+
+    #[test]
+    fn an_epoch_held_back_by_its_data_says_so() {
+        let ms = Duration::from_millis;
+        assert_eq!(data_wait_note(ms(50), ms(950), 100), None);
+        assert_eq!(data_wait_note(ms(0), ms(0), 0), None);
+        let note = data_wait_note(ms(600), ms(400), 100).unwrap();
+        assert!(
+            note.starts_with("waited for data 60% of the time: the steps ran at 250.0 images/s, the data came at 100.0 images/s"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn learning_rates_print_readably() {

@@ -160,6 +160,7 @@ impl std::error::Error for MmaError {}
 
 /// A tensor-core GEMM: `rows_per_image` rows of `a` per image, `n` columns, `k` terms,
 /// operands in `elem` (`F32` means tf32 products), f32 result.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmaGemm {
     pub rows_per_image: usize,
@@ -223,8 +224,9 @@ impl MmaGemm {
         match self.elem {
             Elem::Bf16 => &GEMM_BF16,
             Elem::F16 => &GEMM_F16,
-            Elem::F32 => &GEMM_TF32,
-            Elem::U8 => unreachable!("MmaGemm::new refuses u8 operands"),
+            // U8 never: outside this crate only `new` makes an `MmaGemm` (non_exhaustive),
+            // and it refuses u8.
+            Elem::F32 | Elem::U8 => &GEMM_TF32,
         }
     }
 

@@ -240,25 +240,15 @@ impl PcaColour {
     /// covariance (accumulated in `f64`, divided by `n - 1`), decomposed by the Jacobi
     /// method. Errors on fewer than 2 pixels or non-finite values.
     pub fn from_pixels(pixels: impl Iterator<Item = [f32; 3]>) -> Result<Self> {
-        // Welford's online mean and co-moment.
-        let mut n = 0u64;
-        let mut mean = [0.0f64; 3];
-        let mut m2 = [[0.0f64; 3]; 3];
-        for px in pixels {
-            n += 1;
-            let x = px.map(f64::from);
-            let mut d_old = [0.0; 3];
-            for k in 0..3 {
-                d_old[k] = x[k] - mean[k];
-                mean[k] += d_old[k] / n as f64;
-            }
-            for i in 0..3 {
-                let d_new = x[i] - mean[i];
-                for j in 0..3 {
-                    m2[i][j] += d_new * d_old[j];
-                }
-            }
-        }
+        let mut m = ColourMoments::default();
+        pixels.for_each(|px| m.add(px));
+        Self::from_moments(&m)
+    }
+
+    /// The principal components of the colours whose moments `m` holds (see
+    /// [`PcaColour::from_pixels`]).
+    pub fn from_moments(m: &ColourMoments) -> Result<Self> {
+        let (n, m2) = (m.n, m.m2);
         if n < 2 {
             return Err(Error::Invalid(format!(
                 "PcaColour: need at least 2 pixels for a covariance, got {n}"
@@ -356,6 +346,58 @@ impl PcaColour {
     }
 }
 
+/// The count, mean and co-moment of a set of colours, accumulated one pixel at a time
+/// (Welford's method, in `f64`) and merged (Chan, Golub and LeVeque's formula), so that
+/// parts of a set can be summed in parallel and combined in a fixed order.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ColourMoments {
+    n: u64,
+    mean: [f64; 3],
+    m2: [[f64; 3]; 3],
+}
+
+impl ColourMoments {
+    /// Adds one pixel `[R, G, B]`.
+    #[allow(clippy::needless_range_loop)] // the formulas index three arrays alike
+    pub fn add(&mut self, px: [f32; 3]) {
+        self.n += 1;
+        let x = px.map(f64::from);
+        let mut d_old = [0.0; 3];
+        for k in 0..3 {
+            d_old[k] = x[k] - self.mean[k];
+            self.mean[k] += d_old[k] / self.n as f64;
+        }
+        for i in 0..3 {
+            let d_new = x[i] - self.mean[i];
+            for j in 0..3 {
+                self.m2[i][j] += d_new * d_old[j];
+            }
+        }
+    }
+
+    /// The moments of both sets together.
+    pub fn merge(&self, other: &ColourMoments) -> ColourMoments {
+        if other.n == 0 {
+            return *self;
+        }
+        if self.n == 0 {
+            return *other;
+        }
+        let (na, nb) = (self.n as f64, other.n as f64);
+        let n = na + nb;
+        let delta: [f64; 3] = std::array::from_fn(|k| other.mean[k] - self.mean[k]);
+        ColourMoments {
+            n: self.n + other.n,
+            mean: std::array::from_fn(|k| self.mean[k] + delta[k] * nb / n),
+            m2: std::array::from_fn(|i| {
+                std::array::from_fn(|j| {
+                    self.m2[i][j] + other.m2[i][j] + delta[i] * delta[j] * na * nb / n
+                })
+            }),
+        }
+    }
+}
+
 /// The paper's training-time augmentation, and the matching evaluation crop.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Augment {
@@ -437,6 +479,42 @@ mod tests {
 
     fn at(src: &[f32], shape: Shape, c: usize, y: usize, x: usize) -> f32 {
         src[(c * shape.h + y) * shape.w + x]
+    }
+
+    #[test]
+    fn merged_colour_moments_are_those_of_the_whole_set() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let px: Vec<[f32; 3]> = (0..1000)
+            .map(|_| std::array::from_fn(|c| rng.random::<f32>() * (c + 1) as f32))
+            .collect();
+        let mut whole = ColourMoments::default();
+        px.iter().for_each(|&p| whole.add(p));
+        let parts: Vec<ColourMoments> = px
+            .chunks(137)
+            .map(|c| {
+                let mut m = ColourMoments::default();
+                c.iter().for_each(|&p| m.add(p));
+                m
+            })
+            .collect();
+        let merged = parts
+            .iter()
+            .fold(ColourMoments::default(), |a, b| a.merge(b));
+        assert_eq!(merged.n, 1000);
+        for i in 0..3 {
+            assert!((merged.mean[i] - whole.mean[i]).abs() < 1e-12);
+            for j in 0..3 {
+                let (a, b) = (merged.m2[i][j], whole.m2[i][j]);
+                assert!((a - b).abs() <= 1e-10 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        let (a, b) = (
+            PcaColour::from_moments(&merged).unwrap(),
+            PcaColour::from_moments(&whole).unwrap(),
+        );
+        for i in 0..3 {
+            assert!((a.eigenvalues[i] - b.eigenvalues[i]).abs() < 1e-6);
+        }
     }
 
     #[test]

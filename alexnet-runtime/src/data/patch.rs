@@ -17,7 +17,7 @@
 //! in any layout; `kernels_templates/augment.cuh` computes it on the GPU from a batch of
 //! prepared 8-bit images ([`augment_batch`] is its CPU twin, which the host emulation of
 //! the kernel is compared with, bit for bit). The image transforms of
-//! [`super::pipeline::Preprocess`] (training, centre crop, ten crops) are all this one
+//! `data::pipeline::Preprocess` (training, centre crop, ten crops) are all this one
 //! function.
 
 use super::augment::PcaColour;
@@ -158,17 +158,33 @@ pub struct PatchScale {
 }
 
 /// One patch of `3 x crop.0 x crop.1` values (CHW) per draw, from the `side` x `side`
-/// RGB image whose pixel `(c, y, x)` (0..255) `pixel` reads, with the per-pixel `mean`
-/// (CHW, `3 x side x side`): the formula of the module documentation. Errors when a
-/// draw leaves the image or `mean` has the wrong length.
+/// RGB image whose row segments `row(c, y, x0, dst)` reads (the `dst.len()` pixels of
+/// channel `c`, row `y`, from column `x0`, values 0..255, into `dst`), with the
+/// per-pixel `mean` (CHW, `3 x side x side`): the formula of the module documentation.
+/// Errors when a draw leaves the image or `mean` has the wrong length.
 pub fn patches(
-    pixel: impl Fn(usize, usize, usize) -> f32,
+    row: impl Fn(usize, usize, usize, &mut [f32]),
     side: usize,
     mean: &[f32],
     crop: (usize, usize),
     draws: &[Draw],
     f: PatchScale,
 ) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; draws.len() * 3 * crop.0 * crop.1];
+    patches_into(&row, side, mean, crop, draws, f, &mut out)?;
+    Ok(out)
+}
+
+/// [`patches`] into `out` (exactly `draws.len() * 3 * crop.0 * crop.1` values).
+fn patches_into(
+    row: &impl Fn(usize, usize, usize, &mut [f32]),
+    side: usize,
+    mean: &[f32],
+    crop: (usize, usize),
+    draws: &[Draw],
+    f: PatchScale,
+    out: &mut [f32],
+) -> Result<()> {
     if mean.len() != 3 * side * side {
         return Err(Error::Invalid(format!(
             "patches: a mean of {} values for 3x{side}x{side} images",
@@ -176,23 +192,43 @@ pub fn patches(
         )));
     }
     let (ch, cw) = crop;
-    let mut out = vec![0.0f32; draws.len() * 3 * ch * cw];
+    if out.len() != draws.len() * 3 * ch * cw {
+        return Err(Error::BufferTooSmall {
+            what: "patches: output".into(),
+            len: out.len(),
+            needed: draws.len() * 3 * ch * cw,
+        });
+    }
+    // One source row segment at a time, gathered first so that the arithmetic runs over
+    // plain slices (vectorised).
+    let mut src = vec![0.0f32; cw];
     for (d, dst) in draws.iter().zip(out.chunks_exact_mut(3 * ch * cw)) {
         d.check(side, crop)?;
         for c in 0..3 {
-            let (shift, scale) = (d.shift[c], f.scale[c]);
-            for y in 0..ch {
+            let (units, shift, scale) = (f.units, d.shift[c], f.scale[c]);
+            let value = |v: f32, m: f32| ((v - m) * units + shift) * scale;
+            for (y, out_row) in dst[c * ch * cw..(c + 1) * ch * cw]
+                .chunks_exact_mut(cw)
+                .enumerate()
+            {
                 let sy = d.y + y;
-                let row = &mut dst[(c * ch + y) * cw..(c * ch + y + 1) * cw];
-                for (x, o) in row.iter_mut().enumerate() {
-                    let sx = d.x + if d.flip { cw - 1 - x } else { x };
-                    let m = mean[(c * side + sy) * side + sx];
-                    *o = ((pixel(c, sy, sx) - m) * f.units + shift) * scale;
+                let at = (c * side + sy) * side + d.x;
+                let m = &mean[at..at + cw];
+                row(c, sy, d.x, &mut src);
+                // Source column x0 + k lands in column k, or cw - 1 - k when mirrored.
+                if d.flip {
+                    for ((o, &v), &m) in out_row.iter_mut().rev().zip(&src).zip(m) {
+                        *o = value(v, m);
+                    }
+                } else {
+                    for ((o, &v), &m) in out_row.iter_mut().zip(&src).zip(m) {
+                        *o = value(v, m);
+                    }
                 }
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The CPU twin of the generated augmentation kernel: `images` holds `n` prepared images
@@ -208,6 +244,25 @@ pub fn augment_batch(
     per_image: usize,
     f: PatchScale,
 ) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; draws.len() * 3 * crop.0 * crop.1];
+    augment_batch_into(images, side, mean, crop, draws, per_image, f, &mut out)?;
+    Ok(out)
+}
+
+/// [`augment_batch`] into `out` (`draws.len() * 3 * crop.0 * crop.1` values): a loader
+/// that reuses its batch buffers spares the allocation and its page faults, which cost
+/// as much as the arithmetic.
+#[allow(clippy::too_many_arguments)]
+pub fn augment_batch_into(
+    images: &[u8],
+    side: usize,
+    mean: &[f32],
+    crop: (usize, usize),
+    draws: &[Draw],
+    per_image: usize,
+    f: PatchScale,
+    out: &mut [f32],
+) -> Result<()> {
     let size = 3 * side * side;
     if size == 0 || per_image == 0 || !images.len().is_multiple_of(size) {
         return Err(Error::Invalid(format!(
@@ -222,12 +277,29 @@ pub fn augment_batch(
             draws.len()
         )));
     }
-    let mut out = Vec::with_capacity(draws.len() * 3 * crop.0 * crop.1);
-    for (img, d) in images.chunks_exact(size).zip(draws.chunks_exact(per_image)) {
-        let pixel = |c: usize, y: usize, x: usize| f32::from(img[(y * side + x) * 3 + c]);
-        out.extend(patches(pixel, side, mean, crop, d, f)?);
+    let patch = per_image * 3 * crop.0 * crop.1;
+    if out.len() != n * patch {
+        return Err(Error::BufferTooSmall {
+            what: "augment_batch: output".into(),
+            len: out.len(),
+            needed: n * patch,
+        });
     }
-    Ok(out)
+    for ((img, d), dst) in images
+        .chunks_exact(size)
+        .zip(draws.chunks_exact(per_image))
+        .zip(out.chunks_exact_mut(patch))
+    {
+        let row = |c: usize, y: usize, x0: usize, dst: &mut [f32]| {
+            let at = (y * side + x0) * 3;
+            let src = &img[at..at + 3 * dst.len()];
+            for (v, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
+                *v = f32::from(px[c]);
+            }
+        };
+        patches_into(&row, side, mean, crop, d, f, dst)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -335,16 +407,11 @@ mod tests {
                     .iter_mut()
                     .for_each(|v| *v = (*v + d.shift[c]) * scale[c]);
             }
-            let pixel = |c: usize, y: usize, x: usize| img[(c * side + y) * side + x];
-            let got = patches(
-                pixel,
-                side,
-                &mean,
-                (6, 7),
-                &[d],
-                PatchScale { units, scale },
-            )
-            .unwrap();
+            let row = |c: usize, y: usize, x0: usize, dst: &mut [f32]| {
+                let at = (c * side + y) * side + x0;
+                dst.copy_from_slice(&img[at..at + dst.len()]);
+            };
+            let got = patches(row, side, &mean, (6, 7), &[d], PatchScale { units, scale }).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "draw {d:?}");
         }

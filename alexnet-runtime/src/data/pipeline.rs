@@ -23,7 +23,7 @@ use std::sync::Arc;
 use image::RgbImage;
 use rayon::prelude::*;
 
-use super::augment::{Augment, PcaColour};
+use super::augment::{Augment, ColourMoments, PcaColour};
 use super::decode::{decode_rgb, DecodeError};
 use super::imagenet;
 use super::loader::{chw, mean_image, Images, LoadReport, Transform};
@@ -286,8 +286,11 @@ impl Preprocess {
         if img.len() != 3 * side * side {
             return zeros();
         }
-        let pixel = |c: usize, y: usize, x: usize| img[(c * side + y) * side + x];
-        patches(pixel, side, &self.mean, self.crop, draws, f).unwrap_or_else(|_| zeros())
+        let row = |c: usize, y: usize, x0: usize, dst: &mut [f32]| {
+            let at = (c * side + y) * side + x0;
+            dst.copy_from_slice(&img[at..at + dst.len()]);
+        };
+        patches(row, side, &self.mean, self.crop, draws, f).unwrap_or_else(|_| zeros())
     }
 
     /// One image file decoded as the transforms take it: `side` x `side`, CHW, 0..255
@@ -434,37 +437,42 @@ impl Preprocess {
 }
 
 /// The principal components of the RGB colours (values in [0, 1], `mean` subtracted) of up
-/// to 256 images spread over `images`, loaded at `side`; `None` when none loads.
+/// to 256 images spread over `images`, loaded at `side`; `None` when none loads. Each
+/// image's moments are taken in parallel and merged in image order, so the result does
+/// not depend on the number of threads.
 pub(crate) fn colour_components(
     images: &dyn Images,
     side: usize,
     mean: &[f32],
 ) -> Option<PcaColour> {
-    let shape = Shape::new(3, side, side);
+    let plane = side * side;
     let step = images.len().div_ceil(PCA_IMAGES).max(1);
-    let sample: Vec<Vec<f32>> = (0..images.len())
+    let parts: Vec<Option<ColourMoments>> = (0..images.len())
         .step_by(step)
         .collect::<Vec<_>>()
         .into_par_iter()
-        .filter_map(|i| images.load(i, side).ok())
-        .map(|img| centred(chw(&img), mean, COLOUR_UNITS))
+        .map(|i| {
+            let img = images.load(i, side).ok()?;
+            let mut m = ColourMoments::default();
+            for (p, px) in img.as_raw().chunks_exact(3).enumerate() {
+                m.add(std::array::from_fn(|c| {
+                    (f32::from(px[c]) - mean[c * plane + p]) * COLOUR_UNITS
+                }));
+            }
+            Some(m)
+        })
         .collect();
-    let refs: Vec<&[f32]> = sample.iter().map(Vec::as_slice).collect();
-    PcaColour::from_images(&refs, shape).ok()
+    let total = parts
+        .iter()
+        .flatten()
+        .fold(ColourMoments::default(), |a, b| a.merge(b));
+    PcaColour::from_moments(&total).ok()
 }
 
 /// A mean image `3 x side x side` whose every pixel is `rgb`.
 fn per_channel(rgb: [f32; 3], side: usize) -> Vec<f32> {
     rgb.iter()
         .flat_map(|&m| std::iter::repeat_n(m, side * side))
-        .collect()
-}
-
-/// An image's values minus the mean, times `factor`, in one pass.
-fn centred(img: impl IntoIterator<Item = impl Into<f32>>, mean: &[f32], factor: f32) -> Vec<f32> {
-    img.into_iter()
-        .zip(mean)
-        .map(|(a, b)| (a.into() - b) * factor)
         .collect()
 }
 

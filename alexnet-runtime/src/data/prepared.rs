@@ -13,11 +13,13 @@
 //! - `train-00000.shard`, `train-00001.shard`, ... (and `val-*.shard` when the source has
 //!   a `val/` split): each holds up to `shard_images` consecutive source images (in the
 //!   folder's order: classes sorted, files sorted), those that decoded. Layout, all
-//!   little-endian: a 40-byte header (magic `ANRSHRD1`, side u32, count u32, length of
+//!   little-endian: a 48-byte header (magic `ANRSHRD1`, side u32, count u32, length of
 //!   the skipped-files text u32, CRC-32 of everything after the header u32, the key of
-//!   its source files u64, 8 zero bytes), `count` labels (u32), the skipped-files text
-//!   (one `path\treason` line each), then `count` images of `side` x `side` x 3 bytes
-//!   (HWC, as an `RgbImage` holds them).
+//!   its source files u64, the storage u32 (0 raw, 100 + quality for JPEG), 4 zero bytes,
+//!   bytes of image data u64), `count` labels (u32), the skipped-files text (one
+//!   `path\treason` line each), for JPEG storage `count + 1` offsets (u64) of the images
+//!   in the data, then the data: `count` images of `side` x `side` x 3 bytes (HWC, as an
+//!   `RgbImage` holds them), or `count` JPEG files ([`Storage`]).
 //!
 //! Every shard is written to a temporary file and renamed when complete, so a shard that
 //! exists is whole. An interrupted [`prepare`] run again keeps the shards whose key (the
@@ -37,6 +39,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -45,7 +48,7 @@ use serde_json::{json, Value};
 use super::augment::PcaColour;
 use super::decode::{decode_rgb, DecodeError};
 use super::folder::ImageFolder;
-use super::loader::{mean_image, Images, LoadReport};
+use super::loader::{Images, LoadReport};
 use super::pipeline::{Preprocess, PIXEL_SCALE};
 use crate::error::{Error, Result};
 use crate::ir::Shape;
@@ -58,7 +61,7 @@ pub const PREPARED_FORMAT: &str = "alexnet-rs-prepared/1";
 pub const INDEX_FILE: &str = "index.json";
 
 const MAGIC: &[u8; 8] = b"ANRSHRD1";
-const HEADER: usize = 40;
+const HEADER: usize = 48;
 
 /// How many skipped files a split's report names.
 const REPORTED: usize = 5;
@@ -69,8 +72,48 @@ pub struct PrepareOptions {
     /// Images are rescaled so that the shorter side is `side`, and the central `side` x
     /// `side` patch kept (256 for the paper's AlexNet: [`super::pipeline::Preprocess::side_for`]).
     pub side: usize,
-    /// At most this many source images per shard (1,024 by default: 192 MiB at 256x256).
+    /// At most this many source images per shard (1,024 by default: 192 MiB at 256x256
+    /// raw).
     pub shard_images: usize,
+    /// How the images are stored.
+    pub storage: Storage,
+}
+
+/// How a prepared set stores its images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// 8-bit RGB, as decoded: the fastest to read (a copy), `side * side * 3` bytes each
+    /// (192 KiB at 256x256: 250 GB for ImageNet's 1.28 million training images).
+    Raw,
+    /// Re-encoded as JPEG of this quality (1 to 100) after rescaling: a few tens of KiB each
+    /// at 256x256, decoded when read (~1 ms), so lossy and slower.
+    Jpeg(u8),
+}
+
+impl Storage {
+    /// The header's code: 0 raw, 100 + quality for JPEG.
+    fn code(self) -> u32 {
+        match self {
+            Storage::Raw => 0,
+            Storage::Jpeg(q) => 100 + u32::from(q),
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Storage::Raw),
+            101..=200 => Some(Storage::Jpeg((code - 100) as u8)),
+            _ => None,
+        }
+    }
+
+    /// `raw` or `jpeg quality Q`.
+    pub fn describe(self) -> String {
+        match self {
+            Storage::Raw => "raw".into(),
+            Storage::Jpeg(q) => format!("jpeg quality {q}"),
+        }
+    }
 }
 
 impl Default for PrepareOptions {
@@ -78,6 +121,7 @@ impl Default for PrepareOptions {
         PrepareOptions {
             side: 256,
             shard_images: 1024,
+            storage: Storage::Raw,
         }
     }
 }
@@ -119,11 +163,12 @@ pub struct PrepareReport {
 /// are kept (a later run keeps them), no index is written and the report says
 /// [`PrepareReport::interrupted`].
 ///
-/// Files that do not decode are skipped, counted and named (in the report and in the
-/// index). Shards of an earlier interrupted run with the same sources and side are kept
+/// Files that do not decode are skipped, counted (in the report and the index) and named
+/// (in the report; each shard keeps the names of its own). Shards of an earlier interrupted run with the same sources and side are kept
 /// when their checksums hold. Errors when `src` is not an image folder, when no image of
-/// the training split decodes, and when a file cannot be written (a full disk: the error
-/// names the file; no shard or index that looks complete is left).
+/// the training split decodes, when `out` lies inside `src` (it would become a class), and
+/// when a file cannot be written (a full disk: the error names the file; no shard or
+/// index that looks complete is left).
 pub fn prepare(
     src: &Path,
     out: &Path,
@@ -131,11 +176,27 @@ pub fn prepare(
     progress: &(dyn Fn(u64) + Sync),
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<PrepareReport> {
+    if let Storage::Jpeg(q) = opts.storage {
+        if !(1..=100).contains(&q) {
+            return Err(Error::Invalid(format!(
+                "prepare: JPEG quality {q} is not in 1..=100"
+            )));
+        }
+    }
     if opts.side == 0 || opts.shard_images == 0 {
         return Err(Error::Invalid(format!(
             "prepare: side {} and images per shard {} must be positive",
             opts.side, opts.shard_images
         )));
+    }
+    if let (Ok(from), Some(to)) = (std::fs::canonicalize(src), absolute(out)) {
+        if to.starts_with(&from) {
+            return Err(Error::Invalid(format!(
+                "prepare: the output folder {} is inside the image folder {}, where it would be read as a class; choose another --out",
+                out.display(),
+                src.display()
+            )));
+        }
     }
     let (train, val) = ImageFolder::open_split(src)?;
     let classes = train.class_names();
@@ -156,8 +217,14 @@ pub fn prepare(
     let mut reports = Vec::new();
     let mut index_splits = serde_json::Map::new();
     let mut bytes = 0;
+    // The training split's pixel sums (CHW), added shard by shard as they are decoded: in
+    // integers, so the order does not matter, and the mean needs no second pass over the
+    // data.
+    let sums = Mutex::new(vec![0u64; 3 * opts.side * opts.side]);
     for (name, folder) in &splits {
-        let Some((report, shards)) = prepare_split(name, folder, out, opts, &tick, stop)? else {
+        let sums = (*name == "train").then_some(&sums);
+        let Some((report, shards)) = prepare_split(name, folder, out, opts, &tick, stop, sums)?
+        else {
             return Ok(PrepareReport {
                 splits: reports,
                 bytes,
@@ -177,6 +244,10 @@ pub fn prepare(
         );
         reports.push(report);
     }
+    if splits.len() == 1 {
+        // No validation split this time: none of an earlier run's either.
+        remove_other_shards(out, "val", 0)?;
+    }
     if reports[0].images == 0 {
         return Err(Error::Invalid(format!(
             "{}: no image could be read: {}",
@@ -184,15 +255,23 @@ pub fn prepare(
             reports[0].skipped.brief()
         )));
     }
-    // The statistics training needs, over the training split as written.
+    // The statistics training needs, over the training split as written: the mean over
+    // every image, the colour components over a sample.
+    let count = reports[0].images as f64;
+    let mean: Vec<f32> = sums
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|&s| (s as f64 / count) as f32)
+        .collect();
     let train_split = PreparedSplit::open_shards(out, "train", opts.side, classes.clone())?;
-    let (mean, _) = mean_image(&train_split, opts.side, train_split.len());
     let pca = super::pipeline::colour_components(&train_split, opts.side, &mean);
     let source = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
     let index = json!({
         "format": PREPARED_FORMAT,
         "side": opts.side,
         "shard_images": opts.shard_images,
+        "storage": opts.storage.describe(),
         "source": source.display().to_string(),
         "classes": classes,
         "splits": index_splits,
@@ -237,6 +316,24 @@ fn shard_name(split: &str, k: usize) -> String {
     format!("{split}-{k:05}.shard")
 }
 
+/// `path` made absolute with its symbolic links resolved, as far as it exists (the rest
+/// appended as written); `None` when not even the current folder resolves.
+fn absolute(path: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        }) {
+            return Some(rest.iter().rev().fold(real, |p, part| p.join(part)));
+        }
+        rest.push(at.file_name()?.to_owned());
+        at = at.parent()?;
+    }
+}
+
 /// FNV-1a, 64-bit: the key of a shard's sources (stable across Rust versions, unlike std's
 /// hasher).
 fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
@@ -245,10 +342,17 @@ fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// The key of the shard made from `files` (paths, sizes and labels) at `side`.
-fn shard_key(folder: &ImageFolder, range: std::ops::Range<usize>, side: usize) -> u64 {
+/// The key of the shard made from `files` (paths, sizes and labels) at `side`, stored as
+/// `storage`.
+fn shard_key(
+    folder: &ImageFolder,
+    range: std::ops::Range<usize>,
+    side: usize,
+    storage: Storage,
+) -> u64 {
     let mut h = fnv1a(0xCBF2_9CE4_8422_2325, PREPARED_FORMAT.as_bytes());
     h = fnv1a(h, &(side as u64).to_le_bytes());
+    h = fnv1a(h, &storage.code().to_le_bytes());
     for i in range {
         let path = folder.path(i);
         h = fnv1a(h, path.to_string_lossy().as_bytes());
@@ -267,6 +371,9 @@ struct Header {
     skipped_bytes: u32,
     crc32: u32,
     key: u64,
+    storage: Storage,
+    /// Bytes of the images (raw or encoded).
+    data_bytes: u64,
 }
 
 impl Header {
@@ -278,17 +385,25 @@ impl Header {
         b[16..20].copy_from_slice(&self.skipped_bytes.to_le_bytes());
         b[20..24].copy_from_slice(&self.crc32.to_le_bytes());
         b[24..32].copy_from_slice(&self.key.to_le_bytes());
+        b[32..36].copy_from_slice(&self.storage.code().to_le_bytes());
+        b[40..48].copy_from_slice(&self.data_bytes.to_le_bytes());
         b
     }
 
     fn decode(b: &[u8; HEADER]) -> Option<Self> {
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
-        (&b[..8] == MAGIC).then(|| Header {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        if &b[..8] != MAGIC {
+            return None;
+        }
+        Some(Header {
             side: u32_at(8),
             count: u32_at(12),
             skipped_bytes: u32_at(16),
             crc32: u32_at(20),
-            key: u64::from_le_bytes(b[24..32].try_into().unwrap_or([0; 8])),
+            key: u64_at(24),
+            storage: Storage::from_code(u32_at(32))?,
+            data_bytes: u64_at(40),
         })
     }
 
@@ -296,14 +411,35 @@ impl Header {
         3 * u64::from(self.side) * u64::from(self.side)
     }
 
-    /// Where the images start.
-    fn pixels_at(&self) -> u64 {
+    /// Where the JPEG offsets start (and the images, for raw storage).
+    fn table_at(&self) -> u64 {
         HEADER as u64 + 4 * u64::from(self.count) + u64::from(self.skipped_bytes)
+    }
+
+    /// Bytes of the JPEG offsets: `count + 1` u64, none for raw storage.
+    fn table_bytes(&self) -> u64 {
+        match self.storage {
+            Storage::Raw => 0,
+            Storage::Jpeg(_) => 8 * (u64::from(self.count) + 1),
+        }
+    }
+
+    /// Where the images start.
+    fn data_at(&self) -> u64 {
+        self.table_at() + self.table_bytes()
     }
 
     /// The file's size.
     fn file_bytes(&self) -> u64 {
-        self.pixels_at() + u64::from(self.count) * self.image_bytes()
+        self.data_at() + self.data_bytes
+    }
+
+    /// Whether the header holds together: raw images fill the data exactly.
+    fn consistent(&self) -> bool {
+        match self.storage {
+            Storage::Raw => self.data_bytes == u64::from(self.count) * self.image_bytes(),
+            Storage::Jpeg(_) => true,
+        }
     }
 }
 
@@ -316,6 +452,7 @@ fn prepare_split(
     opts: PrepareOptions,
     tick: &(dyn Fn(usize) + Sync),
     stop: &(dyn Fn() -> bool + Sync),
+    sums: Option<&Mutex<Vec<u64>>>,
 ) -> Result<Option<(SplitReport, Vec<ShardEntry>)>> {
     let n = folder.len();
     let shards = n.div_ceil(opts.shard_images);
@@ -327,7 +464,7 @@ fn prepare_split(
             }
             let range = k * opts.shard_images..((k + 1) * opts.shard_images).min(n);
             let len = range.len();
-            let r = make_shard(name, k, folder, range, out, opts.side);
+            let r = make_shard(name, k, folder, range, out, opts, sums);
             tick(len);
             Some(r)
         })
@@ -377,12 +514,32 @@ fn make_shard(
     folder: &ImageFolder,
     range: std::ops::Range<usize>,
     out: &Path,
-    side: usize,
+    opts: PrepareOptions,
+    sums: Option<&Mutex<Vec<u64>>>,
 ) -> Result<MadeShard> {
+    let (side, storage) = (opts.side, opts.storage);
     let file = shard_name(name, k);
     let path = out.join(&file);
-    let key = shard_key(folder, range.clone(), side);
-    if let Some((header, skipped)) = existing_shard(&path, key, side) {
+    let key = shard_key(folder, range.clone(), side, storage);
+    if let Some((header, offsets, skipped)) = existing_shard(&path, key, side) {
+        if let Some(sums) = sums {
+            let shard = Shard {
+                path: path.clone(),
+                header,
+                first: 0,
+                offsets,
+            };
+            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let mut part = vec![0u64; 3 * side * side];
+            let mut img = vec![0u8; 3 * side * side];
+            for k in 0..header.count as usize {
+                shard
+                    .read(&f, k, &mut img)
+                    .map_err(|e| Error::io(&path, e))?;
+                add_pixels(&mut part, &img);
+            }
+            add_sums(sums, &part);
+        }
         let entry = ShardEntry {
             file,
             images: header.count as usize,
@@ -391,23 +548,46 @@ fn make_shard(
         };
         return Ok((entry, true, skipped));
     }
-    // Decoded in parallel, kept in order.
-    let decoded: Vec<(usize, std::result::Result<RgbImage, DecodeError>)> = range
+    // Decoded (and re-encoded) in parallel, kept in order.
+    let part = Mutex::new(vec![0u64; if sums.is_some() { 3 * side * side } else { 0 }]);
+    let decoded: Vec<(usize, std::result::Result<Vec<u8>, String>)> = range
         .into_par_iter()
-        .map(|i| (i, decode_rgb(folder.path(i), side)))
+        .map(|i| {
+            let stored = decode_rgb(folder.path(i), side)
+                .map_err(|e| e.to_string())
+                .and_then(|img| {
+                    if sums.is_some() {
+                        add_pixels(
+                            &mut part.lock().unwrap_or_else(PoisonError::into_inner),
+                            img.as_raw(),
+                        );
+                    }
+                    match storage {
+                        Storage::Raw => Ok(img.into_raw()),
+                        Storage::Jpeg(q) => encode_jpeg(&img, q),
+                    }
+                });
+            (i, stored)
+        })
         .collect();
     let mut labels = Vec::new();
     let mut skipped = Vec::new();
-    let mut pixels = Vec::new();
+    let mut data = Vec::new();
+    let mut offsets = vec![0u64];
     for (i, r) in decoded {
         match r {
-            Ok(img) => {
+            Ok(bytes) => {
                 labels.extend_from_slice(&folder.label(i).to_le_bytes());
-                pixels.extend_from_slice(img.as_raw());
+                data.extend_from_slice(&bytes);
+                offsets.push(data.len() as u64);
             }
-            Err(e) => skipped.push((folder.path(i).to_path_buf(), e.to_string())),
+            Err(e) => skipped.push((folder.path(i).to_path_buf(), e)),
         }
     }
+    let table: Vec<u8> = match storage {
+        Storage::Raw => Vec::new(),
+        Storage::Jpeg(_) => offsets.iter().flat_map(|o| o.to_le_bytes()).collect(),
+    };
     let skipped_text: String = skipped
         .iter()
         .map(|(p, why)| format!("{}\t{}\n", p.display(), why.replace(['\n', '\t'], " ")))
@@ -415,7 +595,8 @@ fn make_shard(
     let mut crc = crc32fast::Hasher::new();
     crc.update(&labels);
     crc.update(skipped_text.as_bytes());
-    crc.update(&pixels);
+    crc.update(&table);
+    crc.update(&data);
     let too_big = || Error::Invalid(format!("{}: too many images for one shard", path.display()));
     let header = Header {
         side: u32::try_from(side).map_err(|_| too_big())?,
@@ -423,11 +604,25 @@ fn make_shard(
         skipped_bytes: u32::try_from(skipped_text.len()).map_err(|_| too_big())?,
         crc32: crc.finalize(),
         key,
+        storage,
+        data_bytes: data.len() as u64,
     };
     write_whole(
         &path,
-        &[&header.encode(), &labels, skipped_text.as_bytes(), &pixels],
+        &[
+            &header.encode(),
+            &labels,
+            skipped_text.as_bytes(),
+            &table,
+            &data,
+        ],
     )?;
+    if let Some(sums) = sums {
+        add_sums(
+            sums,
+            &part.into_inner().unwrap_or_else(PoisonError::into_inner),
+        );
+    }
     let entry = ShardEntry {
         file,
         images: header.count as usize,
@@ -437,22 +632,56 @@ fn make_shard(
     Ok((entry, false, skipped))
 }
 
+/// Adds an image's pixels (HWC) to per-pixel sums (CHW).
+fn add_pixels(sums: &mut [u64], hwc: &[u8]) {
+    let plane = hwc.len() / 3;
+    for (p, px) in hwc.chunks_exact(3).enumerate() {
+        for (c, &v) in px.iter().enumerate() {
+            sums[c * plane + p] += u64::from(v);
+        }
+    }
+}
+
+/// Adds a shard's sums to the split's.
+fn add_sums(sums: &Mutex<Vec<u64>>, part: &[u64]) {
+    let mut total = sums.lock().unwrap_or_else(PoisonError::into_inner);
+    for (t, &p) in total.iter_mut().zip(part) {
+        *t += p;
+    }
+}
+
+/// `img` as a JPEG of quality `q`.
+fn encode_jpeg(img: &RgbImage, q: u8) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q)
+        .encode_image(img)
+        .map_err(|e| format!("could not re-encode as JPEG: {e}"))?;
+    Ok(out)
+}
+
 /// The header and skipped files of the complete shard at `path` made from the sources
 /// `key` at `side`, if it is there and its checksum holds.
-fn existing_shard(path: &Path, key: u64, side: usize) -> Option<(Header, Vec<(PathBuf, String)>)> {
+fn existing_shard(path: &Path, key: u64, side: usize) -> Option<ExistingShard> {
     let mut f = File::open(path).ok()?;
     let mut h = [0u8; HEADER];
     f.read_exact(&mut h).ok()?;
     let header = Header::decode(&h)?;
-    if header.key != key || header.side as usize != side {
+    if header.key != key || header.side as usize != side || !header.consistent() {
         return None;
     }
     if f.metadata().ok()?.len() != header.file_bytes() {
         return None;
     }
     let (crc, skipped) = checksum(&mut f, &header).ok()?;
-    (crc == header.crc32).then_some((header, skipped))
+    if crc != header.crc32 {
+        return None;
+    }
+    let (_, _, offsets) = read_header(path, side).ok()?;
+    Some((header, offsets, skipped))
 }
+
+/// A complete shard of an earlier run: its header, JPEG offsets and skipped files.
+type ExistingShard = (Header, Vec<u64>, Vec<(PathBuf, String)>);
 
 /// The CRC-32 of a shard's contents after its header (read from `f`, positioned just
 /// after the header), and its skipped files.
@@ -468,7 +697,7 @@ fn checksum(f: &mut File, header: &Header) -> std::io::Result<(u32, Vec<(PathBuf
         .map(|(p, why)| (PathBuf::from(p), why.to_string()))
         .collect();
     let mut buf = vec![0u8; 1 << 20];
-    let mut left = u64::from(header.count) * header.image_bytes();
+    let mut left = header.table_bytes() + header.data_bytes;
     while left > 0 {
         let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         f.read_exact(&mut buf[..n])?;
@@ -760,6 +989,51 @@ struct Shard {
     header: Header,
     /// Index of its first image in the split.
     first: usize,
+    /// JPEG storage: where each image's bytes start in the data, and where the data
+    /// ends (`count + 1` offsets); empty for raw storage.
+    offsets: Vec<u64>,
+}
+
+impl Shard {
+    /// Where its image `k` lies in the file, and its length.
+    fn span(&self, k: usize) -> (u64, u64) {
+        let h = &self.header;
+        match h.storage {
+            Storage::Raw => (h.data_at() + k as u64 * h.image_bytes(), h.image_bytes()),
+            Storage::Jpeg(_) => (
+                h.data_at() + self.offsets[k],
+                self.offsets[k + 1] - self.offsets[k],
+            ),
+        }
+    }
+
+    /// Reads its image `k` (HWC, `side * side * 3` bytes) from `f` (this shard's file)
+    /// into `out`: a copy, or a JPEG decoded.
+    fn read(&self, f: &File, k: usize, out: &mut [u8]) -> std::io::Result<()> {
+        let (at, len) = self.span(k);
+        match self.header.storage {
+            Storage::Raw => read_at(f, out, at),
+            Storage::Jpeg(_) => {
+                let len = usize::try_from(len).map_err(std::io::Error::other)?;
+                let mut bytes = vec![0u8; len];
+                read_at(f, &mut bytes, at)?;
+                let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+                    .map_err(|e| {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                    })?
+                    .into_rgb8();
+                let side = self.header.side;
+                if img.dimensions() != (side, side) || img.as_raw().len() != out.len() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("a stored JPEG of {:?}, not {side}x{side}", img.dimensions()),
+                    ));
+                }
+                out.copy_from_slice(img.as_raw());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One split of a prepared set: its images in shard order, each `side` x `side` RGB.
@@ -791,7 +1065,7 @@ impl PreparedSplit {
         };
         for e in entries {
             let path = dir.join(&e.file);
-            let (header, labels) = read_header(&path, side)?;
+            let (header, labels, offsets) = read_header(&path, side)?;
             if header.count as usize != e.images || header.crc32 != e.crc32 {
                 return Err(Error::Content {
                     path: Some(path),
@@ -801,7 +1075,7 @@ impl PreparedSplit {
                     ),
                 });
             }
-            split.push(path, header, labels);
+            split.push(path, header, labels, offsets);
         }
         Ok(split)
     }
@@ -821,17 +1095,18 @@ impl PreparedSplit {
             if !path.exists() {
                 break;
             }
-            let (header, labels) = read_header(&path, side)?;
-            split.push(path, header, labels);
+            let (header, labels, offsets) = read_header(&path, side)?;
+            split.push(path, header, labels, offsets);
         }
         Ok(split)
     }
 
-    fn push(&mut self, path: PathBuf, header: Header, labels: Vec<u32>) {
+    fn push(&mut self, path: PathBuf, header: Header, labels: Vec<u32>, offsets: Vec<u64>) {
         self.shards.push(Shard {
             path,
             header,
             first: self.labels.len(),
+            offsets,
         });
         self.labels.extend(labels);
     }
@@ -856,19 +1131,26 @@ impl PreparedSplit {
         3 * self.side * self.side
     }
 
-    /// The shard holding image `i < len()`, and the image's offset in it.
-    fn locate(&self, i: usize) -> (&Shard, u64) {
-        let k = self.shards.partition_point(|s| s.first <= i) - 1;
-        let s = &self.shards[k];
-        let at = s.header.pixels_at() + (i - s.first) as u64 * s.header.image_bytes();
-        (s, at)
+    /// How its images are stored (that of its first shard; `prepare` stores a set's
+    /// shards alike).
+    pub fn storage(&self) -> Storage {
+        self.shards
+            .first()
+            .map_or(Storage::Raw, |s| s.header.storage)
     }
 
-    /// Reads image `i` (HWC, `side * side * 3` bytes) into `out`.
+    /// The shard holding image `i < len()`, and the image's number in it.
+    fn locate(&self, i: usize) -> (&Shard, usize) {
+        let k = self.shards.partition_point(|s| s.first <= i) - 1;
+        let s = &self.shards[k];
+        (s, i - s.first)
+    }
+
+    /// Reads image `i < len()` (HWC, `side * side * 3` bytes) into `out`.
     pub fn read_image(&self, i: usize, out: &mut [u8]) -> std::io::Result<()> {
-        let (shard, at) = self.locate(i);
+        let (shard, k) = self.locate(i);
         let f = File::open(&shard.path)?;
-        read_at(&f, out, at)
+        shard.read(&f, k, out)
     }
 
     /// Reads the images `indices` (each `< len()`) one after another into `out` (HWC
@@ -892,14 +1174,15 @@ impl PreparedSplit {
         }
         let mut open: Option<(usize, File)> = None;
         for (&i, dst) in indices.iter().zip(out.chunks_exact_mut(size)) {
-            let (shard, at) = self.locate(i);
-            let k = shard.first;
+            let (shard, k) = self.locate(i);
             let f = match open.take() {
-                Some((first, f)) if first == k => f,
+                Some((first, f)) if first == shard.first => f,
                 _ => File::open(&shard.path).map_err(|e| Error::io(&shard.path, e))?,
             };
-            read_at(&f, dst, at).map_err(|e| Error::io(&shard.path, e))?;
-            open = Some((k, f));
+            shard
+                .read(&f, k, dst)
+                .map_err(|e| Error::io(&shard.path, e))?;
+            open = Some((shard.first, f));
         }
         Ok(())
     }
@@ -920,9 +1203,10 @@ fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     f.read_exact(buf)
 }
 
-/// A shard's header and labels, checked: its magic, its side against `side`, its size
-/// against what the header says.
-fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>)> {
+/// A shard's header, labels and JPEG offsets (none for raw storage), checked: its magic,
+/// its side against `side`, its size against what the header says, the offsets against
+/// the data.
+fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>, Vec<u64>)> {
     let mut f = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Content {
@@ -949,6 +1233,12 @@ fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>)> {
             header.side, header.side
         )));
     }
+    if !header.consistent() {
+        return Err(bad(format!(
+            "a header that does not hold together ({} images, {} bytes of images)",
+            header.count, header.data_bytes
+        )));
+    }
     if size != header.file_bytes() {
         return Err(bad(format!(
             "truncated shard: {size} bytes, its header says {} images, {} bytes; `alexnet prepare` again remakes it",
@@ -962,7 +1252,21 @@ fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>)> {
         .chunks_exact(4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    Ok((header, labels))
+    let mut table = vec![0u8; header.table_bytes() as usize];
+    read_at(&f, &mut table, header.table_at()).map_err(|e| Error::io(path, e))?;
+    let offsets: Vec<u64> = table
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        .collect();
+    let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+    if !offsets.is_empty()
+        && (offsets[0] != 0 || !ordered || offsets.last() != Some(&header.data_bytes))
+    {
+        return Err(bad(
+            "damaged JPEG offsets; `alexnet prepare` again remakes the shard".into(),
+        ));
+    }
+    Ok((header, labels, offsets))
 }
 
 impl Images for PreparedSplit {
@@ -979,12 +1283,8 @@ impl Images for PreparedSplit {
     }
 
     fn describe(&self, i: usize) -> PathBuf {
-        let (shard, _) = self.locate(i);
-        PathBuf::from(format!(
-            "{} (image {})",
-            shard.path.display(),
-            i - shard.first
-        ))
+        let (shard, k) = self.locate(i);
+        PathBuf::from(format!("{} (image {k})", shard.path.display()))
     }
 
     /// Image `i` as prepared; `side` must be the set's (the callers check
@@ -998,8 +1298,13 @@ impl Images for PreparedSplit {
             )));
         }
         let mut buf = vec![0u8; self.image_bytes()];
-        self.read_image(i, &mut buf)
-            .map_err(DecodeError::Unreadable)?;
+        self.read_image(i, &mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                DecodeError::Corrupt(e.to_string())
+            } else {
+                DecodeError::Unreadable(e)
+            }
+        })?;
         let s = self.side as u32;
         RgbImage::from_raw(s, s, buf)
             .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))

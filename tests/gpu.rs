@@ -204,3 +204,100 @@ fn out_of_memory_is_its_own_error() {
     );
     assert!(err.to_string().contains("out of memory"), "{err}");
 }
+
+/// The generated augmentation kernel on the GPU cuts, from a batch of prepared 8-bit
+/// images at AlexNet's size, the CPU's training patches (same draws: the crops, mirrors
+/// and colour shifts of a seed and epoch), centre crops and ten crops, bit for bit.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_augmentation_kernel_cuts_the_cpu_s_patches_on_the_gpu() {
+    use alexnet::ir::Shape;
+    use alexnet::runtime::cuda::nvrtc;
+    use alexnet::runtime::data::augment::PcaColour;
+    use alexnet::runtime::data::patch::{augment_batch, Draw, PatchScale};
+    use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use rand::Rng;
+    let ctx = CudaContext::new(0).unwrap();
+    let (major, minor) = ctx.compute_capability().unwrap();
+    let arch = format!("sm_{major}{minor}");
+    let stream = ctx.default_stream();
+    let (side, crop, n) = (256, (227, 227), 6);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
+    let pre = Preprocess {
+        side,
+        crop,
+        mean: (0..3 * side * side)
+            .map(|_| rng.random_range(60.0..190.0))
+            .collect(),
+        scale: PIXEL_SCALE,
+        std: [1.0; 3],
+        pca: Some(PcaColour {
+            eigenvalues: [0.06, 0.007, 0.0015],
+            eigenvectors: [[0.58, 0.58, 0.57], [0.7, 0.0, -0.71], [0.41, -0.82, 0.41]],
+        }),
+        classes: vec!["a".into()],
+        source: "test".into(),
+    };
+    let train: Vec<Draw> = (0..n as u64).map(|i| pre.train_draw(3, 1, i)).collect();
+    let cases: [(&str, Vec<Draw>, usize, PatchScale); 3] = [
+        ("train", train, 1, pre.train_scale()),
+        (
+            "centre",
+            vec![Draw::centre(side, crop); n],
+            1,
+            pre.eval_scale(),
+        ),
+        (
+            "ten crops",
+            (0..n).flat_map(|_| Draw::ten_crops(side, crop)).collect(),
+            10,
+            pre.eval_scale(),
+        ),
+    ];
+    let d_images = stream.clone_htod(&images).unwrap();
+    let d_mean = stream.clone_htod(&pre.mean).unwrap();
+    for (what, draws, per_image, f) in cases {
+        let want = augment_batch(&images, side, &pre.mean, crop, &draws, per_image, f).unwrap();
+        let spec = cuda::augment::augment(Shape::new(3, crop.0, crop.1), side, per_image).unwrap();
+        let compiled =
+            nvrtc::compile_cubin(&cuda::source(&spec), "augment.cu", &arch, &[]).unwrap();
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .unwrap();
+        let function = module.load_function(spec.name()).unwrap();
+        let flat: Vec<f32> = draws.iter().flat_map(|d| d.to_kernel()).collect();
+        let d_draws = stream.clone_htod(&flat).unwrap();
+        let mut d_out = stream.alloc_zeros::<f32>(want.len()).unwrap();
+        let [gx, gy, gz] = spec.launch.grid(n);
+        let cfg = LaunchConfig {
+            grid_dim: (gx, gy, gz),
+            block_dim: (spec.launch.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let batch = n as i32;
+        let mut args = stream.launch_builder(&function);
+        args.arg(&d_images)
+            .arg(&d_draws)
+            .arg(&d_mean)
+            .arg(&mut d_out)
+            .arg(&f.units)
+            .arg(&f.scale[0])
+            .arg(&f.scale[1])
+            .arg(&f.scale[2])
+            .arg(&batch);
+        // SAFETY: the arguments are the kernel's parameters in the order of its spec
+        // (images u8, draws, mean, out f32, four floats, the batch), each buffer holds what
+        // the spec's lengths say for `n` images, and the grid is the spec's.
+        unsafe { args.launch(cfg) }.unwrap();
+        let got = stream.clone_dtoh(&d_out).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let same = bits(&got) == bits(&want);
+        println!(
+            "augmentation on the GPU, {what}: {} values, bit for bit: {same}",
+            want.len()
+        );
+        assert!(same, "{what}: the GPU's patches differ from the CPU's");
+    }
+}

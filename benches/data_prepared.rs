@@ -10,7 +10,7 @@
 //!   prepared shards (`PreparedSplit::read_batch`) into one buffer of bytes: what goes to
 //!   the GPU, whose kernel augments it.
 //! - `read/raw_batch_and_cpu_augment_1_thread`: the same batch, then the CPU's
-//!   augmentation of it (`patch::augment_batch_into`, random 227x227 crops, mirrors,
+//!   augmentation of it (`patch::Cut::batch_into`, random 227x227 crops, mirrors,
 //!   colour shifts, mean and scale, into a reused buffer): the input batch, on the CPU.
 //!
 //! First, printed: decoding alone and `prepare`, on one thread and on every core,
@@ -28,7 +28,6 @@ use alexnet::ir::Shape;
 use alexnet::runtime::data::decode::decode_rgb;
 use alexnet::runtime::data::folder::ImageFolder;
 use alexnet::runtime::data::loader::Images;
-use alexnet::runtime::data::patch::augment_batch_into;
 use alexnet::runtime::data::prepared::{prepare, PrepareOptions, Prepared, INDEX_FILE};
 use alexnet::runtime::Synthetic;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -181,17 +180,9 @@ fn prepared_path(c: &mut Criterion) {
                 .map(|k| pre.train_draw(0, 0, step * BATCH as u64 + k))
                 .collect();
             step += 1;
-            augment_batch_into(
-                &buf,
-                pre.side,
-                &pre.mean,
-                pre.crop,
-                &draws,
-                1,
-                pre.train_scale(),
-                &mut patches,
-            )
-            .expect("augment")
+            pre.train_cut()
+                .batch_into(&buf, &draws, 1, &mut patches)
+                .expect("augment")
         })
     });
     group.finish();

@@ -1128,29 +1128,13 @@ fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
 fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
     use alexnet::codegen::kernels::spec::c_float;
     use alexnet::ir::Shape;
-    use alexnet::runtime::data::augment::PcaColour;
-    use alexnet::runtime::data::patch::{augment_batch, Draw, PatchScale};
-    use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
+    use alexnet::runtime::data::patch::{Cut, Draw};
     use rand::Rng;
     let Some(cxx) = compiler() else { return };
     let (side, crop, n) = (13, (9, 7), 3);
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
-    let pre = Preprocess {
-        side,
-        crop,
-        mean: (0..3 * side * side)
-            .map(|_| rng.random_range(60.0..190.0))
-            .collect(),
-        scale: PIXEL_SCALE,
-        std: [0.9, 1.1, 1.0],
-        pca: Some(PcaColour {
-            eigenvalues: [0.06, 0.007, 0.0015],
-            eigenvectors: [[0.58, 0.58, 0.57], [0.7, 0.0, -0.71], [0.41, -0.82, 0.41]],
-        }),
-        classes: vec!["a".into()],
-        source: "test".into(),
-    };
+    let pre = common::augment_preprocess(side, crop, &mut rng);
     // Image i as the transforms take it: CHW, 0..255 as f32.
     let chw = |i: usize| -> Vec<f32> {
         let img = &images[i * side * side * 3..(i + 1) * side * side * 3];
@@ -1163,26 +1147,26 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
         .map(|i| pre.train_draw(seed, epoch, i))
         .collect();
     assert!(train.iter().any(|d| d.flip) && train.iter().any(|d| !d.flip));
-    let cases: [(&str, Vec<Draw>, usize, PatchScale, _); 3] = [
+    let cases: [(&str, Vec<Draw>, usize, Cut, _); 3] = [
         (
             "train",
             train,
             1,
-            pre.train_scale(),
+            pre.train_cut(),
             pre.train_transform(seed, epoch),
         ),
         (
             "centre",
             vec![Draw::centre(side, crop); n],
             1,
-            pre.eval_scale(),
+            pre.eval_cut(),
             pre.eval_transform(),
         ),
         (
             "ten crops",
             (0..n).flat_map(|_| Draw::ten_crops(side, crop)).collect(),
             10,
-            pre.eval_scale(),
+            pre.eval_cut(),
             pre.ten_crop_transform(),
         ),
     ];
@@ -1193,14 +1177,15 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    for (what, draws, per_image, f, transform) in cases {
+    for (what, draws, per_image, cut, transform) in cases {
         let want: Vec<f32> = (0..n).flat_map(|i| transform(chw(i), i as u64)).collect();
-        let batch = augment_batch(&images, side, &pre.mean, crop, &draws, per_image, f).unwrap();
+        let batch = cut.batch(&images, &draws, per_image).unwrap();
+        let f = cut.scale;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(&batch),
             bits(&want),
-            "{what}: augment_batch and the transform"
+            "{what}: Cut::batch and the transform"
         );
         let k = cuda::augment::augment(Shape::new(3, crop.0, crop.1), side, per_image).unwrap();
         let flat: Vec<f32> = draws.iter().flat_map(|d| d.to_kernel()).collect();

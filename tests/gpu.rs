@@ -213,9 +213,7 @@ fn out_of_memory_is_its_own_error() {
 fn the_augmentation_kernel_cuts_the_cpu_s_patches_on_the_gpu() {
     use alexnet::ir::Shape;
     use alexnet::runtime::cuda::nvrtc;
-    use alexnet::runtime::data::augment::PcaColour;
-    use alexnet::runtime::data::patch::{augment_batch, Draw, PatchScale};
-    use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
+    use alexnet::runtime::data::patch::{Cut, Draw};
     use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
     use rand::Rng;
     let ctx = CudaContext::new(0).unwrap();
@@ -225,41 +223,28 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_on_the_gpu() {
     let (side, crop, n) = (256, (227, 227), 6);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
-    let pre = Preprocess {
-        side,
-        crop,
-        mean: (0..3 * side * side)
-            .map(|_| rng.random_range(60.0..190.0))
-            .collect(),
-        scale: PIXEL_SCALE,
-        std: [1.0; 3],
-        pca: Some(PcaColour {
-            eigenvalues: [0.06, 0.007, 0.0015],
-            eigenvectors: [[0.58, 0.58, 0.57], [0.7, 0.0, -0.71], [0.41, -0.82, 0.41]],
-        }),
-        classes: vec!["a".into()],
-        source: "test".into(),
-    };
+    let pre = common::augment_preprocess(side, crop, &mut rng);
     let train: Vec<Draw> = (0..n as u64).map(|i| pre.train_draw(3, 1, i)).collect();
-    let cases: [(&str, Vec<Draw>, usize, PatchScale); 3] = [
-        ("train", train, 1, pre.train_scale()),
+    let cases: [(&str, Vec<Draw>, usize, Cut); 3] = [
+        ("train", train, 1, pre.train_cut()),
         (
             "centre",
             vec![Draw::centre(side, crop); n],
             1,
-            pre.eval_scale(),
+            pre.eval_cut(),
         ),
         (
             "ten crops",
             (0..n).flat_map(|_| Draw::ten_crops(side, crop)).collect(),
             10,
-            pre.eval_scale(),
+            pre.eval_cut(),
         ),
     ];
     let d_images = stream.clone_htod(&images).unwrap();
     let d_mean = stream.clone_htod(&pre.mean).unwrap();
-    for (what, draws, per_image, f) in cases {
-        let want = augment_batch(&images, side, &pre.mean, crop, &draws, per_image, f).unwrap();
+    for (what, draws, per_image, cut) in cases {
+        let want = cut.batch(&images, &draws, per_image).unwrap();
+        let f = cut.scale;
         let spec = cuda::augment::augment(Shape::new(3, crop.0, crop.1), side, per_image).unwrap();
         let compiled =
             nvrtc::compile_cubin(&cuda::source(&spec), "augment.cu", &arch, &[]).unwrap();

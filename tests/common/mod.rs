@@ -122,3 +122,29 @@ pub fn rel_l2<A: Copy + Into<f64>, B: Copy + Into<f64>>(a: &[A], b: &[B]) -> f64
         (num / den).sqrt()
     }
 }
+
+/// A `Preprocess` for the augmentation kernel's tests: `side` x `side` images cut to
+/// `crop`, a random per-pixel mean in 60..190, colour components, per-channel divisors.
+pub fn augment_preprocess(
+    side: usize,
+    crop: (usize, usize),
+    rng: &mut impl Rng,
+) -> alexnet::runtime::data::pipeline::Preprocess {
+    use alexnet::runtime::data::augment::PcaColour;
+    use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
+    Preprocess {
+        side,
+        crop,
+        mean: (0..3 * side * side)
+            .map(|_| rng.random_range(60.0..190.0))
+            .collect(),
+        scale: PIXEL_SCALE,
+        std: [0.9, 1.1, 1.0],
+        pca: Some(PcaColour {
+            eigenvalues: [0.06, 0.007, 0.0015],
+            eigenvectors: [[0.58, 0.58, 0.57], [0.7, 0.0, -0.71], [0.41, -0.82, 0.41]],
+        }),
+        classes: vec!["a".into()],
+        source: "test".into(),
+    }
+}

@@ -13,10 +13,10 @@
 //! ```
 //!
 //! with `x' = x`, or `crop_w - 1 - x` when mirrored, in f32, one rounding per operation
-//! and no fused multiply-add, in this order. [`patches`] computes it on the CPU from images
-//! in any layout; `kernels_templates/augment.cuh` computes it on the GPU from a batch of
-//! prepared 8-bit images ([`augment_batch`] is its CPU twin, which the host emulation of
-//! the kernel is compared with, bit for bit). The image transforms of
+//! and no fused multiply-add, in this order. [`Cut::patches`] computes it on the CPU from
+//! images in any layout; `kernels_templates/augment.cuh` computes it on the GPU from a
+//! batch of prepared 8-bit images ([`Cut::batch`] is its CPU twin, which the host
+//! emulation of the kernel is compared with, bit for bit). The image transforms of
 //! `data::pipeline::Preprocess` (training, centre crop, ten crops) are all this one
 //! function.
 
@@ -157,149 +157,150 @@ pub struct PatchScale {
     pub scale: [f32; 3],
 }
 
-/// One patch of `3 x crop.0 x crop.1` values (CHW) per draw, from the `side` x `side`
-/// RGB image whose row segments `row(c, y, x0, dst)` reads (the `dst.len()` pixels of
-/// channel `c`, row `y`, from column `x0`, values 0..255, into `dst`), with the
-/// per-pixel `mean` (CHW, `3 x side x side`): the formula of the module documentation.
-/// Errors when a draw leaves the image or `mean` has the wrong length.
-pub fn patches(
-    row: impl Fn(usize, usize, usize, &mut [f32]),
-    side: usize,
-    mean: &[f32],
-    crop: (usize, usize),
-    draws: &[Draw],
-    f: PatchScale,
-) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; draws.len() * 3 * crop.0 * crop.1];
-    patches_into(&row, side, mean, crop, draws, f, &mut out)?;
-    Ok(out)
+/// What every patch of a batch shares: the side of the stored (square, RGB) images, their
+/// per-pixel `mean` (CHW, `3 x side x side`, 0..255), the patch size `crop` (rows,
+/// columns) and the factors of the values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cut<'a> {
+    pub side: usize,
+    pub mean: &'a [f32],
+    pub crop: (usize, usize),
+    pub scale: PatchScale,
 }
 
-/// [`patches`] into `out` (exactly `draws.len() * 3 * crop.0 * crop.1` values).
-fn patches_into(
-    row: &impl Fn(usize, usize, usize, &mut [f32]),
-    side: usize,
-    mean: &[f32],
-    crop: (usize, usize),
-    draws: &[Draw],
-    f: PatchScale,
-    out: &mut [f32],
-) -> Result<()> {
-    if mean.len() != 3 * side * side {
-        return Err(Error::Invalid(format!(
-            "patches: a mean of {} values for 3x{side}x{side} images",
-            mean.len()
-        )));
+impl Cut<'_> {
+    /// Values per patch: `3 * crop.0 * crop.1`.
+    pub fn patch_len(&self) -> usize {
+        3 * self.crop.0 * self.crop.1
     }
-    let (ch, cw) = crop;
-    if out.len() != draws.len() * 3 * ch * cw {
-        return Err(Error::BufferTooSmall {
-            what: "patches: output".into(),
-            len: out.len(),
-            needed: draws.len() * 3 * ch * cw,
-        });
+
+    /// One patch (CHW) per draw from the image whose row segments `row(c, y, x0, dst)`
+    /// reads (the `dst.len()` pixels of channel `c`, row `y`, from column `x0`, values
+    /// 0..255, into `dst`): the formula of the module documentation. Errors when a draw
+    /// leaves the image or the mean has the wrong length.
+    pub fn patches(
+        &self,
+        row: impl Fn(usize, usize, usize, &mut [f32]),
+        draws: &[Draw],
+    ) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; draws.len() * self.patch_len()];
+        self.patches_into(&row, draws, &mut out)?;
+        Ok(out)
     }
-    // One source row segment at a time, gathered first so that the arithmetic runs over
-    // plain slices (vectorised).
-    let mut src = vec![0.0f32; cw];
-    for (d, dst) in draws.iter().zip(out.chunks_exact_mut(3 * ch * cw)) {
-        d.check(side, crop)?;
-        for c in 0..3 {
-            let (units, shift, scale) = (f.units, d.shift[c], f.scale[c]);
-            let value = |v: f32, m: f32| ((v - m) * units + shift) * scale;
-            for (y, out_row) in dst[c * ch * cw..(c + 1) * ch * cw]
-                .chunks_exact_mut(cw)
-                .enumerate()
-            {
-                let sy = d.y + y;
-                let at = (c * side + sy) * side + d.x;
-                let m = &mean[at..at + cw];
-                row(c, sy, d.x, &mut src);
-                // Source column x0 + k lands in column k, or cw - 1 - k when mirrored.
-                if d.flip {
-                    for ((o, &v), &m) in out_row.iter_mut().rev().zip(&src).zip(m) {
-                        *o = value(v, m);
-                    }
-                } else {
-                    for ((o, &v), &m) in out_row.iter_mut().zip(&src).zip(m) {
-                        *o = value(v, m);
+
+    /// [`Cut::patches`] into `out` (exactly `draws.len() * patch_len()` values).
+    fn patches_into(
+        &self,
+        row: &impl Fn(usize, usize, usize, &mut [f32]),
+        draws: &[Draw],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (side, mean, crop, f) = (self.side, self.mean, self.crop, self.scale);
+        if mean.len() != 3 * side * side {
+            return Err(Error::Invalid(format!(
+                "patches: a mean of {} values for 3x{side}x{side} images",
+                mean.len()
+            )));
+        }
+        let (ch, cw) = crop;
+        if out.len() != draws.len() * self.patch_len() {
+            return Err(Error::BufferTooSmall {
+                what: "patches: output".into(),
+                len: out.len(),
+                needed: draws.len() * self.patch_len(),
+            });
+        }
+        // One source row segment at a time, gathered first so that the arithmetic runs
+        // over plain slices (vectorised).
+        let mut src = vec![0.0f32; cw];
+        for (d, dst) in draws.iter().zip(out.chunks_exact_mut(self.patch_len())) {
+            d.check(side, crop)?;
+            for c in 0..3 {
+                let (units, shift, scale) = (f.units, d.shift[c], f.scale[c]);
+                let value = |v: f32, m: f32| ((v - m) * units + shift) * scale;
+                for (y, out_row) in dst[c * ch * cw..(c + 1) * ch * cw]
+                    .chunks_exact_mut(cw)
+                    .enumerate()
+                {
+                    let sy = d.y + y;
+                    let at = (c * side + sy) * side + d.x;
+                    let m = &mean[at..at + cw];
+                    row(c, sy, d.x, &mut src);
+                    // Source column x0 + k lands in column k, or cw - 1 - k when mirrored.
+                    if d.flip {
+                        for ((o, &v), &m) in out_row.iter_mut().rev().zip(&src).zip(m) {
+                            *o = value(v, m);
+                        }
+                    } else {
+                        for ((o, &v), &m) in out_row.iter_mut().zip(&src).zip(m) {
+                            *o = value(v, m);
+                        }
                     }
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The CPU twin of the generated augmentation kernel: `images` holds `n` prepared images
-/// (HWC, `side * side * 3` bytes each, as a prepared set's shards store them), `draws`
-/// `per_image` draws for each, in order; returns the `n * per_image` patches, in the
-/// draws' order. Errors when the lengths disagree or a draw leaves its image.
-pub fn augment_batch(
-    images: &[u8],
-    side: usize,
-    mean: &[f32],
-    crop: (usize, usize),
-    draws: &[Draw],
-    per_image: usize,
-    f: PatchScale,
-) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; draws.len() * 3 * crop.0 * crop.1];
-    augment_batch_into(images, side, mean, crop, draws, per_image, f, &mut out)?;
-    Ok(out)
-}
+    /// The CPU twin of the generated augmentation kernel: `images` holds `n` prepared
+    /// images (HWC, `side * side * 3` bytes each, as a prepared set's shards store them),
+    /// `draws` `per_image` draws for each, in order; returns the `n * per_image` patches,
+    /// in the draws' order. Errors when the lengths disagree or a draw leaves its image.
+    pub fn batch(&self, images: &[u8], draws: &[Draw], per_image: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0.0f32; draws.len() * self.patch_len()];
+        self.batch_into(images, draws, per_image, &mut out)?;
+        Ok(out)
+    }
 
-/// [`augment_batch`] into `out` (`draws.len() * 3 * crop.0 * crop.1` values): a loader
-/// that reuses its batch buffers spares the allocation and its page faults, which cost
-/// as much as the arithmetic.
-#[allow(clippy::too_many_arguments)]
-pub fn augment_batch_into(
-    images: &[u8],
-    side: usize,
-    mean: &[f32],
-    crop: (usize, usize),
-    draws: &[Draw],
-    per_image: usize,
-    f: PatchScale,
-    out: &mut [f32],
-) -> Result<()> {
-    let size = 3 * side * side;
-    if size == 0 || per_image == 0 || !images.len().is_multiple_of(size) {
-        return Err(Error::Invalid(format!(
-            "augment_batch: {} bytes are not whole {side}x{side} RGB images",
-            images.len()
-        )));
+    /// [`Cut::batch`] into `out` (`draws.len() * patch_len()` values): a loader that
+    /// reuses its batch buffers spares the allocation and its page faults, which cost as
+    /// much as the arithmetic.
+    pub fn batch_into(
+        &self,
+        images: &[u8],
+        draws: &[Draw],
+        per_image: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let side = self.side;
+        let size = 3 * side * side;
+        if size == 0 || per_image == 0 || !images.len().is_multiple_of(size) {
+            return Err(Error::Invalid(format!(
+                "augment: {} bytes are not whole {side}x{side} RGB images",
+                images.len()
+            )));
+        }
+        let n = images.len() / size;
+        if draws.len() != n * per_image {
+            return Err(Error::Invalid(format!(
+                "augment: {} draws for {n} images of {per_image} patches",
+                draws.len()
+            )));
+        }
+        let patches = per_image * self.patch_len();
+        if out.len() != n * patches {
+            return Err(Error::BufferTooSmall {
+                what: "augment: output".into(),
+                len: out.len(),
+                needed: n * patches,
+            });
+        }
+        for ((img, d), dst) in images
+            .chunks_exact(size)
+            .zip(draws.chunks_exact(per_image))
+            .zip(out.chunks_exact_mut(patches))
+        {
+            let row = |c: usize, y: usize, x0: usize, dst: &mut [f32]| {
+                let at = (y * side + x0) * 3;
+                let src = &img[at..at + 3 * dst.len()];
+                for (v, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
+                    *v = f32::from(px[c]);
+                }
+            };
+            self.patches_into(&row, d, dst)?;
+        }
+        Ok(())
     }
-    let n = images.len() / size;
-    if draws.len() != n * per_image {
-        return Err(Error::Invalid(format!(
-            "augment_batch: {} draws for {n} images of {per_image} patches",
-            draws.len()
-        )));
-    }
-    let patch = per_image * 3 * crop.0 * crop.1;
-    if out.len() != n * patch {
-        return Err(Error::BufferTooSmall {
-            what: "augment_batch: output".into(),
-            len: out.len(),
-            needed: n * patch,
-        });
-    }
-    for ((img, d), dst) in images
-        .chunks_exact(size)
-        .zip(draws.chunks_exact(per_image))
-        .zip(out.chunks_exact_mut(patch))
-    {
-        let row = |c: usize, y: usize, x0: usize, dst: &mut [f32]| {
-            let at = (y * side + x0) * 3;
-            let src = &img[at..at + 3 * dst.len()];
-            for (v, px) in dst.iter_mut().zip(src.chunks_exact(3)) {
-                *v = f32::from(px[c]);
-            }
-        };
-        patches_into(&row, side, mean, crop, d, f, dst)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -411,7 +412,13 @@ mod tests {
                 let at = (c * side + y) * side + x0;
                 dst.copy_from_slice(&img[at..at + dst.len()]);
             };
-            let got = patches(row, side, &mean, (6, 7), &[d], PatchScale { units, scale }).unwrap();
+            let cut = Cut {
+                side,
+                mean: &mean,
+                crop: (6, 7),
+                scale: PatchScale { units, scale },
+            };
+            let got = cut.patches(row, &[d]).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "draw {d:?}");
         }
@@ -432,7 +439,13 @@ mod tests {
             units: 0.5,
             scale: [2.0, 3.0, 4.0],
         };
-        let out = augment_batch(&img, side, &mean, (3, 4), &[d], 1, f).unwrap();
+        let cut = Cut {
+            side,
+            mean: &mean,
+            crop: (3, 4),
+            scale: f,
+        };
+        let out = cut.batch(&img, &[d], 1).unwrap();
         for c in 0..3 {
             for y in 0..3 {
                 for x in 0..4 {
@@ -446,9 +459,14 @@ mod tests {
         }
         // A draw that leaves the image, lengths that disagree: errors.
         let out_of = Draw { x: 3, ..d };
-        assert!(augment_batch(&img, side, &mean, (3, 4), &[out_of], 1, f).is_err());
-        assert!(augment_batch(&img, side, &mean, (3, 4), &[d, d], 1, f).is_err());
-        assert!(augment_batch(&img[1..], side, &mean, (3, 4), &[d], 1, f).is_err());
-        assert!(augment_batch(&img, side, &mean[1..], (3, 4), &[d], 1, f).is_err());
+        assert!(cut.batch(&img, &[out_of], 1).is_err());
+        assert!(cut.batch(&img, &[d, d], 1).is_err());
+        assert!(cut.batch(&img[1..], &[d], 1).is_err());
+        assert!(cut.batch_into(&img, &[d], 1, &mut [0.0; 35]).is_err());
+        let short = Cut {
+            mean: &mean[1..],
+            ..cut
+        };
+        assert!(short.batch(&img, &[d], 1).is_err());
     }
 }

@@ -27,7 +27,7 @@ use super::augment::{Augment, ColourMoments, PcaColour};
 use super::decode::{decode_rgb, DecodeError};
 use super::imagenet;
 use super::loader::{chw, mean_image, Images, LoadReport, Transform};
-use super::patch::{patches, Draw, PatchScale};
+use super::patch::{Cut, Draw, PatchScale};
 use crate::error::{Error, Result};
 use crate::ir::Shape;
 use crate::synthetic::Synthetic;
@@ -233,20 +233,29 @@ impl Preprocess {
         )
     }
 
-    /// The factors of a training patch's values: the colour shift is in units of 1/255,
-    /// then each channel is multiplied by `scale / std[c]`.
-    pub fn train_scale(&self) -> PatchScale {
-        PatchScale {
+    /// How training patches are cut: the colour shift is in units of 1/255, then each
+    /// channel is multiplied by `scale / std[c]`.
+    pub fn train_cut(&self) -> Cut<'_> {
+        self.cut(PatchScale {
             units: COLOUR_UNITS,
             scale: self.channel_scale().map(|s| s / COLOUR_UNITS),
-        }
+        })
     }
 
-    /// The factors of an evaluation patch's values: `(pixel - mean) * scale / std[c]`.
-    pub fn eval_scale(&self) -> PatchScale {
-        PatchScale {
+    /// How evaluation patches are cut: `(pixel - mean) * scale / std[c]`.
+    pub fn eval_cut(&self) -> Cut<'_> {
+        self.cut(PatchScale {
             units: 1.0,
             scale: self.channel_scale(),
+        })
+    }
+
+    fn cut(&self, scale: PatchScale) -> Cut<'_> {
+        Cut {
+            side: self.side,
+            mean: &self.mean,
+            crop: self.crop,
+            scale,
         }
     }
 
@@ -255,34 +264,33 @@ impl Preprocess {
     /// arithmetic the GPU's augmentation kernel does too).
     pub fn train_transform(&self, seed: u64, epoch: u64) -> Transform {
         let pre = Arc::new(self.clone());
-        let f = self.train_scale();
         Arc::new(move |img: Vec<f32>, pos: u64| {
             let draw = pre.train_draw(seed, epoch, pos);
-            pre.cut(&img, &[draw], f)
+            Self::cut_image(pre.train_cut(), &img, &[draw])
         })
     }
 
     /// The evaluation transform: mean, centre crop, scale.
     pub fn eval_transform(&self) -> Transform {
         let pre = Arc::new(self.clone());
-        let (f, draw) = (self.eval_scale(), Draw::centre(self.side, self.crop));
-        Arc::new(move |img: Vec<f32>, _| pre.cut(&img, &[draw], f))
+        let draw = Draw::centre(self.side, self.crop);
+        Arc::new(move |img: Vec<f32>, _| Self::cut_image(pre.eval_cut(), &img, &[draw]))
     }
 
     /// The paper's test-time transform: mean, then the ten patches (four corners and the
     /// centre, and their mirror images), scaled and concatenated in that order.
     pub fn ten_crop_transform(&self) -> Transform {
         let pre = Arc::new(self.clone());
-        let (f, draws) = (self.eval_scale(), Draw::ten_crops(self.side, self.crop));
-        Arc::new(move |img: Vec<f32>, _| pre.cut(&img, &draws, f))
+        let draws = Draw::ten_crops(self.side, self.crop);
+        Arc::new(move |img: Vec<f32>, _| Self::cut_image(pre.eval_cut(), &img, &draws))
     }
 
     /// The patches of `draws` from `img` (CHW, `3 x side x side`, 0..255). An image or
     /// crop of the wrong size (a bug of the caller: the loaders load at `side`) gives
     /// zeros, as many as the patches hold.
-    fn cut(&self, img: &[f32], draws: &[Draw], f: PatchScale) -> Vec<f32> {
-        let side = self.side;
-        let zeros = || vec![0.0; draws.len() * 3 * self.crop.0 * self.crop.1];
+    fn cut_image(cut: Cut<'_>, img: &[f32], draws: &[Draw]) -> Vec<f32> {
+        let side = cut.side;
+        let zeros = || vec![0.0; draws.len() * cut.patch_len()];
         if img.len() != 3 * side * side {
             return zeros();
         }
@@ -290,7 +298,7 @@ impl Preprocess {
             let at = (c * side + y) * side + x0;
             dst.copy_from_slice(&img[at..at + dst.len()]);
         };
-        patches(row, side, &self.mean, self.crop, draws, f).unwrap_or_else(|_| zeros())
+        cut.patches(row, draws).unwrap_or_else(|_| zeros())
     }
 
     /// One image file decoded as the transforms take it: `side` x `side`, CHW, 0..255

@@ -1937,4 +1937,17 @@ fn a_full_disk_during_prepare_leaves_no_set_that_looks_complete() {
     );
     let err = fails(alexnet().args(["prepare", "--verify"]).arg(&set));
     assert!(err.contains("not a prepared data set"), "{err}");
+    // The shards written before the disk filled are not taken for an image folder.
+    assert!(names.iter().any(|n| n.ends_with(".shard")), "{names:?}");
+    let err = fails(
+        alexnet()
+            .args(["train", "--device", "cpu", "--data"])
+            .arg(&set)
+            .arg("--checkpoint")
+            .arg(root.join("run")),
+    );
+    assert!(
+        err.contains("not a prepared data set") && err.contains("alexnet prepare"),
+        "{err}"
+    );
 }

@@ -1188,7 +1188,10 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
             "{what}: Cut::batch and the transform"
         );
         let k = cuda::augment::augment(Shape::new(3, crop.0, crop.1), side, per_image).unwrap();
-        let flat: Vec<f32> = draws.iter().flat_map(|d| d.to_kernel()).collect();
+        let flat: Vec<f32> = draws
+            .iter()
+            .flat_map(|d| d.to_kernel(side, crop).unwrap())
+            .collect();
         let out = vec![f32::NAN; want.len()];
         let scalars = [
             ("units", c_float(f.units)),

@@ -252,7 +252,10 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_on_the_gpu() {
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
             .unwrap();
         let function = module.load_function(spec.name()).unwrap();
-        let flat: Vec<f32> = draws.iter().flat_map(|d| d.to_kernel()).collect();
+        let flat: Vec<f32> = draws
+            .iter()
+            .flat_map(|d| d.to_kernel(side, crop).unwrap())
+            .collect();
         let d_draws = stream.clone_htod(&flat).unwrap();
         let mut d_out = stream.alloc_zeros::<f32>(want.len()).unwrap();
         let [gx, gy, gz] = spec.launch.grid(n);

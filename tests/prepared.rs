@@ -268,6 +268,22 @@ fn damaged_and_mismatched_sets_are_errors_that_say_what_is_wrong() {
         "{err}"
     );
 
+    // Hostile header fields (every size computed from them saturates, so no allocation
+    // or panic follows from them): a huge count, a huge JPEG data length.
+    for (at, value) in [(12usize, u32::MAX as u64), (40, u64::MAX - 1000)] {
+        let mut bytes = good.clone();
+        if at == 12 {
+            bytes[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+        } else {
+            bytes[32..36].copy_from_slice(&195u32.to_le_bytes()); // JPEG storage
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        std::fs::write(&shard, &bytes).unwrap();
+        let err = Prepared::open(&a).unwrap_err().to_string();
+        assert!(err.contains("train-00001.shard"), "{err}");
+    }
+    std::fs::write(&shard, &good).unwrap();
+
     // The index: not JSON, another format.
     std::fs::write(&shard, &good).unwrap();
     let index = a.join(INDEX_FILE);
@@ -282,6 +298,24 @@ fn damaged_and_mismatched_sets_are_errors_that_say_what_is_wrong() {
     .unwrap();
     let err = Prepared::open(&a).unwrap_err().to_string();
     assert!(err.contains("alexnet-rs-prepared/9"), "{err}");
+    // A shard named outside the folder, a label beyond the classes.
+    std::fs::write(
+        &index,
+        text.replace("\"train-00001.shard\"", "\"../b/train-00001.shard\""),
+    )
+    .unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("the shards of train"), "{err}");
+    std::fs::write(
+        &index,
+        text.replace(
+            "\"classes\": [\n    \"ant\",\n    \"bee\",\n    \"cat\"\n  ]",
+            "\"classes\": [\n    \"ant\"\n  ]",
+        ),
+    )
+    .unwrap();
+    let err = Prepared::open(&a).unwrap_err().to_string();
+    assert!(err.contains("label") && err.contains("1 classes"), "{err}");
     std::fs::write(&index, &text).unwrap();
     Prepared::open(&a).unwrap().verify().unwrap();
 }

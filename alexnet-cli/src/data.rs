@@ -73,11 +73,39 @@ impl DataSpec {
     /// full path (a run records it, and `eval` finds the data from anywhere).
     pub fn from_dir(dir: &Path) -> Result<Self, AnyError> {
         let full = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(if prepared::is_prepared(&full) {
-            DataSpec::Prepared(full)
-        } else {
-            DataSpec::Folder(full)
-        })
+        if prepared::is_prepared(&full) {
+            return Ok(DataSpec::Prepared(full));
+        }
+        // Shards without an index: a `prepare` that has not finished; its error says so.
+        let has_shards = std::fs::read_dir(&full).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".shard"))
+        });
+        if has_shards {
+            Prepared::open(&full)?;
+        }
+        Ok(DataSpec::Folder(full))
+    }
+
+    /// For a prepared set, an error unless its images have the side `side` (that of the
+    /// run's preprocessing), with the `prepare` command that makes them; nothing to check
+    /// for the others, which are decoded at any side.
+    pub fn expect_side(&self, side: usize) -> Result<(), AnyError> {
+        if let DataSpec::Prepared(dir) = self {
+            let set = Prepared::open(dir)?;
+            if set.side != side {
+                return Err(format!(
+                    "{} was prepared at {}x{}; this network needs {side}x{side} images: `alexnet prepare --data {} --out DIR --size {side}` makes them",
+                    dir.display(),
+                    set.side,
+                    set.side,
+                    if set.source.is_empty() { "IMAGES" } else { &set.source }
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// The training and validation images: the folder's `train/` and `val/` (or the whole

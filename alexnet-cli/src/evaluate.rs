@@ -197,6 +197,7 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
             )
         })?,
     };
+    spec.expect_side(pre.side)?;
     let images = spec.evaluation()?;
     if images.class_names() != pre.classes {
         return Err(format!(

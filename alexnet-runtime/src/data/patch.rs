@@ -116,9 +116,12 @@ impl Draw {
     }
 
     /// The draw as the GPU kernel reads it: `[y, x, flip, shift_r, shift_g, shift_b, 0,
-    /// 0]` (the integers as floats, exact below 2^24).
-    pub fn to_kernel(&self) -> [f32; DRAW_FLOATS] {
-        [
+    /// 0]` (the integers as floats, exact below 2^24), once [`Draw::check`] says that a
+    /// `crop` patch at it lies inside a `side` x `side` image: the kernel itself does not
+    /// check (it reads where the draw says).
+    pub fn to_kernel(&self, side: usize, crop: (usize, usize)) -> Result<[f32; DRAW_FLOATS]> {
+        self.check(side, crop)?;
+        Ok([
             self.y as f32,
             self.x as f32,
             if self.flip { 1.0 } else { 0.0 },
@@ -127,7 +130,7 @@ impl Draw {
             self.shift[2],
             0.0,
             0.0,
-        ]
+        ])
     }
 }
 

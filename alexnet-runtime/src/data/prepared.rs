@@ -6,7 +6,8 @@
 //! A prepared set is a folder:
 //!
 //! - `index.json` ([`PREPARED_FORMAT`]): the image side, the class names, the folder it
-//!   was made from, the per-pixel mean of the training split over all its images, the
+//!   was made from, the per-pixel mean of the training split over all its images (as
+//!   stored: for JPEG storage, their decoded JPEGs), the
 //!   principal components of its RGB colours, and per split its shards with their image
 //!   counts, sizes and CRC-32 checksums. It is written last, atomically: a folder without
 //!   one is not (yet) a prepared set.
@@ -23,8 +24,12 @@
 //!
 //! Every shard is written to a temporary file and renamed when complete, so a shard that
 //! exists is whole. An interrupted [`prepare`] run again keeps the shards whose key (the
-//! source files' paths, sizes and labels, and the side) and checksum match, and makes the
-//! others again; the index it then writes covers exactly the shards of this run.
+//! source files' paths, sizes, modification times and labels, the side and the storage)
+//! and checksum match, and no file of which was skipped as unreadable (an I/O error may
+//! pass), and makes the others again; the index it then writes covers exactly the shards
+//! of this run. Shards are made one after another, each shard's images decoded in
+//! parallel while the shard before is written, so memory holds at most three shards. Two
+//! `prepare` runs into one folder at once are not guarded against.
 //!
 //! [`Prepared::open`] reads the index and every shard's header and checks them against
 //! each other and against the files' sizes (a truncated shard, an index that does not
@@ -61,6 +66,9 @@ pub const PREPARED_FORMAT: &str = "alexnet-rs-prepared/1";
 pub const INDEX_FILE: &str = "index.json";
 
 const MAGIC: &[u8; 8] = b"ANRSHRD1";
+
+/// The largest image side a prepared set may have.
+pub const MAX_SIDE: usize = 65_535;
 const HEADER: usize = 48;
 
 /// How many skipped files a split's report names.
@@ -183,9 +191,9 @@ pub fn prepare(
             )));
         }
     }
-    if opts.side == 0 || opts.shard_images == 0 {
+    if !(1..=MAX_SIDE).contains(&opts.side) || opts.shard_images == 0 {
         return Err(Error::Invalid(format!(
-            "prepare: side {} and images per shard {} must be positive",
+            "prepare: side {} must be in 1..={MAX_SIDE} and images per shard {} positive",
             opts.side, opts.shard_images
         )));
     }
@@ -316,6 +324,15 @@ fn shard_name(split: &str, k: usize) -> String {
     format!("{split}-{k:05}.shard")
 }
 
+/// Whether `file` is a shard's name of split `split` (`split-NNNNN.shard`): an index names
+/// nothing outside its folder.
+fn is_shard_name(file: &str, split: &str) -> bool {
+    file.strip_prefix(split)
+        .and_then(|r| r.strip_prefix('-'))
+        .and_then(|r| r.strip_suffix(".shard"))
+        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `path` made absolute with its symbolic links resolved, as far as it exists (the rest
 /// appended as written); `None` when not even the current folder resolves.
 fn absolute(path: &Path) -> Option<PathBuf> {
@@ -342,8 +359,8 @@ fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// The key of the shard made from `files` (paths, sizes and labels) at `side`, stored as
-/// `storage`.
+/// The key of the shard made from `files` (paths, sizes, modification times and labels)
+/// at `side`, stored as `storage`.
 fn shard_key(
     folder: &ImageFolder,
     range: std::ops::Range<usize>,
@@ -356,8 +373,15 @@ fn shard_key(
     for i in range {
         let path = folder.path(i);
         h = fnv1a(h, path.to_string_lossy().as_bytes());
-        let len = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+        let meta = std::fs::metadata(path).ok();
+        let len = meta.as_ref().map_or(u64::MAX, |m| m.len());
+        // A file replaced by another of the same size changes its modification time.
+        let modified = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(u128::MAX, |d| d.as_nanos());
         h = fnv1a(h, &len.to_le_bytes());
+        h = fnv1a(h, &modified.to_le_bytes());
         h = fnv1a(h, &folder.label(i).to_le_bytes());
     }
     h
@@ -407,8 +431,11 @@ impl Header {
         })
     }
 
+    // The sizes below saturate instead of overflowing: a hostile header's fields give a
+    // size no file has, which `read_header` refuses.
+
     fn image_bytes(&self) -> u64 {
-        3 * u64::from(self.side) * u64::from(self.side)
+        (3 * u64::from(self.side)).saturating_mul(u64::from(self.side))
     }
 
     /// Where the JPEG offsets start (and the images, for raw storage).
@@ -431,19 +458,23 @@ impl Header {
 
     /// The file's size.
     fn file_bytes(&self) -> u64 {
-        self.data_at() + self.data_bytes
+        self.data_at().saturating_add(self.data_bytes)
     }
 
     /// Whether the header holds together: raw images fill the data exactly.
     fn consistent(&self) -> bool {
         match self.storage {
-            Storage::Raw => self.data_bytes == u64::from(self.count) * self.image_bytes(),
+            Storage::Raw => {
+                self.data_bytes == u64::from(self.count).saturating_mul(self.image_bytes())
+            }
             Storage::Jpeg(_) => true,
         }
     }
 }
 
-/// Prepares one split: its shards, in parallel, each kept from an earlier run or made.
+/// Prepares one split: its shards one after another, each kept from an earlier run or
+/// decoded (its images in parallel), while a second thread writes the shard decoded
+/// before: at most three shards are in memory, and a failed write stops the decoding.
 /// `None` when `stop` said to stop before every shard was made.
 fn prepare_split(
     name: &str,
@@ -456,38 +487,55 @@ fn prepare_split(
 ) -> Result<Option<(SplitReport, Vec<ShardEntry>)>> {
     let n = folder.len();
     let shards = n.div_ceil(opts.shard_images);
-    let made: Vec<Option<Result<MadeShard>>> = (0..shards)
-        .into_par_iter()
-        .map(|k| {
+    let mut made: Vec<Option<MadeShard>> = (0..shards).map(|_| None).collect();
+    let mut stopped = false;
+    let written = std::thread::scope(|scope| -> Result<Vec<(usize, MadeShard)>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Decoded)>(1);
+        let writer = scope.spawn(move || -> Result<Vec<(usize, MadeShard)>> {
+            rx.into_iter().map(|(k, d)| Ok((k, d.write()?))).collect()
+        });
+        for (k, slot) in made.iter_mut().enumerate() {
             if stop() {
-                return None;
+                stopped = true;
+                break;
             }
             let range = k * opts.shard_images..((k + 1) * opts.shard_images).min(n);
             let len = range.len();
-            let r = make_shard(name, k, folder, range, out, opts, sums);
+            match kept_shard(name, k, folder, range.clone(), out, opts, sums)? {
+                Some(m) => *slot = Some(m),
+                None => {
+                    let d = decode_shard(name, k, folder, range, out, opts, sums)?;
+                    if tx.send((k, d)).is_err() {
+                        // The writer hung up: it failed, and says why below.
+                        break;
+                    }
+                }
+            }
             tick(len);
-            Some(r)
-        })
-        .collect();
+        }
+        drop(tx);
+        writer
+            .join()
+            .map_err(|_| Error::Internal("prepare: the shard writer panicked".into()))?
+    })?;
+    for (k, m) in written {
+        made[k] = Some(m);
+    }
+    if stopped {
+        return Ok(None);
+    }
     let mut report = SplitReport {
         name: name.to_string(),
         files: n,
         ..SplitReport::default()
     };
     let mut entries = Vec::with_capacity(shards);
-    // An error (the first in order) before a stop.
-    let mut done = Vec::with_capacity(shards);
-    let mut stopped = false;
     for m in made {
-        match m {
-            Some(r) => done.push(r?),
-            None => stopped = true,
-        }
-    }
-    if stopped {
-        return Ok(None);
-    }
-    for (entry, reused, skipped) in done {
+        let Some((entry, reused, skipped)) = m else {
+            return Err(Error::Internal(format!(
+                "prepare: a shard of {name} was not made"
+            )));
+        };
         report.images += entry.images;
         if reused {
             report.reused += 1;
@@ -505,10 +553,11 @@ fn prepare_split(
 /// A shard's entry, whether it was kept from an earlier run, and its skipped files.
 type MadeShard = (ShardEntry, bool, Vec<(PathBuf, String)>);
 
-/// Shard `k` of split `name`: kept when a complete shard with the same key is there and
-/// its checksum holds, else decoded and written. Returns its entry, whether it was kept,
-/// and its skipped files.
-fn make_shard(
+/// Shard `k` of split `name` as an earlier run left it, when it is complete, made from
+/// the same sources (its key) and its checksum holds: its entry (with its pixels added
+/// to `sums`); `None` when it must be made again. A shard with a file skipped because it
+/// could not be read (an I/O error, perhaps passing) is made again too.
+fn kept_shard(
     name: &str,
     k: usize,
     folder: &ImageFolder,
@@ -516,39 +565,94 @@ fn make_shard(
     out: &Path,
     opts: PrepareOptions,
     sums: Option<&Mutex<Vec<u64>>>,
-) -> Result<MadeShard> {
+) -> Result<Option<MadeShard>> {
+    let side = opts.side;
+    let file = shard_name(name, k);
+    let path = out.join(&file);
+    let key = shard_key(folder, range, side, opts.storage);
+    let Some((header, offsets, skipped)) = existing_shard(&path, key, side) else {
+        return Ok(None);
+    };
+    if skipped.iter().any(|(_, why)| why.starts_with("unreadable")) {
+        return Ok(None);
+    }
+    if let Some(sums) = sums {
+        let shard = Shard {
+            path: path.clone(),
+            header,
+            first: 0,
+            offsets,
+        };
+        let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut part = vec![0u64; 3 * side * side];
+        let mut img = vec![0u8; 3 * side * side];
+        for k in 0..header.count as usize {
+            shard
+                .read(&f, k, &mut img)
+                .map_err(|e| Error::io(&path, e))?;
+            add_pixels(&mut part, &img);
+        }
+        add_sums(sums, &part);
+    }
+    let entry = ShardEntry {
+        file,
+        images: header.count as usize,
+        bytes: header.file_bytes(),
+        crc32: header.crc32,
+    };
+    Ok(Some((entry, true, skipped)))
+}
+
+/// A shard decoded and encoded, not yet written.
+struct Decoded {
+    path: PathBuf,
+    file: String,
+    header: Header,
+    labels: Vec<u8>,
+    skipped_text: String,
+    table: Vec<u8>,
+    /// The stored images, in order.
+    images: Vec<Vec<u8>>,
+    skipped: Vec<(PathBuf, String)>,
+}
+
+impl Decoded {
+    /// Writes the shard (a temporary file renamed when whole) and returns its entry.
+    fn write(self) -> Result<MadeShard> {
+        let header = self.header.encode();
+        let mut parts: Vec<&[u8]> = vec![
+            &header,
+            &self.labels,
+            self.skipped_text.as_bytes(),
+            &self.table,
+        ];
+        parts.extend(self.images.iter().map(Vec::as_slice));
+        write_whole(&self.path, &parts)?;
+        let entry = ShardEntry {
+            file: self.file,
+            images: self.header.count as usize,
+            bytes: self.header.file_bytes(),
+            crc32: self.header.crc32,
+        };
+        Ok((entry, false, self.skipped))
+    }
+}
+
+/// Decodes shard `k`'s source images in parallel (and re-encodes them for JPEG storage),
+/// adding the pixels of those stored, as stored, to `sums`.
+fn decode_shard(
+    name: &str,
+    k: usize,
+    folder: &ImageFolder,
+    range: std::ops::Range<usize>,
+    out: &Path,
+    opts: PrepareOptions,
+    sums: Option<&Mutex<Vec<u64>>>,
+) -> Result<Decoded> {
     let (side, storage) = (opts.side, opts.storage);
     let file = shard_name(name, k);
     let path = out.join(&file);
     let key = shard_key(folder, range.clone(), side, storage);
-    if let Some((header, offsets, skipped)) = existing_shard(&path, key, side) {
-        if let Some(sums) = sums {
-            let shard = Shard {
-                path: path.clone(),
-                header,
-                first: 0,
-                offsets,
-            };
-            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let mut part = vec![0u64; 3 * side * side];
-            let mut img = vec![0u8; 3 * side * side];
-            for k in 0..header.count as usize {
-                shard
-                    .read(&f, k, &mut img)
-                    .map_err(|e| Error::io(&path, e))?;
-                add_pixels(&mut part, &img);
-            }
-            add_sums(sums, &part);
-        }
-        let entry = ShardEntry {
-            file,
-            images: header.count as usize,
-            bytes: header.file_bytes(),
-            crc32: header.crc32,
-        };
-        return Ok((entry, true, skipped));
-    }
-    // Decoded (and re-encoded) in parallel, kept in order.
     let part = Mutex::new(vec![0u64; if sums.is_some() { 3 * side * side } else { 0 }]);
     let decoded: Vec<(usize, std::result::Result<Vec<u8>, String>)> = range
         .into_par_iter()
@@ -556,30 +660,42 @@ fn make_shard(
             let stored = decode_rgb(folder.path(i), side)
                 .map_err(|e| e.to_string())
                 .and_then(|img| {
+                    // The mean is of the images as stored: a JPEG's decoded pixels.
+                    let (bytes, pixels) = match storage {
+                        Storage::Raw => (img.into_raw(), None),
+                        Storage::Jpeg(q) => {
+                            let bytes = encode_jpeg(&img, q)?;
+                            let back = image::load_from_memory_with_format(
+                                &bytes,
+                                image::ImageFormat::Jpeg,
+                            )
+                            .map_err(|e| format!("could not read back its JPEG: {e}"))?
+                            .into_rgb8()
+                            .into_raw();
+                            (bytes, Some(back))
+                        }
+                    };
                     if sums.is_some() {
                         add_pixels(
                             &mut part.lock().unwrap_or_else(PoisonError::into_inner),
-                            img.as_raw(),
+                            pixels.as_deref().unwrap_or(&bytes),
                         );
                     }
-                    match storage {
-                        Storage::Raw => Ok(img.into_raw()),
-                        Storage::Jpeg(q) => encode_jpeg(&img, q),
-                    }
+                    Ok(bytes)
                 });
             (i, stored)
         })
         .collect();
     let mut labels = Vec::new();
     let mut skipped = Vec::new();
-    let mut data = Vec::new();
+    let mut images = Vec::new();
     let mut offsets = vec![0u64];
     for (i, r) in decoded {
         match r {
             Ok(bytes) => {
                 labels.extend_from_slice(&folder.label(i).to_le_bytes());
-                data.extend_from_slice(&bytes);
-                offsets.push(data.len() as u64);
+                offsets.push(offsets[offsets.len() - 1] + bytes.len() as u64);
+                images.push(bytes);
             }
             Err(e) => skipped.push((folder.path(i).to_path_buf(), e)),
         }
@@ -596,40 +712,34 @@ fn make_shard(
     crc.update(&labels);
     crc.update(skipped_text.as_bytes());
     crc.update(&table);
-    crc.update(&data);
-    let too_big = || Error::Invalid(format!("{}: too many images for one shard", path.display()));
+    images.iter().for_each(|img| crc.update(img));
+    let bad = |what: &str| Error::Invalid(format!("{}: {what}", path.display()));
     let header = Header {
-        side: u32::try_from(side).map_err(|_| too_big())?,
-        count: u32::try_from(labels.len() / 4).map_err(|_| too_big())?,
-        skipped_bytes: u32::try_from(skipped_text.len()).map_err(|_| too_big())?,
+        side: u32::try_from(side).map_err(|_| bad("the image side does not fit in 32 bits"))?,
+        count: u32::try_from(images.len()).map_err(|_| bad("too many images for one shard"))?,
+        skipped_bytes: u32::try_from(skipped_text.len())
+            .map_err(|_| bad("the list of skipped files exceeds 4 GiB"))?,
         crc32: crc.finalize(),
         key,
         storage,
-        data_bytes: data.len() as u64,
+        data_bytes: offsets[offsets.len() - 1],
     };
-    write_whole(
-        &path,
-        &[
-            &header.encode(),
-            &labels,
-            skipped_text.as_bytes(),
-            &table,
-            &data,
-        ],
-    )?;
     if let Some(sums) = sums {
         add_sums(
             sums,
             &part.into_inner().unwrap_or_else(PoisonError::into_inner),
         );
     }
-    let entry = ShardEntry {
+    Ok(Decoded {
+        path,
         file,
-        images: header.count as usize,
-        bytes: header.file_bytes(),
-        crc32: header.crc32,
-    };
-    Ok((entry, false, skipped))
+        header,
+        labels,
+        skipped_text,
+        table,
+        images,
+        skipped,
+    })
 }
 
 /// Adds an image's pixels (HWC) to per-pixel sums (CHW).
@@ -831,8 +941,8 @@ impl Prepared {
             .get("side")
             .and_then(Value::as_u64)
             .and_then(|s| usize::try_from(s).ok())
-            .filter(|&s| s > 0)
-            .ok_or_else(|| bad("no side"))?;
+            .filter(|&s| (1..=MAX_SIDE).contains(&s))
+            .ok_or_else(|| bad(&format!("no side in 1..={MAX_SIDE}")))?;
         let strings = |key: &str| -> Option<Vec<String>> {
             v.get(key)?
                 .as_array()?
@@ -866,6 +976,7 @@ impl Prepared {
                 .get("shards")
                 .and_then(Value::as_array)
                 .and_then(|a| a.iter().map(ShardEntry::from_json).collect())
+                .filter(|e: &Vec<ShardEntry>| e.iter().all(|e| is_shard_name(&e.file, name)))
                 .ok_or_else(|| bad(&format!("the shards of {name}")))?;
             let images = s.get("images").and_then(Value::as_u64);
             let split = PreparedSplit::open_entries(dir, name, side, classes.clone(), &entries)?;
@@ -879,9 +990,20 @@ impl Prepared {
                     ),
                 });
             }
+            if let Some(&label) = split.labels.iter().find(|&&l| l as usize >= classes.len()) {
+                return Err(Error::Content {
+                    path: Some(index_path.clone()),
+                    message: format!(
+                        "split {name} has label {label}, the index names {} classes",
+                        classes.len()
+                    ),
+                });
+            }
             Ok(Some(split))
         };
-        let train = split("train")?.ok_or_else(|| bad("no train split"))?;
+        let train = split("train")?
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| bad("no training images"))?;
         let val = split("val")?;
         Ok(Prepared {
             dir: dir.to_path_buf(),
@@ -1148,6 +1270,17 @@ impl PreparedSplit {
 
     /// Reads image `i < len()` (HWC, `side * side * 3` bytes) into `out`.
     pub fn read_image(&self, i: usize, out: &mut [u8]) -> std::io::Result<()> {
+        if i >= self.len() || out.len() != self.image_bytes() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "image {i} of {} into {} bytes (one is {})",
+                    self.len(),
+                    out.len(),
+                    self.image_bytes()
+                ),
+            ));
+        }
         let (shard, k) = self.locate(i);
         let f = File::open(&shard.path)?;
         shard.read(&f, k, out)
@@ -1240,8 +1373,13 @@ fn read_header(path: &Path, side: usize) -> Result<(Header, Vec<u32>, Vec<u64>)>
         )));
     }
     if size != header.file_bytes() {
+        let what = if size < header.file_bytes() {
+            "truncated shard"
+        } else {
+            "a shard of the wrong size"
+        };
         return Err(bad(format!(
-            "truncated shard: {size} bytes, its header says {} images, {} bytes; `alexnet prepare` again remakes it",
+            "{what}: {size} bytes, its header says {} images, {} bytes; `alexnet prepare` again remakes it",
             header.count,
             header.file_bytes()
         )));

@@ -260,7 +260,7 @@ impl Preprocess {
     }
 
     /// The training transform of epoch `epoch`: the patch of [`Preprocess::train_draw`]
-    /// (mean subtracted, cropped, mirrored, colour-shifted, scaled: [`patches`], the
+    /// (mean subtracted, cropped, mirrored, colour-shifted, scaled: [`Cut::patches`], the
     /// arithmetic the GPU's augmentation kernel does too).
     pub fn train_transform(&self, seed: u64, epoch: u64) -> Transform {
         let pre = Arc::new(self.clone());

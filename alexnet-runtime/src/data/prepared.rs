@@ -501,10 +501,17 @@ fn prepare_split(
             }
             let range = k * opts.shard_images..((k + 1) * opts.shard_images).min(n);
             let len = range.len();
-            match kept_shard(name, k, folder, range.clone(), out, opts, sums)? {
+            let file = shard_name(name, k);
+            let job = ShardJob {
+                path: out.join(&file),
+                file,
+                key: shard_key(folder, range.clone(), opts.side, opts.storage),
+                range,
+            };
+            match kept_shard(&job, opts, sums)? {
                 Some(m) => *slot = Some(m),
                 None => {
-                    let d = decode_shard(name, k, folder, range, out, opts, sums)?;
+                    let d = decode_shard(job, folder, opts, sums)?;
                     if tx.send((k, d)).is_err() {
                         // The writer hung up: it failed, and says why below.
                         break;
@@ -553,24 +560,17 @@ fn prepare_split(
 /// A shard's entry, whether it was kept from an earlier run, and its skipped files.
 type MadeShard = (ShardEntry, bool, Vec<(PathBuf, String)>);
 
-/// Shard `k` of split `name` as an earlier run left it, when it is complete, made from
+/// The shard of `job` as an earlier run left it, when it is complete, made from
 /// the same sources (its key) and its checksum holds: its entry (with its pixels added
 /// to `sums`); `None` when it must be made again. A shard with a file skipped because it
 /// could not be read (an I/O error, perhaps passing) is made again too.
 fn kept_shard(
-    name: &str,
-    k: usize,
-    folder: &ImageFolder,
-    range: std::ops::Range<usize>,
-    out: &Path,
+    job: &ShardJob,
     opts: PrepareOptions,
     sums: Option<&Mutex<Vec<u64>>>,
 ) -> Result<Option<MadeShard>> {
-    let side = opts.side;
-    let file = shard_name(name, k);
-    let path = out.join(&file);
-    let key = shard_key(folder, range, side, opts.storage);
-    let Some((header, offsets, skipped)) = existing_shard(&path, key, side) else {
+    let (side, path) = (opts.side, &job.path);
+    let Some((header, offsets, skipped)) = existing_shard(path, job.key, side) else {
         return Ok(None);
     };
     if skipped.iter().any(|(_, why)| why.starts_with("unreadable")) {
@@ -583,24 +583,33 @@ fn kept_shard(
             first: 0,
             offsets,
         };
-        let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut part = vec![0u64; 3 * side * side];
         let mut img = vec![0u8; 3 * side * side];
         for k in 0..header.count as usize {
             shard
                 .read(&f, k, &mut img)
-                .map_err(|e| Error::io(&path, e))?;
+                .map_err(|e| Error::io(path, e))?;
             add_pixels(&mut part, &img);
         }
         add_sums(sums, &part);
     }
     let entry = ShardEntry {
-        file,
+        file: job.file.clone(),
         images: header.count as usize,
         bytes: header.file_bytes(),
         crc32: header.crc32,
     };
     Ok(Some((entry, true, skipped)))
+}
+
+/// One shard to make: its file name and path, the key of its sources, and which source
+/// images it holds.
+struct ShardJob {
+    file: String,
+    path: PathBuf,
+    key: u64,
+    range: std::ops::Range<usize>,
 }
 
 /// A shard decoded and encoded, not yet written.
@@ -638,21 +647,21 @@ impl Decoded {
     }
 }
 
-/// Decodes shard `k`'s source images in parallel (and re-encodes them for JPEG storage),
+/// Decodes the source images of `job` in parallel (and re-encodes them for JPEG storage),
 /// adding the pixels of those stored, as stored, to `sums`.
 fn decode_shard(
-    name: &str,
-    k: usize,
+    job: ShardJob,
     folder: &ImageFolder,
-    range: std::ops::Range<usize>,
-    out: &Path,
     opts: PrepareOptions,
     sums: Option<&Mutex<Vec<u64>>>,
 ) -> Result<Decoded> {
     let (side, storage) = (opts.side, opts.storage);
-    let file = shard_name(name, k);
-    let path = out.join(&file);
-    let key = shard_key(folder, range.clone(), side, storage);
+    let ShardJob {
+        file,
+        path,
+        key,
+        range,
+    } = job;
     let part = Mutex::new(vec![0u64; if sums.is_some() { 3 * side * side } else { 0 }]);
     let decoded: Vec<(usize, std::result::Result<Vec<u8>, String>)> = range
         .into_par_iter()

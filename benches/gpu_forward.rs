@@ -6,12 +6,14 @@
 //! generated stage at batch 128 (median of 20, the stream synchronised around each
 //! stage) beside the same layer through cuDNN (convolution, FMA math, its heuristic's
 //! algorithm; without bias and ReLU, which the generated kernels include) or cuBLAS
-//! (sgemm), and their ratio; the whole forward pass at batch 1 and 128 in images/s.
+//! (sgemm), and their ratio; the whole forward pass at batch 1 and 128 in images/s. Then
+//! the same with `Precision::Tf32` (the fc layers on tensor cores) beside cuBLAS with TF32
+//! allowed.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use alexnet::ir::{Conv, Fc, Op, Plan};
+use alexnet::ir::{Conv, Fc, Op, Plan, Precision};
 use alexnet::nets::AlexNet;
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::{Cuda, Model, Tensor};
@@ -47,11 +49,14 @@ fn time(
 }
 
 /// The same layer through cuDNN or cuBLAS, in seconds; `None` for layers they do not cover.
+/// With `tf32`, cuBLAS may use TF32 tensor cores (`CUBLAS_TF32_TENSOR_OP_MATH`, as
+/// PyTorch's `allow_tf32`), for the fully connected layers only.
 fn vendor(
     plan: &Plan,
     layer: usize,
     batch: usize,
     stream: &Arc<CudaStream>,
+    tf32: bool,
 ) -> Result<Option<f64>, AnyError> {
     let l = &plan.layers[layer];
     let c = |v: usize| v as i32;
@@ -101,6 +106,16 @@ fn vendor(
         }
         Op::Fc(Fc { out }) => {
             let blas = CudaBlas::new(stream.clone())?;
+            if tf32 {
+                use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
+                // SAFETY: the handle is `blas`'s, alive for this call.
+                let status = unsafe {
+                    cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH)
+                };
+                if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                    return Err(format!("cublasSetMathMode: {status:?}").into());
+                }
+            }
             let inputs = l.input.len();
             let x = stream.alloc_zeros::<f32>(batch * inputs)?;
             let w = stream.alloc_zeros::<f32>(out * inputs)?;
@@ -155,8 +170,20 @@ fn main() -> Result<(), AnyError> {
         hit * 1e3
     );
 
-    let stream = gpu.stream().clone();
-    let model = Model::init(gpu, plan.clone(), 0)?;
+    stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
+    // --precision tf32: the fc layers on tensor cores (a backend of its own, loading the
+    // tf32 kernels), beside cuBLAS allowed TF32.
+    let gpu = Cuda::new(0)?.with_precision(Precision::Tf32);
+    stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
+    Ok(())
+}
+
+/// The whole forward pass at batch 1 and 128, then each stage at batch 128 beside cuDNN or
+/// cuBLAS in the model's precision.
+fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
+    let tf32 = model.backend().precision() == Precision::Tf32;
+    println!("\n{}", model.backend().name());
+    let stream = model.backend().stream().clone();
     let s = plan.input;
     for batch in [1usize, 128] {
         let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;
@@ -184,7 +211,12 @@ fn main() -> Result<(), AnyError> {
         .into_iter()
         .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
         .collect();
-    println!("\nbatch {batch}, f32 (no TF32)");
+    let what = if tf32 {
+        "tf32: fc on tensor cores; cuBLAS with TF32 allowed; cuDNN convolutions in f32 (no TF32)"
+    } else {
+        "f32 (no TF32)"
+    };
+    println!("\nbatch {batch}, {what}");
     println!(
         "{:<10} {:>12} {:>14} {:>8}",
         "stage", "generated ms", "cuDNN/cuBLAS ms", "ratio"
@@ -193,7 +225,7 @@ fn main() -> Result<(), AnyError> {
     for ((name, times), st) in per_stage.into_iter().zip(stages) {
         let ours = median(times);
         total += ours;
-        match vendor(plan, st.layer, batch, &stream)? {
+        match vendor(plan, st.layer, batch, &stream, tf32)? {
             Some(v) => println!(
                 "{name:<10} {:>12.3} {:>14.3} {:>8.2}",
                 ours * 1e3,

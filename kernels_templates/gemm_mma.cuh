@@ -22,7 +22,11 @@
 // c ^ ((r / SW) % CH)) so that the eight rows one ldmatrix phase reads lie in distinct
 // banks. Fragments come from ldmatrix.x4 (four 8x8 matrices of 16-bit values, which are
 // also 8x4 matrices of f32: the tf32 fragments have the same shape in 32-bit words).
-// Grid: x = ceil(M / BM), y = ceil(N / BN). Not yet used by the forward pass.
+// Grid: x = ceil(M / BM), y = ceil(N / BN).
+//
+// The device functions below name the operands as a layer does: a is the input x, b the
+// weights w, c the output y (a fully connected layer's forward pass with --precision
+// tf32).
 #ifndef ALEXNET_GEMM_MMA_CUH
 #define ALEXNET_GEMM_MMA_CUH
 #ifndef ALEXNET_HOST_EMULATION
@@ -206,26 +210,26 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
 }
 
 template <class Cfg>
-__device__ __forceinline__ void gemm_mma_bf16(const __nv_bfloat16* __restrict__ a,
-                                              const __nv_bfloat16* __restrict__ b,
+__device__ __forceinline__ void gemm_mma_bf16(const __nv_bfloat16* __restrict__ x,
+                                              const __nv_bfloat16* __restrict__ w,
                                               const float* __restrict__ bias,
-                                              float* __restrict__ c, int batch) {
-    gemm_mma_core<Cfg, MMA_BF16>(a, b, bias, c, batch);
+                                              float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16>(x, w, bias, y, batch);
 }
 
 template <class Cfg>
-__device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ a,
-                                             const __half* __restrict__ b,
+__device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ x,
+                                             const __half* __restrict__ w,
                                              const float* __restrict__ bias,
-                                             float* __restrict__ c, int batch) {
-    gemm_mma_core<Cfg, MMA_F16>(a, b, bias, c, batch);
+                                             float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_F16>(x, w, bias, y, batch);
 }
 
 template <class Cfg>
-__device__ __forceinline__ void gemm_mma_tf32(const float* __restrict__ a,
-                                              const float* __restrict__ b,
+__device__ __forceinline__ void gemm_mma_tf32(const float* __restrict__ x,
+                                              const float* __restrict__ w,
                                               const float* __restrict__ bias,
-                                              float* __restrict__ c, int batch) {
-    gemm_mma_core<Cfg, MMA_TF32>(a, b, bias, c, batch);
+                                              float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_TF32>(x, w, bias, y, batch);
 }
 #endif  // ALEXNET_GEMM_MMA_CUH

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything the lent GPU machine should run, and says how to run it there:
 # the GPU tests (those marked `needs a CUDA GPU`: every layer kind and the three networks
-# on the GPU against the CPU, forward and training), the forward benchmark on CUDA,
+# on the GPU against the CPU, forward and training, and the tf32 forward pass), the forward
+# benchmark on CUDA in f32 and in tf32,
 # benches/gpu_forward.rs (each generated kernel beside cuDNN / cuBLAS), benches/gpu_train.rs
 # (an AlexNet training step), benches/towers.rs (AlexNet split into its two towers on two
 # streams, and two GPUs when there are two, against unsplit), a short `train` run on CUDA, and scripts/bench_torch.py
@@ -40,6 +41,14 @@ if [ -x "$py" ]; then
     ${TORCH_ARGS:-} 2>&1 | tee "$OUT/torch.log" | grep -v -e Warning -e '^    '
 fi
 bash "$here/run.sh"
+# The same forward bench with the fc layers on tensor cores (its own log: run.sh names a
+# log after the binary), with run.sh's library path.
+dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
+  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision tf32 --batch 1,7,128 \
+  --runs 20 > "$OUT/example-alexnet-tf32.log" 2>&1; echo "bench --precision tf32: rc=$?"
+tail -n 25 "$OUT/example-alexnet-tf32.log"
 EOS
 # The two towers alone (issue 5), for a short device call: the GPU tower tests, the
 # split-versus-unsplit bench and `bench --towers` on one GPU.

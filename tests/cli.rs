@@ -230,6 +230,53 @@ fn user_errors_are_one_line_not_a_panic() {
     assert!(!err.contains("panicked"));
 }
 
+/// `--precision`: tf32 needs a GPU, so the CPU asked for by name refuses it in one line;
+/// `auto` that falls back to the CPU computes f32 there (with a notice on standard
+/// error); a precision the project does not have is a usage error.
+#[test]
+fn a_tensor_core_precision_is_refused_on_the_cpu() {
+    let err = fails(alexnet().args([
+        "bench",
+        "--net",
+        "small",
+        "--device",
+        "cpu",
+        "--precision",
+        "tf32",
+        "--batch",
+        "1",
+    ]));
+    assert!(
+        err.starts_with("precision tf32 runs on a GPU's tensor cores; the CPU backend computes in f32 (give --precision f32, or --device cuda)"),
+        "{err}"
+    );
+    let out = alexnet()
+        .args(["bench", "--net", "small", "--precision", "bf16"])
+        .output();
+    assert!(
+        matches!(out.result, Err(alexnet_cli::Error::Usage(_))),
+        "{}",
+        out.error()
+    );
+    assert!(out.error().contains("bf16"), "{}", out.error());
+    if alexnet::runtime::Cuda::unavailable_reason().is_some() {
+        let text = succeeds(alexnet().args([
+            "bench",
+            "--net",
+            "small",
+            "--device",
+            "auto",
+            "--precision",
+            "tf32",
+            "--batch",
+            "1",
+            "--runs",
+            "1",
+        ]));
+        assert!(text.contains("forward on cpu"), "{text}");
+    }
+}
+
 /// `--device` is one clap struct flattened into every command that runs a network, with
 /// one help text; `--schedule` is parsed by clap, so a bad one is a usage error.
 #[test]
@@ -240,6 +287,12 @@ fn device_help_and_schedule_parsing() {
             help.contains("--device <DEVICE>")
                 && help.contains("cpu, cuda, cuda:N or auto (the GPU when there is one)")
                 && help.contains("[default: auto]"),
+            "{command}:\n{help}"
+        );
+        assert!(
+            help.contains("--precision <PRECISION>")
+                && help.contains("[default: f32]")
+                && help.contains("tf32"),
             "{command}:\n{help}"
         );
     }

@@ -861,20 +861,84 @@ fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
             &spec,
             batch,
             &[
-                ("a", &a),
-                ("b", &b),
+                ("x", &a),
+                ("w", &b),
                 ("bias", if bias { &bias_v } else { &[] }),
-                ("c", &c0),
+                ("y", &c0),
             ],
             &[],
         );
         let what = format!("{} (M = {m}, batch {batch})", spec.name());
-        close(&what, &r["c"], &want, 1e-5);
+        close(&what, &r["y"], &want, 1e-5);
         println!(
             "{what}: relative L2 {:.2e} ({:.1} s)",
-            rel_l2(&r["c"], &want),
+            rel_l2(&r["y"], &want),
             start.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// `--precision tf32`: the plan's forward pass in tf32 runs the fully connected layers on
+/// the tensor-core GEMM (and keeps the f32 kernel where K is not whole 16-byte rows); each
+/// such stage under emulation against the CPU backend's stage on the same inputs rounded
+/// to tf32 (the products the tensor cores see: to f32 accuracy) and on the inputs as they
+/// are (tf32's own error, which the test states).
+#[test]
+fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
+    use alexnet::ir::Precision;
+    use alexnet::runtime::prelude::*;
+    let Some(cxx) = compiler() else { return };
+    // fc(40) relu: K = 576, bias and ReLU in the epilogue; fc(10): K = 40, bias only; a
+    // batch of 37 is ragged against the 32-row tile. A network whose fc has K = 75 keeps
+    // its f32 kernel.
+    let plan: Plan = alexnet::plan_from_str("T<64, 3, 3> { fc(40) relu fc(10) }").unwrap();
+    let kernels = cuda::generate(&plan);
+    let tf32_forward = kernels.forward_in(Precision::Tf32);
+    assert_eq!(kernels.tf32.len(), 2);
+    assert_eq!(tf32_forward.len(), kernels.forward.len());
+    let odd: Plan = alexnet::plan_from_str("T<3, 5, 5> { fc(7) }").unwrap();
+    let odd_kernels = cuda::generate(&odd);
+    assert!(odd_kernels.tf32.is_empty());
+    assert_eq!(
+        odd_kernels.forward_in(Precision::Tf32),
+        odd_kernels.forward.to_vec()
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+    let params = common::random_params(&plan, &mut rng);
+    let batch = 37;
+    for (stage, k) in plan.stages().into_iter().zip(&tf32_forward) {
+        let layer = &plan.layers[stage.layer];
+        assert!(k.name().contains("_mma_tf32_"), "{}", k.name());
+        assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
+        let x = random(&mut rng, batch * layer.input.len());
+        let p: Vec<Vec<f32>> = params
+            .iter()
+            .filter(|t| t.name.starts_with(&*layer.name))
+            .map(|t| t.data.clone())
+            .collect();
+        let cpu = |x: &[f32], w: &[f32]| {
+            let mut y = vec![0.0f32; batch * layer.output.len()];
+            let (x, w, b) = (x.to_vec(), w.to_vec(), p[1].clone());
+            Cpu::new()
+                .forward_stage(&plan, stage, batch, &x, &[&w, &b], &mut y)
+                .unwrap();
+            y
+        };
+        let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
+        let want_rounded = cpu(&rounded(&x), &rounded(&p[0]));
+        let want_f32 = cpu(&x, &p[0]);
+        let y0 = vec![f32::NAN; want_f32.len()];
+        let r = emulate(
+            &cxx,
+            k,
+            batch,
+            &[("x", &x), ("w", &p[0]), ("bias", &p[1]), ("y", &y0)],
+            &[],
+        );
+        close(k.name(), &r["y"], &want_rounded, 1e-5);
+        let e = rel_l2(&r["y"], &want_f32);
+        println!("{}: tf32 against f32, relative L2 {e:.2e}", k.name());
+        assert!(e <= 2e-3, "{}: relative L2 {e:.2e} against f32", k.name());
     }
 }
 
@@ -903,8 +967,8 @@ fn a_stage_refilled_before_the_barrier_fails_under_emulation() {
     let (b, br) = operand(Elem::Bf16, &random(&mut rng, n * k));
     let want = gemm_reference(&ar, &br, None, false, n);
     let c0 = vec![f32::NAN; m * n];
-    let bufs: [(&str, &[f32]); 4] = [("a", &a), ("b", &b), ("bias", &[]), ("c", &c0)];
-    let right_c = emulate_variant(&cxx, &spec, &source, batch, &bufs, &[])["c"].clone();
+    let bufs: [(&str, &[f32]); 4] = [("x", &a), ("w", &b), ("bias", &[]), ("y", &c0)];
+    let right_c = emulate_variant(&cxx, &spec, &source, batch, &bufs, &[])["y"].clone();
     close("the pipeline as written", &right_c, &want, 1e-5);
     let broken = source.replacen(right, wrong, 1);
     let failed = std::panic::catch_unwind(|| {

@@ -7,7 +7,7 @@
 mod common;
 
 use alexnet::codegen::cuda;
-use alexnet::ir::Plan;
+use alexnet::ir::{Plan, Precision};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::prelude::*;
 use alexnet::runtime::{Cpu, Cuda, Device, Model, Tensor};
@@ -20,10 +20,24 @@ use common::{fan_in_weights as weights, random_scaled as random};
 
 /// Runs `plan` on the GPU and the CPU at each batch size; returns the worst error.
 fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {
+    compare_in(plan, batches, seed, Precision::F32, TOL)
+}
+
+/// [`compare`] with the GPU in `precision`: the stages up to the first fully connected
+/// layer within [`TOL`], that layer's and the later ones' within `fc_tol`.
+fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, fc_tol: f64) -> f64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let w = weights(plan, &mut rng);
-    let mut gpu =
-        Model::from_tensors(Cuda::new(0).expect("a CUDA GPU"), plan.clone(), w.clone()).unwrap();
+    let backend = Cuda::new(0).expect("a CUDA GPU").with_precision(precision);
+    assert_eq!(backend.precision(), precision);
+    // The outputs of the first fc stage and of every later one.
+    let mut after_fc = Vec::new();
+    for st in plan.stages() {
+        if matches!(plan.layers[st.layer].op, alexnet::ir::Op::Fc(_)) || !after_fc.is_empty() {
+            after_fc.push(plan.stage_output_name(st).to_string());
+        }
+    }
+    let mut gpu = Model::from_tensors(backend, plan.clone(), w.clone()).unwrap();
     gpu.set_poison(true);
     let cpu = Model::from_tensors(Cpu::new(), plan.clone(), w).unwrap();
     let s = plan.input;
@@ -47,21 +61,23 @@ fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {
                 plan.name
             );
             let e = rel_l2(g, c);
+            let tol = if after_fc.contains(name) { fc_tol } else { TOL };
             assert!(
-                e <= TOL,
+                e <= tol,
                 "{} batch {n}: {name} differs from the CPU: relative L2 {e:.2e}",
                 plan.name
             );
             worst = worst.max(e);
         }
         let e = rel_l2(got.data(), want.data());
+        let tol = if after_fc.is_empty() { TOL } else { fc_tol };
         assert!(
-            e <= TOL,
+            e <= tol,
             "{} batch {n}: output relative L2 {e:.2e}",
             plan.name
         );
         println!(
-            "{} batch {n}: worst stage {worst:.2e}, output {e:.2e}",
+            "{} {precision} batch {n}: worst stage {worst:.2e}, output {e:.2e}",
             plan.name
         );
     }
@@ -96,6 +112,23 @@ fn every_layer_kind_matches_the_cpu() {
     {
         compare(&plan(src), &[1, 7, 128], i as u64);
     }
+}
+
+/// `--precision tf32`: the fully connected layers on tensor cores, within tf32's error of
+/// the CPU's f32 (under emulation the same kernels are 2.6e-4 from f32 on random data; the
+/// convolutions before them stay exact f32).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tf32_forward_is_within_tf32_error_of_the_cpu() {
+    compare_in(
+        &plan("T<3, 4, 5> { fc(37) relu }"),
+        &[1, 7, 128],
+        11,
+        Precision::Tf32,
+        2e-3,
+    );
+    compare_in(SmallNet::plan(), &[1, 7, 128], 12, Precision::Tf32, 2e-3);
+    compare_in(AlexNet::plan(), &[1, 128], 13, Precision::Tf32, 2e-3);
 }
 
 #[test]

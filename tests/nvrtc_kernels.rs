@@ -303,8 +303,8 @@ fn count_op(sass: &str, op: &str) -> usize {
         .count()
 }
 
-/// The tensor-core GEMMs (kernels_templates/gemm_mma.cuh; not yet used by the forward
-/// pass) compile for sm_80 and sm_90 with no spills and no local memory, and their SASS
+/// The tensor-core GEMMs (kernels_templates/gemm_mma.cuh; the fc layers' forward pass in
+/// tf32, the 16-bit forms not yet used by a layer) compile for sm_80 and sm_90 with no spills and no local memory, and their SASS
 /// runs on tensor cores: HMMA instructions (as many as the tile's mma per K step), the
 /// pipeline's LDGSTS (cp.async) and LDSM (ldmatrix), and no LDL / STL.
 #[test]
@@ -375,6 +375,59 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
                 r.shared_bytes
             );
         }
+    }
+}
+
+/// `--precision tf32`: the forward kernels that differ in tf32 are exactly the fully
+/// connected layers' (of every example network and of each tower of the split ones), and
+/// they compile with no spills; AlexNet's run on tensor cores (HMMA in their SASS, no
+/// local memory).
+#[test]
+fn the_tf32_forward_kernels_are_the_fc_layers_on_tensor_cores() {
+    use alexnet::ir::Op;
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let mut plans = vec![
+        ("AlexNet".to_string(), AlexNet::plan().clone()),
+        (
+            "TorchvisionAlexNet".into(),
+            TorchvisionAlexNet::plan().clone(),
+        ),
+        ("SmallNet".into(), SmallNet::plan().clone()),
+    ];
+    for t in 0..2 {
+        plans.push((
+            format!("AlexNet tower {t}"),
+            AlexNet::plan().tower(t).unwrap(),
+        ));
+    }
+    for (net, plan) in &plans {
+        let kernels = cuda::kernels(plan);
+        let fc: Vec<usize> = (0..plan.layers.len())
+            .filter(|&l| matches!(plan.layers[l].op, Op::Fc(_)))
+            .collect();
+        let replaced: Vec<usize> = kernels.tf32.iter().map(|k| k.layer()).collect();
+        assert_eq!(replaced, fc, "{net}: the tf32 kernels are the fc layers'");
+        let source = cuda::translation_unit("// tf32\n", &kernels.tf32);
+        let launches: Vec<KernelLaunch> = kernels.tf32.iter().map(|k| k.launch.clone()).collect();
+        for row in check(net, &source, &launches) {
+            println!("{net} tf32: {row}");
+        }
+    }
+    let Some(nvdisasm) = nvdisasm_or_skip() else {
+        return;
+    };
+    let kernels = cuda::kernels(AlexNet::plan());
+    let source = cuda::translation_unit("", &kernels.tf32);
+    let compiled = nvrtc::compile_cubin(&source, "tf32.cu", "sm_90", &[]).unwrap();
+    let sass = sass_by_kernel(&nvdisasm, &compiled.cubin, "tf32");
+    for k in kernels.tf32.iter() {
+        let code = &sass.iter().find(|(n, _)| n == k.name()).unwrap().1;
+        let [hmma, ldl, stl] = ["HMMA", "LDL", "STL"].map(|op| count_op(code, op));
+        assert!(hmma > 0, "{}: no HMMA", k.name());
+        assert_eq!((ldl, stl), (0, 0), "{} uses local memory", k.name());
+        println!("sm_90 {}: {hmma} HMMA", k.name());
     }
 }
 

@@ -1,6 +1,6 @@
-//! The arguments several commands share: `--net` and `--device`.
+//! The arguments several commands share: `--net`, `--device` and `--precision`.
 
-use alexnet::ir::Plan;
+use alexnet::ir::{Plan, Precision};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::Device;
 use clap::ValueEnum;
@@ -41,25 +41,62 @@ impl Net {
     }
 }
 
-/// `--device`, as every command that runs a network takes it.
+/// `--precision`: [`Precision`] as the command line spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 products, exactly the CPU's functions (the reference).
+    #[default]
+    F32,
+    /// The fully connected layers' forward products on tensor cores with tf32 inputs and
+    /// f32 sums (a GPU only; convolutions and the backward pass stay f32).
+    Tf32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Tf32 => Precision::Tf32,
+        }
+    }
+}
+
+/// `--device` and `--precision`, as every command that runs a network takes them.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or auto (the GPU when there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The arithmetic of the forward pass on a GPU.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
 }
 
 impl Default for DeviceArgs {
     fn default() -> Self {
         DeviceArgs {
             device: "auto".into(),
+            precision: PrecisionArg::F32,
         }
     }
 }
 
 impl DeviceArgs {
-    /// The device named, ready to run.
+    /// The device named, ready to run in the precision asked for.
     pub fn open(&self) -> alexnet::runtime::Result<Device> {
-        Device::parse(&self.device)
+        self.open_named(&self.device)
+    }
+
+    /// Device `spec` (`--device`'s syntax; a tower's device) in the precision asked for.
+    /// `auto` that falls back to the CPU computes f32 there, saying so in one line; a CPU
+    /// asked for by name with another precision is an error.
+    pub fn open_named(&self, spec: &str) -> alexnet::runtime::Result<Device> {
+        let device = Device::parse(spec)?;
+        let precision = Precision::from(self.precision);
+        if spec == "auto" && matches!(device, Device::Cpu(_)) && precision != Precision::F32 {
+            eprintln!("alexnet: precision {precision} needs a GPU; computing in f32 on the CPU");
+            return Ok(device);
+        }
+        device.with_precision(precision)
     }
 }

@@ -12,7 +12,7 @@ use alexnet::runtime::weights::{check_finite, read_safetensors, write_safetensor
 use alexnet::runtime::{Batch, Device, Model, Tensor};
 use clap::{Parser, Subcommand};
 
-use crate::args::{DeviceArgs, Net};
+use crate::args::{DeviceArgs, Net, PrecisionArg};
 use crate::{evaluate, prepare, train, AnyError, Ctx};
 
 #[derive(Parser)]
@@ -79,6 +79,10 @@ enum Command {
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
         #[arg(long)]
         training: bool,
+        /// The forward kernels of this precision (tf32: the fully connected layers on
+        /// tensor cores).
+        #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+        precision: PrecisionArg,
         /// Print per kernel its blocks per SM, FLOPs, bytes moved and roofline time on an
         /// H200 with its measured ceilings (a model: where time should go, not a timing).
         #[arg(long)]
@@ -201,6 +205,7 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             arch,
             dump,
             training,
+            precision,
             report,
             batch,
         } => kernels(
@@ -208,7 +213,7 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             net,
             &arch,
             dump.as_deref(),
-            training,
+            (training, precision.into()),
             report.then_some(batch as usize),
         ),
         Command::Train(args) => train::train(ctx, args),
@@ -390,7 +395,7 @@ fn bench(
         Some(devs) => {
             let backends = devs
                 .iter()
-                .map(|d| Device::parse(d))
+                .map(|d| device.open_named(d))
                 .collect::<Result<Vec<_>, _>>()?;
             let w = alexnet::runtime::weights::paper_init(plan, 0);
             let t = alexnet::runtime::towers::Towers::new(plan.clone(), w, backends)?;
@@ -519,7 +524,7 @@ fn kernels(
     net: Net,
     arch: &str,
     dump: Option<&std::path::Path>,
-    training: bool,
+    (training, precision): (bool, alexnet::ir::Precision),
     report: Option<usize>,
 ) -> Result<(), AnyError> {
     use alexnet::codegen::cuda;
@@ -535,14 +540,11 @@ fn kernels(
     }
     let (major, minor) = nvrtc::version()?;
     let kernels = cuda::kernels(plan);
+    let forward = kernels.forward_in(precision);
     let specs: Vec<&alexnet::ir::KernelSpec> = if training {
-        kernels
-            .forward
-            .iter()
-            .chain(kernels.training.iter())
-            .collect()
+        forward.iter().chain(kernels.training.iter()).collect()
     } else {
-        kernels.forward.iter().collect()
+        forward.iter().collect()
     };
     let units: Vec<(String, String)> = specs
         .iter()
@@ -551,7 +553,7 @@ fn kernels(
     let opts = vec!["--ptxas-options=-v".to_string()];
     writeln!(
         ctx.out,
-        "{}: {} kernels, NVRTC {major}.{minor}, {arch}",
+        "{}: {} kernels, NVRTC {major}.{minor}, {arch}, forward in {precision}",
         plan.name,
         units.len()
     )?;
@@ -627,10 +629,11 @@ fn roofline(
     let gpu = H200;
     writeln!(
         ctx.out,
-        "\nroofline at batch {batch} on an {} ({} SMs; measured ceilings: f32 {:.0} TFLOP/s, 16-bit tensor cores {:.0} TFLOP/s, {:.1} TB/s):",
+        "\nroofline at batch {batch} on an {} ({} SMs; measured ceilings: f32 {:.0} TFLOP/s, tensor cores tf32 {:.0} and 16-bit {:.0} TFLOP/s, {:.1} TB/s):",
         gpu.name,
         gpu.sms,
         gpu.f32_flops / 1e12,
+        gpu.tf32_flops / 1e12,
         gpu.f16_flops / 1e12,
         gpu.bandwidth / 1e12
     )?;

@@ -5,7 +5,7 @@
 
 use alexnet_core::cuda;
 use alexnet_core::ir::{KernelLaunch, KernelSpec, Kernels, Layer, Op, Plan, Shape};
-use alexnet_core::kernels::spec::{Arg, ArgTy, Elem, GemmInfo, Len, Role};
+use alexnet_core::kernels::spec::{Arg, ArgTy, Elem, GemmInfo, GemmTile, Len, Role};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
@@ -102,7 +102,8 @@ fn scope() -> TokenStream {
     quote! {
         #[allow(unused_imports)]
         use ::alexnet::ir::kernels::spec::{
-            Access, Arg, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, Len, Role, Tile,
+            Access, Arg, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Len, MmaTile,
+            Role, Tile,
         };
         #[allow(unused_imports)]
         use ::alexnet::ir::{Generated, KernelLaunch, KernelSpec, Kernels};
@@ -182,21 +183,26 @@ fn gemm_tokens(g: Option<GemmInfo>) -> TokenStream {
     };
     let st = variant(g.stage);
     let e = elem_tokens(g.elem);
-    let t = g.tile;
-    let (tm, rm, tn, rn, tk) = (
-        usize_lit(t.tm),
-        usize_lit(t.rm),
-        usize_lit(t.tn),
-        usize_lit(t.rn),
-        usize_lit(t.tk),
-    );
+    let tile = match g.tile {
+        GemmTile::Simt(t) => {
+            let [tm, rm, tn, rn, tk] = [t.tm, t.rm, t.tn, t.rn, t.tk].map(usize_lit);
+            quote!(GemmTile::Simt(Tile { tm: #tm, rm: #rm, tn: #tn, rn: #rn, tk: #tk }))
+        }
+        GemmTile::Mma(t) => {
+            let [bm, bn, bk, wm, wn, st] =
+                [t.bm, t.bn, t.bk, t.warps_m, t.warps_n, t.stages].map(usize_lit);
+            quote!(GemmTile::Mma(MmaTile {
+                bm: #bm, bn: #bn, bk: #bk, warps_m: #wm, warps_n: #wn, stages: #st
+            }))
+        }
+    };
     let (pipeline, split_k) = (Literal::u32_unsuffixed(g.pipeline), usize_lit(g.split_k));
     let (bias, relu) = (g.epilogue.bias, g.epilogue.relu);
     quote! {
         Some(GemmInfo {
             stage: GemmStage::#st,
             elem: #e,
-            tile: Tile { tm: #tm, rm: #rm, tn: #tn, rn: #rn, tk: #tk },
+            tile: #tile,
             pipeline: #pipeline,
             split_k: #split_k,
             epilogue: Epilogue { bias: #bias, relu: #relu },
@@ -227,7 +233,8 @@ fn kernels_tokens(k: &Kernels) -> TokenStream {
         quote!(Cow::Borrowed(&[#(#items),*]))
     };
     let (f, t, e) = (list(&k.forward), list(&k.training), list(&k.exchanges));
-    quote!(Kernels { forward: #f, training: #t, exchanges: #e })
+    let tf32 = list(&k.tf32);
+    quote!(Kernels { forward: #f, training: #t, exchanges: #e, tf32: #tf32 })
 }
 
 /// The kernels `network!` generates for `plan` and, for a split network, for each tower's

@@ -3,7 +3,7 @@
 //! the network.
 
 use alexnet_codegen::cuda;
-use alexnet_codegen::ir::{Conv, Lrn, Op, Plan, Role, Shape, TowerInput};
+use alexnet_codegen::ir::{Conv, Lrn, Op, Plan, Precision, Role, Shape, TowerInput};
 use alexnet_codegen::plan_from_str;
 
 /// The paper's AlexNet.
@@ -94,7 +94,7 @@ fn alexnet_towers_exchange_where_the_paper_says() {
 #[test]
 fn alexnet_kernels_are_named_and_sized() {
     let plan = alexnet();
-    let kernels = cuda::forward(&plan);
+    let kernels = cuda::forward(&plan, Precision::F32);
     let source = cuda::forward_source(&plan, &cuda::generate(&plan));
     let names: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
     assert_eq!(names[0], "conv1_fwd_c3_k96_r11_t128x96");
@@ -118,11 +118,48 @@ fn alexnet_kernels_are_named_and_sized() {
     assert_eq!(kernels[0].launch.grid(128), [3025, 1, 1]);
     assert_eq!(kernels[3].launch.grid(1), [6, 1, 2]);
     let gemm = kernels[0].gemm.expect("conv1 is a GEMM");
-    assert_eq!(
-        (gemm.tile.tm, gemm.tile.tn, gemm.tile.threads()),
-        (128, 96, 192)
-    );
+    assert_eq!((gemm.tile.block(), gemm.tile.threads()), ((128, 96), 192));
     assert!(gemm.epilogue.relu && gemm.epilogue.bias);
+}
+
+/// In tf32 the fc layers run the tensor-core GEMM (bias, and the fused ReLU of fc6 and
+/// fc7, in its epilogue); every other stage keeps its f32 kernel.
+#[test]
+fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
+    let plan = alexnet();
+    let (f32, tf32) = (
+        cuda::forward(&plan, Precision::F32),
+        cuda::forward(&plan, Precision::Tf32),
+    );
+    let generated = cuda::generate(&plan);
+    assert_eq!(generated.forward_in(Precision::Tf32), tf32);
+    assert_eq!(generated.forward_in(Precision::F32), f32);
+    let changed: Vec<&str> = tf32
+        .iter()
+        .filter(|k| !f32.contains(k))
+        .map(|k| k.name())
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "fc6_mma_tf32_n4096_k9216_t32x128",
+            "fc7_mma_tf32_n4096_k4096_t32x128",
+            "fc8_mma_tf32_n1000_k4096_t32x128"
+        ]
+    );
+    for k in tf32.iter().filter(|k| !f32.contains(k)) {
+        let g = k.gemm.expect("a GEMM");
+        assert!(g.tile.tensor_cores() && g.epilogue.bias);
+        assert_eq!(
+            g.epilogue.relu,
+            !k.name().starts_with("fc8"),
+            "{}",
+            k.name()
+        );
+        // One row per image, 32 rows a block: batch 128 is 4 x 32 blocks for fc6.
+        assert_eq!(k.launch.block, 128);
+    }
+    assert_eq!(tf32[tf32.len() - 4].launch.grid(128), [4, 32, 1]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 
 pub use crate::kernels::{
     self,
+    precision::Precision,
     spec::{Generated, KernelLaunch, KernelSpec, Kernels, Role},
 };
 pub use crate::layers::kinds::{self, *};

@@ -13,7 +13,7 @@
 //! is either, chosen at run time. Activations are NCHW.
 
 use crate::error::{Error, Result};
-use crate::ir::{Elem, Plan, Stage};
+use crate::ir::{Elem, Plan, Precision, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
 
@@ -98,6 +98,12 @@ pub type F32<B> = <B as Memory>::Buffer<f32>;
 
 /// Running a planned network's forward pass.
 pub trait Inference: Memory {
+    /// The arithmetic of this backend's forward pass (f32 unless it was built with
+    /// another, as `Cuda::with_precision` does).
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
     /// Readies the backend to run `plan` (CUDA loads its kernels here), so that errors
     /// surface when a model is built and the first batch is not slow.
     fn prepare(&self, plan: &Plan) -> Result<()> {

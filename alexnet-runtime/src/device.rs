@@ -5,7 +5,7 @@ use crate::backend::{Element, Exchange, Inference, Memory, Training};
 use crate::cpu::Cpu;
 use crate::cuda::Cuda;
 use crate::error::{Error, Result};
-use crate::ir::{Plan, Stage};
+use crate::ir::{Plan, Precision, Stage};
 use crate::optim::Sgd;
 use crate::philox::DropoutMask;
 
@@ -42,6 +42,19 @@ impl Device {
             Some(why) => eprintln!("alexnet: {why}; running on the CPU"),
         }
         Device::cpu()
+    }
+
+    /// This device computing in `precision`: a GPU takes any; the CPU computes f32 only,
+    /// so another precision is an error there, naming what to give instead.
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
+        match self {
+            Device::Cuda(c) => Ok(Device::Cuda(Box::new(c.with_precision(precision)))),
+            Device::Cpu(c) if precision == Precision::F32 => Ok(Device::Cpu(c)),
+            Device::Cpu(_) => Err(Error::Invalid(format!(
+                "precision {precision} runs on a GPU's tensor cores; the CPU backend computes \
+                 in f32 (give --precision f32, or --device cuda)"
+            ))),
+        }
     }
 
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
@@ -175,6 +188,13 @@ impl Memory for Device {
 }
 
 impl Inference for Device {
+    fn precision(&self) -> Precision {
+        match self {
+            Device::Cpu(c) => c.precision(),
+            Device::Cuda(c) => c.precision(),
+        }
+    }
+
     fn prepare(&self, plan: &Plan) -> Result<()> {
         match self {
             Device::Cpu(c) => c.prepare(plan),

@@ -2,16 +2,18 @@
 //! identity at inference, has none; a ReLU fused into conv or fc has none of its own).
 
 use super::context;
-use crate::ir::Plan;
+use crate::ir::{Plan, Precision};
 use crate::kernels::spec::KernelSpec;
 
-/// The forward kernel of every stage of `plan` that runs one, in stage order.
-pub fn forward(plan: &Plan) -> Vec<KernelSpec> {
+/// The forward kernel of every stage of `plan` that runs one, in stage order, in
+/// `precision` (each layer kind decides what that precision changes for it).
+pub fn forward(plan: &Plan, precision: Precision) -> Vec<KernelSpec> {
     plan.stages()
         .into_iter()
         .filter_map(|stage| {
             let op = plan.layers[stage.layer].op;
-            op.kind().forward_kernel(&context(plan, stage, false))
+            op.kind()
+                .forward_kernel(&context(plan, stage, false, precision))
         })
         .collect()
 }

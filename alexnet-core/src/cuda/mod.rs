@@ -20,7 +20,7 @@ pub use exchange::exchanges;
 pub use forward::forward;
 pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
-use crate::ir::{Plan, Stage};
+use crate::ir::{Plan, Precision, Stage};
 use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template};
 use crate::kernels::{gemm, mma};
 use crate::layers::{self, KernelCx};
@@ -86,8 +86,14 @@ pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
 
 /// Generates every kernel of `plan`.
 pub fn generate(plan: &Plan) -> Kernels {
+    let f32 = forward(plan, Precision::F32);
+    let tf32 = forward(plan, Precision::Tf32)
+        .into_iter()
+        .filter(|k| !f32.contains(k))
+        .collect::<Vec<_>>();
     Kernels {
-        forward: forward(plan).into(),
+        forward: f32.into(),
+        tf32: tf32.into(),
         training: training(plan).into(),
         exchanges: exchanges(plan).into(),
     }
@@ -136,7 +142,7 @@ pub fn training_source(plan: &Plan, kernels: &Kernels) -> String {
 }
 
 /// What a layer's kernels are told of its stage.
-fn context<'a>(plan: &'a Plan, stage: Stage, needs_dx: bool) -> KernelCx<'a> {
+fn context<'a>(plan: &'a Plan, stage: Stage, needs_dx: bool, precision: Precision) -> KernelCx<'a> {
     let layer = &plan.layers[stage.layer];
     KernelCx {
         layer: stage.layer,
@@ -146,6 +152,7 @@ fn context<'a>(plan: &'a Plan, stage: Stage, needs_dx: bool) -> KernelCx<'a> {
         fused_relu: stage.fused_relu,
         needs_dx,
         tower: plan.tower,
+        precision,
     }
 }
 

@@ -28,9 +28,10 @@ pub struct Gpu {
     pub smem_reserved_per_block: u32,
     pub max_threads_per_sm: u32,
     pub max_blocks_per_sm: u32,
-    /// Arithmetic ceilings, FLOP/s: f32 on the CUDA cores, and the tensor cores' 16-bit
-    /// (f32 accumulation) rate.
+    /// Arithmetic ceilings, FLOP/s: f32 on the CUDA cores, and the tensor cores' tf32 and
+    /// 16-bit (f32 accumulation) rates.
     pub f32_flops: f64,
+    pub tf32_flops: f64,
     pub f16_flops: f64,
     /// Memory bandwidth, bytes/s (reads plus writes).
     pub bandwidth: f64,
@@ -38,7 +39,7 @@ pub struct Gpu {
 
 /// The H200 this project's GPU sessions run on (132 SMs, Hopper), with the ceilings
 /// measured there on 2026-11-27 (`../shared/gpu/README.md`): fp32 GEMM ~51 TFLOP/s,
-/// bf16 GEMM ~770 TFLOP/s, a device copy ~4.3 TB/s.
+/// TF32 ~405 TFLOP/s, bf16 GEMM ~770 TFLOP/s, a device copy ~4.3 TB/s.
 pub const H200: Gpu = Gpu {
     name: "H200",
     sms: 132,
@@ -49,6 +50,7 @@ pub const H200: Gpu = Gpu {
     max_threads_per_sm: 2048,
     max_blocks_per_sm: 32,
     f32_flops: 51e12,
+    tf32_flops: 405e12,
     f16_flops: 770e12,
     bandwidth: 4.3e12,
 };
@@ -156,9 +158,10 @@ pub fn estimate(
     } else {
         (blocks as f64 / f64::from(gpu.sms)).min(1.0)
     };
-    let peak = match spec.gemm.map(|g| g.elem) {
-        Some(Elem::F16 | Elem::Bf16) => gpu.f16_flops,
-        Some(Elem::F32 | Elem::U8) | None => gpu.f32_flops,
+    let peak = match spec.gemm.map(|g| (g.elem, g.tile.tensor_cores())) {
+        Some((Elem::F16 | Elem::Bf16, _)) => gpu.f16_flops,
+        Some((Elem::F32, true)) => gpu.tf32_flops,
+        Some((Elem::F32 | Elem::U8, _)) | None => gpu.f32_flops,
     };
     let compute = if flops == 0 {
         0.0

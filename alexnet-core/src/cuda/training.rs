@@ -14,7 +14,7 @@
 //! dropout: `Role::Dropout`, the same kernel forward and backward.
 
 use super::context;
-use crate::ir::Plan;
+use crate::ir::{Plan, Precision};
 use crate::kernels::spec::{
     c_ident, int, read, write, ArgTy, Instance, KernelLaunch, KernelSpec, Len, Param, Role,
     Template, Value, EW_THREADS,
@@ -97,7 +97,10 @@ pub fn training(plan: &Plan) -> Vec<KernelSpec> {
         // forward there, and generates its kernel whatever it is told).
         let needs_dx = first_learned.is_some_and(|f| stage.layer > f);
         let op = plan.layers[stage.layer].op;
-        kernels.extend(op.kind().backward_kernels(&context(plan, stage, needs_dx)));
+        kernels.extend(
+            op.kind()
+                .backward_kernels(&context(plan, stage, needs_dx, Precision::F32)),
+        );
     }
     if let Some((layer, classes)) = logits_of(plan) {
         let name = format!("{net}_softmax_xent_c{classes}");

@@ -14,8 +14,8 @@
 //! H100/H200).
 
 use super::spec::{
-    int, read, write, Elem, Epilogue, GemmInfo, GemmStage, Header, Instance, KernelLaunch,
-    KernelSpec, Len, Role, Template, Tile, Value, EW_THREADS,
+    int, read, write, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance,
+    KernelLaunch, KernelSpec, Len, Role, Template, Tile, Value, EW_THREADS,
 };
 use crate::shape::Shape;
 
@@ -219,8 +219,8 @@ impl Gemm {
 
     /// The constants of a GEMM kernel's `Cfg`: the sizes, and every choice of `info` (the
     /// templates check the ones they implement one way only: f32, two K steps in flight).
-    fn consts(&self, info: &GemmInfo) -> Vec<(&'static str, Value)> {
-        let (tile, e) = (info.tile, info.epilogue);
+    fn consts(&self, tile: Tile, info: &GemmInfo) -> Vec<(&'static str, Value)> {
+        let e = info.epilogue;
         let mut v = self.sizes();
         v.extend([
             ("TM", tile.tm.into()),
@@ -244,7 +244,7 @@ impl Gemm {
         GemmInfo {
             stage,
             elem: Elem::F32,
-            tile,
+            tile: GemmTile::Simt(tile),
             pipeline: PIPELINE,
             split_k,
             epilogue,
@@ -268,7 +268,7 @@ impl Gemm {
             )
         };
         let info = Self::info(GemmStage::Forward, tile, 0, Epilogue { bias: true, relu });
-        let consts = self.consts(&info);
+        let consts = self.consts(tile, &info);
         Instance {
             role: Role::Forward,
             launch: KernelLaunch {
@@ -304,7 +304,7 @@ impl Gemm {
             owner.name, self.k, tile.tm, tile.tn
         );
         let info = Self::info(GemmStage::DataGrad, tile, 0, NO_EPILOGUE);
-        let mut consts = self.consts(&info);
+        let mut consts = self.consts(tile, &info);
         consts.push(("B_K_FAST", (self.k > 1).into()));
         Instance {
             role: Role::DataGrad,
@@ -376,7 +376,7 @@ impl Gemm {
 
     /// The constants the weight gradient and its reduction share.
     fn weight_consts(&self) -> Vec<(&'static str, Value)> {
-        let mut v = self.consts(&self.weight_info());
+        let mut v = self.consts(self.wgrad_tile(), &self.weight_info());
         let spatial = self.output.h * self.output.w > 1;
         v.extend([("A_K_FAST", spatial.into()), ("B_K_FAST", spatial.into())]);
         v

@@ -1,18 +1,20 @@
 //! The tensor-core GEMM (`kernels_templates/gemm_mma.cuh` on the primitives of
-//! `mma.cuh`): `c[m, n] = relu?(bias?[n] + sum_k a[m, k] * b[n, k])` with f32 accumulators,
+//! `mma.cuh`): `y[m, n] = relu?(bias?[n] + sum_k x[m, k] * w[n, k])` with f32 accumulators,
 //! 16-bit inputs (bf16 or f16: `mma.m16n8k16`) or f32 inputs rounded to tf32
 //! (`mma.m16n8k8`), a multi-stage `cp.async` pipeline into XOR-swizzled shared memory and
-//! `ldmatrix` fragments. `a` is `M x K` with `M = batch * rows_per_image`, `b` is `N x K`
-//! (a fully connected layer's weights), `c` is `M x N` f32.
+//! `ldmatrix` fragments. `x` is `M x K` with `M = batch * rows_per_image`, `w` is `N x K`
+//! (a fully connected layer's weights), `y` is `M x N` f32.
 //!
-//! Not yet used by the forward pass: no layer generates these kernels, and the runtime has
-//! no precision setting nor 16-bit buffers to bind them to (that plumbing is a later step
-//! of the tensor-core work). For now [`MmaGemm::spec`] builds a kernel that the tests run
-//! under the host emulation and compile with NVRTC.
+//! Used by the fully connected layers' forward pass under [`Precision::Tf32`]
+//! (`layers::fc`). The 16-bit forms are built and checked (emulation, NVRTC) but no layer
+//! uses them yet: the runtime has no 16-bit activations to bind them to.
+//!
+//! [`Precision::Tf32`]: super::precision::Precision::Tf32
 
+pub use super::spec::MmaTile;
 use super::spec::{
-    Access, ArgTy, Elem, Epilogue, Header, Instance, KernelLaunch, KernelSpec, Len, Param, Role,
-    Template, Value,
+    Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance, KernelLaunch,
+    KernelSpec, Len, Param, Role, Template, Value,
 };
 
 /// The headers of the tensor-core GEMM.
@@ -37,10 +39,10 @@ const fn ptr(name: &'static str, elem: Elem, access: Access) -> Param {
 /// The parameters of `gemm_mma_<elem>`: the operands in `elem`, the rest f32.
 const fn params(elem: Elem) -> [Param; 5] {
     [
-        ptr("a", elem, Access::Read),
-        ptr("b", elem, Access::Read),
+        ptr("x", elem, Access::Read),
+        ptr("w", elem, Access::Read),
         ptr("bias", Elem::F32, Access::Read),
-        ptr("c", Elem::F32, Access::Write),
+        ptr("y", Elem::F32, Access::Write),
         Param {
             name: "batch",
             ty: ArgTy::Int,
@@ -70,18 +72,6 @@ pub const GEMM_TF32: Template = Template {
 /// Every tensor-core template.
 pub const TEMPLATES: &[Template] = &[GEMM_BF16, GEMM_F16, GEMM_TF32];
 
-/// A block's tile: `bm x bn` outputs, K in steps of `bk`, `warps_m x warps_n` warps (each
-/// a `bm / warps_m x bn / warps_n` tile of 16 x 8 mma tiles), `stages` K steps in flight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MmaTile {
-    pub bm: usize,
-    pub bn: usize,
-    pub bk: usize,
-    pub warps_m: usize,
-    pub warps_n: usize,
-    pub stages: usize,
-}
-
 impl MmaTile {
     /// Many rows (a convolution's pixels): 128 x 128, 8 warps of 64 x 32, K in 64-byte
     /// steps (32 values in 16 bits, 16 in f32), three stages (48 KiB of shared memory).
@@ -104,11 +94,6 @@ impl MmaTile {
         warps_n: 4,
         stages: 4,
     };
-
-    /// Threads per block.
-    pub const fn threads(&self) -> usize {
-        32 * self.warps_m * self.warps_n
-    }
 
     /// The tile for `elem`: `bk` is given for 16-bit values; f32 rows hold half as many
     /// in the same bytes.
@@ -282,7 +267,7 @@ impl MmaGemm {
             },
             template: self.template(),
             doc: format!(
-                "c = a * b^T on tensor cores ({}), M = batch * {}, N = {}, K = {}",
+                "y = x * w^T on tensor cores ({}), M = batch * {}, N = {}, K = {}",
                 self.precision(),
                 self.rows_per_image,
                 self.n,
@@ -290,12 +275,19 @@ impl MmaGemm {
             ),
             consts,
             lens: vec![
-                ("a", Len::PerImage(rows * k)),
-                ("b", Len::Fixed(n * k)),
+                ("x", Len::PerImage(rows * k)),
+                ("w", Len::Fixed(n * k)),
                 ("bias", Len::Fixed(if e.bias { n } else { 0 })),
-                ("c", Len::PerImage(rows * n)),
+                ("y", Len::PerImage(rows * n)),
             ],
-            gemm: None,
+            gemm: Some(GemmInfo {
+                stage: GemmStage::Forward,
+                elem: self.elem,
+                tile: GemmTile::Mma(t),
+                pipeline: t.stages as u32,
+                split_k: 0,
+                epilogue: e,
+            }),
         }
         .spec()
     }

@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+use super::precision::Precision;
+
 /// Threads per block of the element-wise kernels.
 pub const EW_THREADS: u32 = 256;
 
@@ -268,15 +270,70 @@ pub struct Epilogue {
     pub relu: bool,
 }
 
+/// A tensor-core GEMM's block tile (`gemm_mma.cuh`): `bm x bn` outputs, K in steps of
+/// `bk`, `warps_m x warps_n` warps (each a `bm / warps_m x bn / warps_n` tile of 16 x 8 mma
+/// tiles), `stages` K steps in flight. `kernels::mma` has the presets and the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmaTile {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub warps_m: usize,
+    pub warps_n: usize,
+    pub stages: usize,
+}
+
+impl MmaTile {
+    /// Threads per block.
+    pub const fn threads(&self) -> usize {
+        32 * self.warps_m * self.warps_n
+    }
+}
+
+/// How a GEMM kernel computes its products, with its block tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmTile {
+    /// f32 multiply-adds on the CUDA cores, each thread a register tile (`gemm_core.cuh`).
+    Simt(Tile),
+    /// `mma.sync` on tensor cores (`gemm_mma.cuh`): for `Elem::F32` operands, rounded to
+    /// tf32; the tile's `bk` as the kernel runs it (f32 rows hold half the values of 16-bit
+    /// ones).
+    Mma(MmaTile),
+}
+
+impl GemmTile {
+    /// Outputs per block: rows, columns.
+    pub const fn block(&self) -> (usize, usize) {
+        match self {
+            GemmTile::Simt(t) => (t.tm, t.tn),
+            GemmTile::Mma(t) => (t.bm, t.bn),
+        }
+    }
+
+    /// Threads per block.
+    pub const fn threads(&self) -> usize {
+        match self {
+            GemmTile::Simt(t) => t.threads(),
+            GemmTile::Mma(t) => t.threads(),
+        }
+    }
+
+    /// The products run on tensor cores.
+    pub const fn tensor_cores(&self) -> bool {
+        matches!(self, GemmTile::Mma(_))
+    }
+}
+
 /// The choices that make a GEMM kernel: element type, tile, pipeline, split-K, epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmInfo {
     pub stage: GemmStage,
+    /// The operands' type (`F32` with an `Mma` tile: tf32 products).
     pub elem: Elem,
-    pub tile: Tile,
-    /// K steps in flight in the main loop: 2, the next step's operands load from global
-    /// memory into registers while the current one computes from shared memory
-    /// (`gemm_core.cuh`).
+    pub tile: GemmTile,
+    /// K steps in flight in the main loop: 2 for the SIMT GEMM (the next step's operands
+    /// load from global memory into registers while the current one computes from shared
+    /// memory, `gemm_core.cuh`); the `cp.async` stages of a tensor-core GEMM.
     pub pipeline: u32,
     /// Split-K: the sum over K (the batch's pixels, for weight gradients) runs in chunks of
     /// this many, each block writing partial sums that a second kernel adds in order
@@ -422,15 +479,37 @@ pub struct Kernels {
     pub training: Cow<'static, [KernelSpec]>,
     /// A tower's exchanges with the other tower (none for a whole network).
     pub exchanges: Cow<'static, [KernelSpec]>,
+    /// The forward kernels that differ under `Precision::Tf32` (the fully connected layers
+    /// on tensor cores), each replacing the f32 kernel of its layer.
+    pub tf32: Cow<'static, [KernelSpec]>,
 }
 
 impl Kernels {
+    /// The forward pass in `precision`: [`Kernels::forward`], with each stage whose kernel
+    /// differs in that precision running that kernel instead.
+    pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
+        let other: &[KernelSpec] = match precision {
+            Precision::F32 => &[],
+            Precision::Tf32 => &self.tf32,
+        };
+        self.forward
+            .iter()
+            .map(|k| {
+                other
+                    .iter()
+                    .find(|o| o.role == k.role && o.layer() == k.layer())
+                    .unwrap_or(k)
+                    .clone()
+            })
+            .collect()
+    }
+
     /// The kernel of `role` for layer `layer` (for the exchanges, the layer they feed).
     pub fn find(&self, layer: usize, role: Role) -> Option<&KernelSpec> {
         self.all().find(|k| k.role == role && k.layer() == layer)
     }
 
-    /// Every kernel: forward, training, exchanges.
+    /// Every kernel: forward (f32), training, exchanges; not the other precisions'.
     pub fn all(&self) -> impl Iterator<Item = &KernelSpec> {
         self.forward
             .iter()

@@ -1,12 +1,14 @@
 //! `fc(out)`: a fully connected layer with bias over the flattened input, weight
 //! `[out, in]`; on the GPU, the 1x1 convolution GEMM of `kernels::gemm` with tiles for a
-//! small M (the batch).
+//! small M (the batch), or in tf32 the tensor-core GEMM of `kernels::mma`.
 
 use super::common::{learned_backward, learned_forward};
 use super::dsl::{err, int, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
-use crate::kernels::spec::{Header, KernelSpec, Template};
+use crate::kernels::mma::{MmaGemm, MmaTile};
+use crate::kernels::precision::Precision;
+use crate::kernels::spec::{Elem, Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
 /// Fully connected layer with bias over the flattened input; weight `[out, in]`.
@@ -95,7 +97,19 @@ impl LayerKind for Fc {
         true
     }
 
+    /// The f32 GEMM; under [`Precision::Tf32`] the tensor-core GEMM (`kernels::mma`, with
+    /// bias and the fused ReLU in its epilogue) where the input is whole 16-byte rows.
     fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+        if cx.precision == Precision::Tf32 {
+            let epilogue = Epilogue {
+                bias: true,
+                relu: cx.fused_relu,
+            };
+            let (n, k) = (cx.output.len(), cx.input.len());
+            if let Ok(g) = MmaGemm::new(1, n, k, Elem::F32, MmaTile::SMALL_M, epilogue) {
+                return Some(g.spec(cx.layer, &cx.c_name()));
+            }
+        }
         let g = Gemm::fc(cx.input, cx.output);
         Some(learned_forward(&g, cx, &self.describe()))
     }

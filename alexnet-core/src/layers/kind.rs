@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::dsl::{Keyword, ShapeError};
+use crate::kernels::precision::Precision;
 use crate::kernels::spec::{c_ident, Header, KernelSpec, Template};
 use crate::shape::{Shape, TowerOf};
 
@@ -38,6 +39,8 @@ pub struct KernelCx<'a> {
     pub needs_dx: bool,
     /// For one tower's plan: which tower.
     pub tower: Option<TowerOf>,
+    /// The arithmetic of the forward kernel asked for (training kernels are f32).
+    pub precision: Precision,
 }
 
 impl KernelCx<'_> {

@@ -213,7 +213,7 @@ mod tests {
             tower: None,
             generated: None,
         };
-        alexnet_core::cuda::forward(&plan).remove(0)
+        alexnet_core::cuda::forward(&plan, alexnet_core::ir::Precision::F32).remove(0)
     }
 
     fn lens(v: &[Value<'_, Vec<f32>>]) -> Vec<String> {

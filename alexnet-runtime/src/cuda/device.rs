@@ -9,7 +9,7 @@ use super::binder::Binder;
 use super::cache::Cache;
 use super::launch::{self, driver_err, Kernel, Loaded};
 use crate::error::{Error, Result};
-use crate::ir::Plan;
+use crate::ir::{Plan, Precision};
 
 /// One GPU: a context, a stream, and the networks' kernels loaded for it. Each `Cuda` has
 /// its own stream (and memory and modules), so two of the same GPU run side by side, as
@@ -27,6 +27,8 @@ pub struct Cuda {
     pub(super) training: Modules,
     /// Scratch memory of the weight gradients' chunked sums.
     pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
+    /// The arithmetic of the forward kernels this backend loads.
+    pub(super) precision: Precision,
 }
 
 /// Loaded kernels by network name; a name may hold several plans (networks built at run
@@ -37,8 +39,8 @@ impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Cuda({}: {}, {})",
-            self.ordinal, self.device_name, self.arch
+            "Cuda({}: {}, {}, {})",
+            self.ordinal, self.device_name, self.arch, self.precision
         )
     }
 }
@@ -99,7 +101,16 @@ impl Cuda {
             inference: Mutex::new(HashMap::new()),
             training: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
+            precision: Precision::F32,
         })
+    }
+
+    /// This backend running the forward kernels of `precision` (`Precision::Tf32`: the
+    /// fully connected layers on tensor cores; see [`Precision`]). Set it before the first
+    /// network is prepared: kernels already loaded keep their precision.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// The stream every kernel of this backend runs on (for vendor-library comparisons).

@@ -10,23 +10,27 @@ use super::device::Cuda;
 use super::launch::{batch_i32, Loaded};
 use crate::backend::Inference;
 use crate::error::{Error, Result};
-use crate::ir::{Plan, Role, Stage};
+use crate::ir::{Plan, Precision, Role, Stage};
 
 impl Cuda {
-    /// `plan`'s forward and exchange kernels, loaded once: the ones `network!` generated,
-    /// or, for a plan built at run time, generated now.
+    /// `plan`'s forward kernels in this backend's precision and its exchange kernels,
+    /// loaded once: the ones `network!` generated, or, for a plan built at run time,
+    /// generated now.
     pub(super) fn loaded(&self, plan: &Plan) -> Result<Arc<Loaded>> {
+        let precision = self.precision;
         self.loaded_in(&self.inference, plan, |k| {
-            k.forward
-                .iter()
-                .chain(k.exchanges.iter())
-                .cloned()
-                .collect()
+            let mut specs = k.forward_in(precision);
+            specs.extend(k.exchanges.iter().cloned());
+            specs
         })
     }
 }
 
 impl Inference for Cuda {
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Compiles (or finds in the cache) and loads `plan`'s kernels; later calls for the
     /// same plan return at once.
     fn prepare(&self, plan: &Plan) -> Result<()> {

@@ -11,8 +11,8 @@ impl Memory for Cuda {
 
     fn name(&self) -> String {
         format!(
-            "cuda:{} ({}, {})",
-            self.ordinal, self.device_name, self.arch
+            "cuda:{} ({}, {}, {})",
+            self.ordinal, self.device_name, self.arch, self.precision
         )
     }
 

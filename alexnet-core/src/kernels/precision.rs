@@ -1,0 +1,75 @@
+//! The arithmetic a network's generated kernels run in, chosen at run time: a backend is
+//! built with a [`Precision`] and loads that precision's kernels (`Kernels::forward_in`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The arithmetic of a network's products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// f32 storage and f32 products, the same functions as the CPU backend (the default,
+    /// and the reference every other precision is checked against).
+    #[default]
+    F32,
+    /// f32 storage; the fully connected layers' forward products on tensor cores, each
+    /// input rounded to tf32 (10-bit mantissa, round to nearest, ties away: `cvt.rna`, as
+    /// PyTorch's `allow_tf32`) and accumulated in f32. The convolutions and the backward
+    /// pass stay f32 for now; a layer whose inputs are not whole 16-byte rows (`K` not a
+    /// multiple of 4) keeps its f32 kernel. CUDA only.
+    Tf32,
+}
+
+impl Precision {
+    /// Every precision, in the order of `--help`.
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Tf32];
+
+    /// The name `--precision` takes: `f32`, `tf32`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+
+    /// Needs tensor cores (a CUDA backend).
+    pub const fn tensor_cores(self) -> bool {
+        !matches!(self, Precision::F32)
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown precision `{s}`: expected {}", names.join(" or "))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>(), Ok(p));
+        }
+        assert_eq!(
+            "bf16".parse::<Precision>(),
+            Err("unknown precision `bf16`: expected f32 or tf32".into())
+        );
+        assert_eq!(Precision::default(), Precision::F32);
+    }
+}

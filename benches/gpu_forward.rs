@@ -173,7 +173,7 @@ fn main() -> Result<(), AnyError> {
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
     // --precision tf32: the fc layers on tensor cores (a backend of its own, loading the
     // tf32 kernels), beside cuBLAS allowed TF32.
-    let gpu = Cuda::new(0)?.with_precision(Precision::Tf32);
+    let gpu = Cuda::new(0)?.with_precision(Precision::Tf32)?;
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
     Ok(())
 }

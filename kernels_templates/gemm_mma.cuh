@@ -9,7 +9,8 @@
 // Cfg: the sizes ROWS (rows per image: M = batch * ROWS), N, K; the block tile BM x BN, K
 // in steps of BK; WARPS_M x WARPS_N warps, each a (BM / WARPS_M) x (BN / WARPS_N) tile of
 // 16 x 8 mma tiles; STAGES K steps in flight (a multi-stage cp.async pipeline); THREADS
-// and ELEM_BYTES (checked against the above); the epilogue's BIAS and RELU.
+// and ELEM_BYTES (checked against the above); the epilogue's BIAS and RELU; SPLIT, the
+// split-K parts (1: none; see below).
 //
 // Constraint: each row of a and b must start 16 bytes after the previous one (K * element
 // size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
@@ -22,7 +23,14 @@
 // c ^ ((r / SW) % CH)) so that the eight rows one ldmatrix phase reads lie in distinct
 // banks. Fragments come from ldmatrix.x4 (four 8x8 matrices of 16-bit values, which are
 // also 8x4 matrices of f32: the tf32 fragments have the same shape in 32-bit words).
-// Grid: x = ceil(M / BM), y = ceil(N / BN).
+// Grid: x = ceil(M / BM), y = ceil(N / BN), z = SPLIT.
+//
+// Split-K (SPLIT > 1, gemm_mma_split_tf32): block z sums the K steps
+// [z * KTS, (z + 1) * KTS) of the KT = ceil(K / BK) steps (KTS = ceil(KT / SPLIT)) and
+// writes its partial sums, without bias or ReLU, to slice z of a workspace of SPLIT x M x N;
+// gemm_mma_reduce then adds the slices in order z = 0, 1, ... (the same sum on every run:
+// deterministic), the bias and the ReLU. For a GEMM with few output tiles (a fully
+// connected layer at a small batch), so that the grid fills the GPU.
 //
 // The device functions below name the operands as a layer does: a is the input x, b the
 // weights w, c the output y (a fully connected layer's forward pass with --precision
@@ -94,7 +102,10 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     constexpr int CH = BK / CPE;   // chunks per tile row
     constexpr int SW = CH >= 8 ? 1 : 8 / CH;  // rows per swizzle phase
     constexpr int KT = (K + BK - 1) / BK;
+    constexpr int SPLIT = Cfg::SPLIT, KTS = (KT + SPLIT - 1) / SPLIT;
     constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
+    static_assert(SPLIT >= 1 && (SPLIT == 1 || (!BIAS && !RELU)),
+                  "split-K partial sums take no epilogue (gemm_mma_reduce applies it)");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     static_assert(K % CPE == 0, "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
@@ -114,6 +125,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     const char* b = static_cast<const char*>(b_ptr);
     const int M = batch * ROWS;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    // This block's K steps: kt0 .. kt0 + NT - 1 (all of them without split-K).
+    const int kt0 = blockIdx.z * KTS;
+    const int NT = KT - kt0 < KTS ? (KT - kt0 > 0 ? KT - kt0 : 0) : KTS;
+    // Split-K: this block's slice of the workspace.
+    c += (size_t)blockIdx.z * M * N;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
 
@@ -144,15 +160,15 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     // empty or not, so that wait<STAGES - 2> always means "step kt has landed".
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < KT) load(s, s);
+        if (s < NT) load(s, kt0 + s);
         cp_async_commit();
     }
     float acc[MI][NI][4] = {};
     const int mat = lane / 8, r8 = lane % 8;  // ldmatrix: this lane's matrix and row
-    for (int kt = 0; kt < KT; ++kt) {
+    for (int kt = 0; kt < NT; ++kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
+        if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);
         cp_async_commit();
         const uint4* as = As[kt % STAGES];
         const uint4* bs = Bs[kt % STAGES];
@@ -223,6 +239,32 @@ __device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ x,
                                              const float* __restrict__ bias,
                                              float* __restrict__ y, int batch) {
     gemm_mma_core<Cfg, MMA_F16>(x, w, bias, y, batch);
+}
+
+// Split-K partial sums of f32 operands rounded to tf32: slice blockIdx.z of ws.
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_split_tf32(const float* __restrict__ x,
+                                                    const float* __restrict__ w,
+                                                    float* __restrict__ ws, int batch) {
+    gemm_mma_core<Cfg, MMA_TF32>(x, w, nullptr, ws, batch);
+}
+
+// y[m, n] = relu?(bias?[n] + ws[0, m, n] + ws[1, m, n] + ... + ws[SPLIT - 1, m, n]), in
+// that order; one thread an output, M = batch * ROWS.
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_reduce(const float* __restrict__ ws,
+                                                const float* __restrict__ bias,
+                                                float* __restrict__ y, int batch) {
+    constexpr int N = Cfg::N, SPLIT = Cfg::SPLIT;
+    const size_t mn = (size_t)batch * Cfg::ROWS * N;
+    const size_t i = (size_t)blockIdx.x * Cfg::THREADS + threadIdx.x;
+    if (i >= mn) return;
+    float v = 0.f;
+#pragma unroll
+    for (int z = 0; z < SPLIT; ++z) v += ws[z * mn + i];
+    if (Cfg::BIAS) v += bias[i % N];
+    if (Cfg::RELU) v = fmaxf(v, 0.f);
+    y[i] = v;
 }
 
 template <class Cfg>

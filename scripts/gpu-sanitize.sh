@@ -83,7 +83,8 @@ done
 [ ${#bin[@]} -gt 0 ] || exit 2
 
 # The small tests: every kernel template on small shapes, a few thousand launches in all.
-#   gpu:          every layer kind forward (14 tiny nets, batches 1, 7, 128)
+#   gpu:          every layer kind forward (14 tiny nets, batches 1, 7, 128), and the tf32
+#                 fc kernels (cp.async, ldmatrix, mma; split-K) on 3 tiny nets and the small net
 #   gpu_training: every backward stage, the LRN intermediates, every layer kind trained
 #                 (6 small nets x batches 1, 5, 33 x 3 steps: the GEMM data/weight gradients,
 #                 chunked weight sums, pooling, LRN, ReLU, tanh, dropout, loss, SGD)
@@ -92,7 +93,7 @@ done
 # Left out there: the fixture networks (AlexNet at batch 128 forward, batch 4-64 training)
 # and the AlexNet towers at batch 64; memcheck runs those.
 declare -A small=(
-  [gpu]="every_layer_kind_matches_the_cpu"
+  [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu"
   [gpu_training]="every_backward_stage_matches_the_cpu lrn_backward_intermediates every_layer_kind_trains_as_on_the_cpu"
   [gpu_towers]="split_training_on_gpus_equals_unsplit"
 )

@@ -247,7 +247,22 @@ fn a_tensor_core_precision_is_refused_on_the_cpu() {
         "1",
     ]));
     assert!(
-        err.starts_with("precision tf32 runs on a GPU's tensor cores; the CPU backend computes in f32 (give --precision f32, or --device cuda)"),
+        err.starts_with("precision tf32 runs on a GPU's tensor cores; the CPU backend computes in f32 (give --precision f32, or a GPU in --device)"),
+        "{err}"
+    );
+    let err = fails(alexnet().args([
+        "bench",
+        "--net",
+        "small",
+        "--towers",
+        "cpu,cpu",
+        "--precision",
+        "tf32",
+        "--batch",
+        "1",
+    ]));
+    assert!(
+        err.ends_with("(give --precision f32, or a GPU in --towers)"),
         "{err}"
     );
     let out = alexnet()

@@ -879,23 +879,17 @@ fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
 }
 
 /// `--precision tf32`: the plan's forward pass in tf32 runs the fully connected layers on
-/// the tensor-core GEMM (and keeps the f32 kernel where K is not whole 16-byte rows); each
-/// such stage under emulation against the CPU backend's stage on the same inputs rounded
-/// to tf32 (the products the tensor cores see: to f32 accuracy) and on the inputs as they
-/// are (tf32's own error, which the test states).
+/// the tensor-core GEMM, split along K where one image's grid would be small (the parts
+/// into a workspace, then their ordered sum with the epilogue), and keeps the f32 kernel
+/// where K is not whole 16-byte rows. Each such stage under emulation against the CPU
+/// backend's stage on the same inputs rounded to tf32 (the products the tensor cores see:
+/// to f32 accuracy) and on the inputs as they are (tf32's own error, which the test
+/// states).
 #[test]
 fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
-    use alexnet::ir::Precision;
+    use alexnet::ir::{Precision, Role};
     use alexnet::runtime::prelude::*;
     let Some(cxx) = compiler() else { return };
-    // fc(40) relu: K = 576, bias and ReLU in the epilogue; fc(10): K = 40, bias only; a
-    // batch of 37 is ragged against the 32-row tile. A network whose fc has K = 75 keeps
-    // its f32 kernel.
-    let plan: Plan = alexnet::plan_from_str("T<64, 3, 3> { fc(40) relu fc(10) }").unwrap();
-    let kernels = cuda::generate(&plan);
-    let tf32_forward = kernels.forward_in(Precision::Tf32);
-    assert_eq!(kernels.tf32.len(), 2);
-    assert_eq!(tf32_forward.len(), kernels.forward.len());
     let odd: Plan = alexnet::plan_from_str("T<3, 5, 5> { fc(7) }").unwrap();
     let odd_kernels = cuda::generate(&odd);
     assert!(odd_kernels.tf32.is_empty());
@@ -903,42 +897,86 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
         odd_kernels.forward_in(Precision::Tf32),
         odd_kernels.forward.to_vec()
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
-    let params = common::random_params(&plan, &mut rng);
-    let batch = 37;
-    for (stage, k) in plan.stages().into_iter().zip(&tf32_forward) {
-        let layer = &plan.layers[stage.layer];
-        assert!(k.name().contains("_mma_tf32_"), "{}", k.name());
-        assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
-        let x = random(&mut rng, batch * layer.input.len());
-        let p: Vec<Vec<f32>> = params
-            .iter()
-            .filter(|t| t.name.starts_with(&*layer.name))
-            .map(|t| t.data.clone())
-            .collect();
-        let cpu = |x: &[f32], w: &[f32]| {
-            let mut y = vec![0.0f32; batch * layer.output.len()];
-            let (x, w, b) = (x.to_vec(), w.to_vec(), p[1].clone());
-            Cpu::new()
-                .forward_stage(&plan, stage, batch, &x, &[&w, &b], &mut y)
-                .unwrap();
-            y
-        };
-        let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
-        let want_rounded = cpu(&rounded(&x), &rounded(&p[0]));
-        let want_f32 = cpu(&x, &p[0]);
-        let y0 = vec![f32::NAN; want_f32.len()];
-        let r = emulate(
-            &cxx,
-            k,
-            batch,
-            &[("x", &x), ("w", &p[0]), ("bias", &p[1]), ("y", &y0)],
-            &[],
-        );
-        close(k.name(), &r["y"], &want_rounded, 1e-5);
-        let e = rel_l2(&r["y"], &want_f32);
-        println!("{}: tf32 against f32, relative L2 {e:.2e}", k.name());
-        assert!(e <= 2e-3, "{}: relative L2 {e:.2e} against f32", k.name());
+    // fc(40) relu: K = 576 in 36 steps of 16, split in 4 parts, bias and ReLU in the sum;
+    // fc(10): K = 40 (3 steps), not split, bias only; fc(24): K = 300 (19 steps, the last
+    // one ragged), split in 2 parts of 10 and 9 steps. A batch of 37 is ragged against the
+    // 32-row tile.
+    for (src, splits) in [
+        ("T<64, 3, 3> { fc(40) relu fc(10) }", &[4, 1][..]),
+        ("T<300, 1, 1> { fc(24) }", &[2][..]),
+    ] {
+        let plan: Plan = alexnet::plan_from_str(src).unwrap();
+        let kernels = cuda::generate(&plan);
+        let tf32_forward = kernels.forward_in(Precision::Tf32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+        let params = common::random_params(&plan, &mut rng);
+        let batch = 37;
+        for (stage, &split) in plan.stages().into_iter().zip(splits) {
+            let layer = &plan.layers[stage.layer];
+            let ks: Vec<&KernelSpec> = tf32_forward
+                .iter()
+                .filter(|k| k.layer() == stage.layer)
+                .collect();
+            let gemm = ks[0];
+            assert!(gemm.name().contains("_mma_tf32_"), "{}", gemm.name());
+            assert!(gemm.gemm.is_some_and(|g| g.tile.tensor_cores()));
+            assert_eq!(gemm.launch.grid_z as usize, split, "{}", gemm.name());
+            assert_eq!(ks.len(), if split > 1 { 2 } else { 1 }, "{src}");
+            let x = random(&mut rng, batch * layer.input.len());
+            let p: Vec<Vec<f32>> = params
+                .iter()
+                .filter(|t| t.name.starts_with(&*layer.name))
+                .map(|t| t.data.clone())
+                .collect();
+            let cpu = |x: &[f32], w: &[f32]| {
+                let mut y = vec![0.0f32; batch * layer.output.len()];
+                let (x, w, b) = (x.to_vec(), w.to_vec(), p[1].clone());
+                Cpu::new()
+                    .forward_stage(&plan, stage, batch, &x, &[&w, &b], &mut y)
+                    .unwrap();
+                y
+            };
+            let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
+            let want_rounded = cpu(&rounded(&x), &rounded(&p[0]));
+            let want_f32 = cpu(&x, &p[0]);
+            let y0 = vec![f32::NAN; want_f32.len()];
+            let got = if split > 1 {
+                assert_eq!(ks[1].role, Role::ForwardReduce);
+                let ws0 = vec![f32::NAN; split * want_f32.len()];
+                let parts = emulate(
+                    &cxx,
+                    gemm,
+                    batch,
+                    &[("x", &x), ("w", &p[0]), ("ws", &ws0)],
+                    &[],
+                );
+                let r = emulate(
+                    &cxx,
+                    ks[1],
+                    batch,
+                    &[("ws", &parts["ws"]), ("bias", &p[1]), ("y", &y0)],
+                    &[],
+                );
+                r["y"].clone()
+            } else {
+                let r = emulate(
+                    &cxx,
+                    gemm,
+                    batch,
+                    &[("x", &x), ("w", &p[0]), ("bias", &p[1]), ("y", &y0)],
+                    &[],
+                );
+                r["y"].clone()
+            };
+            close(gemm.name(), &got, &want_rounded, 1e-5);
+            let e = rel_l2(&got, &want_f32);
+            println!("{}: tf32 against f32, relative L2 {e:.2e}", gemm.name());
+            assert!(
+                e <= 2e-3,
+                "{}: relative L2 {e:.2e} against f32",
+                gemm.name()
+            );
+        }
     }
 }
 

@@ -97,6 +97,55 @@ fn split_on_gpus_equals_unsplit() {
     check(AlexNet::plan(), 2);
 }
 
+/// `--precision tf32` with towers and in training: the small net split on two streams of
+/// one GPU, its fc layers on tensor cores, against the unsplit network on the CPU in f32:
+/// the forward pass within tf32's error (2e-3), and a training step's gradients (f32
+/// backward through tf32 activations) within 1e-2; a tf32 Trainer on one GPU the same.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tf32_towers_and_training_stay_within_tf32_error() {
+    use alexnet::ir::Precision;
+    let plan = SmallNet::plan();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let w = fan_in_weights(plan, &mut rng);
+    let (x, labels) = batch(plan, 16, &mut rng);
+    let config = TrainConfig {
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let whole = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let want = whole.forward(&x).unwrap();
+    let mut trainer = Trainer::new(whole, config.clone()).unwrap();
+    trainer.step(&x, &labels).unwrap();
+    let want_grads = trainer.gradients().unwrap();
+    let tf32 = || {
+        Cuda::new(0)
+            .unwrap()
+            .with_precision(Precision::Tf32)
+            .unwrap()
+    };
+    let towers = Towers::new(plan.clone(), w.clone(), vec![tf32(), tf32()]).unwrap();
+    let e = rel_l2(towers.forward(&x).unwrap().data(), want.data());
+    println!("SmallNet tf32 towers: forward {e:.2e}");
+    assert!(e <= 2e-3, "tf32 towers: forward relative L2 {e:.2e}");
+    let mask = DropoutMask { seed: 3, step: 0 };
+    let (_, grads) = towers.gradients(&x, &labels, mask).unwrap();
+    let model = Model::from_tensors(tf32(), plan.clone(), w.clone()).unwrap();
+    let mut gpu = Trainer::new(model, config).unwrap();
+    gpu.step(&x, &labels).unwrap();
+    let one = gpu.gradients().unwrap();
+    for (what, got) in [("towers", &grads), ("one GPU", &one)] {
+        let mut worst: f64 = 0.0;
+        for (g, w) in got.iter().zip(&want_grads) {
+            assert_eq!(g.name, w.name);
+            let e = rel_l2(&g.data, &w.data);
+            assert!(e <= 1e-2, "tf32 {what}: {} relative L2 {e:.2e}", g.name);
+            worst = worst.max(e);
+        }
+        println!("SmallNet tf32 {what}: gradients, worst {worst:.2e}");
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn split_training_on_gpus_equals_unsplit() {

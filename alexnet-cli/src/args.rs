@@ -84,19 +84,26 @@ impl Default for DeviceArgs {
 impl DeviceArgs {
     /// The device named, ready to run in the precision asked for.
     pub fn open(&self) -> alexnet::runtime::Result<Device> {
-        self.open_named(&self.device)
+        self.open_named(&self.device, "--device")
     }
 
-    /// Device `spec` (`--device`'s syntax; a tower's device) in the precision asked for.
-    /// `auto` that falls back to the CPU computes f32 there, saying so in one line; a CPU
-    /// asked for by name with another precision is an error.
-    pub fn open_named(&self, spec: &str) -> alexnet::runtime::Result<Device> {
+    /// Device `spec` (`--device`'s syntax; `flag` says which flag named it: `--device`, or
+    /// `--towers` for a tower's) in the precision asked for. `auto` that falls back to the
+    /// CPU computes f32 there, saying so in one line; a CPU asked for by name with another
+    /// precision is an error that says what to give instead.
+    pub fn open_named(&self, spec: &str, flag: &str) -> alexnet::runtime::Result<Device> {
         let device = Device::parse(spec)?;
         let precision = Precision::from(self.precision);
-        if spec == "auto" && matches!(device, Device::Cpu(_)) && precision != Precision::F32 {
+        let cpu = matches!(device, Device::Cpu(_));
+        if spec == "auto" && cpu && precision != Precision::F32 {
             eprintln!("alexnet: precision {precision} needs a GPU; computing in f32 on the CPU");
             return Ok(device);
         }
-        device.with_precision(precision)
+        device.with_precision(precision).map_err(|e| match e {
+            alexnet::runtime::Error::Invalid(m) if cpu => alexnet::runtime::Error::Invalid(
+                format!("{m} (give --precision f32, or a GPU in {flag})"),
+            ),
+            e => e,
+        })
     }
 }

@@ -73,7 +73,8 @@ enum Command {
         /// GPU architecture, e.g. sm_80, sm_90.
         #[arg(long, default_value = "sm_90")]
         arch: String,
-        /// Also write the network's CUDA source to this folder.
+        /// Also write the network's CUDA source to this folder (the f32 forward and the
+        /// training kernels, whatever --precision).
         #[arg(long)]
         dump: Option<PathBuf>,
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
@@ -213,8 +214,11 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
             net,
             &arch,
             dump.as_deref(),
-            (training, precision.into()),
-            report.then_some(batch as usize),
+            &KernelsOptions {
+                training,
+                precision: precision.into(),
+                report: report.then_some(batch as usize),
+            },
         ),
         Command::Train(args) => train::train(ctx, args),
         Command::Eval(args) => evaluate::eval(ctx, args),
@@ -395,7 +399,7 @@ fn bench(
         Some(devs) => {
             let backends = devs
                 .iter()
-                .map(|d| device.open_named(d))
+                .map(|d| device.open_named(d, "--towers"))
                 .collect::<Result<Vec<_>, _>>()?;
             let w = alexnet::runtime::weights::paper_init(plan, 0);
             let t = alexnet::runtime::towers::Towers::new(plan.clone(), w, backends)?;
@@ -519,14 +523,24 @@ fn bench(
     Ok(())
 }
 
+/// What `kernels` compiles and reports besides the network's forward kernels.
+struct KernelsOptions {
+    /// Also the training kernels.
+    training: bool,
+    /// The forward kernels of this precision.
+    precision: alexnet::ir::Precision,
+    /// The roofline report at this batch size.
+    report: Option<usize>,
+}
+
 fn kernels(
     ctx: &mut Ctx,
     net: Net,
     arch: &str,
     dump: Option<&std::path::Path>,
-    (training, precision): (bool, alexnet::ir::Precision),
-    report: Option<usize>,
+    options: &KernelsOptions,
 ) -> Result<(), AnyError> {
+    let (training, precision, report) = (options.training, options.precision, options.report);
     use alexnet::codegen::cuda;
     use alexnet::runtime::cuda::{cache::Cache, nvrtc};
     use rayon::prelude::*;
@@ -648,7 +662,11 @@ fn roofline(
             return Err(format!("ptxas reported nothing for `{}`", spec.name()).into());
         };
         let e = estimate(spec, plan, batch, &gpu, r.registers, r.shared_bytes);
-        let part = usize::from(!matches!(spec.role, alexnet::ir::Role::Forward));
+        let forward = matches!(
+            spec.role,
+            alexnet::ir::Role::Forward | alexnet::ir::Role::ForwardReduce
+        );
+        let part = usize::from(!forward);
         totals[part] += e.seconds;
         writeln!(
             ctx.out,
@@ -673,10 +691,7 @@ fn roofline(
         ctx.out,
         "model total: forward {:.2} ms{}",
         totals[0] * 1e3,
-        if specs
-            .iter()
-            .any(|s| !matches!(s.role, alexnet::ir::Role::Forward))
-        {
+        if totals[1] > 0.0 {
             format!(
                 ", training kernels {:.2} ms (a step runs the forward kernels too)",
                 totals[1] * 1e3

@@ -717,7 +717,7 @@ fn start(ctx: &mut Ctx, a: &TrainArgs) -> Result<Box<dyn Train>, AnyError> {
         Some(devs) => {
             let backends = devs
                 .iter()
-                .map(|d| a.device.open_named(d))
+                .map(|d| a.device.open_named(d, "--towers"))
                 .collect::<Result<Vec<_>, _>>()?;
             let names: Vec<String> = backends.iter().map(|b| b.name()).collect();
             writeln!(ctx.out, "towers: {}", names.join("; "))?;

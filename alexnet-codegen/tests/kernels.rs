@@ -122,8 +122,9 @@ fn alexnet_kernels_are_named_and_sized() {
     assert!(gemm.epilogue.relu && gemm.epilogue.bias);
 }
 
-/// In tf32 the fc layers run the tensor-core GEMM (bias, and the fused ReLU of fc6 and
-/// fc7, in its epilogue); every other stage keeps its f32 kernel.
+/// In tf32 the fc layers run the tensor-core GEMM split along K (fc6 and fc7 in 4 parts,
+/// fc8 in 8: about 128 blocks at batch 1), then the ordered sum of the parts with the bias
+/// and the fused ReLU of fc6 and fc7; every other stage keeps its f32 kernel.
 #[test]
 fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
     let plan = alexnet();
@@ -142,24 +143,36 @@ fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
     assert_eq!(
         changed,
         [
-            "fc6_mma_tf32_n4096_k9216_t32x128",
-            "fc7_mma_tf32_n4096_k4096_t32x128",
-            "fc8_mma_tf32_n1000_k4096_t32x128"
+            "fc6_mma_tf32_n4096_k9216_t32x128_s4",
+            "fc6_mma_reduce_n4096_s4",
+            "fc7_mma_tf32_n4096_k4096_t32x128_s4",
+            "fc7_mma_reduce_n4096_s4",
+            "fc8_mma_tf32_n1000_k4096_t32x128_s8",
+            "fc8_mma_reduce_n1000_s8"
         ]
     );
-    for k in tf32.iter().filter(|k| !f32.contains(k)) {
-        let g = k.gemm.expect("a GEMM");
-        assert!(g.tile.tensor_cores() && g.epilogue.bias);
-        assert_eq!(
-            g.epilogue.relu,
-            !k.name().starts_with("fc8"),
+    let new: Vec<_> = tf32.iter().filter(|k| !f32.contains(k)).collect();
+    for pair in new.chunks(2) {
+        let [gemm, sum] = pair else {
+            panic!("{pair:?}")
+        };
+        let g = gemm.gemm.expect("a GEMM");
+        // The parts carry no epilogue; the sum does.
+        assert!(g.tile.tensor_cores() && !g.epilogue.bias && !g.epilogue.relu);
+        assert_eq!((gemm.role, sum.role), (Role::Forward, Role::ForwardReduce));
+        assert!(
+            sum.gemm.is_none() && sum.stub.contains("BIAS = true"),
             "{}",
-            k.name()
+            sum.stub
         );
-        // One row per image, 32 rows a block: batch 128 is 4 x 32 blocks for fc6.
-        assert_eq!(k.launch.block, 128);
+        let relu = !gemm.name().starts_with("fc8");
+        assert_eq!(sum.stub.contains("RELU = true"), relu, "{}", sum.stub);
+        // One row per image, 32 rows a block.
+        assert_eq!(gemm.launch.block, 128);
     }
-    assert_eq!(tf32[tf32.len() - 4].launch.grid(128), [4, 32, 1]);
+    let fc6 = new[0];
+    assert_eq!(fc6.launch.grid(1), [1, 32, 4]);
+    assert_eq!(fc6.launch.grid(128), [4, 32, 4]);
 }
 
 #[test]

@@ -44,15 +44,15 @@ impl Device {
         Device::cpu()
     }
 
-    /// This device computing in `precision`: a GPU takes any; the CPU computes f32 only,
-    /// so another precision is an error there, naming what to give instead.
+    /// This device computing in `precision`: a GPU with tensor cores takes any
+    /// ([`Cuda::with_precision`]); the CPU computes f32 only, so another precision is an
+    /// [`Error::Invalid`] there.
     pub fn with_precision(self, precision: Precision) -> Result<Self> {
         match self {
-            Device::Cuda(c) => Ok(Device::Cuda(Box::new(c.with_precision(precision)))),
+            Device::Cuda(c) => Ok(Device::Cuda(Box::new(c.with_precision(precision)?))),
             Device::Cpu(c) if precision == Precision::F32 => Ok(Device::Cpu(c)),
             Device::Cpu(_) => Err(Error::Invalid(format!(
-                "precision {precision} runs on a GPU's tensor cores; the CPU backend computes \
-                 in f32 (give --precision f32, or --device cuda)"
+                "precision {precision} runs on a GPU's tensor cores; the CPU backend computes in f32"
             ))),
         }
     }

@@ -5,15 +5,15 @@ use super::context;
 use crate::ir::{Plan, Precision};
 use crate::kernels::spec::KernelSpec;
 
-/// The forward kernel of every stage of `plan` that runs one, in stage order, in
-/// `precision` (each layer kind decides what that precision changes for it).
+/// The forward kernels of every stage of `plan` that runs any, in stage and launch order,
+/// in `precision` (each layer kind decides what that precision changes for it).
 pub fn forward(plan: &Plan, precision: Precision) -> Vec<KernelSpec> {
     plan.stages()
         .into_iter()
-        .filter_map(|stage| {
+        .flat_map(|stage| {
             let op = plan.layers[stage.layer].op;
             op.kind()
-                .forward_kernel(&context(plan, stage, false, precision))
+                .forward_kernels(&context(plan, stage, false, precision))
         })
         .collect()
 }

@@ -14,7 +14,7 @@
 pub use super::spec::MmaTile;
 use super::spec::{
     Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance, KernelLaunch,
-    KernelSpec, Len, Param, Role, Template, Value,
+    KernelSpec, Len, Param, Role, Template, Value, EW_THREADS,
 };
 
 /// The headers of the tensor-core GEMM.
@@ -69,8 +69,38 @@ pub const GEMM_TF32: Template = Template {
     params: &params(Elem::F32),
 };
 
+/// Split-K partial sums of f32 operands rounded to tf32, into slice `blockIdx.z` of `ws`.
+pub const GEMM_TF32_SPLIT: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_split_tf32",
+    params: &[
+        ptr("x", Elem::F32, Access::Read),
+        ptr("w", Elem::F32, Access::Read),
+        ptr("ws", Elem::F32, Access::Write),
+        Param {
+            name: "batch",
+            ty: ArgTy::Int,
+        },
+    ],
+};
+
+/// The ordered sum of a split-K GEMM's slices, with bias and ReLU.
+pub const GEMM_REDUCE: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_reduce",
+    params: &[
+        ptr("ws", Elem::F32, Access::Read),
+        ptr("bias", Elem::F32, Access::Read),
+        ptr("y", Elem::F32, Access::Write),
+        Param {
+            name: "batch",
+            ty: ArgTy::Int,
+        },
+    ],
+};
+
 /// Every tensor-core template.
-pub const TEMPLATES: &[Template] = &[GEMM_BF16, GEMM_F16, GEMM_TF32];
+pub const TEMPLATES: &[Template] = &[GEMM_BF16, GEMM_F16, GEMM_TF32, GEMM_TF32_SPLIT, GEMM_REDUCE];
 
 impl MmaTile {
     /// Many rows (a convolution's pixels): 128 x 128, 8 warps of 64 x 32, K in 64-byte
@@ -113,7 +143,7 @@ impl MmaTile {
 /// Why a tensor-core GEMM cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MmaError {
-    /// A row of `a` or `b` (`k` values) is not a whole number of 16-byte chunks: the
+    /// A row of `x` or `w` (`k` values) is not a whole number of 16-byte chunks: the
     /// pipeline copies 16 bytes at a time from row starts it assumes aligned.
     UnalignedK { k: usize, elem: Elem },
     /// Operands of a type tensor cores do not take here.
@@ -124,6 +154,9 @@ pub enum MmaError {
     Tile(MmaTile),
     /// An empty dimension.
     Empty,
+    /// A split-K of `split` parts: at least one, at most one part per K step, and only of
+    /// tf32 products (the one split template).
+    Split { split: usize, elem: Elem },
 }
 
 impl std::fmt::Display for MmaError {
@@ -137,6 +170,11 @@ impl std::fmt::Display for MmaError {
             MmaError::Tile(t) => write!(f, "tile {t:?} breaks gemm_mma.cuh's rules"),
             MmaError::Empty => write!(f, "an empty GEMM"),
             MmaError::Elem(e) => write!(f, "no tensor-core GEMM of {} operands", e.name()),
+            MmaError::Split { split, elem } => write!(
+                f,
+                "no split-K in {split} parts of a GEMM of {} operands here",
+                elem.name()
+            ),
         }
     }
 }
@@ -156,6 +194,8 @@ pub struct MmaGemm {
     /// f32 its K step holds the same bytes, half the values.
     pub tile: MmaTile,
     pub epilogue: Epilogue,
+    /// Split-K parts (1: none): [`MmaGemm::with_split`].
+    pub split: usize,
 }
 
 impl MmaGemm {
@@ -202,10 +242,52 @@ impl MmaGemm {
             elem,
             tile,
             epilogue,
+            split: 1,
         })
     }
 
+    /// K steps of the tile (`bk` values each) in K.
+    fn k_steps(&self) -> usize {
+        self.k.div_ceil(self.tile.for_elem(self.elem).bk)
+    }
+
+    /// This GEMM with K split in `split` parts (`blockIdx.z`), each block writing partial
+    /// sums to a workspace that a second kernel adds in order (deterministic), with the
+    /// epilogue. Only tf32 products have a split template; every part gets a K step.
+    pub fn with_split(self, split: usize) -> Result<Self, MmaError> {
+        let ok = split >= 1
+            && (split == 1 || self.elem == Elem::F32)
+            && self.k_steps().div_ceil(split) * (split - 1) < self.k_steps();
+        if !ok {
+            return Err(MmaError::Split {
+                split,
+                elem: self.elem,
+            });
+        }
+        Ok(MmaGemm { split, ..self })
+    }
+
+    /// The split-K for a grid of at least `blocks` blocks at one image (few rows: a fully
+    /// connected layer's batch), at most 8 parts and each part at least 8 K steps: 1 when
+    /// the output tiles alone are enough or K is short. Fully connected layers at a small
+    /// batch have a handful of output tiles for 132 SMs (fc8: 8); at batch 128 the parts
+    /// cost a workspace of `split x batch x N` values written and read once.
+    pub fn split_for(&self, blocks: usize) -> usize {
+        let t = self.tile.for_elem(self.elem);
+        let tiles = self.rows_per_image.div_ceil(t.bm) * self.n.div_ceil(t.bn);
+        let want = blocks.div_ceil(tiles).clamp(1, 8);
+        let most = (self.k_steps() / 8).max(1);
+        if self.elem == Elem::F32 {
+            want.min(most)
+        } else {
+            1
+        }
+    }
+
     fn template(&self) -> &'static Template {
+        if self.split > 1 {
+            return &GEMM_TF32_SPLIT;
+        }
         match self.elem {
             Elem::Bf16 => &GEMM_BF16,
             Elem::F16 => &GEMM_F16,
@@ -225,18 +307,40 @@ impl MmaGemm {
         }
     }
 
-    /// The kernel `{prefix}_mma_{precision}_n{n}_k{k}_t{bm}x{bn}` of layer `layer`.
+    /// The kernels of layer `layer`, in launch order: the GEMM ([`MmaGemm::spec`]) and,
+    /// with split-K, the ordered sum of its parts ([`MmaGemm::reduce`]).
+    pub fn specs(&self, layer: usize, prefix: &str) -> Vec<KernelSpec> {
+        let mut v = vec![self.spec(layer, prefix)];
+        v.extend(self.reduce(layer, prefix));
+        v
+    }
+
+    /// The GEMM `{prefix}_mma_{precision}_n{n}_k{k}_t{bm}x{bn}` of layer `layer` (with
+    /// split-K, `..._s{split}`: the parts, into the workspace `ws`).
     pub fn spec(&self, layer: usize, prefix: &str) -> KernelSpec {
         let t = self.tile.for_elem(self.elem);
+        let split = if self.split > 1 {
+            format!("_s{}", self.split)
+        } else {
+            String::new()
+        };
         let name = format!(
-            "{prefix}_mma_{}_n{}_k{}_t{}x{}",
+            "{prefix}_mma_{}_n{}_k{}_t{}x{}{split}",
             self.precision(),
             self.n,
             self.k,
             t.bm,
             t.bn
         );
-        let e = self.epilogue;
+        // Split-K: the epilogue is the reduction's.
+        let e = if self.split > 1 {
+            Epilogue {
+                bias: false,
+                relu: false,
+            }
+        } else {
+            self.epilogue
+        };
         let consts: Vec<(&'static str, Value)> = vec![
             ("ROWS", self.rows_per_image.into()),
             ("N", self.n.into()),
@@ -251,8 +355,18 @@ impl MmaGemm {
             ("ELEM_BYTES", self.elem.bytes().into()),
             ("BIAS", e.bias.into()),
             ("RELU", e.relu.into()),
+            ("SPLIT", self.split.into()),
         ];
         let (rows, n, k) = (self.rows_per_image as u64, self.n as u64, self.k as u64);
+        let split = self.split as u64;
+        let outputs = if self.split > 1 {
+            vec![("ws", Len::PerImage(split * rows * n))]
+        } else {
+            vec![
+                ("bias", Len::Fixed(if e.bias { n } else { 0 })),
+                ("y", Len::PerImage(rows * n)),
+            ]
+        };
         Instance {
             role: Role::Forward,
             launch: KernelLaunch {
@@ -263,7 +377,7 @@ impl MmaGemm {
                 x_per_block: t.bm as u32,
                 x_fixed: 0,
                 grid_y: self.n.div_ceil(t.bn) as u32,
-                grid_z: 1,
+                grid_z: self.split as u32,
             },
             template: self.template(),
             doc: format!(
@@ -274,22 +388,62 @@ impl MmaGemm {
                 self.k
             ),
             consts,
-            lens: vec![
-                ("x", Len::PerImage(rows * k)),
-                ("w", Len::Fixed(n * k)),
-                ("bias", Len::Fixed(if e.bias { n } else { 0 })),
-                ("y", Len::PerImage(rows * n)),
-            ],
+            lens: [("x", Len::PerImage(rows * k)), ("w", Len::Fixed(n * k))]
+                .into_iter()
+                .chain(outputs)
+                .collect(),
             gemm: Some(GemmInfo {
                 stage: GemmStage::Forward,
                 elem: self.elem,
                 tile: GemmTile::Mma(t),
                 pipeline: t.stages as u32,
-                split_k: 0,
+                // Values of K per part.
+                split_k: if self.split > 1 {
+                    self.k_steps().div_ceil(self.split) * t.bk
+                } else {
+                    0
+                },
                 epilogue: e,
             }),
         }
         .spec()
+    }
+
+    /// With split-K, `{prefix}_mma_reduce_n{n}_s{split}`: `y = relu?(bias? + ws[0] + ws[1]
+    /// + ...)` in that order, one thread an output; `None` without.
+    pub fn reduce(&self, layer: usize, prefix: &str) -> Option<KernelSpec> {
+        if self.split <= 1 {
+            return None;
+        }
+        let (e, split) = (self.epilogue, self.split);
+        let name = format!("{prefix}_mma_reduce_n{}_s{split}", self.n);
+        let (rows, n) = (self.rows_per_image as u64, self.n as u64);
+        Some(
+            Instance {
+                role: Role::ForwardReduce,
+                launch: KernelLaunch::elementwise(layer, &name, rows * n),
+                template: &GEMM_REDUCE,
+                doc: format!(
+                    "the ordered sum of {}'s {split} split-K parts",
+                    self.precision()
+                ),
+                consts: vec![
+                    ("ROWS", self.rows_per_image.into()),
+                    ("N", self.n.into()),
+                    ("SPLIT", split.into()),
+                    ("THREADS", (EW_THREADS as usize).into()),
+                    ("BIAS", e.bias.into()),
+                    ("RELU", e.relu.into()),
+                ],
+                lens: vec![
+                    ("ws", Len::PerImage(split as u64 * rows * n)),
+                    ("bias", Len::Fixed(if e.bias { n } else { 0 })),
+                    ("y", Len::PerImage(rows * n)),
+                ],
+                gemm: None,
+            }
+            .spec(),
+        )
     }
 }
 

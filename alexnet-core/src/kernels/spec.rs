@@ -347,6 +347,9 @@ pub struct GemmInfo {
 pub enum Role {
     /// A stage's forward pass.
     Forward,
+    /// The ordered sum of a split-K forward GEMM's parts, with its epilogue: launched
+    /// after the stage's `Forward` kernel, through the workspace `ws`.
+    ForwardReduce,
     /// The gradient through a ReLU fused into conv/fc, applied to the output gradient in
     /// place.
     ReluMask,
@@ -480,28 +483,30 @@ pub struct Kernels {
     /// A tower's exchanges with the other tower (none for a whole network).
     pub exchanges: Cow<'static, [KernelSpec]>,
     /// The forward kernels that differ under `Precision::Tf32` (the fully connected layers
-    /// on tensor cores), each replacing the f32 kernel of its layer.
+    /// on tensor cores, with their split-K sums): a layer's replace its f32 kernels.
     pub tf32: Cow<'static, [KernelSpec]>,
 }
 
 impl Kernels {
-    /// The forward pass in `precision`: [`Kernels::forward`], with each stage whose kernel
-    /// differs in that precision running that kernel instead.
+    /// The forward pass in `precision`: [`Kernels::forward`], with each stage whose kernels
+    /// differ in that precision running those instead, in launch order.
     pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
         let other: &[KernelSpec] = match precision {
             Precision::F32 => &[],
             Precision::Tf32 => &self.tf32,
         };
-        self.forward
-            .iter()
-            .map(|k| {
-                other
-                    .iter()
-                    .find(|o| o.role == k.role && o.layer() == k.layer())
-                    .unwrap_or(k)
-                    .clone()
-            })
-            .collect()
+        let mut out: Vec<KernelSpec> = Vec::with_capacity(self.forward.len() + other.len());
+        for k in self.forward.iter() {
+            let layer = k.layer();
+            if other.iter().any(|o| o.layer() == layer) {
+                if !out.iter().any(|o| o.layer() == layer) {
+                    out.extend(other.iter().filter(|o| o.layer() == layer).cloned());
+                }
+            } else {
+                out.push(k.clone());
+            }
+        }
+        out
     }
 
     /// The kernel of `role` for layer `layer` (for the exchanges, the layer they feed).

@@ -177,9 +177,9 @@ impl LayerKind for Conv {
         true
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = self.gemm(cx.input, cx.output);
-        Some(learned_forward(&g, cx, &self.describe()))
+        vec![learned_forward(&g, cx, &self.describe())]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

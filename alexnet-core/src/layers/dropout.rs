@@ -100,8 +100,8 @@ impl LayerKind for Dropout {
         true
     }
 
-    fn forward_kernel(&self, _cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        None
+    fn forward_kernels(&self, _cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        Vec::new()
     }
 
     /// The training-time kernel, forward and backward alike (it runs before the first

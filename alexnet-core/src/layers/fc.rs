@@ -98,8 +98,9 @@ impl LayerKind for Fc {
     }
 
     /// The f32 GEMM; under [`Precision::Tf32`] the tensor-core GEMM (`kernels::mma`, with
-    /// bias and the fused ReLU in its epilogue) where the input is whole 16-byte rows.
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+    /// bias and the fused ReLU in its epilogue) where the input is whole 16-byte rows,
+    /// split along K so that one image's grid has about 128 blocks ([`MmaGemm::split_for`]).
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         if cx.precision == Precision::Tf32 {
             let epilogue = Epilogue {
                 bias: true,
@@ -107,11 +108,12 @@ impl LayerKind for Fc {
             };
             let (n, k) = (cx.output.len(), cx.input.len());
             if let Ok(g) = MmaGemm::new(1, n, k, Elem::F32, MmaTile::SMALL_M, epilogue) {
-                return Some(g.spec(cx.layer, &cx.c_name()));
+                let g = g.with_split(g.split_for(128)).unwrap_or(g);
+                return g.specs(cx.layer, &cx.c_name());
             }
         }
         let g = Gemm::fc(cx.input, cx.output);
-        Some(learned_forward(&g, cx, &self.describe()))
+        vec![learned_forward(&g, cx, &self.describe())]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

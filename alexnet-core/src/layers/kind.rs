@@ -118,8 +118,10 @@ pub trait LayerKind: fmt::Debug + Send + Sync {
         false
     }
 
-    /// The forward kernel of this layer's stage; `None` for the identity at inference.
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec>;
+    /// The forward kernels of this layer's stage, in launch order: one (a `Forward`
+    /// kernel), or a split-K GEMM and its ordered sum (`ForwardReduce`); none for the
+    /// identity at inference.
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec>;
 
     /// The training kernels of this layer's stage, in launch order.
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec>;

@@ -176,8 +176,8 @@ impl LayerKind for Lrn {
         self.channel_groups.is_multiple_of(towers)
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        Some(self.kernel(cx, Role::Forward, &FORWARD, "fwd"))
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        vec![self.kernel(cx, Role::Forward, &FORWARD, "fwd")]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

@@ -126,7 +126,7 @@ impl LayerKind for Pool {
         true
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let (i, o) = (cx.input, cx.output);
         let name = format!(
             "{}_fwd_{}_c{}_k{}s{}",
@@ -136,21 +136,19 @@ impl LayerKind for Pool {
             self.k,
             self.stride
         );
-        Some(
-            Instance {
-                role: Role::Forward,
-                launch: KernelLaunch::elementwise(cx.layer, &name, o.len() as u64),
-                template: &FORWARD,
-                doc: format!("forward of `{}` ({})", cx.name, self.describe()),
-                consts: self.consts(cx),
-                lens: vec![
-                    ("x", Len::PerImage(i.len() as u64)),
-                    ("y", Len::PerImage(o.len() as u64)),
-                ],
-                gemm: None,
-            }
-            .spec(),
-        )
+        vec![Instance {
+            role: Role::Forward,
+            launch: KernelLaunch::elementwise(cx.layer, &name, o.len() as u64),
+            template: &FORWARD,
+            doc: format!("forward of `{}` ({})", cx.name, self.describe()),
+            consts: self.consts(cx),
+            lens: vec![
+                ("x", Len::PerImage(i.len() as u64)),
+                ("y", Len::PerImage(o.len() as u64)),
+            ],
+            gemm: None,
+        }
+        .spec()]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

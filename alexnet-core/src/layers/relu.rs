@@ -62,8 +62,8 @@ impl LayerKind for Relu {
         true
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        Some(activation_forward(cx, &FORWARD, "relu"))
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        vec![activation_forward(cx, &FORWARD, "relu")]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

@@ -62,26 +62,24 @@ impl LayerKind for Softmax {
         false
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let i = cx.input;
         let name = format!("{}_fwd_c{}", cx.c_name(), i.c);
         let per = Len::PerImage(i.len() as u64);
-        Some(
-            Instance {
-                role: Role::Forward,
-                launch: KernelLaunch::elementwise(cx.layer, &name, (i.h * i.w * 32) as u64),
-                template: &FORWARD,
-                doc: format!("forward of `{}` (softmax)", cx.name),
-                consts: vec![
-                    ("C", i.c.into()),
-                    ("HW", (i.h * i.w).into()),
-                    ("THREADS", (EW_THREADS as usize).into()),
-                ],
-                lens: vec![("x", per), ("y", per)],
-                gemm: None,
-            }
-            .spec(),
-        )
+        vec![Instance {
+            role: Role::Forward,
+            launch: KernelLaunch::elementwise(cx.layer, &name, (i.h * i.w * 32) as u64),
+            template: &FORWARD,
+            doc: format!("forward of `{}` (softmax)", cx.name),
+            consts: vec![
+                ("C", i.c.into()),
+                ("HW", (i.h * i.w).into()),
+                ("THREADS", (EW_THREADS as usize).into()),
+            ],
+            lens: vec![("x", per), ("y", per)],
+            gemm: None,
+        }
+        .spec()]
     }
 
     /// None: the loss kernel computes the gradient of a final softmax.

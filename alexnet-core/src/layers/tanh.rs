@@ -61,8 +61,8 @@ impl LayerKind for Tanh {
         true
     }
 
-    fn forward_kernel(&self, cx: &KernelCx<'_>) -> Option<KernelSpec> {
-        Some(activation_forward(cx, &FORWARD, "tanh"))
+    fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        vec![activation_forward(cx, &FORWARD, "tanh")]
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

@@ -1,7 +1,7 @@
 //! One GPU: its context and stream, what it is, and the networks' kernels loaded in it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
 
@@ -20,6 +20,8 @@ pub struct Cuda {
     pub(super) ordinal: usize,
     pub(super) device_name: String,
     pub(super) arch: String,
+    /// Its compute capability's major version (8 for sm_80, 9 for sm_90).
+    pub(super) major: i32,
     pub(super) cache: Cache,
     /// Loaded forward and exchange kernels.
     pub(super) inference: Modules,
@@ -97,6 +99,7 @@ impl Cuda {
             ordinal,
             device_name,
             arch: format!("sm_{major}{minor}"),
+            major,
             cache,
             inference: Mutex::new(HashMap::new()),
             training: Mutex::new(HashMap::new()),
@@ -106,11 +109,27 @@ impl Cuda {
     }
 
     /// This backend running the forward kernels of `precision` (`Precision::Tf32`: the
-    /// fully connected layers on tensor cores; see [`Precision`]). Set it before the first
-    /// network is prepared: kernels already loaded keep their precision.
-    pub fn with_precision(mut self, precision: Precision) -> Self {
+    /// fully connected layers on tensor cores; see [`Precision`]); kernels it loaded before
+    /// are dropped, to be loaded again in that precision. Tensor-core precisions need
+    /// compute capability 8.0 or later (`mma.sync` of tf32, `cp.async`): an older GPU is
+    /// an [`Error::Invalid`] that says so.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if precision.tensor_cores() && self.major < 8 {
+            return Err(Error::Invalid(format!(
+                "precision {precision} needs tensor cores of compute capability 8.0 or later; {} ({}) is {}",
+                self.label(),
+                self.device_name,
+                self.arch
+            )));
+        }
+        if precision != self.precision {
+            self.inference
+                .get_mut()
+                .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?
+                .clear();
+        }
         self.precision = precision;
-        self
+        Ok(self)
     }
 
     /// The stream every kernel of this backend runs on (for vendor-library comparisons).
@@ -157,6 +176,24 @@ impl Cuda {
         let loaded = Arc::new(self.load(&specs(&alexnet_core::cuda::kernels(plan)))?);
         entry.push((plan.clone(), loaded.clone()));
         Ok(loaded)
+    }
+
+    /// A workspace of at least `len` floats, grown on demand and reused (kernels on one
+    /// stream run in order, so one workspace serves every layer).
+    pub(super) fn workspace(&self, len: usize) -> Result<MutexGuard<'_, Option<CudaSlice<f32>>>> {
+        let mut ws = self
+            .workspace
+            .lock()
+            .map_err(|_| Error::Internal("cuda: workspace poisoned".into()))?;
+        if ws.as_ref().is_none_or(|w| w.len() < len) {
+            *ws = None;
+            *ws = Some(
+                self.stream
+                    .alloc_zeros::<f32>(len.max(1))
+                    .map_err(self.err(format!("allocating a workspace of {len} values")))?,
+            );
+        }
+        Ok(ws)
     }
 
     /// Compiles (through this GPU's cache) and loads `specs` in its context.

@@ -58,6 +58,33 @@ impl Inference for Cuda {
         let b = batch_i32(plan, stage.layer, batch)?;
         let loaded = self.loaded(plan)?;
         let kernel = loaded.get(plan, stage.layer, Role::Forward)?;
+        // A split-K GEMM writes its parts to the workspace; their ordered sum, with the
+        // epilogue, writes the output.
+        if let Some(reduce) = loaded.find(stage.layer, Role::ForwardReduce) {
+            let [w, bias] = params else {
+                return Err(Error::Internal(format!(
+                    "cuda: {}'s split-K GEMM has no weights",
+                    layer.name
+                )));
+            };
+            let len = workspace_len(&kernel.spec, batch)?;
+            let mut ws = self.workspace(len)?;
+            let ws: &mut CudaSlice<f32> = ws
+                .as_mut()
+                .ok_or_else(|| Error::Internal("cuda: no workspace".into()))?;
+            let parts = Binder::new()
+                .read("x", input)
+                .read("w", w)
+                .write("ws", &mut *ws)
+                .int("batch", b);
+            self.launch(kernel, batch, parts)?;
+            let sum = Binder::new()
+                .read("ws", ws)
+                .read("bias", bias)
+                .write("y", output)
+                .int("batch", b);
+            return self.launch(reduce, batch, sum);
+        }
         let mut binder = Binder::new()
             .read("x", input)
             .write("y", output)
@@ -67,4 +94,14 @@ impl Inference for Cuda {
         }
         self.launch(kernel, batch, binder)
     }
+}
+
+/// Values of the workspace `ws` that `spec` writes for `batch` images.
+fn workspace_len(spec: &alexnet_core::ir::KernelSpec, batch: usize) -> Result<usize> {
+    spec.args
+        .iter()
+        .find(|a| a.name == "ws")
+        .and_then(|a| a.len)
+        .and_then(|l| usize::try_from(l.needed(batch)).ok())
+        .ok_or_else(|| Error::Internal(format!("cuda: {} has no workspace", spec.name())))
 }

@@ -77,6 +77,11 @@ impl Loaded {
             })
     }
 
+    /// The kernel of `role` for layer `layer`, if the plan has one.
+    pub fn find(&self, layer: usize, role: Role) -> Option<&Kernel> {
+        self.by_role.get(&(layer, role)).map(|&i| &self.kernels[i])
+    }
+
     /// Every kernel of layer `layer` with one of `roles`, in launch order.
     pub fn of_layer<'a>(
         &'a self,

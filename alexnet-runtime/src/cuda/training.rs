@@ -4,7 +4,7 @@
 //! templates use (`x`, `y`, `dy`, `dx`, `w`, `dw`, `db`, `ws`), so no layer kind has code
 //! here.
 
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
@@ -32,24 +32,6 @@ impl Cuda {
     /// `plan`'s training kernels, loaded on first use.
     pub(super) fn loaded_training(&self, plan: &Plan) -> Result<Arc<Loaded>> {
         self.loaded_in(&self.training, plan, |k| k.training.to_vec())
-    }
-
-    /// A workspace of at least `len` floats, grown on demand and reused (kernels on one
-    /// stream run in order, so one workspace serves every layer).
-    fn workspace(&self, len: usize) -> Result<MutexGuard<'_, Option<CudaSlice<f32>>>> {
-        let mut ws = self
-            .workspace
-            .lock()
-            .map_err(|_| Error::Internal("cuda: workspace poisoned".into()))?;
-        if ws.as_ref().is_none_or(|w| w.len() < len) {
-            *ws = None;
-            *ws = Some(
-                self.stream
-                    .alloc_zeros::<f32>(len.max(1))
-                    .map_err(self.err(format!("allocating a workspace of {len} values")))?,
-            );
-        }
-        Ok(ws)
     }
 }
 

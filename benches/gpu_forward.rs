@@ -7,8 +7,8 @@
 //! stage) beside the same layer through cuDNN (convolution, FMA math, its heuristic's
 //! algorithm; without bias and ReLU, which the generated kernels include) or cuBLAS
 //! (sgemm), and their ratio; the whole forward pass at batch 1 and 128 in images/s. Then
-//! the same with `Precision::Tf32` (the fc layers on tensor cores) beside cuBLAS with TF32
-//! allowed.
+//! the same with `Precision::Tf32` (conv2-conv5 and the fc layers on tensor cores) beside
+//! cuBLAS with TF32 allowed and cuDNN's convolutions with TF32 allowed (its default math).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,7 +50,7 @@ fn time(
 
 /// The same layer through cuDNN or cuBLAS, in seconds; `None` for layers they do not cover.
 /// With `tf32`, cuBLAS may use TF32 tensor cores (`CUBLAS_TF32_TENSOR_OP_MATH`, as
-/// PyTorch's `allow_tf32`), for the fully connected layers only.
+/// PyTorch's `allow_tf32`) and cuDNN its default math (TF32 tensor cores allowed).
 fn vendor(
     plan: &Plan,
     layer: usize,
@@ -85,7 +85,11 @@ fn vendor(
                 cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )?;
             conv.set_group_count(c(groups))?;
-            conv.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
+            conv.set_math_type(if tf32 {
+                cudnn::sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH
+            })?;
             let op = ConvForward {
                 conv: &conv,
                 x: &x,
@@ -171,7 +175,7 @@ fn main() -> Result<(), AnyError> {
     );
 
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
-    // --precision tf32: the fc layers on tensor cores (a backend of its own, loading the
+    // --precision tf32: conv2-conv5 and the fc layers on tensor cores (a backend of its own, loading the
     // tf32 kernels), beside cuBLAS allowed TF32.
     let gpu = Cuda::new(0)?.with_precision(Precision::Tf32)?;
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
@@ -212,7 +216,7 @@ fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
         .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
         .collect();
     let what = if tf32 {
-        "tf32: fc on tensor cores; cuBLAS with TF32 allowed; cuDNN convolutions in f32 (no TF32)"
+        "tf32: conv2-conv5 and fc on tensor cores; cuBLAS and cuDNN with TF32 allowed"
     } else {
         "f32 (no TF32)"
     };

@@ -86,7 +86,7 @@ struct MmaOp<MMA_TF32> {
     }
 };
 
-template <class Cfg, int KIND>
+template <class Cfg, int KIND, bool CONV = false>
 __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                                               const void* __restrict__ b_ptr,
                                               const float* __restrict__ bias,
@@ -106,6 +106,8 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
     static_assert(SPLIT >= 1 && (SPLIT == 1 || (!BIAS && !RELU)),
                   "split-K partial sums take no epilogue (gemm_mma_reduce applies it)");
+    static_assert(!CONV || (KIND == MMA_TF32 && SPLIT == 1),
+                  "the convolution's im2col tile is f32 (tf32 products), not split");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     static_assert(K % CPE == 0, "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
@@ -126,10 +128,12 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     const int M = batch * ROWS;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     // This block's K steps: kt0 .. kt0 + NT - 1 (all of them without split-K).
-    const int kt0 = blockIdx.z * KTS;
+    const int kt0 = CONV ? 0 : blockIdx.z * KTS;
     const int NT = KT - kt0 < KTS ? (KT - kt0 > 0 ? KT - kt0 : 0) : KTS;
-    // Split-K: this block's slice of the workspace.
-    c += (size_t)blockIdx.z * M * N;
+    // Split-K: this block's slice of the workspace. A convolution: blockIdx.z is the group,
+    // whose weights, bias and output channels follow the previous groups'.
+    if (!CONV) c += (size_t)blockIdx.z * M * N;
+    if (CONV) b += (size_t)blockIdx.z * N * K * E;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
 
@@ -140,9 +144,28 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
         for (int r = 0; r < (BM * CH + THREADS - 1) / THREADS; ++r) {
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int m = m0 + row, k = k0 + ch * CPE;
-            const bool ok = m < M && k < K;
-            if (BM * CH % THREADS == 0 || i < BM * CH)
+            if (!(BM * CH % THREADS == 0 || i < BM * CH)) continue;
+            if constexpr (CONV) {
+                // The im2col matrix: row m is output pixel (image, p, q), column k is
+                // (channel of the group, ky, kx); zero outside the image and past M or K.
+                constexpr int C = Cfg::C, H = Cfg::H, W = Cfg::W, Q = Cfg::Q, R = Cfg::R;
+                constexpr int S = Cfg::STRIDE, PAD = Cfg::PAD, CG = C / Cfg::GROUPS;
+                const float* x = static_cast<const float*>(a_ptr);
+                const int img = m / ROWS, pq = m % ROWS, p = pq / Q, q = pq % Q;
+                const float* xg = x + (size_t)(img * C + blockIdx.z * CG) * H * W;
+                unsigned v[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int kk = k + j, ch_ = kk / (R * R), rs = kk % (R * R);
+                    const int iy = p * S + rs / R - PAD, ix = q * S + rs % R - PAD;
+                    const bool in = m < M && kk < K && iy >= 0 && iy < H && ix >= 0 && ix < W;
+                    v[j] = in ? __float_as_uint(xg[((size_t)ch_ * H + iy) * W + ix]) : 0u;
+                }
+                st_shared_16(&As[s][swizzled(row, ch)], uint4{v[0], v[1], v[2], v[3]});
+            } else {
+                const bool ok = m < M && k < K;
                 cp_async_16(&As[s][swizzled(row, ch)], ok ? a + ((size_t)m * K + k) * E : a, ok);
+            }
         }
 #pragma unroll
         for (int r = 0; r < (BN * CH + THREADS - 1) / THREADS; ++r) {
@@ -218,9 +241,17 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                     const int n = n0 + wn0 + ni * 8 + 2 * t + j;
                     if (n >= N) continue;
                     float v = acc[mi][ni][2 * h + j];
-                    if (BIAS) v += bias[n];
-                    if (RELU) v = fmaxf(v, 0.f);
-                    c[(size_t)m * N + n] = v;
+                    if constexpr (CONV) {
+                        // NCHW: channel g * N + n of image m / ROWS, pixel m % ROWS.
+                        const int oc = blockIdx.z * N + n;
+                        if (BIAS) v += bias[oc];
+                        if (RELU) v = fmaxf(v, 0.f);
+                        c[((size_t)(m / ROWS) * Cfg::O + oc) * ROWS + m % ROWS] = v;
+                    } else {
+                        if (BIAS) v += bias[n];
+                        if (RELU) v = fmaxf(v, 0.f);
+                        c[(size_t)m * N + n] = v;
+                    }
                 }
         }
 }
@@ -241,6 +272,20 @@ __device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ x,
     gemm_mma_core<Cfg, MMA_F16>(x, w, bias, y, batch);
 }
 
+// A convolution's forward pass on tensor cores (tf32 products, f32 sums), the implicit GEMM
+// of gemm_fwd.cuh: rows are the batch's output pixels (ROWS = P * Q per image), columns a
+// group's output channels (N = O / GROUPS), K = C / GROUPS * R * R; the im2col tile is
+// gathered by the threads (st_shared_16), the weights' by cp.async (K * 4 a multiple of 16
+// bytes); bias, ReLU and an NCHW store in the epilogue. Cfg adds the convolution's C, H,
+// W, O, Q, R, STRIDE, PAD, GROUPS. Grid: z = GROUPS.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_tf32(const float* __restrict__ x,
+                                              const float* __restrict__ w,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_TF32, true>(x, w, bias, y, batch);
+}
+
 // Split-K partial sums of f32 operands rounded to tf32: slice blockIdx.z of ws.
 template <class Cfg>
 __device__ __forceinline__ void gemm_mma_split_tf32(const float* __restrict__ x,
@@ -249,8 +294,8 @@ __device__ __forceinline__ void gemm_mma_split_tf32(const float* __restrict__ x,
     gemm_mma_core<Cfg, MMA_TF32>(x, w, nullptr, ws, batch);
 }
 
-// y[m, n] = relu?(bias?[n] + ws[0, m, n] + ws[1, m, n] + ... + ws[SPLIT - 1, m, n]), in
-// that order; one thread an output, M = batch * ROWS.
+// y[m, n] = relu?((ws[0, m, n] + ws[1, m, n] + ... + ws[SPLIT - 1, m, n]) + bias?[n]),
+// the parts added in that order; one thread an output, M = batch * ROWS.
 template <class Cfg>
 __device__ __forceinline__ void gemm_mma_reduce(const float* __restrict__ ws,
                                                 const float* __restrict__ bias,

@@ -9,6 +9,7 @@
 //   cp_async_16, cp_async_commit,        a 16-byte global -> shared copy that does not block
 //   cp_async_wait<N>                     (zero-filled when its predicate is false), closing
 //                                        a group of them, waiting until N groups are in flight
+//   st_shared_16                         a 16-byte store of registers to shared memory
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"; lane l of the
 // warp, g = l / 4, t = l % 4; A is M x K, B is K x N, C/D M x N):
@@ -84,6 +85,13 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool pre
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)),
                  "l"(src), "r"(pred ? 16 : 0)
                  : "memory");
+}
+
+// Stores 16 bytes from registers to shared `dst` (16-byte aligned) at once: a stage
+// filled by the threads themselves (values gathered from scattered addresses, as a
+// convolution's im2col tile is) beside the stages cp.async fills.
+__device__ __forceinline__ void st_shared_16(void* dst, uint4 v) {
+    *static_cast<uint4*>(dst) = v;
 }
 
 __device__ __forceinline__ void cp_async_commit() {

@@ -980,6 +980,62 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
     }
 }
 
+/// `--precision tf32` for convolutions: the implicit GEMM on tensor cores
+/// (`conv_mma_tf32`: the im2col tile gathered by the threads, the weights by `cp.async`,
+/// an NCHW store), for strides, padding, groups, a 1x1 kernel and pixels ragged against
+/// the 128-row tile, under emulation against the CPU backend's stage on tf32-rounded
+/// inputs (1e-5) and on the inputs as they are (tf32's error, stated). A filter of 3 x 11
+/// x 11 = 363 values (AlexNet's conv1) is not whole 16-byte rows and keeps its f32 kernel.
+#[test]
+fn tf32_convolutions_match_the_cpu_under_emulation() {
+    use alexnet::ir::Precision;
+    use alexnet::runtime::prelude::*;
+    let Some(cxx) = compiler() else { return };
+    let conv1: Plan = alexnet::plan_from_str("T<3, 23, 23> { conv(8, 11, stride = 4) }").unwrap();
+    assert!(cuda::generate(&conv1).tf32.is_empty());
+    for src in [
+        "T<8, 9, 11> { conv(16, 3, stride = 2, pad = 1, groups = 2) relu }",
+        "T<4, 12, 12> { conv(12, 5, pad = 2) }",
+        "T<16, 5, 5> { conv(24, 1) relu }",
+    ] {
+        let plan: Plan = alexnet::plan_from_str(src).unwrap();
+        let kernels = cuda::generate(&plan);
+        let k = &kernels.forward_in(Precision::Tf32)[0];
+        assert!(k.name().contains("_mma_tf32_conv_"), "{}", k.name());
+        assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
+        let stage = plan.stages()[0];
+        let layer = &plan.layers[stage.layer];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(53);
+        let params = common::random_params(&plan, &mut rng);
+        let (w, b) = (&params[0].data, &params[1].data);
+        let batch = 3;
+        let x = random(&mut rng, batch * layer.input.len());
+        let cpu = |x: &[f32], w: &[f32]| {
+            let mut y = vec![0.0f32; batch * layer.output.len()];
+            let (x, w) = (x.to_vec(), w.to_vec());
+            Cpu::new()
+                .forward_stage(&plan, stage, batch, &x, &[&w, b], &mut y)
+                .unwrap();
+            y
+        };
+        let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
+        let want_rounded = cpu(&rounded(&x), &rounded(w));
+        let want_f32 = cpu(&x, w);
+        let y0 = vec![f32::NAN; want_f32.len()];
+        let r = emulate(
+            &cxx,
+            k,
+            batch,
+            &[("x", &x), ("w", w), ("bias", b), ("y", &y0)],
+            &[],
+        );
+        close(k.name(), &r["y"], &want_rounded, 1e-5);
+        let e = rel_l2(&r["y"], &want_f32);
+        println!("{}: tf32 against f32, relative L2 {e:.2e}", k.name());
+        assert!(e <= 2e-3, "{}: relative L2 {e:.2e} against f32", k.name());
+    }
+}
+
 /// The emulation checks the pipeline's shared-memory hazards whatever the threads' timing
 /// (`tests/emulation/mma.hpp`): a pipeline that refills a stage before every warp has
 /// finished reading it (here the barrier moved after the refill) is stopped with the race

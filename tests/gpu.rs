@@ -23,9 +23,9 @@ fn compare(plan: &Plan, batches: &[usize], seed: u64) -> f64 {
     compare_in(plan, batches, seed, Precision::F32, TOL)
 }
 
-/// [`compare`] with the GPU in `precision`: the stages up to the first fully connected
-/// layer within [`TOL`], that layer's and the later ones' within `fc_tol`.
-fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, fc_tol: f64) -> f64 {
+/// [`compare`] with the GPU in `precision`: the stages before the first one on tensor cores
+/// within [`TOL`], that one's and the later ones' within `loose`.
+fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, loose: f64) -> f64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let w = weights(plan, &mut rng);
     let backend = Cuda::new(0)
@@ -33,11 +33,17 @@ fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, f
         .with_precision(precision)
         .unwrap();
     assert_eq!(backend.precision(), precision);
-    // The outputs of the first fc stage and of every later one.
-    let mut after_fc = Vec::new();
+    // The outputs of the first stage on tensor cores and of every later one.
+    let kernels = cuda::kernels(plan).forward_in(precision);
+    let tensor_cores = |layer: usize| {
+        kernels
+            .iter()
+            .any(|k| k.layer() == layer && k.gemm.is_some_and(|g| g.tile.tensor_cores()))
+    };
+    let mut after_tc = Vec::new();
     for st in plan.stages() {
-        if matches!(plan.layers[st.layer].op, alexnet::ir::Op::Fc(_)) || !after_fc.is_empty() {
-            after_fc.push(plan.stage_output_name(st).to_string());
+        if tensor_cores(st.layer) || !after_tc.is_empty() {
+            after_tc.push(plan.stage_output_name(st).to_string());
         }
     }
     let mut gpu = Model::from_tensors(backend, plan.clone(), w.clone()).unwrap();
@@ -64,7 +70,7 @@ fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, f
                 plan.name
             );
             let e = rel_l2(g, c);
-            let tol = if after_fc.contains(name) { fc_tol } else { TOL };
+            let tol = if after_tc.contains(name) { loose } else { TOL };
             assert!(
                 e <= tol,
                 "{} batch {n}: {name} differs from the CPU: relative L2 {e:.2e}",
@@ -73,7 +79,7 @@ fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, f
             worst = worst.max(e);
         }
         let e = rel_l2(got.data(), want.data());
-        let tol = if after_fc.is_empty() { TOL } else { fc_tol };
+        let tol = if after_tc.is_empty() { TOL } else { loose };
         assert!(
             e <= tol,
             "{} batch {n}: output relative L2 {e:.2e}",
@@ -117,9 +123,10 @@ fn every_layer_kind_matches_the_cpu() {
     }
 }
 
-/// `--precision tf32`: the fully connected layers on tensor cores, within tf32's error of
-/// the CPU's f32 (under emulation the same kernels are 2.6e-4 from f32 on random data; the
-/// convolutions before them stay exact f32).
+/// `--precision tf32`: the convolutions (but a first one whose filters are not whole
+/// 16-byte rows) and fully connected layers on tensor cores, within tf32's error of the
+/// CPU's f32 (under emulation the same kernels are 2.4e-4 to 2.6e-4 from f32 on random
+/// data, per layer; the stages before the first one on tensor cores stay within 1e-5).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tf32_forward_is_within_tf32_error_of_the_cpu() {
@@ -141,14 +148,30 @@ fn tf32_forward_is_within_tf32_error_of_the_cpu() {
             2e-3,
         );
     }
-    compare_in(SmallNet::plan(), &[1, 7, 128], 12, Precision::Tf32, 2e-3);
+    compare_in(
+        &plan("T<8, 9, 11> { conv(16, 3, stride = 2, pad = 1, groups = 2) relu }"),
+        &[1, 7, 37],
+        23,
+        Precision::Tf32,
+        2e-3,
+    );
+    compare_in(SmallNet::plan(), &[1, 7, 128], 12, Precision::Tf32, 5e-3);
 }
 
-/// AlexNet in tf32 (fc6-fc8 on tensor cores, split along K) at batch 1 and 128.
+/// AlexNet in tf32 (conv2-conv5 and fc6-fc8 on tensor cores, the fc layers split along
+/// K) at batch 1 and 128; torchvision's too. The errors of seven tf32 layers add up: the
+/// bound is 5e-3 (PyTorch's TF32 differs from its f32 by about 1e-3 on such networks).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn alexnet_in_tf32_is_within_tf32_error_of_the_cpu() {
-    compare_in(AlexNet::plan(), &[1, 128], 13, Precision::Tf32, 2e-3);
+    compare_in(AlexNet::plan(), &[1, 128], 13, Precision::Tf32, 5e-3);
+    compare_in(
+        TorchvisionAlexNet::plan(),
+        &[1, 128],
+        16,
+        Precision::Tf32,
+        5e-3,
+    );
 }
 
 #[test]

@@ -98,9 +98,10 @@ fn split_on_gpus_equals_unsplit() {
 }
 
 /// `--precision tf32` with towers and in training: the small net split on two streams of
-/// one GPU, its fc layers on tensor cores, against the unsplit network on the CPU in f32:
-/// the forward pass within tf32's error (2e-3), and a training step's gradients (f32
-/// backward through tf32 activations) within 1e-2; a tf32 Trainer on one GPU the same.
+/// one GPU, its conv2, conv3 and fc layers on tensor cores, against the unsplit network on
+/// the CPU in f32: the forward pass within tf32's error (5e-3), and a training step's
+/// gradients (f32 backward through tf32 activations) within 2e-2; a tf32 Trainer on one
+/// GPU the same.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tf32_towers_and_training_stay_within_tf32_error() {
@@ -127,7 +128,7 @@ fn tf32_towers_and_training_stay_within_tf32_error() {
     let towers = Towers::new(plan.clone(), w.clone(), vec![tf32(), tf32()]).unwrap();
     let e = rel_l2(towers.forward(&x).unwrap().data(), want.data());
     println!("SmallNet tf32 towers: forward {e:.2e}");
-    assert!(e <= 2e-3, "tf32 towers: forward relative L2 {e:.2e}");
+    assert!(e <= 5e-3, "tf32 towers: forward relative L2 {e:.2e}");
     let mask = DropoutMask { seed: 3, step: 0 };
     let (_, grads) = towers.gradients(&x, &labels, mask).unwrap();
     let model = Model::from_tensors(tf32(), plan.clone(), w.clone()).unwrap();
@@ -139,7 +140,7 @@ fn tf32_towers_and_training_stay_within_tf32_error() {
         for (g, w) in got.iter().zip(&want_grads) {
             assert_eq!(g.name, w.name);
             let e = rel_l2(&g.data, &w.data);
-            assert!(e <= 1e-2, "tf32 {what}: {} relative L2 {e:.2e}", g.name);
+            assert!(e <= 2e-2, "tf32 {what}: {} relative L2 {e:.2e}", g.name);
             worst = worst.max(e);
         }
         println!("SmallNet tf32 {what}: gradients, worst {worst:.2e}");

@@ -303,7 +303,7 @@ fn count_op(sass: &str, op: &str) -> usize {
         .count()
 }
 
-/// The tensor-core GEMMs (kernels_templates/gemm_mma.cuh; the fc layers' forward pass in
+/// The tensor-core GEMMs (kernels_templates/gemm_mma.cuh; the conv and fc forward pass in
 /// tf32, the 16-bit forms not yet used by a layer) compile for sm_80 and sm_90 with no spills and no local memory, and their SASS
 /// runs on tensor cores: HMMA instructions (as many as the tile's mma per K step), the
 /// pipeline's LDGSTS (cp.async) and LDSM (ldmatrix), and no LDL / STL.
@@ -378,11 +378,12 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
     }
 }
 
-/// `--precision tf32`: the forward kernels that differ in tf32 are exactly the fully
-/// connected layers' (of every example network and of each tower of the split ones: the
-/// tensor-core GEMM, and the ordered sum of its parts where it is split along K), and
-/// they compile with no spills; AlexNet's GEMMs run on tensor cores (HMMA in their SASS,
-/// no local memory).
+/// `--precision tf32`: the forward kernels that differ in tf32 are exactly the learned
+/// layers' whose filters are whole 16-byte rows (of every example network and of each
+/// tower of the split ones: every fc, and every convolution but a first one of 3 x 11 x 11
+/// or 3 x 5 x 5 values; the tensor-core GEMM, and the ordered sum of its parts where it is
+/// split along K), and they compile with no spills; AlexNet's GEMMs run on tensor cores
+/// (HMMA in their SASS, no local memory).
 #[test]
 fn the_tf32_forward_kernels_are_the_fc_layers_on_tensor_cores() {
     use alexnet::ir::Op;
@@ -405,12 +406,24 @@ fn the_tf32_forward_kernels_are_the_fc_layers_on_tensor_cores() {
     }
     for (net, plan) in &plans {
         let kernels = cuda::kernels(plan);
-        let fc: Vec<usize> = (0..plan.layers.len())
-            .filter(|&l| matches!(plan.layers[l].op, Op::Fc(_)))
+        let aligned: Vec<usize> = (0..plan.layers.len())
+            .filter(|&l| {
+                let layer = &plan.layers[l];
+                let k = match layer.op {
+                    Op::Fc(_) => layer.input.len(),
+                    Op::Conv(c) => layer.input.c / c.groups * c.k * c.k,
+                    _ => return false,
+                };
+                k % 4 == 0
+            })
             .collect();
         let mut replaced: Vec<usize> = kernels.tf32.iter().map(|k| k.layer()).collect();
         replaced.dedup();
-        assert_eq!(replaced, fc, "{net}: the tf32 kernels are the fc layers'");
+        assert_eq!(
+            replaced, aligned,
+            "{net}: the tf32 kernels are the aligned learned layers'"
+        );
+        assert!(!plan.layers[replaced[0]].name.ends_with("conv1"), "{net}");
         let source = cuda::translation_unit("// tf32\n", &kernels.tf32);
         let launches: Vec<KernelLaunch> = kernels.tf32.iter().map(|k| k.launch.clone()).collect();
         for row in check(net, &source, &launches) {

@@ -47,8 +47,8 @@ pub enum PrecisionArg {
     /// f32 products, exactly the CPU's functions (the reference).
     #[default]
     F32,
-    /// The fully connected layers' forward products on tensor cores with tf32 inputs and
-    /// f32 sums (a GPU only; convolutions and the backward pass stay f32).
+    /// The convolutions' and fully connected layers' forward products on tensor cores,
+    /// tf32 inputs and f32 sums (a GPU only; the backward pass stays f32).
     Tf32,
 }
 

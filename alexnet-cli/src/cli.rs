@@ -80,7 +80,7 @@ enum Command {
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
         #[arg(long)]
         training: bool,
-        /// The forward kernels of this precision (tf32: the fully connected layers on
+        /// The forward kernels of this precision (tf32: the convolutions and fc layers on
         /// tensor cores).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,

@@ -122,9 +122,11 @@ fn alexnet_kernels_are_named_and_sized() {
     assert!(gemm.epilogue.relu && gemm.epilogue.bias);
 }
 
-/// In tf32 the fc layers run the tensor-core GEMM split along K (fc6 and fc7 in 4 parts,
-/// fc8 in 8: about 128 blocks at batch 1), then the ordered sum of the parts with the bias
-/// and the fused ReLU of fc6 and fc7; every other stage keeps its f32 kernel.
+/// In tf32 conv2-conv5 run the tensor-core implicit GEMM (conv1's 363-value filters are not
+/// whole 16-byte rows: f32), and the fc layers the tensor-core GEMM split along K (fc6 and
+/// fc7 in 4 parts, fc8 in 8: about 128 blocks at batch 1), then the ordered sum of the
+/// parts with the bias and the fused ReLU of fc6 and fc7; every other stage keeps its f32
+/// kernel.
 #[test]
 fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
     let plan = alexnet();
@@ -135,9 +137,30 @@ fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
     let generated = cuda::generate(&plan);
     assert_eq!(generated.forward_in(Precision::Tf32), tf32);
     assert_eq!(generated.forward_in(Precision::F32), f32);
+    let convs: Vec<&str> = tf32
+        .iter()
+        .filter(|k| !f32.contains(k) && k.name().starts_with("conv"))
+        .map(|k| k.name())
+        .collect();
+    assert_eq!(
+        convs,
+        [
+            "conv2_mma_tf32_conv_r5_s1_g2_n128_k1200_t128x128",
+            "conv3_mma_tf32_conv_r3_s1_g1_n384_k2304_t128x128",
+            "conv4_mma_tf32_conv_r3_s1_g2_n192_k1728_t128x128",
+            "conv5_mma_tf32_conv_r3_s1_g2_n128_k1728_t128x128"
+        ]
+    );
+    for k in tf32.iter().filter(|k| convs.contains(&k.name())) {
+        let g = k.gemm.expect("a GEMM");
+        assert!(g.tile.tensor_cores() && g.epilogue.bias && g.epilogue.relu);
+    }
+    // conv2 at batch 128: 128 * 27 * 27 pixels in tiles of 128, one column tile, 2 groups.
+    let conv2 = tf32.iter().find(|k| k.name() == convs[0]).unwrap();
+    assert_eq!(conv2.launch.grid(128), [729, 1, 2]);
     let changed: Vec<&str> = tf32
         .iter()
-        .filter(|k| !f32.contains(k))
+        .filter(|k| !f32.contains(k) && k.name().starts_with("fc"))
         .map(|k| k.name())
         .collect();
     assert_eq!(
@@ -151,7 +174,10 @@ fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
             "fc8_mma_reduce_n1000_s8"
         ]
     );
-    let new: Vec<_> = tf32.iter().filter(|k| !f32.contains(k)).collect();
+    let new: Vec<_> = tf32
+        .iter()
+        .filter(|k| !f32.contains(k) && k.name().starts_with("fc"))
+        .collect();
     for pair in new.chunks(2) {
         let [gemm, sum] = pair else {
             panic!("{pair:?}")

@@ -203,6 +203,15 @@ static inline void cp_async_16(void* dst, const void* src, bool pred) {
     cp_issued.push_back({dst, src, pred});
 }
 
+// A plain store: the chunk is refilled and has landed at once (the race check sees it as
+// a refill, so a store into a stage another warp still reads is caught as for cp.async).
+static inline void st_shared_16(void* dst, uint4 v) {
+    check_aligned16(dst, "st.shared destination");
+    note_refill(dst);
+    std::memcpy(dst, &v, 16);
+    note_landed(dst);
+}
+
 static inline void cp_async_commit() {
     cp_groups.push_back(std::move(cp_issued));
     cp_issued.clear();

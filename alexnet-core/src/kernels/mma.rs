@@ -5,9 +5,11 @@
 //! `ldmatrix` fragments. `x` is `M x K` with `M = batch * rows_per_image`, `w` is `N x K`
 //! (a fully connected layer's weights), `y` is `M x N` f32.
 //!
-//! Used by the fully connected layers' forward pass under [`Precision::Tf32`]
-//! (`layers::fc`). The 16-bit forms are built and checked (emulation, NVRTC) but no layer
-//! uses them yet: the runtime has no 16-bit activations to bind them to.
+//! Used under [`Precision::Tf32`] by the fully connected layers' forward pass
+//! (`layers::fc`, split along K where the grid is small) and by the convolutions' (an
+//! implicit GEMM whose im2col tile the threads gather: [`MmaGemm::conv`]). The 16-bit forms
+//! are built and checked (emulation, NVRTC) but no layer uses them yet: the runtime has no
+//! 16-bit activations to bind them to.
 //!
 //! [`Precision::Tf32`]: super::precision::Precision::Tf32
 
@@ -16,6 +18,7 @@ use super::spec::{
     Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance, KernelLaunch,
     KernelSpec, Len, Param, Role, Template, Value, EW_THREADS,
 };
+use crate::shape::Shape;
 
 /// The headers of the tensor-core GEMM.
 pub const HEADERS: &[Header] = &[
@@ -69,6 +72,13 @@ pub const GEMM_TF32: Template = Template {
     params: &params(Elem::F32),
 };
 
+/// A convolution's forward pass on tensor cores (tf32): the implicit GEMM over its im2col.
+pub const CONV_TF32: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_tf32",
+    params: &params(Elem::F32),
+};
+
 /// Split-K partial sums of f32 operands rounded to tf32, into slice `blockIdx.z` of `ws`.
 pub const GEMM_TF32_SPLIT: Template = Template {
     header: "gemm_mma.cuh",
@@ -100,7 +110,27 @@ pub const GEMM_REDUCE: Template = Template {
 };
 
 /// Every tensor-core template.
-pub const TEMPLATES: &[Template] = &[GEMM_BF16, GEMM_F16, GEMM_TF32, GEMM_TF32_SPLIT, GEMM_REDUCE];
+pub const TEMPLATES: &[Template] = &[
+    GEMM_BF16,
+    GEMM_F16,
+    GEMM_TF32,
+    CONV_TF32,
+    GEMM_TF32_SPLIT,
+    GEMM_REDUCE,
+];
+
+/// The convolution a tensor-core GEMM computes as an implicit GEMM (`conv_mma_tf32`): rows
+/// are output pixels, columns a group's output channels, K a group's `channel x ky x kx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmaConv {
+    pub input: Shape,
+    pub output: Shape,
+    /// The kernel's side.
+    pub r: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
 
 impl MmaTile {
     /// Many rows (a convolution's pixels): 128 x 128, 8 warps of 64 x 32, K in 64-byte
@@ -196,6 +226,9 @@ pub struct MmaGemm {
     pub epilogue: Epilogue,
     /// Split-K parts (1: none): [`MmaGemm::with_split`].
     pub split: usize,
+    /// A convolution's implicit GEMM ([`MmaGemm::conv`]); `None`: `x` is the `M x K`
+    /// matrix itself.
+    pub conv: Option<MmaConv>,
 }
 
 impl MmaGemm {
@@ -243,6 +276,24 @@ impl MmaGemm {
             tile,
             epilogue,
             split: 1,
+            conv: None,
+        })
+    }
+
+    /// A convolution's forward pass as an implicit GEMM on tensor cores, tf32 products
+    /// (`conv_mma_tf32`): per group, `P * Q` rows per image, `O / groups` columns, `K = C /
+    /// groups * r * r`, whose weights rows must be whole 16-byte chunks (K a multiple of 4;
+    /// AlexNet's conv1, K = 363, is not).
+    pub fn conv(conv: MmaConv, tile: MmaTile, epilogue: Epilogue) -> Result<Self, MmaError> {
+        let (i, o, g) = (conv.input, conv.output, conv.groups);
+        if g == 0 || !i.c.is_multiple_of(g) || !o.c.is_multiple_of(g) {
+            return Err(MmaError::Empty);
+        }
+        let k = i.c / g * conv.r * conv.r;
+        let gemm = MmaGemm::new(o.h * o.w, o.c / g, k, Elem::F32, tile, epilogue)?;
+        Ok(MmaGemm {
+            conv: Some(conv),
+            ..gemm
         })
     }
 
@@ -256,7 +307,7 @@ impl MmaGemm {
     /// epilogue. Only tf32 products have a split template; every part gets a K step.
     pub fn with_split(self, split: usize) -> Result<Self, MmaError> {
         let ok = split >= 1
-            && (split == 1 || self.elem == Elem::F32)
+            && (split == 1 || (self.elem == Elem::F32 && self.conv.is_none()))
             && self.k_steps().div_ceil(split) * (split - 1) < self.k_steps();
         if !ok {
             return Err(MmaError::Split {
@@ -277,7 +328,7 @@ impl MmaGemm {
         let tiles = self.rows_per_image.div_ceil(t.bm) * self.n.div_ceil(t.bn);
         let want = blocks.div_ceil(tiles).clamp(1, 8);
         let most = (self.k_steps() / 8).max(1);
-        if self.elem == Elem::F32 {
+        if self.elem == Elem::F32 && self.conv.is_none() {
             want.min(most)
         } else {
             1
@@ -285,6 +336,9 @@ impl MmaGemm {
     }
 
     fn template(&self) -> &'static Template {
+        if self.conv.is_some() {
+            return &CONV_TF32;
+        }
         if self.split > 1 {
             return &GEMM_TF32_SPLIT;
         }
@@ -324,8 +378,12 @@ impl MmaGemm {
         } else {
             String::new()
         };
+        let conv = match self.conv {
+            Some(c) => format!("_conv_r{}_s{}_g{}", c.r, c.stride, c.groups),
+            None => String::new(),
+        };
         let name = format!(
-            "{prefix}_mma_{}_n{}_k{}_t{}x{}{split}",
+            "{prefix}_mma_{}{conv}_n{}_k{}_t{}x{}{split}",
             self.precision(),
             self.n,
             self.k,
@@ -357,14 +415,33 @@ impl MmaGemm {
             ("RELU", e.relu.into()),
             ("SPLIT", self.split.into()),
         ];
+        let mut consts = consts;
+        if let Some(c) = self.conv {
+            consts.extend([
+                ("C", c.input.c.into()),
+                ("H", c.input.h.into()),
+                ("W", c.input.w.into()),
+                ("O", c.output.c.into()),
+                ("Q", c.output.w.into()),
+                ("R", c.r.into()),
+                ("STRIDE", c.stride.into()),
+                ("PAD", c.pad.into()),
+                ("GROUPS", c.groups.into()),
+            ]);
+        }
         let (rows, n, k) = (self.rows_per_image as u64, self.n as u64, self.k as u64);
         let split = self.split as u64;
+        // A convolution reads its whole input and writes every group's channels.
+        let (groups, x_len) = match self.conv {
+            Some(c) => (c.groups as u64, c.input.len() as u64),
+            None => (1, rows * k),
+        };
         let outputs = if self.split > 1 {
             vec![("ws", Len::PerImage(split * rows * n))]
         } else {
             vec![
-                ("bias", Len::Fixed(if e.bias { n } else { 0 })),
-                ("y", Len::PerImage(rows * n)),
+                ("bias", Len::Fixed(if e.bias { groups * n } else { 0 })),
+                ("y", Len::PerImage(groups * rows * n)),
             ]
         };
         Instance {
@@ -377,7 +454,7 @@ impl MmaGemm {
                 x_per_block: t.bm as u32,
                 x_fixed: 0,
                 grid_y: self.n.div_ceil(t.bn) as u32,
-                grid_z: self.split as u32,
+                grid_z: (split * groups) as u32,
             },
             template: self.template(),
             doc: format!(
@@ -388,10 +465,13 @@ impl MmaGemm {
                 self.k
             ),
             consts,
-            lens: [("x", Len::PerImage(rows * k)), ("w", Len::Fixed(n * k))]
-                .into_iter()
-                .chain(outputs)
-                .collect(),
+            lens: [
+                ("x", Len::PerImage(x_len)),
+                ("w", Len::Fixed(groups * n * k)),
+            ]
+            .into_iter()
+            .chain(outputs)
+            .collect(),
             gemm: Some(GemmInfo {
                 stage: GemmStage::Forward,
                 elem: self.elem,
@@ -409,8 +489,9 @@ impl MmaGemm {
         .spec()
     }
 
-    /// With split-K, `{prefix}_mma_reduce_n{n}_s{split}`: `y = relu?(bias? + ws[0] + ws[1]
-    /// + ...)` in that order, one thread an output; `None` without.
+    /// With split-K, `{prefix}_mma_reduce_n{n}_s{split}`: the parts added in order, then
+    /// the bias and the ReLU, `y = relu?((ws[0] + ws[1] + ...) + bias?)`, one thread an
+    /// output; `None` without.
     pub fn reduce(&self, layer: usize, prefix: &str) -> Option<KernelSpec> {
         if self.split <= 1 {
             return None;

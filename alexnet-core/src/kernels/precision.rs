@@ -11,11 +11,12 @@ pub enum Precision {
     /// and the reference every other precision is checked against).
     #[default]
     F32,
-    /// f32 storage; the fully connected layers' forward products on tensor cores, each
-    /// input rounded to tf32 (10-bit mantissa, round to nearest, ties away: `cvt.rna`, as
-    /// PyTorch's `allow_tf32`) and accumulated in f32. The convolutions and the backward
-    /// pass stay f32 for now; a layer whose inputs are not whole 16-byte rows (`K` not a
-    /// multiple of 4) keeps its f32 kernel. CUDA only.
+    /// f32 storage; the convolutions' and fully connected layers' forward products on
+    /// tensor cores, each input rounded to tf32 (10-bit mantissa, round to nearest, ties
+    /// away: `cvt.rna`, as PyTorch's `allow_tf32`) and accumulated in f32. The backward
+    /// pass stays f32 for now; a layer whose filters are not whole 16-byte rows (`K` not a
+    /// multiple of 4, as AlexNet's conv1: 3 x 11 x 11) keeps its f32 kernel. CUDA only,
+    /// compute capability 8.0 or later.
     Tf32,
 }
 

@@ -7,7 +7,9 @@ use super::dsl::{
 };
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
-use crate::kernels::spec::{Header, KernelSpec, Template};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaTile};
+use crate::kernels::precision::Precision;
+use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
 /// 2-D convolution with bias; weight `[out, in/groups, k, k]`.
@@ -177,7 +179,26 @@ impl LayerKind for Conv {
         true
     }
 
+    /// The f32 implicit GEMM; under [`Precision::Tf32`] the tensor-core one
+    /// (`conv_mma_tf32`, 128 x 128 tiles) where a group's filter is whole 16-byte rows.
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
+        if cx.precision == Precision::Tf32 {
+            let conv = MmaConv {
+                input: cx.input,
+                output: cx.output,
+                r: self.k,
+                stride: self.stride,
+                pad: self.pad,
+                groups: self.groups,
+            };
+            let epilogue = Epilogue {
+                bias: true,
+                relu: cx.fused_relu,
+            };
+            if let Ok(g) = MmaGemm::conv(conv, MmaTile::LARGE, epilogue) {
+                return g.specs(cx.layer, &cx.c_name());
+            }
+        }
         let g = self.gemm(cx.input, cx.output);
         vec![learned_forward(&g, cx, &self.describe())]
     }

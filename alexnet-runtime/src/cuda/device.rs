@@ -109,7 +109,7 @@ impl Cuda {
     }
 
     /// This backend running the forward kernels of `precision` (`Precision::Tf32`: the
-    /// fully connected layers on tensor cores; see [`Precision`]); kernels it loaded before
+    /// convolutions and fully connected layers on tensor cores; see [`Precision`]); kernels it loaded before
     /// are dropped, to be loaded again in that precision. Tensor-core precisions need
     /// compute capability 8.0 or later (`mma.sync` of tf32, `cp.async`): an older GPU is
     /// an [`Error::Invalid`] that says so.

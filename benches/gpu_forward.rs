@@ -7,7 +7,7 @@
 //! stage) beside the same layer through cuDNN (convolution, FMA math, its heuristic's
 //! algorithm; without bias and ReLU, which the generated kernels include) or cuBLAS
 //! (sgemm), and their ratio; the whole forward pass at batch 1 and 128 in images/s. Then
-//! the same with `Precision::Tf32` (conv2-conv5 and the fc layers on tensor cores) beside
+//! the same with `Precision::Tf32` (the convolutions and the fc layers on tensor cores) beside
 //! cuBLAS with TF32 allowed and cuDNN's convolutions with TF32 allowed (its default math).
 
 use std::sync::Arc;
@@ -175,7 +175,7 @@ fn main() -> Result<(), AnyError> {
     );
 
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
-    // --precision tf32: conv2-conv5 and the fc layers on tensor cores (a backend of its own, loading the
+    // --precision tf32: the convolutions and the fc layers on tensor cores (a backend of its own, loading the
     // tf32 kernels), beside cuBLAS allowed TF32.
     let gpu = Cuda::new(0)?.with_precision(Precision::Tf32)?;
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
@@ -216,7 +216,7 @@ fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
         .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
         .collect();
     let what = if tf32 {
-        "tf32: conv2-conv5 and fc on tensor cores; cuBLAS and cuDNN with TF32 allowed"
+        "tf32: the convolutions and fc on tensor cores; cuBLAS and cuDNN with TF32 allowed"
     } else {
         "f32 (no TF32)"
     };

@@ -14,7 +14,9 @@
 //
 // Constraint: each row of a and b must start 16 bytes after the previous one (K * element
 // size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
-// aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K.
+// aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K,
+// except for a convolution (conv_mma_tf32), whose threads gather the tiles they cannot
+// copy.
 // Rows past M or N and chunks past K are zero-filled, so M, N and K need not be multiples
 // of the tile.
 //
@@ -110,7 +112,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                   "the convolution's im2col tile is f32 (tf32 products), not split");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
-    static_assert(K % CPE == 0, "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
+    // A convolution whose filters are not whole 16-byte rows (AlexNet's conv1: 363 values)
+    // gathers its weights' tile too; every other operand row is copied by cp.async.
+    constexpr bool B_ROWS_ALIGNED = K % CPE == 0;
+    static_assert(B_ROWS_ALIGNED || CONV,
+                  "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
     static_assert(BK % KSTEP == 0 && KSTEP * E == 32, "a K step is two 16-byte chunks");
     static_assert(CH == 2 || CH == 4 || CH == 8, "2, 4 or 8 chunks a tile row");
     static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0,
@@ -171,9 +177,18 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
         for (int r = 0; r < (BN * CH + THREADS - 1) / THREADS; ++r) {
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int n = n0 + row, k = k0 + ch * CPE;
-            const bool ok = n < N && k < K;
-            if (BN * CH % THREADS == 0 || i < BN * CH)
+            if (!(BN * CH % THREADS == 0 || i < BN * CH)) continue;
+            if constexpr (!B_ROWS_ALIGNED) {
+                const float* wf = reinterpret_cast<const float*>(b);
+                unsigned v[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    v[j] = n < N && k + j < K ? __float_as_uint(wf[(size_t)n * K + k + j]) : 0u;
+                st_shared_16(&Bs[s][swizzled(row, ch)], uint4{v[0], v[1], v[2], v[3]});
+            } else {
+                const bool ok = n < N && k < K;
                 cp_async_16(&Bs[s][swizzled(row, ch)], ok ? b + ((size_t)n * K + k) * E : b, ok);
+            }
         }
     };
 
@@ -275,8 +290,8 @@ __device__ __forceinline__ void gemm_mma_f16(const __half* __restrict__ x,
 // A convolution's forward pass on tensor cores (tf32 products, f32 sums), the implicit GEMM
 // of gemm_fwd.cuh: rows are the batch's output pixels (ROWS = P * Q per image), columns a
 // group's output channels (N = O / GROUPS), K = C / GROUPS * R * R; the im2col tile is
-// gathered by the threads (st_shared_16), the weights' by cp.async (K * 4 a multiple of 16
-// bytes); bias, ReLU and an NCHW store in the epilogue. Cfg adds the convolution's C, H,
+// gathered by the threads (st_shared_16), the weights' by cp.async (or gathered too where
+// K * 4 is not a multiple of 16 bytes); bias, ReLU and an NCHW store in the epilogue. Cfg adds the convolution's C, H,
 // W, O, Q, R, STRIDE, PAD, GROUPS. Grid: z = GROUPS.
 template <class Cfg>
 __device__ __forceinline__ void conv_mma_tf32(const float* __restrict__ x,

@@ -41,7 +41,7 @@ if [ -x "$py" ]; then
     ${TORCH_ARGS:-} 2>&1 | tee "$OUT/torch.log" | grep -v -e Warning -e '^    '
 fi
 bash "$here/run.sh"
-# The same forward bench with conv2-conv5 and the fc layers on tensor cores (its own log: run.sh names a
+# The same forward bench with the convolutions and the fc layers on tensor cores (its own log: run.sh names a
 # log after the binary), with run.sh's library path.
 dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
   [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done

@@ -123,8 +123,7 @@ fn every_layer_kind_matches_the_cpu() {
     }
 }
 
-/// `--precision tf32`: the convolutions (but a first one whose filters are not whole
-/// 16-byte rows) and fully connected layers on tensor cores, within tf32's error of the
+/// `--precision tf32`: the convolutions and fully connected layers on tensor cores, within tf32's error of the
 /// CPU's f32 (under emulation the same kernels are 2.4e-4 to 2.6e-4 from f32 on random
 /// data, per layer; the stages before the first one on tensor cores stay within 1e-5).
 #[test]
@@ -158,7 +157,7 @@ fn tf32_forward_is_within_tf32_error_of_the_cpu() {
     compare_in(SmallNet::plan(), &[1, 7, 128], 12, Precision::Tf32, 5e-3);
 }
 
-/// AlexNet in tf32 (conv2-conv5 and fc6-fc8 on tensor cores, the fc layers split along
+/// AlexNet in tf32 (conv1-conv5 and fc6-fc8 on tensor cores, the fc layers split along
 /// K) at batch 1 and 128; torchvision's too. The errors of seven tf32 layers add up: the
 /// bound is 5e-3 (PyTorch's TF32 differs from its f32 by about 1e-3 on such networks).
 #[test]

@@ -282,16 +282,26 @@ impl MmaGemm {
 
     /// A convolution's forward pass as an implicit GEMM on tensor cores, tf32 products
     /// (`conv_mma_tf32`): per group, `P * Q` rows per image, `O / groups` columns, `K = C /
-    /// groups * r * r`, whose weights rows must be whole 16-byte chunks (K a multiple of 4;
-    /// AlexNet's conv1, K = 363, is not).
+    /// groups * r * r`. Any K: the threads gather the im2col tile, and the weights' tile too
+    /// where a filter is not whole 16-byte rows (AlexNet's conv1, K = 363); `cp.async`
+    /// copies it otherwise.
     pub fn conv(conv: MmaConv, tile: MmaTile, epilogue: Epilogue) -> Result<Self, MmaError> {
         let (i, o, g) = (conv.input, conv.output, conv.groups);
         if g == 0 || !i.c.is_multiple_of(g) || !o.c.is_multiple_of(g) {
             return Err(MmaError::Empty);
         }
         let k = i.c / g * conv.r * conv.r;
-        let gemm = MmaGemm::new(o.h * o.w, o.c / g, k, Elem::F32, tile, epilogue)?;
+        // The tile's rules, checked at the next whole chunk (the alignment is the kernel's).
+        let gemm = MmaGemm::new(
+            o.h * o.w,
+            o.c / g,
+            k.next_multiple_of(4),
+            Elem::F32,
+            tile,
+            epilogue,
+        )?;
         Ok(MmaGemm {
+            k,
             conv: Some(conv),
             ..gemm
         })

@@ -14,9 +14,9 @@ pub enum Precision {
     /// f32 storage; the convolutions' and fully connected layers' forward products on
     /// tensor cores, each input rounded to tf32 (10-bit mantissa, round to nearest, ties
     /// away: `cvt.rna`, as PyTorch's `allow_tf32`) and accumulated in f32. The backward
-    /// pass stays f32 for now; a layer whose filters are not whole 16-byte rows (`K` not a
-    /// multiple of 4, as AlexNet's conv1: 3 x 11 x 11) keeps its f32 kernel. CUDA only,
-    /// compute capability 8.0 or later.
+    /// pass stays f32 for now, and so does a fully connected layer whose input rows are
+    /// not whole 16-byte chunks (inputs not a multiple of 4). CUDA only, compute
+    /// capability 8.0 or later.
     Tf32,
 }
 

@@ -180,7 +180,7 @@ impl LayerKind for Conv {
     }
 
     /// The f32 implicit GEMM; under [`Precision::Tf32`] the tensor-core one
-    /// (`conv_mma_tf32`, 128 x 128 tiles) where a group's filter is whole 16-byte rows.
+    /// (`conv_mma_tf32`, 128 x 128 tiles).
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         if cx.precision == Precision::Tf32 {
             let conv = MmaConv {

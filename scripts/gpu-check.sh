@@ -10,7 +10,8 @@
 # GPU tests under compute-sanitizer, for a second call.
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
-# "bash .gpu-bin/all.sh". Its summary table is printed last.
+# "bash .gpu-bin/all.sh". Its summary table is printed last. Shorter calls: .gpu-bin/tf32.sh
+# (the tensor-core path) and .gpu-bin/towers.sh (the two towers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=${ALEXNET_PACK:-../shared/gpu/pack.sh}
@@ -67,5 +68,26 @@ timeout 240 "$here/bin/bench-towers" --bench 2>&1 | tee "$OUT/towers.log" | grep
 timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --batch 128 --runs 20 \
   --towers cuda:0,cuda:0 2>&1 | tee "$OUT/bench-towers-cli.log" | grep -E 'towers|batch'
 EOS
+# The tf32 path alone (issue 13), for a short device call: the tf32 GPU tests (tiny nets,
+# the small net, AlexNet and torchvision's; towers and a training step), `bench
+# --precision tf32`, then gpu_forward (f32 and tf32 stages beside cuDNN / cuBLAS).
+cat > .gpu-bin/tf32.sh <<'EOS'
+#!/usr/bin/env bash
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$here/out}; mkdir -p "$OUT"
+dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64 \
+  /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do
+  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+for t in gpu gpu_towers; do
+  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 2>&1 | tee "$OUT/tf32-$t.log" \
+    | grep -E 'tf32|panicked|test result'
+done
+timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --precision tf32 --batch 1,128 \
+  --runs 20 2>&1 | tee "$OUT/bench-tf32-cli.log" | grep -E 'forward|batch|stages'
+timeout 240 "$here/bin/bench-gpu_forward" --bench 2>&1 | tee "$OUT/gpu_forward-tf32.log" | tail -n 60
+EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 path alone, a few minutes) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

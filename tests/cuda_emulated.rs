@@ -1051,8 +1051,8 @@ fn a_stage_refilled_before_the_barrier_fails_under_emulation() {
     };
     let g = MmaGemm::new(13, 100, 1152, Elem::Bf16, MmaTile::LARGE, plain).unwrap();
     let spec = g.spec(0, "early");
-    let right = "        cp_async_wait<STAGES - 2>();\n        __syncthreads();\n        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);\n        cp_async_commit();\n";
-    let wrong = "        cp_async_wait<STAGES - 2>();\n        if (kt + STAGES - 1 < KT) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);\n        cp_async_commit();\n        __syncthreads();\n";
+    let right = "        cp_async_wait<STAGES - 2>();\n        __syncthreads();\n        if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);\n        cp_async_commit();\n";
+    let wrong = "        cp_async_wait<STAGES - 2>();\n        if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);\n        cp_async_commit();\n        __syncthreads();\n";
     let source = cuda::source(&spec);
     assert!(source.contains(right), "gemm_mma.cuh's main loop changed");
     let mut rng = rand::rngs::StdRng::seed_from_u64(43);

@@ -84,7 +84,8 @@ done
 
 # The small tests: every kernel template on small shapes, a few thousand launches in all.
 #   gpu:          every layer kind forward (14 tiny nets, batches 1, 7, 128), and the tf32
-#                 fc kernels (cp.async, ldmatrix, mma; split-K) on 3 tiny nets and the small net
+#                 kernels (cp.async, st.shared, ldmatrix, mma; fc split-K; convolutions with
+#                 groups and with gathered weights) on 5 tiny nets and the small net
 #   gpu_training: every backward stage, the LRN intermediates, every layer kind trained
 #                 (6 small nets x batches 1, 5, 33 x 3 steps: the GEMM data/weight gradients,
 #                 chunked weight sums, pooling, LRN, ReLU, tanh, dropout, loss, SGD)

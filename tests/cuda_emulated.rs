@@ -994,6 +994,11 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
     let Some(cxx) = compiler() else { return };
     for src in [
         "T<3, 23, 23> { conv(8, 11, stride = 4) relu }",
+        // Three groups of 130 channels (two column tiles each), stride 2 and pad 2, and a
+        // filter of 18 values (weights gathered); conv1's 363 values with padding and 136
+        // channels.
+        "T<6, 13, 13> { conv(390, 3, stride = 2, pad = 2, groups = 3) relu }",
+        "T<3, 20, 17> { conv(136, 11, stride = 4, pad = 2) }",
         "T<8, 9, 11> { conv(16, 3, stride = 2, pad = 1, groups = 2) relu }",
         "T<4, 12, 12> { conv(12, 5, pad = 2) }",
         "T<16, 5, 5> { conv(24, 1) relu }",
@@ -1034,6 +1039,49 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
         println!("{}: tf32 against f32, relative L2 {e:.2e}", k.name());
         assert!(e <= 2e-3, "{}: relative L2 {e:.2e} against f32", k.name());
     }
+}
+
+/// Split-K where the last part is shorter than the pipeline (K = 160: 10 steps of 16 in
+/// parts of 3, 3, 3 and 1): the parts and their ordered sum against an f32 GEMM of the
+/// tf32-rounded inputs.
+#[test]
+fn a_split_whose_last_part_is_short_matches_under_emulation() {
+    use alexnet::codegen::kernels::mma::{MmaGemm, MmaTile};
+    use alexnet::codegen::kernels::spec::Epilogue;
+    let Some(cxx) = compiler() else { return };
+    let e = Epilogue {
+        bias: true,
+        relu: true,
+    };
+    let g = MmaGemm::new(1, 40, 160, Elem::F32, MmaTile::SMALL_M, e)
+        .unwrap()
+        .with_split(4)
+        .unwrap();
+    assert!(g.with_split(11).is_err(), "a part without a K step");
+    let (gemm, sum) = (g.spec(0, "s"), g.reduce(0, "s").unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let batch = 37;
+    let (a, ar) = operand(Elem::F32, &random(&mut rng, batch * 160));
+    let (b, br) = operand(Elem::F32, &random(&mut rng, 40 * 160));
+    let bias = random(&mut rng, 40);
+    let want = gemm_reference(&ar, &br, Some(&bias), true, 40);
+    let ws0 = vec![f32::NAN; 4 * batch * 40];
+    let parts = emulate(
+        &cxx,
+        &gemm,
+        batch,
+        &[("x", &a), ("w", &b), ("ws", &ws0)],
+        &[],
+    );
+    let y0 = vec![f32::NAN; batch * 40];
+    let r = emulate(
+        &cxx,
+        &sum,
+        batch,
+        &[("ws", &parts["ws"]), ("bias", &bias), ("y", &y0)],
+        &[],
+    );
+    close("split in parts of 3, 3, 3, 1 steps", &r["y"], &want, 1e-5);
 }
 
 /// The emulation checks the pipeline's shared-memory hazards whatever the threads' timing

@@ -384,7 +384,7 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
 /// GEMM, and the ordered sum of its parts where it is split along K), and they compile with
 /// no spills; AlexNet's GEMMs run on tensor cores (HMMA in their SASS, no local memory).
 #[test]
-fn the_tf32_forward_kernels_are_the_fc_layers_on_tensor_cores() {
+fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
     use alexnet::ir::Op;
     if !nvrtc_or_skip() {
         return;

@@ -128,7 +128,7 @@ fn alexnet_kernels_are_named_and_sized() {
 /// parts with the bias and the fused ReLU of fc6 and fc7; every other stage keeps its f32
 /// kernel.
 #[test]
-fn alexnet_tf32_runs_the_fc_layers_on_tensor_cores() {
+fn alexnet_tf32_runs_the_conv_and_fc_layers_on_tensor_cores() {
     let plan = alexnet();
     let (f32, tf32) = (
         cuda::forward(&plan, Precision::F32),

@@ -12,7 +12,7 @@
 use crate::backend::Memory;
 use crate::error::{Error, Result};
 use crate::ir::kernels::spec::Len;
-use crate::ir::{Plan, Stage};
+use crate::ir::{Plan, Precision, Stage};
 
 const F32: u64 = 4;
 
@@ -22,7 +22,8 @@ pub struct Footprint {
     pub batch: usize,
     /// The weights and biases.
     pub params: u64,
-    /// Inference at this batch: the input and two ping-pong activation buffers.
+    /// Inference at this batch: the input and two ping-pong activation buffers, and the
+    /// CUDA split-K workspace of the forward pass in tf32.
     pub inference: u64,
     /// Training besides the weights: gradients and momentum (as large as the weights).
     pub optimizer: u64,
@@ -38,7 +39,7 @@ impl Footprint {
         let params: u64 = plan.params().iter().map(|p| p.len() as u64).sum::<u64>() * F32;
         let inference = forward_buffers(plan, batch).iter().sum::<usize>() as u64 * F32;
         let t = TrainingBuffers::of(plan, &training_stages(plan), batch);
-        let workspace = alexnet_core::cuda::training(plan)
+        let training_ws = alexnet_core::cuda::training(plan)
             .iter()
             .flat_map(|k| k.args.iter())
             .filter_map(|a| match a.len {
@@ -47,12 +48,22 @@ impl Footprint {
             })
             .max()
             .unwrap_or(0);
+        // The forward pass's split-K workspace in tf32 (the fc layers' parts; none in
+        // f32): counted whatever the precision, an upper bound.
+        let forward_ws = alexnet_core::cuda::forward(plan, Precision::Tf32)
+            .iter()
+            .flat_map(|k| k.args.iter())
+            .filter(|a| a.name == "ws")
+            .filter_map(|a| a.len.map(|l| l.needed(batch)))
+            .max()
+            .unwrap_or(0);
         Footprint {
             batch,
             params,
-            inference,
+            inference: inference + forward_ws * F32,
             optimizer: 2 * params,
-            training: (t.total() as u64 + workspace) * F32,
+            // One workspace serves both (the backend grows it to the larger).
+            training: (t.total() as u64 + training_ws.max(forward_ws)) * F32,
         }
     }
 

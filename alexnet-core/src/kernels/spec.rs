@@ -482,8 +482,9 @@ pub struct Kernels {
     pub training: Cow<'static, [KernelSpec]>,
     /// A tower's exchanges with the other tower (none for a whole network).
     pub exchanges: Cow<'static, [KernelSpec]>,
-    /// The forward kernels that differ under `Precision::Tf32` (the fully connected layers
-    /// on tensor cores, with their split-K sums): a layer's replace its f32 kernels.
+    /// The forward kernels that differ under `Precision::Tf32` (the convolutions and fully
+    /// connected layers on tensor cores, with the fc layers' split-K sums): a layer's
+    /// replace its f32 kernels.
     pub tf32: Cow<'static, [KernelSpec]>,
 }
 

@@ -942,22 +942,7 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
             let y0 = vec![f32::NAN; want_f32.len()];
             let got = if split > 1 {
                 assert_eq!(ks[1].role, Role::ForwardReduce);
-                let ws0 = vec![f32::NAN; split * want_f32.len()];
-                let parts = emulate(
-                    &cxx,
-                    gemm,
-                    batch,
-                    &[("x", &x), ("w", &p[0]), ("ws", &ws0)],
-                    &[],
-                );
-                let r = emulate(
-                    &cxx,
-                    ks[1],
-                    batch,
-                    &[("ws", &parts["ws"]), ("bias", &p[1]), ("y", &y0)],
-                    &[],
-                );
-                r["y"].clone()
+                emulate_split(&cxx, (gemm, ks[1]), batch, split, &x, &p[0], &p[1])
             } else {
                 let r = emulate(
                     &cxx,
@@ -1065,23 +1050,33 @@ fn a_split_whose_last_part_is_short_matches_under_emulation() {
     let (b, br) = operand(Elem::F32, &random(&mut rng, 40 * 160));
     let bias = random(&mut rng, 40);
     let want = gemm_reference(&ar, &br, Some(&bias), true, 40);
-    let ws0 = vec![f32::NAN; 4 * batch * 40];
-    let parts = emulate(
-        &cxx,
-        &gemm,
-        batch,
-        &[("x", &a), ("w", &b), ("ws", &ws0)],
-        &[],
-    );
-    let y0 = vec![f32::NAN; batch * 40];
+    let y = emulate_split(&cxx, (&gemm, &sum), batch, 4, &a, &b, &bias);
+    close("split in parts of 3, 3, 3, 1 steps", &y, &want, 1e-5);
+}
+
+/// A split-K GEMM under emulation: its `split` parts into a NaN-poisoned workspace, then
+/// their ordered sum with the bias into a NaN-poisoned output; returns the output.
+fn emulate_split(
+    cxx: &str,
+    (gemm, sum): (&KernelSpec, &KernelSpec),
+    batch: usize,
+    split: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
+    let outputs = batch * bias.len();
+    let ws0 = vec![f32::NAN; split * outputs];
+    let parts = emulate(cxx, gemm, batch, &[("x", x), ("w", w), ("ws", &ws0)], &[]);
+    let y0 = vec![f32::NAN; outputs];
     let r = emulate(
-        &cxx,
-        &sum,
+        cxx,
+        sum,
         batch,
-        &[("ws", &parts["ws"]), ("bias", &bias), ("y", &y0)],
+        &[("ws", &parts["ws"]), ("bias", bias), ("y", &y0)],
         &[],
     );
-    close("split in parts of 3, 3, 3, 1 steps", &r["y"], &want, 1e-5);
+    r["y"].clone()
 }
 
 /// The emulation checks the pipeline's shared-memory hazards whatever the threads' timing

@@ -12,7 +12,7 @@
 use crate::backend::Memory;
 use crate::error::{Error, Result};
 use crate::ir::kernels::spec::Len;
-use crate::ir::{Plan, Precision, Stage};
+use crate::ir::{Plan, Stage};
 
 const F32: u64 = 4;
 
@@ -39,7 +39,9 @@ impl Footprint {
         let params: u64 = plan.params().iter().map(|p| p.len() as u64).sum::<u64>() * F32;
         let inference = forward_buffers(plan, batch).iter().sum::<usize>() as u64 * F32;
         let t = TrainingBuffers::of(plan, &training_stages(plan), batch);
-        let training_ws = alexnet_core::cuda::training(plan)
+        let kernels = alexnet_core::cuda::kernels(plan);
+        let training_ws = kernels
+            .training
             .iter()
             .flat_map(|k| k.args.iter())
             .filter_map(|a| match a.len {
@@ -50,7 +52,8 @@ impl Footprint {
             .unwrap_or(0);
         // The forward pass's split-K workspace in tf32 (the fc layers' parts; none in
         // f32): counted whatever the precision, an upper bound.
-        let forward_ws = alexnet_core::cuda::forward(plan, Precision::Tf32)
+        let forward_ws = kernels
+            .tf32
             .iter()
             .flat_map(|k| k.args.iter())
             .filter(|a| a.name == "ws")

@@ -409,7 +409,7 @@ impl MmaGemm {
         } else {
             self.epilogue
         };
-        let consts: Vec<(&'static str, Value)> = vec![
+        let mut consts: Vec<(&'static str, Value)> = vec![
             ("ROWS", self.rows_per_image.into()),
             ("N", self.n.into()),
             ("K", self.k.into()),
@@ -425,7 +425,6 @@ impl MmaGemm {
             ("RELU", e.relu.into()),
             ("SPLIT", self.split.into()),
         ];
-        let mut consts = consts;
         if let Some(c) = self.conv {
             consts.extend([
                 ("C", c.input.c.into()),

@@ -27,7 +27,8 @@ pub struct Cuda {
     pub(super) inference: Modules,
     /// Loaded training kernels, compiled on first use.
     pub(super) training: Modules,
-    /// Scratch memory of the weight gradients' chunked sums.
+    /// Scratch memory of split-K sums: the weight gradients' chunks and, in tf32, the fc
+    /// layers' forward parts (one stream, so one buffer serves both).
     pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
     /// The arithmetic of the forward kernels this backend loads.
     pub(super) precision: Precision,

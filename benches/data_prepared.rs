@@ -12,6 +12,9 @@
 //! - `read/raw_batch_and_cpu_augment_1_thread`: the same batch, then the CPU's
 //!   augmentation of it (`patch::Cut::batch_into`, random 227x227 crops, mirrors,
 //!   colour shifts, mean and scale, into a reused buffer): the input batch, on the CPU.
+//! - `read/byte_loader_epoch_all_cores`: the whole set in a shuffled order through
+//!   `loader::byte_loader` with one thread per core, in batches of 128: what `train` reads
+//!   (the backend then cuts the patches, on a GPU with the augmentation kernel).
 //!
 //! First, printed: decoding alone and `prepare`, on one thread and on every core,
 //! interleaved in three rounds (the ratio `prepare` / decoding on as many threads is the
@@ -23,11 +26,12 @@
 //! `cargo bench --bench data_prepared`; results go to docs/benchmarks.md.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use alexnet::ir::Shape;
 use alexnet::runtime::data::decode::decode_rgb;
 use alexnet::runtime::data::folder::ImageFolder;
-use alexnet::runtime::data::loader::Images;
+use alexnet::runtime::data::loader::{byte_loader, Images};
 use alexnet::runtime::data::prepared::{prepare, PrepareOptions, Prepared, INDEX_FILE};
 use alexnet::runtime::Synthetic;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -183,6 +187,20 @@ fn prepared_path(c: &mut Criterion) {
             pre.train_cut()
                 .batch_into(&buf, &draws, 1, &mut patches)
                 .expect("augment")
+        })
+    });
+    // What `train` runs: the loader's threads read the images as bytes (one per core, as
+    // `train` starts them), batches of 128 in a shuffled order, the whole set.
+    group.throughput(Throughput::Elements(split.len() as u64));
+    let images: Arc<dyn Images> = Arc::new(split.clone());
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    group.bench_function("byte_loader_epoch_all_cores", |b| {
+        b.iter(|| {
+            order.shuffle(&mut rng);
+            let loader = byte_loader(images.clone(), order.clone(), BATCH, split.side(), cores, 4)
+                .expect("loader");
+            let n: usize = loader.map(|(_, labels)| labels.len()).sum();
+            assert_eq!(n, split.len());
         })
     });
     group.finish();

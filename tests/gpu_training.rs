@@ -459,3 +459,84 @@ fn gpu_resume_continues_as_an_uninterrupted_run() {
     assert!(e <= 1e-5, "GPU resume: relative L2 {e:.2e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A prepared set's batch crosses to the GPU as bytes and is cut there (the generated
+/// augmentation kernel, through the `Augment` backend trait): the GPU's patches are the
+/// CPU's bit for bit (training draws with colour shifts, centre and ten crops, AlexNet's
+/// 256 -> 227), and `Trainer::step_images` on the GPU trains as on the CPU.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
+    use alexnet::runtime::backend::{Augment, DeviceCut};
+    use alexnet::runtime::data::patch::Draw;
+    let gpu = Cuda::new(0).expect("a CUDA GPU");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let (side, crop, n) = (256, (227, 227), 5);
+    let pre = common::augment_preprocess(side, crop, &mut rng);
+    let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
+    let d_images = gpu.upload(&images).unwrap();
+    let train: Vec<Draw> = (0..n as u64).map(|i| pre.train_draw(9, 2, i)).collect();
+    let ten: Vec<Draw> = (0..n).flat_map(|_| Draw::ten_crops(side, crop)).collect();
+    for (what, cut, draws, per_image) in [
+        ("train", pre.train_cut(), train, 1),
+        (
+            "centre",
+            pre.eval_cut(),
+            vec![Draw::centre(side, crop); n],
+            1,
+        ),
+        ("ten crops", pre.eval_cut(), ten, 10),
+    ] {
+        let want = cut.batch(&images, &draws, per_image).unwrap();
+        let dc = DeviceCut::new(&gpu, &cut).unwrap();
+        let mut out = gpu.alloc::<f32>(want.len()).unwrap();
+        gpu.cut_batch(dc.shape, &dc.mean, &d_images, &draws, per_image, &mut out)
+            .unwrap();
+        let got = gpu.download(&out).unwrap();
+        let differ = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{what}: {differ} of {} values differ",
+            want.len()
+        );
+    }
+
+    // Training on bytes: the small net's 32x32 inputs from 40x40 images.
+    let plan = SmallNet::plan();
+    let s = plan.input;
+    let (side, batch) = (40, 16);
+    let pre = common::augment_preprocess(side, (s.h, s.w), &mut rng);
+    let w = weights(plan, &mut rng);
+    let mut on_gpu = trainer(gpu, plan, w.clone());
+    let mut on_cpu = trainer(Cpu::new(), plan, w);
+    for step in 0..3u64 {
+        let images: Vec<u8> = (0..batch * side * side * 3).map(|_| rng.random()).collect();
+        let draws: Vec<Draw> = (0..batch as u64)
+            .map(|i| pre.train_draw(4, 0, step * batch as u64 + i))
+            .collect();
+        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..10)).collect();
+        let g = on_gpu
+            .step_images(&pre.train_cut(), &images, &draws, &labels)
+            .unwrap();
+        let c = on_cpu
+            .step_images(&pre.train_cut(), &images, &draws, &labels)
+            .unwrap();
+        assert!(
+            (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs().max(1.0),
+            "step {step}: loss {} on the GPU, {} on the CPU",
+            g.loss,
+            c.loss
+        );
+    }
+    let e = compare_tensors(
+        "weights after 3 steps on images",
+        &on_gpu.model().tensors().unwrap(),
+        &on_cpu.model().tensors().unwrap(),
+    );
+    println!("images cut on the GPU: weights after 3 steps agree to {e:.2e}");
+}

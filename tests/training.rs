@@ -627,3 +627,96 @@ mod memory {
         }
     }
 }
+
+/// A step on 8-bit images cut by the backend (`Trainer::step_images`, as `train` takes a
+/// batch) is the step on the host's patches of them (`Cut::batch`), bit for bit, step
+/// after step; the split trainer's host path agrees; a
+/// batch that does not fit the network is refused before anything runs.
+#[test]
+fn a_step_on_images_is_the_step_on_their_patches() {
+    use alexnet::runtime::data::patch::Draw;
+    use alexnet::runtime::towers::SplitTrainer;
+    use alexnet::runtime::train::Train;
+    use rand::Rng;
+    let (plan, params, _, _) = setup(1, 8);
+    let (side, crop, batch) = (16, (12, 12), 5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(80);
+    let pre = common::augment_preprocess(side, crop, &mut rng);
+    let cut = pre.train_cut();
+    let config = TrainConfig {
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let new = || {
+        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+        Trainer::new(model, config.clone()).unwrap()
+    };
+    let (mut on_images, mut on_patches) = (new(), new());
+    let mut split = SplitTrainer::new(
+        plan.clone(),
+        params.clone(),
+        vec![Cpu::new(), Cpu::new()],
+        config.clone(),
+    )
+    .unwrap();
+    let s = plan.input;
+    for step in 0..3u64 {
+        let images: Vec<u8> = (0..batch * side * side * 3).map(|_| rng.random()).collect();
+        let draws: Vec<Draw> = (0..batch as u64)
+            .map(|i| pre.train_draw(7, 0, step * batch as u64 + i))
+            .collect();
+        let labels: Vec<u32> = (0..batch as u32).map(|i| (i + step as u32) % 6).collect();
+        let x = Tensor::new(
+            vec![batch, s.c, s.h, s.w],
+            cut.batch(&images, &draws, 1).unwrap(),
+        )
+        .unwrap();
+        let a = on_images
+            .step_images(&cut, &images, &draws, &labels)
+            .unwrap();
+        let b = on_patches.step(&x, &labels).unwrap();
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "step {step}");
+        let c = Train::step_images(&mut split, &cut, &images, &draws, &labels).unwrap();
+        assert!(
+            (c.loss - b.loss).abs() <= 1e-5 * b.loss.abs(),
+            "step {step}"
+        );
+    }
+    let bits = |t: &Trainer<Cpu>| -> Vec<Vec<u32>> {
+        t.model()
+            .tensors()
+            .unwrap()
+            .iter()
+            .map(|t| t.data.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&on_images), bits(&on_patches));
+
+    // Refused: patches of another size, a draw that leaves its image, labels that do not
+    // match, bytes that are not whole images.
+    let images = vec![0u8; 2 * side * side * 3];
+    let d = pre.train_draw(7, 0, 0);
+    let other = alexnet::runtime::data::patch::Cut {
+        crop: (11, 12),
+        ..cut
+    };
+    let err = on_images
+        .step_images(&other, &images, &[d, d], &[0, 1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("patches for `T`"), "{err}");
+    let outside = Draw { y: 5, ..d };
+    assert!(on_images
+        .step_images(&cut, &images, &[d, outside], &[0, 1])
+        .is_err());
+    let err = on_images
+        .step_images(&cut, &images, &[d, d], &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 labels for a batch of 2 images"), "{err}");
+    assert!(on_images
+        .step_images(&cut, &images[1..], &[d, d], &[0, 1])
+        .is_err());
+    // Nothing of the refused batches ran: the next step is the patch trainer's.
+    assert_eq!(on_images.state().step, on_patches.state().step);
+}

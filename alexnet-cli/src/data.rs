@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use alexnet::runtime::data::folder::ImageFolder;
 use alexnet::runtime::data::loader::{self, Images, LoadReport, Loader, Transform};
+use alexnet::runtime::data::patch::Draw;
 use alexnet::runtime::data::pipeline::{Preprocess, SyntheticImages};
 use alexnet::runtime::data::prepared::{self, Prepared};
 use alexnet::runtime::Tensor;
@@ -207,6 +208,75 @@ pub fn batches(
     })
 }
 
+/// `images` in `order` as bytes, in batches of `batch`, each image with its training
+/// draw for epoch `epoch` of the run with seed `seed` (`first` is the position of
+/// `order[0]` in the epoch's whole order): what `Train::step_images` takes, so that the
+/// backend cuts the patches (a GPU receives the bytes: at 256 -> 227, about a third of the
+/// patches' f32 bytes).
+pub fn image_batches(
+    images: Arc<dyn Images>,
+    order: Vec<usize>,
+    batch: usize,
+    pre: &Preprocess,
+    (seed, epoch, first): (u64, u64, u64),
+) -> Result<ImageBatches, AnyError> {
+    let loader = loader::byte_loader(images, order, batch, pre.side, workers(), 4)?;
+    Ok(ImageBatches {
+        loader,
+        pre: pre.clone(),
+        seed,
+        epoch,
+        first,
+    })
+}
+
+/// A training batch of bytes: the images (HWC each), their draws and labels.
+pub struct ImageBatch {
+    pub images: Vec<u8>,
+    pub draws: Vec<Draw>,
+    pub labels: Vec<u32>,
+}
+
+/// Batches of [`image_batches`].
+pub struct ImageBatches {
+    loader: Loader<u8>,
+    pre: Preprocess,
+    seed: u64,
+    epoch: u64,
+    first: u64,
+}
+
+impl ImageBatches {
+    /// The files skipped so far.
+    pub fn report(&self) -> LoadReport {
+        self.loader.report()
+    }
+
+    /// Where the next batch starts in the order (see `Loader::next_position`).
+    pub fn next_position(&self) -> usize {
+        self.loader.next_position()
+    }
+}
+
+impl Iterator for ImageBatches {
+    type Item = ImageBatch;
+
+    fn next(&mut self) -> Option<ImageBatch> {
+        let (images, labels) = self.loader.next()?;
+        let draws = self
+            .loader
+            .last_positions()
+            .iter()
+            .map(|&p| self.pre.train_draw(self.seed, self.epoch, self.first + p))
+            .collect();
+        Some(ImageBatch {
+            images,
+            draws,
+            labels,
+        })
+    }
+}
+
 /// A loader's batches as `[n * crops, c, h, w]` tensors with their `n` labels.
 pub struct Batches {
     loader: Loader,
@@ -218,11 +288,6 @@ impl Batches {
     /// The files skipped so far.
     pub fn report(&self) -> LoadReport {
         self.loader.report()
-    }
-
-    /// Where the next batch starts in the order (see `Loader::next_position`).
-    pub fn next_position(&self) -> usize {
-        self.loader.next_position()
     }
 }
 

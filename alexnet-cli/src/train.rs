@@ -5,9 +5,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use alexnet::runtime::data::loader::Transform;
 use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
 use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::prelude::*;
@@ -419,17 +416,17 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
             .map(|i| i as usize)
             .collect();
         let start = std::mem::take(&mut resume_at).min(order.len());
-        // The augmentation is drawn from the position in the whole epoch's order.
-        let transform = pre.train_transform(seed, epoch);
-        let shifted: Transform = Arc::new(move |img, p| transform(img, p + start as u64));
-        let mut batches = data::batches(
+        // The images come as bytes, cut into patches by the trainer's backend (on a GPU,
+        // by the generated augmentation kernel); the augmentation is drawn from the
+        // position in the whole epoch's order.
+        let mut batches = data::image_batches(
             train_set.clone(),
             order[start..].to_vec(),
             batch,
             &pre,
-            shifted,
-            1,
+            (seed, epoch, start as u64),
         )?;
+        let cut = pre.train_cut();
         let bar = progress::bar(
             ctx,
             train_set.len() as u64,
@@ -444,13 +441,19 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         let mut first = true;
         while !ctx.stopping() {
             let asked = Instant::now();
-            let Some(item) = batches.next() else { break };
-            let (x, y) = item?;
+            let Some(data::ImageBatch {
+                images: x,
+                draws,
+                labels: y,
+            }) = batches.next()
+            else {
+                break;
+            };
             let got = Instant::now();
             if !std::mem::take(&mut first) {
                 waited += got - asked;
             }
-            let result = trainer.step(&x, &y);
+            let result = trainer.step_images(&cut, &x, &draws, &y);
             stepping += got.elapsed();
             images += y.len();
             let st = match result {

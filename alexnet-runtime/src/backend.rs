@@ -6,12 +6,16 @@
 //!   uploads, downloads, synchronisation;
 //! - [`Inference`]: the forward pass of a stage;
 //! - [`Training`]: the backward pass, dropout, the fused loss, the SGD update;
-//! - [`Exchange`]: the exchanges between the two towers of a split network.
+//! - [`Exchange`]: the exchanges between the two towers of a split network;
+//! - [`Augment`]: network inputs cut from a batch of 8-bit images on the device (a
+//!   prepared set's crops, mirrors, mean and colour shift), so that a batch crosses to
+//!   the device as bytes.
 //!
 //! [`Backend`] is all of them. The CPU backend ([`crate::Cpu`]) is the reference; the
 //! CUDA backend ([`crate::Cuda`]) runs each network's generated kernels; [`crate::Device`]
 //! is either, chosen at run time. Activations are NCHW.
 
+use crate::data::patch::{Cut, CutShape, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{Elem, Plan, Precision, Stage};
 use crate::optim::Sgd;
@@ -22,11 +26,13 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for half::f16 {}
     impl Sealed for half::bf16 {}
+    impl Sealed for u8 {}
 }
 
-/// A type a buffer can hold: `f32`, `half::f16` or `half::bf16`. Every backend stores
-/// all of them; the kernels are f32 for now (16-bit kernels are the mixed-precision work
-/// of a later issue), so 16-bit buffers are only moved, not computed on.
+/// A type a buffer can hold: `f32`, `half::f16`, `half::bf16`, or `u8` (a prepared set's
+/// pixels, which [`Augment`] reads). Every backend stores all of them; the layers'
+/// kernels are f32 for now (16-bit kernels are the mixed-precision work of a later
+/// issue), so 16-bit buffers are only moved, not computed on.
 pub trait Element:
     sealed::Sealed
     + Copy
@@ -53,6 +59,10 @@ impl Element for half::f16 {
 
 impl Element for half::bf16 {
     const ELEM: Elem = Elem::Bf16;
+}
+
+impl Element for u8 {
+    const ELEM: Elem = Elem::U8;
 }
 
 /// A device's memory.
@@ -264,10 +274,67 @@ pub trait Exchange: Memory {
     ) -> Result<()>;
 }
 
-/// A backend that does everything: inference, training and tower exchanges.
-pub trait Backend: Training + Exchange {}
+/// Cutting network inputs from 8-bit images on the device: [`Cut::batch`] as a backend
+/// computes it (on the GPU, the generated kernel of `kernels_templates/augment.cuh`), so
+/// that a prepared set's batch crosses to the device as bytes (a quarter of its patches'
+/// f32 values, before the crop) with a few bytes of random draws per image.
+pub trait Augment: Memory {
+    /// Writes into `out` the patches of `draws` (`per_image` for each image, in order)
+    /// cut as `shape` says, with the mean image `mean` (CHW, `3 x side x side`), from the
+    /// images of `images` (HWC, `side * side * 3` bytes each, as a prepared set stores
+    /// them): bit for bit [`Cut::batch`] of the same images. An error, before anything
+    /// runs, when a draw leaves its image, the lengths disagree or `out` is short
+    /// ([`CutShape::check`]).
+    fn cut_batch(
+        &self,
+        shape: CutShape,
+        mean: &F32<Self>,
+        images: &Self::Buffer<u8>,
+        draws: &[Draw],
+        per_image: usize,
+        out: &mut F32<Self>,
+    ) -> Result<()>;
+}
 
-impl<B: Training + Exchange> Backend for B {}
+/// A [`Cut`] whose mean image lives on a backend: made once per run by
+/// [`DeviceCut::new`], then used for every batch.
+pub struct DeviceCut<B: Memory> {
+    /// Everything but the mean.
+    pub shape: CutShape,
+    /// The per-pixel mean (CHW, `3 x side x side`), uploaded.
+    pub mean: F32<B>,
+}
+
+impl<B: Memory> DeviceCut<B> {
+    /// `cut` with its mean uploaded to `backend`; an error when the mean is not
+    /// `3 x side x side` values or the patch does not fit in the images.
+    pub fn new(backend: &B, cut: &Cut<'_>) -> Result<Self> {
+        let shape = cut.shape();
+        let side = shape.side;
+        if cut.mean.len() != 3 * side * side {
+            return Err(Error::Invalid(format!(
+                "a mean of {} values for 3x{side}x{side} images",
+                cut.mean.len()
+            )));
+        }
+        let (h, w) = shape.crop;
+        if h == 0 || w == 0 || h > side || w > side {
+            return Err(Error::Invalid(format!(
+                "a {h}x{w} patch cannot be cut from {side}x{side} images"
+            )));
+        }
+        Ok(DeviceCut {
+            shape,
+            mean: backend.upload(cut.mean)?,
+        })
+    }
+}
+
+/// A backend that does everything: inference, training, tower exchanges and
+/// augmentation on the device.
+pub trait Backend: Training + Exchange + Augment {}
+
+impl<B: Training + Exchange + Augment> Backend for B {}
 
 /// Checks that `layer` of `plan` gathers two towers ([`Plan::gathers`]) and that
 /// buffers of the given lengths (values, and whether each holds a part or the whole
@@ -401,11 +468,84 @@ mod tests {
         ));
         assert_eq!(<half::bf16 as Element>::ELEM, Elem::Bf16);
         assert_eq!(Elem::F16.bytes(), 2);
+        let bytes = b.upload(&[0u8, 7, 255]).unwrap();
+        assert_eq!(b.download(&bytes).unwrap(), [0, 7, 255]);
+        assert_eq!(<u8 as Element>::ELEM, Elem::U8);
     }
 
     #[test]
     fn buffers_carry_their_element_type() {
         round_trip(&Cpu::new());
         round_trip(&Device::cpu());
+    }
+
+    /// Every backend's cut is `Cut::batch`; a mean or a crop that does not fit the
+    /// images, a draw outside its image and a short output are errors.
+    fn cuts_as_the_host<B: Augment>(b: &B) {
+        use crate::data::patch::PatchScale;
+        let side = 6;
+        let mean: Vec<f32> = (0..3 * side * side).map(|i| i as f32 * 0.25).collect();
+        let images: Vec<u8> = (0..2 * 3 * side * side)
+            .map(|i| (i * 11 % 256) as u8)
+            .collect();
+        let cut = Cut {
+            side,
+            mean: &mean,
+            crop: (4, 5),
+            scale: PatchScale {
+                units: 0.5,
+                scale: [1.0, 2.0, 3.0],
+            },
+        };
+        let draw = |y, x, flip| Draw {
+            y,
+            x,
+            flip,
+            shift: [0.5, -1.0, 0.25],
+        };
+        let draws = [draw(1, 0, true), draw(2, 1, false)];
+        let want = cut.batch(&images, &draws, 1).unwrap();
+        let dc = DeviceCut::new(b, &cut).unwrap();
+        let d_images = b.upload(&images).unwrap();
+        // A longer output keeps its tail.
+        let mut out = b.upload(&vec![9.0f32; want.len() + 3]).unwrap();
+        b.cut_batch(dc.shape, &dc.mean, &d_images, &draws, 1, &mut out)
+            .unwrap();
+        let got = b.download(&out).unwrap();
+        assert_eq!(got[..want.len()], want[..]);
+        assert_eq!(got[want.len()..], [9.0; 3]);
+        let mut short = b.alloc::<f32>(want.len() - 1).unwrap();
+        assert!(b
+            .cut_batch(dc.shape, &dc.mean, &d_images, &draws, 1, &mut short)
+            .is_err());
+        let outside = [draw(1, 0, true), draw(3, 1, false)];
+        assert!(b
+            .cut_batch(dc.shape, &dc.mean, &d_images, &outside, 1, &mut out)
+            .is_err());
+        assert!(b
+            .cut_batch(dc.shape, &dc.mean, &d_images, &draws[..1], 1, &mut out)
+            .is_err());
+        assert!(DeviceCut::new(
+            b,
+            &Cut {
+                mean: &mean[1..],
+                ..cut
+            }
+        )
+        .is_err());
+        assert!(DeviceCut::new(
+            b,
+            &Cut {
+                crop: (7, 2),
+                ..cut
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn every_backend_cuts_patches_as_the_host() {
+        cuts_as_the_host(&Cpu::new());
+        cuts_as_the_host(&Device::cpu());
     }
 }

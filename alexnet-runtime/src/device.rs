@@ -1,9 +1,10 @@
 //! Choosing where a network runs: `Device::auto()` takes the GPU when there is one and
 //! otherwise the CPU, saying so in one line; `Device::cuda(0)` is an error without a GPU.
 
-use crate::backend::{Element, Exchange, Inference, Memory, Training};
+use crate::backend::{Augment, Element, Exchange, Inference, Memory, Training};
 use crate::cpu::Cpu;
 use crate::cuda::Cuda;
+use crate::data::patch::{CutShape, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{Plan, Precision, Stage};
 use crate::optim::Sgd;
@@ -332,6 +333,31 @@ impl Training for Device {
             let g = grads.iter().map(|b| r(b)).collect::<Result<Vec<_>>>()?;
             d.sgd_step(plan, sgd, lr_mults, &mut p, &mut v, &g)
         })
+    }
+}
+
+impl Augment for Device {
+    fn cut_batch(
+        &self,
+        shape: CutShape,
+        mean: &DeviceBuffer<f32>,
+        images: &DeviceBuffer<u8>,
+        draws: &[Draw],
+        per_image: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        match (self, mean, images, out) {
+            (Device::Cpu(c), DeviceBuffer::Cpu(m), DeviceBuffer::Cpu(i), DeviceBuffer::Cpu(o)) => {
+                c.cut_batch(shape, m, i, draws, per_image, o)
+            }
+            (
+                Device::Cuda(c),
+                DeviceBuffer::Cuda(m),
+                DeviceBuffer::Cuda(i),
+                DeviceBuffer::Cuda(o),
+            ) => c.cut_batch(shape, m, i, draws, per_image, o),
+            _ => Err(mismatch()),
+        }
     }
 }
 

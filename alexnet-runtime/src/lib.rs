@@ -1,9 +1,9 @@
 //! Runs networks declared with `alexnet::network!`.
 //!
 //! - [`backend`]: what a device must do, split by concern ([`Memory`], [`Inference`],
-//!   [`Training`], [`Exchange`]; [`Backend`] is all four); [`Cpu`] is the reference
-//!   implementation, [`Cuda`] runs each network's generated kernels, [`Device`] picks one
-//!   at run time.
+//!   [`Training`], [`Exchange`], [`backend::Augment`]; [`Backend`] is all of them);
+//!   [`Cpu`] is the reference implementation, [`Cuda`] runs each network's generated
+//!   kernels, [`Device`] picks one at run time.
 //! - [`Model`]: a planned network with its parameters on a backend.
 //! - [`Batch`]: a batch whose per-image shape is part of its type.
 //! - [`weights`]: the paper's initialisation and safetensors files.

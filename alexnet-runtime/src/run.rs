@@ -10,6 +10,7 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::data::patch::{Cut, Draw};
 pub use crate::error::NonFinite;
 use crate::error::{Error, Result};
 use crate::eval::BatchStats;
@@ -234,6 +235,24 @@ pub fn epoch_order(seed: u64, epoch: u64, n: u64) -> Vec<u64> {
 pub trait Train {
     /// One SGD step on a batch; its loss and top-1/top-5 counts (before the update).
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// One SGD step on a batch of 8-bit images (HWC, `cut.side * cut.side * 3` bytes
+    /// each, as a prepared set stores them), each cut into one patch by its draw:
+    /// [`Train::step`] on [`Cut::batch`] of them, bit for bit. The default cuts on the
+    /// host, image by image in parallel; a `Trainer` copies the bytes to its backend and
+    /// cuts there ([`crate::backend::Augment`]), so a GPU receives bytes (at 256 -> 227,
+    /// about a third of the patches' f32 bytes).
+    fn step_images(
+        &mut self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        let mut patches = vec![0.0f32; draws.len() * cut.patch_len()];
+        cut.batch_into_parallel(images, draws, 1, &mut patches)?;
+        let input = Tensor::new(vec![draws.len(), 3, cut.crop.0, cut.crop.1], patches)?;
+        self.step(&input, labels)
+    }
     /// Loss and top-1/top-5 counts at inference (dropout off).
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
     /// Ends an epoch, applying the schedule; the new learning rate when it changed. When

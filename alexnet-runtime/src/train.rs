@@ -20,7 +20,8 @@ pub use crate::run::{
 };
 pub use crate::weights::{MOMENTUM_PREFIX, STATE_FORMAT};
 
-use crate::backend::{Training, F32};
+use crate::backend::{Augment, DeviceCut, Training, F32};
+use crate::data::patch::{Cut, CutShape, Draw};
 use crate::error::{Error, Result};
 use crate::eval::output_stats;
 use crate::footprint::{check_fits, training_stages, TrainingBuffers};
@@ -40,6 +41,9 @@ struct Workspace<B: Training> {
     grads: [F32<B>; 2],
     labels: F32<B>,
     stats: F32<B>,
+    /// The 8-bit images of [`Trainer::load_images`] and how many bytes the buffer holds
+    /// (allocated by its first call, again when a batch of another size comes).
+    images: Option<(B::Buffer<u8>, usize)>,
     /// A batch has been copied in.
     loaded: bool,
 }
@@ -65,9 +69,18 @@ impl Clock {
     }
 }
 
-impl<B: Training> Train for Trainer<B> {
+impl<B: Training + Augment> Train for Trainer<B> {
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         Trainer::step(self, input, labels)
+    }
+    fn step_images(
+        &mut self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        Trainer::step_images(self, cut, images, draws, labels)
     }
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         Trainer::evaluate(self, input, labels)
@@ -118,6 +131,9 @@ pub struct Trainer<B: Training> {
     first_learned: usize,
     classes: usize,
     ws: Option<Workspace<B>>,
+    /// The cut of [`Trainer::load_images`], its mean on the backend (and on the host, to
+    /// tell whether the next batch's cut is the same).
+    cut: Option<(DeviceCut<B>, Vec<f32>)>,
     /// Per-phase times of the last step, when timing is on.
     timings: Option<Vec<(String, f64)>>,
 }
@@ -172,6 +188,7 @@ impl<B: Training> Trainer<B> {
             first_learned,
             classes,
             ws: None,
+            cut: None,
             timings: None,
         })
     }
@@ -233,6 +250,7 @@ impl<B: Training> Trainer<B> {
             grads: [backend.alloc(b.grad)?, backend.alloc(b.grad)?],
             labels: backend.alloc(b.labels)?,
             stats: backend.alloc(b.stats)?,
+            images: None,
             loaded: false,
         });
         Ok(())
@@ -265,6 +283,12 @@ impl<B: Training> Trainer<B> {
                 })
             }
         };
+        self.check_labels(batch, labels)?;
+        Ok(batch)
+    }
+
+    /// Checks that there are `batch` labels, each a class of the network.
+    fn check_labels(&self, batch: usize, labels: &[u32]) -> Result<()> {
         if labels.len() != batch {
             return Err(Error::Invalid(format!(
                 "{} labels for a batch of {batch} images",
@@ -274,10 +298,11 @@ impl<B: Training> Trainer<B> {
         if let Some(l) = labels.iter().find(|&&l| l as usize >= self.classes) {
             return Err(Error::Invalid(format!(
                 "label {l} out of range: `{}` has {} classes",
-                plan.name, self.classes
+                self.model.plan().name,
+                self.classes
             )));
         }
-        Ok(batch)
+        Ok(())
     }
 
     /// One SGD step on a batch (`[N, C, H, W]` and N labels): forward with dropout, loss,
@@ -298,6 +323,16 @@ impl<B: Training> Trainer<B> {
             .as_mut()
             .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
         backend.write(&mut ws.acts[0], input.data())?;
+        self.write_labels(labels)
+    }
+
+    /// Marks the loaded batch as given (its labels copied): see [`Trainer::load_batch`].
+    fn write_labels(&mut self, labels: &[u32]) -> Result<()> {
+        let backend = self.model.backend();
+        let ws = self
+            .ws
+            .as_mut()
+            .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
         let l: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
         backend.write(&mut ws.labels, &l)?;
         ws.loaded = true;
@@ -490,6 +525,96 @@ impl<B: Training> Trainer<B> {
             .collect::<Result<Vec<_>>>()?;
         let model = Model::from_tensors(backend, plan, params)?;
         Self::with_run(model, run, velocity)
+    }
+}
+
+impl<B: Training + Augment> Trainer<B> {
+    /// One SGD step on a batch of 8-bit images, each cut into the network's input by its
+    /// draw on the backend: [`Trainer::load_images`], then [`Trainer::step_loaded`]. The
+    /// same step, bit for bit, as [`Trainer::step`] on [`Cut::batch`] of the images.
+    pub fn step_images(
+        &mut self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        self.load_images(cut, images, draws, labels)?;
+        self.step_loaded()
+    }
+
+    /// Copies a batch of 8-bit images (HWC, `cut.side * cut.side * 3` bytes each, as a
+    /// prepared set stores them) to the backend, with one draw and one label per image,
+    /// and cuts them into the network's input there ([`Augment::cut_batch`]), for
+    /// [`Trainer::step_loaded`]. The cut's mean is uploaded by the first call and again
+    /// only when a later cut differs. Errors, before anything is copied, when the patches
+    /// are not the network's input, a draw leaves its image, or the lengths disagree.
+    pub fn load_images(
+        &mut self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<()> {
+        let shape = cut.shape();
+        let s = self.model.plan().input;
+        if (s.c, s.h, s.w) != (3, shape.crop.0, shape.crop.1) {
+            return Err(Error::Shape {
+                what: format!("patches for `{}`", self.model.plan().name),
+                expected: vec![s.c, s.h, s.w],
+                found: vec![3, shape.crop.0, shape.crop.1],
+            });
+        }
+        let batch = shape.check(
+            images.len(),
+            draws,
+            1,
+            draws.len() * shape.patch_len(),
+            false,
+        )?;
+        if batch == 0 {
+            return Err(Error::Invalid("an empty batch of images".into()));
+        }
+        self.check_labels(batch, labels)?;
+        self.set_cut(shape, cut.mean)?;
+        self.workspace(batch)?;
+        let backend = self.model.backend();
+        let (ws, (device_cut, _)) = match (self.ws.as_mut(), self.cut.as_ref()) {
+            (Some(ws), Some(cut)) => (ws, cut),
+            _ => return Err(Error::Internal("training workspace missing".into())),
+        };
+        ws.loaded = false;
+        // Exactly the batch's bytes: the cut counts the images from the buffer's length.
+        if ws
+            .images
+            .as_ref()
+            .is_none_or(|(_, len)| *len != images.len())
+        {
+            ws.images = None;
+            ws.images = Some((backend.alloc(images.len())?, images.len()));
+        }
+        let (bytes, _) = ws
+            .images
+            .as_mut()
+            .ok_or_else(|| Error::Internal("image buffer missing".into()))?;
+        backend.write(bytes, images)?;
+        backend.cut_batch(shape, &device_cut.mean, bytes, draws, 1, &mut ws.acts[0])?;
+        self.write_labels(labels)
+    }
+
+    /// Keeps `shape` with `mean` on the backend, unless the cut kept is already this one.
+    fn set_cut(&mut self, shape: CutShape, mean: &[f32]) -> Result<()> {
+        if self
+            .cut
+            .as_ref()
+            .is_some_and(|(c, m)| c.shape == shape && m.as_slice() == mean)
+        {
+            return Ok(());
+        }
+        self.cut = None;
+        let device = DeviceCut::new(self.model.backend(), &shape.with_mean(mean))?;
+        self.cut = Some((device, mean.to_vec()));
+        Ok(())
     }
 }
 

@@ -8,11 +8,13 @@
 //! struct; the dispatch from an [`Op`] is generated from the registry of kinds
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
-//! training, `exchange.rs` the towers' exchanges. Beside the layers: `gemm.rs`, `blas.rs`
+//! training, `exchange.rs` the towers' exchanges, `augment.rs`
+//! patches cut from 8-bit images. Beside the layers: `gemm.rs`, `blas.rs`
 //! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
 //! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
 
+mod augment;
 mod blas;
 mod conv;
 mod dropout;

@@ -27,6 +27,8 @@ unsafe impl DeviceRepr for SgdTensors {}
 pub(super) enum Value<'a, B> {
     In(&'a B),
     Out(&'a mut B),
+    /// Bytes the kernel reads (a prepared set's images).
+    Bytes(&'a CudaSlice<u8>),
     Int(i32),
     Uint(u32),
     Float(f32),
@@ -40,6 +42,7 @@ pub(super) enum Value<'a, B> {
 pub(super) struct Binder<'a, B> {
     reads: Vec<(&'static str, &'a B)>,
     writes: Vec<(&'static str, Option<&'a mut B>)>,
+    bytes: Vec<(&'static str, &'a CudaSlice<u8>)>,
     scalars: Vec<(&'static str, Value<'a, B>)>,
 }
 
@@ -59,6 +62,7 @@ impl<'a, B: Buffer> Binder<'a, B> {
         Binder {
             reads: Vec::new(),
             writes: Vec::new(),
+            bytes: Vec::new(),
             scalars: Vec::new(),
         }
     }
@@ -72,6 +76,12 @@ impl<'a, B: Buffer> Binder<'a, B> {
     /// A buffer the kernel may read or write (taken by the one parameter of that name).
     pub fn write(mut self, name: &'static str, buf: &'a mut B) -> Self {
         self.writes.push((name, Some(buf)));
+        self
+    }
+
+    /// A buffer of bytes the kernel may only read.
+    pub fn bytes(mut self, name: &'static str, buf: &'a CudaSlice<u8>) -> Self {
+        self.bytes.push((name, buf));
         self
     }
 
@@ -102,6 +112,26 @@ impl<'a, B: Buffer> Binder<'a, B> {
         let mut out = Vec::with_capacity(spec.args.len());
         for arg in spec.args.iter() {
             let value = match arg.ty {
+                ArgTy::Ptr(Elem::U8, Access::Read) => {
+                    let b = self
+                        .bytes
+                        .iter()
+                        .find(|(n, _)| *n == arg.name)
+                        .map(|(_, b)| *b)
+                        .ok_or_else(|| bad(format!("`{}` is not bound", arg.name)))?;
+                    let needed = arg
+                        .len
+                        .ok_or_else(|| bad(format!("pointer `{}` has no length", arg.name)))?
+                        .needed(batch);
+                    if (b.len() as u64) < needed {
+                        return Err(Error::BufferTooSmall {
+                            what: format!("cuda: {name}: `{}`", arg.name),
+                            len: b.len(),
+                            needed: needed as usize,
+                        });
+                    }
+                    Value::Bytes(b)
+                }
                 ArgTy::Ptr(elem, access) => {
                     if elem != Elem::F32 {
                         return Err(Error::Unsupported(format!(

@@ -32,7 +32,13 @@ pub struct Cuda {
     pub(super) workspace: Mutex<Option<CudaSlice<f32>>>,
     /// The arithmetic of the forward kernels this backend loads.
     pub(super) precision: Precision,
+    /// Loaded augmentation kernels by (image side, patch size, patches per image)
+    /// (`augment.rs`).
+    pub(super) augment: Mutex<HashMap<AugmentKey, Arc<Loaded>>>,
 }
+
+/// An augmentation kernel's image side, patch size and patches per image.
+pub(super) type AugmentKey = (usize, (usize, usize), usize);
 
 /// Loaded kernels by network name; a name may hold several plans (networks built at run
 /// time).
@@ -106,6 +112,7 @@ impl Cuda {
             training: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
             precision: Precision::F32,
+            augment: Mutex::new(HashMap::new()),
         })
     }
 

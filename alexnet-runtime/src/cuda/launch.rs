@@ -82,6 +82,11 @@ impl Loaded {
         self.by_role.get(&(layer, role)).map(|&i| &self.kernels[i])
     }
 
+    /// Every kernel, in the order they were loaded.
+    pub fn all(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
     /// Every kernel of layer `layer` with one of `roles`, in launch order.
     pub fn of_layer<'a>(
         &'a self,
@@ -167,6 +172,7 @@ pub(super) fn launch(
         match v {
             Value::In(b) => args.arg(*b),
             Value::Out(b) => args.arg(&mut **b),
+            Value::Bytes(b) => args.arg(*b),
             Value::Int(i) => args.arg(&*i),
             Value::Uint(u) => args.arg(&*u),
             Value::Float(f) => args.arg(&*f),

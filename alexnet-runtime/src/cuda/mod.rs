@@ -2,8 +2,9 @@
 //! time; no CUDA is needed to build) for the device's own architecture, through a CUBIN
 //! disk cache, and launched from their specs. One file per concern: `device.rs` the GPU,
 //! `launch.rs` loading and launching kernels (`binder.rs` binds their arguments by name), `memory.rs`, `inference.rs`,
-//! `training.rs` and `exchange.rs` the backend's traits.
+//! `training.rs`, `exchange.rs` and `augment.rs` the backend's traits.
 
+mod augment;
 mod binder;
 pub mod cache;
 mod device;

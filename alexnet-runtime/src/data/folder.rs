@@ -555,6 +555,25 @@ mod tests {
         assert_eq!(report3, report);
         let (batches16, _) = run(16);
         assert_eq!(batches16, batches);
+        // As bytes: the same images (HWC, the decoder's layout), the same positions.
+        let mut bytes =
+            loader::byte_loader(Arc::new(set.clone()), order.clone(), 3, side, 2, 2).unwrap();
+        let (mut positions, mut k) = (Vec::new(), 0);
+        while let Some((images, labels)) = bytes.next() {
+            let (f32s, want_labels) = &batches[k];
+            k += 1;
+            assert_eq!(&labels, want_labels);
+            assert_eq!(images.len(), labels.len() * (size - 1));
+            for (img, want) in images.chunks(size - 1).zip(f32s.chunks(size)) {
+                let chw: Vec<f32> = (0..3)
+                    .flat_map(|c| img.iter().skip(c).step_by(3).map(|&v| f32::from(v)))
+                    .collect();
+                assert_eq!(chw, want[..size - 1]);
+            }
+            positions.extend(bytes.last_positions().iter().map(|&p| p as usize));
+        }
+        assert_eq!((k, positions), (batches.len(), seen));
+        assert_eq!(bytes.report(), report);
     }
 
     #[test]

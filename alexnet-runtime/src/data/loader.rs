@@ -3,8 +3,10 @@
 //! (`pipeline::SyntheticImages`).
 //!
 //! [`loader`] decodes in background threads into a bounded queue of batches whose content
-//! depends only on the order it is given, never on the number of workers; [`mean_image`]
-//! averages the images in parallel, exactly.
+//! depends only on the order it is given, never on the number of workers (network inputs,
+//! through a transform); [`byte_loader`] does the same with the images as bytes, for a
+//! backend that cuts them itself (`backend::Augment`); [`mean_image`] averages the images
+//! in parallel, exactly.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,40 @@ pub fn loader(
     queue: usize,
     transform: Transform,
 ) -> Result<Loader> {
+    let make: Make<f32> =
+        Arc::new(move |img: RgbImage, p: u64| transform(chw(&img).map(f32::from).collect(), p));
+    start(images, order, batch, side, workers, queue, make)
+}
+
+/// [`loader`] without a transform: each batch is its images as they load (HWC, `side *
+/// side * 3` bytes each, an 8-bit RGB image's own layout), and
+/// [`Loader::last_positions`] says where each came from in the order (to draw its
+/// augmentation from). Skipped files, order and errors as [`loader`]'s.
+pub fn byte_loader(
+    images: Arc<dyn Images>,
+    order: Vec<usize>,
+    batch: usize,
+    side: usize,
+    workers: usize,
+    queue: usize,
+) -> Result<Loader<u8>> {
+    let make: Make<u8> = Arc::new(|img: RgbImage, _| img.into_raw());
+    start(images, order, batch, side, workers, queue, make)
+}
+
+/// What a worker makes of image `order[p]`, given `p`.
+type Make<E> = Arc<dyn Fn(RgbImage, u64) -> Vec<E> + Send + Sync>;
+
+/// [`loader`] and [`byte_loader`]: the threads, each image made into values by `make`.
+fn start<E: Copy + Send + 'static>(
+    images: Arc<dyn Images>,
+    order: Vec<usize>,
+    batch: usize,
+    side: usize,
+    workers: usize,
+    queue: usize,
+    make: Make<E>,
+) -> Result<Loader<E>> {
     if batch == 0 || side == 0 {
         return Err(Error::Invalid(format!(
             "image loader: batch {batch} and side {side} must be positive"
@@ -132,18 +168,12 @@ pub fn loader(
     let per_worker = batch.div_ceil(workers).max(1);
     let mut inputs = Vec::with_capacity(workers);
     for w in 0..workers {
-        let (wtx, wrx) = sync_channel::<Decoded>(per_worker);
+        let (wtx, wrx) = sync_channel::<Decoded<E>>(per_worker);
         inputs.push(wrx);
-        let (images, order, transform) = (
-            Arc::clone(&images),
-            Arc::clone(&order),
-            Arc::clone(&transform),
-        );
+        let (images, order, make) = (Arc::clone(&images), Arc::clone(&order), Arc::clone(&make));
         threads.push(std::thread::spawn(move || {
             for p in (w..n).step_by(workers) {
-                let r = images
-                    .load(order[p], side)
-                    .map(|img| transform(chw(&img).map(f32::from).collect(), p as u64));
+                let r = images.load(order[p], side).map(|img| make(img, p as u64));
                 if wtx.send(r).is_err() {
                     return; // the collector is gone
                 }
@@ -157,6 +187,7 @@ pub fn loader(
     Ok(Loader {
         rx: Some(rx),
         position: 0,
+        positions: Vec::new(),
         threads,
         report,
     })
@@ -168,26 +199,27 @@ pub fn loader(
 pub type Transform = Arc<dyn Fn(Vec<f32>, u64) -> Vec<f32> + Send + Sync>;
 
 /// What one worker hands the collector for one position.
-type Decoded = std::result::Result<Vec<f32>, DecodeError>;
+type Decoded<E> = std::result::Result<Vec<E>, DecodeError>;
 
 /// A batch: the images concatenated, and their labels.
-type BatchData = (Vec<f32>, Vec<u32>);
+type BatchData<E> = (Vec<E>, Vec<u32>);
 
-/// A batch as the collector sends it: with the position in the order just past its last
-/// image (skipped files included).
-type Sent = (Vec<f32>, Vec<u32>, usize);
+/// A batch as the collector sends it: with each image's position in the order, and the
+/// position just past its last image (skipped files included).
+type Sent<E> = (Vec<E>, Vec<u32>, Vec<u64>, usize);
 
 /// The collector thread: takes positions 0, 1, ... from the workers in turn and sends
 /// full batches on; returns as soon as the loader is dropped.
-fn collect(
+fn collect<E: Copy>(
     set: &dyn Images,
     order: &[usize],
     batch: usize,
-    inputs: &[Receiver<Decoded>],
-    tx: &SyncSender<Sent>,
+    inputs: &[Receiver<Decoded<E>>],
+    tx: &SyncSender<Sent<E>>,
     report: &Mutex<LoadReport>,
 ) {
     let (mut images, mut labels) = (Vec::new(), Vec::with_capacity(batch));
+    let mut positions = Vec::with_capacity(batch);
     for (p, &i) in order.iter().enumerate() {
         let Ok(decoded) = inputs[p % inputs.len()].recv() else {
             return; // the worker panicked: the loader raises it again
@@ -199,11 +231,13 @@ fn collect(
                 }
                 images.extend_from_slice(&img);
                 labels.push(set.label(i));
+                positions.push(p as u64);
                 if labels.len() == batch {
                     let cap = images.len();
                     let full = (
                         std::mem::replace(&mut images, Vec::with_capacity(cap)),
                         std::mem::replace(&mut labels, Vec::with_capacity(batch)),
+                        std::mem::replace(&mut positions, Vec::with_capacity(batch)),
                         p + 1,
                     );
                     if tx.send(full).is_err() {
@@ -218,21 +252,30 @@ fn collect(
         }
     }
     if !labels.is_empty() {
-        let _ = tx.send((images, labels, order.len()));
+        let _ = tx.send((images, labels, positions, order.len()));
     }
 }
 
-/// Batches of images loaded in the background by [`loader`]: an iterator of
-/// `(images, labels)`, the images concatenated (each as the transform returned it).
-pub struct Loader {
-    rx: Option<Receiver<Sent>>,
+/// Batches of images loaded in the background by [`loader`] (or [`byte_loader`], as
+/// bytes): an iterator of `(images, labels)`, the images concatenated (each as the
+/// transform returned it, or as the bytes of the loaded image).
+pub struct Loader<E = f32> {
+    rx: Option<Receiver<Sent<E>>>,
     /// Positions of the order covered by the batches returned so far.
     position: usize,
+    /// The position in the order of each image of the last batch.
+    positions: Vec<u64>,
     threads: Vec<JoinHandle<()>>,
     report: Arc<Mutex<LoadReport>>,
 }
 
-impl Loader {
+impl<E> Loader<E> {
+    /// The position in the order of each image of the batch returned last (files that
+    /// were skipped leave gaps).
+    pub fn last_positions(&self) -> &[u64] {
+        &self.positions
+    }
+
     /// Where the next batch starts in the order: the positions the batches returned so far
     /// cover, skipped files included (a training run interrupted mid-epoch resumes there).
     pub fn next_position(&self) -> usize {
@@ -260,13 +303,14 @@ impl Loader {
     }
 }
 
-impl Iterator for Loader {
-    type Item = BatchData;
+impl<E> Iterator for Loader<E> {
+    type Item = BatchData<E>;
 
-    fn next(&mut self) -> Option<BatchData> {
+    fn next(&mut self) -> Option<BatchData<E>> {
         match self.rx.as_ref()?.recv() {
-            Ok((images, labels, end)) => {
+            Ok((images, labels, positions, end)) => {
                 self.position = end;
+                self.positions = positions;
                 Some((images, labels))
             }
             Err(_) => {
@@ -279,13 +323,13 @@ impl Iterator for Loader {
     }
 }
 
-impl Drop for Loader {
+impl<E> Drop for Loader<E> {
     fn drop(&mut self) {
         let _ = self.stop();
     }
 }
 
-impl fmt::Debug for Loader {
+impl<E> fmt::Debug for Loader<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loader")
             .field("threads", &self.threads.len())

@@ -171,10 +171,85 @@ pub struct Cut<'a> {
     pub scale: PatchScale,
 }
 
-impl Cut<'_> {
+/// A [`Cut`] without its mean: what a backend that holds the mean itself needs
+/// (`backend::DeviceCut`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CutShape {
+    pub side: usize,
+    pub crop: (usize, usize),
+    pub scale: PatchScale,
+}
+
+impl CutShape {
     /// Values per patch: `3 * crop.0 * crop.1`.
     pub fn patch_len(&self) -> usize {
         3 * self.crop.0 * self.crop.1
+    }
+
+    /// This shape with the mean `mean` (CHW, `3 x side x side`).
+    pub fn with_mean(self, mean: &[f32]) -> Cut<'_> {
+        Cut {
+            side: self.side,
+            mean,
+            crop: self.crop,
+            scale: self.scale,
+        }
+    }
+
+    /// Checks a batch of [`Cut::batch`]: `images_len` bytes of whole `side` x `side` RGB
+    /// images, `per_image` draws for each (each inside its image, [`Draw::check`]), an
+    /// output of `out_len` values (at least the patches' when `at_least`, else exactly).
+    /// Returns the number of images.
+    pub fn check(
+        &self,
+        images_len: usize,
+        draws: &[Draw],
+        per_image: usize,
+        out_len: usize,
+        at_least: bool,
+    ) -> Result<usize> {
+        let side = self.side;
+        let size = 3 * side * side;
+        if size == 0 || per_image == 0 || !images_len.is_multiple_of(size) {
+            return Err(Error::Invalid(format!(
+                "augment: {images_len} bytes are not whole {side}x{side} RGB images"
+            )));
+        }
+        let n = images_len / size;
+        if draws.len() != n * per_image {
+            return Err(Error::Invalid(format!(
+                "augment: {} draws for {n} images of {per_image} patches",
+                draws.len()
+            )));
+        }
+        for d in draws {
+            d.check(side, self.crop)?;
+        }
+        let needed = draws.len() * self.patch_len();
+        if out_len < needed || (!at_least && out_len != needed) {
+            return Err(Error::BufferTooSmall {
+                what: "augment: output".into(),
+                len: out_len,
+                needed,
+            });
+        }
+        Ok(n)
+    }
+}
+
+impl Cut<'_> {
+    /// Values per patch: `3 * crop.0 * crop.1`.
+    pub fn patch_len(&self) -> usize {
+        self.shape().patch_len()
+    }
+
+    /// Everything but the mean.
+    pub fn shape(&self) -> CutShape {
+        CutShape {
+            side: self.side,
+            crop: self.crop,
+            scale: self.scale,
+        }
     }
 
     /// One patch (CHW) per draw from the image whose row segments `row(c, y, x0, dst)`
@@ -255,6 +330,30 @@ impl Cut<'_> {
         Ok(out)
     }
 
+    /// [`Cut::batch_into`] with one image per rayon task (the same values: each image's
+    /// patches depend on it alone), into the first `draws.len() * patch_len()` values of
+    /// `out`, which may be longer.
+    pub fn batch_into_parallel(
+        &self,
+        images: &[u8],
+        draws: &[Draw],
+        per_image: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        let shape = self.shape();
+        let n = shape.check(images.len(), draws, per_image, out.len(), true)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let patches = per_image * self.patch_len();
+        images
+            .par_chunks(images.len() / n)
+            .zip(draws.par_chunks(per_image))
+            .zip(out[..n * patches].par_chunks_mut(patches))
+            .try_for_each(|((img, d), dst)| self.batch_into(img, d, per_image, dst))
+    }
+
     /// [`Cut::batch`] into `out` (`draws.len() * patch_len()` values): a loader that
     /// reuses its batch buffers spares the allocation and its page faults, which cost as
     /// much as the arithmetic.
@@ -267,27 +366,9 @@ impl Cut<'_> {
     ) -> Result<()> {
         let side = self.side;
         let size = 3 * side * side;
-        if size == 0 || per_image == 0 || !images.len().is_multiple_of(size) {
-            return Err(Error::Invalid(format!(
-                "augment: {} bytes are not whole {side}x{side} RGB images",
-                images.len()
-            )));
-        }
-        let n = images.len() / size;
-        if draws.len() != n * per_image {
-            return Err(Error::Invalid(format!(
-                "augment: {} draws for {n} images of {per_image} patches",
-                draws.len()
-            )));
-        }
+        self.shape()
+            .check(images.len(), draws, per_image, out.len(), false)?;
         let patches = per_image * self.patch_len();
-        if out.len() != n * patches {
-            return Err(Error::BufferTooSmall {
-                what: "augment: output".into(),
-                len: out.len(),
-                needed: n * patches,
-            });
-        }
         for ((img, d), dst) in images
             .chunks_exact(size)
             .zip(draws.chunks_exact(per_image))

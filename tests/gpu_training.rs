@@ -463,7 +463,8 @@ fn gpu_resume_continues_as_an_uninterrupted_run() {
 /// A prepared set's batch crosses to the GPU as bytes and is cut there (the generated
 /// augmentation kernel, through the `Augment` backend trait): the GPU's patches are the
 /// CPU's bit for bit (training draws with colour shifts, centre and ten crops, AlexNet's
-/// 256 -> 227), and `Trainer::step_images` on the GPU trains as on the CPU.
+/// 256 -> 227), `Trainer::step_images` on the GPU trains as on the CPU, and
+/// `Model::forward_images` classifies ten crops as the CPU does.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
@@ -539,4 +540,22 @@ fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
         &on_cpu.model().tensors().unwrap(),
     );
     println!("images cut on the GPU: weights after 3 steps agree to {e:.2e}");
+
+    // Ten crops cut on the GPU and classified there (`eval`'s path), against the CPU.
+    let images: Vec<u8> = (0..4 * side * side * 3).map(|_| rng.random()).collect();
+    let draws: Vec<Draw> = (0..4)
+        .flat_map(|_| Draw::ten_crops(side, (s.h, s.w)))
+        .collect();
+    let cut = pre.eval_cut();
+    let g = on_gpu
+        .model()
+        .forward_images(&cut, &images, &draws, 10)
+        .unwrap();
+    let c = on_cpu
+        .model()
+        .forward_images(&cut, &images, &draws, 10)
+        .unwrap();
+    let e = rel_l2(g.data(), c.data());
+    println!("ten crops cut and classified on the GPU: outputs agree to {e:.2e}");
+    assert!(e <= TOL, "ten crops on the GPU: relative L2 {e:.2e}");
 }

@@ -720,3 +720,65 @@ fn a_step_on_images_is_the_step_on_their_patches() {
     // Nothing of the refused batches ran: the next step is the patch trainer's.
     assert_eq!(on_images.state().step, on_patches.state().step);
 }
+
+/// Inference on images cut by the backend (`Model::forward_images`, as `eval` and the
+/// epochs' validation run) is inference on the host's patches, bit for bit, for one
+/// patch per image and for the paper's ten; `Trainer::evaluate_images` agrees with
+/// `Trainer::evaluate`; patches of another size and an empty batch are refused.
+#[test]
+fn inference_on_images_is_inference_on_their_patches() {
+    use alexnet::runtime::data::patch::Draw;
+    use rand::Rng;
+    let (plan, params, _, _) = setup(1, 9);
+    let (side, crop, n) = (16, (12, 12), 3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(90);
+    let pre = common::augment_preprocess(side, crop, &mut rng);
+    let cut = pre.eval_cut();
+    let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
+    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+    let s = plan.input;
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for per in [
+        vec![Draw::centre(side, crop)],
+        Draw::ten_crops(side, crop).to_vec(),
+    ] {
+        let draws: Vec<Draw> = (0..n).flat_map(|_| per.clone()).collect();
+        let x = Tensor::new(
+            vec![draws.len(), s.c, s.h, s.w],
+            cut.batch(&images, &draws, per.len()).unwrap(),
+        )
+        .unwrap();
+        let got = model
+            .forward_images(&cut, &images, &draws, per.len())
+            .unwrap();
+        assert_eq!(bits(&got), bits(&model.forward(&x).unwrap()));
+    }
+    let trainer = Trainer::new(model, TrainConfig::default()).unwrap();
+    let draws = vec![Draw::centre(side, crop); n];
+    let x = Tensor::new(
+        vec![n, s.c, s.h, s.w],
+        cut.batch(&images, &draws, 1).unwrap(),
+    )
+    .unwrap();
+    let labels = [0, 4, 5];
+    assert_eq!(
+        trainer
+            .evaluate_images(&cut, &images, &draws, &labels)
+            .unwrap(),
+        trainer.evaluate(&x, &labels).unwrap()
+    );
+    assert!(trainer
+        .evaluate_images(&cut, &images, &draws, &labels[..2])
+        .is_err());
+    let model = trainer.into_model();
+    let other = alexnet::runtime::data::patch::Cut {
+        crop: (12, 11),
+        ..cut
+    };
+    let err = model
+        .forward_images(&other, &images, &draws, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("patches for `T`"), "{err}");
+    assert!(model.forward_images(&cut, &[], &[], 1).is_err());
+}

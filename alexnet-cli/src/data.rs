@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alexnet::runtime::data::folder::ImageFolder;
-use alexnet::runtime::data::loader::{self, Images, LoadReport, Loader, Transform};
+use alexnet::runtime::data::loader::{self, Images, LoadReport, Loader};
 use alexnet::runtime::data::patch::Draw;
 use alexnet::runtime::data::pipeline::{Preprocess, SyntheticImages};
 use alexnet::runtime::data::prepared::{self, Prepared};
-use alexnet::runtime::Tensor;
 
 use crate::AnyError;
 
@@ -190,24 +189,6 @@ pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
-/// `images` in `order`, through `transform`, in batches of `batch` tensors of `input`
-/// shape (`crops` patches per image).
-pub fn batches(
-    images: Arc<dyn Images>,
-    order: Vec<usize>,
-    batch: usize,
-    pre: &Preprocess,
-    transform: Transform,
-    crops: usize,
-) -> Result<Batches, AnyError> {
-    let loader = loader::loader(images, order, batch, pre.side, workers(), 4, transform)?;
-    Ok(Batches {
-        loader,
-        input: pre.input_shape(),
-        crops,
-    })
-}
-
 /// `images` in `order` as bytes, in batches of `batch`, each image with its training
 /// draw for epoch `epoch` of the run with seed `seed` (`first` is the position of
 /// `order[0]` in the epoch's whole order): what `Train::step_images` takes, so that the
@@ -274,36 +255,6 @@ impl Iterator for ImageBatches {
             draws,
             labels,
         })
-    }
-}
-
-/// A loader's batches as `[n * crops, c, h, w]` tensors with their `n` labels.
-pub struct Batches {
-    loader: Loader,
-    input: alexnet::ir::Shape,
-    crops: usize,
-}
-
-impl Batches {
-    /// The files skipped so far.
-    pub fn report(&self) -> LoadReport {
-        self.loader.report()
-    }
-}
-
-impl Iterator for Batches {
-    type Item = Result<(Tensor, Vec<u32>), AnyError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let (data, labels) = self.loader.next()?;
-        let c = self.input;
-        // The transforms make `crops` patches of `input` per image; anything else is a bug
-        // worth an error, not a silently shorter epoch.
-        Some(
-            Tensor::new(vec![labels.len() * self.crops, c.c, c.h, c.w], data)
-                .map(|t| (t, labels))
-                .map_err(|e| format!("a batch of the wrong size from the loader: {e}").into()),
-        )
     }
 }
 

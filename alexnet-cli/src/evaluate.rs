@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use alexnet::ir::Op;
 use alexnet::runtime::cpu::softmax;
+use alexnet::runtime::data::loader;
+use alexnet::runtime::data::patch::Draw;
 use alexnet::runtime::data::pipeline::Preprocess;
 use alexnet::runtime::eval::{average_crops, top_k, Evaluation};
 use alexnet::runtime::prelude::*;
@@ -53,7 +55,23 @@ struct Classifier {
 impl Classifier {
     /// Class probabilities of a batch, `[n, classes]` row by row.
     fn probabilities(&self, x: &Tensor) -> Result<Vec<f32>, AnyError> {
-        let y = self.model.forward(x)?;
+        self.softmax(self.model.forward(x)?)
+    }
+
+    /// Class probabilities of the patches the backend cuts from a batch of 8-bit images
+    /// (`per_image` draws each, evaluation units), one row per draw.
+    fn probabilities_of_images(
+        &self,
+        images: &[u8],
+        draws: &[Draw],
+        per_image: usize,
+    ) -> Result<Vec<f32>, AnyError> {
+        let cut = self.pre.eval_cut();
+        self.softmax(self.model.forward_images(&cut, images, draws, per_image)?)
+    }
+
+    /// The network's output as probabilities.
+    fn softmax(&self, y: Tensor) -> Result<Vec<f32>, AnyError> {
         if !self.host_softmax {
             return Ok(y.into_data());
         }
@@ -228,15 +246,19 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     let batch = a.batch as usize;
     let bar = progress::bar(ctx, images.len() as u64, "evaluating");
     let order: Vec<usize> = (0..images.len()).collect();
-    let (transform, crops) = if a.centre_only {
-        (pre.eval_transform(), 1)
+    // The images go to the backend as bytes, which cuts their patches (the centre, or the
+    // ten crops: a thirtieth of their f32 bytes).
+    let per_image: Vec<Draw> = if a.centre_only {
+        vec![Draw::centre(pre.side, pre.crop)]
     } else {
-        (pre.ten_crop_transform(), 10)
+        Draw::ten_crops(pre.side, pre.crop).to_vec()
     };
-    let mut batches = data::batches(images.clone(), order, batch, pre, transform, crops)?;
-    for item in &mut batches {
-        let (x, labels) = item?;
-        let probs = classifier.probabilities(&x)?;
+    let crops = per_image.len();
+    let mut batches =
+        loader::byte_loader(images.clone(), order, batch, pre.side, data::workers(), 4)?;
+    for (x, labels) in &mut batches {
+        let draws: Vec<Draw> = labels.iter().flat_map(|_| per_image.clone()).collect();
+        let probs = classifier.probabilities_of_images(&x, &draws, crops)?;
         let probs = probs.as_slice();
         if crops == 1 {
             centre.add(probs, &labels)?;

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use alexnet::runtime::data::loader;
+use alexnet::runtime::data::patch::Draw;
 use alexnet::runtime::data::pipeline::{Preprocess, DATA_FILE};
 use alexnet::runtime::optim::Sgd;
 use alexnet::runtime::prelude::*;
@@ -539,14 +541,16 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         if let (Some(v), false) = (&val_set, ctx.stopping()) {
             let bar = progress::bar(ctx, v.len() as u64, "validation");
             let order = (0..v.len()).collect();
+            // Bytes, cut into centre patches by the trainer's backend.
             let mut batches =
-                data::batches(v.clone(), order, batch, &pre, pre.eval_transform(), 1)?;
-            for item in &mut batches {
+                loader::byte_loader(v.clone(), order, batch, pre.side, data::workers(), 4)?;
+            let (cut, centre) = (pre.eval_cut(), Draw::centre(pre.side, pre.crop));
+            for (x, y) in batches.by_ref() {
                 if ctx.stopping() {
                     break;
                 }
-                let (x, y) = item?;
-                merge(&mut val, &trainer.evaluate(&x, &y)?);
+                let draws = vec![centre; y.len()];
+                merge(&mut val, &trainer.evaluate_images(&cut, &x, &draws, &y)?);
                 bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();

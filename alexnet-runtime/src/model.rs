@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::backend::{Inference, F32};
+use crate::backend::{Augment, DeviceCut, Inference, F32};
+use crate::data::patch::{Cut, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{ParamSpec, Plan};
 use crate::tensor::Tensor;
@@ -171,8 +172,8 @@ impl<B: Inference> Model<B> {
     fn run_with(
         &self,
         input: &Tensor,
-        mut inspect: Option<Inspect<'_>>,
-        mut times: Option<&mut Vec<(String, f64)>>,
+        inspect: Option<Inspect<'_>>,
+        times: Option<&mut Vec<(String, f64)>>,
     ) -> Result<Tensor> {
         let plan = &self.plan;
         let s = plan.input;
@@ -187,6 +188,19 @@ impl<B: Inference> Model<B> {
                 });
             }
         };
+        let input_buf = self.backend.upload(input.data())?;
+        self.run_from(batch, input_buf, inspect, times)
+    }
+
+    /// The stages of the forward pass on `batch` images already on the backend.
+    fn run_from(
+        &self,
+        batch: usize,
+        input_buf: F32<B>,
+        mut inspect: Option<Inspect<'_>>,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> Result<Tensor> {
+        let plan = &self.plan;
         let stages: Vec<_> = plan
             .stages()
             .into_iter()
@@ -194,7 +208,6 @@ impl<B: Inference> Model<B> {
             .collect();
         let [_, max, _] = crate::footprint::forward_buffers(plan, batch);
         // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
-        let input_buf = self.backend.upload(input.data())?;
         let fresh = || {
             if self.poison {
                 self.backend.upload(&vec![f32::NAN; max])
@@ -233,5 +246,54 @@ impl<B: Inference> Model<B> {
             .backend
             .download_prefix(last, batch * out_shape.len())?;
         Tensor::new(vec![batch, out_shape.c, out_shape.h, out_shape.w], data)
+    }
+}
+
+impl<B: Inference + Augment> Model<B> {
+    /// Inference on patches the backend cuts from 8-bit images (HWC, `cut.side *
+    /// cut.side * 3` bytes each, as a prepared set stores them), `per_image` draws for
+    /// each ([`Augment::cut_batch`]; on a GPU the bytes cross, not the patches: for ten
+    /// crops of 227x227 from 256x256, a thirtieth of their f32 bytes). Returns one output
+    /// per draw, in order: [`Model::forward`] of [`Cut::batch`] of the same images, bit
+    /// for bit. The cut's mean is uploaded by each call.
+    pub fn forward_images(
+        &self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        per_image: usize,
+    ) -> Result<Tensor> {
+        let shape = cut.shape();
+        let s = self.plan.input;
+        if (s.c, s.h, s.w) != (3, shape.crop.0, shape.crop.1) {
+            return Err(Error::Shape {
+                what: format!("patches for `{}`", self.plan.name),
+                expected: vec![s.c, s.h, s.w],
+                found: vec![3, shape.crop.0, shape.crop.1],
+            });
+        }
+        let batch = draws.len();
+        shape.check(
+            images.len(),
+            draws,
+            per_image,
+            batch * shape.patch_len(),
+            false,
+        )?;
+        if batch == 0 {
+            return Err(Error::Invalid("an empty batch of images".into()));
+        }
+        let device_cut = DeviceCut::new(&self.backend, cut)?;
+        let bytes = self.backend.upload(images)?;
+        let mut input = self.backend.alloc::<f32>(batch * shape.patch_len())?;
+        self.backend.cut_batch(
+            shape,
+            &device_cut.mean,
+            &bytes,
+            draws,
+            per_image,
+            &mut input,
+        )?;
+        self.run_from(batch, input, None, None)
     }
 }

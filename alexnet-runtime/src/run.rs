@@ -255,6 +255,21 @@ pub trait Train {
     }
     /// Loss and top-1/top-5 counts at inference (dropout off).
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
+    /// [`Train::evaluate`] on the patches of 8-bit images, one draw each, as
+    /// [`Train::step_images`] takes them (cut on the host by default, on the backend by
+    /// a `Trainer`).
+    fn evaluate_images(
+        &self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        let mut patches = vec![0.0f32; draws.len() * cut.patch_len()];
+        cut.batch_into_parallel(images, draws, 1, &mut patches)?;
+        let input = Tensor::new(vec![draws.len(), 3, cut.crop.0, cut.crop.1], patches)?;
+        self.evaluate(&input, labels)
+    }
     /// Ends an epoch, applying the schedule; the new learning rate when it changed. When
     /// the schedule has bottomed out, [`TrainState::finished`] is set: the run is over.
     fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32>;

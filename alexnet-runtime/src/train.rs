@@ -85,6 +85,15 @@ impl<B: Training + Augment> Train for Trainer<B> {
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         Trainer::evaluate(self, input, labels)
     }
+    fn evaluate_images(
+        &self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        Trainer::evaluate_images(self, cut, images, draws, labels)
+    }
     fn end_epoch(&mut self, val_error: Option<f64>) -> Option<f32> {
         Trainer::end_epoch(self, val_error)
     }
@@ -600,6 +609,20 @@ impl<B: Training + Augment> Trainer<B> {
         backend.write(bytes, images)?;
         backend.cut_batch(shape, &device_cut.mean, bytes, draws, 1, &mut ws.acts[0])?;
         self.write_labels(labels)
+    }
+
+    /// [`Trainer::evaluate`] on the patches the backend cuts from 8-bit images, one draw
+    /// and one label each ([`Model::forward_images`]).
+    pub fn evaluate_images(
+        &self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        self.check_labels(draws.len(), labels)?;
+        let out = self.model.forward_images(cut, images, draws, 1)?;
+        Ok(output_stats(self.model.plan(), &out, labels, draws.len()))
     }
 
     /// Keeps `shape` with `mean` on the backend, unless the cut kept is already this one.

@@ -248,10 +248,7 @@ pub trait Train {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<BatchStats> {
-        let mut patches = vec![0.0f32; draws.len() * cut.patch_len()];
-        cut.batch_into_parallel(images, draws, 1, &mut patches)?;
-        let input = Tensor::new(vec![draws.len(), 3, cut.crop.0, cut.crop.1], patches)?;
-        self.step(&input, labels)
+        self.step(&host_patches(cut, images, draws)?, labels)
     }
     /// Loss and top-1/top-5 counts at inference (dropout off).
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
@@ -265,10 +262,7 @@ pub trait Train {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<BatchStats> {
-        let mut patches = vec![0.0f32; draws.len() * cut.patch_len()];
-        cut.batch_into_parallel(images, draws, 1, &mut patches)?;
-        let input = Tensor::new(vec![draws.len(), 3, cut.crop.0, cut.crop.1], patches)?;
-        self.evaluate(&input, labels)
+        self.evaluate(&host_patches(cut, images, draws)?, labels)
     }
     /// Ends an epoch, applying the schedule; the new learning rate when it changed. When
     /// the schedule has bottomed out, [`TrainState::finished`] is set: the run is over.
@@ -291,6 +285,14 @@ pub trait Train {
     fn set_on_non_finite(&mut self, mode: OnNonFinite);
     /// The last step skipped under [`OnNonFinite::Skip`], and why.
     fn last_skip(&self) -> Option<&NonFinite>;
+}
+
+/// The batch of patches, one per draw, that `cut` makes of `images` on the host (every
+/// core): the default input of [`Train::step_images`] and [`Train::evaluate_images`].
+fn host_patches(cut: &Cut<'_>, images: &[u8], draws: &[Draw]) -> Result<Tensor> {
+    let mut patches = vec![0.0f32; draws.len() * cut.patch_len()];
+    cut.batch_into_parallel(images, draws, 1, &mut patches)?;
+    Tensor::new(vec![draws.len(), 3, cut.crop.0, cut.crop.1], patches)
 }
 
 /// What a run keeps besides its tensors: the hyper-parameters, where it is, the

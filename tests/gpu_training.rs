@@ -468,7 +468,7 @@ fn gpu_resume_continues_as_an_uninterrupted_run() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
-    use alexnet::runtime::backend::{Augment, DeviceCut};
+    use alexnet::runtime::backend::Augment;
     use alexnet::runtime::data::patch::Draw;
     let gpu = Cuda::new(0).expect("a CUDA GPU");
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
@@ -489,9 +489,9 @@ fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
         ("ten crops", pre.eval_cut(), ten, 10),
     ] {
         let want = cut.batch(&images, &draws, per_image).unwrap();
-        let dc = DeviceCut::new(&gpu, &cut).unwrap();
+        let mean = gpu.upload(cut.mean).unwrap();
         let mut out = gpu.alloc::<f32>(want.len()).unwrap();
-        gpu.cut_batch(dc.shape, &dc.mean, &d_images, &draws, per_image, &mut out)
+        gpu.cut_batch(cut.shape(), &mean, &d_images, &draws, per_image, &mut out)
             .unwrap();
         let got = gpu.download(&out).unwrap();
         let differ = got

@@ -15,7 +15,7 @@
 //! CUDA backend ([`crate::Cuda`]) runs each network's generated kernels; [`crate::Device`]
 //! is either, chosen at run time. Activations are NCHW.
 
-use crate::data::patch::{Cut, CutShape, Draw};
+use crate::data::patch::{CutShape, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{Elem, Plan, Precision, Stage};
 use crate::optim::Sgd;
@@ -274,7 +274,7 @@ pub trait Exchange: Memory {
     ) -> Result<()>;
 }
 
-/// Cutting network inputs from 8-bit images on the device: [`Cut::batch`] as a backend
+/// Cutting network inputs from 8-bit images on the device: [`crate::data::patch::Cut::batch`] as a backend
 /// computes it (on the GPU, the generated kernel of `kernels_templates/augment.cuh`), so
 /// that a prepared set's batch crosses to the device as bytes (a quarter of its patches'
 /// f32 values, before the crop) with a few bytes of random draws per image.
@@ -282,9 +282,10 @@ pub trait Augment: Memory {
     /// Writes into `out` the patches of `draws` (`per_image` for each image, in order)
     /// cut as `shape` says, with the mean image `mean` (CHW, `3 x side x side`), from the
     /// images of `images` (HWC, `side * side * 3` bytes each, as a prepared set stores
-    /// them): bit for bit [`Cut::batch`] of the same images. An error, before anything
+    /// them): bit for bit `Cut::batch` of the same images. An error, before anything
     /// runs, when a draw leaves its image, the lengths disagree or `out` is short
-    /// ([`CutShape::check`]).
+    /// ([`CutShape::check`]), or the mean is not `3 x side x side` values. A `Model`
+    /// keeps the mean on the backend for its cuts (`Model::forward_images`).
     fn cut_batch(
         &self,
         shape: CutShape,
@@ -294,40 +295,6 @@ pub trait Augment: Memory {
         per_image: usize,
         out: &mut F32<Self>,
     ) -> Result<()>;
-}
-
-/// A [`Cut`] whose mean image lives on a backend: made once per run by
-/// [`DeviceCut::new`], then used for every batch.
-pub struct DeviceCut<B: Memory> {
-    /// Everything but the mean.
-    pub shape: CutShape,
-    /// The per-pixel mean (CHW, `3 x side x side`), uploaded.
-    pub mean: F32<B>,
-}
-
-impl<B: Memory> DeviceCut<B> {
-    /// `cut` with its mean uploaded to `backend`; an error when the mean is not
-    /// `3 x side x side` values or the patch does not fit in the images.
-    pub fn new(backend: &B, cut: &Cut<'_>) -> Result<Self> {
-        let shape = cut.shape();
-        let side = shape.side;
-        if cut.mean.len() != 3 * side * side {
-            return Err(Error::Invalid(format!(
-                "a mean of {} values for 3x{side}x{side} images",
-                cut.mean.len()
-            )));
-        }
-        let (h, w) = shape.crop;
-        if h == 0 || w == 0 || h > side || w > side {
-            return Err(Error::Invalid(format!(
-                "a {h}x{w} patch cannot be cut from {side}x{side} images"
-            )));
-        }
-        Ok(DeviceCut {
-            shape,
-            mean: backend.upload(cut.mean)?,
-        })
-    }
 }
 
 /// A backend that does everything: inference, training, tower exchanges and
@@ -482,7 +449,7 @@ mod tests {
     /// Every backend's cut is `Cut::batch`; a mean or a crop that does not fit the
     /// images, a draw outside its image and a short output are errors.
     fn cuts_as_the_host<B: Augment>(b: &B) {
-        use crate::data::patch::PatchScale;
+        use crate::data::patch::{Cut, PatchScale};
         let side = 6;
         let mean: Vec<f32> = (0..3 * side * side).map(|i| i as f32 * 0.25).collect();
         let images: Vec<u8> = (0..2 * 3 * side * side)
@@ -505,42 +472,37 @@ mod tests {
         };
         let draws = [draw(1, 0, true), draw(2, 1, false)];
         let want = cut.batch(&images, &draws, 1).unwrap();
-        let dc = DeviceCut::new(b, &cut).unwrap();
+        let (shape, d_mean) = (cut.shape(), b.upload(&mean).unwrap());
         let d_images = b.upload(&images).unwrap();
         // A longer output keeps its tail.
         let mut out = b.upload(&vec![9.0f32; want.len() + 3]).unwrap();
-        b.cut_batch(dc.shape, &dc.mean, &d_images, &draws, 1, &mut out)
+        b.cut_batch(shape, &d_mean, &d_images, &draws, 1, &mut out)
             .unwrap();
         let got = b.download(&out).unwrap();
         assert_eq!(got[..want.len()], want[..]);
         assert_eq!(got[want.len()..], [9.0; 3]);
         let mut short = b.alloc::<f32>(want.len() - 1).unwrap();
         assert!(b
-            .cut_batch(dc.shape, &dc.mean, &d_images, &draws, 1, &mut short)
+            .cut_batch(shape, &d_mean, &d_images, &draws, 1, &mut short)
             .is_err());
         let outside = [draw(1, 0, true), draw(3, 1, false)];
         assert!(b
-            .cut_batch(dc.shape, &dc.mean, &d_images, &outside, 1, &mut out)
+            .cut_batch(shape, &d_mean, &d_images, &outside, 1, &mut out)
             .is_err());
         assert!(b
-            .cut_batch(dc.shape, &dc.mean, &d_images, &draws[..1], 1, &mut out)
+            .cut_batch(shape, &d_mean, &d_images, &draws[..1], 1, &mut out)
             .is_err());
-        assert!(DeviceCut::new(
-            b,
-            &Cut {
-                mean: &mean[1..],
-                ..cut
-            }
-        )
-        .is_err());
-        assert!(DeviceCut::new(
-            b,
-            &Cut {
-                crop: (7, 2),
-                ..cut
-            }
-        )
-        .is_err());
+        let short_mean = b.upload(&mean[1..]).unwrap();
+        assert!(b
+            .cut_batch(shape, &short_mean, &d_images, &draws, 1, &mut out)
+            .is_err());
+        let tall = CutShape {
+            crop: (7, 2),
+            ..shape
+        };
+        assert!(b
+            .cut_batch(tall, &d_mean, &d_images, &draws, 1, &mut out)
+            .is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
-use crate::backend::{Augment, DeviceCut, Inference, F32};
+use crate::backend::{Augment, Inference, F32};
 use crate::data::patch::{Cut, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{ParamSpec, Plan};
@@ -26,6 +27,9 @@ pub struct Model<B: Inference> {
     /// Fill activation buffers with NaN before each pass, so that an element a kernel
     /// fails to write shows up in the output (for tests).
     poison: bool,
+    /// The mean image of the last cut of [`Model::cut_into`] on the backend, with its host
+    /// copy (to tell whether the next cut's is the same).
+    mean: Mutex<Option<(Vec<f32>, F32<B>)>>,
 }
 
 impl<B: Inference> std::fmt::Debug for Model<B> {
@@ -83,6 +87,7 @@ impl<B: Inference> Model<B> {
             plan,
             params,
             poison: false,
+            mean: Mutex::new(None),
         })
     }
 
@@ -255,7 +260,7 @@ impl<B: Inference + Augment> Model<B> {
     /// each ([`Augment::cut_batch`]; on a GPU the bytes cross, not the patches: for ten
     /// crops of 227x227 from 256x256, a thirtieth of their f32 bytes). Returns one output
     /// per draw, in order: [`Model::forward`] of [`Cut::batch`] of the same images, bit
-    /// for bit. The cut's mean is uploaded by each call.
+    /// for bit.
     pub fn forward_images(
         &self,
         cut: &Cut<'_>,
@@ -263,6 +268,22 @@ impl<B: Inference + Augment> Model<B> {
         draws: &[Draw],
         per_image: usize,
     ) -> Result<Tensor> {
+        let batch = self.check_images(cut, images, draws, per_image)?;
+        let bytes = self.backend.upload(images)?;
+        let mut input = self.backend.alloc::<f32>(batch * cut.patch_len())?;
+        self.cut_into(cut, &bytes, draws, per_image, &mut input)?;
+        self.run_from(batch, input, None, None)
+    }
+
+    /// Checks that `cut` makes this network's input and that `images` and `draws` (at
+    /// least one) agree, as [`Model::cut_into`] takes them; returns the number of patches.
+    pub(crate) fn check_images(
+        &self,
+        cut: &Cut<'_>,
+        images: &[u8],
+        draws: &[Draw],
+        per_image: usize,
+    ) -> Result<usize> {
         let shape = cut.shape();
         let s = self.plan.input;
         if (s.c, s.h, s.w) != (3, shape.crop.0, shape.crop.1) {
@@ -272,28 +293,41 @@ impl<B: Inference + Augment> Model<B> {
                 found: vec![3, shape.crop.0, shape.crop.1],
             });
         }
-        let batch = draws.len();
         shape.check(
             images.len(),
             draws,
             per_image,
-            batch * shape.patch_len(),
-            false,
+            draws.len() * shape.patch_len(),
         )?;
-        if batch == 0 {
+        if draws.is_empty() {
             return Err(Error::Invalid("an empty batch of images".into()));
         }
-        let device_cut = DeviceCut::new(&self.backend, cut)?;
-        let bytes = self.backend.upload(images)?;
-        let mut input = self.backend.alloc::<f32>(batch * shape.patch_len())?;
-        self.backend.cut_batch(
-            shape,
-            &device_cut.mean,
-            &bytes,
-            draws,
-            per_image,
-            &mut input,
-        )?;
-        self.run_from(batch, input, None, None)
+        Ok(draws.len())
+    }
+
+    /// Cuts the patches of `draws` from `images` (on the backend) into `out` with
+    /// [`Augment::cut_batch`], the cut's mean kept on the backend: uploaded again only
+    /// when a cut with another mean comes (training and evaluation cuts share it).
+    pub(crate) fn cut_into(
+        &self,
+        cut: &Cut<'_>,
+        images: &B::Buffer<u8>,
+        draws: &[Draw],
+        per_image: usize,
+        out: &mut F32<B>,
+    ) -> Result<()> {
+        let mut kept = self
+            .mean
+            .lock()
+            .map_err(|_| Error::Internal("model: mean poisoned".into()))?;
+        if !matches!(&*kept, Some((host, _)) if host.as_slice() == cut.mean) {
+            *kept = None;
+            *kept = Some((cut.mean.to_vec(), self.backend.upload(cut.mean)?));
+        }
+        let (_, mean) = kept
+            .as_ref()
+            .ok_or_else(|| Error::Internal("model: mean missing".into()))?;
+        self.backend
+            .cut_batch(cut.shape(), mean, images, draws, per_image, out)
     }
 }

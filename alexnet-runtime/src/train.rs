@@ -20,8 +20,8 @@ pub use crate::run::{
 };
 pub use crate::weights::{MOMENTUM_PREFIX, STATE_FORMAT};
 
-use crate::backend::{Augment, DeviceCut, Training, F32};
-use crate::data::patch::{Cut, CutShape, Draw};
+use crate::backend::{Augment, Training, F32};
+use crate::data::patch::{Cut, Draw};
 use crate::error::{Error, Result};
 use crate::eval::output_stats;
 use crate::footprint::{check_fits, training_stages, TrainingBuffers};
@@ -140,9 +140,6 @@ pub struct Trainer<B: Training> {
     first_learned: usize,
     classes: usize,
     ws: Option<Workspace<B>>,
-    /// The cut of [`Trainer::load_images`], its mean on the backend (and on the host, to
-    /// tell whether the next batch's cut is the same).
-    cut: Option<(DeviceCut<B>, Vec<f32>)>,
     /// Per-phase times of the last step, when timing is on.
     timings: Option<Vec<(String, f64)>>,
 }
@@ -197,7 +194,6 @@ impl<B: Training> Trainer<B> {
             first_learned,
             classes,
             ws: None,
-            cut: None,
             timings: None,
         })
     }
@@ -556,7 +552,7 @@ impl<B: Training + Augment> Trainer<B> {
     /// prepared set stores them) to the backend, with one draw and one label per image,
     /// and cuts them into the network's input there ([`Augment::cut_batch`]), for
     /// [`Trainer::step_loaded`]. The cut's mean is uploaded by the first call and again
-    /// only when a later cut differs. Errors, before anything is copied, when the patches
+    /// only when a later cut's differs. Errors, before anything is copied, when the patches
     /// are not the network's input, a draw leaves its image, or the lengths disagree.
     pub fn load_images(
         &mut self,
@@ -565,33 +561,15 @@ impl<B: Training + Augment> Trainer<B> {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<()> {
-        let shape = cut.shape();
-        let s = self.model.plan().input;
-        if (s.c, s.h, s.w) != (3, shape.crop.0, shape.crop.1) {
-            return Err(Error::Shape {
-                what: format!("patches for `{}`", self.model.plan().name),
-                expected: vec![s.c, s.h, s.w],
-                found: vec![3, shape.crop.0, shape.crop.1],
-            });
-        }
-        let batch = shape.check(
-            images.len(),
-            draws,
-            1,
-            draws.len() * shape.patch_len(),
-            false,
-        )?;
-        if batch == 0 {
-            return Err(Error::Invalid("an empty batch of images".into()));
-        }
+        let batch = self.model.check_images(cut, images, draws, 1)?;
         self.check_labels(batch, labels)?;
-        self.set_cut(shape, cut.mean)?;
         self.workspace(batch)?;
-        let backend = self.model.backend();
-        let (ws, (device_cut, _)) = match (self.ws.as_mut(), self.cut.as_ref()) {
-            (Some(ws), Some(cut)) => (ws, cut),
-            _ => return Err(Error::Internal("training workspace missing".into())),
-        };
+        let model = &self.model;
+        let backend = model.backend();
+        let ws = self
+            .ws
+            .as_mut()
+            .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
         ws.loaded = false;
         // Exactly the batch's bytes: the cut counts the images from the buffer's length.
         if ws
@@ -607,7 +585,7 @@ impl<B: Training + Augment> Trainer<B> {
             .as_mut()
             .ok_or_else(|| Error::Internal("image buffer missing".into()))?;
         backend.write(bytes, images)?;
-        backend.cut_batch(shape, &device_cut.mean, bytes, draws, 1, &mut ws.acts[0])?;
+        model.cut_into(cut, bytes, draws, 1, &mut ws.acts[0])?;
         self.write_labels(labels)
     }
 
@@ -623,21 +601,6 @@ impl<B: Training + Augment> Trainer<B> {
         self.check_labels(draws.len(), labels)?;
         let out = self.model.forward_images(cut, images, draws, 1)?;
         Ok(output_stats(self.model.plan(), &out, labels, draws.len()))
-    }
-
-    /// Keeps `shape` with `mean` on the backend, unless the cut kept is already this one.
-    fn set_cut(&mut self, shape: CutShape, mean: &[f32]) -> Result<()> {
-        if self
-            .cut
-            .as_ref()
-            .is_some_and(|(c, m)| c.shape == shape && m.as_slice() == mean)
-        {
-            return Ok(());
-        }
-        self.cut = None;
-        let device = DeviceCut::new(self.model.backend(), &shape.with_mean(mean))?;
-        self.cut = Some((device, mean.to_vec()));
-        Ok(())
     }
 }
 

@@ -45,16 +45,17 @@ impl Augment for Cuda {
         per_image: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = shape.check(images.len(), draws, per_image, out.len(), true)?;
+        let n = shape.check(images.len(), draws, per_image, out.len())?;
         if n == 0 {
             return Ok(());
         }
         if mean.len() != 3 * shape.side * shape.side {
-            return Err(Error::BufferTooSmall {
-                what: format!("{}: augment: mean", self.label()),
-                len: mean.len(),
-                needed: 3 * shape.side * shape.side,
-            });
+            return Err(Error::Invalid(format!(
+                "{}: augment: a mean of {} values for 3x{2}x{2} images",
+                self.label(),
+                mean.len(),
+                shape.side
+            )));
         }
         // The kernel indexes in 64 bits; its image count is an `int`, and its grid (one
         // thread per output value, 256 per block) must fit in a grid's 2^31 - 1 blocks.

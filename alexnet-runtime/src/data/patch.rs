@@ -172,7 +172,7 @@ pub struct Cut<'a> {
 }
 
 /// A [`Cut`] without its mean: what a backend that holds the mean itself needs
-/// (`backend::DeviceCut`).
+/// (`backend::Augment`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CutShape {
     pub side: usize,
@@ -198,15 +198,14 @@ impl CutShape {
 
     /// Checks a batch of [`Cut::batch`]: `images_len` bytes of whole `side` x `side` RGB
     /// images, `per_image` draws for each (each inside its image, [`Draw::check`]), an
-    /// output of `out_len` values (at least the patches' when `at_least`, else exactly).
-    /// Returns the number of images.
+    /// output of at least the patches' `draws.len() * patch_len()` values. Returns the
+    /// number of images.
     pub fn check(
         &self,
         images_len: usize,
         draws: &[Draw],
         per_image: usize,
         out_len: usize,
-        at_least: bool,
     ) -> Result<usize> {
         let side = self.side;
         let size = 3 * side * side;
@@ -226,7 +225,7 @@ impl CutShape {
             d.check(side, self.crop)?;
         }
         let needed = draws.len() * self.patch_len();
-        if out_len < needed || (!at_least && out_len != needed) {
+        if out_len < needed {
             return Err(Error::BufferTooSmall {
                 what: "augment: output".into(),
                 len: out_len,
@@ -342,7 +341,7 @@ impl Cut<'_> {
     ) -> Result<()> {
         use rayon::prelude::*;
         let shape = self.shape();
-        let n = shape.check(images.len(), draws, per_image, out.len(), true)?;
+        let n = shape.check(images.len(), draws, per_image, out.len())?;
         if n == 0 {
             return Ok(());
         }
@@ -354,7 +353,7 @@ impl Cut<'_> {
             .try_for_each(|((img, d), dst)| self.batch_into(img, d, per_image, dst))
     }
 
-    /// [`Cut::batch`] into `out` (`draws.len() * patch_len()` values): a loader that
+    /// [`Cut::batch`] into the first `draws.len() * patch_len()` values of `out`: a loader that
     /// reuses its batch buffers spares the allocation and its page faults, which cost as
     /// much as the arithmetic.
     pub fn batch_into(
@@ -367,7 +366,7 @@ impl Cut<'_> {
         let side = self.side;
         let size = 3 * side * side;
         self.shape()
-            .check(images.len(), draws, per_image, out.len(), false)?;
+            .check(images.len(), draws, per_image, out.len())?;
         let patches = per_image * self.patch_len();
         for ((img, d), dst) in images
             .chunks_exact(size)

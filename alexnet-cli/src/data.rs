@@ -237,6 +237,12 @@ impl ImageBatches {
     pub fn next_position(&self) -> usize {
         self.loader.next_position()
     }
+
+    /// Gives a batch's bytes back for a later batch to be read into (see
+    /// `Loader::recycle`).
+    pub fn recycle(&self, images: Vec<u8>) {
+        self.loader.recycle(images);
+    }
 }
 
 impl Iterator for ImageBatches {

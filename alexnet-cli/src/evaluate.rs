@@ -256,9 +256,10 @@ pub fn eval(ctx: &mut Ctx, a: EvalArgs) -> Result<(), AnyError> {
     let crops = per_image.len();
     let mut batches =
         loader::byte_loader(images.clone(), order, batch, pre.side, data::workers(), 4)?;
-    for (x, labels) in &mut batches {
+    while let Some((x, labels)) = batches.next() {
         let draws: Vec<Draw> = labels.iter().flat_map(|_| per_image.clone()).collect();
         let probs = classifier.probabilities_of_images(&x, &draws, crops)?;
+        batches.recycle(x);
         let probs = probs.as_slice();
         if crops == 1 {
             centre.add(probs, &labels)?;

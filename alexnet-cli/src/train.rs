@@ -457,6 +457,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
             }
             let result = trainer.step_images(&cut, &x, &draws, &y);
             stepping += got.elapsed();
+            batches.recycle(x);
             images += y.len();
             let st = match result {
                 Ok(st) => st,
@@ -545,12 +546,13 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
             let mut batches =
                 loader::byte_loader(v.clone(), order, batch, pre.side, data::workers(), 4)?;
             let (cut, centre) = (pre.eval_cut(), Draw::centre(pre.side, pre.crop));
-            for (x, y) in batches.by_ref() {
+            while let Some((x, y)) = batches.next() {
                 if ctx.stopping() {
                     break;
                 }
                 let draws = vec![centre; y.len()];
                 merge(&mut val, &trainer.evaluate_images(&cut, &x, &draws, &y)?);
+                batches.recycle(x);
                 bar.inc(y.len() as u64);
             }
             bar.finish_and_clear();

@@ -555,7 +555,8 @@ mod tests {
         assert_eq!(report3, report);
         let (batches16, _) = run(16);
         assert_eq!(batches16, batches);
-        // As bytes: the same images (HWC, the decoder's layout), the same positions.
+        // As bytes: the same images (HWC, the decoder's layout), the same positions, the
+        // batches read into buffers given back.
         let mut bytes =
             loader::byte_loader(Arc::new(set.clone()), order.clone(), 3, side, 2, 2).unwrap();
         let (mut positions, mut k) = (Vec::new(), 0);
@@ -571,6 +572,8 @@ mod tests {
                 assert_eq!(chw, want[..size - 1]);
             }
             positions.extend(bytes.last_positions().iter().map(|&p| p as usize));
+            // Buffers given back are read into again, whatever they held.
+            bytes.recycle(images);
         }
         assert_eq!((k, positions), (batches.len(), seen));
         assert_eq!(bytes.report(), report);

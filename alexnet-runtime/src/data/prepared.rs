@@ -44,7 +44,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -582,6 +582,7 @@ fn kept_shard(
             header,
             first: 0,
             offsets,
+            file: Arc::default(),
         };
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut part = vec![0u64; 3 * side * side];
@@ -1123,6 +1124,9 @@ struct Shard {
     /// JPEG storage: where each image's bytes start in the data, and where the data
     /// ends (`count + 1` offsets); empty for raw storage.
     offsets: Vec<u64>,
+    /// Its file, opened on the first read through [`PreparedSplit::load_into`] and kept
+    /// open (reads are positioned, so threads share it), shared by the split's clones.
+    file: Arc<OnceLock<File>>,
 }
 
 impl Shard {
@@ -1238,6 +1242,7 @@ impl PreparedSplit {
             header,
             first: self.labels.len(),
             offsets,
+            file: Arc::default(),
         });
         self.labels.extend(labels);
     }
@@ -1438,22 +1443,50 @@ impl Images for PreparedSplit {
     /// [`Prepared::side`] against the network first), else a [`DecodeError::Corrupt`]
     /// that says so.
     fn load(&self, i: usize, side: usize) -> std::result::Result<RgbImage, DecodeError> {
+        let mut buf = vec![0u8; 3 * side * side];
+        self.load_into(i, side, &mut buf)?;
+        let s = self.side as u32;
+        RgbImage::from_raw(s, s, buf)
+            .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))
+    }
+
+    /// Image `i` read straight into `out`, through the shard's file kept open: no
+    /// allocation for raw storage (what [`byte_loader`](super::loader::byte_loader) reads
+    /// batches with).
+    fn load_into(
+        &self,
+        i: usize,
+        side: usize,
+        out: &mut [u8],
+    ) -> std::result::Result<(), DecodeError> {
         if side != self.side {
             return Err(DecodeError::Corrupt(format!(
                 "the set was prepared at {}x{}, {side}x{side} was asked for",
                 self.side, self.side
             )));
         }
-        let mut buf = vec![0u8; self.image_bytes()];
-        self.read_image(i, &mut buf).map_err(|e| {
+        if i >= self.len() || out.len() != self.image_bytes() {
+            return Err(DecodeError::Corrupt(format!(
+                "image {i} of {} into {} bytes (one is {})",
+                self.len(),
+                out.len(),
+                self.image_bytes()
+            )));
+        }
+        let (shard, k) = self.locate(i);
+        let f = match shard.file.get() {
+            Some(f) => f,
+            None => {
+                let f = File::open(&shard.path).map_err(DecodeError::Unreadable)?;
+                shard.file.get_or_init(|| f)
+            }
+        };
+        shard.read(f, k, out).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 DecodeError::Corrupt(e.to_string())
             } else {
                 DecodeError::Unreadable(e)
             }
-        })?;
-        let s = self.side as u32;
-        RgbImage::from_raw(s, s, buf)
-            .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))
+        })
     }
 }

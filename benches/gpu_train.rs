@@ -6,10 +6,21 @@
 //! device (as in PyTorch's reference loop, ../shared/gpu/README.md), then the same with
 //! the batch copied from the host every step, then one timed step phase by phase (the
 //! stream synchronised around each phase, so the phases add up to a little more).
+//!
+//! Then the data path of `train` on a prepared set (issue 18): batches of 256x256 bytes
+//! (a quarter of the f32 patches' bytes, before the crop) cut on the GPU by the
+//! augmentation kernel, (a) each copied from pageable memory on the compute stream
+//! before its step (`Trainer::step_images`), (b) each sent one step ahead
+//! (`Trainer::send_images`, then `step_sent`: staged in pinned memory and copied on a
+//! copy stream by the trainer's upload thread while the step before computes), and (c)
+//! the patches already on the device (`step_loaded`: no copy, no cut; the rate (b)
+//! should come close to when the copy overlaps).
 
 use std::time::Instant;
 
 use alexnet::nets::AlexNet;
+use alexnet::runtime::data::patch::Draw;
+use alexnet::runtime::data::pipeline::{Preprocess, PIXEL_SCALE};
 use alexnet::runtime::{Cuda, Model, Tensor, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 
@@ -85,6 +96,85 @@ fn main() -> Result<(), AnyError> {
                 println!("  {name:<20} {:7.3}", t * 1e3);
             }
         }
+        bytes_path(&mut trainer, batch, &mut rng)?;
     }
+    Ok(())
+}
+
+/// The three ways a batch of bytes reaches a step (see the module documentation), 10
+/// steps each after 2 warm-up steps, medians per step.
+fn bytes_path(
+    trainer: &mut Trainer<Cuda>,
+    batch: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(), AnyError> {
+    let side = 256;
+    let pre = Preprocess {
+        side,
+        crop: (227, 227),
+        mean: (0..3 * side * side)
+            .map(|_| rng.random_range(60.0..190.0))
+            .collect(),
+        scale: PIXEL_SCALE,
+        std: [1.0; 3],
+        pca: None,
+        classes: Vec::new(),
+        source: "bench".into(),
+    };
+    let cut = pre.train_cut();
+    // Two batches in turn, so that a copy never finds its bytes already there.
+    let images: Vec<Vec<u8>> = (0..2)
+        .map(|_| (0..batch * side * side * 3).map(|_| rng.random()).collect())
+        .collect();
+    let draws: Vec<Draw> = (0..batch as u64).map(|i| pre.train_draw(1, 0, i)).collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+    let (warm, runs) = (2, 10);
+    // (a) copied before each step.
+    let mut copied = Vec::new();
+    for k in 0..warm + runs {
+        let t = Instant::now();
+        trainer.step_images(&cut, &images[k % 2], &draws, &labels)?;
+        if k >= warm {
+            copied.push(t.elapsed().as_secs_f64());
+        }
+    }
+    // (b) sent one step ahead: the time per step over the loop.
+    let mut ahead = Vec::new();
+    trainer.send_images(images[0].clone())?;
+    let mut back = Vec::new();
+    for k in 0..warm + runs {
+        let t = Instant::now();
+        let mut next = std::mem::take(&mut back);
+        if next.is_empty() {
+            next = images[(k + 1) % 2].clone();
+        } else {
+            next.copy_from_slice(&images[(k + 1) % 2]); // as the loader refills a buffer
+        }
+        trainer.send_images(next)?;
+        back = trainer.step_sent(&cut, &draws, &labels)?.1;
+        if k >= warm {
+            ahead.push(t.elapsed().as_secs_f64());
+        }
+    }
+    trainer.clear_sent()?;
+    // (c) the patches on the device.
+    trainer.load_images(&cut, &images[0], &draws, &labels)?;
+    let mut on_device = Vec::new();
+    for k in 0..warm + runs {
+        let t = Instant::now();
+        trainer.step_loaded()?;
+        if k >= warm {
+            on_device.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let (a, b, c) = (median(copied), median(ahead), median(on_device));
+    println!(
+        "batch {batch:>3}, 256x256 bytes cut on the GPU: {:8.2} ms per step copied before each step, {:8.2} ms sent one step ahead ({:7.0} images/s, {:.0}% of the rate with the patches on the device), {:8.2} ms with the patches on the device",
+        a * 1e3,
+        b * 1e3,
+        batch as f64 / b,
+        100.0 * c / b,
+        c * 1e3
+    );
     Ok(())
 }

@@ -11,7 +11,8 @@
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
 # "bash .gpu-bin/all.sh". Its summary table is printed last. Shorter calls: .gpu-bin/tf32.sh
-# (the tensor-core path) and .gpu-bin/towers.sh (the two towers).
+# (the tensor-core path), .gpu-bin/towers.sh (the two towers) and .gpu-bin/feed.sh (the
+# data path: bytes cut on the GPU, batches sent ahead on a copy stream).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=${ALEXNET_PACK:-../shared/gpu/pack.sh}
@@ -89,5 +90,21 @@ timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --prec
   --runs 20 2>&1 | tee "$OUT/bench-tf32-cli.log" | grep -E 'forward|batch|stages'
 timeout 240 "$here/bin/bench-gpu_forward" --bench 2>&1 | tee "$OUT/gpu_forward-tf32.log" | tail -n 60
 EOS
+# The data path alone (issue 18), for a short device call: the GPU tests of bytes cut on
+# the GPU and of batches sent ahead (pinned memory, the copy stream), then gpu_train
+# (the step with the batch on the device, copied before it, and sent one step ahead).
+cat > .gpu-bin/feed.sh <<'EOS'
+#!/usr/bin/env bash
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$here/out}; mkdir -p "$OUT"
+dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
+  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+timeout 240 "$here"/bin/test-gpu_training-* --ignored --test-threads=1 --nocapture images sent_ahead 2>&1 \
+  | tee "$OUT/feed-tests.log" | grep -E 'sent ahead|cut on the GPU|panicked|test result'
+timeout 240 "$here/bin/bench-gpu_train" --bench 2>&1 | tee "$OUT/gpu_train.log" | grep -E 'batch|step'
+EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 path alone, a few minutes) or \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 path alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes) or \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

@@ -460,6 +460,96 @@ fn gpu_resume_continues_as_an_uninterrupted_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Batches sent one and two steps ahead to the GPU (`Trainer::send_images`, as `train`
+/// sends them: staged in pinned memory and copied on the upload thread's copy stream
+/// while the steps before compute) train as `step_images` does on the CPU, step by step:
+/// a cut that read its buffer before the copy landed, or a copy that overwrote a buffer
+/// still being read, would give other patches and another loss. Then the same at
+/// AlexNet's size (256x256 bytes, batch 32) against the GPU's own `step_images`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batches_sent_ahead_to_the_gpu_train_as_on_the_cpu() {
+    use alexnet::runtime::data::patch::Draw;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let plan = SmallNet::plan();
+    let s = plan.input;
+    let (side, batch, steps) = (40, 64, 6u64);
+    let pre = common::augment_preprocess(side, (s.h, s.w), &mut rng);
+    let cut = pre.train_cut();
+    let w = weights(plan, &mut rng);
+    let mut on_gpu = trainer(Cuda::new(0).expect("a CUDA GPU"), plan, w.clone());
+    let mut on_cpu = trainer(Cpu::new(), plan, w);
+    let batches: Vec<(Vec<u8>, Vec<Draw>, Vec<u32>)> = (0..steps)
+        .map(|step| {
+            let images = (0..batch * side * side * 3).map(|_| rng.random()).collect();
+            let draws = (0..batch as u64)
+                .map(|i| pre.train_draw(4, 0, step * batch as u64 + i))
+                .collect();
+            let labels = (0..batch).map(|_| rng.random_range(0..10)).collect();
+            (images, draws, labels)
+        })
+        .collect();
+    on_gpu.send_images(batches[0].0.clone()).unwrap();
+    on_gpu.send_images(batches[1].0.clone()).unwrap();
+    for (k, (x, d, y)) in batches.iter().enumerate() {
+        if let Some(b) = batches.get(k + 2) {
+            on_gpu.send_images(b.0.clone()).unwrap();
+        }
+        let (g, back) = on_gpu.step_sent(&cut, d, y).unwrap();
+        assert!(
+            back == *x,
+            "step {k}: the bytes given back are not the batch's"
+        );
+        let c = on_cpu.step_images(&cut, x, d, y).unwrap();
+        assert!(
+            (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs().max(1.0),
+            "step {k}: loss {} sent ahead to the GPU, {} on the CPU",
+            g.loss,
+            c.loss
+        );
+    }
+    let e = compare_tensors(
+        "weights after steps on batches sent ahead",
+        &on_gpu.model().tensors().unwrap(),
+        &on_cpu.model().tensors().unwrap(),
+    );
+    println!("batches sent ahead to the GPU: weights after {steps} steps agree to {e:.2e}");
+
+    // AlexNet's size: batches of 25 MB in flight beside the steps.
+    let plan = AlexNet::plan();
+    let (side, batch) = (256, 32);
+    let pre = common::augment_preprocess(side, (227, 227), &mut rng);
+    let cut = pre.train_cut();
+    let w = weights(plan, &mut rng);
+    let mut ahead = trainer(Cuda::new(0).unwrap(), plan, w.clone());
+    let mut direct = trainer(Cuda::new(0).unwrap(), plan, w);
+    let batches: Vec<(Vec<u8>, Vec<Draw>, Vec<u32>)> = (0..4u64)
+        .map(|step| {
+            let images = (0..batch * side * side * 3).map(|_| rng.random()).collect();
+            let draws = (0..batch as u64)
+                .map(|i| pre.train_draw(5, 0, step * batch as u64 + i))
+                .collect();
+            let labels = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+            (images, draws, labels)
+        })
+        .collect();
+    ahead.send_images(batches[0].0.clone()).unwrap();
+    for (k, (x, d, y)) in batches.iter().enumerate() {
+        if let Some(b) = batches.get(k + 1) {
+            ahead.send_images(b.0.clone()).unwrap();
+        }
+        let a = ahead.step_sent(&cut, d, y).unwrap().0;
+        let b = direct.step_images(&cut, x, d, y).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+            "AlexNet step {k}: loss {} sent ahead, {} copied before the step",
+            a.loss,
+            b.loss
+        );
+    }
+    println!("batches sent ahead to the GPU: AlexNet's 4 steps at batch 32 agree");
+}
+
 /// A prepared set's batch crosses to the GPU as bytes and is cut there (the generated
 /// augmentation kernel, through the `Augment` backend trait): the GPU's patches are the
 /// CPU's bit for bit (training draws with colour shifts, centre and ten crops, AlexNet's

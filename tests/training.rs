@@ -721,6 +721,108 @@ fn a_step_on_images_is_the_step_on_their_patches() {
     assert_eq!(on_images.state().step, on_patches.state().step);
 }
 
+/// Batches sent ahead (`Train::send_images`, as `train` sends each one step early so that
+/// a GPU copies it while the step before computes) are stepped on in the order sent, bit
+/// for bit as `step_images` steps on them, whether one or two are waiting, by a whole
+/// trainer (its upload thread, on the CPU a copy) and by the split one; the bytes come
+/// back; a step with nothing sent, and a batch that fails its checks, are errors that
+/// leave the trainer in step; `clear_sent` drops what waits.
+#[test]
+fn batches_sent_ahead_are_the_steps_on_them_in_order() {
+    use alexnet::runtime::data::patch::Draw;
+    use alexnet::runtime::towers::SplitTrainer;
+    use alexnet::runtime::train::Train;
+    use rand::Rng;
+    let (plan, params, _, _) = setup(1, 10);
+    let (side, crop, batch) = (16, (12, 12), 4);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(100);
+    let pre = common::augment_preprocess(side, crop, &mut rng);
+    let cut = pre.train_cut();
+    let config = TrainConfig {
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    // Five batches; the last is smaller (a new buffer of another length).
+    let batches: Vec<(Vec<u8>, Vec<Draw>, Vec<u32>)> = (0..5u64)
+        .map(|step| {
+            let n = if step == 4 { batch - 1 } else { batch };
+            let images: Vec<u8> = (0..n * side * side * 3).map(|_| rng.random()).collect();
+            let draws = (0..n as u64)
+                .map(|i| pre.train_draw(9, 0, step * batch as u64 + i))
+                .collect();
+            let labels = (0..n as u32).map(|i| (i + step as u32) % 6).collect();
+            (images, draws, labels)
+        })
+        .collect();
+    let whole = || -> Box<dyn Train> {
+        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+        Box::new(Trainer::new(model, config.clone()).unwrap())
+    };
+    let split = || -> Box<dyn Train> {
+        Box::new(
+            SplitTrainer::new(
+                plan.clone(),
+                params.clone(),
+                vec![Cpu::new(), Cpu::new()],
+                config.clone(),
+            )
+            .unwrap(),
+        )
+    };
+    for (name, new) in [
+        ("whole", &whole as &dyn Fn() -> Box<dyn Train>),
+        ("split", &split),
+    ] {
+        let (mut direct, mut ahead) = (new(), new());
+        let want: Vec<u64> = batches
+            .iter()
+            .map(|(x, d, y)| direct.step_images(&cut, x, d, y).unwrap().loss.to_bits())
+            .collect();
+        let err = ahead.step_sent(&cut, &batches[0].1, &batches[0].2);
+        assert!(
+            err.unwrap_err().to_string().contains("none was sent"),
+            "{name}"
+        );
+        // Sent one ahead, then two ahead, then the rest.
+        let mut got = Vec::new();
+        let mut step = |t: &mut Box<dyn Train>, k: usize| {
+            let (st, back) = t.step_sent(&cut, &batches[k].1, &batches[k].2).unwrap();
+            assert_eq!(
+                back, batches[k].0,
+                "{name}: the bytes of batch {k} come back"
+            );
+            got.push(st.loss.to_bits());
+        };
+        ahead.send_images(batches[0].0.clone()).unwrap();
+        ahead.send_images(batches[1].0.clone()).unwrap();
+        step(&mut ahead, 0);
+        ahead.send_images(batches[2].0.clone()).unwrap();
+        ahead.send_images(batches[3].0.clone()).unwrap();
+        step(&mut ahead, 1);
+        step(&mut ahead, 2);
+        step(&mut ahead, 3);
+        ahead.send_images(batches[4].0.clone()).unwrap();
+        step(&mut ahead, 4);
+        assert_eq!(got, want, "{name}");
+        assert_eq!(ahead.state().step, 5, "{name}");
+        // A batch whose labels do not match is refused and dropped; the next one sent is
+        // stepped on.
+        let (x, d, y) = &batches[0];
+        ahead.send_images(x.clone()).unwrap();
+        ahead.send_images(x.clone()).unwrap();
+        let err = ahead.step_sent(&cut, d, &y[1..]).unwrap_err().to_string();
+        assert!(err.contains("3 labels for"), "{name}: {err}");
+        let a = ahead.step_sent(&cut, d, y).unwrap().0;
+        let b = direct.step_images(&cut, x, d, y).unwrap();
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits(), "{name}");
+        // What waits is dropped by clear_sent.
+        ahead.send_images(x.clone()).unwrap();
+        ahead.clear_sent().unwrap();
+        assert!(ahead.step_sent(&cut, d, y).is_err(), "{name}");
+        assert_eq!(ahead.state().step, direct.state().step, "{name}");
+    }
+}
+
 /// Inference on images cut by the backend (`Model::forward_images`, as `eval` and the
 /// epochs' validation run) is inference on the host's patches, bit for bit, for one
 /// patch per image and for the paper's ten; `Trainer::evaluate_images` agrees with

@@ -438,27 +438,35 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         let (mut window, mut total) = (None::<BatchStats>, carried.take());
         let mut since = Instant::now();
         // Time spent waiting for the loader's next batch, and in the steps themselves.
-        // The first batch is left out: the loader starts with it, whatever its speed.
         let (mut waited, mut stepping, mut images) = (Duration::ZERO, Duration::ZERO, 0usize);
-        let mut first = true;
+        // Each batch's bytes are sent to the trainer one step ahead, so that on a GPU they
+        // cross (on a copy stream) while the step before them computes. `next`: the batch
+        // sent and not stepped on, with its draws, labels and where it ends in the order.
+        // The first batch is not timed: the loader starts with it, whatever its speed.
+        let mut next = send_next(&mut batches, &mut *trainer)?;
+        // Where the batches stepped on end in the order (a stop resumes there).
+        let mut done = 0;
         while !ctx.stopping() {
-            let asked = Instant::now();
-            let Some(data::ImageBatch {
-                images: x,
+            let Some(Sent {
                 draws,
                 labels: y,
-            }) = batches.next()
+                end,
+            }) = next.take()
             else {
                 break;
             };
+            let asked = Instant::now();
+            next = send_next(&mut batches, &mut *trainer)?;
             let got = Instant::now();
-            if !std::mem::take(&mut first) {
-                waited += got - asked;
-            }
-            let result = trainer.step_images(&cut, &x, &draws, &y);
+            waited += got - asked;
+            let result = trainer.step_sent(&cut, &draws, &y);
             stepping += got.elapsed();
-            batches.recycle(x);
             images += y.len();
+            done = end;
+            let result = result.map(|(st, x)| {
+                batches.recycle(x);
+                st
+            });
             let st = match result {
                 Ok(st) => st,
                 Err(Error::NonFinite(nf)) => {
@@ -516,7 +524,10 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
                 since = Instant::now();
             }
         }
-        let position = start + batches.next_position();
+        if next.is_some() {
+            trainer.clear_sent()?; // stopped with a batch sent ahead
+        }
+        let position = start + done;
         bar.finish_and_clear();
         let hint = match spec {
             DataSpec::Folder(_) => " (`alexnet prepare` makes a set that loads without decoding)",
@@ -660,6 +671,31 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
 }
 
 /// Why a finished run stopped: its schedule bottomed out.
+/// A batch whose bytes were sent to the trainer ahead of its step.
+struct Sent {
+    draws: Vec<Draw>,
+    labels: Vec<u32>,
+    /// Where it ends in the epoch's order (skipped files included).
+    end: usize,
+}
+
+/// Takes the loader's next batch and sends its bytes to `trainer` (`Train::send_images`),
+/// keeping the rest; `None` at the end.
+fn send_next(
+    batches: &mut data::ImageBatches,
+    trainer: &mut dyn Train,
+) -> Result<Option<Sent>, AnyError> {
+    let Some(b) = batches.next() else {
+        return Ok(None);
+    };
+    trainer.send_images(b.images)?;
+    Ok(Some(Sent {
+        draws: b.draws,
+        labels: b.labels,
+        end: batches.next_position(),
+    }))
+}
+
 fn finished(trainer: &dyn Train) -> String {
     let lr = fmt_lr(trainer.state().lr);
     let schedule = trainer.config().schedule;

@@ -9,7 +9,9 @@
 //! - [`Exchange`]: the exchanges between the two towers of a split network;
 //! - [`Augment`]: network inputs cut from a batch of 8-bit images on the device (a
 //!   prepared set's crops, mirrors, mean and colour shift), so that a batch crosses to
-//!   the device as bytes.
+//!   the device as bytes;
+//! - [`Upload`]: copies of such batches made by a thread of their own, ahead of the step
+//!   that uses them, so that a batch crosses while the one before it computes.
 //!
 //! [`Backend`] is all of them. The CPU backend ([`crate::Cpu`]) is the reference; the
 //! CUDA backend ([`crate::Cuda`]) runs each network's generated kernels; [`crate::Device`]
@@ -297,11 +299,34 @@ pub trait Augment: Memory {
     ) -> Result<()>;
 }
 
-/// A backend that does everything: inference, training, tower exchanges and
-/// augmentation on the device.
-pub trait Backend: Training + Exchange + Augment {}
+/// Copies of host bytes into the backend's memory made ahead of their use by a thread of
+/// their own (a `Trainer`'s, see `Trainer::send_images`), so that batch n + 1 crosses
+/// while batch n computes: on a GPU from pinned memory on a copy stream, the compute
+/// waiting for the copy only where it reads the buffer.
+pub trait Upload: Memory {
+    /// The copier, owned by the thread that uploads.
+    type Uploader: Uploader<Self>;
+    /// A copier into this backend's memory (CUDA: with a copy stream of its own).
+    fn uploader(&self) -> Result<Self::Uploader>;
+}
 
-impl<B: Training + Exchange + Augment> Backend for B {}
+/// What [`Upload::uploader`] makes.
+pub trait Uploader<B: Memory + ?Sized>: Send + 'static {
+    /// A buffer of `len` bytes on the backend, for [`Uploader::upload`].
+    fn alloc(&mut self, len: usize) -> Result<B::Buffer<u8>>;
+    /// Copies `data` into the start of `buf` (at least as long). Returns once `data` may
+    /// change, which need not be when the copy is done (CUDA: the bytes staged in pinned
+    /// memory, the copy queued on the copier's stream). The backend's work queued after
+    /// this returns that reads `buf` sees `data`; the copy does not overwrite `buf` before
+    /// the work queued earlier that reads it is done.
+    fn upload(&mut self, data: &[u8], buf: &mut B::Buffer<u8>) -> Result<()>;
+}
+
+/// A backend that does everything: inference, training, tower exchanges, augmentation
+/// on the device and uploads ahead.
+pub trait Backend: Training + Exchange + Augment + Upload {}
+
+impl<B: Training + Exchange + Augment + Upload> Backend for B {}
 
 /// Checks that `layer` of `plan` gathers two towers ([`Plan::gathers`]) and that
 /// buffers of the given lengths (values, and whether each holds a part or the whole
@@ -509,5 +534,40 @@ mod tests {
     fn every_backend_cuts_patches_as_the_host() {
         cuts_as_the_host(&Cpu::new());
         cuts_as_the_host(&Device::cpu());
+    }
+
+    /// An uploader's copies, made on a thread of their own (as a trainer's are), land in
+    /// the buffers it made, as the backend reads them; a short buffer is refused.
+    fn uploads<B: Upload>(b: &B) {
+        let up = b.uploader().unwrap();
+        let data: Vec<Vec<u8>> = (0..3u8)
+            .map(|k| {
+                (0..1000u32)
+                    .map(|i| (i as u8) ^ k.wrapping_mul(37))
+                    .collect()
+            })
+            .collect();
+        let sent = data.clone();
+        let (bufs, mut up) = std::thread::spawn(move || {
+            let mut up = up;
+            let mut bufs: Vec<_> = (0..3).map(|_| up.alloc(1000).unwrap()).collect();
+            for (d, buf) in sent.iter().zip(&mut bufs) {
+                up.upload(d, buf).unwrap();
+            }
+            (bufs, up)
+        })
+        .join()
+        .unwrap();
+        for (buf, d) in bufs.iter().zip(&data) {
+            assert_eq!(b.download(buf).unwrap(), *d);
+        }
+        let mut short = up.alloc(999).unwrap();
+        assert!(up.upload(&data[0], &mut short).is_err());
+    }
+
+    #[test]
+    fn every_backend_uploads_from_another_thread() {
+        uploads(&Cpu::new());
+        uploads(&Device::cpu());
     }
 }

@@ -1,9 +1,9 @@
 //! Choosing where a network runs: `Device::auto()` takes the GPU when there is one and
 //! otherwise the CPU, saying so in one line; `Device::cuda(0)` is an error without a GPU.
 
-use crate::backend::{Augment, Element, Exchange, Inference, Memory, Training};
-use crate::cpu::Cpu;
-use crate::cuda::Cuda;
+use crate::backend::{Augment, Element, Exchange, Inference, Memory, Training, Upload, Uploader};
+use crate::cpu::{Cpu, CpuUploader};
+use crate::cuda::{Cuda, CudaUploader};
 use crate::data::patch::{CutShape, Draw};
 use crate::error::{Error, Result};
 use crate::ir::{Plan, Precision, Stage};
@@ -356,6 +356,41 @@ impl Augment for Device {
                 DeviceBuffer::Cuda(i),
                 DeviceBuffer::Cuda(o),
             ) => c.cut_batch(shape, m, i, draws, per_image, o),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// The [`Uploader`] of a [`Device`]: its backend's.
+#[derive(Debug)]
+pub enum DeviceUploader {
+    Cpu(CpuUploader),
+    Cuda(CudaUploader),
+}
+
+impl Upload for Device {
+    type Uploader = DeviceUploader;
+
+    fn uploader(&self) -> Result<DeviceUploader> {
+        Ok(match self {
+            Device::Cpu(c) => DeviceUploader::Cpu(c.uploader()?),
+            Device::Cuda(c) => DeviceUploader::Cuda(c.uploader()?),
+        })
+    }
+}
+
+impl Uploader<Device> for DeviceUploader {
+    fn alloc(&mut self, len: usize) -> Result<DeviceBuffer<u8>> {
+        Ok(match self {
+            DeviceUploader::Cpu(u) => DeviceBuffer::Cpu(u.alloc(len)?),
+            DeviceUploader::Cuda(u) => DeviceBuffer::Cuda(u.alloc(len)?),
+        })
+    }
+
+    fn upload(&mut self, data: &[u8], buf: &mut DeviceBuffer<u8>) -> Result<()> {
+        match (self, buf) {
+            (DeviceUploader::Cpu(u), DeviceBuffer::Cpu(b)) => u.upload(data, b),
+            (DeviceUploader::Cuda(u), DeviceBuffer::Cuda(b)) => u.upload(data, b),
             _ => Err(mismatch()),
         }
     }

@@ -1,7 +1,8 @@
 //! Runs networks declared with `alexnet::network!`.
 //!
 //! - [`backend`]: what a device must do, split by concern ([`Memory`], [`Inference`],
-//!   [`Training`], [`Exchange`], [`backend::Augment`]; [`Backend`] is all of them);
+//!   [`Training`], [`Exchange`], [`backend::Augment`], [`backend::Upload`]; [`Backend`] is
+//!   all of them);
 //!   [`Cpu`] is the reference implementation, [`Cuda`] runs each network's generated
 //!   kernels, [`Device`] picks one at run time.
 //! - [`Model`]: a planned network with its parameters on a backend.
@@ -17,6 +18,7 @@
 //! depend on `syn`; the DSL's parser is in `alexnet-codegen` (the facade's
 //! `alexnet::plan_from_str` builds a plan from DSL text at run time).
 
+mod ahead;
 pub mod backend;
 pub mod cpu;
 pub mod cuda;

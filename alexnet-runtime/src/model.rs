@@ -268,19 +268,20 @@ impl<B: Inference + Augment> Model<B> {
         draws: &[Draw],
         per_image: usize,
     ) -> Result<Tensor> {
-        let batch = self.check_images(cut, images, draws, per_image)?;
+        let batch = self.check_images(cut, images.len(), draws, per_image)?;
         let bytes = self.backend.upload(images)?;
         let mut input = self.backend.alloc::<f32>(batch * cut.patch_len())?;
         self.cut_into(cut, &bytes, draws, per_image, &mut input)?;
         self.run_from(batch, input, None, None)
     }
 
-    /// Checks that `cut` makes this network's input and that `images` and `draws` (at
-    /// least one) agree, as [`Model::cut_into`] takes them; returns the number of patches.
+    /// Checks that `cut` makes this network's input and that `images_len` bytes of images
+    /// and `draws` (at least one) agree, as [`Model::cut_into`] takes them; returns the
+    /// number of patches.
     pub(crate) fn check_images(
         &self,
         cut: &Cut<'_>,
-        images: &[u8],
+        images_len: usize,
         draws: &[Draw],
         per_image: usize,
     ) -> Result<usize> {
@@ -294,7 +295,7 @@ impl<B: Inference + Augment> Model<B> {
             });
         }
         shape.check(
-            images.len(),
+            images_len,
             draws,
             per_image,
             draws.len() * shape.patch_len(),

@@ -250,6 +250,23 @@ pub trait Train {
     ) -> Result<BatchStats> {
         self.step(&host_patches(cut, images, draws)?, labels)
     }
+    /// Hands over the bytes of a batch (as [`Train::step_images`] takes them) for a later
+    /// [`Train::step_sent`]; batches are stepped on in the order sent. A `Trainer`
+    /// copies them to its backend on a thread of its own (on a GPU from pinned memory on
+    /// a copy stream), so that a batch sent before the step of the batch before it
+    /// crosses while that step computes; the split trainer keeps them for
+    /// [`Train::step_images`].
+    fn send_images(&mut self, images: Vec<u8>) -> Result<()>;
+    /// [`Train::step_images`] on the oldest batch sent, with its draws and labels (the same
+    /// step, bit for bit); gives its bytes back for reuse. An error when none was sent.
+    fn step_sent(
+        &mut self,
+        cut: &Cut<'_>,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<(BatchStats, Vec<u8>)>;
+    /// Drops the batches sent and not stepped on (a loop that stops early).
+    fn clear_sent(&mut self) -> Result<()>;
     /// Loss and top-1/top-5 counts at inference (dropout off).
     fn evaluate(&self, input: &Tensor, labels: &[u32]) -> Result<BatchStats>;
     /// [`Train::evaluate`] on the patches of 8-bit images, one draw each, as

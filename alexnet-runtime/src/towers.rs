@@ -30,6 +30,7 @@ use std::path::Path;
 
 use crate::backend::{Exchange, Inference, Memory, Training, F32};
 use crate::cpu::{loss, Cpu};
+use crate::data::patch::{Cut, Draw};
 use crate::error::{Error, Result};
 use crate::eval::{output_stats, BatchStats};
 use crate::ir::{Plan, Stage};
@@ -784,6 +785,8 @@ struct Tape<Buf> {
 pub struct SplitTrainer<B: Memory> {
     towers: Towers<B>,
     run: Run,
+    /// The batches of [`Train::send_images`] not yet stepped on, in order.
+    sent: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl<B: Training + Exchange + Sync> SplitTrainer<B> {
@@ -804,7 +807,11 @@ impl<B: Training + Exchange + Sync> SplitTrainer<B> {
         for (t, b) in towers.backends.iter().enumerate() {
             b.prepare_training(&towers.towers[t])?;
         }
-        Ok(SplitTrainer { towers, run })
+        Ok(SplitTrainer {
+            towers,
+            run,
+            sent: Default::default(),
+        })
     }
 
     /// Continues a run saved by [`SplitTrainer::save`] or [`crate::Trainer::save`].
@@ -826,6 +833,26 @@ impl<B: Training + Exchange + Sync> SplitTrainer<B> {
 }
 
 impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
+    fn send_images(&mut self, images: Vec<u8>) -> Result<()> {
+        self.sent.push_back(images);
+        Ok(())
+    }
+    fn step_sent(
+        &mut self,
+        cut: &Cut<'_>,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<(BatchStats, Vec<u8>)> {
+        let images = self.sent.pop_front().ok_or_else(|| {
+            Error::Invalid("a step on a batch sent ahead, but none was sent".into())
+        })?;
+        let stats = self.step_images(cut, &images, draws, labels)?;
+        Ok((stats, images))
+    }
+    fn clear_sent(&mut self) -> Result<()> {
+        self.sent.clear();
+        Ok(())
+    }
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         let mask = DropoutMask {
             seed: self.run.config.seed,

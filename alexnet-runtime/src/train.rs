@@ -20,7 +20,8 @@ pub use crate::run::{
 };
 pub use crate::weights::{MOMENTUM_PREFIX, STATE_FORMAT};
 
-use crate::backend::{Augment, Training, F32};
+use crate::ahead::Ahead;
+use crate::backend::{Augment, Training, Upload, F32};
 use crate::data::patch::{Cut, Draw};
 use crate::error::{Error, Result};
 use crate::eval::output_stats;
@@ -69,9 +70,23 @@ impl Clock {
     }
 }
 
-impl<B: Training + Augment> Train for Trainer<B> {
+impl<B: Training + Augment + Upload> Train for Trainer<B> {
     fn step(&mut self, input: &Tensor, labels: &[u32]) -> Result<BatchStats> {
         Trainer::step(self, input, labels)
+    }
+    fn send_images(&mut self, images: Vec<u8>) -> Result<()> {
+        Trainer::send_images(self, images)
+    }
+    fn step_sent(
+        &mut self,
+        cut: &Cut<'_>,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<(BatchStats, Vec<u8>)> {
+        Trainer::step_sent(self, cut, draws, labels)
+    }
+    fn clear_sent(&mut self) -> Result<()> {
+        Trainer::clear_sent(self)
     }
     fn step_images(
         &mut self,
@@ -142,6 +157,9 @@ pub struct Trainer<B: Training> {
     ws: Option<Workspace<B>>,
     /// Per-phase times of the last step, when timing is on.
     timings: Option<Vec<(String, f64)>>,
+    /// The thread that uploads the batches of [`Trainer::send_images`] (started by the
+    /// first).
+    ahead: Option<Ahead<B>>,
 }
 
 impl<B: Training> std::fmt::Debug for Trainer<B> {
@@ -195,6 +213,7 @@ impl<B: Training> Trainer<B> {
             classes,
             ws: None,
             timings: None,
+            ahead: None,
         })
     }
 
@@ -533,7 +552,82 @@ impl<B: Training> Trainer<B> {
     }
 }
 
-impl<B: Training + Augment> Trainer<B> {
+impl<B: Training + Augment + Upload> Trainer<B> {
+    /// Hands over the bytes of a batch (as [`Trainer::step_images`] takes them) for a
+    /// later [`Trainer::step_sent`]: a thread of the trainer's own (started by the first
+    /// call) copies them to the backend ([`Upload`]: on a GPU from pinned memory on a copy
+    /// stream), so that a batch sent before the step of the batch before it crosses while
+    /// that step computes. Each batch sent and not yet stepped on holds a buffer of its
+    /// bytes on the backend.
+    pub fn send_images(&mut self, images: Vec<u8>) -> Result<()> {
+        if self.ahead.is_none() {
+            self.ahead = Some(Ahead::start(self.model.backend().uploader()?)?);
+        }
+        self.ahead
+            .as_mut()
+            .ok_or_else(|| Error::Internal("upload thread missing".into()))?
+            .send(images)
+    }
+
+    /// [`Trainer::step_images`] on the oldest batch of [`Trainer::send_images`] (batches
+    /// are stepped on in the order sent), with its draws and labels; bit for bit the same
+    /// step. Gives the batch's bytes back, for the caller to reuse. An error when no batch
+    /// was sent; a batch whose checks fail is dropped.
+    pub fn step_sent(
+        &mut self,
+        cut: &Cut<'_>,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<(BatchStats, Vec<u8>)> {
+        let sent = match self.ahead.as_mut() {
+            Some(a) => a.receive()?,
+            None => None,
+        };
+        let sent = sent.ok_or_else(|| {
+            Error::Invalid("a step on a batch sent ahead, but none was sent".into())
+        })?;
+        let stats = self.step_uploaded(cut, &sent.buf, sent.len, draws, labels);
+        if let Some(a) = self.ahead.as_mut() {
+            a.give_back(sent.buf, sent.len);
+        }
+        Ok((stats?, sent.host))
+    }
+
+    /// Drops the batches sent and not stepped on (a loop that stops early).
+    pub fn clear_sent(&mut self) -> Result<()> {
+        match self.ahead.as_mut() {
+            Some(a) => a.clear(),
+            None => Ok(()),
+        }
+    }
+
+    /// How many batches were sent and not yet stepped on.
+    pub fn sent(&self) -> usize {
+        self.ahead.as_ref().map_or(0, Ahead::pending)
+    }
+
+    /// A step on `len` bytes of images already on the backend in `bytes`.
+    fn step_uploaded(
+        &mut self,
+        cut: &Cut<'_>,
+        bytes: &B::Buffer<u8>,
+        len: usize,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<BatchStats> {
+        let batch = self.model.check_images(cut, len, draws, 1)?;
+        self.check_labels(batch, labels)?;
+        self.workspace(batch)?;
+        let ws = self
+            .ws
+            .as_mut()
+            .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
+        ws.loaded = false;
+        self.model.cut_into(cut, bytes, draws, 1, &mut ws.acts[0])?;
+        self.write_labels(labels)?;
+        self.step_loaded()
+    }
+
     /// One SGD step on a batch of 8-bit images, each cut into the network's input by its
     /// draw on the backend: [`Trainer::load_images`], then [`Trainer::step_loaded`]. The
     /// same step, bit for bit, as [`Trainer::step`] on [`Cut::batch`] of the images.
@@ -561,7 +655,7 @@ impl<B: Training + Augment> Trainer<B> {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<()> {
-        let batch = self.model.check_images(cut, images, draws, 1)?;
+        let batch = self.model.check_images(cut, images.len(), draws, 1)?;
         self.check_labels(batch, labels)?;
         self.workspace(batch)?;
         let model = &self.model;

@@ -9,7 +9,7 @@
 //! (`alexnet_core::for_each_layer_kind!`), so a kind without a CPU implementation does not
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
 //! training, `exchange.rs` the towers' exchanges, `augment.rs`
-//! patches cut from 8-bit images. Beside the layers: `gemm.rs`, `blas.rs`
+//! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
 //! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
 //! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
@@ -31,6 +31,7 @@ mod relu;
 mod softmax;
 mod tanh;
 mod training;
+mod upload;
 mod winograd;
 
 use crate::backend::{Element, Inference, Memory};
@@ -38,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Layer, Op, Plan, Stage};
 
 pub use softmax::softmax;
+pub use upload::CpuUploader;
 
 /// The CPU backend. Uses rayon's global thread pool (`RAYON_NUM_THREADS` sets its size).
 #[derive(Clone, Debug)]

@@ -2,7 +2,8 @@
 //! time; no CUDA is needed to build) for the device's own architecture, through a CUBIN
 //! disk cache, and launched from their specs. One file per concern: `device.rs` the GPU,
 //! `launch.rs` loading and launching kernels (`binder.rs` binds their arguments by name), `memory.rs`, `inference.rs`,
-//! `training.rs`, `exchange.rs` and `augment.rs` the backend's traits.
+//! `training.rs`, `exchange.rs`, `augment.rs` and `upload.rs` (pinned memory and a copy
+//! stream) the backend's traits.
 
 mod augment;
 mod binder;
@@ -14,5 +15,7 @@ mod launch;
 mod memory;
 pub mod nvrtc;
 mod training;
+mod upload;
 
 pub use device::Cuda;
+pub use upload::CudaUploader;

@@ -396,7 +396,7 @@ fn a_batch_too_large_for_the_gpu_is_refused_before_the_first_step() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut t = trainer(Cuda::new(0).unwrap(), plan, weights(plan, &mut rng));
     // About 16 MB of activations per image: a million images is far beyond 141 GB.
-    let err = t.reserve(1 << 20).unwrap_err();
+    let err = t.reserve(1 << 20, None).unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
     assert!(
@@ -408,7 +408,7 @@ fn a_batch_too_large_for_the_gpu_is_refused_before_the_first_step() {
         "{msg}"
     );
     // A batch that fits is reserved, and trains.
-    t.reserve(32).unwrap();
+    t.reserve(32, Some(256)).unwrap();
     assert_eq!(t.state().step, 0);
 }
 

@@ -589,8 +589,8 @@ mod memory {
             free: Footprint::of(plan, 100).training + 1000,
             total: 141_000_000_000,
         };
-        check_fits(&gpu, plan, 100).unwrap();
-        let err = check_fits(&gpu, plan, 4096).unwrap_err();
+        check_fits(&gpu, plan, 100, None).unwrap();
+        let err = check_fits(&gpu, plan, 4096, None).unwrap_err();
         assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
         let msg = err.to_string();
         for want in [
@@ -606,12 +606,22 @@ mod memory {
             free: 10,
             total: 10,
         };
-        assert!(check_fits(&none, plan, 1)
+        assert!(check_fits(&none, plan, 1, None)
             .unwrap_err()
             .to_string()
             .contains("not even one image fits"));
+        // Batches of 256x256 bytes, two of them held: 100 images no longer fit.
+        let err = check_fits(&gpu, plan, 100, Some(256))
+            .unwrap_err()
+            .to_string();
+        for want in [
+            " for two batches of its images",
+            "a batch of at most about 9",
+        ] {
+            assert!(err.contains(want), "`{want}` in: {err}");
+        }
         // The CPU says nothing about its memory: nothing to refuse.
-        check_fits(&Cpu::new(), plan, 1 << 20).unwrap();
+        check_fits(&Cpu::new(), plan, 1 << 20, Some(256)).unwrap();
     }
 
     #[test]
@@ -620,6 +630,12 @@ mod memory {
         let f = |b| Footprint::of(plan, b);
         assert_eq!(f(1).params, 60_965_224 * 4);
         assert_eq!(f(1).optimizer, 2 * f(1).params);
+        assert_eq!(f(1).images, 0);
+        assert_eq!(f(128).with_images(256).images, 2 * 128 * 3 * 256 * 256);
+        assert_eq!(
+            f(128).with_images(256).training_total(),
+            f(128).training_total() + 2 * 128 * 3 * 256 * 256
+        );
         for b in [2, 64, 128] {
             assert_eq!(f(b).inference, b as u64 * f(1).inference, "batch {b}");
             assert!(f(b).training > f(b / 2).training, "batch {b}");

@@ -386,7 +386,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         dir.display()
     )?;
     // Out of memory is an error now, with the figures, not halfway through a step.
-    trainer.reserve(a.batch as usize)?;
+    trainer.reserve(a.batch as usize, Some(pre.side))?;
     trainer.set_on_non_finite(match a.on_nan {
         OnNan::Stop => OnNonFinite::Stop,
         OnNan::Skip => OnNonFinite::Skip,

@@ -31,6 +31,10 @@ pub struct Footprint {
     /// two gradient buffers, the labels and the loss statistics, and the CUDA split-K
     /// workspace.
     pub training: u64,
+    /// The batches of 8-bit images a trainer holds when they come as bytes
+    /// ([`Footprint::with_images`]: two, one stepped on while the next is copied in);
+    /// 0 for batches of patches.
+    pub images: u64,
 }
 
 impl Footprint {
@@ -67,6 +71,17 @@ impl Footprint {
             optimizer: 2 * params,
             // One workspace serves both (the backend grows it to the larger).
             training: (t.total() as u64 + training_ws.max(forward_ws)) * F32,
+            images: 0,
+        }
+    }
+
+    /// This footprint with the batches coming as 8-bit images of `side` x `side` pixels
+    /// (a prepared set's, cut on the device): two such batches in device memory, one
+    /// stepped on while the next is copied in (`Trainer::send_images`).
+    pub fn with_images(self, side: usize) -> Footprint {
+        Footprint {
+            images: 2 * (self.batch * 3 * side * side) as u64,
+            ..self
         }
     }
 
@@ -75,9 +90,16 @@ impl Footprint {
         self.params + self.inference
     }
 
-    /// Everything training needs: weights, gradients, momentum and the batch's buffers.
+    /// Everything training needs: weights, gradients, momentum, the batch's buffers and
+    /// its images.
     pub fn training_total(&self) -> u64 {
-        self.params + self.optimizer + self.training
+        self.params + self.optimizer + self.training + self.images
+    }
+
+    /// What a batch needs besides the weights, gradients and momentum: its buffers and its
+    /// images.
+    pub fn training_batch(&self) -> u64 {
+        self.training + self.images
     }
 }
 
@@ -154,20 +176,30 @@ impl TrainingBuffers {
 /// Whether training `plan` at `batch` images fits in the free memory of `backend` (a GPU; other
 /// backends say nothing about their memory): [`Error::OutOfMemory`] with the figures
 /// when it does not. The weights, gradients and momentum are allocated already; the
-/// batch's buffers are what must fit.
-pub fn check_fits<B: Memory>(backend: &B, plan: &Plan, batch: usize) -> Result<()> {
+/// batch's buffers, and its 8-bit images of `image_side` x `image_side` when the batches
+/// come as bytes ([`Footprint::with_images`]), are what must fit.
+pub fn check_fits<B: Memory>(
+    backend: &B,
+    plan: &Plan,
+    batch: usize,
+    image_side: Option<usize>,
+) -> Result<()> {
     let Some((free, total)) = backend.memory_info()? else {
         return Ok(());
     };
-    let fp = Footprint::of(plan, batch);
-    if fp.training <= free {
+    let of = |batch| {
+        let fp = Footprint::of(plan, batch);
+        image_side.map_or(fp, |side| fp.with_images(side))
+    };
+    let fp = of(batch);
+    if fp.training_batch() <= free {
         return Ok(());
     }
     // The largest batch that fits (the split-K workspace does not grow linearly).
     let (mut fits, mut over) = (0, batch);
     while over - fits > 1 {
         let mid = fits + (over - fits) / 2;
-        if Footprint::of(plan, mid).training <= free {
+        if of(mid).training_batch() <= free {
             fits = mid;
         } else {
             over = mid;
@@ -176,10 +208,14 @@ pub fn check_fits<B: Memory>(backend: &B, plan: &Plan, batch: usize) -> Result<(
     Err(Error::OutOfMemory {
         device: backend.name(),
         what: format!(
-            "training `{}` at batch {batch} needs {} in all ({} for the batch's activations and workspaces, {} for the weights, gradients and momentum); the GPU has {} free of {}; {}",
+            "training `{}` at batch {batch} needs {} in all ({} for the batch's activations and workspaces{}, {} for the weights, gradients and momentum); the GPU has {} free of {}; {}",
             plan.name,
             human(fp.training_total()),
             human(fp.training),
+            match fp.images {
+                0 => String::new(),
+                n => format!(", {} for two batches of its images", human(n)),
+            },
             human(fp.params + fp.optimizer),
             human(free),
             human(total),

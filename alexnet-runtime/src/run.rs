@@ -295,8 +295,10 @@ pub trait Train {
     fn classes(&self) -> usize;
     /// Allocates the buffers of batches of `batch` images before the first step, after
     /// checking that they fit in the device's free memory (an [`Error::OutOfMemory`]
-    /// with the figures when not).
-    fn reserve(&mut self, batch: usize) -> Result<()>;
+    /// with the figures when not). With `image_side`, the batches will come as 8-bit
+    /// images of that side ([`Train::send_images`]), and a trainer that holds them on its
+    /// backend counts two batches of them.
+    fn reserve(&mut self, batch: usize, image_side: Option<usize>) -> Result<()>;
     /// What a step whose loss or gradients are not finite does (default
     /// [`OnNonFinite::Stop`]).
     fn set_on_non_finite(&mut self, mode: OnNonFinite);

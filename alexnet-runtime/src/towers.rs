@@ -908,11 +908,11 @@ impl<B: Training + Exchange + Sync> Train for SplitTrainer<B> {
         self.towers.plan.output().len()
     }
 
-    fn reserve(&mut self, batch: usize) -> Result<()> {
+    fn reserve(&mut self, batch: usize, _image_side: Option<usize>) -> Result<()> {
         // Each tower allocates its half of the batch's buffers at each step: check that
-        // they fit now.
+        // they fit now. The images stay on the host (cut there before each step).
         for (t, b) in self.towers.backends.iter().enumerate() {
-            crate::footprint::check_fits(b, &self.towers.towers[t], batch)?;
+            crate::footprint::check_fits(b, &self.towers.towers[t], batch, None)?;
         }
         Ok(())
     }

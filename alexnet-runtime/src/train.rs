@@ -130,8 +130,8 @@ impl<B: Training + Augment + Upload> Train for Trainer<B> {
     fn classes(&self) -> usize {
         Trainer::classes(self)
     }
-    fn reserve(&mut self, batch: usize) -> Result<()> {
-        Trainer::reserve(self, batch)
+    fn reserve(&mut self, batch: usize, image_side: Option<usize>) -> Result<()> {
+        Trainer::reserve(self, batch, image_side)
     }
     fn set_on_non_finite(&mut self, mode: OnNonFinite) {
         self.run.on_non_finite = mode;
@@ -284,12 +284,14 @@ impl<B: Training> Trainer<B> {
     /// after checking that they fit: on a GPU, an [`Error::OutOfMemory`] with the batch,
     /// the bytes training needs ([`crate::footprint::Footprint`]), the GPU's free memory
     /// and the largest batch that would fit. (A step allocates them itself otherwise.)
-    pub fn reserve(&mut self, batch: usize) -> Result<()> {
+    /// With `image_side`, the batches will come as 8-bit images of that side (sent
+    /// ahead, cut on the backend), and two batches of them must fit too.
+    pub fn reserve(&mut self, batch: usize, image_side: Option<usize>) -> Result<()> {
         if self.ws.as_ref().is_some_and(|w| w.batch == batch) {
             return Ok(());
         }
         self.ws = None;
-        check_fits(self.model.backend(), self.model.plan(), batch)?;
+        check_fits(self.model.backend(), self.model.plan(), batch, image_side)?;
         self.workspace(batch)
     }
 

@@ -437,3 +437,47 @@ fn jpeg_storage_reads_back_close_to_the_raw_images_in_less_space() {
         "{err}"
     );
 }
+
+/// A set of more shards than are kept open (one image each: 120 shards) reads back through
+/// the byte loader as through `read_image`, image for image, and keeps few files open
+/// (ImageNet has 1,300 shards; a process may often open only 1,024 files).
+#[test]
+fn a_set_of_many_shards_reads_back_with_few_files_open() {
+    use alexnet::runtime::data::loader::byte_loader;
+    use std::sync::Arc;
+    let root = scratch("many");
+    image_folder(&root.join("src"), 40, 5);
+    let out = root.join("set");
+    prepare(&root.join("src"), &out, opts(24, 1));
+    let set = Prepared::open(&out).unwrap();
+    let split = set.train.clone();
+    assert!(split.len() >= 100, "{} images", split.len());
+    #[cfg(target_os = "linux")]
+    let open_files = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    #[cfg(target_os = "linux")]
+    let before = open_files();
+    let order: Vec<usize> = (0..split.len()).rev().collect();
+    let mut loader = byte_loader(Arc::new(split.clone()), order.clone(), 7, 24, 3, 2).unwrap();
+    let mut k = 0;
+    while let Some((images, labels)) = loader.next() {
+        for (img, &label) in images.chunks(24 * 24 * 3).zip(&labels) {
+            let mut want = vec![0u8; 24 * 24 * 3];
+            split.read_image(order[k], &mut want).unwrap();
+            assert!(img == want.as_slice(), "image {}", order[k]);
+            assert_eq!(label, split.labels()[order[k]]);
+            k += 1;
+        }
+        loader.recycle(images);
+    }
+    assert_eq!(k, split.len());
+    assert_eq!(loader.report().skipped, 0);
+    // The split's clones share at most 64 open shard files (other tests of this process
+    // open files too: a margin).
+    #[cfg(target_os = "linux")]
+    assert!(
+        open_files() < before + 64 + 16,
+        "{} files open, {before} before",
+        open_files()
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

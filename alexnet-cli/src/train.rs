@@ -444,6 +444,7 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
         // sent and not stepped on, with its draws, labels and where it ends in the order.
         // The first batch is not timed: the loader starts with it, whatever its speed.
         let mut next = send_next(&mut batches, &mut *trainer)?;
+        let mut first = true;
         // Where the batches stepped on end in the order (a stop resumes there).
         let mut done = 0;
         while !ctx.stopping() {
@@ -458,7 +459,11 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
             let asked = Instant::now();
             next = send_next(&mut batches, &mut *trainer)?;
             let got = Instant::now();
-            waited += got - asked;
+            // The second batch is not timed either: no step came between it and the
+            // first, so the loader had no head start.
+            if !std::mem::take(&mut first) {
+                waited += got - asked;
+            }
             let result = trainer.step_sent(&cut, &draws, &y);
             stepping += got.elapsed();
             images += y.len();
@@ -525,7 +530,14 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
             }
         }
         if next.is_some() {
-            trainer.clear_sent()?; // stopped with a batch sent ahead
+            // Stopped with a batch sent ahead: dropped (it is read again on resuming). A
+            // failure of its copy must not keep the interrupted run from being saved.
+            if let Err(e) = trainer.clear_sent() {
+                writeln!(
+                    ctx.out,
+                    "the batch sent ahead could not be dropped cleanly: {e}"
+                )?;
+            }
         }
         let position = start + done;
         bar.finish_and_clear();
@@ -670,7 +682,6 @@ pub fn train(ctx: &mut Ctx, mut a: TrainArgs) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// Why a finished run stopped: its schedule bottomed out.
 /// A batch whose bytes were sent to the trainer ahead of its step.
 struct Sent {
     draws: Vec<Draw>,
@@ -696,6 +707,7 @@ fn send_next(
     }))
 }
 
+/// Why a finished run stopped: its schedule bottomed out.
 fn finished(trainer: &dyn Train) -> String {
     let lr = fmt_lr(trainer.state().lr);
     let schedule = trainer.config().schedule;

@@ -4,6 +4,7 @@
 //! in the order sent, with the buffer it now lies in.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::backend::{Memory, Uploader};
@@ -12,8 +13,11 @@ use crate::error::{Error, Result};
 /// The uploading thread of a trainer, and the device buffers it copies into.
 pub(crate) struct Ahead<B: Memory> {
     jobs: Option<Sender<Job<B>>>,
-    done: Receiver<Result<Uploaded<B>>>,
+    /// In a mutex only so that a trainer stays `Sync` (a receiver is not).
+    done: Mutex<Receiver<Result<Uploaded<B>>>>,
     thread: Option<JoinHandle<()>>,
+    /// Why the thread stopped, once it did: every later call says it again.
+    failed: Option<String>,
     /// Buffers of batches stepped on, with their lengths, for the next copies (two kept:
     /// one being read by a step while the next batch is copied into the other).
     free: Vec<(B::Buffer<u8>, usize)>,
@@ -52,16 +56,20 @@ impl<B: Memory> Ahead<B> {
             .map_err(|e| Error::Internal(format!("no upload thread: {e}")))?;
         Ok(Ahead {
             jobs: Some(jobs),
-            done,
+            done: Mutex::new(done),
             thread: Some(thread),
+            failed: None,
             free: Vec::new(),
             pending: 0,
         })
     }
 
-    /// Hands `host` to the thread, which copies it into a free buffer (or a new one).
+    /// Hands `host` to the thread, which copies it into a free buffer of its length, or
+    /// frees one of another length and makes a new one.
     pub fn send(&mut self, host: Vec<u8>) -> Result<()> {
-        let given = self.free.pop();
+        let fits = self.free.iter().position(|(_, len)| *len == host.len());
+        let pick = fits.or((!self.free.is_empty()).then_some(0));
+        let given = pick.map(|i| self.free.swap_remove(i));
         let sent = self.jobs.as_ref().map(|j| j.send((host, given)));
         match sent {
             Some(Ok(())) => {
@@ -81,11 +89,19 @@ impl<B: Memory> Ahead<B> {
     /// backend's work queued afterwards sees its bytes), or the error of its copy; `None`
     /// when none is pending.
     pub fn receive(&mut self) -> Result<Option<Uploaded<B>>> {
+        if self.failed.is_some() {
+            return Err(self.stopped());
+        }
         if self.pending == 0 {
             return Ok(None);
         }
         self.pending -= 1;
-        match self.done.recv() {
+        let got = self
+            .done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        match got {
             Ok(r) => r.map(Some),
             Err(_) => Err(self.stopped()),
         }
@@ -98,27 +114,39 @@ impl<B: Memory> Ahead<B> {
         }
     }
 
-    /// Drops the batches sent and not received.
+    /// Drops the batches sent and not received (the error of one of their copies, if
+    /// any, after all are dropped).
     pub fn clear(&mut self) -> Result<()> {
-        while let Some(u) = self.receive()? {
-            self.give_back(u.buf, u.len);
+        let mut first = None;
+        while self.pending > 0 {
+            match self.receive() {
+                Ok(Some(u)) => self.give_back(u.buf, u.len),
+                Ok(None) => break,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
-    /// The error for a thread that is gone: its panic's message when it panicked.
+    /// The error for a thread that is gone (its panic's message when it panicked),
+    /// the same every time.
     fn stopped(&mut self) -> Error {
         self.jobs = None;
         self.pending = 0;
-        let why = match self.thread.take().map(JoinHandle::join) {
-            Some(Err(p)) => p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into()),
-            _ => "it stopped".into(),
-        };
-        Error::Internal(format!("the upload thread failed: {why}"))
+        let why = self.failed.get_or_insert_with(|| {
+            let why = match self.thread.take().map(JoinHandle::join) {
+                Some(Err(p)) => p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+                _ => "it stopped".into(),
+            };
+            format!("the upload thread failed: {why}")
+        });
+        Error::Internal(why.clone())
     }
 }
 
@@ -139,7 +167,10 @@ fn upload<B: Memory, U: Uploader<B>>(
 ) -> Result<Uploaded<B>> {
     let mut buf = match given {
         Some((b, len)) if len == host.len() => b,
-        _ => up.alloc(host.len())?,
+        other => {
+            drop(other); // freed before another is made
+            up.alloc(host.len())?
+        }
     };
     up.upload(&host, &mut buf)?;
     Ok(Uploaded {

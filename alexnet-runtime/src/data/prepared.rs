@@ -44,7 +44,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use image::RgbImage;
 use rayon::prelude::*;
@@ -582,7 +582,6 @@ fn kept_shard(
             header,
             first: 0,
             offsets,
-            file: Arc::default(),
         };
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut part = vec![0u64; 3 * side * side];
@@ -1124,9 +1123,6 @@ struct Shard {
     /// JPEG storage: where each image's bytes start in the data, and where the data
     /// ends (`count + 1` offsets); empty for raw storage.
     offsets: Vec<u64>,
-    /// Its file, opened on the first read through [`PreparedSplit::load_into`] and kept
-    /// open (reads are positioned, so threads share it), shared by the split's clones.
-    file: Arc<OnceLock<File>>,
 }
 
 impl Shard {
@@ -1179,6 +1175,44 @@ pub struct PreparedSplit {
     classes: Vec<String>,
     shards: Vec<Shard>,
     labels: Vec<u32>,
+    /// Shard files kept open for [`PreparedSplit::load_into`], shared by the split's
+    /// clones.
+    open: Arc<OpenFiles>,
+}
+
+/// The shard files read last, kept open (at most [`OpenFiles::KEPT`]: ImageNet has
+/// 1,300 shards, a process often may open only 1,024 files), the one read last first.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    files: Mutex<std::collections::VecDeque<(usize, Arc<File>)>>,
+}
+
+impl OpenFiles {
+    const KEPT: usize = 64;
+
+    /// Shard `k`'s file at `path`: the one kept open, or opened now (the least recently
+    /// read closed when `KEPT` are open). On Unix reads are positioned and threads
+    /// share a file; elsewhere a read moves the file's cursor, so each read opens its own.
+    fn get(&self, k: usize, path: &Path) -> std::io::Result<Arc<File>> {
+        if !cfg!(unix) {
+            return File::open(path).map(Arc::new);
+        }
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = files.iter().position(|(s, _)| *s == k) {
+            let hit = files
+                .remove(i)
+                .ok_or_else(|| std::io::Error::other("open files"))?;
+            let f = Arc::clone(&hit.1);
+            files.push_front(hit);
+            return Ok(f);
+        }
+        drop(files); // opening is a system call: not under the lock
+        let f = Arc::new(File::open(path)?);
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        files.push_front((k, Arc::clone(&f)));
+        files.truncate(Self::KEPT);
+        Ok(f)
+    }
 }
 
 impl PreparedSplit {
@@ -1197,6 +1231,7 @@ impl PreparedSplit {
             classes,
             shards: Vec::with_capacity(entries.len()),
             labels: Vec::new(),
+            open: Arc::default(),
         };
         for e in entries {
             let path = dir.join(&e.file);
@@ -1224,6 +1259,7 @@ impl PreparedSplit {
             classes,
             shards: Vec::new(),
             labels: Vec::new(),
+            open: Arc::default(),
         };
         for k in 0.. {
             let path = dir.join(shard_name(name, k));
@@ -1242,7 +1278,6 @@ impl PreparedSplit {
             header,
             first: self.labels.len(),
             offsets,
-            file: Arc::default(),
         });
         self.labels.extend(labels);
     }
@@ -1450,8 +1485,8 @@ impl Images for PreparedSplit {
             .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))
     }
 
-    /// Image `i` read straight into `out`, through the shard's file kept open: no
-    /// allocation for raw storage (what [`byte_loader`](super::loader::byte_loader) reads
+    /// Image `i` read straight into `out`, through the shard's file kept open (the last
+    /// 64 read stay open): no allocation for raw storage (what [`byte_loader`](super::loader::byte_loader) reads
     /// batches with).
     fn load_into(
         &self,
@@ -1474,14 +1509,11 @@ impl Images for PreparedSplit {
             )));
         }
         let (shard, k) = self.locate(i);
-        let f = match shard.file.get() {
-            Some(f) => f,
-            None => {
-                let f = File::open(&shard.path).map_err(DecodeError::Unreadable)?;
-                shard.file.get_or_init(|| f)
-            }
-        };
-        shard.read(f, k, out).map_err(|e| {
+        let f = self
+            .open
+            .get(shard.first, &shard.path)
+            .map_err(DecodeError::Unreadable)?;
+        shard.read(&f, k, out).map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 DecodeError::Corrupt(e.to_string())
             } else {

@@ -20,6 +20,7 @@ pack=${ALEXNET_PACK:-../shared/gpu/pack.sh}
 bash "$pack" \
   --example "alexnet:bench --device cuda --batch 1,7,128 --runs 20" \
   --example "alexnet:train --device cuda --epochs 3 --checkpoint /tmp/alexnet-train --overwrite" \
+  --example "synthetic_folder:/tmp/alexnet-feed/src 5120 10" \
   --bench gpu_forward \
   --bench gpu_train \
   --bench towers
@@ -105,6 +106,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 timeout 240 "$here"/bin/test-gpu_training-* --ignored --test-threads=1 --nocapture images sent_ahead 2>&1 \
   | tee "$OUT/feed-tests.log" | grep -E 'sent ahead|cut on the GPU|panicked|test result'
 timeout 240 "$here/bin/bench-gpu_train" --bench 2>&1 | tee "$OUT/gpu_train.log" | grep -E 'batch|step'
+# Epochs of AlexNet at batch 128 over a prepared set (5,120 generated 500x375 JPEGs
+# prepared at 256x256): `train` prints images/s per log line and whether an epoch waited
+# for data; compare with gpu_train's rate with the patches on the device.
+f=/tmp/alexnet-feed; rm -rf "$f/set" "$f/run"
+[ -d "$f/src" ] || timeout 120 "$here/bin/example-synthetic_folder" "$f/src" 5120 10
+timeout 120 "$here/bin/example-alexnet" prepare --data "$f/src" --out "$f/set" 2>&1 | tail -n 3
+timeout 240 "$here/bin/example-alexnet" train --net alexnet --device cuda --data "$f/set" --batch 128 \
+  --epochs 3 --log-every 8 --checkpoint "$f/run" --overwrite 2>&1 | tee "$OUT/feed-train.log" \
+  | grep -E 'images/s|waited|epoch|error'
 EOS
 du -sh .gpu-bin
 echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 path alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes) or \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

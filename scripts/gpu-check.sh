@@ -52,6 +52,14 @@ export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision tf32 --batch 1,7,128 \
   --runs 20 > "$OUT/example-alexnet-tf32.log" 2>&1; echo "bench --precision tf32: rc=$?"
 tail -n 25 "$OUT/example-alexnet-tf32.log"
+# Issue 18: epochs of AlexNet at batch 128 over a prepared set (run.sh wrote the JPEGs with
+# the synthetic_folder example); images/s per log line, and whether an epoch waited for data.
+f=/tmp/alexnet-feed; rm -rf "$f/set" "$f/run"
+[ -d "$f/src" ] || timeout 120 "$here/bin/example-synthetic_folder" "$f/src" 5120 10 > /dev/null
+timeout 120 "$here/bin/example-alexnet" prepare --data "$f/src" --out "$f/set" 2>&1 | tail -n 1
+timeout 240 "$here/bin/example-alexnet" train --net alexnet --device cuda --data "$f/set" --batch 128 \
+  --epochs 3 --log-every 8 --checkpoint "$f/run" --overwrite 2>&1 | tee "$OUT/feed-train.log" \
+  | grep -E 'images/s|waited|epoch|error'
 EOS
 # The two towers alone (issue 5), for a short device call: the GPU tower tests, the
 # split-versus-unsplit bench and `bench --towers` on one GPU.

@@ -1,6 +1,7 @@
 //! A training step of the paper's AlexNet on the CPU backend: batch 8 (or the batch sizes
 //! given), He-initialised weights, SGD with momentum and weight decay, median of 10 steps
-//! after 2 warm-up steps, with the forward pass alone beside it.
+//! after 2 warm-up steps, with the forward pass alone beside it, then one step phase by
+//! phase.
 //! `cargo bench --bench cpu_train [-- BATCH...]`; results go to docs/benchmarks.md.
 
 use std::time::Instant;
@@ -61,5 +62,15 @@ fn main() {
             "batch {batch:>3}: training step {step:8.1} ms ({:.1} images/s), forward alone {forward:7.1} ms (median of {STEPS})",
             batch as f64 / step * 1e3
         );
+        // One more step, phase by phase: where the time goes.
+        trainer.set_timing(true);
+        trainer.step(&x, &labels).expect("step");
+        let phases = trainer.timings().to_vec();
+        trainer.set_timing(false);
+        let total: f64 = phases.iter().map(|(_, t)| t).sum();
+        println!("  one step by phase (ms; total {:.1}):", total * 1e3);
+        for (name, t) in phases {
+            println!("    {name:<22} {:8.2}  {:4.1}%", t * 1e3, 100.0 * t / total);
+        }
     }
 }

@@ -118,7 +118,8 @@ fn analytic(c: &Case, want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     // Inference skips dropout (the identity), so it reports no output of its own.
     let y = y.unwrap_or_else(|| c.x.clone());
     let mut dx = want_dx.then(|| vec![f32::NAN; c.x.len()]);
-    let (mut dw, mut db) = (vec![0.0f32; c.w.len()], vec![0.0f32; c.b.len()]);
+    // NaN in: every gradient is overwritten, none accumulated into.
+    let (mut dw, mut db) = (vec![f32::NAN; c.w.len()], vec![f32::NAN; c.b.len()]);
     let params: Vec<&[f32]> = if c.w.is_empty() {
         Vec::new()
     } else {

@@ -78,8 +78,8 @@ fn image(
     }
 }
 
-/// Gradients of a convolution for `batch` images: `dw`, `db` are accumulated into; `dx`
-/// (when wanted: conv1 needs none) is overwritten. `y` is the layer's output, needed to
+/// Gradients of a convolution for `batch` images: `dw`, `db` and `dx` (when wanted: conv1
+/// needs none) are overwritten. `y` is the layer's output, needed to
 /// apply the fused ReLU's mask to `dy`.
 ///
 /// With more images than threads, the batch is cut into one contiguous range of images per
@@ -100,6 +100,9 @@ pub fn backward(
     relu: bool,
     threads: usize,
 ) {
+    // Overwritten: the sums start from zero here.
+    dw.fill(0.0);
+    db.fill(0.0);
     if threads <= 1 || batch < threads {
         backward_images(x, w, y, dy, dx, dw, db, batch, g, relu, threads);
         return;
@@ -148,7 +151,8 @@ pub fn backward(
     }
 }
 
-/// [`backward`] for `batch` images one after another, with `threads` splitting each GEMM.
+/// [`backward`] for `batch` images one after another, with `threads` splitting each GEMM;
+/// `dw` and `db` accumulated into.
 #[allow(clippy::too_many_arguments)]
 fn backward_images(
     x: &[f32],

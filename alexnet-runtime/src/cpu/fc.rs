@@ -49,8 +49,8 @@ pub fn forward(
     }
 }
 
-/// Gradients of a fully connected layer: `dw`, `db` accumulated into, `dx` (when wanted)
-/// overwritten; `y` masks `dy` for the fused ReLU.
+/// Gradients of a fully connected layer: `dw`, `db` and `dx` (when wanted) overwritten;
+/// `y` masks `dy` for the fused ReLU.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: &[f32],
@@ -71,19 +71,21 @@ pub fn backward(
         .zip(y)
         .map(|(&g, &v)| if relu && v <= 0.0 { 0.0 } else { g })
         .collect();
+    db[..outputs].fill(0.0);
     for row in dyr.chunks(outputs) {
         for (b, g) in db.iter_mut().zip(row) {
             *b += g;
         }
     }
-    // dW [O, I] += dY^T [O, N] x [N, I]
+    // dW [O, I] = dY^T [O, N] x [N, I], written over what dW held (fc6's is 151 MB: no
+    // pass to clear it, none to read it back)
     sgemm_strided(
         Mat::transposed(&dyr, outputs, batch, outputs),
         Mat::row_major(x, batch, inputs, inputs),
         dw,
         inputs,
         1,
-        true,
+        false,
         threads,
     );
     if let Some(dx) = dx {

@@ -190,8 +190,8 @@ pub(crate) trait CpuLayer {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()>;
 
     /// The gradients of the input (`dx`, overwritten, when given) and of the parameters
-    /// (`dparams`, accumulated into) from the stage's input `x`, output `y` and output
-    /// gradient `dy`.
+    /// (`dparams`, overwritten: a step writes each once, so nothing clears them first)
+    /// from the stage's input `x`, output `y` and output gradient `dy`.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -223,7 +223,7 @@ pub struct StageGrads<'a> {
     /// Gradient with respect to the stage's input; `None` when not needed (the first
     /// layer). Overwritten.
     pub dx: Option<&'a mut [f32]>,
-    /// Gradients of the weight and the bias (learned layers only), accumulated into.
+    /// Gradients of the weight and the bias (learned layers only). Overwritten.
     pub dparams: Vec<&'a mut [f32]>,
 }
 
@@ -241,8 +241,8 @@ impl Cpu {
 
     /// The backward pass of one stage on `batch` images: from the stage's input `x`, its
     /// output `y` (which also gives the fused ReLU's mask), the gradient `dy` of its
-    /// output and its parameters, the gradients of its input and parameters (accumulated
-    /// into `dparams`; [`crate::Training::backward_stage`] zeroes them first). Dropout is
+    /// output and its parameters, the gradients of its input and parameters (both
+    /// overwritten). Dropout is
     /// the identity here: training applies its mask through [`crate::Training::dropout`].
     /// Checked against finite differences in tests/gradients.rs.
     #[allow(clippy::too_many_arguments)]

@@ -24,10 +24,8 @@ impl Training for Cpu {
         dparams: &mut [&mut Vec<f32>],
     ) -> Result<()> {
         let params: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
-        let mut grads: Vec<&mut [f32]> = dparams.iter_mut().map(|d| d.as_mut_slice()).collect();
-        for g in grads.iter_mut() {
-            g.fill(0.0);
-        }
+        // Overwritten by the layer: no pass to clear them (fc6's alone is 151 MB).
+        let grads: Vec<&mut [f32]> = dparams.iter_mut().map(|d| d.as_mut_slice()).collect();
         self.backward_slices(
             plan,
             stage,
@@ -133,7 +131,11 @@ impl Training for Cpu {
         Ok(specs
             .iter()
             .zip(grads)
-            .map(|(spec, g)| g[..spec.len()].par_iter().any(|v| !v.is_finite()))
+            .map(|(spec, g)| {
+                g[..spec.len()]
+                    .par_chunks(1 << 16)
+                    .any(|c| any_non_finite(c))
+            })
             .collect())
     }
 
@@ -160,5 +162,37 @@ impl Training for Cpu {
                 .for_each(|((w, v), g)| sgd.step(w, v, g, lr_mults[i]));
         }
         Ok(())
+    }
+}
+
+/// Whether `values` holds a NaN or an infinity: their exponent bits all set. An OR of
+/// integers over the whole slice, without an early exit, so that it vectorises (the
+/// check reads every gradient each step: 244 MB for AlexNet).
+fn any_non_finite(values: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    values
+        .iter()
+        .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXPONENT == EXPONENT))
+        != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::any_non_finite;
+
+    #[test]
+    fn non_finite_values_are_found_wherever_they_are() {
+        let mut v = vec![1.0f32; 1000];
+        v[3] = f32::MAX;
+        v[4] = f32::MIN_POSITIVE / 2.0; // subnormal: finite
+        assert!(!any_non_finite(&v));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+            for at in [0, 517, 999] {
+                let mut w = v.clone();
+                w[at] = bad;
+                assert!(any_non_finite(&w), "{bad} at {at}");
+            }
+        }
+        assert!(!any_non_finite(&[]));
     }
 }

@@ -170,10 +170,9 @@ impl Training for Cpu {
 /// check reads every gradient each step: 244 MB for AlexNet).
 fn any_non_finite(values: &[f32]) -> bool {
     const EXPONENT: u32 = 0x7f80_0000;
-    values
-        .iter()
-        .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & EXPONENT == EXPONENT))
-        != 0
+    values.iter().fold(0u32, |acc, v| {
+        acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    }) != 0
 }
 
 #[cfg(test)]

@@ -131,11 +131,7 @@ impl Training for Cpu {
         Ok(specs
             .iter()
             .zip(grads)
-            .map(|(spec, g)| {
-                g[..spec.len()]
-                    .par_chunks(1 << 16)
-                    .any(|c| any_non_finite(c))
-            })
+            .map(|(spec, g)| g[..spec.len()].par_chunks(1 << 16).any(any_non_finite))
             .collect())
     }
 

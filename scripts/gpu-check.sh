@@ -28,6 +28,19 @@ cp scripts/bench_torch.py .gpu-bin/
 # Every GPU test under compute-sanitizer (memcheck, synccheck, racecheck, initcheck): a
 # second device call, "bash .gpu-bin/sanitize.sh" (about 6 minutes).
 cp scripts/gpu-sanitize.sh .gpu-bin/sanitize.sh
+# What the scripts below share: the toolkit's, the driver's and cuDNN's libraries on the
+# library path (run.sh's own, plus the PyTorch wheel's cuDNN that gpu_forward compares
+# with), CUDA_HOME, and gpu_line, which names the GPU.
+cat > .gpu-bin/env.sh <<'EOS'
+dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64 \
+  /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do
+  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+gpu_line() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+}
+EOS
 cat > .gpu-bin/all.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,9 +59,7 @@ fi
 bash "$here/run.sh"
 # The same forward bench with the convolutions and the fc layers on tensor cores (its own log: run.sh names a
 # log after the binary), with run.sh's library path.
-dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
-  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
-export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. "$here/env.sh"
 timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision tf32 --batch 1,7,128 \
   --runs 20 > "$OUT/example-alexnet-tf32.log" 2>&1; echo "bench --precision tf32: rc=$?"
 tail -n 25 "$OUT/example-alexnet-tf32.log"
@@ -67,11 +78,7 @@ cat > .gpu-bin/towers.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
-dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
-  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
-export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+. "$here/env.sh"; gpu_line
 timeout 240 "$here"/bin/test-gpu_towers-* --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/gpu_towers.log" \
   | grep -E 'one GPU|two GPUs|AlexNet|SmallNet|panicked|test result'
 timeout 240 "$here/bin/bench-towers" --bench 2>&1 | tee "$OUT/towers.log" | grep -E 'time:|^alexnet|  [a-z_]+ '
@@ -85,12 +92,7 @@ cat > .gpu-bin/tf32.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
-dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64 \
-  /opt/torch/.venv/lib/python3*/site-packages/nvidia/cudnn/lib; do
-  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
-export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+. "$here/env.sh"; gpu_line
 for t in gpu gpu_towers; do
   timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 2>&1 | tee "$OUT/tf32-$t.log" \
     | grep -E 'tf32|panicked|test result'
@@ -106,11 +108,7 @@ cat > .gpu-bin/feed.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
-dirs=""; for d in /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do
-  [ -d "$d" ] && dirs="${dirs:+$dirs:}$d"; done
-export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+. "$here/env.sh"; gpu_line
 timeout 240 "$here"/bin/test-gpu_training-* --ignored --test-threads=1 --nocapture images sent_ahead 2>&1 \
   | tee "$OUT/feed-tests.log" | grep -E 'sent ahead|cut on the GPU|panicked|test result'
 timeout 240 "$here/bin/bench-gpu_train" --bench 2>&1 | tee "$OUT/gpu_train.log" | grep -E 'batch|step'

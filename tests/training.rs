@@ -459,8 +459,6 @@ fn poisoned(plan: &Plan, batch: usize, v: f32) -> Tensor {
 
 #[test]
 fn a_step_that_is_not_finite_stops_or_is_skipped_with_the_weights_untouched() {
-    use alexnet::runtime::prelude::Train;
-    use alexnet::runtime::towers::SplitTrainer;
     use alexnet::runtime::{Error, OnNonFinite};
 
     let (plan, params, x, labels) = setup(4, 11);
@@ -474,25 +472,7 @@ fn a_step_that_is_not_finite_stops_or_is_skipped_with_the_weights_untouched() {
     let first = plan.params()[0].name.clone();
     let dir = std::env::temp_dir().join(format!("alexnet-nonfinite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let whole = || -> Box<dyn Train> {
-        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
-        Box::new(Trainer::new(model, config.clone()).unwrap())
-    };
-    let split = || -> Box<dyn Train> {
-        Box::new(
-            SplitTrainer::new(
-                plan.clone(),
-                params.clone(),
-                vec![Cpu::new(), Cpu::new()],
-                config.clone(),
-            )
-            .unwrap(),
-        )
-    };
-    for (what, make) in [
-        ("whole", &whole as &dyn Fn() -> Box<dyn Train>),
-        ("split", &split),
-    ] {
+    for (what, make) in whole_and_split(&plan, &params, &config) {
         for bad in [f32::NAN, f32::INFINITY] {
             // Stop (the default): an error naming the step and the first tensor; nothing
             // applied; the checkpoint of the last good step loads and is what it was.
@@ -737,6 +717,32 @@ fn a_step_on_images_is_the_step_on_their_patches() {
     assert_eq!(on_images.state().step, on_patches.state().step);
 }
 
+/// Makers of a whole trainer (`Trainer` on the CPU) and of a split one (two CPU towers)
+/// of the same network, weights and configuration, each call a fresh one.
+#[allow(clippy::type_complexity)]
+fn whole_and_split(
+    plan: &Plan,
+    params: &[NamedTensor],
+    config: &TrainConfig,
+) -> [(
+    &'static str,
+    Box<dyn Fn() -> Box<dyn alexnet::runtime::train::Train>>,
+); 2] {
+    use alexnet::runtime::towers::SplitTrainer;
+    use alexnet::runtime::train::Train;
+    let (p, w, c) = (plan.clone(), params.to_vec(), config.clone());
+    let whole = move || -> Box<dyn Train> {
+        let model = Model::from_tensors(Cpu::new(), p.clone(), w.clone()).unwrap();
+        Box::new(Trainer::new(model, c.clone()).unwrap())
+    };
+    let (p, w, c) = (plan.clone(), params.to_vec(), config.clone());
+    let split = move || -> Box<dyn Train> {
+        let cpus = vec![Cpu::new(), Cpu::new()];
+        Box::new(SplitTrainer::new(p.clone(), w.clone(), cpus, c.clone()).unwrap())
+    };
+    [("whole", Box::new(whole)), ("split", Box::new(split))]
+}
+
 /// Batches sent ahead (`Train::send_images`, as `train` sends each one step early so that
 /// a GPU copies it while the step before computes) are stepped on in the order sent, bit
 /// for bit as `step_images` steps on them, whether one or two are waiting, by a whole
@@ -746,7 +752,6 @@ fn a_step_on_images_is_the_step_on_their_patches() {
 #[test]
 fn batches_sent_ahead_are_the_steps_on_them_in_order() {
     use alexnet::runtime::data::patch::Draw;
-    use alexnet::runtime::towers::SplitTrainer;
     use alexnet::runtime::train::Train;
     use rand::Rng;
     let (plan, params, _, _) = setup(1, 10);
@@ -770,25 +775,7 @@ fn batches_sent_ahead_are_the_steps_on_them_in_order() {
             (images, draws, labels)
         })
         .collect();
-    let whole = || -> Box<dyn Train> {
-        let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
-        Box::new(Trainer::new(model, config.clone()).unwrap())
-    };
-    let split = || -> Box<dyn Train> {
-        Box::new(
-            SplitTrainer::new(
-                plan.clone(),
-                params.clone(),
-                vec![Cpu::new(), Cpu::new()],
-                config.clone(),
-            )
-            .unwrap(),
-        )
-    };
-    for (name, new) in [
-        ("whole", &whole as &dyn Fn() -> Box<dyn Train>),
-        ("split", &split),
-    ] {
+    for (name, new) in whole_and_split(&plan, &params, &config) {
         let (mut direct, mut ahead) = (new(), new());
         let want: Vec<u64> = batches
             .iter()

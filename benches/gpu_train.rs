@@ -138,20 +138,16 @@ fn bytes_path(
             copied.push(t.elapsed().as_secs_f64());
         }
     }
-    // (b) sent one step ahead: the time per step over the loop.
+    // (b) sent one step ahead: the time per step over the loop. The two batches' buffers
+    // go round (each comes back from its step and is sent again), so the training
+    // thread copies nothing itself, as in `train`, where the loader's threads fill them.
     let mut ahead = Vec::new();
-    trainer.send_images(images[0].clone())?;
-    let mut back = Vec::new();
+    let mut spare = images.clone();
+    trainer.send_images(spare.pop().ok_or("no batch")?)?;
     for k in 0..warm + runs {
         let t = Instant::now();
-        let mut next = std::mem::take(&mut back);
-        if next.is_empty() {
-            next = images[(k + 1) % 2].clone();
-        } else {
-            next.copy_from_slice(&images[(k + 1) % 2]); // as the loader refills a buffer
-        }
-        trainer.send_images(next)?;
-        back = trainer.step_sent(&cut, &draws, &labels)?.1;
+        trainer.send_images(spare.pop().ok_or("no batch")?)?;
+        spare.push(trainer.step_sent(&cut, &draws, &labels)?.1);
         if k >= warm {
             ahead.push(t.elapsed().as_secs_f64());
         }

@@ -227,7 +227,10 @@ fn col_len(g: &ConvGeom) -> usize {
     g.kcol() * g.output.h * g.output.w
 }
 
-/// Adds `col[(c*k + ky)*k + kx][oy*Q + ox]` back onto the image positions it was read from.
+/// Adds `col[(c*k + ky)*k + kx][oy*Q + ox]` back onto the image positions it was read from,
+/// in that order (the bits do not depend on how the loops are cut); the columns that fall
+/// inside the image are worked out per `kx`, so that the inner loop has no bounds test and
+/// vectorises for stride 1.
 fn col2im(col: &[f32], cg: usize, g: &ConvGeom, dx: &mut [f32]) {
     let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
     let (p, q) = (g.output.h, g.output.w);
@@ -235,15 +238,25 @@ fn col2im(col: &[f32], cg: usize, g: &ConvGeom, dx: &mut [f32]) {
         for ky in 0..k {
             for kx in 0..k {
                 let row = &col[((c * k + ky) * k + kx) * p * q..][..p * q];
+                let (lo, hi) = valid_columns(g, kx);
+                if lo >= hi {
+                    continue;
+                }
                 for oy in 0..p {
                     let iy = (oy * s + ky) as isize - pad as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
-                    for ox in 0..q {
-                        let ix = (ox * s + kx) as isize - pad as isize;
-                        if ix >= 0 && ix < w as isize {
-                            dx[(c * h + iy as usize) * w + ix as usize] += row[oy * q + ox];
+                    let dst = &mut dx[(c * h + iy as usize) * w..][..w];
+                    let src = &row[oy * q + lo..oy * q + hi];
+                    let start = lo * s + kx - pad;
+                    if s == 1 {
+                        for (d, v) in dst[start..start + (hi - lo)].iter_mut().zip(src) {
+                            *d += v;
+                        }
+                    } else {
+                        for (d, v) in dst[start..].iter_mut().step_by(s).zip(src) {
+                            *d += v;
                         }
                     }
                 }
@@ -252,24 +265,27 @@ fn col2im(col: &[f32], cg: usize, g: &ConvGeom, dx: &mut [f32]) {
     }
 }
 
+/// The output columns `lo..hi` whose input column `ox * stride + kx - pad` lies inside the
+/// image.
+fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
+    let (w, s, pad, q) = (g.input.w, g.stride, g.pad, g.output.w);
+    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
+    let hi = if w + pad > kx {
+        q.min((w - 1 + pad - kx) / s + 1)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
 /// Unfolds `cg` channels of one image into `col[(c*k + ky)*k + kx][oy*Q + ox]`.
 fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
     let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
     let (p, q) = (g.output.h, g.output.w);
-    // Output columns whose input column ox*s + kx - pad lies inside [0, w).
-    let valid = move |kx: usize| -> (usize, usize) {
-        let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
-        let hi = if w + pad > kx {
-            q.min((w - 1 + pad - kx) / s + 1)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    };
     let fill_row = |r: usize, row: &mut [f32]| {
         let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
         let plane = &x[c * h * w..(c + 1) * h * w];
-        let (lo, hi) = valid(kx);
+        let (lo, hi) = valid_columns(g, kx);
         for oy in 0..p {
             let out = &mut row[oy * q..(oy + 1) * q];
             let iy = (oy * s + ky) as isize - pad as isize;

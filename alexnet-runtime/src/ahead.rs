@@ -80,11 +80,6 @@ impl<B: Memory> Ahead<B> {
         }
     }
 
-    /// How many batches were sent and not yet received.
-    pub fn pending(&self) -> usize {
-        self.pending
-    }
-
     /// The oldest batch sent, once its copy is queued on the backend (so that the
     /// backend's work queued afterwards sees its bytes), or the error of its copy; `None`
     /// when none is pending.

@@ -603,11 +603,6 @@ impl<B: Training + Augment + Upload> Trainer<B> {
         }
     }
 
-    /// How many batches were sent and not yet stepped on.
-    pub fn sent(&self) -> usize {
-        self.ahead.as_ref().map_or(0, Ahead::pending)
-    }
-
     /// A step on `len` bytes of images already on the backend in `bytes`.
     fn step_uploaded(
         &mut self,
@@ -617,17 +612,41 @@ impl<B: Training + Augment + Upload> Trainer<B> {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<BatchStats> {
+        self.ready_images(cut, len, draws, labels)?;
+        self.cut_loaded(cut, bytes, draws, labels)?;
+        self.step_loaded()
+    }
+
+    /// Checks a batch of `len` bytes of images with its draws and labels
+    /// ([`Model::check_images`]) and makes the workspace of its size.
+    fn ready_images(
+        &mut self,
+        cut: &Cut<'_>,
+        len: usize,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<()> {
         let batch = self.model.check_images(cut, len, draws, 1)?;
         self.check_labels(batch, labels)?;
-        self.workspace(batch)?;
+        self.workspace(batch)
+    }
+
+    /// Cuts the checked batch in `bytes` into the network's input and writes its labels:
+    /// the batch is loaded for [`Trainer::step_loaded`].
+    fn cut_loaded(
+        &mut self,
+        cut: &Cut<'_>,
+        bytes: &B::Buffer<u8>,
+        draws: &[Draw],
+        labels: &[u32],
+    ) -> Result<()> {
         let ws = self
             .ws
             .as_mut()
             .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
         ws.loaded = false;
         self.model.cut_into(cut, bytes, draws, 1, &mut ws.acts[0])?;
-        self.write_labels(labels)?;
-        self.step_loaded()
+        self.write_labels(labels)
     }
 
     /// One SGD step on a batch of 8-bit images, each cut into the network's input by its
@@ -657,32 +676,24 @@ impl<B: Training + Augment + Upload> Trainer<B> {
         draws: &[Draw],
         labels: &[u32],
     ) -> Result<()> {
-        let batch = self.model.check_images(cut, images.len(), draws, 1)?;
-        self.check_labels(batch, labels)?;
-        self.workspace(batch)?;
-        let model = &self.model;
-        let backend = model.backend();
+        self.ready_images(cut, images.len(), draws, labels)?;
         let ws = self
             .ws
             .as_mut()
             .ok_or_else(|| Error::Internal("training workspace missing".into()))?;
-        ws.loaded = false;
         // Exactly the batch's bytes: the cut counts the images from the buffer's length.
-        if ws
-            .images
-            .as_ref()
-            .is_none_or(|(_, len)| *len != images.len())
-        {
-            ws.images = None;
-            ws.images = Some((backend.alloc(images.len())?, images.len()));
+        let kept = ws.images.take().filter(|(_, len)| *len == images.len());
+        let backend = self.model.backend();
+        let (mut bytes, len) = match kept {
+            Some(b) => b,
+            None => (backend.alloc(images.len())?, images.len()),
+        };
+        backend.write(&mut bytes, images)?;
+        let cut_result = self.cut_loaded(cut, &bytes, draws, labels);
+        if let Some(ws) = self.ws.as_mut() {
+            ws.images = Some((bytes, len));
         }
-        let (bytes, _) = ws
-            .images
-            .as_mut()
-            .ok_or_else(|| Error::Internal("image buffer missing".into()))?;
-        backend.write(bytes, images)?;
-        model.cut_into(cut, bytes, draws, 1, &mut ws.acts[0])?;
-        self.write_labels(labels)
+        cut_result
     }
 
     /// [`Trainer::evaluate`] on the patches the backend cuts from 8-bit images, one draw

@@ -132,7 +132,7 @@ pub fn loader(
     queue: usize,
     transform: Transform,
 ) -> Result<Loader> {
-    let make: Make<f32> =
+    let make: Make =
         Arc::new(move |img: RgbImage, p: u64| transform(chw(&img).map(f32::from).collect(), p));
     start(images, order, batch, side, workers, queue, make)
 }
@@ -291,19 +291,19 @@ fn check(images: &dyn Images, order: &[usize], batch: usize, side: usize) -> Res
 }
 
 /// What a worker makes of image `order[p]`, given `p`.
-type Make<E> = Arc<dyn Fn(RgbImage, u64) -> Vec<E> + Send + Sync>;
+type Make = Arc<dyn Fn(RgbImage, u64) -> Vec<f32> + Send + Sync>;
 
 /// [`loader`]'s threads: workers that make each image into values with `make`, and a
 /// collector that packs them into batches.
-fn start<E: Copy + Send + 'static>(
+fn start(
     images: Arc<dyn Images>,
     order: Vec<usize>,
     batch: usize,
     side: usize,
     workers: usize,
     queue: usize,
-    make: Make<E>,
-) -> Result<Loader<E>> {
+    make: Make,
+) -> Result<Loader> {
     check(&*images, &order, batch, side)?;
     let order: Arc<[usize]> = order.into();
     let n = order.len();
@@ -316,7 +316,7 @@ fn start<E: Copy + Send + 'static>(
     let per_worker = batch.div_ceil(workers).max(1);
     let mut inputs = Vec::with_capacity(workers);
     for w in 0..workers {
-        let (wtx, wrx) = sync_channel::<Decoded<E>>(per_worker);
+        let (wtx, wrx) = sync_channel::<Decoded>(per_worker);
         inputs.push(wrx);
         let (images, order, make) = (Arc::clone(&images), Arc::clone(&order), Arc::clone(&make));
         threads.push(std::thread::spawn(move || {
@@ -348,7 +348,7 @@ fn start<E: Copy + Send + 'static>(
 pub type Transform = Arc<dyn Fn(Vec<f32>, u64) -> Vec<f32> + Send + Sync>;
 
 /// What one worker hands the collector for one position.
-type Decoded<E> = std::result::Result<Vec<E>, DecodeError>;
+type Decoded = std::result::Result<Vec<f32>, DecodeError>;
 
 /// A batch: the images concatenated, and their labels.
 type BatchData<E> = (Vec<E>, Vec<u32>);
@@ -359,12 +359,12 @@ type Sent<E> = (Vec<E>, Vec<u32>, Vec<u64>, usize);
 
 /// The collector thread: takes positions 0, 1, ... from the workers in turn and sends
 /// full batches on; returns as soon as the loader is dropped.
-fn collect<E: Copy>(
+fn collect(
     set: &dyn Images,
     order: &[usize],
     batch: usize,
-    inputs: &[Receiver<Decoded<E>>],
-    tx: &SyncSender<Sent<E>>,
+    inputs: &[Receiver<Decoded>],
+    tx: &SyncSender<Sent<f32>>,
     report: &Mutex<LoadReport>,
 ) {
     let (mut images, mut labels) = (Vec::new(), Vec::with_capacity(batch));

@@ -1317,7 +1317,8 @@ impl PreparedSplit {
         (s, i - s.first)
     }
 
-    /// Reads image `i < len()` (HWC, `side * side * 3` bytes) into `out`.
+    /// Reads image `i < len()` (HWC, `side * side * 3` bytes) into `out`, through the
+    /// shard's file kept open (the last 64 read stay open).
     pub fn read_image(&self, i: usize, out: &mut [u8]) -> std::io::Result<()> {
         if i >= self.len() || out.len() != self.image_bytes() {
             return Err(std::io::Error::new(
@@ -1331,13 +1332,13 @@ impl PreparedSplit {
             ));
         }
         let (shard, k) = self.locate(i);
-        let f = File::open(&shard.path)?;
+        let f = self.open.get(shard.first, &shard.path)?;
         shard.read(&f, k, out)
     }
 
     /// Reads the images `indices` (each `< len()`) one after another into `out` (HWC
     /// each, `indices.len() * image_bytes()` bytes): a batch as it goes to the device
-    /// for augmentation there. Each shard is opened once per call.
+    /// for augmentation there.
     pub fn read_batch(&self, indices: &[usize], out: &mut [u8]) -> Result<()> {
         let size = self.image_bytes();
         if out.len() != indices.len() * size {
@@ -1354,17 +1355,10 @@ impl PreparedSplit {
                 self.len()
             )));
         }
-        let mut open: Option<(usize, File)> = None;
         for (&i, dst) in indices.iter().zip(out.chunks_exact_mut(size)) {
-            let (shard, k) = self.locate(i);
-            let f = match open.take() {
-                Some((first, f)) if first == shard.first => f,
-                _ => File::open(&shard.path).map_err(|e| Error::io(&shard.path, e))?,
-            };
-            shard
-                .read(&f, k, dst)
+            let (shard, _) = self.locate(i);
+            self.read_image(i, dst)
                 .map_err(|e| Error::io(&shard.path, e))?;
-            open = Some((shard.first, f));
         }
         Ok(())
     }
@@ -1485,9 +1479,9 @@ impl Images for PreparedSplit {
             .ok_or_else(|| DecodeError::Corrupt("an image of the wrong size".into()))
     }
 
-    /// Image `i` read straight into `out`, through the shard's file kept open (the last
-    /// 64 read stay open): no allocation for raw storage (what [`byte_loader`](super::loader::byte_loader) reads
-    /// batches with).
+    /// Image `i` read straight into `out` ([`PreparedSplit::read_image`]): no allocation
+    /// for raw storage (what [`byte_loader`](super::loader::byte_loader) reads batches
+    /// with).
     fn load_into(
         &self,
         i: usize,
@@ -1500,25 +1494,11 @@ impl Images for PreparedSplit {
                 self.side, self.side
             )));
         }
-        if i >= self.len() || out.len() != self.image_bytes() {
-            return Err(DecodeError::Corrupt(format!(
-                "image {i} of {} into {} bytes (one is {})",
-                self.len(),
-                out.len(),
-                self.image_bytes()
-            )));
-        }
-        let (shard, k) = self.locate(i);
-        let f = self
-            .open
-            .get(shard.first, &shard.path)
-            .map_err(DecodeError::Unreadable)?;
-        shard.read(&f, k, out).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
+        self.read_image(i, out).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
                 DecodeError::Corrupt(e.to_string())
-            } else {
-                DecodeError::Unreadable(e)
             }
+            _ => DecodeError::Unreadable(e),
         })
     }
 }

@@ -1,13 +1,20 @@
-//! AlexNet's 3x3 layers (conv3-conv5) on the CPU with each convolution algorithm,
-//! alternating run by run so that the shared machine's drift hits both alike: the evidence
-//! behind `ConvAlgorithm::Auto`'s choice. `cargo bench --bench cpu_conv [-- BATCH...]`.
+//! AlexNet's convolutions on the CPU with each convolution algorithm (im2col + sgemm, the
+//! packed AVX-512 micro-kernel, Winograd on the 3x3 layers) and in bf16, alternating run by
+//! run so that the shared machine's drift hits all alike: the evidence behind
+//! `ConvAlgorithm::Auto`'s choice. `cargo bench --bench cpu_conv [-- BATCH...]`.
 
 use std::time::Instant;
 
+use alexnet::ir::Precision;
 use alexnet::runtime::weights;
 use alexnet::runtime::{ConvAlgorithm, Cpu, Model, Tensor};
 
-const LAYERS: [(&str, &str); 3] = [
+const LAYERS: [(&str, &str); 5] = [
+    ("conv1", "T<3, 227, 227> { conv(96, 11, stride = 4) relu }"),
+    (
+        "conv2",
+        "T<96, 27, 27> { conv(256, 5, pad = 2, groups = 2) relu }",
+    ),
     ("conv3", "T<256, 13, 13> { conv(384, 3, pad = 1) relu }"),
     (
         "conv4",
@@ -30,16 +37,39 @@ fn main() {
     } else {
         batches
     };
-    let algos = [ConvAlgorithm::Im2col, ConvAlgorithm::Winograd];
+    let bf16 = |a| {
+        Cpu::new()
+            .with_conv_algorithm(a)
+            .with_precision(Precision::Bf16)
+    };
+    let algos: [(&str, Cpu); 4] = [
+        (
+            "im2col",
+            Cpu::new().with_conv_algorithm(ConvAlgorithm::Im2col),
+        ),
+        (
+            "packed",
+            Cpu::new().with_conv_algorithm(ConvAlgorithm::Packed),
+        ),
+        (
+            "winograd",
+            Cpu::new().with_conv_algorithm(ConvAlgorithm::Winograd),
+        ),
+        ("bf16", bf16(ConvAlgorithm::Auto).expect("bf16")),
+    ];
     println!("ms per batch, min and median of {RUNS} runs, algorithms alternating");
     for (name, src) in LAYERS {
         let plan = alexnet::plan_from_str(src).expect("plan");
         let params = weights::kaiming_init(&plan, 0);
+        // Winograd takes only 3x3 stride-1 layers (conv1 and conv2 would be im2col again).
+        let algos: Vec<&(&str, Cpu)> = algos
+            .iter()
+            .filter(|(a, _)| *a != "winograd" || !["conv1", "conv2"].contains(&name))
+            .collect();
         let models: Vec<Model<Cpu>> = algos
             .iter()
-            .map(|&a| {
-                let cpu = Cpu::new().with_conv_algorithm(a);
-                Model::from_tensors(cpu, plan.clone(), params.clone()).expect("model")
+            .map(|(_, cpu)| {
+                Model::from_tensors(cpu.clone(), plan.clone(), params.clone()).expect("model")
             })
             .collect();
         let s = plan.input;
@@ -65,9 +95,9 @@ fn main() {
             let cells: Vec<String> = algos
                 .iter()
                 .zip(&mut times)
-                .map(|(a, t)| {
+                .map(|((a, _), t)| {
                     t.sort_by(f64::total_cmp);
-                    format!("{a:?} {:.2} / {:.2}", t[0], t[RUNS / 2])
+                    format!("{a} {:.2} / {:.2}", t[0], t[RUNS / 2])
                 })
                 .collect();
             println!("{name} batch {batch:>3}: {}", cells.join(", "));

@@ -51,10 +51,11 @@ def time_ort(run, runs):
     return statistics.median(times)
 
 
-def time_alexnet_rs(binary, batch, runs, threads):
+def time_alexnet_rs(binary, batch, runs, threads, precision):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run(
-        [binary, "bench", "--device", "cpu", "--batch", str(batch), "--runs", str(runs)],
+        [binary, "bench", "--device", "cpu", "--precision", precision, "--batch", str(batch),
+         "--runs", str(runs)],
         env=env, check=True, capture_output=True, text=True,
     ).stdout
     m = re.search(r"batch\s+(\d+):\s+([\d.]+) ms per batch", out)
@@ -73,6 +74,8 @@ def main():
     ap.add_argument("--alexnet-rs", default=os.path.join(ROOT, "target/release/examples/alexnet"),
                     help="the alexnet example binary (cargo build --release --example alexnet), or none")
     ap.add_argument("--stages", action="store_true", help="print alexnet-rs's per-stage times too")
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"],
+                    help="alexnet-rs's precisions to time, each beside the same ONNX Runtime f32 run")
     args = ap.parse_args()
     rs = None if args.alexnet_rs == "none" else args.alexnet_rs
     if rs and not os.access(rs, os.X_OK):
@@ -80,22 +83,23 @@ def main():
     print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads, ORT_ENABLE_ALL; "
           f"median of {args.runs} runs per entry")
     sessions = {b: ort_session(b, args.threads) for b in args.batch}
-    ratios = {b: [] for b in args.batch}
+    ratios = {(b, p): [] for b in args.batch for p in args.precision}
     for r in range(1, args.rounds + 1):
         for b in args.batch:
             t_ort = time_ort(sessions[b], args.runs)
             line = f"round {r}, batch {b:>3}: onnxruntime {t_ort * 1e3:8.2f} ms ({b / t_ort:6.1f} img/s)"
-            if rs:
-                t_rs, stages = time_alexnet_rs(rs, b, args.runs, args.threads)
-                ratios[b].append(t_ort / t_rs)
-                line += f"  alexnet-rs {t_rs * 1e3:8.2f} ms ({b / t_rs:6.1f} img/s)  speed ratio {t_ort / t_rs:5.2f}x"
+            for p in args.precision if rs else []:
+                t_rs, stages = time_alexnet_rs(rs, b, args.runs, args.threads, p)
+                ratios[(b, p)].append(t_ort / t_rs)
+                line += (f"\n    alexnet-rs {p:>4} {t_rs * 1e3:8.2f} ms ({b / t_rs:6.1f} img/s)"
+                         f"  speed ratio {t_ort / t_rs:5.2f}x")
                 if args.stages:
-                    line += f"\n    alexnet-rs stages (ms): {stages}"
+                    line += f"\n      stages (ms): {stages}"
             print(line, flush=True)
     if rs:
-        for b in args.batch:
-            print(f"batch {b:>3}: alexnet-rs / onnxruntime speed, median over rounds: "
-                  f"{statistics.median(ratios[b]):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios[b])})")
+        for (b, p), rs_ratios in ratios.items():
+            print(f"batch {b:>3}, {p}: alexnet-rs / onnxruntime f32 speed, median over rounds: "
+                  f"{statistics.median(rs_ratios):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in rs_ratios)})")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ fn user_errors_are_one_line_not_a_panic() {
 
 /// `--precision`: tf32 needs a GPU, so the CPU asked for by name refuses it in one line;
 /// `auto` that falls back to the CPU computes f32 there (with a notice on standard
-/// error); a precision the project does not have is a usage error.
+/// error); a precision the project does not have is a usage error; bf16 runs on the CPU.
 #[test]
 fn a_tensor_core_precision_is_refused_on_the_cpu() {
     let err = fails(alexnet().args([
@@ -247,7 +247,7 @@ fn a_tensor_core_precision_is_refused_on_the_cpu() {
         "1",
     ]));
     assert!(
-        err.starts_with("precision tf32 runs on a GPU's tensor cores; the CPU backend computes in f32 (give --precision f32, or a GPU in --device)"),
+        err.starts_with("precision tf32 runs on a GPU's tensor cores; the CPU backend computes in f32 or bf16 (give --precision f32, or a GPU in --device)"),
         "{err}"
     );
     let err = fails(alexnet().args([
@@ -266,14 +266,29 @@ fn a_tensor_core_precision_is_refused_on_the_cpu() {
         "{err}"
     );
     let out = alexnet()
-        .args(["bench", "--net", "small", "--precision", "bf16"])
+        .args(["bench", "--net", "small", "--precision", "f16"])
         .output();
     assert!(
         matches!(out.result, Err(alexnet_cli::Error::Usage(_))),
         "{}",
         out.error()
     );
-    assert!(out.error().contains("bf16"), "{}", out.error());
+    assert!(out.error().contains("f16"), "{}", out.error());
+    // bf16 is the CPU's.
+    let text = succeeds(alexnet().args([
+        "bench",
+        "--net",
+        "small",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+    ]));
+    assert!(text.contains("bf16 products"), "{text}");
     if alexnet::runtime::Cuda::unavailable_reason().is_some() {
         let text = succeeds(alexnet().args([
             "bench",

@@ -71,19 +71,36 @@ fn error(cpu: Cpu, src: &str, batch: usize, seed: u64) -> f64 {
     rel_l2(&y, &want)
 }
 
-#[test]
-fn conv_strides_padding_groups() {
-    check("T<3, 19, 23> { conv(8, 11, stride = 4) }", &[1, 3]);
-    check(
+/// The convolutions every f32 path is checked on.
+const CONVS: [(&str, &[usize]); 8] = [
+    ("T<3, 19, 23> { conv(8, 11, stride = 4) }", &[1, 3]),
+    (
         "T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) }",
         &[1, 2, 5],
-    );
-    check("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]);
-    check("T<2, 5, 5> { conv(3, 1) }", &[2]);
-    check("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]);
+    ),
+    ("T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }", &[1, 4]),
+    ("T<2, 5, 5> { conv(3, 1) }", &[2]),
+    ("T<2, 6, 6> { conv(4, 2, stride = 3, pad = 1) }", &[3]),
     // conv1- and conv2-like: many output positions, long filter columns, groups.
-    check("T<3, 40, 40> { conv(8, 11, stride = 2, pad = 3) }", &[1, 2]);
-    check("T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }", &[1, 3]);
+    ("T<3, 40, 40> { conv(8, 11, stride = 2, pad = 3) }", &[1, 2]),
+    ("T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }", &[1, 3]),
+    // More output channels than one row block of the packed kernel, in towers.
+    ("T<10, 8, 9> split 2 { conv(36, 3, pad = 1) }", &[1, 2]),
+];
+
+#[test]
+fn conv_strides_padding_groups() {
+    // Auto (the default), im2col + GEMM, and the packed micro-kernel (on a CPU without
+    // AVX-512F its portable kernel).
+    for algo in [
+        ConvAlgorithm::Auto,
+        ConvAlgorithm::Im2col,
+        ConvAlgorithm::Packed,
+    ] {
+        for (src, batches) in CONVS {
+            check_on(Cpu::new().with_conv_algorithm(algo), src, batches);
+        }
+    }
 }
 
 #[test]
@@ -158,7 +175,11 @@ fn elementwise() {
 
 #[test]
 fn fused_relu_matches_separate_relu() {
-    for algo in [ConvAlgorithm::Im2col, ConvAlgorithm::Winograd] {
+    for algo in [
+        ConvAlgorithm::Im2col,
+        ConvAlgorithm::Packed,
+        ConvAlgorithm::Winograd,
+    ] {
         let (input, conv) = ("T<4, 9, 9>", "conv(6, 3, pad = 1)");
         let fused = plan(&format!("{input} {{ {conv} relu }}"));
         let (x, params, y) = run_on(Cpu::new().with_conv_algorithm(algo), &fused, 3, 7);

@@ -50,6 +50,9 @@ pub enum PrecisionArg {
     /// The convolutions' and fully connected layers' forward products on tensor cores,
     /// tf32 inputs and f32 sums (a GPU only; the backward pass stays f32).
     Tf32,
+    /// The convolutions' and fully connected layers' forward products from bf16 operands,
+    /// f32 sums (the CPU only, for now).
+    Bf16,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -57,6 +60,7 @@ impl From<PrecisionArg> for Precision {
         match p {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Tf32 => Precision::Tf32,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
     }
 }
@@ -67,7 +71,7 @@ pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or auto (the GPU when there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// The arithmetic of the forward pass on a GPU.
+    /// The arithmetic of the forward pass: f32 anywhere, tf32 on a GPU, bf16 on the CPU.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
 }
@@ -95,7 +99,7 @@ impl DeviceArgs {
         let device = Device::parse(spec)?;
         let precision = Precision::from(self.precision);
         let cpu = matches!(device, Device::Cpu(_));
-        if spec == "auto" && cpu && precision != Precision::F32 {
+        if spec == "auto" && cpu && !precision.on_cpu() {
             eprintln!("alexnet: precision {precision} needs a GPU; computing in f32 on the CPU");
             return Ok(device);
         }

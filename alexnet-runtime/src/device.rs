@@ -45,16 +45,13 @@ impl Device {
         Device::cpu()
     }
 
-    /// This device computing in `precision`: a GPU with tensor cores takes any
-    /// ([`Cuda::with_precision`]); the CPU computes f32 only, so another precision is an
-    /// [`Error::Invalid`] there.
+    /// This device computing in `precision`: a GPU takes f32 and tf32
+    /// ([`Cuda::with_precision`]), the CPU f32 and bf16 ([`Cpu::with_precision`]); another
+    /// is an [`Error::Invalid`] that says where it runs.
     pub fn with_precision(self, precision: Precision) -> Result<Self> {
         match self {
             Device::Cuda(c) => Ok(Device::Cuda(Box::new(c.with_precision(precision)?))),
-            Device::Cpu(c) if precision == Precision::F32 => Ok(Device::Cpu(c)),
-            Device::Cpu(_) => Err(Error::Invalid(format!(
-                "precision {precision} runs on a GPU's tensor cores; the CPU backend computes in f32"
-            ))),
+            Device::Cpu(c) => Ok(Device::Cpu(c.with_precision(precision)?)),
         }
     }
 

@@ -493,7 +493,8 @@ impl Kernels {
     /// differ in that precision running those instead, in launch order.
     pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
         let other: &[KernelSpec] = match precision {
-            Precision::F32 => &[],
+            // No bf16 kernels are generated yet (the CUDA backend refuses bf16): the f32 ones.
+            Precision::F32 | Precision::Bf16 => &[],
             Precision::Tf32 => &self.tf32,
         };
         let mut out: Vec<KernelSpec> = Vec::with_capacity(self.forward.len() + other.len());

@@ -1,14 +1,18 @@
 //! Convolution on the CPU: im2col, then one GEMM per group, with bias and the fused ReLU
 //! in the epilogue.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
-// A convolution's geometry: the same struct the generated GPU kernels are planned from.
+use super::pack::Freshness;
+use super::packed::{self, Arith};
 use super::winograd;
 use super::{CpuLayer, StageCx};
 use crate::error::Result;
-use crate::ir::Conv;
+use crate::ir::{Conv, Precision};
+// A convolution's geometry: the same struct the generated GPU kernels are planned from.
 use alexnet_core::kernels::gemm::Gemm as ConvGeom;
 
 #[allow(clippy::too_many_arguments)]
@@ -74,6 +78,100 @@ fn image(
         );
         if relu {
             yg.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    }
+}
+
+/// The filters of every group packed as A operands in `arith` (`[group][packed::pack_a]`),
+/// for [`forward_packed`].
+pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let og = g.output.c / g.groups;
+    let kk = g.kcol();
+    let len = arith.a_len(og, kk);
+    let mut out = vec![0.0f32; len * g.groups];
+    for (grp, o) in out.chunks_mut(len).enumerate() {
+        packed::pack_a(arith, &w[grp * og * kk..(grp + 1) * og * kk], og, kk, kk, o);
+    }
+    out
+}
+
+/// [`forward`] on the packed micro-kernel (`packed.rs`): each image's im2col columns
+/// made straight into the kernel's panels in `arith` (f32, or bf16 for [`Precision::Bf16`]), `wp` the filters
+/// packed by [`pack_filters`], bias and the fused ReLU in the kernel's epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_packed(
+    arith: Arith,
+    x: &[f32],
+    wp: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    g: ConvGeom,
+    relu: bool,
+    threads: usize,
+) {
+    let (in_len, out_len) = (g.input.len(), g.output.len());
+    let pq = g.output.h * g.output.w;
+    let scratch = || vec![0u32; arith.b_len(g.kcol(), pq)];
+    let cx = PackedCx {
+        arith,
+        kernel: packed::Kernel::best(),
+        wp,
+        b,
+        g: &g,
+        relu,
+    };
+    if batch >= threads || threads <= 1 {
+        y.par_chunks_mut(out_len)
+            .zip(x.par_chunks(in_len))
+            .with_min_len(1)
+            .for_each_init(scratch, |panels, (yi, xi)| cx.image(xi, yi, panels, 1));
+    } else {
+        let mut panels = scratch();
+        for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+            cx.image(xi, yi, &mut panels, threads);
+        }
+    }
+}
+
+/// What every image of [`forward_packed`] shares.
+struct PackedCx<'a> {
+    arith: Arith,
+    kernel: packed::Kernel,
+    wp: &'a [f32],
+    b: &'a [f32],
+    g: &'a ConvGeom,
+    relu: bool,
+}
+
+impl PackedCx<'_> {
+    fn image(&self, x: &[f32], y: &mut [f32], panels: &mut [u32], threads: usize) {
+        let g = self.g;
+        let cg = g.input.c / g.groups;
+        let og = g.output.c / g.groups;
+        let pq = g.output.h * g.output.w;
+        let kk = g.kcol();
+        let plane = g.input.h * g.input.w;
+        let a_len = self.arith.a_len(og, kk);
+        for grp in 0..g.groups {
+            let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
+            let fill =
+                |r: usize, cols: Range<usize>, out: &mut [f32]| im2col_row(xg, g, r, cols, out);
+            packed::pack_b_with(self.arith, (kk, pq), panels, threads, &fill);
+            let ops = packed::Operands {
+                arith: self.arith,
+                a: &self.wp[grp * a_len..(grp + 1) * a_len],
+                b: panels,
+                m: og,
+                n: pq,
+                k: kk,
+            };
+            let ep = packed::Epilogue {
+                bias: Some(&self.b[grp * og..(grp + 1) * og]),
+                relu: self.relu,
+            };
+            let yg = &mut y[grp * og * pq..(grp + 1) * og * pq];
+            packed::gemm(self.kernel, ops, yg, pq, ep, threads);
         }
     }
 }
@@ -280,42 +378,52 @@ fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
 
 /// Unfolds `cg` channels of one image into `col[(c*k + ky)*k + kx][oy*Q + ox]`.
 fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
+    let pq = g.output.h * g.output.w;
+    let col = &mut col[..cg * g.k * g.k * pq];
+    let fill_row = |(r, row): (usize, &mut [f32])| im2col_row(x, g, r, 0..pq, row);
+    if threads > 1 {
+        col.par_chunks_mut(pq).enumerate().for_each(fill_row);
+    } else {
+        col.chunks_mut(pq).enumerate().for_each(fill_row);
+    }
+}
+
+/// Columns `cols` of row `r = (c*k + ky)*k + kx` of one image's im2col matrix, into `out`:
+/// per output row `oy` the columns inside the image copied (a slice copy for stride 1),
+/// the padding zeroed.
+fn im2col_row(x: &[f32], g: &ConvGeom, r: usize, cols: Range<usize>, out: &mut [f32]) {
     let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
-    let (p, q) = (g.output.h, g.output.w);
-    let fill_row = |r: usize, row: &mut [f32]| {
-        let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-        let plane = &x[c * h * w..(c + 1) * h * w];
-        let (lo, hi) = valid_columns(g, kx);
-        for oy in 0..p {
-            let out = &mut row[oy * q..(oy + 1) * q];
-            let iy = (oy * s + ky) as isize - pad as isize;
-            if iy < 0 || iy >= h as isize {
-                out.fill(0.0);
-                continue;
-            }
-            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
-            if s == 1 {
-                let start = lo + kx - pad;
-                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-            } else {
-                for (ox, v) in out[lo..hi].iter_mut().enumerate() {
-                    *v = src[(ox + lo) * s + kx - pad];
-                }
+    let q = g.output.w;
+    let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+    let plane = &x[c * h * w..(c + 1) * h * w];
+    let (lo, hi) = valid_columns(g, kx);
+    let mut n = cols.start;
+    while n < cols.end {
+        let (oy, ox0) = (n / q, n % q);
+        let ox1 = q.min(ox0 + (cols.end - n));
+        let dst = &mut out[n - cols.start..][..ox1 - ox0];
+        n += ox1 - ox0;
+        let iy = (oy * s + ky) as isize - pad as isize;
+        if iy < 0 || iy >= h as isize {
+            dst.fill(0.0);
+            continue;
+        }
+        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
+        dst[..a - ox0].fill(0.0);
+        dst[b - ox0..].fill(0.0);
+        let inside = &mut dst[a - ox0..b - ox0];
+        if a == b {
+            continue;
+        }
+        if s == 1 {
+            let start = a + kx - pad;
+            inside.copy_from_slice(&src[start..start + (b - a)]);
+        } else {
+            for (i, v) in inside.iter_mut().enumerate() {
+                *v = src[(a + i) * s + kx - pad];
             }
         }
-    };
-    let rows = cg * k * k;
-    let col = &mut col[..rows * p * q];
-    if threads > 1 {
-        col.par_chunks_mut(p * q)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    } else {
-        col.chunks_mut(p * q)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
     }
 }
 
@@ -323,10 +431,30 @@ impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
         let g = self.gemm(s.layer.input, s.layer.output);
-        if winograd::applies(&g, s.conv) {
-            let u = s
+        let arith = match s.precision {
+            Precision::Bf16 => Some(Arith::Bf16),
+            _ if s.conv.packed() => Some(Arith::F32),
+            _ => None,
+        };
+        if let Some(arith) = arith {
+            let wp = s
                 .packs
-                .get(&s.layer.name, w, |w| winograd::transform_filters(w, &g));
+                .get(&s.layer.name, w, s.fresh, |w| pack_filters(arith, w, &g));
+            forward_packed(
+                arith,
+                x,
+                &wp.data,
+                b,
+                y,
+                s.batch,
+                g,
+                s.fused_relu,
+                s.threads,
+            );
+        } else if winograd::applies(&g, s.conv) {
+            let u = s.packs.get(&s.layer.name, w, Freshness::Compare, |w| {
+                winograd::transform_filters(w, &g)
+            });
             winograd::forward(x, &u.data, b, y, s.batch, g, s.fused_relu, s.threads);
         } else {
             forward(x, w, b, y, s.batch, g, s.fused_relu, s.threads);

@@ -3,9 +3,10 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm_strided, Mat};
+use super::packed::{self, Arith};
 use super::{CpuLayer, StageCx};
 use crate::error::Result;
-use crate::ir::Fc;
+use crate::ir::{Fc, Precision};
 
 /// Up to this batch size the layer is a few matrix-vector products, bound by reading W:
 /// each weight row is streamed once against every image.
@@ -46,6 +47,58 @@ pub fn forward(
     }
     if relu {
         y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// [`forward`] with bf16 products and f32 sums ([`Precision::Bf16`]): `wt` the weights
+/// packed once by `packed::pack_b_transposed` (half the bytes of f32 to stream at small
+/// batches), the images packed per call; the output columns (the layer's units) split
+/// between the threads in whole panels.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_bf16(
+    x: &[f32],
+    wt: &[u32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+    threads: usize,
+) {
+    let (arith, kernel) = (Arith::Bf16, packed::Kernel::best());
+    let mut xa = vec![0.0f32; arith.a_len(batch, inputs)];
+    packed::pack_a(arith, x, batch, inputs, inputs, &mut xa);
+    let panel = arith.steps(inputs) * packed::NR;
+    let panels = outputs.div_ceil(packed::NR);
+    let per = panels.div_ceil(4 * threads.max(1)).max(1);
+    let parts: Vec<(usize, usize, Vec<f32>)> = (0..panels.div_ceil(per))
+        .into_par_iter()
+        .map(|chunk| {
+            let (p0, p1) = (chunk * per, ((chunk + 1) * per).min(panels));
+            let n0 = p0 * packed::NR;
+            let n = (p1 * packed::NR).min(outputs) - n0;
+            let mut t = vec![0.0f32; batch * n];
+            let ops = packed::Operands {
+                arith,
+                a: &xa,
+                b: &wt[p0 * panel..p1 * panel],
+                m: batch,
+                n,
+                k: inputs,
+            };
+            packed::gemm(kernel, ops, &mut t, n, packed::Epilogue::default(), 1);
+            (n0, n, t)
+        })
+        .collect();
+    for (n0, n, t) in parts {
+        for (r, row) in t.chunks(n).enumerate() {
+            let dst = &mut y[r * outputs + n0..][..n];
+            for ((d, &v), &bias) in dst.iter_mut().zip(row).zip(&b[n0..n0 + n]) {
+                let v = v + bias;
+                *d = if relu { v.max(0.0) } else { v };
+            }
+        }
     }
 }
 
@@ -185,6 +238,23 @@ impl CpuLayer for Fc {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
         let inputs = s.layer.input.len();
+        if s.precision == Precision::Bf16 {
+            let wt = s.packs.get(&s.layer.name, w, s.fresh, |w| {
+                packed::pack_b_transposed(Arith::Bf16, w, inputs, self.out, inputs)
+            });
+            forward_bf16(
+                x,
+                &wt.data,
+                b,
+                y,
+                s.batch,
+                inputs,
+                self.out,
+                s.fused_relu,
+                s.threads,
+            );
+            return Ok(());
+        }
         forward(
             x,
             w,

@@ -1,5 +1,7 @@
-//! The CPU backend: every layer in f32, convolution as im2col + GEMM (OpenBLAS or the
-//! `gemm` crate), parallel over the batch or inside the GEMM with rayon. Deterministic:
+//! The CPU backend: every layer in f32 (or, in [`Precision::Bf16`], the convolutions' and
+//! fully connected layers' products from bf16 operands with f32 sums), convolution as
+//! im2col + GEMM (OpenBLAS, the `gemm` crate, or this crate's packed AVX-512 micro-kernel),
+//! parallel over the batch or inside the GEMM with rayon. Deterministic:
 //! the same inputs give the same bits on every run with the same thread count. It is the
 //! reference the GPU backend is checked against and the fallback where there is no GPU.
 //!
@@ -10,7 +12,8 @@
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
 //! training, `exchange.rs` the towers' exchanges, `augment.rs`
 //! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
-//! and `mat.rs` (the matrix multiply), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
+//! and `mat.rs` (the matrix multiply), `packed.rs` (the packed operands and AVX-512
+//! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
 //! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
 
@@ -25,6 +28,7 @@ pub mod loss;
 mod lrn;
 mod mat;
 mod pack;
+mod packed;
 mod pool;
 pub mod probe;
 mod relu;
@@ -34,9 +38,12 @@ mod training;
 mod upload;
 mod winograd;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::backend::{Element, Inference, Memory};
 use crate::error::{Error, Result};
-use crate::ir::{Layer, Op, Plan, Stage};
+use crate::ir::{Layer, Op, Plan, Precision, Stage};
 
 pub use softmax::softmax;
 pub use upload::CpuUploader;
@@ -46,6 +53,10 @@ pub use upload::CpuUploader;
 pub struct Cpu {
     packs: pack::PackCache,
     conv: ConvAlgorithm,
+    precision: Precision,
+    /// Bumped whenever this backend (or a clone) may have changed a weight: the bf16
+    /// packs are reused while it stays the same (see [`Cpu::weights_changed`]).
+    weights: Arc<AtomicU64>,
 }
 
 /// How the CPU backend computes a convolution. Every choice computes the same function
@@ -53,28 +64,46 @@ pub struct Cpu {
 /// in rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// The choice this project measured fastest on its machine: today im2col + GEMM for
-    /// every layer (Winograd measured slower on AlexNet's 3x3 layers, see
-    /// docs/benchmarks.md).
+    /// The choice this project measured fastest on its machine (docs/benchmarks.md):
+    /// [`ConvAlgorithm::Im2col`] on OpenBLAS where it is loaded (level with the packed
+    /// kernel), [`ConvAlgorithm::Packed`] where it is not and the CPU has AVX-512F (1.3-1.7x
+    /// the `gemm` crate's im2col), im2col on the `gemm` crate otherwise. Winograd measured
+    /// slower on AlexNet's 3x3 layers.
     #[default]
     Auto,
-    /// im2col + GEMM everywhere.
+    /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
     Im2col,
+    /// im2col packed into panels and this crate's AVX-512 micro-kernel (bias and ReLU in
+    /// its epilogue) everywhere; the portable kernel, much slower, on a CPU without
+    /// AVX-512F.
+    Packed,
     /// Winograd F(4x4, 3x3) on every 3x3 stride-1 layer, im2col + GEMM on the others.
     /// Its relative error is about 8x im2col's (3e-6 against 4e-7 on AlexNet's conv3).
     Winograd,
 }
 
 impl ConvAlgorithm {
-    /// From `ALEXNET_CPU_CONV` (`auto`, `im2col` or `winograd`); `Auto` when unset.
+    /// From `ALEXNET_CPU_CONV` (`auto`, `im2col`, `packed` or `winograd`); `Auto` when
+    /// unset.
     pub fn from_env() -> Result<Self> {
         match std::env::var("ALEXNET_CPU_CONV").as_deref() {
             Err(_) | Ok("auto") => Ok(ConvAlgorithm::Auto),
             Ok("im2col") => Ok(ConvAlgorithm::Im2col),
+            Ok("packed") => Ok(ConvAlgorithm::Packed),
             Ok("winograd") => Ok(ConvAlgorithm::Winograd),
             Ok(other) => Err(Error::Invalid(format!(
-                "ALEXNET_CPU_CONV={other:?}: expected auto, im2col or winograd"
+                "ALEXNET_CPU_CONV={other:?}: expected auto, im2col, packed or winograd"
             ))),
+        }
+    }
+
+    /// Whether the f32 convolutions (those Winograd does not take) run on the packed
+    /// micro-kernel.
+    pub(crate) fn packed(self) -> bool {
+        match self {
+            ConvAlgorithm::Packed => true,
+            ConvAlgorithm::Auto => blas::get().is_none() && packed::Kernel::Avx512.available(),
+            ConvAlgorithm::Im2col | ConvAlgorithm::Winograd => false,
         }
     }
 }
@@ -99,7 +128,46 @@ impl Cpu {
         Cpu {
             packs: pack::PackCache::default(),
             conv,
+            precision: Precision::F32,
+            weights: Arc::default(),
         }
+    }
+
+    /// This backend computing in `precision`: [`Precision::F32`] (the default and the
+    /// reference) or [`Precision::Bf16`] (the convolutions' and fully connected layers'
+    /// products from bf16 operands, summed in f32: [`Cpu::bf16_kernel`] says how). Tf32 is
+    /// a GPU's: an [`Error::Invalid`] here.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if !precision.on_cpu() {
+            return Err(Error::Invalid(format!(
+                "precision {precision} runs on a GPU's tensor cores; the CPU backend computes in f32 or bf16"
+            )));
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The bf16 micro-kernel this CPU runs: AVX512_BF16's `vdpbf16ps` where the CPU has
+    /// it (unless `ALEXNET_CPU_BF16=portable`), a portable one with the same sums
+    /// otherwise.
+    pub fn bf16_kernel(&self) -> &'static str {
+        packed::Kernel::best().name()
+    }
+
+    /// Says that weights this backend computes with may have changed. In bf16 the CPU
+    /// packs each weight tensor once (rounded, in its kernel's layout) and reuses the pack
+    /// until this is called, or a weight in a sample of each tensor differs. The backend
+    /// calls it itself wherever it writes a buffer a model's weights live in
+    /// ([`Memory::write`], [`crate::Training::sgd_step`], [`Inference::prepare`] when a
+    /// model is built); a caller that changes a weight buffer through its own `&mut Vec`
+    /// and then runs [`Inference::forward_stage`] in bf16 must call it first.
+    pub fn weights_changed(&self) {
+        self.weights.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How a bf16 pack is known to be fresh.
+    fn freshness(&self) -> pack::Freshness {
+        pack::Freshness::Epoch(self.weights.load(Ordering::Relaxed))
     }
 
     /// This backend with convolutions computed by `conv`.
@@ -143,6 +211,10 @@ pub(crate) struct StageCx<'a> {
     pub packs: &'a pack::PackCache,
     /// How convolutions are computed.
     pub conv: ConvAlgorithm,
+    /// f32 or bf16 products.
+    pub precision: Precision,
+    /// How the bf16 packs are known to be fresh.
+    pub fresh: pack::Freshness,
 }
 
 impl StageCx<'_> {
@@ -236,6 +308,8 @@ impl Cpu {
             threads: self.threads(),
             packs: &self.packs,
             conv: self.conv,
+            precision: self.precision,
+            fresh: self.freshness(),
         }
     }
 
@@ -287,7 +361,14 @@ impl Memory for Cpu {
     type Buffer<T: Element> = Vec<T>;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads(), self.gemm())
+        match self.precision {
+            Precision::Bf16 => format!(
+                "cpu ({} threads, bf16 products: {})",
+                self.threads(),
+                self.bf16_kernel()
+            ),
+            _ => format!("cpu ({} threads, {})", self.threads(), self.gemm()),
+        }
     }
 
     fn alloc<T: Element>(&self, len: usize) -> Result<Vec<T>> {
@@ -308,12 +389,24 @@ impl Memory for Cpu {
 
     fn write<T: Element>(&self, buf: &mut Vec<T>, data: &[T]) -> Result<()> {
         check_len("destination", buf, data.len())?;
+        self.weights_changed();
         buf[..data.len()].copy_from_slice(data);
         Ok(())
     }
 }
 
 impl Inference for Cpu {
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// A model is being built: its weights are new (perhaps where an old model's were).
+    fn prepare(&self, plan: &Plan) -> Result<()> {
+        let _ = plan;
+        self.weights_changed();
+        Ok(())
+    }
+
     fn forward_stage(
         &self,
         plan: &Plan,

@@ -1,11 +1,18 @@
-//! Weights kept in the layout a kernel prefers (Winograd-transformed filters), made once and
-//! reused while the weights stay the same.
+//! Weights kept in the layout a kernel prefers (Winograd-transformed filters, bf16 panels),
+//! made once and reused while the weights stay the same.
 //!
-//! Each entry keeps a copy of the weights it was made from and compares it with the weights
-//! of every call, so a stale layout is never read: training updates weights in place, and
-//! the next forward pass sees that they differ and packs again. The comparison reads the
-//! weights once, a small fraction of the work a packed layout saves.
+//! An entry knows the weights it was made from in one of two ways ([`Freshness`]):
+//! - [`Freshness::Compare`]: it keeps a copy of them and compares it with the weights of
+//!   every call, so a stale layout is never read (training updates weights in place, and the
+//!   next forward pass sees that they differ and packs again). The comparison reads the
+//!   weights once: a small fraction of the work a Winograd layout saves.
+//! - [`Freshness::Epoch`]: it keeps the backend's weight epoch when it was made (bumped
+//!   whenever the backend may have changed a weight: see `Cpu::weights_changed`) and a
+//!   sample of the weights, and is reused while both agree. For the bf16 layouts, whose
+//!   whole point is to read half the bytes of the f32 weights: a full comparison would
+//!   read them all again on every call.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,8 +20,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// one backend does not grow without bound).
 const MAX_ENTRIES: usize = 64;
 
-/// Packed weights by (layer, address of the weights).
-type Entries = HashMap<(String, usize), Arc<Packed>>;
+/// Values of the weights an [`Freshness::Epoch`] entry samples (evenly spaced, plus the last).
+const SAMPLES: usize = 256;
+
+/// Packed weights by (layer, address and length of the weights, packed element type).
+type Entries = HashMap<(String, usize, usize, TypeId), Arc<dyn Any + Send + Sync>>;
 
 /// Packed weights, shared by the clones of a backend.
 #[derive(Clone, Default)]
@@ -29,40 +39,92 @@ impl std::fmt::Debug for PackCache {
     }
 }
 
-pub(crate) struct Packed {
-    source: Vec<f32>,
-    pub data: Vec<f32>,
+/// How an entry is known to have been made from the weights of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Every value compared (bitwise, so a NaN does not force a repack on every call).
+    Compare,
+    /// The backend's weight epoch and a sample of the values.
+    Epoch(u64),
+}
+
+enum Source {
+    Copy(Vec<f32>),
+    Epoch { epoch: u64, sample: Vec<u32> },
+}
+
+impl Source {
+    fn of(w: &[f32], fresh: Freshness) -> Source {
+        match fresh {
+            Freshness::Compare => Source::Copy(w.to_vec()),
+            Freshness::Epoch(epoch) => Source::Epoch {
+                epoch,
+                sample: sample(w),
+            },
+        }
+    }
+
+    fn matches(&self, w: &[f32], fresh: Freshness) -> bool {
+        match (self, fresh) {
+            (Source::Copy(src), Freshness::Compare) => {
+                src.len() == w.len() && src.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits())
+            }
+            (Source::Epoch { epoch, sample: s }, Freshness::Epoch(now)) => {
+                *epoch == now && *s == sample(w)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The bits of [`SAMPLES`] evenly spaced values of `w` and of its last one.
+fn sample(w: &[f32]) -> Vec<u32> {
+    if w.is_empty() {
+        return Vec::new();
+    }
+    let step = w.len().div_ceil(SAMPLES).max(1);
+    w.iter()
+        .step_by(step)
+        .chain(w.last())
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+pub(crate) struct Packed<T> {
+    source: Source,
+    pub data: Vec<T>,
 }
 
 impl PackCache {
     /// The packed form of `w` for `layer`, from the cache when it was made from the same
-    /// values, otherwise from `pack(w)` (and then cached).
-    pub fn get(
+    /// values (as `fresh` tells), otherwise from `pack(w)` (and then cached).
+    pub fn get<T: Send + Sync + 'static>(
         &self,
         layer: &str,
         w: &[f32],
-        pack: impl FnOnce(&[f32]) -> Vec<f32>,
-    ) -> Arc<Packed> {
-        let key = (layer.to_string(), w.as_ptr() as usize);
+        fresh: Freshness,
+        pack: impl FnOnce(&[f32]) -> Vec<T>,
+    ) -> Arc<Packed<T>> {
+        let key = (
+            layer.to_string(),
+            w.as_ptr() as usize,
+            w.len(),
+            TypeId::of::<T>(),
+        );
         let found = self
             .entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-            .cloned();
+            .cloned()
+            .and_then(|p| p.downcast::<Packed<T>>().ok());
         if let Some(p) = found {
-            // Bitwise, so that a NaN in the weights does not force a repack every call.
-            if p.source.len() == w.len()
-                && p.source
-                    .iter()
-                    .zip(w)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-            {
+            if p.source.matches(w, fresh) {
                 return p;
             }
         }
         let packed = Arc::new(Packed {
-            source: w.to_vec(),
+            source: Source::of(w, fresh),
             data: pack(w),
         });
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,13 +147,47 @@ mod tests {
         let packs = std::cell::Cell::new(0);
         let double = |w: &[f32]| {
             packs.set(packs.get() + 1);
-            w.iter().map(|v| v * 2.0).collect()
+            w.iter().map(|v| v * 2.0).collect::<Vec<f32>>()
         };
-        assert_eq!(cache.get("conv3", &w, double).data, [2.0, 4.0, 6.0]);
-        assert_eq!(cache.get("conv3", &w, double).data, [2.0, 4.0, 6.0]);
+        let get = |w: &[f32]| {
+            cache
+                .get("conv3", w, Freshness::Compare, double)
+                .data
+                .clone()
+        };
+        assert_eq!(get(&w), [2.0, 4.0, 6.0]);
+        assert_eq!(get(&w), [2.0, 4.0, 6.0]);
         assert_eq!(packs.get(), 1, "same weights: packed once");
         w[2] = 5.0;
-        assert_eq!(cache.get("conv3", &w, double).data, [2.0, 4.0, 10.0]);
+        assert_eq!(get(&w), [2.0, 4.0, 10.0]);
         assert_eq!(packs.get(), 2, "changed in place: packed again");
+    }
+
+    #[test]
+    fn an_epoch_entry_is_reused_until_the_epoch_moves() {
+        let cache = PackCache::default();
+        let mut w: Vec<f32> = (0..10_000).map(|i| i as f32).collect();
+        let packs = std::cell::Cell::new(0);
+        let first = |w: &[f32]| {
+            packs.set(packs.get() + 1);
+            vec![w[1]]
+        };
+        let get = |w: &[f32], e| cache.get("fc6", w, Freshness::Epoch(e), first).data[0];
+        assert_eq!(get(&w, 0), 1.0);
+        assert_eq!(get(&w, 0), 1.0);
+        assert_eq!(packs.get(), 1, "same epoch: packed once");
+        // A value the sample does not hold, changed behind the backend's back: the epoch
+        // is what tells (documented on `Cpu::weights_changed`).
+        w[1] = 7.0;
+        assert_eq!(get(&w, 0), 1.0, "an unsampled change alone is not seen");
+        assert_eq!(get(&w, 1), 7.0, "a new epoch packs again");
+        // A sampled value (the last) changed: seen without a new epoch.
+        *w.last_mut().unwrap() = -1.0;
+        w[1] = 8.0;
+        assert_eq!(get(&w, 1), 8.0);
+        assert_eq!(packs.get(), 3);
+        // The two kinds of entry do not stand in for each other.
+        assert_eq!(cache.get("fc6", &w, Freshness::Compare, first).data[0], 8.0);
+        assert_eq!(packs.get(), 4);
     }
 }

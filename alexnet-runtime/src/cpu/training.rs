@@ -157,6 +157,7 @@ impl Training for Cpu {
                 .zip(grads[i][..len].par_chunks(CHUNK))
                 .for_each(|((w, v), g)| sgd.step(w, v, g, lr_mults[i]));
         }
+        self.weights_changed();
         Ok(())
     }
 }

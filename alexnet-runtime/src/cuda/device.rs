@@ -120,8 +120,14 @@ impl Cuda {
     /// convolutions and fully connected layers on tensor cores; see [`Precision`]); kernels it loaded before
     /// are dropped, to be loaded again in that precision. Tensor-core precisions need
     /// compute capability 8.0 or later (`mma.sync` of tf32, `cp.async`): an older GPU is
-    /// an [`Error::Invalid`] that says so.
+    /// an [`Error::Invalid`] that says so, as is a precision only the CPU backend computes
+    /// (bf16, for now).
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if !precision.on_gpu() {
+            return Err(Error::Invalid(format!(
+                "precision {precision} runs on the CPU backend only (the GPU's {precision} kernels are not generated yet); give f32 or tf32 on a GPU"
+            )));
+        }
         if precision.tensor_cores() && self.major < 8 {
             return Err(Error::Invalid(format!(
                 "precision {precision} needs tensor cores of compute capability 8.0 or later; {} ({}) is {}",

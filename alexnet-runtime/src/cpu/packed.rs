@@ -1,0 +1,765 @@
+//! The CPU backend's own matrix multiply, on operands packed for an AVX-512 micro-kernel:
+//! the convolutions' and fully connected layers' forward products, in f32 ([`Arith::F32`],
+//! where the CPU has AVX-512F) and in bf16 ([`Arith::Bf16`], `Precision::Bf16`).
+//!
+//! The layouts (BLIS's, with B the vector side):
+//! - A (`m x k`: a convolution's filters, a fully connected layer's images), f32, in blocks
+//!   of [`MR`] rows, `[block][k][MR]`; in bf16 the values are rounded to bf16 (and K padded
+//!   to even);
+//! - B (`k x n`: a convolution's im2col columns, a fully connected layer's transposed
+//!   weights) in panels of [`NR`] columns, `[panel][step][NR]` 32-bit words: in f32 a step
+//!   is one row of B (the word is the value's bits), in bf16 two rows, both rounded to
+//!   bf16 in one word (the even row in the low half): half the bytes to pack and stream;
+//!
+//! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
+//! (24 KiB) in L1 while every row block of A passes over it; the micro-kernel holds an
+//! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
+//! last block of K.
+//!
+//! bf16 products are exact in f32, so the bf16 kernels add each product to the f32 sum
+//! with one rounding, per pair of K the odd product first and then the even one (the order
+//! of AVX512_BF16's `vdpbf16ps`; on this project's machine that instruction ran at half the
+//! rate of f32 FMAs, so the kernel widens B to f32 in registers and uses FMAs instead). The
+//! portable kernels (any CPU, or `ALEXNET_CPU_PACKED=portable`) compute the same sums in
+//! the same order with `mul_add`: the same bits as the AVX-512 ones.
+//!
+//! The only `unsafe` is the AVX-512 micro-kernel: its intrinsics and pointer arithmetic,
+//! with every bound asserted before the call.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows of A per block (and of C per micro-kernel call).
+pub const MR: usize = 8;
+/// Columns of B per panel (three 16-lane vectors).
+pub const NR: usize = 48;
+/// Steps of K per block of the loop.
+const KC: usize = 128;
+
+/// The arithmetic of the operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    /// f32 operands, f32 sums.
+    F32,
+    /// Operands rounded to bf16 (to nearest, ties to even), f32 sums.
+    Bf16,
+}
+
+impl Arith {
+    /// Values of K per step of B.
+    const fn step(self) -> usize {
+        match self {
+            Arith::F32 => 1,
+            Arith::Bf16 => 2,
+        }
+    }
+
+    /// Steps along a K of `k`.
+    pub fn steps(self, k: usize) -> usize {
+        k.div_ceil(self.step())
+    }
+
+    /// Values of a packed A of `m x k`.
+    pub fn a_len(self, m: usize, k: usize) -> usize {
+        m.div_ceil(MR) * self.steps(k) * self.step() * MR
+    }
+
+    /// Words of a packed B of `k x n`.
+    pub fn b_len(self, k: usize, n: usize) -> usize {
+        n.div_ceil(NR) * self.steps(k) * NR
+    }
+
+    /// `x` as this arithmetic's operand.
+    #[inline(always)]
+    fn operand(self, x: f32) -> f32 {
+        match self {
+            Arith::F32 => x,
+            Arith::Bf16 => f32::from_bits(bf16_bits(x) << 16),
+        }
+    }
+
+    /// The B word of rows `k0` (and `k0 + 1` in bf16) of one column.
+    #[inline(always)]
+    fn word(self, lo: f32, hi: f32) -> u32 {
+        match self {
+            Arith::F32 => lo.to_bits(),
+            Arith::Bf16 => bf16_bits(lo) | bf16_bits(hi) << 16,
+        }
+    }
+}
+
+/// The bits of `x` rounded to bf16, to nearest with ties to even; a NaN stays a (quiet)
+/// NaN.
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+    }
+}
+
+/// Packs A, row-major `m x k` with leading dimension `ld`, into `out`
+/// ([`Arith::a_len`] values).
+pub fn pack_a(arith: Arith, a: &[f32], m: usize, k: usize, ld: usize, out: &mut [f32]) {
+    let kk = arith.steps(k) * arith.step();
+    for (blk, ob) in out[..arith.a_len(m, k)].chunks_mut(kk * MR).enumerate() {
+        for r in 0..MR {
+            let row = blk * MR + r;
+            if row >= m {
+                (0..kk).for_each(|p| ob[p * MR + r] = 0.0);
+                continue;
+            }
+            let src = &a[row * ld..row * ld + k];
+            for (p, &v) in src.iter().enumerate() {
+                ob[p * MR + r] = arith.operand(v);
+            }
+            (k..kk).for_each(|p| ob[p * MR + r] = 0.0);
+        }
+    }
+}
+
+/// Packs B, row-major `k x n` with leading dimension `ld`, into `out`
+/// ([`Arith::b_len`] words), the panels in parallel when `threads > 1`.
+#[cfg(test)]
+fn pack_b(
+    arith: Arith,
+    b: &[f32],
+    (k, n, ld): (usize, usize, usize),
+    out: &mut [u32],
+    threads: usize,
+) {
+    let fill = |r: usize, cols: Range<usize>, dst: &mut [f32]| {
+        dst.copy_from_slice(&b[r * ld + cols.start..r * ld + cols.end]);
+    };
+    pack_b_with(arith, (k, n), out, threads, &fill);
+}
+
+/// Writes `B[r][cols]` into the slice: `fill(r, cols, dst)`.
+pub type FillRow<'a> = dyn Fn(usize, Range<usize>, &mut [f32]) + Sync + 'a;
+
+/// Packs a B of `k x n` whose rows `fill` writes, a piece at a time: `fill(r, cols, dst)`
+/// writes `B[r][cols]` into `dst` (a convolution's im2col rows, made straight into the
+/// panels without the whole matrix in memory). Row by row: each row (each pair in bf16)
+/// is made once for a run of whole panels, then dealt out to them; with `threads > 1`
+/// each thread packs its own run.
+pub fn pack_b_with(
+    arith: Arith,
+    (k, n): (usize, usize),
+    out: &mut [u32],
+    threads: usize,
+    fill: &FillRow<'_>,
+) {
+    let step = arith.step();
+    let steps = arith.steps(k);
+    let panels = n.div_ceil(NR);
+    let per = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1);
+    let run = |(i, out): (usize, &mut [u32])| {
+        let p0 = i * per;
+        let np = out.len() / (steps * NR);
+        let cols = p0 * NR..((p0 + np) * NR).min(n);
+        let w = cols.len();
+        let mut r0 = vec![0.0f32; w];
+        let mut r1 = vec![0.0f32; if step == 2 { w } else { 0 }];
+        for s in 0..steps {
+            let k0 = s * step;
+            fill(k0, cols.clone(), &mut r0);
+            if step == 2 {
+                if k0 + 1 < k {
+                    fill(k0 + 1, cols.clone(), &mut r1);
+                } else {
+                    r1.fill(0.0);
+                }
+            }
+            for j in 0..np {
+                let dst = &mut out[(j * steps + s) * NR..][..NR];
+                let c0 = j * NR;
+                let cw = NR.min(w - c0);
+                match arith {
+                    Arith::F32 => {
+                        for (d, &x) in dst.iter_mut().zip(&r0[c0..c0 + cw]) {
+                            *d = x.to_bits();
+                        }
+                    }
+                    Arith::Bf16 => {
+                        let (lo, hi) = (&r0[c0..c0 + cw], &r1[c0..c0 + cw]);
+                        for ((d, &x0), &x1) in dst.iter_mut().zip(lo).zip(hi) {
+                            *d = bf16_bits(x0) | bf16_bits(x1) << 16;
+                        }
+                    }
+                }
+                dst[cw..].fill(0);
+            }
+        }
+    };
+    let out = &mut out[..arith.b_len(k, n)];
+    if threads > 1 {
+        out.par_chunks_mut(per * steps * NR)
+            .enumerate()
+            .for_each(run);
+    } else {
+        out.chunks_mut(per * steps * NR).enumerate().for_each(run);
+    }
+}
+
+/// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully
+/// connected layer's weights, `[outputs][inputs]`), into a new buffer.
+pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize) -> Vec<u32> {
+    let (step, steps) = (arith.step(), arith.steps(k));
+    let mut out = vec![0u32; arith.b_len(k, n)];
+    out.par_chunks_mut(steps * NR)
+        .enumerate()
+        .for_each(|(pi, op)| {
+            for j in 0..NR.min(n - pi * NR) {
+                let row = &w[(pi * NR + j) * ld..][..k];
+                for s in 0..steps {
+                    let k0 = s * step;
+                    let hi = if step == 2 && k0 + 1 < k {
+                        row[k0 + 1]
+                    } else {
+                        0.0
+                    };
+                    op[s * NR + j] = arith.word(row[k0], hi);
+                }
+            }
+        });
+    out
+}
+
+/// Which micro-kernel computes the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512F FMAs.
+    Avx512,
+    /// Plain Rust (`mul_add`), on any CPU: the same bits, much slower.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest this CPU runs, unless `ALEXNET_CPU_PACKED=portable`.
+    pub fn best() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if std::env::var("ALEXNET_CPU_PACKED").is_ok_and(|v| v == "portable") {
+                return Kernel::Portable;
+            }
+            if Kernel::Avx512.available() {
+                Kernel::Avx512
+            } else {
+                Kernel::Portable
+            }
+        })
+    }
+
+    /// Whether this CPU runs this kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "AVX-512 micro-kernel",
+            Kernel::Portable => "portable kernel",
+        }
+    }
+}
+
+/// What is done to C as the last block of K is added: a bias per row, then ReLU.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// Packed operands of one product: `a` by [`pack_a`] (`m x k`), `b` by [`pack_b`] or
+/// [`pack_b_transposed`] (`k x n`), in `arith`.
+#[derive(Clone, Copy)]
+pub struct Operands<'a> {
+    pub arith: Arith,
+    pub a: &'a [f32],
+    pub b: &'a [u32],
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// `c = a * b` then the epilogue: `c` row-major with leading dimension `ldc` (its first
+/// row the first of `a`). With `threads > 1` the row blocks are split between the threads
+/// (each value's sum is the same whatever the split).
+pub fn gemm(
+    kernel: Kernel,
+    ops: Operands<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    threads: usize,
+) {
+    let Operands {
+        arith,
+        a,
+        b,
+        m,
+        n,
+        k,
+    } = ops;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= arith.a_len(m, k), "packed gemm: A too short");
+    assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short");
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "packed gemm: C too short"
+    );
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= m, "packed gemm: bias too short");
+    }
+    let blocks = m.div_ceil(MR);
+    if threads <= 1 || blocks < 2 {
+        rows(kernel, ops, c, ldc, ep);
+        return;
+    }
+    let per = blocks.div_ceil(threads);
+    let rows_per = per * MR;
+    let a_block = arith.steps(k) * arith.step() * MR;
+    c.par_chunks_mut(rows_per * ldc)
+        .zip(a.par_chunks(per * a_block))
+        .enumerate()
+        .with_min_len(1)
+        .for_each(|(i, (cc, aa))| {
+            let m0 = i * rows_per;
+            if m0 >= m {
+                return;
+            }
+            let mi = rows_per.min(m - m0);
+            let ep = Epilogue {
+                bias: ep.bias.map(|b| &b[m0..m0 + mi]),
+                relu: ep.relu,
+            };
+            rows(
+                kernel,
+                Operands {
+                    a: aa,
+                    m: mi,
+                    ..ops
+                },
+                cc,
+                ldc,
+                ep,
+            );
+        });
+}
+
+/// [`gemm`] on this thread.
+fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilogue<'_>) {
+    let Operands {
+        arith,
+        a,
+        b,
+        m,
+        n,
+        k,
+    } = ops;
+    let steps = arith.steps(k);
+    let a_step = arith.step() * MR;
+    let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut s0 = 0;
+    while s0 < steps {
+        let kc = KC.min(steps - s0);
+        let (first, last) = (s0 == 0, s0 + kc == steps);
+        for pn in 0..panels {
+            let bp = &b[(pn * steps + s0) * NR..][..kc * NR];
+            let cols = NR.min(n - pn * NR);
+            for blk in 0..blocks {
+                let r = MR.min(m - blk * MR);
+                let tile = Tile {
+                    a: &a[(blk * steps + s0) * a_step..][..kc * a_step],
+                    b: bp,
+                    steps: kc,
+                    c: &mut c[blk * MR * ldc + pn * NR..],
+                    ldc,
+                    rows: r,
+                    cols,
+                    first,
+                    bias: if last {
+                        ep.bias.map(|v| &v[blk * MR..blk * MR + r])
+                    } else {
+                        None
+                    },
+                    relu: last && ep.relu,
+                };
+                tile.run(arith, kernel);
+            }
+        }
+        s0 += kc;
+    }
+}
+
+/// One micro-kernel call: `rows x cols` of C (at most [`MR`] x [`NR`]) from `steps` steps
+/// of K.
+struct Tile<'a> {
+    a: &'a [f32],
+    b: &'a [u32],
+    steps: usize,
+    c: &'a mut [f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    /// C starts from zero (otherwise from what it holds).
+    first: bool,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+macro_rules! by_rows {
+    ($rows:expr, $f:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<MR>($($arg),*),
+        }
+    };
+}
+
+impl Tile<'_> {
+    fn run(self, arith: Arith, kernel: Kernel) {
+        assert!(self.rows >= 1 && self.rows <= MR && self.cols <= NR);
+        assert!(
+            self.a.len() >= self.steps * arith.step() * MR,
+            "tile: A too short"
+        );
+        assert!(self.b.len() >= self.steps * NR, "tile: B too short");
+        assert!(
+            self.c.len() >= (self.rows - 1) * self.ldc + self.cols,
+            "tile: C too short"
+        );
+        assert!(self.bias.is_none_or(|b| b.len() >= self.rows));
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if Kernel::Avx512.available() => {
+                by_rows!(self.rows, tile_avx512, self, arith)
+            }
+            _ => by_rows!(self.rows, tile_portable, self, arith),
+        }
+    }
+
+    /// Bias, ReLU and the store of the portable kernels.
+    fn store<const R: usize>(self, acc: &[[f32; NR]; R]) {
+        for (r, row) in acc.iter().enumerate() {
+            for (dst, &v) in self.c[r * self.ldc..][..self.cols].iter_mut().zip(row) {
+                let v = self.bias.map_or(v, |b| v + b[r]);
+                *dst = if self.relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// The portable micro-kernel: the AVX-512 one's sums in its order, with `mul_add`.
+fn tile_portable<const R: usize>(t: Tile<'_>, arith: Arith) {
+    let mut acc = [[0.0f32; NR]; R];
+    if !t.first {
+        for (r, row) in acc.iter_mut().enumerate() {
+            row[..t.cols].copy_from_slice(&t.c[r * t.ldc..][..t.cols]);
+        }
+    }
+    for s in 0..t.steps {
+        let bw = &t.b[s * NR..(s + 1) * NR];
+        for (r, row) in acc.iter_mut().enumerate() {
+            match arith {
+                Arith::F32 => {
+                    let av = t.a[s * MR + r];
+                    for (v, &w) in row.iter_mut().zip(bw) {
+                        *v = av.mul_add(f32::from_bits(w), *v);
+                    }
+                }
+                Arith::Bf16 => {
+                    let (even, odd) = (t.a[2 * s * MR + r], t.a[(2 * s + 1) * MR + r]);
+                    for (v, &w) in row.iter_mut().zip(bw) {
+                        let (lo, hi) = (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000));
+                        *v = even.mul_add(lo, odd.mul_add(hi, *v));
+                    }
+                }
+            }
+        }
+    }
+    t.store(&acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tile_avx512<const R: usize>(mut t: Tile<'_>, arith: Arith) {
+    // SAFETY: `Tile::run` checked that this CPU has AVX-512F (the target feature the
+    // functions enable) and asserted the lengths they rely on.
+    unsafe {
+        match arith {
+            Arith::F32 => avx512_f32::<R>(&mut t),
+            Arith::Bf16 => avx512_bf16::<R>(&mut t),
+        }
+    }
+}
+
+/// The lanes of each of C's three vectors that lie inside the tile's `cols`.
+#[cfg(target_arch = "x86_64")]
+fn masks(cols: usize) -> [u16; 3] {
+    [0, 1, 2].map(|v| {
+        let lo = v * 16;
+        if cols >= lo + 16 {
+            0xffff
+        } else if cols > lo {
+            (1u16 << (cols - lo)) - 1
+        } else {
+            0
+        }
+    })
+}
+
+/// Loads the tile's C (or zeros on the first block of K).
+///
+/// # Safety
+/// AVX-512F; `t.c` holds `(R - 1) * ldc + cols` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_c<const R: usize>(t: &Tile<'_>) -> [[std::arch::x86_64::__m512; 3]; R] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 3]; R];
+    if !t.first {
+        let (m, c) = (masks(t.cols), t.c.as_ptr());
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                // SAFETY: lanes outside the mask are not read; the masked ones lie inside
+                // `t.c` (row `r < R`, columns below `cols`).
+                *x = _mm512_maskz_loadu_ps(m[v], c.add(r * t.ldc + v * 16));
+            }
+        }
+    }
+    acc
+}
+
+/// Adds the bias, applies ReLU and stores the tile (`acc` by value: a reference would
+/// keep the accumulators in memory through the kernel's loop).
+///
+/// # Safety
+/// As [`load_c`], and `t.bias` (if any) holds `R` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_c<const R: usize>(t: &mut Tile<'_>, acc: [[std::arch::x86_64::__m512; 3]; R]) {
+    use std::arch::x86_64::*;
+    let (m, c) = (masks(t.cols), t.c.as_mut_ptr());
+    let zero = _mm512_setzero_ps();
+    for (r, row) in acc.iter().enumerate() {
+        let bias = t.bias.map(|v| _mm512_set1_ps(v[r]));
+        for (v, &x) in row.iter().enumerate() {
+            let x = bias.map_or(x, |b| _mm512_add_ps(x, b));
+            let x = if t.relu { _mm512_max_ps(x, zero) } else { x };
+            // SAFETY: as in `load_c`, for writes.
+            _mm512_mask_storeu_ps(c.add(r * t.ldc + v * 16), m[v], x);
+        }
+    }
+}
+
+/// f32: per step of K, three loads of B, R broadcasts of A and 3R FMAs.
+///
+/// # Safety
+/// AVX-512F; `t.a` holds `steps * MR` values, `t.b` `steps * NR` words, `t.c` and
+/// `t.bias` as [`store_c`] needs; `R <= MR`, `cols <= NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_f32<const R: usize>(t: &mut Tile<'_>) {
+    use std::arch::x86_64::*;
+    let mut acc = load_c::<R>(t);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr() as *const f32);
+    for s in 0..t.steps {
+        // SAFETY: `s * NR + 47 < steps * NR` and `s * MR + r < steps * MR`.
+        let bp = b.add(s * NR);
+        let bv = [
+            _mm512_loadu_ps(bp),
+            _mm512_loadu_ps(bp.add(16)),
+            _mm512_loadu_ps(bp.add(32)),
+        ];
+        let ap = a.add(s * MR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r));
+            for (x, &w) in row.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(av, w, *x);
+            }
+        }
+    }
+    store_c::<R>(t, acc);
+}
+
+/// bf16: per step (two rows of K), three loads of B widened to six f32 vectors (the odd
+/// rows masked out of the high halves, the even ones shifted up), 2R broadcasts of A and
+/// 6R FMAs, the odd row first.
+///
+/// # Safety
+/// As [`avx512_f32`], with `t.a` holding `2 * steps * MR` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
+    use std::arch::x86_64::*;
+    let mut acc = load_c::<R>(t);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr() as *const __m512i);
+    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    for s in 0..t.steps {
+        // SAFETY: `s * NR + 47 < steps * NR` and `(2s + 1) * MR + r < 2 * steps * MR`.
+        let bp = b.add(s * 3);
+        let w = [
+            _mm512_loadu_si512(bp),
+            _mm512_loadu_si512(bp.add(1)),
+            _mm512_loadu_si512(bp.add(2)),
+        ];
+        let hi = w.map(|x| _mm512_castsi512_ps(_mm512_and_si512(x, high)));
+        let lo = w.map(|x| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
+        let (even, odd) = (a.add(2 * s * MR), a.add((2 * s + 1) * MR));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ao = _mm512_set1_ps(*odd.add(r));
+            let ae = _mm512_set1_ps(*even.add(r));
+            for ((x, &h), &l) in row.iter_mut().zip(&hi).zip(&lo) {
+                *x = _mm512_fmadd_ps(ae, l, _mm512_fmadd_ps(ao, h, *x));
+            }
+        }
+    }
+    store_c::<R>(t, acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 + 0.5) * 0.618_034 + seed as f32 * 0.37).sin() * 1.7)
+            .collect()
+    }
+
+    /// The product of the operands as `arith` rounds them, in f64.
+    fn reference(arith: Arith, a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        arith.operand(a[i * k + p]) as f64 * arith.operand(b[p * n + j]) as f64
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (down).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to even (up).
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(-2.5), 0xc020);
+        assert!(f32::from_bits(bf16_bits(f32::NAN) << 16).is_nan());
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+        assert_eq!(bf16_bits(f32::MAX), 0x7f80, "rounds up to infinity");
+    }
+
+    #[test]
+    fn every_kernel_computes_the_product_of_its_operands() {
+        // Ragged everywhere: rows not a multiple of MR, columns of NR, an odd K, and more
+        // than one block of K.
+        let shapes = [
+            (13, 101, 301),
+            (1, 7, 1),
+            (8, 48, 2),
+            (3, 50, 257),
+            (9, 5, 300),
+        ];
+        for arith in [Arith::F32, Arith::Bf16] {
+            for &(m, n, k) in &shapes {
+                let (a, b) = (data(m * k, 1), data(k * n, 2));
+                let mut pa = vec![0.0; arith.a_len(m, k)];
+                pack_a(arith, &a, m, k, k, &mut pa);
+                let mut pb = vec![0; arith.b_len(k, n)];
+                pack_b(arith, &b, (k, n, n), &mut pb, 2);
+                let ops = Operands {
+                    arith,
+                    a: &pa,
+                    b: &pb,
+                    m,
+                    n,
+                    k,
+                };
+                let want = reference(arith, &a, &b, (m, n, k));
+                let bias = data(m, 3);
+                let mut outs = Vec::new();
+                for kernel in [Kernel::Portable, Kernel::Avx512] {
+                    if !kernel.available() {
+                        eprintln!("{} not on this CPU", kernel.name());
+                        continue;
+                    }
+                    for threads in [1, 2] {
+                        let ldc = n + 3;
+                        let mut c = vec![f32::NAN; (m - 1) * ldc + n];
+                        gemm(kernel, ops, &mut c, ldc, Epilogue::default(), threads);
+                        let (mut num, mut den) = (0.0, 0.0);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let d = c[i * ldc + j] as f64 - want[i * n + j];
+                                num += d * d;
+                                den += want[i * n + j] * want[i * n + j];
+                            }
+                        }
+                        let rel = (num / den).sqrt();
+                        assert!(rel < 5e-6, "{arith:?} {kernel:?} {m}x{n}x{k}: {rel}");
+                        // The epilogue: bias per row, then ReLU.
+                        let ep = Epilogue {
+                            bias: Some(&bias),
+                            relu: true,
+                        };
+                        let mut d = vec![f32::NAN; (m - 1) * ldc + n];
+                        gemm(kernel, ops, &mut d, ldc, ep, threads);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let want = (c[i * ldc + j] + bias[i]).max(0.0);
+                                assert_eq!(d[i * ldc + j], want);
+                            }
+                        }
+                        outs.push(c);
+                    }
+                }
+                for o in &outs[1..] {
+                    let same = o
+                        .iter()
+                        .zip(&outs[0])
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{arith:?} {m}x{n}x{k}: kernels or threads differ in bits"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_packing_is_the_transpose() {
+        for arith in [Arith::F32, Arith::Bf16] {
+            let (n, k) = (53, 9);
+            let w = data(n * k, 4);
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let mut pb = vec![0; arith.b_len(k, n)];
+            pack_b(arith, &wt, (k, n, n), &mut pb, 1);
+            assert_eq!(pack_b_transposed(arith, &w, k, n, k), pb, "{arith:?}");
+        }
+    }
+}

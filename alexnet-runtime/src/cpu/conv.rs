@@ -1,8 +1,6 @@
 //! Convolution on the CPU: im2col, then one GEMM per group, with bias and the fused ReLU
 //! in the epilogue.
 
-use std::ops::Range;
-
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat};
@@ -112,8 +110,11 @@ pub fn forward_packed(
 ) {
     let (in_len, out_len) = (g.input.len(), g.output.len());
     let pq = g.output.h * g.output.w;
-    let scratch = || vec![0u32; arith.b_len(g.kcol(), pq)];
+    let len = arith.b_len(g.kcol(), pq);
+    let (taps, corners) = (taps(&g), corners(&g));
     let cx = PackedCx {
+        taps: &taps,
+        corners: &corners,
         arith,
         kernel: packed::Kernel::best(),
         wp,
@@ -125,13 +126,37 @@ pub fn forward_packed(
         y.par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
             .with_min_len(1)
-            .for_each_init(scratch, |panels, (yi, xi)| cx.image(xi, yi, panels, 1));
+            .for_each(|(yi, xi)| with_panels(len, |panels| cx.image(xi, yi, panels, 1)));
     } else {
-        let mut panels = scratch();
-        for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-            cx.image(xi, yi, &mut panels, threads);
-        }
+        with_panels(len, |panels| {
+            for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+                cx.image(xi, yi, panels, threads);
+            }
+        });
     }
+}
+
+thread_local! {
+    /// Each thread's buffer for one image's packed im2col panels, kept between calls: a
+    /// fresh one per image (4.4 MB for AlexNet's conv1) cost its zeroing and page faults
+    /// every time.
+    static PANELS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's panel buffer, at least `len` words long (its contents are
+/// whatever the last user left: `packed::pack_b` writes every word it hands on).
+fn with_panels(len: usize, f: impl FnOnce(&mut [u32])) {
+    PANELS.with(|p| match p.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (rayon may run another image's job while this one
+        // waits): a buffer of its own.
+        Err(_) => f(&mut vec![0u32; len]),
+    })
 }
 
 /// What every image of [`forward_packed`] shares.
@@ -142,6 +167,49 @@ struct PackedCx<'a> {
     b: &'a [f32],
     g: &'a ConvGeom,
     relu: bool,
+    /// The gather's rows ([`taps`]) and columns ([`corners`]).
+    taps: &'a [u32],
+    corners: &'a [u32],
+}
+
+/// Where each output position's window starts in a zero-padded plane of the input
+/// (`(oy * stride) * padded_width + ox * stride`): the columns of a [`packed::Gather`].
+fn corners(g: &ConvGeom) -> Vec<u32> {
+    let wp = g.input.w + 2 * g.pad;
+    let (p, q, s) = (g.output.h, g.output.w, g.stride);
+    (0..p * q)
+        .map(|n| ((n / q * s) * wp + n % q * s) as u32)
+        .collect()
+}
+
+/// Where each filter tap `(c, ky, kx)` of a group sits in its zero-padded planes: the rows
+/// of a [`packed::Gather`].
+fn taps(g: &ConvGeom) -> Vec<u32> {
+    let (hp, wp, k) = (g.input.h + 2 * g.pad, g.input.w + 2 * g.pad, g.k);
+    (0..g.kcol())
+        .map(|r| {
+            let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+            ((c * hp + ky) * wp + kx) as u32
+        })
+        .collect()
+}
+
+/// One group of one image zero-padded (`[c][h + 2 pad][w + 2 pad]`; the image itself when
+/// there is no padding).
+fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom) -> std::borrow::Cow<'a, [f32]> {
+    let (h, w, pad) = (g.input.h, g.input.w, g.pad);
+    if pad == 0 {
+        return std::borrow::Cow::Borrowed(&x[..cg * h * w]);
+    }
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut xp = vec![0.0f32; cg * hp * wp];
+    for c in 0..cg {
+        for iy in 0..h {
+            let dst = &mut xp[(c * hp + iy + pad) * wp + pad..][..w];
+            dst.copy_from_slice(&x[(c * h + iy) * w..][..w]);
+        }
+    }
+    std::borrow::Cow::Owned(xp)
 }
 
 impl PackedCx<'_> {
@@ -155,9 +223,13 @@ impl PackedCx<'_> {
         let a_len = self.arith.a_len(og, kk);
         for grp in 0..g.groups {
             let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
-            let fill =
-                |r: usize, cols: Range<usize>, out: &mut [f32]| im2col_row(xg, g, r, cols, out);
-            packed::pack_b_with(self.arith, (kk, pq), panels, threads, &fill);
+            let xp = padded(xg, cg, g);
+            let b = packed::Gather {
+                src: &xp,
+                rows: self.taps,
+                cols: self.corners,
+            };
+            packed::pack_b(self.arith, b, panels, threads);
             let ops = packed::Operands {
                 arith: self.arith,
                 a: &self.wp[grp * a_len..(grp + 1) * a_len],
@@ -378,52 +450,42 @@ fn valid_columns(g: &ConvGeom, kx: usize) -> (usize, usize) {
 
 /// Unfolds `cg` channels of one image into `col[(c*k + ky)*k + kx][oy*Q + ox]`.
 fn im2col(x: &[f32], cg: usize, g: &ConvGeom, col: &mut [f32], threads: usize) {
-    let pq = g.output.h * g.output.w;
-    let col = &mut col[..cg * g.k * g.k * pq];
-    let fill_row = |(r, row): (usize, &mut [f32])| im2col_row(x, g, r, 0..pq, row);
-    if threads > 1 {
-        col.par_chunks_mut(pq).enumerate().for_each(fill_row);
-    } else {
-        col.chunks_mut(pq).enumerate().for_each(fill_row);
-    }
-}
-
-/// Columns `cols` of row `r = (c*k + ky)*k + kx` of one image's im2col matrix, into `out`:
-/// per output row `oy` the columns inside the image copied (a slice copy for stride 1),
-/// the padding zeroed.
-fn im2col_row(x: &[f32], g: &ConvGeom, r: usize, cols: Range<usize>, out: &mut [f32]) {
     let (h, w, k, s, pad) = (g.input.h, g.input.w, g.k, g.stride, g.pad);
-    let q = g.output.w;
-    let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-    let plane = &x[c * h * w..(c + 1) * h * w];
-    let (lo, hi) = valid_columns(g, kx);
-    let mut n = cols.start;
-    while n < cols.end {
-        let (oy, ox0) = (n / q, n % q);
-        let ox1 = q.min(ox0 + (cols.end - n));
-        let dst = &mut out[n - cols.start..][..ox1 - ox0];
-        n += ox1 - ox0;
-        let iy = (oy * s + ky) as isize - pad as isize;
-        if iy < 0 || iy >= h as isize {
-            dst.fill(0.0);
-            continue;
-        }
-        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-        let (a, b) = (lo.clamp(ox0, ox1), hi.clamp(ox0, ox1));
-        dst[..a - ox0].fill(0.0);
-        dst[b - ox0..].fill(0.0);
-        let inside = &mut dst[a - ox0..b - ox0];
-        if a == b {
-            continue;
-        }
-        if s == 1 {
-            let start = a + kx - pad;
-            inside.copy_from_slice(&src[start..start + (b - a)]);
-        } else {
-            for (i, v) in inside.iter_mut().enumerate() {
-                *v = src[(a + i) * s + kx - pad];
+    let (p, q) = (g.output.h, g.output.w);
+    let fill_row = |r: usize, row: &mut [f32]| {
+        let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        let (lo, hi) = valid_columns(g, kx);
+        for oy in 0..p {
+            let out = &mut row[oy * q..(oy + 1) * q];
+            let iy = (oy * s + ky) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
+                out.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if s == 1 {
+                let start = lo + kx - pad;
+                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            } else {
+                for (ox, v) in out[lo..hi].iter_mut().enumerate() {
+                    *v = src[(ox + lo) * s + kx - pad];
+                }
             }
         }
+    };
+    let rows = cg * k * k;
+    let col = &mut col[..rows * p * q];
+    if threads > 1 {
+        col.par_chunks_mut(p * q)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
+    } else {
+        col.chunks_mut(p * q)
+            .enumerate()
+            .for_each(|(r, row)| fill_row(r, row));
     }
 }
 

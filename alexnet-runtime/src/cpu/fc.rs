@@ -168,29 +168,7 @@ fn gemv(
     let blocks: Vec<Vec<f32>> = w
         .par_chunks(ROWS * inputs)
         .enumerate()
-        .map(|(blk, wb)| {
-            let mut out = vec![0.0; (wb.len() / inputs) * batch];
-            let mut rows = wb.chunks_exact(inputs).enumerate();
-            // Four weight rows at a time share each load of the input.
-            while let Some((r, w0)) = rows.next() {
-                let rest: Vec<(usize, &[f32])> = rows.by_ref().take(3).collect();
-                for n in 0..batch {
-                    let xn = &x[n * inputs..(n + 1) * inputs];
-                    if let [(_, w1), (_, w2), (_, w3)] = rest.as_slice() {
-                        let d = dot4([w0, w1, w2, w3], xn);
-                        for (j, v) in d.iter().enumerate() {
-                            out[(r + j) * batch + n] = b[blk * ROWS + r + j] + v;
-                        }
-                    } else {
-                        out[r * batch + n] = b[blk * ROWS + r] + dot(w0, xn);
-                        for &(rj, wj) in &rest {
-                            out[rj * batch + n] = b[blk * ROWS + rj] + dot(wj, xn);
-                        }
-                    }
-                }
-            }
-            out
-        })
+        .map(|(blk, wb)| gemv_block(x, wb, &b[blk * ROWS..], batch, inputs))
         .collect();
     for (blk, vals) in blocks.iter().enumerate() {
         for (i, v) in vals.iter().enumerate() {
@@ -200,7 +178,35 @@ fn gemv(
     }
 }
 
+super::simd::wide! {
+    /// One block of weight rows of [`gemv`] against every image: `[row][image]`.
+    fn gemv_block(x: &[f32], wb: &[f32], b: &[f32], batch: usize, inputs: usize) -> Vec<f32> {
+        let mut out = vec![0.0; (wb.len() / inputs) * batch];
+        let mut rows = wb.chunks_exact(inputs).enumerate();
+        // Four weight rows at a time share each load of the input.
+        while let Some((r, w0)) = rows.next() {
+            let rest: Vec<(usize, &[f32])> = rows.by_ref().take(3).collect();
+            for n in 0..batch {
+                let xn = &x[n * inputs..(n + 1) * inputs];
+                if let [(_, w1), (_, w2), (_, w3)] = rest.as_slice() {
+                    let d = dot4([w0, w1, w2, w3], xn);
+                    for (j, v) in d.iter().enumerate() {
+                        out[(r + j) * batch + n] = b[r + j] + v;
+                    }
+                } else {
+                    out[r * batch + n] = b[r] + dot(w0, xn);
+                    for &(rj, wj) in &rest {
+                        out[rj * batch + n] = b[rj] + dot(wj, xn);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Four dot products against the same vector, 8 partial sums each.
+#[inline(always)]
 fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     let mut acc = [[0.0f32; 8]; 4];
     let (xc, xt) = x.as_chunks::<8>();
@@ -221,6 +227,7 @@ fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
 }
 
 /// A dot product with 16 independent partial sums, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     let (ac, at) = a.as_chunks::<16>();

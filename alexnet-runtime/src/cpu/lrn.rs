@@ -49,42 +49,64 @@ impl CpuLayer for Lrn {
     }
 }
 
+/// Pixels of a plane normalised together: long enough to vectorise without a tail on
+/// every image row, short enough that the squares of a group's channels stay in L1/L2.
+const CHUNK: usize = 512;
+
 /// `y[c] = x[c] / (k + alpha / size * sum_{|c' - c| <= size/2, same group} x[c']^2)^beta`.
 /// Each (image, channel group) is an independent task: in NCHW its channels are one
 /// contiguous block, so a split network's two towers normalise in parallel even at batch 1.
 pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
     let (h, w) = (shape.h, shape.w);
     let cg = shape.c / p.channel_groups;
-    let a = p.alpha / p.size as f32;
-    let block = cg * h * w;
-    y.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .for_each_init(
-            || (vec![0.0f32; cg * w], vec![0.0f32; w]),
-            |(sq, sum), (yb, xb)| {
-                for row in 0..h {
-                    let at = |ch: usize| ch * h * w + row * w;
-                    squares(xb, sq, cg, h, w, row);
-                    window_sums(sq, cg, w, p.size / 2, sum, |ch, sum| {
-                        scale(
-                            &mut yb[at(ch)..at(ch) + w],
-                            &xb[at(ch)..at(ch) + w],
-                            sum,
-                            a,
-                            p.k,
-                            p.beta,
-                        );
-                    });
-                }
-            },
-        );
+    let len = cg * h * w;
+    y.par_chunks_mut(len).zip(x.par_chunks(len)).for_each_init(
+        || {
+            let n = CHUNK.min(h * w);
+            (vec![0.0f32; cg * n], vec![0.0f32; n])
+        },
+        |(sq, sum), (yb, xb)| block(xb, yb, sq, sum, (cg, h, w), p),
+    );
 }
 
-/// `sq[ch][j] = x[ch][row][j]^2` for the `cg` channels of one group.
-fn squares(xb: &[f32], sq: &mut [f32], cg: usize, h: usize, w: usize, row: usize) {
+super::simd::wide! {
+    /// [`forward`] on one (image, channel group) block, row by row.
+    fn block(
+        xb: &[f32],
+        yb: &mut [f32],
+        sq: &mut [f32],
+        sum: &mut [f32],
+        dims: (usize, usize, usize),
+        p: LrnParams,
+    ) {
+        let (cg, h, w) = dims;
+        let a = p.alpha / p.size as f32;
+        let plane = h * w;
+        for start in (0..plane).step_by(CHUNK) {
+            let len = CHUNK.min(plane - start);
+            let at = |ch: usize| ch * plane + start;
+            squares(xb, &mut sq[..cg * len], cg, plane, start, len);
+            window_sums(sq, cg, len, p.size / 2, &mut sum[..len], |ch, sum| {
+                scale(
+                    &mut yb[at(ch)..at(ch) + len],
+                    &xb[at(ch)..at(ch) + len],
+                    sum,
+                    a,
+                    p.k,
+                    p.beta,
+                );
+            });
+        }
+    }
+}
+
+/// `sq[ch][j] = x[ch][start + j]^2` for `j < len` and the `cg` channels (planes of
+/// `plane` values) of one group.
+#[inline(always)]
+fn squares(xb: &[f32], sq: &mut [f32], cg: usize, plane: usize, start: usize, len: usize) {
     for ch in 0..cg {
-        let src = &xb[ch * h * w + row * w..][..w];
-        for (s, v) in sq[ch * w..(ch + 1) * w].iter_mut().zip(src) {
+        let src = &xb[ch * plane + start..][..len];
+        for (s, v) in sq[ch * len..(ch + 1) * len].iter_mut().zip(src) {
             *s = v * v;
         }
     }
@@ -93,6 +115,7 @@ fn squares(xb: &[f32], sq: &mut [f32], cg: usize, h: usize, w: usize, row: usize
 /// Calls `f(ch, sum)` for each channel `ch < cg` in order, with `sum[j]` the sum of
 /// `rows[c][j]` over the channels `c` within `half` of `ch` (a running sum: one row added
 /// and one taken away per channel).
+#[inline(always)]
 fn window_sums(
     rows: &[f32],
     cg: usize,
@@ -116,12 +139,14 @@ fn window_sums(
     }
 }
 
+#[inline(always)]
 fn add(acc: &mut [f32], v: &[f32], sign: f32) {
     for (a, b) in acc.iter_mut().zip(v) {
         *a += sign * b;
     }
 }
 
+#[inline(always)]
 fn scale(out: &mut [f32], x: &[f32], sum: &[f32], a: f32, k: f32, beta: f32) {
     if beta == 0.75 {
         // t^-0.75 = 1 / (sqrt(t) * sqrt(sqrt(t))): two vectorisable square roots instead of powf.
@@ -162,7 +187,7 @@ pub fn backward(x: &[f32], dy: &[f32], dx: &mut [f32], shape: Shape, p: LrnParam
             |(sq, pw, t, sum), ((dxb, xb), dyb)| {
                 for row in 0..h {
                     let at = |ch: usize| ch * h * w + row * w;
-                    squares(xb, sq, cg, h, w, row);
+                    squares(xb, sq, cg, h * w, row * w, w);
                     // pw = s^-beta, t = dy x s^(-beta-1) for every channel of the row.
                     window_sums(sq, cg, w, half, sum, |ch, sum| {
                         let (xr, dyr) = (&xb[at(ch)..at(ch) + w], &dyb[at(ch)..at(ch) + w]);

@@ -32,6 +32,7 @@ mod packed;
 mod pool;
 pub mod probe;
 mod relu;
+mod simd;
 mod softmax;
 mod tanh;
 mod training;
@@ -65,10 +66,9 @@ pub struct Cpu {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
     /// The choice this project measured fastest on its machine (docs/benchmarks.md):
-    /// [`ConvAlgorithm::Im2col`] on OpenBLAS where it is loaded (level with the packed
-    /// kernel), [`ConvAlgorithm::Packed`] where it is not and the CPU has AVX-512F (1.3-1.7x
-    /// the `gemm` crate's im2col), im2col on the `gemm` crate otherwise. Winograd measured
-    /// slower on AlexNet's 3x3 layers.
+    /// [`ConvAlgorithm::Packed`] where the CPU has AVX-512F (ahead of im2col on OpenBLAS,
+    /// and well ahead of the `gemm` crate), [`ConvAlgorithm::Im2col`] otherwise. Winograd
+    /// measured slower on AlexNet's 3x3 layers.
     #[default]
     Auto,
     /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
@@ -102,7 +102,7 @@ impl ConvAlgorithm {
     pub(crate) fn packed(self) -> bool {
         match self {
             ConvAlgorithm::Packed => true,
-            ConvAlgorithm::Auto => blas::get().is_none() && packed::Kernel::Avx512.available(),
+            ConvAlgorithm::Auto => packed::Kernel::Avx512.available(),
             ConvAlgorithm::Im2col | ConvAlgorithm::Winograd => false,
         }
     }
@@ -366,6 +366,12 @@ impl Memory for Cpu {
                 "cpu ({} threads, bf16 products: {})",
                 self.threads(),
                 self.bf16_kernel()
+            ),
+            _ if self.conv.packed() => format!(
+                "cpu ({} threads, convolutions: {}, other products: {})",
+                self.threads(),
+                packed::Kernel::best().name(),
+                self.gemm()
             ),
             _ => format!("cpu ({} threads, {})", self.threads(), self.gemm()),
         }

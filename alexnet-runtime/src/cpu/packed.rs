@@ -21,12 +21,12 @@
 //! of AVX512_BF16's `vdpbf16ps`; on this project's machine that instruction ran at half the
 //! rate of f32 FMAs, so the kernel widens B to f32 in registers and uses FMAs instead). The
 //! portable kernels (any CPU, or `ALEXNET_CPU_PACKED=portable`) compute the same sums in
-//! the same order with `mul_add`: the same bits as the AVX-512 ones.
+//! the same order (f32 with `mul_add`, bf16 with a multiply and an add, exact products
+//! rounding once either way): the same bits as the AVX-512 ones.
 //!
 //! The only `unsafe` is the AVX-512 micro-kernel: its intrinsics and pointer arithmetic,
 //! with every bound asserted before the call.
 
-use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -91,15 +91,14 @@ impl Arith {
 }
 
 /// The bits of `x` rounded to bf16, to nearest with ties to even; a NaN stays a (quiet)
-/// NaN.
+/// NaN. Without branches, so that the packing loops vectorise.
 #[inline(always)]
 pub fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
-    if x.is_nan() {
-        (b >> 16) | 0x40
-    } else {
-        b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
-    }
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let quiet = (b >> 16) | 0x40;
+    let nan = 0u32.wrapping_sub(u32::from(b & 0x7fff_ffff > 0x7f80_0000));
+    (quiet & nan) | (rounded & !nan)
 }
 
 /// Packs A, row-major `m x k` with leading dimension `ld`, into `out`
@@ -122,86 +121,78 @@ pub fn pack_a(arith: Arith, a: &[f32], m: usize, k: usize, ld: usize, out: &mut 
     }
 }
 
-/// Packs B, row-major `k x n` with leading dimension `ld`, into `out`
-/// ([`Arith::b_len`] words), the panels in parallel when `threads > 1`.
-#[cfg(test)]
-fn pack_b(
-    arith: Arith,
-    b: &[f32],
-    (k, n, ld): (usize, usize, usize),
-    out: &mut [u32],
-    threads: usize,
-) {
-    let fill = |r: usize, cols: Range<usize>, dst: &mut [f32]| {
-        dst.copy_from_slice(&b[r * ld + cols.start..r * ld + cols.end]);
-    };
-    pack_b_with(arith, (k, n), out, threads, &fill);
+/// A B of `rows.len() x cols.len()` whose element `(r, n)` is `src[rows[r] + cols[n]]`:
+/// a row-major matrix (`rows[r] = r * ld`, `cols[n] = n`), or a convolution's im2col
+/// matrix read from a zero-padded image (`rows[r]`: where filter tap `(c, ky, kx)` sits,
+/// `cols[n]`: where output position `n`'s window starts), so that packing it is a
+/// gather with no padding tests.
+#[derive(Clone, Copy)]
+pub struct Gather<'a> {
+    pub src: &'a [f32],
+    pub rows: &'a [u32],
+    pub cols: &'a [u32],
 }
 
-/// Writes `B[r][cols]` into the slice: `fill(r, cols, dst)`.
-pub type FillRow<'a> = dyn Fn(usize, Range<usize>, &mut [f32]) + Sync + 'a;
-
-/// Packs a B of `k x n` whose rows `fill` writes, a piece at a time: `fill(r, cols, dst)`
-/// writes `B[r][cols]` into `dst` (a convolution's im2col rows, made straight into the
-/// panels without the whole matrix in memory). Row by row: each row (each pair in bf16)
-/// is made once for a run of whole panels, then dealt out to them; with `threads > 1`
-/// each thread packs its own run.
-pub fn pack_b_with(
-    arith: Arith,
-    (k, n): (usize, usize),
-    out: &mut [u32],
-    threads: usize,
-    fill: &FillRow<'_>,
-) {
-    let step = arith.step();
+/// Packs B into `out` ([`Arith::b_len`] words), panel by panel (each written in order
+/// while the part of the source it reads stays in cache), the panels in parallel when
+/// `threads > 1`.
+///
+/// # Panics
+/// If an element of `b` lies outside `b.src`.
+pub fn pack_b(arith: Arith, b: Gather<'_>, out: &mut [u32], threads: usize) {
+    let (k, n) = (b.rows.len(), b.cols.len());
+    if k == 0 || n == 0 {
+        return;
+    }
+    let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
+    assert!(
+        last(b.rows) + last(b.cols) < b.src.len(),
+        "pack_b: an element lies outside the source"
+    );
     let steps = arith.steps(k);
-    let panels = n.div_ceil(NR);
-    let per = panels.div_ceil(threads.clamp(1, panels.max(1))).max(1);
-    let run = |(i, out): (usize, &mut [u32])| {
-        let p0 = i * per;
-        let np = out.len() / (steps * NR);
-        let cols = p0 * NR..((p0 + np) * NR).min(n);
-        let w = cols.len();
-        let mut r0 = vec![0.0f32; w];
-        let mut r1 = vec![0.0f32; if step == 2 { w } else { 0 }];
-        for s in 0..steps {
-            let k0 = s * step;
-            fill(k0, cols.clone(), &mut r0);
-            if step == 2 {
-                if k0 + 1 < k {
-                    fill(k0 + 1, cols.clone(), &mut r1);
-                } else {
-                    r1.fill(0.0);
-                }
-            }
-            for j in 0..np {
-                let dst = &mut out[(j * steps + s) * NR..][..NR];
-                let c0 = j * NR;
-                let cw = NR.min(w - c0);
-                match arith {
-                    Arith::F32 => {
-                        for (d, &x) in dst.iter_mut().zip(&r0[c0..c0 + cw]) {
-                            *d = x.to_bits();
-                        }
-                    }
-                    Arith::Bf16 => {
-                        let (lo, hi) = (&r0[c0..c0 + cw], &r1[c0..c0 + cw]);
-                        for ((d, &x0), &x1) in dst.iter_mut().zip(lo).zip(hi) {
-                            *d = bf16_bits(x0) | bf16_bits(x1) << 16;
-                        }
-                    }
-                }
-                dst[cw..].fill(0);
-            }
-        }
-    };
+    let panel = |(pi, op): (usize, &mut [u32])| pack_panel(arith, b, pi, op);
     let out = &mut out[..arith.b_len(k, n)];
     if threads > 1 {
-        out.par_chunks_mut(per * steps * NR)
-            .enumerate()
-            .for_each(run);
+        out.par_chunks_mut(steps * NR).enumerate().for_each(panel);
     } else {
-        out.chunks_mut(per * steps * NR).enumerate().for_each(run);
+        out.chunks_mut(steps * NR).enumerate().for_each(panel);
+    }
+}
+
+super::simd::wide! {
+    /// Panel `pi` of [`pack_b`] into `op`.
+    fn pack_panel(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+        let n = b.cols.len();
+        let cols = &b.cols[pi * NR..(pi * NR + NR).min(n)];
+        let w = cols.len();
+        for (s, dst) in op.chunks_mut(NR).enumerate() {
+            match arith {
+                Arith::F32 => {
+                    let r0 = &b.src[b.rows[s] as usize..];
+                    for (d, &c) in dst.iter_mut().zip(cols) {
+                        *d = r0[c as usize].to_bits();
+                    }
+                }
+                Arith::Bf16 => {
+                    // Gathered first, then rounded in a loop that vectorises.
+                    let (mut t0, mut t1) = ([0.0f32; NR], [0.0f32; NR]);
+                    let r0 = &b.src[b.rows[2 * s] as usize..];
+                    for (t, &c) in t0.iter_mut().zip(cols) {
+                        *t = r0[c as usize];
+                    }
+                    if let Some(&second) = b.rows.get(2 * s + 1) {
+                        let r1 = &b.src[second as usize..];
+                        for (t, &c) in t1.iter_mut().zip(cols) {
+                            *t = r1[c as usize];
+                        }
+                    }
+                    for ((d, &x0), &x1) in dst.iter_mut().zip(&t0).zip(&t1) {
+                        *d = bf16_bits(x0) | bf16_bits(x1) << 16;
+                    }
+                }
+            }
+            dst[w..].fill(0);
+        }
     }
 }
 
@@ -234,7 +225,7 @@ pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize)
 pub enum Kernel {
     /// AVX-512F FMAs.
     Avx512,
-    /// Plain Rust (`mul_add`), on any CPU: the same bits, much slower.
+    /// Plain Rust, on any CPU: the same bits, much slower.
     Portable,
 }
 
@@ -468,7 +459,7 @@ impl Tile<'_> {
     }
 }
 
-/// The portable micro-kernel: the AVX-512 one's sums in its order, with `mul_add`.
+/// The portable micro-kernel: the AVX-512 one's sums in its order, each rounded once.
 fn tile_portable<const R: usize>(t: Tile<'_>, arith: Arith) {
     let mut acc = [[0.0f32; NR]; R];
     if !t.first {
@@ -490,7 +481,10 @@ fn tile_portable<const R: usize>(t: Tile<'_>, arith: Arith) {
                     let (even, odd) = (t.a[2 * s * MR + r], t.a[(2 * s + 1) * MR + r]);
                     for (v, &w) in row.iter_mut().zip(bw) {
                         let (lo, hi) = (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000));
-                        *v = even.mul_add(lo, odd.mul_add(hi, *v));
+                        // Products of bf16 values are exact in f32, so a plain multiply and
+                        // add rounds once, as an FMA does (and `mul_add` without hardware
+                        // FMA is a slow library call).
+                        *v = (*v + odd * hi) + even * lo;
                     }
                 }
             }
@@ -639,6 +633,17 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
 mod tests {
     use super::*;
 
+    /// A row-major `k x n` matrix as a [`Gather`] (its index vectors leaked: a test).
+    fn matrix(b: &[f32], k: usize, n: usize) -> Gather<'_> {
+        let rows: Vec<u32> = (0..k as u32).map(|r| r * n as u32).collect();
+        let cols: Vec<u32> = (0..n as u32).collect();
+        Gather {
+            src: b,
+            rows: rows.leak(),
+            cols: cols.leak(),
+        }
+    }
+
     fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i as f32 + 0.5) * 0.618_034 + seed as f32 * 0.37).sin() * 1.7)
@@ -690,7 +695,7 @@ mod tests {
                 let mut pa = vec![0.0; arith.a_len(m, k)];
                 pack_a(arith, &a, m, k, k, &mut pa);
                 let mut pb = vec![0; arith.b_len(k, n)];
-                pack_b(arith, &b, (k, n, n), &mut pb, 2);
+                pack_b(arith, matrix(&b, k, n), &mut pb, 2);
                 let ops = Operands {
                     arith,
                     a: &pa,
@@ -758,7 +763,7 @@ mod tests {
             let w = data(n * k, 4);
             let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
             let mut pb = vec![0; arith.b_len(k, n)];
-            pack_b(arith, &wt, (k, n, n), &mut pb, 1);
+            pack_b(arith, matrix(&wt, k, n), &mut pb, 1);
             assert_eq!(pack_b_transposed(arith, &w, k, n, k), pb, "{arith:?}");
         }
     }

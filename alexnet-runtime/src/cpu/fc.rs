@@ -26,6 +26,18 @@ pub fn forward(
 ) {
     if batch <= GEMV_MAX_BATCH {
         gemv(x, w, b, y, batch, inputs, outputs);
+    } else if batch <= packed::NARROW && packed::Kernel::best() == packed::Kernel::Avx512 {
+        // Up to 16 images: every weight read once, broadcast against a vector of the
+        // images' inputs (the weights stay where they are: no second copy).
+        let xt = packed::pack_narrow(x, batch, inputs);
+        let mut yt = vec![0.0f32; outputs * packed::NARROW];
+        let dims = (outputs, inputs, inputs);
+        packed::gemm_narrow(packed::Kernel::Avx512, w, dims, &xt, &mut yt, threads);
+        for (n, row) in y.chunks_mut(outputs).enumerate() {
+            for (o, v) in row.iter_mut().enumerate() {
+                *v = yt[o * packed::NARROW + n] + b[o];
+            }
+        }
     } else {
         // y^T = W x^T into a row-major [outputs, batch] buffer, so that the threads split
         // W's rows between them and each weight is read once; then transpose and add bias.

@@ -1,0 +1,97 @@
+//! The CPU's arithmetic ceilings per core and for every core together: AVX-512 f32 FMAs
+//! (`vfmadd231ps`) beside AVX512_BF16's dot product (`vdpbf16ps`, two bf16 products into
+//! each f32 lane), each on 28 independent accumulators so that latency does not hide the
+//! throughput. The evidence behind the bf16 micro-kernel's choice (cpu/packed.rs): where
+//! `vdpbf16ps` does not beat f32 FMAs in flops, the kernel widens bf16 to f32 and uses
+//! FMAs. `cargo bench --bench cpu_peak`.
+
+use std::time::Instant;
+
+const CHAINS: usize = 28;
+const ITERS: usize = 20_000_000;
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use super::{CHAINS, ITERS};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_f32() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        let (a, b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(a, b, *x);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_bf16() -> f32 {
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        // Pairs of bf16 ones and of 1 + 2^-7: each lane adds about 2 per instruction.
+        let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80));
+        let b = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f81_3f81));
+        for _ in 0..ITERS {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, a, b);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(s)
+    }
+}
+
+/// GFLOP/s of `run` on `threads` threads at once, `flops` per instruction.
+fn rate(threads: usize, flops: f64, run: fn() -> f32) -> f64 {
+    let t = Instant::now();
+    let sums: Vec<f32> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads).map(|_| s.spawn(run)).collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    std::hint::black_box(sums);
+    (threads * CHAINS * ITERS) as f64 * flops / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn main() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if !is_x86_feature_detected!("avx512f") {
+            println!("no AVX-512F on this CPU");
+            return;
+        }
+        // SAFETY: AVX-512F was detected just above.
+        let fma: fn() -> f32 = || unsafe { kernels::fma_f32() };
+        for threads in [1, cores] {
+            println!(
+                "vfmadd231ps zmm, {threads} thread(s): {:.0} GFLOP/s",
+                rate(threads, 32.0, fma)
+            );
+        }
+        if !is_x86_feature_detected!("avx512bf16") {
+            println!("no AVX512_BF16 on this CPU");
+            return;
+        }
+        // SAFETY: AVX-512F and AVX512_BF16 were detected above.
+        let dot: fn() -> f32 = || unsafe { kernels::dot_bf16() };
+        for threads in [1, cores] {
+            println!(
+                "vdpbf16ps zmm,   {threads} thread(s): {:.0} GFLOP/s",
+                rate(threads, 64.0, dot)
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("x86-64 only");
+}

@@ -63,6 +63,14 @@ fn rate(threads: usize, flops: f64, run: fn() -> f32) -> f64 {
     (threads * CHAINS * ITERS) as f64 * flops / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// Prints `run`'s rate on one thread and on every core.
+fn report(name: &str, flops: f64, run: fn() -> f32, cores: usize) {
+    for threads in [1, cores] {
+        let r = rate(threads, flops, run);
+        println!("{name}, {threads} thread(s): {r:.0} GFLOP/s");
+    }
+}
+
 fn main() {
     #[cfg(target_arch = "x86_64")]
     {
@@ -73,24 +81,14 @@ fn main() {
         }
         // SAFETY: AVX-512F was detected just above.
         let fma: fn() -> f32 = || unsafe { kernels::fma_f32() };
-        for threads in [1, cores] {
-            println!(
-                "vfmadd231ps zmm, {threads} thread(s): {:.0} GFLOP/s",
-                rate(threads, 32.0, fma)
-            );
-        }
+        report("vfmadd231ps zmm", 32.0, fma, cores);
         if !is_x86_feature_detected!("avx512bf16") {
             println!("no AVX512_BF16 on this CPU");
             return;
         }
         // SAFETY: AVX-512F and AVX512_BF16 were detected above.
         let dot: fn() -> f32 = || unsafe { kernels::dot_bf16() };
-        for threads in [1, cores] {
-            println!(
-                "vdpbf16ps zmm,   {threads} thread(s): {:.0} GFLOP/s",
-                rate(threads, 64.0, dot)
-            );
-        }
+        report("vdpbf16ps zmm", 64.0, dot, cores);
     }
     #[cfg(not(target_arch = "x86_64"))]
     println!("x86-64 only");

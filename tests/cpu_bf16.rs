@@ -161,3 +161,44 @@ fn a_step_in_bf16_is_seen_by_the_next_forward_pass() {
     assert_ne!(before, after, "the step changed nothing");
     assert_eq!(after, fresh.forward(&x).unwrap().into_data());
 }
+
+/// One weight the freshness sample does not hold, changed through `Memory::write`: the
+/// write bumps the backend's weight epoch, so the next bf16 pass packs again and sees it.
+#[test]
+fn a_weight_written_through_the_backend_is_seen_in_bf16() {
+    use alexnet::runtime::Memory;
+    let plan = alexnet::plan_from_str("T<16, 2, 2> { fc(100) }").unwrap();
+    let stage = plan.stages()[0];
+    let (batch, inputs, outputs) = (2, 64, 100);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let wv = random(&mut rng, outputs * inputs);
+    let xv: Vec<f32> = random(&mut rng, batch * inputs)
+        .iter()
+        .map(|v| v + 2.0)
+        .collect();
+    let cpu = bf16_cpu();
+    let (mut w, b, x) = (
+        cpu.upload(&wv).unwrap(),
+        cpu.upload(&vec![0.0f32; outputs]).unwrap(),
+        cpu.upload(&xv).unwrap(),
+    );
+    let mut y = cpu.alloc::<f32>(batch * outputs).unwrap();
+    let run = |w: &Vec<f32>, y: &mut Vec<f32>| {
+        cpu.forward_stage(&plan, stage, batch, &x, &[w, &b], y)
+            .unwrap();
+        y.clone()
+    };
+    let before = run(&w, &mut y);
+    // Weight (0, 1): index 1, between the sample's values 0 and 25.
+    let mut changed = wv.clone();
+    changed[1] += 4.0;
+    cpu.write(&mut w, &changed).unwrap();
+    let after = run(&w, &mut y);
+    assert_ne!(before[0], after[0], "the written weight was not seen");
+    let fresh = bf16_cpu();
+    let mut y2 = fresh.alloc::<f32>(batch * outputs).unwrap();
+    fresh
+        .forward_stage(&plan, stage, batch, &x, &[&changed, &b], &mut y2)
+        .unwrap();
+    assert_eq!(after, y2);
+}

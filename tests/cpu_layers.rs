@@ -103,6 +103,42 @@ fn conv_strides_padding_groups() {
     }
 }
 
+/// The f32 packed convolution keeps its filters packed between calls; it compares every
+/// weight, so a filter changed in place behind the backend's back is seen.
+#[test]
+fn a_filter_changed_in_place_is_seen_by_the_packed_convolution() {
+    use alexnet::runtime::{Inference, Memory};
+    let plan = plan("T<3, 19, 23> { conv(8, 11, stride = 4) }");
+    let stage = plan.stages()[0];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let params = common::random_params(&plan, &mut rng);
+    let cpu = Cpu::new().with_conv_algorithm(ConvAlgorithm::Packed);
+    let x = random(&mut rng, plan.input.len());
+    let (mut w, b) = (params[0].data.clone(), params[1].data.clone());
+    let mut y = cpu.alloc::<f32>(plan.layers[0].output.len()).unwrap();
+    cpu.forward_stage(&plan, stage, 1, &x, &[&w, &b], &mut y)
+        .unwrap();
+    let before = y.clone();
+    // Not through the backend, and a weight no sample would hold.
+    w[1] += 3.0;
+    cpu.forward_stage(&plan, stage, 1, &x, &[&w, &b], &mut y)
+        .unwrap();
+    let want = naive(
+        &plan,
+        1,
+        &x,
+        &[
+            NamedTensor {
+                data: w.clone(),
+                ..params[0].clone()
+            },
+            params[1].clone(),
+        ],
+    );
+    assert_ne!(before, y);
+    assert!(rel_l2(&y, &want) < 1e-5);
+}
+
 #[test]
 fn winograd_3x3_stride_1() {
     // Winograd F(4x4, 3x3) on every 3x3 stride-1 layer: sizes that leave partial tiles, no

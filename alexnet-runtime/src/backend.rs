@@ -81,6 +81,15 @@ pub trait Memory: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether a [`crate::Model`] keeps its forward pass's two activation buffers between
+    /// calls, for the next call of the same batch size. True where memory is the host's
+    /// (the CPU: a fresh buffer costs a page fault per 4 KiB written); false on a GPU,
+    /// whose memory later allocations (a training workspace, another batch size) may need
+    /// and whose footprint checks do not count them.
+    fn keeps_activations(&self) -> bool {
+        false
+    }
+
     /// A buffer of `len` zeros.
     fn alloc<T: Element>(&self, len: usize) -> Result<Self::Buffer<T>>;
 

@@ -139,6 +139,13 @@ impl Memory for Device {
         }
     }
 
+    fn keeps_activations(&self) -> bool {
+        match self {
+            Device::Cpu(c) => c.keeps_activations(),
+            Device::Cuda(c) => c.keeps_activations(),
+        }
+    }
+
     fn alloc<T: Element>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         Ok(match self {
             Device::Cpu(c) => DeviceBuffer::Cpu(c.alloc(len)?),

@@ -31,10 +31,10 @@ pub struct Model<B: Inference> {
     /// copy (to tell whether the next cut's is the same).
     mean: Mutex<Option<(Vec<f32>, F32<B>)>>,
     /// The forward pass's two activation buffers of the last call, with their length, kept
-    /// for the next call of the same batch size: fresh ones cost every call their
-    /// allocation and, on the CPU, a page fault per 4 KiB written (18.6 MB for AlexNet's
-    /// conv1 at batch 16, most of a stage's time). A call running while another holds
-    /// them makes its own.
+    /// for the next call of the same batch size where the backend says so
+    /// ([`crate::backend::Memory::keeps_activations`]: the CPU, where fresh ones cost a page fault per 4 KiB
+    /// written, 18.6 MB for AlexNet's conv1 at batch 16, most of a stage's time). A call
+    /// running while another holds them makes its own.
     spare: Mutex<Option<(usize, [F32<B>; 2])>>,
 }
 
@@ -264,8 +264,10 @@ impl<B: Inference> Model<B> {
         let data = self
             .backend
             .download_prefix(last, batch * out_shape.len())?;
-        if let Ok(mut spare) = self.spare.lock() {
-            *spare = Some((max, bufs));
+        if self.backend.keeps_activations() {
+            if let Ok(mut spare) = self.spare.lock() {
+                *spare = Some((max, bufs));
+            }
         }
         Tensor::new(vec![batch, out_shape.c, out_shape.h, out_shape.w], data)
     }

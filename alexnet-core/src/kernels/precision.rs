@@ -21,9 +21,9 @@ pub enum Precision {
     /// The convolutions' and fully connected layers' forward products with both operands
     /// rounded to bf16 (8-bit mantissa, to nearest, ties to even) and summed in f32; the
     /// other layers, the activations between stages and the backward pass stay f32. The
-    /// CPU backend only, for now (AVX512_BF16's `vdpbf16ps` where the CPU has it, a
-    /// portable kernel with the same sums otherwise); the GPU's bf16 kernels are not
-    /// generated yet.
+    /// CPU backend only, for now (an AVX-512 kernel that widens the bf16 operands to f32
+    /// for FMAs, a portable kernel otherwise); the GPU's bf16 kernels are not generated
+    /// yet.
     Bf16,
 }
 

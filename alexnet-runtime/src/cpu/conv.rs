@@ -499,9 +499,12 @@ impl CpuLayer for Conv {
             _ => None,
         };
         if let Some(arith) = arith {
-            let wp = s
-                .packs
-                .get(&s.layer.name, w, s.fresh, |w| pack_filters(arith, w, &g));
+            let wp = s.packs.get(
+                &format!("{}/{arith:?}", s.layer.name),
+                w,
+                s.freshness(arith),
+                |w| pack_filters(arith, w, &g),
+            );
             forward_packed(
                 arith,
                 x,

@@ -258,7 +258,8 @@ impl CpuLayer for Fc {
         let (w, b) = s.weight_and_bias(params)?;
         let inputs = s.layer.input.len();
         if s.precision == Precision::Bf16 {
-            let wt = s.packs.get(&s.layer.name, w, s.fresh, |w| {
+            let key = format!("{}/{:?}", s.layer.name, Arith::Bf16);
+            let wt = s.packs.get(&key, w, s.freshness(Arith::Bf16), |w| {
                 packed::pack_b_transposed(Arith::Bf16, w, inputs, self.out, inputs)
             });
             forward_bf16(

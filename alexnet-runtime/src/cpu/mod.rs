@@ -102,7 +102,7 @@ impl ConvAlgorithm {
     pub(crate) fn packed(self) -> bool {
         match self {
             ConvAlgorithm::Packed => true,
-            ConvAlgorithm::Auto => packed::Kernel::Avx512.available(),
+            ConvAlgorithm::Auto => packed::Kernel::best() == packed::Kernel::Avx512,
             ConvAlgorithm::Im2col | ConvAlgorithm::Winograd => false,
         }
     }
@@ -147,20 +147,22 @@ impl Cpu {
         Ok(self)
     }
 
-    /// The bf16 micro-kernel this CPU runs: AVX512_BF16's `vdpbf16ps` where the CPU has
-    /// it (unless `ALEXNET_CPU_BF16=portable`), a portable one with the same sums
-    /// otherwise.
+    /// The micro-kernel of the bf16 products (and of [`ConvAlgorithm::Packed`]) on this
+    /// CPU: AVX-512 FMAs on the operands widened to f32 where the CPU has AVX-512F
+    /// (unless `ALEXNET_CPU_PACKED=portable`), a portable one otherwise.
     pub fn bf16_kernel(&self) -> &'static str {
         packed::Kernel::best().name()
     }
 
     /// Says that weights this backend computes with may have changed. In bf16 the CPU
     /// packs each weight tensor once (rounded, in its kernel's layout) and reuses the pack
-    /// until this is called, or a weight in a sample of each tensor differs. The backend
-    /// calls it itself wherever it writes a buffer a model's weights live in
-    /// ([`Memory::write`], [`crate::Training::sgd_step`], [`Inference::prepare`] when a
-    /// model is built); a caller that changes a weight buffer through its own `&mut Vec`
-    /// and then runs [`Inference::forward_stage`] in bf16 must call it first.
+    /// until this is called, or a weight in a sample of each tensor differs (f32 packs
+    /// compare every weight instead). The backend calls it itself wherever it writes a
+    /// buffer a model's weights live in ([`Memory::write`], [`crate::Training::sgd_step`],
+    /// [`Inference::prepare`] when a model is built); a caller that changes a weight
+    /// buffer through its own `&mut Vec` and then runs [`Inference::forward_stage`] in
+    /// bf16 must call it first. One epoch for the backend and its clones: any write
+    /// invalidates every bf16 pack, which costs a repack, never a wrong result.
     pub fn weights_changed(&self) {
         self.weights.fetch_add(1, Ordering::Relaxed);
     }
@@ -213,11 +215,23 @@ pub(crate) struct StageCx<'a> {
     pub conv: ConvAlgorithm,
     /// f32 or bf16 products.
     pub precision: Precision,
-    /// How the bf16 packs are known to be fresh.
+    /// How a bf16 pack is known to be fresh (f32 packs compare every weight:
+    /// [`StageCx::freshness`]).
     pub fresh: pack::Freshness,
 }
 
 impl StageCx<'_> {
+    /// How a pack of weights in `arith` is known to be fresh: bf16 packs by the backend's
+    /// weight epoch (reading all of fc6's f32 weights to compare them would cost what
+    /// bf16 saves), f32 packs by comparing every weight (the reference path never trusts
+    /// a caller to say that weights changed).
+    pub fn freshness(&self, arith: packed::Arith) -> pack::Freshness {
+        match arith {
+            packed::Arith::Bf16 => self.fresh,
+            packed::Arith::F32 => pack::Freshness::Compare,
+        }
+    }
+
     /// A learned layer's weight and bias.
     pub fn weight_and_bias<'p>(&self, params: &[&'p [f32]]) -> Result<(&'p [f32], &'p [f32])> {
         match params {
@@ -375,6 +389,10 @@ impl Memory for Cpu {
             ),
             _ => format!("cpu ({} threads, {})", self.threads(), self.gemm()),
         }
+    }
+
+    fn keeps_activations(&self) -> bool {
+        true
     }
 
     fn alloc<T: Element>(&self, len: usize) -> Result<Vec<T>> {

@@ -8,9 +8,12 @@
 //!   weights once: a small fraction of the work a Winograd layout saves.
 //! - [`Freshness::Epoch`]: it keeps the backend's weight epoch when it was made (bumped
 //!   whenever the backend may have changed a weight: see `Cpu::weights_changed`) and a
-//!   sample of the weights, and is reused while both agree. For the bf16 layouts, whose
-//!   whole point is to read half the bytes of the f32 weights: a full comparison would
-//!   read them all again on every call.
+//!   sample of the weights, and is reused while both agree. For the bf16 layouts only,
+//!   whose whole point is to read half the bytes of the f32 weights: a full comparison
+//!   would read them all again on every call. (f32 packs, the reference path's, compare.)
+//!
+//! The caller's key names the layout as well as the layer (`conv1/F32`, `conv1/Bf16`), so
+//! that two layouts of one tensor never stand in for each other.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

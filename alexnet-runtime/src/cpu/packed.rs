@@ -16,13 +16,15 @@
 //! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
 //! last block of K.
 //!
-//! bf16 products are exact in f32, so the bf16 kernels add each product to the f32 sum
-//! with one rounding, per pair of K the odd product first and then the even one (the order
+//! bf16 products are exact in f32 (while they stay normal f32 values), so the bf16 kernels
+//! add each product to the f32 sum with one rounding, per pair of K the odd product first and then the even one (the order
 //! of AVX512_BF16's `vdpbf16ps`; on this project's machine that instruction ran at half the
 //! rate of f32 FMAs, so the kernel widens B to f32 in registers and uses FMAs instead). The
 //! portable kernels (any CPU, or `ALEXNET_CPU_PACKED=portable`) compute the same sums in
 //! the same order (f32 with `mul_add`, bf16 with a multiply and an add, exact products
-//! rounding once either way): the same bits as the AVX-512 ones.
+//! rounding once either way): the same bits as the AVX-512 ones, except where a bf16
+//! product leaves f32's normal range (below 2^-126 or above its largest value), which
+//! the portable kernel rounds and the FMA does not.
 //!
 //! The only `unsafe` is the AVX-512 micro-kernel: its intrinsics and pointer arithmetic,
 //! with every bound asserted before the call.
@@ -104,6 +106,7 @@ pub fn bf16_bits(x: f32) -> u32 {
 /// Packs A, row-major `m x k` with leading dimension `ld`, into `out`
 /// ([`Arith::a_len`] values).
 pub fn pack_a(arith: Arith, a: &[f32], m: usize, k: usize, ld: usize, out: &mut [f32]) {
+    assert!(k > 0, "pack_a: an empty K");
     let kk = arith.steps(k) * arith.step();
     for (blk, ob) in out[..arith.a_len(m, k)].chunks_mut(kk * MR).enumerate() {
         for r in 0..MR {
@@ -199,6 +202,7 @@ super::simd::wide! {
 /// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully
 /// connected layer's weights, `[outputs][inputs]`), into a new buffer.
 pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize) -> Vec<u32> {
+    assert!(k > 0, "pack_b_transposed: an empty K");
     let (step, steps) = (arith.step(), arith.steps(k));
     let mut out = vec![0u32; arith.b_len(k, n)];
     out.par_chunks_mut(steps * NR)
@@ -305,6 +309,7 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(k > 0, "packed gemm: an empty K");
     assert!(a.len() >= arith.a_len(m, k), "packed gemm: A too short");
     assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short");
     assert!(
@@ -534,8 +539,9 @@ unsafe fn load_c<const R: usize>(t: &Tile<'_>) -> [[std::arch::x86_64::__m512; 3
         for (r, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
                 // SAFETY: lanes outside the mask are not read; the masked ones lie inside
-                // `t.c` (row `r < R`, columns below `cols`).
-                *x = _mm512_maskz_loadu_ps(m[v], c.add(r * t.ldc + v * 16));
+                // `t.c` (row `r < R`, columns below `cols`). The address is made with
+                // `wrapping_add`: a vector with no lane inside may point past the end.
+                *x = _mm512_maskz_loadu_ps(m[v], c.wrapping_add(r * t.ldc + v * 16));
             }
         }
     }
@@ -559,7 +565,7 @@ unsafe fn store_c<const R: usize>(t: &mut Tile<'_>, acc: [[std::arch::x86_64::__
             let x = bias.map_or(x, |b| _mm512_add_ps(x, b));
             let x = if t.relu { _mm512_max_ps(x, zero) } else { x };
             // SAFETY: as in `load_c`, for writes.
-            _mm512_mask_storeu_ps(c.add(r * t.ldc + v * 16), m[v], x);
+            _mm512_mask_storeu_ps(c.wrapping_add(r * t.ldc + v * 16), m[v], x);
         }
     }
 }
@@ -637,7 +643,7 @@ const NARROW_ROWS: usize = 12;
 /// Packs the transpose of `x` (`n x k`, row-major, `n <= NARROW`: a batch of images) as
 /// [`gemm_narrow`]'s B, `[k][NARROW]` with the missing columns zero.
 pub fn pack_narrow(x: &[f32], n: usize, k: usize) -> Vec<f32> {
-    assert!(n <= NARROW, "pack_narrow: {n} columns");
+    assert!(n <= NARROW && k > 0, "pack_narrow: {n} columns, K {k}");
     let mut out = vec![0.0f32; k * NARROW];
     for (j, row) in x.chunks_exact(k).take(n).enumerate() {
         for (p, &v) in row.iter().enumerate() {
@@ -769,6 +775,15 @@ mod tests {
         }
     }
 
+    /// Whether every output has the bits of the first.
+    fn same_bits(outs: &[Vec<f32>]) -> bool {
+        outs.iter().all(|o| {
+            o.iter()
+                .zip(&outs[0])
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        })
+    }
+
     fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i as f32 + 0.5) * 0.618_034 + seed as f32 * 0.37).sin() * 1.7)
@@ -867,16 +882,10 @@ mod tests {
                         outs.push(c);
                     }
                 }
-                for o in &outs[1..] {
-                    let same = o
-                        .iter()
-                        .zip(&outs[0])
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(
-                        same,
-                        "{arith:?} {m}x{n}x{k}: kernels or threads differ in bits"
-                    );
-                }
+                assert!(
+                    same_bits(&outs),
+                    "{arith:?} {m}x{n}x{k}: kernels or threads differ in bits"
+                );
             }
         }
     }
@@ -914,13 +923,10 @@ mod tests {
                     outs.push(c);
                 }
             }
-            for o in &outs[1..] {
-                let same = o
-                    .iter()
-                    .zip(&outs[0])
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{m}x{n}x{k}: kernels or threads differ in bits");
-            }
+            assert!(
+                same_bits(&outs),
+                "{m}x{n}x{k}: kernels or threads differ in bits"
+            );
         }
     }
 

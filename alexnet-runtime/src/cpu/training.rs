@@ -148,6 +148,8 @@ impl Training for Cpu {
         let specs = crate::backend::check_sgd_args("cpu", plan, counts, |i| {
             [params[i].len(), velocity[i].len(), grads[i].len()]
         })?;
+        // Before the weights move: a step cut short leaves no pack trusted for them.
+        self.weights_changed();
         for (i, spec) in specs.iter().enumerate() {
             let len = spec.len();
             const CHUNK: usize = 1 << 15;
@@ -157,7 +159,6 @@ impl Training for Cpu {
                 .zip(grads[i][..len].par_chunks(CHUNK))
                 .for_each(|((w, v), g)| sgd.step(w, v, g, lr_mults[i]));
         }
-        self.weights_changed();
         Ok(())
     }
 }

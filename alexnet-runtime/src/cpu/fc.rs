@@ -33,11 +33,7 @@ pub fn forward(
         let mut yt = vec![0.0f32; outputs * packed::NARROW];
         let dims = (outputs, inputs, inputs);
         packed::gemm_narrow(packed::Kernel::Avx512, w, dims, &xt, &mut yt, threads);
-        for (n, row) in y.chunks_mut(outputs).enumerate() {
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = yt[o * packed::NARROW + n] + b[o];
-            }
-        }
+        transpose_add_bias(&yt, packed::NARROW, b, y, outputs);
     } else {
         // y^T = W x^T into a row-major [outputs, batch] buffer, so that the threads split
         // W's rows between them and each weight is read once; then transpose and add bias.
@@ -51,14 +47,19 @@ pub fn forward(
             false,
             threads,
         );
-        for (n, row) in y.chunks_mut(outputs).enumerate() {
-            for (o, v) in row.iter_mut().enumerate() {
-                *v = yt[o * batch + n] + b[o];
-            }
-        }
+        transpose_add_bias(&yt, batch, b, y, outputs);
     }
     if relu {
         y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// `y[n][o] = yt[o][n] + b[o]`: `yt` row-major `[outputs][ld]`, `y` `[batch][outputs]`.
+fn transpose_add_bias(yt: &[f32], ld: usize, b: &[f32], y: &mut [f32], outputs: usize) {
+    for (n, row) in y.chunks_mut(outputs).enumerate() {
+        for (o, v) in row.iter_mut().enumerate() {
+            *v = yt[o * ld + n] + b[o];
+        }
     }
 }
 

@@ -70,7 +70,7 @@ pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
 }
 
 super::simd::wide! {
-    /// [`forward`] on one (image, channel group) block, row by row.
+    /// [`forward`] on one (image, channel group) block, in runs of [`CHUNK`] pixels.
     fn block(
         xb: &[f32],
         yb: &mut [f32],

@@ -167,11 +167,6 @@ impl Cpu {
         self.weights.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How a bf16 pack is known to be fresh.
-    fn freshness(&self) -> pack::Freshness {
-        pack::Freshness::Epoch(self.weights.load(Ordering::Relaxed))
-    }
-
     /// This backend with convolutions computed by `conv`.
     pub fn with_conv_algorithm(mut self, conv: ConvAlgorithm) -> Self {
         self.conv = conv;
@@ -215,9 +210,8 @@ pub(crate) struct StageCx<'a> {
     pub conv: ConvAlgorithm,
     /// f32 or bf16 products.
     pub precision: Precision,
-    /// How a bf16 pack is known to be fresh (f32 packs compare every weight:
-    /// [`StageCx::freshness`]).
-    pub fresh: pack::Freshness,
+    /// The backend's weight epoch ([`Cpu::weights_changed`]), which bf16 packs trust.
+    pub weights_epoch: u64,
 }
 
 impl StageCx<'_> {
@@ -227,7 +221,7 @@ impl StageCx<'_> {
     /// a caller to say that weights changed).
     pub fn freshness(&self, arith: packed::Arith) -> pack::Freshness {
         match arith {
-            packed::Arith::Bf16 => self.fresh,
+            packed::Arith::Bf16 => pack::Freshness::Epoch(self.weights_epoch),
             packed::Arith::F32 => pack::Freshness::Compare,
         }
     }
@@ -323,7 +317,7 @@ impl Cpu {
             packs: &self.packs,
             conv: self.conv,
             precision: self.precision,
-            fresh: self.freshness(),
+            weights_epoch: self.weights.load(Ordering::Relaxed),
         }
     }
 

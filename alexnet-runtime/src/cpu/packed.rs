@@ -81,15 +81,6 @@ impl Arith {
             Arith::Bf16 => f32::from_bits(bf16_bits(x) << 16),
         }
     }
-
-    /// The B word of rows `k0` (and `k0 + 1` in bf16) of one column.
-    #[inline(always)]
-    fn word(self, lo: f32, hi: f32) -> u32 {
-        match self {
-            Arith::F32 => lo.to_bits(),
-            Arith::Bf16 => bf16_bits(lo) | bf16_bits(hi) << 16,
-        }
-    }
 }
 
 /// The bits of `x` rounded to bf16, to nearest with ties to even; a NaN stays a (quiet)
@@ -200,27 +191,19 @@ super::simd::wide! {
 }
 
 /// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully
-/// connected layer's weights, `[outputs][inputs]`), into a new buffer.
+/// connected layer's weights, `[outputs][inputs]`), into a new buffer: [`pack_b`] on the
+/// gather `rows[r] = r`, `cols[j] = j * ld`.
 pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize) -> Vec<u32> {
     assert!(k > 0, "pack_b_transposed: an empty K");
-    let (step, steps) = (arith.step(), arith.steps(k));
+    let rows: Vec<u32> = (0..k as u32).collect();
+    let cols: Vec<u32> = (0..n).map(|j| (j * ld) as u32).collect();
     let mut out = vec![0u32; arith.b_len(k, n)];
-    out.par_chunks_mut(steps * NR)
-        .enumerate()
-        .for_each(|(pi, op)| {
-            for j in 0..NR.min(n - pi * NR) {
-                let row = &w[(pi * NR + j) * ld..][..k];
-                for s in 0..steps {
-                    let k0 = s * step;
-                    let hi = if step == 2 && k0 + 1 < k {
-                        row[k0 + 1]
-                    } else {
-                        0.0
-                    };
-                    op[s * NR + j] = arith.word(row[k0], hi);
-                }
-            }
-        });
+    let b = Gather {
+        src: w,
+        rows: &rows,
+        cols: &cols,
+    };
+    pack_b(arith, b, &mut out, rayon::current_num_threads());
     out
 }
 

@@ -103,8 +103,8 @@ fn conv_strides_padding_groups() {
     }
 }
 
-/// The f32 packed convolution keeps its filters packed between calls; it compares every
-/// weight, so a filter changed in place behind the backend's back is seen.
+/// The f32 packed convolution reads its filters in place on every call (it kept a packed
+/// copy once), so a filter changed in place behind the backend's back is seen.
 #[test]
 fn a_filter_changed_in_place_is_seen_by_the_packed_convolution() {
     use alexnet::runtime::{Inference, Memory};

@@ -94,13 +94,14 @@ pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
 }
 
 /// [`forward`] on the packed micro-kernel (`packed.rs`): each image's im2col columns
-/// made straight into the kernel's panels in `arith` (f32, or bf16 for [`Precision::Bf16`]), `wp` the filters
-/// packed by [`pack_filters`], bias and the fused ReLU in the kernel's epilogue.
+/// gathered a block at a time straight into the kernel's layout in `arith` (f32, or bf16
+/// for [`Precision::Bf16`]), bias and the fused ReLU in the kernel's epilogue. `w`: the
+/// filters as they are in f32 (read in place), packed by [`pack_filters`] in bf16.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_packed(
     arith: Arith,
     x: &[f32],
-    wp: &[f32],
+    w: &[f32],
     b: &[f32],
     y: &mut [f32],
     batch: usize,
@@ -109,15 +110,13 @@ pub fn forward_packed(
     threads: usize,
 ) {
     let (in_len, out_len) = (g.input.len(), g.output.len());
-    let pq = g.output.h * g.output.w;
-    let len = arith.b_len(g.kcol(), pq);
     let (taps, corners) = (taps(&g), corners(&g));
     let cx = PackedCx {
         taps: &taps,
         corners: &corners,
         arith,
         kernel: packed::Kernel::best(),
-        wp,
+        w,
         b,
         g: &g,
         relu,
@@ -126,44 +125,20 @@ pub fn forward_packed(
         y.par_chunks_mut(out_len)
             .zip(x.par_chunks(in_len))
             .with_min_len(1)
-            .for_each(|(yi, xi)| with_panels(len, |panels| cx.image(xi, yi, panels, 1)));
+            .for_each(|(yi, xi)| cx.image(xi, yi, 1));
     } else {
-        with_panels(len, |panels| {
-            for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
-                cx.image(xi, yi, panels, threads);
-            }
-        });
-    }
-}
-
-thread_local! {
-    /// Each thread's buffer for one image's packed im2col panels, kept between calls: a
-    /// fresh one per image (4.4 MB for AlexNet's conv1) cost its zeroing and page faults
-    /// every time.
-    static PANELS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's panel buffer, at least `len` words long (its contents are
-/// whatever the last user left: `packed::pack_b` writes every word it hands on).
-fn with_panels(len: usize, f: impl FnOnce(&mut [u32])) {
-    PANELS.with(|p| match p.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
+        for (yi, xi) in y.chunks_mut(out_len).zip(x.chunks(in_len)) {
+            cx.image(xi, yi, threads);
         }
-        // Re-entered on this thread (rayon may run another image's job while this one
-        // waits): a buffer of its own.
-        Err(_) => f(&mut vec![0u32; len]),
-    })
+    }
 }
 
 /// What every image of [`forward_packed`] shares.
 struct PackedCx<'a> {
     arith: Arith,
     kernel: packed::Kernel,
-    wp: &'a [f32],
+    /// As [`forward_packed`]'s `w`.
+    w: &'a [f32],
     b: &'a [f32],
     g: &'a ConvGeom,
     relu: bool,
@@ -213,38 +188,60 @@ fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom) -> std::borrow::Cow<'a, [f3
 }
 
 impl PackedCx<'_> {
-    fn image(&self, x: &[f32], y: &mut [f32], panels: &mut [u32], threads: usize) {
+    /// One image: its groups on parallel threads when there are as many groups as
+    /// threads (each thread reads only its group's filters), otherwise one after another
+    /// with the threads splitting each product.
+    fn image(&self, x: &[f32], y: &mut [f32], threads: usize) {
+        let g = self.g;
+        let group_out = g.output.c / g.groups * g.output.h * g.output.w;
+        if threads > 1 && g.groups >= threads {
+            y.par_chunks_mut(group_out)
+                .enumerate()
+                .with_min_len(1)
+                .for_each(|(grp, yg)| self.group(x, grp, yg, 1));
+        } else {
+            for (grp, yg) in y.chunks_mut(group_out).enumerate() {
+                self.group(x, grp, yg, threads);
+            }
+        }
+    }
+
+    /// Group `grp` of one image into `yg`, its part of the output.
+    fn group(&self, x: &[f32], grp: usize, yg: &mut [f32], threads: usize) {
         let g = self.g;
         let cg = g.input.c / g.groups;
         let og = g.output.c / g.groups;
         let pq = g.output.h * g.output.w;
         let kk = g.kcol();
         let plane = g.input.h * g.input.w;
-        let a_len = self.arith.a_len(og, kk);
-        for grp in 0..g.groups {
-            let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
-            let xp = padded(xg, cg, g);
-            let b = packed::Gather {
-                src: &xp,
-                rows: self.taps,
-                cols: self.corners,
-            };
-            packed::pack_b(self.arith, b, panels, threads);
-            let ops = packed::Operands {
-                arith: self.arith,
-                a: &self.wp[grp * a_len..(grp + 1) * a_len],
-                b: panels,
-                m: og,
-                n: pq,
-                k: kk,
-            };
-            let ep = packed::Epilogue {
-                bias: Some(&self.b[grp * og..(grp + 1) * og]),
-                relu: self.relu,
-            };
-            let yg = &mut y[grp * og * pq..(grp + 1) * og * pq];
-            packed::gemm(self.kernel, ops, yg, pq, ep, threads);
-        }
+        let a_len = match self.arith {
+            Arith::F32 => og * kk,
+            Arith::Bf16 => self.arith.a_len(og, kk),
+        };
+        let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
+        let xp = padded(xg, cg, g);
+        let b = packed::Gather {
+            src: &xp,
+            rows: self.taps,
+            cols: self.corners,
+        };
+        let a = &self.w[grp * a_len..(grp + 1) * a_len];
+        let ops = packed::Operands {
+            arith: self.arith,
+            a: match self.arith {
+                Arith::F32 => packed::AOperand::Rows { data: a, ld: kk },
+                Arith::Bf16 => packed::AOperand::Packed(a),
+            },
+            b: packed::BOperand::Gather(b),
+            m: og,
+            n: pq,
+            k: kk,
+        };
+        let ep = packed::Epilogue {
+            bias: Some(&self.b[grp * og..(grp + 1) * og]),
+            relu: self.relu,
+        };
+        packed::gemm(self.kernel, ops, yg, pq, ep, threads);
     }
 }
 
@@ -493,29 +490,20 @@ impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
         let g = self.gemm(s.layer.input, s.layer.output);
-        let arith = match s.precision {
-            Precision::Bf16 => Some(Arith::Bf16),
-            _ if s.conv.packed() => Some(Arith::F32),
-            _ => None,
-        };
-        if let Some(arith) = arith {
+        if s.precision == Precision::Bf16 {
+            let arith = Arith::Bf16;
             let wp = s.packs.get(
                 &format!("{}/{arith:?}", s.layer.name),
                 w,
-                s.freshness(arith),
+                s.bf16_freshness(),
                 |w| pack_filters(arith, w, &g),
             );
-            forward_packed(
-                arith,
-                x,
-                &wp.data,
-                b,
-                y,
-                s.batch,
-                g,
-                s.fused_relu,
-                s.threads,
-            );
+            let relu = s.fused_relu;
+            forward_packed(arith, x, &wp.data, b, y, s.batch, g, relu, s.threads);
+        } else if s.conv.packed() {
+            // The filters read where they are: nothing to pack, or to compare with them.
+            let relu = s.fused_relu;
+            forward_packed(Arith::F32, x, w, b, y, s.batch, g, relu, s.threads);
         } else if winograd::applies(&g, s.conv) {
             let u = s.packs.get(&s.layer.name, w, Freshness::Compare, |w| {
                 winograd::transform_filters(w, &g)

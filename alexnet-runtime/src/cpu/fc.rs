@@ -94,8 +94,8 @@ pub fn forward_bf16(
             let mut t = vec![0.0f32; batch * n];
             let ops = packed::Operands {
                 arith,
-                a: &xa,
-                b: &wt[p0 * panel..p1 * panel],
+                a: packed::AOperand::Packed(&xa),
+                b: packed::BOperand::Packed(&wt[p0 * panel..p1 * panel]),
                 m: batch,
                 n,
                 k: inputs,
@@ -260,7 +260,7 @@ impl CpuLayer for Fc {
         let inputs = s.layer.input.len();
         if s.precision == Precision::Bf16 {
             let key = format!("{}/{:?}", s.layer.name, Arith::Bf16);
-            let wt = s.packs.get(&key, w, s.freshness(Arith::Bf16), |w| {
+            let wt = s.packs.get(&key, w, s.bf16_freshness(), |w| {
                 packed::pack_b_transposed(Arith::Bf16, w, inputs, self.out, inputs)
             });
             forward_bf16(

@@ -73,8 +73,9 @@ pub enum ConvAlgorithm {
     Auto,
     /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
     Im2col,
-    /// im2col packed into panels and this crate's AVX-512 micro-kernel (bias and ReLU in
-    /// its epilogue) everywhere; the portable kernel, much slower, on a CPU without
+    /// This crate's AVX-512 micro-kernel everywhere: the im2col columns gathered a block
+    /// at a time into the kernel's layout as it reaches them, the filters read in place,
+    /// bias and ReLU in its epilogue; the portable kernel, much slower, on a CPU without
     /// AVX-512F.
     Packed,
     /// Winograd F(4x4, 3x3) on every 3x3 stride-1 layer, im2col + GEMM on the others.
@@ -215,15 +216,12 @@ pub(crate) struct StageCx<'a> {
 }
 
 impl StageCx<'_> {
-    /// How a pack of weights in `arith` is known to be fresh: bf16 packs by the backend's
-    /// weight epoch (reading all of fc6's f32 weights to compare them would cost what
-    /// bf16 saves), f32 packs by comparing every weight (the reference path never trusts
-    /// a caller to say that weights changed).
-    pub fn freshness(&self, arith: packed::Arith) -> pack::Freshness {
-        match arith {
-            packed::Arith::Bf16 => pack::Freshness::Epoch(self.weights_epoch),
-            packed::Arith::F32 => pack::Freshness::Compare,
-        }
+    /// How a bf16 pack of weights is known to be fresh: by the backend's weight epoch
+    /// (reading all of fc6's f32 weights to compare them would cost what bf16 saves). The
+    /// f32 paths never trust a caller to say that weights changed: the packed convolution
+    /// reads its filters in place, Winograd's transformed filters compare every weight.
+    pub fn bf16_freshness(&self) -> pack::Freshness {
+        pack::Freshness::Epoch(self.weights_epoch)
     }
 
     /// A learned layer's weight and bias.

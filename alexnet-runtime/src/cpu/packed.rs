@@ -1,20 +1,25 @@
-//! The CPU backend's own matrix multiply, on operands packed for an AVX-512 micro-kernel:
+//! The CPU backend's own matrix multiply, on operands laid out for an AVX-512 micro-kernel:
 //! the convolutions' and fully connected layers' forward products, in f32 ([`Arith::F32`],
 //! where the CPU has AVX-512F) and in bf16 ([`Arith::Bf16`], `Precision::Bf16`).
 //!
 //! The layouts (BLIS's, with B the vector side):
-//! - A (`m x k`: a convolution's filters, a fully connected layer's images), f32, in blocks
-//!   of [`MR`] rows, `[block][k][MR]`; in bf16 the values are rounded to bf16 (and K padded
-//!   to even);
+//! - A (`m x k`: a convolution's filters, a fully connected layer's images), packed in
+//!   blocks of [`MR`] rows, `[block][k][MR]` (in bf16 the values rounded to bf16 and K
+//!   padded to even); or, in f32, read where it is, row-major ([`AOperand::Rows`]: a
+//!   convolution's filters, with no copy to keep fresh);
 //! - B (`k x n`: a convolution's im2col columns, a fully connected layer's transposed
 //!   weights) in panels of [`NR`] columns, `[panel][step][NR]` 32-bit words: in f32 a step
 //!   is one row of B (the word is the value's bits), in bf16 two rows, both rounded to
-//!   bf16 in one word (the even row in the low half): half the bytes to pack and stream;
+//!   bf16 in one word (the even row in the low half): half the bytes to pack and stream.
+//!   Packed whole once ([`pack_b`]: a fully connected layer's weights), or gathered
+//!   [`KC`] steps of one panel at a time just before the kernel reads them
+//!   ([`BOperand::Gather`]: a convolution's im2col columns, which then never leave L1);
 //!
 //! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
 //! (24 KiB) in L1 while every row block of A passes over it; the micro-kernel holds an
 //! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
-//! last block of K.
+//! last block of K. Threads split the row blocks, or the panels when B is gathered (each
+//! thread gathers only the columns it computes).
 //!
 //! bf16 products are exact in f32 (while they stay normal f32 values), so the bf16 kernels
 //! add each product to the f32 sum with one rounding, per pair of K the odd product first and then the even one (the order
@@ -26,8 +31,8 @@
 //! product leaves f32's normal range (below 2^-126 or above its largest value), which
 //! the portable kernel rounds and the FMA does not.
 //!
-//! The only `unsafe` is the AVX-512 micro-kernel: its intrinsics and pointer arithmetic,
-//! with every bound asserted before the call.
+//! The only `unsafe` is the AVX-512 code (the micro-kernels and the gather of B): its
+//! intrinsics and pointer arithmetic, with every bound asserted before the call.
 
 use std::sync::OnceLock;
 
@@ -127,6 +132,19 @@ pub struct Gather<'a> {
     pub cols: &'a [u32],
 }
 
+impl Gather<'_> {
+    /// Panics if an element lies outside `src`.
+    fn check(&self) {
+        let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
+        assert!(
+            self.rows.is_empty()
+                || self.cols.is_empty()
+                || last(self.rows) + last(self.cols) < self.src.len(),
+            "packed: an element of B's gather lies outside its source"
+        );
+    }
+}
+
 /// Packs B into `out` ([`Arith::b_len`] words), panel by panel (each written in order
 /// while the part of the source it reads stays in cache), the panels in parallel when
 /// `threads > 1`.
@@ -138,11 +156,7 @@ pub fn pack_b(arith: Arith, b: Gather<'_>, out: &mut [u32], threads: usize) {
     if k == 0 || n == 0 {
         return;
     }
-    let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
-    assert!(
-        last(b.rows) + last(b.cols) < b.src.len(),
-        "pack_b: an element lies outside the source"
-    );
+    b.check();
     let steps = arith.steps(k);
     let panel = |(pi, op): (usize, &mut [u32])| pack_panel(arith, b, pi, op);
     let out = &mut out[..arith.b_len(k, n)];
@@ -188,6 +202,88 @@ super::simd::wide! {
             dst[w..].fill(0);
         }
     }
+}
+
+/// [`pack_panel`], with AVX-512's gathers where `kernel` is the AVX-512 one (the same
+/// words).
+fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
+        let steps = op.len() / NR;
+        assert!(op.len() == steps * NR && b.rows.len() <= steps * arith.step());
+        assert!(b.rows.len() > (steps - 1) * arith.step() && pi * NR < b.cols.len());
+        b.check();
+        // SAFETY: the CPU has AVX-512F; every element gathered lies inside `b.src`
+        // (`Gather::check`), `op` holds `steps` steps of `NR` words, and every row index
+        // read is below `b.rows.len()` (asserted above).
+        unsafe { gather_panel_avx512(arith, b, pi, op) };
+        return;
+    }
+    let _ = kernel;
+    pack_panel(arith, b, pi, op)
+}
+
+/// [`gather_panel`]'s AVX-512 body: per step, three masked 16-lane gathers of a row of B
+/// (the columns outside the panel zero), rounded to bf16 in pairs of rows with
+/// [`bf16_bits`]'s arithmetic.
+///
+/// # Safety
+/// AVX-512F; as asserted by [`gather_panel`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
+    let m = masks(cols.len());
+    let idx = [0, 1, 2].map(|v| {
+        // SAFETY: the masked lanes lie inside `cols` (the address made with `wrapping_add`:
+        // a vector with no lane inside may point past its end).
+        unsafe { _mm512_maskz_loadu_epi32(m[v], cols.as_ptr().wrapping_add(v * 16).cast()) }
+    });
+    let src = b.src.as_ptr();
+    let row = |r: u32| -> [__m512i; 3] {
+        let base = src.wrapping_add(r as usize).cast::<i32>();
+        [0, 1, 2].map(|v| {
+            // SAFETY: `r + cols[j]` lies inside `src` for every column of the panel
+            // (`Gather::check`); the lanes outside it are masked off and not read.
+            unsafe { _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), m[v], idx[v], base) }
+        })
+    };
+    let out = op.as_mut_ptr();
+    for s in 0..op.len() / NR {
+        let words = match arith {
+            Arith::F32 => row(b.rows[s]),
+            Arith::Bf16 => {
+                let even = row(b.rows[2 * s]).map(|x| bf16_vec(x));
+                let odd = b
+                    .rows
+                    .get(2 * s + 1)
+                    .map_or([_mm512_setzero_si512(); 3], |&r| {
+                        row(r).map(|x| bf16_vec(x))
+                    });
+                [0, 1, 2].map(|v| _mm512_or_si512(even[v], _mm512_slli_epi32::<16>(odd[v])))
+            }
+        };
+        for (v, w) in words.into_iter().enumerate() {
+            // SAFETY: step `s` of `op` holds `NR` words.
+            unsafe { _mm512_storeu_si512(out.add(s * NR + v * 16).cast(), w) };
+        }
+    }
+}
+
+/// [`bf16_bits`] of 16 values' bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bf16_vec(b: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let high = _mm512_srli_epi32::<16>(b);
+    let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    let sum = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd);
+    let rounded = _mm512_srli_epi32::<16>(sum);
+    let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+    let magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff));
+    let nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7f80_0000));
+    _mm512_mask_blend_epi32(nan, rounded, quiet)
 }
 
 /// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully
@@ -258,21 +354,104 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Packed operands of one product: `a` by [`pack_a`] (`m x k`), `b` by [`pack_b`] or
-/// [`pack_b_transposed`] (`k x n`), in `arith`.
+/// A of a product (`m x k`: a convolution's filters, a fully connected layer's images).
+#[derive(Clone, Copy)]
+pub enum AOperand<'a> {
+    /// Packed by [`pack_a`] in the product's arithmetic.
+    Packed(&'a [f32]),
+    /// Read where it is (f32 only): row-major, leading dimension `ld`. Nothing is copied,
+    /// so nothing can go stale when training changes the filters between calls, and no
+    /// call pays to compare a copy with them.
+    Rows { data: &'a [f32], ld: usize },
+}
+
+impl<'a> AOperand<'a> {
+    /// The rows from `m0` on (`m0` a multiple of [`MR`]).
+    fn rows_from(self, arith: Arith, k: usize, m0: usize) -> AOperand<'a> {
+        match self {
+            AOperand::Packed(a) => AOperand::Packed(&a[m0 / MR * arith.a_len(MR, k)..]),
+            AOperand::Rows { data, ld } => AOperand::Rows {
+                data: &data[m0 * ld..],
+                ld,
+            },
+        }
+    }
+
+    /// Block `blk`'s values from step `s0` on, the stride between its rows and the stride
+    /// between steps.
+    fn tile(self, arith: Arith, k: usize, blk: usize, s0: usize) -> (&'a [f32], usize, usize) {
+        match self {
+            AOperand::Packed(a) => {
+                let step = arith.step() * MR;
+                (&a[(blk * arith.steps(k) + s0) * step..], 1, step)
+            }
+            AOperand::Rows { data, ld } => (&data[blk * MR * ld + s0..], ld, 1),
+        }
+    }
+}
+
+/// B of a product (`k x n`: a convolution's im2col columns, a fully connected layer's
+/// transposed weights).
+#[derive(Clone, Copy)]
+pub enum BOperand<'a> {
+    /// Packed by [`pack_b`] or [`pack_b_transposed`].
+    Packed(&'a [u32]),
+    /// Gathered [`KC`] steps of one panel at a time into a buffer on the stack, just before
+    /// the micro-kernel reads them (a convolution's im2col columns are made where they are
+    /// used, in L1, and never stored whole).
+    Gather(Gather<'a>),
+}
+
+/// The operands of one product (`m x k` times `k x n`) in `arith`.
 #[derive(Clone, Copy)]
 pub struct Operands<'a> {
     pub arith: Arith,
-    pub a: &'a [f32],
-    pub b: &'a [u32],
+    pub a: AOperand<'a>,
+    pub b: BOperand<'a>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
 }
 
+impl Operands<'_> {
+    /// Panics unless the operands hold every value the product reads.
+    fn check(&self) {
+        let Operands { arith, m, n, k, .. } = *self;
+        assert!(k > 0, "packed gemm: an empty K");
+        match self.a {
+            AOperand::Packed(a) => {
+                assert!(a.len() >= arith.a_len(m, k), "packed gemm: A too short")
+            }
+            AOperand::Rows { data, ld } => {
+                assert!(
+                    arith == Arith::F32,
+                    "packed gemm: rows of A read in place in {arith:?}"
+                );
+                assert!(
+                    ld >= k && data.len() >= (m - 1) * ld + k,
+                    "packed gemm: A too short"
+                );
+            }
+        }
+        match self.b {
+            BOperand::Packed(b) => {
+                assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short")
+            }
+            BOperand::Gather(g) => {
+                assert!(
+                    g.rows.len() == k && g.cols.len() == n,
+                    "packed gemm: B's gather is not k x n"
+                );
+                g.check();
+            }
+        }
+    }
+}
+
 /// `c = a * b` then the epilogue: `c` row-major with leading dimension `ldc` (its first
-/// row the first of `a`). With `threads > 1` the row blocks are split between the threads
-/// (each value's sum is the same whatever the split).
+/// row the first of `a`). With `threads > 1` the panels of a gathered B, or else the row
+/// blocks, are split between the threads (each value's sum is the same whatever the
+/// split).
 pub fn gemm(
     kernel: Kernel,
     ops: Operands<'_>,
@@ -281,20 +460,11 @@ pub fn gemm(
     ep: Epilogue<'_>,
     threads: usize,
 ) {
-    let Operands {
-        arith,
-        a,
-        b,
-        m,
-        n,
-        k,
-    } = ops;
+    let Operands { arith, m, n, k, .. } = ops;
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k > 0, "packed gemm: an empty K");
-    assert!(a.len() >= arith.a_len(m, k), "packed gemm: A too short");
-    assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short");
+    ops.check();
     assert!(
         ldc >= n && c.len() >= (m - 1) * ldc + n,
         "packed gemm: C too short"
@@ -302,19 +472,23 @@ pub fn gemm(
     if let Some(bias) = ep.bias {
         assert!(bias.len() >= m, "packed gemm: bias too short");
     }
-    let blocks = m.div_ceil(MR);
+    let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    if let BOperand::Gather(gather) = ops.b {
+        if threads > 1 && panels >= 2 {
+            // Each thread gathers B only for the panels it computes: the columns are split
+            // (a row split would have every thread gather all of B).
+            return by_columns(kernel, ops, gather, c, ldc, ep, threads);
+        }
+    }
     if threads <= 1 || blocks < 2 {
         rows(kernel, ops, c, ldc, ep);
         return;
     }
-    let per = blocks.div_ceil(threads);
-    let rows_per = per * MR;
-    let a_block = arith.steps(k) * arith.step() * MR;
+    let rows_per = blocks.div_ceil(threads) * MR;
     c.par_chunks_mut(rows_per * ldc)
-        .zip(a.par_chunks(per * a_block))
         .enumerate()
         .with_min_len(1)
-        .for_each(|(i, (cc, aa))| {
+        .for_each(|(i, cc)| {
             let m0 = i * rows_per;
             if m0 >= m {
                 return;
@@ -324,44 +498,114 @@ pub fn gemm(
                 bias: ep.bias.map(|b| &b[m0..m0 + mi]),
                 relu: ep.relu,
             };
-            rows(
-                kernel,
-                Operands {
-                    a: aa,
-                    m: mi,
-                    ..ops
-                },
-                cc,
-                ldc,
-                ep,
-            );
+            let ops = Operands {
+                a: ops.a.rows_from(arith, k, m0),
+                m: mi,
+                ..ops
+            };
+            rows(kernel, ops, cc, ldc, ep);
         });
+}
+
+/// [`gemm`] with the panels of B split between `threads` threads, each computing its
+/// columns of C into its part of a scratch buffer, then copied into `c` a row at a time.
+fn by_columns(
+    kernel: Kernel,
+    ops: Operands<'_>,
+    gather: Gather<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue<'_>,
+    threads: usize,
+) {
+    let (m, n) = (ops.m, ops.n);
+    let per = n.div_ceil(NR).div_ceil(threads) * NR;
+    with_scratch(m * n, |scratch| {
+        // Part `i`: columns `i * per..` of C, row-major with its own width.
+        let mut parts: Vec<(usize, &mut [f32])> = Vec::new();
+        let mut rest = scratch;
+        for n0 in (0..n).step_by(per) {
+            let (part, tail) = rest.split_at_mut(m * per.min(n - n0));
+            parts.push((n0, part));
+            rest = tail;
+        }
+        parts.par_iter_mut().with_min_len(1).for_each(|(n0, t)| {
+            let ni = t.len() / m;
+            let b = Gather {
+                cols: &gather.cols[*n0..*n0 + ni],
+                ..gather
+            };
+            let part = Operands {
+                b: BOperand::Gather(b),
+                n: ni,
+                ..ops
+            };
+            rows(kernel, part, t, ni, ep);
+        });
+        c.par_chunks_mut(ldc)
+            .take(m)
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (n0, t) in &parts {
+                    let ni = t.len() / m;
+                    row[*n0..n0 + ni].copy_from_slice(&t[r * ni..(r + 1) * ni]);
+                }
+            });
+    });
+}
+
+thread_local! {
+    /// [`by_columns`]'s scratch buffer, kept between calls: a fresh one (1.2 MB for
+    /// AlexNet's conv1) cost its zeroing and page faults every time.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer, `len` values long (its contents whatever the
+/// last user left: every value is written before it is read).
+fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (rayon may run another job here while this one waits
+        // for its parts): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// [`gemm`] on this thread.
 fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilogue<'_>) {
-    let Operands {
-        arith,
-        a,
-        b,
-        m,
-        n,
-        k,
-    } = ops;
+    let Operands { arith, m, n, k, .. } = ops;
     let steps = arith.steps(k);
-    let a_step = arith.step() * MR;
     let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    // B's gathered steps (only for `BOperand::Gather`).
+    let mut gathered = [0u32; KC * NR];
     let mut s0 = 0;
     while s0 < steps {
         let kc = KC.min(steps - s0);
         let (first, last) = (s0 == 0, s0 + kc == steps);
         for pn in 0..panels {
-            let bp = &b[(pn * steps + s0) * NR..][..kc * NR];
+            let bp: &[u32] = match ops.b {
+                BOperand::Packed(b) => &b[(pn * steps + s0) * NR..][..kc * NR],
+                BOperand::Gather(g) => {
+                    let st = arith.step();
+                    let rows = &g.rows[s0 * st..((s0 + kc) * st).min(k)];
+                    let b = Gather { rows, ..g };
+                    gather_panel(kernel, arith, b, pn, &mut gathered[..kc * NR]);
+                    &gathered[..kc * NR]
+                }
+            };
             let cols = NR.min(n - pn * NR);
             for blk in 0..blocks {
                 let r = MR.min(m - blk * MR);
+                let (a, a_row, a_step) = ops.a.tile(arith, k, blk, s0);
                 let tile = Tile {
-                    a: &a[(blk * steps + s0) * a_step..][..kc * a_step],
+                    a,
+                    a_row,
+                    a_step,
                     b: bp,
                     steps: kc,
                     c: &mut c[blk * MR * ldc + pn * NR..],
@@ -386,7 +630,13 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
 /// One micro-kernel call: `rows x cols` of C (at most [`MR`] x [`NR`]) from `steps` steps
 /// of K.
 struct Tile<'a> {
+    /// A from the tile's first row and step.
     a: &'a [f32],
+    /// Values of `a` from one row to the next.
+    a_row: usize,
+    /// Values of `a` from one step to the next (in bf16, the odd row of K sits [`MR`]
+    /// after the even one: A is packed, `a_row` 1).
+    a_step: usize,
     b: &'a [u32],
     steps: usize,
     c: &'a mut [f32],
@@ -416,9 +666,16 @@ macro_rules! by_rows {
 
 impl Tile<'_> {
     fn run(self, arith: Arith, kernel: Kernel) {
-        assert!(self.rows >= 1 && self.rows <= MR && self.cols <= NR);
+        assert!(self.rows >= 1 && self.rows <= MR && self.cols <= NR && self.steps >= 1);
+        let odd = match arith {
+            Arith::F32 => 0,
+            Arith::Bf16 => {
+                assert_eq!(self.a_row, 1, "tile: bf16 A not packed");
+                MR
+            }
+        };
         assert!(
-            self.a.len() >= self.steps * arith.step() * MR,
+            self.a.len() > (self.rows - 1) * self.a_row + (self.steps - 1) * self.a_step + odd,
             "tile: A too short"
         );
         assert!(self.b.len() >= self.steps * NR, "tile: B too short");
@@ -460,13 +717,14 @@ fn tile_portable<const R: usize>(t: Tile<'_>, arith: Arith) {
         for (r, row) in acc.iter_mut().enumerate() {
             match arith {
                 Arith::F32 => {
-                    let av = t.a[s * MR + r];
+                    let av = t.a[s * t.a_step + r * t.a_row];
                     for (v, &w) in row.iter_mut().zip(bw) {
                         *v = av.mul_add(f32::from_bits(w), *v);
                     }
                 }
                 Arith::Bf16 => {
-                    let (even, odd) = (t.a[2 * s * MR + r], t.a[(2 * s + 1) * MR + r]);
+                    let even = t.a[s * t.a_step + r];
+                    let odd = t.a[s * t.a_step + MR + r];
                     for (v, &w) in row.iter_mut().zip(bw) {
                         let (lo, hi) = (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000));
                         // Products of bf16 values are exact in f32, so a plain multiply and
@@ -565,16 +823,17 @@ unsafe fn avx512_f32<const R: usize>(t: &mut Tile<'_>) {
     let mut acc = load_c::<R>(t);
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr() as *const f32);
     for s in 0..t.steps {
-        // SAFETY: `s * NR + 47 < steps * NR` and `s * MR + r < steps * MR`.
+        // SAFETY: `s * NR + 47 < steps * NR` and `s * a_step + r * a_row < a.len()`
+        // (`Tile::run`).
         let bp = b.add(s * NR);
         let bv = [
             _mm512_loadu_ps(bp),
             _mm512_loadu_ps(bp.add(16)),
             _mm512_loadu_ps(bp.add(32)),
         ];
-        let ap = a.add(s * MR);
+        let ap = a.add(s * t.a_step);
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r));
+            let av = _mm512_set1_ps(*ap.add(r * t.a_row));
             for (x, &w) in row.iter_mut().zip(&bv) {
                 *x = _mm512_fmadd_ps(av, w, *x);
             }
@@ -597,7 +856,8 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr() as *const __m512i);
     let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
     for s in 0..t.steps {
-        // SAFETY: `s * NR + 47 < steps * NR` and `(2s + 1) * MR + r < 2 * steps * MR`.
+        // SAFETY: `s * NR + 47 < steps * NR` and `s * a_step + MR + r < a.len()`
+        // (`Tile::run`).
         let bp = b.add(s * 3);
         let w = [
             _mm512_loadu_si512(bp),
@@ -606,7 +866,8 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
         ];
         let hi = w.map(|x| _mm512_castsi512_ps(_mm512_and_si512(x, high)));
         let lo = w.map(|x| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(x)));
-        let (even, odd) = (a.add(2 * s * MR), a.add((2 * s + 1) * MR));
+        let even = a.add(s * t.a_step);
+        let odd = even.add(MR);
         for (r, row) in acc.iter_mut().enumerate() {
             let ao = _mm512_set1_ps(*odd.add(r));
             let ae = _mm512_set1_ps(*even.add(r));
@@ -819,14 +1080,25 @@ mod tests {
                 pack_a(arith, &a, m, k, k, &mut pa);
                 let mut pb = vec![0; arith.b_len(k, n)];
                 pack_b(arith, matrix(&b, k, n), &mut pb, 2);
-                let ops = Operands {
-                    arith,
-                    a: &pa,
-                    b: &pb,
-                    m,
-                    n,
-                    k,
+                // Packed, and read in place (A's rows in f32, B gathered block by block),
+                // with a leading dimension longer than K.
+                let lda = k + 2;
+                let mut a_wide = vec![f32::NAN; (m - 1) * lda + k];
+                for i in 0..m {
+                    a_wide[i * lda..i * lda + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+                }
+                let a_rows = AOperand::Rows {
+                    data: &a_wide,
+                    ld: lda,
                 };
+                let mut forms = vec![
+                    (AOperand::Packed(&pa), BOperand::Packed(&pb)),
+                    (AOperand::Packed(&pa), BOperand::Gather(matrix(&b, k, n))),
+                ];
+                if arith == Arith::F32 {
+                    forms.push((a_rows, BOperand::Gather(matrix(&b, k, n))));
+                    forms.push((a_rows, BOperand::Packed(&pb)));
+                }
                 let want = reference(arith, &a, &b, (m, n, k));
                 let bias = data(m, 3);
                 let mut outs = Vec::new();
@@ -835,7 +1107,18 @@ mod tests {
                         eprintln!("{} not on this CPU", kernel.name());
                         continue;
                     }
-                    for threads in [1, 2] {
+                    for (threads, &(a, b)) in [1, 2]
+                        .into_iter()
+                        .flat_map(|t| forms.iter().map(move |f| (t, f)))
+                    {
+                        let ops = Operands {
+                            arith,
+                            a,
+                            b,
+                            m,
+                            n,
+                            k,
+                        };
                         let ldc = n + 3;
                         let mut c = vec![f32::NAN; (m - 1) * ldc + n];
                         gemm(kernel, ops, &mut c, ldc, Epilogue::default(), threads);
@@ -867,7 +1150,7 @@ mod tests {
                 }
                 assert!(
                     same_bits(&outs),
-                    "{arith:?} {m}x{n}x{k}: kernels or threads differ in bits"
+                    "{arith:?} {m}x{n}x{k}: kernels, operand forms or threads differ in bits"
                 );
             }
         }

@@ -103,6 +103,55 @@ fn conv_strides_padding_groups() {
     }
 }
 
+/// The packed convolution splits the work by the thread count and the batch (one image
+/// per thread; at batch 1 a group per thread, or the panels of each product, or its row
+/// blocks): every split gives the same bits, and an image gives the same bits alone and
+/// inside a batch.
+#[test]
+fn the_packed_convolution_gives_the_same_bits_on_any_split() {
+    let convs = [
+        // 2 groups: one per thread on 2 threads (and 4), one after another on 3.
+        "T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }",
+        // 3 groups, and one group with 7 panels of 48 output positions, or 4.
+        "T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }",
+        "T<3, 40, 40> { conv(20, 11, stride = 2, pad = 3) }",
+        "T<16, 15, 13> { conv(24, 3, pad = 1) }",
+    ];
+    for src in convs {
+        let plan = plan(src);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+        let params = common::random_params(&plan, &mut rng);
+        let s = plan.input;
+        let x = random(&mut rng, 3 * s.len());
+        let mut outs: Vec<(String, Vec<f32>)> = Vec::new();
+        for threads in [1, 2, 3, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let cpu = Cpu::new().with_conv_algorithm(ConvAlgorithm::Packed);
+                let model = Model::from_tensors(cpu, plan.clone(), params.clone()).unwrap();
+                for batch in [1, 3] {
+                    let xb = Tensor::new(vec![batch, s.c, s.h, s.w], x[..batch * s.len()].to_vec());
+                    let y = model.forward(&xb.unwrap()).unwrap().into_data();
+                    let first = y[..plan.layers[0].output.len()].to_vec();
+                    outs.push((format!("{threads} threads, batch {batch}"), first));
+                }
+            });
+        }
+        let want = naive(&plan, 1, &x[..s.len()], &params);
+        assert!(rel_l2(&outs[0].1, &want) < 1e-5, "{src}");
+        for (name, y) in &outs[1..] {
+            let same = y
+                .iter()
+                .zip(&outs[0].1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{src}: {name} differs in bits from {}", outs[0].0);
+        }
+    }
+}
+
 /// The f32 packed convolution reads its filters in place on every call (it kept a packed
 /// copy once), so a filter changed in place behind the backend's back is seen.
 #[test]

@@ -81,7 +81,7 @@ fn image(
 }
 
 /// The filters of every group packed as A operands in `arith` (`[group][packed::pack_a]`),
-/// for [`forward_packed`].
+/// for [`forward_packed`] in bf16 (in f32 it reads the filters in place).
 pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let og = g.output.c / g.groups;
     let kk = g.kcol();
@@ -188,13 +188,13 @@ fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom) -> std::borrow::Cow<'a, [f3
 }
 
 impl PackedCx<'_> {
-    /// One image: its groups on parallel threads when there are as many groups as
-    /// threads (each thread reads only its group's filters), otherwise one after another
-    /// with the threads splitting each product.
+    /// One image: its groups on parallel threads when they share out evenly (a multiple
+    /// of the thread count: each thread reads only its groups' filters), otherwise one
+    /// after another with the threads splitting each product.
     fn image(&self, x: &[f32], y: &mut [f32], threads: usize) {
         let g = self.g;
         let group_out = g.output.c / g.groups * g.output.h * g.output.w;
-        if threads > 1 && g.groups >= threads {
+        if threads > 1 && g.groups.is_multiple_of(threads) {
             y.par_chunks_mut(group_out)
                 .enumerate()
                 .with_min_len(1)

@@ -157,8 +157,9 @@ impl Cpu {
 
     /// Says that weights this backend computes with may have changed. In bf16 the CPU
     /// packs each weight tensor once (rounded, in its kernel's layout) and reuses the pack
-    /// until this is called, or a weight in a sample of each tensor differs (f32 packs
-    /// compare every weight instead). The backend calls it itself wherever it writes a
+    /// until this is called, or a weight in a sample of each tensor differs (in f32 the
+    /// packed convolution reads the filters in place, and Winograd's transformed filters
+    /// compare every weight). The backend calls it itself wherever it writes a
     /// buffer a model's weights live in ([`Memory::write`], [`crate::Training::sgd_step`],
     /// [`Inference::prepare`] when a model is built); a caller that changes a weight
     /// buffer through its own `&mut Vec` and then runs [`Inference::forward_stage`] in

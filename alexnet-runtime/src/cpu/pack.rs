@@ -80,7 +80,7 @@ impl Source {
 
 /// Whether `a` and `b` hold the same bits: an OR of XORs without an early exit, in
 /// parallel chunks, so that it vectorises and runs at the memory's speed (it reads every
-/// conv weight on every f32 pass).
+/// filter of a Winograd layer on every pass).
 fn same_bits(a: &[f32], b: &[f32]) -> bool {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;

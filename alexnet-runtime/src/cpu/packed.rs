@@ -18,8 +18,8 @@
 //! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
 //! (24 KiB) in L1 while every row block of A passes over it; the micro-kernel holds an
 //! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
-//! last block of K. Threads split the row blocks, or the panels when B is gathered (each
-//! thread gathers only the columns it computes).
+//! last block of K. Threads split the row blocks, or the panels when B is gathered and
+//! has at least one panel per thread (each thread gathers only the columns it computes).
 //!
 //! bf16 products are exact in f32 (while they stay normal f32 values), so the bf16 kernels
 //! add each product to the f32 sum with one rounding, per pair of K the odd product first and then the even one (the order
@@ -134,12 +134,17 @@ pub struct Gather<'a> {
 
 impl Gather<'_> {
     /// Panics if an element lies outside `src`.
+    /// Panics if an element lies outside `src`, or a column offset does not fit an `i32`
+    /// (the AVX-512 gather's signed indices).
     fn check(&self) {
         let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
+        let (r, c) = (last(self.rows), last(self.cols));
         assert!(
-            self.rows.is_empty()
-                || self.cols.is_empty()
-                || last(self.rows) + last(self.cols) < self.src.len(),
+            c <= i32::MAX as usize,
+            "packed: a column of B's gather lies beyond an i32 offset"
+        );
+        assert!(
+            self.rows.is_empty() || self.cols.is_empty() || r + c < self.src.len(),
             "packed: an element of B's gather lies outside its source"
         );
     }
@@ -212,9 +217,11 @@ fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usize, op: &mut
         let steps = op.len() / NR;
         assert!(op.len() == steps * NR && b.rows.len() <= steps * arith.step());
         assert!(b.rows.len() > (steps - 1) * arith.step() && pi * NR < b.cols.len());
-        b.check();
-        // SAFETY: the CPU has AVX-512F; every element gathered lies inside `b.src`
-        // (`Gather::check`), `op` holds `steps` steps of `NR` words, and every row index
+        let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
+        Gather { cols, ..b }.check();
+        // SAFETY: the CPU has AVX-512F; every element of the panel gathered lies inside
+        // `b.src` and every column fits the gather's i32 index (`Gather::check` on the
+        // panel's columns), `op` holds `steps` steps of `NR` words, and every row index
         // read is below `b.rows.len()` (asserted above).
         unsafe { gather_panel_avx512(arith, b, pi, op) };
         return;
@@ -354,6 +361,15 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
+/// Whether `len` values hold `count` runs of `run` values `stride` apart (`count >= 1`),
+/// with no overflow in the arithmetic.
+fn holds(len: usize, count: usize, stride: usize, run: usize) -> bool {
+    (count - 1)
+        .checked_mul(stride)
+        .and_then(|x| x.checked_add(run))
+        .is_some_and(|need| need <= len)
+}
+
 /// A of a product (`m x k`: a convolution's filters, a fully connected layer's images).
 #[derive(Clone, Copy)]
 pub enum AOperand<'a> {
@@ -428,7 +444,7 @@ impl Operands<'_> {
                     "packed gemm: rows of A read in place in {arith:?}"
                 );
                 assert!(
-                    ld >= k && data.len() >= (m - 1) * ld + k,
+                    ld >= k && holds(data.len(), m, ld, k),
                     "packed gemm: A too short"
                 );
             }
@@ -449,8 +465,8 @@ impl Operands<'_> {
 }
 
 /// `c = a * b` then the epilogue: `c` row-major with leading dimension `ldc` (its first
-/// row the first of `a`). With `threads > 1` the panels of a gathered B, or else the row
-/// blocks, are split between the threads (each value's sum is the same whatever the
+/// row the first of `a`). With `threads > 1` the panels of a gathered B (when there are
+/// at least as many panels as threads), or else the row blocks, are split between the threads (each value's sum is the same whatever the
 /// split).
 pub fn gemm(
     kernel: Kernel,
@@ -466,7 +482,7 @@ pub fn gemm(
     }
     ops.check();
     assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        ldc >= n && holds(c.len(), m, ldc, n),
         "packed gemm: C too short"
     );
     if let Some(bias) = ep.bias {
@@ -474,9 +490,10 @@ pub fn gemm(
     }
     let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
     if let BOperand::Gather(gather) = ops.b {
-        if threads > 1 && panels >= 2 {
+        if threads > 1 && panels >= threads {
             // Each thread gathers B only for the panels it computes: the columns are split
-            // (a row split would have every thread gather all of B).
+            // (a row split would have every thread gather all of B). With fewer panels
+            // than threads the rows are split, so that no thread idles.
             return by_columns(kernel, ops, gather, c, ldc, ep, threads);
         }
     }
@@ -674,13 +691,24 @@ impl Tile<'_> {
                 MR
             }
         };
+        // Checked arithmetic: a wrapped product would let the kernels' pointers past
+        // these bounds.
+        let a_last = (self.rows - 1)
+            .checked_mul(self.a_row)
+            .zip((self.steps - 1).checked_mul(self.a_step))
+            .and_then(|(r, s)| r.checked_add(s)?.checked_add(odd));
         assert!(
-            self.a.len() > (self.rows - 1) * self.a_row + (self.steps - 1) * self.a_step + odd,
+            a_last.is_some_and(|i| i < self.a.len()),
             "tile: A too short"
         );
-        assert!(self.b.len() >= self.steps * NR, "tile: B too short");
         assert!(
-            self.c.len() >= (self.rows - 1) * self.ldc + self.cols,
+            self.steps
+                .checked_mul(NR)
+                .is_some_and(|n| n <= self.b.len()),
+            "tile: B too short"
+        );
+        assert!(
+            holds(self.c.len(), self.rows, self.ldc, self.cols),
             "tile: C too short"
         );
         assert!(self.bias.is_none_or(|b| b.len() >= self.rows));
@@ -1152,6 +1180,73 @@ mod tests {
                     same_bits(&outs),
                     "{arith:?} {m}x{n}x{k}: kernels, operand forms or threads differ in bits"
                 );
+            }
+        }
+    }
+
+    /// Products run from inside a parallel loop (rayon may run one on a thread whose
+    /// scratch buffer another is using): the same bits as alone.
+    #[test]
+    fn nested_products_give_the_same_bits() {
+        let (m, n, k) = (20, 150, 70);
+        let (a, b) = (data(m * k, 8), data(k * n, 9));
+        let ops = Operands {
+            arith: Arith::F32,
+            a: AOperand::Rows { data: &a, ld: k },
+            b: BOperand::Gather(matrix(&b, k, n)),
+            m,
+            n,
+            k,
+        };
+        let run = || {
+            let mut c = vec![f32::NAN; m * n];
+            gemm(Kernel::best(), ops, &mut c, n, Epilogue::default(), 2);
+            c
+        };
+        let alone = run();
+        let nested: Vec<Vec<f32>> = (0..8).into_par_iter().map(|_| run()).collect();
+        assert!(nested
+            .iter()
+            .all(|c| same_bits(&[alone.clone(), c.clone()])));
+    }
+
+    /// The AVX-512 gather and the portable packing give the same words on every kind of
+    /// value (NaNs of both signs, quiet and signalling, infinities, zeros, subnormals,
+    /// the largest finite values, bf16 ties), f32 and bf16, with an odd K.
+    #[test]
+    fn the_gather_packs_special_values_as_the_portable_packing_does() {
+        if !Kernel::Avx512.available() {
+            eprintln!("AVX-512F not on this CPU");
+            return;
+        }
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffa0_0000),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::from_bits(1),
+            -f32::from_bits(0x007f_ffff),
+            f32::MAX,
+            f32::MIN,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f80_7fff),
+        ];
+        let (k, n) = (7, 53);
+        let src: Vec<f32> = (0..k * n).map(|i| specials[(i * 5 + i / 7) % 16]).collect();
+        let g = matrix(&src, k, n);
+        for arith in [Arith::F32, Arith::Bf16] {
+            for pi in 0..n.div_ceil(NR) {
+                let words = arith.steps(k) * NR;
+                let (mut fast, mut slow) = (vec![7u32; words], vec![9u32; words]);
+                gather_panel(Kernel::Avx512, arith, g, pi, &mut fast);
+                pack_panel(arith, g, pi, &mut slow);
+                assert_eq!(fast, slow, "{arith:?} panel {pi}");
             }
         }
     }

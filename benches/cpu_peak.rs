@@ -1,7 +1,7 @@
 //! The CPU's arithmetic ceilings per core and for every core together: AVX-512 f32 FMAs
 //! (`vfmadd231ps`) beside AVX512_BF16's dot product (`vdpbf16ps`, two bf16 products into
 //! each f32 lane), each on 28 independent accumulators so that latency does not hide the
-//! throughput. The evidence behind the bf16 micro-kernel's choice (cpu/packed.rs): where
+//! throughput. The evidence behind the bf16 micro-kernel's choice (cpu/packed/): where
 //! `vdpbf16ps` does not beat f32 FMAs in flops, the kernel widens bf16 to f32 and uses
 //! FMAs. `cargo bench --bench cpu_peak`.
 

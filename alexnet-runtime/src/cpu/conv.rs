@@ -93,7 +93,7 @@ pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
     out
 }
 
-/// [`forward`] on the packed micro-kernel (`packed.rs`): each image's im2col columns
+/// [`forward`] on the packed micro-kernel (`packed/`): each image's im2col columns
 /// gathered a block at a time straight into the kernel's layout in `arith` (f32, or bf16
 /// for [`Precision::Bf16`]), bias and the fused ReLU in the kernel's epilogue. `w`: the
 /// filters as they are in f32 (read in place), packed by [`pack_filters`] in bf16.

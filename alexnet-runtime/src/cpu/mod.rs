@@ -12,7 +12,7 @@
 //! compile. This file is the memory and the forward pass; `training.rs` the rest of
 //! training, `exchange.rs` the towers' exchanges, `augment.rs`
 //! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
-//! and `mat.rs` (the matrix multiply), `packed.rs` (the packed operands and AVX-512
+//! and `mat.rs` (the matrix multiply), `packed/` (the packed operands and AVX-512
 //! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
 //! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).

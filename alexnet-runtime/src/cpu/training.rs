@@ -1,4 +1,4 @@
-//! Training on the CPU: the backward pass of a stage (each kind's [`CpuLayer::backward`]),
+//! Training on the CPU: the backward pass of a stage (each kind's [`CpuLayer::backward`](super::CpuLayer::backward)),
 //! dropout with the Philox mask, the fused loss and the SGD update.
 
 use rayon::prelude::*;

@@ -1,0 +1,219 @@
+//! The operands' layouts: A packed in blocks of rows ([`pack_a`]), B packed in panels
+//! ([`pack_b`], [`pack_b_transposed`]) or gathered a block of one panel at a time
+//! ([`gather_panel`], with AVX-512 gathers where the kernel is the AVX-512 one).
+
+use rayon::prelude::*;
+
+use super::tile::masks;
+use super::{bf16_bits, Arith, Kernel, MR, NR};
+
+/// Packs A, row-major `m x k` with leading dimension `ld`, into `out`
+/// ([`Arith::a_len`] values).
+pub fn pack_a(arith: Arith, a: &[f32], m: usize, k: usize, ld: usize, out: &mut [f32]) {
+    assert!(k > 0, "pack_a: an empty K");
+    let kk = arith.steps(k) * arith.step();
+    for (blk, ob) in out[..arith.a_len(m, k)].chunks_mut(kk * MR).enumerate() {
+        for r in 0..MR {
+            let row = blk * MR + r;
+            if row >= m {
+                (0..kk).for_each(|p| ob[p * MR + r] = 0.0);
+                continue;
+            }
+            let src = &a[row * ld..row * ld + k];
+            for (p, &v) in src.iter().enumerate() {
+                ob[p * MR + r] = arith.operand(v);
+            }
+            (k..kk).for_each(|p| ob[p * MR + r] = 0.0);
+        }
+    }
+}
+
+/// A B of `rows.len() x cols.len()` whose element `(r, n)` is `src[rows[r] + cols[n]]`:
+/// a row-major matrix (`rows[r] = r * ld`, `cols[n] = n`), or a convolution's im2col
+/// matrix read from a zero-padded image (`rows[r]`: where filter tap `(c, ky, kx)` sits,
+/// `cols[n]`: where output position `n`'s window starts), so that packing it is a
+/// gather with no padding tests.
+#[derive(Clone, Copy)]
+pub struct Gather<'a> {
+    pub src: &'a [f32],
+    pub rows: &'a [u32],
+    pub cols: &'a [u32],
+}
+
+impl Gather<'_> {
+    /// Panics if an element lies outside `src`.
+    /// Panics if an element lies outside `src`, or a column offset does not fit an `i32`
+    /// (the AVX-512 gather's signed indices).
+    pub(super) fn check(&self) {
+        let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
+        let (r, c) = (last(self.rows), last(self.cols));
+        assert!(
+            c <= i32::MAX as usize,
+            "packed: a column of B's gather lies beyond an i32 offset"
+        );
+        assert!(
+            self.rows.is_empty() || self.cols.is_empty() || r + c < self.src.len(),
+            "packed: an element of B's gather lies outside its source"
+        );
+    }
+}
+
+/// Packs B into `out` ([`Arith::b_len`] words), panel by panel (each written in order
+/// while the part of the source it reads stays in cache), the panels in parallel when
+/// `threads > 1`.
+///
+/// # Panics
+/// If an element of `b` lies outside `b.src`.
+pub fn pack_b(arith: Arith, b: Gather<'_>, out: &mut [u32], threads: usize) {
+    let (k, n) = (b.rows.len(), b.cols.len());
+    if k == 0 || n == 0 {
+        return;
+    }
+    b.check();
+    let steps = arith.steps(k);
+    let panel = |(pi, op): (usize, &mut [u32])| pack_panel(arith, b, pi, op);
+    let out = &mut out[..arith.b_len(k, n)];
+    if threads > 1 {
+        out.par_chunks_mut(steps * NR).enumerate().for_each(panel);
+    } else {
+        out.chunks_mut(steps * NR).enumerate().for_each(panel);
+    }
+}
+
+crate::cpu::simd::wide! {
+    /// Panel `pi` of [`pack_b`] into `op`.
+    pub(super) fn pack_panel(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+        let n = b.cols.len();
+        let cols = &b.cols[pi * NR..(pi * NR + NR).min(n)];
+        let w = cols.len();
+        for (s, dst) in op.chunks_mut(NR).enumerate() {
+            match arith {
+                Arith::F32 => {
+                    let r0 = &b.src[b.rows[s] as usize..];
+                    for (d, &c) in dst.iter_mut().zip(cols) {
+                        *d = r0[c as usize].to_bits();
+                    }
+                }
+                Arith::Bf16 => {
+                    // Gathered first, then rounded in a loop that vectorises.
+                    let (mut t0, mut t1) = ([0.0f32; NR], [0.0f32; NR]);
+                    let r0 = &b.src[b.rows[2 * s] as usize..];
+                    for (t, &c) in t0.iter_mut().zip(cols) {
+                        *t = r0[c as usize];
+                    }
+                    if let Some(&second) = b.rows.get(2 * s + 1) {
+                        let r1 = &b.src[second as usize..];
+                        for (t, &c) in t1.iter_mut().zip(cols) {
+                            *t = r1[c as usize];
+                        }
+                    }
+                    for ((d, &x0), &x1) in dst.iter_mut().zip(&t0).zip(&t1) {
+                        *d = bf16_bits(x0) | bf16_bits(x1) << 16;
+                    }
+                }
+            }
+            dst[w..].fill(0);
+        }
+    }
+}
+
+/// [`pack_panel`], with AVX-512's gathers where `kernel` is the AVX-512 one (the same
+/// words).
+pub(super) fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
+        let steps = op.len() / NR;
+        assert!(op.len() == steps * NR && b.rows.len() <= steps * arith.step());
+        assert!(b.rows.len() > (steps - 1) * arith.step() && pi * NR < b.cols.len());
+        let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
+        Gather { cols, ..b }.check();
+        // SAFETY: the CPU has AVX-512F; every element of the panel gathered lies inside
+        // `b.src` and every column fits the gather's i32 index (`Gather::check` on the
+        // panel's columns), `op` holds `steps` steps of `NR` words, and every row index
+        // read is below `b.rows.len()` (asserted above).
+        unsafe { gather_panel_avx512(arith, b, pi, op) };
+        return;
+    }
+    let _ = kernel;
+    pack_panel(arith, b, pi, op)
+}
+
+/// [`gather_panel`]'s AVX-512 body: per step, three masked 16-lane gathers of a row of B
+/// (the columns outside the panel zero), rounded to bf16 in pairs of rows with
+/// [`bf16_bits`]'s arithmetic.
+///
+/// # Safety
+/// AVX-512F; as asserted by [`gather_panel`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
+    let m = masks(cols.len());
+    let idx = [0, 1, 2].map(|v| {
+        // SAFETY: the masked lanes lie inside `cols` (the address made with `wrapping_add`:
+        // a vector with no lane inside may point past its end).
+        unsafe { _mm512_maskz_loadu_epi32(m[v], cols.as_ptr().wrapping_add(v * 16).cast()) }
+    });
+    let src = b.src.as_ptr();
+    let row = |r: u32| -> [__m512i; 3] {
+        let base = src.wrapping_add(r as usize).cast::<i32>();
+        [0, 1, 2].map(|v| {
+            // SAFETY: `r + cols[j]` lies inside `src` for every column of the panel
+            // (`Gather::check`); the lanes outside it are masked off and not read.
+            unsafe { _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), m[v], idx[v], base) }
+        })
+    };
+    let out = op.as_mut_ptr();
+    for s in 0..op.len() / NR {
+        let words = match arith {
+            Arith::F32 => row(b.rows[s]),
+            Arith::Bf16 => {
+                let even = row(b.rows[2 * s]).map(|x| bf16_vec(x));
+                let odd = b
+                    .rows
+                    .get(2 * s + 1)
+                    .map_or([_mm512_setzero_si512(); 3], |&r| {
+                        row(r).map(|x| bf16_vec(x))
+                    });
+                [0, 1, 2].map(|v| _mm512_or_si512(even[v], _mm512_slli_epi32::<16>(odd[v])))
+            }
+        };
+        for (v, w) in words.into_iter().enumerate() {
+            // SAFETY: step `s` of `op` holds `NR` words.
+            unsafe { _mm512_storeu_si512(out.add(s * NR + v * 16).cast(), w) };
+        }
+    }
+}
+
+/// [`bf16_bits`] of 16 values' bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bf16_vec(b: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let high = _mm512_srli_epi32::<16>(b);
+    let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
+    let sum = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd);
+    let rounded = _mm512_srli_epi32::<16>(sum);
+    let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+    let magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff));
+    let nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7f80_0000));
+    _mm512_mask_blend_epi32(nan, rounded, quiet)
+}
+
+/// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully
+/// connected layer's weights, `[outputs][inputs]`), into a new buffer: [`pack_b`] on the
+/// gather `rows[r] = r`, `cols[j] = j * ld`.
+pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize) -> Vec<u32> {
+    assert!(k > 0, "pack_b_transposed: an empty K");
+    let rows: Vec<u32> = (0..k as u32).collect();
+    let cols: Vec<u32> = (0..n).map(|j| (j * ld) as u32).collect();
+    let mut out = vec![0u32; arith.b_len(k, n)];
+    let b = Gather {
+        src: w,
+        rows: &rows,
+        cols: &cols,
+    };
+    pack_b(arith, b, &mut out, rayon::current_num_threads());
+    out
+}

@@ -15,8 +15,7 @@
 //! and `mat.rs` (the matrix multiply), `packed/` (the packed operands and AVX-512
 //! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
 //! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
-//! same), `huge.rs` (large buffers on transparent huge pages) and [`probe`] (the machine's
-//! ceilings, for `bench`).
+//! same) and [`probe`] (the machine's ceilings, for `bench`).
 
 mod augment;
 mod blas;
@@ -25,7 +24,6 @@ mod dropout;
 mod exchange;
 mod fc;
 mod gemm;
-mod huge;
 pub mod loss;
 mod lrn;
 mod mat;
@@ -391,11 +389,11 @@ impl Memory for Cpu {
     }
 
     fn alloc<T: Element>(&self, len: usize) -> Result<Vec<T>> {
-        Ok(huge::zeroed(len))
+        Ok(vec![T::default(); len])
     }
 
     fn upload<T: Element>(&self, data: &[T]) -> Result<Vec<T>> {
-        Ok(huge::copied(data))
+        Ok(data.to_vec())
     }
 
     fn download<T: Element>(&self, buf: &Vec<T>) -> Result<Vec<T>> {

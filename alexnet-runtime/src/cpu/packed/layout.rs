@@ -208,7 +208,7 @@ pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize)
     assert!(k > 0, "pack_b_transposed: an empty K");
     let rows: Vec<u32> = (0..k as u32).collect();
     let cols: Vec<u32> = (0..n).map(|j| (j * ld) as u32).collect();
-    let mut out = crate::cpu::huge::zeroed(arith.b_len(k, n));
+    let mut out = vec![0u32; arith.b_len(k, n)];
     let b = Gather {
         src: w,
         rows: &rows,

@@ -15,40 +15,42 @@ mod kernels {
     use super::{CHAINS, ITERS};
     use std::arch::x86_64::*;
 
+    /// [`CHAINS`] independent accumulators, each stepped [`ITERS`] times by `step`, then
+    /// summed (so that nothing is optimised away). Inlined into its callers, whose target
+    /// features compile it.
+    #[inline(always)]
+    fn chains(step: impl Fn(__m512) -> __m512) -> f32 {
+        // SAFETY: only ever inlined into the AVX-512F functions below.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            for _ in 0..ITERS {
+                for x in acc.iter_mut() {
+                    *x = step(*x);
+                }
+            }
+            let s = acc
+                .iter()
+                .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+            _mm512_reduce_add_ps(s)
+        }
+    }
+
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn fma_f32() -> f32 {
-        let mut acc = [_mm512_setzero_ps(); CHAINS];
         let (a, b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
-        for _ in 0..ITERS {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(a, b, *x);
-            }
-        }
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
-        _mm512_reduce_add_ps(s)
+        chains(|x| _mm512_fmadd_ps(a, b, x))
     }
 
     /// # Safety
     /// The CPU has AVX-512F and AVX512_BF16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn dot_bf16() -> f32 {
-        let mut acc = [_mm512_setzero_ps(); CHAINS];
         // Pairs of bf16 ones and of 1 + 2^-7: each lane adds about 2 per instruction.
         let a = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80));
         let b = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f81_3f81));
-        for _ in 0..ITERS {
-            for x in acc.iter_mut() {
-                *x = _mm512_dpbf16_ps(*x, a, b);
-            }
-        }
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
-        _mm512_reduce_add_ps(s)
+        chains(|x| _mm512_dpbf16_ps(x, a, b))
     }
 }
 

@@ -80,15 +80,22 @@ fn image(
     }
 }
 
-/// The filters of every group packed as A operands in `arith` (`[group][packed::pack_a]`),
-/// for [`forward_packed`] in bf16 (in f32 it reads the filters in place).
-pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
+/// The filters of every group packed as bf16 A operands (`[group][packed::pack_a]`), for
+/// [`forward_packed`] in bf16 (in f32 it reads the filters in place).
+pub fn pack_filters_bf16(w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let og = g.output.c / g.groups;
     let kk = g.kcol();
-    let len = arith.a_len(og, kk);
+    let len = Arith::Bf16.a_len(og, kk);
     let mut out = vec![0.0f32; len * g.groups];
     for (grp, o) in out.chunks_mut(len).enumerate() {
-        packed::pack_a(arith, &w[grp * og * kk..(grp + 1) * og * kk], og, kk, kk, o);
+        packed::pack_a(
+            Arith::Bf16,
+            &w[grp * og * kk..(grp + 1) * og * kk],
+            og,
+            kk,
+            kk,
+            o,
+        );
     }
     out
 }
@@ -96,7 +103,7 @@ pub fn pack_filters(arith: Arith, w: &[f32], g: &ConvGeom) -> Vec<f32> {
 /// [`forward`] on the packed micro-kernel (`packed/`): each image's im2col columns
 /// gathered a block at a time straight into the kernel's layout in `arith` (f32, or bf16
 /// for [`Precision::Bf16`]), bias and the fused ReLU in the kernel's epilogue. `w`: the
-/// filters as they are in f32 (read in place), packed by [`pack_filters`] in bf16.
+/// filters as they are in f32 (read in place), packed by [`pack_filters_bf16`] in bf16.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_packed(
     arith: Arith,
@@ -491,15 +498,12 @@ impl CpuLayer for Conv {
         let (w, b) = s.weight_and_bias(params)?;
         let g = self.gemm(s.layer.input, s.layer.output);
         if s.precision == Precision::Bf16 {
-            let arith = Arith::Bf16;
-            let wp = s.packs.get(
-                &format!("{}/{arith:?}", s.layer.name),
-                w,
-                s.bf16_freshness(),
-                |w| pack_filters(arith, w, &g),
-            );
+            let key = format!("{}/{:?}", s.layer.name, Arith::Bf16);
+            let wp = s
+                .packs
+                .get(&key, w, s.bf16_freshness(), |w| pack_filters_bf16(w, &g));
             let relu = s.fused_relu;
-            forward_packed(arith, x, &wp.data, b, y, s.batch, g, relu, s.threads);
+            forward_packed(Arith::Bf16, x, &wp.data, b, y, s.batch, g, relu, s.threads);
         } else if s.conv.packed() {
             // The filters read where they are: nothing to pack, or to compare with them.
             let relu = s.fused_relu;

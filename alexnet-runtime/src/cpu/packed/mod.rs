@@ -167,13 +167,14 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Whether `len` values hold `count` runs of `run` values `stride` apart (`count >= 1`),
+/// Whether `len` values hold `count` runs of `run` values `stride` apart (no runs: always),
 /// with no overflow in the arithmetic.
 fn holds(len: usize, count: usize, stride: usize, run: usize) -> bool {
-    (count - 1)
-        .checked_mul(stride)
-        .and_then(|x| x.checked_add(run))
-        .is_some_and(|need| need <= len)
+    count == 0
+        || (count - 1)
+            .checked_mul(stride)
+            .and_then(|x| x.checked_add(run))
+            .is_some_and(|need| need <= len)
 }
 
 /// A of a product (`m x k`: a convolution's filters, a fully connected layer's images).

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::Kernel;
+use super::{holds, Kernel};
 
 /// Columns of [`gemm_narrow`]'s B: one vector.
 pub const NARROW: usize = 16;
@@ -41,10 +41,13 @@ pub fn gemm_narrow(
         return;
     }
     assert!(
-        lda >= k && a.len() >= (m - 1) * lda + k,
+        lda >= k && holds(a.len(), m, lda, k),
         "gemm_narrow: A too short"
     );
-    assert!(b.len() >= k * NARROW, "gemm_narrow: B too short");
+    assert!(
+        holds(b.len(), k, NARROW, NARROW),
+        "gemm_narrow: B too short"
+    );
     assert!(c.len() >= m * NARROW, "gemm_narrow: C too short");
     let block = |(blk, cb): (usize, &mut [f32])| {
         let rows = cb.len() / NARROW;
@@ -74,8 +77,10 @@ fn narrow_tile(
     b: &[f32],
     c: &mut [f32],
 ) {
-    assert!((1..=NARROW_ROWS).contains(&rows) && a.len() >= (rows - 1) * lda + k);
-    assert!(b.len() >= k * NARROW && c.len() >= rows * NARROW);
+    // Checked arithmetic: a wrapped product would let the kernel's pointers past these
+    // bounds.
+    assert!((1..=NARROW_ROWS).contains(&rows) && holds(a.len(), rows, lda, k));
+    assert!(holds(b.len(), k, NARROW, NARROW) && c.len() >= rows * NARROW);
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
         // SAFETY: AVX-512F was checked; the lengths `narrow_avx512` relies on were

@@ -1,7 +1,10 @@
 //! AlexNet's convolutions on the CPU with each convolution algorithm (im2col + sgemm, the
-//! packed AVX-512 micro-kernel, Winograd on the 3x3 layers) and in bf16, alternating run by
+//! packed AVX-512 micro-kernel, Winograd on the 3x3 and 5x5 layers) and in bf16, alternating run by
 //! run so that the shared machine's drift hits all alike: the evidence behind
-//! `ConvAlgorithm::Auto`'s choice. `cargo bench --bench cpu_conv [-- BATCH...]`.
+//! `ConvAlgorithm::Auto`'s choice. `cargo bench --bench cpu_conv [-- BATCH... NAME...]`:
+//! a name picks algorithms (`im2col`, `packed`, `winograd`, `bf16`, `bf16-direct`) or
+//! layers (`conv3`),
+//! all of each by default.
 
 use std::time::Instant;
 
@@ -37,12 +40,23 @@ fn main() {
     } else {
         batches
     };
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
+        .collect();
+    let picked = |kind: &str, name: &str| {
+        let of_kind: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("conv") == (kind == "layer"))
+            .collect();
+        of_kind.is_empty() || of_kind.iter().any(|n| *n == name)
+    };
     let bf16 = |a| {
         Cpu::new()
             .with_conv_algorithm(a)
             .with_precision(Precision::Bf16)
     };
-    let algos: [(&str, Cpu); 4] = [
+    let algos: [(&str, Cpu); 5] = [
         (
             "im2col",
             Cpu::new().with_conv_algorithm(ConvAlgorithm::Im2col),
@@ -56,15 +70,18 @@ fn main() {
             Cpu::new().with_conv_algorithm(ConvAlgorithm::Winograd),
         ),
         ("bf16", bf16(ConvAlgorithm::Auto).expect("bf16")),
+        // bf16 on the direct packed convolution (Auto takes Winograd on 3x3 layers).
+        ("bf16-direct", bf16(ConvAlgorithm::Packed).expect("bf16")),
     ];
     println!("ms per batch, min and median of {RUNS} runs, algorithms alternating");
-    for (name, src) in LAYERS {
+    for (name, src) in LAYERS.into_iter().filter(|(n, _)| picked("layer", n)) {
         let plan = alexnet::plan_from_str(src).expect("plan");
         let params = weights::kaiming_init(&plan, 0);
-        // Winograd takes only 3x3 stride-1 layers (conv1 and conv2 would be im2col again).
+        // Winograd takes only 3x3 and 5x5 stride-1 layers (conv1 would be packed again).
         let algos: Vec<&(&str, Cpu)> = algos
             .iter()
-            .filter(|(a, _)| *a != "winograd" || !["conv1", "conv2"].contains(&name))
+            .filter(|(a, _)| *a != "winograd" || name != "conv1")
+            .filter(|(a, _)| picked("algorithm", a))
             .collect();
         let models: Vec<Model<Cpu>> = algos
             .iter()

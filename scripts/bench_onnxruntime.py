@@ -51,8 +51,13 @@ def time_ort(run, runs):
     return statistics.median(times)
 
 
-def time_alexnet_rs(binary, batch, runs, threads, precision):
+def time_alexnet_rs(binary, batch, runs, threads, variant):
+    """`variant`: a precision (`f32`, `bf16`), optionally with a convolution algorithm for
+    ALEXNET_CPU_CONV after a slash (`f32/winograd`)."""
+    precision, _, conv = variant.partition("/")
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    if conv:
+        env["ALEXNET_CPU_CONV"] = conv
     out = subprocess.run(
         [binary, "bench", "--device", "cpu", "--precision", precision, "--batch", str(batch),
          "--runs", str(runs)],
@@ -74,8 +79,9 @@ def main():
     ap.add_argument("--alexnet-rs", default=os.path.join(ROOT, "target/release/examples/alexnet"),
                     help="the alexnet example binary (cargo build --release --example alexnet), or none")
     ap.add_argument("--stages", action="store_true", help="print alexnet-rs's per-stage times too")
-    ap.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "bf16"],
-                    help="alexnet-rs's precisions to time, each beside the same ONNX Runtime f32 run")
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=[f"{p}{c}" for p in ("f32", "bf16") for c in ("", "/auto", "/im2col", "/packed", "/winograd")],
+                    help="alexnet-rs's precisions to time, each beside the same ONNX Runtime f32 run; "
+                         "PRECISION/ALGORITHM also sets ALEXNET_CPU_CONV (f32/winograd)")
     args = ap.parse_args()
     rs = None if args.alexnet_rs == "none" else args.alexnet_rs
     if rs and not os.access(rs, os.X_OK):

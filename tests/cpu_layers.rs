@@ -109,15 +109,43 @@ fn conv_strides_padding_groups() {
 /// inside a batch.
 #[test]
 fn the_packed_convolution_gives_the_same_bits_on_any_split() {
-    let convs = [
-        // 2 groups: one per thread on 2 threads (and 4), one after another on 3.
-        "T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }",
-        // 3 groups, and one group with 7 panels of 48 output positions, or 4.
-        "T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }",
-        "T<3, 40, 40> { conv(20, 11, stride = 2, pad = 3) }",
-        "T<16, 15, 13> { conv(24, 3, pad = 1) }",
-    ];
-    for src in convs {
+    same_bits_on_any_split(
+        ConvAlgorithm::Packed,
+        &[
+            // 2 groups: one per thread on 2 threads (and 4), one after another on 3.
+            "T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }",
+            // 3 groups, and one group with 7 panels of 48 output positions, or 4.
+            "T<6, 7, 7> { conv(9, 5, pad = 2, groups = 3) }",
+            "T<3, 40, 40> { conv(20, 11, stride = 2, pad = 3) }",
+            "T<16, 15, 13> { conv(24, 3, pad = 1) }",
+        ],
+    );
+}
+
+/// Winograd's work items (groups, whole images, output channels split in panels when
+/// there are fewer items than threads) change with the threads and the batch; the bits
+/// must not.
+#[test]
+fn winograd_gives_the_same_bits_on_any_split() {
+    same_bits_on_any_split(
+        ConvAlgorithm::Winograd,
+        &[
+            // 5 panels of output channels: split between the threads at batch 1.
+            "T<32, 13, 13> { conv(200, 3, pad = 1) }",
+            // 64 tiles an image: one image an item.
+            "T<8, 30, 30> { conv(20, 3, pad = 1, groups = 2) }",
+            // 6 tiles an image: 5 images an item, tiles not a whole block of 8.
+            "T<12, 9, 11> { conv(100, 3) }",
+            // F(4x4, 5x5), 49 tiles an image, 2 groups of 2 panels.
+            "T<12, 27, 27> { conv(200, 5, pad = 2, groups = 2) }",
+        ],
+    );
+}
+
+/// The first image's output of each convolution in `convs` has the same bits on thread
+/// pools of 1 to 4 threads, at batch 1 and 3, under `algorithm`, and matches the definition.
+fn same_bits_on_any_split(algorithm: ConvAlgorithm, convs: &[&str]) {
+    for &src in convs {
         let plan = plan(src);
         let mut rng = rand::rngs::StdRng::seed_from_u64(31);
         let params = common::random_params(&plan, &mut rng);
@@ -130,7 +158,7 @@ fn the_packed_convolution_gives_the_same_bits_on_any_split() {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let cpu = Cpu::new().with_conv_algorithm(ConvAlgorithm::Packed);
+                let cpu = Cpu::new().with_conv_algorithm(algorithm);
                 let model = Model::from_tensors(cpu, plan.clone(), params.clone()).unwrap();
                 for batch in [1, 3] {
                     let xb = Tensor::new(vec![batch, s.c, s.h, s.w], x[..batch * s.len()].to_vec());
@@ -189,9 +217,9 @@ fn a_filter_changed_in_place_is_seen_by_the_packed_convolution() {
 }
 
 #[test]
-fn winograd_3x3_stride_1() {
-    // Winograd F(4x4, 3x3) on every 3x3 stride-1 layer: sizes that leave partial tiles, no
-    // padding, padding 1 and 2, groups, towers, several batch sizes.
+fn winograd_3x3_and_5x5_stride_1() {
+    // Winograd F(4x4, 3x3) and F(4x4, 5x5) on every 3x3 and 5x5 stride-1 layer: sizes that
+    // leave partial tiles, no padding, padding 1 and 2, groups, towers, several batch sizes.
     let wino = || Cpu::new().with_conv_algorithm(ConvAlgorithm::Winograd);
     check_on(wino(), "T<8, 13, 13> { conv(8, 3, pad = 1) }", &[1, 3]);
     check_on(wino(), "T<16, 9, 11> { conv(12, 3) }", &[2]);
@@ -202,14 +230,40 @@ fn winograd_3x3_stride_1() {
     );
     check_on(wino(), "T<9, 5, 4> { conv(10, 3, pad = 1) }", &[3]);
     check_on(wino(), "T<10, 3, 3> split 2 { conv(20, 3, pad = 1) }", &[2]);
+    // Several panels of output channels, several items of whole images, tiles padded to
+    // a block of the micro-kernel.
+    check_on(
+        wino(),
+        "T<32, 13, 13> { conv(200, 3, pad = 1) }",
+        &[1, 3, 5],
+    );
+    check_on(wino(), "T<12, 9, 11> { conv(100, 3) }", &[1, 7]);
+    check_on(
+        wino(),
+        "T<8, 30, 30> { conv(20, 3, pad = 1, groups = 2) }",
+        &[2],
+    );
+    check_on(wino(), "T<8, 13, 13> { conv(8, 5, pad = 2) }", &[1, 3]);
+    check_on(wino(), "T<6, 9, 11> { conv(70, 5) }", &[1, 2]);
+    check_on(
+        wino(),
+        "T<12, 27, 27> { conv(100, 5, pad = 2, groups = 2) }",
+        &[1, 2],
+    );
+    check_on(
+        wino(),
+        "T<4, 6, 7> { conv(6, 5, pad = 3, groups = 2) }",
+        &[2],
+    );
 }
 
-/// Winograd's error on the shapes of AlexNet's conv3-conv5 (uniform random weights and
+/// Winograd's error on the shapes of AlexNet's conv2-conv5 (uniform random weights and
 /// inputs; the relative error of a linear layer does not depend on their scale), against
 /// the naive definition in f64, beside im2col + GEMM's. Stated in docs/benchmarks.md.
 #[test]
 fn winograd_error_on_alexnet() {
     for src in [
+        "T<96, 27, 27> { conv(256, 5, pad = 2, groups = 2) }",
         "T<256, 13, 13> { conv(384, 3, pad = 1) }",
         "T<384, 13, 13> { conv(384, 3, pad = 1, groups = 2) }",
         "T<384, 13, 13> { conv(256, 3, pad = 1, groups = 2) }",

@@ -377,13 +377,24 @@ fn infer(
     Ok(())
 }
 
-/// A stage's floating-point operations and the bytes it must move at least (input,
-/// output and parameters, f32) for `batch` images.
-fn stage_work(plan: &alexnet::ir::Plan, stage: alexnet::ir::Stage, batch: usize) -> (f64, f64) {
+/// A stage's floating-point operations (a convolution's by the direct definition, whatever
+/// algorithm runs it) and the bytes it must move at least for `batch` images: input and
+/// output in f32, parameters in f32 or, with `bf16_params`, bf16 (what the CPU's bf16
+/// fully connected layers stream).
+fn stage_work(
+    plan: &alexnet::ir::Plan,
+    stage: alexnet::ir::Stage,
+    batch: usize,
+    bf16_params: bool,
+) -> (f64, f64) {
     let layer = &plan.layers[stage.layer];
     let flops = 2.0 * layer.macs() as f64 * batch as f64;
-    let values = batch * (layer.input.len() + layer.output.len()) + layer.param_count();
-    (flops, 4.0 * values as f64)
+    let activations = batch * (layer.input.len() + layer.output.len());
+    let param_bytes = if bf16_params { 2.0 } else { 4.0 };
+    (
+        flops,
+        4.0 * activations as f64 + param_bytes * layer.param_count() as f64,
+    )
 }
 
 fn bench(
@@ -423,6 +434,13 @@ fn bench(
         );
         c
     });
+    let (bf16, winograd) = match &device {
+        Device::Cpu(c) => (
+            c.precision() == alexnet::ir::Precision::Bf16,
+            c.uses_winograd(),
+        ),
+        _ => (false, false),
+    };
     let t0 = Instant::now();
     let model = Model::init(device, plan.clone(), 0)?;
     writeln!(
@@ -482,7 +500,7 @@ fn bench(
                 .zip(stages.iter_mut())
                 .filter_map(|((label, _), v)| Some((label, by_label.get(label)?, v)))
                 .map(|(label, &st, v)| {
-                    let (flops, bytes) = stage_work(plan, st, n);
+                    let (flops, bytes) = stage_work(plan, st, n, bf16);
                     let secs = median(v);
                     // Bound by memory when its arithmetic intensity is below the ridge.
                     if flops > 0.0 && flops / bytes >= gflops / gbs {
@@ -495,6 +513,12 @@ fn bench(
                 })
                 .collect();
             writeln!(ctx.out, "  against the ceilings: {}", roof.join(", "))?;
+            if winograd {
+                writeln!(
+                    ctx.out,
+                    "  (Winograd's convolutions counted at the direct definition's flops: they do 2.6-5.8x fewer)"
+                )?;
+            }
         }
         if let Some(t) = &split {
             let unsplit = total;

@@ -80,33 +80,21 @@ fn image(
     }
 }
 
-/// The filters of every group packed as bf16 A operands (`[group][packed::pack_a]`), for
-/// [`forward_packed`] in bf16 (in f32 it reads the filters in place).
-pub fn pack_filters_bf16(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let og = g.output.c / g.groups;
-    let kk = g.kcol();
-    let len = Arith::Bf16.a_len(og, kk);
-    let mut out = vec![0.0f32; len * g.groups];
-    for (grp, o) in out.chunks_mut(len).enumerate() {
-        packed::pack_a(
-            Arith::Bf16,
-            &w[grp * og * kk..(grp + 1) * og * kk],
-            og,
-            kk,
-            kk,
-            o,
-        );
-    }
-    out
+/// `v` rounded to bf16 (to nearest, ties to even), as an f32.
+fn round_bf16(v: f32) -> f32 {
+    f32::from_bits(packed::bf16_bits(v) << 16)
 }
 
 /// [`forward`] on the packed micro-kernel (`packed/`): each image's im2col columns
-/// gathered a block at a time straight into the kernel's layout in `arith` (f32, or bf16
-/// for [`Precision::Bf16`]), bias and the fused ReLU in the kernel's epilogue. `w`: the
-/// filters as they are in f32 (read in place), packed by [`pack_filters_bf16`] in bf16.
+/// gathered a block at a time straight into the kernel's layout, the filters `w` read in
+/// place, bias and the fused ReLU in the kernel's epilogue. With `bf16`
+/// ([`Precision::Bf16`]) the inputs are rounded to bf16 as they are padded and `w` holds
+/// filters already rounded ([`round_bf16`]): bf16 operands in f32 words, so that the
+/// products (exact in f32) run on the f32 kernel at its full rate, where the bf16 kernel's
+/// widening of packed pairs cost 5-7% on AlexNet's conv1 and conv2.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_packed(
-    arith: Arith,
+    bf16: bool,
     x: &[f32],
     w: &[f32],
     b: &[f32],
@@ -121,7 +109,7 @@ pub fn forward_packed(
     let cx = PackedCx {
         taps: &taps,
         corners: &corners,
-        arith,
+        bf16,
         kernel: packed::Kernel::best(),
         w,
         b,
@@ -142,7 +130,8 @@ pub fn forward_packed(
 
 /// What every image of [`forward_packed`] shares.
 struct PackedCx<'a> {
-    arith: Arith,
+    /// Inputs rounded to bf16 as they are padded.
+    bf16: bool,
     kernel: packed::Kernel,
     /// As [`forward_packed`]'s `w`.
     w: &'a [f32],
@@ -176,11 +165,11 @@ fn taps(g: &ConvGeom) -> Vec<u32> {
         .collect()
 }
 
-/// One group of one image zero-padded (`[c][h + 2 pad][w + 2 pad]`; the image itself when
-/// there is no padding).
-fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom) -> std::borrow::Cow<'a, [f32]> {
+/// One group of one image zero-padded (`[c][h + 2 pad][w + 2 pad]`), its values rounded to
+/// bf16 with `bf16`; the image itself when there is neither.
+fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom, bf16: bool) -> std::borrow::Cow<'a, [f32]> {
     let (h, w, pad) = (g.input.h, g.input.w, g.pad);
-    if pad == 0 {
+    if pad == 0 && !bf16 {
         return std::borrow::Cow::Borrowed(&x[..cg * h * w]);
     }
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
@@ -188,7 +177,14 @@ fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom) -> std::borrow::Cow<'a, [f3
     for c in 0..cg {
         for iy in 0..h {
             let dst = &mut xp[(c * hp + iy + pad) * wp + pad..][..w];
-            dst.copy_from_slice(&x[(c * h + iy) * w..][..w]);
+            let src = &x[(c * h + iy) * w..][..w];
+            if bf16 {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = round_bf16(v);
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
         }
     }
     std::borrow::Cow::Owned(xp)
@@ -221,12 +217,9 @@ impl PackedCx<'_> {
         let pq = g.output.h * g.output.w;
         let kk = g.kcol();
         let plane = g.input.h * g.input.w;
-        let a_len = match self.arith {
-            Arith::F32 => og * kk,
-            Arith::Bf16 => self.arith.a_len(og, kk),
-        };
+        let a_len = og * kk;
         let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
-        let xp = padded(xg, cg, g);
+        let xp = padded(xg, cg, g, self.bf16);
         let b = packed::Gather {
             src: &xp,
             rows: self.taps,
@@ -234,11 +227,8 @@ impl PackedCx<'_> {
         };
         let a = &self.w[grp * a_len..(grp + 1) * a_len];
         let ops = packed::Operands {
-            arith: self.arith,
-            a: match self.arith {
-                Arith::F32 => packed::AOperand::Rows { data: a, ld: kk },
-                Arith::Bf16 => packed::AOperand::Packed(a),
-            },
+            arith: Arith::F32,
+            a: packed::AOperand::Rows { data: a, ld: kk },
             b: packed::BOperand::Gather(b),
             m: og,
             n: pq,
@@ -497,22 +487,28 @@ impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
         let g = self.gemm(s.layer.input, s.layer.output);
-        if s.precision == Precision::Bf16 {
-            let key = format!("{}/{:?}", s.layer.name, Arith::Bf16);
-            let wp = s
-                .packs
-                .get(&key, w, s.bf16_freshness(), |w| pack_filters_bf16(w, &g));
+        if winograd::applies(&g, s.conv, s.precision) {
+            let (arith, fresh) = match s.precision {
+                Precision::Bf16 => (Arith::Bf16, s.bf16_freshness()),
+                _ => (Arith::F32, Freshness::Compare),
+            };
+            let key = format!("{}/winograd/{arith:?}", s.layer.name);
+            let u = s.packs.get(&key, w, fresh, |w| {
+                winograd::transform_filters(w, &g, arith)
+            });
             let relu = s.fused_relu;
-            forward_packed(Arith::Bf16, x, &wp.data, b, y, s.batch, g, relu, s.threads);
+            winograd::forward(x, &u.data, b, y, s.batch, g, relu, arith, s.threads);
+        } else if s.precision == Precision::Bf16 {
+            let key = format!("{}/bf16", s.layer.name);
+            let wr = s.packs.get(&key, w, s.bf16_freshness(), |w| {
+                w.iter().map(|&v| round_bf16(v)).collect::<Vec<f32>>()
+            });
+            let relu = s.fused_relu;
+            forward_packed(true, x, &wr.data, b, y, s.batch, g, relu, s.threads);
         } else if s.conv.packed() {
             // The filters read where they are: nothing to pack, or to compare with them.
             let relu = s.fused_relu;
-            forward_packed(Arith::F32, x, w, b, y, s.batch, g, relu, s.threads);
-        } else if winograd::applies(&g, s.conv) {
-            let u = s.packs.get(&s.layer.name, w, Freshness::Compare, |w| {
-                winograd::transform_filters(w, &g)
-            });
-            winograd::forward(x, &u.data, b, y, s.batch, g, s.fused_relu, s.threads);
+            forward_packed(false, x, w, b, y, s.batch, g, relu, s.threads);
         } else {
             forward(x, w, b, y, s.batch, g, s.fused_relu, s.threads);
         }

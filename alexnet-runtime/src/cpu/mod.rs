@@ -13,8 +13,8 @@
 //! training, `exchange.rs` the towers' exchanges, `augment.rs`
 //! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
 //! and `mat.rs` (the matrix multiply), `packed/` (the packed operands and AVX-512
-//! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3), chosen by
-//! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
+//! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3) on the packed
+//! micro-kernel: bf16's 3x3 layers, or any precision's by [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
 
 mod augment;
@@ -67,8 +67,11 @@ pub struct Cpu {
 pub enum ConvAlgorithm {
     /// The choice this project measured fastest on its machine (docs/benchmarks.md):
     /// [`ConvAlgorithm::Packed`] where the CPU has AVX-512F (ahead of im2col on OpenBLAS,
-    /// and well ahead of the `gemm` crate), [`ConvAlgorithm::Im2col`] otherwise. Winograd
-    /// measured slower on AlexNet's 3x3 layers.
+    /// and well ahead of the `gemm` crate), [`ConvAlgorithm::Im2col`] otherwise; and in
+    /// [`Precision::Bf16`] on such a CPU, Winograd on the 3x3 and 5x5 stride-1 layers
+    /// (AlexNet's conv2-conv5: 1.1-2.1x the direct convolution, docs/benchmarks.md), where
+    /// its f32 arithmetic's error is nothing beside bf16's rounding. f32 stays on the
+    /// direct convolution, the reference: Winograd's error is 8x its own.
     #[default]
     Auto,
     /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
@@ -78,8 +81,10 @@ pub enum ConvAlgorithm {
     /// bias and ReLU in its epilogue; the portable kernel, much slower, on a CPU without
     /// AVX-512F.
     Packed,
-    /// Winograd F(4x4, 3x3) on every 3x3 stride-1 layer, im2col + GEMM on the others.
-    /// Its relative error is about 8x im2col's (3e-6 against 4e-7 on AlexNet's conv3).
+    /// Winograd F(4x4, 3x3) and F(4x4, 5x5) on every 3x3 and 5x5 stride-1 layer (its
+    /// products on the packed micro-kernel; the portable kernel, much slower, without
+    /// AVX-512F), the others as [`ConvAlgorithm::Auto`] computes them. Its relative error
+    /// is about 8x the direct product's (3e-6 against 4e-7 on AlexNet's conv2-conv5).
     Winograd,
 }
 
@@ -98,13 +103,15 @@ impl ConvAlgorithm {
         }
     }
 
-    /// Whether the f32 convolutions (those Winograd does not take) run on the packed
+    /// Whether the f32 convolutions that Winograd does not take run on the packed
     /// micro-kernel.
     pub(crate) fn packed(self) -> bool {
         match self {
             ConvAlgorithm::Packed => true,
-            ConvAlgorithm::Auto => packed::Kernel::best() == packed::Kernel::Avx512,
-            ConvAlgorithm::Im2col | ConvAlgorithm::Winograd => false,
+            ConvAlgorithm::Auto | ConvAlgorithm::Winograd => {
+                packed::Kernel::best() == packed::Kernel::Avx512
+            }
+            ConvAlgorithm::Im2col => false,
         }
     }
 }
@@ -149,8 +156,12 @@ impl Cpu {
     }
 
     /// The micro-kernel of the bf16 products (and of [`ConvAlgorithm::Packed`]) on this
-    /// CPU: AVX-512 FMAs on the operands widened to f32 where the CPU has AVX-512F
-    /// (unless `ALEXNET_CPU_PACKED=portable`), a portable one otherwise.
+    /// CPU: AVX-512 FMAs where the CPU has AVX-512F (unless `ALEXNET_CPU_PACKED=portable`),
+    /// a portable one otherwise. The fully connected layers stream their weights as bf16
+    /// and widen them to f32 in registers (their time is bytes); the convolutions keep
+    /// their operands, rounded to bf16, in f32 words (their time is arithmetic, and the
+    /// f32 kernel needs no widening), through Winograd's transforms on 3x3 and 5x5
+    /// stride-1 layers.
     pub fn bf16_kernel(&self) -> &'static str {
         packed::Kernel::best().name()
     }
@@ -167,6 +178,20 @@ impl Cpu {
     /// invalidates every bf16 pack, which costs a repack, never a wrong result.
     pub fn weights_changed(&self) {
         self.weights.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether this backend runs 3x3 and 5x5 stride-1 convolutions as Winograd (asked for,
+    /// or chosen by [`ConvAlgorithm::Auto`] in bf16): their time then stands for fewer
+    /// multiplies than the direct convolution's.
+    pub fn uses_winograd(&self) -> bool {
+        match self.conv {
+            ConvAlgorithm::Winograd => true,
+            ConvAlgorithm::Auto => {
+                self.precision == Precision::Bf16
+                    && packed::Kernel::best() == packed::Kernel::Avx512
+            }
+            ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
+        }
     }
 
     /// This backend with convolutions computed by `conv`.
@@ -368,14 +393,19 @@ impl Memory for Cpu {
     type Buffer<T: Element> = Vec<T>;
 
     fn name(&self) -> String {
+        let winograd = if self.uses_winograd() {
+            ", Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions"
+        } else {
+            ""
+        };
         match self.precision {
             Precision::Bf16 => format!(
-                "cpu ({} threads, bf16 products: {})",
+                "cpu ({} threads, bf16 products: {}{winograd})",
                 self.threads(),
                 self.bf16_kernel()
             ),
             _ if self.conv.packed() => format!(
-                "cpu ({} threads, convolutions: {}, other products: {})",
+                "cpu ({} threads, convolutions: {}{winograd}, other products: {})",
                 self.threads(),
                 packed::Kernel::best().name(),
                 self.gemm()

@@ -8,14 +8,16 @@
 //!   weights once: a small fraction of the work a Winograd layout saves.
 //! - [`Freshness::Epoch`]: it keeps the backend's weight epoch when it was made (bumped
 //!   whenever the backend may have changed a weight: see `Cpu::weights_changed`) and a
-//!   sample of the weights, and is reused while both agree. For the bf16 layouts only,
-//!   whose whole point is to read half the bytes of the f32 weights: a full comparison
-//!   would read them all again on every call. (f32 packs, the reference path's, compare:
-//!   today only Winograd's transformed filters. The f32 packed convolution keeps no copy
-//!   at all: it reads its filters in place.)
+//!   sample of the weights, and is reused while both agree. For the bf16 layouts only
+//!   (the fully connected layers' panels, the convolutions' rounded filters, Winograd's
+//!   filters transformed from rounded ones), whose point is to read fewer bytes than the
+//!   f32 weights: a full comparison would read them all again on every call. (f32 packs,
+//!   the reference path's, compare: today only Winograd's transformed filters under
+//!   `ALEXNET_CPU_CONV=winograd`. The f32 packed convolution keeps no copy at all: it
+//!   reads its filters in place.)
 //!
-//! The caller's key names the layout as well as the layer (`conv1/Bf16`; Winograd's
-//! `conv3`), so that two layouts of one tensor never stand in for each other.
+//! The caller's key names the layout as well as the layer (`fc6/Bf16`, `conv1/bf16`,
+//! `conv3/winograd/F32`), so that two layouts of one tensor never stand in for each other.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

@@ -1,260 +1,714 @@
-//! Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for
-//! Convolutional Neural Networks", 2015) for 3x3 stride-1 convolutions: each 4x4 block of
-//! outputs takes 36 multiplies per input channel instead of 144. AlexNet's conv3-conv5 are
-//! such layers and hold 47% of its multiply-adds.
+//! Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", 2015) for stride-1 convolutions: F(4x4, 3x3) for 3x3 filters (36 multiplies
+//! per 4x4 block of outputs and input channel instead of 144) and F(4x4, 5x5) for 5x5
+//! filters (64 instead of 400). AlexNet's conv2-conv5 are such layers and hold 80% of its
+//! multiply-adds; their 27x27 and 13x13 outputs in 4x4 tiles cover 28x28 and 16x16, so the
+//! saving is 5.8x on conv2 and 2.6x on conv3-conv5.
 //!
-//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for a 6x6 input tile `d` and a 3x3 filter `g`. Summed
-//! over input channels, the element-wise product becomes 36 independent matrix products
-//! `M[ξ] = U[ξ] V[ξ]` (output channels x input channels times input channels x tiles), run by
-//! the backend's GEMM. The filters' transform `U` is cached between calls (see
-//! [`PackCache`](super::pack::PackCache)); the input transform `V` and the output transform
-//! run per call, on 16 tiles at a time.
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for an input tile `d` (6x6 or 8x8) and a filter `g`.
+//! Summed over input channels, the element-wise product becomes one matrix product per
+//! element ξ of a transformed tile: `M[ξ] = V[ξ] U[ξ]`, tiles x input channels times input
+//! channels x output channels, on the packed micro-kernel ([`packed::gemm`]) with the
+//! tiles as its rows and the output channels as its panels.
 //!
-//! The points 0, ±1, ±2 and ∞ keep the transforms' coefficients small; the error this adds
-//! on AlexNet's layers is measured by tests/cpu_layers.rs (`winograd_error_on_alexnet`)
+//! The work is cut into items (a group, a few whole images, a range of output channels)
+//! that run in parallel; each transforms its images' tiles into V, runs the products into
+//! M, and transforms M into its outputs, adding the bias and the ReLU: V and M stay in the
+//! core's L2 (1-2 MB each on AlexNet's layers), where the first version of this file sent
+//! them through memory between three passes over the whole batch and lost to the direct
+//! convolution. The filters' transform `U`, packed in panels of output channels, is
+//! cached between calls (see [`PackCache`](super::pack::PackCache)).
+//!
+//! The matrices, and the transforms written out with their zeros left out, come from
+//! `scripts/winograd_matrices.py` (exact Toom-Cook construction, points 0, ±1, ±2 and ∞,
+//! and ±1/2 for 5x5); the rest is written once for any size ([`Variant`]). The error this
+//! adds on AlexNet's layers is measured by tests/cpu_layers.rs (`winograd_error_on_alexnet`)
 //! and stated in docs/benchmarks.md.
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Mat};
+use super::packed::{self, AOperand, Arith, BOperand, Epilogue, Gather, Kernel, Operands, NR};
 use super::ConvAlgorithm;
+use crate::ir::Precision;
 use alexnet_core::kernels::gemm::Gemm as ConvGeom;
 
-/// Outputs per tile side.
-const M: usize = 4;
-/// Input tile side: `M + 3 - 1`.
-const A: usize = 6;
-/// Elements of a transformed tile.
-const XI: usize = A * A;
-
-/// Whether this layer runs as Winograd under `choice`: only when asked for
-/// ([`ConvAlgorithm::Winograd`]), and then on every 3x3 stride-1 layer.
-/// [`ConvAlgorithm::Auto`] does not take it: on this project's 2-core machine
-/// (`cargo bench --bench cpu_conv`, docs/benchmarks.md) it measured slower than im2col +
-/// GEMM on AlexNet's conv3-conv5 at batch 1 and 16 in most runs; the transformed input and
-/// products (2.25x the data of the output, all of it through memory) cost more than the
-/// 4x fewer multiplies save.
-pub fn applies(g: &ConvGeom, choice: ConvAlgorithm) -> bool {
-    g.k == 3 && g.stride == 1 && choice == ConvAlgorithm::Winograd
-}
-
-/// The filters `w` (`[O][C/groups][3][3]`) transformed: `U[group][ξ][o][c]`, where `o`
-/// and `c` count within the group.
-pub fn transform_filters(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let (cg, og) = (g.input.c / g.groups, g.output.c / g.groups);
-    let mut u = vec![0.0f32; g.groups * XI * og * cg];
-    u.par_chunks_mut(XI * og * cg)
-        .enumerate()
-        .for_each(|(grp, ug)| {
-            for o in 0..og {
-                for c in 0..cg {
-                    let f = &w[((grp * og + o) * cg + c) * 9..][..9];
-                    // G f: 6x3, then (G f) Gᵀ: 6x6.
-                    let mut gf = [[0.0f32; 3]; A];
-                    for col in 0..3 {
-                        let t = filter_col([f[col], f[3 + col], f[6 + col]]);
-                        for (row, v) in t.iter().enumerate() {
-                            gf[row][col] = *v;
-                        }
-                    }
-                    for (row, r) in gf.iter().enumerate() {
-                        let t = filter_col(*r);
-                        for (col, v) in t.iter().enumerate() {
-                            ug[((row * A + col) * og + o) * cg + c] = *v;
-                        }
-                    }
-                }
-            }
-        });
-    u
-}
-
-/// `G g` for one column `g` of a filter.
-fn filter_col(g: [f32; 3]) -> [f32; A] {
-    let [g0, g1, g2] = g;
-    [
-        g0 / 4.0,
-        -(g0 + g1 + g2) / 6.0,
-        -(g0 - g1 + g2) / 6.0,
-        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
-        g2,
-    ]
-}
-
-/// Tiles transformed together: the transforms run on `[f32; L]` lanes, which the compiler
-/// turns into vector instructions.
+/// Lanes the transforms work on at once: input channels (V) or output channels (outputs).
 const L: usize = 16;
 type Lanes = [f32; L];
 
-/// `Bᵀ d` on six lanes.
-#[inline(always)]
-fn bt(d: [&Lanes; A]) -> [Lanes; A] {
-    let mut o = [[0.0f32; L]; A];
-    for j in 0..L {
-        let (d0, d1, d2, d3, d4, d5) = (d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]);
-        o[0][j] = 4.0 * d0 - 5.0 * d2 + d4;
-        o[1][j] = -4.0 * (d1 + d2) + d3 + d4;
-        o[2][j] = 4.0 * (d1 - d2) - d3 + d4;
-        o[3][j] = 2.0 * (d3 - d1) - d2 + d4;
-        o[4][j] = 2.0 * (d1 - d3) - d2 + d4;
-        o[5][j] = 4.0 * d1 - 5.0 * d3 + d5;
-    }
-    o
+/// Tiles an item takes at most (whole images, at least one): with AlexNet's 16 tiles per
+/// 13x13 image, two images, so that an item's V and M stay in L2.
+const ITEM_TILES: usize = 32;
+
+/// One Winograd algorithm F(`MO` x `MO`, `R` x `R`) on `A` x `A` tiles (`A = MO + R - 1`).
+pub trait Variant<const A: usize, const MO: usize, const R: usize> {
+    /// The input transform `Bᵀ` (what [`Variant::bt`] computes; a test checks that it does).
+    #[cfg_attr(not(test), allow(dead_code))]
+    const BT: [[f32; A]; A];
+    /// The output transform `Aᵀ` (what [`Variant::at`] computes).
+    #[cfg_attr(not(test), allow(dead_code))]
+    const AT: [[f32; A]; MO];
+    /// The filter transform `G`, in f64: it runs once per weight change.
+    const G: [[f64; R]; A];
+    /// `Bᵀ` applied to the vectors `d(0), d(1), ...`: the matrix written out, with its
+    /// zeros left out, so that the compiler need not unroll anything to see them.
+    fn bt<'a>(d: impl Fn(usize) -> &'a Lanes) -> [Lanes; A];
+    /// `Aᵀ` applied to the vectors `m(0), m(1), ...`, written out.
+    fn at<'a>(m: impl Fn(usize) -> &'a Lanes) -> [Lanes; MO];
 }
 
-/// `Aᵀ m` on six lanes.
-#[inline(always)]
-fn at(m: [&Lanes; A]) -> [Lanes; M] {
-    let mut o = [[0.0f32; L]; M];
-    for j in 0..L {
-        let (m0, m1, m2, m3, m4, m5) = (m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]);
-        let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
-        o[0][j] = m0 + s12 + s34;
-        o[1][j] = d12 + 2.0 * d34;
-        o[2][j] = s12 + 4.0 * s34;
-        o[3][j] = d12 + 8.0 * d34 + m5;
-    }
-    o
-}
+/// F(4x4, 3x3).
+pub struct F4x4K3;
+/// F(4x4, 5x5).
+pub struct F4x4K5;
 
-/// `Bᵀ d B` for `L` tiles: `d[r * A + c]` holds element (r, c) of every tile.
-fn input_tile(d: &[Lanes; XI]) -> [Lanes; XI] {
-    let mut t = [[0.0f32; L]; XI];
-    for c in 0..A {
-        let col = bt(std::array::from_fn(|r| &d[r * A + c]));
-        for (r, v) in col.into_iter().enumerate() {
-            t[r * A + c] = v;
+// Generated by scripts/winograd_matrices.py.
+// F4x4K3: points 0, 1, -1, 2, -2, infinity; f32 error of a tile over 48 channels 1.6e-06
+impl Variant<6, 4, 3> for F4x4K3 {
+    const BT: [[f32; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, 4.0, 4.0, -1.0, -1.0, 0.0],
+        [0.0, -4.0, 4.0, 1.0, -1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const AT: [[f32; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+    const G: [[f64; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [1.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0],
+        [1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    #[inline(always)]
+    fn bt<'a>(d: impl Fn(usize) -> &'a Lanes) -> [Lanes; 6] {
+        let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+        let mut o = [[0.0f32; L]; 6];
+        for j in 0..L {
+            o[0][j] = 4.0 * d0[j] - 5.0 * d2[j] + d4[j];
+            o[1][j] = 4.0 * d1[j] + 4.0 * d2[j] - d3[j] - d4[j];
+            o[2][j] = -4.0 * d1[j] + 4.0 * d2[j] + d3[j] - d4[j];
+            o[3][j] = -2.0 * d1[j] - d2[j] + 2.0 * d3[j] + d4[j];
+            o[4][j] = 2.0 * d1[j] - d2[j] - 2.0 * d3[j] + d4[j];
+            o[5][j] = 4.0 * d1[j] - 5.0 * d3[j] + d5[j];
         }
+        o
     }
-    let mut v = [[0.0f32; L]; XI];
-    for r in 0..A {
-        let row = bt(std::array::from_fn(|c| &t[r * A + c]));
-        v[r * A..(r + 1) * A].copy_from_slice(&row);
-    }
-    v
-}
-
-/// `Aᵀ m A` for `L` tiles: element (r, c) of the 4x4 outputs in `[r * M + c]`.
-fn output_tile(m: &[Lanes; XI]) -> [Lanes; M * M] {
-    let mut t = [[0.0f32; L]; A * M];
-    for r in 0..A {
-        let row = at(std::array::from_fn(|c| &m[r * A + c]));
-        t[r * M..(r + 1) * M].copy_from_slice(&row);
-    }
-    let mut o = [[0.0f32; L]; M * M];
-    for c in 0..M {
-        let col = at(std::array::from_fn(|r| &t[r * M + c]));
-        for (r, v) in col.into_iter().enumerate() {
-            o[r * M + c] = v;
+    #[inline(always)]
+    fn at<'a>(m: impl Fn(usize) -> &'a Lanes) -> [Lanes; 4] {
+        let (m0, m1, m2, m3, m4, m5) = (m(0), m(1), m(2), m(3), m(4), m(5));
+        let mut o = [[0.0f32; L]; 4];
+        for j in 0..L {
+            o[0][j] = m0[j] + m1[j] + m2[j] + m3[j] + m4[j];
+            o[1][j] = m1[j] - m2[j] + 2.0 * m3[j] - 2.0 * m4[j];
+            o[2][j] = m1[j] + m2[j] + 4.0 * m3[j] + 4.0 * m4[j];
+            o[3][j] = m1[j] - m2[j] + 8.0 * m3[j] - 8.0 * m4[j] + m5[j];
         }
+        o
     }
-    o
+}
+// F4x4K5: points 0, 1, -1, 2, -2, 1/2, -1/2, infinity; f32 error of a tile over 48 channels 3.7e-06
+impl Variant<8, 4, 5> for F4x4K5 {
+    const BT: [[f32; 8]; 8] = [
+        [4.0, 0.0, -21.0, 0.0, 21.0, 0.0, -4.0, 0.0],
+        [0.0, -4.0, -4.0, 17.0, 17.0, -4.0, -4.0, 0.0],
+        [0.0, 4.0, -4.0, -17.0, 17.0, 4.0, -4.0, 0.0],
+        [0.0, 2.0, 1.0, -10.0, -5.0, 8.0, 4.0, 0.0],
+        [0.0, -2.0, 1.0, 10.0, -5.0, -8.0, 4.0, 0.0],
+        [0.0, 4.0, 8.0, -5.0, -10.0, 1.0, 2.0, 0.0],
+        [0.0, -4.0, 8.0, 5.0, -10.0, -1.0, 2.0, 0.0],
+        [0.0, -4.0, 0.0, 21.0, 0.0, -21.0, 0.0, 4.0],
+    ];
+    const AT: [[f32; 8]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.25, 0.25, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 0.125, -0.125, 1.0],
+    ];
+    const G: [[f64; 5]; 8] = [
+        [1.0 / 4.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0 / 18.0, 1.0 / 18.0, 1.0 / 18.0, 1.0 / 18.0, 1.0 / 18.0],
+        [1.0 / 18.0, -1.0 / 18.0, 1.0 / 18.0, -1.0 / 18.0, 1.0 / 18.0],
+        [1.0 / 360.0, 1.0 / 180.0, 1.0 / 90.0, 1.0 / 45.0, 2.0 / 45.0],
+        [
+            1.0 / 360.0,
+            -1.0 / 180.0,
+            1.0 / 90.0,
+            -1.0 / 45.0,
+            2.0 / 45.0,
+        ],
+        [16.0 / 45.0, 8.0 / 45.0, 4.0 / 45.0, 2.0 / 45.0, 1.0 / 45.0],
+        [
+            16.0 / 45.0,
+            -8.0 / 45.0,
+            4.0 / 45.0,
+            -2.0 / 45.0,
+            1.0 / 45.0,
+        ],
+        [0.0, 0.0, 0.0, 0.0, 1.0 / 4.0],
+    ];
+    #[inline(always)]
+    fn bt<'a>(d: impl Fn(usize) -> &'a Lanes) -> [Lanes; 8] {
+        let (d0, d1, d2, d3, d4, d5, d6, d7) = (d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7));
+        let mut o = [[0.0f32; L]; 8];
+        for j in 0..L {
+            o[0][j] = 4.0 * d0[j] - 21.0 * d2[j] + 21.0 * d4[j] - 4.0 * d6[j];
+            o[1][j] = -4.0 * d1[j] - 4.0 * d2[j] + 17.0 * d3[j] + 17.0 * d4[j]
+                - 4.0 * d5[j]
+                - 4.0 * d6[j];
+            o[2][j] =
+                4.0 * d1[j] - 4.0 * d2[j] - 17.0 * d3[j] + 17.0 * d4[j] + 4.0 * d5[j] - 4.0 * d6[j];
+            o[3][j] = 2.0 * d1[j] + d2[j] - 10.0 * d3[j] - 5.0 * d4[j] + 8.0 * d5[j] + 4.0 * d6[j];
+            o[4][j] = -2.0 * d1[j] + d2[j] + 10.0 * d3[j] - 5.0 * d4[j] - 8.0 * d5[j] + 4.0 * d6[j];
+            o[5][j] = 4.0 * d1[j] + 8.0 * d2[j] - 5.0 * d3[j] - 10.0 * d4[j] + d5[j] + 2.0 * d6[j];
+            o[6][j] = -4.0 * d1[j] + 8.0 * d2[j] + 5.0 * d3[j] - 10.0 * d4[j] - d5[j] + 2.0 * d6[j];
+            o[7][j] = -4.0 * d1[j] + 21.0 * d3[j] - 21.0 * d5[j] + 4.0 * d7[j];
+        }
+        o
+    }
+    #[inline(always)]
+    fn at<'a>(m: impl Fn(usize) -> &'a Lanes) -> [Lanes; 4] {
+        let (m0, m1, m2, m3, m4, m5, m6, m7) = (m(0), m(1), m(2), m(3), m(4), m(5), m(6), m(7));
+        let mut o = [[0.0f32; L]; 4];
+        for j in 0..L {
+            o[0][j] = m0[j] + m1[j] + m2[j] + m3[j] + m4[j] + m5[j] + m6[j];
+            o[1][j] = m1[j] - m2[j] + 2.0 * m3[j] - 2.0 * m4[j] + 0.5 * m5[j] - 0.5 * m6[j];
+            o[2][j] = m1[j] + m2[j] + 4.0 * m3[j] + 4.0 * m4[j] + 0.25 * m5[j] + 0.25 * m6[j];
+            o[3][j] =
+                m1[j] - m2[j] + 8.0 * m3[j] - 8.0 * m4[j] + 0.125 * m5[j] - 0.125 * m6[j] + m7[j];
+        }
+        o
+    }
 }
 
-/// `y = relu?(conv(x, w) + b)` for `batch` images, with `u` from [`transform_filters`].
-// The tile loops index a lane (the second index) of `[Lanes; N]` arrays, which no
-// iterator over one array expresses.
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+/// Which algorithm a layer runs under `choice` and `precision`: none unless it is stride 1
+/// with 3x3 or 5x5 filters; for those, Winograd when asked for
+/// ([`ConvAlgorithm::Winograd`]), and under [`ConvAlgorithm::Auto`] in bf16 on a CPU with
+/// the AVX-512 micro-kernel, where its error (that of f32 arithmetic, 3e-6 to 6e-6 relative
+/// L2 on AlexNet's layers) is nothing beside bf16's rounding (2e-3 to 1e-2 per layer).
+/// Exact f32 stays on the direct convolution: Winograd's error is 8-15x the direct
+/// product's.
+pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision) -> bool {
+    (g.k == 3 || g.k == 5)
+        && g.stride == 1
+        && match choice {
+            ConvAlgorithm::Winograd => true,
+            ConvAlgorithm::Auto => precision == Precision::Bf16 && Kernel::best() == Kernel::Avx512,
+            ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
+        }
+}
+
+/// The filters `w` (`[O][C/groups][k][k]`, `k` 3 or 5), rounded to bf16 first when
+/// `arith` is [`Arith::Bf16`], transformed and packed: for each group and each ξ, `U[ξ]`
+/// (the group's input channels x its output channels) as the packed micro-kernel's B, in
+/// panels of [`NR`] output channels ([`packed::pack_b`]'s f32 layout).
+pub fn transform_filters(w: &[f32], g: &ConvGeom, arith: Arith) -> Vec<u32> {
+    match g.k {
+        3 => filters::<F4x4K3, 6, 4, 3>(w, g, arith),
+        5 => filters::<F4x4K5, 8, 4, 5>(w, g, arith),
+        k => panic!("winograd: {k}x{k} filters"),
+    }
+}
+
+/// `y = relu?(conv(x, w) + b)` for `batch` images, with `u` from [`transform_filters`]
+/// (whose `arith` this call's must be: in bf16 the inputs are rounded to bf16 before they
+/// are transformed; every transform and product is f32).
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     x: &[f32],
-    u: &[f32],
+    u: &[u32],
     b: &[f32],
     y: &mut [f32],
     batch: usize,
     g: ConvGeom,
     relu: bool,
+    arith: Arith,
     threads: usize,
 ) {
-    let (c, h, wd) = (g.input.c, g.input.h, g.input.w);
-    let (o, p, q) = (g.output.c, g.output.h, g.output.w);
-    let (cg, og) = (c / g.groups, o / g.groups);
-    let (th, tw) = (p.div_ceil(M), q.div_ceil(M));
-    let tiles = th * tw;
-    let t = batch * tiles;
-    // The zero-padded input plane that every tile reads from.
-    let (ph, pw) = (M * th + 2, M * tw + 2);
+    let args = (x, u, b, y, batch, g, relu, arith, threads);
+    match g.k {
+        3 => run::<F4x4K3, 6, 4, 3>(args),
+        5 => run::<F4x4K5, 8, 4, 5>(args),
+        k => panic!("winograd: {k}x{k} filters"),
+    }
+}
 
-    // V[c][ξ][t] for every input channel c (all groups).
-    let mut v = vec![0.0f32; c * XI * t];
-    v.par_chunks_mut(XI * t).enumerate().for_each(|(ch, vc)| {
-        let mut padded = vec![0.0f32; ph * pw];
-        let mut d = [[0.0f32; L]; XI];
-        for n in 0..batch {
-            let plane = &x[(n * c + ch) * h * wd..][..h * wd];
-            for (r, row) in padded.chunks_mut(pw).enumerate() {
-                row.fill(0.0);
-                let iy = r as isize - g.pad as isize;
-                if iy >= 0 && (iy as usize) < h {
-                    let src = &plane[iy as usize * wd..][..wd];
-                    let lo = g.pad.min(pw);
-                    let len = wd.min(pw - lo);
-                    row[lo..lo + len].copy_from_slice(&src[..len]);
-                }
-            }
-            for t0 in (0..tiles).step_by(L) {
-                let len = L.min(tiles - t0);
-                for lane in 0..len {
-                    let (ty, tx) = ((t0 + lane) / tw, (t0 + lane) % tw);
-                    let base = ty * M * pw + tx * M;
-                    for r in 0..A {
-                        let src = &padded[base + r * pw..][..A];
-                        for (cc, val) in src.iter().enumerate() {
-                            d[r * A + cc][lane] = *val;
+/// [`transform_filters`] for one algorithm.
+fn filters<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    w: &[f32],
+    g: &ConvGeom,
+    arith: Arith,
+) -> Vec<u32> {
+    assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
+    let (cg, og) = (g.input.c / g.groups, g.output.c / g.groups);
+    let xi_count = A * A;
+    // U[group][ξ][o][c], where `o` and `c` count within the group; G f Gᵀ in f64.
+    let mut u = vec![0.0f32; g.groups * xi_count * og * cg];
+    u.par_chunks_mut(xi_count * og * cg)
+        .enumerate()
+        .for_each(|(grp, ug)| {
+            for o in 0..og {
+                for c in 0..cg {
+                    let f = |ky: usize, kx: usize| {
+                        let v = w[(((grp * og + o) * cg + c) * R + ky) * R + kx];
+                        f64::from(match arith {
+                            Arith::F32 => v,
+                            Arith::Bf16 => f32::from_bits(packed::bf16_bits(v) << 16),
+                        })
+                    };
+                    // G f: A x R, then (G f) Gᵀ: A x A.
+                    let mut gf = [[0.0f64; R]; A];
+                    for (i, row) in gf.iter_mut().enumerate() {
+                        for (kx, val) in row.iter_mut().enumerate() {
+                            *val = (0..R).map(|ky| V::G[i][ky] * f(ky, kx)).sum();
                         }
                     }
-                }
-                let out = input_tile(&d);
-                for (xi, lanes) in out.iter().enumerate() {
-                    vc[xi * t + n * tiles + t0..][..len].copy_from_slice(&lanes[..len]);
-                }
-            }
-        }
-    });
-
-    // M[o][ξ][t] = U[group][ξ] V[group's channels][ξ]: an output channel's 36 rows lie
-    // together for the output transform. The products run one after another, each split
-    // over the threads by rows of M.
-    let mut m = vec![0.0f32; o * XI * t];
-    for grp in 0..g.groups {
-        for xi in 0..XI {
-            let ui = &u[(grp * XI + xi) * og * cg..][..og * cg];
-            let vi = &v[grp * cg * XI * t + xi * t..];
-            sgemm(
-                Mat::row_major(ui, og, cg, cg),
-                Mat::row_major(vi, cg, t, XI * t),
-                &mut m[grp * og * XI * t + xi * t..],
-                XI * t,
-                false,
-                threads,
-            );
-        }
-    }
-    // Aᵀ M A per output plane, plus bias and ReLU.
-    y[..batch * o * p * q]
-        .par_chunks_mut(p * q)
-        .enumerate()
-        .for_each(|(plane_i, yp)| {
-            let (n, oc) = (plane_i / o, plane_i % o);
-            let bias = b[oc];
-            let mut d = [[0.0f32; L]; XI];
-            for t0 in (0..tiles).step_by(L) {
-                let len = L.min(tiles - t0);
-                for (xi, lanes) in d.iter_mut().enumerate() {
-                    let src = &m[(oc * XI + xi) * t + n * tiles + t0..][..len];
-                    lanes[..len].copy_from_slice(src);
-                }
-                let out = output_tile(&d);
-                for lane in 0..len {
-                    let (ty, tx) = ((t0 + lane) / tw, (t0 + lane) % tw);
-                    for r in 0..M.min(p - ty * M) {
-                        let row = &mut yp[(ty * M + r) * q + tx * M..];
-                        for (cc, val) in row.iter_mut().take(M.min(q - tx * M)).enumerate() {
-                            let s = out[r * M + cc][lane] + bias;
-                            *val = if relu { s.max(0.0) } else { s };
+                    for (i, row) in gf.iter().enumerate() {
+                        for j in 0..A {
+                            let v: f64 = (0..R).map(|kx| row[kx] * V::G[j][kx]).sum();
+                            ug[((i * A + j) * og + o) * cg + c] = v as f32;
                         }
                     }
                 }
             }
         });
+    // Each U[group][ξ] (row-major og x cg) packed as B = U[ξ]ᵀ.
+    let per = Arith::F32.b_len(cg, og);
+    let rows: Vec<u32> = (0..cg as u32).collect();
+    let cols: Vec<u32> = (0..og).map(|j| (j * cg) as u32).collect();
+    let mut out = vec![0u32; g.groups * xi_count * per];
+    out.par_chunks_mut(per).enumerate().for_each(|(i, dst)| {
+        let b = Gather {
+            src: &u[i * og * cg..(i + 1) * og * cg],
+            rows: &rows,
+            cols: &cols,
+        };
+        packed::pack_b(Arith::F32, b, dst, 1);
+    });
+    out
+}
+
+/// `Bᵀ d B` on `L` lanes, `d(r, c)` element (r, c) of the input tile, each element of the
+/// result passed to `put(i, j, value)` (no tile is copied whole: the two passes' 2 x 64
+/// vectors of an 8x8 tile would not fit in registers).
+// A column of `t` is an element of each of its rows, which no iterator over `t` yields.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_tile<'d, V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    d: impl Fn(usize, usize) -> &'d Lanes,
+    mut put: impl FnMut(usize, usize, &Lanes),
+) {
+    // Bᵀ d, column by column.
+    let mut t = [[[0.0f32; L]; A]; A];
+    for c in 0..A {
+        for (i, col) in V::bt(|k| d(k, c)).iter().enumerate() {
+            t[i][c] = *col;
+        }
+    }
+    // (Bᵀ d) B, row by row.
+    for (i, row) in t.iter().enumerate() {
+        for (j, v) in V::bt(|k| &row[k]).iter().enumerate() {
+            put(i, j, v);
+        }
+    }
+}
+
+/// `Aᵀ m A` on `L` lanes, `m(r, c)` element (r, c) of the transformed tile: the `MO` x `MO`
+/// outputs.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn output_tile<'m, V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    m: impl Fn(usize, usize) -> &'m Lanes,
+) -> [[Lanes; MO]; MO] {
+    let mut t = [[[0.0f32; L]; A]; MO];
+    for c in 0..A {
+        for (i, col) in V::at(|k| m(k, c)).iter().enumerate() {
+            t[i][c] = *col;
+        }
+    }
+    let mut o = [[[0.0f32; L]; MO]; MO];
+    for (orow, trow) in o.iter_mut().zip(&t) {
+        *orow = V::at(|k| &trow[k]);
+    }
+    o
+}
+
+/// A layer's geometry as the transforms see it.
+#[derive(Clone, Copy)]
+struct Geom {
+    /// Input channels, height and width; zero padding.
+    c: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    /// Input channels per group.
+    cg: usize,
+    /// Output height and width.
+    p: usize,
+    q: usize,
+    /// Tiles per row of an image, and per image.
+    tw: usize,
+    tiles: usize,
+    /// The zero-padded input a tile reads from: `MO * tiles down + R - 1` x
+    /// `MO * tw + R - 1`.
+    ph: usize,
+    pw: usize,
+}
+
+/// A unit of parallel work: group `grp`, images `chunk * imgs..` and output channels
+/// `oc * per_oc..` of the group, with the output planes it writes (image-major).
+struct Item<'y> {
+    grp: usize,
+    chunk: usize,
+    oc: usize,
+    planes: Vec<&'y mut [f32]>,
+}
+
+type Args<'a> = (
+    &'a [f32],
+    &'a [u32],
+    &'a [f32],
+    &'a mut [f32],
+    usize,
+    ConvGeom,
+    bool,
+    Arith,
+    usize,
+);
+
+/// [`forward`] for one algorithm.
+fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(args: Args<'_>) {
+    let (x, u, b, y, batch, g, relu, arith, threads) = args;
+    assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
+    if batch == 0 {
+        return;
+    }
+    let (c, o) = (g.input.c, g.output.c);
+    let (cg, og) = (c / g.groups, o / g.groups);
+    let (p, q) = (g.output.h, g.output.w);
+    let (th, tw) = (p.div_ceil(MO), q.div_ceil(MO));
+    let geom = Geom {
+        c,
+        h: g.input.h,
+        w: g.input.w,
+        pad: g.pad,
+        cg,
+        p,
+        q,
+        tw,
+        tiles: th * tw,
+        ph: MO * th + R - 1,
+        pw: MO * tw + R - 1,
+    };
+    let image = c * geom.h * geom.w;
+    assert!(
+        x.len() >= batch * image && b.len() >= o && y.len() >= batch * o * p * q,
+        "winograd: a buffer too short"
+    );
+    let xi_count = A * A;
+    let per = Arith::F32.b_len(cg, og);
+    assert!(
+        u.len() >= g.groups * xi_count * per,
+        "winograd: U too short"
+    );
+
+    // Items: whole images (up to ITEM_TILES tiles), then output channels split in whole
+    // panels when there are fewer items than threads (at batch 1).
+    let imgs = (ITEM_TILES / geom.tiles).clamp(1, batch);
+    let chunks = batch.div_ceil(imgs);
+    let panels = og.div_ceil(NR);
+    let mut split = 1;
+    while g.groups * chunks * split < threads && split < panels {
+        split += 1;
+    }
+    let per_oc = panels.div_ceil(split) * NR;
+    let ochunks = og.div_ceil(per_oc);
+    let mut items: Vec<Item<'_>> = (0..g.groups * chunks * ochunks)
+        .map(|i| Item {
+            grp: i / (chunks * ochunks),
+            chunk: i / ochunks % chunks,
+            oc: i % ochunks,
+            planes: Vec::new(),
+        })
+        .collect();
+    for (i, plane) in y[..batch * o * p * q].chunks_mut(p * q).enumerate() {
+        let (n, oa) = (i / o, i % o);
+        let (grp, ol) = (oa / og, oa % og);
+        items[(grp * chunks + n / imgs) * ochunks + ol / per_oc]
+            .planes
+            .push(plane);
+    }
+
+    let kernel = Kernel::best();
+    items.into_par_iter().with_min_len(1).for_each(|mut it| {
+        let n0 = it.chunk * imgs;
+        let nimg = imgs.min(batch - n0);
+        let o0 = it.oc * per_oc;
+        let on = per_oc.min(og - o0);
+        let t = nimg * geom.tiles;
+        let cgp = cg.next_multiple_of(L);
+        let padded = nimg * geom.ph * geom.pw * cgp;
+        packed::with_scratch(padded + xi_count * t * (cgp + NR), |s| {
+            let (pad, rest) = s.split_at_mut(padded);
+            let (v, m) = rest.split_at_mut(xi_count * t * cgp);
+            let xs = &x[n0 * image..(n0 + nimg) * image];
+            let bf16 = arith == Arith::Bf16;
+            transform_inputs::<V, A, MO, R>(xs, it.grp, nimg, geom, bf16, pad, v);
+            // One panel of output channels at a time: its products for every ξ, then their
+            // output transform, so that M (and U's panel) stay small in L2 beside V.
+            for p0 in (0..on).step_by(NR) {
+                let pn = NR.min(on - p0);
+                for xi in 0..xi_count {
+                    let u_xi = &u[(it.grp * xi_count + xi) * per..][..per];
+                    let ops = Operands {
+                        arith: Arith::F32,
+                        a: AOperand::Rows {
+                            data: &v[xi * t * cgp..(xi + 1) * t * cgp],
+                            ld: cgp,
+                        },
+                        b: BOperand::Packed(&u_xi[(o0 + p0) / NR * cg * NR..]),
+                        m: t,
+                        n: pn,
+                        k: cg,
+                    };
+                    let mx = &mut m[xi * t * pn..(xi + 1) * t * pn];
+                    packed::gemm(kernel, ops, mx, pn, Epilogue::default(), 1);
+                }
+                let bias = &b[it.grp * og + o0 + p0..][..pn];
+                // This panel's planes, image-major.
+                let mut planes: Vec<&mut [f32]> = it
+                    .planes
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| (p0..p0 + pn).contains(&(i % on)))
+                    .map(|(_, plane)| &mut **plane)
+                    .collect();
+                transform_outputs::<V, A, MO, R>(m, bias, nimg, pn, geom, relu, &mut planes);
+            }
+        });
+    });
+}
+
+/// V for images `x` (`nimg` of them) and group `grp`: `V[ξ]` is tiles x the group's
+/// input channels, row-major with the channels padded to a multiple of `L` (the
+/// micro-kernel reads it in place as A). The images are first copied channel-last,
+/// zero-padded, into `padded`, so that the transform runs on `L` channels at a time with
+/// every load and store a whole vector. Compiled for AVX-512 where the CPU has it.
+fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    x: &[f32],
+    grp: usize,
+    nimg: usize,
+    g: Geom,
+    bf16: bool,
+    padded: &mut [f32],
+    v: &mut [f32],
+) {
+    #[inline(always)]
+    fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+        x: &[f32],
+        grp: usize,
+        nimg: usize,
+        g: Geom,
+        bf16: bool,
+        padded: &mut [f32],
+        v: &mut [f32],
+    ) {
+        let cgp = g.cg.next_multiple_of(L);
+        let (ph, pw) = (g.ph, g.pw);
+        let t = nimg * g.tiles;
+        let padded = &mut padded[..nimg * ph * pw * cgp];
+        let hw = g.h * g.w;
+        for n in 0..nimg {
+            let pn = &mut padded[n * ph * pw * cgp..][..ph * pw * cgp];
+            // The border's zeros (the scratch holds whatever its last user left): whole
+            // rows above and below the image, and the ends of the rows between.
+            let (top, bottom) = (g.pad, g.pad + g.h);
+            pn[..top * pw * cgp].fill(0.0);
+            pn[bottom * pw * cgp..].fill(0.0);
+            for py in top..bottom {
+                let row = &mut pn[py * pw * cgp..][..pw * cgp];
+                row[..g.pad * cgp].fill(0.0);
+                row[(g.pad + g.w) * cgp..].fill(0.0);
+            }
+            // The image channel-last, `L` channels at a time: each vector gathered from
+            // `L` planes, stored whole.
+            let image = &x[(n * g.c + grp * g.cg) * hw..][..g.cg * hw];
+            for c0 in (0..cgp).step_by(L) {
+                let lanes = L.min(g.cg.saturating_sub(c0));
+                for iy in 0..g.h {
+                    for ix in 0..g.w {
+                        let mut vals = [0.0f32; L];
+                        for (l, val) in vals.iter_mut().enumerate().take(lanes) {
+                            let v = image[(c0 + l) * hw + iy * g.w + ix];
+                            *val = if bf16 {
+                                f32::from_bits(packed::bf16_bits(v) << 16)
+                            } else {
+                                v
+                            };
+                        }
+                        let at = ((iy + g.pad) * pw + ix + g.pad) * cgp + c0;
+                        pn[at..at + L].copy_from_slice(&vals);
+                    }
+                }
+            }
+        }
+        for tt in 0..t {
+            let (n, tile) = (tt / g.tiles, tt % g.tiles);
+            let (ty, tx) = (tile / g.tw, tile % g.tw);
+            let base = n * ph * pw * cgp + (ty * MO * pw + tx * MO) * cgp;
+            for c0 in (0..cgp).step_by(L) {
+                let padded = &*padded;
+                let d = |r: usize, cc: usize| -> &Lanes {
+                    let at = base + (r * pw + cc) * cgp + c0;
+                    padded[at..at + L].try_into().expect("L values")
+                };
+                input_tile::<V, A, MO, R>(d, |i, j, lanes| {
+                    v[((i * A + j) * t + tt) * cgp + c0..][..L].copy_from_slice(lanes);
+                });
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+        fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+            x: &[f32],
+            grp: usize,
+            nimg: usize,
+            g: Geom,
+            bf16: bool,
+            padded: &mut [f32],
+            v: &mut [f32],
+        ) {
+            body::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v)
+        }
+        if super::simd::avx512() {
+            // SAFETY: `simd::avx512()` checked that this CPU has every feature the
+            // function enables; its body is safe Rust.
+            return unsafe { avx512::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v) };
+        }
+    }
+    body::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v)
+}
+
+/// `Aᵀ M A` for an item's tiles and `on` output channels (`m`: `M[ξ]`, tiles x `on`
+/// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image).
+/// Compiled for AVX-512 where the CPU has it.
+fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    m: &[f32],
+    bias: &[f32],
+    nimg: usize,
+    on: usize,
+    g: Geom,
+    relu: bool,
+    planes: &mut [&mut [f32]],
+) {
+    #[inline(always)]
+    fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+        m: &[f32],
+        bias: &[f32],
+        nimg: usize,
+        on: usize,
+        g: Geom,
+        relu: bool,
+        planes: &mut [&mut [f32]],
+    ) {
+        let t = nimg * g.tiles;
+        // A block of fewer than `L` output channels, padded.
+        let mut short = [[[0.0f32; L]; A]; A];
+        for tt in 0..t {
+            let (n, tile) = (tt / g.tiles, tt % g.tiles);
+            let (ty, tx) = (tile / g.tw, tile % g.tw);
+            let (rows, cols) = (MO.min(g.p - ty * MO), MO.min(g.q - tx * MO));
+            for o in (0..on).step_by(L) {
+                let len = L.min(on - o);
+                let at = |i: usize, j: usize| ((i * A + j) * t + tt) * on + o;
+                let out = if len == L {
+                    output_tile::<V, A, MO, R>(|i, j| {
+                        m[at(i, j)..at(i, j) + L].try_into().expect("L values")
+                    })
+                } else {
+                    for (i, row) in short.iter_mut().enumerate() {
+                        for (j, lanes) in row.iter_mut().enumerate() {
+                            lanes[..len].copy_from_slice(&m[at(i, j)..at(i, j) + len]);
+                        }
+                    }
+                    output_tile::<V, A, MO, R>(|i, j| &short[i][j])
+                };
+                for lane in 0..len {
+                    let plane = &mut planes[n * on + o + lane];
+                    let bv = bias[o + lane];
+                    for (r, orow) in out.iter().enumerate().take(rows) {
+                        let prow = &mut plane[(ty * MO + r) * g.q + tx * MO..][..cols];
+                        for (dst, lanes) in prow.iter_mut().zip(orow) {
+                            let s = lanes[lane] + bv;
+                            *dst = if relu { s.max(0.0) } else { s };
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+        fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+            m: &[f32],
+            bias: &[f32],
+            nimg: usize,
+            on: usize,
+            g: Geom,
+            relu: bool,
+            planes: &mut [&mut [f32]],
+        ) {
+            body::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes)
+        }
+        if super::simd::avx512() {
+            // SAFETY: `simd::avx512()` checked that this CPU has every feature the
+            // function enables; its body is safe Rust.
+            return unsafe { avx512::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes) };
+        }
+    }
+    body::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written-out transforms compute the matrices they were generated from.
+    fn written_out_as_the_matrices<
+        V: Variant<A, MO, R>,
+        const A: usize,
+        const MO: usize,
+        const R: usize,
+    >() {
+        let x: Vec<Lanes> = (0..A)
+            .map(|k| std::array::from_fn(|j| ((k * 7 + j * 3) % 11) as f32 - 5.0))
+            .collect();
+        let (bt, at) = (V::bt(|k| &x[k]), V::at(|k| &x[k]));
+        for j in 0..L {
+            for (i, row) in V::BT.iter().enumerate() {
+                let want: f32 = (0..A).map(|k| row[k] * x[k][j]).sum();
+                assert_eq!(bt[i][j], want, "Bᵀ row {i}");
+            }
+            for (i, row) in V::AT.iter().enumerate() {
+                let want: f32 = (0..A).map(|k| row[k] * x[k][j]).sum();
+                assert_eq!(at[i][j], want, "Aᵀ row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn transforms_are_their_matrices() {
+        written_out_as_the_matrices::<F4x4K3, 6, 4, 3>();
+        written_out_as_the_matrices::<F4x4K5, 8, 4, 5>();
+    }
 }

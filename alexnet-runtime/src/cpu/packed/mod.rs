@@ -1,14 +1,17 @@
 //! The CPU backend's own matrix multiply, on operands laid out for an AVX-512 micro-kernel:
-//! the convolutions' and fully connected layers' forward products, in f32 ([`Arith::F32`],
-//! where the CPU has AVX-512F) and in bf16 ([`Arith::Bf16`], `Precision::Bf16`).
+//! the convolutions' (direct and Winograd's) and fully connected layers' forward products,
+//! in f32 ([`Arith::F32`], where the CPU has AVX-512F; in `Precision::Bf16` the
+//! convolutions' operands rounded to bf16 and kept in f32 words) and in bf16
+//! ([`Arith::Bf16`]: the fully connected layers' weights in `Precision::Bf16`).
 //!
 //! The layouts (BLIS's, with B the vector side):
-//! - A (`m x k`: a convolution's filters, a fully connected layer's images), packed in
-//!   blocks of [`MR`] rows, `[block][k][MR]` (in bf16 the values rounded to bf16 and K
-//!   padded to even); or, in f32, read where it is, row-major ([`AOperand::Rows`]: a
-//!   convolution's filters, with no copy to keep fresh);
-//! - B (`k x n`: a convolution's im2col columns, a fully connected layer's transposed
-//!   weights) in panels of [`NR`] columns, `[panel][step][NR]` 32-bit words: in f32 a step
+//! - A (`m x k`: a convolution's filters, Winograd's transformed tiles, a fully connected
+//!   layer's images), packed in blocks of [`MR`] rows, `[block][k][MR]` (in bf16 the
+//!   values rounded to bf16 and K padded to even); or, in f32, read where it is,
+//!   row-major ([`AOperand::Rows`]: a convolution's filters, with no copy to keep fresh;
+//!   Winograd's tiles);
+//! - B (`k x n`: a convolution's im2col columns, Winograd's transformed filters, a fully
+//!   connected layer's transposed weights) in panels of [`NR`] columns, `[panel][step][NR]` 32-bit words: in f32 a step
 //!   is one row of B (the word is the value's bits), in bf16 two rows, both rounded to
 //!   bf16 in one word (the even row in the low half): half the bytes to pack and stream.
 //!   Packed whole once ([`pack_b`](layout::pack_b): a fully connected layer's weights), or gathered
@@ -51,7 +54,7 @@ mod tests;
 mod tile;
 
 use layout::gather_panel;
-pub use layout::{pack_a, pack_b_transposed, Gather};
+pub use layout::{pack_a, pack_b, pack_b_transposed, Gather};
 pub use narrow::{gemm_narrow, pack_narrow, NARROW};
 use tile::Tile;
 
@@ -386,7 +389,7 @@ thread_local! {
 
 /// Runs `f` with this thread's scratch buffer, `len` values long (its contents whatever the
 /// last user left: every value is written before it is read).
-fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
+pub(crate) fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) {
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
@@ -407,9 +410,18 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
     let (blocks, panels) = (m.div_ceil(MR), n.div_ceil(NR));
     // B's gathered steps (only for `BOperand::Gather`).
     let mut gathered = [0u32; KC * NR];
+    // Blocks of K keep a slice of B in L1 while every row block passes over it. With one
+    // row block (a fully connected layer at batches up to MR) there is nothing to keep,
+    // and a packed B is streamed a whole panel at a time instead: one contiguous run per
+    // panel for the prefetchers, where blocks of K made runs of 24 KiB a panel apart
+    // (fc6 in bf16 at batch 1 read its weights at 15 GB/s that way, f32's rows at 25).
+    let kc_max = match ops.b {
+        BOperand::Packed(_) if blocks == 1 => steps,
+        _ => KC,
+    };
     let mut s0 = 0;
     while s0 < steps {
-        let kc = KC.min(steps - s0);
+        let kc = kc_max.min(steps - s0);
         let (first, last) = (s0 == 0, s0 + kc == steps);
         for pn in 0..panels {
             let bp: &[u32] = match ops.b {

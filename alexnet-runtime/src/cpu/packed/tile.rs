@@ -229,6 +229,11 @@ unsafe fn avx512_f32<const R: usize>(t: &mut Tile<'_>) {
     store_c::<R>(t, acc);
 }
 
+/// Tiles of at most this many rows prefetch B ([`avx512_bf16`]).
+const STREAM_ROWS: usize = 4;
+/// Steps of B (192 bytes each) prefetched ahead.
+const PREFETCH: usize = 48;
+
 /// bf16: per step (two rows of K), three loads of B widened to six f32 vectors (the odd
 /// rows masked out of the high halves, the even ones shifted up), 2R broadcasts of A and
 /// 6R FMAs, the odd row first.
@@ -246,6 +251,15 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
         // SAFETY: `s * NR + 47 < steps * NR` and `s * a_step + MR + r < a.len()`
         // (`Tile::run`).
         let bp = b.add(s * 3);
+        if R <= STREAM_ROWS {
+            // A few rows of A against a long panel of B (a fully connected layer at a
+            // small batch): B streams from memory, and asking for it PREFETCH steps
+            // ahead keeps more of its lines in flight than the hardware's prefetchers do.
+            let ahead = bp.wrapping_add(3 * PREFETCH) as *const i8;
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+            }
+        }
         let w = [
             _mm512_loadu_si512(bp),
             _mm512_loadu_si512(bp.add(1)),

@@ -44,6 +44,17 @@ fn main() {
         .skip(1)
         .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
         .collect();
+    const ALGORITHMS: [&str; 5] = ["im2col", "packed", "winograd", "bf16", "bf16-direct"];
+    for n in &names {
+        let known = ALGORITHMS.contains(&n.as_str()) || LAYERS.iter().any(|(l, _)| l == n);
+        if !known {
+            eprintln!(
+                "cpu_conv: unknown name {n:?} (algorithms: {}; layers: conv1 to conv5)",
+                ALGORITHMS.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
     let picked = |kind: &str, name: &str| {
         let of_kind: Vec<&String> = names
             .iter()
@@ -70,7 +81,7 @@ fn main() {
             Cpu::new().with_conv_algorithm(ConvAlgorithm::Winograd),
         ),
         ("bf16", bf16(ConvAlgorithm::Auto).expect("bf16")),
-        // bf16 on the direct packed convolution (Auto takes Winograd on 3x3 layers).
+        // bf16 on the direct packed convolution (Auto takes Winograd on 3x3 and 5x5 layers).
         ("bf16-direct", bf16(ConvAlgorithm::Packed).expect("bf16")),
     ];
     println!("ms per batch, min and median of {RUNS} runs, algorithms alternating");

@@ -10,7 +10,9 @@ mod common;
 use alexnet::ir::{Plan, Precision};
 use alexnet::nets::AlexNet;
 use alexnet::nets::SmallNet;
-use alexnet::runtime::{weights, Cpu, Inference, Model, Synthetic, Tensor, TrainConfig, Trainer};
+use alexnet::runtime::{
+    weights, ConvAlgorithm, Cpu, Inference, Model, Synthetic, Tensor, TrainConfig, Trainer,
+};
 use common::{random, rel_l2};
 use rand::SeedableRng;
 
@@ -31,7 +33,7 @@ fn naive(plan: &Plan, batch: usize, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64>
 
 #[test]
 fn layers_compute_the_definition_on_rounded_operands() {
-    let cases: [(&str, &[usize]); 9] = [
+    let cases: [(&str, &[usize]); 11] = [
         ("T<3, 19, 23> { conv(8, 11, stride = 4) relu }", &[1, 3]),
         (
             "T<4, 9, 11> { conv(6, 3, stride = 2, pad = 1, groups = 2) }",
@@ -41,6 +43,10 @@ fn layers_compute_the_definition_on_rounded_operands() {
         ("T<2, 5, 5> { conv(3, 1) }", &[2]),
         ("T<96, 20, 21> { conv(8, 5, pad = 2, groups = 2) }", &[1, 3]),
         ("T<10, 8, 9> split 2 { conv(36, 3, pad = 1) }", &[1, 2]),
+        // Winograd's shapes: 24 input channels (a partial block of 16), 32 outputs (not a
+        // panel of 48); 5x5 with ReLU.
+        ("T<24, 13, 13> { conv(32, 3, pad = 1) }", &[1, 3]),
+        ("T<20, 11, 11> { conv(40, 5, pad = 2) relu }", &[1, 2]),
         // Fully connected: odd inputs (a half-empty last pair), units not a multiple of a
         // panel, batches on both sides of a row block.
         ("T<3, 4, 5> { fc(37) }", &[1, 2, 9]),
@@ -48,13 +54,29 @@ fn layers_compute_the_definition_on_rounded_operands() {
         ("T<16, 2, 2> { fc(100) }", &[8]),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    for (src, batches) in cases {
+    // bf16's own choice (Winograd on 3x3 and 5x5 stride-1 layers where the CPU has
+    // AVX-512), and each of its convolutions forced, so that both run on any CPU.
+    let cpus = [
+        ("auto", bf16_cpu()),
+        (
+            "winograd",
+            bf16_cpu().with_conv_algorithm(ConvAlgorithm::Winograd),
+        ),
+        (
+            "direct",
+            bf16_cpu().with_conv_algorithm(ConvAlgorithm::Packed),
+        ),
+    ];
+    for ((src, batches), (algorithm, cpu)) in cases
+        .iter()
+        .flat_map(|case| cpus.iter().map(move |c| (case, c)))
+    {
         let plan = alexnet::plan_from_str(src).unwrap();
-        for &batch in batches {
+        for &batch in *batches {
             let params = common::random_params(&plan, &mut rng);
             let s = plan.input;
             let x = random(&mut rng, batch * s.len());
-            let model = Model::from_tensors(bf16_cpu(), plan.clone(), params.clone()).unwrap();
+            let model = Model::from_tensors(cpu.clone(), plan.clone(), params.clone()).unwrap();
             let input = Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap();
             let y = model.forward(&input).unwrap().into_data();
             let (w, b) = (&params[0].data, &params[1].data);
@@ -67,15 +89,15 @@ fn layers_compute_the_definition_on_rounded_operands() {
             let (rounded, unrounded) = (rel_l2(&y, &want), rel_l2(&y, &exact));
             assert!(
                 rounded < 1e-5,
-                "{src} batch {batch}: {rounded:.2e} against the rounded operands"
+                "{src} ({algorithm}) batch {batch}: {rounded:.2e} against the rounded operands"
             );
             assert!(
                 unrounded < 2e-2,
-                "{src} batch {batch}: {unrounded:.2e} against f32"
+                "{src} ({algorithm}) batch {batch}: {unrounded:.2e} against f32"
             );
             assert!(
                 unrounded > 1e-5,
-                "{src} batch {batch}: {unrounded:.2e}: were the operands rounded at all?"
+                "{src} ({algorithm}) batch {batch}: {unrounded:.2e}: were the operands rounded at all?"
             );
         }
     }

@@ -45,10 +45,16 @@ fn naive(plan: &Plan, batch: usize, x: &[f32], params: &[NamedTensor]) -> Vec<f3
         [w, b] => (f64s(&w.data), f64s(&b.data)),
         _ => (Vec::new(), Vec::new()),
     };
-    common::naive::forward(&plan.layers[0], batch, &f64s(x), &w, &b)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect()
+    let mut y = common::naive::forward(&plan.layers[0], batch, &f64s(x), &w, &b);
+    // A ReLU may follow the layer (the backend fuses it); nothing else.
+    for layer in &plan.layers[1..] {
+        assert!(
+            matches!(layer.op, alexnet::ir::Op::Relu(_)),
+            "naive: only a ReLU may follow the first layer"
+        );
+        y.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    y.into_iter().map(|v| v as f32).collect()
 }
 
 fn check(src: &str, batches: &[usize]) {
@@ -136,7 +142,7 @@ fn winograd_gives_the_same_bits_on_any_split() {
             "T<8, 30, 30> { conv(20, 3, pad = 1, groups = 2) }",
             // 6 tiles an image: 5 images an item, tiles not a whole block of 8.
             "T<12, 9, 11> { conv(100, 3) }",
-            // F(4x4, 5x5), 49 tiles an image, 2 groups of 2 panels.
+            // F(4x4, 5x5), 49 tiles an image, 2 groups of 3 panels (48, 48 and 4).
             "T<12, 27, 27> { conv(200, 5, pad = 2, groups = 2) }",
         ],
     );
@@ -255,6 +261,15 @@ fn winograd_3x3_and_5x5_stride_1() {
         "T<4, 6, 7> { conv(6, 5, pad = 3, groups = 2) }",
         &[2],
     );
+    // 24 input channels (a partial block of 16), 32 outputs (not a panel of 48), ReLU.
+    check_on(
+        wino(),
+        "T<24, 13, 13> { conv(32, 3, pad = 1) relu }",
+        &[1, 4],
+    );
+    check_on(wino(), "T<20, 11, 11> { conv(40, 5, pad = 2) relu }", &[3]);
+    // Small images: many images an item, split so that every thread has work.
+    check_on(wino(), "T<3, 4, 4> { conv(8, 3, pad = 1) }", &[1, 9]);
 }
 
 /// Winograd's error on the shapes of AlexNet's conv2-conv5 (uniform random weights and

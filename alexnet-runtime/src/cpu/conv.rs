@@ -80,16 +80,11 @@ fn image(
     }
 }
 
-/// `v` rounded to bf16 (to nearest, ties to even), as an f32.
-fn round_bf16(v: f32) -> f32 {
-    f32::from_bits(packed::bf16_bits(v) << 16)
-}
-
 /// [`forward`] on the packed micro-kernel (`packed/`): each image's im2col columns
 /// gathered a block at a time straight into the kernel's layout, the filters `w` read in
 /// place, bias and the fused ReLU in the kernel's epilogue. With `bf16`
 /// ([`Precision::Bf16`]) the inputs are rounded to bf16 as they are padded and `w` holds
-/// filters already rounded ([`round_bf16`]): bf16 operands in f32 words, so that the
+/// filters already rounded ([`packed::round_bf16`]): bf16 operands in f32 words, so that the
 /// products (exact in f32) run on the f32 kernel at its full rate, where the bf16 kernel's
 /// widening of packed pairs cost 5-7% on AlexNet's conv1 and conv2.
 #[allow(clippy::too_many_arguments)]
@@ -180,7 +175,7 @@ fn padded<'a>(x: &'a [f32], cg: usize, g: &ConvGeom, bf16: bool) -> std::borrow:
             let src = &x[(c * h + iy) * w..][..w];
             if bf16 {
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = round_bf16(v);
+                    *d = packed::round_bf16(v);
                 }
             } else {
                 dst.copy_from_slice(src);
@@ -501,7 +496,9 @@ impl CpuLayer for Conv {
         } else if s.precision == Precision::Bf16 {
             let key = format!("{}/bf16", s.layer.name);
             let wr = s.packs.get(&key, w, s.bf16_freshness(), |w| {
-                w.iter().map(|&v| round_bf16(v)).collect::<Vec<f32>>()
+                w.iter()
+                    .map(|&v| packed::round_bf16(v))
+                    .collect::<Vec<f32>>()
             });
             let relu = s.fused_relu;
             forward_packed(true, x, &wr.data, b, y, s.batch, g, relu, s.threads);

@@ -13,8 +13,9 @@
 //! training, `exchange.rs` the towers' exchanges, `augment.rs`
 //! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
 //! and `mat.rs` (the matrix multiply), `packed/` (the packed operands and AVX-512
-//! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3) on the packed
-//! micro-kernel: bf16's 3x3 layers, or any precision's by [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
+//! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3) and F(4x4, 5x5) on
+//! the packed micro-kernel: bf16's 3x3 and 5x5 stride-1 layers, or any precision's by
+//! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
 
 mod augment;
@@ -69,9 +70,10 @@ pub enum ConvAlgorithm {
     /// [`ConvAlgorithm::Packed`] where the CPU has AVX-512F (ahead of im2col on OpenBLAS,
     /// and well ahead of the `gemm` crate), [`ConvAlgorithm::Im2col`] otherwise; and in
     /// [`Precision::Bf16`] on such a CPU, Winograd on the 3x3 and 5x5 stride-1 layers
-    /// (AlexNet's conv2-conv5: 1.1-2.1x the direct convolution, docs/benchmarks.md), where
-    /// its f32 arithmetic's error is nothing beside bf16's rounding. f32 stays on the
-    /// direct convolution, the reference: Winograd's error is 8x its own.
+    /// (AlexNet's conv2-conv5 at batch 16: 1.3-2.4x the direct convolution; at batch 1
+    /// 1.8x on conv2, level on conv3-conv5; docs/benchmarks.md), where its f32 arithmetic's
+    /// error is nothing beside bf16's rounding. f32 stays on the direct convolution, the
+    /// reference: Winograd's error is about 8x its own.
     #[default]
     Auto,
     /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
@@ -184,14 +186,7 @@ impl Cpu {
     /// or chosen by [`ConvAlgorithm::Auto`] in bf16): their time then stands for fewer
     /// multiplies than the direct convolution's.
     pub fn uses_winograd(&self) -> bool {
-        match self.conv {
-            ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => {
-                self.precision == Precision::Bf16
-                    && packed::Kernel::best() == packed::Kernel::Avx512
-            }
-            ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
-        }
+        winograd::taken(self.conv, self.precision)
     }
 
     /// This backend with convolutions computed by `conv`.
@@ -410,7 +405,11 @@ impl Memory for Cpu {
                 packed::Kernel::best().name(),
                 self.gemm()
             ),
-            _ => format!("cpu ({} threads, {})", self.threads(), self.gemm()),
+            _ => format!(
+                "cpu ({} threads, {}{winograd})",
+                self.threads(),
+                self.gemm()
+            ),
         }
     }
 

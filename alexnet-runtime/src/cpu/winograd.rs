@@ -11,12 +11,13 @@
 //! channels x output channels, on the packed micro-kernel ([`packed::gemm`]) with the
 //! tiles as its rows and the output channels as its panels.
 //!
-//! The work is cut into items (a group, a few whole images, a range of output channels)
-//! that run in parallel; each transforms its images' tiles into V, runs the products into
-//! M, and transforms M into its outputs, adding the bias and the ReLU: V and M stay in the
-//! core's L2 (1-2 MB each on AlexNet's layers), where the first version of this file sent
-//! them through memory between three passes over the whole batch and lost to the direct
-//! convolution. The filters' transform `U`, packed in panels of output channels, is
+//! The work is cut into items (a group; a few whole images, or a band of tile rows of a
+//! large one; a range of output channels) that run in parallel. Each transforms its tiles
+//! into V, then, one panel of 48 output channels at a time, runs the products into M and
+//! transforms M into its outputs, adding the bias and the ReLU: V (0.6-1.2 MB on AlexNet's
+//! layers) and M (0.2-0.6 MB) stay in the core's 2 MB L2, where the first version of this
+//! file sent them through memory between three passes over the whole batch and lost to
+//! the direct convolution. The filters' transform `U`, packed in panels of output channels, is
 //! cached between calls (see [`PackCache`](super::pack::PackCache)).
 //!
 //! The matrices, and the transforms written out with their zeros left out, come from
@@ -36,9 +37,14 @@ use alexnet_core::kernels::gemm::Gemm as ConvGeom;
 const L: usize = 16;
 type Lanes = [f32; L];
 
-/// Tiles an item takes at most (whole images, at least one): with AlexNet's 16 tiles per
-/// 13x13 image, two images, so that an item's V and M stay in L2.
+/// Tiles of whole images an item takes at most (at least one image): with AlexNet's 16
+/// tiles per 13x13 image, two images, so that an item's V and M stay in L2.
 const ITEM_TILES: usize = 32;
+/// An image with more tiles than this is cut into bands of tile rows of at most this many
+/// tiles (at least one row), one band an item, so that an item's buffers stay bounded
+/// whatever the image size. AlexNet's conv2 (49 tiles) stays whole (cut into two bands
+/// it measured the same within the machine's noise, and each band reads all of U).
+const BAND_TILES: usize = 64;
 
 /// One Winograd algorithm F(`MO` x `MO`, `R` x `R`) on `A` x `A` tiles (`A = MO + R - 1`).
 pub trait Variant<const A: usize, const MO: usize, const R: usize> {
@@ -188,21 +194,24 @@ impl Variant<8, 4, 5> for F4x4K5 {
     }
 }
 
-/// Which algorithm a layer runs under `choice` and `precision`: none unless it is stride 1
-/// with 3x3 or 5x5 filters; for those, Winograd when asked for
-/// ([`ConvAlgorithm::Winograd`]), and under [`ConvAlgorithm::Auto`] in bf16 on a CPU with
-/// the AVX-512 micro-kernel, where its error (that of f32 arithmetic, 3e-6 to 6e-6 relative
-/// L2 on AlexNet's layers) is nothing beside bf16's rounding (2e-3 to 1e-2 per layer).
-/// Exact f32 stays on the direct convolution: Winograd's error is 8-15x the direct
-/// product's.
+/// Whether a layer runs as Winograd under `choice` and `precision`: only a stride-1 layer
+/// with 3x3 or 5x5 filters, and then when [`taken`] says so.
 pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision) -> bool {
-    (g.k == 3 || g.k == 5)
-        && g.stride == 1
-        && match choice {
-            ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => precision == Precision::Bf16 && Kernel::best() == Kernel::Avx512,
-            ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
-        }
+    (g.k == 3 || g.k == 5) && g.stride == 1 && taken(choice, precision)
+}
+
+/// Whether `choice` in `precision` runs the layers Winograd can take as Winograd: when
+/// asked for ([`ConvAlgorithm::Winograd`]), and under [`ConvAlgorithm::Auto`] in bf16 on a
+/// CPU with the AVX-512 micro-kernel, where its error (that of f32 arithmetic, 2.7e-6 to
+/// 3.1e-6 relative L2 on AlexNet's layers) is nothing beside bf16's rounding (2e-3 to 1e-2
+/// per layer). Exact f32 stays on the direct convolution: Winograd's error is about 8x
+/// the direct product's.
+pub fn taken(choice: ConvAlgorithm, precision: Precision) -> bool {
+    match choice {
+        ConvAlgorithm::Winograd => true,
+        ConvAlgorithm::Auto => precision == Precision::Bf16 && Kernel::best() == Kernel::Avx512,
+        ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
+    }
 }
 
 /// The filters `w` (`[O][C/groups][k][k]`, `k` 3 or 5), rounded to bf16 first when
@@ -232,10 +241,9 @@ pub fn forward(
     arith: Arith,
     threads: usize,
 ) {
-    let args = (x, u, b, y, batch, g, relu, arith, threads);
     match g.k {
-        3 => run::<F4x4K3, 6, 4, 3>(args),
-        5 => run::<F4x4K5, 8, 4, 5>(args),
+        3 => run::<F4x4K3, 6, 4, 3>(x, u, b, y, batch, g, relu, arith, threads),
+        5 => run::<F4x4K5, 8, 4, 5>(x, u, b, y, batch, g, relu, arith, threads),
         k => panic!("winograd: {k}x{k} filters"),
     }
 }
@@ -249,44 +257,47 @@ fn filters<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize
     assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
     let (cg, og) = (g.input.c / g.groups, g.output.c / g.groups);
     let xi_count = A * A;
-    // U[group][ξ][o][c], where `o` and `c` count within the group; G f Gᵀ in f64.
-    let mut u = vec![0.0f32; g.groups * xi_count * og * cg];
-    u.par_chunks_mut(xi_count * og * cg)
+    // U[group][o][ξ][c], where `o` and `c` count within the group: G f Gᵀ in f64, the
+    // output channels in parallel (a layer may have one group).
+    let mut u = vec![0.0f32; g.groups * og * xi_count * cg];
+    u.par_chunks_mut(xi_count * cg)
         .enumerate()
-        .for_each(|(grp, ug)| {
-            for o in 0..og {
-                for c in 0..cg {
-                    let f = |ky: usize, kx: usize| {
-                        let v = w[(((grp * og + o) * cg + c) * R + ky) * R + kx];
-                        f64::from(match arith {
-                            Arith::F32 => v,
-                            Arith::Bf16 => f32::from_bits(packed::bf16_bits(v) << 16),
-                        })
-                    };
-                    // G f: A x R, then (G f) Gᵀ: A x A.
-                    let mut gf = [[0.0f64; R]; A];
-                    for (i, row) in gf.iter_mut().enumerate() {
-                        for (kx, val) in row.iter_mut().enumerate() {
-                            *val = (0..R).map(|ky| V::G[i][ky] * f(ky, kx)).sum();
-                        }
+        .for_each(|(go, uo)| {
+            for c in 0..cg {
+                let f = |ky: usize, kx: usize| {
+                    let v = w[((go * cg + c) * R + ky) * R + kx];
+                    f64::from(match arith {
+                        Arith::F32 => v,
+                        Arith::Bf16 => packed::round_bf16(v),
+                    })
+                };
+                // G f: A x R, then (G f) Gᵀ: A x A.
+                let mut gf = [[0.0f64; R]; A];
+                for (i, row) in gf.iter_mut().enumerate() {
+                    for (kx, val) in row.iter_mut().enumerate() {
+                        *val = (0..R).map(|ky| V::G[i][ky] * f(ky, kx)).sum();
                     }
-                    for (i, row) in gf.iter().enumerate() {
-                        for j in 0..A {
-                            let v: f64 = (0..R).map(|kx| row[kx] * V::G[j][kx]).sum();
-                            ug[((i * A + j) * og + o) * cg + c] = v as f32;
-                        }
+                }
+                for (i, row) in gf.iter().enumerate() {
+                    for j in 0..A {
+                        let v: f64 = (0..R).map(|kx| row[kx] * V::G[j][kx]).sum();
+                        uo[(i * A + j) * cg + c] = v as f32;
                     }
                 }
             }
         });
-    // Each U[group][ξ] (row-major og x cg) packed as B = U[ξ]ᵀ.
+    // Each group's U[ξ] packed as B (its input channels x its output channels): element
+    // (c, o) at `((group * og + o) * ξs + ξ) * cg + c`.
     let per = Arith::F32.b_len(cg, og);
     let rows: Vec<u32> = (0..cg as u32).collect();
-    let cols: Vec<u32> = (0..og).map(|j| (j * cg) as u32).collect();
     let mut out = vec![0u32; g.groups * xi_count * per];
     out.par_chunks_mut(per).enumerate().for_each(|(i, dst)| {
+        let (grp, xi) = (i / xi_count, i % xi_count);
+        let cols: Vec<u32> = (0..og)
+            .map(|o| (((grp * og + o) * xi_count + xi) * cg) as u32)
+            .collect();
         let b = Gather {
-            src: &u[i * og * cg..(i + 1) * og * cg],
+            src: &u,
             rows: &rows,
             cols: &cols,
         };
@@ -353,39 +364,51 @@ struct Geom {
     /// Output height and width.
     p: usize,
     q: usize,
-    /// Tiles per row of an image, and per image.
+    /// Tiles per row of an image.
     tw: usize,
-    tiles: usize,
-    /// The zero-padded input a tile reads from: `MO * tiles down + R - 1` x
-    /// `MO * tw + R - 1`.
-    ph: usize,
+    /// Width of the zero-padded input the tiles read: `MO * tw + R - 1`.
     pw: usize,
 }
 
-/// A unit of parallel work: group `grp`, images `chunk * imgs..` and output channels
-/// `oc * per_oc..` of the group, with the output planes it writes (image-major).
+/// The tiles an item covers: `nimg` whole images, or the tile rows `ty0..ty0 + nty` of
+/// one image (an image with more than [`BAND_TILES`] tiles is cut into bands of rows).
+#[derive(Clone, Copy)]
+struct Part {
+    nimg: usize,
+    ty0: usize,
+    nty: usize,
+}
+
+impl Part {
+    fn tiles(&self, g: &Geom) -> usize {
+        self.nimg * self.nty * g.tw
+    }
+}
+
+/// A unit of parallel work: group `grp`, its part of the images (`chunk` of `imgs`
+/// images, `band` of rows) and output channels `oc * per_oc..` of the group, with the
+/// output planes it writes (image-major; the band's rows of each).
 struct Item<'y> {
     grp: usize,
     chunk: usize,
+    band: usize,
     oc: usize,
     planes: Vec<&'y mut [f32]>,
 }
 
-type Args<'a> = (
-    &'a [f32],
-    &'a [u32],
-    &'a [f32],
-    &'a mut [f32],
-    usize,
-    ConvGeom,
-    bool,
-    Arith,
-    usize,
-);
-
 /// [`forward`] for one algorithm.
-fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(args: Args<'_>) {
-    let (x, u, b, y, batch, g, relu, arith, threads) = args;
+#[allow(clippy::too_many_arguments)]
+fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+    x: &[f32],
+    u: &[u32],
+    b: &[f32],
+    y: &mut [f32],
+    batch: usize,
+    g: ConvGeom,
+    relu: bool,
+    arith: Arith,
+    threads: usize,
+) {
     assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
     if batch == 0 {
         return;
@@ -403,8 +426,6 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(ar
         p,
         q,
         tw,
-        tiles: th * tw,
-        ph: MO * th + R - 1,
         pw: MO * tw + R - 1,
     };
     let image = c * geom.h * geom.w;
@@ -419,21 +440,28 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(ar
         "winograd: U too short"
     );
 
-    // Items: whole images (up to ITEM_TILES tiles), then output channels split in whole
-    // panels when there are fewer items than threads (at batch 1).
-    let imgs = (ITEM_TILES / geom.tiles).clamp(1, batch);
-    let chunks = batch.div_ceil(imgs);
+    // Items: whole images up to ITEM_TILES tiles, or bands of a large image's tile rows;
+    // no more images an item than leave every thread one; then output channels split in
+    // whole panels while there are fewer items than threads (at batch 1).
+    let (imgs, band_rows) = if th * tw <= BAND_TILES {
+        ((ITEM_TILES / (th * tw)).clamp(1, batch), th)
+    } else {
+        (1, (BAND_TILES / tw).clamp(1, th))
+    };
+    let imgs = imgs.min(batch.div_ceil(threads.max(1)));
+    let (chunks, bands) = (batch.div_ceil(imgs), th.div_ceil(band_rows));
     let panels = og.div_ceil(NR);
     let mut split = 1;
-    while g.groups * chunks * split < threads && split < panels {
+    while g.groups * chunks * bands * split < threads && split < panels {
         split += 1;
     }
     let per_oc = panels.div_ceil(split) * NR;
     let ochunks = og.div_ceil(per_oc);
-    let mut items: Vec<Item<'_>> = (0..g.groups * chunks * ochunks)
+    let mut items: Vec<Item<'_>> = (0..g.groups * chunks * bands * ochunks)
         .map(|i| Item {
-            grp: i / (chunks * ochunks),
-            chunk: i / ochunks % chunks,
+            grp: i / (chunks * bands * ochunks),
+            chunk: i / (bands * ochunks) % chunks,
+            band: i / ochunks % bands,
             oc: i % ochunks,
             planes: Vec::new(),
         })
@@ -441,28 +469,39 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(ar
     for (i, plane) in y[..batch * o * p * q].chunks_mut(p * q).enumerate() {
         let (n, oa) = (i / o, i % o);
         let (grp, ol) = (oa / og, oa % og);
-        items[(grp * chunks + n / imgs) * ochunks + ol / per_oc]
-            .planes
-            .push(plane);
+        let mut rest = plane;
+        for band in 0..bands {
+            let rows = (band_rows * MO).min(p - band * band_rows * MO);
+            let (head, tail) = rest.split_at_mut(rows * q);
+            items[((grp * chunks + n / imgs) * bands + band) * ochunks + ol / per_oc]
+                .planes
+                .push(head);
+            rest = tail;
+        }
     }
 
     let kernel = Kernel::best();
     items.into_par_iter().with_min_len(1).for_each(|mut it| {
         let n0 = it.chunk * imgs;
-        let nimg = imgs.min(batch - n0);
+        let ty0 = it.band * band_rows;
+        let part = Part {
+            nimg: imgs.min(batch - n0),
+            ty0,
+            nty: band_rows.min(th - ty0),
+        };
         let o0 = it.oc * per_oc;
         let on = per_oc.min(og - o0);
-        let t = nimg * geom.tiles;
+        let t = part.tiles(&geom);
         let cgp = cg.next_multiple_of(L);
-        let padded = nimg * geom.ph * geom.pw * cgp;
+        let padded = part.nimg * (MO * part.nty + R - 1) * geom.pw * cgp;
         packed::with_scratch(padded + xi_count * t * (cgp + NR), |s| {
             let (pad, rest) = s.split_at_mut(padded);
             let (v, m) = rest.split_at_mut(xi_count * t * cgp);
-            let xs = &x[n0 * image..(n0 + nimg) * image];
+            let xs = &x[n0 * image..(n0 + part.nimg) * image];
             let bf16 = arith == Arith::Bf16;
-            transform_inputs::<V, A, MO, R>(xs, it.grp, nimg, geom, bf16, pad, v);
+            transform_inputs::<V, A, MO, R>(xs, it.grp, part, geom, bf16, pad, v);
             // One panel of output channels at a time: its products for every ξ, then their
-            // output transform, so that M (and U's panel) stay small in L2 beside V.
+            // output transform, so that M stays small in L2 beside V.
             for p0 in (0..on).step_by(NR) {
                 let pn = NR.min(on - p0);
                 for xi in 0..xi_count {
@@ -490,21 +529,22 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(ar
                     .filter(|(i, _)| (p0..p0 + pn).contains(&(i % on)))
                     .map(|(_, plane)| &mut **plane)
                     .collect();
-                transform_outputs::<V, A, MO, R>(m, bias, nimg, pn, geom, relu, &mut planes);
+                transform_outputs::<V, A, MO, R>(m, bias, part, pn, geom, relu, &mut planes);
             }
         });
     });
 }
 
-/// V for images `x` (`nimg` of them) and group `grp`: `V[ξ]` is tiles x the group's
+/// V for the item's part of images `x` and group `grp`: `V[ξ]` is tiles x the group's
 /// input channels, row-major with the channels padded to a multiple of `L` (the
-/// micro-kernel reads it in place as A). The images are first copied channel-last,
-/// zero-padded, into `padded`, so that the transform runs on `L` channels at a time with
-/// every load and store a whole vector. Compiled for AVX-512 where the CPU has it.
+/// micro-kernel reads it in place as A). The part's rows of the images are first copied
+/// channel-last, zero-padded, into `padded`, so that the transform runs on `L` channels
+/// at a time with every load and store a whole vector. Compiled for AVX-512 where the
+/// CPU has it.
 fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
     x: &[f32],
     grp: usize,
-    nimg: usize,
+    part: Part,
     g: Geom,
     bf16: bool,
     padded: &mut [f32],
@@ -514,53 +554,53 @@ fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const
     fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
         x: &[f32],
         grp: usize,
-        nimg: usize,
+        part: Part,
         g: Geom,
         bf16: bool,
         padded: &mut [f32],
         v: &mut [f32],
     ) {
         let cgp = g.cg.next_multiple_of(L);
-        let (ph, pw) = (g.ph, g.pw);
-        let t = nimg * g.tiles;
-        let padded = &mut padded[..nimg * ph * pw * cgp];
+        // The part's rows of the zero-padded image: from padded row `MO * ty0`.
+        let (ph, pw) = (MO * part.nty + R - 1, g.pw);
+        let t = part.tiles(&g);
+        let padded = &mut padded[..part.nimg * ph * pw * cgp];
         let hw = g.h * g.w;
-        for n in 0..nimg {
+        let (left, right) = (g.pad * cgp, (g.pad + g.w) * cgp);
+        for n in 0..part.nimg {
             let pn = &mut padded[n * ph * pw * cgp..][..ph * pw * cgp];
-            // The border's zeros (the scratch holds whatever its last user left): whole
-            // rows above and below the image, and the ends of the rows between.
-            let (top, bottom) = (g.pad, g.pad + g.h);
-            pn[..top * pw * cgp].fill(0.0);
-            pn[bottom * pw * cgp..].fill(0.0);
-            for py in top..bottom {
-                let row = &mut pn[py * pw * cgp..][..pw * cgp];
-                row[..g.pad * cgp].fill(0.0);
-                row[(g.pad + g.w) * cgp..].fill(0.0);
-            }
-            // The image channel-last, `L` channels at a time: each vector gathered from
-            // `L` planes, stored whole.
             let image = &x[(n * g.c + grp * g.cg) * hw..][..g.cg * hw];
-            for c0 in (0..cgp).step_by(L) {
-                let lanes = L.min(g.cg.saturating_sub(c0));
-                for iy in 0..g.h {
+            for (py, row) in pn.chunks_exact_mut(pw * cgp).enumerate() {
+                // Zeros where the row lies outside the image, and at its ends (the scratch
+                // holds whatever its last user left).
+                let iy = (MO * part.ty0 + py)
+                    .checked_sub(g.pad)
+                    .filter(|&iy| iy < g.h);
+                let Some(iy) = iy else {
+                    row.fill(0.0);
+                    continue;
+                };
+                row[..left].fill(0.0);
+                row[right..].fill(0.0);
+                // The image row channel-last, `L` channels at a time: each vector gathered
+                // from `L` planes, stored whole.
+                for c0 in (0..cgp).step_by(L) {
+                    let lanes = L.min(g.cg.saturating_sub(c0));
                     for ix in 0..g.w {
                         let mut vals = [0.0f32; L];
                         for (l, val) in vals.iter_mut().enumerate().take(lanes) {
                             let v = image[(c0 + l) * hw + iy * g.w + ix];
-                            *val = if bf16 {
-                                f32::from_bits(packed::bf16_bits(v) << 16)
-                            } else {
-                                v
-                            };
+                            *val = if bf16 { packed::round_bf16(v) } else { v };
                         }
-                        let at = ((iy + g.pad) * pw + ix + g.pad) * cgp + c0;
-                        pn[at..at + L].copy_from_slice(&vals);
+                        let at = (g.pad + ix) * cgp + c0;
+                        row[at..at + L].copy_from_slice(&vals);
                     }
                 }
             }
         }
+        let per_image = part.nty * g.tw;
         for tt in 0..t {
-            let (n, tile) = (tt / g.tiles, tt % g.tiles);
+            let (n, tile) = (tt / per_image, tt % per_image);
             let (ty, tx) = (tile / g.tw, tile % g.tw);
             let base = n * ph * pw * cgp + (ty * MO * pw + tx * MO) * cgp;
             for c0 in (0..cgp).step_by(L) {
@@ -581,30 +621,30 @@ fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const
         fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
             x: &[f32],
             grp: usize,
-            nimg: usize,
+            part: Part,
             g: Geom,
             bf16: bool,
             padded: &mut [f32],
             v: &mut [f32],
         ) {
-            body::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v)
+            body::<V, A, MO, R>(x, grp, part, g, bf16, padded, v)
         }
         if super::simd::avx512() {
             // SAFETY: `simd::avx512()` checked that this CPU has every feature the
             // function enables; its body is safe Rust.
-            return unsafe { avx512::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v) };
+            return unsafe { avx512::<V, A, MO, R>(x, grp, part, g, bf16, padded, v) };
         }
     }
-    body::<V, A, MO, R>(x, grp, nimg, g, bf16, padded, v)
+    body::<V, A, MO, R>(x, grp, part, g, bf16, padded, v)
 }
 
 /// `Aᵀ M A` for an item's tiles and `on` output channels (`m`: `M[ξ]`, tiles x `on`
-/// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image).
-/// Compiled for AVX-512 where the CPU has it.
+/// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image,
+/// each the part's rows of an output plane). Compiled for AVX-512 where the CPU has it.
 fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
     m: &[f32],
     bias: &[f32],
-    nimg: usize,
+    part: Part,
     on: usize,
     g: Geom,
     relu: bool,
@@ -614,19 +654,22 @@ fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, cons
     fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
         m: &[f32],
         bias: &[f32],
-        nimg: usize,
+        part: Part,
         on: usize,
         g: Geom,
         relu: bool,
         planes: &mut [&mut [f32]],
     ) {
-        let t = nimg * g.tiles;
+        let t = part.tiles(&g);
+        let per_image = part.nty * g.tw;
         // A block of fewer than `L` output channels, padded.
         let mut short = [[[0.0f32; L]; A]; A];
         for tt in 0..t {
-            let (n, tile) = (tt / g.tiles, tt % g.tiles);
+            let (n, tile) = (tt / per_image, tt % per_image);
             let (ty, tx) = (tile / g.tw, tile % g.tw);
-            let (rows, cols) = (MO.min(g.p - ty * MO), MO.min(g.q - tx * MO));
+            // Rows and columns of the tile inside the output (the last ones may be cut).
+            let rows = MO.min(g.p - (part.ty0 + ty) * MO);
+            let cols = MO.min(g.q - tx * MO);
             for o in (0..on).step_by(L) {
                 let len = L.min(on - o);
                 let at = |i: usize, j: usize| ((i * A + j) * t + tt) * on + o;
@@ -662,21 +705,21 @@ fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, cons
         fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
             m: &[f32],
             bias: &[f32],
-            nimg: usize,
+            part: Part,
             on: usize,
             g: Geom,
             relu: bool,
             planes: &mut [&mut [f32]],
         ) {
-            body::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes)
+            body::<V, A, MO, R>(m, bias, part, on, g, relu, planes)
         }
         if super::simd::avx512() {
             // SAFETY: `simd::avx512()` checked that this CPU has every feature the
             // function enables; its body is safe Rust.
-            return unsafe { avx512::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes) };
+            return unsafe { avx512::<V, A, MO, R>(m, bias, part, on, g, relu, planes) };
         }
     }
-    body::<V, A, MO, R>(m, bias, nimg, on, g, relu, planes)
+    body::<V, A, MO, R>(m, bias, part, on, g, relu, planes)
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //!   ([`BOperand::Gather`]: a convolution's im2col columns, which then never leave L1);
 //!
 //! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
-//! (24 KiB) in L1 while every row block of A passes over it; the micro-kernel holds an
+//! (24 KiB) in L1 while every row block of A passes over it (with a single row block and
+//! B packed, a fully connected layer at a small batch, each panel streams whole instead); the micro-kernel holds an
 //! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
 //! last block of K. Threads split the row blocks, or the panels when B is gathered and
 //! has at least one panel per thread (each thread gathers only the columns it computes).
@@ -103,7 +104,7 @@ impl Arith {
     fn operand(self, x: f32) -> f32 {
         match self {
             Arith::F32 => x,
-            Arith::Bf16 => f32::from_bits(bf16_bits(x) << 16),
+            Arith::Bf16 => round_bf16(x),
         }
     }
 }
@@ -117,6 +118,13 @@ pub fn bf16_bits(x: f32) -> u32 {
     let quiet = (b >> 16) | 0x40;
     let nan = 0u32.wrapping_sub(u32::from(b & 0x7fff_ffff > 0x7f80_0000));
     (quiet & nan) | (rounded & !nan)
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even), as an f32: a bf16 operand held in an
+/// f32 word.
+#[inline(always)]
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits(bf16_bits(x) << 16)
 }
 
 /// Which micro-kernel computes the products.
@@ -382,8 +390,9 @@ fn by_columns(
 }
 
 thread_local! {
-    /// [`by_columns`]'s scratch buffer, kept between calls: a fresh one (1.2 MB for
-    /// AlexNet's conv1) cost its zeroing and page faults every time.
+    /// [`by_columns`]'s scratch buffer, and Winograd's (`cpu/winograd.rs`, one item at a
+    /// time), kept between calls: a fresh one (1.2 MB for AlexNet's conv1) cost its
+    /// zeroing and page faults every time.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

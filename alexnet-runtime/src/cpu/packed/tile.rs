@@ -255,6 +255,10 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
             // A few rows of A against a long panel of B (a fully connected layer at a
             // small batch): B streams from memory, and asking for it PREFETCH steps
             // ahead keeps more of its lines in flight than the hardware's prefetchers do.
+            // SAFETY: a prefetch is a hint: it reads nothing architecturally and never
+            // faults, so an address past the end of B (the last PREFETCH steps ask for
+            // lines beyond it) is harmless; `wrapping_add` makes that address without
+            // `add`'s requirement to stay inside the allocation.
             let ahead = bp.wrapping_add(3 * PREFETCH) as *const i8;
             for line in 0..3 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));

@@ -491,8 +491,17 @@ impl CpuLayer for Conv {
             let u = s.packs.get(&key, w, fresh, |w| {
                 winograd::transform_filters(w, &g, arith)
             });
-            let relu = s.fused_relu;
-            winograd::forward(x, &u.data, b, y, s.batch, g, relu, arith, s.threads);
+            let call = winograd::Call {
+                x,
+                u: &u.data,
+                b,
+                batch: s.batch,
+                g,
+                relu: s.fused_relu,
+                arith,
+                threads: s.threads,
+            };
+            winograd::forward(call, y);
         } else if s.precision == Precision::Bf16 {
             let key = format!("{}/bf16", s.layer.name);
             let wr = s.packs.get(&key, w, s.bf16_freshness(), |w| {

@@ -52,4 +52,30 @@ macro_rules! wide {
     };
 }
 
+/// [`wide!`] for a generic function: `fn name<T: Bound; const N: usize, ...>(args)`, the
+/// type parameters (each with one bound) before the semicolon, the const ones after it.
+macro_rules! wide_generic {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$($tp:ident: $tb:path),* ; $(const $cp:ident: $ct:ty),*>
+        ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name<$($tp: $tb,)* $(const $cp: $ct),*>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<$($tp: $tb,)* $(const $cp: $ct),*>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+            fn avx512<$($tp: $tb,)* $(const $cp: $ct),*>($($arg: $ty),*) $(-> $ret)? {
+                body::<$($tp,)* $($cp),*>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::cpu::simd::avx512() {
+                // SAFETY: `simd::avx512()` checked that this CPU has every feature the
+                // function enables; its body is safe Rust.
+                return unsafe { avx512::<$($tp,)* $($cp),*>($($arg),*) };
+            }
+            body::<$($tp,)* $($cp),*>($($arg),*)
+        }
+    };
+}
+
 pub(crate) use wide;
+pub(crate) use wide_generic;

@@ -226,24 +226,25 @@ pub fn transform_filters(w: &[f32], g: &ConvGeom, arith: Arith) -> Vec<u32> {
     }
 }
 
-/// `y = relu?(conv(x, w) + b)` for `batch` images, with `u` from [`transform_filters`]
-/// (whose `arith` this call's must be: in bf16 the inputs are rounded to bf16 before they
-/// are transformed; every transform and product is f32).
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    x: &[f32],
-    u: &[u32],
-    b: &[f32],
-    y: &mut [f32],
-    batch: usize,
-    g: ConvGeom,
-    relu: bool,
-    arith: Arith,
-    threads: usize,
-) {
-    match g.k {
-        3 => run::<F4x4K3, 6, 4, 3>(x, u, b, y, batch, g, relu, arith, threads),
-        5 => run::<F4x4K5, 8, 4, 5>(x, u, b, y, batch, g, relu, arith, threads),
+/// One call of [`forward`]: `y = relu?(conv(x, w) + b)` for `batch` images, with `u` from
+/// [`transform_filters`] (whose `arith` this call's must be: in bf16 the inputs are
+/// rounded to bf16 before they are transformed; every transform and product is f32).
+pub struct Call<'a> {
+    pub x: &'a [f32],
+    pub u: &'a [u32],
+    pub b: &'a [f32],
+    pub batch: usize,
+    pub g: ConvGeom,
+    pub relu: bool,
+    pub arith: Arith,
+    pub threads: usize,
+}
+
+/// Computes `call` into `y`.
+pub fn forward(call: Call<'_>, y: &mut [f32]) {
+    match call.g.k {
+        3 => run::<F4x4K3, 6, 4, 3>(call, y),
+        5 => run::<F4x4K5, 8, 4, 5>(call, y),
         k => panic!("winograd: {k}x{k} filters"),
     }
 }
@@ -397,18 +398,20 @@ struct Item<'y> {
 }
 
 /// [`forward`] for one algorithm.
-#[allow(clippy::too_many_arguments)]
 fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
-    x: &[f32],
-    u: &[u32],
-    b: &[f32],
+    call: Call<'_>,
     y: &mut [f32],
-    batch: usize,
-    g: ConvGeom,
-    relu: bool,
-    arith: Arith,
-    threads: usize,
 ) {
+    let Call {
+        x,
+        u,
+        b,
+        batch,
+        g,
+        relu,
+        arith,
+        threads,
+    } = call;
     assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
     if batch == 0 {
         return;
@@ -535,23 +538,14 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
     });
 }
 
-/// V for the item's part of images `x` and group `grp`: `V[ξ]` is tiles x the group's
-/// input channels, row-major with the channels padded to a multiple of `L` (the
-/// micro-kernel reads it in place as A). The part's rows of the images are first copied
-/// channel-last, zero-padded, into `padded`, so that the transform runs on `L` channels
-/// at a time with every load and store a whole vector. Compiled for AVX-512 where the
-/// CPU has it.
-fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
-    x: &[f32],
-    grp: usize,
-    part: Part,
-    g: Geom,
-    bf16: bool,
-    padded: &mut [f32],
-    v: &mut [f32],
-) {
-    #[inline(always)]
-    fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+crate::cpu::simd::wide_generic! {
+    /// V for the item's part of images `x` and group `grp`: `V[ξ]` is tiles x the group's
+    /// input channels, row-major with the channels padded to a multiple of `L` (the
+    /// micro-kernel reads it in place as A). The part's rows of the images are first copied
+    /// channel-last, zero-padded, into `padded`, so that the transform runs on `L` channels
+    /// at a time with every load and store a whole vector. Compiled for AVX-512 where the
+    /// CPU has it.
+    fn transform_inputs<V: Variant<A, MO, R>; const A: usize, const MO: usize, const R: usize>(
         x: &[f32],
         grp: usize,
         part: Part,
@@ -615,43 +609,13 @@ fn transform_inputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
-        fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
-            x: &[f32],
-            grp: usize,
-            part: Part,
-            g: Geom,
-            bf16: bool,
-            padded: &mut [f32],
-            v: &mut [f32],
-        ) {
-            body::<V, A, MO, R>(x, grp, part, g, bf16, padded, v)
-        }
-        if super::simd::avx512() {
-            // SAFETY: `simd::avx512()` checked that this CPU has every feature the
-            // function enables; its body is safe Rust.
-            return unsafe { avx512::<V, A, MO, R>(x, grp, part, g, bf16, padded, v) };
-        }
-    }
-    body::<V, A, MO, R>(x, grp, part, g, bf16, padded, v)
 }
 
-/// `Aᵀ M A` for an item's tiles and `on` output channels (`m`: `M[ξ]`, tiles x `on`
-/// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image,
-/// each the part's rows of an output plane). Compiled for AVX-512 where the CPU has it.
-fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
-    m: &[f32],
-    bias: &[f32],
-    part: Part,
-    on: usize,
-    g: Geom,
-    relu: bool,
-    planes: &mut [&mut [f32]],
-) {
-    #[inline(always)]
-    fn body<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
+crate::cpu::simd::wide_generic! {
+    /// `Aᵀ M A` for an item's tiles and `on` output channels (`m`: `M[ξ]`, tiles x `on`
+    /// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image,
+    /// each the part's rows of an output plane). Compiled for AVX-512 where the CPU has it.
+    fn transform_outputs<V: Variant<A, MO, R>; const A: usize, const MO: usize, const R: usize>(
         m: &[f32],
         bias: &[f32],
         part: Part,
@@ -699,27 +663,6 @@ fn transform_outputs<V: Variant<A, MO, R>, const A: usize, const MO: usize, cons
             }
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
-        fn avx512<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
-            m: &[f32],
-            bias: &[f32],
-            part: Part,
-            on: usize,
-            g: Geom,
-            relu: bool,
-            planes: &mut [&mut [f32]],
-        ) {
-            body::<V, A, MO, R>(m, bias, part, on, g, relu, planes)
-        }
-        if super::simd::avx512() {
-            // SAFETY: `simd::avx512()` checked that this CPU has every feature the
-            // function enables; its body is safe Rust.
-            return unsafe { avx512::<V, A, MO, R>(m, bias, part, on, g, relu, planes) };
-        }
-    }
-    body::<V, A, MO, R>(m, bias, part, on, g, relu, planes)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! one binary runs anywhere) and for AVX-512, chosen at run time ([`avx512`]). The loops
 //! are plain Rust: [`wide!`] wraps a function whose body, and every helper it calls marked
 //! `#[inline(always)]`, is compiled a second time with AVX-512 enabled, so that it
-//! vectorises 16 lanes wide.
+//! vectorises 16 lanes wide; [`wide_generic!`] does the same for a generic function
+//! (Winograd's transforms, one copy per algorithm).
 
 use std::sync::OnceLock;
 

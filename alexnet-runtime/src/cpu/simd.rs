@@ -2,8 +2,8 @@
 //! one binary runs anywhere) and for AVX-512, chosen at run time ([`avx512`]). The loops
 //! are plain Rust: [`wide!`] wraps a function whose body, and every helper it calls marked
 //! `#[inline(always)]`, is compiled a second time with AVX-512 enabled, so that it
-//! vectorises 16 lanes wide; [`wide_generic!`] does the same for a generic function
-//! (Winograd's transforms, one copy per algorithm).
+//! vectorises 16 lanes wide (generic functions too: Winograd's transforms, one copy per
+//! algorithm).
 
 use std::sync::OnceLock;
 
@@ -31,31 +31,9 @@ pub fn avx512() -> bool {
 
 /// `fn name(args) -> R { body }`, compiled for the baseline and for AVX-512 and dispatched
 /// on [`avx512`]. The body's helpers must be `#[inline(always)]` to be compiled wide too.
+/// A generic function is written `fn name<T: Bound; const N: usize, ...>(args)`: the type
+/// parameters (each with one bound) before the semicolon, the const ones after it.
 macro_rules! wide {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
-            fn avx512($($arg: $ty),*) $(-> $ret)? {
-                body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if $crate::cpu::simd::avx512() {
-                // SAFETY: `simd::avx512()` checked that this CPU has every feature the
-                // function enables; its body is safe Rust.
-                return unsafe { avx512($($arg),*) };
-            }
-            body($($arg),*)
-        }
-    };
-}
-
-/// [`wide!`] for a generic function: `fn name<T: Bound; const N: usize, ...>(args)`, the
-/// type parameters (each with one bound) before the semicolon, the const ones after it.
-macro_rules! wide_generic {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$($tp:ident: $tb:path),* ; $(const $cp:ident: $ct:ty),*>
         ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -76,7 +54,11 @@ macro_rules! wide_generic {
             body::<$($tp,)* $($cp),*>($($arg),*)
         }
     };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $crate::cpu::simd::wide! {
+            $(#[$m])* $vis fn $name<;>($($arg: $ty),*) $(-> $ret)? $body
+        }
+    };
 }
 
 pub(crate) use wide;
-pub(crate) use wide_generic;

@@ -538,7 +538,7 @@ fn run<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize>(
     });
 }
 
-crate::cpu::simd::wide_generic! {
+crate::cpu::simd::wide! {
     /// V for the item's part of images `x` and group `grp`: `V[ξ]` is tiles x the group's
     /// input channels, row-major with the channels padded to a multiple of `L` (the
     /// micro-kernel reads it in place as A). The part's rows of the images are first copied
@@ -611,7 +611,7 @@ crate::cpu::simd::wide_generic! {
     }
 }
 
-crate::cpu::simd::wide_generic! {
+crate::cpu::simd::wide! {
     /// `Aᵀ M A` for an item's tiles and `on` output channels (`m`: `M[ξ]`, tiles x `on`
     /// row-major), plus the bias and the ReLU, into `planes` (image-major, `on` per image,
     /// each the part's rows of an output plane). Compiled for AVX-512 where the CPU has it.

@@ -117,36 +117,35 @@ crate::cpu::simd::wide! {
     }
 }
 
-/// [`pack_panel`], with AVX-512's gathers where `kernel` is the AVX-512 one (the same
-/// words).
-pub(super) fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+/// [`pack_panel`] in f32 (the only arithmetic B is gathered in: a convolution's im2col
+/// columns), with AVX-512's gathers where `kernel` is the AVX-512 one (the same words).
+pub(super) fn gather_panel(kernel: Kernel, b: Gather<'_>, pi: usize, op: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
         let steps = op.len() / NR;
-        assert!(op.len() == steps * NR && b.rows.len() <= steps * arith.step());
-        assert!(b.rows.len() > (steps - 1) * arith.step() && pi * NR < b.cols.len());
+        assert!(op.len() == steps * NR && b.rows.len() == steps);
+        assert!(steps > 0 && pi * NR < b.cols.len());
         let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
         Gather { cols, ..b }.check();
         // SAFETY: the CPU has AVX-512F; every element of the panel gathered lies inside
         // `b.src` and every column fits the gather's i32 index (`Gather::check` on the
         // panel's columns), `op` holds `steps` steps of `NR` words, and every row index
         // read is below `b.rows.len()` (asserted above).
-        unsafe { gather_panel_avx512(arith, b, pi, op) };
+        unsafe { gather_panel_avx512(b, pi, op) };
         return;
     }
     let _ = kernel;
-    pack_panel(arith, b, pi, op)
+    pack_panel(Arith::F32, b, pi, op)
 }
 
 /// [`gather_panel`]'s AVX-512 body: per step, three masked 16-lane gathers of a row of B
-/// (the columns outside the panel zero), rounded to bf16 in pairs of rows with
-/// [`bf16_bits`]'s arithmetic.
+/// (the columns outside the panel zero).
 ///
 /// # Safety
 /// AVX-512F; as asserted by [`gather_panel`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+unsafe fn gather_panel_avx512(b: Gather<'_>, pi: usize, op: &mut [u32]) {
     use std::arch::x86_64::*;
     let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
     let m = masks(cols.len());
@@ -166,39 +165,11 @@ unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [
     };
     let out = op.as_mut_ptr();
     for s in 0..op.len() / NR {
-        let words = match arith {
-            Arith::F32 => row(b.rows[s]),
-            Arith::Bf16 => {
-                let even = row(b.rows[2 * s]).map(|x| bf16_vec(x));
-                let odd = b
-                    .rows
-                    .get(2 * s + 1)
-                    .map_or([_mm512_setzero_si512(); 3], |&r| {
-                        row(r).map(|x| bf16_vec(x))
-                    });
-                [0, 1, 2].map(|v| _mm512_or_si512(even[v], _mm512_slli_epi32::<16>(odd[v])))
-            }
-        };
-        for (v, w) in words.into_iter().enumerate() {
+        for (v, w) in row(b.rows[s]).into_iter().enumerate() {
             // SAFETY: step `s` of `op` holds `NR` words.
             unsafe { _mm512_storeu_si512(out.add(s * NR + v * 16).cast(), w) };
         }
     }
-}
-
-/// [`bf16_bits`] of 16 values' bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn bf16_vec(b: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    let high = _mm512_srli_epi32::<16>(b);
-    let odd = _mm512_and_si512(high, _mm512_set1_epi32(1));
-    let sum = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd);
-    let rounded = _mm512_srli_epi32::<16>(sum);
-    let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-    let magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7fff_ffff));
-    let nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7f80_0000));
-    _mm512_mask_blend_epi32(nan, rounded, quiet)
 }
 
 /// Packs B = Wᵀ, where W is row-major `n x k` with leading dimension `ld` (a fully

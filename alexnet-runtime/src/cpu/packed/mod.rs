@@ -15,7 +15,7 @@
 //!   is one row of B (the word is the value's bits), in bf16 two rows, both rounded to
 //!   bf16 in one word (the even row in the low half): half the bytes to pack and stream.
 //!   Packed whole once ([`pack_b`](layout::pack_b): a fully connected layer's weights), or gathered
-//!   [`KC`] steps of one panel at a time just before the kernel reads them
+//!   [`KC`] steps of one panel at a time just before the kernel reads them, in f32 only
 //!   ([`BOperand::Gather`]: a convolution's im2col columns, which then never leave L1);
 //!
 //! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
@@ -232,7 +232,8 @@ pub enum BOperand<'a> {
     Packed(&'a [u32]),
     /// Gathered [`KC`] steps of one panel at a time into a buffer on the stack, just before
     /// the micro-kernel reads them (a convolution's im2col columns are made where they are
-    /// used, in L1, and never stored whole).
+    /// used, in L1, and never stored whole). f32 only: bf16 convolutions gather inputs
+    /// already rounded to bf16 in f32 words.
     Gather(Gather<'a>),
 }
 
@@ -272,6 +273,7 @@ impl Operands<'_> {
                 assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short")
             }
             BOperand::Gather(g) => {
+                assert!(arith == Arith::F32, "packed gemm: B gathered in {arith:?}");
                 assert!(
                     g.rows.len() == k && g.cols.len() == n,
                     "packed gemm: B's gather is not k x n"
@@ -436,10 +438,12 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
             let bp: &[u32] = match ops.b {
                 BOperand::Packed(b) => &b[(pn * steps + s0) * NR..][..kc * NR],
                 BOperand::Gather(g) => {
-                    let st = arith.step();
-                    let rows = &g.rows[s0 * st..((s0 + kc) * st).min(k)];
-                    let b = Gather { rows, ..g };
-                    gather_panel(kernel, arith, b, pn, &mut gathered[..kc * NR]);
+                    // f32 (`Operands::check`): a step is one row of B.
+                    let b = Gather {
+                        rows: &g.rows[s0..s0 + kc],
+                        ..g
+                    };
+                    gather_panel(kernel, b, pn, &mut gathered[..kc * NR]);
                     &gathered[..kc * NR]
                 }
             };

@@ -218,9 +218,11 @@ fn the_gather_packs_special_values_as_the_portable_packing_does() {
             .map(|i| {
                 let (s, j) = (i / NR, pi * NR + i % NR);
                 let at = |r: usize| {
-                    (r < k && j < n)
-                        .then(|| bf16_bits(src[r * n + j]))
-                        .unwrap_or(0)
+                    if r < k && j < n {
+                        bf16_bits(src[r * n + j])
+                    } else {
+                        0
+                    }
                 };
                 at(2 * s) | at(2 * s + 1) << 16
             })

@@ -1,10 +1,13 @@
-// gemm_mma_{bf16,f16,tf32}<Cfg>: a GEMM on tensor cores (mma.sync, mma.cuh) with f32
+// gemm_mma_{bf16,f16,tf32,bf16r}<Cfg>: a GEMM on tensor cores (mma.sync, mma.cuh) with f32
 // accumulators:
 //   c[m, n] = relu?(bias?[n] + sum_k a[m, k] * b[n, k])     m < batch * ROWS, n < N, k < K
 // a is M x K and b is N x K, both row-major with K contiguous (b is the K x N operand in
 // column-major order: the layout of a fully connected layer's weights [out][in]); c is
 // M x N row-major, f32. bf16 and f16 read 16-bit a and b; tf32 reads f32 and rounds each
-// value to tf32 (cvt.rna) before the product.
+// value to tf32 (cvt.rna) before the product; bf16r reads f32 and rounds each value to
+// bf16 (to nearest, ties to even: bf16_pair) as its threads stage it in shared memory, so
+// that its products are bf16 x bf16 on f32 storage (--precision bf16, whose activations
+// between stages stay f32).
 //
 // Cfg: the sizes ROWS (rows per image: M = batch * ROWS), N, K; the block tile BM x BN, K
 // in steps of BK; WARPS_M x WARPS_N warps, each a (BM / WARPS_M) x (BN / WARPS_N) tile of
@@ -14,9 +17,9 @@
 //
 // Constraint: each row of a and b must start 16 bytes after the previous one (K * element
 // size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
-// aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K,
-// except for a convolution (conv_mma_tf32), whose threads gather the tiles they cannot
-// copy.
+// aligned, so that every 16-byte chunk of a row is one cp.async (or, in bf16r, one or two
+// 16-byte loads); the spec refuses other K, except for a convolution (conv_mma_tf32,
+// conv_mma_bf16r), whose threads gather the tiles they cannot copy.
 // Rows past M or N and chunks past K are zero-filled, so M, N and K need not be multiples
 // of the tile.
 //
@@ -27,7 +30,7 @@
 // also 8x4 matrices of f32: the tf32 fragments have the same shape in 32-bit words).
 // Grid: x = ceil(M / BM), y = ceil(N / BN), z = SPLIT.
 //
-// Split-K (SPLIT > 1, gemm_mma_split_tf32): block z sums the K steps
+// Split-K (SPLIT > 1, gemm_mma_split_tf32 and _bf16r): block z sums the K steps
 // [z * KTS, (z + 1) * KTS) of the KT = ceil(K / BK) steps (KTS = ceil(KT / SPLIT)) and
 // writes its partial sums, without bias or ReLU, to slice z of a workspace of SPLIT x M x N;
 // gemm_mma_reduce then adds the slices in order z = 0, 1, ... (the same sum on every run:
@@ -47,6 +50,18 @@
 
 // Which mma a GEMM issues, with its K per instruction and bytes per element.
 enum MmaKind : int { MMA_TF32, MMA_F16, MMA_BF16 };
+
+// Two f32 values rounded to bf16 (to nearest, ties to even; a NaN stays a quiet NaN with
+// its sign) in one word, `lo` in the low half: the rounding of the CPU backend's bf16
+// (cpu::packed::bf16_bits), bit for bit, so that both products are the same.
+__device__ __forceinline__ unsigned bf16_bits(float f) {
+    const unsigned b = __float_as_uint(f);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (b >> 16) | 0x40u;
+    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+}
 
 template <int KIND>
 struct MmaOp;
@@ -88,7 +103,10 @@ struct MmaOp<MMA_TF32> {
     }
 };
 
-template <class Cfg, int KIND, bool CONV = false>
+// FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16) as the
+// threads stage them (no cp.async). A convolution (CONV) reads f32 input always: tf32, or
+// bf16 with FROM_F32.
+template <class Cfg, int KIND, bool CONV = false, bool FROM_F32 = false>
 __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                                               const void* __restrict__ b_ptr,
                                               const float* __restrict__ bias,
@@ -108,15 +126,18 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
     static_assert(SPLIT >= 1 && (SPLIT == 1 || (!BIAS && !RELU)),
                   "split-K partial sums take no epilogue (gemm_mma_reduce applies it)");
-    static_assert(!CONV || (KIND == MMA_TF32 && SPLIT == 1),
-                  "the convolution's im2col tile is f32 (tf32 products), not split");
+    static_assert(!FROM_F32 || KIND == MMA_BF16, "f32 operands are rounded to bf16 only");
+    static_assert(!CONV || ((KIND == MMA_TF32 || FROM_F32) && SPLIT == 1),
+                  "the convolution's im2col tile is f32 (tf32 or bf16r products), not split");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     // A convolution whose filters are not whole 16-byte rows (AlexNet's conv1: 363 values)
     // gathers its weights' tile too; every other operand row is copied by cp.async.
     constexpr bool B_ROWS_ALIGNED = K % CPE == 0;
-    static_assert(B_ROWS_ALIGNED || CONV,
+    static_assert(B_ROWS_ALIGNED || CONV || FROM_F32,
                   "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
+    static_assert(!FROM_F32 || CONV || K % 4 == 0,
+                  "f32 rows of a and b must be 16-byte aligned (K % 4)");
     static_assert(BK % KSTEP == 0 && KSTEP * E == 32, "a K step is two 16-byte chunks");
     static_assert(CH == 2 || CH == 4 || CH == 8, "2, 4 or 8 chunks a tile row");
     static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0,
@@ -139,9 +160,38 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     // Split-K: this block's slice of the workspace. A convolution: blockIdx.z is the group,
     // whose weights, bias and output channels follow the previous groups'.
     if (!CONV) c += (size_t)blockIdx.z * M * N;
-    if (CONV) b += (size_t)blockIdx.z * N * K * E;
+    if (CONV) b += (size_t)blockIdx.z * N * K * (FROM_F32 ? 4 : E);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
+
+    // Stores the CPE f32 values v (a chunk of a tile row) to dst as the kernel's operands:
+    // f32 bits (tf32 rounds them after ldmatrix) or bf16 pairs.
+    auto put = [](uint4* dst, const float (&v)[CPE]) {
+        if constexpr (E == 4) {
+            st_shared_16(dst, uint4{__float_as_uint(v[0]), __float_as_uint(v[1]),
+                                    __float_as_uint(v[2]), __float_as_uint(v[3])});
+        } else {
+            st_shared_16(dst, uint4{bf16_pair(v[0], v[1]), bf16_pair(v[2], v[3]),
+                                    bf16_pair(v[4], v[5]), bf16_pair(v[6], v[7])});
+        }
+    };
+    // Reads the CPE f32 values of row `row` (of K) from column k into v, zero past K or
+    // where !ok: whole 16-byte loads where every chunk of a row is whole.
+    auto read_row = [](const float* rowp, bool ok, int k, float (&v)[CPE]) {
+        if constexpr (K % CPE == 0) {
+#pragma unroll
+            for (int q = 0; q < CPE / 4; ++q) {
+                const uint4 u = ok ? reinterpret_cast<const uint4*>(rowp + k)[q] : uint4{0, 0, 0, 0};
+                v[4 * q] = __uint_as_float(u.x);
+                v[4 * q + 1] = __uint_as_float(u.y);
+                v[4 * q + 2] = __uint_as_float(u.z);
+                v[4 * q + 3] = __uint_as_float(u.w);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < CPE; ++j) v[j] = ok && k + j < K ? rowp[k + j] : 0.f;
+        }
+    };
 
     // Issues the copies of K step kt into stage s (zero where out of range).
     auto load = [&](int s, int kt) {
@@ -159,15 +209,29 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                 const float* x = static_cast<const float*>(a_ptr);
                 const int img = m / ROWS, pq = m % ROWS, p = pq / Q, q = pq % Q;
                 const float* xg = x + (size_t)(img * C + blockIdx.z * CG) * H * W;
-                unsigned v[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int kk = k + j, ch_ = kk / (R * R), rs = kk % (R * R);
+                auto at = [&](int kk) {
+                    const int ch_ = kk / (R * R), rs = kk % (R * R);
                     const int iy = p * S + rs / R - PAD, ix = q * S + rs % R - PAD;
                     const bool in = m < M && kk < K && iy >= 0 && iy < H && ix >= 0 && ix < W;
-                    v[j] = in ? __float_as_uint(xg[((size_t)ch_ * H + iy) * W + ix]) : 0u;
+                    return in ? xg[((size_t)ch_ * H + iy) * W + ix] : 0.f;
+                };
+                // Four words: one f32 each, or a bf16 pair each (packed as they come, so
+                // that eight values are never live at once).
+                unsigned wd[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    if constexpr (E == 4) {
+                        wd[j] = __float_as_uint(at(k + j));
+                    } else {
+                        wd[j] = bf16_pair(at(k + 2 * j), at(k + 2 * j + 1));
+                    }
                 }
-                st_shared_16(&As[s][swizzled(row, ch)], uint4{v[0], v[1], v[2], v[3]});
+                st_shared_16(&As[s][swizzled(row, ch)], uint4{wd[0], wd[1], wd[2], wd[3]});
+            } else if constexpr (FROM_F32) {
+                const bool ok = m < M && k < K;
+                float v[CPE];
+                read_row(static_cast<const float*>(a_ptr) + (size_t)(ok ? m : 0) * K, ok, k, v);
+                put(&As[s][swizzled(row, ch)], v);
             } else {
                 const bool ok = m < M && k < K;
                 cp_async_16(&As[s][swizzled(row, ch)], ok ? a + ((size_t)m * K + k) * E : a, ok);
@@ -178,13 +242,13 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int n = n0 + row, k = k0 + ch * CPE;
             if (!(BN * CH % THREADS == 0 || i < BN * CH)) continue;
-            if constexpr (!B_ROWS_ALIGNED) {
-                const float* wf = reinterpret_cast<const float*>(b);
-                unsigned v[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    v[j] = n < N && k + j < K ? __float_as_uint(wf[(size_t)n * K + k + j]) : 0u;
-                st_shared_16(&Bs[s][swizzled(row, ch)], uint4{v[0], v[1], v[2], v[3]});
+            if constexpr (!B_ROWS_ALIGNED || FROM_F32) {
+                // f32 weights: a tf32 convolution's whose filters are not whole 16-byte
+                // rows, or bf16r's (rounded as they are staged).
+                const bool ok = n < N && k < K;
+                float v[CPE];
+                read_row(reinterpret_cast<const float*>(b) + (size_t)(ok ? n : 0) * K, ok, k, v);
+                put(&Bs[s][swizzled(row, ch)], v);
             } else {
                 const bool ok = n < N && k < K;
                 cp_async_16(&Bs[s][swizzled(row, ch)], ok ? b + ((size_t)n * K + k) * E : b, ok);
@@ -325,6 +389,33 @@ __device__ __forceinline__ void gemm_mma_reduce(const float* __restrict__ ws,
     if (Cfg::BIAS) v += bias[i % N];
     if (Cfg::RELU) v = fmaxf(v, 0.f);
     y[i] = v;
+}
+
+// A convolution's forward pass with bf16 products on f32 storage: conv_mma_tf32 with
+// every operand rounded to bf16 (bf16_pair) as the threads stage it.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_bf16r(const float* __restrict__ x,
+                                               const float* __restrict__ w,
+                                               const float* __restrict__ bias,
+                                               float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16, true, true>(x, w, bias, y, batch);
+}
+
+// gemm_mma_bf16 on f32 operands, each rounded to bf16 as it is staged.
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_bf16r(const float* __restrict__ x,
+                                               const float* __restrict__ w,
+                                               const float* __restrict__ bias,
+                                               float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16, false, true>(x, w, bias, y, batch);
+}
+
+// Split-K partial sums of gemm_mma_bf16r: slice blockIdx.z of ws.
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_split_bf16r(const float* __restrict__ x,
+                                                     const float* __restrict__ w,
+                                                     float* __restrict__ ws, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16, false, true>(x, w, nullptr, ws, batch);
 }
 
 template <class Cfg>

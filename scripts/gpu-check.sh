@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, here, everything the lent GPU machine should run, and says how to run it there:
 # the GPU tests (those marked `needs a CUDA GPU`: every layer kind and the three networks
-# on the GPU against the CPU, forward and training, and the tf32 forward pass), the forward
-# benchmark on CUDA in f32 and in tf32,
+# on the GPU against the CPU, forward and training, and the tf32 and bf16 forward passes),
+# the forward benchmark on CUDA in f32, tf32 and bf16,
 # benches/gpu_forward.rs (each generated kernel beside cuDNN / cuBLAS), benches/gpu_train.rs
 # (an AlexNet training step), benches/towers.rs (AlexNet split into its two towers on two
 # streams, and two GPUs when there are two, against unsplit), a short `train` run on CUDA, and scripts/bench_torch.py
@@ -60,9 +60,11 @@ bash "$here/run.sh"
 # The same forward bench with the convolutions and the fc layers on tensor cores (its own log: run.sh names a
 # log after the binary), with run.sh's library path.
 . "$here/env.sh"
-timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision tf32 --batch 1,7,128 \
-  --runs 20 > "$OUT/example-alexnet-tf32.log" 2>&1; echo "bench --precision tf32: rc=$?"
-tail -n 25 "$OUT/example-alexnet-tf32.log"
+for p in tf32 bf16; do
+  timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision $p --batch 1,7,128 \
+    --runs 20 > "$OUT/example-alexnet-$p.log" 2>&1; echo "bench --precision $p: rc=$?"
+  tail -n 25 "$OUT/example-alexnet-$p.log"
+done
 # Issue 18: epochs of AlexNet at batch 128 over a prepared set (run.sh wrote the JPEGs with
 # the synthetic_folder example); images/s per log line, and whether an epoch waited for data.
 f=/tmp/alexnet-feed; rm -rf "$f/set" "$f/run"
@@ -85,20 +87,23 @@ timeout 240 "$here/bin/bench-towers" --bench 2>&1 | tee "$OUT/towers.log" | grep
 timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --batch 128 --runs 20 \
   --towers cuda:0,cuda:0 2>&1 | tee "$OUT/bench-towers-cli.log" | grep -E 'towers|batch'
 EOS
-# The tf32 path alone (issue 13), for a short device call: the tf32 GPU tests (tiny nets,
-# the small net, AlexNet and torchvision's; towers and a training step), `bench
-# --precision tf32`, then gpu_forward (f32 and tf32 stages beside cuDNN / cuBLAS).
+# The tensor-core path alone (issue 13), for a short device call: the tf32 and bf16 GPU
+# tests (tiny nets, the small net, AlexNet and torchvision's; in tf32 towers and a training
+# step too), `bench --precision tf32` and `bf16`, then gpu_forward (f32 and tf32 stages
+# beside cuDNN / cuBLAS).
 cat > .gpu-bin/tf32.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
 . "$here/env.sh"; gpu_line
 for t in gpu gpu_towers; do
-  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 2>&1 | tee "$OUT/tf32-$t.log" \
-    | grep -E 'tf32|panicked|test result'
+  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 bf16 2>&1 \
+    | tee "$OUT/tf32-$t.log" | grep -E 'tf32|bf16|panicked|test result'
 done
-timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --precision tf32 --batch 1,128 \
-  --runs 20 2>&1 | tee "$OUT/bench-tf32-cli.log" | grep -E 'forward|batch|stages'
+for p in tf32 bf16; do
+  timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --precision $p --batch 1,128 \
+    --runs 20 2>&1 | tee "$OUT/bench-$p-cli.log" | grep -E 'forward|batch|stages'
+done
 timeout 240 "$here/bin/bench-gpu_forward" --bench 2>&1 | tee "$OUT/gpu_forward-tf32.log" | tail -n 60
 EOS
 # The data path alone (issue 18), for a short device call: the GPU tests of bytes cut on
@@ -123,4 +128,4 @@ timeout 240 "$here/bin/example-alexnet" train --net alexnet --device cuda --data
   | grep -E 'images/s|waited|epoch|error'
 EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 path alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes) or \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 and bf16 paths alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes) or \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

@@ -84,8 +84,9 @@ done
 
 # The small tests: every kernel template on small shapes, a few thousand launches in all.
 #   gpu:          every layer kind forward (14 tiny nets, batches 1, 7, 128), and the tf32
-#                 kernels (cp.async, st.shared, ldmatrix, mma; fc split-K; convolutions with
-#                 groups and with gathered weights) on 5 tiny nets and the small net
+#                 and bf16 kernels (cp.async, st.shared, ldmatrix, mma; fc split-K;
+#                 convolutions with groups and with gathered weights) on 5 tiny nets and the
+#                 small net each
 #   gpu_training: every backward stage, the LRN intermediates, every layer kind trained
 #                 (6 small nets x batches 1, 5, 33 x 3 steps: the GEMM data/weight gradients,
 #                 chunked weight sums, pooling, LRN, ReLU, tanh, dropout, loss, SGD)
@@ -94,7 +95,7 @@ done
 # Left out there: the fixture networks (AlexNet at batch 128 forward, batch 4-64 training)
 # and the AlexNet towers at batch 64; memcheck runs those.
 declare -A small=(
-  [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu"
+  [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu bf16_forward_is_within_bf16_error_of_the_cpu"
   [gpu_training]="every_backward_stage_matches_the_cpu lrn_backward_intermediates every_layer_kind_trains_as_on_the_cpu"
   [gpu_towers]="split_training_on_gpus_equals_unsplit"
 )

@@ -878,6 +878,32 @@ fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
     }
 }
 
+/// A tensor-core precision as the tests below check it: its name in kernel names, how it
+/// rounds an operand, and its error against f32 that the tests accept.
+#[derive(Clone, Copy)]
+struct MmaPrecision {
+    precision: alexnet::ir::Precision,
+    name: &'static str,
+    round: fn(f32) -> f32,
+    against_f32: f64,
+}
+
+const TF32: MmaPrecision = MmaPrecision {
+    precision: alexnet::ir::Precision::Tf32,
+    name: "tf32",
+    round: tf32,
+    against_f32: 2e-3,
+};
+
+/// `--precision bf16` on a GPU: f32 operands rounded to bf16 (to nearest, ties to even) as
+/// the kernels stage them.
+const BF16: MmaPrecision = MmaPrecision {
+    precision: alexnet::ir::Precision::Bf16,
+    name: "bf16r",
+    round: |x| half::bf16::from_f32(x).to_f32(),
+    against_f32: 2e-2,
+};
+
 /// `--precision tf32`: the plan's forward pass in tf32 runs the fully connected layers on
 /// the tensor-core GEMM, split along K where one image's grid would be small (the parts
 /// into a workspace, then their ordered sum with the epilogue), and keeps the f32 kernel
@@ -887,38 +913,63 @@ fn tensor_core_gemms_match_an_f32_gemm_under_emulation() {
 /// states).
 #[test]
 fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
+    mma_fully_connected_stages(TF32);
+}
+
+/// `--precision bf16` on a GPU: the fully connected stages as in tf32, on operands rounded
+/// to bf16 as the kernel stages them (`gemm_mma_bf16r`), also against the CPU backend's
+/// own bf16 (the same products, summed in another order).
+#[test]
+fn bf16_fully_connected_stages_match_the_cpu_under_emulation() {
+    mma_fully_connected_stages(BF16);
+}
+
+fn mma_fully_connected_stages(mp: MmaPrecision) {
     use alexnet::ir::{Precision, Role};
     use alexnet::runtime::prelude::*;
     let Some(cxx) = compiler() else { return };
     let odd: Plan = alexnet::plan_from_str("T<3, 5, 5> { fc(7) }").unwrap();
     let odd_kernels = cuda::generate(&odd);
-    assert!(odd_kernels.tf32.is_empty());
+    assert!(odd_kernels.tf32.is_empty() && odd_kernels.bf16.is_empty());
     assert_eq!(
-        odd_kernels.forward_in(Precision::Tf32),
+        odd_kernels.forward_in(mp.precision),
         odd_kernels.forward.to_vec()
     );
-    // fc(40) relu: K = 576 in 36 steps of 16, split in 4 parts, bias and ReLU in the sum;
-    // fc(10): K = 40 (3 steps), not split, bias only; fc(24): K = 300 (19 steps, the last
-    // one ragged), split in 2 parts of 10 and 9 steps. A batch of 37 is ragged against the
-    // 32-row tile.
-    for (src, splits) in [
-        ("T<64, 3, 3> { fc(40) relu fc(10) }", &[4, 1][..]),
-        ("T<300, 1, 1> { fc(24) }", &[2][..]),
+    // tf32 (K steps of 16): fc(40) relu: K = 576 in 36 steps, split in 4 parts, bias and
+    // ReLU in the sum; fc(10): K = 40 (3 steps), not split, bias only; fc(24): K = 300 (19
+    // steps, the last one ragged), split in 2 parts of 10 and 9 steps; K = 600 (38 steps)
+    // in 4 parts, the last of 8. bf16 (K steps of 32): 18 steps in 2 parts, 2 steps, 10
+    // steps not split, and 19 steps (the last ragged) in parts of 10 and 9. A batch of 37
+    // is ragged against the 32-row tile.
+    for (src, tf32_splits, bf16_splits) in [
+        (
+            "T<64, 3, 3> { fc(40) relu fc(10) }",
+            &[4, 1][..],
+            &[2, 1][..],
+        ),
+        ("T<300, 1, 1> { fc(24) }", &[2][..], &[1][..]),
+        ("T<600, 1, 1> { fc(24) relu }", &[4][..], &[2][..]),
     ] {
+        let splits = if mp.name == "tf32" {
+            tf32_splits
+        } else {
+            bf16_splits
+        };
         let plan: Plan = alexnet::plan_from_str(src).unwrap();
         let kernels = cuda::generate(&plan);
-        let tf32_forward = kernels.forward_in(Precision::Tf32);
+        let mma_forward = kernels.forward_in(mp.precision);
         let mut rng = rand::rngs::StdRng::seed_from_u64(47);
         let params = common::random_params(&plan, &mut rng);
         let batch = 37;
         for (stage, &split) in plan.stages().into_iter().zip(splits) {
             let layer = &plan.layers[stage.layer];
-            let ks: Vec<&KernelSpec> = tf32_forward
+            let ks: Vec<&KernelSpec> = mma_forward
                 .iter()
                 .filter(|k| k.layer() == stage.layer)
                 .collect();
             let gemm = ks[0];
-            assert!(gemm.name().contains("_mma_tf32_"), "{}", gemm.name());
+            let named = format!("_mma_{}_", mp.name);
+            assert!(gemm.name().contains(&named), "{}", gemm.name());
             assert!(gemm.gemm.is_some_and(|g| g.tile.tensor_cores()));
             assert_eq!(gemm.launch.grid_z as usize, split, "{}", gemm.name());
             assert_eq!(ks.len(), if split > 1 { 2 } else { 1 }, "{src}");
@@ -928,15 +979,18 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
                 .filter(|t| t.name.starts_with(&*layer.name))
                 .map(|t| t.data.clone())
                 .collect();
-            let cpu = |x: &[f32], w: &[f32]| {
+            let cpu_in = |precision, x: &[f32], w: &[f32]| {
                 let mut y = vec![0.0f32; batch * layer.output.len()];
                 let (x, w, b) = (x.to_vec(), w.to_vec(), p[1].clone());
                 Cpu::new()
+                    .with_precision(precision)
+                    .unwrap()
                     .forward_stage(&plan, stage, batch, &x, &[&w, &b], &mut y)
                     .unwrap();
                 y
             };
-            let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
+            let cpu = |x: &[f32], w: &[f32]| cpu_in(Precision::F32, x, w);
+            let rounded = |v: &[f32]| v.iter().map(|&v| (mp.round)(v)).collect::<Vec<f32>>();
             let want_rounded = cpu(&rounded(&x), &rounded(&p[0]));
             let want_f32 = cpu(&x, &p[0]);
             let y0 = vec![f32::NAN; want_f32.len()];
@@ -954,10 +1008,18 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
                 r["y"].clone()
             };
             close(gemm.name(), &got, &want_rounded, 1e-5);
+            if mp.precision.on_cpu() {
+                let cpu_own = cpu_in(mp.precision, &x, &p[0]);
+                close(gemm.name(), &got, &cpu_own, 1e-5);
+            }
             let e = rel_l2(&got, &want_f32);
-            println!("{}: tf32 against f32, relative L2 {e:.2e}", gemm.name());
+            println!(
+                "{}: {} against f32, relative L2 {e:.2e}",
+                gemm.name(),
+                mp.name
+            );
             assert!(
-                e <= 2e-3,
+                e <= mp.against_f32,
                 "{}: relative L2 {e:.2e} against f32",
                 gemm.name()
             );
@@ -974,6 +1036,20 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
 /// error, stated).
 #[test]
 fn tf32_convolutions_match_the_cpu_under_emulation() {
+    mma_convolutions(TF32);
+}
+
+/// `--precision bf16` on a GPU for convolutions: `conv_mma_bf16r`, the tf32 test's shapes
+/// with every operand rounded to bf16 as the threads stage it (eight values a 16-byte
+/// chunk, so conv1's 363-value filters and the 18-value ones end mid-chunk), also against
+/// the CPU backend's own bf16 convolution (direct or Winograd: the same products, summed
+/// in another order, Winograd's transforms in f32).
+#[test]
+fn bf16_convolutions_match_the_cpu_under_emulation() {
+    mma_convolutions(BF16);
+}
+
+fn mma_convolutions(mp: MmaPrecision) {
     use alexnet::ir::Precision;
     use alexnet::runtime::prelude::*;
     let Some(cxx) = compiler() else { return };
@@ -990,8 +1066,9 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
     ] {
         let plan: Plan = alexnet::plan_from_str(src).unwrap();
         let kernels = cuda::generate(&plan);
-        let k = &kernels.forward_in(Precision::Tf32)[0];
-        assert!(k.name().contains("_mma_tf32_conv_"), "{}", k.name());
+        let k = &kernels.forward_in(mp.precision)[0];
+        let named = format!("_mma_{}_conv_", mp.name);
+        assert!(k.name().contains(&named), "{}", k.name());
         assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
         let stage = plan.stages()[0];
         let layer = &plan.layers[stage.layer];
@@ -1000,15 +1077,18 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
         let (w, b) = (&params[0].data, &params[1].data);
         let batch = 3;
         let x = random(&mut rng, batch * layer.input.len());
-        let cpu = |x: &[f32], w: &[f32]| {
+        let cpu_in = |precision, x: &[f32], w: &[f32]| {
             let mut y = vec![0.0f32; batch * layer.output.len()];
             let (x, w) = (x.to_vec(), w.to_vec());
             Cpu::new()
+                .with_precision(precision)
+                .unwrap()
                 .forward_stage(&plan, stage, batch, &x, &[&w, b], &mut y)
                 .unwrap();
             y
         };
-        let rounded = |v: &[f32]| v.iter().map(|&v| tf32(v)).collect::<Vec<f32>>();
+        let cpu = |x: &[f32], w: &[f32]| cpu_in(Precision::F32, x, w);
+        let rounded = |v: &[f32]| v.iter().map(|&v| (mp.round)(v)).collect::<Vec<f32>>();
         let want_rounded = cpu(&rounded(&x), &rounded(w));
         let want_f32 = cpu(&x, w);
         let y0 = vec![f32::NAN; want_f32.len()];
@@ -1020,9 +1100,17 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
             &[],
         );
         close(k.name(), &r["y"], &want_rounded, 1e-5);
+        if mp.precision.on_cpu() {
+            let cpu_own = cpu_in(mp.precision, &x, w);
+            close(k.name(), &r["y"], &cpu_own, 1e-5);
+        }
         let e = rel_l2(&r["y"], &want_f32);
-        println!("{}: tf32 against f32, relative L2 {e:.2e}", k.name());
-        assert!(e <= 2e-3, "{}: relative L2 {e:.2e} against f32", k.name());
+        println!("{}: {} against f32, relative L2 {e:.2e}", k.name(), mp.name);
+        assert!(
+            e <= mp.against_f32,
+            "{}: relative L2 {e:.2e} against f32",
+            k.name()
+        );
     }
 }
 

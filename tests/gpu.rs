@@ -181,6 +181,71 @@ fn alexnet_in_tf32_is_within_tf32_error_of_the_cpu() {
     );
 }
 
+/// `--precision bf16` on a GPU (f32 operands rounded to bf16 as the tensor-core kernels
+/// stage them): the tf32 test's layers within bf16's error of the CPU's f32 (2e-2; under
+/// emulation 1.9e-3 to 2.2e-3 per layer), and within 1e-5 of the CPU backend's own bf16
+/// (the same products, summed in another order) where one layer is on tensor cores (two:
+/// the second one's inputs differ in their last bits, so a few of their bf16 roundings
+/// differ, 2e-3).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_forward_is_within_bf16_error_of_the_cpu() {
+    for (i, (src, same)) in [
+        ("T<3, 4, 5> { fc(37) relu }", 1e-5),
+        ("T<64, 3, 3> { fc(40) relu fc(10) }", 2e-3),
+        ("T<600, 1, 1> { fc(24) }", 1e-5),
+        (
+            "T<8, 9, 11> { conv(16, 3, stride = 2, pad = 1, groups = 2) relu }",
+            1e-5,
+        ),
+        ("T<3, 23, 23> { conv(8, 11, stride = 4) relu }", 1e-5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = plan(src);
+        compare_in(&p, &[1, 7, 37], 30 + i as u64, Precision::Bf16, 2e-2);
+        same_as_cpu_bf16(&p, 37, 40 + i as u64, same);
+    }
+    compare_in(SmallNet::plan(), &[1, 7, 128], 12, Precision::Bf16, 2e-2);
+}
+
+/// AlexNet in bf16 on a GPU at batch 1 and 128 against the CPU's f32 (2e-2, the issue's
+/// bound; the CPU's own bf16 is 6.3e-3 from f32) and against the CPU's bf16 (the same
+/// products; later layers see activations whose f32 sums differ in the last bits, so that
+/// a few of their bf16 roundings differ: 2e-3).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn alexnet_in_bf16_is_within_bf16_error_of_the_cpu() {
+    compare_in(AlexNet::plan(), &[1, 128], 13, Precision::Bf16, 2e-2);
+    same_as_cpu_bf16(AlexNet::plan(), 32, 14, 2e-3);
+}
+
+/// The GPU in `precision` against the CPU backend in the same precision: the outputs of a
+/// batch of `batch` within `tol`.
+fn same_as_cpu_bf16(plan: &Plan, batch: usize, seed: u64, tol: f64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let w = weights(plan, &mut rng);
+    let gpu = Cuda::new(0)
+        .expect("a CUDA GPU")
+        .with_precision(Precision::Bf16)
+        .unwrap();
+    let cpu = Cpu::new().with_precision(Precision::Bf16).unwrap();
+    let mut gpu = Model::from_tensors(gpu, plan.clone(), w.clone()).unwrap();
+    gpu.set_poison(true);
+    let cpu = Model::from_tensors(cpu, plan.clone(), w).unwrap();
+    let s = plan.input;
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        random(&mut rng, batch * s.len(), 1.0),
+    )
+    .unwrap();
+    let (got, want) = (gpu.forward(&x).unwrap(), cpu.forward(&x).unwrap());
+    let e = rel_l2(got.data(), want.data());
+    println!("{} bf16, GPU against CPU bf16: {e:.2e}", plan.name);
+    assert!(e <= tol, "{}: GPU bf16 against CPU bf16 {e:.2e}", plan.name);
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fixture_networks_match_the_cpu() {

@@ -5,7 +5,7 @@
 //! is skipped, with a notice, on a developer's machine.
 
 use alexnet::codegen::cuda;
-use alexnet::ir::{KernelLaunch, KernelSpec};
+use alexnet::ir::{KernelLaunch, KernelSpec, Precision};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::cuda::nvrtc;
 
@@ -385,10 +385,28 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
 /// no spills; AlexNet's GEMMs run on tensor cores (HMMA in their SASS, no local memory).
 #[test]
 fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
+    mma_forward_kernels(Precision::Tf32);
+}
+
+/// `--precision bf16` on a GPU: the same as tf32 with the kernels that round f32 operands
+/// to bf16 as they stage them (`gemm_mma_bf16r`, `conv_mma_bf16r`).
+#[test]
+fn the_bf16_forward_kernels_are_the_learned_layers_on_tensor_cores() {
+    mma_forward_kernels(Precision::Bf16);
+}
+
+fn mma_forward_kernels(precision: Precision) {
     use alexnet::ir::Op;
     if !nvrtc_or_skip() {
         return;
     }
+    let of = |k: &alexnet::ir::Kernels| -> Vec<KernelSpec> {
+        match precision {
+            Precision::Tf32 => k.tf32.to_vec(),
+            Precision::Bf16 => k.bf16.to_vec(),
+            Precision::F32 => unreachable!("f32 has the forward kernels"),
+        }
+    };
     let mut plans = vec![
         ("AlexNet".to_string(), AlexNet::plan().clone()),
         (
@@ -415,26 +433,28 @@ fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
                 }
             })
             .collect();
-        let mut replaced: Vec<usize> = kernels.tf32.iter().map(|k| k.layer()).collect();
+        let specs = of(&kernels);
+        let mut replaced: Vec<usize> = specs.iter().map(|k| k.layer()).collect();
         replaced.dedup();
         assert_eq!(
             replaced, learned,
-            "{net}: the tf32 kernels are the learned layers'"
+            "{net}: the {precision} kernels are the learned layers'"
         );
-        let source = cuda::translation_unit("// tf32\n", &kernels.tf32);
-        let launches: Vec<KernelLaunch> = kernels.tf32.iter().map(|k| k.launch.clone()).collect();
+        let source = cuda::translation_unit(&format!("// {precision}\n"), &specs);
+        let launches: Vec<KernelLaunch> = specs.iter().map(|k| k.launch.clone()).collect();
         for row in check(net, &source, &launches) {
-            println!("{net} tf32: {row}");
+            println!("{net} {precision}: {row}");
         }
     }
     let Some(nvdisasm) = nvdisasm_or_skip() else {
         return;
     };
-    let kernels = cuda::kernels(AlexNet::plan());
-    let source = cuda::translation_unit("", &kernels.tf32);
-    let compiled = nvrtc::compile_cubin(&source, "tf32.cu", "sm_90", &[]).unwrap();
-    let sass = sass_by_kernel(&nvdisasm, &compiled.cubin, "tf32");
-    for k in kernels.tf32.iter().filter(|k| k.gemm.is_some()) {
+    let specs = of(&cuda::kernels(AlexNet::plan()));
+    let source = cuda::translation_unit("", &specs);
+    let file = format!("{precision}.cu");
+    let compiled = nvrtc::compile_cubin(&source, &file, "sm_90", &[]).unwrap();
+    let sass = sass_by_kernel(&nvdisasm, &compiled.cubin, precision.name());
+    for k in specs.iter().filter(|k| k.gemm.is_some()) {
         let code = &sass.iter().find(|(n, _)| n == k.name()).unwrap().1;
         let [hmma, ldl, stl] = ["HMMA", "LDL", "STL"].map(|op| count_op(code, op));
         assert!(hmma > 0, "{}: no HMMA", k.name());

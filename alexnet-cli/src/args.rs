@@ -51,7 +51,7 @@ pub enum PrecisionArg {
     /// tf32 inputs and f32 sums (a GPU only; the backward pass stays f32).
     Tf32,
     /// The convolutions' and fully connected layers' forward products from bf16 operands,
-    /// f32 sums (the CPU only, for now).
+    /// f32 sums (on a GPU on tensor cores; the backward pass stays f32).
     Bf16,
 }
 
@@ -71,7 +71,7 @@ pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or auto (the GPU when there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// The arithmetic of the forward pass: f32 anywhere, tf32 on a GPU, bf16 on the CPU.
+    /// The arithmetic of the forward pass: f32 and bf16 anywhere, tf32 on a GPU.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
 }

@@ -80,8 +80,8 @@ enum Command {
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
         #[arg(long)]
         training: bool,
-        /// The forward kernels of this precision (tf32: the convolutions and fc layers on
-        /// tensor cores).
+        /// The forward kernels of this precision (tf32, bf16: the convolutions and fc layers
+        /// on tensor cores).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
         /// Print per kernel its blocks per SM, FLOPs, bytes moved and roofline time on an

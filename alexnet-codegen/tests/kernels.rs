@@ -4,6 +4,7 @@
 
 use alexnet_codegen::cuda;
 use alexnet_codegen::ir::{Conv, Lrn, Op, Plan, Precision, Role, Shape, TowerInput};
+use alexnet_codegen::kernels::spec::{Elem, KernelSpec};
 use alexnet_codegen::plan_from_str;
 
 /// The paper's AlexNet.
@@ -120,6 +121,66 @@ fn alexnet_kernels_are_named_and_sized() {
     let gemm = kernels[0].gemm.expect("conv1 is a GEMM");
     assert_eq!((gemm.tile.block(), gemm.tile.threads()), ((128, 96), 192));
     assert!(gemm.epilogue.relu && gemm.epilogue.bias);
+}
+
+/// In bf16 (on a GPU) the same layers as in tf32 run on tensor cores, with the kernels
+/// that read f32 and round to bf16 as they stage it (the fc layers split as in tf32: fc6
+/// and fc7 in 4 parts, fc8 in 8); every other stage keeps its f32 kernel.
+#[test]
+fn alexnet_bf16_runs_the_conv_and_fc_layers_on_tensor_cores() {
+    let plan = alexnet();
+    let (f32, bf16) = (
+        cuda::forward(&plan, Precision::F32),
+        cuda::forward(&plan, Precision::Bf16),
+    );
+    let generated = cuda::generate(&plan);
+    assert_eq!(generated.forward_in(Precision::Bf16), bf16);
+    let changed: Vec<&str> = bf16
+        .iter()
+        .filter(|k| !f32.contains(k))
+        .map(|k| k.name())
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "conv1_mma_bf16r_conv_r11_s4_g1_n96_k363_t128x128",
+            "conv2_mma_bf16r_conv_r5_s1_g2_n128_k1200_t128x128",
+            "conv3_mma_bf16r_conv_r3_s1_g1_n384_k2304_t128x128",
+            "conv4_mma_bf16r_conv_r3_s1_g2_n192_k1728_t128x128",
+            "conv5_mma_bf16r_conv_r3_s1_g2_n128_k1728_t128x128",
+            "fc6_mma_bf16r_n4096_k9216_t32x128_s4",
+            "fc6_mma_reduce_n4096_s4",
+            "fc7_mma_bf16r_n4096_k4096_t32x128_s4",
+            "fc7_mma_reduce_n4096_s4",
+            "fc8_mma_bf16r_n1000_k4096_t32x128_s8",
+            "fc8_mma_reduce_n1000_s8"
+        ]
+    );
+    for k in bf16.iter().filter(|k| !f32.contains(k)) {
+        if let Some(g) = k.gemm {
+            assert!(
+                g.tile.tensor_cores() && g.elem == Elem::Bf16,
+                "{}",
+                k.name()
+            );
+            assert!(k.stub.contains("_bf16r<"), "{}", k.stub);
+        }
+    }
+    // Every other stage keeps its f32 kernels, and every layer still has its kernels.
+    let learned: Vec<usize> = bf16
+        .iter()
+        .filter(|k| !f32.contains(k))
+        .map(|k| k.layer())
+        .collect();
+    for k in bf16.iter().filter(|k| f32.contains(k)) {
+        assert!(!learned.contains(&k.layer()), "{}", k.name());
+    }
+    let layers = |ks: &[KernelSpec]| {
+        let mut v: Vec<usize> = ks.iter().map(|k| k.layer()).collect();
+        v.dedup();
+        v
+    };
+    assert_eq!(layers(&bf16), layers(&f32));
 }
 
 /// In tf32 conv1-conv5 run the tensor-core implicit GEMM (conv1's 363-value filters, not

@@ -54,11 +54,12 @@ impl Footprint {
             })
             .max()
             .unwrap_or(0);
-        // The forward pass's split-K workspace in tf32 (the fc layers' parts; none in
-        // f32): counted whatever the precision, an upper bound.
+        // The forward pass's split-K workspace in tf32 or bf16 (the fc layers' parts; none
+        // in f32): counted whatever the precision, an upper bound.
         let forward_ws = kernels
             .tf32
             .iter()
+            .chain(kernels.bf16.iter())
             .flat_map(|k| k.args.iter())
             .filter(|a| a.name == "ws")
             .filter_map(|a| a.len.map(|l| l.needed(batch)))

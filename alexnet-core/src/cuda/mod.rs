@@ -87,13 +87,17 @@ pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
 /// Generates every kernel of `plan`.
 pub fn generate(plan: &Plan) -> Kernels {
     let f32 = forward(plan, Precision::F32);
-    let tf32 = forward(plan, Precision::Tf32)
-        .into_iter()
-        .filter(|k| !f32.contains(k))
-        .collect::<Vec<_>>();
+    let differing = |p: Precision| {
+        forward(plan, p)
+            .into_iter()
+            .filter(|k| !f32.contains(k))
+            .collect::<Vec<_>>()
+    };
+    let (tf32, bf16) = (differing(Precision::Tf32), differing(Precision::Bf16));
     Kernels {
         forward: f32.into(),
         tf32: tf32.into(),
+        bf16: bf16.into(),
         training: training(plan).into(),
         exchanges: exchanges(plan).into(),
     }

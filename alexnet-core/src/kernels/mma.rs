@@ -5,13 +5,17 @@
 //! `ldmatrix` fragments. `x` is `M x K` with `M = batch * rows_per_image`, `w` is `N x K`
 //! (a fully connected layer's weights), `y` is `M x N` f32.
 //!
-//! Used under [`Precision::Tf32`] by the fully connected layers' forward pass
-//! (`layers::fc`, split along K where the grid is small) and by the convolutions' (an
-//! implicit GEMM whose im2col tile the threads gather: [`MmaGemm::conv`]). The 16-bit forms
-//! are built and checked (emulation, NVRTC) but no layer uses them yet: the runtime has no
-//! 16-bit activations to bind them to.
+//! Used under [`Precision::Tf32`] and [`Precision::Bf16`] by the fully connected layers'
+//! forward pass (`layers::fc`, split along K where the grid is small) and by the
+//! convolutions' (an implicit GEMM whose im2col tile the threads gather:
+//! [`MmaGemm::conv`]). bf16 reads f32 operands and rounds them as it stages them
+//! ([`MmaInputs::Bf16OfF32`], `gemm_mma_bf16r`): the activations between stages stay f32,
+//! as in the CPU backend's bf16. The forms that read 16-bit operands are built and checked
+//! (emulation, NVRTC) but no layer uses them yet: the runtime has no 16-bit activations to
+//! bind them to.
 //!
 //! [`Precision::Tf32`]: super::precision::Precision::Tf32
+//! [`Precision::Bf16`]: super::precision::Precision::Bf16
 
 pub use super::spec::MmaTile;
 use super::spec::{
@@ -79,19 +83,42 @@ pub const CONV_TF32: Template = Template {
     params: &params(Elem::F32),
 };
 
+/// f32 operands, each rounded to bf16 as the kernel stages it: bf16 products.
+pub const GEMM_BF16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_bf16r",
+    params: &params(Elem::F32),
+};
+
+/// A convolution's forward pass on tensor cores with f32 input and weights rounded to bf16.
+pub const CONV_BF16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_bf16r",
+    params: &params(Elem::F32),
+};
+
+const SPLIT_PARAMS: [Param; 4] = [
+    ptr("x", Elem::F32, Access::Read),
+    ptr("w", Elem::F32, Access::Read),
+    ptr("ws", Elem::F32, Access::Write),
+    Param {
+        name: "batch",
+        ty: ArgTy::Int,
+    },
+];
+
+/// Split-K partial sums of f32 operands rounded to bf16, into slice `blockIdx.z` of `ws`.
+pub const GEMM_BF16R_SPLIT: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_split_bf16r",
+    params: &SPLIT_PARAMS,
+};
+
 /// Split-K partial sums of f32 operands rounded to tf32, into slice `blockIdx.z` of `ws`.
 pub const GEMM_TF32_SPLIT: Template = Template {
     header: "gemm_mma.cuh",
     function: "gemm_mma_split_tf32",
-    params: &[
-        ptr("x", Elem::F32, Access::Read),
-        ptr("w", Elem::F32, Access::Read),
-        ptr("ws", Elem::F32, Access::Write),
-        Param {
-            name: "batch",
-            ty: ArgTy::Int,
-        },
-    ],
+    params: &SPLIT_PARAMS,
 };
 
 /// The ordered sum of a split-K GEMM's slices, with bias and ReLU.
@@ -116,8 +143,71 @@ pub const TEMPLATES: &[Template] = &[
     GEMM_TF32,
     CONV_TF32,
     GEMM_TF32_SPLIT,
+    GEMM_BF16R,
+    CONV_BF16R,
+    GEMM_BF16R_SPLIT,
     GEMM_REDUCE,
 ];
+
+/// What a tensor-core GEMM reads and what its products multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmaInputs {
+    /// bf16 operands in memory (`mma.m16n8k16`).
+    Bf16,
+    /// f16 operands in memory (`mma.m16n8k16`).
+    F16,
+    /// f32 operands, rounded to tf32 (`cvt.rna`) before each `mma.m16n8k8`.
+    Tf32,
+    /// f32 operands, rounded to bf16 (to nearest, ties to even) as the threads stage them
+    /// in shared memory, for `mma.m16n8k16`: `Precision::Bf16` on f32 storage.
+    Bf16OfF32,
+}
+
+impl MmaInputs {
+    /// The operands' type in memory.
+    pub const fn storage(self) -> Elem {
+        match self {
+            MmaInputs::Bf16 => Elem::Bf16,
+            MmaInputs::F16 => Elem::F16,
+            MmaInputs::Tf32 | MmaInputs::Bf16OfF32 => Elem::F32,
+        }
+    }
+
+    /// The type staged in shared memory and multiplied (`F32`: tf32 products).
+    pub const fn staged(self) -> Elem {
+        match self {
+            MmaInputs::Bf16 | MmaInputs::Bf16OfF32 => Elem::Bf16,
+            MmaInputs::F16 => Elem::F16,
+            MmaInputs::Tf32 => Elem::F32,
+        }
+    }
+
+    /// The inputs of a GEMM whose operands are `elem` in memory, multiplied as they are
+    /// (f32 as tf32); `None` for bytes.
+    pub const fn of(elem: Elem) -> Option<MmaInputs> {
+        match elem {
+            Elem::Bf16 => Some(MmaInputs::Bf16),
+            Elem::F16 => Some(MmaInputs::F16),
+            Elem::F32 => Some(MmaInputs::Tf32),
+            Elem::U8 => None,
+        }
+    }
+
+    /// In kernel names: `bf16`, `f16`, `tf32`, `bf16r` (rounded from f32).
+    pub const fn name(self) -> &'static str {
+        match self {
+            MmaInputs::Bf16 => "bf16",
+            MmaInputs::F16 => "f16",
+            MmaInputs::Tf32 => "tf32",
+            MmaInputs::Bf16OfF32 => "bf16r",
+        }
+    }
+
+    /// Reads f32 (a convolution's implicit GEMM can: its threads gather the tile).
+    const fn reads_f32(self) -> bool {
+        matches!(self.storage(), Elem::F32)
+    }
+}
 
 /// The convolution a tensor-core GEMM computes as an implicit GEMM (`conv_mma_tf32`): rows
 /// are output pixels, columns a group's output channels, K a group's `channel x ky x kx`.
@@ -155,6 +245,22 @@ impl MmaTile {
         stages: 4,
     };
 
+    /// A convolution's tile for `inputs`: [`MmaTile::LARGE`]; with f32 operands rounded to
+    /// bf16 (whose threads load and round every value of both tiles, holding them in
+    /// registers on the way), K steps of 16 values in four stages, so that a thread stages
+    /// one chunk of each tile a step and the kernel fits 128 registers (two blocks an SM)
+    /// without spilling.
+    pub const fn conv_for(inputs: MmaInputs) -> MmaTile {
+        match inputs {
+            MmaInputs::Bf16OfF32 => MmaTile {
+                bk: 16,
+                stages: 4,
+                ..MmaTile::LARGE
+            },
+            _ => MmaTile::LARGE,
+        }
+    }
+
     /// The tile for `elem`: `bk` is given for 16-bit values; f32 rows hold half as many
     /// in the same bytes.
     const fn for_elem(self, elem: Elem) -> MmaTile {
@@ -185,8 +291,10 @@ pub enum MmaError {
     /// An empty dimension.
     Empty,
     /// A split-K of `split` parts: at least one, at most one part per K step, and only of
-    /// tf32 products (the one split template).
+    /// f32 operands (tf32 or bf16r: the split templates).
     Split { split: usize, elem: Elem },
+    /// A convolution's implicit GEMM reads f32 input (tf32 or bf16r products).
+    ConvInputs(MmaInputs),
 }
 
 impl std::fmt::Display for MmaError {
@@ -205,6 +313,11 @@ impl std::fmt::Display for MmaError {
                 "no split-K in {split} parts of a GEMM of {} operands here",
                 elem.name()
             ),
+            MmaError::ConvInputs(i) => write!(
+                f,
+                "no tensor-core convolution of {} operands (it reads f32: tf32 or bf16r)",
+                i.name()
+            ),
         }
     }
 }
@@ -212,14 +325,17 @@ impl std::fmt::Display for MmaError {
 impl std::error::Error for MmaError {}
 
 /// A tensor-core GEMM: `rows_per_image` rows of `a` per image, `n` columns, `k` terms,
-/// operands in `elem` (`F32` means tf32 products), f32 result.
+/// operands in `elem` in memory, multiplied as `inputs` says, f32 result.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmaGemm {
     pub rows_per_image: usize,
     pub n: usize,
     pub k: usize,
+    /// The operands' type in memory (`inputs.storage()`).
     pub elem: Elem,
+    /// What the products multiply.
+    pub inputs: MmaInputs,
     /// The tile as for 16-bit operands ([`MmaTile::LARGE`], [`MmaTile::SMALL_M`]); for
     /// f32 its K step holds the same bytes, half the values.
     pub tile: MmaTile,
@@ -232,7 +348,8 @@ pub struct MmaGemm {
 }
 
 impl MmaGemm {
-    /// Checks the shape and tile against the template's rules.
+    /// Checks the shape and tile against the template's rules: operands `elem` multiplied
+    /// as they are (f32 as tf32).
     pub fn new(
         rows_per_image: usize,
         n: usize,
@@ -241,17 +358,31 @@ impl MmaGemm {
         tile: MmaTile,
         epilogue: Epilogue,
     ) -> Result<Self, MmaError> {
+        let inputs = MmaInputs::of(elem).ok_or(MmaError::Elem(elem))?;
+        MmaGemm::with_inputs(rows_per_image, n, k, inputs, tile, epilogue)
+    }
+
+    /// [`MmaGemm::new`] with the products' inputs said: [`MmaInputs::Bf16OfF32`] for f32
+    /// operands multiplied in bf16.
+    pub fn with_inputs(
+        rows_per_image: usize,
+        n: usize,
+        k: usize,
+        inputs: MmaInputs,
+        tile: MmaTile,
+        epilogue: Epilogue,
+    ) -> Result<Self, MmaError> {
         if rows_per_image == 0 || n == 0 || k == 0 {
             return Err(MmaError::Empty);
         }
-        if elem == Elem::U8 {
-            return Err(MmaError::Elem(elem));
-        }
+        let elem = inputs.storage();
         if !(k * elem.bytes()).is_multiple_of(16) {
             return Err(MmaError::UnalignedK { k, elem });
         }
-        let t = tile.for_elem(elem);
-        let chunks = t.bk * elem.bytes() / 16;
+        // The tile's rules are those of the values in shared memory.
+        let staged = inputs.staged();
+        let t = tile.for_elem(staged);
+        let chunks = t.bk * staged.bytes() / 16;
         // A block is at most 1024 threads (32 warps); empty tiles would divide by zero.
         let ok = t.warps_m > 0
             && t.warps_n > 0
@@ -261,10 +392,10 @@ impl MmaGemm {
             && t.bk > 0
             && t.bm.is_multiple_of(16 * t.warps_m)
             && t.bn.is_multiple_of(16 * t.warps_n)
-            && (t.bk * elem.bytes()).is_multiple_of(16)
+            && (t.bk * staged.bytes()).is_multiple_of(16)
             && matches!(chunks, 2 | 4 | 8)
             && t.stages >= 2
-            && t.smem_bytes(elem) <= 48 * 1024;
+            && t.smem_bytes(staged) <= 48 * 1024;
         if !ok {
             return Err(MmaError::Tile(tile));
         }
@@ -273,6 +404,7 @@ impl MmaGemm {
             n,
             k,
             elem,
+            inputs,
             tile,
             epilogue,
             split: 1,
@@ -280,23 +412,32 @@ impl MmaGemm {
         })
     }
 
-    /// A convolution's forward pass as an implicit GEMM on tensor cores, tf32 products
-    /// (`conv_mma_tf32`): per group, `P * Q` rows per image, `O / groups` columns, `K = C /
-    /// groups * r * r`. Any K: the threads gather the im2col tile, and the weights' tile too
-    /// where a filter is not whole 16-byte rows (AlexNet's conv1, K = 363); `cp.async`
-    /// copies it otherwise.
-    pub fn conv(conv: MmaConv, tile: MmaTile, epilogue: Epilogue) -> Result<Self, MmaError> {
+    /// A convolution's forward pass as an implicit GEMM on tensor cores, on f32 input and
+    /// weights: tf32 products (`conv_mma_tf32`) or bf16 ones (`conv_mma_bf16r`, each value
+    /// rounded as it is staged). Per group, `P * Q` rows per image, `O / groups` columns,
+    /// `K = C / groups * r * r`. Any K: the threads gather the im2col tile, and the
+    /// weights' tile too where a filter is not whole 16-byte rows (AlexNet's conv1, K =
+    /// 363) or must be rounded to bf16; `cp.async` copies it otherwise.
+    pub fn conv(
+        conv: MmaConv,
+        inputs: MmaInputs,
+        tile: MmaTile,
+        epilogue: Epilogue,
+    ) -> Result<Self, MmaError> {
         let (i, o, g) = (conv.input, conv.output, conv.groups);
         if g == 0 || !i.c.is_multiple_of(g) || !o.c.is_multiple_of(g) {
             return Err(MmaError::Empty);
         }
+        if !inputs.reads_f32() {
+            return Err(MmaError::ConvInputs(inputs));
+        }
         let k = i.c / g * conv.r * conv.r;
         // The tile's rules, checked at the next whole chunk (the alignment is the kernel's).
-        let gemm = MmaGemm::new(
+        let gemm = MmaGemm::with_inputs(
             o.h * o.w,
             o.c / g,
             k.next_multiple_of(4),
-            Elem::F32,
+            inputs,
             tile,
             epilogue,
         )?;
@@ -307,17 +448,23 @@ impl MmaGemm {
         })
     }
 
+    /// The tile as the kernel runs it (`bk` in the staged type's values).
+    fn kernel_tile(&self) -> MmaTile {
+        self.tile.for_elem(self.inputs.staged())
+    }
+
     /// K steps of the tile (`bk` values each) in K.
     fn k_steps(&self) -> usize {
-        self.k.div_ceil(self.tile.for_elem(self.elem).bk)
+        self.k.div_ceil(self.kernel_tile().bk)
     }
 
     /// This GEMM with K split in `split` parts (`blockIdx.z`), each block writing partial
     /// sums to a workspace that a second kernel adds in order (deterministic), with the
-    /// epilogue. Only tf32 products have a split template; every part gets a K step.
+    /// epilogue. Only f32 operands (tf32 or bf16r products) have a split template; every
+    /// part gets a K step.
     pub fn with_split(self, split: usize) -> Result<Self, MmaError> {
         let ok = split >= 1
-            && (split == 1 || (self.elem == Elem::F32 && self.conv.is_none()))
+            && (split == 1 || (self.inputs.reads_f32() && self.conv.is_none()))
             && self.k_steps().div_ceil(split) * (split - 1) < self.k_steps();
         if !ok {
             return Err(MmaError::Split {
@@ -334,11 +481,11 @@ impl MmaGemm {
     /// batch have a handful of output tiles for 132 SMs (fc8: 8); at batch 128 the parts
     /// cost a workspace of `split x batch x N` values written and read once.
     pub fn split_for(&self, blocks: usize) -> usize {
-        let t = self.tile.for_elem(self.elem);
+        let t = self.kernel_tile();
         let tiles = self.rows_per_image.div_ceil(t.bm) * self.n.div_ceil(t.bn);
         let want = blocks.div_ceil(tiles).clamp(1, 8);
         let most = (self.k_steps() / 8).max(1);
-        if self.elem == Elem::F32 && self.conv.is_none() {
+        if self.inputs.reads_f32() && self.conv.is_none() {
             want.min(most)
         } else {
             1
@@ -346,29 +493,23 @@ impl MmaGemm {
     }
 
     fn template(&self) -> &'static Template {
-        if self.conv.is_some() {
-            return &CONV_TF32;
-        }
-        if self.split > 1 {
-            return &GEMM_TF32_SPLIT;
-        }
-        match self.elem {
-            Elem::Bf16 => &GEMM_BF16,
-            Elem::F16 => &GEMM_F16,
-            // U8 never: outside this crate only `new` makes an `MmaGemm` (non_exhaustive),
-            // and it refuses u8.
-            Elem::F32 | Elem::U8 => &GEMM_TF32,
+        // A convolution and split-K read f32 (`conv` and `with_split` refuse the others).
+        let bf16 = self.inputs == MmaInputs::Bf16OfF32;
+        match (self.conv.is_some(), self.split > 1, self.inputs) {
+            (true, _, _) if bf16 => &CONV_BF16R,
+            (true, _, _) => &CONV_TF32,
+            (_, true, _) if bf16 => &GEMM_BF16R_SPLIT,
+            (_, true, _) => &GEMM_TF32_SPLIT,
+            (_, _, MmaInputs::Bf16) => &GEMM_BF16,
+            (_, _, MmaInputs::F16) => &GEMM_F16,
+            (_, _, MmaInputs::Tf32) => &GEMM_TF32,
+            (_, _, MmaInputs::Bf16OfF32) => &GEMM_BF16R,
         }
     }
 
-    /// The name of the mma's inputs: `bf16`, `f16`, `tf32`.
+    /// The name of the mma's inputs: `bf16`, `f16`, `tf32`, `bf16r` ([`MmaInputs::name`]).
     pub const fn precision(&self) -> &'static str {
-        match self.elem {
-            Elem::Bf16 => "bf16",
-            Elem::F16 => "f16",
-            Elem::F32 => "tf32",
-            Elem::U8 => "u8",
-        }
+        self.inputs.name()
     }
 
     /// The kernels of layer `layer`, in launch order: the GEMM ([`MmaGemm::spec`]) and,
@@ -382,7 +523,7 @@ impl MmaGemm {
     /// The GEMM `{prefix}_mma_{precision}_n{n}_k{k}_t{bm}x{bn}` of layer `layer` (with
     /// split-K, `..._s{split}`: the parts, into the workspace `ws`).
     pub fn spec(&self, layer: usize, prefix: &str) -> KernelSpec {
-        let t = self.tile.for_elem(self.elem);
+        let t = self.kernel_tile();
         let split = if self.split > 1 {
             format!("_s{}", self.split)
         } else {
@@ -420,7 +561,7 @@ impl MmaGemm {
             ("WARPS_N", t.warps_n.into()),
             ("STAGES", t.stages.into()),
             ("THREADS", t.threads().into()),
-            ("ELEM_BYTES", self.elem.bytes().into()),
+            ("ELEM_BYTES", self.inputs.staged().bytes().into()),
             ("BIAS", e.bias.into()),
             ("RELU", e.relu.into()),
             ("SPLIT", self.split.into()),
@@ -483,7 +624,7 @@ impl MmaGemm {
             .collect(),
             gemm: Some(GemmInfo {
                 stage: GemmStage::Forward,
-                elem: self.elem,
+                elem: self.inputs.staged(),
                 tile: GemmTile::Mma(t),
                 pipeline: t.stages as u32,
                 // Values of K per part.
@@ -603,5 +744,46 @@ mod tests {
             .contains("gemm_mma_tf32<fc6_mma_tf32_n4096_k9216_t32x128_cfg>"));
         assert!(k.stub.contains("enum : int { BK = 16 };"));
         assert_eq!(MmaTile::LARGE.smem_bytes(Elem::Bf16), 48 * 1024);
+    }
+
+    /// bf16 on f32 storage: f32 parameters, the tile of 16-bit values in shared memory (K
+    /// steps of 32 values, not tf32's 16), a split template of its own, and a convolution
+    /// only from f32.
+    #[test]
+    fn bf16_of_f32_reads_f32_and_stages_bf16() {
+        let g = MmaGemm::with_inputs(1, 4096, 9216, MmaInputs::Bf16OfF32, MmaTile::SMALL_M, PLAIN)
+            .unwrap();
+        assert_eq!(g.elem, Elem::F32);
+        let k = g.spec(5, "fc6");
+        assert_eq!(k.name(), "fc6_mma_bf16r_n4096_k9216_t32x128");
+        assert!(
+            k.stub.contains("gemm_mma_bf16r<") && k.stub.contains("const float* __restrict__ x")
+        );
+        assert!(k.stub.contains("enum : int { BK = 32 };"));
+        assert!(k.stub.contains("enum : int { ELEM_BYTES = 2 };"));
+        assert_eq!(k.gemm.unwrap().elem, Elem::Bf16);
+        let split = g.with_split(g.split_for(128)).unwrap();
+        assert_eq!(split.split, 4);
+        assert!(split.spec(5, "fc6").stub.contains("gemm_mma_split_bf16r<"));
+        // f32 rows must be whole 16-byte chunks; 16-bit ones need K % 8.
+        assert!(
+            MmaGemm::with_inputs(1, 8, 12, MmaInputs::Bf16OfF32, MmaTile::SMALL_M, PLAIN).is_ok()
+        );
+        assert!(MmaGemm::with_inputs(1, 8, 12, MmaInputs::Bf16, MmaTile::SMALL_M, PLAIN).is_err());
+        let conv = MmaConv {
+            input: Shape::new(3, 23, 23),
+            output: Shape::new(8, 4, 4),
+            r: 11,
+            stride: 4,
+            pad: 0,
+            groups: 1,
+        };
+        let tile = MmaTile::conv_for(MmaInputs::Bf16OfF32);
+        let c = MmaGemm::conv(conv, MmaInputs::Bf16OfF32, tile, PLAIN).unwrap();
+        assert!(c.spec(0, "conv1").stub.contains("conv_mma_bf16r<"));
+        assert_eq!(
+            MmaGemm::conv(conv, MmaInputs::Bf16, tile, PLAIN),
+            Err(MmaError::ConvInputs(MmaInputs::Bf16))
+        );
     }
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::mma::MmaInputs;
+
 /// The arithmetic of a network's products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -20,9 +22,11 @@ pub enum Precision {
     Tf32,
     /// The convolutions' and fully connected layers' forward products with both operands
     /// rounded to bf16 (8-bit mantissa, to nearest, ties to even) and summed in f32; the
-    /// other layers, the activations between stages and the backward pass stay f32. The
-    /// CPU backend only, for now (an AVX-512 kernel that widens the bf16 operands to f32
-    /// for FMAs, a portable kernel otherwise); the GPU's bf16 kernels are not generated
+    /// other layers, the activations between stages and the backward pass stay f32. On
+    /// the CPU an AVX-512 kernel that widens the bf16 operands to f32 for FMAs (a portable
+    /// kernel otherwise); on a GPU (compute capability 8.0 or later) `mma.m16n8k16` on
+    /// tensor cores, each f32 operand rounded as the kernel stages it in shared memory
+    /// (`gemm_mma_bf16r`, `conv_mma_bf16r`). Activations stored in 16 bits are not built
     /// yet.
     Bf16,
 }
@@ -40,14 +44,24 @@ impl Precision {
         }
     }
 
-    /// Needs tensor cores (a CUDA backend).
+    /// Needs tensor cores on a GPU.
     pub const fn tensor_cores(self) -> bool {
-        matches!(self, Precision::Tf32)
+        matches!(self, Precision::Tf32 | Precision::Bf16)
+    }
+
+    /// What the tensor-core GEMMs of the forward pass multiply in it (`None`: f32 on the
+    /// CUDA cores). The operands stay f32 in memory in every precision for now.
+    pub const fn mma_inputs(self) -> Option<MmaInputs> {
+        match self {
+            Precision::F32 => None,
+            Precision::Tf32 => Some(MmaInputs::Tf32),
+            Precision::Bf16 => Some(MmaInputs::Bf16OfF32),
+        }
     }
 
     /// The CUDA backend computes in it.
     pub const fn on_gpu(self) -> bool {
-        matches!(self, Precision::F32 | Precision::Tf32)
+        matches!(self, Precision::F32 | Precision::Tf32 | Precision::Bf16)
     }
 
     /// The CPU backend computes in it.

@@ -328,7 +328,9 @@ impl GemmTile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmInfo {
     pub stage: GemmStage,
-    /// The operands' type (`F32` with an `Mma` tile: tf32 products).
+    /// The type the products read (`F32` with an `Mma` tile: tf32 products; `Bf16` with
+    /// an `Mma` tile may be f32 operands rounded as they are staged, `gemm_mma_bf16r`,
+    /// whose parameters say so).
     pub elem: Elem,
     pub tile: GemmTile,
     /// K steps in flight in the main loop: 2 for the SIMT GEMM (the next step's operands
@@ -486,6 +488,8 @@ pub struct Kernels {
     /// connected layers on tensor cores, with the fc layers' split-K sums): a layer's
     /// replace its f32 kernels.
     pub tf32: Cow<'static, [KernelSpec]>,
+    /// The same under `Precision::Bf16` (f32 operands rounded to bf16 in the kernels).
+    pub bf16: Cow<'static, [KernelSpec]>,
 }
 
 impl Kernels {
@@ -493,9 +497,9 @@ impl Kernels {
     /// differ in that precision running those instead, in launch order.
     pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
         let other: &[KernelSpec] = match precision {
-            // No bf16 kernels are generated yet (the CUDA backend refuses bf16): the f32 ones.
-            Precision::F32 | Precision::Bf16 => &[],
+            Precision::F32 => &[],
             Precision::Tf32 => &self.tf32,
+            Precision::Bf16 => &self.bf16,
         };
         let mut out: Vec<KernelSpec> = Vec::with_capacity(self.forward.len() + other.len());
         for k in self.forward.iter() {

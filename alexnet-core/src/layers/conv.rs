@@ -8,7 +8,6 @@ use super::dsl::{
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::mma::{MmaConv, MmaGemm, MmaTile};
-use crate::kernels::precision::Precision;
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
@@ -179,10 +178,10 @@ impl LayerKind for Conv {
         true
     }
 
-    /// The f32 implicit GEMM; under [`Precision::Tf32`] the tensor-core one
-    /// (`conv_mma_tf32`, 128 x 128 tiles).
+    /// The f32 implicit GEMM; under `Precision::Tf32` and `Precision::Bf16` the
+    /// tensor-core one (`conv_mma_tf32`, `conv_mma_bf16r`, 128 x 128 tiles).
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if cx.precision == Precision::Tf32 {
+        if let Some(inputs) = cx.precision.mma_inputs() {
             let conv = MmaConv {
                 input: cx.input,
                 output: cx.output,
@@ -195,7 +194,8 @@ impl LayerKind for Conv {
                 bias: true,
                 relu: cx.fused_relu,
             };
-            if let Ok(g) = MmaGemm::conv(conv, MmaTile::LARGE, epilogue) {
+            let tile = MmaTile::conv_for(inputs);
+            if let Ok(g) = MmaGemm::conv(conv, inputs, tile, epilogue) {
                 return g.specs(cx.layer, &cx.c_name());
             }
         }

@@ -1,14 +1,13 @@
 //! `fc(out)`: a fully connected layer with bias over the flattened input, weight
 //! `[out, in]`; on the GPU, the 1x1 convolution GEMM of `kernels::gemm` with tiles for a
-//! small M (the batch), or in tf32 the tensor-core GEMM of `kernels::mma`.
+//! small M (the batch), or in tf32 and bf16 the tensor-core GEMM of `kernels::mma`.
 
 use super::common::{learned_backward, learned_forward};
 use super::dsl::{err, int, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::mma::{MmaGemm, MmaTile};
-use crate::kernels::precision::Precision;
-use crate::kernels::spec::{Elem, Epilogue, Header, KernelSpec, Template};
+use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
 /// Fully connected layer with bias over the flattened input; weight `[out, in]`.
@@ -97,17 +96,18 @@ impl LayerKind for Fc {
         true
     }
 
-    /// The f32 GEMM; under [`Precision::Tf32`] the tensor-core GEMM (`kernels::mma`, with
-    /// bias and the fused ReLU in its epilogue) where the input is whole 16-byte rows,
-    /// split along K so that one image's grid has about 128 blocks ([`MmaGemm::split_for`]).
+    /// The f32 GEMM; under `Precision::Tf32` and `Precision::Bf16` the tensor-core
+    /// GEMM (`kernels::mma`, with bias and the fused ReLU in its epilogue) where the input
+    /// is whole 16-byte rows, split along K so that one image's grid has about 128 blocks
+    /// ([`MmaGemm::split_for`]).
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if cx.precision == Precision::Tf32 {
+        if let Some(inputs) = cx.precision.mma_inputs() {
             let epilogue = Epilogue {
                 bias: true,
                 relu: cx.fused_relu,
             };
             let (n, k) = (cx.output.len(), cx.input.len());
-            if let Ok(g) = MmaGemm::new(1, n, k, Elem::F32, MmaTile::SMALL_M, epilogue) {
+            if let Ok(g) = MmaGemm::with_inputs(1, n, k, inputs, MmaTile::SMALL_M, epilogue) {
                 let g = g.with_split(g.split_for(128)).unwrap_or(g);
                 return g.specs(cx.layer, &cx.c_name());
             }

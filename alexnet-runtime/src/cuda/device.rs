@@ -116,16 +116,16 @@ impl Cuda {
         })
     }
 
-    /// This backend running the forward kernels of `precision` (`Precision::Tf32`: the
-    /// convolutions and fully connected layers on tensor cores; see [`Precision`]); kernels it loaded before
-    /// are dropped, to be loaded again in that precision. Tensor-core precisions need
-    /// compute capability 8.0 or later (`mma.sync` of tf32, `cp.async`): an older GPU is
-    /// an [`Error::Invalid`] that says so, as is a precision only the CPU backend computes
-    /// (bf16, for now).
+    /// This backend running the forward kernels of `precision` (`Precision::Tf32` and
+    /// `Precision::Bf16`: the convolutions and fully connected layers on tensor cores; see
+    /// [`Precision`]); kernels it loaded before are dropped, to be loaded again in that
+    /// precision. Tensor-core precisions need compute capability 8.0 or later
+    /// (`mma.sync` of tf32 and bf16, `cp.async`): an older GPU is an [`Error::Invalid`]
+    /// that says so, as is a precision only the CPU backend computes (none today).
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         if !precision.on_gpu() {
             return Err(Error::Invalid(format!(
-                "precision {precision} runs on the CPU backend only (the GPU's {precision} kernels are not generated yet); give f32 or tf32 on a GPU"
+                "precision {precision} runs on the CPU backend only (the GPU's {precision} kernels are not generated yet); give f32, tf32 or bf16 on a GPU"
             )));
         }
         if precision.tensor_cores() && self.major < 8 {

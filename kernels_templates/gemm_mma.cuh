@@ -260,6 +260,10 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     // waits for its own step, then issues the one STAGES - 1 ahead into the stage every
     // warp finished reading (the barrier) and computes. Every iteration commits a group,
     // empty or not, so that wait<STAGES - 2> always means "step kt has landed".
+    // FROM_F32: the threads' own loads wait for their data before storing it, so they are
+    // issued after this step's mma instructions (which the tensor cores then run while the
+    // loads are in flight); the stage they fill is the same one, still unread until a
+    // later barrier.
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < NT) load(s, kt0 + s);
@@ -270,8 +274,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     for (int kt = 0; kt < NT; ++kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);
-        cp_async_commit();
+        auto ahead = [&] {
+            if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);
+            cp_async_commit();
+        };
+        if constexpr (!FROM_F32) ahead();
         const uint4* as = As[kt % STAGES];
         const uint4* bs = Bs[kt % STAGES];
 #pragma unroll
@@ -302,6 +309,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
 #pragma unroll
                 for (int ni = 0; ni < NI; ++ni) Op::run(acc[mi][ni], af[mi], bf[ni]);
         }
+        if constexpr (FROM_F32) ahead();
     }
     cp_async_wait<0>();
 

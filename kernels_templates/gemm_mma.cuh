@@ -17,9 +17,11 @@
 //
 // Constraint: each row of a and b must start 16 bytes after the previous one (K * element
 // size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
-// aligned, so that every 16-byte chunk of a row is one cp.async (or, in bf16r, one or two
-// 16-byte loads); the spec refuses other K, except for a convolution (conv_mma_tf32,
-// conv_mma_bf16r), whose threads gather the tiles they cannot copy.
+// aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K,
+// except where the threads read the operands themselves: a convolution's (conv_mma_tf32,
+// conv_mma_bf16r: the im2col tile gathered, the weights' copied or gathered) and bf16r's
+// (two 16-byte loads a chunk of 8 values where K % 8 == 0, 8 loads of one value
+// otherwise).
 // Rows past M or N and chunks past K are zero-filled, so M, N and K need not be multiples
 // of the tile.
 //
@@ -132,12 +134,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     // A convolution whose filters are not whole 16-byte rows (AlexNet's conv1: 363 values)
-    // gathers its weights' tile too; every other operand row is copied by cp.async.
+    // gathers its weights' tile too, and bf16r reads (and rounds) every operand row; every
+    // other operand row is copied by cp.async.
     constexpr bool B_ROWS_ALIGNED = K % CPE == 0;
     static_assert(B_ROWS_ALIGNED || CONV || FROM_F32,
                   "rows of a and b must be 16-byte aligned (K * ELEM_BYTES % 16)");
-    static_assert(!FROM_F32 || CONV || K % 4 == 0,
-                  "f32 rows of a and b must be 16-byte aligned (K % 4)");
     static_assert(BK % KSTEP == 0 && KSTEP * E == 32, "a K step is two 16-byte chunks");
     static_assert(CH == 2 || CH == 4 || CH == 8, "2, 4 or 8 chunks a tile row");
     static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0,
@@ -175,8 +176,8 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                                     bf16_pair(v[4], v[5]), bf16_pair(v[6], v[7])});
         }
     };
-    // Reads the CPE f32 values of row `row` (of K) from column k into v, zero past K or
-    // where !ok: whole 16-byte loads where every chunk of a row is whole.
+    // Reads the CPE f32 values of the row at rowp (K values) from column k into v, zero
+    // past K or where !ok: whole 16-byte loads where every chunk of a row is whole.
     auto read_row = [](const float* rowp, bool ok, int k, float (&v)[CPE]) {
         if constexpr (K % CPE == 0) {
 #pragma unroll

@@ -389,7 +389,8 @@ fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
 }
 
 /// `--precision bf16` on a GPU: the same as tf32 with the kernels that round f32 operands
-/// to bf16 as they stage them (`gemm_mma_bf16r`, `conv_mma_bf16r`).
+/// to bf16 as they stage them (`gemm_mma_bf16r`, `conv_mma_bf16r`), every fc layer's
+/// whatever its K.
 #[test]
 fn the_bf16_forward_kernels_are_the_learned_layers_on_tensor_cores() {
     mma_forward_kernels(Precision::Bf16);
@@ -427,7 +428,8 @@ fn mma_forward_kernels(precision: Precision) {
             .filter(|&l| {
                 let layer = &plan.layers[l];
                 match layer.op {
-                    Op::Fc(_) => layer.input.len() % 4 == 0,
+                    // tf32 copies whole 16-byte rows with cp.async; bf16r reads any.
+                    Op::Fc(_) => precision == Precision::Bf16 || layer.input.len() % 4 == 0,
                     Op::Conv(_) => true,
                     _ => false,
                 }

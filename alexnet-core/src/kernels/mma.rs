@@ -14,9 +14,8 @@
 //! (emulation, NVRTC) but no layer uses them yet: the runtime has no 16-bit activations to
 //! bind them to.
 //!
-//! [`Precision::Tf32`]: super::precision::Precision::Tf32
-//! [`Precision::Bf16`]: super::precision::Precision::Bf16
 
+use super::precision::Precision;
 pub use super::spec::MmaTile;
 use super::spec::{
     Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance, KernelLaunch,
@@ -193,6 +192,16 @@ impl MmaInputs {
         }
     }
 
+    /// What the tensor-core GEMMs of the forward pass multiply in `precision` (`None`: f32
+    /// on the CUDA cores). The operands stay f32 in memory in every precision for now.
+    pub const fn for_precision(precision: Precision) -> Option<MmaInputs> {
+        match precision {
+            Precision::F32 => None,
+            Precision::Tf32 => Some(MmaInputs::Tf32),
+            Precision::Bf16 => Some(MmaInputs::Bf16OfF32),
+        }
+    }
+
     /// In kernel names: `bf16`, `f16`, `tf32`, `bf16r` (rounded from f32).
     pub const fn name(self) -> &'static str {
         match self {
@@ -209,7 +218,8 @@ impl MmaInputs {
     }
 }
 
-/// The convolution a tensor-core GEMM computes as an implicit GEMM (`conv_mma_tf32`): rows
+/// The convolution a tensor-core GEMM computes as an implicit GEMM (`conv_mma_tf32`,
+/// `conv_mma_bf16r`): rows
 /// are output pixels, columns a group's output channels, K a group's `channel x ky x kx`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmaConv {
@@ -376,7 +386,9 @@ impl MmaGemm {
             return Err(MmaError::Empty);
         }
         let elem = inputs.storage();
-        if !(k * elem.bytes()).is_multiple_of(16) {
+        // cp.async copies whole 16-byte chunks of a row; bf16r's threads read rows of any
+        // length (16 bytes at a time where K % 8 == 0, value by value otherwise).
+        if inputs != MmaInputs::Bf16OfF32 && !(k * elem.bytes()).is_multiple_of(16) {
             return Err(MmaError::UnalignedK { k, elem });
         }
         // The tile's rules are those of the values in shared memory.
@@ -765,11 +777,11 @@ mod tests {
         let split = g.with_split(g.split_for(128)).unwrap();
         assert_eq!(split.split, 4);
         assert!(split.spec(5, "fc6").stub.contains("gemm_mma_split_bf16r<"));
-        // f32 rows must be whole 16-byte chunks; 16-bit ones need K % 8.
-        assert!(
-            MmaGemm::with_inputs(1, 8, 12, MmaInputs::Bf16OfF32, MmaTile::SMALL_M, PLAIN).is_ok()
-        );
-        assert!(MmaGemm::with_inputs(1, 8, 12, MmaInputs::Bf16, MmaTile::SMALL_M, PLAIN).is_err());
+        // The threads read f32 rows of any length; cp.async needs whole 16-byte chunks.
+        let t = MmaTile::SMALL_M;
+        assert!(MmaGemm::with_inputs(1, 8, 75, MmaInputs::Bf16OfF32, t, PLAIN).is_ok());
+        assert!(MmaGemm::with_inputs(1, 8, 75, MmaInputs::Tf32, t, PLAIN).is_err());
+        assert!(MmaGemm::with_inputs(1, 8, 12, MmaInputs::Bf16, t, PLAIN).is_err());
         let conv = MmaConv {
             input: Shape::new(3, 23, 23),
             output: Shape::new(8, 4, 4),

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::mma::MmaInputs;
-
 /// The arithmetic of a network's products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
@@ -47,16 +45,6 @@ impl Precision {
     /// Needs tensor cores on a GPU.
     pub const fn tensor_cores(self) -> bool {
         matches!(self, Precision::Tf32 | Precision::Bf16)
-    }
-
-    /// What the tensor-core GEMMs of the forward pass multiply in it (`None`: f32 on the
-    /// CUDA cores). The operands stay f32 in memory in every precision for now.
-    pub const fn mma_inputs(self) -> Option<MmaInputs> {
-        match self {
-            Precision::F32 => None,
-            Precision::Tf32 => Some(MmaInputs::Tf32),
-            Precision::Bf16 => Some(MmaInputs::Bf16OfF32),
-        }
     }
 
     /// The CUDA backend computes in it.

@@ -7,7 +7,7 @@ use super::dsl::{
 };
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
-use crate::kernels::mma::{MmaConv, MmaGemm, MmaTile};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
@@ -181,7 +181,7 @@ impl LayerKind for Conv {
     /// The f32 implicit GEMM; under `Precision::Tf32` and `Precision::Bf16` the
     /// tensor-core one (`conv_mma_tf32`, `conv_mma_bf16r`, 128 x 128 tiles).
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if let Some(inputs) = cx.precision.mma_inputs() {
+        if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
             let conv = MmaConv {
                 input: cx.input,
                 output: cx.output,

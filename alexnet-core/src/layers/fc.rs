@@ -6,7 +6,7 @@ use super::common::{learned_backward, learned_forward};
 use super::dsl::{err, int, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
-use crate::kernels::mma::{MmaGemm, MmaTile};
+use crate::kernels::mma::{MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::shape::Shape;
 
@@ -101,7 +101,7 @@ impl LayerKind for Fc {
     /// is whole 16-byte rows, split along K so that one image's grid has about 128 blocks
     /// ([`MmaGemm::split_for`]).
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        if let Some(inputs) = cx.precision.mma_inputs() {
+        if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
             let epilogue = Epilogue {
                 bias: true,
                 relu: cx.fused_relu,

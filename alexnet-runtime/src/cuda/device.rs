@@ -125,7 +125,7 @@ impl Cuda {
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         if !precision.on_gpu() {
             return Err(Error::Invalid(format!(
-                "precision {precision} runs on the CPU backend only (the GPU's {precision} kernels are not generated yet); give f32, tf32 or bf16 on a GPU"
+                "precision {precision} has no GPU kernels; give f32, tf32 or bf16 on a GPU"
             )));
         }
         if precision.tensor_cores() && self.major < 8 {

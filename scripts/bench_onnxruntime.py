@@ -2,9 +2,11 @@
 """alexnet-rs's CPU forward pass beside ONNX Runtime's, in one run: the paper's AlexNet
 (the graph of scripts/make_fixtures.py, grouped convs and per-tower LRN, 227x227) at the
 given batch sizes and thread count, median of N runs after warm-up, in interleaved rounds
-(ONNX Runtime, then alexnet-rs, per batch size and round), and the ratio of the two in
-each round. The machine this project is measured on is shared and its speed drifts from
-minute to minute, so compare within a round and read the median ratio.
+(ONNX Runtime, then each alexnet-rs variant, per batch size and round; the variants'
+order rotates from round to round, since the one run first after ONNX Runtime measured
+slower at batch 1), and the ratio of the two in each round. The machine this project is
+measured on is shared and its speed drifts from minute to minute, so compare within a
+round and read the median ratio.
 
   cargo build --release --example alexnet
   python3 scripts/bench_onnxruntime.py --threads 2 --batch 1 16 --runs 10 --rounds 3
@@ -79,9 +81,9 @@ def main():
     ap.add_argument("--alexnet-rs", default=os.path.join(ROOT, "target/release/examples/alexnet"),
                     help="the alexnet example binary (cargo build --release --example alexnet), or none")
     ap.add_argument("--stages", action="store_true", help="print alexnet-rs's per-stage times too")
-    ap.add_argument("--precision", nargs="+", default=["f32"], choices=[f"{p}{c}" for p in ("f32", "bf16") for c in ("", "/auto", "/im2col", "/packed", "/winograd")],
+    ap.add_argument("--precision", nargs="+", default=["f32"], choices=[f"{p}{c}" for p in ("f32", "bf16") for c in ("", "/auto", "/direct", "/im2col", "/packed", "/winograd")],
                     help="alexnet-rs's precisions to time, each beside the same ONNX Runtime f32 run; "
-                         "PRECISION/ALGORITHM also sets ALEXNET_CPU_CONV (f32/winograd)")
+                         "PRECISION/ALGORITHM also sets ALEXNET_CPU_CONV (f32/direct, f32/winograd)")
     args = ap.parse_args()
     rs = None if args.alexnet_rs == "none" else args.alexnet_rs
     if rs and not os.access(rs, os.X_OK):
@@ -94,7 +96,11 @@ def main():
         for b in args.batch:
             t_ort = time_ort(sessions[b], args.runs)
             line = f"round {r}, batch {b:>3}: onnxruntime {t_ort * 1e3:8.2f} ms ({b / t_ort:6.1f} img/s)"
-            for p in args.precision if rs else []:
+            # The variants in an order rotated each round: the one that runs first after
+            # ONNX Runtime, and the one furthest from its timing, change from round to round.
+            k = (r - 1) % len(args.precision)
+            order = args.precision[k:] + args.precision[:k]
+            for p in order if rs else []:
                 t_rs, stages = time_alexnet_rs(rs, b, args.runs, args.threads, p)
                 ratios[(b, p)].append(t_ort / t_rs)
                 line += (f"\n    alexnet-rs {p:>4} {t_rs * 1e3:8.2f} ms ({b / t_rs:6.1f} img/s)"

@@ -48,7 +48,7 @@ fn compare_in(plan: &Plan, batches: &[usize], seed: u64, precision: Precision, l
     }
     let mut gpu = Model::from_tensors(backend, plan.clone(), w.clone()).unwrap();
     gpu.set_poison(true);
-    let cpu = Model::from_tensors(Cpu::new(), plan.clone(), w).unwrap();
+    let cpu = Model::from_tensors(Cpu::reference(), plan.clone(), w).unwrap();
     let s = plan.input;
     let mut worst: f64 = 0.0;
     for &n in batches {

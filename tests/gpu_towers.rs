@@ -46,7 +46,7 @@ fn check(plan: &Plan, n: usize) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let w = fan_in_weights(plan, &mut rng);
     let (x, labels) = batch(plan, n, &mut rng);
-    let whole = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let whole = Model::from_tensors(Cpu::reference(), plan.clone(), w.clone()).unwrap();
     let want = whole.forward(&x).unwrap();
     let config = TrainConfig {
         seed: 11,
@@ -125,7 +125,7 @@ fn towers_and_training_in(precision: alexnet::ir::Precision, forward: f64, gradi
         seed: 3,
         ..TrainConfig::default()
     };
-    let whole = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let whole = Model::from_tensors(Cpu::reference(), plan.clone(), w.clone()).unwrap();
     let want = whole.forward(&x).unwrap();
     let mut trainer = Trainer::new(whole, config.clone()).unwrap();
     trainer.step(&x, &labels).unwrap();
@@ -170,7 +170,7 @@ fn split_training_on_gpus_equals_unsplit() {
         seed: 4,
         ..TrainConfig::default()
     };
-    let model = Model::from_tensors(Cpu::new(), plan.clone(), w.clone()).unwrap();
+    let model = Model::from_tensors(Cpu::reference(), plan.clone(), w.clone()).unwrap();
     let mut trainer = Trainer::new(model, config.clone()).unwrap();
     let batches: Vec<_> = (0..3).map(|_| batch(plan, 8, &mut rng)).collect();
     for (x, labels) in &batches {

@@ -58,7 +58,7 @@ fn compare(plan: &Plan, batch: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let w = weights(plan, &mut rng);
     let mut gpu = trainer(Cuda::new(0).expect("a CUDA GPU"), plan, w.clone());
-    let mut cpu = trainer(Cpu::new(), plan, w);
+    let mut cpu = trainer(Cpu::reference(), plan, w);
     let s = plan.input;
     let classes = cpu.classes() as u32;
     for step in 0..3 {
@@ -155,7 +155,7 @@ fn backward_stage(body: &str, at: usize, input: (usize, usize, usize), batch: us
         .iter()
         .map(|p| random(&mut rng, p.len(), 0.5))
         .collect();
-    let cpu = Cpu::new();
+    let cpu = Cpu::reference();
     let mut y = vec![0.0f32; batch * layer.output.len()];
     let p: Vec<&Vec<f32>> = params.iter().collect();
     cpu.forward_stage(&plan, stage, batch, &x, &p, &mut y)
@@ -478,7 +478,7 @@ fn batches_sent_ahead_to_the_gpu_train_as_on_the_cpu() {
     let cut = pre.train_cut();
     let w = weights(plan, &mut rng);
     let mut on_gpu = trainer(Cuda::new(0).expect("a CUDA GPU"), plan, w.clone());
-    let mut on_cpu = trainer(Cpu::new(), plan, w);
+    let mut on_cpu = trainer(Cpu::reference(), plan, w);
     let batches: Vec<(Vec<u8>, Vec<Draw>, Vec<u32>)> = (0..steps)
         .map(|step| {
             let images = (0..batch * side * side * 3).map(|_| rng.random()).collect();
@@ -604,7 +604,7 @@ fn images_cut_on_the_gpu_are_the_cpu_s_patches_and_train_alike() {
     let pre = common::augment_preprocess(side, (s.h, s.w), &mut rng);
     let w = weights(plan, &mut rng);
     let mut on_gpu = trainer(gpu, plan, w.clone());
-    let mut on_cpu = trainer(Cpu::new(), plan, w);
+    let mut on_cpu = trainer(Cpu::reference(), plan, w);
     for step in 0..3u64 {
         let images: Vec<u8> = (0..batch * side * side * 3).map(|_| rng.random()).collect();
         let draws: Vec<Draw> = (0..batch as u64)

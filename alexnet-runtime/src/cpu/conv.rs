@@ -482,14 +482,14 @@ impl CpuLayer for Conv {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;
         let g = self.gemm(s.layer.input, s.layer.output);
-        if winograd::applies(&g, s.conv, s.precision) {
+        if winograd::applies(&g, s.conv, s.precision, s.batch) {
             let (arith, fresh) = match s.precision {
                 Precision::Bf16 => (Arith::Bf16, s.bf16_freshness()),
                 _ => (Arith::F32, Freshness::Compare),
             };
             let key = format!("{}/winograd/{arith:?}", s.layer.name);
-            let u = s.packs.get(&key, w, fresh, |w| {
-                winograd::transform_filters(w, &g, arith)
+            let u = s.packs.get_into(&key, w, fresh, |w, out| {
+                winograd::transform_filters(w, &g, arith, out)
             });
             let call = winograd::Call {
                 x,

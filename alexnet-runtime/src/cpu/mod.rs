@@ -3,7 +3,8 @@
 //! im2col + GEMM (OpenBLAS, the `gemm` crate, or this crate's packed AVX-512 micro-kernel),
 //! parallel over the batch or inside the GEMM with rayon. Deterministic:
 //! the same inputs give the same bits on every run with the same thread count. It is the
-//! reference the GPU backend is checked against and the fallback where there is no GPU.
+//! fallback where there is no GPU and, with the direct convolution ([`Cpu::reference`]),
+//! the reference the GPU backend is checked against.
 //!
 //! One file per layer kind (`conv.rs`, `fc.rs`, `relu.rs`, `tanh.rs`, `pool.rs`,
 //! `lrn.rs`, `dropout.rs`, `softmax.rs`), each implementing `CpuLayer` for the kind's
@@ -14,8 +15,8 @@
 //! patches cut from 8-bit images, `upload.rs` uploads ahead (a copy). Beside the layers: `gemm.rs`, `blas.rs`
 //! and `mat.rs` (the matrix multiply), `packed/` (the packed operands and AVX-512
 //! micro-kernel, f32 and bf16), `winograd.rs` (Winograd F(4x4, 3x3) and F(4x4, 5x5) on
-//! the packed micro-kernel: bf16's 3x3 and 5x5 stride-1 layers, or any precision's by
-//! [`ConvAlgorithm`]), `pack.rs` (weights kept in a kernel's layout while they stay the
+//! the packed micro-kernel: the 3x3 and 5x5 stride-1 layers where [`ConvAlgorithm::Auto`]
+//! finds it pays), `pack.rs` (weights kept in a kernel's layout while they stay the
 //! same) and [`probe`] (the machine's ceilings, for `bench`).
 
 mod augment;
@@ -66,16 +67,20 @@ pub struct Cpu {
 /// in rounding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// The choice this project measured fastest on its machine (docs/benchmarks.md):
-    /// [`ConvAlgorithm::Packed`] where the CPU has AVX-512F (ahead of im2col on OpenBLAS,
-    /// and well ahead of the `gemm` crate), [`ConvAlgorithm::Im2col`] otherwise; and in
-    /// [`Precision::Bf16`] on such a CPU, Winograd on the 3x3 and 5x5 stride-1 layers
-    /// (AlexNet's conv2-conv5 at batch 16: 1.3-2.4x the direct convolution; at batch 1
-    /// 1.8x on conv2, level on conv3-conv5; docs/benchmarks.md), where its f32 arithmetic's
-    /// error is nothing beside bf16's rounding. f32 stays on the direct convolution, the
-    /// reference: Winograd's error is about 8x its own.
+    /// The choice this project measured fastest on its machine (docs/benchmarks.md), per
+    /// layer and batch: [`ConvAlgorithm::Direct`], except on a CPU with AVX-512F for
+    /// Winograd's layers (stride 1, 3x3 or 5x5 filters): in f32 a 5x5 layer at any batch
+    /// and a 3x3 one from batch 2 (AlexNet's conv2: 1.8x the direct convolution at batch 1,
+    /// 2.4x at batch 16; conv3-conv5 1.3-1.5x at batch 16 and level at batch 1, where
+    /// their transformed filters, 4x the filters, come from memory); in
+    /// [`Precision::Bf16`] all of them. Winograd's relative error is about 8x the direct
+    /// product's (3e-6 against 4e-7 on AlexNet's conv2-conv5; tests/cpu_layers.rs).
     #[default]
     Auto,
+    /// The direct convolution everywhere, as an implicit GEMM: [`ConvAlgorithm::Packed`]
+    /// where the CPU has AVX-512F, [`ConvAlgorithm::Im2col`] otherwise. The most exact
+    /// choice ([`Cpu::reference`]): the GPU tests compare with it.
+    Direct,
     /// im2col + GEMM (OpenBLAS's sgemm, or the `gemm` crate) everywhere.
     Im2col,
     /// This crate's AVX-512 micro-kernel everywhere: the im2col columns gathered a block
@@ -91,16 +96,17 @@ pub enum ConvAlgorithm {
 }
 
 impl ConvAlgorithm {
-    /// From `ALEXNET_CPU_CONV` (`auto`, `im2col`, `packed` or `winograd`); `Auto` when
-    /// unset.
+    /// From `ALEXNET_CPU_CONV` (`auto`, `direct`, `im2col`, `packed` or `winograd`);
+    /// `Auto` when unset.
     pub fn from_env() -> Result<Self> {
         match std::env::var("ALEXNET_CPU_CONV").as_deref() {
             Err(_) | Ok("auto") => Ok(ConvAlgorithm::Auto),
+            Ok("direct") => Ok(ConvAlgorithm::Direct),
             Ok("im2col") => Ok(ConvAlgorithm::Im2col),
             Ok("packed") => Ok(ConvAlgorithm::Packed),
             Ok("winograd") => Ok(ConvAlgorithm::Winograd),
             Ok(other) => Err(Error::Invalid(format!(
-                "ALEXNET_CPU_CONV={other:?}: expected auto, im2col, packed or winograd"
+                "ALEXNET_CPU_CONV={other:?}: expected auto, direct, im2col, packed or winograd"
             ))),
         }
     }
@@ -110,7 +116,7 @@ impl ConvAlgorithm {
     pub(crate) fn packed(self) -> bool {
         match self {
             ConvAlgorithm::Packed => true,
-            ConvAlgorithm::Auto | ConvAlgorithm::Winograd => {
+            ConvAlgorithm::Auto | ConvAlgorithm::Direct | ConvAlgorithm::Winograd => {
                 packed::Kernel::best() == packed::Kernel::Avx512
             }
             ConvAlgorithm::Im2col => false,
@@ -141,6 +147,13 @@ impl Cpu {
             precision: Precision::F32,
             weights: Arc::default(),
         }
+    }
+
+    /// The CPU backend with [`ConvAlgorithm::Direct`] whatever `ALEXNET_CPU_CONV` says: the
+    /// most exact f32 this backend computes, which the GPU's f32 is checked against (at
+    /// relative L2 1e-5).
+    pub fn reference() -> Self {
+        Cpu::new().with_conv_algorithm(ConvAlgorithm::Direct)
     }
 
     /// This backend computing in `precision`: [`Precision::F32`] (the default and the
@@ -182,11 +195,11 @@ impl Cpu {
         self.weights.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether this backend runs 3x3 and 5x5 stride-1 convolutions as Winograd (asked for,
-    /// or chosen by [`ConvAlgorithm::Auto`] in bf16): their time then stands for fewer
-    /// multiplies than the direct convolution's.
+    /// Whether this backend may run 3x3 and 5x5 stride-1 convolutions as Winograd (asked
+    /// for, or chosen by [`ConvAlgorithm::Auto`] on a CPU with AVX-512F): their time then
+    /// stands for fewer multiplies than the direct convolution's.
     pub fn uses_winograd(&self) -> bool {
-        winograd::taken(self.conv, self.precision)
+        winograd::taken(self.conv)
     }
 
     /// This backend with convolutions computed by `conv`.
@@ -388,10 +401,13 @@ impl Memory for Cpu {
     type Buffer<T: Element> = Vec<T>;
 
     fn name(&self) -> String {
-        let winograd = if self.uses_winograd() {
-            ", Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions"
-        } else {
-            ""
+        let auto_f32 = self.conv == ConvAlgorithm::Auto && self.precision == Precision::F32;
+        let winograd = match self.uses_winograd() {
+            false => "",
+            true if auto_f32 => {
+                ", Winograd F(4x4) on 5x5 stride-1 convolutions and, from batch 2, on 3x3 ones"
+            }
+            true => ", Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions",
         };
         match self.precision {
             Precision::Bf16 => format!(

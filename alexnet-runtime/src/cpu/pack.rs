@@ -71,6 +71,18 @@ impl Source {
         }
     }
 
+    /// [`Source::of`], reusing this one's copy of the values when it has one of their
+    /// length.
+    fn refill(self, w: &[f32], fresh: Freshness) -> Source {
+        match (self, fresh) {
+            (Source::Copy(mut v), Freshness::Compare) if v.len() == w.len() => {
+                v.copy_from_slice(w);
+                Source::Copy(v)
+            }
+            (_, fresh) => Source::of(w, fresh),
+        }
+    }
+
     fn matches(&self, w: &[f32], fresh: Freshness) -> bool {
         match (self, fresh) {
             (Source::Copy(src), Freshness::Compare) => src.len() == w.len() && same_bits(src, w),
@@ -124,6 +136,20 @@ impl PackCache {
         fresh: Freshness,
         pack: impl FnOnce(&[f32]) -> Vec<T>,
     ) -> Arc<Packed<T>> {
+        self.get_into(layer, w, fresh, |w, out| *out = pack(w))
+    }
+
+    /// [`PackCache::get`] with `pack(w, out)` writing into `out`: the stale pack's buffer
+    /// when nothing else holds it any more (the same layer's previous weights: a trained
+    /// layer repacks at every step, and its buffers' pages are then already there), an
+    /// empty one otherwise.
+    pub fn get_into<T: Send + Sync + 'static>(
+        &self,
+        layer: &str,
+        w: &[f32],
+        fresh: Freshness,
+        pack: impl FnOnce(&[f32], &mut Vec<T>),
+    ) -> Arc<Packed<T>> {
         let key = (
             layer.to_string(),
             w.as_ptr() as usize,
@@ -137,15 +163,24 @@ impl PackCache {
             .get(&key)
             .cloned()
             .and_then(|p| p.downcast::<Packed<T>>().ok());
+        let mut stale = None;
         if let Some(p) = found {
             if p.source.matches(w, fresh) {
                 return p;
             }
+            // The map's reference goes first, so that ours may be the last one.
+            self.entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
+            stale = Arc::try_unwrap(p).ok();
         }
-        let packed = Arc::new(Packed {
-            source: Source::of(w, fresh),
-            data: pack(w),
-        });
+        let (mut data, source) = match stale {
+            Some(Packed { source, data }) => (data, source.refill(w, fresh)),
+            None => (Vec::new(), Source::of(w, fresh)),
+        };
+        pack(w, &mut data);
+        let packed = Arc::new(Packed { source, data });
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
             entries.clear();
@@ -180,6 +215,31 @@ mod tests {
         w[2] = 5.0;
         assert_eq!(get(&w), [2.0, 4.0, 10.0]);
         assert_eq!(packs.get(), 2, "changed in place: packed again");
+    }
+
+    /// A stale pack that nothing holds any more lends its buffer to the repack (the same
+    /// allocation, overwritten), and the result is the new weights' all the same; one
+    /// still held elsewhere is left alone.
+    #[test]
+    fn a_repack_writes_into_the_stale_buffer() {
+        let cache = PackCache::default();
+        let mut w = vec![1.0f32; 1000];
+        let times_two = |w: &[f32], out: &mut Vec<f32>| {
+            out.resize(w.len(), 0.0);
+            out.iter_mut().zip(w).for_each(|(o, v)| *o = v * 2.0);
+        };
+        let first = cache.get_into("conv3", &w, Freshness::Compare, times_two);
+        let at = first.data.as_ptr();
+        drop(first);
+        w[7] = 4.0;
+        let second = cache.get_into("conv3", &w, Freshness::Compare, times_two);
+        assert_eq!(second.data.as_ptr(), at, "the stale buffer reused");
+        assert_eq!((second.data[6], second.data[7]), (2.0, 8.0));
+        // Held by a caller: a fresh buffer, and the caller's pack stays as it was.
+        w[7] = 5.0;
+        let third = cache.get_into("conv3", &w, Freshness::Compare, times_two);
+        assert_ne!(third.data.as_ptr(), second.data.as_ptr());
+        assert_eq!((second.data[7], third.data[7]), (8.0, 10.0));
     }
 
     #[test]

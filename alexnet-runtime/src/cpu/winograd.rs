@@ -28,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use super::packed::{self, AOperand, Arith, BOperand, Epilogue, Gather, Kernel, Operands, NR};
+use super::packed::{self, AOperand, Arith, BOperand, Epilogue, Kernel, Operands, NR};
 use super::ConvAlgorithm;
 use crate::ir::Precision;
 use alexnet_core::kernels::gemm::Gemm as ConvGeom;
@@ -194,34 +194,45 @@ impl Variant<8, 4, 5> for F4x4K5 {
     }
 }
 
-/// Whether a layer runs as Winograd under `choice` and `precision`: only a stride-1 layer
-/// with 3x3 or 5x5 filters, and then when [`taken`] says so.
-pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision) -> bool {
-    (g.k == 3 || g.k == 5) && g.stride == 1 && taken(choice, precision)
+/// Whether a layer runs as Winograd under `choice` and `precision` at `batch` images: only
+/// a stride-1 layer with 3x3 or 5x5 filters, when [`taken`] says so; under
+/// [`ConvAlgorithm::Auto`] in f32 a 3x3 layer from batch 2 only. At batch 1 its
+/// transformed filters (4x the filters: 14 MB on AlexNet's conv3), read from memory once
+/// the fully connected layers have pushed them out of the cache, serve 16 tiles, and
+/// conv3-conv5 measured level with the direct convolution (docs/benchmarks.md); a 5x5
+/// layer saves 5.8x the multiplies and wins at any batch (conv2: 1.8x at batch 1).
+pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision, batch: usize) -> bool {
+    let shape = (g.k == 3 || g.k == 5) && g.stride == 1;
+    let pays =
+        choice != ConvAlgorithm::Auto || precision == Precision::Bf16 || g.k == 5 || batch >= 2;
+    shape && taken(choice) && pays
 }
 
-/// Whether `choice` in `precision` runs the layers Winograd can take as Winograd: when
-/// asked for ([`ConvAlgorithm::Winograd`]), and under [`ConvAlgorithm::Auto`] in bf16 on a
-/// CPU with the AVX-512 micro-kernel, where its error (that of f32 arithmetic, 2.7e-6 to
-/// 3.1e-6 relative L2 on AlexNet's layers) is nothing beside bf16's rounding (2e-3 to 1e-2
-/// per layer). Exact f32 stays on the direct convolution: Winograd's error is about 8x
-/// the direct product's.
-pub fn taken(choice: ConvAlgorithm, precision: Precision) -> bool {
+/// Whether `choice` runs (some of) the layers Winograd can take as
+/// Winograd: when asked for ([`ConvAlgorithm::Winograd`]), and under
+/// [`ConvAlgorithm::Auto`] on a CPU with the AVX-512 micro-kernel ([`applies`] says which
+/// layers at which batch). Its error, that of f32 arithmetic through the transforms, is
+/// 2.7e-6 to 3.1e-6 relative L2 on AlexNet's layers, about 8x the direct product's, and
+/// nothing beside bf16's rounding (2e-3 to 1e-2 per layer).
+pub fn taken(choice: ConvAlgorithm) -> bool {
     match choice {
         ConvAlgorithm::Winograd => true,
-        ConvAlgorithm::Auto => precision == Precision::Bf16 && Kernel::best() == Kernel::Avx512,
-        ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
+        ConvAlgorithm::Auto => Kernel::best() == Kernel::Avx512,
+        ConvAlgorithm::Direct | ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
     }
 }
 
 /// The filters `w` (`[O][C/groups][k][k]`, `k` 3 or 5), rounded to bf16 first when
 /// `arith` is [`Arith::Bf16`], transformed and packed: for each group and each ξ, `U[ξ]`
 /// (the group's input channels x its output channels) as the packed micro-kernel's B, in
-/// panels of [`NR`] output channels ([`packed::pack_b`]'s f32 layout).
-pub fn transform_filters(w: &[f32], g: &ConvGeom, arith: Arith) -> Vec<u32> {
+/// panels of [`NR`] output channels (the f32 layout of `pack_b` in `packed/layout.rs`),
+/// into `out`: the previous transform of the same layer's filters is overwritten in place
+/// (a trained layer's filters change at every step, and 14 MB of fresh pages for conv3
+/// cost more than the transform's arithmetic), any other buffer replaced.
+pub fn transform_filters(w: &[f32], g: &ConvGeom, arith: Arith, out: &mut Vec<u32>) {
     match g.k {
-        3 => filters::<F4x4K3, 6, 4, 3>(w, g, arith),
-        5 => filters::<F4x4K5, 8, 4, 5>(w, g, arith),
+        3 => filters::<F4x4K3, 6, 4, 3>(w, g, arith, out),
+        5 => filters::<F4x4K5, 8, 4, 5>(w, g, arith, out),
         k => panic!("winograd: {k}x{k} filters"),
     }
 }
@@ -254,57 +265,81 @@ fn filters<V: Variant<A, MO, R>, const A: usize, const MO: usize, const R: usize
     w: &[f32],
     g: &ConvGeom,
     arith: Arith,
-) -> Vec<u32> {
+    out: &mut Vec<u32>,
+) {
     assert_eq!(g.k, R, "winograd: the filters are not {R}x{R}");
     let (cg, og) = (g.input.c / g.groups, g.output.c / g.groups);
     let xi_count = A * A;
-    // U[group][o][ξ][c], where `o` and `c` count within the group: G f Gᵀ in f64, the
-    // output channels in parallel (a layer may have one group).
-    let mut u = vec![0.0f32; g.groups * og * xi_count * cg];
-    u.par_chunks_mut(xi_count * cg)
+    // The filters per group as [c][ky][kx][o] (rounded to bf16 first in bf16), so that
+    // the transform below runs along contiguous output channels (vectorised), not filter
+    // by filter.
+    let taps = R * R;
+    let mut wt = vec![0.0f32; g.groups * cg * taps * og];
+    wt.par_chunks_mut(taps * og)
         .enumerate()
-        .for_each(|(go, uo)| {
-            for c in 0..cg {
-                let f = |ky: usize, kx: usize| {
-                    let v = w[((go * cg + c) * R + ky) * R + kx];
-                    f64::from(match arith {
+        .for_each(|(gc, dst)| {
+            let (grp, c) = (gc / cg, gc % cg);
+            for o in 0..og {
+                let f = &w[((grp * og + o) * cg + c) * taps..][..taps];
+                for (t, &v) in f.iter().enumerate() {
+                    dst[t * og + o] = match arith {
                         Arith::F32 => v,
                         Arith::Bf16 => packed::round_bf16(v),
-                    })
-                };
-                // G f: A x R, then (G f) Gᵀ: A x A.
-                let mut gf = [[0.0f64; R]; A];
-                for (i, row) in gf.iter_mut().enumerate() {
-                    for (kx, val) in row.iter_mut().enumerate() {
-                        *val = (0..R).map(|ky| V::G[i][ky] * f(ky, kx)).sum();
+                    };
+                }
+            }
+        });
+    // U[ξ] of each group (its input channels x its output channels) straight into the
+    // packed micro-kernel's B layout (the f32 one of `pack_b` in `packed/layout.rs`: panels of NR output
+    // channels, a row of NR per input channel, zeros past the last channel): G f Gᵀ in
+    // f64, one row i of ξ = (i, j) of one group per task (A tasks a group, each A
+    // consecutive ξ, so A whole packed matrices).
+    let per = Arith::F32.b_len(cg, og);
+    let panels = og.div_ceil(NR);
+    // Every value but the zero padding of the last panels is written below: a buffer of
+    // the same layout keeps its zeros.
+    if out.len() != g.groups * xi_count * per {
+        *out = vec![0u32; g.groups * xi_count * per];
+    }
+    out.par_chunks_mut(A * per)
+        .enumerate()
+        .for_each(|(task, oi)| {
+            let (grp, i) = (task / A, task % A);
+            // Row i of G f for each kx (gf[kx][o]), then its products with the rows of G.
+            let mut gf = vec![0.0f64; R * og];
+            let mut acc = vec![0.0f64; og];
+            for c in 0..cg {
+                let wc = &wt[(grp * cg + c) * taps * og..][..taps * og];
+                gf.fill(0.0);
+                for kx in 0..R {
+                    let row = &mut gf[kx * og..][..og];
+                    for ky in 0..R {
+                        let gk = V::G[i][ky];
+                        let src = &wc[(ky * R + kx) * og..][..og];
+                        row.iter_mut()
+                            .zip(src)
+                            .for_each(|(d, &s)| *d += gk * f64::from(s));
                     }
                 }
-                for (i, row) in gf.iter().enumerate() {
-                    for j in 0..A {
-                        let v: f64 = (0..R).map(|kx| row[kx] * V::G[j][kx]).sum();
-                        uo[(i * A + j) * cg + c] = v as f32;
+                for j in 0..A {
+                    acc.fill(0.0);
+                    for kx in 0..R {
+                        let gj = V::G[j][kx];
+                        let row = &gf[kx * og..][..og];
+                        acc.iter_mut().zip(row).for_each(|(d, s)| *d += s * gj);
+                    }
+                    let dst = &mut oi[j * per..][..per];
+                    for p in 0..panels {
+                        let o0 = p * NR;
+                        let run = &acc[o0..og.min(o0 + NR)];
+                        let at = &mut dst[p * cg * NR + c * NR..][..run.len()];
+                        at.iter_mut()
+                            .zip(run)
+                            .for_each(|(d, &v)| *d = (v as f32).to_bits());
                     }
                 }
             }
         });
-    // Each group's U[ξ] packed as B (its input channels x its output channels): element
-    // (c, o) at `((group * og + o) * ξs + ξ) * cg + c`.
-    let per = Arith::F32.b_len(cg, og);
-    let rows: Vec<u32> = (0..cg as u32).collect();
-    let mut out = vec![0u32; g.groups * xi_count * per];
-    out.par_chunks_mut(per).enumerate().for_each(|(i, dst)| {
-        let (grp, xi) = (i / xi_count, i % xi_count);
-        let cols: Vec<u32> = (0..og)
-            .map(|o| (((grp * og + o) * xi_count + xi) * cg) as u32)
-            .collect();
-        let b = Gather {
-            src: &u,
-            rows: &rows,
-            cols: &cols,
-        };
-        packed::pack_b(Arith::F32, b, dst, 1);
-    });
-    out
 }
 
 /// `Bᵀ d B` on `L` lanes, `d(r, c)` element (r, c) of the input tile, each element of the
@@ -668,6 +703,35 @@ crate::cpu::simd::wide! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alexnet_core::shape::Shape;
+
+    /// `Auto`'s rule: in f32, 5x5 stride-1 layers at any batch and 3x3 ones from batch 2;
+    /// in bf16 both at any batch; nothing else, and nothing without the AVX-512 kernel;
+    /// `Winograd` takes every such layer, `Direct` none.
+    #[test]
+    fn auto_takes_winograd_where_it_pays() {
+        let geom = |k: usize, stride: usize| ConvGeom {
+            input: Shape::new(64, 13, 13),
+            output: Shape::new(64, 13 / stride, 13 / stride),
+            k,
+            stride,
+            pad: k / 2,
+            groups: 1,
+            fc: false,
+        };
+        let (f32, bf16) = (Precision::F32, Precision::Bf16);
+        let avx512 = Kernel::best() == Kernel::Avx512;
+        let auto = ConvAlgorithm::Auto;
+        assert_eq!(applies(&geom(5, 1), auto, f32, 1), avx512);
+        assert!(!applies(&geom(3, 1), auto, f32, 1));
+        assert_eq!(applies(&geom(3, 1), auto, f32, 2), avx512);
+        assert_eq!(applies(&geom(3, 1), auto, bf16, 1), avx512);
+        assert!(!applies(&geom(3, 2), auto, f32, 16));
+        assert!(!applies(&geom(11, 1), auto, f32, 16));
+        assert!(applies(&geom(3, 1), ConvAlgorithm::Winograd, f32, 1));
+        assert!(!applies(&geom(3, 2), ConvAlgorithm::Winograd, f32, 1));
+        assert!(!applies(&geom(5, 1), ConvAlgorithm::Direct, f32, 16));
+    }
 
     /// The written-out transforms compute the matrices they were generated from.
     fn written_out_as_the_matrices<

@@ -55,7 +55,7 @@ mod tests;
 mod tile;
 
 use layout::gather_panel;
-pub use layout::{pack_a, pack_b, pack_b_transposed, Gather};
+pub use layout::{pack_a, pack_b_transposed, Gather};
 pub use narrow::{gemm_narrow, pack_narrow, NARROW};
 use tile::Tile;
 

@@ -103,7 +103,7 @@ fn check(cxx: &str, src: &str, batch: usize) {
     let params = common::random_params(&plan, &mut rng);
     let s = plan.input;
     let x = random(&mut rng, batch * s.len());
-    let model = Model::from_tensors(Cpu::new(), plan.clone(), params.clone()).unwrap();
+    let model = Model::from_tensors(Cpu::reference(), plan.clone(), params.clone()).unwrap();
     let mut want = None;
     let first = plan.stage_output_name(plan.stages()[0]).to_string();
     model
@@ -376,7 +376,7 @@ fn check_backward(cxx: &str, body: &str, input: (usize, usize, usize), batch: us
     {
         use alexnet::runtime::prelude::*;
         let p: Vec<&Vec<f32>> = stage_params.iter().collect();
-        Cpu::new()
+        Cpu::reference()
             .forward_stage(&plan, stage, batch, &x, &p, &mut y)
             .unwrap();
     }
@@ -986,7 +986,7 @@ fn mma_fully_connected_stages(mp: MmaPrecision) {
             let cpu_in = |precision, x: &[f32], w: &[f32]| {
                 let mut y = vec![0.0f32; batch * layer.output.len()];
                 let (x, w, b) = (x.to_vec(), w.to_vec(), p[1].clone());
-                Cpu::new()
+                Cpu::reference()
                     .with_precision(precision)
                     .unwrap()
                     .forward_stage(&plan, stage, batch, &x, &[&w, &b], &mut y)
@@ -1046,8 +1046,8 @@ fn tf32_convolutions_match_the_cpu_under_emulation() {
 /// `--precision bf16` on a GPU for convolutions: `conv_mma_bf16r`, the tf32 test's shapes
 /// with every operand rounded to bf16 as the threads stage it (eight values a 16-byte
 /// chunk, so conv1's 363-value filters and the 18-value ones end mid-chunk), also against
-/// the CPU backend's own bf16 convolution (direct or Winograd: the same products, summed
-/// in another order, Winograd's transforms in f32).
+/// the CPU backend's own bf16 convolution (the direct one of `Cpu::reference`: the same
+/// products, summed in another order).
 #[test]
 fn bf16_convolutions_match_the_cpu_under_emulation() {
     mma_convolutions(BF16);
@@ -1087,7 +1087,7 @@ fn mma_convolutions(mp: MmaPrecision) {
         let cpu_in = |precision, x: &[f32], w: &[f32]| {
             let mut y = vec![0.0f32; batch * layer.output.len()];
             let (x, w) = (x.to_vec(), w.to_vec());
-            Cpu::new()
+            Cpu::reference()
                 .with_precision(precision)
                 .unwrap()
                 .forward_stage(&plan, stage, batch, &x, &[&w, b], &mut y)

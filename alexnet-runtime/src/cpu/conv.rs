@@ -487,7 +487,12 @@ impl CpuLayer for Conv {
                 Precision::Bf16 => (Arith::Bf16, s.bf16_freshness()),
                 _ => (Arith::F32, Freshness::Compare),
             };
-            let key = format!("{}/winograd/{arith:?}", s.layer.name);
+            // The geometry too: a buffer reused for this key keeps its layout's zeros.
+            let (cg, og) = (g.input.c / g.groups, g.output.c / g.groups);
+            let key = format!(
+                "{}/winograd/{arith:?}/k{}g{}c{cg}o{og}",
+                s.layer.name, g.k, g.groups
+            );
             let u = s.packs.get_into(&key, w, fresh, |w, out| {
                 winograd::transform_filters(w, &g, arith, out)
             });

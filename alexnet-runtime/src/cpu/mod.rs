@@ -2,7 +2,10 @@
 //! fully connected layers' products from bf16 operands with f32 sums), convolution as
 //! im2col + GEMM (OpenBLAS, the `gemm` crate, or this crate's packed AVX-512 micro-kernel),
 //! parallel over the batch or inside the GEMM with rayon. Deterministic:
-//! the same inputs give the same bits on every run with the same thread count. It is the
+//! the same inputs give the same bits on every run with the same thread count (the batch
+//! size is part of the inputs: under [`ConvAlgorithm::Auto`] a 3x3 layer runs direct at
+//! batch 1 and as Winograd from batch 2, so an image alone and the same image in a batch
+//! differ in their last bits). It is the
 //! fallback where there is no GPU and, with the direct convolution ([`Cpu::reference`]),
 //! the reference the GPU backend is checked against.
 //!
@@ -156,8 +159,8 @@ impl Cpu {
         Cpu::new().with_conv_algorithm(ConvAlgorithm::Direct)
     }
 
-    /// This backend computing in `precision`: [`Precision::F32`] (the default and the
-    /// reference) or [`Precision::Bf16`] (the convolutions' and fully connected layers'
+    /// This backend computing in `precision`: [`Precision::F32`] (the default; with
+    /// [`Cpu::reference`], the reference) or [`Precision::Bf16`] (the convolutions' and fully connected layers'
     /// products from bf16 operands, summed in f32: [`Cpu::bf16_kernel`] says how). Tf32 is
     /// a GPU's: an [`Error::Invalid`] here.
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {

@@ -11,13 +11,14 @@
 //!   sample of the weights, and is reused while both agree. For the bf16 layouts only
 //!   (the fully connected layers' panels, the convolutions' rounded filters, Winograd's
 //!   filters transformed from rounded ones), whose point is to read fewer bytes than the
-//!   f32 weights: a full comparison would read them all again on every call. (f32 packs,
-//!   the reference path's, compare: today only Winograd's transformed filters under
-//!   `ALEXNET_CPU_CONV=winograd`. The f32 packed convolution keeps no copy at all: it
-//!   reads its filters in place.)
+//!   f32 weights: a full comparison would read them all again on every call. (f32 packs
+//!   compare: today only Winograd's transformed filters, which `ConvAlgorithm::Auto`
+//!   takes for 5x5 layers and, from batch 2, 3x3 ones. The f32 packed convolution keeps
+//!   no copy at all: it reads its filters in place.)
 //!
 //! The caller's key names the layout as well as the layer (`fc6/Bf16`, `conv1/bf16`,
-//! `conv3/winograd/F32`), so that two layouts of one tensor never stand in for each other.
+//! `conv3/winograd/F32/k3g1c256o384`), so that two layouts of one tensor never stand in
+//! for each other.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

@@ -105,6 +105,23 @@ struct MmaOp<MMA_TF32> {
     }
 };
 
+// Stores a chunk of a tile row whose f32 value j is value(j) (j < 16 / E) to dst as
+// E-byte operands: four words of f32 bits (tf32 rounds them after ldmatrix) or of bf16
+// pairs, each packed as its values come, so that eight values are never live at once.
+template <int E, class Value>
+__device__ __forceinline__ void stage_chunk(uint4* dst, const Value& value) {
+    unsigned wd[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        if constexpr (E == 4) {
+            wd[j] = __float_as_uint(value(j));
+        } else {
+            wd[j] = bf16_pair(value(2 * j), value(2 * j + 1));
+        }
+    }
+    st_shared_16(dst, uint4{wd[0], wd[1], wd[2], wd[3]});
+}
+
 // FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16) as the
 // threads stage them (no cp.async). A convolution (CONV) reads f32 input always: tf32, or
 // bf16 with FROM_F32.
@@ -165,17 +182,6 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
 
-    // Stores the CPE f32 values v (a chunk of a tile row) to dst as the kernel's operands:
-    // f32 bits (tf32 rounds them after ldmatrix) or bf16 pairs.
-    auto put = [](uint4* dst, const float (&v)[CPE]) {
-        if constexpr (E == 4) {
-            st_shared_16(dst, uint4{__float_as_uint(v[0]), __float_as_uint(v[1]),
-                                    __float_as_uint(v[2]), __float_as_uint(v[3])});
-        } else {
-            st_shared_16(dst, uint4{bf16_pair(v[0], v[1]), bf16_pair(v[2], v[3]),
-                                    bf16_pair(v[4], v[5]), bf16_pair(v[6], v[7])});
-        }
-    };
     // Reads the CPE f32 values of the row at rowp (K values) from column k into v, zero
     // past K or where !ok: whole 16-byte loads where every chunk of a row is whole.
     auto read_row = [](const float* rowp, bool ok, int k, float (&v)[CPE]) {
@@ -216,23 +222,12 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                     const bool in = m < M && kk < K && iy >= 0 && iy < H && ix >= 0 && ix < W;
                     return in ? xg[((size_t)ch_ * H + iy) * W + ix] : 0.f;
                 };
-                // Four words: one f32 each, or a bf16 pair each (packed as they come, so
-                // that eight values are never live at once).
-                unsigned wd[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    if constexpr (E == 4) {
-                        wd[j] = __float_as_uint(at(k + j));
-                    } else {
-                        wd[j] = bf16_pair(at(k + 2 * j), at(k + 2 * j + 1));
-                    }
-                }
-                st_shared_16(&As[s][swizzled(row, ch)], uint4{wd[0], wd[1], wd[2], wd[3]});
+                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) { return at(k + j); });
             } else if constexpr (FROM_F32) {
                 const bool ok = m < M && k < K;
                 float v[CPE];
                 read_row(static_cast<const float*>(a_ptr) + (size_t)(ok ? m : 0) * K, ok, k, v);
-                put(&As[s][swizzled(row, ch)], v);
+                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) { return v[j]; });
             } else {
                 const bool ok = m < M && k < K;
                 cp_async_16(&As[s][swizzled(row, ch)], ok ? a + ((size_t)m * K + k) * E : a, ok);
@@ -249,7 +244,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                 const bool ok = n < N && k < K;
                 float v[CPE];
                 read_row(reinterpret_cast<const float*>(b) + (size_t)(ok ? n : 0) * K, ok, k, v);
-                put(&Bs[s][swizzled(row, ch)], v);
+                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) { return v[j]; });
             } else {
                 const bool ok = n < N && k < K;
                 cp_async_16(&Bs[s][swizzled(row, ch)], ok ? b + ((size_t)n * K + k) * E : b, ok);

@@ -401,13 +401,7 @@ fn mma_forward_kernels(precision: Precision) {
     if !nvrtc_or_skip() {
         return;
     }
-    let of = |k: &alexnet::ir::Kernels| -> Vec<KernelSpec> {
-        match precision {
-            Precision::Tf32 => k.tf32.to_vec(),
-            Precision::Bf16 => k.bf16.to_vec(),
-            Precision::F32 => unreachable!("f32 has the forward kernels"),
-        }
-    };
+    let of = |k: &alexnet::ir::Kernels| -> Vec<KernelSpec> { k.differing(precision).to_vec() };
     let mut plans = vec![
         ("AlexNet".to_string(), AlexNet::plan().clone()),
         (

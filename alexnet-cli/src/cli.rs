@@ -377,28 +377,22 @@ fn infer(
     Ok(())
 }
 
+/// Bytes a backend reads of a layer's parameters.
+type ParamBytes = dyn Fn(&alexnet::ir::Layer) -> usize;
+
 /// A stage's floating-point operations (a convolution's by the direct definition, whatever
 /// algorithm runs it) and the bytes it must move at least for `batch` images: input and
-/// output in f32, parameters in f32, or a fully connected layer's weights in bf16 with
-/// `bf16_params` (what the CPU streams in bf16; its convolutions keep f32 words).
+/// output in f32, parameters as `param_bytes` says the backend reads them.
 fn stage_work(
     plan: &alexnet::ir::Plan,
     stage: alexnet::ir::Stage,
     batch: usize,
-    bf16_params: bool,
+    param_bytes: &ParamBytes,
 ) -> (f64, f64) {
     let layer = &plan.layers[stage.layer];
     let flops = 2.0 * layer.macs() as f64 * batch as f64;
     let activations = batch * (layer.input.len() + layer.output.len());
-    let params = layer.param_count() as f64;
-    let param_bytes = match layer.op {
-        // The weights in bf16, the biases (one per output) in f32.
-        alexnet::ir::Op::Fc(fc) if bf16_params => {
-            2.0 * (params - fc.out as f64) + 4.0 * fc.out as f64
-        }
-        _ => 4.0 * params,
-    };
-    (flops, 4.0 * activations as f64 + param_bytes)
+    (flops, (4 * activations + param_bytes(layer)) as f64)
 }
 
 fn bench(
@@ -438,12 +432,14 @@ fn bench(
         );
         c
     });
-    let (bf16, winograd) = match &device {
-        Device::Cpu(c) => (
-            c.precision() == alexnet::ir::Precision::Bf16,
-            c.uses_winograd(),
-        ),
-        _ => (false, false),
+    // What the backend reads of each layer's parameters, and whether it may run Winograd.
+    let (param_bytes, winograd): (Box<ParamBytes>, bool) = match &device {
+        Device::Cpu(c) => {
+            let c = c.clone();
+            let winograd = c.uses_winograd();
+            (Box::new(move |l| c.param_bytes(l)), winograd)
+        }
+        _ => (Box::new(|l| 4 * l.param_count()), false),
     };
     let t0 = Instant::now();
     let model = Model::init(device, plan.clone(), 0)?;
@@ -504,7 +500,7 @@ fn bench(
                 .zip(stages.iter_mut())
                 .filter_map(|((label, _), v)| Some((label, by_label.get(label)?, v)))
                 .map(|(label, &st, v)| {
-                    let (flops, bytes) = stage_work(plan, st, n, bf16);
+                    let (flops, bytes) = stage_work(plan, st, n, &param_bytes);
                     let secs = median(v);
                     // Bound by memory when its arithmetic intensity is below the ridge.
                     if flops > 0.0 && flops / bytes >= gflops / gbs {

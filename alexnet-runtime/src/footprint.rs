@@ -12,7 +12,7 @@
 use crate::backend::Memory;
 use crate::error::{Error, Result};
 use crate::ir::kernels::spec::Len;
-use crate::ir::{Plan, Stage};
+use crate::ir::{Plan, Precision, Stage};
 
 const F32: u64 = 4;
 
@@ -56,10 +56,9 @@ impl Footprint {
             .unwrap_or(0);
         // The forward pass's split-K workspace in tf32 or bf16 (the fc layers' parts; none
         // in f32): counted whatever the precision, an upper bound.
-        let forward_ws = kernels
-            .tf32
+        let forward_ws = Precision::ALL
             .iter()
-            .chain(kernels.bf16.iter())
+            .flat_map(|&p| kernels.differing(p))
             .flat_map(|k| k.args.iter())
             .filter(|a| a.name == "ws")
             .filter_map(|a| a.len.map(|l| l.needed(batch)))

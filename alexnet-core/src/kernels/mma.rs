@@ -342,9 +342,7 @@ pub struct MmaGemm {
     pub rows_per_image: usize,
     pub n: usize,
     pub k: usize,
-    /// The operands' type in memory (`inputs.storage()`).
-    pub elem: Elem,
-    /// What the products multiply.
+    /// What the operands are in memory and what the products multiply.
     pub inputs: MmaInputs,
     /// The tile as for 16-bit operands ([`MmaTile::LARGE`], [`MmaTile::SMALL_M`]); for
     /// f32 its K step holds the same bytes, half the values.
@@ -415,7 +413,6 @@ impl MmaGemm {
             rows_per_image,
             n,
             k,
-            elem,
             inputs,
             tile,
             epilogue,
@@ -460,6 +457,11 @@ impl MmaGemm {
         })
     }
 
+    /// The operands' type in memory.
+    pub const fn elem(&self) -> Elem {
+        self.inputs.storage()
+    }
+
     /// The tile as the kernel runs it (`bk` in the staged type's values).
     fn kernel_tile(&self) -> MmaTile {
         self.tile.for_elem(self.inputs.staged())
@@ -481,7 +483,7 @@ impl MmaGemm {
         if !ok {
             return Err(MmaError::Split {
                 split,
-                elem: self.elem,
+                elem: self.elem(),
             });
         }
         Ok(MmaGemm { split, ..self })
@@ -765,7 +767,7 @@ mod tests {
     fn bf16_of_f32_reads_f32_and_stages_bf16() {
         let g = MmaGemm::with_inputs(1, 4096, 9216, MmaInputs::Bf16OfF32, MmaTile::SMALL_M, PLAIN)
             .unwrap();
-        assert_eq!(g.elem, Elem::F32);
+        assert_eq!(g.elem(), Elem::F32);
         let k = g.spec(5, "fc6");
         assert_eq!(k.name(), "fc6_mma_bf16r_n4096_k9216_t32x128");
         assert!(

@@ -496,11 +496,7 @@ impl Kernels {
     /// The forward pass in `precision`: [`Kernels::forward`], with each stage whose kernels
     /// differ in that precision running those instead, in launch order.
     pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
-        let other: &[KernelSpec] = match precision {
-            Precision::F32 => &[],
-            Precision::Tf32 => &self.tf32,
-            Precision::Bf16 => &self.bf16,
-        };
+        let other = self.differing(precision);
         let mut out: Vec<KernelSpec> = Vec::with_capacity(self.forward.len() + other.len());
         for k in self.forward.iter() {
             let layer = k.layer();
@@ -513,6 +509,16 @@ impl Kernels {
             }
         }
         out
+    }
+
+    /// The forward kernels that differ in `precision` from the f32 ones ([`Kernels::tf32`],
+    /// [`Kernels::bf16`]; none in f32).
+    pub fn differing(&self, precision: Precision) -> &[KernelSpec] {
+        match precision {
+            Precision::F32 => &[],
+            Precision::Tf32 => &self.tf32,
+            Precision::Bf16 => &self.bf16,
+        }
     }
 
     /// The kernel of `role` for layer `layer` (for the exchanges, the layer they feed).

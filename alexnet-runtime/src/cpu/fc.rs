@@ -254,6 +254,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Bytes of a fully connected layer's parameters (`inputs x out` weights and `out` biases)
+/// that its forward pass reads in `precision`: in bf16 the weights are streamed as packed
+/// bf16 (see [`CpuLayer::forward`] below), the biases stay f32.
+pub fn param_bytes(inputs: usize, out: usize, precision: Precision) -> usize {
+    let weight = match precision {
+        Precision::Bf16 => 2,
+        _ => 4,
+    };
+    weight * inputs * out + 4 * out
+}
+
 impl CpuLayer for Fc {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], params: &[&[f32]], y: &mut [f32]) -> Result<()> {
         let (w, b) = s.weight_and_bias(params)?;

@@ -205,6 +205,16 @@ impl Cpu {
         winograd::taken(self.conv)
     }
 
+    /// Bytes of `layer`'s parameters a forward pass of this backend reads: f32, except a
+    /// fully connected layer's weights in bf16 (the convolutions keep their bf16-rounded
+    /// filters in f32 words). For `bench`'s roofline.
+    pub fn param_bytes(&self, layer: &Layer) -> usize {
+        match layer.op {
+            Op::Fc(fc) => fc::param_bytes(layer.input.len(), fc.out, self.precision),
+            _ => 4 * layer.param_count(),
+        }
+    }
+
     /// This backend with convolutions computed by `conv`.
     pub fn with_conv_algorithm(mut self, conv: ConvAlgorithm) -> Self {
         self.conv = conv;
@@ -404,13 +414,9 @@ impl Memory for Cpu {
     type Buffer<T: Element> = Vec<T>;
 
     fn name(&self) -> String {
-        let auto_f32 = self.conv == ConvAlgorithm::Auto && self.precision == Precision::F32;
-        let winograd = match self.uses_winograd() {
-            false => "",
-            true if auto_f32 => {
-                ", Winograd F(4x4) on 5x5 stride-1 convolutions and, from batch 2, on 3x3 ones"
-            }
-            true => ", Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions",
+        let winograd = match winograd::describe(self.conv, self.precision) {
+            "" => String::new(),
+            d => format!(", {d}"),
         };
         match self.precision {
             Precision::Bf16 => format!(

@@ -208,6 +208,18 @@ pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision, batch:
     shape && taken(choice) && pays
 }
 
+/// What [`applies`] takes under `choice` and `precision`, for a backend's name: empty when
+/// nothing.
+pub fn describe(choice: ConvAlgorithm, precision: Precision) -> &'static str {
+    match (taken(choice), choice, precision) {
+        (false, _, _) => "",
+        (true, ConvAlgorithm::Auto, Precision::F32) => {
+            "Winograd F(4x4) on 5x5 stride-1 convolutions and, from batch 2, on 3x3 ones"
+        }
+        (true, _, _) => "Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions",
+    }
+}
+
 /// Whether `choice` runs (some of) the layers Winograd can take as
 /// Winograd: when asked for ([`ConvAlgorithm::Winograd`]), and under
 /// [`ConvAlgorithm::Auto`] on a CPU with the AVX-512 micro-kernel ([`applies`] says which

@@ -5,20 +5,16 @@
 #ifndef ALEXNET_LRN_CUH
 #define ALEXNET_LRN_CUH
 
-// lrn_fwd<Cfg>: the forward pass, one thread per element; grid x = ceil(batch * C * HW /
-// THREADS).
+// lrn_at<Cfg>: the normalised value of channel c at one pixel, col pointing at channel 0
+// of that pixel of one image (channels HW apart). lrn_fwd and lrn_pool_fwd both call it,
+// so the fused stage computes the same bits as the two separate ones.
 template <class Cfg>
-__device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __restrict__ y,
-                                        int batch) {
+__device__ __forceinline__ float lrn_at(const float* __restrict__ col, int c) {
     constexpr int C = Cfg::C, HW = Cfg::HW, SIZE = Cfg::SIZE, HALF = SIZE / 2, GROUPS = Cfg::GROUPS;
     constexpr int CG = C / GROUPS;
     constexpr float ALPHA = Cfg::ALPHA(), BETA = Cfg::BETA(), KB = Cfg::KB();
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= batch * C * HW) return;
-    const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);
     const int lo = (c / CG) * CG, hi = lo + CG - 1;
     const int from = c - HALF > lo ? c - HALF : lo, to = c + HALF < hi ? c + HALF : hi;
-    const float* col = x + (size_t)n * C * HW + hw;
     float s = 0.f;
     for (int j = from; j <= to; ++j) {
         const float v = col[(size_t)j * HW];
@@ -27,7 +23,46 @@ __device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __re
     const float t = KB + (ALPHA / SIZE) * s;
     // t^-0.75 as two square roots when beta is 0.75 (the paper's value); powf otherwise.
     const float scale = BETA == 0.75f ? 1.f / (sqrtf(t) * sqrtf(sqrtf(t))) : powf(t, -BETA);
-    y[i] = x[i] * scale;
+    return col[(size_t)c * HW] * scale;
+}
+
+// lrn_fwd<Cfg>: the forward pass, one thread per element; grid x = ceil(batch * C * HW /
+// THREADS).
+template <class Cfg>
+__device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __restrict__ y,
+                                        int batch) {
+    constexpr int C = Cfg::C, HW = Cfg::HW;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * C * HW) return;
+    const int hw = i % HW, c = (i / HW) % C, n = i / (C * HW);
+    y[i] = lrn_at<Cfg>(x + (size_t)n * C * HW + hw, c);
+}
+
+// lrn_pool_fwd<Cfg>: the LRN and the pooling after it in one pass (inference: the
+// normalised values are never stored). The pooling's Cfg gives H x W (H * W == HW), the
+// output P x Q, a K x K window every STRIDE pixels, MAX; one thread per pooled element,
+// which normalises each pixel of its window (lrn_at, as lrn_fwd) and pools them in
+// pool_fwd's order: the separate stages' bits. Grid x = ceil(batch * C * P * Q / THREADS).
+template <class Cfg>
+__device__ __forceinline__ void lrn_pool_fwd(const float* __restrict__ x, float* __restrict__ y,
+                                             int batch) {
+    constexpr int C = Cfg::C, HW = Cfg::HW, W = Cfg::W, P = Cfg::P, Q = Cfg::Q;
+    constexpr int K = Cfg::K, S = Cfg::STRIDE;
+    constexpr bool MAX = Cfg::MAX;
+    static_assert(Cfg::H * W == HW, "the pooling reads the LRN's planes");
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= batch * C * P * Q) return;
+    const int q = i % Q, p = (i / Q) % P, c = (i / (P * Q)) % C, n = i / (C * P * Q);
+    const float* image = x + (size_t)n * C * HW + (p * S) * W + q * S;
+    float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+            const float v = lrn_at<Cfg>(image + ky * W + kx, c);
+            acc = MAX ? fmaxf(acc, v) : acc + v;
+        }
+    y[i] = MAX ? acc : acc * (1.f / (K * K));
 }
 
 // lrn_bwd<Cfg>: the gradient. With s_i = KB + ALPHA/SIZE * sum_{j in N(i)} x_j^2

@@ -346,6 +346,107 @@ fn fused_relu_matches_separate_relu() {
     }
 }
 
+/// Runs `stages` of `plan` one after another on the CPU backend, as `Model::forward` does.
+fn through(plan: &Plan, stages: &[alexnet::ir::Stage], batch: usize, x: &[f32]) -> Vec<f32> {
+    use alexnet::runtime::Inference;
+    let cpu = Cpu::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let params = common::random_params(plan, &mut rng);
+    let mut y = x.to_vec();
+    for &st in stages {
+        if plan.layers[st.layer].op.kind().identity_at_inference() {
+            continue;
+        }
+        let mut out = vec![f32::NAN; batch * plan.layers[st.last()].output.len()];
+        let p: Vec<Vec<f32>> = params
+            .iter()
+            .filter(|t| {
+                t.name
+                    .starts_with(&format!("{}.", plan.layers[st.layer].name))
+            })
+            .map(|t| t.data.clone())
+            .collect();
+        let p: Vec<&Vec<f32>> = p.iter().collect();
+        cpu.forward_stage(plan, st, batch, &y, &p, &mut out)
+            .unwrap();
+        y = out;
+    }
+    y
+}
+
+/// Inference runs an LRN and the pooling after it as one stage (`Plan::inference_stages`):
+/// the same bits as the two stages training runs, in towers, with max and average pooling,
+/// and in the whole of AlexNet.
+#[test]
+fn lrn_with_its_pooling_fused_gives_the_separate_stages_bits() {
+    for (src, batch) in [
+        ("T<7, 9, 9> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) maxpool(3, stride = 2) }", 2),
+        ("T<12, 8, 7> split 2 { lrn(3, alpha = 0.3, beta = 0.6) avgpool(2) }", 3),
+        ("T<12, 11, 11> split 2 { lrn(5) maxpool(3, stride = 2) }", 1),
+        (
+            "T<3, 32, 32> split 2 { conv(16, 5, pad = 2) relu lrn(3) maxpool(3, stride = 2) fc(10) softmax }",
+            2,
+        ),
+    ] {
+        let p = plan(src);
+        let fused = p.inference_stages();
+        assert_eq!(fused.iter().filter(|s| s.fused_pool).count(), 1, "{src}");
+        assert_eq!(fused.len() + 1, p.stages().len(), "{src}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64);
+        let x: Vec<f32> = random(&mut rng, batch * p.input.len())
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        let (a, b) = (through(&p, &fused, batch, &x), through(&p, &p.stages(), batch, &x));
+        assert!(a.iter().all(|v| v.is_finite()), "{src}");
+        assert_eq!(a.len(), batch * p.output().len());
+        assert!(a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits()), "{src}");
+    }
+    let alexnet = alexnet::nets::AlexNet::plan();
+    let fused = alexnet.inference_stages();
+    let labels: Vec<String> = fused
+        .iter()
+        .filter(|s| s.fused_pool)
+        .map(|&s| alexnet.stage_label(s))
+        .collect();
+    assert_eq!(labels, ["lrn1+pool1", "lrn2+pool2"]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let x = random(&mut rng, alexnet.input.len());
+    let a = through(alexnet, &fused, 1, &x);
+    let b = through(alexnet, &alexnet.stages(), 1, &x);
+    assert!(a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits()));
+}
+
+/// A fused inference stage has no backward pass: asked for one, the CPU says so.
+#[test]
+fn a_fused_inference_stage_refuses_a_backward_pass() {
+    let p = plan("T<6, 7, 7> { lrn(3) maxpool(3, stride = 2) }");
+    let st = p.inference_stages()[0];
+    let n = p.input.len();
+    let y = vec![0.0; p.output().len()];
+    let mut dx = vec![0.0; n];
+    let err = Cpu::new()
+        .backward_slices(
+            &p,
+            st,
+            1,
+            &vec![0.0; n],
+            &y,
+            &y,
+            &[],
+            alexnet::runtime::cpu::StageGrads {
+                dx: Some(&mut dx),
+                dparams: Vec::new(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lrn0+pool0") && err.contains("inference"),
+        "{err}"
+    );
+}
+
 #[test]
 fn forward_is_deterministic() {
     let p = plan("T<3, 32, 32> split 2 { conv(16, 5, pad = 2) relu lrn(3) maxpool(3, stride = 2) fc(10) softmax }");

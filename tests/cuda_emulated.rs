@@ -171,6 +171,78 @@ fn generated_kernels_match_the_cpu_under_emulation() {
     }
 }
 
+/// Inference fuses an LRN with the pooling after it (`Role::ForwardPooled`,
+/// `Plan::inference_stages`): the fused kernel under emulation writes, bit for bit, what
+/// the LRN's and the pooling's own kernels write one after the other (both normalise
+/// through `lrn_at`), and matches the CPU backend's fused stage, itself the separate
+/// stages' bits (tests/cpu_layers.rs).
+#[test]
+fn fused_lrn_and_pooling_kernels_match_the_separate_ones_under_emulation() {
+    let Some(cxx) = compiler() else { return };
+    for (src, batches) in [
+        (
+            "T<7, 9, 9> { lrn(5, alpha = 0.5, beta = 0.75, k = 2.0) maxpool(3, stride = 2) }",
+            &[1usize, 2][..],
+        ),
+        (
+            "T<12, 8, 7> split 2 { lrn(3, alpha = 0.3, beta = 0.6) avgpool(2) }",
+            &[2],
+        ),
+        (
+            "T<12, 11, 11> split 2 { lrn(5, alpha = 0.5) maxpool(3, stride = 2) }",
+            &[1],
+        ),
+    ] {
+        let plan: Plan = alexnet::plan_from_str(src).unwrap();
+        assert_eq!(plan.inference_stages().len(), 1, "{src}: one fused stage");
+        let kernels = cuda::generate(&plan);
+        let fused = kernels.find(0, Role::ForwardPooled).unwrap();
+        let (lrn, pool) = (
+            kernels.find(0, Role::Forward).unwrap(),
+            kernels.find(1, Role::Forward).unwrap(),
+        );
+        let (mid, out) = (plan.layers[0].output.len(), plan.output().len());
+        for &batch in batches {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(batch as u64 + 90);
+            let s = plan.input;
+            let x: Vec<f32> = random(&mut rng, batch * s.len())
+                .iter()
+                .map(|v| 3.0 * v)
+                .collect();
+            let nan = |n: usize| vec![f32::NAN; batch * n];
+            let got = emulate(&cxx, fused, batch, &[("x", &x), ("y", &nan(out))], &[]);
+            let got = &got["y"];
+            let normalised = emulate(&cxx, lrn, batch, &[("x", &x), ("y", &nan(mid))], &[]);
+            let apart = emulate(
+                &cxx,
+                pool,
+                batch,
+                &[("x", &normalised["y"]), ("y", &nan(out))],
+                &[],
+            );
+            let apart = &apart["y"];
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "{src}: unwritten outputs"
+            );
+            let same = got
+                .iter()
+                .zip(apart)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{src} batch {batch}: {} is not the separate kernels' bits",
+                fused.name()
+            );
+            let model = Model::from_tensors(Cpu::reference(), plan.clone(), Vec::new()).unwrap();
+            let want = model
+                .forward(&Tensor::new(vec![batch, s.c, s.h, s.w], x.clone()).unwrap())
+                .unwrap();
+            close(&format!("{src} batch {batch}"), got, want.data(), 1e-6);
+        }
+    }
+}
+
 // ---- Training kernels ------------------------------------------------------------------
 
 /// The driver of every emulated kernel, for any signature: argv = grid.x grid.y grid.z block file...; buffer i is

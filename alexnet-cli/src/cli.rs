@@ -391,7 +391,9 @@ fn stage_work(
 ) -> (f64, f64) {
     let layer = &plan.layers[stage.layer];
     let flops = 2.0 * layer.macs() as f64 * batch as f64;
-    let activations = batch * (layer.input.len() + layer.output.len());
+    // What the stage reads and writes: a fused pooling's output, not the layer's.
+    let output = plan.layers[stage.last()].output;
+    let activations = batch * (layer.input.len() + output.len());
     (flops, (4 * activations + param_bytes(layer)) as f64)
 }
 
@@ -491,7 +493,7 @@ fn bench(
         if let Some((gflops, gbs)) = ceilings {
             // Timed stages by label (inference skips dropout).
             let by_label: std::collections::HashMap<String, alexnet::ir::Stage> = plan
-                .stages()
+                .inference_stages()
                 .into_iter()
                 .map(|st| (plan.stage_label(st), st))
                 .collect();
@@ -579,10 +581,11 @@ fn kernels(
     let (major, minor) = nvrtc::version()?;
     let kernels = cuda::kernels(plan);
     let forward = kernels.forward_in(precision);
+    let training_only = |k: &alexnet::ir::KernelSpec| training_only(plan, k);
     let specs: Vec<&alexnet::ir::KernelSpec> = if training {
         forward.iter().chain(kernels.training.iter()).collect()
     } else {
-        forward.iter().collect()
+        forward.iter().filter(|k| !training_only(k)).collect()
     };
     let units: Vec<(String, String)> = specs
         .iter()
@@ -656,6 +659,16 @@ fn kernels(
 }
 
 /// `kernels --report`: each kernel's occupancy, work and roofline time at `batch`.
+/// Whether only training runs `k`: the `Forward` kernel of an LRN, or of the pooling
+/// after it, which inference fuses into one (`ForwardPooled`).
+fn training_only(plan: &alexnet::ir::Plan, k: &alexnet::ir::KernelSpec) -> bool {
+    k.role == alexnet::ir::Role::Forward
+        && plan
+            .inference_stages()
+            .iter()
+            .any(|st| st.fused_pool && (st.layer..=st.last()).contains(&k.layer()))
+}
+
 fn roofline(
     ctx: &mut Ctx,
     plan: &alexnet::ir::Plan,
@@ -688,8 +701,10 @@ fn roofline(
         let e = estimate(spec, plan, batch, &gpu, r.registers, r.shared_bytes);
         let forward = matches!(
             spec.role,
-            alexnet::ir::Role::Forward | alexnet::ir::Role::ForwardReduce
-        );
+            alexnet::ir::Role::Forward
+                | alexnet::ir::Role::ForwardReduce
+                | alexnet::ir::Role::ForwardPooled
+        ) && !training_only(plan, spec);
         let part = usize::from(!forward);
         totals[part] += e.seconds;
         writeln!(
@@ -717,7 +732,7 @@ fn roofline(
         totals[0] * 1e3,
         if totals[1] > 0.0 {
             format!(
-                ", training kernels {:.2} ms (a step runs the forward kernels too)",
+                ", training kernels {:.2} ms (a step runs the forward kernels too, with LRN and pooling apart)",
                 totals[1] * 1e3
             )
         } else {

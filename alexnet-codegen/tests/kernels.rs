@@ -102,16 +102,35 @@ fn alexnet_kernels_are_named_and_sized() {
     assert_eq!(names[3], "conv2_fwd_c48_k128_r5_t128x128");
     assert!(names.contains(&"fc6_fwd_i9216_o4096_t32x64"), "{names:?}");
     assert!(names.contains(&"lrn1_fwd_c96_n5_g2"), "{names:?}");
+    assert!(
+        names.contains(&"lrn1_fwd_maxpool_c96_n5_g2_k3s2"),
+        "{names:?}"
+    );
     assert!(names.contains(&"softmax_fwd_c1000"), "{names:?}");
-    // Dropout runs no kernel; a fused ReLU has none of its own.
-    assert_eq!(kernels.len(), plan.stages().len() - 2);
+    // Dropout runs no kernel; a fused ReLU has none of its own; training runs lrn1 and
+    // pool1 apart (Forward), inference fuses them (ForwardPooled), and the same for lrn2.
+    assert_eq!(kernels.len(), plan.stages().len() - 2 + 2);
+    let stages = plan.inference_stages();
+    assert_eq!(stages.len(), plan.stages().len() - 2);
+    let pooled: Vec<String> = stages
+        .iter()
+        .filter(|s| s.fused_pool)
+        .map(|&s| plan.stage_label(s))
+        .collect();
+    assert_eq!(pooled, ["lrn1+pool1", "lrn2+pool2"]);
     for k in &kernels {
         assert!(
             source.contains(&format!("\n{}(", k.name())),
             "{} not in source",
             k.name()
         );
-        assert_eq!(k.role, Role::Forward);
+        let fused = k.name().contains("pool_c");
+        let want = if fused {
+            Role::ForwardPooled
+        } else {
+            Role::Forward
+        };
+        assert_eq!(k.role, want, "{}", k.name());
     }
     assert!(!source.contains("{{"));
     assert!(!source.contains("#include"), "headers are inlined");

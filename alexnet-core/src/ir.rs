@@ -137,14 +137,34 @@ pub enum TowerInput {
     BothTowers,
 }
 
-/// A unit of execution: one layer, or a convolution / fully connected layer with the ReLU
-/// that follows it fused into its epilogue.
+/// A unit of execution: one layer, a convolution / fully connected layer with the ReLU
+/// that follows it fused into its epilogue, or (at inference, [`Plan::inference_stages`])
+/// an LRN with the pooling that follows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stage {
     /// Index of the layer in [`Plan::layers`].
     pub layer: usize,
     /// The next layer is a ReLU applied in this stage's epilogue.
     pub fused_relu: bool,
+    /// The next layer is a pooling applied to this stage's values before they are stored:
+    /// an LRN's, at inference, where nothing needs the normalised values themselves.
+    pub fused_pool: bool,
+}
+
+impl Stage {
+    /// The stage of layer `layer` alone.
+    pub fn of(layer: usize) -> Stage {
+        Stage {
+            layer,
+            fused_relu: false,
+            fused_pool: false,
+        }
+    }
+
+    /// Index of the last layer the stage computes: the one whose output it writes.
+    pub fn last(&self) -> usize {
+        self.layer + usize::from(self.fused_relu) + usize::from(self.fused_pool)
+    }
 }
 
 impl Plan {
@@ -197,19 +217,39 @@ impl Plan {
         self.layers.iter().find(|l| l.name == name)
     }
 
-    /// The execution schedule: a ReLU directly after a conv or fc layer runs in that layer's
-    /// epilogue; every other layer is its own stage.
+    /// The execution schedule of training (and of every backward pass): a ReLU directly
+    /// after a conv or fc layer runs in that layer's epilogue; every other layer is its
+    /// own stage, so that the backward pass finds each layer's input.
     pub fn stages(&self) -> Vec<Stage> {
+        self.schedule(false)
+    }
+
+    /// The execution schedule of inference: [`Plan::stages`], and a pooling directly after
+    /// an LRN runs in the LRN's stage (the normalised values are pooled before they are
+    /// stored: a quarter of the writes, and no second pass over them for AlexNet's
+    /// `lrn(5) maxpool(3, stride = 2)`). The same values as the separate stages, bit for
+    /// bit, on every backend.
+    pub fn inference_stages(&self) -> Vec<Stage> {
+        self.schedule(true)
+    }
+
+    fn schedule(&self, inference: bool) -> Vec<Stage> {
         let mut stages = Vec::with_capacity(self.layers.len());
         let mut i = 0;
         while i < self.layers.len() {
-            let fused_relu = self.layers[i].op.kind().fuses_relu()
-                && matches!(self.layers.get(i + 1).map(|l| l.op), Some(Op::Relu(_)));
-            stages.push(Stage {
+            let next = self.layers.get(i + 1).map(|l| l.op);
+            let fused_relu =
+                self.layers[i].op.kind().fuses_relu() && matches!(next, Some(Op::Relu(_)));
+            let fused_pool = inference
+                && self.layers[i].op.kind().fuses_pool()
+                && matches!(next, Some(Op::Pool(_)));
+            let stage = Stage {
                 layer: i,
                 fused_relu,
-            });
-            i += 1 + usize::from(fused_relu);
+                fused_pool,
+            };
+            stages.push(stage);
+            i = stage.last() + 1;
         }
         stages
     }
@@ -327,18 +367,22 @@ impl Plan {
         (0..self.layers.len()).map(|i| self.exchange_bytes(i)).sum()
     }
 
-    /// The name of the layer whose output a stage produces (the fused ReLU, when there is one).
+    /// The name of the layer whose output a stage produces (the fused ReLU or pooling,
+    /// when there is one).
     pub fn stage_output_name(&self, stage: Stage) -> &str {
-        &self.layers[stage.layer + usize::from(stage.fused_relu)].name
+        &self.layers[stage.last()].name
     }
 
     /// What a stage computes, for timings: its layer's name, with `+relu` when the next
     /// layer, a ReLU, is fused into it (`conv1+relu`; [`Plan::stage_output_name`] names
-    /// the ReLU, whose output the stage writes).
+    /// the ReLU, whose output the stage writes), and `+` the pooling's name when a pooling
+    /// is (`lrn1+pool1`).
     pub fn stage_label(&self, stage: Stage) -> String {
         let name = &self.layers[stage.layer].name;
         if stage.fused_relu {
             format!("{name}+relu")
+        } else if stage.fused_pool {
+            format!("{name}+{}", self.layers[stage.last()].name)
         } else {
             name.to_string()
         }
@@ -493,23 +537,12 @@ mod tests {
             generated: None,
         };
         let stages = plan.stages();
-        assert_eq!(
-            stages,
-            vec![
-                Stage {
-                    layer: 0,
-                    fused_relu: true
-                },
-                Stage {
-                    layer: 2,
-                    fused_relu: false
-                },
-                Stage {
-                    layer: 3,
-                    fused_relu: false
-                },
-            ]
-        );
+        let relu = Stage {
+            fused_relu: true,
+            ..Stage::of(0)
+        };
+        assert_eq!(stages, vec![relu, Stage::of(2), Stage::of(3)]);
+        assert_eq!(plan.inference_stages(), stages);
         assert_eq!(plan.stage_output_name(stages[0]), "relu1");
         assert_eq!(plan.stage_label(stages[0]), "conv1+relu");
         assert_eq!(plan.stage_label(stages[1]), plan.layers[2].name.to_string());

@@ -119,10 +119,10 @@ pub fn human(bytes: u64) -> String {
 /// two ping-pong buffers stage outputs alternate between.
 pub(crate) fn forward_buffers(plan: &Plan, batch: usize) -> [usize; 3] {
     let max = plan
-        .stages()
+        .inference_stages()
         .iter()
         .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
-        .map(|st| plan.layers[st.layer].output.len())
+        .map(|st| plan.layers[st.last()].output.len())
         .max()
         .unwrap_or(0)
         * batch;

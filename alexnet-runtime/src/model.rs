@@ -214,7 +214,7 @@ impl<B: Inference> Model<B> {
     ) -> Result<Tensor> {
         let plan = &self.plan;
         let stages: Vec<_> = plan
-            .stages()
+            .inference_stages()
             .into_iter()
             .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
             .collect();
@@ -237,7 +237,6 @@ impl<B: Inference> Model<B> {
         };
         let mut out_shape = plan.input;
         for (i, stage) in stages.iter().enumerate() {
-            let layer = &plan.layers[stage.layer];
             let params: Vec<&F32<B>> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
             let [b0, b1] = &mut bufs;
             let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
@@ -249,11 +248,9 @@ impl<B: Inference> Model<B> {
                 self.backend.synchronize()?;
                 t.push((plan.stage_label(*stage), t0.elapsed().as_secs_f64()));
             }
-            out_shape = layer.output;
+            out_shape = plan.layers[stage.last()].output;
             if let Some(f) = inspect.as_mut() {
-                let values = self
-                    .backend
-                    .download_prefix(dst, batch * layer.output.len())?;
+                let values = self.backend.download_prefix(dst, batch * out_shape.len())?;
                 f(plan.stage_output_name(*stage), &values);
             }
         }

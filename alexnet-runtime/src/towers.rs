@@ -329,7 +329,14 @@ impl<B: Inference + Exchange + Sync> Towers<B> {
         // On an error below, the tape is freed only once the towers are done with it (on
         // success the caller's guard does that).
         let mut settle = self.settle_on_drop();
-        for st in &self.towers[0].stages() {
+        // Inference fuses a pooling into the LRN before it (Plan::inference_stages); a
+        // pooling reads its own tower, so a fused stage never waits on an exchange.
+        let stages = if training {
+            self.towers[0].stages()
+        } else {
+            self.towers[0].inference_stages()
+        };
+        for st in &stages {
             let identity = self.plan.layers[st.layer].op.kind().identity_at_inference();
             if identity && !training {
                 continue;
@@ -343,7 +350,7 @@ impl<B: Inference + Exchange + Sync> Towers<B> {
             let new = self.each(|t| {
                 let (b, tp) = (&self.backends[t], &self.towers[t]);
                 let xin = exchanged.as_ref().map_or(&prev[t], |e| &e[t]);
-                let mut y = b.alloc(n * tp.layers[st.layer].output.len())?;
+                let mut y = b.alloc(n * tp.layers[st.last()].output.len())?;
                 stage(t, *st, xin, &mut y)?;
                 Ok(y)
             })?;

@@ -20,7 +20,7 @@ pub use exchange::exchanges;
 pub use forward::forward;
 pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
-use crate::ir::{Plan, Precision, Stage};
+use crate::ir::{Op, Plan, Precision, Stage};
 use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template};
 use crate::kernels::{gemm, mma};
 use crate::layers::{self, KernelCx};
@@ -154,6 +154,10 @@ fn context<'a>(plan: &'a Plan, stage: Stage, needs_dx: bool, precision: Precisio
         input: layer.input,
         output: layer.output,
         fused_relu: stage.fused_relu,
+        pool: match plan.layers[stage.last()].op {
+            Op::Pool(p) if stage.fused_pool => Some(p.fused(plan.layers[stage.last()].output)),
+            _ => None,
+        },
         needs_dx,
         tower: plan.tower,
         precision,

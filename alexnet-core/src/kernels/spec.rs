@@ -349,6 +349,10 @@ pub struct GemmInfo {
 pub enum Role {
     /// A stage's forward pass.
     Forward,
+    /// An inference stage's forward pass with the pooling after its layer fused (an
+    /// LRN's: [`crate::ir::Plan::inference_stages`]); training runs the layer's `Forward`
+    /// kernel and the pooling's apart.
+    ForwardPooled,
     /// The ordered sum of a split-K forward GEMM's parts, with its epilogue: launched
     /// after the stage's `Forward` kernel, through the workspace `ws`.
     ForwardReduce,

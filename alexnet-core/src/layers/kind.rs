@@ -35,12 +35,27 @@ pub struct KernelCx<'a> {
     pub output: Shape,
     /// The ReLU that follows runs in this layer's epilogue.
     pub fused_relu: bool,
+    /// The pooling that follows runs in this stage (an LRN's, at inference); the stage
+    /// writes its output instead of `output`.
+    pub pool: Option<FusedPool>,
     /// The backward pass computes the input gradient (a learned layer comes earlier).
     pub needs_dx: bool,
     /// For one tower's plan: which tower.
     pub tower: Option<TowerOf>,
     /// The arithmetic of the forward kernel asked for (training kernels are f32).
     pub precision: Precision,
+}
+
+/// A pooling fused into the stage before it (an LRN's, at inference): its window, as
+/// `maxpool`/`avgpool` gave it, and its output shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FusedPool {
+    /// Max pooling; average pooling otherwise.
+    pub max: bool,
+    pub k: usize,
+    pub stride: usize,
+    /// Per-image output of the pooling: what the stage writes.
+    pub output: Shape,
 }
 
 impl KernelCx<'_> {
@@ -110,6 +125,13 @@ pub trait LayerKind: fmt::Debug + Send + Sync {
 
     /// A ReLU right after this layer runs in its epilogue.
     fn fuses_relu(&self) -> bool {
+        false
+    }
+
+    /// At inference, a pooling right after this layer runs in its stage, on its values
+    /// before they are stored ([`crate::ir::Plan::inference_stages`]); its forward kernel
+    /// then reads [`KernelCx::pool`].
+    fn fuses_pool(&self) -> bool {
         false
     }
 

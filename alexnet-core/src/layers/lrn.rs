@@ -5,7 +5,8 @@
 //! GPU kernels are `kernels_templates/lrn.cuh`.
 
 use super::dsl::{err, int, real, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError};
-use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
+use super::kind::{FusedPool, KernelCx, Kind, LayerKind, ShapeContext};
+use super::pool::Pool;
 use crate::kernels::spec::{
     int as int_arg, read, write, Header, Instance, KernelLaunch, KernelSpec, Len, Role, Template,
     Value, EW_THREADS,
@@ -39,6 +40,13 @@ const FORWARD: Template = Template {
     params: &[read("x"), write("y"), int_arg("batch")],
 };
 
+/// The LRN and the pooling after it, in one pass ([`LayerKind::fuses_pool`]).
+const FORWARD_POOL: Template = Template {
+    header: "lrn.cuh",
+    function: "lrn_pool_fwd",
+    params: &[read("x"), write("y"), int_arg("batch")],
+};
+
 const BACKWARD: Template = Template {
     header: "lrn.cuh",
     function: "lrn_bwd",
@@ -55,7 +63,7 @@ impl Kind for Lrn {
         name: "lrn.cuh",
         text: include_str!("../../../kernels_templates/lrn.cuh"),
     }];
-    const TEMPLATES: &'static [Template] = &[FORWARD, BACKWARD];
+    const TEMPLATES: &'static [Template] = &[FORWARD, FORWARD_POOL, BACKWARD];
 
     fn build(_keyword: &str, v: &[f64]) -> Self {
         Lrn {
@@ -89,6 +97,48 @@ impl Lrn {
             ("BETA", self.beta.into()),
             ("KB", self.k.into()),
         ]
+    }
+
+    /// The forward kernel of the LRN with the pooling `f` fused: one thread per pooled
+    /// value, normalising the pixels of its window as the LRN's own kernel does.
+    fn pooled(&self, cx: &KernelCx<'_>, f: &FusedPool) -> KernelSpec {
+        let (i, o) = (cx.input, f.output);
+        let pool = Pool::of_fused(f);
+        let name = format!(
+            "{}_fwd_{}pool_c{}_n{}_g{}_k{}s{}",
+            cx.c_name(),
+            pool.mode(),
+            i.c,
+            self.size,
+            self.channel_groups,
+            f.k,
+            f.stride
+        );
+        let mut consts = self.consts(cx);
+        consts.extend(
+            pool.consts_of(i, o)
+                .into_iter()
+                .filter(|(k, _)| !matches!(*k, "THREADS" | "C")),
+        );
+        Instance {
+            role: Role::ForwardPooled,
+            launch: KernelLaunch::elementwise(cx.layer, &name, o.len() as u64),
+            template: &FORWARD_POOL,
+            doc: format!(
+                "forward of `{}` ({}) with the {} after it ({}) fused",
+                cx.name,
+                self.describe(),
+                pool.keyword(),
+                pool.describe()
+            ),
+            consts,
+            lens: vec![
+                ("x", Len::PerImage(i.len() as u64)),
+                ("y", Len::PerImage(o.len() as u64)),
+            ],
+            gemm: None,
+        }
+        .spec()
     }
 
     fn kernel(&self, cx: &KernelCx<'_>, role: Role, template: &Template, what: &str) -> KernelSpec {
@@ -176,8 +226,15 @@ impl LayerKind for Lrn {
         self.channel_groups.is_multiple_of(towers)
     }
 
+    fn fuses_pool(&self) -> bool {
+        true
+    }
+
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
-        vec![self.kernel(cx, Role::Forward, &FORWARD, "fwd")]
+        match cx.pool {
+            Some(f) => vec![self.pooled(cx, &f)],
+            None => vec![self.kernel(cx, Role::Forward, &FORWARD, "fwd")],
+        }
     }
 
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

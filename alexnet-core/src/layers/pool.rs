@@ -3,7 +3,7 @@
 //! kernels are `kernels_templates/pool.cuh`.
 
 use super::dsl::{int, window, ArgSpec, Default, Keyword, Naming, ShapeError};
-use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
+use super::kind::{FusedPool, KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::spec::{
     int as int_arg, read, write, Header, Instance, KernelLaunch, KernelSpec, Len, Role, Template,
     Value, EW_THREADS,
@@ -70,7 +70,7 @@ impl Kind for Pool {
 }
 
 impl Pool {
-    fn mode(&self) -> &'static str {
+    pub(super) fn mode(&self) -> &'static str {
         if self.max {
             "max"
         } else {
@@ -78,9 +78,32 @@ impl Pool {
         }
     }
 
+    /// This pooling fused into the stage before it, writing `output` ([`FusedPool`]).
+    pub fn fused(&self, output: Shape) -> FusedPool {
+        FusedPool {
+            max: self.max,
+            k: self.k,
+            stride: self.stride,
+            output,
+        }
+    }
+
+    /// The pooling of a [`FusedPool`].
+    pub fn of_fused(f: &FusedPool) -> Pool {
+        Pool {
+            max: f.max,
+            k: f.k,
+            stride: f.stride,
+        }
+    }
+
     /// The constants its two templates share.
     fn consts(&self, cx: &KernelCx<'_>) -> Vec<(&'static str, Value)> {
-        let (i, o) = (cx.input, cx.output);
+        self.consts_of(cx.input, cx.output)
+    }
+
+    /// The constants of a pooling of `i` to `o` (the LRN's fused kernel takes them too).
+    pub(super) fn consts_of(&self, i: Shape, o: Shape) -> Vec<(&'static str, Value)> {
         vec![
             ("THREADS", (EW_THREADS as usize).into()),
             ("C", i.c.into()),

@@ -2,9 +2,9 @@
 
 use rayon::prelude::*;
 
-use super::{CpuLayer, StageCx};
+use super::{pool, CpuLayer, StageCx};
 use crate::error::Result;
-use crate::ir::{Lrn, Shape};
+use crate::ir::{Lrn, Pool, Shape};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LrnParams {
@@ -30,7 +30,12 @@ impl LrnParams {
 
 impl CpuLayer for Lrn {
     fn forward(&self, s: &StageCx<'_>, x: &[f32], _params: &[&[f32]], y: &mut [f32]) -> Result<()> {
-        forward(x, y, s.layer.input, LrnParams::of(self));
+        match s.pool {
+            Some((pool, output)) => {
+                forward_pooled(x, y, s.layer.input, LrnParams::of(self), pool, output)
+            }
+            None => forward(x, y, s.layer.input, LrnParams::of(self)),
+        }
         Ok(())
     }
 
@@ -67,6 +72,46 @@ pub fn forward(x: &[f32], y: &mut [f32], shape: Shape, p: LrnParams) {
         },
         |(sq, sum), (yb, xb)| block(xb, yb, sq, sum, (cg, h, w), p),
     );
+}
+
+/// [`forward`] and then [`pool::forward`] with `pool` to `output` per image, in one
+/// pass (the inference stage `lrn + pool`, [`crate::ir::Plan::inference_stages`]): each
+/// (image, channel group) block is normalised into a thread's scratch, still in cache,
+/// and pooled from there; the normalised values are never stored. The same bits as the
+/// two layers apart.
+pub fn forward_pooled(
+    x: &[f32],
+    y: &mut [f32],
+    shape: Shape,
+    p: LrnParams,
+    pool: Pool,
+    output: Shape,
+) {
+    let (h, w) = (shape.h, shape.w);
+    let cg = shape.c / p.channel_groups;
+    let (len, out_len) = (cg * h * w, cg * output.h * output.w);
+    y.par_chunks_mut(out_len)
+        .zip(x.par_chunks(len))
+        .for_each_init(
+            || {
+                let n = CHUNK.min(h * w);
+                let scratch = (vec![0.0f32; cg * n], vec![0.0f32; n]);
+                (scratch, vec![0.0f32; len], vec![0.0f32; w])
+            },
+            |((sq, sum), normalised, cols), (yb, xb)| {
+                block(xb, normalised, sq, sum, (cg, h, w), p);
+                pool::pool_planes(
+                    normalised,
+                    yb,
+                    cols,
+                    shape,
+                    output,
+                    pool.k,
+                    pool.stride,
+                    pool::kind(&pool),
+                );
+            },
+        );
 }
 
 super::simd::wide! {

@@ -49,7 +49,7 @@ use std::sync::Arc;
 
 use crate::backend::{Element, Inference, Memory};
 use crate::error::{Error, Result};
-use crate::ir::{Layer, Op, Plan, Precision, Stage};
+use crate::ir::{Layer, Op, Plan, Pool, Precision, Shape, Stage};
 
 pub use softmax::softmax;
 pub use upload::CpuUploader;
@@ -250,6 +250,9 @@ pub(crate) struct StageCx<'a> {
     pub batch: usize,
     /// The ReLU that follows runs in this stage (conv, fc).
     pub fused_relu: bool,
+    /// The pooling that follows runs in this stage, and its output (an LRN's, at
+    /// inference: [`Plan::inference_stages`]).
+    pub pool: Option<(Pool, Shape)>,
     /// Threads of rayon's pool.
     pub threads: usize,
     /// Weights in the layouts the kernels prefer.
@@ -358,6 +361,10 @@ impl Cpu {
             layer: &plan.layers[stage.layer],
             batch,
             fused_relu: stage.fused_relu,
+            pool: match plan.layers[stage.last()].op {
+                Op::Pool(p) if stage.fused_pool => Some((p, plan.layers[stage.last()].output)),
+                _ => None,
+            },
             threads: self.threads(),
             packs: &self.packs,
             conv: self.conv,
@@ -384,6 +391,12 @@ impl Cpu {
         params: &[&[f32]],
         grads: StageGrads<'_>,
     ) -> Result<()> {
+        if stage.fused_pool {
+            return Err(Error::Invalid(format!(
+                "cpu: {} fuses the pooling after it, an inference stage (Plan::inference_stages) with no backward pass; training runs Plan::stages",
+                plan.stage_label(stage)
+            )));
+        }
         let s = self.stage(plan, stage, batch);
         let layer = s.layer;
         let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
@@ -489,7 +502,8 @@ impl Inference for Cpu {
     ) -> Result<()> {
         let s = self.stage(plan, stage, batch);
         let layer = s.layer;
-        let (n_in, n_out) = (batch * layer.input.len(), batch * layer.output.len());
+        let out = plan.layers[stage.last()].output;
+        let (n_in, n_out) = (batch * layer.input.len(), batch * out.len());
         check_len(&format!("{} input", layer.name), input, n_in)?;
         check_len(&format!("{} output", layer.name), output, n_out)?;
         let params: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();

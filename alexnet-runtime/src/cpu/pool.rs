@@ -45,7 +45,7 @@ impl CpuLayer for Pool {
     }
 }
 
-fn kind(p: &Pool) -> PoolKind {
+pub fn kind(p: &Pool) -> PoolKind {
     if p.max {
         PoolKind::Max
     } else {
@@ -66,33 +66,50 @@ pub fn forward(
 ) {
     let (h, w) = (input.h, input.w);
     let (p, q) = (output.h, output.w);
-    let scale = 1.0 / (k * k) as f32;
     y.par_chunks_mut(p * q)
         .zip(x.par_chunks(h * w))
         .for_each_init(
             || vec![0.0f32; w],
-            |cols, (out, plane)| {
-                for oy in 0..p {
-                    let rows = &plane[oy * stride * w..(oy * stride + k) * w];
-                    cols.copy_from_slice(&rows[..w]);
-                    for r in rows.chunks_exact(w).skip(1) {
-                        match kind {
-                            PoolKind::Max => {
-                                cols.iter_mut().zip(r).for_each(|(c, v)| *c = c.max(*v))
-                            }
-                            PoolKind::Avg => cols.iter_mut().zip(r).for_each(|(c, v)| *c += v),
-                        }
-                    }
-                    for (ox, o) in out[oy * q..(oy + 1) * q].iter_mut().enumerate() {
-                        let win = &cols[ox * stride..ox * stride + k];
-                        *o = match kind {
-                            PoolKind::Max => win.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                            PoolKind::Avg => win.iter().sum::<f32>() * scale,
-                        };
-                    }
-                }
-            },
+            |cols, (out, plane)| pool_planes(plane, out, cols, input, output, k, stride, kind),
         );
+}
+
+/// [`forward`] on consecutive planes of one thread: `planes` holds whole `input` planes
+/// (channels), `out` the same number of `output` planes; `cols` is scratch of `input.w`
+/// values. The LRN's fused stage pools its normalised channels with it.
+#[allow(clippy::too_many_arguments)]
+pub fn pool_planes(
+    planes: &[f32],
+    out: &mut [f32],
+    cols: &mut [f32],
+    input: Shape,
+    output: Shape,
+    k: usize,
+    stride: usize,
+    kind: PoolKind,
+) {
+    let (h, w) = (input.h, input.w);
+    let (p, q) = (output.h, output.w);
+    let scale = 1.0 / (k * k) as f32;
+    for (plane, out) in planes.chunks_exact(h * w).zip(out.chunks_exact_mut(p * q)) {
+        for oy in 0..p {
+            let rows = &plane[oy * stride * w..(oy * stride + k) * w];
+            cols.copy_from_slice(&rows[..w]);
+            for r in rows.chunks_exact(w).skip(1) {
+                match kind {
+                    PoolKind::Max => cols.iter_mut().zip(r).for_each(|(c, v)| *c = c.max(*v)),
+                    PoolKind::Avg => cols.iter_mut().zip(r).for_each(|(c, v)| *c += v),
+                }
+            }
+            for (ox, o) in out[oy * q..(oy + 1) * q].iter_mut().enumerate() {
+                let win = &cols[ox * stride..ox * stride + k];
+                *o = match kind {
+                    PoolKind::Max => win.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    PoolKind::Avg => win.iter().sum::<f32>() * scale,
+                };
+            }
+        }
+    }
 }
 
 /// Gradient of pooling: max routes each output's gradient to the first maximum of its

@@ -57,7 +57,12 @@ impl Inference for Cuda {
         }
         let b = batch_i32(plan, stage.layer, batch)?;
         let loaded = self.loaded(plan)?;
-        let kernel = loaded.get(plan, stage.layer, Role::Forward)?;
+        let role = if stage.fused_pool {
+            Role::ForwardPooled
+        } else {
+            Role::Forward
+        };
+        let kernel = loaded.get(plan, stage.layer, role)?;
         // A split-K GEMM writes its parts to the workspace; their ordered sum, with the
         // epilogue, writes the output.
         if let Some(reduce) = loaded.find(stage.layer, Role::ForwardReduce) {

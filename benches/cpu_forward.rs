@@ -1,5 +1,6 @@
-//! CPU forward pass of the paper's AlexNet at batch 1 and 16 (images/s), and the time the
-//! macro's front end (parse, check, plan, emit) takes for AlexNet.
+//! CPU forward pass of the paper's AlexNet at batch 1 and 16 (images/s), the time the
+//! macro's front end (parse, check, plan, emit) takes for AlexNet, and its LRN with the
+//! max pooling after it fused (inference's stage) beside the two apart (training's).
 //!
 //! `cargo bench --bench cpu_forward`; results go to docs/benchmarks.md.
 
@@ -41,5 +42,46 @@ fn macro_front_end(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, forward, macro_front_end);
+/// AlexNet's LRN and max pooling at batch 1 and 16: the one stage inference runs
+/// (`lrn1+pool1`, `Plan::inference_stages`) beside the two stages training runs, on the
+/// same input (conv1's and conv2's outputs, random).
+fn lrn_and_pooling(c: &mut Criterion) {
+    use alexnet::runtime::Inference;
+    let plan = AlexNet::plan();
+    let cpu = Cpu::new();
+    let mut group = c.benchmark_group("alexnet_cpu_lrn_pool");
+    group.sample_size(20);
+    for fused in plan.inference_stages().into_iter().filter(|s| s.fused_pool) {
+        let (lrn, pool) = (
+            alexnet::ir::Stage::of(fused.layer),
+            alexnet::ir::Stage::of(fused.last()),
+        );
+        let shape = plan.layers[fused.layer].input;
+        for batch in [1usize, 16] {
+            let x: Vec<f32> = (0..batch * shape.len())
+                .map(|i| ((i * 7919) % 255) as f32 / 50.0 - 2.0)
+                .collect();
+            let mut mid = vec![0.0f32; x.len()];
+            let mut y = vec![0.0f32; batch * plan.layers[fused.last()].output.len()];
+            let label = plan.stage_label(fused);
+            group.bench_function(BenchmarkId::new(format!("{label} fused"), batch), |b| {
+                b.iter(|| {
+                    cpu.forward_stage(plan, fused, batch, &x, &[], &mut y)
+                        .unwrap()
+                })
+            });
+            group.bench_function(BenchmarkId::new(format!("{label} apart"), batch), |b| {
+                b.iter(|| {
+                    cpu.forward_stage(plan, lrn, batch, &x, &[], &mut mid)
+                        .unwrap();
+                    cpu.forward_stage(plan, pool, batch, &mid, &[], &mut y)
+                        .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward, macro_front_end, lrn_and_pooling);
 criterion_main!(benches);

@@ -6,9 +6,12 @@
 //! generated stage at batch 128 (median of 20, the stream synchronised around each
 //! stage) beside the same layer through cuDNN (convolution, FMA math, its heuristic's
 //! algorithm; without bias and ReLU, which the generated kernels include) or cuBLAS
-//! (sgemm), and their ratio; the whole forward pass at batch 1 and 128 in images/s. Then
+//! (sgemm), and their ratio (LRN with its pooling fused, as inference runs them, beside
+//! nothing); the whole forward pass at batch 1 and 128 in images/s, launched from the host
+//! and replayed as a CUDA graph. Then
 //! the same with `Precision::Tf32` (the convolutions and the fc layers on tensor cores) beside
-//! cuBLAS with TF32 allowed and cuDNN's convolutions with TF32 allowed (its default math).
+//! cuBLAS with TF32 allowed and cuDNN's convolutions with TF32 allowed (its default math),
+//! and the whole pass in `Precision::Bf16`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -179,24 +182,49 @@ fn main() -> Result<(), AnyError> {
     // tf32 kernels), beside cuBLAS allowed TF32.
     let gpu = Cuda::new(0)?.with_precision(Precision::Tf32)?;
     stages(plan, Model::init(gpu, plan.clone(), 0)?)?;
+    // --precision bf16: the whole pass only (no vendor library computes bf16 products of
+    // f32 operands).
+    let gpu = Cuda::new(0)?.with_precision(Precision::Bf16)?;
+    let model = Model::init(gpu, plan.clone(), 0)?;
+    println!("\n{}", model.backend().name());
+    whole(plan, &model)?;
     Ok(())
 }
 
-/// The whole forward pass at batch 1 and 128, then each stage at batch 128 beside cuDNN or
+/// The whole forward pass at batch 1 and 128, launched stage by stage from the host
+/// (`Model::forward`) and replayed as one CUDA graph (`Model::capture`), alternating in
+/// rounds; both with the input's upload and the output's download.
+fn whole(plan: &Plan, model: &Model<Cuda>) -> Result<(), AnyError> {
+    let stream = model.backend().stream().clone();
+    let s = plan.input;
+    for batch in [1usize, 128] {
+        let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;
+        let mut graph = model.capture(batch)?;
+        let (mut host, mut replay) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            host.push(time(&stream, 10, || {
+                model.forward(&x)?;
+                Ok(())
+            })?);
+            replay.push(time(&stream, 10, || {
+                graph.forward(&x)?;
+                Ok(())
+            })?);
+        }
+        let (t, g) = (median(host), median(replay));
+        println!("forward, batch {batch:>3}: {:8.3} ms  {:9.1} images/s launched from the host; as a CUDA graph {:8.3} ms  {:9.1} images/s (input upload and output download included)", t * 1e3, batch as f64 / t, g * 1e3, batch as f64 / g);
+    }
+    Ok(())
+}
+
+/// The whole forward pass ([`whole`]), then each stage at batch 128 beside cuDNN or
 /// cuBLAS in the model's precision.
 fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
     let tf32 = model.backend().precision() == Precision::Tf32;
     println!("\n{}", model.backend().name());
     let stream = model.backend().stream().clone();
     let s = plan.input;
-    for batch in [1usize, 128] {
-        let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;
-        let t = time(&stream, 20, || {
-            model.forward(&x)?;
-            Ok(())
-        })?;
-        println!("forward, batch {batch:>3}: {:8.3} ms  {:9.1} images/s (input upload and output download included)", t * 1e3, batch as f64 / t);
-    }
+    whole(plan, &model)?;
 
     let batch = 128;
     let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;
@@ -211,7 +239,7 @@ fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
         }
     }
     let stages: Vec<_> = plan
-        .stages()
+        .inference_stages()
         .into_iter()
         .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
         .collect();

@@ -209,17 +209,11 @@ impl<B: Inference> Model<B> {
         &self,
         batch: usize,
         input_buf: F32<B>,
-        mut inspect: Option<Inspect<'_>>,
-        mut times: Option<&mut Vec<(String, f64)>>,
+        inspect: Option<Inspect<'_>>,
+        times: Option<&mut Vec<(String, f64)>>,
     ) -> Result<Tensor> {
         let plan = &self.plan;
-        let stages: Vec<_> = plan
-            .inference_stages()
-            .into_iter()
-            .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
-            .collect();
         let [_, max, _] = crate::footprint::forward_buffers(plan, batch);
-        // Stage i writes bufs[i % 2] and reads the other one (the input for stage 0).
         let fresh = || {
             if self.poison {
                 self.backend.upload(&vec![f32::NAN; max])
@@ -235,29 +229,9 @@ impl<B: Inference> Model<B> {
             Some((_, bufs)) => bufs,
             None => [fresh()?, fresh()?],
         };
-        let mut out_shape = plan.input;
-        for (i, stage) in stages.iter().enumerate() {
-            let params: Vec<&F32<B>> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
-            let [b0, b1] = &mut bufs;
-            let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
-            let src = if i == 0 { &input_buf } else { src };
-            let t0 = std::time::Instant::now();
-            self.backend
-                .forward_stage(plan, *stage, batch, src, &params, dst)?;
-            if let Some(t) = times.as_mut() {
-                self.backend.synchronize()?;
-                t.push((plan.stage_label(*stage), t0.elapsed().as_secs_f64()));
-            }
-            out_shape = plan.layers[stage.last()].output;
-            if let Some(f) = inspect.as_mut() {
-                let values = self.backend.download_prefix(dst, batch * out_shape.len())?;
-                f(plan.stage_output_name(*stage), &values);
-            }
-        }
-        let last = match stages.len() {
-            0 => &input_buf,
-            n => &bufs[(n - 1) % 2],
-        };
+        let last = self.launch_stages(batch, &input_buf, &mut bufs, inspect, times)?;
+        let out_shape = plan.output();
+        let last = last.map_or(&input_buf, |i| &bufs[i]);
         let data = self
             .backend
             .download_prefix(last, batch * out_shape.len())?;
@@ -267,6 +241,47 @@ impl<B: Inference> Model<B> {
             }
         }
         Tensor::new(vec![batch, out_shape.c, out_shape.h, out_shape.w], data)
+    }
+
+    /// Runs the inference stages ([`Plan::inference_stages`], dropout skipped) on `batch`
+    /// images in `input`, stage i writing `bufs[i % 2]` (each of
+    /// `footprint::forward_buffers`' length) and reading the other; returns which of
+    /// `bufs` holds the output (`None`: no stage ran, the output is `input`). Only
+    /// launches kernels (a CUDA graph records exactly this), unless `inspect` or `times`
+    /// asks for more.
+    pub(crate) fn launch_stages(
+        &self,
+        batch: usize,
+        input: &F32<B>,
+        bufs: &mut [F32<B>; 2],
+        mut inspect: Option<Inspect<'_>>,
+        mut times: Option<&mut Vec<(String, f64)>>,
+    ) -> Result<Option<usize>> {
+        let plan = &self.plan;
+        let stages: Vec<_> = plan
+            .inference_stages()
+            .into_iter()
+            .filter(|st| !plan.layers[st.layer].op.kind().identity_at_inference())
+            .collect();
+        for (i, stage) in stages.iter().enumerate() {
+            let params: Vec<&F32<B>> = self.params[stage.layer].iter().map(|(_, b)| b).collect();
+            let [b0, b1] = bufs;
+            let (src, dst) = if i % 2 == 0 { (&*b1, b0) } else { (&*b0, b1) };
+            let src = if i == 0 { input } else { src };
+            let t0 = std::time::Instant::now();
+            self.backend
+                .forward_stage(plan, *stage, batch, src, &params, dst)?;
+            if let Some(t) = times.as_mut() {
+                self.backend.synchronize()?;
+                t.push((plan.stage_label(*stage), t0.elapsed().as_secs_f64()));
+            }
+            if let Some(f) = inspect.as_mut() {
+                let len = batch * plan.layers[stage.last()].output.len();
+                let values = self.backend.download_prefix(dst, len)?;
+                f(plan.stage_output_name(*stage), &values);
+            }
+        }
+        Ok(stages.len().checked_sub(1).map(|n| n % 2))
     }
 }
 

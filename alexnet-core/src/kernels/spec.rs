@@ -350,7 +350,7 @@ pub enum Role {
     /// A stage's forward pass.
     Forward,
     /// An inference stage's forward pass with the pooling after its layer fused (an
-    /// LRN's: [`crate::ir::Plan::inference_stages`]); training runs the layer's `Forward`
+    /// LRN's: `Plan::inference_stages`); training runs the layer's `Forward`
     /// kernel and the pooling's apart.
     ForwardPooled,
     /// The ordered sum of a split-K forward GEMM's parts, with its epilogue: launched

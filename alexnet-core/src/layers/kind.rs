@@ -129,7 +129,7 @@ pub trait LayerKind: fmt::Debug + Send + Sync {
     }
 
     /// At inference, a pooling right after this layer runs in its stage, on its values
-    /// before they are stored ([`crate::ir::Plan::inference_stages`]); its forward kernel
+    /// before they are stored (`Plan::inference_stages`); its forward kernel
     /// then reads [`KernelCx::pool`].
     fn fuses_pool(&self) -> bool {
         false

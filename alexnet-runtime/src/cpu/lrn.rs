@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::packed::with_scratch;
 use super::{pool, CpuLayer, StageCx};
 use crate::error::Result;
 use crate::ir::{Lrn, Pool, Shape};
@@ -95,21 +96,24 @@ pub fn forward_pooled(
         .for_each_init(
             || {
                 let n = CHUNK.min(h * w);
-                let scratch = (vec![0.0f32; cg * n], vec![0.0f32; n]);
-                (scratch, vec![0.0f32; len], vec![0.0f32; w])
+                (vec![0.0f32; cg * n], vec![0.0f32; n], vec![0.0f32; w])
             },
-            |((sq, sum), normalised, cols), (yb, xb)| {
-                block(xb, normalised, sq, sum, (cg, h, w), p);
-                pool::pool_planes(
-                    normalised,
-                    yb,
-                    cols,
-                    shape,
-                    output,
-                    pool.k,
-                    pool.stride,
-                    pool::kind(&pool),
-                );
+            |(sq, sum, cols), (yb, xb)| {
+                // The thread's kept scratch: a fresh block (580 kB for conv1's towers) cost
+                // more in page faults than the pass saves.
+                with_scratch(len, |normalised| {
+                    block(xb, normalised, sq, sum, (cg, h, w), p);
+                    pool::pool_planes(
+                        normalised,
+                        yb,
+                        cols,
+                        shape,
+                        output,
+                        pool.k,
+                        pool.stride,
+                        pool::kind(&pool),
+                    );
+                })
             },
         );
 }

@@ -3,13 +3,15 @@
 //! disk cache, and launched from their specs. One file per concern: `device.rs` the GPU,
 //! `launch.rs` loading and launching kernels (`binder.rs` binds their arguments by name), `memory.rs`, `inference.rs`,
 //! `training.rs`, `exchange.rs`, `augment.rs` and `upload.rs` (pinned memory and a copy
-//! stream) the backend's traits.
+//! stream) the backend's traits; `graph.rs` a forward pass recorded as a CUDA graph
+//! ([`Model::capture`](crate::Model::capture)) and replayed.
 
 mod augment;
 mod binder;
 pub mod cache;
 mod device;
 mod exchange;
+mod graph;
 mod inference;
 mod launch;
 mod memory;
@@ -18,4 +20,5 @@ mod training;
 mod upload;
 
 pub use device::Cuda;
+pub use graph::ForwardGraph;
 pub use upload::CudaUploader;

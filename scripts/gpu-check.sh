@@ -89,16 +89,17 @@ timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --batc
 EOS
 # The tensor-core path alone (issue 13), for a short device call: the tf32 and bf16 GPU
 # tests (tiny nets, the small net, AlexNet and torchvision's; in tf32 towers and a training
-# step too), `bench --precision tf32` and `bf16`, then gpu_forward (f32 and tf32 stages
-# beside cuDNN / cuBLAS).
+# step too) and the CUDA graph's replay (issue 17), `bench --precision tf32` and `bf16`,
+# then gpu_forward (f32 and tf32 stages beside cuDNN / cuBLAS, the fused LRN stages, and
+# each precision's whole pass launched from the host beside its CUDA graph).
 cat > .gpu-bin/tf32.sh <<'EOS'
 #!/usr/bin/env bash
 here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
 . "$here/env.sh"; gpu_line
 for t in gpu gpu_towers; do
-  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 bf16 2>&1 \
-    | tee "$OUT/tf32-$t.log" | grep -E 'tf32|bf16|panicked|test result'
+  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 bf16 graph 2>&1 \
+    | tee "$OUT/tf32-$t.log" | grep -E 'tf32|bf16|graph|panicked|test result'
 done
 for p in tf32 bf16; do
   timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --precision $p --batch 1,128 \

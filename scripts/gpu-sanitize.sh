@@ -83,7 +83,8 @@ done
 [ ${#bin[@]} -gt 0 ] || exit 2
 
 # The small tests: every kernel template on small shapes, a few thousand launches in all.
-#   gpu:          every layer kind forward (14 tiny nets, batches 1, 7, 128), and the tf32
+#   gpu:          every layer kind forward (16 tiny nets, two with an LRN and its pooling
+#                 fused; batches 1, 7, 128), and the tf32
 #                 and bf16 kernels (cp.async, st.shared, ldmatrix, mma; fc split-K;
 #                 convolutions with groups and with gathered weights) on 5 tiny nets and the
 #                 small net each

@@ -1587,3 +1587,94 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
         );
     }
 }
+
+/// Tiles from a tuning table (issue 17) change the generated kernels (their names and
+/// launch geometry say so), not the function they compute: a table with a tile other than
+/// the heuristic's for a grouped convolution and a fully connected layer, in f32 (SIMT), tf32
+/// (a 64 x 64 tensor-core tile) and bf16 (16-row tiles, split-K in 3), and each kernel under
+/// emulation against the CPU.
+#[test]
+fn tuned_tiles_compute_the_same_function_under_emulation() {
+    use alexnet::codegen::kernels::spec::{MmaTile, Tile};
+    use alexnet::codegen::kernels::tuning::{Choice, Entry, Table};
+    use alexnet::ir::Precision;
+    use alexnet::runtime::prelude::*;
+    let Some(cxx) = compiler() else { return };
+    let conv: Plan =
+        alexnet::plan_from_str("T<8, 12, 12> { conv(40, 3, pad = 1, groups = 2) relu }").unwrap();
+    let fc: Plan = alexnet::plan_from_str("T<64, 3, 3> { fc(40) relu }").unwrap();
+    let (conv_key, fc_key) = ("conv c8x12x12 o40 r3 s1 p1 g2", "fc i576 o40");
+    let simt = |tm, rm, tn, rn, tk| Choice::Simt(Tile { tm, rm, tn, rn, tk });
+    let mma = |bm, bn, warps_m, warps_n, split| Choice::Mma {
+        tile: MmaTile {
+            bm,
+            bn,
+            bk: 32,
+            warps_m,
+            warps_n,
+            stages: 4,
+        },
+        split,
+    };
+    let mut table = Table::default();
+    for (key, precision, choice) in [
+        (conv_key, Precision::F32, simt(64, 4, 32, 4, 16)),
+        (fc_key, Precision::F32, simt(64, 4, 128, 8, 16)),
+        (conv_key, Precision::Tf32, mma(64, 64, 2, 2, 1)),
+        (fc_key, Precision::Bf16, mma(16, 128, 1, 4, 3)),
+    ] {
+        table.set(Entry {
+            key: key.into(),
+            precision,
+            batch: 128,
+            choice,
+            ms: 1.0,
+            heuristic_ms: 1.0,
+        });
+    }
+    let batch = 5;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+    for (plan, precision, named, block) in [
+        (&conv, Precision::F32, "_t64x32_r4x4k16", 128),
+        (&fc, Precision::F32, "_t64x128_r4x8k16", 256),
+        (&conv, Precision::Tf32, "_t64x64", 128),
+        (&fc, Precision::Bf16, "_t16x128_s3", 128),
+    ] {
+        let kernels = cuda::generate_with(plan, Some(&table));
+        let ks = kernels.forward_in(precision);
+        let k = &ks[0];
+        assert!(k.name().ends_with(named), "{precision}: {}", k.name());
+        assert_eq!(k.launch.block, block, "{}", k.name());
+        // Without the table, the heuristic's kernel.
+        let plain = cuda::generate_with(plan, None).forward_in(precision);
+        assert_ne!(plain[0].name(), k.name());
+        let params = common::random_params(plan, &mut rng);
+        let (w, b) = (&params[0].data, &params[1].data);
+        let x = random(&mut rng, batch * plan.input.len());
+        let stage = plan.stages()[0];
+        let mut want = vec![0.0f32; batch * plan.output().len()];
+        Cpu::reference()
+            .with_precision(if precision == Precision::Bf16 {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            })
+            .unwrap()
+            .forward_stage(plan, stage, batch, &x, &[w, b], &mut want)
+            .unwrap();
+        let got = if ks.len() == 2 {
+            emulate_split(&cxx, (k, &ks[1]), batch, 3, &x, w, b)
+        } else {
+            let y0 = vec![f32::NAN; want.len()];
+            let bufs: Vec<(&str, &[f32])> = vec![("x", &x), ("w", w), ("bias", b), ("y", &y0)];
+            emulate(&cxx, k, batch, &bufs, &[])["y"].clone()
+        };
+        // f32 and bf16 as the CPU computes them; tf32 within its rounding of f32.
+        let tol = if precision == Precision::Tf32 {
+            5e-3
+        } else {
+            1e-5
+        };
+        close(k.name(), &got, &want, tol);
+    }
+}

@@ -482,3 +482,40 @@ fn every_augmentation_kernel_compiles_without_spills() {
         }
     }
 }
+
+/// The tiles `alexnet tune` would time (issue 17) for AlexNet's conv2 and fc6, in f32,
+/// tf32 and bf16, all compile for sm_90; the heuristic's (the first) never spills, and at
+/// least three per stage do not (the tuner times only those: `nvrtc::spill_free`).
+#[test]
+fn tuning_candidates_compile_and_enough_do_not_spill() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let plan = AlexNet::plan();
+    let mut report = Vec::new();
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        let stages = cuda::tunable(plan, precision);
+        for label in ["conv2+relu", "fc6+relu"] {
+            let stage = stages.iter().find(|s| s.label == label).unwrap();
+            let free: Vec<bool> = stage
+                .candidates
+                .iter()
+                .map(|(choice, specs)| {
+                    specs.iter().all(|spec| {
+                        nvrtc::spill_free(spec, "sm_90")
+                            .unwrap_or_else(|e| panic!("{precision} {label} {choice}: {e}"))
+                    })
+                })
+                .collect();
+            assert!(free[0], "{precision} {label}: the heuristic's tile spills");
+            let n = free.iter().filter(|f| **f).count();
+            assert!(
+                n >= 3,
+                "{precision} {label}: {n} of {} candidates do not spill",
+                free.len()
+            );
+            report.push(format!("{precision} {label}: {n}/{}", free.len()));
+        }
+    }
+    println!("candidates without spills: {}", report.join(", "));
+}

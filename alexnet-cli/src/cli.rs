@@ -122,6 +122,10 @@ enum Command {
         after_help = "Examples:\n  alexnet prepare --data ~/imagenet --out ~/imagenet-256\n  alexnet train --net alexnet --device cuda --batch 128 --data ~/imagenet-256\n  alexnet prepare --verify ~/imagenet-256        every shard against its checksum"
     )]
     Prepare(prepare::PrepareArgs),
+    /// Times the candidate tiles of every conv and fc stage's forward GEMM on a GPU and
+    /// writes the fastest into the tuning table of its architecture
+    /// (`kernels_templates/tuning/<arch>.txt`), which code generation takes tiles from.
+    Tune(crate::tune::TuneArgs),
     /// Prints a network's layer table.
     Summary {
         /// The network to describe.
@@ -225,6 +229,7 @@ pub fn execute(cli: Cli, ctx: &mut Ctx) -> Result<(), AnyError> {
         Command::Classify(args) => evaluate::classify(ctx, args),
         Command::Filters(args) => evaluate::filters(ctx, args),
         Command::Prepare(args) => prepare::prepare(ctx, args),
+        Command::Tune(args) => crate::tune::tune(ctx, args),
     }
 }
 
@@ -579,7 +584,7 @@ fn kernels(
         )?;
     }
     let (major, minor) = nvrtc::version()?;
-    let kernels = cuda::kernels(plan);
+    let kernels = cuda::kernels_for(plan, arch);
     let forward = kernels.forward_in(precision);
     let training_only = |k: &alexnet::ir::KernelSpec| training_only(plan, k);
     let specs: Vec<&alexnet::ir::KernelSpec> = if training {
@@ -598,6 +603,12 @@ fn kernels(
         plan.name,
         units.len()
     )?;
+    // Where each conv and fc stage's tile comes from (issue 17's tuning tables).
+    let tiles: Vec<String> = cuda::tile_sources(plan, precision, arch)
+        .into_iter()
+        .map(|(label, _, source)| format!("{label} {source}"))
+        .collect();
+    writeln!(ctx.out, "tiles: {}", tiles.join(", "))?;
     let t0 = Instant::now();
     let compiled: Vec<_> = units
         .par_iter()

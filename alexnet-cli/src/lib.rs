@@ -26,7 +26,7 @@
 //! summary, infer, bench, kernels); `args.rs` the arguments several commands share
 //! (`--net`, `--device`); `train.rs`, `evaluate.rs` (eval, classify, filters),
 //! `data.rs` (which images), `prepare.rs` (an image folder decoded once into a prepared
-//! set), `pictures.rs` (PNG plots and filter grids) and `progress.rs`
+//! set), `tune.rs` (the tiles of the generated GEMMs timed on a GPU), `pictures.rs` (PNG plots and filter grids) and `progress.rs`
 //! (the progress bars) the rest.
 //!
 //! No command depends on the process's state beyond its arguments: relative paths are
@@ -41,6 +41,7 @@ mod pictures;
 mod prepare;
 mod progress;
 mod train;
+mod tune;
 
 use std::ffi::OsString;
 use std::io::Write;

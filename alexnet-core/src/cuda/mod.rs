@@ -17,11 +17,12 @@ mod training;
 use std::borrow::Cow;
 
 pub use exchange::exchanges;
-pub use forward::forward;
+pub use forward::{forward, forward_with};
 pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
 use crate::ir::{Op, Plan, Precision, Stage};
 use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template};
+use crate::kernels::tuning::{Choice, Source, Table, DEFAULT_ARCH, TUNED_BATCH};
 use crate::kernels::{gemm, mma};
 use crate::layers::{self, KernelCx};
 
@@ -76,7 +77,8 @@ pub fn templates() -> impl Iterator<Item = &'static Template> {
 }
 
 /// A plan's kernels: the ones `network!` generated for it, or, for a plan built at run
-/// time (or changed since the macro ran: its fingerprint differs), generated now.
+/// time (or changed since the macro ran: its fingerprint differs), generated now. Tiled
+/// for [`DEFAULT_ARCH`]; [`kernels_for`] for another architecture.
 pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
     match plan.generated {
         Some(g) if g.fingerprint == plan.fingerprint() => Cow::Borrowed(&g.kernels),
@@ -84,11 +86,28 @@ pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
     }
 }
 
-/// Generates every kernel of `plan`.
+/// A plan's kernels for a GPU of architecture `arch` (`sm_80`): [`kernels`] where `arch`
+/// has no tuning table of its own or is [`DEFAULT_ARCH`], generated from `arch`'s table
+/// otherwise.
+pub fn kernels_for(plan: &Plan, arch: &str) -> Cow<'static, Kernels> {
+    match Table::builtin(arch) {
+        Some(table) if arch != DEFAULT_ARCH => Cow::Owned(generate_with(plan, Some(table))),
+        _ => kernels(plan),
+    }
+}
+
+/// Generates every kernel of `plan`, tiled by [`DEFAULT_ARCH`]'s table (the heuristic
+/// where it has no entry).
 pub fn generate(plan: &Plan) -> Kernels {
-    let f32 = forward(plan, Precision::F32);
+    generate_with(plan, Table::builtin(DEFAULT_ARCH))
+}
+
+/// Generates every kernel of `plan` with the forward GEMMs' tiles from `table` (the
+/// heuristic where it has no entry, or with no table).
+pub fn generate_with(plan: &Plan, table: Option<&Table>) -> Kernels {
+    let f32 = forward_with(plan, Precision::F32, table);
     let differing = |p: Precision| {
-        forward(plan, p)
+        forward_with(plan, p, table)
             .into_iter()
             .filter(|k| !f32.contains(k))
             .collect::<Vec<_>>()
@@ -101,6 +120,79 @@ pub fn generate(plan: &Plan) -> Kernels {
         training: training(plan).into(),
         exchanges: exchanges(plan).into(),
     }
+}
+
+/// A stage whose forward GEMM a tuning table can tile (`kernels::tuning`).
+#[derive(Clone, Debug)]
+pub struct Tunable {
+    /// The GEMM's key in a table ([`crate::layers::LayerKind::tuning_key`]).
+    pub key: String,
+    /// The stage, as timings name it (`conv1+relu`).
+    pub label: String,
+    /// Each tile worth timing with the stage's forward kernels on it, the heuristic's
+    /// first.
+    pub candidates: Vec<(Choice, Vec<KernelSpec>)>,
+}
+
+/// The stages of `plan` and, for a split network, of its towers' plans whose forward GEMM
+/// a tuning table can tile, in `precision`: each key once, in stage order.
+pub fn tunable(plan: &Plan, precision: Precision) -> Vec<Tunable> {
+    let towers = (0..plan.split).filter_map(|t| plan.tower(t));
+    let mut out: Vec<Tunable> = Vec::new();
+    for p in std::iter::once(plan.clone()).chain(towers) {
+        for stage in p.inference_stages() {
+            let layer = &p.layers[stage.layer];
+            let kind = layer.op.kind();
+            let Some(key) = kind.tuning_key(layer.input, layer.output) else {
+                continue;
+            };
+            if out.iter().any(|t| t.key == key) {
+                continue;
+            }
+            let cx = context(&p, stage, false, precision, None);
+            let mut candidates: Vec<(Choice, Vec<KernelSpec>)> = Vec::new();
+            for c in kind.candidates(&cx) {
+                let specs = kind.forward_kernels(&KernelCx {
+                    tuned: Some(c),
+                    ..cx
+                });
+                if !candidates.iter().any(|(_, s)| *s == specs) {
+                    candidates.push((c, specs));
+                }
+            }
+            out.push(Tunable {
+                key,
+                label: p.stage_label(stage),
+                candidates,
+            });
+        }
+    }
+    out
+}
+
+/// Where each tunable stage of `plan` in `precision` takes its tile from on a GPU of
+/// architecture `arch` (as [`kernels_for`] generates them): `(stage label, key, source)`.
+pub fn tile_sources(
+    plan: &Plan,
+    precision: Precision,
+    arch: &str,
+) -> Vec<(String, String, Source)> {
+    let (table, name) = match Table::builtin(arch) {
+        Some(t) if arch != DEFAULT_ARCH => (Some(t), arch),
+        _ => (Table::builtin(DEFAULT_ARCH), DEFAULT_ARCH),
+    };
+    plan.inference_stages()
+        .into_iter()
+        .filter_map(|stage| {
+            let layer = &plan.layers[stage.layer];
+            let key = layer.op.kind().tuning_key(layer.input, layer.output)?;
+            let source = match table.and_then(|t| t.get(&key, precision, TUNED_BATCH)) {
+                Some(_) => Source::Table(name.to_string()),
+                None => Source::Heuristic,
+            };
+            Some((plan.stage_label(stage), key, source))
+        })
+        .collect()
 }
 
 /// One kernel's translation unit: its stub with the headers it includes inlined.
@@ -145,10 +237,24 @@ pub fn training_source(plan: &Plan, kernels: &Kernels) -> String {
     )
 }
 
-/// What a layer's kernels are told of its stage.
-fn context<'a>(plan: &'a Plan, stage: Stage, needs_dx: bool, precision: Precision) -> KernelCx<'a> {
+/// What a layer's kernels are told of its stage; its forward GEMM's tile from `table`'s
+/// entry at [`TUNED_BATCH`] where it has one.
+fn context<'a>(
+    plan: &'a Plan,
+    stage: Stage,
+    needs_dx: bool,
+    precision: Precision,
+    table: Option<&Table>,
+) -> KernelCx<'a> {
     let layer = &plan.layers[stage.layer];
+    let tuned = layer
+        .op
+        .kind()
+        .tuning_key(layer.input, layer.output)
+        .and_then(|key| table?.get(&key, precision, TUNED_BATCH))
+        .map(|e| e.choice);
     KernelCx {
+        tuned,
         layer: stage.layer,
         name: &layer.name,
         input: layer.input,

@@ -97,10 +97,13 @@ pub fn training(plan: &Plan) -> Vec<KernelSpec> {
         // forward there, and generates its kernel whatever it is told).
         let needs_dx = first_learned.is_some_and(|f| stage.layer > f);
         let op = plan.layers[stage.layer].op;
-        kernels.extend(
-            op.kind()
-                .backward_kernels(&context(plan, stage, needs_dx, Precision::F32)),
-        );
+        kernels.extend(op.kind().backward_kernels(&context(
+            plan,
+            stage,
+            needs_dx,
+            Precision::F32,
+            None,
+        )));
     }
     if let Some((layer, classes)) = logits_of(plan) {
         let name = format!("{net}_softmax_xent_c{classes}");

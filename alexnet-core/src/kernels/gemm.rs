@@ -251,19 +251,40 @@ impl Gemm {
         }
     }
 
-    /// The forward pass: bias and, with `relu`, the fused ReLU in the epilogue.
+    /// The heuristic's tile of the forward pass: [`FC_TILE`] or [`conv_tile`].
+    pub fn forward_tile(&self) -> Tile {
+        if self.fc {
+            FC_TILE
+        } else {
+            conv_tile(self.og())
+        }
+    }
+
+    /// The forward pass: bias and, with `relu`, the fused ReLU in the epilogue; the
+    /// heuristic's tile.
     pub fn forward(&self, owner: &Owner<'_>, relu: bool) -> KernelSpec {
+        self.forward_tiled(owner, relu, self.forward_tile())
+    }
+
+    /// [`Gemm::forward`] with `tile` (a tuning table's); its name says the thread tile and
+    /// K step too where they are not the heuristic's.
+    pub fn forward_tiled(&self, owner: &Owner<'_>, relu: bool, tile: Tile) -> KernelSpec {
         let (cg, og, o) = (self.cg(), self.og(), self.output);
-        let tile = if self.fc { FC_TILE } else { conv_tile(og) };
+        let usual = self.forward_tile();
+        let extra = if (tile.rm, tile.rn, tile.tk) == (usual.rm, usual.rn, usual.tk) {
+            String::new()
+        } else {
+            format!("_r{}x{}k{}", tile.rm, tile.rn, tile.tk)
+        };
         let lname = owner.name;
         let name = if self.fc {
             format!(
-                "{lname}_fwd_i{}_o{og}_t{}x{}",
+                "{lname}_fwd_i{}_o{og}_t{}x{}{extra}",
                 self.input.c, tile.tm, tile.tn
             )
         } else {
             format!(
-                "{lname}_fwd_c{cg}_k{og}_r{}_t{}x{}",
+                "{lname}_fwd_c{cg}_k{og}_r{}_t{}x{}{extra}",
                 self.k, tile.tm, tile.tn
             )
         };

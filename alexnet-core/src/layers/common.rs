@@ -6,6 +6,7 @@ use crate::kernels::gemm::{Gemm, Owner};
 use crate::kernels::spec::{
     int, read, update, Instance, KernelLaunch, KernelSpec, Len, Role, Template, EW_THREADS,
 };
+use crate::kernels::tuning::Choice;
 
 /// The gradient through a ReLU fused into conv or fc, in place (`relu.cuh`).
 const FUSED_RELU_MASK: Template = Template {
@@ -90,10 +91,15 @@ fn owner<'a>(cx: &'a KernelCx<'_>, name: &'a str, desc: &'a str) -> Owner<'a> {
     }
 }
 
-/// A conv or fc layer's forward GEMM, with bias and the fused ReLU in its epilogue.
+/// A conv or fc layer's forward GEMM, with bias and the fused ReLU in its epilogue: on the
+/// tuned SIMT tile where `cx` has one the template takes, the heuristic's otherwise.
 pub fn learned_forward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> KernelSpec {
     let name = cx.c_name();
-    g.forward(&owner(cx, &name, desc), cx.fused_relu)
+    let tile = match cx.tuned {
+        Some(Choice::Simt(t)) if Choice::simt_ok(&t) => t,
+        _ => g.forward_tile(),
+    };
+    g.forward_tiled(&owner(cx, &name, desc), cx.fused_relu, tile)
 }
 
 /// The training kernels of a conv or fc layer: the fused ReLU's mask on the output

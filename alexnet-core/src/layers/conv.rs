@@ -9,6 +9,7 @@ use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
+use crate::kernels::tuning::{self, Choice};
 use crate::shape::Shape;
 
 /// 2-D convolution with bias; weight `[out, in/groups, k, k]`.
@@ -67,6 +68,29 @@ impl Conv {
     /// `output` (the CPU backend's kernels take it as their geometry too).
     pub fn gemm(&self, input: Shape, output: Shape) -> Gemm {
         Gemm::conv(input, output, self.k, self.stride, self.pad, self.groups)
+    }
+
+    /// The tensor-core forward GEMM of stage `cx` with `choice` (`None`: the heuristic's
+    /// tile), if it takes it (a convolution has no split-K).
+    fn mma(&self, cx: &KernelCx<'_>, inputs: MmaInputs, choice: Option<Choice>) -> Option<MmaGemm> {
+        let tile = match choice {
+            None => MmaTile::conv_for(inputs),
+            Some(Choice::Mma { tile, split: 1 }) => tile,
+            Some(_) => return None,
+        };
+        let conv = MmaConv {
+            input: cx.input,
+            output: cx.output,
+            r: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            groups: self.groups,
+        };
+        let epilogue = Epilogue {
+            bias: true,
+            relu: cx.fused_relu,
+        };
+        MmaGemm::conv(conv, inputs, tile, epilogue).ok()
     }
 }
 
@@ -180,22 +204,35 @@ impl LayerKind for Conv {
 
     /// The f32 implicit GEMM; under `Precision::Tf32` and `Precision::Bf16` the
     /// tensor-core one (`conv_mma_tf32`, `conv_mma_bf16r`, 128 x 128 tiles).
+    fn tuning_key(&self, input: Shape, output: Shape) -> Option<String> {
+        Some(format!(
+            "conv c{}x{}x{} o{} r{} s{} p{} g{}",
+            input.c, input.h, input.w, output.c, self.k, self.stride, self.pad, self.groups
+        ))
+    }
+
+    fn candidates(&self, cx: &KernelCx<'_>) -> Vec<Choice> {
+        if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
+            let first = Choice::Mma {
+                tile: MmaTile::conv_for(inputs),
+                split: 1,
+            };
+            return tuning::mma_candidates(first, true)
+                .into_iter()
+                .filter(|c| self.mma(cx, inputs, Some(*c)).is_some())
+                .collect();
+        }
+        let g = self.gemm(cx.input, cx.output);
+        tuning::simt_candidates(g.forward_tile(), cx.output.c / self.groups, false)
+    }
+
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
-            let conv = MmaConv {
-                input: cx.input,
-                output: cx.output,
-                r: self.k,
-                stride: self.stride,
-                pad: self.pad,
-                groups: self.groups,
-            };
-            let epilogue = Epilogue {
-                bias: true,
-                relu: cx.fused_relu,
-            };
-            let tile = MmaTile::conv_for(inputs);
-            if let Ok(g) = MmaGemm::conv(conv, inputs, tile, epilogue) {
+            // The tuned tile where the GEMM takes it, the heuristic's otherwise.
+            if let Some(g) = self
+                .mma(cx, inputs, cx.tuned)
+                .or_else(|| self.mma(cx, inputs, None))
+            {
                 return g.specs(cx.layer, &cx.c_name());
             }
         }

@@ -8,6 +8,7 @@ use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
 use crate::kernels::mma::{MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
+use crate::kernels::tuning::{self, Choice};
 use crate::shape::Shape;
 
 /// Fully connected layer with bias over the flattened input; weight `[out, in]`.
@@ -17,6 +18,29 @@ pub struct Fc {
 }
 
 const SIGNATURE: &[ArgSpec] = &[int("out", 1, Default::Required, true)];
+
+impl Fc {
+    /// The tensor-core forward GEMM of stage `cx` with `choice` (`None`: the heuristic's
+    /// [`MmaTile::SMALL_M`], split so that one image's grid has about 128 blocks), if it
+    /// takes it.
+    fn mma(&self, cx: &KernelCx<'_>, inputs: MmaInputs, choice: Option<Choice>) -> Option<MmaGemm> {
+        let epilogue = Epilogue {
+            bias: true,
+            relu: cx.fused_relu,
+        };
+        let (n, k) = (cx.output.len(), cx.input.len());
+        let tile = match choice {
+            None => MmaTile::SMALL_M,
+            Some(Choice::Mma { tile, .. }) => tile,
+            Some(Choice::Simt(_)) => return None,
+        };
+        let g = MmaGemm::with_inputs(1, n, k, inputs, tile, epilogue).ok()?;
+        match choice {
+            Some(Choice::Mma { split, .. }) => g.with_split(split).ok(),
+            _ => Some(g.with_split(g.split_for(128)).unwrap_or(g)),
+        }
+    }
+}
 
 impl Kind for Fc {
     const KEYWORDS: &'static [Keyword] = &[Keyword {
@@ -100,15 +124,36 @@ impl LayerKind for Fc {
     /// GEMM (`kernels::mma`, with bias and the fused ReLU in its epilogue) where the input
     /// is whole 16-byte rows, split along K so that one image's grid has about 128 blocks
     /// ([`MmaGemm::split_for`]).
+    fn tuning_key(&self, input: Shape, output: Shape) -> Option<String> {
+        Some(format!("fc i{} o{}", input.len(), output.len()))
+    }
+
+    fn candidates(&self, cx: &KernelCx<'_>) -> Vec<Choice> {
+        if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
+            let Some(g) = self.mma(cx, inputs, None) else {
+                return Vec::new();
+            };
+            let first = Choice::Mma {
+                tile: g.tile,
+                split: g.split,
+            };
+            return tuning::mma_candidates(first, false)
+                .into_iter()
+                .filter(|c| self.mma(cx, inputs, Some(*c)).is_some())
+                .collect();
+        }
+        let g = Gemm::fc(cx.input, cx.output);
+        tuning::simt_candidates(g.forward_tile(), cx.output.len(), true)
+    }
+
     fn forward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         if let Some(inputs) = MmaInputs::for_precision(cx.precision) {
-            let epilogue = Epilogue {
-                bias: true,
-                relu: cx.fused_relu,
-            };
-            let (n, k) = (cx.output.len(), cx.input.len());
-            if let Ok(g) = MmaGemm::with_inputs(1, n, k, inputs, MmaTile::SMALL_M, epilogue) {
-                let g = g.with_split(g.split_for(128)).unwrap_or(g);
+            // The tuned tile and split where the GEMM takes them, the heuristic's
+            // otherwise.
+            if let Some(g) = self
+                .mma(cx, inputs, cx.tuned)
+                .or_else(|| self.mma(cx, inputs, None))
+            {
                 return g.specs(cx.layer, &cx.c_name());
             }
         }

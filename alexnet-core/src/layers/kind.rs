@@ -7,6 +7,7 @@ use std::fmt;
 use super::dsl::{Keyword, ShapeError};
 use crate::kernels::precision::Precision;
 use crate::kernels::spec::{c_ident, Header, KernelSpec, Template};
+use crate::kernels::tuning::Choice;
 use crate::shape::{Shape, TowerOf};
 
 /// What a shape rule is told besides the input shape.
@@ -38,6 +39,10 @@ pub struct KernelCx<'a> {
     /// The pooling that follows runs in this stage (an LRN's, at inference); the stage
     /// writes its output instead of `output`.
     pub pool: Option<FusedPool>,
+    /// The forward GEMM's tile from a tuning table (`kernels::tuning`), or one the tuner
+    /// tries; `None`: the heuristic's. A layer kind ignores a choice it cannot take (a
+    /// SIMT tile in a tensor-core precision, a tile the template refuses).
+    pub tuned: Option<Choice>,
     /// The backward pass computes the input gradient (a learned layer comes earlier).
     pub needs_dx: bool,
     /// For one tower's plan: which tower.
@@ -138,6 +143,22 @@ pub trait LayerKind: fmt::Debug + Send + Sync {
     /// The identity at inference (dropout): no kernel and no stage there.
     fn identity_at_inference(&self) -> bool {
         false
+    }
+
+    /// The key of this layer's forward GEMM in a tuning table (`kernels::tuning`), from
+    /// its input and output: its kind and every shape its kernel depends on; `None` for a
+    /// layer with nothing to tune.
+    fn tuning_key(&self, input: Shape, output: Shape) -> Option<String> {
+        let _ = (input, output);
+        None
+    }
+
+    /// The tiles the tuner tries for this stage's forward GEMM in `cx.precision`, the
+    /// heuristic's first; each one the templates take (NVRTC may still find one that
+    /// spills: the tuner drops those).
+    fn candidates(&self, cx: &KernelCx<'_>) -> Vec<Choice> {
+        let _ = cx;
+        Vec::new()
     }
 
     /// The forward kernels of this layer's stage, in launch order: one (a `Forward`

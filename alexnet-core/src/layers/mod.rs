@@ -28,7 +28,7 @@ pub use conv::Conv;
 pub use dropout::{dropout_threshold_scale, Dropout};
 pub use dsl::{ArgSpec, ArgType, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
 pub use fc::Fc;
-pub use kind::{KernelCx, Kind, LayerKind, ShapeContext};
+pub use kind::{FusedPool, KernelCx, Kind, LayerKind, ShapeContext};
 pub use lrn::Lrn;
 pub use pool::Pool;
 pub use relu::Relu;

@@ -187,7 +187,8 @@ impl Cuda {
         if let Some((_, l)) = entry.iter().find(|(p, _)| p == plan) {
             return Ok(l.clone());
         }
-        let loaded = Arc::new(self.load(&specs(&alexnet_core::cuda::kernels(plan)))?);
+        let kernels = alexnet_core::cuda::kernels_for(plan, &self.arch);
+        let loaded = Arc::new(self.load(&specs(&kernels))?);
         entry.push((plan.clone(), loaded.clone()));
         Ok(loaded)
     }

@@ -4,7 +4,8 @@
 //! `launch.rs` loading and launching kernels (`binder.rs` binds their arguments by name), `memory.rs`, `inference.rs`,
 //! `training.rs`, `exchange.rs`, `augment.rs` and `upload.rs` (pinned memory and a copy
 //! stream) the backend's traits; `graph.rs` a forward pass recorded as a CUDA graph
-//! ([`Model::capture`](crate::Model::capture)) and replayed.
+//! ([`Model::capture`](crate::Model::capture)) and replayed; `tune.rs` timing a stage's
+//! candidate tiles for `alexnet tune`.
 
 mod augment;
 mod binder;
@@ -17,6 +18,7 @@ mod launch;
 mod memory;
 pub mod nvrtc;
 mod training;
+mod tune;
 mod upload;
 
 pub use device::Cuda;

@@ -176,6 +176,21 @@ pub struct KernelResources {
 }
 
 /// Parses the `--ptxas-options=-v` report in an NVRTC log.
+/// Whether `spec`'s kernel compiles for `arch` without spilling registers or using local
+/// memory (ptxas's report): `alexnet tune` times only such candidates.
+pub fn spill_free(spec: &alexnet_core::ir::KernelSpec, arch: &str) -> Result<bool> {
+    let compiled = compile_cubin(
+        &alexnet_core::cuda::source(spec),
+        &format!("{}.cu", spec.name()),
+        arch,
+        &["--ptxas-options=-v".to_string()],
+    )?;
+    Ok(ptxas_report(&compiled.log)
+        .iter()
+        .find(|r| r.name == spec.name())
+        .is_some_and(|r| r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes == 0))
+}
+
 pub fn ptxas_report(log: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
     let number_before = |line: &str, unit: &str| -> Option<u32> {

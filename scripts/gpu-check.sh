@@ -11,8 +11,9 @@
 # Uses the workplace's packer (../shared/gpu/pack.sh, see ../shared/gpu/README.md), which
 # writes .gpu-bin/run.sh; then one device call: carry [".gpu-bin"], command
 # "bash .gpu-bin/all.sh". Its summary table is printed last. Shorter calls: .gpu-bin/tf32.sh
-# (the tensor-core path), .gpu-bin/towers.sh (the two towers) and .gpu-bin/feed.sh (the
-# data path: bytes cut on the GPU, batches sent ahead on a copy stream).
+# (the tensor-core path, the CUDA graph), .gpu-bin/towers.sh (the two towers),
+# .gpu-bin/feed.sh (the data path: bytes cut on the GPU, batches sent ahead on a copy
+# stream) and .gpu-bin/tune.sh (issue 17's tuner, writing the tuning table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=${ALEXNET_PACK:-../shared/gpu/pack.sh}
@@ -128,5 +129,16 @@ timeout 240 "$here/bin/example-alexnet" train --net alexnet --device cuda --data
   --epochs 3 --log-every 8 --checkpoint "$f/run" --overwrite 2>&1 | tee "$OUT/feed-train.log" \
   | grep -E 'images/s|waited|epoch|error'
 EOS
+# Issue 17's tuner: every conv and fc stage's spill-free candidate tiles of AlexNet (and
+# its towers) timed in f32, tf32 and bf16 at batch 128; the table comes back as
+# $OUT/tuning.txt: commit it as kernels_templates/tuning/<its arch>.txt.
+cat > .gpu-bin/tune.sh <<'EOS'
+#!/usr/bin/env bash
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$here/out}; mkdir -p "$OUT"
+. "$here/env.sh"; gpu_line
+timeout 420 "$here/bin/example-alexnet" tune --net alexnet --batch 128 --out "$OUT/tuning.txt" 2>&1 \
+  | tee "$OUT/tune.log"
+EOS
 du -sh .gpu-bin
-echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 and bf16 paths alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes) or \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"
+echo "next: device run, carry [\".gpu-bin\"], command \"bash .gpu-bin/all.sh\" (everything), \"bash .gpu-bin/tf32.sh\" (the tf32 and bf16 paths and the CUDA graph alone, a few minutes), \"bash .gpu-bin/towers.sh\" (the towers alone, a few minutes), \"bash .gpu-bin/feed.sh\" (the data path alone, a few minutes) or \"bash .gpu-bin/tune.sh\" (the tuner, under 7 minutes); then \"bash .gpu-bin/sanitize.sh\" (compute-sanitizer, about 6 minutes)"

@@ -10,6 +10,7 @@
 //! cargo run --release --example alexnet -- classify photo.jpg
 //! cargo run --release --example alexnet -- filters      # runs/small/filters.png
 //! cargo run --release --example alexnet -- prepare --data ~/imagenet --out ~/imagenet-256
+//! cargo run --release --example alexnet -- tune         # on a GPU: its table of GEMM tiles
 //! ```
 //!
 //! The example `alexnet` is [`main`]; [`run`] runs a command line in-process and writes

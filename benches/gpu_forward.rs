@@ -185,21 +185,22 @@ fn main() -> Result<(), AnyError> {
     // --precision bf16: the whole pass only (no vendor library computes bf16 products of
     // f32 operands).
     let gpu = Cuda::new(0)?.with_precision(Precision::Bf16)?;
-    let model = Model::init(gpu, plan.clone(), 0)?;
+    let mut model = Model::init(gpu, plan.clone(), 0)?;
     println!("\n{}", model.backend().name());
-    whole(plan, &model)?;
+    whole(plan, &mut model)?;
     Ok(())
 }
 
 /// The whole forward pass at batch 1 and 128, launched stage by stage from the host
 /// (`Model::forward`) and replayed as one CUDA graph (`Model::capture`), alternating in
 /// rounds; both with the input's upload and the output's download.
-fn whole(plan: &Plan, model: &Model<Cuda>) -> Result<(), AnyError> {
+fn whole(plan: &Plan, model: &mut Model<Cuda>) -> Result<(), AnyError> {
     let stream = model.backend().stream().clone();
     let s = plan.input;
     for batch in [1usize, 128] {
         let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;
         let mut graph = model.capture(batch)?;
+        let model = graph.model();
         let (mut host, mut replay) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             host.push(time(&stream, 10, || {
@@ -219,12 +220,12 @@ fn whole(plan: &Plan, model: &Model<Cuda>) -> Result<(), AnyError> {
 
 /// The whole forward pass ([`whole`]), then each stage at batch 128 beside cuDNN or
 /// cuBLAS in the model's precision.
-fn stages(plan: &Plan, model: Model<Cuda>) -> Result<(), AnyError> {
+fn stages(plan: &Plan, mut model: Model<Cuda>) -> Result<(), AnyError> {
     let tf32 = model.backend().precision() == Precision::Tf32;
     println!("\n{}", model.backend().name());
     let stream = model.backend().stream().clone();
     let s = plan.input;
-    whole(plan, &model)?;
+    whole(plan, &mut model)?;
 
     let batch = 128;
     let x = Tensor::new(vec![batch, s.c, s.h, s.w], vec![0.1; batch * s.len()])?;

@@ -5,6 +5,14 @@
 #ifndef ALEXNET_LRN_CUH
 #define ALEXNET_LRN_CUH
 
+// The normalised value's product, rounded on its own: never contracted into a later add
+// (an average pooling's), so that the fused stage gives the separate stages' bits.
+#ifdef ALEXNET_HOST_EMULATION
+#define ALEXNET_LRN_MUL(a, b) ((a) * (b))
+#else
+#define ALEXNET_LRN_MUL(a, b) __fmul_rn(a, b)
+#endif
+
 // lrn_at<Cfg>: the normalised value of channel c at one pixel, col pointing at channel 0
 // of that pixel of one image (channels HW apart). lrn_fwd and lrn_pool_fwd both call it,
 // so the fused stage computes the same bits as the two separate ones.
@@ -23,7 +31,7 @@ __device__ __forceinline__ float lrn_at(const float* __restrict__ col, int c) {
     const float t = KB + (ALPHA / SIZE) * s;
     // t^-0.75 as two square roots when beta is 0.75 (the paper's value); powf otherwise.
     const float scale = BETA == 0.75f ? 1.f / (sqrtf(t) * sqrtf(sqrtf(t))) : powf(t, -BETA);
-    return col[(size_t)c * HW] * scale;
+    return ALEXNET_LRN_MUL(col[(size_t)c * HW], scale);
 }
 
 // lrn_fwd<Cfg>: the forward pass, one thread per element; grid x = ceil(batch * C * HW /
@@ -39,10 +47,16 @@ __device__ __forceinline__ void lrn_fwd(const float* __restrict__ x, float* __re
 }
 
 // lrn_pool_fwd<Cfg>: the LRN and the pooling after it in one pass (inference: the
-// normalised values are never stored). The pooling's Cfg gives H x W (H * W == HW), the
-// output P x Q, a K x K window every STRIDE pixels, MAX; one thread per pooled element,
-// which normalises each pixel of its window (lrn_at, as lrn_fwd) and pools them in
-// pool_fwd's order: the separate stages' bits. Grid x = ceil(batch * C * P * Q / THREADS).
+// normalised values are never stored in global memory). The pooling's Cfg gives H x W
+// (H * W == HW), the output P x Q, a K x K window every STRIDE pixels, MAX. Both forms
+// normalise each pixel through lrn_at, as lrn_fwd does, and pool in pool_fwd's order:
+// the separate stages' bits.
+// - Cfg::PLANE (a plane fits in shared memory): one block per (image, channel); its
+//   threads normalise the plane once into shared memory, then pool it. Grid x =
+//   batch * C, THREADS threads a block.
+// - otherwise one thread per pooled element, normalising the pixels of its window itself
+//   (overlapping windows normalise a pixel more than once). Grid x =
+//   ceil(batch * C * P * Q / THREADS).
 template <class Cfg>
 __device__ __forceinline__ void lrn_pool_fwd(const float* __restrict__ x, float* __restrict__ y,
                                              int batch) {
@@ -50,19 +64,42 @@ __device__ __forceinline__ void lrn_pool_fwd(const float* __restrict__ x, float*
     constexpr int K = Cfg::K, S = Cfg::STRIDE;
     constexpr bool MAX = Cfg::MAX;
     static_assert(Cfg::H * W == HW, "the pooling reads the LRN's planes");
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= batch * C * P * Q) return;
-    const int q = i % Q, p = (i / Q) % P, c = (i / (P * Q)) % C, n = i / (C * P * Q);
-    const float* image = x + (size_t)n * C * HW + (p * S) * W + q * S;
-    float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
+    if constexpr (Cfg::PLANE) {
+        __shared__ float plane[HW];
+        const int nc = blockIdx.x;
+        if (nc >= batch * C) return;  // the whole block
+        const int c = nc % C, n = nc / C;
+        const float* image = x + (size_t)n * C * HW;
+        for (int i = threadIdx.x; i < HW; i += Cfg::THREADS) plane[i] = lrn_at<Cfg>(image + i, c);
+        __syncthreads();
+        for (int o = threadIdx.x; o < P * Q; o += Cfg::THREADS) {
+            const int q = o % Q, p = o / Q;
+            const float* win = plane + (p * S) * W + q * S;
+            float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
 #pragma unroll
-    for (int ky = 0; ky < K; ++ky)
+            for (int ky = 0; ky < K; ++ky)
 #pragma unroll
-        for (int kx = 0; kx < K; ++kx) {
-            const float v = lrn_at<Cfg>(image + ky * W + kx, c);
-            acc = MAX ? fmaxf(acc, v) : acc + v;
+                for (int kx = 0; kx < K; ++kx) {
+                    const float v = win[ky * W + kx];
+                    acc = MAX ? fmaxf(acc, v) : acc + v;
+                }
+            y[(size_t)nc * P * Q + o] = MAX ? acc : acc * (1.f / (K * K));
         }
-    y[i] = MAX ? acc : acc * (1.f / (K * K));
+    } else {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i >= batch * C * P * Q) return;
+        const int q = i % Q, p = (i / Q) % P, c = (i / (P * Q)) % C, n = i / (C * P * Q);
+        const float* image = x + (size_t)n * C * HW + (p * S) * W + q * S;
+        float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
+#pragma unroll
+        for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+            for (int kx = 0; kx < K; ++kx) {
+                const float v = lrn_at<Cfg>(image + ky * W + kx, c);
+                acc = MAX ? fmaxf(acc, v) : acc + v;
+            }
+        y[i] = MAX ? acc : acc * (1.f / (K * K));
+    }
 }
 
 // lrn_bwd<Cfg>: the gradient. With s_i = KB + ALPHA/SIZE * sum_{j in N(i)} x_j^2

@@ -192,11 +192,23 @@ fn fused_lrn_and_pooling_kernels_match_the_separate_ones_under_emulation() {
             "T<12, 11, 11> split 2 { lrn(5, alpha = 0.5) maxpool(3, stride = 2) }",
             &[1],
         ),
+        // A plane over 32 KiB: a thread per pooled value instead of a block per plane.
+        (
+            "T<3, 91, 91> { lrn(3, alpha = 0.5) maxpool(3, stride = 2) }",
+            &[1],
+        ),
     ] {
         let plan: Plan = alexnet::plan_from_str(src).unwrap();
         assert_eq!(plan.inference_stages().len(), 1, "{src}: one fused stage");
         let kernels = cuda::generate(&plan);
         let fused = kernels.find(0, Role::ForwardPooled).unwrap();
+        // A block per (image, channel) where the plane fits in shared memory.
+        let plane = plan.input.h * plan.input.w * 4 <= 32 * 1024;
+        assert_eq!(
+            fused.launch.x_per_image == plan.input.c as u64,
+            plane,
+            "{src}"
+        );
         let (lrn, pool) = (
             kernels.find(0, Role::Forward).unwrap(),
             kernels.find(1, Role::Forward).unwrap(),

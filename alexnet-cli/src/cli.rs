@@ -669,7 +669,6 @@ fn kernels(
     Ok(())
 }
 
-/// `kernels --report`: each kernel's occupancy, work and roofline time at `batch`.
 /// Whether only training runs `k`: the `Forward` kernel of an LRN, or of the pooling
 /// after it, which inference fuses into one (`ForwardPooled`).
 fn training_only(plan: &alexnet::ir::Plan, k: &alexnet::ir::KernelSpec) -> bool {
@@ -680,6 +679,7 @@ fn training_only(plan: &alexnet::ir::Plan, k: &alexnet::ir::KernelSpec) -> bool 
             .any(|st| st.fused_pool && (st.layer..=st.last()).contains(&k.layer()))
 }
 
+/// `kernels --report`: each kernel's occupancy, work and roofline time at `batch`.
 fn roofline(
     ctx: &mut Ctx,
     plan: &alexnet::ir::Plan,

@@ -19,9 +19,9 @@ use crate::{AnyError, Ctx};
 
 #[derive(Args)]
 pub struct TuneArgs {
-    /// The network whose stages to tune (a split network's towers' stages too).
-    #[arg(long, value_enum, default_value_t = Net::Alexnet)]
-    net: Net,
+    /// The networks whose stages to tune (a split network's towers' stages too).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Net::Alexnet])]
+    net: Vec<Net>,
     /// The GPU to time on (`cuda` or `cuda:N`; tuning needs a GPU).
     #[arg(long, default_value = "cuda")]
     device: String,
@@ -34,9 +34,9 @@ pub struct TuneArgs {
     /// Timed rounds (the candidates of a stage interleaved in each); the median counts.
     #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=1000))]
     rounds: u64,
-    /// The table to write; an existing one keeps its entries for other keys, precisions
-    /// and batches. Default: `kernels_templates/tuning/<arch>.txt` under the current
-    /// folder (the repository's, when run from its root).
+    /// The table to write, replaced whole (every network that needs entries goes in one
+    /// run's --net), after each precision. Default: `kernels_templates/tuning/<arch>.txt`
+    /// under the current folder (the repository's, when run from its root).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -59,6 +59,17 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Writes `table` to `out` whole: to a temporary file, then renamed over it.
+fn write_table(table: &Table, out: &std::path::Path) -> Result<(), AnyError> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = out.with_extension("txt.tmp");
+    std::fs::write(&tmp, table.to_text())?;
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
 pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
     let ordinal = match a.device.as_str() {
         "cuda" => 0,
@@ -72,18 +83,15 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
     if let Some(why) = Cuda::unavailable_reason() {
         return Err(format!("tune times kernels on a GPU, and {why}").into());
     }
-    let plan = a.net.plan();
+    let plans: Vec<_> = a.net.iter().map(|n| n.plan()).collect();
+    let names: Vec<String> = plans.iter().map(|p| p.name.to_string()).collect();
     let batch = a.batch as usize;
     let probe = Cuda::new(ordinal)?;
     let arch = probe.arch().to_string();
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("kernels_templates/tuning/{arch}.txt")));
-    let mut table = match std::fs::read_to_string(&out) {
-        Ok(text) => Table::parse(&text).map_err(|e| format!("{}: {e}", out.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Table::default(),
-        Err(e) => return Err(format!("{}: {e}", out.display()).into()),
-    };
+    let mut table = Table::default();
     let (major, minor) = alexnet::runtime::cuda::nvrtc::version()?;
     let precisions: Vec<String> = a
         .precision
@@ -99,7 +107,7 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
             "command".into(),
             format!(
                 "alexnet tune --net {} --precision {} --batch {batch} --rounds {}",
-                plan.name,
+                names.join(",").to_lowercase(),
                 precisions.join(","),
                 a.rounds
             ),
@@ -108,7 +116,7 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
     writeln!(
         ctx.out,
         "tuning {} on {} ({arch}) at batch {batch}, {} rounds",
-        plan.name,
+        names.join(", "),
         probe.name(),
         a.rounds
     )?;
@@ -116,7 +124,12 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
     for &p in &a.precision {
         let precision = Precision::from(p);
         let gpu = Cuda::new(ordinal)?.with_precision(precision)?;
-        for mut stage in cuda::tunable(plan, precision) {
+        let stages = plans.iter().flat_map(|p| cuda::tunable(p, precision));
+        for mut stage in stages {
+            if stage.candidates.is_empty() {
+                // No tile to choose (a tensor-core GEMM the shape refuses: the f32 kernel).
+                continue;
+            }
             // Only candidates that compile without spilling (ptxas's report, in parallel;
             // the heuristic's never spills: tests/nvrtc_kernels.rs).
             let free: Vec<bool> = stage
@@ -134,7 +147,7 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
             let mut keep = free.iter();
             stage.candidates.retain(|_| *keep.next().unwrap_or(&false));
             let specs: Vec<Vec<_>> = stage.candidates.iter().map(|(_, s)| s.clone()).collect();
-            let times = gpu.time_candidates(&specs, batch, a.rounds as usize, 5)?;
+            let times = gpu.time_candidates(&specs, batch, a.rounds as usize, 20)?;
             let (best, ms) = times
                 .iter()
                 .enumerate()
@@ -161,14 +174,9 @@ pub fn tune(ctx: &mut Ctx, a: TuneArgs) -> Result<(), AnyError> {
             });
         }
         gpu.synchronize()?;
+        // After each precision, so that a run cut short keeps what it measured.
+        write_table(&table, &out)?;
     }
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Written whole to a temporary file and renamed: never half a table.
-    let tmp = out.with_extension("txt.tmp");
-    std::fs::write(&tmp, table.to_text())?;
-    std::fs::rename(&tmp, &out)?;
     writeln!(
         ctx.out,
         "wrote {} ({} entries) in {:.0} s",

@@ -86,14 +86,14 @@ pub fn kernels(plan: &Plan) -> Cow<'static, Kernels> {
     }
 }
 
-/// A plan's kernels for a GPU of architecture `arch` (`sm_80`): [`kernels`] where `arch`
-/// has no tuning table of its own or is [`DEFAULT_ARCH`], generated from `arch`'s table
-/// otherwise.
+/// A plan's kernels for a GPU of architecture `arch` (`sm_80`): [`kernels`] for
+/// [`DEFAULT_ARCH`], generated from `arch`'s own table for another architecture, and
+/// with the heuristic's tiles where `arch` has no table.
 pub fn kernels_for(plan: &Plan, arch: &str) -> Cow<'static, Kernels> {
-    match Table::builtin(arch) {
-        Some(table) if arch != DEFAULT_ARCH => Cow::Owned(generate_with(plan, Some(table))),
-        _ => kernels(plan),
+    if arch == DEFAULT_ARCH {
+        return kernels(plan);
     }
+    Cow::Owned(generate_with(plan, Table::builtin(arch)))
 }
 
 /// Generates every kernel of `plan`, tiled by [`DEFAULT_ARCH`]'s table (the heuristic
@@ -177,10 +177,8 @@ pub fn tile_sources(
     precision: Precision,
     arch: &str,
 ) -> Vec<(String, String, Source)> {
-    let (table, name) = match Table::builtin(arch) {
-        Some(t) if arch != DEFAULT_ARCH => (Some(t), arch),
-        _ => (Table::builtin(DEFAULT_ARCH), DEFAULT_ARCH),
-    };
+    // As kernels_for: each architecture its own table, none for one without.
+    let (table, name) = (Table::builtin(arch), arch);
     plan.inference_stages()
         .into_iter()
         .filter_map(|stage| {

@@ -482,7 +482,8 @@ impl KernelSpec {
 /// Every kernel of one plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kernels {
-    /// The forward pass: one per stage that runs a kernel.
+    /// The forward pass: one per stage of training's schedule that runs a kernel (a
+    /// split-K GEMM two), then the `ForwardPooled` ones of inference's fused stages.
     pub forward: Cow<'static, [KernelSpec]>,
     /// Training: every stage's backward kernels, training-time dropout, the loss, SGD.
     pub training: Cow<'static, [KernelSpec]>,

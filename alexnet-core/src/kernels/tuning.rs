@@ -338,7 +338,8 @@ impl Table {
 /// Where a stage's tile came from, for `summary` and `kernels`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// An entry of the table of this architecture.
+    /// An entry of the table of this architecture (which the layer kind takes unless its
+    /// template refuses the tile: only a hand-edited table has such an entry).
     Table(String),
     /// The heuristic (no entry).
     Heuristic,

@@ -40,6 +40,13 @@ const FORWARD: Template = Template {
     params: &[read("x"), write("y"), int_arg("batch")],
 };
 
+/// The largest plane (`H x W` f32 values) the fused LRN and pooling normalise in shared
+/// memory, one block per (image, channel): 32 KiB, AlexNet's 55 x 55 (12 kB) and 27 x 27.
+const PLANE_BYTES: usize = 32 * 1024;
+
+/// Threads of a block of the fused LRN and pooling that normalises one plane.
+const PLANE_THREADS: u32 = 256;
+
 /// The LRN and the pooling after it, in one pass ([`LayerKind::fuses_pool`]).
 const FORWARD_POOL: Template = Template {
     header: "lrn.cuh",
@@ -114,15 +121,33 @@ impl Lrn {
             f.k,
             f.stride
         );
+        // A plane that fits in shared memory is normalised once into it by a block of its
+        // own; larger ones take a thread per pooled value.
+        let plane = 4 * i.h * i.w <= PLANE_BYTES;
         let mut consts = self.consts(cx);
         consts.extend(
             pool.consts_of(i, o)
                 .into_iter()
                 .filter(|(k, _)| !matches!(*k, "THREADS" | "C")),
         );
+        consts.push(("PLANE", plane.into()));
+        let launch = if plane {
+            KernelLaunch {
+                block: PLANE_THREADS,
+                x_per_image: i.c as u64,
+                x_per_block: 1,
+                ..KernelLaunch::elementwise(cx.layer, &name, 0)
+            }
+        } else {
+            KernelLaunch::elementwise(cx.layer, &name, o.len() as u64)
+        };
+        if plane {
+            consts.retain(|(k, _)| *k != "THREADS");
+            consts.push(("THREADS", (PLANE_THREADS as usize).into()));
+        }
         Instance {
             role: Role::ForwardPooled,
-            launch: KernelLaunch::elementwise(cx.layer, &name, o.len() as u64),
+            launch,
             template: &FORWARD_POOL,
             doc: format!(
                 "forward of `{}` ({}) with the {} after it ({}) fused",

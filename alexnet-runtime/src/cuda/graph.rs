@@ -1,7 +1,8 @@
 //! The forward pass recorded once as a CUDA graph and replayed: one launch from the host
 //! per batch instead of one per kernel, so that a small batch is not paced by the host
 //! (issue 17's "no host in the loop"). The replay runs the kernels of
-//! [`Model::forward`] on the same buffers, so it computes the same bits.
+//! [`Model::forward`] (on buffers of its own, the same ones every replay), so it
+//! computes the same bits.
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice};
@@ -15,9 +16,9 @@ use crate::tensor::Tensor;
 
 /// A [`Model`]'s forward pass on one batch size, recorded by [`Model::capture`]: its own
 /// input, activation and split-K workspace buffers, and the graph of every kernel launch
-/// between them. The model's weights are read where they are, so a training step (which
-/// updates them in place) is seen by the next replay; the borrow keeps the model, and
-/// so its weights' buffers, alive and in place.
+/// between them. The model's weights are read where they are; the borrow keeps the
+/// model, and so its weights' buffers, alive, in place and unchanged while the graph
+/// lives.
 pub struct ForwardGraph<'m> {
     model: &'m Model<Cuda>,
     graph: CudaGraph,
@@ -44,39 +45,27 @@ impl Model<Cuda> {
     /// Records the forward pass on `batch` images as a CUDA graph, to be replayed by
     /// [`ForwardGraph::forward`]. Runs one ordinary forward pass first (on zeros): it
     /// loads the kernels and sizes the split-K workspace, neither of which may happen
-    /// while the stream records. No other work may run on this GPU's context while the
-    /// capture runs (cudarc's cross-stream tracking is off meanwhile; see below).
-    pub fn capture(&self, batch: usize) -> Result<ForwardGraph<'_>> {
-        let (plan, gpu) = (self.plan(), self.backend());
+    /// while the stream records. Takes the model exclusively, so that nothing else
+    /// launches on its stream while it records; the graph then lends it back
+    /// ([`ForwardGraph::model`]). While it records, cudarc's event tracking is off for
+    /// the whole context, so no other thread may use this GPU's context meanwhile (a
+    /// tower's backend on the same GPU included): buffers made then would carry no
+    /// events.
+    pub fn capture(&mut self, batch: usize) -> Result<ForwardGraph<'_>> {
+        let model: &Model<Cuda> = self;
+        let (plan, gpu) = (model.plan(), model.backend());
         if batch == 0 {
             return Err(Error::Invalid(
                 "cuda: a graph of a forward pass needs at least one image".into(),
             ));
         }
         let s = plan.input;
-        self.forward(&Tensor::zeros(vec![batch, s.c, s.h, s.w]))?;
+        model.forward(&Tensor::zeros(vec![batch, s.c, s.h, s.w]))?;
         let input = gpu.alloc::<f32>(batch * s.len())?;
         let [_, max, _] = forward_buffers(plan, batch);
         let mut bufs = [gpu.alloc::<f32>(max)?, gpu.alloc::<f32>(max)?];
-        gpu.ctx
-            .synchronize()
-            .map_err(gpu.err("synchronising before a graph capture"))?;
-        let tracking = gpu.ctx.is_event_tracking();
-        // SAFETY: with tracking on, cudarc makes each launch wait on the events of its
-        // buffers' last writes and record its reads; inside a capture a wait on an event
-        // recorded before it is an error. The context was just synchronised, so no
-        // earlier work is pending on any stream, and every launch recorded runs on this
-        // backend's one stream, in order, as each replay does. Tracking is restored below
-        // on every path.
-        unsafe { gpu.ctx.disable_event_tracking() };
-        let recorded = record(gpu, || {
-            self.launch_stages(batch, &input, &mut bufs, None, None)
-        });
-        if tracking {
-            // SAFETY: restores the setting found above.
-            unsafe { gpu.ctx.enable_event_tracking() };
-        }
-        let (output, graph) = recorded?;
+        let (output, graph) =
+            gpu.record(|| model.launch_stages(batch, &input, &mut bufs, None, None))?;
         graph
             .upload()
             .map_err(gpu.err("uploading a graph of the forward pass"))?;
@@ -86,7 +75,7 @@ impl Model<Cuda> {
             .map_err(|_| Error::Internal("cuda: workspace poisoned".into()))?
             .take();
         Ok(ForwardGraph {
-            model: self,
+            model,
             graph,
             batch,
             input,
@@ -97,25 +86,74 @@ impl Model<Cuda> {
     }
 }
 
-/// Runs `launch` while `gpu`'s stream records (this thread's launches only), and always
-/// ends the capture, so that a failed launch leaves the stream usable.
-fn record<T>(gpu: &Cuda, launch: impl FnOnce() -> Result<T>) -> Result<(T, CudaGraph)> {
-    gpu.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .map_err(gpu.err("beginning a graph capture"))?;
-    let launched = launch();
-    let graph = gpu
-        .stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .map_err(gpu.err("ending a graph capture"));
-    let launched = launched?;
-    let graph = graph?.ok_or_else(|| {
-        Error::Internal("cuda: the capture of the forward pass recorded nothing".into())
-    })?;
-    Ok((launched, graph))
+impl Cuda {
+    /// Runs `launch` while this GPU's stream records its launches into a graph (launches
+    /// of this thread only), and returns what it returned with the graph, ready to
+    /// launch. The context is synchronised first. While it records, cudarc's event
+    /// tracking is off for the whole context (a wait on an event recorded before a
+    /// capture is an error inside one), so no other thread may use this GPU's context
+    /// meanwhile: buffers made then would carry no events. Tracking is restored and the
+    /// capture ended on every path, a panic in `launch` included.
+    pub(super) fn record<T>(&self, launch: impl FnOnce() -> Result<T>) -> Result<(T, CudaGraph)> {
+        self.ctx
+            .synchronize()
+            .map_err(self.err("synchronising before a graph capture"))?;
+        let mut guard = Recording {
+            gpu: self,
+            tracking: self.ctx.is_event_tracking(),
+            capturing: false,
+        };
+        // SAFETY: with tracking on, cudarc makes each launch wait on the events of its
+        // buffers' last writes and record its reads. The context was just synchronised,
+        // so no earlier work is pending on any stream, and every launch recorded runs on
+        // this backend's one stream, in order, as each replay does. `guard` restores the
+        // setting on every path.
+        unsafe { self.ctx.disable_event_tracking() };
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(self.err("beginning a graph capture"))?;
+        guard.capturing = true;
+        let launched = launch();
+        guard.capturing = false;
+        let graph = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(self.err("ending a graph capture"));
+        drop(guard);
+        let launched = launched?;
+        let graph =
+            graph?.ok_or_else(|| Error::Internal("cuda: the capture recorded nothing".into()))?;
+        Ok((launched, graph))
+    }
 }
 
-impl ForwardGraph<'_> {
+/// Ends a capture left open (a panic while recording) and restores cudarc's event
+/// tracking, when dropped.
+struct Recording<'a> {
+    gpu: &'a Cuda,
+    tracking: bool,
+    capturing: bool,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if self.capturing {
+            // The graph of an interrupted capture is dropped unlaunched.
+            let _ = self.gpu.stream.end_capture(CUgraphInstantiate_flags(0));
+        }
+        if self.tracking {
+            // SAFETY: restores the setting `Cuda::record` found.
+            unsafe { self.gpu.ctx.enable_event_tracking() };
+        }
+    }
+}
+
+impl<'m> ForwardGraph<'m> {
+    /// The model it replays, for everything else (its ordinary forward pass included).
+    pub fn model(&self) -> &'m Model<Cuda> {
+        self.model
+    }
+
     /// The batch size it was recorded for.
     pub fn batch(&self) -> usize {
         self.batch

@@ -175,7 +175,6 @@ pub struct KernelResources {
     pub shared_bytes: u32,
 }
 
-/// Parses the `--ptxas-options=-v` report in an NVRTC log.
 /// Whether `spec`'s kernel compiles for `arch` without spilling registers or using local
 /// memory (ptxas's report): `alexnet tune` times only such candidates.
 pub fn spill_free(spec: &alexnet_core::ir::KernelSpec, arch: &str) -> Result<bool> {
@@ -191,6 +190,7 @@ pub fn spill_free(spec: &alexnet_core::ir::KernelSpec, arch: &str) -> Result<boo
         .is_some_and(|r| r.spill_store_bytes + r.spill_load_bytes + r.stack_frame_bytes == 0))
 }
 
+/// Parses the `--ptxas-options=-v` report in an NVRTC log.
 pub fn ptxas_report(log: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
     let number_before = |line: &str, unit: &str| -> Option<u32> {

@@ -136,6 +136,12 @@ impl Training for Cuda {
         mut dx: Option<&mut CudaSlice<f32>>,
         dparams: &mut [&mut CudaSlice<f32>],
     ) -> Result<()> {
+        if stage.fused_pool {
+            return Err(Error::Invalid(format!(
+                "cuda: {} fuses the pooling after it, an inference stage (Plan::inference_stages) with no backward pass; training runs Plan::stages",
+                plan.stage_label(stage)
+            )));
+        }
         let layer = &plan.layers[stage.layer];
         let want = layer.params().len();
         if params.len() != want || dparams.len() != want {

@@ -143,6 +143,14 @@ pub fn backward(
             *b += g;
         }
     }
+    if batch <= STREAM_MAX_BATCH {
+        // A few images: both products stream the weights row by row (see below).
+        weight_grad(&dyr, x, dw, batch, inputs, outputs);
+        if let Some(dx) = dx {
+            data_grad(&dyr, w, dx, batch, inputs, outputs);
+        }
+        return;
+    }
     // dW [O, I] = dY^T [O, N] x [N, I], written over what dW held (fc6's is 151 MB: no
     // pass to clear it, none to read it back)
     sgemm_strided(
@@ -254,6 +262,203 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Batches up to which the backward products stream the weights themselves: at batch 8
+/// sgemm wrote fc6's 151 MB weight gradient in 25 ms and read its weights for the input
+/// gradient in 32 ms (5-6 GB/s; its small-M products are not bandwidth-bound).
+const STREAM_MAX_BATCH: usize = 16;
+
+/// Output rows of the weight gradient per task.
+const GRAD_ROWS: usize = 16;
+
+/// Input columns of the input gradient per task (`batch x GRAD_COLS` sums in L1).
+const GRAD_COLS: usize = 512;
+
+/// `dW[o][i] = sum_n dY[n][o] X[n][i]`, written over `dw`, the images in order
+/// (deterministic whatever the threads): each task a block of rows, each row passed over
+/// once per image while it sits in L1, and written once.
+fn weight_grad(
+    dyr: &[f32],
+    x: &[f32],
+    dw: &mut [f32],
+    batch: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    let dw = &mut dw[..outputs * inputs];
+    // Written with non-temporal stores where the CPU has AVX-512 (no read of the old
+    // values: 151 MB for fc6), each row's whole 64-byte lines; its ends as usual.
+    let streamed = super::simd::avx512() && (dw.as_ptr() as usize).is_multiple_of(4);
+    dw.par_chunks_mut(GRAD_ROWS * inputs)
+        .enumerate()
+        .for_each(|(blk, rows)| {
+            let o0 = blk * GRAD_ROWS;
+            #[cfg(target_arch = "x86_64")]
+            if streamed {
+                let mut c = [0.0f32; STREAM_MAX_BATCH];
+                for (r, row) in rows.chunks_exact_mut(inputs).enumerate() {
+                    for (n, cn) in c[..batch].iter_mut().enumerate() {
+                        *cn = dyr[n * outputs + o0 + r];
+                    }
+                    // The head up to a 64-byte boundary and the tail after the last whole
+                    // line, value by value (the same products and sums).
+                    let head = ((64 - row.as_ptr() as usize % 64) % 64 / 4).min(inputs);
+                    let lines = (inputs - head) / 16 * 16;
+                    for i in (0..head).chain(head + lines..inputs) {
+                        let mut v = c[0] * x[i];
+                        for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
+                            v += cn * x[n * inputs + i];
+                        }
+                        row[i] = v;
+                    }
+                    let body = &mut row[head..head + lines];
+                    assert!(x.len() >= batch * inputs && (1..=STREAM_MAX_BATCH).contains(&batch));
+                    assert!((body.as_ptr() as usize).is_multiple_of(64) || lines == 0);
+                    // SAFETY: `simd::avx512()` checked the CPU; the asserts above are the
+                    // function's bounds (whole lines of `body` from a 64-byte boundary,
+                    // `batch` rows of `x` of which it reads columns `head..head + lines`).
+                    unsafe { weight_grad_row_streamed(body, &x[head..], &c[..batch], inputs) };
+                }
+                // SAFETY: an SSE fence, on a CPU that has AVX-512.
+                unsafe { std::arch::x86_64::_mm_sfence() };
+                return;
+            }
+            weight_grad_rows(dyr, x, rows, o0, batch, inputs, outputs)
+        });
+}
+
+/// One row of [`weight_grad`] (`c` the row's output gradient for each image) with
+/// non-temporal stores: the same products and sums, in the same order, as
+/// [`weight_grad_rows`]. The caller fences after its last row.
+///
+/// # Safety
+/// The CPU has AVX-512F; `row` starts on a 64-byte boundary and its length is a multiple
+/// of 16; `x` holds `(c.len() - 1) * inputs + row.len()` values (image `n`'s values for
+/// `row` from `n * inputs`); `c` is not empty.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_grad_row_streamed(row: &mut [f32], x: &[f32], c: &[f32], inputs: usize) {
+    use std::arch::x86_64::*;
+    let (xp, out) = (x.as_ptr(), row.as_mut_ptr());
+    for at in (0..row.len()).step_by(16) {
+        // SAFETY (every access): `at + 16 <= row.len()`, `n < c.len()`: within `x` and
+        // `row`, as the caller promised.
+        let mut acc = _mm512_mul_ps(_mm512_set1_ps(c[0]), unsafe { _mm512_loadu_ps(xp.add(at)) });
+        for (n, &cn) in c.iter().enumerate().skip(1) {
+            let xv = unsafe { _mm512_loadu_ps(xp.add(n * inputs + at)) };
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(cn), xv));
+        }
+        unsafe { _mm512_stream_ps(out.add(at), acc) };
+    }
+}
+
+super::simd::wide! {
+    /// [`weight_grad`] on the rows of `dw` from row `o0`: 16 values of a row at a time,
+    /// summed over the images in registers and stored once.
+    fn weight_grad_rows(
+        dyr: &[f32],
+        x: &[f32],
+        dw: &mut [f32],
+        o0: usize,
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+    ) {
+        let mut c = [0.0f32; STREAM_MAX_BATCH];
+        for (r, row) in dw.chunks_exact_mut(inputs).enumerate() {
+            let o = o0 + r;
+            for (n, cn) in c[..batch].iter_mut().enumerate() {
+                *cn = dyr[n * outputs + o];
+            }
+            let (chunks, tail) = row.as_chunks_mut::<16>();
+            for (k, d) in chunks.iter_mut().enumerate() {
+                let at = k * 16;
+                let x0 = &x[at..at + 16];
+                let mut acc = [0.0f32; 16];
+                for j in 0..16 {
+                    acc[j] = c[0] * x0[j];
+                }
+                for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
+                    let xn = &x[n * inputs + at..n * inputs + at + 16];
+                    for j in 0..16 {
+                        acc[j] += cn * xn[j];
+                    }
+                }
+                *d = acc;
+            }
+            let at = chunks.len() * 16;
+            for (j, d) in tail.iter_mut().enumerate() {
+                let mut v = c[0] * x[at + j];
+                for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
+                    v += cn * x[n * inputs + at + j];
+                }
+                *d = v;
+            }
+        }
+    }
+}
+
+/// `dX[n][i] = sum_o dY[n][o] W[o][i]`, written over `dx`, the outputs in order
+/// (deterministic whatever the threads): each task a block of input columns, reading its
+/// part of every weight row once while its `batch x GRAD_COLS` sums stay in L1.
+fn data_grad(dyr: &[f32], w: &[f32], dx: &mut [f32], batch: usize, inputs: usize, outputs: usize) {
+    let blocks: Vec<(usize, Vec<f32>)> = (0..inputs.div_ceil(GRAD_COLS))
+        .into_par_iter()
+        .map(|blk| {
+            let i0 = blk * GRAD_COLS;
+            let len = GRAD_COLS.min(inputs - i0);
+            let mut sums = vec![0.0f32; batch * len];
+            data_grad_cols(dyr, w, &mut sums, i0, len, inputs, outputs);
+            (i0, sums)
+        })
+        .collect();
+    for (i0, sums) in blocks {
+        let len = sums.len() / batch;
+        for (n, part) in sums.chunks_exact(len).enumerate() {
+            dx[n * inputs + i0..n * inputs + i0 + len].copy_from_slice(part);
+        }
+    }
+}
+
+super::simd::wide! {
+    /// [`data_grad`] on columns `i0 .. i0 + len`, into `sums` (`batch x len`, zeroed): the
+    /// weight rows four at a time, each image's sums loaded and stored once per four rows.
+    fn data_grad_cols(
+        dyr: &[f32],
+        w: &[f32],
+        sums: &mut [f32],
+        i0: usize,
+        len: usize,
+        inputs: usize,
+        outputs: usize,
+    ) {
+        let batch = sums.len() / len;
+        let mut o = 0;
+        while o + 4 <= outputs {
+            let rows: [&[f32]; 4] =
+                std::array::from_fn(|k| &w[(o + k) * inputs + i0..(o + k) * inputs + i0 + len]);
+            for (n, acc) in sums.chunks_exact_mut(len).enumerate() {
+                let c: [f32; 4] = std::array::from_fn(|k| dyr[n * outputs + o + k]);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // The outputs in order, as one at a time would add them.
+                    *a = (((*a + c[0] * rows[0][j]) + c[1] * rows[1][j]) + c[2] * rows[2][j])
+                        + c[3] * rows[3][j];
+                }
+            }
+            o += 4;
+        }
+        for o in o..outputs {
+            let wr = &w[o * inputs + i0..o * inputs + i0 + len];
+            for (n, acc) in sums.chunks_exact_mut(len).enumerate() {
+                let c = dyr[n * outputs + o];
+                for (a, &v) in acc.iter_mut().zip(wr) {
+                    *a += c * v;
+                }
+            }
+        }
+        let _ = batch;
+    }
+}
+
 /// Bytes of a fully connected layer's parameters (`inputs x out` weights and `out` biases)
 /// that its forward pass reads in `precision`: in bf16 the weights are streamed as packed
 /// bf16 (see [`CpuLayer::forward`] below), the biases stay f32.
@@ -328,5 +533,68 @@ impl CpuLayer for Fc {
             s.threads,
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
+    /// The streamed backward products against f64 sums, at batches up to
+    /// [`STREAM_MAX_BATCH`], for row lengths that leave a head and a tail around the
+    /// 64-byte lines and weight gradients starting at every offset within a line (the
+    /// non-temporal stores' path where the CPU has AVX-512, the plain one otherwise: the
+    /// same bits, compared below).
+    #[test]
+    fn streamed_weight_and_input_gradients_are_the_products() {
+        for (batch, inputs, outputs) in [(1, 37, 5), (3, 130, 17), (8, 512, 33), (16, 75, 9)] {
+            let x = values(batch * inputs, 1);
+            let w = values(outputs * inputs, 2);
+            let dy = values(batch * outputs, 3);
+            let mut want_dw = vec![0.0f64; outputs * inputs];
+            for (o, row) in want_dw.chunks_mut(inputs).enumerate() {
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = (0..batch)
+                        .map(|n| dy[n * outputs + o] as f64 * x[n * inputs + i] as f64)
+                        .sum();
+                }
+            }
+            let mut first: Option<Vec<f32>> = None;
+            for offset in 0..16 {
+                let mut buf = vec![f32::NAN; outputs * inputs + offset];
+                weight_grad(&dy, &x, &mut buf[offset..], batch, inputs, outputs);
+                let got = &buf[offset..];
+                for (g, w) in got.iter().zip(&want_dw) {
+                    assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} {w}");
+                }
+                match &first {
+                    None => first = Some(got.to_vec()),
+                    Some(f) => assert!(
+                        f.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "batch {batch} inputs {inputs}: offset {offset} gives other bits"
+                    ),
+                }
+            }
+            let mut dx = vec![f32::NAN; batch * inputs];
+            data_grad(&dy, &w, &mut dx, batch, inputs, outputs);
+            for n in 0..batch {
+                for i in 0..inputs {
+                    let want: f64 = (0..outputs)
+                        .map(|o| dy[n * outputs + o] as f64 * w[o * inputs + i] as f64)
+                        .sum();
+                    let got = dx[n * inputs + i] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{got} {want}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -5,6 +5,8 @@
 #ifndef ALEXNET_LRN_CUH
 #define ALEXNET_LRN_CUH
 
+#include "pool.cuh"
+
 // The normalised value's product, rounded on its own: never contracted into a later add
 // (an average pooling's), so that the fused stage gives the separate stages' bits.
 #ifdef ALEXNET_HOST_EMULATION
@@ -75,30 +77,16 @@ __device__ __forceinline__ void lrn_pool_fwd(const float* __restrict__ x, float*
         for (int o = threadIdx.x; o < P * Q; o += Cfg::THREADS) {
             const int q = o % Q, p = o / Q;
             const float* win = plane + (p * S) * W + q * S;
-            float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
-#pragma unroll
-            for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-                for (int kx = 0; kx < K; ++kx) {
-                    const float v = win[ky * W + kx];
-                    acc = MAX ? fmaxf(acc, v) : acc + v;
-                }
-            y[(size_t)nc * P * Q + o] = MAX ? acc : acc * (1.f / (K * K));
+            y[(size_t)nc * P * Q + o] =
+                pool_window<K, MAX>([&](int ky, int kx) { return win[ky * W + kx]; });
         }
     } else {
         const int i = blockIdx.x * blockDim.x + threadIdx.x;
         if (i >= batch * C * P * Q) return;
         const int q = i % Q, p = (i / Q) % P, c = (i / (P * Q)) % C, n = i / (C * P * Q);
         const float* image = x + (size_t)n * C * HW + (p * S) * W + q * S;
-        float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
-#pragma unroll
-        for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-            for (int kx = 0; kx < K; ++kx) {
-                const float v = lrn_at<Cfg>(image + ky * W + kx, c);
-                acc = MAX ? fmaxf(acc, v) : acc + v;
-            }
-        y[i] = MAX ? acc : acc * (1.f / (K * K));
+        y[i] = pool_window<K, MAX>(
+            [&](int ky, int kx) { return lrn_at<Cfg>(image + ky * W + kx, c); });
     }
 }
 

@@ -3,6 +3,22 @@
 #ifndef ALEXNET_POOL_CUH
 #define ALEXNET_POOL_CUH
 
+// pool_window<K, MAX>(at): the max (MAX) or the mean of at(ky, kx) over a K x K window,
+// in row-major order: pool_fwd's, and the fused LRN and pooling's (lrn.cuh), whose bits
+// therefore agree.
+template <int K, bool MAX, class At>
+__device__ __forceinline__ float pool_window(At at) {
+    float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+            const float v = at(ky, kx);
+            acc = MAX ? fmaxf(acc, v) : acc + v;
+        }
+    return MAX ? acc : acc * (1.f / (K * K));
+}
+
 // pool_fwd<Cfg>: the forward pass, one thread per output element; grid x =
 // ceil(batch * C * P * Q / THREADS).
 template <class Cfg>
@@ -15,15 +31,7 @@ __device__ __forceinline__ void pool_fwd(const float* __restrict__ x, float* __r
     if (i >= batch * C * P * Q) return;
     const int q = i % Q, p = (i / Q) % P, nc = i / (P * Q);
     const float* plane = x + (size_t)nc * H * W + (p * S) * W + q * S;
-    float acc = MAX ? __int_as_float(0xff800000) : 0.f;  // -inf
-#pragma unroll
-    for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-        for (int kx = 0; kx < K; ++kx) {
-            const float v = plane[ky * W + kx];
-            acc = MAX ? fmaxf(acc, v) : acc + v;
-        }
-    y[i] = MAX ? acc : acc * (1.f / (K * K));
+    y[i] = pool_window<K, MAX>([&](int ky, int kx) { return plane[ky * W + kx]; });
 }
 
 // pool_bwd<Cfg>: the gradient. Gathered, not scattered: one thread per input element adds

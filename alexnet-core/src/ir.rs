@@ -367,6 +367,16 @@ impl Plan {
         (0..self.layers.len()).map(|i| self.exchange_bytes(i)).sum()
     }
 
+    /// The pooling a stage runs after its layer ([`Stage::fused_pool`]) and its output,
+    /// which the stage writes; `None` for a stage without one.
+    pub fn stage_pool(&self, stage: Stage) -> Option<(Pool, Shape)> {
+        let last = &self.layers[stage.last()];
+        match last.op {
+            Op::Pool(p) if stage.fused_pool => Some((p, last.output)),
+            _ => None,
+        }
+    }
+
     /// The name of the layer whose output a stage produces (the fused ReLU or pooling,
     /// when there is one).
     pub fn stage_output_name(&self, stage: Stage) -> &str {

@@ -20,7 +20,7 @@ pub use exchange::exchanges;
 pub use forward::{forward, forward_with};
 pub use training::{logits_of, training, FINITE_TEMPLATE, LOSS_TEMPLATE, SGD_SLOTS, SGD_TEMPLATE};
 
-use crate::ir::{Op, Plan, Precision, Stage};
+use crate::ir::{Plan, Precision, Stage};
 use crate::kernels::spec::{inline_headers, Header, KernelSpec, Kernels, Template};
 use crate::kernels::tuning::{Choice, Source, Table, DEFAULT_ARCH, TUNED_BATCH};
 use crate::kernels::{gemm, mma};
@@ -258,10 +258,7 @@ fn context<'a>(
         input: layer.input,
         output: layer.output,
         fused_relu: stage.fused_relu,
-        pool: match plan.layers[stage.last()].op {
-            Op::Pool(p) if stage.fused_pool => Some(p.fused(plan.layers[stage.last()].output)),
-            _ => None,
-        },
+        pool: plan.stage_pool(stage).map(|(p, output)| p.fused(output)),
         needs_dx,
         tower: plan.tower,
         precision,

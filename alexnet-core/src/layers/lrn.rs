@@ -141,10 +141,9 @@ impl Lrn {
         } else {
             KernelLaunch::elementwise(cx.layer, &name, o.len() as u64)
         };
-        if plane {
-            consts.retain(|(k, _)| *k != "THREADS");
-            consts.push(("THREADS", (PLANE_THREADS as usize).into()));
-        }
+        // The template's THREADS is the launch's block, whichever form.
+        consts.retain(|(k, _)| *k != "THREADS");
+        consts.push(("THREADS", (launch.block as usize).into()));
         Instance {
             role: Role::ForwardPooled,
             launch,

@@ -274,8 +274,9 @@ const GRAD_ROWS: usize = 16;
 const GRAD_COLS: usize = 512;
 
 /// `dW[o][i] = sum_n dY[n][o] X[n][i]`, written over `dw`, the images in order
-/// (deterministic whatever the threads): each task a block of rows, each row passed over
-/// once per image while it sits in L1, and written once.
+/// (deterministic whatever the threads): each task a block of rows, each row written
+/// once, with non-temporal stores where the CPU has AVX-512 (no read of the old values:
+/// 151 MB for fc6) on its whole 64-byte lines.
 fn weight_grad(
     dyr: &[f32],
     x: &[f32],
@@ -284,51 +285,50 @@ fn weight_grad(
     inputs: usize,
     outputs: usize,
 ) {
-    let dw = &mut dw[..outputs * inputs];
-    // Written with non-temporal stores where the CPU has AVX-512 (no read of the old
-    // values: 151 MB for fc6), each row's whole 64-byte lines; its ends as usual.
-    let streamed = super::simd::avx512() && (dw.as_ptr() as usize).is_multiple_of(4);
-    dw.par_chunks_mut(GRAD_ROWS * inputs)
+    assert!((1..=STREAM_MAX_BATCH).contains(&batch) && x.len() >= batch * inputs);
+    let streamed = cfg!(target_arch = "x86_64") && super::simd::avx512();
+    dw[..outputs * inputs]
+        .par_chunks_mut(GRAD_ROWS * inputs)
         .enumerate()
         .for_each(|(blk, rows)| {
-            let o0 = blk * GRAD_ROWS;
+            let mut c = [0.0f32; STREAM_MAX_BATCH];
+            for (r, row) in rows.chunks_exact_mut(inputs).enumerate() {
+                for (n, cn) in c[..batch].iter_mut().enumerate() {
+                    *cn = dyr[n * outputs + blk * GRAD_ROWS + r];
+                }
+                let c = &c[..batch];
+                if !streamed {
+                    weight_grad_row(row, x, c, inputs);
+                    continue;
+                }
+                // The head up to a 64-byte boundary and the tail after the last whole
+                // line as usual, the lines between streamed.
+                let head = ((64 - row.as_ptr() as usize % 64) % 64 / 4).min(inputs);
+                let lines = (inputs - head) / 16 * 16;
+                let (front, rest) = row.split_at_mut(head);
+                let (body, tail) = rest.split_at_mut(lines);
+                weight_grad_row(front, x, c, inputs);
+                weight_grad_row(tail, &x[head + lines..], c, inputs);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    assert!((body.as_ptr() as usize).is_multiple_of(64) || lines == 0);
+                    // SAFETY: `simd::avx512()` checked the CPU; `body` is whole lines from a
+                    // 64-byte boundary, and `x` holds `batch` images of `inputs` values,
+                    // of which it reads columns `head..head + lines` (asserted above).
+                    unsafe { weight_grad_row_streamed(body, &x[head..], c, inputs) };
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             if streamed {
-                let mut c = [0.0f32; STREAM_MAX_BATCH];
-                for (r, row) in rows.chunks_exact_mut(inputs).enumerate() {
-                    for (n, cn) in c[..batch].iter_mut().enumerate() {
-                        *cn = dyr[n * outputs + o0 + r];
-                    }
-                    // The head up to a 64-byte boundary and the tail after the last whole
-                    // line, value by value (the same products and sums).
-                    let head = ((64 - row.as_ptr() as usize % 64) % 64 / 4).min(inputs);
-                    let lines = (inputs - head) / 16 * 16;
-                    for i in (0..head).chain(head + lines..inputs) {
-                        let mut v = c[0] * x[i];
-                        for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
-                            v += cn * x[n * inputs + i];
-                        }
-                        row[i] = v;
-                    }
-                    let body = &mut row[head..head + lines];
-                    assert!(x.len() >= batch * inputs && (1..=STREAM_MAX_BATCH).contains(&batch));
-                    assert!((body.as_ptr() as usize).is_multiple_of(64) || lines == 0);
-                    // SAFETY: `simd::avx512()` checked the CPU; the asserts above are the
-                    // function's bounds (whole lines of `body` from a 64-byte boundary,
-                    // `batch` rows of `x` of which it reads columns `head..head + lines`).
-                    unsafe { weight_grad_row_streamed(body, &x[head..], &c[..batch], inputs) };
-                }
                 // SAFETY: an SSE fence, on a CPU that has AVX-512.
                 unsafe { std::arch::x86_64::_mm_sfence() };
-                return;
             }
-            weight_grad_rows(dyr, x, rows, o0, batch, inputs, outputs)
         });
 }
 
-/// One row of [`weight_grad`] (`c` the row's output gradient for each image) with
+/// Part of a row of [`weight_grad`] (`c` the row's output gradient for each image) with
 /// non-temporal stores: the same products and sums, in the same order, as
-/// [`weight_grad_rows`]. The caller fences after its last row.
+/// [`weight_grad_row`]. The caller fences after its last row.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `row` starts on a 64-byte boundary and its length is a multiple
@@ -352,47 +352,33 @@ unsafe fn weight_grad_row_streamed(row: &mut [f32], x: &[f32], c: &[f32], inputs
 }
 
 super::simd::wide! {
-    /// [`weight_grad`] on the rows of `dw` from row `o0`: 16 values of a row at a time,
-    /// summed over the images in registers and stored once.
-    fn weight_grad_rows(
-        dyr: &[f32],
-        x: &[f32],
-        dw: &mut [f32],
-        o0: usize,
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-    ) {
-        let mut c = [0.0f32; STREAM_MAX_BATCH];
-        for (r, row) in dw.chunks_exact_mut(inputs).enumerate() {
-            let o = o0 + r;
-            for (n, cn) in c[..batch].iter_mut().enumerate() {
-                *cn = dyr[n * outputs + o];
+    /// Part of a row of [`weight_grad`] (`c` the row's output gradient for each image,
+    /// `x` image `n`'s values for `row` from `n * inputs`): 16 values at a time, summed
+    /// over the images in registers and stored once.
+    fn weight_grad_row(row: &mut [f32], x: &[f32], c: &[f32], inputs: usize) {
+        let (chunks, tail) = row.as_chunks_mut::<16>();
+        for (k, d) in chunks.iter_mut().enumerate() {
+            let at = k * 16;
+            let x0 = &x[at..at + 16];
+            let mut acc = [0.0f32; 16];
+            for j in 0..16 {
+                acc[j] = c[0] * x0[j];
             }
-            let (chunks, tail) = row.as_chunks_mut::<16>();
-            for (k, d) in chunks.iter_mut().enumerate() {
-                let at = k * 16;
-                let x0 = &x[at..at + 16];
-                let mut acc = [0.0f32; 16];
+            for (n, &cn) in c.iter().enumerate().skip(1) {
+                let xn = &x[n * inputs + at..n * inputs + at + 16];
                 for j in 0..16 {
-                    acc[j] = c[0] * x0[j];
+                    acc[j] += cn * xn[j];
                 }
-                for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
-                    let xn = &x[n * inputs + at..n * inputs + at + 16];
-                    for j in 0..16 {
-                        acc[j] += cn * xn[j];
-                    }
-                }
-                *d = acc;
             }
-            let at = chunks.len() * 16;
-            for (j, d) in tail.iter_mut().enumerate() {
-                let mut v = c[0] * x[at + j];
-                for (n, &cn) in c[..batch].iter().enumerate().skip(1) {
-                    v += cn * x[n * inputs + at + j];
-                }
-                *d = v;
+            *d = acc;
+        }
+        let at = chunks.len() * 16;
+        for (j, d) in tail.iter_mut().enumerate() {
+            let mut v = c[0] * x[at + j];
+            for (n, &cn) in c.iter().enumerate().skip(1) {
+                v += cn * x[n * inputs + at + j];
             }
+            *d = v;
         }
     }
 }
@@ -431,7 +417,6 @@ super::simd::wide! {
         inputs: usize,
         outputs: usize,
     ) {
-        let batch = sums.len() / len;
         let mut o = 0;
         while o + 4 <= outputs {
             let rows: [&[f32]; 4] =
@@ -455,7 +440,6 @@ super::simd::wide! {
                 }
             }
         }
-        let _ = batch;
     }
 }
 

@@ -361,10 +361,7 @@ impl Cpu {
             layer: &plan.layers[stage.layer],
             batch,
             fused_relu: stage.fused_relu,
-            pool: match plan.layers[stage.last()].op {
-                Op::Pool(p) if stage.fused_pool => Some((p, plan.layers[stage.last()].output)),
-                _ => None,
-            },
+            pool: plan.stage_pool(stage),
             threads: self.threads(),
             packs: &self.packs,
             conv: self.conv,

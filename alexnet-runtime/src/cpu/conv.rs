@@ -86,10 +86,13 @@ fn image(
 /// ([`Precision::Bf16`]) the inputs are rounded to bf16 as they are padded and `w` holds
 /// filters already rounded ([`packed::round_bf16`]): bf16 operands in f32 words, so that the
 /// products (exact in f32) run on the f32 kernel at its full rate, where the bf16 kernel's
-/// widening of packed pairs cost 5-7% on AlexNet's conv1 and conv2.
+/// widening of packed pairs cost 5-7% on AlexNet's conv1 and conv2; or, where the kernel
+/// has `vdpbf16ps` ([`packed::Kernel::dots`]), on bf16 pairs of the same values (the
+/// same bits, twice the f32 kernel's flops on the CPUs where it is chosen).
 #[allow(clippy::too_many_arguments)]
 pub fn forward_packed(
     bf16: bool,
+    pairs: Option<&[u32]>,
     x: &[f32],
     w: &[f32],
     b: &[f32],
@@ -107,6 +110,7 @@ pub fn forward_packed(
         bf16,
         kernel: packed::Kernel::best(),
         w,
+        pairs,
         b,
         g: &g,
         relu,
@@ -130,6 +134,9 @@ struct PackedCx<'a> {
     kernel: packed::Kernel,
     /// As [`forward_packed`]'s `w`.
     w: &'a [f32],
+    /// The filters in bf16 pairs, each group's packed by [`packed::pack_pairs`] one after
+    /// the other (in bf16 on a kernel with dot products).
+    pairs: Option<&'a [u32]>,
     b: &'a [f32],
     g: &'a ConvGeom,
     relu: bool,
@@ -215,15 +222,29 @@ impl PackedCx<'_> {
         let a_len = og * kk;
         let xg = &x[grp * cg * plane..(grp + 1) * cg * plane];
         let xp = padded(xg, cg, g, self.bf16);
+        // bf16 operands in f32 words, or in pairs for `vdpbf16ps` where that pays (the
+        // same bits as the f32 kernel's, at twice its flops there), the image's
+        // neighbours paired so that most steps of K are one gather.
+        let (arith, a, paired) = match self.pairs {
+            Some(p) if self.kernel.dots() => {
+                let per = p.len() / g.groups;
+                let a = packed::AOperand::Pairs(&p[grp * per..(grp + 1) * per]);
+                (Arith::Bf16, a, Some(packed::pair_neighbours(&xp)))
+            }
+            _ => {
+                let data = &self.w[grp * a_len..(grp + 1) * a_len];
+                (Arith::F32, packed::AOperand::Rows { data, ld: kk }, None)
+            }
+        };
         let b = packed::Gather {
             src: &xp,
             rows: self.taps,
             cols: self.corners,
+            paired: paired.as_deref(),
         };
-        let a = &self.w[grp * a_len..(grp + 1) * a_len];
         let ops = packed::Operands {
-            arith: Arith::F32,
-            a: packed::AOperand::Rows { data: a, ld: kk },
+            arith,
+            a,
             b: packed::BOperand::Gather(b),
             m: og,
             n: pq,
@@ -507,6 +528,27 @@ impl CpuLayer for Conv {
                 threads: s.threads,
             };
             winograd::forward(call, y);
+        } else if s.precision == Precision::Bf16 && packed::Kernel::best().dots() {
+            let key = format!("{}/bf16-pairs", s.layer.name);
+            let (og, kk) = (g.output.c / g.groups, g.kcol());
+            let wp = s.packs.get(&key, w, s.bf16_freshness(), |w| {
+                w.chunks(og * kk)
+                    .flat_map(|wg| packed::pack_pairs(wg, og, kk, kk))
+                    .collect::<Vec<u32>>()
+            });
+            let relu = s.fused_relu;
+            forward_packed(
+                true,
+                Some(&wp.data),
+                x,
+                w,
+                b,
+                y,
+                s.batch,
+                g,
+                relu,
+                s.threads,
+            );
         } else if s.precision == Precision::Bf16 {
             let key = format!("{}/bf16", s.layer.name);
             let wr = s.packs.get(&key, w, s.bf16_freshness(), |w| {
@@ -515,11 +557,11 @@ impl CpuLayer for Conv {
                     .collect::<Vec<f32>>()
             });
             let relu = s.fused_relu;
-            forward_packed(true, x, &wr.data, b, y, s.batch, g, relu, s.threads);
+            forward_packed(true, None, x, &wr.data, b, y, s.batch, g, relu, s.threads);
         } else if s.conv.packed() {
             // The filters read where they are: nothing to pack, or to compare with them.
             let relu = s.fused_relu;
-            forward_packed(false, x, w, b, y, s.batch, g, relu, s.threads);
+            forward_packed(false, None, x, w, b, y, s.batch, g, relu, s.threads);
         } else {
             forward(x, w, b, y, s.batch, g, s.fused_relu, s.threads);
         }

@@ -26,13 +26,13 @@ pub fn forward(
 ) {
     if batch <= GEMV_MAX_BATCH {
         gemv(x, w, b, y, batch, inputs, outputs);
-    } else if batch <= packed::NARROW && packed::Kernel::best() == packed::Kernel::Avx512 {
+    } else if batch <= packed::NARROW && packed::Kernel::best().avx512() {
         // Up to 16 images: every weight read once, broadcast against a vector of the
         // images' inputs (the weights stay where they are: no second copy).
         let xt = packed::pack_narrow(x, batch, inputs);
         let mut yt = vec![0.0f32; outputs * packed::NARROW];
         let dims = (outputs, inputs, inputs);
-        packed::gemm_narrow(packed::Kernel::Avx512, w, dims, &xt, &mut yt, threads);
+        packed::gemm_narrow(packed::Kernel::best(), w, dims, &xt, &mut yt, threads);
         transpose_add_bias(&yt, packed::NARROW, b, y, outputs);
     } else {
         // y^T = W x^T into a row-major [outputs, batch] buffer, so that the threads split

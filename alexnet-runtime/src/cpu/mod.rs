@@ -120,7 +120,7 @@ impl ConvAlgorithm {
         match self {
             ConvAlgorithm::Packed => true,
             ConvAlgorithm::Auto | ConvAlgorithm::Direct | ConvAlgorithm::Winograd => {
-                packed::Kernel::best() == packed::Kernel::Avx512
+                packed::Kernel::best().avx512()
             }
             ConvAlgorithm::Im2col => false,
         }

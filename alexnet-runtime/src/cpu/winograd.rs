@@ -200,11 +200,17 @@ impl Variant<8, 4, 5> for F4x4K5 {
 /// transformed filters (4x the filters: 14 MB on AlexNet's conv3), read from memory once
 /// the fully connected layers have pushed them out of the cache, serve 16 tiles, and
 /// conv3-conv5 measured level with the direct convolution (docs/benchmarks.md); a 5x5
-/// layer saves 5.8x the multiplies and wins at any batch (conv2: 1.8x at batch 1).
+/// layer saves 5.8x the multiplies and wins at any batch (conv2: 1.8x at batch 1). In
+/// bf16 on a kernel with `vdpbf16ps` ([`Kernel::dots`]: twice the FMA's flops), the
+/// direct product beats Winograd on 3x3 layers at every batch (conv3-conv5: 1.2-1.8x
+/// at batch 1 and 16) and 5x5 ones stay Winograd's.
 pub fn applies(g: &ConvGeom, choice: ConvAlgorithm, precision: Precision, batch: usize) -> bool {
     let shape = (g.k == 3 || g.k == 5) && g.stride == 1;
-    let pays =
-        choice != ConvAlgorithm::Auto || precision == Precision::Bf16 || g.k == 5 || batch >= 2;
+    let pays = match (choice, precision) {
+        (ConvAlgorithm::Auto, Precision::Bf16) => g.k == 5 || !Kernel::best().dots(),
+        (ConvAlgorithm::Auto, _) => g.k == 5 || batch >= 2,
+        _ => true,
+    };
     shape && taken(choice) && pays
 }
 
@@ -215,6 +221,9 @@ pub fn describe(choice: ConvAlgorithm, precision: Precision) -> &'static str {
         (false, _, _) => "",
         (true, ConvAlgorithm::Auto, Precision::F32) => {
             "Winograd F(4x4) on 5x5 stride-1 convolutions and, from batch 2, on 3x3 ones"
+        }
+        (true, ConvAlgorithm::Auto, Precision::Bf16) if Kernel::best().dots() => {
+            "Winograd F(4x4) on 5x5 stride-1 convolutions"
         }
         (true, _, _) => "Winograd F(4x4) on 3x3 and 5x5 stride-1 convolutions",
     }
@@ -229,7 +238,7 @@ pub fn describe(choice: ConvAlgorithm, precision: Precision) -> &'static str {
 pub fn taken(choice: ConvAlgorithm) -> bool {
     match choice {
         ConvAlgorithm::Winograd => true,
-        ConvAlgorithm::Auto => Kernel::best() == Kernel::Avx512,
+        ConvAlgorithm::Auto => Kernel::best().avx512(),
         ConvAlgorithm::Direct | ConvAlgorithm::Im2col | ConvAlgorithm::Packed => false,
     }
 }
@@ -732,12 +741,14 @@ mod tests {
             fc: false,
         };
         let (f32, bf16) = (Precision::F32, Precision::Bf16);
-        let avx512 = Kernel::best() == Kernel::Avx512;
+        let avx512 = Kernel::best().avx512();
         let auto = ConvAlgorithm::Auto;
         assert_eq!(applies(&geom(5, 1), auto, f32, 1), avx512);
         assert!(!applies(&geom(3, 1), auto, f32, 1));
         assert_eq!(applies(&geom(3, 1), auto, f32, 2), avx512);
-        assert_eq!(applies(&geom(3, 1), auto, bf16, 1), avx512);
+        let dots = Kernel::best().dots();
+        assert_eq!(applies(&geom(3, 1), auto, bf16, 1), avx512 && !dots);
+        assert_eq!(applies(&geom(5, 1), auto, bf16, 16), avx512);
         assert!(!applies(&geom(3, 2), auto, f32, 16));
         assert!(!applies(&geom(11, 1), auto, f32, 16));
         assert!(applies(&geom(3, 1), ConvAlgorithm::Winograd, f32, 1));

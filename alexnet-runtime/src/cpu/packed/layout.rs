@@ -38,6 +38,26 @@ pub struct Gather<'a> {
     pub src: &'a [f32],
     pub rows: &'a [u32],
     pub cols: &'a [u32],
+    /// In bf16, optionally: `src`'s values already rounded to bf16, and word `i` the
+    /// pair of `src[i]` (low half) and `src[i + 1]` (high half) ([`pair_neighbours`]),
+    /// so that a step whose two rows are neighbours (`rows[2s + 1] = rows[2s] + 1`: a
+    /// convolution's taps along a filter row) is one gather instead of two and needs no
+    /// rounding.
+    pub paired: Option<&'a [u32]>,
+}
+
+crate::cpu::simd::wide! {
+    /// [`Gather::paired`] for `src` (values already rounded to bf16): word `i` holds
+    /// `src[i]`'s bf16 bits in its low half and `src[i + 1]`'s (zero past the end) in its
+    /// high half.
+    pub fn pair_neighbours(src: &[f32]) -> Vec<u32> {
+        let mut out = vec![0u32; src.len()];
+        for (i, o) in out.iter_mut().enumerate() {
+            let next = src.get(i + 1).map_or(0, |v| v.to_bits() & 0xffff_0000);
+            *o = src[i].to_bits() >> 16 | next;
+        }
+        out
+    }
 }
 
 impl Gather<'_> {
@@ -45,6 +65,10 @@ impl Gather<'_> {
     /// Panics if an element lies outside `src`, or a column offset does not fit an `i32`
     /// (the AVX-512 gather's signed indices).
     pub(super) fn check(&self) {
+        assert!(
+            self.paired.is_none_or(|p| p.len() == self.src.len()),
+            "packed: a gather's pairs are not as long as its source"
+        );
         let last = |v: &[u32]| v.iter().max().map_or(0, |&m| m as usize);
         let (r, c) = (last(self.rows), last(self.cols));
         assert!(
@@ -117,35 +141,36 @@ crate::cpu::simd::wide! {
     }
 }
 
-/// [`pack_panel`] in f32 (the only arithmetic B is gathered in: a convolution's im2col
-/// columns), with AVX-512's gathers where `kernel` is the AVX-512 one (the same words).
-pub(super) fn gather_panel(kernel: Kernel, b: Gather<'_>, pi: usize, op: &mut [u32]) {
+/// [`pack_panel`], with AVX-512's gathers where `kernel` is an AVX-512 one (the same
+/// words): a convolution's im2col columns, a block of one panel at a time.
+pub(super) fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
+    if kernel.avx512() {
         let steps = op.len() / NR;
-        assert!(op.len() == steps * NR && b.rows.len() == steps);
+        assert!(op.len() == steps * NR && arith.steps(b.rows.len()) == steps);
         assert!(steps > 0 && pi * NR < b.cols.len());
         let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
         Gather { cols, ..b }.check();
         // SAFETY: the CPU has AVX-512F; every element of the panel gathered lies inside
         // `b.src` and every column fits the gather's i32 index (`Gather::check` on the
         // panel's columns), `op` holds `steps` steps of `NR` words, and every row index
-        // read is below `b.rows.len()` (asserted above).
-        unsafe { gather_panel_avx512(b, pi, op) };
+        // read is below `b.rows.len()` (asserted above, and tested in the bf16 loop).
+        unsafe { gather_panel_avx512(arith, b, pi, op) };
         return;
     }
     let _ = kernel;
-    pack_panel(Arith::F32, b, pi, op)
+    pack_panel(arith, b, pi, op)
 }
 
 /// [`gather_panel`]'s AVX-512 body: per step, three masked 16-lane gathers of a row of B
-/// (the columns outside the panel zero).
+/// (the columns outside the panel zero); in bf16 two rows, rounded as [`bf16_bits`]
+/// rounds and paired in each word.
 ///
 /// # Safety
 /// AVX-512F; as asserted by [`gather_panel`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_panel_avx512(b: Gather<'_>, pi: usize, op: &mut [u32]) {
+unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [u32]) {
     use std::arch::x86_64::*;
     let cols = &b.cols[pi * NR..(pi * NR + NR).min(b.cols.len())];
     let m = masks(cols.len());
@@ -163,9 +188,44 @@ unsafe fn gather_panel_avx512(b: Gather<'_>, pi: usize, op: &mut [u32]) {
             unsafe { _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), m[v], idx[v], base) }
         })
     };
+    // `bf16_bits` on 16 lanes: to nearest with ties to even, a NaN quieted.
+    let round = |x: __m512i| -> __m512i {
+        let hi = _mm512_srli_epi32::<16>(x);
+        let odd = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+        let bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(x, bias));
+        let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff));
+        let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7f80_0000));
+        let quiet = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
+        _mm512_mask_blend_epi32(nan, rounded, quiet)
+    };
     let out = op.as_mut_ptr();
     for s in 0..op.len() / NR {
-        for (v, w) in row(b.rows[s]).into_iter().enumerate() {
+        let words = match arith {
+            Arith::F32 => row(b.rows[s]),
+            Arith::Bf16 => match (b.paired, b.rows.get(2 * s + 1)) {
+                (Some(p), Some(&odd)) if odd == b.rows[2 * s] + 1 => {
+                    // SAFETY (of the closure's gathers): `paired` is as long as `src`
+                    // (`Gather::check`), so the same offsets lie inside it.
+                    let base = p
+                        .as_ptr()
+                        .wrapping_add(b.rows[2 * s] as usize)
+                        .cast::<i32>();
+                    [0, 1, 2].map(|v| unsafe {
+                        _mm512_mask_i32gather_epi32::<4>(_mm512_setzero_si512(), m[v], idx[v], base)
+                    })
+                }
+                _ => {
+                    let even = row(b.rows[2 * s]).map(round);
+                    let odd = b
+                        .rows
+                        .get(2 * s + 1)
+                        .map_or([_mm512_setzero_si512(); 3], |&r| row(r).map(round));
+                    [0, 1, 2].map(|v| _mm512_or_si512(even[v], _mm512_slli_epi32::<16>(odd[v])))
+                }
+            },
+        };
+        for (v, w) in words.into_iter().enumerate() {
             // SAFETY: step `s` of `op` holds `NR` words.
             unsafe { _mm512_storeu_si512(out.add(s * NR + v * 16).cast(), w) };
         }
@@ -184,6 +244,7 @@ pub fn pack_b_transposed(arith: Arith, w: &[f32], k: usize, n: usize, ld: usize)
         src: w,
         rows: &rows,
         cols: &cols,
+        paired: None,
     };
     pack_b(arith, b, &mut out, rayon::current_num_threads());
     out

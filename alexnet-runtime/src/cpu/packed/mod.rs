@@ -1,41 +1,47 @@
 //! The CPU backend's own matrix multiply, on operands laid out for an AVX-512 micro-kernel:
 //! the convolutions' (direct and Winograd's) and fully connected layers' forward products,
-//! in f32 ([`Arith::F32`], where the CPU has AVX-512F; in `Precision::Bf16` the
-//! convolutions' operands rounded to bf16 and kept in f32 words) and in bf16
-//! ([`Arith::Bf16`]: the fully connected layers' weights in `Precision::Bf16`).
+//! in f32 ([`Arith::F32`], where the CPU has AVX-512F) and in bf16 ([`Arith::Bf16`]: in
+//! `Precision::Bf16`, the fully connected layers' weights, and the convolutions' operands
+//! where the kernel has `vdpbf16ps`; without it the convolutions keep their bf16-rounded
+//! operands in f32 words on the f32 kernel).
 //!
 //! The layouts (BLIS's, with B the vector side):
 //! - A (`m x k`: a convolution's filters, Winograd's transformed tiles, a fully connected
 //!   layer's images), packed in blocks of [`MR`] rows, `[block][k][MR]` (in bf16 the
-//!   values rounded to bf16 and K padded to even); or, in f32, read where it is,
-//!   row-major ([`AOperand::Rows`]: a convolution's filters, with no copy to keep fresh;
-//!   Winograd's tiles);
+//!   values rounded to bf16 and K padded to even); or read where it is, row-major
+//!   ([`AOperand::Rows`]: a convolution's filters, with no copy to keep fresh; Winograd's
+//!   tiles); or, for `vdpbf16ps`, in pairs of K packed once ([`AOperand::Pairs`],
+//!   [`pack_pairs`]: a convolution's filters in bf16);
 //! - B (`k x n`: a convolution's im2col columns, Winograd's transformed filters, a fully
-//!   connected layer's transposed weights) in panels of [`NR`] columns, `[panel][step][NR]` 32-bit words: in f32 a step
-//!   is one row of B (the word is the value's bits), in bf16 two rows, both rounded to
-//!   bf16 in one word (the even row in the low half): half the bytes to pack and stream.
-//!   Packed whole once ([`pack_b`](layout::pack_b): a fully connected layer's weights), or gathered
-//!   [`KC`] steps of one panel at a time just before the kernel reads them, in f32 only
+//!   connected layer's transposed weights) in panels of [`NR`] columns,
+//!   `[panel][step][NR]` 32-bit words: in f32 a step is one row of B (the word is the
+//!   value's bits), in bf16 two rows, both rounded to bf16 in one word (the even row in
+//!   the low half): half the bytes to pack and stream. Packed whole once
+//!   ([`pack_b`](layout::pack_b): a fully connected layer's weights), or gathered [`KC`]
+//!   steps of one panel at a time just before the kernel reads them
 //!   ([`BOperand::Gather`]: a convolution's im2col columns, which then never leave L1);
 //!
 //! rows, columns and K padded with zeros. The loop keeps [`KC`] steps of one B panel
 //! (24 KiB) in L1 while every row block of A passes over it (with a single row block and
-//! B packed, a fully connected layer at a small batch, each panel streams whole instead); the micro-kernel holds an
-//! `MR x NR` tile of C in 24 registers, and adds the bias and the ReLU as it stores the
-//! last block of K. Threads split the row blocks, or the panels when B is gathered and
-//! has at least one panel per thread (each thread gathers only the columns it computes).
+//! B packed, a fully connected layer at a small batch, each panel streams whole instead);
+//! the micro-kernel holds an `MR x NR` tile of C in 24 registers, and adds the bias and
+//! the ReLU as it stores the last block of K. Threads split the row blocks, or the panels
+//! when B is gathered and has at least one panel per thread (each thread gathers only the
+//! columns it computes).
 //!
 //! bf16 products are exact in f32 (while they stay normal f32 values), so the bf16 kernels
-//! add each product to the f32 sum with one rounding, per pair of K the odd product first and then the even one (the order
-//! of AVX512_BF16's `vdpbf16ps`; on this project's machine that instruction ran at half the
-//! rate of f32 FMAs, so the kernel widens B to f32 in registers and uses FMAs instead). The
+//! add each product to the f32 sum with one rounding, per pair of K the odd product first
+//! and then the even one: the order, and the bits, of AVX512_BF16's `vdpbf16ps`, which
+//! [`Kernel::Avx512Bf16`] uses where it issues at the FMA's rate (twice the flops: AMD's
+//! Zen 4 and 5); [`Kernel::Avx512`] widens B to f32 in registers and uses FMAs (on the
+//! Intel core this project measured, `vdpbf16ps` ran at half the FMA's flops). The
 //! portable kernels (any CPU, or `ALEXNET_CPU_PACKED=portable`) compute the same sums in
 //! the same order (f32 with `mul_add`, bf16 with a multiply and an add, exact products
 //! rounding once either way): the same bits as the AVX-512 ones, except where a bf16
 //! product leaves f32's normal range (below 2^-126 or above its largest value), which
-//! the portable kernel rounds and the FMA does not.
+//! the portable kernel rounds, the FMA does not, and `vdpbf16ps` flushes to zero.
 //!
-//! The only `unsafe` is the AVX-512 code (the micro-kernels and the gather of B): its
+//! The only `unsafe` is the AVX-512 code (the micro-kernels, the gather of B and CPUID): its
 //! intrinsics and pointer arithmetic, with every bound asserted before the call.
 //!
 //! Files: this one the operands and the loop around the micro-kernel ([`gemm`](fn@gemm):
@@ -55,7 +61,7 @@ mod tests;
 mod tile;
 
 use layout::gather_panel;
-pub use layout::{pack_a, pack_b_transposed, Gather};
+pub use layout::{pack_a, pack_b_transposed, pair_neighbours, Gather};
 pub use narrow::{gemm_narrow, pack_narrow, NARROW};
 use tile::Tile;
 
@@ -130,25 +136,37 @@ pub fn round_bf16(x: f32) -> f32 {
 /// Which micro-kernel computes the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// AVX-512F FMAs.
+    /// AVX-512F FMAs (bf16 operands widened to f32 in registers).
     Avx512,
-    /// Plain Rust, on any CPU: the same bits, much slower.
+    /// AVX-512F FMAs for f32, AVX512_BF16's `vdpbf16ps` for bf16 products (two products
+    /// of a pair of K into each f32 lane per instruction).
+    Avx512Bf16,
+    /// Plain Rust, on any CPU: the same bits as [`Kernel::Avx512`], much slower.
     Portable,
 }
 
 impl Kernel {
-    /// The fastest this CPU runs, unless `ALEXNET_CPU_PACKED=portable`.
+    /// The fastest this CPU runs: [`Kernel::Avx512Bf16`] where the CPU has AVX512_BF16 and
+    /// its `vdpbf16ps` pays ([`dot_pays`]), otherwise [`Kernel::Avx512`] where it has
+    /// AVX-512F, otherwise [`Kernel::Portable`]. `ALEXNET_CPU_PACKED=portable`, `fma`
+    /// (AVX-512 FMAs only) or `dot` (`vdpbf16ps` wherever the CPU has it) overrides the
+    /// choice.
     pub fn best() -> Kernel {
         static BEST: OnceLock<Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
-            if std::env::var("ALEXNET_CPU_PACKED").is_ok_and(|v| v == "portable") {
-                return Kernel::Portable;
-            }
-            if Kernel::Avx512.available() {
-                Kernel::Avx512
-            } else {
-                Kernel::Portable
-            }
+            let asked = std::env::var("ALEXNET_CPU_PACKED").unwrap_or_default();
+            let order: &[Kernel] = match asked.as_str() {
+                "portable" => &[Kernel::Portable],
+                "fma" => &[Kernel::Avx512, Kernel::Portable],
+                "dot" => &[Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Portable],
+                _ if dot_pays() => &[Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Portable],
+                _ => &[Kernel::Avx512, Kernel::Portable],
+            };
+            order
+                .iter()
+                .copied()
+                .find(|k| k.available())
+                .unwrap_or(Kernel::Portable)
         })
     }
 
@@ -158,15 +176,110 @@ impl Kernel {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512 => false,
+            Kernel::Avx512 | Kernel::Avx512Bf16 => false,
         }
+    }
+
+    /// Whether this is an AVX-512 kernel that this CPU runs (the f32 products, the
+    /// gathers and the narrow product are the same in both).
+    pub fn avx512(self) -> bool {
+        self != Kernel::Portable && self.available()
+    }
+
+    /// Whether bf16 products run on `vdpbf16ps` (A then in pairs of K, [`pair_a`]).
+    pub fn dots(self) -> bool {
+        self == Kernel::Avx512Bf16 && self.available()
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512 => "AVX-512 micro-kernel",
+            Kernel::Avx512Bf16 => "AVX-512 micro-kernel with AVX512_BF16 dot products",
             Kernel::Portable => "portable kernel",
+        }
+    }
+}
+
+/// Whether AVX512_BF16's `vdpbf16ps` beats widening bf16 to f32 for FMAs: on AMD's cores
+/// (Zen 4 and 5) it issues at the FMA's rate, two products per lane, so twice the flops
+/// (`cargo bench --bench cpu_peak` on Zen 5: 447 against 222 GFLOP/s per core); on the
+/// Intel core this project measured (Sapphire Rapids' generation) it ran at half the
+/// FMA's flops, where widening wins.
+fn dot_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        vendor == b"AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Rows `m0..` (a multiple of [`MR`]) of an A in `arith` (in bf16: rounded to bf16 as
+/// read), steps `s0..s0 + kc` of its K, as bf16 pairs for `vdpbf16ps`: `[block][step][MR]`
+/// words, each the even value of K in its low half and the odd one in its high half
+/// (the layout of B's words), rows beyond `m` and K beyond `k` zero.
+fn pair_a(a: AOperand<'_>, (m, k): (usize, usize), (s0, kc): (usize, usize), out: &mut Vec<u32>) {
+    let blocks = m.div_ceil(MR);
+    out.clear();
+    out.resize(blocks * kc * MR, 0);
+    match a {
+        AOperand::Packed(p) => {
+            // The f32 pairs of `pack_a`: per step the even row's MR values, then the odd's.
+            let steps = Arith::Bf16.steps(k);
+            for (blk, ob) in out.chunks_mut(kc * MR).enumerate() {
+                let src = &p[(blk * steps + s0) * 2 * MR..][..kc * 2 * MR];
+                pair_packed(src, ob);
+            }
+        }
+        AOperand::Pairs(p) => {
+            let steps = Arith::Bf16.steps(k);
+            for (blk, ob) in out.chunks_mut(kc * MR).enumerate() {
+                ob.copy_from_slice(&p[(blk * steps + s0) * MR..][..kc * MR]);
+            }
+        }
+        AOperand::Rows { data, ld } => {
+            for (blk, ob) in out.chunks_mut(kc * MR).enumerate() {
+                for r in 0..MR.min(m - blk * MR) {
+                    let row = &data[(blk * MR + r) * ld..][..k];
+                    let (p0, p1) = (2 * s0, (2 * (s0 + kc)).min(k));
+                    pair_row(&row[p0..p1], &mut ob[r..]);
+                }
+            }
+        }
+    }
+}
+
+crate::cpu::simd::wide! {
+    /// `pack_a`'s f32 pairs (already rounded) as words, step by step.
+    fn pair_packed(src: &[f32], out: &mut [u32]) {
+        for (words, step) in out.chunks_exact_mut(MR).zip(src.chunks_exact(2 * MR)) {
+            let (even, odd) = step.split_at(MR);
+            for ((w, &e), &o) in words.iter_mut().zip(even).zip(odd) {
+                *w = e.to_bits() >> 16 | (o.to_bits() & 0xffff_0000);
+            }
+        }
+    }
+}
+
+crate::cpu::simd::wide! {
+    /// One row of A's values (`2 kc` or fewer, rounded here) into every [`MR`]th word of
+    /// `out`.
+    fn pair_row(row: &[f32], out: &mut [u32]) {
+        for (s, pair) in row.chunks(2).enumerate() {
+            let odd = pair.get(1).map_or(0, |&v| bf16_bits(v));
+            out[s * MR] = bf16_bits(pair[0]) | odd << 16;
         }
     }
 }
@@ -193,10 +306,32 @@ fn holds(len: usize, count: usize, stride: usize, run: usize) -> bool {
 pub enum AOperand<'a> {
     /// Packed by [`pack_a`] in the product's arithmetic.
     Packed(&'a [f32]),
-    /// Read where it is (f32 only): row-major, leading dimension `ld`. Nothing is copied,
-    /// so nothing can go stale when training changes the filters between calls, and no
-    /// call pays to compare a copy with them.
+    /// Read where it is: row-major, leading dimension `ld`. Nothing is copied, so nothing
+    /// can go stale when training changes the filters between calls, and no call pays to
+    /// compare a copy with them (in bf16 each block of K is rounded and packed as the
+    /// product reaches it).
     Rows { data: &'a [f32], ld: usize },
+    /// In bf16, for [`Kernel::dots`] only: pairs of K packed once by [`pack_pairs`] (a
+    /// convolution's filters, which would otherwise be paired again on every call).
+    Pairs(&'a [u32]),
+}
+
+/// A (`m x k`, row-major, leading dimension `ld`) rounded to bf16 and packed in pairs of
+/// K for `vdpbf16ps` ([`AOperand::Pairs`]): `[block][step][MR]` words, the even value of K
+/// in the low half.
+pub fn pack_pairs(a: &[f32], m: usize, k: usize, ld: usize) -> Vec<u32> {
+    assert!(
+        k > 0 && ld >= k && holds(a.len(), m, ld, k),
+        "pack_pairs: A too short"
+    );
+    let steps = Arith::Bf16.steps(k);
+    let mut out = vec![0u32; m.div_ceil(MR) * steps * MR];
+    for (blk, ob) in out.chunks_mut(steps * MR).enumerate() {
+        for r in 0..MR.min(m - blk * MR) {
+            pair_row(&a[(blk * MR + r) * ld..][..k], &mut ob[r..]);
+        }
+    }
+    out
 }
 
 impl<'a> AOperand<'a> {
@@ -208,6 +343,7 @@ impl<'a> AOperand<'a> {
                 data: &data[m0 * ld..],
                 ld,
             },
+            AOperand::Pairs(p) => AOperand::Pairs(&p[m0 * arith.steps(k)..]),
         }
     }
 
@@ -220,6 +356,8 @@ impl<'a> AOperand<'a> {
                 (&a[(blk * arith.steps(k) + s0) * step..], 1, step)
             }
             AOperand::Rows { data, ld } => (&data[blk * MR * ld + s0..], ld, 1),
+            // Read as pairs (`rows`), never as values.
+            AOperand::Pairs(_) => (&[], 1, 2 * MR),
         }
     }
 }
@@ -232,8 +370,8 @@ pub enum BOperand<'a> {
     Packed(&'a [u32]),
     /// Gathered [`KC`] steps of one panel at a time into a buffer on the stack, just before
     /// the micro-kernel reads them (a convolution's im2col columns are made where they are
-    /// used, in L1, and never stored whole). f32 only: bf16 convolutions gather inputs
-    /// already rounded to bf16 in f32 words.
+    /// used, in L1, and never stored whole); in bf16 two rows per step, rounded as they
+    /// are paired.
     Gather(Gather<'a>),
 }
 
@@ -259,11 +397,14 @@ impl Operands<'_> {
             }
             AOperand::Rows { data, ld } => {
                 assert!(
-                    arith == Arith::F32,
-                    "packed gemm: rows of A read in place in {arith:?}"
-                );
-                assert!(
                     ld >= k && holds(data.len(), m, ld, k),
+                    "packed gemm: A too short"
+                );
+            }
+            AOperand::Pairs(p) => {
+                assert!(arith == Arith::Bf16, "packed gemm: pairs of A in {arith:?}");
+                assert!(
+                    p.len() >= m.div_ceil(MR) * arith.steps(k) * MR,
                     "packed gemm: A too short"
                 );
             }
@@ -273,7 +414,6 @@ impl Operands<'_> {
                 assert!(b.len() >= arith.b_len(k, n), "packed gemm: B too short")
             }
             BOperand::Gather(g) => {
-                assert!(arith == Arith::F32, "packed gemm: B gathered in {arith:?}");
                 assert!(
                     g.rows.len() == k && g.cols.len() == n,
                     "packed gemm: B's gather is not k x n"
@@ -301,6 +441,10 @@ pub fn gemm(
         return;
     }
     ops.check();
+    assert!(
+        kernel.dots() || !matches!(ops.a, AOperand::Pairs(_)),
+        "packed gemm: pairs of A for a kernel without bf16 dot products"
+    );
     assert!(
         ldc >= n && holds(c.len(), m, ldc, n),
         "packed gemm: C too short"
@@ -430,31 +574,55 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
         BOperand::Packed(_) if blocks == 1 => steps,
         _ => KC,
     };
+    // In bf16: A's block of K as pairs of words for `vdpbf16ps`, or (rows of A read in
+    // place, for the FMA kernels) packed as `pack_a` packs it.
+    let dots = arith == Arith::Bf16 && kernel.dots();
+    let (mut pairs, mut a_block) = (Vec::new(), Vec::new());
     let mut s0 = 0;
     while s0 < steps {
         let kc = kc_max.min(steps - s0);
         let (first, last) = (s0 == 0, s0 + kc == steps);
+        // The values of K this block covers.
+        let (k0, k1) = (s0 * arith.step(), ((s0 + kc) * arith.step()).min(k));
+        let rows_packed = match ops.a {
+            AOperand::Rows { data, ld } if arith == Arith::Bf16 && !dots => {
+                a_block.resize(arith.a_len(m, k1 - k0), 0.0);
+                pack_a(arith, &data[k0..], m, k1 - k0, ld, &mut a_block);
+                true
+            }
+            _ => false,
+        };
+        if dots && !matches!(ops.a, AOperand::Pairs(_)) {
+            pair_a(ops.a, (m, k), (s0, kc), &mut pairs);
+        }
         for pn in 0..panels {
             let bp: &[u32] = match ops.b {
                 BOperand::Packed(b) => &b[(pn * steps + s0) * NR..][..kc * NR],
                 BOperand::Gather(g) => {
-                    // f32 (`Operands::check`): a step is one row of B.
                     let b = Gather {
-                        rows: &g.rows[s0..s0 + kc],
+                        rows: &g.rows[k0..k1],
                         ..g
                     };
-                    gather_panel(kernel, b, pn, &mut gathered[..kc * NR]);
+                    gather_panel(kernel, arith, b, pn, &mut gathered[..kc * NR]);
                     &gathered[..kc * NR]
                 }
             };
             let cols = NR.min(n - pn * NR);
             for blk in 0..blocks {
                 let r = MR.min(m - blk * MR);
-                let (a, a_row, a_step) = ops.a.tile(arith, k, blk, s0);
+                let (a, a_row, a_step) = if rows_packed {
+                    (&a_block[blk * kc * 2 * MR..], 1, 2 * MR)
+                } else {
+                    ops.a.tile(arith, k, blk, s0)
+                };
                 let tile = Tile {
                     a,
                     a_row,
                     a_step,
+                    pairs: dots.then(|| match ops.a {
+                        AOperand::Pairs(p) => &p[(blk * steps + s0) * MR..][..kc * MR],
+                        _ => &pairs[blk * kc * MR..][..kc * MR],
+                    }),
                     b: bp,
                     steps: kc,
                     c: &mut c[blk * MR * ldc + pn * NR..],

@@ -82,7 +82,7 @@ fn narrow_tile(
     assert!((1..=NARROW_ROWS).contains(&rows) && holds(a.len(), rows, lda, k));
     assert!(holds(b.len(), k, NARROW, NARROW) && c.len() >= rows * NARROW);
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 && Kernel::Avx512.available() {
+    if kernel.avx512() {
         // SAFETY: AVX-512F was checked; the lengths `narrow_avx512` relies on were
         // asserted just above.
         unsafe { narrow_avx512(a, rows, k, lda, b, c) };

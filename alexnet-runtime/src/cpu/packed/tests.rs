@@ -12,6 +12,7 @@ fn matrix(b: &[f32], k: usize, n: usize) -> Gather<'_> {
         src: b,
         rows: rows.leak(),
         cols: cols.leak(),
+        paired: None,
     }
 }
 
@@ -85,16 +86,25 @@ fn every_kernel_computes_the_product_of_its_operands() {
                 data: &a_wide,
                 ld: lda,
             };
-            let mut forms = vec![(AOperand::Packed(&pa), BOperand::Packed(&pb))];
-            if arith == Arith::F32 {
-                forms.push((AOperand::Packed(&pa), BOperand::Gather(matrix(&b, k, n))));
-                forms.push((a_rows, BOperand::Gather(matrix(&b, k, n))));
-                forms.push((a_rows, BOperand::Packed(&pb)));
+            let pairs = pack_pairs(&a_wide, m, k, lda);
+            let mut forms = vec![
+                (AOperand::Packed(&pa), BOperand::Packed(&pb)),
+                (AOperand::Packed(&pa), BOperand::Gather(matrix(&b, k, n))),
+                (a_rows, BOperand::Gather(matrix(&b, k, n))),
+                (a_rows, BOperand::Packed(&pb)),
+            ];
+            if arith == Arith::Bf16 {
+                // Pairs of A: only for the dot products (skipped below for the others).
+                forms.push((AOperand::Pairs(&pairs), BOperand::Packed(&pb)));
+                forms.push((AOperand::Pairs(&pairs), BOperand::Gather(matrix(&b, k, n))));
             }
             let want = reference(arith, &a, &b, (m, n, k));
             let bias = data(m, 3);
+            // Every kernel gives the same bits: `vdpbf16ps` rounds its two products into
+            // each lane one after the other, odd then even, as the FMA kernels do (with
+            // normal values: it flushes subnormals, which these data do not make).
             let mut outs = Vec::new();
-            for kernel in [Kernel::Portable, Kernel::Avx512] {
+            for kernel in [Kernel::Portable, Kernel::Avx512, Kernel::Avx512Bf16] {
                 if !kernel.available() {
                     eprintln!("{} not on this CPU", kernel.name());
                     continue;
@@ -102,6 +112,7 @@ fn every_kernel_computes_the_product_of_its_operands() {
                 for (threads, &(a, b)) in [1, 2]
                     .into_iter()
                     .flat_map(|t| forms.iter().map(move |f| (t, f)))
+                    .filter(|(_, (a, _))| kernel.dots() || !matches!(a, AOperand::Pairs(_)))
                 {
                     let ops = Operands {
                         arith,
@@ -208,12 +219,16 @@ fn the_gather_packs_special_values_as_the_portable_packing_does() {
     for pi in 0..n.div_ceil(NR) {
         let words = k * NR;
         let (mut fast, mut slow) = (vec![7u32; words], vec![9u32; words]);
-        gather_panel(Kernel::Avx512, g, pi, &mut fast);
+        gather_panel(Kernel::Avx512, Arith::F32, g, pi, &mut fast);
         pack_panel(Arith::F32, g, pi, &mut slow);
         assert_eq!(fast, slow, "F32 panel {pi}");
-        // bf16: the even row in the low half, the odd one (none past K) in the high half.
+        // bf16: the even row in the low half, the odd one (none past K) in the high half,
+        // packed and gathered.
         let mut packed = vec![9u32; Arith::Bf16.steps(k) * NR];
         pack_panel(Arith::Bf16, g, pi, &mut packed);
+        let mut gathered = vec![7u32; Arith::Bf16.steps(k) * NR];
+        gather_panel(Kernel::Avx512, Arith::Bf16, g, pi, &mut gathered);
+        assert_eq!(gathered, packed, "Bf16 gathered panel {pi}");
         let want: Vec<u32> = (0..Arith::Bf16.steps(k) * NR)
             .map(|i| {
                 let (s, j) = (i / NR, pi * NR + i % NR);
@@ -280,5 +295,52 @@ fn transposed_packing_is_the_transpose() {
         let mut pb = vec![0; arith.b_len(k, n)];
         pack_b(arith, matrix(&wt, k, n), &mut pb, 1);
         assert_eq!(pack_b_transposed(arith, &w, k, n, k), pb, "{arith:?}");
+    }
+}
+
+/// A convolution's gather in bf16 with its source's neighbours paired (one gather for a
+/// step whose two taps are neighbours along a filter row) packs the words of the plain
+/// packing, for odd and even filter widths, strides and a ragged last panel.
+#[test]
+fn a_paired_gather_packs_what_the_packing_does() {
+    for (k, stride, (hp, wp)) in [
+        (3usize, 1usize, (9usize, 11usize)),
+        (4, 2, (12, 13)),
+        (11, 4, (23, 27)),
+    ] {
+        let c = 3;
+        let src: Vec<f32> = data(c * hp * wp, 5)
+            .iter()
+            .map(|&v| round_bf16(v))
+            .collect();
+        let paired = pair_neighbours(&src);
+        let taps: Vec<u32> = (0..c * k * k)
+            .map(|r| (((r / (k * k)) * hp + r / k % k) * wp + r % k) as u32)
+            .collect();
+        let (p, q) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
+        let corners: Vec<u32> = (0..p * q)
+            .map(|n| ((n / q * stride) * wp + n % q * stride) as u32)
+            .collect();
+        let plain = Gather {
+            src: &src,
+            rows: &taps,
+            cols: &corners,
+            paired: None,
+        };
+        let with_pairs = Gather {
+            paired: Some(&paired),
+            ..plain
+        };
+        let words = Arith::Bf16.steps(taps.len()) * NR;
+        for pi in 0..corners.len().div_ceil(NR) {
+            let (mut want, mut got) = (vec![7u32; words], vec![9u32; words]);
+            pack_panel(Arith::Bf16, plain, pi, &mut want);
+            for kernel in [Kernel::Portable, Kernel::Avx512] {
+                if kernel.available() {
+                    gather_panel(kernel, Arith::Bf16, with_pairs, pi, &mut got);
+                    assert_eq!(got, want, "{kernel:?} k {k} stride {stride} panel {pi}");
+                }
+            }
+        }
     }
 }

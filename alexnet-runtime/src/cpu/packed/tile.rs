@@ -13,6 +13,9 @@ pub(super) struct Tile<'a> {
     /// Values of `a` from one step to the next (in bf16, the odd row of K sits [`MR`]
     /// after the even one: A is packed, `a_row` 1).
     pub(super) a_step: usize,
+    /// In bf16 on [`Kernel::Avx512Bf16`]: A as pairs of K in words, `[step][MR]` (then
+    /// `a` is not read).
+    pub(super) pairs: Option<&'a [u32]>,
     pub(super) b: &'a [u32],
     pub(super) steps: usize,
     pub(super) c: &'a mut [f32],
@@ -43,10 +46,20 @@ macro_rules! by_rows {
 impl Tile<'_> {
     pub(super) fn run(self, arith: Arith, kernel: Kernel) {
         assert!(self.rows >= 1 && self.rows <= MR && self.cols <= NR && self.steps >= 1);
+        let dot = arith == Arith::Bf16 && kernel.dots();
+        if dot {
+            let pairs = self
+                .pairs
+                .expect("tile: bf16 dot products without pairs of A");
+            assert!(
+                self.steps.checked_mul(MR).is_some_and(|n| n <= pairs.len()),
+                "tile: A's pairs too short"
+            );
+        }
         let odd = match arith {
             Arith::F32 => 0,
             Arith::Bf16 => {
-                assert_eq!(self.a_row, 1, "tile: bf16 A not packed");
+                assert!(dot || self.a_row == 1, "tile: bf16 A not packed");
                 MR
             }
         };
@@ -57,7 +70,7 @@ impl Tile<'_> {
             .zip((self.steps - 1).checked_mul(self.a_step))
             .and_then(|(r, s)| r.checked_add(s)?.checked_add(odd));
         assert!(
-            a_last.is_some_and(|i| i < self.a.len()),
+            dot || a_last.is_some_and(|i| i < self.a.len()),
             "tile: A too short"
         );
         assert!(
@@ -71,13 +84,15 @@ impl Tile<'_> {
             "tile: C too short"
         );
         assert!(self.bias.is_none_or(|b| b.len() >= self.rows));
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if Kernel::Avx512.available() => {
-                by_rows!(self.rows, tile_avx512, self, arith)
-            }
-            _ => by_rows!(self.rows, tile_portable, self, arith),
+        #[cfg(target_arch = "x86_64")]
+        if dot {
+            return by_rows!(self.rows, tile_dot, self);
         }
+        #[cfg(target_arch = "x86_64")]
+        if kernel.avx512() {
+            return by_rows!(self.rows, tile_avx512, self, arith);
+        }
+        by_rows!(self.rows, tile_portable, self, arith)
     }
 
     /// Bias, ReLU and the store of the portable kernels.
@@ -136,6 +151,13 @@ fn tile_avx512<const R: usize>(mut t: Tile<'_>, arith: Arith) {
             Arith::Bf16 => avx512_bf16::<R>(&mut t),
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tile_dot<const R: usize>(mut t: Tile<'_>) {
+    // SAFETY: `Tile::run` checked that this CPU has AVX-512F and AVX512_BF16 (the target
+    // features the function enables) and asserted the lengths it relies on.
+    unsafe { avx512_dot::<R>(&mut t) }
 }
 
 /// The lanes of each of C's three vectors that lie inside the tile's `cols`.
@@ -278,6 +300,45 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
             let ae = _mm512_set1_ps(*even.add(r));
             for ((x, &h), &l) in row.iter_mut().zip(&hi).zip(&lo) {
                 *x = _mm512_fmadd_ps(ae, l, _mm512_fmadd_ps(ao, h, *x));
+            }
+        }
+    }
+    store_c::<R>(t, acc);
+}
+
+/// bf16 on `vdpbf16ps`: per step (two rows of K), three loads of B's words, R broadcasts
+/// of A's pairs and 3R dot products, each adding a pair of products to every f32 lane.
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; `t.pairs` holds `steps * MR` words, `t.b` `steps * NR`,
+/// `t.c` and `t.bias` as [`store_c`] needs; `R <= MR`, `cols <= NR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn avx512_dot<const R: usize>(t: &mut Tile<'_>) {
+    use std::arch::x86_64::*;
+    let mut acc = load_c::<R>(t);
+    let pairs = t.pairs.unwrap_or_default();
+    let (a, b) = (pairs.as_ptr(), t.b.as_ptr() as *const __m512i);
+    for s in 0..t.steps {
+        // SAFETY: `s * NR + 47 < steps * NR` and `s * MR + r < pairs.len()` (`Tile::run`).
+        let bp = b.add(s * 3);
+        if R <= STREAM_ROWS {
+            // As in `avx512_bf16`: a long panel of B streams from memory.
+            // SAFETY: a prefetch never faults (see `avx512_bf16`).
+            let ahead = bp.wrapping_add(3 * PREFETCH) as *const i8;
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
+            }
+        }
+        let w: [__m512bh; 3] = [0, 1, 2].map(|v| {
+            // SAFETY: as above; the bits of 32 bf16 values.
+            unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(v))) }
+        });
+        let ap = a.add(s * MR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*ap.add(r) as i32));
+            for (x, &wv) in row.iter_mut().zip(&w) {
+                *x = _mm512_dpbf16_ps(*x, av, wv);
             }
         }
     }

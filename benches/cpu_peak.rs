@@ -1,9 +1,10 @@
 //! The CPU's arithmetic ceilings per core and for every core together: AVX-512 f32 FMAs
 //! (`vfmadd231ps`) beside AVX512_BF16's dot product (`vdpbf16ps`, two bf16 products into
 //! each f32 lane), each on 28 independent accumulators so that latency does not hide the
-//! throughput. The evidence behind the bf16 micro-kernel's choice (cpu/packed/): where
-//! `vdpbf16ps` does not beat f32 FMAs in flops, the kernel widens bf16 to f32 and uses
-//! FMAs. `cargo bench --bench cpu_peak`.
+//! throughput. The evidence behind the bf16 micro-kernel's choice (cpu/packed/): on AMD's
+//! Zen 5 `vdpbf16ps` gives twice the f32 FMA's flops and the kernel uses it; on the Intel
+//! core measured before it gave half, and the kernel widens bf16 to f32 for FMAs there.
+//! `cargo bench --bench cpu_peak`.
 
 use std::time::Instant;
 

@@ -174,12 +174,14 @@ impl Cpu {
     }
 
     /// The micro-kernel of the bf16 products (and of [`ConvAlgorithm::Packed`]) on this
-    /// CPU: AVX-512 FMAs where the CPU has AVX-512F (unless `ALEXNET_CPU_PACKED=portable`),
-    /// a portable one otherwise. The fully connected layers stream their weights as bf16
-    /// and widen them to f32 in registers (their time is bytes); the convolutions keep
-    /// their operands, rounded to bf16, in f32 words (their time is arithmetic, and the
-    /// f32 kernel needs no widening), through Winograd's transforms on 3x3 and 5x5
-    /// stride-1 layers.
+    /// CPU: AVX512_BF16's `vdpbf16ps` where the CPU has it and it issues at the FMA's rate
+    /// (AMD's cores), AVX-512 FMAs on bf16 widened to f32 where the CPU has AVX-512F
+    /// (`ALEXNET_CPU_PACKED=portable`, `fma` or `dot` chooses), a portable one otherwise.
+    /// The fully connected layers stream their weights as bf16 (their time is bytes). The
+    /// convolutions run on bf16 pairs with `vdpbf16ps`, 5x5 stride-1 layers through
+    /// Winograd's transforms; without it they keep their operands, rounded to bf16, in
+    /// f32 words on the f32 kernel, through Winograd's transforms on 3x3 and 5x5 stride-1
+    /// layers.
     pub fn bf16_kernel(&self) -> &'static str {
         packed::Kernel::best().name()
     }

@@ -54,8 +54,9 @@ fn layers_compute_the_definition_on_rounded_operands() {
         ("T<16, 2, 2> { fc(100) }", &[8]),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    // bf16's own choice (Winograd on 3x3 and 5x5 stride-1 layers where the CPU has
-    // AVX-512), and each of its convolutions forced, so that both run on any CPU.
+    // bf16's own choice (Winograd on 5x5 stride-1 layers where the CPU has AVX-512, and
+    // on 3x3 ones too where bf16 does not run on `vdpbf16ps`), and each of its
+    // convolutions forced, so that both run on any CPU.
     let cpus = [
         ("auto", bf16_cpu()),
         (

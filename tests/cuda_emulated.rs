@@ -1600,6 +1600,56 @@ fn the_augmentation_kernel_cuts_the_cpu_s_patches_bit_for_bit() {
     }
 }
 
+/// `kernels` says where each stage's tile came from: a table's entry the layer takes
+/// ("tuned"), one it refuses (a tensor-core tile for an f32 layer: the heuristic's
+/// kernels are generated, and the report says so), or no entry (the heuristic).
+#[test]
+fn tile_sources_say_whether_the_layer_took_the_tables_tile() {
+    use alexnet::codegen::kernels::spec::MmaTile;
+    use alexnet::codegen::kernels::tuning::{Choice, Entry, Source, Table};
+    use alexnet::ir::Precision;
+    let plan: Plan =
+        alexnet::plan_from_str("T<8, 12, 12> { conv(40, 3, pad = 1, groups = 2) relu fc(40) }")
+            .unwrap();
+    let tunables = cuda::tunable(&plan, Precision::F32);
+    assert_eq!(tunables.len(), 2);
+    // Not the heuristic's own tile (the first candidate), so its kernels differ.
+    let taken = tunables[0].candidates[1].0;
+    let refused = Choice::Mma {
+        tile: MmaTile {
+            bm: 64,
+            bn: 64,
+            bk: 32,
+            warps_m: 2,
+            warps_n: 2,
+            stages: 4,
+        },
+        split: 1,
+    };
+    let mut table = Table::default();
+    for (t, choice) in tunables.iter().zip([taken, refused]) {
+        table.set(Entry {
+            key: t.key.clone(),
+            precision: Precision::F32,
+            batch: 128,
+            choice,
+            ms: 1.0,
+            heuristic_ms: 1.0,
+        });
+    }
+    let sources = cuda::tile_sources_in(&plan, Precision::F32, Some(&table), "sm_test");
+    let got: Vec<Source> = sources.into_iter().map(|(_, _, s)| s).collect();
+    assert_eq!(
+        got,
+        [
+            Source::Table("sm_test".into()),
+            Source::Refused("sm_test".into())
+        ]
+    );
+    let none = cuda::tile_sources_in(&plan, Precision::F32, None, "sm_test");
+    assert!(none.iter().all(|(_, _, s)| *s == Source::Heuristic));
+}
+
 /// Tiles from a tuning table (issue 17) change the generated kernels (their names and
 /// launch geometry say so), not the function they compute: a table with a tile other than
 /// the heuristic's for a grouped convolution and a fully connected layer, in f32 (SIMT), tf32

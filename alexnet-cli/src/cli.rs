@@ -388,6 +388,24 @@ type ParamBytes = dyn Fn(&alexnet::ir::Layer) -> usize;
 /// A stage's floating-point operations (a convolution's by the direct definition, whatever
 /// algorithm runs it) and the bytes it must move at least for `batch` images: input and
 /// output in f32, parameters as `param_bytes` says the backend reads them.
+/// Steps of each accumulator per thread when `bench` measures the cores' peak (about 5
+/// ms per try; the best of three, as a shorter run measured the core before its clock
+/// rose: 418 GFLOP/s of bf16 dot products at 200,000 steps where the long run gives 871).
+const PEAK_ITERS: usize = 1_000_000;
+
+/// The CPU's ceilings for `bench`'s roofline, in GFLOP/s and GB/s.
+#[derive(Clone, Copy)]
+struct Ceilings {
+    /// f32 FMAs (where the CPU has no AVX-512: the sgemm's rate).
+    f32: f64,
+    /// bf16 dot products, for the stages that run on them.
+    dot: f64,
+    read: f64,
+}
+
+/// Whether a layer's products run on bf16 dot products (`Cpu::dot_products`).
+type OnDots = dyn Fn(&alexnet::ir::Layer) -> bool;
+
 fn stage_work(
     plan: &alexnet::ir::Plan,
     stage: alexnet::ir::Stage,
@@ -426,27 +444,57 @@ fn bench(
     };
     let device = device.open()?;
     writeln!(ctx.out, "{} forward on {}", plan.name, device.name())?;
-    // On the CPU, each stage is put against the machine's own ceilings.
-    let ceilings = matches!(device, Device::Cpu(_)).then(|| {
-        let c = (
-            alexnet::runtime::cpu::probe::gemm_gflops(),
-            alexnet::runtime::cpu::probe::read_bandwidth(),
-        );
-        let _ = writeln!(
-            ctx.out,
-            "ceilings: sgemm 1024x1024x1024 {:.0} GFLOP/s, read {:.1} GB/s (measured now)",
-            c.0, c.1
-        );
-        c
-    });
-    // What the backend reads of each layer's parameters, and whether it may run Winograd.
-    let (param_bytes, winograd): (Box<ParamBytes>, bool) = match &device {
-        Device::Cpu(c) => {
-            let c = c.clone();
-            let winograd = c.uses_winograd();
-            (Box::new(move |l| c.param_bytes(l)), winograd)
+    // On the CPU, each stage is put against the machine's own ceilings: the cores'
+    // arithmetic peak (f32 FMAs, or bf16 dot products where the stage runs on them; the
+    // sgemm's rate where the CPU has no AVX-512) and the read bandwidth.
+    let ceilings = match &device {
+        Device::Cpu(cpu) => {
+            use alexnet::runtime::cpu::probe::{self, peak_gflops, Peak};
+            let threads = cpu.threads();
+            let sgemm = probe::gemm_gflops();
+            let best = |p| {
+                (0..3)
+                    .filter_map(|_| peak_gflops(p, threads, PEAK_ITERS))
+                    .reduce(f64::max)
+            };
+            let fma = best(Peak::Fma);
+            let dot = (cpu.precision() == alexnet::ir::Precision::Bf16)
+                .then(|| best(Peak::Bf16Dot))
+                .flatten();
+            let read = probe::read_bandwidth();
+            let peaks: String = [(Peak::Fma, fma), (Peak::Bf16Dot, dot)]
+                .iter()
+                .filter_map(|(p, r)| Some(format!("{} peak {:.0} GFLOP/s, ", p.name(), (*r)?)))
+                .collect();
+            writeln!(
+                ctx.out,
+                "ceilings: {peaks}sgemm 1024x1024x1024 {sgemm:.0} GFLOP/s, read {read:.1} GB/s (measured now)"
+            )?;
+            Some(Ceilings {
+                f32: fma.unwrap_or(sgemm),
+                dot: dot.unwrap_or(sgemm),
+                read,
+            })
         }
-        _ => (Box::new(|l| 4 * l.param_count()), false),
+        _ => None,
+    };
+    // What the backend reads of each layer's parameters, whether it may run Winograd, and
+    // which layers' products run on bf16 dot products.
+    let (param_bytes, winograd, on_dots): (Box<ParamBytes>, bool, Box<OnDots>) = match &device {
+        Device::Cpu(c) => {
+            let (c, d) = (c.clone(), c.clone());
+            let winograd = c.uses_winograd();
+            (
+                Box::new(move |l| c.param_bytes(l)),
+                winograd,
+                Box::new(move |l| d.dot_products(l)),
+            )
+        }
+        _ => (
+            Box::new(|l| 4 * l.param_count()),
+            false,
+            Box::new(|_| false),
+        ),
     };
     let t0 = Instant::now();
     let model = Model::init(device, plan.clone(), 0)?;
@@ -495,7 +543,12 @@ fn bench(
             .map(|((name, _), v)| format!("{name} {:.2}", median(v) * 1e3))
             .collect();
         writeln!(ctx.out, "  stages (ms): {}", per_stage.join(", "))?;
-        if let Some((gflops, gbs)) = ceilings {
+        if let Some(Ceilings {
+            f32,
+            dot,
+            read: gbs,
+        }) = ceilings
+        {
             // Timed stages by label (inference skips dropout).
             let by_label: std::collections::HashMap<String, alexnet::ir::Stage> = plan
                 .inference_stages()
@@ -509,10 +562,18 @@ fn bench(
                 .map(|(label, &st, v)| {
                     let (flops, bytes) = stage_work(plan, st, n, &param_bytes);
                     let secs = median(v);
+                    let gflops = if on_dots(&plan.layers[st.layer]) {
+                        dot
+                    } else {
+                        f32
+                    };
                     // Bound by memory when its arithmetic intensity is below the ridge.
                     if flops > 0.0 && flops / bytes >= gflops / gbs {
                         let r = flops / secs / 1e9;
-                        format!("{label} {r:.0} GFLOP/s ({:.0}%)", 100.0 * r / gflops)
+                        format!(
+                            "{label} {r:.0} GFLOP/s ({:.0}% of peak)",
+                            100.0 * r / gflops
+                        )
                     } else {
                         let r = bytes / secs / 1e9;
                         format!("{label} {r:.1} GB/s ({:.0}%)", 100.0 * r / gbs)

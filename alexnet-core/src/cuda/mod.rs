@@ -178,14 +178,41 @@ pub fn tile_sources(
     arch: &str,
 ) -> Vec<(String, String, Source)> {
     // As kernels_for: each architecture its own table, none for one without.
-    let (table, name) = (Table::builtin(arch), arch);
+    tile_sources_in(plan, precision, Table::builtin(arch), arch)
+}
+
+/// [`tile_sources`] with `table` (of architecture `name`) as the one the kernels are
+/// generated from.
+pub fn tile_sources_in(
+    plan: &Plan,
+    precision: Precision,
+    table: Option<&Table>,
+    name: &str,
+) -> Vec<(String, String, Source)> {
     plan.inference_stages()
         .into_iter()
         .filter_map(|stage| {
             let layer = &plan.layers[stage.layer];
-            let key = layer.op.kind().tuning_key(layer.input, layer.output)?;
+            let kind = layer.op.kind();
+            let key = kind.tuning_key(layer.input, layer.output)?;
             let source = match table.and_then(|t| t.get(&key, precision, TUNED_BATCH)) {
-                Some(_) => Source::Table(name.to_string()),
+                // A kind that refuses a tile generates the heuristic's kernels: the
+                // entry is taken if its kernels differ from those, or if it is the
+                // heuristic's own tile (a kind's first candidate).
+                Some(e) => {
+                    let tuned = context(plan, stage, false, precision, table);
+                    let plain = KernelCx {
+                        tuned: None,
+                        ..tuned
+                    };
+                    let taken = kind.forward_kernels(&tuned) != kind.forward_kernels(&plain)
+                        || kind.candidates(&plain).first() == Some(&e.choice);
+                    if taken {
+                        Source::Table(name.to_string())
+                    } else {
+                        Source::Refused(name.to_string())
+                    }
+                }
                 None => Source::Heuristic,
             };
             Some((plan.stage_label(stage), key, source))

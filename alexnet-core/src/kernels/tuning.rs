@@ -338,11 +338,13 @@ impl Table {
 /// Where a stage's tile came from, for `summary` and `kernels`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// An entry of the table of this architecture (which the layer kind takes unless its
-    /// template refuses the tile: only a hand-edited table has such an entry).
+    /// An entry of the table of this architecture, one of the layer's candidates.
     Table(String),
     /// The heuristic (no entry).
     Heuristic,
+    /// The heuristic, the table's entry being a tile the layer does not take (only a
+    /// hand-edited table, or one from another version of the templates, has one).
+    Refused(String),
 }
 
 impl fmt::Display for Source {
@@ -350,6 +352,9 @@ impl fmt::Display for Source {
         match self {
             Source::Table(arch) => write!(f, "tuned ({arch} table)"),
             Source::Heuristic => write!(f, "heuristic"),
+            Source::Refused(arch) => {
+                write!(f, "heuristic ({arch} table's entry refused by the layer)")
+            }
         }
     }
 }

@@ -83,12 +83,13 @@ fn image(
 /// [`forward`] on the packed micro-kernel (`packed/`): each image's im2col columns
 /// gathered a block at a time straight into the kernel's layout, the filters `w` read in
 /// place, bias and the fused ReLU in the kernel's epilogue. With `bf16`
-/// ([`Precision::Bf16`]) the inputs are rounded to bf16 as they are padded and `w` holds
-/// filters already rounded ([`packed::round_bf16`]): bf16 operands in f32 words, so that the
-/// products (exact in f32) run on the f32 kernel at its full rate, where the bf16 kernel's
-/// widening of packed pairs cost 5-7% on AlexNet's conv1 and conv2; or, where the kernel
-/// has `vdpbf16ps` ([`packed::Kernel::dots`]), on bf16 pairs of the same values (the
-/// same bits, twice the f32 kernel's flops on the CPUs where it is chosen).
+/// ([`Precision::Bf16`]) the inputs are rounded to bf16 as they are padded, and either
+/// `pairs` holds the filters in bf16 pairs ([`packed::pack_pairs`], each group's after the
+/// other; `w` is then not read) for a kernel with `vdpbf16ps` ([`packed::Kernel::dots`]:
+/// the same bits as the f32 kernel's, twice its flops on the CPUs where it is chosen), or
+/// `w` holds filters already rounded ([`packed::round_bf16`]): bf16 operands in f32 words,
+/// whose products (exact in f32) run on the f32 kernel at its full rate, where the
+/// widening bf16 kernel cost 5-7% on AlexNet's conv1 and conv2.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_packed(
     bf16: bool,
@@ -225,8 +226,9 @@ impl PackedCx<'_> {
         // bf16 operands in f32 words, or in pairs for `vdpbf16ps` where that pays (the
         // same bits as the f32 kernel's, at twice its flops there), the image's
         // neighbours paired so that most steps of K are one gather.
+        // (Pairs on a kernel without dot products: the product asserts.)
         let (arith, a, paired) = match self.pairs {
-            Some(p) if self.kernel.dots() => {
+            Some(p) => {
                 let per = p.len() / g.groups;
                 let a = packed::AOperand::Pairs(&p[grp * per..(grp + 1) * per]);
                 (Arith::Bf16, a, Some(packed::pair_neighbours(&xp)))

@@ -177,11 +177,12 @@ impl Cpu {
     /// CPU: AVX512_BF16's `vdpbf16ps` where the CPU has it and it issues at the FMA's rate
     /// (AMD's cores), AVX-512 FMAs on bf16 widened to f32 where the CPU has AVX-512F
     /// (`ALEXNET_CPU_PACKED=portable`, `fma` or `dot` chooses), a portable one otherwise.
-    /// The fully connected layers stream their weights as bf16 (their time is bytes). The
-    /// convolutions run on bf16 pairs with `vdpbf16ps`, 5x5 stride-1 layers through
-    /// Winograd's transforms; without it they keep their operands, rounded to bf16, in
-    /// f32 words on the f32 kernel, through Winograd's transforms on 3x3 and 5x5 stride-1
-    /// layers.
+    /// The fully connected layers stream their weights as bf16 (their time is bytes). With
+    /// `vdpbf16ps` the direct convolutions run on bf16 pairs, and under
+    /// [`ConvAlgorithm::Auto`] only 5x5 stride-1 layers go through Winograd's transforms;
+    /// without it the convolutions keep their operands, rounded to bf16, in f32 words on
+    /// the f32 kernel, and `Auto` takes Winograd on 3x3 and 5x5 stride-1 layers. Winograd's
+    /// products run on the f32 kernel either way, on rounded transformed operands.
     pub fn bf16_kernel(&self) -> &'static str {
         packed::Kernel::best().name()
     }
@@ -207,13 +208,34 @@ impl Cpu {
         winograd::taken(self.conv)
     }
 
-    /// Bytes of `layer`'s parameters a forward pass of this backend reads: f32, except a
-    /// fully connected layer's weights in bf16 (the convolutions keep their bf16-rounded
-    /// filters in f32 words). For `bench`'s roofline.
+    /// Bytes of `layer`'s parameters a forward pass of this backend reads: f32, except in
+    /// bf16 a fully connected layer's weights, and the filters of a direct convolution on
+    /// `vdpbf16ps` (in pairs: 2 bytes each). Elsewhere the bf16 filters stay rounded f32
+    /// words, and Winograd's transformed filters are counted as the filters themselves.
+    /// For `bench`'s roofline.
     pub fn param_bytes(&self, layer: &Layer) -> usize {
         match layer.op {
             Op::Fc(fc) => fc::param_bytes(layer.input.len(), fc.out, self.precision),
+            // bf16 pairs of the filters, the bias in f32.
+            Op::Conv(c) if self.dot_products(layer) => {
+                2 * (layer.param_count() - c.out) + 4 * c.out
+            }
             _ => 4 * layer.param_count(),
+        }
+    }
+
+    /// Whether `layer`'s forward products run on AVX512_BF16's `vdpbf16ps` here (a fully
+    /// connected layer, or a convolution that Winograd does not take, in bf16 on a kernel
+    /// with dot products): `bench` puts them against that instruction's peak.
+    pub fn dot_products(&self, layer: &Layer) -> bool {
+        let dots = self.precision == Precision::Bf16 && packed::Kernel::best().dots();
+        match layer.op {
+            Op::Fc(_) => dots,
+            Op::Conv(c) => {
+                let g = c.gemm(layer.input, layer.output);
+                dots && !winograd::applies(&g, self.conv, self.precision, 1)
+            }
+            _ => false,
         }
     }
 

@@ -9,15 +9,17 @@
 //! - [`Freshness::Epoch`]: it keeps the backend's weight epoch when it was made (bumped
 //!   whenever the backend may have changed a weight: see `Cpu::weights_changed`) and a
 //!   sample of the weights, and is reused while both agree. For the bf16 layouts only
-//!   (the fully connected layers' panels, the convolutions' rounded filters, Winograd's
-//!   filters transformed from rounded ones), whose point is to read fewer bytes than the
+//!   (the fully connected layers' panels, the convolutions' rounded filters or, for
+//!   `vdpbf16ps`, their pairs, Winograd's filters transformed from rounded ones), whose
+//!   point is to read fewer bytes than the
 //!   f32 weights: a full comparison would read them all again on every call. (f32 packs
 //!   compare: today only Winograd's transformed filters, which `ConvAlgorithm::Auto`
 //!   takes for 5x5 layers and, from batch 2, 3x3 ones. The f32 packed convolution keeps
 //!   no copy at all: it reads its filters in place.)
 //!
 //! The caller's key names the layout as well as the layer (`fc6/Bf16`, `conv1/bf16`,
-//! `conv3/winograd/F32/k3g1c256o384`), so that two layouts of one tensor never stand in
+//! `conv1/bf16-pairs`, `conv3/winograd/F32/k3g1c256o384`), so that two layouts of one
+//! tensor never stand in
 //! for each other.
 
 use std::any::{Any, TypeId};

@@ -1,7 +1,8 @@
-//! The machine's own ceilings, for the CPU bench's roofline: the rate of the backend's
-//! matrix multiply on a large square product (what a convolution or fully connected layer
-//! can reach at best here) and a STREAM-like read bandwidth (what bounds a layer that
-//! streams its weights once, as fc6-fc8 do at batch 1).
+//! The machine's own ceilings, for the CPU bench's roofline: the cores' arithmetic peak
+//! (AVX-512 FMAs, and AVX512_BF16's dot products where the CPU has them: [`peak_gflops`]),
+//! the rate of the backend's matrix multiply on a large square product, and a STREAM-like
+//! read bandwidth (what bounds a layer that streams its weights once, as fc6-fc8 do at
+//! batch 1).
 
 use std::time::Instant;
 
@@ -68,4 +69,108 @@ fn sum(v: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// An instruction whose peak rate [`peak_gflops`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peak {
+    /// `vfmadd231ps zmm`: 16 f32 multiply-adds, 32 flops.
+    Fma,
+    /// `vdpbf16ps zmm`: 16 lanes of two bf16 products added to f32, 64 flops.
+    Bf16Dot,
+}
+
+impl Peak {
+    /// The instruction's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peak::Fma => "vfmadd231ps zmm",
+            Peak::Bf16Dot => "vdpbf16ps zmm",
+        }
+    }
+}
+
+/// Independent accumulators per thread, so that the instruction's latency does not hide
+/// its throughput.
+const CHAINS: usize = 28;
+
+/// GFLOP/s of `peak`'s instruction on `threads` threads at once, each stepping 28
+/// independent accumulators `iters` times; `None` where the CPU lacks the instruction.
+/// `cargo bench --bench cpu_peak` runs it long; `bench` briefly, for its roofline.
+pub fn peak_gflops(peak: Peak, threads: usize, iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (run, flops): (fn(usize) -> f32, f64) = match peak {
+            Peak::Fma if is_x86_feature_detected!("avx512f") => {
+                // SAFETY: AVX-512F was detected just above.
+                (|n| unsafe { chains::fma(n) }, 32.0)
+            }
+            Peak::Bf16Dot
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bf16") =>
+            {
+                // SAFETY: AVX-512F and AVX512_BF16 were detected just above.
+                (|n| unsafe { chains::dot_bf16(n) }, 64.0)
+            }
+            _ => return None,
+        };
+        let threads = threads.max(1);
+        let t = Instant::now();
+        let sums: Vec<f32> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(move || run(iters))).collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).collect()
+        });
+        std::hint::black_box(sums);
+        Some((threads * CHAINS * iters) as f64 * flops / t.elapsed().as_secs_f64() / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (peak, threads, iters);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod chains {
+    use super::CHAINS;
+    use std::arch::x86_64::*;
+
+    /// [`CHAINS`] independent accumulators, each stepped `iters` times by `step`, then
+    /// summed (so that nothing is optimised away). Inlined into its callers, whose target
+    /// features compile it.
+    #[inline(always)]
+    fn chains(iters: usize, step: impl Fn(__m512) -> __m512) -> f32 {
+        // SAFETY: only ever inlined into the AVX-512F functions below.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = step(*x);
+                }
+            }
+            let s = acc
+                .iter()
+                .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+            _mm512_reduce_add_ps(s)
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma(iters: usize) -> f32 {
+        let (a, b) = (_mm512_set1_ps(1.0001), _mm512_set1_ps(0.9999));
+        chains(iters, |x| _mm512_fmadd_ps(a, b, x))
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_bf16(iters: usize) -> f32 {
+        // Pairs of bf16 ones and of 1 + 2^-7: each lane adds about 2 per instruction.
+        // SAFETY: the bits of 32 bf16 values, reinterpreted.
+        let a = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f80_3f80)) };
+        let b = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3f81_3f81)) };
+        chains(iters, |x| _mm512_dpbf16_ps(x, a, b))
+    }
 }

@@ -749,6 +749,7 @@ mod tests {
         let dots = Kernel::best().dots();
         assert_eq!(applies(&geom(3, 1), auto, bf16, 1), avx512 && !dots);
         assert_eq!(applies(&geom(5, 1), auto, bf16, 16), avx512);
+        assert_eq!(applies(&geom(3, 1), auto, bf16, 16), avx512 && !dots);
         assert!(!applies(&geom(3, 2), auto, f32, 16));
         assert!(!applies(&geom(11, 1), auto, f32, 16));
         assert!(applies(&geom(3, 1), ConvAlgorithm::Winograd, f32, 1));

@@ -1,6 +1,6 @@
 //! The operands' layouts: A packed in blocks of rows ([`pack_a`]), B packed in panels
 //! ([`pack_b`], [`pack_b_transposed`]) or gathered a block of one panel at a time
-//! ([`gather_panel`], with AVX-512 gathers where the kernel is the AVX-512 one).
+//! ([`gather_panel`], with AVX-512 gathers where the kernel is an AVX-512 one).
 
 use rayon::prelude::*;
 
@@ -38,32 +38,30 @@ pub struct Gather<'a> {
     pub src: &'a [f32],
     pub rows: &'a [u32],
     pub cols: &'a [u32],
-    /// In bf16, optionally: `src`'s values already rounded to bf16, and word `i` the
-    /// pair of `src[i]` (low half) and `src[i + 1]` (high half) ([`pair_neighbours`]),
-    /// so that a step whose two rows are neighbours (`rows[2s + 1] = rows[2s] + 1`: a
-    /// convolution's taps along a filter row) is one gather instead of two and needs no
-    /// rounding.
+    /// In bf16, optionally: word `i` the pair of `src[i]` (low half) and `src[i + 1]`
+    /// (high half), rounded to bf16 ([`pair_neighbours`]), so that a step whose two rows
+    /// are neighbours (`rows[2s + 1] = rows[2s] + 1`: a convolution's taps along a filter
+    /// row) is one gather of ready words instead of two gathers and their rounding.
     pub paired: Option<&'a [u32]>,
 }
 
 crate::cpu::simd::wide! {
-    /// [`Gather::paired`] for `src` (values already rounded to bf16): word `i` holds
-    /// `src[i]`'s bf16 bits in its low half and `src[i + 1]`'s (zero past the end) in its
-    /// high half.
+    /// [`Gather::paired`] for `src`: word `i` holds `src[i]` rounded to bf16 in its low
+    /// half and `src[i + 1]` (zero past the end) in its high half.
     pub fn pair_neighbours(src: &[f32]) -> Vec<u32> {
         let mut out = vec![0u32; src.len()];
         for (i, o) in out.iter_mut().enumerate() {
-            let next = src.get(i + 1).map_or(0, |v| v.to_bits() & 0xffff_0000);
-            *o = src[i].to_bits() >> 16 | next;
+            let next = src.get(i + 1).map_or(0, |&v| bf16_bits(v));
+            *o = bf16_bits(src[i]) | next << 16;
         }
         out
     }
 }
 
 impl Gather<'_> {
-    /// Panics if an element lies outside `src`.
-    /// Panics if an element lies outside `src`, or a column offset does not fit an `i32`
-    /// (the AVX-512 gather's signed indices).
+    /// Panics if an element lies outside `src`, a column offset does not fit an `i32`
+    /// (the AVX-512 gather's signed indices), or [`Gather::paired`] is not as long as
+    /// `src`.
     pub(super) fn check(&self) {
         assert!(
             self.paired.is_none_or(|p| p.len() == self.src.len()),
@@ -163,8 +161,10 @@ pub(super) fn gather_panel(kernel: Kernel, arith: Arith, b: Gather<'_>, pi: usiz
 }
 
 /// [`gather_panel`]'s AVX-512 body: per step, three masked 16-lane gathers of a row of B
-/// (the columns outside the panel zero); in bf16 two rows, rounded as [`bf16_bits`]
-/// rounds and paired in each word.
+/// (the columns outside the panel zero), or in f32, for two steps whose rows are
+/// neighbours, 8-lane gathers of both values split into the two steps; in bf16 two rows,
+/// rounded as [`bf16_bits`] rounds and paired in each word, or one gather of
+/// [`Gather::paired`]'s words where the two rows are neighbours.
 ///
 /// # Safety
 /// AVX-512F; as asserted by [`gather_panel`].
@@ -199,12 +199,55 @@ unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [
         let quiet = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
         _mm512_mask_blend_epi32(nan, rounded, quiet)
     };
+    // f32: two steps whose rows are neighbours (a convolution's taps along a filter row)
+    // in 8-lane gathers of both values at once, then split into the two steps: half the
+    // gathered elements of two 16-lane gathers per row.
+    let neighbours = |r: u32| -> [[__m512i; 3]; 2] {
+        let base = src.wrapping_add(r as usize).cast::<i64>();
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        let mut both = [[_mm512_setzero_si512(); 3]; 2];
+        for v in 0..3 {
+            let half = |lanes: __m256i, mask: u16| {
+                // SAFETY: lane `j` reads `src[r + cols[j]]` and `src[r + 1 + cols[j]]`,
+                // both inside `src`: `r + 1` is a row of the gather too (the caller's
+                // test), and `Gather::check` bounds every row plus every column; the
+                // lanes outside the mask are not read.
+                unsafe {
+                    _mm512_mask_i32gather_epi64::<4>(
+                        _mm512_setzero_si512(),
+                        mask as u8,
+                        lanes,
+                        base,
+                    )
+                }
+            };
+            let lo = half(_mm512_castsi512_si256(idx[v]), m[v] & 0xff);
+            let hi = half(_mm512_extracti64x4_epi64::<1>(idx[v]), m[v] >> 8);
+            both[0][v] = _mm512_permutex2var_epi32(lo, even, hi);
+            both[1][v] = _mm512_permutex2var_epi32(lo, odd, hi);
+        }
+        both
+    };
     let out = op.as_mut_ptr();
-    for s in 0..op.len() / NR {
+    let steps = op.len() / NR;
+    let mut s = 0;
+    while s < steps {
+        let next = b.rows.get(s + 1).filter(|_| s + 1 < steps);
+        if arith == Arith::F32 && next.is_some_and(|&r| b.rows[s].checked_add(1) == Some(r)) {
+            for (t, words) in neighbours(b.rows[s]).into_iter().enumerate() {
+                for (v, w) in words.into_iter().enumerate() {
+                    // SAFETY: steps `s` and `s + 1` of `op` hold `NR` words each.
+                    unsafe { _mm512_storeu_si512(out.add((s + t) * NR + v * 16).cast(), w) };
+                }
+            }
+            s += 2;
+            continue;
+        }
         let words = match arith {
             Arith::F32 => row(b.rows[s]),
             Arith::Bf16 => match (b.paired, b.rows.get(2 * s + 1)) {
-                (Some(p), Some(&odd)) if odd == b.rows[2 * s] + 1 => {
+                (Some(p), Some(&odd)) if b.rows[2 * s].checked_add(1) == Some(odd) => {
                     // SAFETY (of the closure's gathers): `paired` is as long as `src`
                     // (`Gather::check`), so the same offsets lie inside it.
                     let base = p
@@ -229,6 +272,7 @@ unsafe fn gather_panel_avx512(arith: Arith, b: Gather<'_>, pi: usize, op: &mut [
             // SAFETY: step `s` of `op` holds `NR` words.
             unsafe { _mm512_storeu_si512(out.add(s * NR + v * 16).cast(), w) };
         }
+        s += 1;
     }
 }
 

@@ -39,7 +39,8 @@
 //! the same order (f32 with `mul_add`, bf16 with a multiply and an add, exact products
 //! rounding once either way): the same bits as the AVX-512 ones, except where a bf16
 //! product leaves f32's normal range (below 2^-126 or above its largest value), which
-//! the portable kernel rounds, the FMA does not, and `vdpbf16ps` flushes to zero.
+//! the portable kernel rounds and the FMA does not, and where a value, a product or a
+//! partial sum is subnormal, which `vdpbf16ps` flushes to zero.
 //!
 //! The only `unsafe` is the AVX-512 code (the micro-kernels, the gather of B and CPUID): its
 //! intrinsics and pointer arithmetic, with every bound asserted before the call.
@@ -188,7 +189,7 @@ impl Kernel {
     /// Whether this is an AVX-512 kernel that this CPU runs (the f32 products, the
     /// gathers and the narrow product are the same in both).
     pub fn avx512(self) -> bool {
-        self != Kernel::Portable && self.available()
+        self != Kernel::Portable && Kernel::Avx512.available()
     }
 
     /// Whether bf16 products run on `vdpbf16ps` (A then in pairs of K, [`pair_a`]).
@@ -226,10 +227,11 @@ fn dot_pays() -> bool {
     false
 }
 
-/// Rows `m0..` (a multiple of [`MR`]) of an A in `arith` (in bf16: rounded to bf16 as
-/// read), steps `s0..s0 + kc` of its K, as bf16 pairs for `vdpbf16ps`: `[block][step][MR]`
-/// words, each the even value of K in its low half and the odd one in its high half
-/// (the layout of B's words), rows beyond `m` and K beyond `k` zero.
+/// Steps `s0..s0 + kc` of the K of a bf16 A (`m x k`) as pairs for `vdpbf16ps`:
+/// `[block][step][MR]` words, each the even value of K in its low half and the odd one in
+/// its high half (the layout of B's words), rows beyond `m` and K beyond `k` zero. Rows
+/// read in place are rounded to bf16 here; `pack_a`'s values already are, and pairs are
+/// copied.
 fn pair_a(a: AOperand<'_>, (m, k): (usize, usize), (s0, kc): (usize, usize), out: &mut Vec<u32>) {
     let blocks = m.div_ceil(MR);
     out.clear();

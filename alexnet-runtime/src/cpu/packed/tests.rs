@@ -87,16 +87,31 @@ fn every_kernel_computes_the_product_of_its_operands() {
                 ld: lda,
             };
             let pairs = pack_pairs(&a_wide, m, k, lda);
+            // B gathered from its transpose (`n x k`): the rows of a step are neighbours,
+            // as a convolution's taps along a filter row are (two at a time in f32, and
+            // in bf16 from the source's pairs).
+            let bt: Vec<f32> = (0..n * k).map(|i| b[i % k * n + i / k]).collect();
+            let bt_pairs = pair_neighbours(&bt);
+            let rows: Vec<u32> = (0..k as u32).collect();
+            let cols: Vec<u32> = (0..n).map(|j| (j * k) as u32).collect();
+            let transposed = Gather {
+                src: &bt,
+                rows: &rows,
+                cols: &cols,
+                paired: (arith == Arith::Bf16).then_some(&bt_pairs[..]),
+            };
             let mut forms = vec![
                 (AOperand::Packed(&pa), BOperand::Packed(&pb)),
                 (AOperand::Packed(&pa), BOperand::Gather(matrix(&b, k, n))),
                 (a_rows, BOperand::Gather(matrix(&b, k, n))),
                 (a_rows, BOperand::Packed(&pb)),
+                (AOperand::Packed(&pa), BOperand::Gather(transposed)),
             ];
             if arith == Arith::Bf16 {
                 // Pairs of A: only for the dot products (skipped below for the others).
                 forms.push((AOperand::Pairs(&pairs), BOperand::Packed(&pb)));
                 forms.push((AOperand::Pairs(&pairs), BOperand::Gather(matrix(&b, k, n))));
+                forms.push((AOperand::Pairs(&pairs), BOperand::Gather(transposed)));
             }
             let want = reference(arith, &a, &b, (m, n, k));
             let bias = data(m, 3);
@@ -254,7 +269,7 @@ fn the_narrow_product_matches_the_definition_with_the_same_bits_everywhere() {
         let x = data(n * k, 7);
         let b = pack_narrow(&x, n, k);
         let mut outs = Vec::new();
-        for kernel in [Kernel::Portable, Kernel::Avx512] {
+        for kernel in [Kernel::Portable, Kernel::Avx512, Kernel::Avx512Bf16] {
             if !kernel.available() {
                 continue;
             }
@@ -298,9 +313,10 @@ fn transposed_packing_is_the_transpose() {
     }
 }
 
-/// A convolution's gather in bf16 with its source's neighbours paired (one gather for a
-/// step whose two taps are neighbours along a filter row) packs the words of the plain
-/// packing, for odd and even filter widths, strides and a ragged last panel.
+/// A convolution's gather (whose taps along a filter row are neighbours: gathered two at
+/// a time in f32, and in bf16 from the source's neighbours paired) packs the words of the
+/// plain packing, in f32 and bf16, for odd and even filter widths, strides and a ragged
+/// last panel; the source unrounded, so that the pairs' rounding is checked too.
 #[test]
 fn a_paired_gather_packs_what_the_packing_does() {
     for (k, stride, (hp, wp)) in [
@@ -309,10 +325,7 @@ fn a_paired_gather_packs_what_the_packing_does() {
         (11, 4, (23, 27)),
     ] {
         let c = 3;
-        let src: Vec<f32> = data(c * hp * wp, 5)
-            .iter()
-            .map(|&v| round_bf16(v))
-            .collect();
+        let src = data(c * hp * wp, 5);
         let paired = pair_neighbours(&src);
         let taps: Vec<u32> = (0..c * k * k)
             .map(|r| (((r / (k * k)) * hp + r / k % k) * wp + r % k) as u32)
@@ -331,14 +344,18 @@ fn a_paired_gather_packs_what_the_packing_does() {
             paired: Some(&paired),
             ..plain
         };
-        let words = Arith::Bf16.steps(taps.len()) * NR;
-        for pi in 0..corners.len().div_ceil(NR) {
-            let (mut want, mut got) = (vec![7u32; words], vec![9u32; words]);
-            pack_panel(Arith::Bf16, plain, pi, &mut want);
-            for kernel in [Kernel::Portable, Kernel::Avx512] {
-                if kernel.available() {
-                    gather_panel(kernel, Arith::Bf16, with_pairs, pi, &mut got);
-                    assert_eq!(got, want, "{kernel:?} k {k} stride {stride} panel {pi}");
+        for arith in [Arith::F32, Arith::Bf16] {
+            let words = arith.steps(taps.len()) * NR;
+            for pi in 0..corners.len().div_ceil(NR) {
+                let mut want = vec![7u32; words];
+                pack_panel(arith, plain, pi, &mut want);
+                for kernel in [Kernel::Avx512, Kernel::Avx512Bf16] {
+                    if kernel.available() {
+                        let mut got = vec![9u32; words];
+                        gather_panel(kernel, arith, with_pairs, pi, &mut got);
+                        let at = format!("{arith:?} {kernel:?} k {k} stride {stride} panel {pi}");
+                        assert_eq!(got, want, "{at}");
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The micro-kernels: one `MR x NR` tile of C from some steps of K, the portable one and
-//! the AVX-512 ones (f32, and bf16 widened to f32 for FMAs), bias and ReLU as C is stored.
+//! the AVX-512 ones (f32; bf16 widened to f32 for FMAs, or on AVX512_BF16's `vdpbf16ps`),
+//! bias and ReLU as C is stored.
 
 use super::{holds, Arith, Kernel, MR, NR};
 
@@ -256,6 +257,24 @@ const STREAM_ROWS: usize = 4;
 /// Steps of B (192 bytes each) prefetched ahead.
 const PREFETCH: usize = 48;
 
+/// Asks for the step of B [`PREFETCH`] steps after `step` (its three 64-byte lines). For a
+/// few rows of A against a long panel of B (a fully connected layer at a small batch): B
+/// streams from memory, and asking for it ahead keeps more of its lines in flight than
+/// the hardware's prefetchers do.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_step(step: *const std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    let ahead = step.wrapping_add(3 * PREFETCH) as *const i8;
+    for line in 0..3 {
+        // SAFETY: a prefetch is a hint: it reads nothing architecturally and never
+        // faults, so an address past the end of B (the last PREFETCH steps ask for lines
+        // beyond it) is harmless; `wrapping_add` makes that address without `add`'s
+        // requirement to stay inside the allocation.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line)) };
+    }
+}
+
 /// bf16: per step (two rows of K), three loads of B widened to six f32 vectors (the odd
 /// rows masked out of the high halves, the even ones shifted up), 2R broadcasts of A and
 /// 6R FMAs, the odd row first.
@@ -274,17 +293,7 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
         // (`Tile::run`).
         let bp = b.add(s * 3);
         if R <= STREAM_ROWS {
-            // A few rows of A against a long panel of B (a fully connected layer at a
-            // small batch): B streams from memory, and asking for it PREFETCH steps
-            // ahead keeps more of its lines in flight than the hardware's prefetchers do.
-            // SAFETY: a prefetch is a hint: it reads nothing architecturally and never
-            // faults, so an address past the end of B (the last PREFETCH steps ask for
-            // lines beyond it) is harmless; `wrapping_add` makes that address without
-            // `add`'s requirement to stay inside the allocation.
-            let ahead = bp.wrapping_add(3 * PREFETCH) as *const i8;
-            for line in 0..3 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-            }
+            prefetch_step(bp);
         }
         let w = [
             _mm512_loadu_si512(bp),
@@ -323,12 +332,7 @@ unsafe fn avx512_dot<const R: usize>(t: &mut Tile<'_>) {
         // SAFETY: `s * NR + 47 < steps * NR` and `s * MR + r < pairs.len()` (`Tile::run`).
         let bp = b.add(s * 3);
         if R <= STREAM_ROWS {
-            // As in `avx512_bf16`: a long panel of B streams from memory.
-            // SAFETY: a prefetch never faults (see `avx512_bf16`).
-            let ahead = bp.wrapping_add(3 * PREFETCH) as *const i8;
-            for line in 0..3 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-            }
+            prefetch_step(bp);
         }
         let w: [__m512bh; 3] = [0, 1, 2].map(|v| {
             // SAFETY: as above; the bits of 32 bf16 values.

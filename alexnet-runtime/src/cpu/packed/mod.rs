@@ -73,6 +73,10 @@ pub const NR: usize = 48;
 /// Steps of K per block of the loop.
 const KC: usize = 128;
 
+/// A packed B is streamed a whole panel at a time for at most this many row blocks of A
+/// (the first block reads each panel from memory, prefetching it, the second from L2).
+const STREAMED_BLOCKS: usize = 2;
+
 /// The arithmetic of the operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arith {
@@ -572,10 +576,8 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
     // and a packed B is streamed a whole panel at a time instead: one contiguous run per
     // panel for the prefetchers, where blocks of K made runs of 24 KiB a panel apart
     // (fc6 in bf16 at batch 1 read its weights at 15 GB/s that way, f32's rows at 25).
-    let kc_max = match ops.b {
-        BOperand::Packed(_) if blocks == 1 => steps,
-        _ => KC,
-    };
+    let streamed = matches!(ops.b, BOperand::Packed(_)) && blocks <= STREAMED_BLOCKS;
+    let kc_max = if streamed { steps } else { KC };
     // In bf16: A's block of K as pairs of words for `vdpbf16ps`, or (rows of A read in
     // place, for the FMA kernels) packed as `pack_a` packs it.
     let dots = arith == Arith::Bf16 && kernel.dots();
@@ -638,6 +640,7 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
                         None
                     },
                     relu: last && ep.relu,
+                    stream: streamed && blk == 0,
                 };
                 tile.run(arith, kernel);
             }

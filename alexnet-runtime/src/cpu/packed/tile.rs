@@ -27,6 +27,9 @@ pub(super) struct Tile<'a> {
     pub(super) first: bool,
     pub(super) bias: Option<&'a [f32]>,
     pub(super) relu: bool,
+    /// B streams from memory (the first row block over a packed panel read whole): the
+    /// bf16 kernels prefetch it ahead.
+    pub(super) stream: bool,
 }
 
 macro_rules! by_rows {
@@ -252,15 +255,13 @@ unsafe fn avx512_f32<const R: usize>(t: &mut Tile<'_>) {
     store_c::<R>(t, acc);
 }
 
-/// Tiles of at most this many rows prefetch B ([`avx512_bf16`]).
-const STREAM_ROWS: usize = 4;
 /// Steps of B (192 bytes each) prefetched ahead.
 const PREFETCH: usize = 48;
 
-/// Asks for the step of B [`PREFETCH`] steps after `step` (its three 64-byte lines). For a
-/// few rows of A against a long panel of B (a fully connected layer at a small batch): B
-/// streams from memory, and asking for it ahead keeps more of its lines in flight than
-/// the hardware's prefetchers do.
+/// Asks for the step of B [`PREFETCH`] steps after `step` (its three 64-byte lines). For
+/// the first row block of A against a long packed panel of B (a fully connected layer at
+/// a small batch): B streams from memory, and asking for it ahead keeps more of its lines
+/// in flight than the hardware's prefetchers do.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_step(step: *const std::arch::x86_64::__m512i) {
@@ -292,7 +293,7 @@ unsafe fn avx512_bf16<const R: usize>(t: &mut Tile<'_>) {
         // SAFETY: `s * NR + 47 < steps * NR` and `s * a_step + MR + r < a.len()`
         // (`Tile::run`).
         let bp = b.add(s * 3);
-        if R <= STREAM_ROWS {
+        if t.stream {
             prefetch_step(bp);
         }
         let w = [
@@ -331,7 +332,7 @@ unsafe fn avx512_dot<const R: usize>(t: &mut Tile<'_>) {
     for s in 0..t.steps {
         // SAFETY: `s * NR + 47 < steps * NR` and `s * MR + r < pairs.len()` (`Tile::run`).
         let bp = b.add(s * 3);
-        if R <= STREAM_ROWS {
+        if t.stream {
             prefetch_step(bp);
         }
         let w: [__m512bh; 3] = [0, 1, 2].map(|v| {

@@ -458,10 +458,15 @@ impl Memory for Cpu {
                 self.threads(),
                 self.bf16_kernel()
             ),
+            // f32: the same FMA kernel whether or not bf16 would take dot products.
             _ if self.conv.packed() => format!(
                 "cpu ({} threads, convolutions: {}{winograd}, other products: {})",
                 self.threads(),
-                packed::Kernel::best().name(),
+                if packed::Kernel::best().avx512() {
+                    packed::Kernel::Avx512.name()
+                } else {
+                    packed::Kernel::Portable.name()
+                },
                 self.gemm()
             ),
             _ => format!(

@@ -572,10 +572,11 @@ fn rows(kernel: Kernel, ops: Operands<'_>, c: &mut [f32], ldc: usize, ep: Epilog
     // B's gathered steps (only for `BOperand::Gather`).
     let mut gathered = [0u32; KC * NR];
     // Blocks of K keep a slice of B in L1 while every row block passes over it. With one
-    // row block (a fully connected layer at batches up to MR) there is nothing to keep,
-    // and a packed B is streamed a whole panel at a time instead: one contiguous run per
-    // panel for the prefetchers, where blocks of K made runs of 24 KiB a panel apart
-    // (fc6 in bf16 at batch 1 read its weights at 15 GB/s that way, f32's rows at 25).
+    // or two row blocks (a fully connected layer at batches up to 2 MR) there is little
+    // to keep, and a packed B is streamed a whole panel at a time instead, the first
+    // block prefetching it and the second finding it in L2: one contiguous run per panel
+    // for the prefetchers, where blocks of K made runs of 24 KiB a panel apart (fc6 in
+    // bf16 at batch 1 read its weights at 15 GB/s that way, f32's rows at 25).
     let streamed = matches!(ops.b, BOperand::Packed(_)) && blocks <= STREAMED_BLOCKS;
     let kc_max = if streamed { steps } else { KC };
     // In bf16: A's block of K as pairs of words for `vdpbf16ps`, or (rows of A read in

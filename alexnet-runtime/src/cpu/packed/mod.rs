@@ -234,8 +234,8 @@ fn dot_pays() -> bool {
 /// Steps `s0..s0 + kc` of the K of a bf16 A (`m x k`) as pairs for `vdpbf16ps`:
 /// `[block][step][MR]` words, each the even value of K in its low half and the odd one in
 /// its high half (the layout of B's words), rows beyond `m` and K beyond `k` zero. Rows
-/// read in place are rounded to bf16 here; `pack_a`'s values already are, and pairs are
-/// copied.
+/// read in place are rounded to bf16 here; `pack_a`'s values already are. A that is
+/// already in pairs is read where it is, never through here.
 fn pair_a(a: AOperand<'_>, (m, k): (usize, usize), (s0, kc): (usize, usize), out: &mut Vec<u32>) {
     let blocks = m.div_ceil(MR);
     out.clear();
@@ -249,12 +249,7 @@ fn pair_a(a: AOperand<'_>, (m, k): (usize, usize), (s0, kc): (usize, usize), out
                 pair_packed(src, ob);
             }
         }
-        AOperand::Pairs(p) => {
-            let steps = Arith::Bf16.steps(k);
-            for (blk, ob) in out.chunks_mut(kc * MR).enumerate() {
-                ob.copy_from_slice(&p[(blk * steps + s0) * MR..][..kc * MR]);
-            }
-        }
+        AOperand::Pairs(_) => unreachable!("pairs are read in place"),
         AOperand::Rows { data, ld } => {
             for (blk, ob) in out.chunks_mut(kc * MR).enumerate() {
                 for r in 0..MR.min(m - blk * MR) {
@@ -330,13 +325,9 @@ pub fn pack_pairs(a: &[f32], m: usize, k: usize, ld: usize) -> Vec<u32> {
         k > 0 && ld >= k && holds(a.len(), m, ld, k),
         "pack_pairs: A too short"
     );
-    let steps = Arith::Bf16.steps(k);
-    let mut out = vec![0u32; m.div_ceil(MR) * steps * MR];
-    for (blk, ob) in out.chunks_mut(steps * MR).enumerate() {
-        for r in 0..MR.min(m - blk * MR) {
-            pair_row(&a[(blk * MR + r) * ld..][..k], &mut ob[r..]);
-        }
-    }
+    let mut out = Vec::new();
+    let rows = AOperand::Rows { data: a, ld };
+    pair_a(rows, (m, k), (0, Arith::Bf16.steps(k)), &mut out);
     out
 }
 

@@ -41,7 +41,7 @@
 //
 // The device functions below name the operands as a layer does: a is the input x, b the
 // weights w, c the output y (a fully connected layer's forward pass with --precision
-// tf32).
+// tf32); a convolution's input gradient (conv_mma_dgrad_*) reads dy and w and writes dx.
 #ifndef ALEXNET_GEMM_MMA_CUH
 #define ALEXNET_GEMM_MMA_CUH
 #ifndef ALEXNET_HOST_EMULATION
@@ -122,14 +122,51 @@ __device__ __forceinline__ void stage_chunk(uint4* dst, const Value& value) {
     st_shared_16(dst, uint4{wd[0], wd[1], wd[2], wd[3]});
 }
 
+// What the GEMM's operands are: matrices in memory (MMA_MATRIX); a convolution's forward
+// pass, whose a is the im2col of its input x (MMA_CONV); or its input gradient, whose a
+// is the output gradient dy gathered by the transposed convolution and b the filters
+// read across output channels (MMA_DGRAD). A convolution's operands are gathered by the
+// threads, value by value.
+enum MmaShape : int { MMA_MATRIX, MMA_CONV, MMA_DGRAD };
+
+// A convolution's input gradient as a GEMM (MMA_DGRAD), per group g: row m = (image n,
+// input pixel h, w), column c = a channel of the group, k = (o, ky, kx) with o an output
+// channel of the group:
+//   dx[n, g*CG + c, h, w] = sum_k dy[n, g*OG + o, p, q] * w[g*OG + o, c, ky, kx]
+// where p*S + ky - PAD = h and q*S + kx - PAD = w (no such whole p, q in range: zero), as
+// gemm_bwd_data.cuh computes it in f32. dgrad_a is the value of a at (m, k): zero past M
+// or K; dgrad_b the value of b at (c, k) in the group's filters wg.
+template <class Cfg>
+__device__ __forceinline__ float dgrad_a(const float* __restrict__ dyg, int hw, int kk) {
+    constexpr int W = Cfg::W, P = Cfg::P, Q = Cfg::Q, R = Cfg::R, S = Cfg::STRIDE;
+    constexpr int PAD = Cfg::PAD, O = Cfg::O;
+    constexpr int OG = O / Cfg::GROUPS, K = OG * R * R;
+    if (kk >= K) return 0.f;
+    const int h = hw / W, w = hw % W;
+    const int o = kk / (R * R), rs = kk % (R * R);
+    const int py = h + PAD - rs / R, px = w + PAD - rs % R;
+    if (py < 0 || px < 0 || py % S != 0 || px % S != 0) return 0.f;
+    const int p = py / S, q = px / S;
+    if (p >= P || q >= Q) return 0.f;
+    return dyg[((size_t)o * P + p) * Q + q];
+}
+template <class Cfg>
+__device__ __forceinline__ float dgrad_b(const float* __restrict__ wg, int c, int kk) {
+    constexpr int RR = Cfg::R * Cfg::R, CG = Cfg::C / Cfg::GROUPS;
+    constexpr int K = Cfg::O / Cfg::GROUPS * RR;
+    if (c >= CG || kk >= K) return 0.f;
+    return wg[((size_t)(kk / RR) * CG + c) * RR + kk % RR];
+}
+
 // FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16) as the
-// threads stage them (no cp.async). A convolution (CONV) reads f32 input always: tf32, or
-// bf16 with FROM_F32.
-template <class Cfg, int KIND, bool CONV = false, bool FROM_F32 = false>
+// threads stage them (no cp.async). A convolution (SHAPE MMA_CONV or MMA_DGRAD) reads f32
+// always: tf32, or bf16 with FROM_F32.
+template <class Cfg, int KIND, int SHAPE = MMA_MATRIX, bool FROM_F32 = false>
 __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                                               const void* __restrict__ b_ptr,
                                               const float* __restrict__ bias,
                                               float* __restrict__ c, int batch) {
+    constexpr bool CONV = SHAPE != MMA_MATRIX, DGRAD = SHAPE == MMA_DGRAD;
     using Op = MmaOp<KIND>;
     constexpr int E = Op::ELEM_BYTES, KSTEP = Op::KSTEP;
     constexpr int ROWS = Cfg::ROWS, N = Cfg::N, K = Cfg::K;
@@ -148,6 +185,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     static_assert(!FROM_F32 || KIND == MMA_BF16, "f32 operands are rounded to bf16 only");
     static_assert(!CONV || ((KIND == MMA_TF32 || FROM_F32) && SPLIT == 1),
                   "the convolution's im2col tile is f32 (tf32 or bf16r products), not split");
+    static_assert(!DGRAD || (!BIAS && !RELU), "an input gradient has no bias or ReLU");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     // A convolution whose filters are not whole 16-byte rows (AlexNet's conv1: 363 values)
@@ -176,7 +214,8 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     const int kt0 = CONV ? 0 : blockIdx.z * KTS;
     const int NT = KT - kt0 < KTS ? (KT - kt0 > 0 ? KT - kt0 : 0) : KTS;
     // Split-K: this block's slice of the workspace. A convolution: blockIdx.z is the group,
-    // whose weights, bias and output channels follow the previous groups'.
+    // whose weights, bias and output channels follow the previous groups' (N x K filter
+    // values a group in both passes: OG x CG x R x R).
     if (!CONV) c += (size_t)blockIdx.z * M * N;
     if (CONV) b += (size_t)blockIdx.z * N * K * (FROM_F32 ? 4 : E);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -208,7 +247,15 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int m = m0 + row, k = k0 + ch * CPE;
             if (!(BM * CH % THREADS == 0 || i < BM * CH)) continue;
-            if constexpr (CONV) {
+            if constexpr (DGRAD) {
+                // dy of image m / ROWS from the group's first output channel on.
+                const int mm = m < M ? m : 0, hw = mm % ROWS;
+                const float* dyg = static_cast<const float*>(a_ptr) +
+                                   ((size_t)(mm / ROWS) * Cfg::O + blockIdx.z * (Cfg::O / Cfg::GROUPS)) *
+                                       (Cfg::P * Cfg::Q);
+                stage_chunk<E>(&As[s][swizzled(row, ch)],
+                               [&](int j) { return m < M ? dgrad_a<Cfg>(dyg, hw, k + j) : 0.f; });
+            } else if constexpr (CONV) {
                 // The im2col matrix: row m is output pixel (image, p, q), column k is
                 // (channel of the group, ky, kx); zero outside the image and past M or K.
                 constexpr int C = Cfg::C, H = Cfg::H, W = Cfg::W, Q = Cfg::Q, R = Cfg::R;
@@ -238,7 +285,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int n = n0 + row, k = k0 + ch * CPE;
             if (!(BN * CH % THREADS == 0 || i < BN * CH)) continue;
-            if constexpr (!B_ROWS_ALIGNED || FROM_F32) {
+            if constexpr (DGRAD) {
+                // The group's filters across output channels: row n is input channel n.
+                const float* wg = reinterpret_cast<const float*>(b);
+                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) { return dgrad_b<Cfg>(wg, n, k + j); });
+            } else if constexpr (!B_ROWS_ALIGNED || FROM_F32) {
                 // f32 weights: a tf32 convolution's whose filters are not whole 16-byte
                 // rows, or bf16r's (rounded as they are staged).
                 const bool ok = n < N && k < K;
@@ -325,11 +376,13 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                     if (n >= N) continue;
                     float v = acc[mi][ni][2 * h + j];
                     if constexpr (CONV) {
-                        // NCHW: channel g * N + n of image m / ROWS, pixel m % ROWS.
+                        // NCHW: channel g * N + n of image m / ROWS, pixel m % ROWS, of the
+                        // output (O channels) or of the input gradient (C channels).
+                        constexpr int CHANNELS = DGRAD ? Cfg::C : Cfg::O;
                         const int oc = blockIdx.z * N + n;
                         if (BIAS) v += bias[oc];
                         if (RELU) v = fmaxf(v, 0.f);
-                        c[((size_t)(m / ROWS) * Cfg::O + oc) * ROWS + m % ROWS] = v;
+                        c[((size_t)(m / ROWS) * CHANNELS + oc) * ROWS + m % ROWS] = v;
                     } else {
                         if (BIAS) v += bias[n];
                         if (RELU) v = fmaxf(v, 0.f);
@@ -366,7 +419,7 @@ __device__ __forceinline__ void conv_mma_tf32(const float* __restrict__ x,
                                               const float* __restrict__ w,
                                               const float* __restrict__ bias,
                                               float* __restrict__ y, int batch) {
-    gemm_mma_core<Cfg, MMA_TF32, true>(x, w, bias, y, batch);
+    gemm_mma_core<Cfg, MMA_TF32, MMA_CONV>(x, w, bias, y, batch);
 }
 
 // Split-K partial sums of f32 operands rounded to tf32: slice blockIdx.z of ws.
@@ -402,7 +455,7 @@ __device__ __forceinline__ void conv_mma_bf16r(const float* __restrict__ x,
                                                const float* __restrict__ w,
                                                const float* __restrict__ bias,
                                                float* __restrict__ y, int batch) {
-    gemm_mma_core<Cfg, MMA_BF16, true, true>(x, w, bias, y, batch);
+    gemm_mma_core<Cfg, MMA_BF16, MMA_CONV, true>(x, w, bias, y, batch);
 }
 
 // gemm_mma_bf16 on f32 operands, each rounded to bf16 as it is staged.
@@ -411,7 +464,7 @@ __device__ __forceinline__ void gemm_mma_bf16r(const float* __restrict__ x,
                                                const float* __restrict__ w,
                                                const float* __restrict__ bias,
                                                float* __restrict__ y, int batch) {
-    gemm_mma_core<Cfg, MMA_BF16, false, true>(x, w, bias, y, batch);
+    gemm_mma_core<Cfg, MMA_BF16, MMA_MATRIX, true>(x, w, bias, y, batch);
 }
 
 // Split-K partial sums of gemm_mma_bf16r: slice blockIdx.z of ws.
@@ -419,7 +472,7 @@ template <class Cfg>
 __device__ __forceinline__ void gemm_mma_split_bf16r(const float* __restrict__ x,
                                                      const float* __restrict__ w,
                                                      float* __restrict__ ws, int batch) {
-    gemm_mma_core<Cfg, MMA_BF16, false, true>(x, w, nullptr, ws, batch);
+    gemm_mma_core<Cfg, MMA_BF16, MMA_MATRIX, true>(x, w, nullptr, ws, batch);
 }
 
 template <class Cfg>
@@ -428,5 +481,23 @@ __device__ __forceinline__ void gemm_mma_tf32(const float* __restrict__ x,
                                               const float* __restrict__ bias,
                                               float* __restrict__ y, int batch) {
     gemm_mma_core<Cfg, MMA_TF32>(x, w, bias, y, batch);
+}
+// A convolution's input gradient on tensor cores (MMA_DGRAD above): tf32 products of dy
+// and the filters, f32 sums, dx overwritten. Cfg: ROWS = H * W (input pixels an image),
+// N = C / GROUPS, K = O / GROUPS * R * R, and the convolution's C, H, W, O, P, Q, R,
+// STRIDE, PAD, GROUPS. Grid: x = ceil(batch * H * W / BM), y = ceil(N / BN), z = GROUPS.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_dgrad_tf32(const float* __restrict__ dy,
+                                                    const float* __restrict__ w,
+                                                    float* __restrict__ dx, int batch) {
+    gemm_mma_core<Cfg, MMA_TF32, MMA_DGRAD>(dy, w, nullptr, dx, batch);
+}
+
+// conv_mma_dgrad_tf32 with dy and the filters rounded to bf16 as the threads stage them.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_dgrad_bf16r(const float* __restrict__ dy,
+                                                     const float* __restrict__ w,
+                                                     float* __restrict__ dx, int batch) {
+    gemm_mma_core<Cfg, MMA_BF16, MMA_DGRAD, true>(dy, w, nullptr, dx, batch);
 }
 #endif  // ALEXNET_GEMM_MMA_CUH

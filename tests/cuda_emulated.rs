@@ -752,7 +752,7 @@ fn the_finite_check_and_sgd_kernels_match_the_cpu_under_emulation() {
     let plan = alexnet::plan_from_str("T<3, 9, 9> { conv(6, 3) relu fc(40) relu fc(5) }").unwrap();
     let specs = plan.params();
     let n = specs.len();
-    let kernels = cuda::training(&plan);
+    let kernels = cuda::training(&plan, alexnet::ir::Precision::F32);
     let kernel = |finite: bool| {
         let mut k = kernels
             .iter()
@@ -1202,6 +1202,115 @@ fn mma_convolutions(mp: MmaPrecision) {
             "{}: relative L2 {e:.2e} against f32",
             k.name()
         );
+    }
+}
+
+/// Training in tf32 on a GPU: the input gradients of convolutions and fully connected
+/// layers on tensor cores (`conv_mma_dgrad_tf32`), under emulation against the CPU
+/// backend's f32 input gradient of the same stage on dy and the filters rounded to tf32
+/// (the products the tensor cores see: to f32 accuracy) and on them as they are (tf32's
+/// own error, which the test states).
+#[test]
+fn tf32_input_gradients_match_the_cpu_under_emulation() {
+    mma_data_gradients(TF32);
+}
+
+/// Training in bf16 on a GPU: the input gradients with dy and the filters rounded to bf16
+/// as the threads stage them (`conv_mma_dgrad_bf16r`).
+#[test]
+fn bf16_input_gradients_match_the_cpu_under_emulation() {
+    mma_data_gradients(BF16);
+}
+
+fn mma_data_gradients(mp: MmaPrecision) {
+    use alexnet::ir::Role;
+    use alexnet::runtime::cpu::StageGrads;
+    let Some(cxx) = compiler() else { return };
+    // Each after a 1x1 convolution, so that its stage computes an input gradient: strides
+    // 1, 2 and 4 (dy's taps that land between pixels are skipped), padding, three groups
+    // of 130 channels (several column tiles), AlexNet's conv2 shape in small (two groups of
+    // 48 channels: the narrow tile), 11 x 11 filters at stride 4 (K = 25 x 121 ends
+    // mid-chunk), and fully connected layers (a 1 x 1 convolution of the input's values;
+    // K = 70 outputs ends mid-chunk too).
+    for (src, batches) in [
+        (
+            "T<4, 9, 11> { conv(4, 1) conv(6, 3, stride = 2, pad = 1, groups = 2) }",
+            &[1usize, 3][..],
+        ),
+        (
+            "T<6, 13, 13> { conv(6, 1) conv(390, 3, stride = 2, pad = 2, groups = 3) }",
+            &[2],
+        ),
+        (
+            "T<96, 7, 7> { conv(96, 1) conv(256, 5, pad = 2, groups = 2) }",
+            &[2],
+        ),
+        (
+            "T<3, 20, 17> { conv(3, 1) conv(25, 11, stride = 4, pad = 2) }",
+            &[2],
+        ),
+        ("T<16, 5, 5> { conv(16, 1) conv(24, 1) }", &[1]),
+        ("T<3, 4, 5> { conv(3, 1) fc(70) }", &[1, 5]),
+        ("T<8, 4, 4> { conv(8, 1) fc(40) }", &[3]),
+    ] {
+        let plan: Plan = alexnet::plan_from_str(src).unwrap();
+        let kernels = cuda::generate(&plan);
+        let stage = plan.stages()[1];
+        let layer = &plan.layers[stage.layer];
+        let training = kernels.training_in(mp.precision);
+        let k = training
+            .iter()
+            .find(|k| k.role == Role::DataGrad && k.layer() == stage.layer)
+            .unwrap();
+        let named = format!("_mma_{}_dgrad_", mp.name);
+        assert!(k.name().contains(&named), "{src}: {}", k.name());
+        assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
+        // The f32 kernels keep the f32 input gradient.
+        let f32_dgrad = kernels.find(stage.layer, Role::DataGrad).unwrap();
+        assert!(!f32_dgrad.name().contains("_mma_"), "{}", f32_dgrad.name());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(61 + src.len() as u64);
+        let params = common::random_params(&plan, &mut rng);
+        let (w, b) = (&params[2].data, &params[3].data);
+        for &batch in batches {
+            let x = random(&mut rng, batch * layer.input.len());
+            let y = vec![0.0f32; batch * layer.output.len()];
+            let dy = random(&mut rng, y.len());
+            // The CPU's input gradient (f32) of dy and filters `w`.
+            let cpu = |dy: &[f32], w: &[f32]| {
+                let mut dx = vec![0.0f32; x.len()];
+                let mut dw = vec![0.0f32; w.len()];
+                let mut db = vec![0.0f32; b.len()];
+                Cpu::new()
+                    .backward_slices(
+                        &plan,
+                        stage,
+                        batch,
+                        &x,
+                        &y,
+                        dy,
+                        &[w, b],
+                        StageGrads {
+                            dx: Some(&mut dx),
+                            dparams: vec![&mut dw, &mut db],
+                        },
+                    )
+                    .unwrap();
+                dx
+            };
+            let rounded = |v: &[f32]| v.iter().map(|&v| (mp.round)(v)).collect::<Vec<f32>>();
+            let want_rounded = cpu(&rounded(&dy), &rounded(w));
+            let want_f32 = cpu(&dy, w);
+            let dx0 = vec![f32::NAN; x.len()];
+            let r = emulate(&cxx, k, batch, &[("dy", &dy), ("w", w), ("dx", &dx0)], &[]);
+            let what = format!("{} batch {batch}", k.name());
+            close(&what, &r["dx"], &want_rounded, 1e-5);
+            let e = rel_l2(&r["dx"], &want_f32);
+            println!("{what}: {} against f32, relative L2 {e:.2e}", mp.name);
+            assert!(
+                e <= mp.against_f32,
+                "{what}: relative L2 {e:.2e} against f32"
+            );
+        }
     }
 }
 

@@ -100,8 +100,8 @@ fn split_on_gpus_equals_unsplit() {
 /// `--precision tf32` with towers and in training: the small net split on two streams of
 /// one GPU, its convolutions and fc layers on tensor cores, against the unsplit network on
 /// the CPU in f32: the forward pass within tf32's error (5e-3), and a training step's
-/// gradients (f32 backward through tf32 activations) within 2e-2; a tf32 Trainer on one
-/// GPU the same.
+/// gradients (tf32 activations, and input gradients on tensor cores) within 2e-2; a tf32
+/// Trainer on one GPU the same.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tf32_towers_and_training_stay_within_tf32_error() {

@@ -381,8 +381,10 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
 /// `--precision tf32`: the forward kernels that differ in tf32 are exactly the learned
 /// layers' (of every example network and of each tower of the split ones: every
 /// convolution, and every fc whose input rows are whole 16-byte chunks; the tensor-core
-/// GEMM, and the ordered sum of its parts where it is split along K), and they compile with
-/// no spills; AlexNet's GEMMs run on tensor cores (HMMA in their SASS, no local memory).
+/// GEMM, and the ordered sum of its parts where it is split along K), the training
+/// kernels that differ are exactly the input gradients of the learned layers after the
+/// first, and they all compile with no spills; AlexNet's GEMMs run on tensor cores (HMMA
+/// in their SASS, no local memory).
 #[test]
 fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
     mma_forward_kernels(Precision::Tf32);
@@ -430,12 +432,24 @@ fn mma_forward_kernels(precision: Precision) {
             })
             .collect();
         let specs = of(&kernels);
-        let mut replaced: Vec<usize> = specs.iter().map(|k| k.layer()).collect();
+        let forward = specs.iter().filter(|k| k.role.is_forward());
+        let mut replaced: Vec<usize> = forward.map(|k| k.layer()).collect();
         replaced.dedup();
         assert_eq!(
             replaced, learned,
             "{net}: the {precision} kernels are the learned layers'"
         );
+        // The input gradients: every learned layer's but the first's, whatever its K.
+        let training: Vec<&KernelSpec> = specs.iter().filter(|k| !k.role.is_forward()).collect();
+        assert!(training
+            .iter()
+            .all(|k| k.role == alexnet::ir::Role::DataGrad));
+        let dgrad: Vec<usize> = training.iter().map(|k| k.layer()).collect();
+        let mut want: Vec<usize> = (0..plan.layers.len())
+            .filter(|&l| plan.layers[l].op.is_learned())
+            .collect();
+        want.remove(0);
+        assert_eq!(dgrad, want, "{net}: the {precision} input gradients");
         let source = cuda::translation_unit(&format!("// {precision}\n"), &specs);
         let launches: Vec<KernelLaunch> = specs.iter().map(|k| k.launch.clone()).collect();
         for row in check(net, &source, &launches) {

@@ -80,8 +80,8 @@ enum Command {
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
         #[arg(long)]
         training: bool,
-        /// The forward kernels of this precision (tf32, bf16: the convolutions and fc layers
-        /// on tensor cores).
+        /// The kernels of this precision (tf32, bf16: the convolutions' and fc layers'
+        /// forward passes, and with --training their input gradients, on tensor cores).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
         /// Print per kernel its blocks per SM, FLOPs, bytes moved and roofline time on an
@@ -619,7 +619,7 @@ fn bench(
 struct KernelsOptions {
     /// Also the training kernels.
     training: bool,
-    /// The forward kernels of this precision.
+    /// The kernels of this precision.
     precision: alexnet::ir::Precision,
     /// The roofline report at this batch size.
     report: Option<usize>,
@@ -648,8 +648,9 @@ fn kernels(
     let kernels = cuda::kernels_for(plan, arch);
     let forward = kernels.forward_in(precision);
     let training_only = |k: &alexnet::ir::KernelSpec| training_only(plan, k);
+    let training_kernels = kernels.training_in(precision);
     let specs: Vec<&alexnet::ir::KernelSpec> = if training {
-        forward.iter().chain(kernels.training.iter()).collect()
+        forward.iter().chain(training_kernels.iter()).collect()
     } else {
         forward.iter().filter(|k| !training_only(k)).collect()
     };
@@ -660,9 +661,14 @@ fn kernels(
     let opts = vec!["--ptxas-options=-v".to_string()];
     writeln!(
         ctx.out,
-        "{}: {} kernels, NVRTC {major}.{minor}, {arch}, forward in {precision}",
+        "{}: {} kernels, NVRTC {major}.{minor}, {arch}, {} in {precision}",
         plan.name,
-        units.len()
+        units.len(),
+        if training {
+            "forward and training"
+        } else {
+            "forward"
+        }
     )?;
     // Where each conv and fc stage's tile comes from (issue 17's tuning tables).
     let tiles: Vec<String> = cuda::tile_sources(plan, precision, arch)

@@ -325,11 +325,11 @@ fn alexnet_training_kernels() {
 fn a_tower_has_no_loss_kernel() {
     // The loss runs once, on the gathered logits; each tower still updates its own rows.
     let tower = alexnet().tower(1).unwrap();
-    let t = cuda::training(&tower);
+    let t = cuda::training(&tower, Precision::F32);
     assert!(t.iter().all(|k| k.role != Role::Loss));
     assert!(t.iter().any(|k| k.role == Role::Dropout));
     assert!(matches!(t.last().unwrap().role, Role::Sgd { .. }));
-    assert!(cuda::training(&alexnet())
+    assert!(cuda::training(&alexnet(), Precision::F32)
         .iter()
         .any(|k| k.role == Role::Loss));
 }

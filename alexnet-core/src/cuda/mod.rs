@@ -106,18 +106,22 @@ pub fn generate(plan: &Plan) -> Kernels {
 /// heuristic where it has no entry, or with no table).
 pub fn generate_with(plan: &Plan, table: Option<&Table>) -> Kernels {
     let f32 = forward_with(plan, Precision::F32, table);
+    let f32_training = training(plan, Precision::F32);
     let differing = |p: Precision| {
-        forward_with(plan, p, table)
+        let forward = forward_with(plan, p, table)
             .into_iter()
-            .filter(|k| !f32.contains(k))
-            .collect::<Vec<_>>()
+            .filter(|k| !f32.contains(k));
+        let training = training(plan, p)
+            .into_iter()
+            .filter(|k| !f32_training.contains(k));
+        forward.chain(training).collect::<Vec<_>>()
     };
     let (tf32, bf16) = (differing(Precision::Tf32), differing(Precision::Bf16));
     Kernels {
         forward: f32.into(),
         tf32: tf32.into(),
         bf16: bf16.into(),
-        training: training(plan).into(),
+        training: f32_training.into(),
         exchanges: exchanges(plan).into(),
     }
 }

@@ -87,8 +87,9 @@ pub fn logits_of(plan: &Plan) -> Option<(usize, usize)> {
     })
 }
 
-/// Every training kernel of `plan`.
-pub fn training(plan: &Plan) -> Vec<KernelSpec> {
+/// Every training kernel of `plan` in `precision` (tf32 and bf16: the learned layers'
+/// input gradients on tensor cores; everything else f32).
+pub fn training(plan: &Plan, precision: Precision) -> Vec<KernelSpec> {
     let first_learned = plan.layers.iter().position(|l| l.op.is_learned());
     let net = c_ident(&plan.name);
     let mut kernels = Vec::new();
@@ -97,13 +98,10 @@ pub fn training(plan: &Plan) -> Vec<KernelSpec> {
         // forward there, and generates its kernel whatever it is told).
         let needs_dx = first_learned.is_some_and(|f| stage.layer > f);
         let op = plan.layers[stage.layer].op;
-        kernels.extend(op.kind().backward_kernels(&context(
-            plan,
-            stage,
-            needs_dx,
-            Precision::F32,
-            None,
-        )));
+        kernels.extend(
+            op.kind()
+                .backward_kernels(&context(plan, stage, needs_dx, precision, None)),
+        );
     }
     if let Some((layer, classes)) = logits_of(plan) {
         let name = format!("{net}_softmax_xent_c{classes}");

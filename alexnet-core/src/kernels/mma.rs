@@ -6,9 +6,11 @@
 //! (a fully connected layer's weights), `y` is `M x N` f32.
 //!
 //! Used under [`Precision::Tf32`] and [`Precision::Bf16`] by the fully connected layers'
-//! forward pass (`layers::fc`, split along K where the grid is small) and by the
+//! forward pass (`layers::fc`, split along K where the grid is small), by the
 //! convolutions' (an implicit GEMM whose im2col tile the threads gather:
-//! [`MmaGemm::conv`]). bf16 reads f32 operands and rounds them as it stages them
+//! [`MmaGemm::conv`]), and in training by both kinds' input gradients (the transposed
+//! convolution, both tiles gathered: [`MmaGemm::conv_data_grad`]). The weight gradients
+//! stay on the f32 GEMM. bf16 reads f32 operands and rounds them as it stages them
 //! ([`MmaInputs::Bf16OfF32`], `gemm_mma_bf16r`): the activations between stages stay f32,
 //! as in the CPU backend's bf16. The forms that read 16-bit operands are built and checked
 //! (emulation, NVRTC) but no layer uses them yet: the runtime has no 16-bit activations to
@@ -96,6 +98,31 @@ pub const CONV_BF16R: Template = Template {
     params: &params(Elem::F32),
 };
 
+const DGRAD_PARAMS: [Param; 4] = [
+    ptr("dy", Elem::F32, Access::Read),
+    ptr("w", Elem::F32, Access::Read),
+    ptr("dx", Elem::F32, Access::Write),
+    Param {
+        name: "batch",
+        ty: ArgTy::Int,
+    },
+];
+
+/// A convolution's input gradient on tensor cores (tf32): the transposed convolution of
+/// the output gradient as an implicit GEMM.
+pub const CONV_DGRAD_TF32: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_dgrad_tf32",
+    params: &DGRAD_PARAMS,
+};
+
+/// [`CONV_DGRAD_TF32`] with the output gradient and the filters rounded to bf16.
+pub const CONV_DGRAD_BF16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_dgrad_bf16r",
+    params: &DGRAD_PARAMS,
+};
+
 const SPLIT_PARAMS: [Param; 4] = [
     ptr("x", Elem::F32, Access::Read),
     ptr("w", Elem::F32, Access::Read),
@@ -146,6 +173,8 @@ pub const TEMPLATES: &[Template] = &[
     CONV_BF16R,
     GEMM_BF16R_SPLIT,
     GEMM_REDUCE,
+    CONV_DGRAD_TF32,
+    CONV_DGRAD_BF16R,
 ];
 
 /// What a tensor-core GEMM reads and what its products multiply.
@@ -192,8 +221,9 @@ impl MmaInputs {
         }
     }
 
-    /// What the tensor-core GEMMs of the forward pass multiply in `precision` (`None`: f32
-    /// on the CUDA cores). The operands stay f32 in memory in every precision for now.
+    /// What the tensor-core GEMMs of the forward pass and of the input gradients multiply
+    /// in `precision` (`None`: f32 on the CUDA cores). The operands stay f32 in memory in
+    /// every precision for now.
     pub const fn for_precision(precision: Precision) -> Option<MmaInputs> {
         match precision {
             Precision::F32 => None,
@@ -268,6 +298,31 @@ impl MmaTile {
                 ..MmaTile::LARGE
             },
             _ => MmaTile::LARGE,
+        }
+    }
+
+    /// A convolution's input gradient's tile for `inputs`, `n` its columns (a group's
+    /// input channels): [`MmaTile::conv_for`], or where `n` is at most 64 (AlexNet's
+    /// conv2, 48 channels a group) half as many columns over 4 x 2 warps, so that most of
+    /// the tile's columns hold channels. A fully connected layer's (few rows, the batch):
+    /// [`MmaTile::SMALL_M`].
+    pub const fn dgrad_for(inputs: MmaInputs, n: usize, few_rows: bool) -> MmaTile {
+        let t = MmaTile::conv_for(inputs);
+        if few_rows {
+            MmaTile {
+                bk: t.bk,
+                stages: t.stages,
+                ..MmaTile::SMALL_M
+            }
+        } else if n <= 64 {
+            MmaTile {
+                bn: 64,
+                warps_m: 4,
+                warps_n: 2,
+                ..t
+            }
+        } else {
+            t
         }
     }
 
@@ -353,6 +408,9 @@ pub struct MmaGemm {
     /// A convolution's implicit GEMM ([`MmaGemm::conv`]); `None`: `x` is the `M x K`
     /// matrix itself.
     pub conv: Option<MmaConv>,
+    /// The convolution's input gradient ([`MmaGemm::conv_data_grad`]) rather than its
+    /// output.
+    pub data_grad: bool,
 }
 
 impl MmaGemm {
@@ -418,6 +476,7 @@ impl MmaGemm {
             epilogue,
             split: 1,
             conv: None,
+            data_grad: false,
         })
     }
 
@@ -453,6 +512,45 @@ impl MmaGemm {
         Ok(MmaGemm {
             k,
             conv: Some(conv),
+            ..gemm
+        })
+    }
+
+    /// A convolution's input gradient on tensor cores, from f32 `dy` and filters: tf32
+    /// products (`conv_mma_dgrad_tf32`) or bf16 ones (`conv_mma_dgrad_bf16r`), summed in
+    /// f32, `dx` overwritten. Per group, `H * W` rows per image (input pixels), `C /
+    /// groups` columns, `K = O / groups * r * r`; the threads gather both tiles (dy by the
+    /// transposed convolution, the filters across output channels). A fully connected
+    /// layer is the case of a 1 x 1 image and filter.
+    pub fn conv_data_grad(
+        conv: MmaConv,
+        inputs: MmaInputs,
+        tile: MmaTile,
+    ) -> Result<Self, MmaError> {
+        let (i, o, g) = (conv.input, conv.output, conv.groups);
+        if g == 0 || !i.c.is_multiple_of(g) || !o.c.is_multiple_of(g) {
+            return Err(MmaError::Empty);
+        }
+        if !inputs.reads_f32() {
+            return Err(MmaError::ConvInputs(inputs));
+        }
+        let k = o.c / g * conv.r * conv.r;
+        let plain = Epilogue {
+            bias: false,
+            relu: false,
+        };
+        let gemm = MmaGemm::with_inputs(
+            i.h * i.w,
+            i.c / g,
+            k.next_multiple_of(4),
+            inputs,
+            tile,
+            plain,
+        )?;
+        Ok(MmaGemm {
+            k,
+            conv: Some(conv),
+            data_grad: true,
             ..gemm
         })
     }
@@ -509,6 +607,13 @@ impl MmaGemm {
     fn template(&self) -> &'static Template {
         // A convolution and split-K read f32 (`conv` and `with_split` refuse the others).
         let bf16 = self.inputs == MmaInputs::Bf16OfF32;
+        if self.data_grad {
+            return if bf16 {
+                &CONV_DGRAD_BF16R
+            } else {
+                &CONV_DGRAD_TF32
+            };
+        }
         match (self.conv.is_some(), self.split > 1, self.inputs) {
             (true, _, _) if bf16 => &CONV_BF16R,
             (true, _, _) => &CONV_TF32,
@@ -544,7 +649,13 @@ impl MmaGemm {
             String::new()
         };
         let conv = match self.conv {
-            Some(c) => format!("_conv_r{}_s{}_g{}", c.r, c.stride, c.groups),
+            Some(c) => format!(
+                "_{}_r{}_s{}_g{}",
+                if self.data_grad { "dgrad" } else { "conv" },
+                c.r,
+                c.stride,
+                c.groups
+            ),
             None => String::new(),
         };
         let name = format!(
@@ -592,6 +703,9 @@ impl MmaGemm {
                 ("PAD", c.pad.into()),
                 ("GROUPS", c.groups.into()),
             ]);
+            if self.data_grad {
+                consts.push(("P", c.output.h.into()));
+            }
         }
         let (rows, n, k) = (self.rows_per_image as u64, self.n as u64, self.k as u64);
         let split = self.split as u64;
@@ -600,7 +714,9 @@ impl MmaGemm {
             Some(c) => (c.groups as u64, c.input.len() as u64),
             None => (1, rows * k),
         };
-        let outputs = if self.split > 1 {
+        let outputs = if self.data_grad {
+            Vec::new()
+        } else if self.split > 1 {
             vec![("ws", Len::PerImage(split * rows * n))]
         } else {
             vec![
@@ -608,8 +724,44 @@ impl MmaGemm {
                 ("y", Len::PerImage(groups * rows * n)),
             ]
         };
+        let (role, stage, doc, lens) = match self.conv {
+            Some(c) if self.data_grad => (
+                Role::DataGrad,
+                GemmStage::DataGrad,
+                format!(
+                    "dx = dy * w on tensor cores ({}), M = batch * {}, N = {}, K = {}",
+                    self.precision(),
+                    self.rows_per_image,
+                    self.n,
+                    self.k
+                ),
+                vec![
+                    ("dy", Len::PerImage(c.output.len() as u64)),
+                    ("w", Len::Fixed(groups * n * k)),
+                    ("dx", Len::PerImage(c.input.len() as u64)),
+                ],
+            ),
+            _ => (
+                Role::Forward,
+                GemmStage::Forward,
+                format!(
+                    "y = x * w^T on tensor cores ({}), M = batch * {}, N = {}, K = {}",
+                    self.precision(),
+                    self.rows_per_image,
+                    self.n,
+                    self.k
+                ),
+                [
+                    ("x", Len::PerImage(x_len)),
+                    ("w", Len::Fixed(groups * n * k)),
+                ]
+                .into_iter()
+                .chain(outputs)
+                .collect(),
+            ),
+        };
         Instance {
-            role: Role::Forward,
+            role,
             launch: KernelLaunch {
                 layer,
                 name: name.into(),
@@ -621,23 +773,11 @@ impl MmaGemm {
                 grid_z: (split * groups) as u32,
             },
             template: self.template(),
-            doc: format!(
-                "y = x * w^T on tensor cores ({}), M = batch * {}, N = {}, K = {}",
-                self.precision(),
-                self.rows_per_image,
-                self.n,
-                self.k
-            ),
+            doc,
             consts,
-            lens: [
-                ("x", Len::PerImage(x_len)),
-                ("w", Len::Fixed(groups * n * k)),
-            ]
-            .into_iter()
-            .chain(outputs)
-            .collect(),
+            lens,
             gemm: Some(GemmInfo {
-                stage: GemmStage::Forward,
+                stage,
                 elem: self.inputs.staged(),
                 tile: GemmTile::Mma(t),
                 pipeline: t.stages as u32,

@@ -386,6 +386,16 @@ pub enum Role {
     Augment,
 }
 
+impl Role {
+    /// A kernel of the forward pass (`Forward`, `ForwardPooled`, `ForwardReduce`).
+    pub const fn is_forward(self) -> bool {
+        matches!(
+            self,
+            Role::Forward | Role::ForwardPooled | Role::ForwardReduce
+        )
+    }
+}
+
 /// How to launch one generated CUDA kernel: its name and its geometry, fixed at compile
 /// time except for the batch size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -489,9 +499,10 @@ pub struct Kernels {
     pub training: Cow<'static, [KernelSpec]>,
     /// A tower's exchanges with the other tower (none for a whole network).
     pub exchanges: Cow<'static, [KernelSpec]>,
-    /// The forward kernels that differ under `Precision::Tf32` (the convolutions and fully
-    /// connected layers on tensor cores, with the fc layers' split-K sums): a layer's
-    /// replace its f32 kernels.
+    /// The kernels that differ under `Precision::Tf32`: the forward kernels of the
+    /// convolutions and fully connected layers on tensor cores (with the fc layers'
+    /// split-K sums), which replace a layer's f32 forward kernels, then their input
+    /// gradients on tensor cores, which replace the f32 ones of the same layer and role.
     pub tf32: Cow<'static, [KernelSpec]>,
     /// The same under `Precision::Bf16` (f32 operands rounded to bf16 in the kernels).
     pub bf16: Cow<'static, [KernelSpec]>,
@@ -501,13 +512,18 @@ impl Kernels {
     /// The forward pass in `precision`: [`Kernels::forward`], with each stage whose kernels
     /// differ in that precision running those instead, in launch order.
     pub fn forward_in(&self, precision: Precision) -> Vec<KernelSpec> {
-        let other = self.differing(precision);
+        let other: Vec<&KernelSpec> = self.differing_forward(precision).collect();
         let mut out: Vec<KernelSpec> = Vec::with_capacity(self.forward.len() + other.len());
         for k in self.forward.iter() {
             let layer = k.layer();
             if other.iter().any(|o| o.layer() == layer) {
                 if !out.iter().any(|o| o.layer() == layer) {
-                    out.extend(other.iter().filter(|o| o.layer() == layer).cloned());
+                    out.extend(
+                        other
+                            .iter()
+                            .filter(|o| o.layer() == layer)
+                            .map(|&o| o.clone()),
+                    );
                 }
             } else {
                 out.push(k.clone());
@@ -516,8 +532,32 @@ impl Kernels {
         out
     }
 
-    /// The forward kernels that differ in `precision` from the f32 ones ([`Kernels::tf32`],
-    /// [`Kernels::bf16`]; none in f32).
+    /// The training kernels in `precision`: [`Kernels::training`], each replaced by the
+    /// kernel of the same layer and role that differs in that precision (the input
+    /// gradients of the learned layers on tensor cores), in launch order.
+    pub fn training_in(&self, precision: Precision) -> Vec<KernelSpec> {
+        let other = self.differing(precision);
+        self.training
+            .iter()
+            .map(|k| {
+                other
+                    .iter()
+                    .find(|o| o.role == k.role && o.layer() == k.layer())
+                    .unwrap_or(k)
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// The forward kernels that differ in `precision` from the f32 ones, in launch order.
+    pub fn differing_forward(&self, precision: Precision) -> impl Iterator<Item = &KernelSpec> {
+        self.differing(precision)
+            .iter()
+            .filter(|k| k.role.is_forward())
+    }
+
+    /// Every kernel that differs in `precision` from the f32 ones, forward then training
+    /// ([`Kernels::tf32`], [`Kernels::bf16`]; none in f32).
     pub fn differing(&self, precision: Precision) -> &[KernelSpec] {
         match precision {
             Precision::F32 => &[],

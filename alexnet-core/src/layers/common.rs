@@ -3,6 +3,7 @@
 
 use super::kind::KernelCx;
 use crate::kernels::gemm::{Gemm, Owner};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{
     int, read, update, Instance, KernelLaunch, KernelSpec, Len, Role, Template, EW_THREADS,
 };
@@ -104,8 +105,9 @@ pub fn learned_forward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> KernelSpec {
 
 /// The training kernels of a conv or fc layer: the fused ReLU's mask on the output
 /// gradient, the weight and bias gradients and their reduction, and the input gradient
-/// when needed.
-pub fn learned_backward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> Vec<KernelSpec> {
+/// when needed: the layer as the convolution `conv` on tensor cores in a precision that
+/// has them (`MmaGemm::conv_data_grad`), f32 otherwise.
+pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) -> Vec<KernelSpec> {
     let name = cx.c_name();
     let owner = owner(cx, &name, desc);
     let mut v = Vec::with_capacity(4);
@@ -128,7 +130,15 @@ pub fn learned_backward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> Vec<KernelSp
     v.push(g.weight_grad(&owner));
     v.push(g.weight_reduce(&owner));
     if cx.needs_dx {
-        v.push(g.data_grad(&owner));
+        let mma = MmaInputs::for_precision(cx.precision).and_then(|inputs| {
+            let (i, few_rows) = (conv.input, conv.input.h * conv.input.w == 1);
+            let tile = MmaTile::dgrad_for(inputs, i.c / conv.groups, few_rows);
+            MmaGemm::conv_data_grad(conv, inputs, tile).ok()
+        });
+        v.push(match mma {
+            Some(m) => m.spec(cx.layer, &name),
+            None => g.data_grad(&owner),
+        });
     }
     v
 }

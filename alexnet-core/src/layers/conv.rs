@@ -70,6 +70,18 @@ impl Conv {
         Gemm::conv(input, output, self.k, self.stride, self.pad, self.groups)
     }
 
+    /// The layer between stage `cx`'s input and output, as the tensor-core kernels take it.
+    fn mma_conv(&self, cx: &KernelCx<'_>) -> MmaConv {
+        MmaConv {
+            input: cx.input,
+            output: cx.output,
+            r: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            groups: self.groups,
+        }
+    }
+
     /// The tensor-core forward GEMM of stage `cx` with `choice` (`None`: the heuristic's
     /// tile), if it takes it (a convolution has no split-K).
     fn mma(&self, cx: &KernelCx<'_>, inputs: MmaInputs, choice: Option<Choice>) -> Option<MmaGemm> {
@@ -78,14 +90,7 @@ impl Conv {
             Some(Choice::Mma { tile, split: 1 }) => tile,
             Some(_) => return None,
         };
-        let conv = MmaConv {
-            input: cx.input,
-            output: cx.output,
-            r: self.k,
-            stride: self.stride,
-            pad: self.pad,
-            groups: self.groups,
-        };
+        let conv = self.mma_conv(cx);
         let epilogue = Epilogue {
             bias: true,
             relu: cx.fused_relu,
@@ -240,8 +245,10 @@ impl LayerKind for Conv {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
+    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the input gradient
+    /// on tensor cores (`conv_mma_dgrad_tf32`, `conv_mma_dgrad_bf16r`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = self.gemm(cx.input, cx.output);
-        learned_backward(&g, cx, &self.describe())
+        learned_backward(&g, self.mma_conv(cx), cx, &self.describe())
     }
 }

@@ -6,7 +6,7 @@ use super::common::{learned_backward, learned_forward};
 use super::dsl::{err, int, ArgSpec, Culprit, Default, Keyword, Naming, ShapeError, MAX_ELEMENTS};
 use super::kind::{KernelCx, Kind, LayerKind, ShapeContext};
 use crate::kernels::gemm::Gemm;
-use crate::kernels::mma::{MmaGemm, MmaInputs, MmaTile};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{Epilogue, Header, KernelSpec, Template};
 use crate::kernels::tuning::{self, Choice};
 use crate::shape::Shape;
@@ -161,8 +161,19 @@ impl LayerKind for Fc {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
+    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the input gradient
+    /// on tensor cores, as that of a 1 x 1 convolution of a 1 x 1 image with the input's
+    /// values as channels (`conv_mma_dgrad_*`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = Gemm::fc(cx.input, cx.output);
-        learned_backward(&g, cx, &self.describe())
+        let conv = MmaConv {
+            input: Shape::new(cx.input.len(), 1, 1),
+            output: cx.output,
+            r: 1,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        };
+        learned_backward(&g, conv, cx, &self.describe())
     }
 }

@@ -116,10 +116,10 @@ impl Cuda {
         })
     }
 
-    /// This backend running the forward kernels of `precision` (`Precision::Tf32` and
-    /// `Precision::Bf16`: the convolutions and fully connected layers on tensor cores; see
-    /// [`Precision`]); kernels it loaded before are dropped, to be loaded again in that
-    /// precision. Tensor-core precisions need compute capability 8.0 or later
+    /// This backend running the kernels of `precision` (`Precision::Tf32` and
+    /// `Precision::Bf16`: the convolutions' and fully connected layers' forward passes and
+    /// input gradients on tensor cores; see [`Precision`]); kernels it loaded before are
+    /// dropped, to be loaded again in that precision. Tensor-core precisions need compute capability 8.0 or later
     /// (`mma.sync` of tf32 and bf16, `cp.async`): an older GPU is an [`Error::Invalid`]
     /// that says so, as is a precision only the CPU backend computes (none today).
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
@@ -137,10 +137,12 @@ impl Cuda {
             )));
         }
         if precision != self.precision {
-            self.inference
-                .get_mut()
-                .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?
-                .clear();
+            for modules in [&mut self.inference, &mut self.training] {
+                modules
+                    .get_mut()
+                    .map_err(|_| Error::Internal("cuda: module cache poisoned".into()))?
+                    .clear();
+            }
         }
         self.precision = precision;
         Ok(self)

@@ -29,9 +29,10 @@ const BACKWARD: [Role; 5] = [
 ];
 
 impl Cuda {
-    /// `plan`'s training kernels, loaded on first use.
+    /// `plan`'s training kernels in this backend's precision, loaded on first use.
     pub(super) fn loaded_training(&self, plan: &Plan) -> Result<Arc<Loaded>> {
-        self.loaded_in(&self.training, plan, |k| k.training.to_vec())
+        let precision = self.precision;
+        self.loaded_in(&self.training, plan, |k| k.training_in(precision))
     }
 }
 

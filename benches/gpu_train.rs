@@ -15,6 +15,9 @@
 //! copy stream by the trainer's upload thread while the step before computes), and (c)
 //! the patches already on the device (`step_loaded`: no copy, no cut; the rate (b)
 //! should come close to when the copy overlaps).
+//!
+//! Last, the step at batch 128 in tf32 and in bf16 (tensor cores for the forward products
+//! and the input gradients), with its phases.
 
 use std::time::Instant;
 
@@ -97,6 +100,50 @@ fn main() -> Result<(), AnyError> {
             }
         }
         bytes_path(&mut trainer, batch, &mut rng)?;
+    }
+    precisions(&plan, &mut rng)
+}
+
+/// The step at batch 128 in tf32 and bf16 (the products of the forward pass and of the
+/// input gradients on tensor cores; weight gradients f32), the batch on the device, with
+/// its phases.
+fn precisions(plan: &alexnet::ir::Plan, rng: &mut rand::rngs::StdRng) -> Result<(), AnyError> {
+    use alexnet::ir::Precision;
+    let (batch, s) = (128usize, plan.input);
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        (0..batch * s.len())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect(),
+    )?;
+    let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let cuda = Cuda::new(0)?.with_precision(precision)?;
+        let model = Model::init(cuda, plan.clone(), 1)?;
+        let mut trainer = Trainer::new(model, TrainConfig::default())?;
+        trainer.load_batch(&x, &labels)?;
+        for _ in 0..3 {
+            trainer.step_loaded()?;
+        }
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            trainer.step_loaded()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let a = median(times);
+        println!(
+            "batch {batch}, {precision}: {:8.2} ms per step ({:7.0} images/s), batch on the device",
+            a * 1e3,
+            batch as f64 / a
+        );
+        trainer.set_timing(true);
+        trainer.step_loaded()?;
+        let phases = trainer.timings().to_vec();
+        trainer.set_timing(false);
+        for (name, t) in phases {
+            println!("  {precision} {name:<20} {:7.3}", t * 1e3);
+        }
     }
     Ok(())
 }

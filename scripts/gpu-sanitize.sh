@@ -92,13 +92,14 @@ done
 #                 (6 small nets x batches 1, 5, 33 x 3 steps: the GEMM data/weight gradients,
 #                 chunked weight sums, pooling, LRN, ReLU, tanh, dropout, loss, SGD)
 #   gpu_towers:   the small net split in two towers on two streams, 3 SGD steps (the
-#                 exchange kernels)
+#                 exchange kernels); in tf32 and bf16 its towers and a training step (the
+#                 input gradients on tensor cores, conv_mma_dgrad_*)
 # Left out there: the fixture networks (AlexNet at batch 128 forward, batch 4-64 training)
 # and the AlexNet towers at batch 64; memcheck runs those.
 declare -A small=(
   [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu bf16_forward_is_within_bf16_error_of_the_cpu"
   [gpu_training]="every_backward_stage_matches_the_cpu lrn_backward_intermediates every_layer_kind_trains_as_on_the_cpu"
-  [gpu_towers]="split_training_on_gpus_equals_unsplit"
+  [gpu_towers]="split_training_on_gpus_equals_unsplit tf32_towers_and_training bf16_towers_and_training"
 )
 # Caps in seconds per run; the three binaries of a tool run side by side, so a tool's phase
 # lasts at most its cap: 120 + 45 + 100 + 70 = 335 s of the 360 s budget. The deadline may

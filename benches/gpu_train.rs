@@ -17,7 +17,7 @@
 //! should come close to when the copy overlaps).
 //!
 //! Last, the step at batch 128 in tf32 and in bf16 (tensor cores for the forward products
-//! and the input gradients), with its phases.
+//! and the gradients), with its phases.
 
 use std::time::Instant;
 
@@ -105,8 +105,7 @@ fn main() -> Result<(), AnyError> {
 }
 
 /// The step at batch 128 in tf32 and bf16 (the products of the forward pass and of the
-/// input gradients on tensor cores; weight gradients f32), the batch on the device, with
-/// its phases.
+/// gradients on tensor cores), the batch on the device, with its phases.
 fn precisions(plan: &alexnet::ir::Plan, rng: &mut rand::rngs::StdRng) -> Result<(), AnyError> {
     use alexnet::ir::Precision;
     let (batch, s) = (128usize, plan.input);

@@ -123,11 +123,13 @@ __device__ __forceinline__ void stage_chunk(uint4* dst, const Value& value) {
 }
 
 // What the GEMM's operands are: matrices in memory (MMA_MATRIX); a convolution's forward
-// pass, whose a is the im2col of its input x (MMA_CONV); or its input gradient, whose a
-// is the output gradient dy gathered by the transposed convolution and b the filters
-// read across output channels (MMA_DGRAD). A convolution's operands are gathered by the
-// threads, value by value.
-enum MmaShape : int { MMA_MATRIX, MMA_CONV, MMA_DGRAD };
+// pass, whose a is the im2col of its input x (MMA_CONV); its input gradient, whose a is
+// the output gradient dy gathered by the transposed convolution and b the filters read
+// across output channels (MMA_DGRAD); or its weight and bias gradients, whose a is dy
+// and b the im2col of x with a column of ones for the bias, K the batch's output pixels
+// in chunks (MMA_WGRAD). A convolution's operands are gathered by the threads, value by
+// value.
+enum MmaShape : int { MMA_MATRIX, MMA_CONV, MMA_DGRAD, MMA_WGRAD };
 
 // A convolution's input gradient as a GEMM (MMA_DGRAD), per group g: row m = (image n,
 // input pixel h, w), column c = a channel of the group, k = (o, ky, kx) with o an output
@@ -158,15 +160,51 @@ __device__ __forceinline__ float dgrad_b(const float* __restrict__ wg, int c, in
     return wg[((size_t)(kk / RR) * CG + c) * RR + kk % RR];
 }
 
+// A convolution's weight and bias gradients as a GEMM (MMA_WGRAD), per group g: row o = an
+// output channel of the group, column j = (c, ky, kx) a weight of its filter (column KCOL
+// is the bias, whose input is 1), k = l = (image n, p, q) an output pixel of the batch:
+//   dw[g*OG + o, c, ky, kx] = sum_l dy[n, g*OG + o, p, q] * x[n, g*CG + c, p*S + ky - PAD, q*S + kx - PAD]
+//   db[g*OG + o]            = sum_l dy[n, g*OG + o, p, q]
+// as gemm_bwd_weight.cuh computes it in f32; the sum over l in chunks of CHUNK (block x
+// takes chunk x). wgrad_a is dy at (o, l) of group g, wgrad_b the im2col value at (j, l).
+template <class Cfg>
+__device__ __forceinline__ float wgrad_a(const float* __restrict__ dy, int g, int o, int l) {
+    constexpr int O = Cfg::O, OG = O / Cfg::GROUPS, PQ = Cfg::P * Cfg::Q;
+    if (o >= OG) return 0.f;
+    return dy[((size_t)(l / PQ) * O + g * OG + o) * PQ + l % PQ];
+}
+template <class Cfg>
+__device__ __forceinline__ float wgrad_b(const float* __restrict__ x, int g, int j, int l) {
+    constexpr int C = Cfg::C, H = Cfg::H, W = Cfg::W, Q = Cfg::Q, PQ = Cfg::P * Cfg::Q;
+    constexpr int R = Cfg::R, S = Cfg::STRIDE, PAD = Cfg::PAD, CG = C / Cfg::GROUPS;
+    constexpr int KCOL = CG * R * R;
+    if (j > KCOL) return 0.f;
+    if (j == KCOL) return 1.f;
+    const int n = l / PQ, pq = l % PQ, p = pq / Q, q = pq % Q;
+    const int c = j / (R * R), rs = j % (R * R);
+    const int iy = p * S + rs / R - PAD, ix = q * S + rs % R - PAD;
+    if (iy < 0 || iy >= H || ix < 0 || ix >= W) return 0.f;
+    return x[((size_t)(n * C + g * CG + c) * H + iy) * W + ix];
+}
+
 // FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16) as the
 // threads stage them (no cp.async). A convolution (SHAPE MMA_CONV or MMA_DGRAD) reads f32
 // always: tf32, or bf16 with FROM_F32.
-template <class Cfg, int KIND, int SHAPE = MMA_MATRIX, bool FROM_F32 = false>
+// MMA_WGRAD: the epilogue hands each sum to store(m, n, v) instead of writing c.
+struct NoStore {
+    __device__ __forceinline__ void operator()(int, int, float) const {}
+};
+
+template <class Cfg, int KIND, int SHAPE = MMA_MATRIX, bool FROM_F32 = false, class Store = NoStore>
 __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                                               const void* __restrict__ b_ptr,
                                               const float* __restrict__ bias,
-                                              float* __restrict__ c, int batch) {
+                                              float* __restrict__ c, int batch,
+                                              Store store = {}) {
     constexpr bool CONV = SHAPE != MMA_MATRIX, DGRAD = SHAPE == MMA_DGRAD;
+    // MMA_WGRAD: ROWS is the group's output channels (M, whatever the batch), N = KCOL + 1,
+    // K = CHUNK (one block's part of the sum over the batch's pixels).
+    constexpr bool WGRAD = SHAPE == MMA_WGRAD;
     using Op = MmaOp<KIND>;
     constexpr int E = Op::ELEM_BYTES, KSTEP = Op::KSTEP;
     constexpr int ROWS = Cfg::ROWS, N = Cfg::N, K = Cfg::K;
@@ -185,7 +223,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     static_assert(!FROM_F32 || KIND == MMA_BF16, "f32 operands are rounded to bf16 only");
     static_assert(!CONV || ((KIND == MMA_TF32 || FROM_F32) && SPLIT == 1),
                   "the convolution's im2col tile is f32 (tf32 or bf16r products), not split");
-    static_assert(!DGRAD || (!BIAS && !RELU), "an input gradient has no bias or ReLU");
+    static_assert(!(DGRAD || WGRAD) || (!BIAS && !RELU), "a gradient has no bias or ReLU");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");
     // A convolution whose filters are not whole 16-byte rows (AlexNet's conv1: 363 values)
@@ -208,16 +246,30 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
 
     const char* a = static_cast<const char*>(a_ptr);
     const char* b = static_cast<const char*>(b_ptr);
-    const int M = batch * ROWS;
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int M = WGRAD ? ROWS : batch * ROWS;
+    // MMA_WGRAD: block y is a tile of (rows, columns), block x the chunk of K.
+    constexpr int TILES_M = (ROWS + BM - 1) / BM;
+    const int m0 = WGRAD ? (blockIdx.y % TILES_M) * BM : blockIdx.x * BM;
+    const int n0 = WGRAD ? (blockIdx.y / TILES_M) * BN : blockIdx.y * BN;
+    // MMA_WGRAD: this block's values of K, [k_begin, k_end) of the batch's pixels.
+    const int k_begin = WGRAD ? blockIdx.x * K : 0;
+    const int k_end = [&] {
+        if constexpr (WGRAD) {
+            const int l = batch * Cfg::P * Cfg::Q;
+            return k_begin + K < l ? k_begin + K : l;
+        } else {
+            return K;
+        }
+    }();
     // This block's K steps: kt0 .. kt0 + NT - 1 (all of them without split-K).
     const int kt0 = CONV ? 0 : blockIdx.z * KTS;
-    const int NT = KT - kt0 < KTS ? (KT - kt0 > 0 ? KT - kt0 : 0) : KTS;
+    const int NT = WGRAD ? (k_end - k_begin + BK - 1) / BK
+                         : (KT - kt0 < KTS ? (KT - kt0 > 0 ? KT - kt0 : 0) : KTS);
     // Split-K: this block's slice of the workspace. A convolution: blockIdx.z is the group,
     // whose weights, bias and output channels follow the previous groups' (N x K filter
     // values a group in both passes: OG x CG x R x R).
     if (!CONV) c += (size_t)blockIdx.z * M * N;
-    if (CONV) b += (size_t)blockIdx.z * N * K * (FROM_F32 ? 4 : E);
+    if (CONV && !WGRAD) b += (size_t)blockIdx.z * N * K * (FROM_F32 ? 4 : E);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int wm0 = (warp % WARPS_M) * WM, wn0 = (warp / WARPS_M) * WN;
 
@@ -241,13 +293,18 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
 
     // Issues the copies of K step kt into stage s (zero where out of range).
     auto load = [&](int s, int kt) {
-        const int k0 = kt * BK;
+        const int k0 = k_begin + kt * BK;
 #pragma unroll
         for (int r = 0; r < (BM * CH + THREADS - 1) / THREADS; ++r) {
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int m = m0 + row, k = k0 + ch * CPE;
             if (!(BM * CH % THREADS == 0 || i < BM * CH)) continue;
-            if constexpr (DGRAD) {
+            if constexpr (WGRAD) {
+                const float* dy = static_cast<const float*>(a_ptr);
+                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) {
+                    return k + j < k_end ? wgrad_a<Cfg>(dy, blockIdx.z, m, k + j) : 0.f;
+                });
+            } else if constexpr (DGRAD) {
                 // dy of image m / ROWS from the group's first output channel on.
                 const int mm = m < M ? m : 0, hw = mm % ROWS;
                 const float* dyg = static_cast<const float*>(a_ptr) +
@@ -285,7 +342,12 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             const int i = tid + r * THREADS, row = i / CH, ch = i % CH;
             const int n = n0 + row, k = k0 + ch * CPE;
             if (!(BN * CH % THREADS == 0 || i < BN * CH)) continue;
-            if constexpr (DGRAD) {
+            if constexpr (WGRAD) {
+                const float* x = reinterpret_cast<const float*>(b);
+                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) {
+                    return k + j < k_end ? wgrad_b<Cfg>(x, blockIdx.z, n, k + j) : 0.f;
+                });
+            } else if constexpr (DGRAD) {
                 // The group's filters across output channels: row n is input channel n.
                 const float* wg = reinterpret_cast<const float*>(b);
                 stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) { return dgrad_b<Cfg>(wg, n, k + j); });
@@ -375,7 +437,9 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                     const int n = n0 + wn0 + ni * 8 + 2 * t + j;
                     if (n >= N) continue;
                     float v = acc[mi][ni][2 * h + j];
-                    if constexpr (CONV) {
+                    if constexpr (WGRAD) {
+                        store(m, n, v);
+                    } else if constexpr (CONV) {
                         // NCHW: channel g * N + n of image m / ROWS, pixel m % ROWS, of the
                         // output (O channels) or of the input gradient (C channels).
                         constexpr int CHANNELS = DGRAD ? Cfg::C : Cfg::O;
@@ -499,5 +563,51 @@ __device__ __forceinline__ void conv_mma_dgrad_bf16r(const float* __restrict__ d
                                                      const float* __restrict__ w,
                                                      float* __restrict__ dx, int batch) {
     gemm_mma_core<Cfg, MMA_BF16, MMA_DGRAD, true>(dy, w, nullptr, dx, batch);
+}
+// A convolution's weight and bias gradients on tensor cores (MMA_WGRAD above): tf32 (or,
+// with FROM_F32, bf16) products of dy and the im2col of x, f32 sums. One chunk (grid x =
+// 1): dw and db written; several: each chunk's partial sums to ws[chunk][g][o][j], which
+// gemm_bwd_weight_reduce (gemm_bwd_weight.cuh) adds in chunk order. Cfg: ROWS = O /
+// GROUPS, N = KCOL + 1, K = CHUNK, and the convolution's sizes. Grid: x = ceil(batch * P
+// * Q / CHUNK), y = ceil(ROWS / BM) * ceil(N / BN), z = GROUPS.
+template <class Cfg, int KIND, bool FROM_F32>
+__device__ __forceinline__ void conv_mma_wgrad(const float* __restrict__ x,
+                                               const float* __restrict__ dy,
+                                               float* __restrict__ dw, float* __restrict__ db,
+                                               float* __restrict__ ws, int batch) {
+    constexpr int G = Cfg::GROUPS, OG = Cfg::O / G;
+    constexpr int KCOL = Cfg::C / G * Cfg::R * Cfg::R;
+    static_assert(Cfg::ROWS == OG && Cfg::N == KCOL + 1 && Cfg::K == Cfg::CHUNK,
+                  "a weight gradient's GEMM is OG x (KCOL + 1), K in chunks");
+    const int g = blockIdx.z;
+    const bool chunks = gridDim.x > 1;
+    auto store = [=](int o, int j, float v) {
+        if (chunks)
+            ws[(((size_t)blockIdx.x * G + g) * OG + o) * (KCOL + 1) + j] = v;
+        else if (j == KCOL)
+            db[g * OG + o] = v;
+        else
+            dw[(size_t)(g * OG + o) * KCOL + j] = v;
+    };
+    gemm_mma_core<Cfg, KIND, MMA_WGRAD, FROM_F32>(dy, x, nullptr, nullptr, batch, store);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_wgrad_tf32(const float* __restrict__ x,
+                                                    const float* __restrict__ dy,
+                                                    float* __restrict__ dw,
+                                                    float* __restrict__ db,
+                                                    float* __restrict__ ws, int batch) {
+    conv_mma_wgrad<Cfg, MMA_TF32, false>(x, dy, dw, db, ws, batch);
+}
+
+// conv_mma_wgrad_tf32 with dy and x rounded to bf16 as the threads stage them.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_wgrad_bf16r(const float* __restrict__ x,
+                                                     const float* __restrict__ dy,
+                                                     float* __restrict__ dw,
+                                                     float* __restrict__ db,
+                                                     float* __restrict__ ws, int batch) {
+    conv_mma_wgrad<Cfg, MMA_BF16, true>(x, dy, dw, db, ws, batch);
 }
 #endif  // ALEXNET_GEMM_MMA_CUH

@@ -93,7 +93,7 @@ done
 #                 chunked weight sums, pooling, LRN, ReLU, tanh, dropout, loss, SGD)
 #   gpu_towers:   the small net split in two towers on two streams, 3 SGD steps (the
 #                 exchange kernels); in tf32 and bf16 its towers and a training step (the
-#                 input gradients on tensor cores, conv_mma_dgrad_*)
+#                 gradients on tensor cores, conv_mma_dgrad_*, conv_mma_wgrad_*)
 # Left out there: the fixture networks (AlexNet at batch 128 forward, batch 4-64 training)
 # and the AlexNet towers at batch 64; memcheck runs those.
 declare -A small=(

@@ -381,7 +381,14 @@ fn emulate_source(
     block: u32,
     bufs: &[(&str, &[f32])],
 ) -> HashMap<String, Vec<f32>> {
-    let dir = std::env::temp_dir().join(format!("alexnet-emu-{}-{tag}", std::process::id()));
+    // A folder of its own per call: tests run in threads, and two may emulate the same
+    // kernel at once (the f32 reduction of a weight gradient's chunks, in tf32 and bf16).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call_id = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "alexnet-emu-{}-{call_id}-{tag}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let program =
         format!("{PRELUDE}\n{MMA}\n#include <string>\n{source}\n#define LAUNCH {call}\n{MAIN}");
@@ -1016,7 +1023,8 @@ fn mma_fully_connected_stages(mp: MmaPrecision) {
     // copies whole chunks); bf16r reads its rows with the threads, and takes any K.
     let odd: Plan = alexnet::plan_from_str("T<3, 5, 5> { fc(7) }").unwrap();
     let odd_kernels = cuda::generate(&odd);
-    assert!(odd_kernels.tf32.is_empty() && !odd_kernels.bf16.is_empty());
+    assert_eq!(odd_kernels.differing_forward(Precision::Tf32).count(), 0);
+    assert!(odd_kernels.differing_forward(Precision::Bf16).count() > 0);
     assert_eq!(
         odd_kernels.forward_in(Precision::Tf32),
         odd_kernels.forward.to_vec()
@@ -1205,24 +1213,25 @@ fn mma_convolutions(mp: MmaPrecision) {
     }
 }
 
-/// Training in tf32 on a GPU: the input gradients of convolutions and fully connected
-/// layers on tensor cores (`conv_mma_dgrad_tf32`), under emulation against the CPU
-/// backend's f32 input gradient of the same stage on dy and the filters rounded to tf32
-/// (the products the tensor cores see: to f32 accuracy) and on them as they are (tf32's
-/// own error, which the test states).
+/// Training in tf32 on a GPU: the input gradients and the weight and bias gradients of
+/// convolutions and fully connected layers on tensor cores (`conv_mma_dgrad_tf32`,
+/// `conv_mma_wgrad_tf32` with the f32 ordered sum of its chunks), under emulation against
+/// the CPU backend's f32 gradients of the same stage on operands rounded to tf32 (the
+/// products the tensor cores see: to f32 accuracy) and on them as they are (tf32's own
+/// error, which the test states).
 #[test]
-fn tf32_input_gradients_match_the_cpu_under_emulation() {
-    mma_data_gradients(TF32);
+fn tf32_gradients_match_the_cpu_under_emulation() {
+    mma_gradients(TF32);
 }
 
-/// Training in bf16 on a GPU: the input gradients with dy and the filters rounded to bf16
-/// as the threads stage them (`conv_mma_dgrad_bf16r`).
+/// Training in bf16 on a GPU: the same with every operand rounded to bf16 as the threads
+/// stage it (`conv_mma_dgrad_bf16r`, `conv_mma_wgrad_bf16r`).
 #[test]
-fn bf16_input_gradients_match_the_cpu_under_emulation() {
-    mma_data_gradients(BF16);
+fn bf16_gradients_match_the_cpu_under_emulation() {
+    mma_gradients(BF16);
 }
 
-fn mma_data_gradients(mp: MmaPrecision) {
+fn mma_gradients(mp: MmaPrecision) {
     use alexnet::ir::Role;
     use alexnet::runtime::cpu::StageGrads;
     let Some(cxx) = compiler() else { return };
@@ -1231,7 +1240,8 @@ fn mma_data_gradients(mp: MmaPrecision) {
     // of 130 channels (several column tiles), AlexNet's conv2 shape in small (two groups of
     // 48 channels: the narrow tile), 11 x 11 filters at stride 4 (K = 25 x 121 ends
     // mid-chunk), and fully connected layers (a 1 x 1 convolution of the input's values;
-    // K = 70 outputs ends mid-chunk too).
+    // K = 70 outputs ends mid-chunk too). The weight gradients: one chunk, or several
+    // (their partial sums added in order by the f32 reduction).
     for (src, batches) in [
         (
             "T<4, 9, 11> { conv(4, 1) conv(6, 3, stride = 2, pad = 1, groups = 2) }",
@@ -1258,16 +1268,31 @@ fn mma_data_gradients(mp: MmaPrecision) {
         let stage = plan.stages()[1];
         let layer = &plan.layers[stage.layer];
         let training = kernels.training_in(mp.precision);
-        let k = training
-            .iter()
-            .find(|k| k.role == Role::DataGrad && k.layer() == stage.layer)
-            .unwrap();
-        let named = format!("_mma_{}_dgrad_", mp.name);
-        assert!(k.name().contains(&named), "{src}: {}", k.name());
-        assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
-        // The f32 kernels keep the f32 input gradient.
-        let f32_dgrad = kernels.find(stage.layer, Role::DataGrad).unwrap();
-        assert!(!f32_dgrad.name().contains("_mma_"), "{}", f32_dgrad.name());
+        let find = |role: Role| {
+            training
+                .iter()
+                .find(|k| k.role == role && k.layer() == stage.layer)
+                .unwrap()
+        };
+        let (dgrad, wgrad, reduce) = (
+            find(Role::DataGrad),
+            find(Role::WeightGrad),
+            find(Role::WeightReduce),
+        );
+        for (k, pass) in [(dgrad, "dgrad"), (wgrad, "wgrad")] {
+            let named = format!("_mma_{}_{pass}_", mp.name);
+            assert!(k.name().contains(&named), "{src}: {}", k.name());
+            assert!(k.gemm.is_some_and(|g| g.tile.tensor_cores()));
+        }
+        // The f32 kernels keep the f32 gradients.
+        for role in [Role::DataGrad, Role::WeightGrad] {
+            let f32_kernel = kernels.find(stage.layer, role).unwrap();
+            assert!(
+                !f32_kernel.name().contains("_mma_"),
+                "{}",
+                f32_kernel.name()
+            );
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(61 + src.len() as u64);
         let params = common::random_params(&plan, &mut rng);
         let (w, b) = (&params[2].data, &params[3].data);
@@ -1275,8 +1300,8 @@ fn mma_data_gradients(mp: MmaPrecision) {
             let x = random(&mut rng, batch * layer.input.len());
             let y = vec![0.0f32; batch * layer.output.len()];
             let dy = random(&mut rng, y.len());
-            // The CPU's input gradient (f32) of dy and filters `w`.
-            let cpu = |dy: &[f32], w: &[f32]| {
+            // The CPU's gradients (f32) of x, dy and filters `w`: dx, dw, db.
+            let cpu = |x: &[f32], dy: &[f32], w: &[f32]| {
                 let mut dx = vec![0.0f32; x.len()];
                 let mut dw = vec![0.0f32; w.len()];
                 let mut db = vec![0.0f32; b.len()];
@@ -1285,7 +1310,7 @@ fn mma_data_gradients(mp: MmaPrecision) {
                         &plan,
                         stage,
                         batch,
-                        &x,
+                        x,
                         &y,
                         dy,
                         &[w, b],
@@ -1295,21 +1320,63 @@ fn mma_data_gradients(mp: MmaPrecision) {
                         },
                     )
                     .unwrap();
-                dx
+                [dx, dw, db]
             };
             let rounded = |v: &[f32]| v.iter().map(|&v| (mp.round)(v)).collect::<Vec<f32>>();
-            let want_rounded = cpu(&rounded(&dy), &rounded(w));
-            let want_f32 = cpu(&dy, w);
-            let dx0 = vec![f32::NAN; x.len()];
-            let r = emulate(&cxx, k, batch, &[("dy", &dy), ("w", w), ("dx", &dx0)], &[]);
-            let what = format!("{} batch {batch}", k.name());
-            close(&what, &r["dx"], &want_rounded, 1e-5);
-            let e = rel_l2(&r["dx"], &want_f32);
-            println!("{what}: {} against f32, relative L2 {e:.2e}", mp.name);
-            assert!(
-                e <= mp.against_f32,
-                "{what}: relative L2 {e:.2e} against f32"
+            let want_rounded = cpu(&rounded(&x), &rounded(&dy), &rounded(w));
+            let want_f32 = cpu(&x, &dy, w);
+            let nan = |n: usize| vec![f32::NAN; n];
+            let r = emulate(
+                &cxx,
+                dgrad,
+                batch,
+                &[("dy", &dy), ("w", w), ("dx", &nan(x.len()))],
+                &[],
             );
+            let dx = r["dx"].clone();
+            let chunks = wgrad.launch.grid(batch)[0] as usize;
+            let ws = nan(chunks * wgrad.workspace_per_chunk());
+            let r = emulate(
+                &cxx,
+                wgrad,
+                batch,
+                &[
+                    ("x", &x),
+                    ("dy", &dy),
+                    ("dw", &nan(w.len())),
+                    ("db", &nan(b.len())),
+                    ("ws", &ws),
+                ],
+                &[],
+            );
+            let (mut dw, mut db) = (r["dw"].clone(), r["db"].clone());
+            if chunks > 1 {
+                let r = emulate(
+                    &cxx,
+                    reduce,
+                    batch,
+                    &[("ws", &r["ws"]), ("dw", &dw), ("db", &db)],
+                    &[],
+                );
+                (dw, db) = (r["dw"].clone(), r["db"].clone());
+            }
+            for (i, (got, what)) in [
+                (&dx, dgrad.name().to_string()),
+                (&dw, format!("{} ({chunks} chunks) weight", wgrad.name())),
+                (&db, format!("{} ({chunks} chunks) bias", wgrad.name())),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let what = format!("{what} batch {batch}");
+                close(&what, got, &want_rounded[i], 1e-5);
+                let e = rel_l2(got, &want_f32[i]);
+                println!("{what}: {} against f32, relative L2 {e:.2e}", mp.name);
+                assert!(
+                    e <= mp.against_f32,
+                    "{what}: relative L2 {e:.2e} against f32"
+                );
+            }
         }
     }
 }

@@ -100,7 +100,7 @@ fn split_on_gpus_equals_unsplit() {
 /// `--precision tf32` with towers and in training: the small net split on two streams of
 /// one GPU, its convolutions and fc layers on tensor cores, against the unsplit network on
 /// the CPU in f32: the forward pass within tf32's error (5e-3), and a training step's
-/// gradients (tf32 activations, and input gradients on tensor cores) within 2e-2; a tf32
+/// gradients (tf32 activations, and gradients on tensor cores) within 2e-2; a tf32
 /// Trainer on one GPU the same.
 #[test]
 #[ignore = "needs a CUDA GPU"]

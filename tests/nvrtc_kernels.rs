@@ -5,7 +5,7 @@
 //! is skipped, with a notice, on a developer's machine.
 
 use alexnet::codegen::cuda;
-use alexnet::ir::{KernelLaunch, KernelSpec, Precision};
+use alexnet::ir::{KernelLaunch, KernelSpec, Precision, Role};
 use alexnet::nets::{AlexNet, SmallNet, TorchvisionAlexNet};
 use alexnet::runtime::cuda::nvrtc;
 
@@ -382,8 +382,9 @@ fn tensor_core_kernels_use_hmma_and_no_local_memory() {
 /// layers' (of every example network and of each tower of the split ones: every
 /// convolution, and every fc whose input rows are whole 16-byte chunks; the tensor-core
 /// GEMM, and the ordered sum of its parts where it is split along K), the training
-/// kernels that differ are exactly the input gradients of the learned layers after the
-/// first, and they all compile with no spills; AlexNet's GEMMs run on tensor cores (HMMA
+/// kernels that differ are exactly the learned layers' weight gradients (with the sums of
+/// their chunks) and input gradients (but the first layer's), and they all compile with
+/// no spills; AlexNet's GEMMs run on tensor cores (HMMA
 /// in their SASS, no local memory).
 #[test]
 fn the_tf32_forward_kernels_are_the_learned_layers_on_tensor_cores() {
@@ -439,17 +440,31 @@ fn mma_forward_kernels(precision: Precision) {
             replaced, learned,
             "{net}: the {precision} kernels are the learned layers'"
         );
-        // The input gradients: every learned layer's but the first's, whatever its K.
+        // The gradients: every learned layer's weight gradient (with the ordered sum of
+        // its chunks) and input gradient but the first's, whatever its K.
         let training: Vec<&KernelSpec> = specs.iter().filter(|k| !k.role.is_forward()).collect();
-        assert!(training
-            .iter()
-            .all(|k| k.role == alexnet::ir::Role::DataGrad));
-        let dgrad: Vec<usize> = training.iter().map(|k| k.layer()).collect();
-        let mut want: Vec<usize> = (0..plan.layers.len())
+        let layers_of = |role: Role| -> Vec<usize> {
+            training
+                .iter()
+                .filter(|k| k.role == role)
+                .map(|k| k.layer())
+                .collect()
+        };
+        let all: Vec<usize> = (0..plan.layers.len())
             .filter(|&l| plan.layers[l].op.is_learned())
             .collect();
-        want.remove(0);
-        assert_eq!(dgrad, want, "{net}: the {precision} input gradients");
+        assert_eq!(layers_of(Role::WeightGrad), all, "{net}: weight gradients");
+        assert_eq!(layers_of(Role::WeightReduce), all, "{net}: their sums");
+        assert_eq!(
+            layers_of(Role::DataGrad),
+            all[1..],
+            "{net}: input gradients"
+        );
+        assert_eq!(
+            training.len(),
+            3 * all.len() - 1,
+            "{net}: {precision} training"
+        );
         let source = cuda::translation_unit(&format!("// {precision}\n"), &specs);
         let launches: Vec<KernelLaunch> = specs.iter().map(|k| k.launch.clone()).collect();
         for row in check(net, &source, &launches) {

@@ -47,12 +47,11 @@ pub enum PrecisionArg {
     /// f32 products, exactly the CPU's functions (the reference).
     #[default]
     F32,
-    /// The convolutions' and fully connected layers' products (forward, and input
-    /// gradients) on tensor cores, tf32 inputs and f32 sums (a GPU only; weight gradients
-    /// f32).
+    /// The convolutions' and fully connected layers' products (forward, and in training
+    /// the gradients) on tensor cores, tf32 inputs and f32 sums (a GPU only).
     Tf32,
     /// The convolutions' and fully connected layers' forward products from bf16 operands,
-    /// f32 sums (on a GPU on tensor cores, the input gradients too; weight gradients f32).
+    /// f32 sums (on a GPU on tensor cores, in training the gradients too).
     Bf16,
 }
 

@@ -81,7 +81,7 @@ enum Command {
         #[arg(long)]
         training: bool,
         /// The kernels of this precision (tf32, bf16: the convolutions' and fc layers'
-        /// forward passes, and with --training their input gradients, on tensor cores).
+        /// forward passes, and with --training their gradients, on tensor cores).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,
         /// Print per kernel its blocks per SM, FLOPs, bytes moved and roofline time on an

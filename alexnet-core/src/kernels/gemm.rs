@@ -376,12 +376,12 @@ impl Gemm {
 
     /// The workspace of the chunks' partial sums: `G * OG * (KCOL + 1)` values a chunk,
     /// one chunk per `chunk` pixels of the batch's output.
-    fn workspace(&self) -> Len {
+    fn workspace(&self, chunk: usize) -> Len {
         let pq = (self.output.h * self.output.w) as u64;
         Len::Split {
             per_chunk: (self.output.c * (self.kcol() + 1)) as u64,
             per_image: pq,
-            chunk: self.chunk() as u64,
+            chunk: chunk as u64,
         }
     }
 
@@ -433,7 +433,7 @@ impl Gemm {
                 ("dy", Len::PerImage(self.output.len() as u64)),
                 ("dw", Len::Fixed(self.weight_len())),
                 ("db", Len::Fixed(self.output.c as u64)),
-                ("ws", self.workspace()),
+                ("ws", self.workspace(self.chunk())),
             ],
             gemm: Some(self.weight_info()),
         }
@@ -442,8 +442,25 @@ impl Gemm {
 
     /// The ordered sum of the weight gradient's chunks (run only when there are several).
     pub fn weight_reduce(&self, owner: &Owner<'_>) -> KernelSpec {
+        self.reduce_chunks(owner, self.chunk(), "")
+    }
+
+    /// The ordered sum of another weight gradient's chunks of `chunk` output pixels, in
+    /// the same workspace layout (a tensor-core one's: `MmaGemm::conv_weight_grad`),
+    /// named for its chunk.
+    pub fn weight_reduce_of(&self, owner: &Owner<'_>, chunk: usize) -> KernelSpec {
+        self.reduce_chunks(owner, chunk, &format!("_c{chunk}"))
+    }
+
+    fn reduce_chunks(&self, owner: &Owner<'_>, chunk: usize, suffix: &str) -> KernelSpec {
         let e = self.output.c * (self.kcol() + 1);
-        let name = format!("{}_bwd_weight_reduce_n{e}", owner.name);
+        let name = format!("{}_bwd_weight_reduce_n{e}{suffix}", owner.name);
+        let mut consts = self.weight_consts();
+        for (name, v) in consts.iter_mut() {
+            if *name == "CHUNK" {
+                *v = chunk.into();
+            }
+        }
         Instance {
             role: Role::WeightReduce,
             launch: KernelLaunch::fixed(
@@ -457,9 +474,9 @@ impl Gemm {
                 "ordered sum of the weight gradient's chunks of `{}` ({})",
                 owner.label, owner.desc
             ),
-            consts: self.weight_consts(),
+            consts,
             lens: vec![
-                ("ws", self.workspace()),
+                ("ws", self.workspace(chunk)),
                 ("dw", Len::Fixed(self.weight_len())),
                 ("db", Len::Fixed(self.output.c as u64)),
             ],

@@ -9,8 +9,9 @@
 //! forward pass (`layers::fc`, split along K where the grid is small), by the
 //! convolutions' (an implicit GEMM whose im2col tile the threads gather:
 //! [`MmaGemm::conv`]), and in training by both kinds' input gradients (the transposed
-//! convolution, both tiles gathered: [`MmaGemm::conv_data_grad`]). The weight gradients
-//! stay on the f32 GEMM. bf16 reads f32 operands and rounds them as it stages them
+//! convolution, both tiles gathered: [`MmaGemm::conv_data_grad`]) and weight and bias
+//! gradients (dy against the im2col of the input, the sum over the batch in chunks whose
+//! partial sums the f32 kernel adds in order: [`MmaGemm::conv_weight_grad`]). bf16 reads f32 operands and rounds them as it stages them
 //! ([`MmaInputs::Bf16OfF32`], `gemm_mma_bf16r`): the activations between stages stay f32,
 //! as in the CPU backend's bf16. The forms that read 16-bit operands are built and checked
 //! (emulation, NVRTC) but no layer uses them yet: the runtime has no 16-bit activations to
@@ -108,6 +109,33 @@ const DGRAD_PARAMS: [Param; 4] = [
     },
 ];
 
+const WGRAD_PARAMS: [Param; 6] = [
+    ptr("x", Elem::F32, Access::Read),
+    ptr("dy", Elem::F32, Access::Read),
+    ptr("dw", Elem::F32, Access::Write),
+    ptr("db", Elem::F32, Access::Write),
+    ptr("ws", Elem::F32, Access::Write),
+    Param {
+        name: "batch",
+        ty: ArgTy::Int,
+    },
+];
+
+/// A convolution's weight and bias gradients on tensor cores (tf32), the sum over the
+/// batch in chunks.
+pub const CONV_WGRAD_TF32: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_wgrad_tf32",
+    params: &WGRAD_PARAMS,
+};
+
+/// [`CONV_WGRAD_TF32`] with the output gradient and the input rounded to bf16.
+pub const CONV_WGRAD_BF16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_wgrad_bf16r",
+    params: &WGRAD_PARAMS,
+};
+
 /// A convolution's input gradient on tensor cores (tf32): the transposed convolution of
 /// the output gradient as an implicit GEMM.
 pub const CONV_DGRAD_TF32: Template = Template {
@@ -175,6 +203,8 @@ pub const TEMPLATES: &[Template] = &[
     GEMM_REDUCE,
     CONV_DGRAD_TF32,
     CONV_DGRAD_BF16R,
+    CONV_WGRAD_TF32,
+    CONV_WGRAD_BF16R,
 ];
 
 /// What a tensor-core GEMM reads and what its products multiply.
@@ -221,8 +251,8 @@ impl MmaInputs {
         }
     }
 
-    /// What the tensor-core GEMMs of the forward pass and of the input gradients multiply
-    /// in `precision` (`None`: f32 on the CUDA cores). The operands stay f32 in memory in
+    /// What the tensor-core GEMMs of the forward pass and of the gradients multiply in
+    /// `precision` (`None`: f32 on the CUDA cores). The operands stay f32 in memory in
     /// every precision for now.
     pub const fn for_precision(precision: Precision) -> Option<MmaInputs> {
         match precision {
@@ -326,6 +356,25 @@ impl MmaTile {
         }
     }
 
+    /// A convolution's weight gradient's tile for `inputs` (rows: a group's output
+    /// channels; columns: its filter values and the bias): [`MmaTile::conv_for`]; with f32
+    /// operands rounded to bf16, 64 x 128 over 1 x 4 warps: with the 128 x 128 tile ptxas
+    /// spilled a few bytes for conv1 on sm_80 (its 11 x 11 windows at stride 4 gathered in
+    /// both tiles), as it did for some of AlexNet's layers with 64 x 128 over 2 x 4 warps,
+    /// 128 x 64 or 64 x 64; this one spills for none of them on sm_80 or sm_90.
+    pub const fn wgrad_for(inputs: MmaInputs) -> MmaTile {
+        let t = MmaTile::conv_for(inputs);
+        match inputs {
+            MmaInputs::Bf16OfF32 => MmaTile {
+                bm: 64,
+                warps_m: 1,
+                warps_n: 4,
+                ..t
+            },
+            _ => t,
+        }
+    }
+
     /// The tile for `elem`: `bk` is given for 16-bit values; f32 rows hold half as many
     /// in the same bytes.
     const fn for_elem(self, elem: Elem) -> MmaTile {
@@ -408,9 +457,20 @@ pub struct MmaGemm {
     /// A convolution's implicit GEMM ([`MmaGemm::conv`]); `None`: `x` is the `M x K`
     /// matrix itself.
     pub conv: Option<MmaConv>,
-    /// The convolution's input gradient ([`MmaGemm::conv_data_grad`]) rather than its
-    /// output.
-    pub data_grad: bool,
+    /// Which pass of the convolution it computes (its output unless it is one).
+    pub pass: MmaPass,
+}
+
+/// The pass of a convolution a tensor-core GEMM computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmaPass {
+    /// The output (or, for a plain GEMM, `y = x * w^T`).
+    Forward,
+    /// The input gradient ([`MmaGemm::conv_data_grad`]).
+    DataGrad,
+    /// The weight and bias gradients ([`MmaGemm::conv_weight_grad`]), the sum over the
+    /// batch's output pixels in chunks of `chunk` (one block each).
+    WeightGrad { chunk: usize },
 }
 
 impl MmaGemm {
@@ -476,7 +536,7 @@ impl MmaGemm {
             epilogue,
             split: 1,
             conv: None,
-            data_grad: false,
+            pass: MmaPass::Forward,
         })
     }
 
@@ -550,9 +610,57 @@ impl MmaGemm {
         Ok(MmaGemm {
             k,
             conv: Some(conv),
-            data_grad: true,
+            pass: MmaPass::DataGrad,
             ..gemm
         })
+    }
+
+    /// A convolution's weight and bias gradients on tensor cores, from f32 `x` and `dy`:
+    /// tf32 products (`conv_mma_wgrad_tf32`) or bf16 ones (`conv_mma_wgrad_bf16r`), summed
+    /// in f32. Per group, `O / groups` rows, `C / groups * r * r + 1` columns (the last
+    /// the bias, whose input is 1), K the batch's output pixels in chunks, each a block
+    /// (as many as fill the GPU at batch 128: [`MmaGemm::weight_chunk`]); with several
+    /// chunks their partial sums go to the workspace `ws`, which the f32 weight
+    /// gradient's ordered sum adds (`gemm_bwd_weight_reduce`). The threads gather both
+    /// tiles. A fully connected layer is the case of a 1 x 1 image and filter.
+    pub fn conv_weight_grad(
+        conv: MmaConv,
+        inputs: MmaInputs,
+        tile: MmaTile,
+    ) -> Result<Self, MmaError> {
+        let (i, o, g) = (conv.input, conv.output, conv.groups);
+        if g == 0 || !i.c.is_multiple_of(g) || !o.c.is_multiple_of(g) {
+            return Err(MmaError::Empty);
+        }
+        if !inputs.reads_f32() {
+            return Err(MmaError::ConvInputs(inputs));
+        }
+        let (og, kcol) = (o.c / g, i.c / g * conv.r * conv.r);
+        let plain = Epilogue {
+            bias: false,
+            relu: false,
+        };
+        // The tile's rules first, at a K of one step.
+        let bk = tile.for_elem(inputs.staged()).bk;
+        let gemm = MmaGemm::with_inputs(og, kcol + 1, bk, inputs, tile, plain)?;
+        let chunk = gemm.weight_chunk(conv);
+        Ok(MmaGemm {
+            k: chunk,
+            conv: Some(conv),
+            pass: MmaPass::WeightGrad { chunk },
+            ..gemm
+        })
+    }
+
+    /// Output pixels of the batch a block of the weight gradient sums: enough chunks for
+    /// about 528 blocks (4 per SM of an H200) at batch 128 with this GEMM's tiles, each at
+    /// least 4 K steps, a whole number of K steps.
+    pub fn weight_chunk(&self, conv: MmaConv) -> usize {
+        let t = self.kernel_tile();
+        let tiles = self.rows_per_image.div_ceil(t.bm) * self.n.div_ceil(t.bn) * conv.groups;
+        let chunks = 528usize.div_ceil(tiles).max(1);
+        let pixels = 128 * conv.output.h * conv.output.w;
+        pixels.div_ceil(chunks).max(4 * t.bk).next_multiple_of(t.bk)
     }
 
     /// The operands' type in memory.
@@ -607,12 +715,12 @@ impl MmaGemm {
     fn template(&self) -> &'static Template {
         // A convolution and split-K read f32 (`conv` and `with_split` refuse the others).
         let bf16 = self.inputs == MmaInputs::Bf16OfF32;
-        if self.data_grad {
-            return if bf16 {
-                &CONV_DGRAD_BF16R
-            } else {
-                &CONV_DGRAD_TF32
-            };
+        match (self.pass, bf16) {
+            (MmaPass::DataGrad, true) => return &CONV_DGRAD_BF16R,
+            (MmaPass::DataGrad, false) => return &CONV_DGRAD_TF32,
+            (MmaPass::WeightGrad { .. }, true) => return &CONV_WGRAD_BF16R,
+            (MmaPass::WeightGrad { .. }, false) => return &CONV_WGRAD_TF32,
+            (MmaPass::Forward, _) => {}
         }
         match (self.conv.is_some(), self.split > 1, self.inputs) {
             (true, _, _) if bf16 => &CONV_BF16R,
@@ -651,7 +759,11 @@ impl MmaGemm {
         let conv = match self.conv {
             Some(c) => format!(
                 "_{}_r{}_s{}_g{}",
-                if self.data_grad { "dgrad" } else { "conv" },
+                match self.pass {
+                    MmaPass::Forward => "conv",
+                    MmaPass::DataGrad => "dgrad",
+                    MmaPass::WeightGrad { .. } => "wgrad",
+                },
                 c.r,
                 c.stride,
                 c.groups
@@ -703,8 +815,12 @@ impl MmaGemm {
                 ("PAD", c.pad.into()),
                 ("GROUPS", c.groups.into()),
             ]);
-            if self.data_grad {
-                consts.push(("P", c.output.h.into()));
+            match self.pass {
+                MmaPass::Forward => {}
+                MmaPass::DataGrad => consts.push(("P", c.output.h.into())),
+                MmaPass::WeightGrad { chunk } => {
+                    consts.extend([("P", c.output.h.into()), ("CHUNK", chunk.into())])
+                }
             }
         }
         let (rows, n, k) = (self.rows_per_image as u64, self.n as u64, self.k as u64);
@@ -714,7 +830,7 @@ impl MmaGemm {
             Some(c) => (c.groups as u64, c.input.len() as u64),
             None => (1, rows * k),
         };
-        let outputs = if self.data_grad {
+        let outputs = if self.pass != MmaPass::Forward {
             Vec::new()
         } else if self.split > 1 {
             vec![("ws", Len::PerImage(split * rows * n))]
@@ -724,8 +840,12 @@ impl MmaGemm {
                 ("y", Len::PerImage(groups * rows * n)),
             ]
         };
+        // The launch's x: blocks of `bm` rows of the batch's, or the weight gradient's
+        // chunks of output pixels (its tiles along y).
+        let (mut x_per_image, mut x_per_block) = (rows, t.bm as u32);
+        let mut grid_y = self.n.div_ceil(t.bn) as u32;
         let (role, stage, doc, lens) = match self.conv {
-            Some(c) if self.data_grad => (
+            Some(c) if self.pass == MmaPass::DataGrad => (
                 Role::DataGrad,
                 GemmStage::DataGrad,
                 format!(
@@ -741,6 +861,37 @@ impl MmaGemm {
                     ("dx", Len::PerImage(c.input.len() as u64)),
                 ],
             ),
+            Some(c) if matches!(self.pass, MmaPass::WeightGrad { .. }) => {
+                let pq = (c.output.h * c.output.w) as u64;
+                (x_per_image, x_per_block) = (pq, self.k as u32);
+                grid_y *= self.rows_per_image.div_ceil(t.bm) as u32;
+                let (o, kcol) = (c.output.c as u64, n - 1);
+                (
+                    Role::WeightGrad,
+                    GemmStage::WeightGrad,
+                    format!(
+                        "dw, db = dy^T * [im2col(x), 1] on tensor cores ({}), M = {}, N = {}, K = batch * {pq} in chunks of {}",
+                        self.precision(),
+                        self.rows_per_image,
+                        self.n,
+                        self.k
+                    ),
+                    vec![
+                        ("x", Len::PerImage(c.input.len() as u64)),
+                        ("dy", Len::PerImage(c.output.len() as u64)),
+                        ("dw", Len::Fixed(o * kcol)),
+                        ("db", Len::Fixed(o)),
+                        (
+                            "ws",
+                            Len::Split {
+                                per_chunk: o * n,
+                                per_image: pq,
+                                chunk: k,
+                            },
+                        ),
+                    ],
+                )
+            }
             _ => (
                 Role::Forward,
                 GemmStage::Forward,
@@ -766,10 +917,10 @@ impl MmaGemm {
                 layer,
                 name: name.into(),
                 block: t.threads() as u32,
-                x_per_image: rows,
-                x_per_block: t.bm as u32,
+                x_per_image,
+                x_per_block,
                 x_fixed: 0,
-                grid_y: self.n.div_ceil(t.bn) as u32,
+                grid_y,
                 grid_z: (split * groups) as u32,
             },
             template: self.template(),
@@ -781,11 +932,11 @@ impl MmaGemm {
                 elem: self.inputs.staged(),
                 tile: GemmTile::Mma(t),
                 pipeline: t.stages as u32,
-                // Values of K per part.
-                split_k: if self.split > 1 {
-                    self.k_steps().div_ceil(self.split) * t.bk
-                } else {
-                    0
+                // Values of K per part (the weight gradient's chunk).
+                split_k: match self.pass {
+                    MmaPass::WeightGrad { chunk } => chunk,
+                    _ if self.split > 1 => self.k_steps().div_ceil(self.split) * t.bk,
+                    _ => 0,
                 },
                 epilogue: e,
             }),
@@ -898,6 +1049,67 @@ mod tests {
             .contains("gemm_mma_tf32<fc6_mma_tf32_n4096_k9216_t32x128_cfg>"));
         assert!(k.stub.contains("enum : int { BK = 16 };"));
         assert_eq!(MmaTile::LARGE.smem_bytes(Elem::Bf16), 48 * 1024);
+    }
+
+    /// A convolution's gradients on tensor cores: the input gradient's GEMM is input
+    /// pixels x a group's input channels x (output channels of the group x r x r); the
+    /// weight gradient's is a group's output channels x (filter values + the bias) x the
+    /// batch's output pixels, in chunks of whole K steps that the launch's x counts, with
+    /// the f32 weight gradient's workspace layout; 16-bit storage is refused.
+    #[test]
+    fn the_gradients_of_a_convolution_are_gemms_of_its_own() {
+        use crate::kernels::spec::Len;
+        // AlexNet's conv2: 2 groups, 96 -> 256 channels, 5 x 5, 27 x 27.
+        let conv = MmaConv {
+            input: Shape::new(96, 27, 27),
+            output: Shape::new(256, 27, 27),
+            r: 5,
+            stride: 1,
+            pad: 2,
+            groups: 2,
+        };
+        for inputs in [MmaInputs::Tf32, MmaInputs::Bf16OfF32] {
+            let d = MmaGemm::conv_data_grad(conv, inputs, MmaTile::dgrad_for(inputs, 48, false))
+                .unwrap();
+            assert_eq!((d.rows_per_image, d.n, d.k), (27 * 27, 48, 128 * 25));
+            let k = d.spec(1, "conv2");
+            assert_eq!(k.role, Role::DataGrad);
+            assert!(k.name().contains("_dgrad_r5_s1_g2_n48_k3200_t128x64"));
+            assert_eq!(
+                k.launch.grid(128),
+                [(128 * 729usize).div_ceil(128) as u32, 1, 2]
+            );
+            let w = MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).unwrap();
+            let MmaPass::WeightGrad { chunk } = w.pass else {
+                panic!("{:?}", w.pass)
+            };
+            let t = w.kernel_tile();
+            assert_eq!((w.rows_per_image, w.n, w.k), (128, 48 * 25 + 1, chunk));
+            assert!(chunk.is_multiple_of(t.bk) && chunk >= 4 * t.bk);
+            let k = w.spec(1, "conv2");
+            assert_eq!(k.role, Role::WeightGrad);
+            let tiles = 128usize.div_ceil(t.bm) * 1201usize.div_ceil(t.bn);
+            assert_eq!(
+                k.launch.grid(128),
+                [(128 * 729usize).div_ceil(chunk) as u32, tiles as u32, 2]
+            );
+            let ws = k.args.iter().find(|a| a.name == "ws").unwrap().len;
+            assert_eq!(
+                ws,
+                Some(Len::Split {
+                    per_chunk: 256 * 1201,
+                    per_image: 729,
+                    chunk: chunk as u64
+                })
+            );
+            assert!(k
+                .stub
+                .contains(&format!("enum : int {{ CHUNK = {chunk} }};")));
+            assert_eq!(
+                MmaGemm::conv_weight_grad(conv, MmaInputs::Bf16, MmaTile::LARGE),
+                Err(MmaError::ConvInputs(MmaInputs::Bf16))
+            );
+        }
     }
 
     /// bf16 on f32 storage: f32 parameters, the tile of 16-bit values in shared memory (K

@@ -12,24 +12,24 @@ pub enum Precision {
     /// and the reference every other precision is checked against).
     #[default]
     F32,
-    /// f32 storage; the convolutions' and fully connected layers' forward products and,
-    /// in training, their input gradients' on tensor cores, each input rounded to tf32
-    /// (10-bit mantissa, round to nearest, ties away: `cvt.rna`, as PyTorch's
-    /// `allow_tf32`) and accumulated in f32. The weight gradients stay f32 for now, and so
-    /// does the forward pass of a fully connected layer whose input rows are not whole
-    /// 16-byte chunks (inputs not a multiple of 4). CUDA only, compute capability 8.0 or
-    /// later.
+    /// f32 storage; the convolutions' and fully connected layers' products on tensor
+    /// cores, forward and, in training, their input and weight gradients' too, each input
+    /// rounded to tf32 (10-bit mantissa, round to nearest, ties away: `cvt.rna`, as
+    /// PyTorch's `allow_tf32`) and accumulated in f32. The forward pass of a fully
+    /// connected layer whose input rows are not whole 16-byte chunks (inputs not a
+    /// multiple of 4) stays f32. CUDA only, compute capability 8.0 or later.
     Tf32,
     /// The convolutions' and fully connected layers' forward products with both operands
     /// rounded to bf16 (8-bit mantissa, to nearest, ties to even) and summed in f32; the
-    /// other layers, the activations between stages and the weight gradients stay f32.
+    /// other layers and the activations between stages stay f32.
     /// On the CPU AVX512_BF16's `vdpbf16ps` where it pays (AMD), an AVX-512 kernel that
     /// widens the bf16 operands to f32 for FMAs elsewhere, a portable kernel without
     /// AVX-512; the CPU's backward pass is f32. On a GPU (compute capability 8.0 or
     /// later) `mma.m16n8k16` on tensor cores, each f32 operand rounded as the kernel
     /// stages it in shared memory (`gemm_mma_bf16r`, `conv_mma_bf16r`), and in training
-    /// the input gradients too (`conv_mma_dgrad_bf16r`: dy and the filters rounded), so a
-    /// GPU's bf16 gradients differ from the CPU's by bf16's error. Activations stored in
+    /// the input and weight gradients too (`conv_mma_dgrad_bf16r`,
+    /// `conv_mma_wgrad_bf16r`: dy, the filters and the input rounded), so a GPU's bf16
+    /// gradients differ from the CPU's by bf16's error. Activations stored in
     /// 16 bits are not built yet.
     Bf16,
 }

@@ -501,8 +501,9 @@ pub struct Kernels {
     pub exchanges: Cow<'static, [KernelSpec]>,
     /// The kernels that differ under `Precision::Tf32`: the forward kernels of the
     /// convolutions and fully connected layers on tensor cores (with the fc layers'
-    /// split-K sums), which replace a layer's f32 forward kernels, then their input
-    /// gradients on tensor cores, which replace the f32 ones of the same layer and role.
+    /// split-K sums), which replace a layer's f32 forward kernels, then their weight
+    /// gradients (with the sum of their chunks) and input gradients on tensor cores, which
+    /// replace the f32 ones of the same layer and role.
     pub tf32: Cow<'static, [KernelSpec]>,
     /// The same under `Precision::Bf16` (f32 operands rounded to bf16 in the kernels).
     pub bf16: Cow<'static, [KernelSpec]>,
@@ -533,8 +534,8 @@ impl Kernels {
     }
 
     /// The training kernels in `precision`: [`Kernels::training`], each replaced by the
-    /// kernel of the same layer and role that differs in that precision (the input
-    /// gradients of the learned layers on tensor cores), in launch order.
+    /// kernel of the same layer and role that differs in that precision (the learned
+    /// layers' gradients on tensor cores), in launch order.
     pub fn training_in(&self, precision: Precision) -> Vec<KernelSpec> {
         let other = self.differing(precision);
         self.training

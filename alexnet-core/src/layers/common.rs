@@ -3,7 +3,7 @@
 
 use super::kind::KernelCx;
 use crate::kernels::gemm::{Gemm, Owner};
-use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaPass, MmaTile};
 use crate::kernels::spec::{
     int, read, update, Instance, KernelLaunch, KernelSpec, Len, Role, Template, EW_THREADS,
 };
@@ -105,8 +105,9 @@ pub fn learned_forward(g: &Gemm, cx: &KernelCx<'_>, desc: &str) -> KernelSpec {
 
 /// The training kernels of a conv or fc layer: the fused ReLU's mask on the output
 /// gradient, the weight and bias gradients and their reduction, and the input gradient
-/// when needed: the layer as the convolution `conv` on tensor cores in a precision that
-/// has them (`MmaGemm::conv_data_grad`), f32 otherwise.
+/// when needed. In a precision with tensor cores the weight and input gradients run on
+/// them, the layer taken as the convolution `conv` (`MmaGemm::conv_weight_grad`, whose
+/// chunks the f32 reduction adds, and `MmaGemm::conv_data_grad`); f32 otherwise.
 pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) -> Vec<KernelSpec> {
     let name = cx.c_name();
     let owner = owner(cx, &name, desc);
@@ -127,8 +128,23 @@ pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) 
             vec![("y", per), ("dy", per)],
         ));
     }
-    v.push(g.weight_grad(&owner));
-    v.push(g.weight_reduce(&owner));
+    let inputs = MmaInputs::for_precision(cx.precision);
+    let wgrad = inputs.and_then(|inputs| {
+        MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).ok()
+    });
+    match wgrad {
+        Some(m) => {
+            let MmaPass::WeightGrad { chunk } = m.pass else {
+                unreachable!("conv_weight_grad builds a weight gradient")
+            };
+            v.push(m.spec(cx.layer, &name));
+            v.push(g.weight_reduce_of(&owner, chunk));
+        }
+        None => {
+            v.push(g.weight_grad(&owner));
+            v.push(g.weight_reduce(&owner));
+        }
+    }
     if cx.needs_dx {
         let mma = MmaInputs::for_precision(cx.precision).and_then(|inputs| {
             let (i, few_rows) = (conv.input, conv.input.h * conv.input.w == 1);

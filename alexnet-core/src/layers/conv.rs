@@ -245,8 +245,8 @@ impl LayerKind for Conv {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
-    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the input gradient
-    /// on tensor cores (`conv_mma_dgrad_tf32`, `conv_mma_dgrad_bf16r`).
+    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the weight and input
+    /// gradients on tensor cores (`conv_mma_wgrad_*`, `conv_mma_dgrad_*`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = self.gemm(cx.input, cx.output);
         learned_backward(&g, self.mma_conv(cx), cx, &self.describe())

@@ -161,9 +161,9 @@ impl LayerKind for Fc {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
-    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the input gradient
-    /// on tensor cores, as that of a 1 x 1 convolution of a 1 x 1 image with the input's
-    /// values as channels (`conv_mma_dgrad_*`).
+    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the weight and input
+    /// gradients on tensor cores, as those of a 1 x 1 convolution of a 1 x 1 image with
+    /// the input's values as channels (`conv_mma_wgrad_*`, `conv_mma_dgrad_*`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = Gemm::fc(cx.input, cx.output);
         let conv = MmaConv {

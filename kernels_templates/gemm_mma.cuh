@@ -1,4 +1,4 @@
-// gemm_mma_{bf16,f16,tf32,bf16r}<Cfg>: a GEMM on tensor cores (mma.sync, mma.cuh) with f32
+// gemm_mma_{bf16,f16,tf32,bf16r,f16r}<Cfg>: a GEMM on tensor cores (mma.sync, mma.cuh) with f32
 // accumulators:
 //   c[m, n] = relu?(bias?[n] + sum_k a[m, k] * b[n, k])     m < batch * ROWS, n < N, k < K
 // a is M x K and b is N x K, both row-major with K contiguous (b is the K x N operand in
@@ -7,7 +7,7 @@
 // value to tf32 (cvt.rna) before the product; bf16r reads f32 and rounds each value to
 // bf16 (to nearest, ties to even: bf16_pair) as its threads stage it in shared memory, so
 // that its products are bf16 x bf16 on f32 storage (--precision bf16, whose activations
-// between stages stay f32).
+// between stages stay f32); f16r the same with f16 (f16_pair; --precision f16).
 //
 // Cfg: the sizes ROWS (rows per image: M = batch * ROWS), N, K; the block tile BM x BN, K
 // in steps of BK; WARPS_M x WARPS_N warps, each a (BM / WARPS_M) x (BN / WARPS_N) tile of
@@ -19,9 +19,10 @@
 // size a multiple of 16: K % 8 == 0 in 16 bits, K % 4 == 0 in f32), and a and b 16-byte
 // aligned, so that every 16-byte chunk of a row is one cp.async; the spec refuses other K,
 // except where the threads read the operands themselves: a convolution's (conv_mma_tf32,
-// conv_mma_bf16r: the im2col tile gathered, the weights' copied or gathered) and bf16r's
-// (two 16-byte loads a chunk of 8 values where K % 8 == 0, 8 loads of one value
-// otherwise).
+// conv_mma_bf16r, conv_mma_f16r: the im2col tile gathered, the weights' copied or
+// gathered; the gradients' conv_mma_dgrad_* and conv_mma_wgrad_*: both tiles gathered)
+// and bf16r's and f16r's (two 16-byte loads a chunk of 8 values where K % 8 == 0, 8 loads
+// of one value otherwise).
 // Rows past M or N and chunks past K are zero-filled, so M, N and K need not be multiples
 // of the tile.
 //
@@ -105,16 +106,46 @@ struct MmaOp<MMA_TF32> {
     }
 };
 
-// Stores a chunk of a tile row whose f32 value j is value(j) (j < 16 / E) to dst as
-// E-byte operands: four words of f32 bits (tf32 rounds them after ldmatrix) or of bf16
-// pairs, each packed as its values come, so that eight values are never live at once.
-template <int E, class Value>
+// An f32 value rounded to f16 (to nearest, ties to even; overflow to infinity, f16
+// subnormals kept, a NaN stays a quiet NaN with its sign), as the bits of an f16 in the
+// low half: what half::f16::from_f32 and __float2half_rn give, written out so that the
+// host emulation computes it too.
+__device__ __forceinline__ unsigned f16_bits(float f) {
+    const unsigned x = __float_as_uint(f);
+    const unsigned sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return sign | 0x7e00u;
+    // 65520 and beyond round to infinity (65504 is the largest f16).
+    if (ax >= 0x477ff000u) return sign | 0x7c00u;
+    if (ax >= 0x38800000u) {
+        // A normal f16 (2^-14 and beyond): the exponent rebiased, 13 bits rounded off; a
+        // carry out of the mantissa steps the exponent, as it should.
+        const unsigned r = ax - 0x38000000u;
+        return sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13);
+    }
+    // Below 2^-25 (and 2^-25 itself, a tie with the even zero): zero.
+    if (ax <= 0x33000000u) return sign;
+    // A subnormal f16, k units of 2^-24: the mantissa with its leading one, shifted by
+    // 126 - exponent (14 to 24 bits), rounded; k = 1024 is the smallest normal's bits.
+    const unsigned e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u, sh = 126u - e;
+    return sign | ((m + (1u << (sh - 1)) - 1u + ((m >> sh) & 1u)) >> sh);
+}
+__device__ __forceinline__ unsigned f16_pair(float lo, float hi) {
+    return f16_bits(lo) | (f16_bits(hi) << 16);
+}
+
+// Stores a chunk of a tile row whose f32 value j is value(j) (j < 16 / bytes of KIND's
+// operands) to dst as KIND's operands: four words of f32 bits (tf32 rounds them after
+// ldmatrix) or of bf16 or f16 pairs, each packed as its values come, so that eight values
+// are never live at once.
+template <int KIND, class Value>
 __device__ __forceinline__ void stage_chunk(uint4* dst, const Value& value) {
     unsigned wd[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        if constexpr (E == 4) {
+        if constexpr (KIND == MMA_TF32) {
             wd[j] = __float_as_uint(value(j));
+        } else if constexpr (KIND == MMA_F16) {
+            wd[j] = f16_pair(value(2 * j), value(2 * j + 1));
         } else {
             wd[j] = bf16_pair(value(2 * j), value(2 * j + 1));
         }
@@ -187,9 +218,9 @@ __device__ __forceinline__ float wgrad_b(const float* __restrict__ x, int g, int
     return x[((size_t)(n * C + g * CG + c) * H + iy) * W + ix];
 }
 
-// FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16) as the
-// threads stage them (no cp.async). A convolution (SHAPE MMA_CONV or MMA_DGRAD) reads f32
-// always: tf32, or bf16 with FROM_F32.
+// FROM_F32: a and b are f32 in global memory, rounded to KIND's 16-bit type (bf16 or f16)
+// as the threads stage them (no cp.async). A convolution (any SHAPE but MMA_MATRIX) reads
+// f32 always: tf32, or bf16 or f16 with FROM_F32.
 // MMA_WGRAD: the epilogue hands each sum to store(m, n, v) instead of writing c.
 struct NoStore {
     __device__ __forceinline__ void operator()(int, int, float) const {}
@@ -220,7 +251,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     constexpr bool BIAS = Cfg::BIAS, RELU = Cfg::RELU;
     static_assert(SPLIT >= 1 && (SPLIT == 1 || (!BIAS && !RELU)),
                   "split-K partial sums take no epilogue (gemm_mma_reduce applies it)");
-    static_assert(!FROM_F32 || KIND == MMA_BF16, "f32 operands are rounded to bf16 only");
+    static_assert(!FROM_F32 || KIND != MMA_TF32, "f32 operands are rounded to bf16 or f16");
     static_assert(!CONV || ((KIND == MMA_TF32 || FROM_F32) && SPLIT == 1),
                   "the convolution's im2col tile is f32 (tf32 or bf16r products), not split");
     static_assert(!(DGRAD || WGRAD) || (!BIAS && !RELU), "a gradient has no bias or ReLU");
@@ -301,7 +332,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             if (!(BM * CH % THREADS == 0 || i < BM * CH)) continue;
             if constexpr (WGRAD) {
                 const float* dy = static_cast<const float*>(a_ptr);
-                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) {
+                stage_chunk<KIND>(&As[s][swizzled(row, ch)], [&](int j) {
                     return k + j < k_end ? wgrad_a<Cfg>(dy, blockIdx.z, m, k + j) : 0.f;
                 });
             } else if constexpr (DGRAD) {
@@ -310,7 +341,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                 const float* dyg = static_cast<const float*>(a_ptr) +
                                    ((size_t)(mm / ROWS) * Cfg::O + blockIdx.z * (Cfg::O / Cfg::GROUPS)) *
                                        (Cfg::P * Cfg::Q);
-                stage_chunk<E>(&As[s][swizzled(row, ch)],
+                stage_chunk<KIND>(&As[s][swizzled(row, ch)],
                                [&](int j) { return m < M ? dgrad_a<Cfg>(dyg, hw, k + j) : 0.f; });
             } else if constexpr (CONV) {
                 // The im2col matrix: row m is output pixel (image, p, q), column k is
@@ -326,12 +357,12 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                     const bool in = m < M && kk < K && iy >= 0 && iy < H && ix >= 0 && ix < W;
                     return in ? xg[((size_t)ch_ * H + iy) * W + ix] : 0.f;
                 };
-                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) { return at(k + j); });
+                stage_chunk<KIND>(&As[s][swizzled(row, ch)], [&](int j) { return at(k + j); });
             } else if constexpr (FROM_F32) {
                 const bool ok = m < M && k < K;
                 float v[CPE];
                 read_row(static_cast<const float*>(a_ptr) + (size_t)(ok ? m : 0) * K, ok, k, v);
-                stage_chunk<E>(&As[s][swizzled(row, ch)], [&](int j) { return v[j]; });
+                stage_chunk<KIND>(&As[s][swizzled(row, ch)], [&](int j) { return v[j]; });
             } else {
                 const bool ok = m < M && k < K;
                 cp_async_16(&As[s][swizzled(row, ch)], ok ? a + ((size_t)m * K + k) * E : a, ok);
@@ -344,20 +375,20 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             if (!(BN * CH % THREADS == 0 || i < BN * CH)) continue;
             if constexpr (WGRAD) {
                 const float* x = reinterpret_cast<const float*>(b);
-                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) {
+                stage_chunk<KIND>(&Bs[s][swizzled(row, ch)], [&](int j) {
                     return k + j < k_end ? wgrad_b<Cfg>(x, blockIdx.z, n, k + j) : 0.f;
                 });
             } else if constexpr (DGRAD) {
                 // The group's filters across output channels: row n is input channel n.
                 const float* wg = reinterpret_cast<const float*>(b);
-                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) { return dgrad_b<Cfg>(wg, n, k + j); });
+                stage_chunk<KIND>(&Bs[s][swizzled(row, ch)], [&](int j) { return dgrad_b<Cfg>(wg, n, k + j); });
             } else if constexpr (!B_ROWS_ALIGNED || FROM_F32) {
                 // f32 weights: a tf32 convolution's whose filters are not whole 16-byte
                 // rows, or bf16r's (rounded as they are staged).
                 const bool ok = n < N && k < K;
                 float v[CPE];
                 read_row(reinterpret_cast<const float*>(b) + (size_t)(ok ? n : 0) * K, ok, k, v);
-                stage_chunk<E>(&Bs[s][swizzled(row, ch)], [&](int j) { return v[j]; });
+                stage_chunk<KIND>(&Bs[s][swizzled(row, ch)], [&](int j) { return v[j]; });
             } else {
                 const bool ok = n < N && k < K;
                 cp_async_16(&Bs[s][swizzled(row, ch)], ok ? b + ((size_t)n * K + k) * E : b, ok);
@@ -369,10 +400,11 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
     // waits for its own step, then issues the one STAGES - 1 ahead into the stage every
     // warp finished reading (the barrier) and computes. Every iteration commits a group,
     // empty or not, so that wait<STAGES - 2> always means "step kt has landed".
-    // FROM_F32: the threads' own loads wait for their data before storing it, so they are
-    // issued after this step's mma instructions (which the tensor cores then run while the
-    // loads are in flight); the stage they fill is the same one, still unread until a
-    // later barrier.
+    // FROM_F32 and every convolution (whose threads gather a tile): the threads' own loads
+    // wait for their data before storing it, so they are issued after this step's mma
+    // instructions (which the tensor cores then run while the loads are in flight); the
+    // stage they fill is the same one, still unread until a later barrier.
+    constexpr bool LATE = FROM_F32 || CONV;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < NT) load(s, kt0 + s);
@@ -387,7 +419,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
             if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);
             cp_async_commit();
         };
-        if constexpr (!FROM_F32) ahead();
+        if constexpr (!LATE) ahead();
         const uint4* as = As[kt % STAGES];
         const uint4* bs = Bs[kt % STAGES];
 #pragma unroll
@@ -418,7 +450,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
 #pragma unroll
                 for (int ni = 0; ni < NI; ++ni) Op::run(acc[mi][ni], af[mi], bf[ni]);
         }
-        if constexpr (FROM_F32) ahead();
+        if constexpr (LATE) ahead();
     }
     cp_async_wait<0>();
 
@@ -609,5 +641,45 @@ __device__ __forceinline__ void conv_mma_wgrad_bf16r(const float* __restrict__ x
                                                      float* __restrict__ db,
                                                      float* __restrict__ ws, int batch) {
     conv_mma_wgrad<Cfg, MMA_BF16, true>(x, dy, dw, db, ws, batch);
+}
+// --precision f16: the bf16r kernels with every f32 operand rounded to f16 (f16_pair) as
+// the threads stage it, for mma.m16n8k16's f16 form.
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_f16r(const float* __restrict__ x,
+                                              const float* __restrict__ w,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_F16, MMA_CONV, true>(x, w, bias, y, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_f16r(const float* __restrict__ x,
+                                              const float* __restrict__ w,
+                                              const float* __restrict__ bias,
+                                              float* __restrict__ y, int batch) {
+    gemm_mma_core<Cfg, MMA_F16, MMA_MATRIX, true>(x, w, bias, y, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void gemm_mma_split_f16r(const float* __restrict__ x,
+                                                    const float* __restrict__ w,
+                                                    float* __restrict__ ws, int batch) {
+    gemm_mma_core<Cfg, MMA_F16, MMA_MATRIX, true>(x, w, nullptr, ws, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_dgrad_f16r(const float* __restrict__ dy,
+                                                    const float* __restrict__ w,
+                                                    float* __restrict__ dx, int batch) {
+    gemm_mma_core<Cfg, MMA_F16, MMA_DGRAD, true>(dy, w, nullptr, dx, batch);
+}
+
+template <class Cfg>
+__device__ __forceinline__ void conv_mma_wgrad_f16r(const float* __restrict__ x,
+                                                    const float* __restrict__ dy,
+                                                    float* __restrict__ dw,
+                                                    float* __restrict__ db,
+                                                    float* __restrict__ ws, int batch) {
+    conv_mma_wgrad<Cfg, MMA_F16, true>(x, dy, dw, db, ws, batch);
 }
 #endif  // ALEXNET_GEMM_MMA_CUH

@@ -61,7 +61,7 @@ bash "$here/run.sh"
 # The same forward bench with the convolutions and the fc layers on tensor cores (its own log: run.sh names a
 # log after the binary), with run.sh's library path.
 . "$here/env.sh"
-for p in tf32 bf16; do
+for p in tf32 bf16 f16; do
   timeout 300 "$here/bin/example-alexnet" bench --device cuda --precision $p --batch 1,7,128 \
     --runs 20 > "$OUT/example-alexnet-$p.log" 2>&1; echo "bench --precision $p: rc=$?"
   tail -n 25 "$OUT/example-alexnet-$p.log"
@@ -99,10 +99,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$here/out}; mkdir -p "$OUT"
 . "$here/env.sh"; gpu_line
 for t in gpu gpu_towers; do
-  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 bf16 graph 2>&1 \
-    | tee "$OUT/tf32-$t.log" | grep -E 'tf32|bf16|graph|panicked|test result'
+  timeout 240 "$here"/bin/test-$t-* --ignored --test-threads=1 --nocapture tf32 bf16 f16 graph 2>&1 \
+    | tee "$OUT/tf32-$t.log" | grep -E 'tf32|bf16|f16|graph|panicked|test result'
 done
-for p in tf32 bf16; do
+for p in tf32 bf16 f16; do
   timeout 120 "$here/bin/example-alexnet" bench --net alexnet --device cuda --precision $p --batch 1,128 \
     --runs 20 2>&1 | tee "$OUT/bench-$p-cli.log" | grep -E 'forward|batch|stages'
 done

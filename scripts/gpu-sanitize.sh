@@ -99,7 +99,7 @@ done
 declare -A small=(
   [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu bf16_forward_is_within_bf16_error_of_the_cpu"
   [gpu_training]="every_backward_stage_matches_the_cpu lrn_backward_intermediates every_layer_kind_trains_as_on_the_cpu"
-  [gpu_towers]="split_training_on_gpus_equals_unsplit tf32_towers_and_training bf16_towers_and_training"
+  [gpu_towers]="split_training_on_gpus_equals_unsplit tf32_towers_and_training_stay_within_tf32_error bf16_towers_and_training_stay_within_bf16_error"
 )
 # Caps in seconds per run; the three binaries of a tool run side by side, so a tool's phase
 # lasts at most its cap: 120 + 45 + 100 + 70 = 335 s of the 360 s budget. The deadline may

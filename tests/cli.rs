@@ -265,15 +265,29 @@ fn a_tensor_core_precision_is_refused_on_the_cpu() {
         err.ends_with("(give --precision f32, or a GPU in --towers)"),
         "{err}"
     );
+    // f16 is a GPU's too; an unknown precision is a usage error.
+    let err = fails(alexnet().args([
+        "bench",
+        "--net",
+        "small",
+        "--device",
+        "cpu",
+        "--precision",
+        "f16",
+    ]));
+    assert!(
+        err.starts_with("precision f16 runs on a GPU's tensor cores"),
+        "{err}"
+    );
     let out = alexnet()
-        .args(["bench", "--net", "small", "--precision", "f16"])
+        .args(["bench", "--net", "small", "--precision", "fp8"])
         .output();
     assert!(
         matches!(out.result, Err(alexnet_cli::Error::Usage(_))),
         "{}",
         out.error()
     );
-    assert!(out.error().contains("f16"), "{}", out.error());
+    assert!(out.error().contains("fp8"), "{}", out.error());
     // bf16 is the CPU's.
     let text = succeeds(alexnet().args([
         "bench",

@@ -995,6 +995,16 @@ const BF16: MmaPrecision = MmaPrecision {
     against_f32: 2e-2,
 };
 
+/// `--precision f16` on a GPU: f32 operands rounded to f16 (to nearest, ties to even) as
+/// the kernels stage them; f16's 10-bit mantissa makes its error a little under tf32's
+/// (whose rounding ties away) on these values, well inside f16's range.
+const F16: MmaPrecision = MmaPrecision {
+    precision: alexnet::ir::Precision::F16,
+    name: "f16r",
+    round: |x| half::f16::from_f32(x).to_f32(),
+    against_f32: 2e-3,
+};
+
 /// `--precision tf32`: the plan's forward pass in tf32 runs the fully connected layers on
 /// the tensor-core GEMM, split along K where one image's grid would be small (the parts
 /// into a workspace, then their ordered sum with the epilogue), and keeps the f32 kernel
@@ -1013,6 +1023,13 @@ fn tf32_fully_connected_stages_match_the_cpu_under_emulation() {
 #[test]
 fn bf16_fully_connected_stages_match_the_cpu_under_emulation() {
     mma_fully_connected_stages(BF16);
+}
+
+/// `--precision f16` on a GPU: the fully connected stages of bf16 with f16 rounding
+/// (`gemm_mma_f16r`, its split form).
+#[test]
+fn f16_fully_connected_stages_match_the_cpu_under_emulation() {
+    mma_fully_connected_stages(F16);
 }
 
 fn mma_fully_connected_stages(mp: MmaPrecision) {
@@ -1145,6 +1162,12 @@ fn bf16_convolutions_match_the_cpu_under_emulation() {
     mma_convolutions(BF16);
 }
 
+/// `--precision f16` on a GPU for convolutions: `conv_mma_f16r`, bf16's shapes.
+#[test]
+fn f16_convolutions_match_the_cpu_under_emulation() {
+    mma_convolutions(F16);
+}
+
 fn mma_convolutions(mp: MmaPrecision) {
     use alexnet::ir::Precision;
     use alexnet::runtime::prelude::*;
@@ -1229,6 +1252,14 @@ fn tf32_gradients_match_the_cpu_under_emulation() {
 #[test]
 fn bf16_gradients_match_the_cpu_under_emulation() {
     mma_gradients(BF16);
+}
+
+/// The gradient kernels of `--precision f16` (`conv_mma_dgrad_f16r`,
+/// `conv_mma_wgrad_f16r`): built and checked, though a trainer refuses f16 until a loss
+/// scale keeps small gradients in its range.
+#[test]
+fn f16_gradients_match_the_cpu_under_emulation() {
+    mma_gradients(F16);
 }
 
 fn mma_gradients(mp: MmaPrecision) {
@@ -1449,7 +1480,7 @@ fn a_stage_refilled_before_the_barrier_fails_under_emulation() {
     };
     let g = MmaGemm::new(13, 100, 1152, Elem::Bf16, MmaTile::LARGE, plain).unwrap();
     let spec = g.spec(0, "early");
-    let ahead = "        auto ahead = [&] {\n            if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);\n            cp_async_commit();\n        };\n        if constexpr (!FROM_F32) ahead();\n";
+    let ahead = "        auto ahead = [&] {\n            if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);\n            cp_async_commit();\n        };\n        if constexpr (!LATE) ahead();\n";
     let right = format!("        cp_async_wait<STAGES - 2>();\n        __syncthreads();\n{ahead}");
     let wrong = format!("        cp_async_wait<STAGES - 2>();\n{ahead}        __syncthreads();\n");
     let source = cuda::source(&spec);
@@ -1673,6 +1704,98 @@ fn the_emulated_tensor_core_primitives_follow_the_ptx_definitions() {
         all[..],
         "cp.async: both groups after wait<0>"
     );
+}
+
+/// The kernels' own rounding of f32 to f16 and to bf16 (`f16_bits`, `bf16_bits` in
+/// `gemm_mma.cuh`, which `--precision f16` and `bf16` stage their operands with), bit for
+/// bit against the `half` crate's on the cases that matter: ties either way, the largest
+/// f16 and the first values that overflow to infinity, f16's smallest normal, subnormals
+/// and the values that round to zero, NaN and infinities; then random values over many
+/// magnitudes.
+#[test]
+fn the_kernels_round_to_f16_and_bf16_as_the_half_crate() {
+    use rand::Rng;
+    let Some(cxx) = compiler() else { return };
+    let mut values: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65519.0,
+        65520.0,
+        -65520.0,
+        1e6,
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        6.103_515_6e-5, // 2^-14, the smallest normal f16
+        6.097_555e-5,   // just below it: the largest subnormal or 2^-14
+        5.960_464_5e-8, // 2^-24, the smallest subnormal
+        2.980_232_2e-8, // 2^-25: a tie with zero, which is even
+        2.980_233e-8,   // just above: the smallest subnormal
+        1e-9,
+        1e-30,
+        f32::MIN_POSITIVE,
+        1.0e-44,
+        1.000_488_3,  // 1 + 2^-11: an f16 tie, to even (1)
+        1.001_464_8,  // 1 + 3 * 2^-11: a tie, to even (1 + 2^-9)
+        1.003_906_3,  // 1 + 2^-8: a bf16 tie
+        8.940_697e-8, // 1.5 * 2^-24: a subnormal tie, to even (2 units)
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(71);
+    for _ in 0..400 {
+        let m: f32 = rng.random_range(1.0..2.0);
+        let e: i32 = rng.random_range(-30..20);
+        let sign = if rng.random::<bool>() { -1.0 } else { 1.0 };
+        values.push(sign * m * 2f32.powi(e));
+    }
+    let src = alexnet::codegen::kernels::spec::inline_headers(
+        r#"#include "gemm_mma.cuh"
+extern "C" __global__ void rounding(const float* __restrict__ in, float* __restrict__ out, int n) {
+    unsigned* res = reinterpret_cast<unsigned*>(out);
+    for (int i = 0; i < n; ++i) res[i] = f16_bits(in[i]) | (bf16_bits(in[i]) << 16);
+}
+"#,
+        &cuda::header,
+    )
+    .unwrap();
+    let out0 = vec![0.0f32; values.len()];
+    let r = emulate_source(
+        &cxx,
+        "rounding",
+        &src,
+        &format!("rounding(B(0), B(1), {})", values.len()),
+        [1, 1, 1],
+        1,
+        &[("in", &values), ("out", &out0)],
+    );
+    for (v, got) in values.iter().zip(&r["out"]) {
+        let bits = got.to_bits();
+        let (f16, bf16) = (bits & 0xffff, bits >> 16);
+        let (want16, wantb) = (half::f16::from_f32(*v), half::bf16::from_f32(*v));
+        if v.is_nan() {
+            // A quiet NaN with the value's sign (payloads may differ).
+            assert!(half::f16::from_bits(f16 as u16).is_nan(), "f16 of {v}");
+            assert!(half::bf16::from_bits(bf16 as u16).is_nan(), "bf16 of {v}");
+            assert_eq!(f16 >> 15, bf16 >> 15, "the signs of NaN");
+            continue;
+        }
+        assert_eq!(
+            f16 as u16,
+            want16.to_bits(),
+            "f16 of {v:e} ({:#010x})",
+            v.to_bits()
+        );
+        assert_eq!(
+            wantb.to_bits(),
+            bf16 as u16,
+            "bf16 of {v:e} ({:#010x})",
+            v.to_bits()
+        );
+    }
 }
 
 // ---- Input augmentation ------------------------------------------------------------------

@@ -399,6 +399,13 @@ fn the_bf16_forward_kernels_are_the_learned_layers_on_tensor_cores() {
     mma_forward_kernels(Precision::Bf16);
 }
 
+/// `--precision f16`: bf16's kernels with f16 rounding (`gemm_mma_f16r`, `conv_mma_f16r`,
+/// the gradients' `conv_mma_dgrad_f16r` and `conv_mma_wgrad_f16r`).
+#[test]
+fn the_f16_forward_kernels_are_the_learned_layers_on_tensor_cores() {
+    mma_forward_kernels(Precision::F16);
+}
+
 fn mma_forward_kernels(precision: Precision) {
     use alexnet::ir::Op;
     if !nvrtc_or_skip() {
@@ -425,8 +432,8 @@ fn mma_forward_kernels(precision: Precision) {
             .filter(|&l| {
                 let layer = &plan.layers[l];
                 match layer.op {
-                    // tf32 copies whole 16-byte rows with cp.async; bf16r reads any.
-                    Op::Fc(_) => precision == Precision::Bf16 || layer.input.len() % 4 == 0,
+                    // tf32 copies whole 16-byte rows with cp.async; bf16r and f16r read any.
+                    Op::Fc(_) => precision != Precision::Tf32 || layer.input.len() % 4 == 0,
                     Op::Conv(_) => true,
                     _ => false,
                 }

@@ -53,6 +53,9 @@ pub enum PrecisionArg {
     /// The convolutions' and fully connected layers' forward products from bf16 operands,
     /// f32 sums (on a GPU on tensor cores, in training the gradients too).
     Bf16,
+    /// As bf16 with the operands rounded to f16 (a GPU only; inference only: training in
+    /// f16 needs a loss scale, not built yet).
+    F16,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -61,6 +64,7 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Tf32 => Precision::Tf32,
             PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F16 => Precision::F16,
         }
     }
 }

@@ -233,8 +233,8 @@ fn kernels_tokens(k: &Kernels) -> TokenStream {
         quote!(Cow::Borrowed(&[#(#items),*]))
     };
     let (f, t, e) = (list(&k.forward), list(&k.training), list(&k.exchanges));
-    let (tf32, bf16) = (list(&k.tf32), list(&k.bf16));
-    quote!(Kernels { forward: #f, training: #t, exchanges: #e, tf32: #tf32, bf16: #bf16 })
+    let (tf32, bf16, f16) = (list(&k.tf32), list(&k.bf16), list(&k.f16));
+    quote!(Kernels { forward: #f, training: #t, exchanges: #e, tf32: #tf32, bf16: #bf16, f16: #f16 })
 }
 
 /// The kernels `network!` generates for `plan` and, for a split network, for each tower's

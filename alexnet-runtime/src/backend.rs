@@ -148,6 +148,18 @@ pub trait Inference: Memory {
 }
 
 /// Training a planned network: the backward pass, dropout, the loss and the optimiser.
+/// Whether a trainer takes `precision`: f16 is refused until a loss scale keeps its
+/// small gradients from falling below f16's range.
+pub(crate) fn check_trains(precision: Precision) -> Result<()> {
+    if precision.trains() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "precision {precision} is for inference only: training in it needs a loss scale, which is not built yet; train in bf16 (the same tensor cores, f32's range) or tf32"
+        )))
+    }
+}
+
 pub trait Training: Inference {
     /// Readies the backend to train `plan` (CUDA loads the backward, loss, dropout and
     /// optimiser kernels here; inference never pays for them).
@@ -436,6 +448,16 @@ pub(crate) fn check_grads(
 mod tests {
     use super::*;
     use crate::{Cpu, Device};
+
+    /// Every precision trains but f16, which says what to use instead.
+    #[test]
+    fn trainers_refuse_f16_and_say_why() {
+        for p in Precision::ALL {
+            assert_eq!(check_trains(p).is_ok(), p != Precision::F16, "{p}");
+        }
+        let e = check_trains(Precision::F16).unwrap_err().to_string();
+        assert!(e.contains("loss scale") && e.contains("bf16"), "{e}");
+    }
 
     /// 16-bit buffers live beside f32 ones on a backend: the same calls move them, typed.
     fn round_trip<B: Memory>(b: &B) {

@@ -44,21 +44,23 @@ impl Footprint {
         let inference = forward_buffers(plan, batch).iter().sum::<usize>() as u64 * F32;
         let t = TrainingBuffers::of(plan, &training_stages(plan), batch);
         let kernels = alexnet_core::cuda::kernels(plan);
-        let training_ws = kernels
-            .training
+        // The weight gradients' chunks, in whichever precision needs most (the
+        // tensor-core ones chunk the batch differently).
+        let training_ws = Precision::ALL
             .iter()
-            .flat_map(|k| k.args.iter())
+            .flat_map(|&p| kernels.training_in(p))
+            .flat_map(|k| k.args.to_vec())
             .filter_map(|a| match a.len {
                 Some(l @ Len::Split { .. }) => Some(l.needed(batch)),
                 _ => None,
             })
             .max()
             .unwrap_or(0);
-        // The forward pass's split-K workspace in tf32 or bf16 (the fc layers' parts; none
-        // in f32): counted whatever the precision, an upper bound.
+        // The forward pass's split-K workspace in tf32, bf16 or f16 (the fc layers' parts;
+        // none in f32): counted whatever the precision, an upper bound.
         let forward_ws = Precision::ALL
             .iter()
-            .flat_map(|&p| kernels.differing(p))
+            .flat_map(|&p| kernels.differing_forward(p))
             .flat_map(|k| k.args.iter())
             .filter(|a| a.name == "ws")
             .filter_map(|a| a.len.map(|l| l.needed(batch)))

@@ -812,6 +812,7 @@ impl<B: Training + Exchange + Sync> SplitTrainer<B> {
     fn with_run(plan: Plan, tensors: Vec<NamedTensor>, backends: Vec<B>, run: Run) -> Result<Self> {
         let towers = Towers::new(plan, tensors, backends)?;
         for (t, b) in towers.backends.iter().enumerate() {
+            crate::backend::check_trains(b.precision())?;
             b.prepare_training(&towers.towers[t])?;
         }
         Ok(SplitTrainer {

@@ -186,6 +186,7 @@ impl<B: Training> Trainer<B> {
     }
 
     fn with_run(model: Model<B>, run: Run, velocity: Vec<F32<B>>) -> Result<Self> {
+        crate::backend::check_trains(model.backend().precision())?;
         let plan = model.plan().clone();
         let stages = training_stages(&plan);
         let first_learned = stages

@@ -116,11 +116,16 @@ pub fn generate_with(plan: &Plan, table: Option<&Table>) -> Kernels {
             .filter(|k| !f32_training.contains(k));
         forward.chain(training).collect::<Vec<_>>()
     };
-    let (tf32, bf16) = (differing(Precision::Tf32), differing(Precision::Bf16));
+    let (tf32, bf16, f16) = (
+        differing(Precision::Tf32),
+        differing(Precision::Bf16),
+        differing(Precision::F16),
+    );
     Kernels {
         forward: f32.into(),
         tf32: tf32.into(),
         bf16: bf16.into(),
+        f16: f16.into(),
         training: f32_training.into(),
         exchanges: exchanges(plan).into(),
     }

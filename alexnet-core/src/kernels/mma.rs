@@ -161,6 +161,41 @@ const SPLIT_PARAMS: [Param; 4] = [
     },
 ];
 
+/// f32 operands, each rounded to f16 as the kernel stages it: f16 products.
+pub const GEMM_F16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_f16r",
+    params: &params(Elem::F32),
+};
+
+/// A convolution's forward pass on tensor cores with f32 input and weights rounded to f16.
+pub const CONV_F16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_f16r",
+    params: &params(Elem::F32),
+};
+
+/// Split-K partial sums of f32 operands rounded to f16, into slice `blockIdx.z` of `ws`.
+pub const GEMM_F16R_SPLIT: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "gemm_mma_split_f16r",
+    params: &SPLIT_PARAMS,
+};
+
+/// [`CONV_DGRAD_TF32`] with the output gradient and the filters rounded to f16.
+pub const CONV_DGRAD_F16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_dgrad_f16r",
+    params: &DGRAD_PARAMS,
+};
+
+/// [`CONV_WGRAD_TF32`] with the output gradient and the input rounded to f16.
+pub const CONV_WGRAD_F16R: Template = Template {
+    header: "gemm_mma.cuh",
+    function: "conv_mma_wgrad_f16r",
+    params: &WGRAD_PARAMS,
+};
+
 /// Split-K partial sums of f32 operands rounded to bf16, into slice `blockIdx.z` of `ws`.
 pub const GEMM_BF16R_SPLIT: Template = Template {
     header: "gemm_mma.cuh",
@@ -205,6 +240,11 @@ pub const TEMPLATES: &[Template] = &[
     CONV_DGRAD_BF16R,
     CONV_WGRAD_TF32,
     CONV_WGRAD_BF16R,
+    GEMM_F16R,
+    CONV_F16R,
+    GEMM_F16R_SPLIT,
+    CONV_DGRAD_F16R,
+    CONV_WGRAD_F16R,
 ];
 
 /// What a tensor-core GEMM reads and what its products multiply.
@@ -219,6 +259,9 @@ pub enum MmaInputs {
     /// f32 operands, rounded to bf16 (to nearest, ties to even) as the threads stage them
     /// in shared memory, for `mma.m16n8k16`: `Precision::Bf16` on f32 storage.
     Bf16OfF32,
+    /// f32 operands, rounded to f16 (to nearest, ties to even) as the threads stage them:
+    /// `Precision::F16` on f32 storage.
+    F16OfF32,
 }
 
 impl MmaInputs {
@@ -227,7 +270,7 @@ impl MmaInputs {
         match self {
             MmaInputs::Bf16 => Elem::Bf16,
             MmaInputs::F16 => Elem::F16,
-            MmaInputs::Tf32 | MmaInputs::Bf16OfF32 => Elem::F32,
+            MmaInputs::Tf32 | MmaInputs::Bf16OfF32 | MmaInputs::F16OfF32 => Elem::F32,
         }
     }
 
@@ -235,7 +278,7 @@ impl MmaInputs {
     pub const fn staged(self) -> Elem {
         match self {
             MmaInputs::Bf16 | MmaInputs::Bf16OfF32 => Elem::Bf16,
-            MmaInputs::F16 => Elem::F16,
+            MmaInputs::F16 | MmaInputs::F16OfF32 => Elem::F16,
             MmaInputs::Tf32 => Elem::F32,
         }
     }
@@ -259,22 +302,30 @@ impl MmaInputs {
             Precision::F32 => None,
             Precision::Tf32 => Some(MmaInputs::Tf32),
             Precision::Bf16 => Some(MmaInputs::Bf16OfF32),
+            Precision::F16 => Some(MmaInputs::F16OfF32),
         }
     }
 
-    /// In kernel names: `bf16`, `f16`, `tf32`, `bf16r` (rounded from f32).
+    /// In kernel names: `bf16`, `f16`, `tf32`, `bf16r`, `f16r` (rounded from f32).
     pub const fn name(self) -> &'static str {
         match self {
             MmaInputs::Bf16 => "bf16",
             MmaInputs::F16 => "f16",
             MmaInputs::Tf32 => "tf32",
             MmaInputs::Bf16OfF32 => "bf16r",
+            MmaInputs::F16OfF32 => "f16r",
         }
     }
 
     /// Reads f32 (a convolution's implicit GEMM can: its threads gather the tile).
     const fn reads_f32(self) -> bool {
         matches!(self.storage(), Elem::F32)
+    }
+
+    /// Reads f32 and rounds it to 16 bits as the threads stage it (bf16r, f16r): reads
+    /// rows of any length.
+    const fn rounds_f32(self) -> bool {
+        matches!(self, MmaInputs::Bf16OfF32 | MmaInputs::F16OfF32)
     }
 }
 
@@ -322,7 +373,7 @@ impl MmaTile {
     /// without spilling.
     pub const fn conv_for(inputs: MmaInputs) -> MmaTile {
         match inputs {
-            MmaInputs::Bf16OfF32 => MmaTile {
+            MmaInputs::Bf16OfF32 | MmaInputs::F16OfF32 => MmaTile {
                 bk: 16,
                 stages: 4,
                 ..MmaTile::LARGE
@@ -365,7 +416,7 @@ impl MmaTile {
     pub const fn wgrad_for(inputs: MmaInputs) -> MmaTile {
         let t = MmaTile::conv_for(inputs);
         match inputs {
-            MmaInputs::Bf16OfF32 => MmaTile {
+            MmaInputs::Bf16OfF32 | MmaInputs::F16OfF32 => MmaTile {
                 bm: 64,
                 warps_m: 1,
                 warps_n: 4,
@@ -409,6 +460,9 @@ pub enum MmaError {
     Split { split: usize, elem: Elem },
     /// A convolution's implicit GEMM reads f32 input (tf32 or bf16r products).
     ConvInputs(MmaInputs),
+    /// A grid of more blocks along y than a launch takes (65,535): a weight gradient's
+    /// tiles of a very wide layer.
+    Grid(usize),
 }
 
 impl std::fmt::Display for MmaError {
@@ -427,6 +481,7 @@ impl std::fmt::Display for MmaError {
                 "no split-K in {split} parts of a GEMM of {} operands here",
                 elem.name()
             ),
+            MmaError::Grid(y) => write!(f, "{y} blocks along y, over the 65535 a launch takes"),
             MmaError::ConvInputs(i) => write!(
                 f,
                 "no tensor-core convolution of {} operands (it reads f32: tf32 or bf16r)",
@@ -504,7 +559,7 @@ impl MmaGemm {
         let elem = inputs.storage();
         // cp.async copies whole 16-byte chunks of a row; bf16r's threads read rows of any
         // length (16 bytes at a time where K % 8 == 0, value by value otherwise).
-        if inputs != MmaInputs::Bf16OfF32 && !(k * elem.bytes()).is_multiple_of(16) {
+        if !inputs.rounds_f32() && !(k * elem.bytes()).is_multiple_of(16) {
             return Err(MmaError::UnalignedK { k, elem });
         }
         // The tile's rules are those of the values in shared memory.
@@ -643,6 +698,11 @@ impl MmaGemm {
         // The tile's rules first, at a K of one step.
         let bk = tile.for_elem(inputs.staged()).bk;
         let gemm = MmaGemm::with_inputs(og, kcol + 1, bk, inputs, tile, plain)?;
+        let t = gemm.kernel_tile();
+        let grid_y = og.div_ceil(t.bm) * (kcol + 1).div_ceil(t.bn);
+        if grid_y > 65535 {
+            return Err(MmaError::Grid(grid_y));
+        }
         let chunk = gemm.weight_chunk(conv);
         Ok(MmaGemm {
             k: chunk,
@@ -715,22 +775,28 @@ impl MmaGemm {
     fn template(&self) -> &'static Template {
         // A convolution and split-K read f32 (`conv` and `with_split` refuse the others).
         let bf16 = self.inputs == MmaInputs::Bf16OfF32;
-        match (self.pass, bf16) {
-            (MmaPass::DataGrad, true) => return &CONV_DGRAD_BF16R,
-            (MmaPass::DataGrad, false) => return &CONV_DGRAD_TF32,
-            (MmaPass::WeightGrad { .. }, true) => return &CONV_WGRAD_BF16R,
-            (MmaPass::WeightGrad { .. }, false) => return &CONV_WGRAD_TF32,
-            (MmaPass::Forward, _) => {}
+        let f16 = self.inputs == MmaInputs::F16OfF32;
+        match (self.pass, bf16, f16) {
+            (MmaPass::DataGrad, true, _) => return &CONV_DGRAD_BF16R,
+            (MmaPass::DataGrad, _, true) => return &CONV_DGRAD_F16R,
+            (MmaPass::DataGrad, ..) => return &CONV_DGRAD_TF32,
+            (MmaPass::WeightGrad { .. }, true, _) => return &CONV_WGRAD_BF16R,
+            (MmaPass::WeightGrad { .. }, _, true) => return &CONV_WGRAD_F16R,
+            (MmaPass::WeightGrad { .. }, ..) => return &CONV_WGRAD_TF32,
+            (MmaPass::Forward, ..) => {}
         }
         match (self.conv.is_some(), self.split > 1, self.inputs) {
             (true, _, _) if bf16 => &CONV_BF16R,
+            (true, _, _) if f16 => &CONV_F16R,
             (true, _, _) => &CONV_TF32,
             (_, true, _) if bf16 => &GEMM_BF16R_SPLIT,
+            (_, true, _) if f16 => &GEMM_F16R_SPLIT,
             (_, true, _) => &GEMM_TF32_SPLIT,
             (_, _, MmaInputs::Bf16) => &GEMM_BF16,
             (_, _, MmaInputs::F16) => &GEMM_F16,
             (_, _, MmaInputs::Tf32) => &GEMM_TF32,
             (_, _, MmaInputs::Bf16OfF32) => &GEMM_BF16R,
+            (_, _, MmaInputs::F16OfF32) => &GEMM_F16R,
         }
     }
 

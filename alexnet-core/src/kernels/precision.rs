@@ -32,29 +32,50 @@ pub enum Precision {
     /// gradients differ from the CPU's by bf16's error. Activations stored in
     /// 16 bits are not built yet.
     Bf16,
+    /// bf16's kernels on a GPU with the operands rounded to f16 instead (10-bit mantissa,
+    /// 5-bit exponent: to nearest, ties to even, overflow to infinity, subnormals kept;
+    /// `gemm_mma_f16r`, `conv_mma_f16r`, `conv_mma_dgrad_f16r`, `conv_mma_wgrad_f16r`),
+    /// `mma.m16n8k16` with f32 sums. Inference only for now: f16's range needs a loss
+    /// scale in training (small gradients fall below its smallest normal, 6.1e-5), which
+    /// is not built, so a trainer refuses it. CUDA only, compute capability 8.0 or later.
+    F16,
 }
 
 impl Precision {
     /// Every precision, in the order of `--help`.
-    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::F16,
+    ];
 
-    /// The name `--precision` takes: `f32`, `tf32`, `bf16`.
+    /// The name `--precision` takes: `f32`, `tf32`, `bf16`, `f16`.
     pub const fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
         }
     }
 
     /// Needs tensor cores on a GPU.
     pub const fn tensor_cores(self) -> bool {
-        matches!(self, Precision::Tf32 | Precision::Bf16)
+        matches!(self, Precision::Tf32 | Precision::Bf16 | Precision::F16)
     }
 
     /// The CUDA backend computes in it.
     pub const fn on_gpu(self) -> bool {
-        matches!(self, Precision::F32 | Precision::Tf32 | Precision::Bf16)
+        matches!(
+            self,
+            Precision::F32 | Precision::Tf32 | Precision::Bf16 | Precision::F16
+        )
+    }
+
+    /// A trainer takes it (f16 needs a loss scale, not built yet).
+    pub const fn trains(self) -> bool {
+        !matches!(self, Precision::F16)
     }
 
     /// The CPU backend computes in it.
@@ -93,8 +114,8 @@ mod tests {
             assert_eq!(p.name().parse::<Precision>(), Ok(p));
         }
         assert_eq!(
-            "f16".parse::<Precision>(),
-            Err("unknown precision `f16`: expected f32 or tf32 or bf16".into())
+            "fp8".parse::<Precision>(),
+            Err("unknown precision `fp8`: expected f32 or tf32 or bf16 or f16".into())
         );
         assert_eq!(Precision::default(), Precision::F32);
     }

@@ -507,6 +507,8 @@ pub struct Kernels {
     pub tf32: Cow<'static, [KernelSpec]>,
     /// The same under `Precision::Bf16` (f32 operands rounded to bf16 in the kernels).
     pub bf16: Cow<'static, [KernelSpec]>,
+    /// The same under `Precision::F16` (f32 operands rounded to f16 in the kernels).
+    pub f16: Cow<'static, [KernelSpec]>,
 }
 
 impl Kernels {
@@ -564,6 +566,7 @@ impl Kernels {
             Precision::F32 => &[],
             Precision::Tf32 => &self.tf32,
             Precision::Bf16 => &self.bf16,
+            Precision::F16 => &self.f16,
         }
     }
 

@@ -116,16 +116,17 @@ impl Cuda {
         })
     }
 
-    /// This backend running the kernels of `precision` (`Precision::Tf32` and
-    /// `Precision::Bf16`: the convolutions' and fully connected layers' forward passes and
-    /// input gradients on tensor cores; see [`Precision`]); kernels it loaded before are
-    /// dropped, to be loaded again in that precision. Tensor-core precisions need compute capability 8.0 or later
-    /// (`mma.sync` of tf32 and bf16, `cp.async`): an older GPU is an [`Error::Invalid`]
+    /// This backend running the kernels of `precision` (`Precision::Tf32`,
+    /// `Precision::Bf16` and `Precision::F16`: the convolutions' and fully connected
+    /// layers' forward passes and gradients on tensor cores; see [`Precision`]); kernels it
+    /// loaded before are dropped, to be loaded again in that precision. Tensor-core
+    /// precisions need compute capability 8.0 or later (`mma.sync` of tf32, bf16 and f16,
+    /// `cp.async`): an older GPU is an [`Error::Invalid`]
     /// that says so, as is a precision only the CPU backend computes (none today).
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         if !precision.on_gpu() {
             return Err(Error::Invalid(format!(
-                "precision {precision} has no GPU kernels; give f32, tf32 or bf16 on a GPU"
+                "precision {precision} has no GPU kernels; give f32, tf32, bf16 or f16 on a GPU"
             )));
         }
         if precision.tensor_cores() && self.major < 8 {

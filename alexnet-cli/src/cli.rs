@@ -80,7 +80,7 @@ enum Command {
         /// Also compile the training kernels (backward passes, dropout, loss, SGD).
         #[arg(long)]
         training: bool,
-        /// The kernels of this precision (tf32, bf16: the convolutions' and fc layers'
+        /// The kernels of this precision (tf32, bf16, f16: the convolutions' and fc layers'
         /// forward passes, and with --training their gradients, on tensor cores).
         #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
         precision: PrecisionArg,

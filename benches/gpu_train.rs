@@ -53,15 +53,8 @@ fn main() -> Result<(), AnyError> {
         t0.elapsed().as_secs_f64() * 1e3
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let s = plan.input;
     for batch in [128usize, 32] {
-        let x = Tensor::new(
-            vec![batch, s.c, s.h, s.w],
-            (0..batch * s.len())
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect(),
-        )?;
-        let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+        let (x, labels) = random_batch(&plan, batch, &mut rng)?;
         trainer.load_batch(&x, &labels)?;
         for _ in 0..3 {
             trainer.step_loaded()?;
@@ -104,18 +97,29 @@ fn main() -> Result<(), AnyError> {
     precisions(&plan, &mut rng)
 }
 
-/// The step at batch 128 in tf32 and bf16 (the products of the forward pass and of the
-/// gradients on tensor cores), the batch on the device, with its phases.
-fn precisions(plan: &alexnet::ir::Plan, rng: &mut rand::rngs::StdRng) -> Result<(), AnyError> {
-    use alexnet::ir::Precision;
-    let (batch, s) = (128usize, plan.input);
+/// `batch` images of values in [-1, 1) and labels of 1000 classes.
+fn random_batch(
+    plan: &alexnet::ir::Plan,
+    batch: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<(Tensor, Vec<u32>), AnyError> {
+    let s = plan.input;
     let x = Tensor::new(
         vec![batch, s.c, s.h, s.w],
         (0..batch * s.len())
             .map(|_| rng.random_range(-1.0f32..1.0))
             .collect(),
     )?;
-    let labels: Vec<u32> = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+    let labels = (0..batch).map(|_| rng.random_range(0..1000)).collect();
+    Ok((x, labels))
+}
+
+/// The step at batch 128 in tf32 and bf16 (the products of the forward pass and of the
+/// gradients on tensor cores), the batch on the device, with its phases.
+fn precisions(plan: &alexnet::ir::Plan, rng: &mut rand::rngs::StdRng) -> Result<(), AnyError> {
+    use alexnet::ir::Precision;
+    let batch = 128;
+    let (x, labels) = random_batch(plan, batch, rng)?;
     for precision in [Precision::Tf32, Precision::Bf16] {
         let cuda = Cuda::new(0)?.with_precision(precision)?;
         let model = Model::init(cuda, plan.clone(), 1)?;

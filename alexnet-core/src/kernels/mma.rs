@@ -45,6 +45,19 @@ const fn ptr(name: &'static str, elem: Elem, access: Access) -> Param {
     }
 }
 
+/// A template of `gemm_mma.cuh`.
+const fn template(function: &'static str, params: &'static [Param]) -> Template {
+    Template {
+        header: "gemm_mma.cuh",
+        function,
+        params,
+    }
+}
+
+const F32_PARAMS: [Param; 5] = params(Elem::F32);
+const BF16_PARAMS: [Param; 5] = params(Elem::Bf16);
+const F16_PARAMS: [Param; 5] = params(Elem::F16);
+
 /// The parameters of `gemm_mma_<elem>`: the operands in `elem`, the rest f32.
 const fn params(elem: Elem) -> [Param; 5] {
     [
@@ -59,45 +72,21 @@ const fn params(elem: Elem) -> [Param; 5] {
     ]
 }
 
-pub const GEMM_BF16: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_bf16",
-    params: &params(Elem::Bf16),
-};
+pub const GEMM_BF16: Template = template("gemm_mma_bf16", &BF16_PARAMS);
 
-pub const GEMM_F16: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_f16",
-    params: &params(Elem::F16),
-};
+pub const GEMM_F16: Template = template("gemm_mma_f16", &F16_PARAMS);
 
 /// f32 operands, rounded to tf32 (`cvt.rna`) in the kernel.
-pub const GEMM_TF32: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_tf32",
-    params: &params(Elem::F32),
-};
+pub const GEMM_TF32: Template = template("gemm_mma_tf32", &F32_PARAMS);
 
 /// A convolution's forward pass on tensor cores (tf32): the implicit GEMM over its im2col.
-pub const CONV_TF32: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_tf32",
-    params: &params(Elem::F32),
-};
+pub const CONV_TF32: Template = template("conv_mma_tf32", &F32_PARAMS);
 
 /// f32 operands, each rounded to bf16 as the kernel stages it: bf16 products.
-pub const GEMM_BF16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_bf16r",
-    params: &params(Elem::F32),
-};
+pub const GEMM_BF16R: Template = template("gemm_mma_bf16r", &F32_PARAMS);
 
 /// A convolution's forward pass on tensor cores with f32 input and weights rounded to bf16.
-pub const CONV_BF16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_bf16r",
-    params: &params(Elem::F32),
-};
+pub const CONV_BF16R: Template = template("conv_mma_bf16r", &F32_PARAMS);
 
 const DGRAD_PARAMS: [Param; 4] = [
     ptr("dy", Elem::F32, Access::Read),
@@ -123,33 +112,17 @@ const WGRAD_PARAMS: [Param; 6] = [
 
 /// A convolution's weight and bias gradients on tensor cores (tf32), the sum over the
 /// batch in chunks.
-pub const CONV_WGRAD_TF32: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_wgrad_tf32",
-    params: &WGRAD_PARAMS,
-};
+pub const CONV_WGRAD_TF32: Template = template("conv_mma_wgrad_tf32", &WGRAD_PARAMS);
 
 /// [`CONV_WGRAD_TF32`] with the output gradient and the input rounded to bf16.
-pub const CONV_WGRAD_BF16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_wgrad_bf16r",
-    params: &WGRAD_PARAMS,
-};
+pub const CONV_WGRAD_BF16R: Template = template("conv_mma_wgrad_bf16r", &WGRAD_PARAMS);
 
 /// A convolution's input gradient on tensor cores (tf32): the transposed convolution of
 /// the output gradient as an implicit GEMM.
-pub const CONV_DGRAD_TF32: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_dgrad_tf32",
-    params: &DGRAD_PARAMS,
-};
+pub const CONV_DGRAD_TF32: Template = template("conv_mma_dgrad_tf32", &DGRAD_PARAMS);
 
 /// [`CONV_DGRAD_TF32`] with the output gradient and the filters rounded to bf16.
-pub const CONV_DGRAD_BF16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_dgrad_bf16r",
-    params: &DGRAD_PARAMS,
-};
+pub const CONV_DGRAD_BF16R: Template = template("conv_mma_dgrad_bf16r", &DGRAD_PARAMS);
 
 const SPLIT_PARAMS: [Param; 4] = [
     ptr("x", Elem::F32, Access::Read),
@@ -162,53 +135,25 @@ const SPLIT_PARAMS: [Param; 4] = [
 ];
 
 /// f32 operands, each rounded to f16 as the kernel stages it: f16 products.
-pub const GEMM_F16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_f16r",
-    params: &params(Elem::F32),
-};
+pub const GEMM_F16R: Template = template("gemm_mma_f16r", &F32_PARAMS);
 
 /// A convolution's forward pass on tensor cores with f32 input and weights rounded to f16.
-pub const CONV_F16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_f16r",
-    params: &params(Elem::F32),
-};
+pub const CONV_F16R: Template = template("conv_mma_f16r", &F32_PARAMS);
 
 /// Split-K partial sums of f32 operands rounded to f16, into slice `blockIdx.z` of `ws`.
-pub const GEMM_F16R_SPLIT: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_split_f16r",
-    params: &SPLIT_PARAMS,
-};
+pub const GEMM_F16R_SPLIT: Template = template("gemm_mma_split_f16r", &SPLIT_PARAMS);
 
 /// [`CONV_DGRAD_TF32`] with the output gradient and the filters rounded to f16.
-pub const CONV_DGRAD_F16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_dgrad_f16r",
-    params: &DGRAD_PARAMS,
-};
+pub const CONV_DGRAD_F16R: Template = template("conv_mma_dgrad_f16r", &DGRAD_PARAMS);
 
 /// [`CONV_WGRAD_TF32`] with the output gradient and the input rounded to f16.
-pub const CONV_WGRAD_F16R: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "conv_mma_wgrad_f16r",
-    params: &WGRAD_PARAMS,
-};
+pub const CONV_WGRAD_F16R: Template = template("conv_mma_wgrad_f16r", &WGRAD_PARAMS);
 
 /// Split-K partial sums of f32 operands rounded to bf16, into slice `blockIdx.z` of `ws`.
-pub const GEMM_BF16R_SPLIT: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_split_bf16r",
-    params: &SPLIT_PARAMS,
-};
+pub const GEMM_BF16R_SPLIT: Template = template("gemm_mma_split_bf16r", &SPLIT_PARAMS);
 
 /// Split-K partial sums of f32 operands rounded to tf32, into slice `blockIdx.z` of `ws`.
-pub const GEMM_TF32_SPLIT: Template = Template {
-    header: "gemm_mma.cuh",
-    function: "gemm_mma_split_tf32",
-    params: &SPLIT_PARAMS,
-};
+pub const GEMM_TF32_SPLIT: Template = template("gemm_mma_split_tf32", &SPLIT_PARAMS);
 
 /// The ordered sum of a split-K GEMM's slices, with bias and ReLU.
 pub const GEMM_REDUCE: Template = Template {

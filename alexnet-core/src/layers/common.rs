@@ -129,14 +129,14 @@ pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) 
         ));
     }
     let inputs = MmaInputs::for_precision(cx.precision);
-    let wgrad = inputs.and_then(|inputs| {
-        MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).ok()
-    });
+    let wgrad = inputs
+        .and_then(|inputs| MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).ok())
+        .and_then(|m| match m.pass {
+            MmaPass::WeightGrad { chunk } => Some((m, chunk)),
+            _ => None,
+        });
     match wgrad {
-        Some(m) => {
-            let MmaPass::WeightGrad { chunk } = m.pass else {
-                unreachable!("conv_weight_grad builds a weight gradient")
-            };
+        Some((m, chunk)) => {
             v.push(m.spec(cx.layer, &name));
             v.push(g.weight_reduce_of(&owner, chunk));
         }

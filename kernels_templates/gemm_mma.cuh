@@ -33,7 +33,7 @@
 // also 8x4 matrices of f32: the tf32 fragments have the same shape in 32-bit words).
 // Grid: x = ceil(M / BM), y = ceil(N / BN), z = SPLIT.
 //
-// Split-K (SPLIT > 1, gemm_mma_split_tf32 and _bf16r): block z sums the K steps
+// Split-K (SPLIT > 1, gemm_mma_split_tf32, _bf16r and _f16r): block z sums the K steps
 // [z * KTS, (z + 1) * KTS) of the KT = ceil(K / BK) steps (KTS = ceil(KT / SPLIT)) and
 // writes its partial sums, without bias or ReLU, to slice z of a workspace of SPLIT x M x N;
 // gemm_mma_reduce then adds the slices in order z = 0, 1, ... (the same sum on every run:
@@ -108,8 +108,8 @@ struct MmaOp<MMA_TF32> {
 
 // An f32 value rounded to f16 (to nearest, ties to even; overflow to infinity, f16
 // subnormals kept, a NaN stays a quiet NaN with its sign), as the bits of an f16 in the
-// low half: what half::f16::from_f32 and __float2half_rn give, written out so that the
-// host emulation computes it too.
+// low half: what half::f16::from_f32 and __float2half_rn give (but for NaN payloads),
+// written out so that the host emulation computes it too.
 __device__ __forceinline__ unsigned f16_bits(float f) {
     const unsigned x = __float_as_uint(f);
     const unsigned sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
@@ -253,7 +253,7 @@ __device__ __forceinline__ void gemm_mma_core(const void* __restrict__ a_ptr,
                   "split-K partial sums take no epilogue (gemm_mma_reduce applies it)");
     static_assert(!FROM_F32 || KIND != MMA_TF32, "f32 operands are rounded to bf16 or f16");
     static_assert(!CONV || ((KIND == MMA_TF32 || FROM_F32) && SPLIT == 1),
-                  "the convolution's im2col tile is f32 (tf32 or bf16r products), not split");
+                  "a convolution's tiles are f32 (tf32, bf16r or f16r products), not split");
     static_assert(!(DGRAD || WGRAD) || (!BIAS && !RELU), "a gradient has no bias or ReLU");
     static_assert(Cfg::THREADS == THREADS, "THREADS is 32 * WARPS_M * WARPS_N");
     static_assert(Cfg::ELEM_BYTES == E, "ELEM_BYTES disagrees with the mma kind");

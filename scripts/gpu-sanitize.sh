@@ -97,7 +97,7 @@ done
 # Left out there: the fixture networks (AlexNet at batch 128 forward, batch 4-64 training)
 # and the AlexNet towers at batch 64; memcheck runs those.
 declare -A small=(
-  [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu bf16_forward_is_within_bf16_error_of_the_cpu"
+  [gpu]="every_layer_kind_matches_the_cpu tf32_forward_is_within_tf32_error_of_the_cpu bf16_forward_is_within_bf16_error_of_the_cpu f16_forward_is_within_f16_error_of_the_cpu"
   [gpu_training]="every_backward_stage_matches_the_cpu lrn_backward_intermediates every_layer_kind_trains_as_on_the_cpu"
   [gpu_towers]="split_training_on_gpus_equals_unsplit tf32_towers_and_training_stay_within_tf32_error bf16_towers_and_training_stay_within_bf16_error"
 )

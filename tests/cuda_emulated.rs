@@ -1732,7 +1732,7 @@ fn the_kernels_round_to_f16_and_bf16_as_the_half_crate() {
         f32::NAN,
         -f32::NAN,
         6.103_515_6e-5, // 2^-14, the smallest normal f16
-        6.097_555e-5,   // just below it: the largest subnormal or 2^-14
+        6.097_555e-5,   // 1023 * 2^-24, the largest subnormal, exactly
         5.960_464_5e-8, // 2^-24, the smallest subnormal
         2.980_232_2e-8, // 2^-25: a tie with zero, which is even
         2.980_233e-8,   // just above: the smallest subnormal
@@ -1740,10 +1740,17 @@ fn the_kernels_round_to_f16_and_bf16_as_the_half_crate() {
         1e-30,
         f32::MIN_POSITIVE,
         1.0e-44,
-        1.000_488_3,  // 1 + 2^-11: an f16 tie, to even (1)
-        1.001_464_8,  // 1 + 3 * 2^-11: a tie, to even (1 + 2^-9)
-        1.003_906_3,  // 1 + 2^-8: a bf16 tie
-        8.940_697e-8, // 1.5 * 2^-24: a subnormal tie, to even (2 units)
+        1.000_488_3,                 // 1 + 2^-11: an f16 tie, to even (1)
+        1.001_464_8,                 // 1 + 3 * 2^-11: a tie, to even (1 + 2^-9)
+        1.003_906_3,                 // 1 + 2^-8: a bf16 tie
+        8.940_697e-8,                // 1.5 * 2^-24: a subnormal tie, to even (2 units)
+        f32::from_bits(0x387f_f000), // 1023.5 * 2^-24: a tie that carries into 2^-14
+        f32::from_bits(0x387f_ffff), // just below 2^-14: rounds up to it
+        f32::from_bits(0x3420_0000), // 2.5 * 2^-24: a subnormal tie, down to even (2)
+        f32::from_bits(0x3fff_f000), // a tie below 2 that carries into the next binade
+        f32::from_bits(0x477f_efff), // just below 65520, the tie: 65504
+        f32::from_bits(0x7f80_0001), // a signalling NaN
+        f32::from_bits(0xff80_0001), // a negative one
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(71);
     for _ in 0..400 {
@@ -1780,7 +1787,8 @@ extern "C" __global__ void rounding(const float* __restrict__ in, float* __restr
             // A quiet NaN with the value's sign (payloads may differ).
             assert!(half::f16::from_bits(f16 as u16).is_nan(), "f16 of {v}");
             assert!(half::bf16::from_bits(bf16 as u16).is_nan(), "bf16 of {v}");
-            assert_eq!(f16 >> 15, bf16 >> 15, "the signs of NaN");
+            let sign = v.to_bits() >> 31;
+            assert_eq!((f16 >> 15, bf16 >> 15), (sign, sign), "the sign of {v}");
             continue;
         }
         assert_eq!(

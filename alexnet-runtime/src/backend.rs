@@ -147,7 +147,6 @@ pub trait Inference: Memory {
     ) -> Result<()>;
 }
 
-/// Training a planned network: the backward pass, dropout, the loss and the optimiser.
 /// Whether a trainer takes `precision`: f16 is refused until a loss scale keeps its
 /// small gradients from falling below f16's range.
 pub(crate) fn check_trains(precision: Precision) -> Result<()> {
@@ -160,6 +159,7 @@ pub(crate) fn check_trains(precision: Precision) -> Result<()> {
     }
 }
 
+/// Training a planned network: the backward pass, dropout, the loss and the optimiser.
 pub trait Training: Inference {
     /// Readies the backend to train `plan` (CUDA loads the backward, loss, dropout and
     /// optimiser kernels here; inference never pays for them).

@@ -45,7 +45,7 @@ impl Device {
         Device::cpu()
     }
 
-    /// This device computing in `precision`: a GPU takes f32, tf32 and bf16
+    /// This device computing in `precision`: a GPU takes f32, tf32, bf16 and f16
     /// ([`Cuda::with_precision`]), the CPU f32 and bf16 ([`Cpu::with_precision`]); another
     /// is an [`Error::Invalid`] that says where it runs.
     pub fn with_precision(self, precision: Precision) -> Result<Self> {

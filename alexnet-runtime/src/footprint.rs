@@ -23,7 +23,7 @@ pub struct Footprint {
     /// The weights and biases.
     pub params: u64,
     /// Inference at this batch: the input and two ping-pong activation buffers, and the
-    /// CUDA split-K workspace of the forward pass in tf32.
+    /// CUDA split-K workspace of the forward pass in tf32, bf16 or f16.
     pub inference: u64,
     /// Training besides the weights: gradients and momentum (as large as the weights).
     pub optimizer: u64,

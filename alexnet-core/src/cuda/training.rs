@@ -87,8 +87,8 @@ pub fn logits_of(plan: &Plan) -> Option<(usize, usize)> {
     })
 }
 
-/// Every training kernel of `plan` in `precision` (tf32 and bf16: the learned layers'
-/// weight and input gradients on tensor cores; everything else f32).
+/// Every training kernel of `plan` in `precision` (tf32, bf16 and f16: the learned
+/// layers' weight and input gradients on tensor cores; everything else f32).
 pub fn training(plan: &Plan, precision: Precision) -> Vec<KernelSpec> {
     let first_learned = plan.layers.iter().position(|l| l.op.is_learned());
     let net = c_ident(&plan.name);

@@ -5,7 +5,7 @@
 //! `ldmatrix` fragments. `x` is `M x K` with `M = batch * rows_per_image`, `w` is `N x K`
 //! (a fully connected layer's weights), `y` is `M x N` f32.
 //!
-//! Used under [`Precision::Tf32`] and [`Precision::Bf16`] by the fully connected layers'
+//! Used under [`Precision::Tf32`], [`Precision::Bf16`] and [`Precision::F16`] by the fully connected layers'
 //! forward pass (`layers::fc`, split along K where the grid is small), by the
 //! convolutions' (an implicit GEMM whose im2col tile the threads gather:
 //! [`MmaGemm::conv`]), and in training by both kinds' input gradients (the transposed
@@ -401,9 +401,9 @@ pub enum MmaError {
     /// An empty dimension.
     Empty,
     /// A split-K of `split` parts: at least one, at most one part per K step, and only of
-    /// f32 operands (tf32 or bf16r: the split templates).
+    /// f32 operands (tf32, bf16r or f16r: the split templates).
     Split { split: usize, elem: Elem },
-    /// A convolution's implicit GEMM reads f32 input (tf32 or bf16r products).
+    /// A convolution's implicit GEMM reads f32 input (tf32, bf16r or f16r products).
     ConvInputs(MmaInputs),
     /// A grid of more blocks along y than a launch takes (65,535): a weight gradient's
     /// tiles of a very wide layer.
@@ -429,7 +429,7 @@ impl std::fmt::Display for MmaError {
             MmaError::Grid(y) => write!(f, "{y} blocks along y, over the 65535 a launch takes"),
             MmaError::ConvInputs(i) => write!(
                 f,
-                "no tensor-core convolution of {} operands (it reads f32: tf32 or bf16r)",
+                "no tensor-core convolution of {} operands (it reads f32: tf32, bf16r or f16r)",
                 i.name()
             ),
         }
@@ -685,7 +685,7 @@ impl MmaGemm {
 
     /// This GEMM with K split in `split` parts (`blockIdx.z`), each block writing partial
     /// sums to a workspace that a second kernel adds in order (deterministic), with the
-    /// epilogue. Only f32 operands (tf32 or bf16r products) have a split template; every
+    /// epilogue. Only f32 operands (tf32, bf16r or f16r products) have a split template; every
     /// part gets a K step.
     pub fn with_split(self, split: usize) -> Result<Self, MmaError> {
         let ok = split >= 1

@@ -560,7 +560,7 @@ impl Kernels {
     }
 
     /// Every kernel that differs in `precision` from the f32 ones, forward then training
-    /// ([`Kernels::tf32`], [`Kernels::bf16`]; none in f32).
+    /// ([`Kernels::tf32`], [`Kernels::bf16`], [`Kernels::f16`]; none in f32).
     pub fn differing(&self, precision: Precision) -> &[KernelSpec] {
         match precision {
             Precision::F32 => &[],

@@ -319,11 +319,18 @@ impl Table {
         s
     }
 
-    /// The entry for GEMM `key` in `precision` at `batch`.
+    /// The entry for GEMM `key` in `precision` at `batch`; for f16 without one, bf16's
+    /// (the same kernels but for the rounding, and the same tile rules).
     pub fn get(&self, key: &str, precision: Precision, batch: usize) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| e.key == key && e.precision == precision && e.batch == batch)
+        let find = |p: Precision| {
+            self.entries
+                .iter()
+                .find(|e| e.key == key && e.precision == p && e.batch == batch)
+        };
+        find(precision).or_else(|| match precision {
+            Precision::F16 => find(Precision::Bf16),
+            _ => None,
+        })
     }
 
     /// Adds `entry`, replacing one of the same key, precision and batch.
@@ -415,6 +422,12 @@ mod tests {
         );
         assert!(back.get("fc i9216 o2048", Precision::Tf32, 128).is_none());
         assert!(back.get("fc i9216 o2048", Precision::Bf16, 1).is_none());
+        // f16 takes bf16's entry (the same tiles); tf32 does not.
+        assert_eq!(
+            back.get("fc i9216 o2048", Precision::F16, 128),
+            back.get("fc i9216 o2048", Precision::Bf16, 128)
+        );
+        assert!(back.get("fc i9216 o2048", Precision::Tf32, 128).is_none());
         // Replacing keeps one entry per key, precision and batch.
         let mut again = back.clone();
         again.set(Entry {

@@ -207,8 +207,8 @@ impl LayerKind for Conv {
         true
     }
 
-    /// The f32 implicit GEMM; under `Precision::Tf32` and `Precision::Bf16` the
-    /// tensor-core one (`conv_mma_tf32`, `conv_mma_bf16r`, 128 x 128 tiles).
+    /// The f32 implicit GEMM; under `Precision::Tf32`, `Bf16` and `F16` the tensor-core
+    /// one (`conv_mma_tf32`, `conv_mma_bf16r`, `conv_mma_f16r`, 128 x 128 tiles).
     fn tuning_key(&self, input: Shape, output: Shape) -> Option<String> {
         Some(format!(
             "conv c{}x{}x{} o{} r{} s{} p{} g{}",
@@ -245,7 +245,7 @@ impl LayerKind for Conv {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
-    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the weight and input
+    /// The f32 GEMMs; under `Precision::Tf32`, `Bf16` and `F16` the weight and input
     /// gradients on tensor cores (`conv_mma_wgrad_*`, `conv_mma_dgrad_*`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {
         let g = self.gemm(cx.input, cx.output);

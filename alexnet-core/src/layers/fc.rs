@@ -120,7 +120,7 @@ impl LayerKind for Fc {
         true
     }
 
-    /// The f32 GEMM; under `Precision::Tf32` and `Precision::Bf16` the tensor-core
+    /// The f32 GEMM; under `Precision::Tf32`, `Bf16` and `F16` the tensor-core
     /// GEMM (`kernels::mma`, with bias and the fused ReLU in its epilogue) where the input
     /// is whole 16-byte rows, split along K so that one image's grid has about 128 blocks
     /// ([`MmaGemm::split_for`]).
@@ -161,7 +161,7 @@ impl LayerKind for Fc {
         vec![learned_forward(&g, cx, &self.describe())]
     }
 
-    /// The f32 GEMMs; under `Precision::Tf32` and `Precision::Bf16` the weight and input
+    /// The f32 GEMMs; under `Precision::Tf32`, `Bf16` and `F16` the weight and input
     /// gradients on tensor cores, as those of a 1 x 1 convolution of a 1 x 1 image with
     /// the input's values as channels (`conv_mma_wgrad_*`, `conv_mma_dgrad_*`).
     fn backward_kernels(&self, cx: &KernelCx<'_>) -> Vec<KernelSpec> {

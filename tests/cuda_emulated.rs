@@ -1509,6 +1509,60 @@ fn a_stage_refilled_before_the_barrier_fails_under_emulation() {
     );
 }
 
+/// The same for a convolution, whose threads gather their tiles and issue the next
+/// stage's loads after the step's mma (`LATE` in `gemm_mma.cuh`): as written it matches
+/// the CPU's stage on tf32-rounded inputs; with those loads moved before the barrier, the
+/// emulation names the race.
+#[test]
+fn a_gathering_stage_refilled_before_the_barrier_fails_under_emulation() {
+    use alexnet::ir::Precision;
+    use alexnet::runtime::prelude::*;
+    let Some(cxx) = compiler() else { return };
+    let plan: Plan =
+        alexnet::plan_from_str("T<16, 9, 9> { conv(16, 3, pad = 1, groups = 2) }").unwrap();
+    let spec = cuda::generate(&plan).forward_in(Precision::Tf32)[0].clone();
+    assert!(spec.name().contains("_mma_tf32_conv_"), "{}", spec.name());
+    let late = "        if constexpr (LATE) ahead();\n";
+    let define = "        auto ahead = [&] {\n            if (kt + STAGES - 1 < NT) load((kt + STAGES - 1) % STAGES, kt0 + kt + STAGES - 1);\n            cp_async_commit();\n        };\n";
+    let wait = "        cp_async_wait<STAGES - 2>();\n";
+    let right =
+        format!("{wait}        __syncthreads();\n{define}        if constexpr (!LATE) ahead();\n");
+    let early = format!("{wait}{define}        ahead();\n        __syncthreads();\n");
+    let source = cuda::source(&spec);
+    assert!(
+        source.contains(late) && source.contains(&right),
+        "gemm_mma.cuh's main loop changed"
+    );
+    let stage = plan.stages()[0];
+    let layer = &plan.layers[stage.layer];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(59);
+    let params = common::random_params(&plan, &mut rng);
+    let (w, b) = (&params[0].data, &params[1].data);
+    let batch = 3;
+    let x = random(&mut rng, batch * layer.input.len());
+    let mut want = vec![0.0f32; batch * layer.output.len()];
+    let (xr, wr): (Vec<f32>, Vec<f32>) = (
+        x.iter().map(|&v| tf32(v)).collect(),
+        w.iter().map(|&v| tf32(v)).collect(),
+    );
+    Cpu::reference()
+        .forward_stage(&plan, stage, batch, &xr, &[&wr, b], &mut want)
+        .unwrap();
+    let y0 = vec![f32::NAN; want.len()];
+    let bufs: [(&str, &[f32]); 4] = [("x", &x), ("w", w), ("bias", b), ("y", &y0)];
+    let got = emulate_variant(&cxx, &spec, &source, batch, &bufs, &[])["y"].clone();
+    close("the gathering pipeline as written", &got, &want, 1e-5);
+    let broken = source.replacen(late, "", 1).replacen(&right, &early, 1);
+    let failed = std::panic::catch_unwind(|| {
+        emulate_variant(&cxx, &spec, &broken, batch, &bufs, &[]);
+    });
+    let message = failed
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .expect("a gathered stage refilled before the barrier went unnoticed");
+    assert!(message.contains("race:"), "{message}");
+}
+
 /// One warp runs each primitive of `mma.cuh` on data the test chose and writes what it
 /// got: the fragments are built from the PTX ISA's layout tables written out lane by lane
 /// (the emulation gathers them the other way, element by element), the products checked

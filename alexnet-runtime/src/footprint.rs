@@ -45,11 +45,12 @@ impl Footprint {
         let t = TrainingBuffers::of(plan, &training_stages(plan), batch);
         let kernels = alexnet_core::cuda::kernels(plan);
         // The weight gradients' chunks, in whichever precision needs most (the
-        // tensor-core ones chunk the batch differently).
+        // tensor-core ones, among the kernels that differ, chunk the batch differently).
         let training_ws = Precision::ALL
             .iter()
-            .flat_map(|&p| kernels.training_in(p))
-            .flat_map(|k| k.args.to_vec())
+            .flat_map(|&p| kernels.differing(p))
+            .chain(kernels.training.iter())
+            .flat_map(|k| k.args.iter())
             .filter_map(|a| match a.len {
                 Some(l @ Len::Split { .. }) => Some(l.needed(batch)),
                 _ => None,

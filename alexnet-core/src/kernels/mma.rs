@@ -21,8 +21,8 @@
 use super::precision::Precision;
 pub use super::spec::MmaTile;
 use super::spec::{
-    Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header, Instance, KernelLaunch,
-    KernelSpec, Len, Param, Role, Template, Value, EW_THREADS,
+    int, read, write, Access, ArgTy, Elem, Epilogue, GemmInfo, GemmStage, GemmTile, Header,
+    Instance, KernelLaunch, KernelSpec, Len, Param, Role, Template, Value, EW_THREADS,
 };
 use crate::shape::Shape;
 
@@ -88,26 +88,15 @@ pub const GEMM_BF16R: Template = template("gemm_mma_bf16r", &F32_PARAMS);
 /// A convolution's forward pass on tensor cores with f32 input and weights rounded to bf16.
 pub const CONV_BF16R: Template = template("conv_mma_bf16r", &F32_PARAMS);
 
-const DGRAD_PARAMS: [Param; 4] = [
-    ptr("dy", Elem::F32, Access::Read),
-    ptr("w", Elem::F32, Access::Read),
-    ptr("dx", Elem::F32, Access::Write),
-    Param {
-        name: "batch",
-        ty: ArgTy::Int,
-    },
-];
+const DGRAD_PARAMS: [Param; 4] = [read("dy"), read("w"), write("dx"), int("batch")];
 
 const WGRAD_PARAMS: [Param; 6] = [
-    ptr("x", Elem::F32, Access::Read),
-    ptr("dy", Elem::F32, Access::Read),
-    ptr("dw", Elem::F32, Access::Write),
-    ptr("db", Elem::F32, Access::Write),
-    ptr("ws", Elem::F32, Access::Write),
-    Param {
-        name: "batch",
-        ty: ArgTy::Int,
-    },
+    read("x"),
+    read("dy"),
+    write("dw"),
+    write("db"),
+    write("ws"),
+    int("batch"),
 ];
 
 /// A convolution's weight and bias gradients on tensor cores (tf32), the sum over the
@@ -124,15 +113,7 @@ pub const CONV_DGRAD_TF32: Template = template("conv_mma_dgrad_tf32", &DGRAD_PAR
 /// [`CONV_DGRAD_TF32`] with the output gradient and the filters rounded to bf16.
 pub const CONV_DGRAD_BF16R: Template = template("conv_mma_dgrad_bf16r", &DGRAD_PARAMS);
 
-const SPLIT_PARAMS: [Param; 4] = [
-    ptr("x", Elem::F32, Access::Read),
-    ptr("w", Elem::F32, Access::Read),
-    ptr("ws", Elem::F32, Access::Write),
-    Param {
-        name: "batch",
-        ty: ArgTy::Int,
-    },
-];
+const SPLIT_PARAMS: [Param; 4] = [read("x"), read("w"), write("ws"), int("batch")];
 
 /// f32 operands, each rounded to f16 as the kernel stages it: f16 products.
 pub const GEMM_F16R: Template = template("gemm_mma_f16r", &F32_PARAMS);
@@ -469,8 +450,8 @@ pub enum MmaPass {
     /// The input gradient ([`MmaGemm::conv_data_grad`]).
     DataGrad,
     /// The weight and bias gradients ([`MmaGemm::conv_weight_grad`]), the sum over the
-    /// batch's output pixels in chunks of `chunk` (one block each).
-    WeightGrad { chunk: usize },
+    /// batch's output pixels in chunks of `k` (one block each).
+    WeightGrad,
 }
 
 impl MmaGemm {
@@ -652,7 +633,7 @@ impl MmaGemm {
         Ok(MmaGemm {
             k: chunk,
             conv: Some(conv),
-            pass: MmaPass::WeightGrad { chunk },
+            pass: MmaPass::WeightGrad,
             ..gemm
         })
     }
@@ -725,9 +706,9 @@ impl MmaGemm {
             (MmaPass::DataGrad, true, _) => return &CONV_DGRAD_BF16R,
             (MmaPass::DataGrad, _, true) => return &CONV_DGRAD_F16R,
             (MmaPass::DataGrad, ..) => return &CONV_DGRAD_TF32,
-            (MmaPass::WeightGrad { .. }, true, _) => return &CONV_WGRAD_BF16R,
-            (MmaPass::WeightGrad { .. }, _, true) => return &CONV_WGRAD_F16R,
-            (MmaPass::WeightGrad { .. }, ..) => return &CONV_WGRAD_TF32,
+            (MmaPass::WeightGrad, true, _) => return &CONV_WGRAD_BF16R,
+            (MmaPass::WeightGrad, _, true) => return &CONV_WGRAD_F16R,
+            (MmaPass::WeightGrad, ..) => return &CONV_WGRAD_TF32,
             (MmaPass::Forward, ..) => {}
         }
         match (self.conv.is_some(), self.split > 1, self.inputs) {
@@ -773,7 +754,7 @@ impl MmaGemm {
                 match self.pass {
                     MmaPass::Forward => "conv",
                     MmaPass::DataGrad => "dgrad",
-                    MmaPass::WeightGrad { .. } => "wgrad",
+                    MmaPass::WeightGrad => "wgrad",
                 },
                 c.r,
                 c.stride,
@@ -829,8 +810,8 @@ impl MmaGemm {
             match self.pass {
                 MmaPass::Forward => {}
                 MmaPass::DataGrad => consts.push(("P", c.output.h.into())),
-                MmaPass::WeightGrad { chunk } => {
-                    consts.extend([("P", c.output.h.into()), ("CHUNK", chunk.into())])
+                MmaPass::WeightGrad => {
+                    consts.extend([("P", c.output.h.into()), ("CHUNK", self.k.into())])
                 }
             }
         }
@@ -872,7 +853,7 @@ impl MmaGemm {
                     ("dx", Len::PerImage(c.input.len() as u64)),
                 ],
             ),
-            Some(c) if matches!(self.pass, MmaPass::WeightGrad { .. }) => {
+            Some(c) if self.pass == MmaPass::WeightGrad => {
                 let pq = (c.output.h * c.output.w) as u64;
                 (x_per_image, x_per_block) = (pq, self.k as u32);
                 grid_y *= self.rows_per_image.div_ceil(t.bm) as u32;
@@ -945,7 +926,7 @@ impl MmaGemm {
                 pipeline: t.stages as u32,
                 // Values of K per part (the weight gradient's chunk).
                 split_k: match self.pass {
-                    MmaPass::WeightGrad { chunk } => chunk,
+                    MmaPass::WeightGrad => self.k,
                     _ if self.split > 1 => self.k_steps().div_ceil(self.split) * t.bk,
                     _ => 0,
                 },
@@ -1091,10 +1072,8 @@ mod tests {
                 [(128 * 729usize).div_ceil(128) as u32, 1, 2]
             );
             let w = MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).unwrap();
-            let MmaPass::WeightGrad { chunk } = w.pass else {
-                panic!("{:?}", w.pass)
-            };
-            let t = w.kernel_tile();
+            assert_eq!(w.pass, MmaPass::WeightGrad);
+            let (chunk, t) = (w.k, w.kernel_tile());
             assert_eq!((w.rows_per_image, w.n, w.k), (128, 48 * 25 + 1, chunk));
             assert!(chunk.is_multiple_of(t.bk) && chunk >= 4 * t.bk);
             let k = w.spec(1, "conv2");

@@ -3,7 +3,7 @@
 
 use super::kind::KernelCx;
 use crate::kernels::gemm::{Gemm, Owner};
-use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaPass, MmaTile};
+use crate::kernels::mma::{MmaConv, MmaGemm, MmaInputs, MmaTile};
 use crate::kernels::spec::{
     int, read, update, Instance, KernelLaunch, KernelSpec, Len, Role, Template, EW_THREADS,
 };
@@ -129,16 +129,14 @@ pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) 
         ));
     }
     let inputs = MmaInputs::for_precision(cx.precision);
-    let wgrad = inputs
-        .and_then(|inputs| MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).ok())
-        .and_then(|m| match m.pass {
-            MmaPass::WeightGrad { chunk } => Some((m, chunk)),
-            _ => None,
-        });
+    let wgrad = inputs.and_then(|inputs| {
+        MmaGemm::conv_weight_grad(conv, inputs, MmaTile::wgrad_for(inputs)).ok()
+    });
     match wgrad {
-        Some((m, chunk)) => {
+        // Its K is the chunk of output pixels a block sums.
+        Some(m) => {
             v.push(m.spec(cx.layer, &name));
-            v.push(g.weight_reduce_of(&owner, chunk));
+            v.push(g.weight_reduce_of(&owner, m.k));
         }
         None => {
             v.push(g.weight_grad(&owner));
@@ -146,7 +144,7 @@ pub fn learned_backward(g: &Gemm, conv: MmaConv, cx: &KernelCx<'_>, desc: &str) 
         }
     }
     if cx.needs_dx {
-        let mma = MmaInputs::for_precision(cx.precision).and_then(|inputs| {
+        let mma = inputs.and_then(|inputs| {
             let (i, few_rows) = (conv.input, conv.input.h * conv.input.w == 1);
             let tile = MmaTile::dgrad_for(inputs, i.c / conv.groups, few_rows);
             MmaGemm::conv_data_grad(conv, inputs, tile).ok()
